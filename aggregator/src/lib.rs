@@ -1,0 +1,1 @@
+//! The opie head (`opie head`): logs in to the ISUs, assembles RAID5 volumes from their disks and re-exports them as iSCSI LUNs with snapshot staging for backups. Not built yet: this crate is empty until the head issue.

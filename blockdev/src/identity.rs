@@ -1,0 +1,105 @@
+use std::fmt;
+
+/// Stable identity of a block device: the same through every path (iSCSI
+/// portal, AoE interface) and across restarts. SCSI derives the VPD 0x80 serial
+/// and the VPD 0x83 NAA designator from it, ATA the IDENTIFY serial.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DeviceIdentity {
+    /// 128 random bits fixed when the device was created.
+    pub uuid: [u8; 16],
+    /// Printable ASCII serial number, at most 20 characters (the ATA limit).
+    pub serial: String,
+}
+
+impl DeviceIdentity {
+    /// Builds an identity from its 128 bits; the serial is the first 10 bytes in hex.
+    pub fn from_uuid(uuid: [u8; 16]) -> Self {
+        let serial = uuid[..10].iter().map(|b| format!("{b:02X}")).collect();
+        DeviceIdentity { uuid, serial }
+    }
+
+    /// A fresh random identity (for devices created now).
+    pub fn random() -> Self {
+        Self::from_uuid(rand::random())
+    }
+
+    /// A deterministic identity derived from a name, for tests and scratch devices.
+    pub fn from_name(name: &str) -> Self {
+        // FNV-1a over two lanes: stable, dependency-free, not security relevant.
+        let mut uuid = [0u8; 16];
+        for (lane, chunk) in uuid.chunks_mut(8).enumerate() {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (lane as u64);
+            for b in name.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            chunk.copy_from_slice(&h.to_be_bytes());
+        }
+        Self::from_uuid(uuid)
+    }
+
+    /// Parses the 32-hex-digit form written by [`fmt::Display`].
+    pub fn parse_hex(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut uuid = [0u8; 16];
+        for (i, b) in uuid.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self::from_uuid(uuid))
+    }
+
+    /// NAA type 6 (IEEE Registered Extended) designator, 16 bytes, for SCSI VPD 0x83.
+    /// Uses an IEEE company id from the locally administered range and 100 bits of the uuid.
+    pub fn naa6(&self) -> [u8; 16] {
+        // NAA(4)=6 | OUI(24) | vendor specific id (36) | vendor specific extension (64)
+        const OUI: u32 = 0x0A_0B_0C; // locally administered ("opie") company id
+        let mut d = [0u8; 16];
+        d[0] = 0x60 | ((OUI >> 20) & 0x0f) as u8;
+        d[1] = (OUI >> 12) as u8;
+        d[2] = (OUI >> 4) as u8;
+        d[3] = ((OUI & 0x0f) as u8) << 4 | (self.uuid[0] & 0x0f);
+        d[4..16].copy_from_slice(&self.uuid[1..13]);
+        d
+    }
+
+    /// EUI-64 based 8-byte designator (for AoE/ATA world wide name and multipath ids).
+    pub fn eui64(&self) -> [u8; 8] {
+        let mut d = [0u8; 8];
+        d.copy_from_slice(&self.uuid[..8]);
+        d
+    }
+}
+
+impl fmt::Display for DeviceIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.uuid {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceIdentity({self}, serial {})", self.serial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_stable_name() {
+        let a = DeviceIdentity::from_name("disk0");
+        assert_eq!(a, DeviceIdentity::from_name("disk0"));
+        assert_ne!(a, DeviceIdentity::from_name("disk1"));
+        assert_eq!(DeviceIdentity::parse_hex(&a.to_string()), Some(a.clone()));
+        assert_eq!(a.serial.len(), 20);
+        assert_eq!(a.naa6()[0] >> 4, 6);
+        assert!(DeviceIdentity::parse_hex("xyz").is_none());
+    }
+}

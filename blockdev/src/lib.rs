@@ -1,0 +1,195 @@
+//! The block-device layer shared by every opie crate.
+//!
+//! One async trait, [`BlockDevice`], carries I/O from the SCSI and ATA emulation
+//! down through volumes, RAID, multipath and initiators to the backends that
+//! finally touch storage. Because every layer speaks the same trait, any layer
+//! can be tested over [`MemDevice`] or wrapped in a [`FaultyDevice`] that injects
+//! errors, latency, bit flips, misdirected, torn and lost writes.
+//!
+//! Addresses and lengths are in logical blocks of [`Geometry::block_size`]
+//! bytes. Data moves in owned [`Bytes`] buffers so backends may hand the I/O to
+//! another thread (the file backend does) without copying.
+//!
+//! Durability contract, which every implementation keeps:
+//! - a `write` with [`WriteFlags::fua`] set returns only once the data is on
+//!   stable storage;
+//! - `flush` returns only once every write that completed before it was called
+//!   is on stable storage;
+//! - a write that returned an error may have changed none, some or all of the
+//!   addressed blocks (a torn write), but no block outside them.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod fault;
+pub mod file;
+mod identity;
+pub mod mem;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+pub use bytes::{Bytes, BytesMut};
+
+pub use error::{BlockError, Result};
+pub use fault::FaultyDevice;
+pub use file::FileDevice;
+pub use identity::DeviceIdentity;
+pub use mem::MemDevice;
+
+/// Shape of a block device: block size and capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Logical block size in bytes (a power of two, 512..=65536).
+    pub block_size: u32,
+    /// Capacity in logical blocks.
+    pub num_blocks: u64,
+}
+
+impl Geometry {
+    /// Capacity in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.num_blocks * u64::from(self.block_size)
+    }
+
+    /// Checks that `blocks` blocks starting at `lba` lie inside the device.
+    pub fn check_range(&self, lba: u64, blocks: u64) -> Result<()> {
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.num_blocks => Ok(()),
+            _ => Err(BlockError::OutOfRange {
+                lba,
+                blocks,
+                capacity: self.num_blocks,
+            }),
+        }
+    }
+
+    /// Checks that a buffer of `len` bytes is a whole number of blocks and
+    /// returns that number.
+    pub fn blocks_in(&self, len: usize) -> Result<u64> {
+        let bs = self.block_size as usize;
+        if len % bs != 0 {
+            return Err(BlockError::Misaligned {
+                len,
+                block_size: self.block_size,
+            });
+        }
+        Ok((len / bs) as u64)
+    }
+}
+
+/// Options of a single write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteFlags {
+    /// Force Unit Access: the write is durable when it completes.
+    pub fua: bool,
+}
+
+impl WriteFlags {
+    /// A write that must be durable when it completes.
+    pub const FUA: WriteFlags = WriteFlags { fua: true };
+    /// An ordinary write (durable after the next flush).
+    pub const NONE: WriteFlags = WriteFlags { fua: false };
+}
+
+/// What a device can do beyond plain read and write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `unmap` releases storage (thin provisioning) rather than only zeroing.
+    pub thin: bool,
+    /// Unmapped blocks read back as zeroes (SCSI LBPRZ).
+    pub unmap_reads_zero: bool,
+    /// The device has a volatile write cache that `flush` empties (SCSI WCE).
+    pub volatile_cache: bool,
+}
+
+/// Allocation state of a run of blocks, as reported by [`BlockDevice::block_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Whether the blocks are allocated (mapped) on the backing storage.
+    pub mapped: bool,
+    /// Number of consecutive blocks with that state, starting at the queried LBA (at least 1).
+    pub blocks: u64,
+}
+
+/// An asynchronous block device. See the crate docs for the durability contract.
+#[async_trait]
+pub trait BlockDevice: Send + Sync + fmt::Debug {
+    /// Block size and capacity. Constant for the life of the object unless the
+    /// device is resized by its owner.
+    fn geometry(&self) -> Geometry;
+
+    /// Stable identity, the same on every path and across restarts.
+    fn identity(&self) -> &DeviceIdentity;
+
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    /// Optional capabilities.
+    fn features(&self) -> Features {
+        Features::default()
+    }
+
+    /// Reads `blocks` blocks starting at `lba`.
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes>;
+
+    /// Writes `data` (a whole number of blocks) starting at `lba`.
+    async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()>;
+
+    /// Makes every completed write durable.
+    async fn flush(&self) -> Result<()>;
+
+    /// Sets `blocks` blocks at `lba` to zero; with `unmap`, the device may
+    /// deallocate them instead (they still read back as zeroes).
+    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()>;
+
+    /// Deallocates `blocks` blocks at `lba` (SCSI UNMAP, ATA TRIM). Contents
+    /// afterwards read as zeroes when [`Features::unmap_reads_zero`] is set and
+    /// are otherwise unspecified. The default implementation writes zeroes.
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
+        self.write_zeroes(lba, blocks, true).await
+    }
+
+    /// Allocation state of the run of blocks starting at `lba` (at most
+    /// `max_blocks` long). The default reports everything mapped.
+    async fn block_status(&self, lba: u64, max_blocks: u64) -> Result<Extent> {
+        let g = self.geometry();
+        g.check_range(lba, 1)?;
+        Ok(Extent {
+            mapped: true,
+            blocks: max_blocks.min(g.num_blocks - lba).max(1),
+        })
+    }
+}
+
+/// A shared, dynamically typed block device: what layers hold of each other.
+pub type SharedDevice = Arc<dyn BlockDevice>;
+
+/// Writes zeroes in chunks of at most `chunk_bytes` with plain writes. A helper
+/// for backends without a native zeroing primitive.
+pub async fn write_zeroes_by_writes<D: BlockDevice + ?Sized>(
+    dev: &D,
+    lba: u64,
+    blocks: u64,
+    chunk_bytes: usize,
+) -> Result<()> {
+    let g = dev.geometry();
+    g.check_range(lba, blocks)?;
+    let per = (chunk_bytes / g.block_size as usize).max(1) as u64;
+    let zero = Bytes::from(vec![
+        0u8;
+        (per.min(blocks.max(1)) * u64::from(g.block_size))
+            as usize
+    ]);
+    let mut done = 0;
+    while done < blocks {
+        let n = per.min(blocks - done);
+        let buf = zero.slice(..(n * u64::from(g.block_size)) as usize);
+        dev.write(lba + done, buf, WriteFlags::NONE).await?;
+        done += n;
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! CHAP authentication, sans-I/O. Under construction.

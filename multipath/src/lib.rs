@@ -1,0 +1,1 @@
+//! Multipath: one block device over several paths (iSCSI sessions, AoE interfaces) to the same ISU disk, grouped by the disk's stable identity, with failover. Not built yet: this crate is empty until the initiator issue.

@@ -1,0 +1,1 @@
+//! Software RAID5 over block devices. Under construction.

@@ -1,0 +1,2 @@
+//! The `opie` command: ISU and head daemons.
+fn main() {}

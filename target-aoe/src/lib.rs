@@ -1,0 +1,1 @@
+//! ATA over Ethernet target (AoE r11). Under construction.
