@@ -9,7 +9,7 @@ use crate::algorithm::{Algorithm, AlgorithmList};
 use crate::error::{ChapError, Result};
 use crate::keys::{
     decode_algorithm_list, decode_binary, decode_identifier, decode_name, encode_hex, KeyValues,
-    Received, CHAP_A, CHAP_C, CHAP_I, CHAP_N, CHAP_R, MAX_CHALLENGE_LEN,
+    Received, TextPair, CHAP_A, CHAP_C, CHAP_I, CHAP_N, CHAP_R, MAX_CHALLENGE_LEN,
 };
 use crate::secret::{Credentials, Secret};
 use crate::Step;
@@ -96,11 +96,10 @@ impl<C: Credentials, R: RngCore + CryptoRng> Authenticator<C, R> {
 
     /// Process the keys of one received Login Request. Keys other than the
     /// five CHAP keys are ignored (the login handles them).
-    pub fn step<I, K, V>(&mut self, received: I) -> Result<Step>
+    pub fn step<I>(&mut self, received: I) -> Result<Step>
     where
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<str>,
-        V: AsRef<str>,
+        I: IntoIterator,
+        I::Item: TextPair,
     {
         let span = self.span.clone();
         let _enter = span.enter();

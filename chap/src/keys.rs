@@ -52,8 +52,12 @@ pub fn is_sensitive_key(key: &str) -> bool {
 }
 
 /// Whether any of `pairs` is a CHAP key.
-pub fn has_chap_keys<K: AsRef<str>, V>(pairs: &[(K, V)]) -> bool {
-    pairs.iter().any(|(k, _)| is_chap_key(k.as_ref()))
+pub fn has_chap_keys<I>(pairs: I) -> bool
+where
+    I: IntoIterator,
+    I::Item: TextPair,
+{
+    pairs.into_iter().any(|p| is_chap_key(p.key()))
 }
 
 /// Encode binary data as a `0x` hex constant.
@@ -175,6 +179,34 @@ pub(crate) fn decode_name(value: &str) -> Result<String> {
     Ok(value.to_owned())
 }
 
+/// One received `key=value` pair: implemented for `(K, V)` and `&(K, V)` with
+/// `K, V: AsRef<str>`, so `step` takes `&[(String, String)]`,
+/// `Vec<(&str, &str)>`, a [`KeyValues`] and the like.
+pub trait TextPair {
+    /// The key.
+    fn key(&self) -> &str;
+    /// The value.
+    fn value(&self) -> &str;
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> TextPair for (K, V) {
+    fn key(&self) -> &str {
+        self.0.as_ref()
+    }
+    fn value(&self) -> &str {
+        self.1.as_ref()
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> TextPair for &(K, V) {
+    fn key(&self) -> &str {
+        self.0.as_ref()
+    }
+    fn value(&self) -> &str {
+        self.1.as_ref()
+    }
+}
+
 /// The CHAP keys of one received step, each at most once.
 #[derive(Default)]
 pub(crate) struct Received {
@@ -188,15 +220,14 @@ pub(crate) struct Received {
 impl Received {
     /// Pick the CHAP keys out of `pairs` (other keys are ignored), refusing
     /// duplicates and over-long values.
-    pub fn collect<I, K, V>(pairs: I) -> Result<Received>
+    pub fn collect<I>(pairs: I) -> Result<Received>
     where
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<str>,
-        V: AsRef<str>,
+        I: IntoIterator,
+        I::Item: TextPair,
     {
         let mut r = Received::default();
-        for (k, v) in pairs {
-            let (k, v) = (k.as_ref(), v.as_ref());
+        for pair in pairs {
+            let (k, v) = (pair.key(), pair.value());
             let (slot, key, limit) = match k {
                 CHAP_A => (&mut r.a, CHAP_A, MAX_ENCODED_TEXT),
                 CHAP_I => (&mut r.i, CHAP_I, MAX_ENCODED_TEXT),

@@ -117,7 +117,7 @@ pub use backoff::{BackoffConfig, LoginBackoff};
 pub use error::{ChapError, ErrorKind, Result};
 pub use keys::{
     decode_binary, decode_number, encode_hex, has_chap_keys, is_chap_key, is_sensitive_key,
-    KeyValues, CHAP_A, CHAP_C, CHAP_I, CHAP_N, CHAP_R, MAX_CHALLENGE_LEN, MAX_NAME_LEN,
+    KeyValues, TextPair, CHAP_A, CHAP_C, CHAP_I, CHAP_N, CHAP_R, MAX_CHALLENGE_LEN, MAX_NAME_LEN,
     MIN_CHALLENGE_LEN,
 };
 pub use responder::{Responder, ResponderConfig};

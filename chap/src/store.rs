@@ -279,7 +279,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         match quoted {
             Some(q) if c == q => {
                 quoted = None;
-                msg.push_str("…");
+                msg.push('…');
                 msg.push(c);
             }
             Some(_) => {}
