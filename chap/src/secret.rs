@@ -59,6 +59,7 @@ impl fmt::Debug for Secret {
 
 /// A CHAP name (CHAP_N) and its secret.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Credential {
     /// The CHAP name sent as CHAP_N.
     pub user: String,

@@ -270,8 +270,9 @@ fn check_permissions(_path: &Path, _file: &File, _strict: bool) -> Result<()> {
     Ok(())
 }
 
-/// Describe a TOML error by line and message, dropping anything quoted, since
-/// the parser's messages may quote the offending value (a secret).
+/// Describe a TOML error by line and message, dropping quoted values, since
+/// the parser's messages may quote the offending value (a secret). Field names,
+/// which serde quotes with backticks, are kept.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let mut msg = String::new();
     let mut quoted: Option<char> = None;
@@ -285,7 +286,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
             Some(_) => {}
             None => {
                 msg.push(c);
-                if c == '"' || c == '`' || c == '\'' {
+                if c == '"' || c == '\'' {
                     quoted = Some(c);
                 }
             }

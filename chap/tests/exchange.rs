@@ -20,10 +20,14 @@ fn only(alg: Algorithm) -> AlgorithmList {
 /// Runs step 1 against `a` with `CHAP_A=list`; returns (alg, id, challenge).
 fn challenge_of(a: &mut Authenticator<CredentialSet>, list: &str) -> (Algorithm, u8, Vec<u8>) {
     let keys = expect_continue(a.step(kv(&[("CHAP_A", list)])));
-    let alg = Algorithm::from_code(keys.get("CHAP_A").expect("A").parse().expect("num")).expect("alg");
+    let alg =
+        Algorithm::from_code(keys.get("CHAP_A").expect("A").parse().expect("num")).expect("alg");
     let id = keys.get("CHAP_I").expect("I").parse().expect("u8");
     let c = decode_binary("CHAP_C", keys.get("CHAP_C").expect("C")).expect("C");
-    assert!(keys.get("CHAP_C").expect("C").starts_with("0x"), "we always send hex");
+    assert!(
+        keys.get("CHAP_C").expect("C").starts_with("0x"),
+        "we always send hex"
+    );
     (alg, id, c)
 }
 
@@ -31,7 +35,10 @@ fn challenge_of(a: &mut Authenticator<CredentialSet>, list: &str) -> (Algorithm,
 fn answer(alg: Algorithm, id: u8, c: &[u8], user: &str, secret: &str) -> Pairs {
     kv(&[
         ("CHAP_N", user),
-        ("CHAP_R", &encode_hex(&alg.response(id, &Secret::from(secret), c))),
+        (
+            "CHAP_R",
+            &encode_hex(&alg.response(id, &Secret::from(secret), c)),
+        ),
     ])
 }
 
@@ -43,7 +50,10 @@ fn one_way_succeeds_with_each_algorithm() {
         let c = expect_continue(t.step(&i.start().expect("start")));
         assert_eq!(t.algorithm(), Some(alg));
         let challenge = decode_binary("CHAP_C", c.get("CHAP_C").expect("C")).expect("C");
-        assert!(challenge.len() >= alg.digest_len(), "challenge as long as the digest");
+        assert!(
+            challenge.len() >= alg.digest_len(),
+            "challenge as long as the digest"
+        );
         let (answer, peer) = expect_done(i.step(&c));
         assert_eq!(peer, None);
         let (keys, peer) = expect_done(t.step(&answer));
@@ -77,7 +87,11 @@ fn target_picks_first_allowed_of_initiator_list() {
     let mut t = authenticator(allowed.clone(), false);
     assert_eq!(challenge_of(&mut t, "5,8").0, Algorithm::Md5);
     let mut t = authenticator(allowed, false);
-    assert_eq!(challenge_of(&mut t, "99,0x5,8").0, Algorithm::Md5, "unknown values skipped, hex numbers read");
+    assert_eq!(
+        challenge_of(&mut t, "99,0x5,8").0,
+        Algorithm::Md5,
+        "unknown values skipped, hex numbers read"
+    );
 }
 
 #[test]
@@ -85,7 +99,10 @@ fn no_acceptable_algorithm_fails() {
     for list in ["", "1", "6", "99,100", "4294967296"] {
         let mut t = authenticator(AlgorithmList::new([Algorithm::Sha256]).expect("l"), false);
         let err = t.step(kv(&[("CHAP_A", list)])).expect_err(list);
-        assert!(matches!(err, ChapError::NoAcceptableAlgorithm), "{list}: {err}");
+        assert!(
+            matches!(err, ChapError::NoAcceptableAlgorithm),
+            "{list}: {err}"
+        );
         assert_eq!(err.login_status(), (0x02, 0x01));
     }
 }
@@ -156,7 +173,10 @@ fn wrong_secret_fails() {
     let c = expect_continue(t.step(&i.start().expect("start")));
     let (a, _) = expect_done(i.step(&c));
     let err = t.step(&a).expect_err("wrong secret");
-    assert!(matches!(err, ChapError::BadResponse(ref u) if u == USER), "{err}");
+    assert!(
+        matches!(err, ChapError::BadResponse(ref u) if u == USER),
+        "{err}"
+    );
     assert_eq!(err.kind(), ErrorKind::Authentication);
     assert_eq!(t.authenticated_user(), None);
 }
@@ -165,21 +185,30 @@ fn wrong_secret_fails() {
 fn wrong_user_fails_like_a_wrong_secret() {
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "5");
-    let err = t.step(&answer(alg, id, &c, "mallory", SECRET)).expect_err("unknown user");
+    let err = t
+        .step(&answer(alg, id, &c, "mallory", SECRET))
+        .expect_err("unknown user");
     assert!(matches!(err, ChapError::UnknownUser(_)), "{err}");
-    assert_eq!(err.login_status(), ChapError::BadResponse(String::new()).login_status());
+    assert_eq!(
+        err.login_status(),
+        ChapError::BadResponse(String::new()).login_status()
+    );
 }
 
 #[test]
 fn response_to_wrong_identifier_or_challenge_fails() {
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "6");
-    let err = t.step(&answer(alg, id.wrapping_add(1), &c, USER, SECRET)).expect_err("id");
+    let err = t
+        .step(&answer(alg, id.wrapping_add(1), &c, USER, SECRET))
+        .expect_err("id");
     assert!(matches!(err, ChapError::BadResponse(_)));
     let mut t = authenticator(all(), false);
     let (alg, id, mut c) = challenge_of(&mut t, "6");
     c[0] ^= 1;
-    let err = t.step(&answer(alg, id, &c, USER, SECRET)).expect_err("challenge");
+    let err = t
+        .step(&answer(alg, id, &c, USER, SECRET))
+        .expect_err("challenge");
     assert!(matches!(err, ChapError::BadResponse(_)));
 }
 
@@ -208,7 +237,10 @@ fn missing_keys_fail_with_missing_parameter() {
             remove(&mut a, k);
         }
         let err = t.step(&a).expect_err(missing);
-        assert!(matches!(err, ChapError::MissingKey(k) if k == missing), "{missing}: {err}");
+        assert!(
+            matches!(err, ChapError::MissingKey(k) if k == missing),
+            "{missing}: {err}"
+        );
         assert_eq!(err.kind(), ErrorKind::Protocol);
     }
 }
@@ -216,18 +248,25 @@ fn missing_keys_fail_with_missing_parameter() {
 #[test]
 fn duplicate_and_unexpected_keys_fail() {
     let mut t = authenticator(all(), false);
-    let err = t.step(kv(&[("CHAP_A", "5"), ("CHAP_A", "7")])).expect_err("dup");
+    let err = t
+        .step(kv(&[("CHAP_A", "5"), ("CHAP_A", "7")]))
+        .expect_err("dup");
     assert!(matches!(err, ChapError::DuplicateKey("CHAP_A")));
 
     let mut t = authenticator(all(), false);
-    let err = t.step(kv(&[("CHAP_A", "5"), ("CHAP_N", USER)])).expect_err("early N");
+    let err = t
+        .step(kv(&[("CHAP_A", "5"), ("CHAP_N", USER)]))
+        .expect_err("early N");
     assert!(matches!(err, ChapError::UnexpectedKey("CHAP_N")));
 
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "5");
     let mut a = answer(alg, id, &c, USER, SECRET);
     a.push(("CHAP_A".into(), "5".into()));
-    assert!(matches!(t.step(&a), Err(ChapError::UnexpectedKey("CHAP_A"))));
+    assert!(matches!(
+        t.step(&a),
+        Err(ChapError::UnexpectedKey("CHAP_A"))
+    ));
 
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "5");
@@ -252,10 +291,14 @@ fn non_chap_keys_are_ignored() {
 
 #[test]
 fn malformed_response_values_fail_as_protocol_errors() {
-    for bad in ["", "0x", "0b", "deadbeef", "0xzz", "0b!!!!", "0x00", "0b====", "0xABCD"] {
+    for bad in [
+        "", "0x", "0b", "deadbeef", "0xzz", "0b!!!!", "0x00", "0b====", "0xABCD",
+    ] {
         let mut t = authenticator(all(), false);
         challenge_of(&mut t, "5");
-        let err = t.step(kv(&[("CHAP_N", USER), ("CHAP_R", bad)])).expect_err(bad);
+        let err = t
+            .step(kv(&[("CHAP_N", USER), ("CHAP_R", bad)]))
+            .expect_err(bad);
         assert_eq!(err.kind(), ErrorKind::Protocol, "{bad:?}: {err}");
     }
     // Over-long challenge in a mutual answer.
@@ -263,7 +306,11 @@ fn malformed_response_values_fail_as_protocol_errors() {
     let (alg, id, c) = challenge_of(&mut t, "5");
     let mut a = answer(alg, id, &c, USER, SECRET);
     set(&mut a, "CHAP_I", "1");
-    set(&mut a, "CHAP_C", &encode_hex(&vec![7u8; chap::MAX_CHALLENGE_LEN + 1]));
+    set(
+        &mut a,
+        "CHAP_C",
+        &encode_hex(&vec![7u8; chap::MAX_CHALLENGE_LEN + 1]),
+    );
     assert_eq!(t.step(&a).expect_err("long").kind(), ErrorKind::Protocol);
     // Identifier out of range.
     let mut t = authenticator(all(), true);
@@ -345,14 +392,20 @@ fn initiator_refuses_target_with_wrong_mutual_secret_or_name() {
     let (m, _) = expect_done(t.step(&a));
     let mut m = pairs(&m);
     set(&mut m, "CHAP_N", "impostor");
-    assert!(matches!(i.step(&m), Err(ChapError::TargetNotAuthenticated(_))));
+    assert!(matches!(
+        i.step(&m),
+        Err(ChapError::TargetNotAuthenticated(_))
+    ));
 
     // No answer at all.
     let mut t = authenticator(all(), true);
     let mut i = responder(all(), SECRET, Some(TARGET_SECRET));
     let c = expect_continue(t.step(&i.start().expect("start")));
     expect_continue(i.step(&c));
-    assert!(matches!(i.step(kv(&[])), Err(ChapError::MissingKey("CHAP_N"))));
+    assert!(matches!(
+        i.step(kv(&[])),
+        Err(ChapError::MissingKey("CHAP_N"))
+    ));
 }
 
 #[test]
@@ -360,7 +413,11 @@ fn initiator_refuses_algorithm_it_did_not_offer_or_reject() {
     let mut i = responder(only(Algorithm::Sha256), SECRET, None);
     assert_eq!(i.start().expect("start").get("CHAP_A"), Some("7"));
     let err = i
-        .step(kv(&[("CHAP_A", "5"), ("CHAP_I", "1"), ("CHAP_C", "0x0102")]))
+        .step(kv(&[
+            ("CHAP_A", "5"),
+            ("CHAP_I", "1"),
+            ("CHAP_C", "0x0102"),
+        ]))
         .expect_err("not offered");
     assert!(matches!(err, ChapError::AlgorithmNotOffered(5)));
 
@@ -374,7 +431,11 @@ fn initiator_refuses_algorithm_it_did_not_offer_or_reject() {
     let mut i = responder(all(), SECRET, None);
     i.start().expect("start");
     let err = i
-        .step(kv(&[("CHAP_A", "5,7"), ("CHAP_I", "1"), ("CHAP_C", "0x0102")]))
+        .step(kv(&[
+            ("CHAP_A", "5,7"),
+            ("CHAP_I", "1"),
+            ("CHAP_C", "0x0102"),
+        ]))
         .expect_err("two algorithms");
     assert_eq!(err.kind(), ErrorKind::Protocol);
 }
@@ -388,7 +449,9 @@ fn initiator_mutual_challenge_differs_from_target_challenge() {
         let a = expect_continue(i.step(&c));
         assert_ne!(a.get("CHAP_C"), c.get("CHAP_C"));
         assert_eq!(
-            decode_binary("CHAP_C", a.get("CHAP_C").expect("C")).expect("C").len(),
+            decode_binary("CHAP_C", a.get("CHAP_C").expect("C"))
+                .expect("C")
+                .len(),
             16
         );
     }
@@ -405,7 +468,9 @@ fn exchange_is_dead_after_completion_or_failure() {
     // A failed exchange cannot be retried with the right answer.
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "5");
-    assert!(t.step(&answer(alg, id, &c, USER, "wrong-secret-123")).is_err());
+    assert!(t
+        .step(&answer(alg, id, &c, USER, "wrong-secret-123"))
+        .is_err());
     assert!(matches!(
         t.step(&answer(alg, id, &c, USER, SECRET)),
         Err(ChapError::Finished(_))
@@ -434,7 +499,9 @@ fn responder_rejects_empty_secrets_and_step_before_start() {
 fn step_keys_accessor_and_text_form() {
     let mut t = authenticator(all(), false);
     let step = t.step(kv(&[("CHAP_A", "5")])).expect("step");
-    let Step::Continue(ref keys) = step else { panic!("continue") };
+    let Step::Continue(ref keys) = step else {
+        panic!("continue")
+    };
     assert_eq!(step.keys(), keys);
     let text = keys.to_text();
     assert!(text.starts_with(b"CHAP_A=5\0CHAP_I="));
