@@ -182,6 +182,12 @@ impl<C: Credentials, R: RngCore + CryptoRng> Authenticator<C, R> {
         let Some(secret) = secret else {
             return Err(ChapError::UnknownUser(name));
         };
+        if secret.is_empty() {
+            // A misconfigured (empty) secret must not let anyone in.
+            return Err(ChapError::Config(format!(
+                "empty CHAP secret for user {name:?}"
+            )));
+        }
         if !matches {
             return Err(ChapError::BadResponse(name));
         }

@@ -106,14 +106,14 @@ impl<R: RngCore + CryptoRng> Responder<R> {
         I: IntoIterator,
         I::Item: TextPair,
     {
+        if matches!(self.state, State::Start) {
+            return Err(ChapError::Config("call start() before step()".into()));
+        }
         let span = self.span.clone();
         let _enter = span.enter();
         let state = std::mem::replace(&mut self.state, State::Failed);
         let result = Received::collect(received).and_then(|keys| match state {
-            State::Start => {
-                self.state = State::Start;
-                Err(ChapError::Config("call start() before step()".into()))
-            }
+            State::Start => Err(ChapError::Config("call start() before step()".into())),
             State::AwaitChallenge => self.respond(&keys),
             State::AwaitMutual {
                 alg,

@@ -47,7 +47,7 @@ fn one_way_succeeds_with_each_algorithm() {
     for alg in Algorithm::ALL {
         let mut t = authenticator(only(alg), false);
         let mut i = responder(only(alg), SECRET, None);
-        let c = expect_continue(t.step(&i.start().expect("start")));
+        let c = expect_continue(t.step(i.start().expect("start")));
         assert_eq!(t.algorithm(), Some(alg));
         let challenge = decode_binary("CHAP_C", c.get("CHAP_C").expect("C")).expect("C");
         assert!(
@@ -68,7 +68,7 @@ fn mutual_succeeds_with_each_algorithm() {
     for alg in Algorithm::ALL {
         let mut t = authenticator(only(alg), true);
         let mut i = responder(all(), SECRET, Some(TARGET_SECRET));
-        let c = expect_continue(t.step(&i.start().expect("start")));
+        let c = expect_continue(t.step(i.start().expect("start")));
         let a = expect_continue(i.step(&c));
         let (m, peer) = expect_done(t.step(&a));
         assert_eq!(peer.as_deref(), Some(USER));
@@ -170,7 +170,7 @@ fn response_in_base64_and_uppercase_prefixes_is_accepted() {
 fn wrong_secret_fails() {
     let mut t = authenticator(all(), false);
     let mut i = responder(all(), "not-the-secret!!", None);
-    let c = expect_continue(t.step(&i.start().expect("start")));
+    let c = expect_continue(t.step(i.start().expect("start")));
     let (a, _) = expect_done(i.step(&c));
     let err = t.step(&a).expect_err("wrong secret");
     assert!(
@@ -186,7 +186,7 @@ fn wrong_user_fails_like_a_wrong_secret() {
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "5");
     let err = t
-        .step(&answer(alg, id, &c, "mallory", SECRET))
+        .step(answer(alg, id, &c, "mallory", SECRET))
         .expect_err("unknown user");
     assert!(matches!(err, ChapError::UnknownUser(_)), "{err}");
     assert_eq!(
@@ -200,14 +200,14 @@ fn response_to_wrong_identifier_or_challenge_fails() {
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "6");
     let err = t
-        .step(&answer(alg, id.wrapping_add(1), &c, USER, SECRET))
+        .step(answer(alg, id.wrapping_add(1), &c, USER, SECRET))
         .expect_err("id");
     assert!(matches!(err, ChapError::BadResponse(_)));
     let mut t = authenticator(all(), false);
     let (alg, id, mut c) = challenge_of(&mut t, "6");
     c[0] ^= 1;
     let err = t
-        .step(&answer(alg, id, &c, USER, SECRET))
+        .step(answer(alg, id, &c, USER, SECRET))
         .expect_err("challenge");
     assert!(matches!(err, ChapError::BadResponse(_)));
 }
@@ -368,7 +368,7 @@ fn same_secret_both_ways_is_refused() {
 fn mutual_request_without_target_credential_fails() {
     let mut t = authenticator(all(), false);
     let mut i = responder(all(), SECRET, Some(TARGET_SECRET));
-    let c = expect_continue(t.step(&i.start().expect("start")));
+    let c = expect_continue(t.step(i.start().expect("start")));
     let a = expect_continue(i.step(&c));
     assert!(matches!(t.step(&a), Err(ChapError::MutualNotConfigured)));
 }
@@ -378,7 +378,7 @@ fn initiator_refuses_target_with_wrong_mutual_secret_or_name() {
     // Wrong secret: the target is configured with a different mutual secret.
     let mut t = authenticator(all(), true);
     let mut i = responder(all(), SECRET, Some("the-expected-target-secret"));
-    let c = expect_continue(t.step(&i.start().expect("start")));
+    let c = expect_continue(t.step(i.start().expect("start")));
     let a = expect_continue(i.step(&c));
     let (m, _) = expect_done(t.step(&a));
     let err = i.step(&m).expect_err("wrong target secret");
@@ -387,7 +387,7 @@ fn initiator_refuses_target_with_wrong_mutual_secret_or_name() {
     // Right secret, wrong name.
     let mut t = authenticator(all(), true);
     let mut i = responder(all(), SECRET, Some(TARGET_SECRET));
-    let c = expect_continue(t.step(&i.start().expect("start")));
+    let c = expect_continue(t.step(i.start().expect("start")));
     let a = expect_continue(i.step(&c));
     let (m, _) = expect_done(t.step(&a));
     let mut m = pairs(&m);
@@ -400,7 +400,7 @@ fn initiator_refuses_target_with_wrong_mutual_secret_or_name() {
     // No answer at all.
     let mut t = authenticator(all(), true);
     let mut i = responder(all(), SECRET, Some(TARGET_SECRET));
-    let c = expect_continue(t.step(&i.start().expect("start")));
+    let c = expect_continue(t.step(i.start().expect("start")));
     expect_continue(i.step(&c));
     assert!(matches!(
         i.step(kv(&[])),
@@ -445,7 +445,7 @@ fn initiator_mutual_challenge_differs_from_target_challenge() {
     for _ in 0..32 {
         let mut t = authenticator(only(Algorithm::Md5), true);
         let mut i = responder(all(), SECRET, Some(TARGET_SECRET));
-        let c = expect_continue(t.step(&i.start().expect("start")));
+        let c = expect_continue(t.step(i.start().expect("start")));
         let a = expect_continue(i.step(&c));
         assert_ne!(a.get("CHAP_C"), c.get("CHAP_C"));
         assert_eq!(
@@ -469,10 +469,10 @@ fn exchange_is_dead_after_completion_or_failure() {
     let mut t = authenticator(all(), false);
     let (alg, id, c) = challenge_of(&mut t, "5");
     assert!(t
-        .step(&answer(alg, id, &c, USER, "wrong-secret-123"))
+        .step(answer(alg, id, &c, USER, "wrong-secret-123"))
         .is_err());
     assert!(matches!(
-        t.step(&answer(alg, id, &c, USER, SECRET)),
+        t.step(answer(alg, id, &c, USER, SECRET)),
         Err(ChapError::Finished(_))
     ));
 
@@ -508,4 +508,16 @@ fn step_keys_accessor_and_text_form() {
     assert_eq!(text.iter().filter(|&&b| b == 0).count(), 3);
     assert!(chap::has_chap_keys(keys));
     assert!(!chap::has_chap_keys(kv(&[("AuthMethod", "CHAP")])));
+}
+
+#[test]
+fn empty_configured_secret_never_authenticates() {
+    let creds = CredentialSet::new().with_user(Credential::new(USER, ""));
+    let mut t = Authenticator::new(AuthenticatorConfig::default(), creds);
+    let (alg, id, c) = challenge_of(&mut t, "5");
+    let err = t
+        .step(answer(alg, id, &c, USER, ""))
+        .expect_err("empty secret");
+    assert_eq!(err.kind(), ErrorKind::Local);
+    assert_eq!(err.login_status(), (0x03, 0x00));
 }

@@ -121,7 +121,7 @@ proptest! {
             credential: Credential::new(user.clone(), chap::Secret::new(s.clone())),
             mutual: m.as_ref().map(|m| Credential::new("target", chap::Secret::new(m.clone()))),
         }).expect("config");
-        let c = expect_continue(t.step(&i.start().expect("start")));
+        let c = expect_continue(t.step(i.start().expect("start")));
         if m.is_some() {
             let a = expect_continue(i.step(&c));
             let (back, peer) = expect_done(t.step(&a));
@@ -145,7 +145,7 @@ proptest! {
             credential: Credential::new("u", chap::Secret::new(s.clone())),
             mutual: None,
         }).expect("config");
-        let c = expect_continue(t.step(&i.start().expect("start")));
+        let c = expect_continue(t.step(i.start().expect("start")));
         let (a, _) = expect_done(i.step(&c));
         let mut r = decode_binary("CHAP_R", a.get("CHAP_R").expect("R")).expect("R");
         let bit = bit % (r.len() * 8);
@@ -162,7 +162,7 @@ proptest! {
             credential: Credential::new("u", chap::Secret::new(other)),
             mutual: None,
         }).expect("config");
-        let c = expect_continue(t.step(&i.start().expect("start")));
+        let c = expect_continue(t.step(i.start().expect("start")));
         let (a, _) = expect_done(i.step(&c));
         prop_assert!(matches!(t.step(&a), Err(chap::ChapError::BadResponse(_))));
     }

@@ -120,7 +120,7 @@ fn run_everything(forbidden: &mut Forbidden) -> Vec<String> {
         mutual: None,
     })
     .expect("responder");
-    let c = expect_continue(t.step(&bad.start().expect("start")));
+    let c = expect_continue(t.step(bad.start().expect("start")));
     forbidden.note(&c);
     let (a, _) = expect_done(bad.step(&c));
     forbidden.note(&a);
