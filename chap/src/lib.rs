@@ -101,6 +101,60 @@
 //!
 //! The login passes keys as any iterator of string pairs, for example a
 //! `&[(String, String)]` or `&[(&str, &str)]` from its text decoder.
+//!
+//! # Wiring it into the target's login
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use std::time::{Duration, Instant};
+//! use chap::{
+//!     Authenticator, AuthenticatorConfig, BackoffConfig, ErrorKind, LoginBackoff, SecretsStore,
+//!     Step,
+//! };
+//!
+//! // At startup (and on reload): the secrets file, normally
+//! // `SecretsStore::load(path, strict)`, which checks the file mode too.
+//! let store = SecretsStore::from_toml_str(r#"
+//!     [target."iqn.2026-11.org.opie:disk0"]
+//!     [[target."iqn.2026-11.org.opie:disk0".chap]]
+//!     user = "alice"
+//!     secret = "alice-secret-16b"
+//! "#)?;
+//! let mut backoff = LoginBackoff::new(BackoffConfig::default()); // shared by all connections
+//!
+//! // A connection from `peer` sends its first Login Request.
+//! let peer: IpAddr = "192.0.2.10".parse().unwrap();
+//! let now = Instant::now();
+//! let wait: Duration = backoff.admit(peer, now); // sleep this long before answering
+//!
+//! // InitiatorName and TargetName are known; AuthMethod=CHAP was agreed.
+//! let creds = store
+//!     .target("iqn.2026-11.org.opie:disk0", "iqn.1994-05.com.redhat:alice")
+//!     .expect("target has CHAP credentials"); // else: no user can log in
+//! let mut auth = Authenticator::new(AuthenticatorConfig::default(), creds);
+//!
+//! // For each Login Request with CHAP keys (here a bad one):
+//! match auth.step([("CHAP_A", "5"), ("CHAP_N", "alice")]) {
+//!     Ok(Step::Continue(keys)) => { /* send keys, T=0 */ }
+//!     Ok(Step::Done { keys, peer: user }) => {
+//!         // Authenticated as `user`: check the ACL, send `keys`, may transit.
+//!         backoff.record_success(peer);
+//!     }
+//!     Err(e) => {
+//!         let (class, detail) = e.login_status();
+//!         if e.kind() != ErrorKind::Local {
+//!             // The peer's fault: hold the failure response back by this long.
+//!             let _hold: Duration = backoff.record_failure(peer, Instant::now());
+//!         }
+//!         // Send a Login Response with (class, detail), then close.
+//! #       assert_eq!((class, detail), (0x02, 0x00));
+//!     }
+//! }
+//! # Ok::<(), chap::ChapError>(())
+//! ```
+//!
+//! Protocol errors count as failures too, so probing with malformed keys is
+//! slowed down like guessing.
 
 mod algorithm;
 mod authenticator;
