@@ -109,8 +109,19 @@ impl fmt::Display for Algorithm {
 /// On the target it is the allow-list (its order does not matter there: the
 /// target takes the first algorithm of the *initiator's* list that is allowed).
 /// On the initiator it is the offer, in preference order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// In a configuration file it is a list of names, e.g.
+/// `chap_algorithms = ["sha3-256", "sha256"]` (see [`Algorithm::from_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "Vec<String>")]
 pub struct AlgorithmList(Vec<Algorithm>);
+
+impl TryFrom<Vec<String>> for AlgorithmList {
+    type Error = crate::ChapError;
+    fn try_from(names: Vec<String>) -> crate::Result<Self> {
+        Self::from_names(&names)
+    }
+}
 
 impl AlgorithmList {
     /// A list from the given algorithms, duplicates removed (first kept).
@@ -161,5 +172,38 @@ impl Default for AlgorithmList {
     /// All four algorithms, strongest first.
     fn default() -> Self {
         AlgorithmList(Algorithm::ALL.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_names_round_trip() {
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::from_code(a.code()), Some(a));
+            assert_eq!(Algorithm::from_name(&a.to_string()), Some(a));
+        }
+        assert_eq!(Algorithm::from_code(4), None);
+        assert_eq!(Algorithm::from_name("sha512"), None);
+    }
+
+    #[test]
+    fn lists_from_configuration() {
+        #[derive(serde::Deserialize)]
+        struct Cfg {
+            algs: AlgorithmList,
+        }
+        let c: Cfg = toml::from_str(r#"algs = ["SHA3-256", "md5", "sha3_256"]"#).expect("parses");
+        assert_eq!(c.algs.as_slice(), &[Algorithm::Sha3_256, Algorithm::Md5]);
+        let err = toml::from_str::<Cfg>(r#"algs = ["sha512"]"#)
+            .err()
+            .expect("unknown name");
+        assert!(err.to_string().contains("unknown CHAP algorithm"), "{err}");
+        assert!(
+            toml::from_str::<Cfg>("algs = []").is_err(),
+            "empty list refused"
+        );
     }
 }

@@ -341,3 +341,109 @@ impl fmt::Debug for KeyValues {
         m.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_values() {
+        assert_eq!(
+            decode_binary(CHAP_C, "0xabc").expect("odd"),
+            vec![0x0a, 0xbc]
+        );
+        assert_eq!(
+            decode_binary(CHAP_C, "0XAbCd").expect("mixed"),
+            vec![0xab, 0xcd]
+        );
+        assert_eq!(
+            decode_binary(CHAP_C, "0bq83v").expect("b64"),
+            vec![0xab, 0xcd, 0xef]
+        );
+        assert_eq!(decode_binary(CHAP_C, "0Bqw==").expect("pad"), vec![0xab]);
+        assert_eq!(decode_binary(CHAP_C, "0Bqw").expect("no pad"), vec![0xab]);
+        for bad in [
+            "", "ab", "0x", "0b", "0x 12", "0x12 ", "0b q83v", "0b-_", "0y12", "0b=",
+        ] {
+            let e = decode_binary(CHAP_C, bad).expect_err(bad);
+            assert!(e.to_string().starts_with("malformed CHAP_C"), "{e}");
+        }
+        let max = encode_hex(&[0x5a; MAX_CHALLENGE_LEN]);
+        assert_eq!(
+            decode_binary(CHAP_C, &max).expect("max").len(),
+            MAX_CHALLENGE_LEN
+        );
+        assert!(decode_binary(CHAP_C, &format!("{max}5a")).is_err());
+        assert!(decode_binary(CHAP_C, &format!("0x0{}", &max[2..])).is_err());
+    }
+
+    #[test]
+    fn numbers_and_identifiers() {
+        assert_eq!(decode_number(CHAP_I, "0").expect("0"), 0);
+        assert_eq!(decode_number(CHAP_I, "007").expect("007"), 7);
+        assert_eq!(decode_number(CHAP_I, "0xff").expect("hex"), 255);
+        assert_eq!(
+            decode_number(CHAP_I, "18446744073709551615").expect("max"),
+            u64::MAX
+        );
+        for bad in [
+            "",
+            "+1",
+            "-1",
+            "1 ",
+            "0x",
+            "1e3",
+            "18446744073709551616",
+            "٣",
+        ] {
+            assert!(decode_number(CHAP_I, bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(decode_identifier("255").expect("255"), 255);
+        assert!(decode_identifier("256").is_err());
+        assert_eq!(
+            decode_algorithm_list("5,0x7,99999999999").expect("list"),
+            vec![5, 7, u32::MAX]
+        );
+        assert_eq!(decode_algorithm_list("").expect("empty"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            decode_name("iqn.1994-05.com.redhat:x").expect("iqn"),
+            "iqn.1994-05.com.redhat:x"
+        );
+        assert!(decode_name("").is_err());
+        assert!(decode_name("a\nb").is_err());
+        assert!(decode_name(&"n".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert!(decode_name(&"n".repeat(MAX_NAME_LEN)).is_ok());
+    }
+
+    #[test]
+    fn key_values_redact_challenges_and_responses_in_debug() {
+        let mut kv = KeyValues::default();
+        kv.push(CHAP_A, "5".into());
+        kv.push(CHAP_C, "0xfeedface".into());
+        kv.push(CHAP_R, "0xdeadbeef".into());
+        let s = format!("{kv:?}");
+        assert!(s.contains("\"CHAP_A\": \"5\""), "{s}");
+        assert!(!s.contains("feedface") && !s.contains("deadbeef"), "{s}");
+        assert_eq!(kv.get(CHAP_R), Some("0xdeadbeef"));
+        assert_eq!(
+            kv.to_text(),
+            b"CHAP_A=5\0CHAP_C=0xfeedface\0CHAP_R=0xdeadbeef\0"
+        );
+    }
+
+    #[test]
+    fn duplicates_and_length_limits_on_collect() {
+        assert!(matches!(
+            Received::collect([("CHAP_R", "0x1"), ("CHAP_R", "0x1")]),
+            Err(ChapError::DuplicateKey(CHAP_R))
+        ));
+        let long = "n".repeat(MAX_ENCODED_TEXT + 1);
+        assert!(Received::collect([(CHAP_N, long.as_str())]).is_err());
+        let r = Received::collect([("Other", "x"), ("chap_a", "5")]).expect("ignored");
+        assert!(r.a.is_none(), "keys are case-sensitive");
+    }
+}
