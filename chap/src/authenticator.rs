@@ -114,9 +114,8 @@ impl<C: Credentials, R: RngCore + CryptoRng> Authenticator<C, R> {
             State::Done { .. } => Err(ChapError::Finished("completed")),
             State::Failed => Err(ChapError::Finished("failed")),
         });
-        match &result {
-            Ok(_) => {}
-            Err(e) => debug!(error = %e, "CHAP exchange failed"),
+        if let Err(e) = &result {
+            debug!(error = %e, "CHAP exchange failed");
         }
         // On error the state stays `Failed`; on success the handlers set it.
         result
