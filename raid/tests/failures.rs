@@ -72,7 +72,9 @@ async fn rebuild_resumes_from_checkpoint_after_restart() {
     a.fail(1).await;
     rig.clock.advance(Duration::from_secs(60));
     a.maintain().await.unwrap();
-    // 8 rows per checkpoint; stop after 20 rows, as a crash would.
+    // maintain() rebuilt one batch of 8 rows; 20 more, then a crash. With a
+    // checkpoint every 8 rows, the last one persisted is at row 24.
+    assert_eq!(a.rebuild_progress().unwrap().done_rows, 8);
     a.rebuild_step(20).await.unwrap();
     drop(a);
     let (b, report) = RaidArray::assemble(rig.all(), rig.cfg.clone(), rig.clock.clone(), AssembleOptions { force: true })
@@ -80,7 +82,7 @@ async fn rebuild_resumes_from_checkpoint_after_restart() {
         .unwrap();
     assert!(report.refused.iter().all(|(_, why)| why.contains("another device")), "{report:?}");
     let p = b.rebuild_progress().expect("rebuild resumes");
-    assert_eq!(p.done_rows, 16, "resumes at the last checkpoint");
+    assert_eq!(p.done_rows, 24, "resumes at the last checkpoint");
     check_all(&b, &model).await;
     while !b.rebuild_step(100).await.unwrap().1 {}
     assert!(!b.degraded());
