@@ -18,6 +18,7 @@ use crate::array::{MemberState, RaidArray};
 use crate::bitmap::Bitmap;
 use crate::error::{RaidError, Result};
 use crate::integrity::{ChunkTags, TagEntry};
+
 use crate::layout::Layout;
 use crate::parity::xor_into;
 use crate::superblock::SPARE;
@@ -304,37 +305,35 @@ impl RaidArray {
 
     /// Makes parity and tags of `row` agree with its data after an unclean stop
     /// (the data blocks are trusted: each holds its old or its new content).
-    /// Needs every member; returns whether anything was rewritten.
+    /// With the parity member missing only the data tags are fixed; with a data
+    /// member missing nothing can be checked (the journal covers that case).
+    /// Returns whether anything was rewritten.
     pub(crate) async fn resync_row(&self, lay: &Layout, row: u64) -> Result<bool> {
         let bs = self.inner.block_size as usize;
         let c = lay.chunk_blocks;
-        let mut devs = Vec::new();
-        for s in 0..lay.members {
-            match self.usable(s, row) {
-                Some(d) => devs.push(d),
-                None => return Ok(false),
-            }
-        }
         let pslot = lay.parity_member(row);
+        let devs: Vec<Option<SharedDevice>> = (0..lay.members).map(|s| self.usable(s, row)).collect();
+        let missing: Vec<u32> = (0..lay.members).filter(|&s| devs[s as usize].is_none()).collect();
+        if missing.len() > 1 || missing.first().is_some_and(|&m| m != pslot) {
+            return Ok(false);
+        }
         let mut parity = vec![0u8; c as usize * bs];
         let mut changed = false;
-        let mut old_parity = None;
         for (s, dev) in devs.iter().enumerate() {
             let s = s as u32;
+            let Some(dev) = dev else { continue };
+            if s == pslot {
+                continue;
+            }
             let (data, tags) = tokio::join!(dev.read(lay.member_block(row, 0), c), self.read_tags(lay, row, s, dev));
-            let (data, tags) = match (data, tags) {
+            let (data, mut tags) = match (data, tags) {
                 (Ok(d), Ok(t)) => (d, t),
                 (Err(e), _) | (_, Err(e)) => {
                     self.fail_member(s, &e).await;
                     return Ok(false);
                 }
             };
-            if s == pslot {
-                old_parity = Some((data, tags));
-                continue;
-            }
             xor_into(&mut parity, &data);
-            let mut tags = tags;
             let mut fix = false;
             for (i, blk) in data.chunks_exact(bs).enumerate() {
                 let addr = Self::addr_of(lay, row, s, i as u32);
@@ -351,12 +350,24 @@ impl RaidArray {
                 }
             }
         }
-        let (pdata, ptags) = old_parity.ok_or_else(|| RaidError::Failed("no parity member".into()))?;
+        let Some(pdev) = &devs[pslot as usize] else {
+            return Ok(changed);
+        };
+        let (pdata, ptags) = match tokio::join!(pdev.read(lay.member_block(row, 0), c), self.read_tags(lay, row, pslot, pdev)) {
+            (Ok(d), Ok(t)) => (d, t),
+            (Err(e), _) | (_, Err(e)) => {
+                self.fail_member(pslot, &e).await;
+                return Ok(changed);
+            }
+        };
         let stale = pdata[..] != parity[..]
-            || parity.chunks_exact(bs).enumerate().any(|(i, b)| !ptags.verifies(i, Self::addr_of(lay, row, pslot, i as u32), b));
+            || parity
+                .chunks_exact(bs)
+                .enumerate()
+                .any(|(i, b)| !ptags.verifies(i, Self::addr_of(lay, row, pslot, i as u32), b));
         if stale {
             changed = true;
-            self.write_chunk_with_tags(lay, row, pslot, &devs[pslot as usize], &parity).await;
+            self.write_chunk_with_tags(lay, row, pslot, pdev, &parity).await;
         }
         Ok(changed)
     }
