@@ -401,6 +401,11 @@ impl RaidArray {
         self.meta().slots.iter().map(|s| s.state).collect()
     }
 
+    /// Identity of the device in every member slot (`None`: no device).
+    pub fn member_identities(&self) -> Vec<Option<DeviceIdentity>> {
+        self.meta().slots.iter().map(|s| s.dev.as_ref().map(|d| d.identity().clone())).collect()
+    }
+
     /// Number of hot spares waiting.
     pub fn spare_count(&self) -> usize {
         self.meta().spares.len()
@@ -793,7 +798,7 @@ impl RaidArray {
                 }
                 debug!(row, slot, blocks = bad.len(), "repairing damaged blocks from parity");
                 if let Err(e) = dev
-                    .write(lay.member_block(row, b0), Bytes::from(fixed.clone()), WriteFlags::NONE)
+                    .write(lay.member_block(row, b0), Bytes::from(fixed.clone()), WriteFlags::FUA)
                     .await
                 {
                     self.fail_member(slot, &e).await;
@@ -825,7 +830,8 @@ impl RaidArray {
     ) -> Result<Vec<u8>> {
         let c = lay.chunk_blocks;
         let full = self.reconstruct(lay, row, slot, 0, c).await?;
-        self.write_chunk_with_tags(lay, row, slot, dev, &full).await;
+        // Repairs are made durable at once: a crash must not bring the damage back.
+        self.write_chunk_with_tags(lay, row, slot, dev, &full, WriteFlags::FUA).await;
         self.inner.stats.repaired.fetch_add(u64::from(c), Ordering::Relaxed);
         Ok(full)
     }
@@ -838,6 +844,7 @@ impl RaidArray {
         slot: u32,
         dev: &SharedDevice,
         content: &[u8],
+        flags: WriteFlags,
     ) -> bool {
         let bs = self.inner.block_size as usize;
         let tags = ChunkTags {
@@ -851,7 +858,7 @@ impl RaidArray {
         let mut buf = BytesMut::with_capacity(content.len() + tbuf.len());
         buf.extend_from_slice(content);
         buf.extend_from_slice(&tbuf);
-        match dev.write(lay.member_block(row, 0), buf.freeze(), WriteFlags::NONE).await {
+        match dev.write(lay.member_block(row, 0), buf.freeze(), flags).await {
             Ok(()) => true,
             Err(e) => {
                 self.fail_member(slot, &e).await;

@@ -168,7 +168,7 @@ impl RaidArray {
             m.rebuild = Some(RebuildState::new(slot, 0, bitmap_only, now));
         }
         if let Some(j) = &self.inner.journal {
-            j.reset_all(self).await?;
+            j.checkpoint(self).await?;
         }
         self.write_superblocks().await
     }
@@ -245,7 +245,7 @@ impl RaidArray {
     async fn rebuild_row(&self, lay: &Layout, row: u64, slot: u32, dev: &SharedDevice) -> Result<()> {
         match self.reconstruct(lay, row, slot, 0, lay.chunk_blocks).await {
             Ok(content) => {
-                self.write_chunk_with_tags(lay, row, slot, dev, &content).await;
+                self.write_chunk_with_tags(lay, row, slot, dev, &content, WriteFlags::NONE).await;
             }
             Err(RaidError::Unrecoverable { lba }) => {
                 // No correct copy exists: leave a damaged tag block so reads of
@@ -367,7 +367,7 @@ impl RaidArray {
                 .any(|(i, b)| !ptags.verifies(i, Self::addr_of(lay, row, pslot, i as u32), b));
         if stale {
             changed = true;
-            self.write_chunk_with_tags(lay, row, pslot, pdev, &parity).await;
+            self.write_chunk_with_tags(lay, row, pslot, pdev, &parity, WriteFlags::NONE).await;
         }
         Ok(changed)
     }

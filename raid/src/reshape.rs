@@ -102,7 +102,7 @@ impl RaidArray {
             self.persist_bitmap_block(b).await?;
         }
         if let Some(j) = &self.inner.journal {
-            j.reset_all(self).await?;
+            j.checkpoint(self).await?;
         }
         self.write_superblocks().await?;
         info!(members = new.members, "reshape started");

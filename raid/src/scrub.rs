@@ -161,7 +161,7 @@ impl RaidArray {
                 };
                 let mut buf = chunks[s].clone();
                 buf.extend_from_slice(&fresh.encode(self.inner.block_size, self.place(row, s as u32)));
-                if let Err(e) = devs[s].write(lay.member_block(row, 0), Bytes::from(buf), WriteFlags::NONE).await {
+                if let Err(e) = devs[s].write(lay.member_block(row, 0), Bytes::from(buf), WriteFlags::FUA).await {
                     self.fail_member(s as u32, &e).await;
                 }
             }
