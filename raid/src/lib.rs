@@ -1,1 +1,35 @@
-//! Software RAID5 over block devices. Under construction.
+//! Software RAID5 over opie block devices.
+//!
+//! An array stripes a volume over `N >= 2` members ([`layout`]) with XOR
+//! parity ([`parity`]) and is itself a [`blockdev::BlockDevice`]. Every data
+//! and parity block carries a checksum bound to its address ([`integrity`]),
+//! so bit rot, misdirected and torn writes are caught and repaired from parity
+//! instead of returned. Members carry a [`superblock`] from which the array
+//! assembles on any head ([`assembly`]), a write-intent [`bitmap`] for resync
+//! after a crash and for the partial rebuild of a returning member
+//! ([`rebuild`]), and optionally a [`journal`] that closes the write hole.
+//! Arrays grow online ([`reshape`]) and can be [`scrub`]bed. See DESIGN.md.
+
+pub mod array;
+pub mod assembly;
+pub mod bitmap;
+pub mod clock;
+pub mod error;
+pub mod integrity;
+pub mod journal;
+pub mod layout;
+pub mod parity;
+pub mod rebuild;
+pub mod reshape;
+pub mod scrub;
+pub mod superblock;
+
+pub use array::{
+    AssembleOptions, AssemblyReport, Config, IntegrityStats, MemberState, RaidArray, SizeReport,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{RaidError, Result};
+pub use layout::Layout;
+pub use rebuild::{MaintenanceReport, RebuildProgress};
+pub use reshape::ReshapeProgress;
+pub use scrub::ScrubReport;

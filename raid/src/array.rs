@@ -1,0 +1,1384 @@
+//! The array: members, their state, metadata updates, and the volume itself.
+//!
+//! Locking, outermost first: the geometry lock (`geo`, shared by all I/O,
+//! exclusive for a reshape step), one row lock per stripe (hashed into a fixed
+//! table), then the short synchronous `meta` and `cache` mutexes. The
+//! superblock, bitmap and journal writers have their own async locks taken
+//! inside row locks and never the other way round.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blockdev::{
+    BlockDevice, BlockError, Bytes, BytesMut, DeviceIdentity, Features, Geometry, SharedDevice,
+    WriteFlags,
+};
+use futures::future::join_all;
+use tokio::sync::{Mutex as AsyncMutex, RwLock as AsyncRwLock};
+use tracing::{debug, info, warn};
+
+use crate::bitmap::Bitmap;
+use crate::clock::Clock;
+use crate::error::{RaidError, Result};
+use crate::integrity::{parity_addr, ChunkTags, TagEntry, TagPlace};
+use crate::journal::JournalState;
+use crate::layout::{tag_blocks_for, Layout};
+use crate::parity::xor_into;
+use crate::rebuild::RebuildState;
+use crate::superblock::{
+    SlotEntry, SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD, MAX_SLOTS,
+    REBUILD_BITMAP, SPARE,
+};
+
+const ROW_LOCKS: usize = 256;
+
+/// Tunables of an array.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Blocks per chunk.
+    pub chunk_blocks: u32,
+    /// Rows per write-intent bitmap bit.
+    pub region_rows: u64,
+    /// Blocks of journal per member; 0 disables the journal.
+    pub journal_blocks: u64,
+    /// Most members a reshape may grow the array to (sizes the backup area).
+    pub max_members: u32,
+    /// Most blocks the stripe cache holds before it writes rows out.
+    pub cache_blocks: usize,
+    /// How long a member stays failed before a hot spare replaces it.
+    pub spare_timeout: Duration,
+    /// Rebuild rate limit in rows per second (`None`: unlimited).
+    pub rebuild_rows_per_sec: Option<u64>,
+    /// Rows between persisted rebuild checkpoints.
+    pub checkpoint_rows: u64,
+    /// Rows a reshape moves per step at most.
+    pub reshape_step_rows: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            chunk_blocks: 128,
+            region_rows: 64,
+            journal_blocks: 0,
+            max_members: 16,
+            cache_blocks: 4096,
+            spare_timeout: Duration::from_secs(60),
+            rebuild_rows_per_sec: None,
+            checkpoint_rows: 256,
+            reshape_step_rows: 64,
+        }
+    }
+}
+
+/// Options of [`RaidArray::assemble`].
+#[derive(Debug, Clone, Default)]
+pub struct AssembleOptions {
+    /// Start a dirty degraded array even though parity may be inconsistent.
+    pub force: bool,
+}
+
+/// What assembly found.
+#[derive(Debug, Clone, Default)]
+pub struct AssemblyReport {
+    /// Devices not used and why.
+    pub refused: Vec<(DeviceIdentity, String)>,
+    /// Slots with no usable member.
+    pub missing_slots: Vec<u32>,
+    /// Journal records replayed.
+    pub journal_replayed: u64,
+    /// Rows resynced because the array was not shut down cleanly.
+    pub resynced_rows: u64,
+}
+
+/// Member sizes and the space lost to the smallest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeReport {
+    /// Volume capacity in blocks.
+    pub capacity_blocks: u64,
+    /// Member blocks used by the array on each member.
+    pub used_per_member: u64,
+    /// Blocks on larger members that the array cannot use.
+    pub wasted_blocks: u64,
+}
+
+/// Counters of what the engine detected and fixed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IntegrityStats {
+    /// Data blocks that failed their checksum or address check.
+    pub checksum_errors: u64,
+    /// Blocks rebuilt from parity and rewritten.
+    pub repaired_blocks: u64,
+    /// Read requests that found no correct copy.
+    pub unrecoverable: u64,
+    /// Member read errors seen.
+    pub read_errors: u64,
+}
+
+/// State of one member slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    /// In sync and used.
+    InSync,
+    /// Failed or missing since the given clock time.
+    Faulty {
+        /// When it failed.
+        since: Duration,
+    },
+    /// Being rebuilt.
+    Rebuilding,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) dev: Option<SharedDevice>,
+    pub(crate) uuid: [u8; 16],
+    pub(crate) state: MemberState,
+}
+
+#[derive(Debug)]
+pub(crate) struct Meta {
+    pub(crate) sb: Superblock,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) spares: Vec<SharedDevice>,
+    pub(crate) rebuild: Option<RebuildState>,
+    pub(crate) bitmap: Bitmap,
+    pub(crate) clean_on_disk: bool,
+}
+
+/// The current layout, and the new one while a reshape runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geo {
+    pub(crate) cur: Layout,
+    /// New layout and the number of its rows already reshaped.
+    pub(crate) reshape: Option<(Layout, u64)>,
+}
+
+impl Geo {
+    /// The layout holding volume block `lba`, and where that layout ends in
+    /// volume blocks.
+    pub(crate) fn layout_for(&self, lba: u64) -> (Layout, u64) {
+        match self.reshape {
+            Some((new, pos)) => {
+                let boundary = pos * new.row_data_blocks();
+                if lba < boundary {
+                    (new, boundary)
+                } else {
+                    (self.cur, self.cur.capacity())
+                }
+            }
+            None => (self.cur, self.cur.capacity()),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.cur.capacity()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: Config,
+    pub(crate) block_size: u32,
+    pub(crate) identity: DeviceIdentity,
+    pub(crate) array_uuid: [u8; 16],
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) geo: AsyncRwLock<Geo>,
+    pub(crate) meta: Mutex<Meta>,
+    pub(crate) row_locks: Vec<AsyncMutex<()>>,
+    pub(crate) cache: Mutex<BTreeMap<u64, Bytes>>,
+    pub(crate) sb_lock: AsyncMutex<()>,
+    pub(crate) bitmap_lock: AsyncMutex<()>,
+    pub(crate) journal: Option<JournalState>,
+    pub(crate) stats: Stats,
+    pub(crate) capacity: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) checksum_errors: AtomicU64,
+    pub(crate) repaired: AtomicU64,
+    pub(crate) unrecoverable: AtomicU64,
+    pub(crate) read_errors: AtomicU64,
+}
+
+/// A RAID5 array over block devices; itself a [`BlockDevice`].
+#[derive(Clone)]
+pub struct RaidArray {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RaidArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RaidArray({})", self.inner.identity)
+    }
+}
+
+/// A piece of a row write: blocks starting at `lba`, all within one chunk.
+pub(crate) type Piece = (u64, Bytes);
+
+/// Reads both superblock copies of a device and returns the newest valid one.
+pub(crate) async fn read_superblock(dev: &SharedDevice) -> Result<Superblock> {
+    let bs = dev.geometry().block_size;
+    let n = Superblock::blocks(bs);
+    let mut best: Option<Superblock> = None;
+    let mut last_err = RaidError::BadSuperblock("no superblock".into());
+    for slot in 0..2u64 {
+        match dev.read(slot * n, n as u32).await {
+            Ok(buf) => match Superblock::decode(&buf) {
+                Ok(sb) if best.as_ref().is_none_or(|b| sb.events > b.events) => best = Some(sb),
+                Ok(_) => {}
+                Err(e) => last_err = e,
+            },
+            Err(e) => last_err = RaidError::Member { slot: 0, source: e },
+        }
+    }
+    best.ok_or(last_err)
+}
+
+fn uuid_of(dev: &SharedDevice) -> [u8; 16] {
+    dev.identity().uuid
+}
+
+impl RaidArray {
+    /// Creates a new array over `members` (their order gives the slots) with
+    /// optional hot `spares`, writing fresh metadata and zeroing the data area.
+    pub async fn create(
+        members: Vec<SharedDevice>,
+        spares: Vec<SharedDevice>,
+        cfg: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RaidArray> {
+        if members.len() < 2 || members.len() > MAX_SLOTS {
+            return Err(RaidError::Config(format!(
+                "need 2..={MAX_SLOTS} members, got {}",
+                members.len()
+            )));
+        }
+        if cfg.chunk_blocks == 0 || cfg.region_rows == 0 || cfg.checkpoint_rows == 0 {
+            return Err(RaidError::Config("chunk, region and checkpoint sizes must be > 0".into()));
+        }
+        let bs = members[0].geometry().block_size;
+        if members.iter().chain(&spares).any(|d| d.geometry().block_size != bs) {
+            return Err(RaidError::Config("members differ in block size".into()));
+        }
+        let max_members = cfg.max_members.max(members.len() as u32);
+        let tag_blocks = tag_blocks_for(bs, cfg.chunk_blocks);
+        let row_blocks = u64::from(cfg.chunk_blocks) + u64::from(tag_blocks);
+        let smallest = members.iter().map(|d| d.geometry().num_blocks).min().unwrap_or(0);
+        let sbb = Superblock::blocks(bs);
+        let bitmap_start = 2 * sbb;
+        let bitmap_blocks = Bitmap::blocks_for(smallest / row_blocks, cfg.region_rows, bs);
+        let journal_start = bitmap_start + bitmap_blocks;
+        let journal_blocks = cfg.journal_blocks;
+        let backup_start = journal_start + journal_blocks;
+        let backup_rows = u64::from(max_members);
+        let data_start = backup_start + backup_rows * row_blocks;
+        if smallest <= data_start + row_blocks {
+            return Err(RaidError::Config(format!(
+                "members of {smallest} blocks are too small for the metadata ({data_start} blocks)"
+            )));
+        }
+        let rows = (smallest - data_start) / row_blocks;
+        let array_uuid: [u8; 16] = rand::random();
+        let sb = Superblock {
+            array_uuid,
+            device_uuid: [0; 16],
+            role: 0,
+            flags: FLAG_CLEAN | if journal_blocks > 0 { FLAG_JOURNAL } else { 0 },
+            events: 0,
+            block_size: bs,
+            chunk_blocks: cfg.chunk_blocks,
+            tag_blocks,
+            members: members.len() as u32,
+            rows,
+            data_start,
+            bitmap_start,
+            bitmap_blocks,
+            region_rows: cfg.region_rows,
+            journal_start,
+            journal_blocks,
+            backup_start,
+            backup_rows,
+            rebuild_slot: 0,
+            rebuild_flags: 0,
+            rebuild_pos: 0,
+            reshape_members: 0,
+            reshape_pos: 0,
+            slots: members
+                .iter()
+                .map(|d| SlotEntry {
+                    device: uuid_of(d),
+                    state: SlotState::Active,
+                })
+                .collect(),
+        };
+        let layout = Layout {
+            members: members.len() as u32,
+            chunk_blocks: cfg.chunk_blocks,
+            tag_blocks,
+            data_start,
+            rows,
+        };
+        for d in members.iter().chain(&spares) {
+            // Metadata areas and data area start out zeroed: a zero tag block
+            // means "never written", whose blocks must read as zeroes.
+            d.write_zeroes(0, layout.member_blocks_needed(), true)
+                .await
+                .map_err(|e| RaidError::Member { slot: 0, source: e })?;
+        }
+        let slots = members
+            .iter()
+            .map(|d| Slot {
+                dev: Some(d.clone()),
+                uuid: uuid_of(d),
+                state: MemberState::InSync,
+            })
+            .collect();
+        let meta = Meta {
+            sb,
+            slots,
+            spares,
+            rebuild: None,
+            bitmap: Bitmap::new(rows, cfg.region_rows),
+            clean_on_disk: true,
+        };
+        let array = Self::from_parts(cfg, bs, array_uuid, clock, Geo { cur: layout, reshape: None }, meta);
+        if let Some(j) = &array.inner.journal {
+            j.reset_all(&array).await?;
+        }
+        array.write_superblocks().await?;
+        info!(uuid = %array.inner.identity, rows, members = layout.members, "raid5 array created");
+        Ok(array)
+    }
+
+    pub(crate) fn from_parts(
+        cfg: Config,
+        block_size: u32,
+        array_uuid: [u8; 16],
+        clock: Arc<dyn Clock>,
+        geo: Geo,
+        meta: Meta,
+    ) -> RaidArray {
+        let journal = (meta.sb.journal_blocks > 0).then(|| JournalState::new(&meta.sb));
+        RaidArray {
+            inner: Arc::new(Inner {
+                cfg,
+                block_size,
+                identity: DeviceIdentity::from_uuid(array_uuid),
+                array_uuid,
+                clock,
+                geo: AsyncRwLock::new(geo),
+                meta: Mutex::new(meta),
+                row_locks: (0..ROW_LOCKS).map(|_| AsyncMutex::new(())).collect(),
+                cache: Mutex::new(BTreeMap::new()),
+                sb_lock: AsyncMutex::new(()),
+                bitmap_lock: AsyncMutex::new(()),
+                journal,
+                stats: Stats::default(),
+                capacity: AtomicU64::new(geo.cur.capacity()),
+            }),
+        }
+    }
+
+    pub(crate) fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.inner.meta.lock().expect("meta lock poisoned")
+    }
+
+    pub(crate) fn now(&self) -> Duration {
+        self.inner.clock.now()
+    }
+
+    /// The array's identity (derived from its uuid).
+    pub fn array_uuid(&self) -> [u8; 16] {
+        self.inner.array_uuid
+    }
+
+    /// State of every member slot.
+    pub fn member_states(&self) -> Vec<MemberState> {
+        self.meta().slots.iter().map(|s| s.state).collect()
+    }
+
+    /// Identity of the device in every member slot (`None`: no device).
+    pub fn member_identities(&self) -> Vec<Option<DeviceIdentity>> {
+        self.meta().slots.iter().map(|s| s.dev.as_ref().map(|d| d.identity().clone())).collect()
+    }
+
+    /// Number of hot spares waiting.
+    pub fn spare_count(&self) -> usize {
+        self.meta().spares.len()
+    }
+
+    /// Counters of detected and repaired corruption.
+    pub fn integrity_stats(&self) -> IntegrityStats {
+        let s = &self.inner.stats;
+        IntegrityStats {
+            checksum_errors: s.checksum_errors.load(Ordering::Relaxed),
+            repaired_blocks: s.repaired.load(Ordering::Relaxed),
+            unrecoverable: s.unrecoverable.load(Ordering::Relaxed),
+            read_errors: s.read_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether any member is failed, missing or still rebuilding.
+    pub fn degraded(&self) -> bool {
+        self.meta().slots.iter().any(|s| s.state != MemberState::InSync)
+    }
+
+    /// The current layout (the old one while a reshape runs).
+    pub async fn layout(&self) -> Layout {
+        self.inner.geo.read().await.cur
+    }
+
+    /// Capacity, per-member use and the space wasted on larger members.
+    pub async fn size_report(&self) -> SizeReport {
+        let geo = *self.inner.geo.read().await;
+        let used = geo.cur.member_blocks_needed();
+        let wasted = self
+            .meta()
+            .slots
+            .iter()
+            .filter_map(|s| s.dev.as_ref())
+            .map(|d| d.geometry().num_blocks.saturating_sub(used))
+            .sum();
+        SizeReport {
+            capacity_blocks: geo.capacity(),
+            used_per_member: used,
+            wasted_blocks: wasted,
+        }
+    }
+
+    /// The member device usable for `row` of `lay` in `slot`, if any.
+    pub(crate) fn usable(&self, slot: u32, row: u64) -> Option<SharedDevice> {
+        let m = self.meta();
+        let s = m.slots.get(slot as usize)?;
+        match s.state {
+            MemberState::InSync => s.dev.clone(),
+            MemberState::Rebuilding => match &m.rebuild {
+                Some(r) if r.slot == slot && r.in_sync(row, &m.bitmap) => s.dev.clone(),
+                _ => None,
+            },
+            MemberState::Faulty { .. } => None,
+        }
+    }
+
+    pub(crate) fn place(&self, row: u64, slot: u32) -> TagPlace {
+        let mut array = [0u8; 8];
+        array.copy_from_slice(&self.inner.array_uuid[..8]);
+        TagPlace { array, row, slot }
+    }
+
+    // ---------------------------------------------------------------- metadata
+
+    /// Writes a new superblock version (events + 1) to every present member and spare.
+    pub(crate) async fn write_superblocks(&self) -> Result<()> {
+        let _g = self.inner.sb_lock.lock().await;
+        for _attempt in 0..MAX_SLOTS {
+            let (targets, sb) = {
+                let mut m = self.meta();
+                m.sb.events += 1;
+                m.sb.slots = m
+                    .slots
+                    .iter()
+                    .map(|s| SlotEntry {
+                        device: s.uuid,
+                        state: match s.state {
+                            MemberState::InSync => SlotState::Active,
+                            MemberState::Faulty { .. } => SlotState::Faulty,
+                            MemberState::Rebuilding => SlotState::Rebuilding,
+                        },
+                    })
+                    .collect();
+                match m.rebuild.clone() {
+                    Some(r) => {
+                        m.sb.flags |= FLAG_REBUILD;
+                        m.sb.rebuild_slot = r.slot;
+                        m.sb.rebuild_pos = r.checkpoint;
+                        m.sb.rebuild_flags = if r.bitmap_only { REBUILD_BITMAP } else { 0 };
+                    }
+                    None => m.sb.flags &= !FLAG_REBUILD,
+                }
+                let mut targets: Vec<(u32, SharedDevice)> = m
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !matches!(s.state, MemberState::Faulty { .. }))
+                    .filter_map(|(i, s)| s.dev.clone().map(|d| (i as u32, d)))
+                    .collect();
+                targets.extend(m.spares.iter().map(|d| (SPARE, d.clone())));
+                (targets, m.sb.clone())
+            };
+            let bs = self.inner.block_size;
+            let at = Superblock::slot_block(bs, sb.events);
+            let writes = targets.iter().map(|(role, d)| {
+                let mut copy = sb.clone();
+                copy.role = *role;
+                copy.device_uuid = uuid_of(d);
+                let buf = Bytes::from(copy.encode());
+                let d = d.clone();
+                async move { d.write(at, buf, WriteFlags::FUA).await }
+            });
+            let results = join_all(writes).await;
+            let mut failed = false;
+            for ((role, _), r) in targets.iter().zip(results) {
+                if let Err(e) = r {
+                    warn!(slot = role, error = %e, "superblock write failed");
+                    failed = true;
+                    self.mark_faulty(*role);
+                }
+            }
+            if !failed {
+                return self.check_alive();
+            }
+        }
+        self.check_alive()
+    }
+
+    /// Marks a slot (or spare) faulty in memory. Returns whether it changed.
+    fn mark_faulty(&self, slot: u32) -> bool {
+        let now = self.now();
+        let mut m = self.meta();
+        if slot == SPARE {
+            return false;
+        }
+        let Some(s) = m.slots.get_mut(slot as usize) else {
+            return false;
+        };
+        if matches!(s.state, MemberState::Faulty { .. }) {
+            return false;
+        }
+        s.state = MemberState::Faulty { since: now };
+        if m.rebuild.as_ref().is_some_and(|r| r.slot == slot) {
+            m.rebuild = None;
+        }
+        true
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        let m = self.meta();
+        let members = m.sb.members.max(m.sb.reshape_members) as usize;
+        let bad = m.slots[..members.min(m.slots.len())]
+            .iter()
+            .filter(|s| matches!(s.state, MemberState::Faulty { .. }))
+            .count();
+        if bad > 1 {
+            Err(RaidError::Failed(format!("{bad} members failed")))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A member failed an I/O: mark it faulty and persist that on the others.
+    pub(crate) async fn fail_member(&self, slot: u32, err: &BlockError) {
+        if self.mark_faulty(slot) {
+            warn!(slot, error = %err, "member failed; array degraded");
+            if let Err(e) = self.write_superblocks().await {
+                warn!(error = %e, "could not persist member failure");
+            }
+        }
+    }
+
+    /// Persists "dirty" before the first write after a clean state.
+    async fn mark_dirty(&self) -> Result<()> {
+        if !self.meta().clean_on_disk {
+            return Ok(());
+        }
+        {
+            let mut m = self.meta();
+            m.clean_on_disk = false;
+            m.sb.flags &= !FLAG_CLEAN;
+        }
+        self.write_superblocks().await
+    }
+
+    /// Devices that hold metadata (bitmap, superblock): present and not faulty.
+    pub(crate) fn live_members(&self) -> Vec<(u32, SharedDevice)> {
+        self.meta()
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !matches!(s.state, MemberState::Faulty { .. }))
+            .filter_map(|(i, s)| s.dev.clone().map(|d| (i as u32, d)))
+            .collect()
+    }
+
+    /// Writes bitmap block `b` to every live member.
+    pub(crate) async fn persist_bitmap_block(&self, b: u64) -> Result<()> {
+        let _g = self.inner.bitmap_lock.lock().await;
+        let bs = self.inner.block_size;
+        let (buf, at) = {
+            let m = self.meta();
+            (Bytes::from(m.bitmap.encode_block(b, bs)), m.sb.bitmap_start + b)
+        };
+        let targets = self.live_members();
+        let res = join_all(targets.iter().map(|(_, d)| d.write(at, buf.clone(), WriteFlags::FUA))).await;
+        for ((slot, _), r) in targets.iter().zip(res) {
+            if let Err(e) = r {
+                self.fail_member(*slot, &e).await;
+            }
+        }
+        self.check_alive()
+    }
+
+    /// A write to `row` is about to touch the members.
+    pub(crate) async fn begin_row_write(&self, row: u64) -> Result<()> {
+        self.mark_dirty().await?;
+        let need = self.meta().bitmap.start_write(row, self.inner.block_size);
+        if let Some(b) = need {
+            if let Err(e) = self.persist_bitmap_block(b).await {
+                self.meta().bitmap.end_write(row);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn end_row_write(&self, row: u64) {
+        self.meta().bitmap.end_write(row);
+    }
+
+    // ---------------------------------------------------------------- member I/O
+
+    pub(crate) async fn row_lock(&self, row: u64) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.row_locks[(row % ROW_LOCKS as u64) as usize].lock().await
+    }
+
+    /// Reads the tag blocks of `row` on a member.
+    pub(crate) async fn read_tags(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+    ) -> std::result::Result<ChunkTags, BlockError> {
+        let buf = dev.read(lay.tag_block(row, 0), lay.tag_blocks).await?;
+        Ok(ChunkTags::decode(&buf, self.inner.block_size, lay.chunk_blocks, self.place(row, slot)))
+    }
+
+    /// Tag address of block `i` of the chunk `slot` holds in `row`.
+    pub(crate) fn addr_of(lay: &Layout, row: u64, slot: u32, i: u32) -> u64 {
+        match lay.role_of(row, slot) {
+            crate::layout::ChunkRole::Parity => parity_addr(row, lay.chunk_blocks, i),
+            crate::layout::ChunkRole::Data(k) => lay.lba_of(row, k, i),
+        }
+    }
+
+    /// Reads blocks `[i0, i1)` of a member's chunk in `row` and checks them
+    /// against their tags. `Ok(None)` when the member is unusable or a block
+    /// fails its check (counted).
+    async fn read_verified(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        i0: u32,
+        i1: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(dev) = self.usable(slot, row) else {
+            return Ok(None);
+        };
+        let n = i1 - i0;
+        let (data, tags) = tokio::join!(
+            dev.read(lay.member_block(row, i0), n),
+            self.read_tags(lay, row, slot, &dev)
+        );
+        let (data, tags) = match (data, tags) {
+            (Ok(d), Ok(t)) => (d, t),
+            (Err(e), _) | (_, Err(e)) => {
+                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                if !matches!(e, BlockError::Medium { .. }) {
+                    self.fail_member(slot, &e).await;
+                }
+                return Ok(None);
+            }
+        };
+        let bs = self.inner.block_size as usize;
+        for (j, blk) in data.chunks_exact(bs).enumerate() {
+            let i = i0 + j as u32;
+            if !tags.verifies(i as usize, Self::addr_of(lay, row, slot, i), blk) {
+                self.inner.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+        }
+        Ok(Some(data.to_vec()))
+    }
+
+    /// Rebuilds blocks `[i0, i1)` of the chunk `missing` holds in `row` from
+    /// every other member, each source checked against its tags.
+    pub(crate) async fn reconstruct(
+        &self,
+        lay: &Layout,
+        row: u64,
+        missing: u32,
+        i0: u32,
+        i1: u32,
+    ) -> Result<Vec<u8>> {
+        let others: Vec<u32> = (0..lay.members).filter(|&s| s != missing).collect();
+        let reads = join_all(others.iter().map(|&s| self.read_verified(lay, row, s, i0, i1))).await;
+        let mut out: Option<Vec<u8>> = None;
+        for r in reads {
+            let Some(buf) = r? else {
+                return Err(self.unrecoverable(lay, row, i0));
+            };
+            match &mut out {
+                None => out = Some(buf),
+                Some(acc) => xor_into(acc, &buf),
+            }
+        }
+        out.ok_or_else(|| RaidError::Failed("no members".into()))
+    }
+
+    fn unrecoverable(&self, lay: &Layout, row: u64, i: u32) -> RaidError {
+        self.inner.stats.unrecoverable.fetch_add(1, Ordering::Relaxed);
+        RaidError::Unrecoverable {
+            lba: lay.lba_of(row, 0, i),
+        }
+    }
+
+    /// Reads blocks `[i0, i1)` of data chunk `k` of `row`, verified; damaged or
+    /// unreadable blocks are rebuilt from parity and rewritten.
+    pub(crate) async fn read_chunk(&self, lay: &Layout, row: u64, k: u32, i0: u32, i1: u32) -> Result<Vec<u8>> {
+        let slot = lay.data_member(row, k);
+        let bs = self.inner.block_size as usize;
+        let Some(dev) = self.usable(slot, row) else {
+            return self.reconstruct(lay, row, slot, i0, i1).await;
+        };
+        let n = i1 - i0;
+        let (data, tags) = tokio::join!(
+            dev.read(lay.member_block(row, i0), n),
+            self.read_tags(lay, row, slot, &dev)
+        );
+        let tags = match tags {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                if !matches!(e, BlockError::Medium { .. }) {
+                    self.fail_member(slot, &e).await;
+                    return self.reconstruct(lay, row, slot, i0, i1).await;
+                }
+                None
+            }
+        };
+        let data = match data {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                if !matches!(e, BlockError::Medium { .. }) {
+                    self.fail_member(slot, &e).await;
+                    return self.reconstruct(lay, row, slot, i0, i1).await;
+                }
+                None
+            }
+        };
+        if let (Some(data), Some(tags)) = (&data, &tags) {
+            let bad: Vec<u32> = data
+                .chunks_exact(bs)
+                .enumerate()
+                .filter(|(j, blk)| !tags.verifies(i0 as usize + j, lay.lba_of(row, k, i0 + *j as u32), blk))
+                .map(|(j, _)| i0 + j as u32)
+                .collect();
+            if bad.is_empty() {
+                return Ok(data.to_vec());
+            }
+            self.inner
+                .stats
+                .checksum_errors
+                .fetch_add(bad.len() as u64, Ordering::Relaxed);
+            if !tags.damaged() {
+                let (b0, b1) = (bad[0], bad[bad.len() - 1] + 1);
+                let fixed = self.reconstruct(lay, row, slot, b0, b1).await?;
+                for (j, blk) in fixed.chunks_exact(bs).enumerate() {
+                    let i = b0 + j as u32;
+                    if !tags.verifies(i as usize, lay.lba_of(row, k, i), blk) {
+                        // Parity disagrees with the checksum too: no correct copy.
+                        return Err(self.unrecoverable(lay, row, i));
+                    }
+                }
+                debug!(row, slot, blocks = bad.len(), "repairing damaged blocks from parity");
+                if let Err(e) = dev
+                    .write(lay.member_block(row, b0), Bytes::from(fixed.clone()), WriteFlags::FUA)
+                    .await
+                {
+                    self.fail_member(slot, &e).await;
+                }
+                self.inner
+                    .stats
+                    .repaired
+                    .fetch_add(bad.len() as u64, Ordering::Relaxed);
+                let mut out = data.to_vec();
+                let off = (b0 - i0) as usize * bs;
+                out[off..off + fixed.len()].copy_from_slice(&fixed);
+                return Ok(out);
+            }
+        }
+        // The tags are damaged or unreadable, or the data unreadable: rebuild
+        // the whole chunk and rewrite it with fresh tags.
+        let full = self.repair_chunk(lay, row, slot, &dev).await?;
+        Ok(full[i0 as usize * bs..i1 as usize * bs].to_vec())
+    }
+
+    /// Rebuilds the whole chunk `slot` holds in `row` from the other members
+    /// and rewrites it with fresh tags. Returns its content.
+    pub(crate) async fn repair_chunk(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+    ) -> Result<Vec<u8>> {
+        let c = lay.chunk_blocks;
+        let full = self.reconstruct(lay, row, slot, 0, c).await?;
+        // Repairs are made durable at once: a crash must not bring the damage back.
+        self.write_chunk_with_tags(lay, row, slot, dev, &full, WriteFlags::FUA).await;
+        self.inner.stats.repaired.fetch_add(u64::from(c), Ordering::Relaxed);
+        Ok(full)
+    }
+
+    /// Writes a whole chunk and its freshly computed tags to a member.
+    pub(crate) async fn write_chunk_with_tags(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+        content: &[u8],
+        flags: WriteFlags,
+    ) -> bool {
+        let bs = self.inner.block_size as usize;
+        let tags = ChunkTags {
+            entries: content
+                .chunks_exact(bs)
+                .enumerate()
+                .map(|(i, b)| Some(TagEntry::of(Self::addr_of(lay, row, slot, i as u32), b)))
+                .collect(),
+        };
+        let tbuf = tags.encode(self.inner.block_size, self.place(row, slot));
+        let mut buf = BytesMut::with_capacity(content.len() + tbuf.len());
+        buf.extend_from_slice(content);
+        buf.extend_from_slice(&tbuf);
+        match dev.write(lay.member_block(row, 0), buf.freeze(), flags).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_member(slot, &e).await;
+                false
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- row writes
+
+    /// Writes `pieces` (each inside one data chunk of `row`) to the members,
+    /// keeping parity, tags, bitmap and journal right.
+    pub(crate) async fn write_row(&self, lay: &Layout, row: u64, pieces: &[Piece], fua: bool) -> Result<()> {
+        self.begin_row_write(row).await?;
+        let r = self.write_row_inner(lay, row, pieces, fua).await;
+        self.end_row_write(row);
+        r
+    }
+
+    async fn write_row_inner(&self, lay: &Layout, row: u64, pieces: &[Piece], fua: bool) -> Result<()> {
+        let bs = self.inner.block_size as usize;
+        let c = lay.chunk_blocks;
+        let d = lay.data_chunks();
+        // New content per data chunk and block.
+        let mut newb: Vec<Vec<Option<Bytes>>> = vec![vec![None; c as usize]; d as usize];
+        for (lba, data) in pieces {
+            for (j, blk) in (0..data.len() / bs).map(|j| (j, data.slice(j * bs..(j + 1) * bs))) {
+                let (_, k, i) = lay.locate(lba + j as u64);
+                newb[k as usize][i as usize] = Some(blk);
+            }
+        }
+        let touched: Vec<bool> = newb.iter().map(|v| v.iter().any(Option::is_some)).collect();
+        let (mut lo, mut hi) = (u32::MAX, 0u32);
+        for v in &newb {
+            for (i, b) in v.iter().enumerate() {
+                if b.is_some() {
+                    lo = lo.min(i as u32);
+                    hi = hi.max(i as u32 + 1);
+                }
+            }
+        }
+        if hi == 0 {
+            return Ok(());
+        }
+        let full = newb.iter().all(|v| v.iter().all(Option::is_some));
+        let pslot = lay.parity_member(row);
+        let pdev = self.usable(pslot, row);
+        let span = (hi - lo) as usize;
+
+        let parity: Option<Vec<u8>> = match &pdev {
+            None => None,
+            Some(pdev) => {
+                let rmw_ok = (0..d).all(|k| !touched[k as usize] || self.usable(lay.data_member(row, k), row).is_some());
+                let touched_blocks: usize = newb.iter().map(|v| v.iter().filter(|b| b.is_some()).count()).sum();
+                let rmw_cost = touched_blocks + span;
+                let rcw_cost: usize = newb
+                    .iter()
+                    .map(|v| v[lo as usize..hi as usize].iter().filter(|b| b.is_none()).count())
+                    .sum();
+                let mut p = None;
+                if !full && rmw_ok && rmw_cost < rcw_cost {
+                    p = self.parity_rmw(lay, row, pslot, pdev, &newb, lo, hi).await?;
+                }
+                match p {
+                    Some(p) => Some(p),
+                    None => Some(self.parity_rcw(lay, row, &newb, lo, hi).await?),
+                }
+            }
+        };
+
+        let _journaled = match (&self.inner.journal, &pdev, &parity) {
+            (Some(j), Some(pdev), Some(p)) => Some(j.log(self, lay, row, pslot, pdev, &newb, lo, p).await?),
+            _ => None,
+        };
+
+        let flags = WriteFlags { fua };
+        let mut writes = Vec::new();
+        for k in 0..d {
+            if !touched[k as usize] {
+                continue;
+            }
+            let slot = lay.data_member(row, k);
+            let Some(dev) = self.usable(slot, row) else { continue };
+            let blocks = &newb[k as usize];
+            let tags = if blocks.iter().all(Option::is_some) {
+                ChunkTags::unwritten(c)
+            } else {
+                self.tags_for_update(lay, row, slot, &dev).await?
+            };
+            let mut tags = tags;
+            for (i, b) in blocks.iter().enumerate() {
+                if let Some(b) = b {
+                    tags.entries[i] = Some(TagEntry::of(lay.lba_of(row, k, i as u32), b));
+                }
+            }
+            // Contiguous runs of new blocks.
+            let mut i = 0usize;
+            while i < c as usize {
+                if blocks[i].is_none() {
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < c as usize && blocks[i].is_some() {
+                    i += 1;
+                }
+                let buf = concat(&blocks[start..i]);
+                writes.push((slot, dev.clone(), lay.member_block(row, start as u32), buf));
+            }
+            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot)));
+            writes.push((slot, dev.clone(), lay.tag_block(row, 0), tb));
+        }
+        if let (Some(pdev), Some(p)) = (&pdev, &parity) {
+            let mut tags = if lo == 0 && hi == c {
+                ChunkTags::unwritten(c)
+            } else {
+                self.tags_for_update(lay, row, pslot, pdev).await?
+            };
+            for (j, blk) in p.chunks_exact(bs).enumerate() {
+                let i = lo + j as u32;
+                tags.entries[i as usize] = Some(TagEntry::of(parity_addr(row, c, i), blk));
+            }
+            writes.push((pslot, pdev.clone(), lay.member_block(row, lo), Bytes::from(p.clone())));
+            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, pslot)));
+            writes.push((pslot, pdev.clone(), lay.tag_block(row, 0), tb));
+        }
+        let results = join_all(writes.iter().map(|(_, dev, at, buf)| dev.write(*at, buf.clone(), flags))).await;
+        for ((slot, ..), r) in writes.iter().zip(results) {
+            if let Err(e) = r {
+                self.fail_member(*slot, &e).await;
+            }
+        }
+        self.check_alive()
+    }
+
+    /// Tags of a chunk about to be partly rewritten; a damaged tag block is
+    /// repaired first (the untouched blocks need correct entries).
+    async fn tags_for_update(&self, lay: &Layout, row: u64, slot: u32, dev: &SharedDevice) -> Result<ChunkTags> {
+        match self.read_tags(lay, row, slot, dev).await {
+            Ok(t) if !t.damaged() => Ok(t),
+            Ok(_) | Err(BlockError::Medium { .. }) => {
+                self.inner.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                let content = self.repair_chunk(lay, row, slot, dev).await?;
+                let bs = self.inner.block_size as usize;
+                Ok(ChunkTags {
+                    entries: content
+                        .chunks_exact(bs)
+                        .enumerate()
+                        .map(|(i, b)| Some(TagEntry::of(Self::addr_of(lay, row, slot, i as u32), b)))
+                        .collect(),
+                })
+            }
+            Err(e) => {
+                self.fail_member(slot, &e).await;
+                self.check_alive()?;
+                Err(RaidError::Member { slot, source: e })
+            }
+        }
+    }
+
+    /// Read-modify-write parity: old parity xor old data xor new data.
+    /// `Ok(None)` when the old parity fails its check (the caller reconstructs).
+    #[allow(clippy::too_many_arguments)]
+    async fn parity_rmw(
+        &self,
+        lay: &Layout,
+        row: u64,
+        pslot: u32,
+        _pdev: &SharedDevice,
+        newb: &[Vec<Option<Bytes>>],
+        lo: u32,
+        hi: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        let bs = self.inner.block_size as usize;
+        let Some(mut p) = self.read_verified(lay, row, pslot, lo, hi).await? else {
+            return Ok(None);
+        };
+        for (k, blocks) in newb.iter().enumerate() {
+            let Some(a) = blocks.iter().position(Option::is_some) else { continue };
+            let b = blocks.iter().rposition(Option::is_some).map_or(a, |x| x + 1);
+            let old = self.read_chunk(lay, row, k as u32, a as u32, b as u32).await?;
+            for i in a..b {
+                if let Some(nb) = &blocks[i] {
+                    let po = (i - lo as usize) * bs;
+                    let oo = (i - a) * bs;
+                    xor_into(&mut p[po..po + bs], &old[oo..oo + bs]);
+                    xor_into(&mut p[po..po + bs], nb);
+                }
+            }
+        }
+        Ok(Some(p))
+    }
+
+    /// Reconstruct-write parity: xor of the new data and the untouched old data.
+    async fn parity_rcw(&self, lay: &Layout, row: u64, newb: &[Vec<Option<Bytes>>], lo: u32, hi: u32) -> Result<Vec<u8>> {
+        let bs = self.inner.block_size as usize;
+        let mut p = vec![0u8; (hi - lo) as usize * bs];
+        for (k, blocks) in newb.iter().enumerate() {
+            let mut i = lo as usize;
+            while i < hi as usize {
+                let po = (i - lo as usize) * bs;
+                if let Some(nb) = &blocks[i] {
+                    xor_into(&mut p[po..po + bs], nb);
+                    i += 1;
+                    continue;
+                }
+                let start = i;
+                while i < hi as usize && blocks[i].is_none() {
+                    i += 1;
+                }
+                let old = self.read_chunk(lay, row, k as u32, start as u32, i as u32).await?;
+                let po = (start - lo as usize) * bs;
+                xor_into(&mut p[po..po + old.len()], &old);
+            }
+        }
+        Ok(p)
+    }
+
+    // ---------------------------------------------------------------- volume I/O
+
+    /// Splits `[lba, lba + n)` into rows of their layouts: `(layout, row, pieces of (lba, blocks))`.
+    pub(crate) fn split(geo: &Geo, lba: u64, n: u64) -> Vec<(Layout, u64, Vec<(u64, u64)>)> {
+        let mut out: Vec<(Layout, u64, Vec<(u64, u64)>)> = Vec::new();
+        let mut pos = lba;
+        let end = lba + n;
+        while pos < end {
+            let (lay, lay_end) = geo.layout_for(pos);
+            let (row, _, i) = lay.locate(pos);
+            let chunk_end = pos - u64::from(i) + u64::from(lay.chunk_blocks);
+            let stop = end.min(chunk_end).min(lay_end);
+            match out.last_mut() {
+                Some((l, r, v)) if *l == lay && *r == row => v.push((pos, stop - pos)),
+                _ => out.push((lay, row, vec![(pos, stop - pos)])),
+            }
+            pos = stop;
+        }
+        out
+    }
+
+    /// Takes the cached blocks of a row out of the cache as pieces.
+    fn take_cached(&self, lay: &Layout, row: u64) -> BTreeMap<u64, Bytes> {
+        let start = row * lay.row_data_blocks();
+        let end = start + lay.row_data_blocks();
+        let mut cache = self.inner.cache.lock().expect("cache lock");
+        let keys: Vec<u64> = cache.range(start..end).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|k| cache.remove(&k).map(|v| (k, v))).collect()
+    }
+
+    /// Turns single cached blocks into per-chunk contiguous pieces.
+    fn pieces_of(&self, lay: &Layout, blocks: BTreeMap<u64, Bytes>) -> Vec<Piece> {
+        let mut out: Vec<Piece> = Vec::new();
+        let mut run: Vec<(u64, Bytes)> = Vec::new();
+        let flush = |run: &mut Vec<(u64, Bytes)>, out: &mut Vec<Piece>| {
+            if let Some((first, _)) = run.first() {
+                let buf = concat_bytes(run.iter().map(|(_, b)| b));
+                out.push((*first, buf));
+                run.clear();
+            }
+        };
+        for (lba, b) in blocks {
+            let contiguous = run.last().is_some_and(|(l, _)| *l + 1 == lba && lay.locate(lba).2 != 0);
+            if !contiguous {
+                flush(&mut run, &mut out);
+            }
+            run.push((lba, b));
+        }
+        flush(&mut run, &mut out);
+        out
+    }
+
+    /// Writes out every cached row.
+    pub(crate) async fn destage_all(&self, geo: &Geo) -> Result<()> {
+        loop {
+            let first = self.inner.cache.lock().expect("cache lock").keys().next().copied();
+            let Some(lba) = first else { return Ok(()) };
+            let (lay, _) = geo.layout_for(lba);
+            let (row, ..) = lay.locate(lba);
+            let _g = self.row_lock(row).await;
+            let blocks = self.take_cached(&lay, row);
+            if !blocks.is_empty() {
+                let pieces = self.pieces_of(&lay, blocks);
+                self.write_row(&lay, row, &pieces, false).await?;
+            }
+        }
+    }
+
+    async fn evict(&self, geo: &Geo) -> Result<()> {
+        while self.inner.cache.lock().expect("cache lock").len() > self.inner.cfg.cache_blocks {
+            let first = self.inner.cache.lock().expect("cache lock").keys().next().copied();
+            let Some(lba) = first else { break };
+            let (lay, _) = geo.layout_for(lba);
+            let (row, ..) = lay.locate(lba);
+            let _g = self.row_lock(row).await;
+            let blocks = self.take_cached(&lay, row);
+            if !blocks.is_empty() {
+                let pieces = self.pieces_of(&lay, blocks);
+                self.write_row(&lay, row, &pieces, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Volume write. Whole rows go straight to the members as full-stripe
+    /// writes; partial rows wait in the stripe cache, which writes a row out
+    /// as soon as it is complete, when it overflows, on flush, or at once for FUA.
+    pub async fn write_blocks(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
+        let bs = self.inner.block_size as usize;
+        let geo = self.inner.geo.read().await;
+        let g = Geometry {
+            block_size: self.inner.block_size,
+            num_blocks: geo.capacity(),
+        };
+        let n = g.blocks_in(data.len()).map_err(RaidError::Request)?;
+        g.check_range(lba, n).map_err(RaidError::Request)?;
+        for (lay, row, pieces) in Self::split(&geo, lba, n) {
+            let _g = self.row_lock(row).await;
+            let row_blocks: u64 = pieces.iter().map(|p| p.1).sum();
+            let slices: Vec<Piece> = pieces
+                .iter()
+                .map(|&(l, cnt)| {
+                    let off = (l - lba) as usize * bs;
+                    (l, data.slice(off..off + cnt as usize * bs))
+                })
+                .collect();
+            if row_blocks == lay.row_data_blocks() {
+                self.take_cached(&lay, row);
+                self.write_row(&lay, row, &slices, fua).await?;
+                continue;
+            }
+            let mut complete = None;
+            {
+                let mut cache = self.inner.cache.lock().expect("cache lock");
+                for (l, buf) in &slices {
+                    for j in 0..buf.len() / bs {
+                        cache.insert(l + j as u64, buf.slice(j * bs..(j + 1) * bs));
+                    }
+                }
+                let start = row * lay.row_data_blocks();
+                if fua || cache.range(start..start + lay.row_data_blocks()).count() as u64 == lay.row_data_blocks() {
+                    complete = Some(());
+                }
+            }
+            if complete.is_some() {
+                let blocks = self.take_cached(&lay, row);
+                let pieces = self.pieces_of(&lay, blocks);
+                self.write_row(&lay, row, &pieces, fua).await?;
+            }
+        }
+        self.evict(&geo).await
+    }
+
+    /// Volume read: verified blocks, rebuilt from parity where a member is
+    /// missing or a block fails its check; cached writes overlay the members.
+    pub async fn read_blocks(&self, lba: u64, n: u32) -> Result<Bytes> {
+        let bs = self.inner.block_size as usize;
+        let geo = self.inner.geo.read().await;
+        let g = Geometry {
+            block_size: self.inner.block_size,
+            num_blocks: geo.capacity(),
+        };
+        g.check_range(lba, u64::from(n)).map_err(RaidError::Request)?;
+        let mut out = BytesMut::zeroed(n as usize * bs);
+        for (lay, row, pieces) in Self::split(&geo, lba, u64::from(n)) {
+            let _g = self.row_lock(row).await;
+            for (l, cnt) in pieces {
+                let off = (l - lba) as usize * bs;
+                let dst = &mut out[off..off + cnt as usize * bs];
+                let cached: Vec<(u64, Bytes)> = {
+                    let cache = self.inner.cache.lock().expect("cache lock");
+                    cache.range(l..l + cnt).map(|(k, v)| (*k, v.clone())).collect()
+                };
+                if cached.len() as u64 != cnt {
+                    let (_, k, i) = lay.locate(l);
+                    let buf = self.read_chunk(&lay, row, k, i, i + cnt as u32).await?;
+                    dst.copy_from_slice(&buf);
+                }
+                for (k, v) in cached {
+                    let o = (k - l) as usize * bs;
+                    dst[o..o + bs].copy_from_slice(&v);
+                }
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Writes the cache out and makes every completed write durable; then
+    /// clears bitmap bits that are no longer needed and empties the journal.
+    pub async fn flush_all(&self) -> Result<()> {
+        let geo = self.inner.geo.read().await;
+        self.flush_locked(&geo).await
+    }
+
+    pub(crate) async fn flush_locked(&self, geo: &Geo) -> Result<()> {
+        self.destage_all(geo).await?;
+        let epoch = self.meta().bitmap.begin_flush();
+        self.flush_members().await?;
+        if let Some(j) = &self.inner.journal {
+            j.checkpoint(self).await?;
+        }
+        let clear = {
+            let mut m = self.meta();
+            let keep = m.slots.iter().any(|s| s.state != MemberState::InSync);
+            !keep && m.bitmap.clear_flushed(epoch)
+        };
+        if clear {
+            let blocks = self.meta().sb.bitmap_blocks;
+            for b in 0..blocks {
+                self.persist_bitmap_block(b).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn flush_members(&self) -> Result<()> {
+        let targets = self.live_members();
+        let res = join_all(targets.iter().map(|(_, d)| d.flush())).await;
+        for ((slot, _), r) in targets.iter().zip(res) {
+            if let Err(e) = r {
+                self.fail_member(*slot, &e).await;
+            }
+        }
+        self.check_alive()
+    }
+
+    /// Flushes and marks the array clean on its members: the orderly stop.
+    pub async fn close(&self) -> Result<()> {
+        let geo = self.inner.geo.write().await;
+        self.flush_locked(&geo).await?;
+        {
+            let mut m = self.meta();
+            m.sb.flags |= FLAG_CLEAN;
+            m.clean_on_disk = true;
+        }
+        self.write_superblocks().await?;
+        self.flush_members().await
+    }
+
+    /// Adds a hot spare: it is pulled in when a member has been failed for
+    /// [`Config::spare_timeout`].
+    pub async fn add_spare(&self, dev: SharedDevice) -> Result<()> {
+        if dev.geometry().block_size != self.inner.block_size {
+            return Err(RaidError::Config("spare block size differs".into()));
+        }
+        let need = self.inner.geo.read().await.cur.member_blocks_needed();
+        if dev.geometry().num_blocks < need {
+            return Err(RaidError::Config(format!("spare has fewer than the {need} blocks needed")));
+        }
+        self.meta().spares.push(dev);
+        self.write_superblocks().await
+    }
+
+    /// Takes a member out (administratively failed), as if it had failed.
+    pub async fn fail(&self, slot: u32) {
+        self.fail_member(slot, &BlockError::Offline("failed by administrator".into())).await;
+    }
+
+    pub(crate) fn set_flag(&self, flag: u32, on: bool) {
+        let mut m = self.meta();
+        if on {
+            m.sb.flags |= flag;
+        } else {
+            m.sb.flags &= !flag;
+        }
+    }
+
+    pub(crate) fn set_capacity(&self, blocks: u64) {
+        self.inner.capacity.store(blocks, Ordering::Relaxed);
+    }
+}
+
+fn concat(blocks: &[Option<Bytes>]) -> Bytes {
+    concat_bytes(blocks.iter().flatten())
+}
+
+fn concat_bytes<'a>(mut it: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let count = it.clone().count();
+    if count == 1 {
+        return it.next().cloned().unwrap_or_default();
+    }
+    let mut buf = BytesMut::new();
+    for b in it {
+        buf.extend_from_slice(b);
+    }
+    buf.freeze()
+}
+
+#[async_trait]
+impl BlockDevice for RaidArray {
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            block_size: self.inner.block_size,
+            num_blocks: self.inner.capacity.load(Ordering::Relaxed),
+        }
+    }
+
+    fn identity(&self) -> &DeviceIdentity {
+        &self.inner.identity
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            thin: false,
+            unmap_reads_zero: true,
+            volatile_cache: true,
+        }
+    }
+
+    async fn read(&self, lba: u64, blocks: u32) -> blockdev::Result<Bytes> {
+        Ok(self.read_blocks(lba, blocks).await?)
+    }
+
+    async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> blockdev::Result<()> {
+        Ok(self.write_blocks(lba, data, flags.fua).await?)
+    }
+
+    async fn flush(&self) -> blockdev::Result<()> {
+        Ok(self.flush_all().await?)
+    }
+
+    async fn write_zeroes(&self, lba: u64, blocks: u64, _unmap: bool) -> blockdev::Result<()> {
+        blockdev::write_zeroes_by_writes(self, lba, blocks, 1 << 20).await
+    }
+}

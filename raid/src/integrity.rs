@@ -1,0 +1,224 @@
+//! Per-block checksums and expected addresses ("tags"), stored on the members.
+//!
+//! Every chunk on a member is followed by its tag blocks. A tag block starts
+//! with a 32-byte header and then holds one 16-byte entry per chunk block:
+//!
+//! ```text
+//! header: magic "RTAG" u32 | crc32c of the tag block u32 | row u64
+//!         | member slot u32 | reserved u32 | array uuid (first 8 bytes)
+//! entry:  crc32c(address ‖ data) u32 | flags u32 (bit 0: written) | address u64
+//! ```
+//!
+//! The address of a data block is its volume LBA; parity blocks use
+//! [`parity_addr`]. Seeding the checksum with the address makes a block that
+//! landed at the wrong place fail its check even if its content is intact, and
+//! the explicit address says where it belongs. A block whose entry was never
+//! written must read as zeroes. All multi-byte fields are little-endian.
+
+use crate::layout::tags_per_block;
+
+/// Bytes of the tag-block header.
+pub const TAG_HEADER: usize = 32;
+/// Bytes of one tag entry.
+pub const TAG_ENTRY: usize = 16;
+const TAG_MAGIC: u32 = u32::from_le_bytes(*b"RTAG");
+const FLAG_WRITTEN: u32 = 1;
+
+/// Checksum of a block's content bound to the address it belongs at.
+pub fn block_crc(addr: u64, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&addr.to_le_bytes()), data)
+}
+
+/// Tag address of block `i` of the parity chunk of `row`.
+pub fn parity_addr(row: u64, chunk_blocks: u32, i: u32) -> u64 {
+    (1 << 63) | (row * u64::from(chunk_blocks) + u64::from(i))
+}
+
+/// One block's tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TagEntry {
+    /// Whether the block was ever written (an unwritten block reads as zeroes).
+    pub written: bool,
+    /// [`block_crc`] of the block.
+    pub crc: u32,
+    /// Address the block belongs at.
+    pub addr: u64,
+}
+
+impl TagEntry {
+    /// The tag of `data` stored at `addr`.
+    pub fn of(addr: u64, data: &[u8]) -> Self {
+        TagEntry {
+            written: true,
+            crc: block_crc(addr, data),
+            addr,
+        }
+    }
+
+    /// Whether `data` is what this tag says belongs at `addr`.
+    pub fn verifies(&self, addr: u64, data: &[u8]) -> bool {
+        if self.written {
+            self.addr == addr && self.crc == block_crc(addr, data)
+        } else {
+            data.iter().all(|&b| b == 0)
+        }
+    }
+}
+
+/// Where a tag block sits: the identity its header must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TagPlace {
+    /// First 8 bytes of the array uuid.
+    pub array: [u8; 8],
+    /// Row of the chunk.
+    pub row: u64,
+    /// Member slot holding the chunk.
+    pub slot: u32,
+}
+
+/// Tags of one chunk: an entry per block, `None` where its tag block is damaged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkTags {
+    /// Entry of every block of the chunk.
+    pub entries: Vec<Option<TagEntry>>,
+}
+
+impl ChunkTags {
+    /// Tags of a never-written chunk.
+    pub fn unwritten(chunk_blocks: u32) -> Self {
+        ChunkTags {
+            entries: vec![Some(TagEntry::default()); chunk_blocks as usize],
+        }
+    }
+
+    /// Whether any tag block was damaged.
+    pub fn damaged(&self) -> bool {
+        self.entries.iter().any(Option::is_none)
+    }
+
+    /// Whether block `i` holding `data` is what belongs at `addr`.
+    pub fn verifies(&self, i: usize, addr: u64, data: &[u8]) -> bool {
+        matches!(self.entries[i], Some(e) if e.verifies(addr, data))
+    }
+
+    /// Decodes the tag blocks of a chunk (`buf` holds all of them).
+    pub fn decode(buf: &[u8], block_size: u32, chunk_blocks: u32, place: TagPlace) -> Self {
+        let per = tags_per_block(block_size) as usize;
+        let bs = block_size as usize;
+        let mut entries = Vec::with_capacity(chunk_blocks as usize);
+        for (t, blk) in buf.chunks_exact(bs).enumerate() {
+            let n = per.min(chunk_blocks as usize - t * per);
+            if n == 0 {
+                break;
+            }
+            match decode_block(blk, place) {
+                BlockState::Unwritten => entries.extend((0..n).map(|_| Some(TagEntry::default()))),
+                BlockState::Corrupt => entries.extend((0..n).map(|_| None)),
+                BlockState::Valid => {
+                    for e in blk[TAG_HEADER..].chunks_exact(TAG_ENTRY).take(n) {
+                        let crc = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes"));
+                        let flags = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes"));
+                        let addr = u64::from_le_bytes(e[8..16].try_into().expect("8 bytes"));
+                        entries.push(Some(TagEntry {
+                            written: flags & FLAG_WRITTEN != 0,
+                            crc,
+                            addr,
+                        }));
+                    }
+                }
+            }
+        }
+        entries.resize(chunk_blocks as usize, None);
+        ChunkTags { entries }
+    }
+
+    /// Encodes the tag blocks of a chunk; damaged entries are written as unwritten.
+    pub fn encode(&self, block_size: u32, place: TagPlace) -> Vec<u8> {
+        let per = tags_per_block(block_size) as usize;
+        let bs = block_size as usize;
+        let nblocks = self.entries.len().div_ceil(per);
+        let mut out = vec![0u8; nblocks * bs];
+        for (t, blk) in out.chunks_exact_mut(bs).enumerate() {
+            blk[0..4].copy_from_slice(&TAG_MAGIC.to_le_bytes());
+            blk[8..16].copy_from_slice(&place.row.to_le_bytes());
+            blk[16..20].copy_from_slice(&place.slot.to_le_bytes());
+            blk[24..32].copy_from_slice(&place.array);
+            let ents = &self.entries[t * per..((t + 1) * per).min(self.entries.len())];
+            for (e, dst) in ents.iter().zip(blk[TAG_HEADER..].chunks_exact_mut(TAG_ENTRY)) {
+                let e = e.unwrap_or_default();
+                dst[0..4].copy_from_slice(&e.crc.to_le_bytes());
+                let flags = if e.written { FLAG_WRITTEN } else { 0 };
+                dst[4..8].copy_from_slice(&flags.to_le_bytes());
+                dst[8..16].copy_from_slice(&e.addr.to_le_bytes());
+            }
+            let crc = crc32c::crc32c(blk);
+            blk[4..8].copy_from_slice(&crc.to_le_bytes());
+        }
+        out
+    }
+}
+
+enum BlockState {
+    Unwritten,
+    Valid,
+    Corrupt,
+}
+
+fn decode_block(blk: &[u8], place: TagPlace) -> BlockState {
+    if blk.iter().all(|&b| b == 0) {
+        return BlockState::Unwritten;
+    }
+    let magic = u32::from_le_bytes(blk[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(blk[4..8].try_into().expect("4 bytes"));
+    let mut copy = blk.to_vec();
+    copy[4..8].fill(0);
+    let ok = magic == TAG_MAGIC
+        && crc == crc32c::crc32c(&copy)
+        && blk[8..16] == place.row.to_le_bytes()
+        && blk[16..20] == place.slot.to_le_bytes()
+        && blk[24..32] == place.array;
+    if ok {
+        BlockState::Valid
+    } else {
+        BlockState::Corrupt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLACE: TagPlace = TagPlace {
+        array: *b"arrayid!",
+        row: 9,
+        slot: 2,
+    };
+
+    #[test]
+    fn round_trip_and_damage() {
+        let data = vec![7u8; 512];
+        let mut tags = ChunkTags::unwritten(40);
+        tags.entries[3] = Some(TagEntry::of(1234, &data));
+        let enc = tags.encode(512, PLACE);
+        assert_eq!(enc.len(), 2 * 512);
+        let dec = ChunkTags::decode(&enc, 512, 40, PLACE);
+        assert_eq!(dec, tags);
+        assert!(dec.verifies(3, 1234, &data));
+        // Right content at the wrong address, or wrong content, fails.
+        assert!(!dec.verifies(3, 1235, &data));
+        assert!(!dec.verifies(3, 1234, &[6u8; 512]));
+        // Unwritten blocks must be zero.
+        assert!(dec.verifies(4, 99, &[0u8; 512]));
+        assert!(!dec.verifies(4, 99, &data));
+        // A tag block of another row or with a flipped bit is damaged.
+        let other = ChunkTags::decode(&enc, 512, 40, TagPlace { row: 10, ..PLACE });
+        assert!(other.entries[..30].iter().all(Option::is_none));
+        let mut bad = enc.clone();
+        bad[600] ^= 1;
+        let dec = ChunkTags::decode(&bad, 512, 40, PLACE);
+        assert!(dec.entries[3].is_some() && dec.entries[35].is_none());
+        // An all-zero tag block reads as unwritten.
+        let zero = ChunkTags::decode(&vec![0; 1024], 512, 40, PLACE);
+        assert_eq!(zero, ChunkTags::unwritten(40));
+    }
+}

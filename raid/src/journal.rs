@@ -1,0 +1,338 @@
+//! Write-through journal that closes the RAID5 write hole.
+//!
+//! Before a row is updated on the members, the new content of every block the
+//! update writes (data and parity) goes, as one record, into a ring on the
+//! row's *parity member*, written with FUA. Only then are the members written.
+//! After a crash every record since the last checkpoint is replayed in sequence
+//! order, so each interrupted row ends up with its new data and matching parity
+//! and tags. Keeping the record on the parity member is enough: if that member
+//! is lost, the row's data chunks were written in place and need no parity; if
+//! any other member is lost, the record survives and replay makes parity agree
+//! with the new data, so the lost chunk (touched by the update or not) is
+//! reconstructed correctly.
+//!
+//! A checkpoint (on every flush, and whenever a ring is full) flushes the
+//! members and restarts every ring at a new sequence number, written to the
+//! ring's header block. Records below the highest header sequence are stale.
+//!
+//! Ring layout per member: block 0 header (`"RJSB"`, crc32c, start sequence),
+//! then records, each `H` header blocks and one payload block per entry:
+//!
+//! ```text
+//! record header: magic "RJRC" u32 | crc32c of header and payload u32 | seq u64
+//!                | row u64 | layout members u32 | entries u32 | header blocks u32
+//!                | reserved u32 | entries x (slot u32, block index u32)
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
+use tokio::sync::{Mutex as AsyncMutex, OwnedRwLockReadGuard, RwLock as AsyncRwLock};
+use tracing::{info, warn};
+
+use crate::array::RaidArray;
+use crate::error::{RaidError, Result};
+use crate::integrity::{ChunkTags, TagEntry};
+use crate::layout::Layout;
+use crate::superblock::Superblock;
+
+const SB_MAGIC: u32 = u32::from_le_bytes(*b"RJSB");
+const REC_MAGIC: u32 = u32::from_le_bytes(*b"RJRC");
+const REC_FIXED: usize = 40;
+
+/// Journal bookkeeping of a running array.
+#[derive(Debug)]
+pub(crate) struct JournalState {
+    start: u64,
+    blocks: u64,
+    next_seq: AtomicU64,
+    /// Next free ring block per member slot.
+    rings: AsyncMutex<BTreeMap<u32, u64>>,
+    /// Held shared from logging a record until its row is written; held
+    /// exclusively by a checkpoint.
+    gate: Arc<AsyncRwLock<()>>,
+}
+
+/// One replayable record.
+#[derive(Debug, Clone)]
+struct Record {
+    seq: u64,
+    row: u64,
+    members: u32,
+    entries: Vec<(u32, u32)>,
+    payload: Vec<u8>,
+}
+
+fn get32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn get64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl JournalState {
+    pub(crate) fn new(sb: &Superblock) -> Self {
+        JournalState {
+            start: sb.journal_start,
+            blocks: sb.journal_blocks,
+            next_seq: AtomicU64::new(1),
+            rings: AsyncMutex::new(BTreeMap::new()),
+            gate: Arc::new(AsyncRwLock::new(())),
+        }
+    }
+
+    fn header_blocks(entries: usize, bs: usize) -> usize {
+        (REC_FIXED + 8 * entries).div_ceil(bs)
+    }
+
+    /// Logs the new content of a row update on the parity member. The returned
+    /// guard must be held until the update is on the members.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn log(
+        &self,
+        array: &RaidArray,
+        lay: &Layout,
+        row: u64,
+        pslot: u32,
+        pdev: &SharedDevice,
+        newb: &[Vec<Option<Bytes>>],
+        lo: u32,
+        parity: &[u8],
+    ) -> Result<OwnedRwLockReadGuard<()>> {
+        let bs = array.inner.block_size as usize;
+        let mut entries = Vec::new();
+        let mut payload = BytesMut::new();
+        for (k, blocks) in newb.iter().enumerate() {
+            let slot = lay.data_member(row, k as u32);
+            for (i, b) in blocks.iter().enumerate() {
+                if let Some(b) = b {
+                    entries.push((slot, i as u32));
+                    payload.extend_from_slice(b);
+                }
+            }
+        }
+        for (j, blk) in parity.chunks_exact(bs).enumerate() {
+            entries.push((pslot, lo + j as u32));
+            payload.extend_from_slice(blk);
+        }
+        let h = Self::header_blocks(entries.len(), bs);
+        let total = (h + entries.len()) as u64;
+        if total + 1 > self.blocks {
+            return Err(RaidError::Config(format!(
+                "journal of {} blocks cannot hold a {total}-block record",
+                self.blocks
+            )));
+        }
+        loop {
+            let guard = self.gate.clone().read_owned().await;
+            let mut rings = self.rings.lock().await;
+            let at = *rings.get(&pslot).unwrap_or(&1);
+            if at + total > self.blocks {
+                drop(rings);
+                drop(guard);
+                self.checkpoint(array).await?;
+                continue;
+            }
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            let mut head = vec![0u8; h * bs];
+            head[0..4].copy_from_slice(&REC_MAGIC.to_le_bytes());
+            head[8..16].copy_from_slice(&seq.to_le_bytes());
+            head[16..24].copy_from_slice(&row.to_le_bytes());
+            head[24..28].copy_from_slice(&lay.members.to_le_bytes());
+            head[28..32].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+            head[32..36].copy_from_slice(&(h as u32).to_le_bytes());
+            for (n, (s, i)) in entries.iter().enumerate() {
+                let o = REC_FIXED + 8 * n;
+                head[o..o + 4].copy_from_slice(&s.to_le_bytes());
+                head[o + 4..o + 8].copy_from_slice(&i.to_le_bytes());
+            }
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &payload);
+            head[4..8].copy_from_slice(&crc.to_le_bytes());
+            let mut rec = BytesMut::from(&head[..]);
+            rec.extend_from_slice(&payload);
+            // Written while the ring is locked, so records land in order.
+            match pdev.write(self.start + at, rec.freeze(), WriteFlags::FUA).await {
+                Ok(()) => {
+                    rings.insert(pslot, at + total);
+                    return Ok(guard);
+                }
+                Err(e) => {
+                    drop(rings);
+                    drop(guard);
+                    array.fail_member(pslot, &e).await;
+                    return Err(RaidError::Member { slot: pslot, source: e });
+                }
+            }
+        }
+    }
+
+    /// Flushes the members and restarts every ring: all logged rows are durable.
+    pub(crate) async fn checkpoint(&self, array: &RaidArray) -> Result<()> {
+        let _w = self.gate.write().await;
+        array.flush_members().await?;
+        self.reset_locked(array).await
+    }
+
+    /// Writes fresh ring headers on every live member (no records pending).
+    pub(crate) async fn reset_all(&self, array: &RaidArray) -> Result<()> {
+        let _w = self.gate.write().await;
+        self.reset_locked(array).await
+    }
+
+    async fn reset_locked(&self, array: &RaidArray) -> Result<()> {
+        let seq = self.next_seq.load(Ordering::SeqCst);
+        let bs = array.inner.block_size as usize;
+        let mut head = vec![0u8; bs];
+        head[0..4].copy_from_slice(&SB_MAGIC.to_le_bytes());
+        head[8..16].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32c::crc32c(&head);
+        head[4..8].copy_from_slice(&crc.to_le_bytes());
+        let buf = Bytes::from(head);
+        let mut rings = self.rings.lock().await;
+        for (slot, dev) in array.live_members() {
+            if let Err(e) = dev.write(self.start, buf.clone(), WriteFlags::FUA).await {
+                array.fail_member(slot, &e).await;
+            }
+            rings.insert(slot, 1);
+        }
+        Ok(())
+    }
+
+    async fn scan(&self, dev: &SharedDevice, bs: usize) -> (u64, Vec<Record>) {
+        let Ok(head) = dev.read(self.start, 1).await else {
+            return (0, Vec::new());
+        };
+        let mut h = head.to_vec();
+        let crc = get32(&h, 4);
+        h[4..8].fill(0);
+        if get32(&h, 0) != SB_MAGIC || crc32c::crc32c(&h) != crc {
+            return (0, Vec::new());
+        }
+        let start_seq = get64(&h, 8);
+        let mut out = Vec::new();
+        let mut at = 1u64;
+        let mut last = 0;
+        while at < self.blocks {
+            let Ok(first) = dev.read(self.start + at, 1).await else { break };
+            if get32(&first, 0) != REC_MAGIC {
+                break;
+            }
+            let n = get32(&first, 28) as usize;
+            let hb = get32(&first, 32) as usize;
+            if hb != Self::header_blocks(n, bs) || at + (hb + n) as u64 > self.blocks {
+                break;
+            }
+            let Ok(all) = dev.read(self.start + at, (hb + n) as u32).await else { break };
+            let mut head = all[..hb * bs].to_vec();
+            let crc = get32(&head, 4);
+            head[4..8].fill(0);
+            if crc32c::crc32c_append(crc32c::crc32c(&head), &all[hb * bs..]) != crc {
+                break;
+            }
+            let seq = get64(&head, 8);
+            if seq < start_seq || seq <= last {
+                break;
+            }
+            last = seq;
+            out.push(Record {
+                seq,
+                row: get64(&head, 16),
+                members: get32(&head, 24),
+                entries: (0..n)
+                    .map(|e| (get32(&head, REC_FIXED + 8 * e), get32(&head, REC_FIXED + 8 * e + 4)))
+                    .collect(),
+                payload: all[hb * bs..].to_vec(),
+            });
+            at += (hb + n) as u64;
+        }
+        (start_seq, out)
+    }
+
+    /// Replays every current record (assembly after an unclean stop). Returns
+    /// how many were replayed.
+    pub(crate) async fn replay(&self, array: &RaidArray, layouts: &[Layout]) -> Result<u64> {
+        let bs = array.inner.block_size as usize;
+        let mut max_start = 0;
+        let mut records = Vec::new();
+        for (_, dev) in array.live_members() {
+            let (start, recs) = self.scan(&dev, bs).await;
+            max_start = max_start.max(start);
+            records.extend(recs);
+        }
+        records.retain(|r| r.seq >= max_start);
+        records.sort_by_key(|r| r.seq);
+        let next = records.last().map_or(max_start, |r| r.seq + 1).max(max_start).max(1);
+        self.next_seq.store(next, Ordering::SeqCst);
+        let mut replayed = 0;
+        for rec in &records {
+            let Some(lay) = layouts.iter().find(|l| l.members == rec.members) else {
+                warn!(seq = rec.seq, "journal record of an unknown layout skipped");
+                continue;
+            };
+            if rec.row >= lay.rows {
+                continue;
+            }
+            let mut by_slot: BTreeMap<u32, Vec<(u32, &[u8])>> = BTreeMap::new();
+            for (n, &(slot, i)) in rec.entries.iter().enumerate() {
+                if slot < lay.members && i < lay.chunk_blocks {
+                    by_slot.entry(slot).or_default().push((i, &rec.payload[n * bs..(n + 1) * bs]));
+                }
+            }
+            for (slot, blocks) in by_slot {
+                let Some(dev) = array.usable(slot, rec.row) else { continue };
+                for (i, data) in &blocks {
+                    if let Err(e) = dev
+                        .write(lay.member_block(rec.row, *i), Bytes::copy_from_slice(data), WriteFlags::NONE)
+                        .await
+                    {
+                        array.fail_member(slot, &e).await;
+                    }
+                }
+                retag(array, lay, rec.row, slot, &dev, &blocks).await;
+            }
+            replayed += 1;
+        }
+        if replayed > 0 {
+            info!(replayed, "journal replayed");
+        }
+        self.checkpoint(array).await?;
+        Ok(replayed)
+    }
+}
+
+/// Sets the tags of the given blocks from their content; a damaged tag block is
+/// rebuilt from the blocks' current content (after a crash the data is trusted).
+pub(crate) async fn retag(
+    array: &RaidArray,
+    lay: &Layout,
+    row: u64,
+    slot: u32,
+    dev: &SharedDevice,
+    blocks: &[(u32, &[u8])],
+) {
+    let bs = array.inner.block_size as usize;
+    let mut tags = match array.read_tags(lay, row, slot, dev).await {
+        Ok(t) => t,
+        Err(_) => ChunkTags {
+            entries: vec![None; lay.chunk_blocks as usize],
+        },
+    };
+    if tags.damaged() {
+        if let Ok(all) = dev.read(lay.member_block(row, 0), lay.chunk_blocks).await {
+            for (i, b) in all.chunks_exact(bs).enumerate() {
+                if tags.entries[i].is_none() {
+                    tags.entries[i] = Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, i as u32), b));
+                }
+            }
+        }
+    }
+    for (i, data) in blocks {
+        tags.entries[*i as usize] = Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, *i), data));
+    }
+    let buf = Bytes::from(tags.encode(array.inner.block_size, array.place(row, slot)));
+    if let Err(e) = dev.write(lay.tag_block(row, 0), buf, WriteFlags::NONE).await {
+        array.fail_member(slot, &e).await;
+    }
+}

@@ -1,0 +1,400 @@
+//! Rebuild onto a spare or a returning member, hot-spare activation, and the
+//! resync of rows left inconsistent by a crash.
+//!
+//! A rebuild walks the rows in order; rows below its position are in sync on
+//! the target, so reads use it and writes keep it current, while rows above are
+//! served by reconstruction. A member that returns after a failure rebuilds only
+//! rows whose write-intent bitmap bit is set (the bitmap is never cleared while
+//! the array is degraded). The position is checkpointed in the superblocks every
+//! [`Config::checkpoint_rows`](crate::Config) rows, so a restart resumes there.
+//! The rate limit is a token bucket on the injected clock.
+
+use std::time::Duration;
+
+use blockdev::{Bytes, SharedDevice, WriteFlags};
+use tracing::{info, warn};
+
+use crate::array::{MemberState, RaidArray};
+use crate::bitmap::Bitmap;
+use crate::error::{RaidError, Result};
+use crate::integrity::{ChunkTags, TagEntry};
+
+use crate::layout::Layout;
+use crate::parity::xor_into;
+use crate::superblock::SPARE;
+
+/// An ongoing rebuild.
+#[derive(Debug, Clone)]
+pub(crate) struct RebuildState {
+    pub(crate) slot: u32,
+    /// Rows below are in sync on the target.
+    pub(crate) pos: u64,
+    /// Last persisted position.
+    pub(crate) checkpoint: u64,
+    /// Only bitmap-dirty rows need rebuilding (a returning member).
+    pub(crate) bitmap_only: bool,
+    started: Duration,
+    start_pos: u64,
+    rows_done: u64,
+    tokens: f64,
+    last_tick: Duration,
+}
+
+impl RebuildState {
+    pub(crate) fn new(slot: u32, pos: u64, bitmap_only: bool, now: Duration) -> Self {
+        RebuildState {
+            slot,
+            pos,
+            checkpoint: pos,
+            bitmap_only,
+            started: now,
+            start_pos: pos,
+            rows_done: 0,
+            tokens: 0.0,
+            last_tick: now,
+        }
+    }
+
+    /// Whether the target holds current data for `row`.
+    pub(crate) fn in_sync(&self, row: u64, bitmap: &Bitmap) -> bool {
+        row < self.pos || (self.bitmap_only && !bitmap.row_dirty(row))
+    }
+}
+
+/// Progress of a rebuild.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebuildProgress {
+    /// Slot being rebuilt.
+    pub slot: u32,
+    /// Rows done (position of the rebuild).
+    pub done_rows: u64,
+    /// Rows in the array.
+    pub total_rows: u64,
+    /// Rows per second since the rebuild (re)started.
+    pub rows_per_sec: f64,
+    /// Estimated time to completion, when a rate is known.
+    pub eta: Option<Duration>,
+}
+
+/// What one call of [`RaidArray::maintain`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MaintenanceReport {
+    /// Slot a hot spare was pulled into.
+    pub spare_activated: Option<u32>,
+    /// Rows rebuilt in this call.
+    pub rows_rebuilt: u64,
+    /// Rebuild progress after this call, if one is running.
+    pub rebuild: Option<RebuildProgress>,
+    /// Whether a rebuild finished in this call.
+    pub rebuild_finished: bool,
+}
+
+impl RaidArray {
+    /// Progress of the running rebuild.
+    pub fn rebuild_progress(&self) -> Option<RebuildProgress> {
+        let now = self.now();
+        let m = self.meta();
+        let r = m.rebuild.as_ref()?;
+        let total = m.sb.rows;
+        let secs = (now - r.started).as_secs_f64();
+        let rate = if secs > 0.0 { r.rows_done as f64 / secs } else { 0.0 };
+        let eta = (rate > 0.0).then(|| Duration::from_secs_f64((total - r.pos.min(total)) as f64 / rate));
+        let _ = r.start_pos;
+        Some(RebuildProgress {
+            slot: r.slot,
+            done_rows: r.pos,
+            total_rows: total,
+            rows_per_sec: rate,
+            eta,
+        })
+    }
+
+    /// Periodic work, driven by the caller's timer: pulls in a hot spare for a
+    /// member failed longer than the spare timeout and advances a rebuild as
+    /// far as the rate limit allows.
+    pub async fn maintain(&self) -> Result<MaintenanceReport> {
+        let mut report = MaintenanceReport::default();
+        let now = self.now();
+        let candidate = {
+            let m = self.meta();
+            let reshaping = m.sb.reshape_members != 0;
+            if m.rebuild.is_none() && !reshaping && !m.spares.is_empty() {
+                m.slots.iter().position(|s| {
+                    matches!(s.state, MemberState::Faulty { since } if now >= since + self.inner.cfg.spare_timeout)
+                })
+            } else {
+                None
+            }
+        };
+        if let Some(slot) = candidate {
+            let spare = self.meta().spares.remove(0);
+            info!(slot, spare = %spare.identity(), "hot spare activated");
+            self.install(slot as u32, spare, false).await?;
+            report.spare_activated = Some(slot as u32);
+        }
+        let budget = {
+            let mut m = self.meta();
+            match (&mut m.rebuild, self.inner.cfg.rebuild_rows_per_sec) {
+                (None, _) => 0,
+                (Some(_), None) => self.inner.cfg.checkpoint_rows,
+                (Some(r), Some(rate)) => {
+                    let dt = (now - r.last_tick).as_secs_f64();
+                    r.last_tick = now;
+                    r.tokens = (r.tokens + dt * rate as f64).min(rate.max(1) as f64);
+                    let n = r.tokens.floor();
+                    r.tokens -= n;
+                    n as u64
+                }
+            }
+        };
+        if budget > 0 {
+            let (rows, finished) = self.rebuild_step(budget).await?;
+            report.rows_rebuilt = rows;
+            report.rebuild_finished = finished;
+        }
+        report.rebuild = self.rebuild_progress();
+        Ok(report)
+    }
+
+    /// Puts `dev` into `slot` and starts rebuilding it.
+    async fn install(&self, slot: u32, dev: SharedDevice, bitmap_only: bool) -> Result<()> {
+        let now = self.now();
+        {
+            let mut m = self.meta();
+            let s = &mut m.slots[slot as usize];
+            s.uuid = dev.identity().uuid;
+            s.dev = Some(dev);
+            s.state = MemberState::Rebuilding;
+            m.rebuild = Some(RebuildState::new(slot, 0, bitmap_only, now));
+        }
+        if let Some(j) = &self.inner.journal {
+            j.checkpoint(self).await?;
+        }
+        self.write_superblocks().await
+    }
+
+    /// Brings back a member that failed or was missing: only the regions written
+    /// while it was away (its write-intent bitmap bits) are rebuilt.
+    pub async fn re_add(&self, dev: SharedDevice) -> Result<()> {
+        let sb = crate::array::read_superblock(&dev).await?;
+        if sb.array_uuid != self.inner.array_uuid {
+            return Err(RaidError::Assembly("device belongs to another array".into()));
+        }
+        let slot = sb.role;
+        {
+            let m = self.meta();
+            let Some(s) = m.slots.get(slot as usize).filter(|_| slot != SPARE) else {
+                return Err(RaidError::Assembly("device has no slot in this array".into()));
+            };
+            if s.uuid != dev.identity().uuid {
+                return Err(RaidError::Assembly(format!("slot {slot} now holds another device; add it as a spare")));
+            }
+            if !matches!(s.state, MemberState::Faulty { .. }) {
+                return Err(RaidError::Assembly(format!("slot {slot} is not failed")));
+            }
+            if m.rebuild.is_some() {
+                return Err(RaidError::Assembly("a rebuild is already running".into()));
+            }
+        }
+        info!(slot, "member returns; rebuilding regions written while it was away");
+        self.install(slot, dev, true).await
+    }
+
+    /// Rebuilds up to `max_rows` rows. Returns rows rebuilt and whether the rebuild finished.
+    pub async fn rebuild_step(&self, max_rows: u64) -> Result<(u64, bool)> {
+        let geo = self.inner.geo.read().await;
+        let lay = geo.cur;
+        let mut done = 0;
+        while done < max_rows {
+            let Some((slot, row, bitmap_only)) = self.meta().rebuild.as_ref().map(|r| (r.slot, r.pos, r.bitmap_only)) else {
+                return Ok((done, false));
+            };
+            if row >= lay.rows {
+                self.finish_rebuild(slot).await?;
+                return Ok((done, true));
+            }
+            {
+                let _g = self.row_lock(row).await;
+                let needed = !bitmap_only || self.meta().bitmap.row_dirty(row);
+                if needed {
+                    let Some(dev) = self.meta().slots[slot as usize].dev.clone() else {
+                        return Err(RaidError::Failed("rebuild target vanished".into()));
+                    };
+                    self.rebuild_row(&lay, row, slot, &dev).await?;
+                    done += 1;
+                }
+                let mut m = self.meta();
+                match m.rebuild.as_mut() {
+                    Some(r) if r.slot == slot => {
+                        r.pos = row + 1;
+                        if needed {
+                            r.rows_done += 1;
+                        }
+                    }
+                    _ => return Ok((done, false)),
+                }
+            }
+            let ckpt = self.meta().rebuild.as_ref().is_some_and(|r| r.pos - r.checkpoint >= self.inner.cfg.checkpoint_rows);
+            if ckpt {
+                self.checkpoint_rebuild(slot).await?;
+            }
+        }
+        Ok((done, false))
+    }
+
+    async fn rebuild_row(&self, lay: &Layout, row: u64, slot: u32, dev: &SharedDevice) -> Result<()> {
+        match self.reconstruct(lay, row, slot, 0, lay.chunk_blocks).await {
+            Ok(content) => {
+                self.write_chunk_with_tags(lay, row, slot, dev, &content, WriteFlags::NONE).await;
+            }
+            Err(RaidError::Unrecoverable { lba }) => {
+                // No correct copy exists: leave a damaged tag block so reads of
+                // this chunk report an error instead of returning stale data.
+                warn!(row, slot, lba, "rebuild found unrecoverable data");
+                let mut tb = ChunkTags::unwritten(lay.chunk_blocks).encode(self.inner.block_size, self.place(row, slot));
+                tb[4] ^= 0xff;
+                if let Err(e) = dev.write(lay.tag_block(row, 0), Bytes::from(tb), WriteFlags::NONE).await {
+                    self.fail_member(slot, &e).await;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.check_target(slot)
+    }
+
+    fn check_target(&self, slot: u32) -> Result<()> {
+        match self.meta().slots[slot as usize].state {
+            MemberState::Faulty { .. } => Err(RaidError::Failed(format!("rebuild target {slot} failed"))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn checkpoint_rebuild(&self, slot: u32) -> Result<()> {
+        let dev = self.meta().slots[slot as usize].dev.clone();
+        if let Some(dev) = dev {
+            if let Err(e) = dev.flush().await {
+                self.fail_member(slot, &e).await;
+                return Ok(());
+            }
+        }
+        {
+            let mut m = self.meta();
+            if let Some(r) = m.rebuild.as_mut() {
+                r.checkpoint = r.pos;
+            }
+        }
+        self.write_superblocks().await
+    }
+
+    async fn finish_rebuild(&self, slot: u32) -> Result<()> {
+        let dev = self.meta().slots[slot as usize].dev.clone();
+        if let Some(dev) = dev {
+            if let Err(e) = dev.flush().await {
+                self.fail_member(slot, &e).await;
+                return Ok(());
+            }
+        }
+        {
+            let mut m = self.meta();
+            m.rebuild = None;
+            m.slots[slot as usize].state = MemberState::InSync;
+        }
+        info!(slot, "rebuild finished");
+        self.write_superblocks().await
+    }
+
+    /// Makes parity and tags of `row` agree with its data after an unclean stop
+    /// (the data blocks are trusted: each holds its old or its new content).
+    /// With the parity member missing only the data tags are fixed; with a data
+    /// member missing nothing can be checked (the journal covers that case).
+    /// Returns whether anything was rewritten.
+    pub(crate) async fn resync_row(&self, lay: &Layout, row: u64) -> Result<bool> {
+        let bs = self.inner.block_size as usize;
+        let c = lay.chunk_blocks;
+        let pslot = lay.parity_member(row);
+        let devs: Vec<Option<SharedDevice>> = (0..lay.members).map(|s| self.usable(s, row)).collect();
+        let missing: Vec<u32> = (0..lay.members).filter(|&s| devs[s as usize].is_none()).collect();
+        if missing.len() > 1 || missing.first().is_some_and(|&m| m != pslot) {
+            return Ok(false);
+        }
+        let mut parity = vec![0u8; c as usize * bs];
+        let mut changed = false;
+        for (s, dev) in devs.iter().enumerate() {
+            let s = s as u32;
+            let Some(dev) = dev else { continue };
+            if s == pslot {
+                continue;
+            }
+            let (data, tags) = tokio::join!(dev.read(lay.member_block(row, 0), c), self.read_tags(lay, row, s, dev));
+            let (data, mut tags) = match (data, tags) {
+                (Ok(d), Ok(t)) => (d, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.fail_member(s, &e).await;
+                    return Ok(false);
+                }
+            };
+            xor_into(&mut parity, &data);
+            let mut fix = false;
+            for (i, blk) in data.chunks_exact(bs).enumerate() {
+                let addr = Self::addr_of(lay, row, s, i as u32);
+                if !tags.verifies(i, addr, blk) {
+                    tags.entries[i] = Some(TagEntry::of(addr, blk));
+                    fix = true;
+                }
+            }
+            if fix {
+                changed = true;
+                let buf = Bytes::from(tags.encode(self.inner.block_size, self.place(row, s)));
+                if let Err(e) = dev.write(lay.tag_block(row, 0), buf, WriteFlags::NONE).await {
+                    self.fail_member(s, &e).await;
+                }
+            }
+        }
+        let Some(pdev) = &devs[pslot as usize] else {
+            return Ok(changed);
+        };
+        let (pdata, ptags) = match tokio::join!(pdev.read(lay.member_block(row, 0), c), self.read_tags(lay, row, pslot, pdev)) {
+            (Ok(d), Ok(t)) => (d, t),
+            (Err(e), _) | (_, Err(e)) => {
+                self.fail_member(pslot, &e).await;
+                return Ok(changed);
+            }
+        };
+        let stale = pdata[..] != parity[..]
+            || parity
+                .chunks_exact(bs)
+                .enumerate()
+                .any(|(i, b)| !ptags.verifies(i, Self::addr_of(lay, row, pslot, i as u32), b));
+        if stale {
+            changed = true;
+            self.write_chunk_with_tags(lay, row, pslot, pdev, &parity, WriteFlags::NONE).await;
+        }
+        Ok(changed)
+    }
+
+    /// Resyncs every row of the dirty bitmap regions. Returns rows rewritten.
+    pub(crate) async fn resync_dirty(&self) -> Result<u64> {
+        let geo = *self.inner.geo.read().await;
+        let regions = self.meta().bitmap.dirty_regions();
+        let mut fixed = 0;
+        for r in regions {
+            let rows = self.meta().bitmap.rows_of(r);
+            for row in rows {
+                // A physical row below the reshape position holds the new layout.
+                let lay = match geo.reshape {
+                    Some((new, pos)) if row < pos => new,
+                    _ => geo.cur,
+                };
+                if row >= lay.rows {
+                    continue;
+                }
+                let _g = self.row_lock(row).await;
+                if self.resync_row(&lay, row).await? {
+                    fixed += 1;
+                }
+            }
+        }
+        Ok(fixed)
+    }
+}
+

@@ -1,0 +1,322 @@
+//! The superblock every member carries: enough to assemble the array from its
+//! members alone.
+//!
+//! It lives in two slots of [`SB_BYTES`] at the start of each member; a new
+//! version goes to slot `events % 2`, so a torn superblock write leaves the
+//! previous version intact, and the reader takes the valid slot with the
+//! highest event counter. Layout (little-endian, offsets in bytes):
+//!
+//! ```text
+//!   0 magic "OPIERAID"          8 version u32          12 crc32c u32 (of all SB_BYTES, this field 0)
+//!  16 array uuid [16]          32 device uuid [16]     48 role u32 (slot, or SPARE)
+//!  52 flags u32                56 events u64           64 block size u32
+//!  68 chunk blocks u32         72 tag blocks u32       76 members u32
+//!  80 rows u64                 88 data start u64       96 bitmap start u64
+//! 104 bitmap blocks u64       112 rows per bitmap bit u64
+//! 120 journal start u64       128 journal blocks u64
+//! 136 backup start u64        144 backup rows u64
+//! 152 rebuild slot u32        156 rebuild flags u32   160 rebuild checkpoint row u64
+//! 168 reshape members u32     172 reserved u32        176 reshape checkpoint row u64
+//! 184 slot count u32          188 reserved u32
+//! 192 slot table: MAX_SLOTS x 32 bytes: device uuid [16], state u8, reserved [15]
+//! ```
+
+use crate::error::{RaidError, Result};
+
+/// Bytes of one superblock copy.
+pub const SB_BYTES: usize = 4096;
+/// Most member slots an array can have.
+pub const MAX_SLOTS: usize = 64;
+/// Role of a hot spare.
+pub const SPARE: u32 = u32::MAX;
+/// Current on-disk format version.
+pub const VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"OPIERAID";
+const SLOT_TABLE: usize = 192;
+
+/// Superblock flag: the array was shut down cleanly (parity known good).
+pub const FLAG_CLEAN: u32 = 1;
+/// Superblock flag: writes go through the journal.
+pub const FLAG_JOURNAL: u32 = 2;
+/// Superblock flag: a reshape is in progress.
+pub const FLAG_RESHAPE: u32 = 4;
+/// Superblock flag: the reshape critical-section backup is valid.
+pub const FLAG_BACKUP: u32 = 8;
+/// Superblock flag: a rebuild is in progress.
+pub const FLAG_REBUILD: u32 = 16;
+/// Rebuild flag: only rows marked in the write-intent bitmap need rebuilding.
+pub const REBUILD_BITMAP: u32 = 1;
+
+/// State of a member slot as recorded in the superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// In sync.
+    Active,
+    /// Failed; its data is reconstructed from the others.
+    Faulty,
+    /// Being rebuilt (see the rebuild checkpoint).
+    Rebuilding,
+}
+
+/// One slot of the member table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotEntry {
+    /// Identity uuid of the device in the slot.
+    pub device: [u8; 16],
+    /// Its state.
+    pub state: SlotState,
+}
+
+/// Decoded superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    /// Array identity.
+    pub array_uuid: [u8; 16],
+    /// Identity of the device this copy is written on.
+    pub device_uuid: [u8; 16],
+    /// Slot of this device, or [`SPARE`].
+    pub role: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Bumped on every change; the highest count is the truth.
+    pub events: u64,
+    /// Block size of members and volume.
+    pub block_size: u32,
+    /// Blocks per chunk.
+    pub chunk_blocks: u32,
+    /// Tag blocks per chunk.
+    pub tag_blocks: u32,
+    /// Members of the (current) layout.
+    pub members: u32,
+    /// Rows of the layout.
+    pub rows: u64,
+    /// First block of the data area.
+    pub data_start: u64,
+    /// First block of the write-intent bitmap.
+    pub bitmap_start: u64,
+    /// Blocks of the bitmap.
+    pub bitmap_blocks: u64,
+    /// Rows covered by one bitmap bit.
+    pub region_rows: u64,
+    /// First block of the journal (0 blocks: none).
+    pub journal_start: u64,
+    /// Blocks of the journal.
+    pub journal_blocks: u64,
+    /// First block of the reshape backup area.
+    pub backup_start: u64,
+    /// Rows the backup area holds.
+    pub backup_rows: u64,
+    /// Slot being rebuilt.
+    pub rebuild_slot: u32,
+    /// `REBUILD_*` bits.
+    pub rebuild_flags: u32,
+    /// Rows below this are rebuilt.
+    pub rebuild_pos: u64,
+    /// Members after the reshape in progress.
+    pub reshape_members: u32,
+    /// New-layout rows below this are reshaped.
+    pub reshape_pos: u64,
+    /// The member table.
+    pub slots: Vec<SlotEntry>,
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+fn get32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn get64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl Superblock {
+    /// Encodes into [`SB_BYTES`] bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; SB_BYTES];
+        b[0..8].copy_from_slice(MAGIC);
+        put32(&mut b, 8, VERSION);
+        b[16..32].copy_from_slice(&self.array_uuid);
+        b[32..48].copy_from_slice(&self.device_uuid);
+        put32(&mut b, 48, self.role);
+        put32(&mut b, 52, self.flags);
+        put64(&mut b, 56, self.events);
+        put32(&mut b, 64, self.block_size);
+        put32(&mut b, 68, self.chunk_blocks);
+        put32(&mut b, 72, self.tag_blocks);
+        put32(&mut b, 76, self.members);
+        put64(&mut b, 80, self.rows);
+        put64(&mut b, 88, self.data_start);
+        put64(&mut b, 96, self.bitmap_start);
+        put64(&mut b, 104, self.bitmap_blocks);
+        put64(&mut b, 112, self.region_rows);
+        put64(&mut b, 120, self.journal_start);
+        put64(&mut b, 128, self.journal_blocks);
+        put64(&mut b, 136, self.backup_start);
+        put64(&mut b, 144, self.backup_rows);
+        put32(&mut b, 152, self.rebuild_slot);
+        put32(&mut b, 156, self.rebuild_flags);
+        put64(&mut b, 160, self.rebuild_pos);
+        put32(&mut b, 168, self.reshape_members);
+        put64(&mut b, 176, self.reshape_pos);
+        put32(&mut b, 184, self.slots.len() as u32);
+        for (i, s) in self.slots.iter().enumerate() {
+            let at = SLOT_TABLE + 32 * i;
+            b[at..at + 16].copy_from_slice(&s.device);
+            b[at + 16] = match s.state {
+                SlotState::Active => 0,
+                SlotState::Faulty => 1,
+                SlotState::Rebuilding => 2,
+            };
+        }
+        let crc = crc32c::crc32c(&b);
+        put32(&mut b, 12, crc);
+        b
+    }
+
+    /// Decodes and validates one copy.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let bad = |why: &str| Err(RaidError::BadSuperblock(why.to_string()));
+        if b.len() < SB_BYTES || &b[0..8] != MAGIC {
+            return bad("no magic");
+        }
+        let mut copy = b[..SB_BYTES].to_vec();
+        put32(&mut copy, 12, 0);
+        if crc32c::crc32c(&copy) != get32(b, 12) {
+            return bad("checksum mismatch");
+        }
+        if get32(b, 8) != VERSION {
+            return bad("unsupported version");
+        }
+        let nslots = get32(b, 184) as usize;
+        if nslots > MAX_SLOTS {
+            return bad("slot table too large");
+        }
+        let mut slots = Vec::with_capacity(nslots);
+        for i in 0..nslots {
+            let at = SLOT_TABLE + 32 * i;
+            let state = match b[at + 16] {
+                0 => SlotState::Active,
+                1 => SlotState::Faulty,
+                2 => SlotState::Rebuilding,
+                _ => return bad("bad slot state"),
+            };
+            slots.push(SlotEntry {
+                device: b[at..at + 16].try_into().expect("16 bytes"),
+                state,
+            });
+        }
+        let sb = Superblock {
+            array_uuid: b[16..32].try_into().expect("16 bytes"),
+            device_uuid: b[32..48].try_into().expect("16 bytes"),
+            role: get32(b, 48),
+            flags: get32(b, 52),
+            events: get64(b, 56),
+            block_size: get32(b, 64),
+            chunk_blocks: get32(b, 68),
+            tag_blocks: get32(b, 72),
+            members: get32(b, 76),
+            rows: get64(b, 80),
+            data_start: get64(b, 88),
+            bitmap_start: get64(b, 96),
+            bitmap_blocks: get64(b, 104),
+            region_rows: get64(b, 112),
+            journal_start: get64(b, 120),
+            journal_blocks: get64(b, 128),
+            backup_start: get64(b, 136),
+            backup_rows: get64(b, 144),
+            rebuild_slot: get32(b, 152),
+            rebuild_flags: get32(b, 156),
+            rebuild_pos: get64(b, 160),
+            reshape_members: get32(b, 168),
+            reshape_pos: get64(b, 176),
+            slots,
+        };
+        if sb.members < 2
+            || sb.members as usize > sb.slots.len()
+            || sb.chunk_blocks == 0
+            || sb.region_rows == 0
+            || !sb.block_size.is_power_of_two()
+            || sb.block_size < 512
+        {
+            return bad("inconsistent geometry");
+        }
+        Ok(sb)
+    }
+
+    /// Blocks of one superblock copy on a device of `block_size`.
+    pub fn blocks(block_size: u32) -> u64 {
+        (SB_BYTES as u64).div_ceil(u64::from(block_size))
+    }
+
+    /// Member block where the copy for `events` goes.
+    pub fn slot_block(block_size: u32, events: u64) -> u64 {
+        (events % 2) * Self::blocks(block_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Superblock {
+        Superblock {
+            array_uuid: [1; 16],
+            device_uuid: [2; 16],
+            role: 1,
+            flags: FLAG_CLEAN | FLAG_JOURNAL,
+            events: 42,
+            block_size: 512,
+            chunk_blocks: 8,
+            tag_blocks: 1,
+            members: 3,
+            rows: 100,
+            data_start: 64,
+            bitmap_start: 16,
+            bitmap_blocks: 1,
+            region_rows: 4,
+            journal_start: 17,
+            journal_blocks: 20,
+            backup_start: 37,
+            backup_rows: 3,
+            rebuild_slot: 2,
+            rebuild_flags: REBUILD_BITMAP,
+            rebuild_pos: 7,
+            reshape_members: 0,
+            reshape_pos: 0,
+            slots: vec![
+                SlotEntry {
+                    device: [3; 16],
+                    state: SlotState::Active,
+                },
+                SlotEntry {
+                    device: [2; 16],
+                    state: SlotState::Active,
+                },
+                SlotEntry {
+                    device: [4; 16],
+                    state: SlotState::Rebuilding,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_rejects_damage() {
+        let sb = sample();
+        let enc = sb.encode();
+        assert_eq!(Superblock::decode(&enc).unwrap(), sb);
+        for at in [0, 13, 60, 200, 4095] {
+            let mut bad = enc.clone();
+            bad[at] ^= 0x10;
+            assert!(Superblock::decode(&bad).is_err(), "flip at {at} accepted");
+        }
+        assert!(Superblock::decode(&[0u8; SB_BYTES]).is_err());
+        assert_eq!(Superblock::blocks(512), 8);
+        assert_eq!(Superblock::slot_block(512, 3), 8);
+        assert_eq!(Superblock::slot_block(4096, 4), 0);
+    }
+}

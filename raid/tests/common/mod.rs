@@ -1,0 +1,115 @@
+//! Shared helpers of the RAID integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blockdev::{BlockDevice, Bytes, FaultyDevice, MemDevice, SharedDevice};
+use raid::{AssembleOptions, Config, ManualClock, RaidArray};
+
+/// Member devices: fault injectors over memory disks.
+pub struct Rig {
+    pub faulty: Vec<Arc<FaultyDevice>>,
+    pub clock: Arc<ManualClock>,
+    pub cfg: Config,
+}
+
+pub const BS: usize = 512;
+
+pub fn small_config() -> Config {
+    Config {
+        chunk_blocks: 4,
+        region_rows: 4,
+        journal_blocks: 0,
+        max_members: 8,
+        cache_blocks: 64,
+        spare_timeout: Duration::from_secs(30),
+        rebuild_rows_per_sec: None,
+        checkpoint_rows: 8,
+        reshape_step_rows: 4,
+    }
+}
+
+impl Rig {
+    /// `n` devices of `blocks` blocks each.
+    pub fn new(n: usize, blocks: u64, cfg: Config) -> Rig {
+        let faulty = (0..n).map(|i| Self::device(i, blocks)).collect();
+        Rig {
+            faulty,
+            clock: Arc::new(ManualClock::new()),
+            cfg,
+        }
+    }
+
+    pub fn device(i: usize, blocks: u64) -> Arc<FaultyDevice> {
+        let mem: SharedDevice = Arc::new(MemDevice::new(
+            BS as u32,
+            blocks,
+            blockdev::DeviceIdentity::from_name(&format!("disk{i}-{blocks}-{}", rand_tag())),
+        ));
+        Arc::new(FaultyDevice::new(mem, i as u64 + 1))
+    }
+
+    pub fn add_device(&mut self, blocks: u64) -> Arc<FaultyDevice> {
+        let d = Self::device(self.faulty.len(), blocks);
+        self.faulty.push(d.clone());
+        d
+    }
+
+    pub fn shared(&self, i: usize) -> SharedDevice {
+        self.faulty[i].clone()
+    }
+
+    pub fn all(&self) -> Vec<SharedDevice> {
+        self.faulty.iter().map(|f| f.clone() as SharedDevice).collect()
+    }
+
+    pub async fn create(&self, members: usize) -> RaidArray {
+        let m = (0..members).map(|i| self.shared(i)).collect();
+        RaidArray::create(m, vec![], self.cfg.clone(), self.clock.clone())
+            .await
+            .expect("create")
+    }
+
+    pub async fn assemble(&self, force: bool) -> raid::Result<RaidArray> {
+        RaidArray::assemble(self.all(), self.cfg.clone(), self.clock.clone(), AssembleOptions { force })
+            .await
+            .map(|(a, _)| a)
+    }
+}
+
+fn rand_tag() -> u64 {
+    rand::random()
+}
+
+/// A block filled with a pattern derived from `(lba, version)`.
+pub fn pattern(lba: u64, version: u64) -> Vec<u8> {
+    let mut v = vec![0u8; BS];
+    let mut x = lba.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ 1;
+    for c in v.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+pub fn blocks(lba: u64, n: u64, version: u64) -> Bytes {
+    Bytes::from((lba..lba + n).flat_map(|b| pattern(b, version)).collect::<Vec<u8>>())
+}
+
+/// Reads the whole volume and compares it with `model` (None: zeroes).
+pub async fn check_all(a: &RaidArray, model: &[Option<u64>]) {
+    let cap = a.geometry().num_blocks;
+    assert!(cap as usize >= model.len());
+    let data = a.read(0, model.len() as u32).await.expect("read back");
+    for (lba, want) in model.iter().enumerate() {
+        let got = &data[lba * BS..(lba + 1) * BS];
+        let exp = match want {
+            Some(v) => pattern(lba as u64, *v),
+            None => vec![0; BS],
+        };
+        assert!(got == &exp[..], "block {lba}: wrong content (want version {want:?})");
+    }
+}
