@@ -218,8 +218,8 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
     w[67] = 120;
     w[68] = 120;
     w[80] = 0x01F0; // ATA/ATAPI-4 .. ACS-? major versions
-    // Word 82: bit 5 write cache supported. Word 83: bit 14 valid, 13 FLUSH CACHE EXT,
-    // 12 FLUSH CACHE, 10 48-bit address feature set.
+                    // Word 82: bit 5 write cache supported. Word 83: bit 14 valid, 13 FLUSH CACHE EXT,
+                    // 12 FLUSH CACHE, 10 48-bit address feature set.
     w[82] = 1 << 5;
     w[83] = (1 << 14) | (1 << 13) | (1 << 12) | (1 << 10);
     w[84] = 1 << 14;
@@ -231,7 +231,7 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
         w[100 + i] = u16::from_le_bytes([chunk[0], chunk[1]]);
     }
     w[106] = 1 << 14; // word valid; one logical sector per physical, 512 bytes
-    // Words 108-111: world wide name (NAA 5 form built from the stable identity).
+                      // Words 108-111: world wide name (NAA 5 form built from the stable identity).
     let eui = p.identity.eui64();
     let mut wwn = [0u8; 8];
     wwn[0] = 0x50 | (eui[0] & 0x0f);

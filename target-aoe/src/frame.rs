@@ -256,8 +256,8 @@ pub struct Frame<'a> {
 impl<'a> Frame<'a> {
     /// Decodes an Ethernet frame (without FCS) carrying AoE.
     pub fn decode(buf: &'a [u8]) -> Result<Frame<'a>, FrameError> {
-        let (eth, rest) =
-            Ethernet2Header::from_slice(buf).map_err(|_| FrameError::Truncated("Ethernet header"))?;
+        let (eth, rest) = Ethernet2Header::from_slice(buf)
+            .map_err(|_| FrameError::Truncated("Ethernet header"))?;
         if eth.ether_type != EtherType(ETHERTYPE_AOE) {
             return Err(FrameError::NotAoe(eth.ether_type.0));
         }
@@ -584,7 +584,15 @@ mod tests {
     }
 
     fn any_header() -> impl Strategy<Value = Header> {
-        (0u8..16, 0u8..16, any::<u8>(), any::<u16>(), any::<u8>(), any::<u8>(), any::<u32>())
+        (
+            0u8..16,
+            0u8..16,
+            any::<u8>(),
+            any::<u16>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u32>(),
+        )
             .prop_map(|(version, flags, error, shelf, slot, cmd, tag)| Header {
                 version,
                 flags,
@@ -679,7 +687,10 @@ mod tests {
         ip[13] = 0x00;
         assert_eq!(Frame::decode(&ip), Err(FrameError::NotAoe(0x0800)));
         let cfg = [0, 0, 0, 0, 0, 0, 0x04, 0x01];
-        assert_eq!(ConfigArg::decode(&cfg), Err(FrameError::Bad("config string length")));
+        assert_eq!(
+            ConfigArg::decode(&cfg),
+            Err(FrameError::Bad("config string length"))
+        );
     }
 
     #[test]

@@ -14,5 +14,10 @@
 
 pub mod ata;
 pub mod frame;
+pub mod initiator;
+pub mod rawsock;
+pub mod server;
 pub mod state;
 pub mod target;
+
+pub use server::{AoeConfig, AoeDisk, AoeDiskConfig, AoeError, AoeServer};

@@ -235,7 +235,8 @@ fn ata_reply(to: Mac, from: Mac, req: &Header, arg: &AtaArg, st: AtaStatus, data
 }
 
 fn config_reply(to: Mac, from: Mac, req: &Header, arg: &ConfigArg) -> Reply {
-    let mut head = Vec::with_capacity(ETH_HEADER_LEN + AOE_HEADER_LEN + CONFIG_ARG_LEN + arg.config.len());
+    let mut head =
+        Vec::with_capacity(ETH_HEADER_LEN + AOE_HEADER_LEN + CONFIG_ARG_LEN + arg.config.len());
     encode_headers(&mut head, to, from, &req.response());
     arg.encode(&mut head);
     pad_min(&mut head);
@@ -290,7 +291,8 @@ impl Target {
     fn addressed(&self, h: &Header) -> (bool, bool) {
         let bshelf = h.shelf == BROADCAST_SHELF;
         let bslot = h.slot == BROADCAST_SLOT;
-        let hit = (bshelf || h.shelf == self.settings.shelf) && (bslot || h.slot == self.settings.slot);
+        let hit =
+            (bshelf || h.shelf == self.settings.shelf) && (bslot || h.slot == self.settings.slot);
         (hit, bshelf || bslot)
     }
 
@@ -377,7 +379,8 @@ impl Target {
         if op != AtaOp::Identify && self.reserved_against(to) {
             return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::TargetReserved));
         }
-        let done = |st: AtaStatus, data: Bytes| Outcome::Reply(ata_reply(to, from, h, &arg, st, data));
+        let done =
+            |st: AtaStatus, data: Bytes| Outcome::Reply(ata_reply(to, from, h, &arg, st, data));
         let ctx = || ReplyCtx {
             to,
             from,
@@ -401,7 +404,9 @@ impl Target {
                 Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument))
             }
             AtaOp::Read { lba, sectors } | AtaOp::Write { lba, sectors }
-                if lba.checked_add(u64::from(sectors)).is_none_or(|end| end > s.sectors) =>
+                if lba
+                    .checked_add(u64::from(sectors))
+                    .is_none_or(|end| end > s.sectors) =>
             {
                 done(AtaStatus::ID_NOT_FOUND, Bytes::new())
             }
