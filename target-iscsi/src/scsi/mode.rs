@@ -59,11 +59,7 @@ fn page(code: u8, pc: Pc, st: &ModeState) -> Vec<u8> {
     p[1] = (p.len() - 2) as u8;
     let fixed = pc != Pc::Changeable;
     match code {
-        0x08 => {
-            if wce {
-                p[2] |= 0x04;
-            }
-        }
+        0x08 if wce => p[2] |= 0x04,
         0x0A => {
             if fixed {
                 p[3] = 0x10; // queue algorithm modifier: unrestricted reordering
@@ -195,7 +191,9 @@ pub(crate) fn select(ctx: &Ctx<'_>) -> CmdResult {
             super::cdb::be(bd, 5, 3)
         };
         if blen != 0 && blen != u64::from(ctx.lu.geometry().block_size) {
-            return Err(Sense::invalid_param((hdr + if long { 12 } else { 5 }) as u16, None).into());
+            return Err(
+                Sense::invalid_param((hdr + if long { 12 } else { 5 }) as u16, None).into(),
+            );
         }
     }
     let mut new = ctx.lu.state().mode;
