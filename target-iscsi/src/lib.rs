@@ -12,8 +12,13 @@
 //! edge is [`server`].
 
 pub mod digest;
+pub mod discovery;
+pub mod frame;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;
+pub mod r2t;
 pub mod scsi;
+pub mod session;
 pub mod text;
+pub mod tmf;
