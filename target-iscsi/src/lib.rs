@@ -19,6 +19,7 @@ pub mod negotiate;
 pub mod pdu;
 pub mod r2t;
 pub mod scsi;
+pub mod server;
 pub mod session;
 pub mod text;
 pub mod tmf;

@@ -293,6 +293,15 @@ impl Session {
         );
     }
 
+    /// A framing violation the edge found (e.g. DataSegmentLength over the
+    /// limit): Reject the PDU and drop the connection (ERL 0).
+    pub fn violation(&mut self, raw: &[u8; BHS_LEN], reason: u8) {
+        if !self.closed {
+            self.reject(raw, reason);
+            self.close(CloseReason::ProtocolError("framing"));
+        }
+    }
+
     /// Handles one received PDU.
     pub fn handle_pdu(&mut self, pdu: InPdu, now: Instant) {
         if self.closed {
