@@ -17,12 +17,11 @@ use tracing::Instrument;
 
 use super::registry::{ConnContext, Registry};
 use super::writer::{self, Out};
-use super::ScsiBackend;
 use crate::digest::Digest;
 use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
 use crate::login::{Established, Login, LoginOutcome, SessionType};
 use crate::pdu::{reject, Bhs};
-use crate::scsi::{status, Nexus, Response};
+use crate::scsi::{status, Nexus, Response, ScsiTarget, TmfResponse};
 use crate::session::{Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 
@@ -159,7 +158,7 @@ async fn full_feature(
     mut stop: watch::Receiver<bool>,
 ) {
     let target = est.key.target.and_then(|i| reg.cfg.targets.get(i));
-    let backend: Option<Arc<dyn ScsiBackend>> = match est.session_type {
+    let backend: Option<Arc<ScsiTarget>> = match est.session_type {
         SessionType::Normal => target.map(|t| t.scsi.clone()),
         SessionType::Discovery => None,
     };
@@ -303,7 +302,7 @@ fn drain(
     session: &mut Session,
     tx: &mpsc::UnboundedSender<Out>,
     run: &mut Running,
-    backend: Option<&Arc<dyn ScsiBackend>>,
+    backend: Option<&Arc<ScsiTarget>>,
     nexus: &Nexus,
     tmf_tx: &mpsc::UnboundedSender<(u32, TmfOutcome)>,
 ) -> Option<CloseReason> {
@@ -315,7 +314,7 @@ fn drain(
             }
             Action::Execute { itt, cmd } => {
                 let Some(b) = backend else { continue };
-                let fut = b.clone().submit(nexus, cmd);
+                let fut = b.submit(nexus, cmd);
                 run.generation += 1;
                 let gen = run.generation;
                 let h = run.set.spawn(
@@ -338,7 +337,13 @@ fn drain(
                         let b = b.clone();
                         let n = nexus.clone();
                         tokio::spawn(async move {
-                            let o = b.task_management(&n, lun, function).await;
+                            let o = match b.task_management(&n, lun, function).await {
+                                TmfResponse::Complete => TmfOutcome::Complete,
+                                TmfResponse::TaskDoesNotExist => TmfOutcome::TaskDoesNotExist,
+                                TmfResponse::LunDoesNotExist => TmfOutcome::LunDoesNotExist,
+                                TmfResponse::NotSupported => TmfOutcome::NotSupported,
+                                TmfResponse::Rejected => TmfOutcome::Rejected,
+                            };
                             let _ = tmf_tx.send((itt, o));
                         });
                     }
