@@ -288,10 +288,13 @@ async fn read_write_round_trip_and_bounds() {
         )
         .await;
     assert_eq!(&s[15..18], &[0xCF, 0, 1]);
+    // Less data than the CDB asks for: the whole blocks sent are written.
+    r.good(&r.a, &write10(300, 2), &data[..BS]).await;
+    assert_eq!(&r.good(&r.a, &read10(300, 1), &[]).await[..], &data[..BS]);
     r.check(
         &r.a,
         &write10(0, 2),
-        &data[..BS],
+        &data[..200],
         key::ILLEGAL_REQUEST,
         Asc::INVALID_FIELD_IN_CIU,
     )
@@ -407,6 +410,15 @@ async fn compare_and_write() {
     .await;
     caw[13] = 0;
     r.good(&r.a, &caw, &[]).await;
+    // Zero blocks but data sent (an NLB that wrapped past 255): refused.
+    r.check(
+        &r.a,
+        &caw,
+        &buf,
+        key::ILLEGAL_REQUEST,
+        Asc::INVALID_FIELD_IN_CDB,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -491,6 +503,17 @@ async fn write_same_unmap_and_lba_status() {
         Asc::INVALID_FIELD_IN_CDB,
     )
     .await;
+    // UNMAP on a thin LU deallocates whatever the pattern; LBPRZ: zeroes.
+    let mut wsu = [0u8; 10];
+    wsu[0] = 0x41;
+    wsu[1] = 0x08;
+    wsu[2..6].copy_from_slice(&40u32.to_be_bytes());
+    wsu[7..9].copy_from_slice(&8u16.to_be_bytes());
+    r.good(&r.a, &wsu, &[0xFFu8; BS]).await;
+    assert_eq!(
+        &r.good(&r.a, &read10(40, 8), &[]).await[..],
+        &[0u8; 8 * BS][..]
+    );
     // WRITE SAME(16) with UNMAP and NDOB deallocates: GET LBA STATUS shows it.
     let mut ws16 = cdb16(0x93, 0, 128);
     ws16[1] = 0x09;
