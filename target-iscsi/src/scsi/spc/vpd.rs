@@ -168,6 +168,7 @@ fn block_limits(ctx: &Ctx<'_>) -> Vec<u8> {
 fn block_device_characteristics() -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     d[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
+    d[3] = 0x50; // WABEREQ = WACEREQ = 01b: reads after a sanitize erase succeed
     d
 }
 
