@@ -23,7 +23,7 @@ use crate::pdu::{
     R2t, Reject, ScsiCommand, ScsiResponse, Sns, TextRequest, TextResponse, TmfRequest,
     TmfResponse, BHS_LEN, RESERVED_TAG,
 };
-use crate::r2t::WriteBuffer;
+use crate::r2t::{DataOutError, WriteBuffer};
 use crate::scsi::{Command, Response, TaskAttr, TmfFunction};
 use crate::text::{TextAccumulator, TextList};
 use crate::tmf::{self, TmfOutcome};
@@ -555,16 +555,26 @@ impl Session {
         match w.accept(d.ttt, d.data_sn, d.buffer_offset, d.final_, data) {
             Ok(()) => self.advance_write(d.itt),
             Err(e) => {
-                tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: dropping the connection (ERL 0)");
-                self.reject(raw, reject::PROTOCOL_ERROR);
-                self.close(CloseReason::ProtocolError("Data-Out sequence error"));
+                // The task cannot complete: end it with CHECK CONDITION,
+                // ABORTED COMMAND and keep the connection (later Data-Out
+                // PDUs of the task are discarded as unknown).
+                tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: task terminated");
+                self.tasks.remove(&d.itt);
+                let resp = Response {
+                    status: crate::scsi::status::CHECK_CONDITION,
+                    sense: Some(data_out_sense(e)),
+                    data_in: Bytes::new(),
+                };
+                self.send_status(d.itt, &resp, false, false, 0, 0);
             }
         }
     }
 
     /// Delivers the response of a command handed out with [`Action::Execute`].
-    /// Responses of aborted tasks are ignored.
-    pub fn complete(&mut self, itt: u32, resp: Response) {
+    /// `data_out_wanted` is the data-out length the CDB implies, when the
+    /// edge knows it (for write residuals). Responses of aborted tasks are
+    /// ignored.
+    pub fn complete(&mut self, itt: u32, resp: Response, data_out_wanted: Option<u64>) {
         let Some(task) = self.tasks.remove(&itt) else {
             return;
         };
@@ -574,7 +584,21 @@ impl Session {
         let lun = task.cmd.lun;
         let expected = task.expected_in;
         let have = resp.data_in.len() as u64;
-        let (overflow, underflow, residual) = if task.cmd.read {
+        let write_residual = data_out_wanted
+            .filter(|_| task.cmd.write && !task.cmd.read)
+            .map(|w| {
+                let e = u64::from(task.cmd.edtl);
+                match w.cmp(&e) {
+                    std::cmp::Ordering::Greater => {
+                        (true, false, (w - e).min(u64::from(u32::MAX)) as u32)
+                    }
+                    std::cmp::Ordering::Less => (false, true, (e - w) as u32),
+                    std::cmp::Ordering::Equal => (false, false, 0),
+                }
+            });
+        let (overflow, underflow, residual) = if let Some(r) = write_residual {
+            r
+        } else if task.cmd.read {
             match have.cmp(&u64::from(expected)) {
                 std::cmp::Ordering::Greater => (
                     true,
@@ -906,5 +930,41 @@ fn cdb_len(op: u8) -> usize {
         4 => 16,
         5 => 12,
         _ => 16,
+    }
+}
+
+/// Sense data for a write whose Data-Out broke the sequence rules:
+/// ABORTED COMMAND with the iSCSI-specific additional sense codes.
+fn data_out_sense(e: DataOutError) -> Bytes {
+    let (asc, ascq) = match e {
+        DataOutError::Unsolicited => (0x0c, 0x0c), // unexpected unsolicited data
+        DataOutError::ShortSequence => (0x0c, 0x0d), // not enough unsolicited data
+        DataOutError::Offset => (0x4b, 0x05),      // data offset error
+        DataOutError::Overrun => (0x4b, 0x02),     // too much write data
+        DataOutError::DataSn | DataOutError::UnknownTtt => (0x4b, 0x00), // data phase error
+    };
+    let mut s = [0u8; 18];
+    s[0] = 0x70;
+    s[2] = 0x0b;
+    s[7] = 10;
+    s[12] = asc;
+    s[13] = ascq;
+    Bytes::copy_from_slice(&s)
+}
+
+/// Blocks of data-out a CDB transfers, for the write commands whose
+/// residuals the transport reports.
+pub fn data_out_blocks(cdb: &[u8]) -> Option<u64> {
+    let be = |from: usize, n: usize| -> Option<u64> {
+        cdb.get(from..from + n)
+            .map(|b| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
+    };
+    match *cdb.first()? {
+        0x0a => be(4, 1).map(|n| if n == 0 { 256 } else { n }),
+        0x2a | 0x2e => be(7, 2),
+        0xaa | 0xae => be(6, 4),
+        0x8a | 0x8e | 0x8b => be(10, 4),
+        0x89 => be(13, 1).map(|n| 2 * n),
+        _ => None,
     }
 }

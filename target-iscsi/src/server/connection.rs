@@ -22,7 +22,7 @@ use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
 use crate::login::{Established, Login, LoginOutcome, SessionType};
 use crate::pdu::{reject, Bhs};
 use crate::scsi::{status, Nexus, Response, ScsiTarget, TmfResponse};
-use crate::session::{Action, CloseReason, Session, SessionConfig};
+use crate::session::{data_out_blocks, Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
@@ -142,7 +142,7 @@ async fn login(
 
 struct Running {
     set: JoinSet<(u32, u64, Response)>,
-    handles: HashMap<u32, (u64, AbortHandle)>,
+    handles: HashMap<u32, (u64, AbortHandle, Option<u64>)>,
     generation: u64,
 }
 
@@ -249,17 +249,17 @@ async fn full_feature(
             Some(joined) = run.set.join_next(), if !run.set.is_empty() => {
                 match joined {
                     Ok((itt, gen, resp)) => {
-                        if run.handles.get(&itt).is_some_and(|(g, _)| *g == gen) {
-                            run.handles.remove(&itt);
-                            session.complete(itt, resp);
+                        if run.handles.get(&itt).is_some_and(|(g, _, _)| *g == gen) {
+                            let wanted = run.handles.remove(&itt).and_then(|(_, _, w)| w);
+                            session.complete(itt, resp, wanted);
                         }
                     }
                     Err(e) if e.is_panic() => {
-                        let itt = run.handles.iter().find(|(_, (_, h))| h.id() == e.id()).map(|(i, _)| *i);
+                        let itt = run.handles.iter().find(|(_, (_, h, _))| h.id() == e.id()).map(|(i, _)| *i);
                         tracing::error!(?itt, "SCSI task panicked");
                         if let Some(itt) = itt {
                             run.handles.remove(&itt);
-                            session.complete(itt, internal_failure());
+                            session.complete(itt, internal_failure(), None);
                         }
                     }
                     Err(_) => {}
@@ -314,6 +314,10 @@ fn drain(
             }
             Action::Execute { itt, cmd } => {
                 let Some(b) = backend else { continue };
+                let wanted = data_out_blocks(&cmd.cdb).and_then(|n| {
+                    b.lu(cmd.lun)
+                        .map(|lu| n * u64::from(lu.geometry().block_size))
+                });
                 let fut = b.submit(nexus, cmd);
                 run.generation += 1;
                 let gen = run.generation;
@@ -321,11 +325,11 @@ fn drain(
                     async move { (itt, gen, fut.await) }
                         .instrument(tracing::debug_span!("task", itt)),
                 );
-                run.handles.insert(itt, (gen, h));
+                run.handles.insert(itt, (gen, h, wanted));
             }
             Action::Abort { itts } => {
                 for i in itts {
-                    if let Some((_, h)) = run.handles.remove(&i) {
+                    if let Some((_, h, _)) = run.handles.remove(&i) {
                         h.abort();
                     }
                 }
