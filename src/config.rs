@@ -181,8 +181,8 @@ pub struct AoeSettings {
     pub interfaces: Vec<String>,
     /// Shelf (major) address of this ISU.
     pub shelf: u16,
-    /// Frames the target queues per initiator (Query Config buffer count).
-    pub buffer_count: u16,
+    /// Frames the target accepts at once (Query Config buffer count); None: the AoE target's default.
+    pub buffer_count: Option<u16>,
     /// Default MAC mask list (empty: every initiator).
     pub mac_mask: Vec<Mac>,
     /// Acknowledge writes before they are durable (unsafe on power loss).
@@ -396,8 +396,8 @@ impl IsuConfig {
                         "65535 is the broadcast shelf; use 0..=65534".into(),
                     ));
                 }
-                let buffer_count = a.buffer_count.unwrap_or(16);
-                if buffer_count == 0 {
+                let buffer_count = a.buffer_count;
+                if buffer_count == Some(0) {
                     return Err(invalid(
                         "aoe.buffer_count".into(),
                         "must be at least 1".into(),
@@ -557,6 +557,12 @@ impl IsuConfig {
                             "AoE export needs an [aoe] table (interfaces, shelf)".into(),
                         ));
                     };
+                    if block_size != 512 {
+                        return Err(invalid(
+                            key("aoe"),
+                            format!("AoE serves 512-byte sectors; this disk has block_size = {block_size}"),
+                        ));
+                    }
                     if a.slot == 0xff {
                         return Err(invalid(
                             key("aoe.slot"),
@@ -750,7 +756,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.disks[1].alias.as_deref(), Some("T"));
         let a = c.aoe.unwrap();
-        assert_eq!((a.shelf, a.buffer_count, a.mac_mask[0][5]), (7, 16, 1));
+        assert_eq!((a.shelf, a.buffer_count, a.mac_mask[0][5]), (7, None, 1));
         assert_eq!(c.disks[0].aoe.as_ref().unwrap().slot, 1);
     }
 
