@@ -6,7 +6,36 @@
 //! primary commands (spc), persistent reservations (pr), ALUA (alua), unit
 //! attentions and sense data. Nothing here knows about sockets or PDUs.
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use bytes::Bytes;
+
+mod alua;
+mod cdb;
+mod dispatch;
+mod lu;
+mod mode;
+mod opcodes;
+mod order;
+mod pr;
+mod reserve;
+mod sanitize;
+mod sbc;
+pub mod sense;
+mod spc;
+mod ua;
+mod xcopy;
+
+#[cfg(test)]
+mod tests;
+
+pub use alua::{AluaState, PortGroup};
+use lu::LogicalUnit;
+use sense::Asc;
 
 /// One I_T nexus: an initiator port talking to a target port (for iSCSI, one
 /// session). Persistent reservations, unit attentions and RESERVE/RELEASE are
@@ -108,4 +137,288 @@ pub enum TmfFunction {
     TargetWarmReset,
     /// TARGET COLD RESET.
     TargetColdReset,
+}
+
+/// Configuration of one logical unit.
+#[derive(Debug, Clone)]
+pub struct LuConfig {
+    /// The backing device.
+    pub device: blockdev::SharedDevice,
+    /// Refuse every medium-modifying command (also in effect when the device is read-only).
+    pub read_only: bool,
+    /// Where persistent LU state (PR APTPL state) is kept; `None` keeps it in memory only.
+    pub state_path: Option<PathBuf>,
+}
+
+/// Outcome of a task management function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmfResponse {
+    /// Function complete.
+    Complete,
+    /// The referenced task does not exist.
+    TaskDoesNotExist,
+    /// The referenced logical unit does not exist.
+    LunDoesNotExist,
+    /// The function is not supported.
+    NotSupported,
+    /// The function was rejected.
+    Rejected,
+}
+
+/// Errors of the SCSI layer's management interface (never of a command:
+/// command failures are SCSI status and sense data).
+#[derive(Debug, thiserror::Error)]
+pub enum ScsiError {
+    /// Two logical units were configured with the same number.
+    #[error("LUN {0} configured twice")]
+    DuplicateLun(u64),
+    /// A LUN number does not fit the SAM addressing the target supports.
+    #[error("LUN {0} is out of the supported range (0..16384)")]
+    LunOutOfRange(u64),
+    /// No target port group has this id.
+    #[error("no target port group {0}")]
+    UnknownPortGroup(u16),
+    /// Port group configuration is inconsistent.
+    #[error("bad port group configuration: {0}")]
+    BadPortGroups(String),
+    /// Persistent LU state could not be read or written.
+    #[error("persistent state {path}: {source}")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A device failed.
+    #[error("device: {0}")]
+    Device(#[from] blockdev::BlockError),
+}
+
+/// The I_T nexus identity that SCSI state is keyed by: the iSCSI initiator
+/// port name (`name,i,0x<isid>`) and the relative target port. A reinstated
+/// session keeps its nexus; another ISID is another initiator port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ItNexus {
+    /// Initiator name, lower-cased (iSCSI names compare case-insensitively).
+    pub name: String,
+    /// ISID of the session.
+    pub isid: [u8; 6],
+    /// Relative target port identifier.
+    pub rel_port: u16,
+}
+
+impl ItNexus {
+    pub(crate) fn of(n: &Nexus) -> Self {
+        ItNexus {
+            name: n.initiator_name.to_ascii_lowercase(),
+            isid: n.isid,
+            rel_port: n.relative_port,
+        }
+    }
+
+    /// The initiator port name `name,i,0x<isid>`.
+    pub(crate) fn port_name(&self) -> String {
+        let mut s = format!("{},i,0x", self.name);
+        for b in self.isid {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+/// One SCSI target (one iSCSI target name) with its logical units, target
+/// port groups and the I_T nexuses logged in to it. Shared by all sessions.
+#[derive(Debug)]
+pub struct ScsiTarget {
+    name: String,
+    lus: BTreeMap<u64, Arc<LogicalUnit>>,
+    groups: Mutex<Vec<PortGroup>>,
+    /// Logged-in sessions: session id -> I_T nexus.
+    sessions: Mutex<HashMap<u64, ItNexus>>,
+}
+
+impl ScsiTarget {
+    /// Builds a target. With no port groups, every relative port belongs to
+    /// group 1, active/optimized. APTPL state is reloaded from each LU's `state_path`.
+    pub fn new(
+        name: &str,
+        luns: Vec<(u64, LuConfig)>,
+        port_groups: Vec<PortGroup>,
+    ) -> Result<Arc<Self>, ScsiError> {
+        let mut lus = BTreeMap::new();
+        for (lun, cfg) in luns {
+            if lun >= 16384 {
+                return Err(ScsiError::LunOutOfRange(lun));
+            }
+            if lus.contains_key(&lun) {
+                return Err(ScsiError::DuplicateLun(lun));
+            }
+            lus.insert(lun, Arc::new(LogicalUnit::new(lun, cfg)?));
+        }
+        let groups = alua::normalize_groups(port_groups)?;
+        Ok(Arc::new(ScsiTarget {
+            name: name.to_string(),
+            lus,
+            groups: Mutex::new(groups),
+            sessions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The target's name (its IQN).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Registers the command in task-set order now and returns the future
+    /// that executes it (see the transport contract).
+    pub fn submit(
+        self: &Arc<Self>,
+        nexus: &Nexus,
+        cmd: Command,
+    ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
+        let lu = self.lus.get(&cmd.lun).cloned();
+        let ticket = lu.as_ref().map(|lu| lu.tasks.enter(cmd.attr));
+        let this = Arc::clone(self);
+        let nexus = nexus.clone();
+        Box::pin(async move {
+            let resp = dispatch::execute(&this, lu.as_ref(), &nexus, &cmd, ticket).await;
+            tracing::trace!(
+                lun = cmd.lun,
+                tag = cmd.tag,
+                op = cmd.cdb.first().copied().unwrap_or(0),
+                status = resp.status,
+                "scsi command"
+            );
+            resp
+        })
+    }
+
+    /// Task management after the transport has aborted its own tasks.
+    pub async fn task_management(&self, nexus: &Nexus, lun: u64, f: TmfFunction) -> TmfResponse {
+        let me = ItNexus::of(nexus);
+        match f {
+            TmfFunction::AbortTask { .. } | TmfFunction::AbortTaskSet => {
+                if self.lus.contains_key(&lun) {
+                    TmfResponse::Complete
+                } else {
+                    TmfResponse::LunDoesNotExist
+                }
+            }
+            TmfFunction::ClearTaskSet => match self.lus.get(&lun) {
+                Some(lu) => {
+                    // Tasks of other nexuses were cleared too (TST=000: one task set per LU).
+                    let others: Vec<ItNexus> =
+                        self.nexuses().into_iter().filter(|n| *n != me).collect();
+                    lu.add_ua_to(others.iter(), Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
+                    TmfResponse::Complete
+                }
+                None => TmfResponse::LunDoesNotExist,
+            },
+            TmfFunction::ClearAca => TmfResponse::NotSupported,
+            TmfFunction::LunReset => match self.lus.get(&lun) {
+                Some(lu) => {
+                    lu.reset(&self.nexuses());
+                    TmfResponse::Complete
+                }
+                None => TmfResponse::LunDoesNotExist,
+            },
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                let all = self.nexuses();
+                for lu in self.lus.values() {
+                    lu.reset(&all);
+                    // A target reset is reported as POWER ON, RESET OR BUS DEVICE RESET.
+                    lu.add_ua_to(all.iter(), Asc::POWER_ON_RESET);
+                }
+                TmfResponse::Complete
+            }
+        }
+    }
+
+    /// A new I_T nexus: it gets a POWER ON, RESET OR BUS DEVICE RESET OCCURRED unit attention.
+    pub fn nexus_login(&self, nexus: &Nexus) {
+        let key = ItNexus::of(nexus);
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(nexus.id, key.clone());
+        for lu in self.lus.values() {
+            lu.nexus_login(&key);
+        }
+    }
+
+    /// I_T nexus loss (session closed or reinstated).
+    pub fn nexus_logout(&self, nexus: &Nexus) {
+        let key = ItNexus::of(nexus);
+        let still_there = {
+            let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            s.remove(&nexus.id);
+            s.values().any(|k| *k == key)
+        };
+        if !still_there {
+            for lu in self.lus.values() {
+                lu.nexus_loss(&key);
+            }
+        }
+    }
+
+    /// Changes the asymmetric access state of a target port group; every
+    /// nexus gets an ASYMMETRIC ACCESS STATE CHANGED unit attention.
+    pub fn set_port_group_state(&self, id: u16, state: AluaState) -> Result<(), ScsiError> {
+        {
+            let mut g = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+            let grp = g
+                .iter_mut()
+                .find(|p| p.id == id)
+                .ok_or(ScsiError::UnknownPortGroup(id))?;
+            if grp.state == state {
+                return Ok(());
+            }
+            grp.state = state;
+        }
+        let all = self.nexuses();
+        for lu in self.lus.values() {
+            lu.add_ua_to(all.iter(), Asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
+        }
+        Ok(())
+    }
+
+    /// Whether a logical unit with this number exists.
+    pub fn lun_exists(&self, lun: u64) -> bool {
+        self.lus.contains_key(&lun)
+    }
+
+    /// Flushes every logical unit's device (shutdown).
+    pub async fn flush_all(&self) -> Result<(), ScsiError> {
+        for lu in self.lus.values() {
+            lu.device.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The distinct I_T nexuses logged in now.
+    pub(crate) fn nexuses(&self) -> Vec<ItNexus> {
+        let s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<ItNexus> = s.values().cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// A snapshot of the target port groups.
+    pub(crate) fn port_groups(&self) -> Vec<PortGroup> {
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The logical units, by number.
+    pub(crate) fn luns(&self) -> impl Iterator<Item = &u64> {
+        self.lus.keys()
+    }
+
+    /// The logical unit with this number.
+    pub(crate) fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
+        self.lus.get(&lun)
+    }
 }

@@ -1,0 +1,354 @@
+//! One connection: login, then the Full Feature Phase loop that feeds the
+//! sans-I/O session with PDUs, SCSI completions and time, and carries out
+//! its actions.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::Instrument;
+
+use super::registry::{ConnContext, Registry};
+use super::writer::{self, Out};
+use super::ScsiBackend;
+use crate::digest::Digest;
+use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
+use crate::login::{Established, Login, LoginOutcome, SessionType};
+use crate::pdu::{reject, Bhs};
+use crate::scsi::{status, Nexus, Response};
+use crate::session::{Action, CloseReason, Session, SessionConfig};
+use crate::tmf::TmfOutcome;
+
+/// Reads until one PDU is complete. `Ok(None)` at end of stream.
+async fn read_pdu(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    dec: &Decoder,
+) -> Result<Option<InPdu>, FrameError> {
+    loop {
+        if let Some(p) = dec.decode(buf)? {
+            return Ok(Some(p));
+        }
+        reserve(buf, dec);
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut, dec: &Decoder) {
+    let need = dec.needed(buf).unwrap_or(0).max(buf.len() + 16 * 1024);
+    if buf.capacity() < need {
+        buf.reserve((need - buf.len()).max(64 * 1024));
+    }
+}
+
+/// Serves one TCP connection to its end.
+pub(super) async fn serve(
+    reg: Arc<Registry>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tpgt: u16,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer::run(wr, rx));
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let login = tokio::time::timeout(
+        reg.cfg.login_timeout,
+        login(&reg, &mut rd, &mut buf, &tx, tpgt),
+    );
+    match login.await {
+        Ok(Some(est)) => {
+            let span = tracing::info_span!(
+                "session",
+                initiator = %est.key.initiator,
+                isid = %hex(&est.key.isid),
+                tsih = est.tsih,
+                kind = ?est.session_type,
+            );
+            full_feature(&reg, *est, rd, buf, &tx, local, tpgt, stop)
+                .instrument(span)
+                .await;
+        }
+        Ok(None) => {}
+        Err(_) => tracing::info!("login timed out"),
+    }
+    let _ = tx.send(Out::Close);
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn login(
+    reg: &Registry,
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    tx: &mpsc::UnboundedSender<Out>,
+    tpgt: u16,
+) -> Option<Box<Established>> {
+    let dec = Decoder::new((reg.cfg.limits.max_recv_data_segment_length as usize).max(8192));
+    let mut login = Login::new(tpgt, reg.cfg.limits.clone());
+    let ctx = ConnContext { reg };
+    loop {
+        let pdu = match read_pdu(rd, buf, &dec).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::info!(error = %e, "bad PDU during login");
+                return None;
+            }
+        };
+        let Ok(Bhs::LoginRequest(req)) = pdu.bhs else {
+            // Only Login Requests are allowed before Full Feature Phase.
+            tracing::info!(opcode = pdu.raw[0] & 0x3f, "non-login PDU during login");
+            return None;
+        };
+        let reply = login.handle(&req, &pdu.data, &ctx);
+        let out = OutPdu::new(
+            &Bhs::LoginResponse(reply.bhs),
+            reply.data,
+            Digest::None,
+            Digest::None,
+        );
+        let _ = tx.send(Out::Pdu(out));
+        match reply.outcome {
+            LoginOutcome::Continue => {}
+            LoginOutcome::Failed => {
+                tracing::info!(
+                    class = reply.bhs.status_class,
+                    detail = reply.bhs.status_detail,
+                    "login failed"
+                );
+                return None;
+            }
+            LoginOutcome::FullFeature(est) => return Some(est),
+        }
+    }
+}
+
+struct Running {
+    set: JoinSet<(u32, u64, Response)>,
+    handles: HashMap<u32, (u64, AbortHandle)>,
+    generation: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn full_feature(
+    reg: &Registry,
+    est: Established,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    tx: &mpsc::UnboundedSender<Out>,
+    local: SocketAddr,
+    tpgt: u16,
+    mut stop: watch::Receiver<bool>,
+) {
+    let target = est.key.target.and_then(|i| reg.cfg.targets.get(i));
+    let backend: Option<Arc<dyn ScsiBackend>> = match est.session_type {
+        SessionType::Normal => target.map(|t| t.scsi.clone()),
+        SessionType::Discovery => None,
+    };
+    let nexus = Nexus {
+        id: reg.nexus_id(),
+        initiator_name: est.key.initiator.clone(),
+        isid: est.key.isid,
+        relative_port: tpgt,
+        tpgt,
+    };
+    let kill = Arc::new(Notify::new());
+    if let Some(b) = &backend {
+        b.nexus_login(&nexus);
+        reg.attach(&est.key, est.tsih, kill.clone());
+    }
+    tracing::info!("logged in");
+    let cfg = SessionConfig {
+        queue_depth: reg.cfg.queue_depth,
+        nop_interval: reg.cfg.nop_interval,
+        nop_timeout: reg.cfg.nop_timeout,
+    };
+    let mut session = Session::new(
+        &est,
+        cfg,
+        reg.discovery(local),
+        target.map(|t| t.iqn.clone()),
+        Instant::now(),
+    );
+    let p = session.params().clone();
+    let dec = Decoder {
+        header_digest: p.header_digest,
+        data_digest: p.data_digest,
+        max_data: p.recv_data_segment_length as usize,
+    };
+    let mut run = Running {
+        set: JoinSet::new(),
+        handles: HashMap::new(),
+        generation: 0,
+    };
+    let (tmf_tx, mut tmf_rx) = mpsc::unbounded_channel::<(u32, TmfOutcome)>();
+    let mut draining = *stop.borrow();
+    let mut reading = true;
+    let why: String = loop {
+        if let Some(r) = drain(
+            &mut session,
+            tx,
+            &mut run,
+            backend.as_ref(),
+            &nexus,
+            &tmf_tx,
+        ) {
+            break format!("{r:?}");
+        }
+        if draining && run.set.is_empty() {
+            break "shutdown".into();
+        }
+        let deadline = session.poll_timeout();
+        reserve(&mut buf, &dec);
+        tokio::select! {
+            biased;
+            _ = kill.notified() => break "reinstated".into(),
+            r = rd.read_buf(&mut buf), if reading && !draining => match r {
+                Ok(0) | Err(_) => {
+                    break "connection closed by the initiator".into();
+                }
+                Ok(_) => {
+                    let now = Instant::now();
+                    loop {
+                        match dec.decode(&mut buf) {
+                            Ok(Some(pdu)) => session.handle_pdu(pdu, now),
+                            Ok(None) => break,
+                            Err(FrameError::TooLong { raw, len, limit }) => {
+                                tracing::warn!(len, limit, "DataSegmentLength over MaxRecvDataSegmentLength");
+                                session.violation(&raw, reject::PROTOCOL_ERROR);
+                                reading = false;
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unrecoverable framing error");
+                                session.violation(&[0; 48], reject::PROTOCOL_ERROR);
+                                reading = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+            },
+            Some(joined) = run.set.join_next(), if !run.set.is_empty() => {
+                match joined {
+                    Ok((itt, gen, resp)) => {
+                        if run.handles.get(&itt).is_some_and(|(g, _)| *g == gen) {
+                            run.handles.remove(&itt);
+                            session.complete(itt, resp);
+                        }
+                    }
+                    Err(e) if e.is_panic() => {
+                        let itt = run.handles.iter().find(|(_, (_, h))| h.id() == e.id()).map(|(i, _)| *i);
+                        tracing::error!(?itt, "SCSI task panicked");
+                        if let Some(itt) = itt {
+                            run.handles.remove(&itt);
+                            session.complete(itt, internal_failure());
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            Some((itt, o)) = tmf_rx.recv() => session.tmf_done(itt, o),
+            _ = sleep_until(deadline), if deadline.is_some() => session.handle_timeout(Instant::now()),
+            _ = stop.changed(), if !draining => draining = true,
+        }
+    };
+    tracing::info!(reason = %why, "session ended");
+    run.set.shutdown().await;
+    if let Some(b) = &backend {
+        b.nexus_logout(&nexus);
+        reg.detach(&est.key, est.tsih);
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t.into()).await;
+    }
+}
+
+/// CHECK CONDITION, HARDWARE ERROR / INTERNAL TARGET FAILURE.
+fn internal_failure() -> Response {
+    let mut sense = [0u8; 18];
+    sense[0] = 0x70;
+    sense[2] = 0x04;
+    sense[7] = 10;
+    sense[12] = 0x44;
+    Response {
+        status: status::CHECK_CONDITION,
+        sense: Some(Bytes::copy_from_slice(&sense)),
+        data_in: Bytes::new(),
+    }
+}
+
+fn drain(
+    session: &mut Session,
+    tx: &mpsc::UnboundedSender<Out>,
+    run: &mut Running,
+    backend: Option<&Arc<dyn ScsiBackend>>,
+    nexus: &Nexus,
+    tmf_tx: &mpsc::UnboundedSender<(u32, TmfOutcome)>,
+) -> Option<CloseReason> {
+    let mut close = None;
+    while let Some(a) = session.poll_action() {
+        match a {
+            Action::Send(p) => {
+                let _ = tx.send(Out::Pdu(p));
+            }
+            Action::Execute { itt, cmd } => {
+                let Some(b) = backend else { continue };
+                let fut = b.clone().submit(nexus, cmd);
+                run.generation += 1;
+                let gen = run.generation;
+                let h = run.set.spawn(
+                    async move { (itt, gen, fut.await) }
+                        .instrument(tracing::debug_span!("task", itt)),
+                );
+                run.handles.insert(itt, (gen, h));
+            }
+            Action::Abort { itts } => {
+                for i in itts {
+                    if let Some((_, h)) = run.handles.remove(&i) {
+                        h.abort();
+                    }
+                }
+            }
+            Action::TaskManagement { itt, lun, function } => {
+                let tmf_tx = tmf_tx.clone();
+                match backend {
+                    Some(b) => {
+                        let b = b.clone();
+                        let n = nexus.clone();
+                        tokio::spawn(async move {
+                            let o = b.task_management(&n, lun, function).await;
+                            let _ = tmf_tx.send((itt, o));
+                        });
+                    }
+                    None => {
+                        let _ = tmf_tx.send((itt, TmfOutcome::Rejected));
+                    }
+                }
+            }
+            Action::Close(r) => close = Some(r),
+        }
+    }
+    close
+}

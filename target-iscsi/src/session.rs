@@ -1,0 +1,910 @@
+//! Full Feature Phase of one session (RFC 7143 §4, §11): the CmdSN window,
+//! command intake with immediate, unsolicited and solicited (R2T) data,
+//! Data-In and status, NOP-In/NOP-Out both ways, task management, text
+//! (SendTargets), logout and Reject.
+//!
+//! Sans-I/O in the style of quinn-proto: feed it received PDUs
+//! ([`Session::handle_pdu`]), SCSI completions ([`Session::complete`]), task
+//! management results ([`Session::tmf_done`]) and the time
+//! ([`Session::handle_timeout`]); take [`Action`]s out with
+//! [`Session::poll_action`] and ask [`Session::poll_timeout`] when to wake it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::discovery::{send_targets, DiscoveryTarget};
+use crate::frame::{InPdu, OutPdu};
+use crate::login::{Established, SessionType};
+use crate::negotiate::Params;
+use crate::pdu::{
+    decode_lun, reject, Ahs, Bhs, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut,
+    R2t, Reject, ScsiCommand, ScsiResponse, Sns, TextRequest, TextResponse, TmfRequest,
+    TmfResponse, BHS_LEN, RESERVED_TAG,
+};
+use crate::r2t::WriteBuffer;
+use crate::scsi::{Command, Response, TaskAttr, TmfFunction};
+use crate::text::{TextAccumulator, TextList};
+use crate::tmf::{self, TmfOutcome};
+
+/// Serial number arithmetic (RFC 1982, 32 bits): `a < b`.
+pub fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Settings of the session layer that are not negotiated.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Commands the initiator may have outstanding (the CmdSN window).
+    pub queue_depth: u32,
+    /// Silence after which the target pings the initiator (zero: never).
+    pub nop_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub nop_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            queue_depth: 128,
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the session wants its connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The initiator logged out.
+    Logout,
+    /// The initiator stopped answering pings.
+    Dead,
+    /// A protocol error the connection cannot survive at ERL 0.
+    ProtocolError(&'static str),
+    /// TARGET COLD RESET.
+    ColdReset,
+}
+
+/// What the session asks its edge to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this PDU (in order).
+    Send(OutPdu),
+    /// Hand this command to SCSI now (order of these actions is CmdSN order)
+    /// and call [`Session::complete`] with its response.
+    Execute {
+        /// Initiator task tag.
+        itt: u32,
+        /// The command with all its data-out.
+        cmd: Command,
+    },
+    /// Stop executing these tasks: their responses are no longer wanted.
+    Abort {
+        /// Initiator task tags.
+        itts: Vec<u32>,
+    },
+    /// Run task management in SCSI, then call [`Session::tmf_done`].
+    TaskManagement {
+        /// ITT of the TMF request.
+        itt: u32,
+        /// Decoded LUN.
+        lun: u64,
+        /// The function.
+        function: TmfFunction,
+    },
+    /// Send everything queued, then close the connection.
+    Close(CloseReason),
+}
+
+#[derive(Debug)]
+struct Task {
+    cmd: ScsiCommand,
+    cdb: Bytes,
+    expected_in: u32,
+    write: Option<WriteBuffer>,
+    executing: bool,
+}
+
+#[derive(Debug)]
+struct PendingText {
+    ttt: u32,
+    rest: Bytes,
+    itt: u32,
+}
+
+/// The Full Feature Phase state of one session (one connection).
+#[derive(Debug)]
+pub struct Session {
+    params: Params,
+    kind: SessionType,
+    cfg: SessionConfig,
+    cid: u16,
+    exp_cmd_sn: u32,
+    max_cmd_sn: u32,
+    stat_sn: u32,
+    tasks: HashMap<u32, Task>,
+    pending: BTreeMap<u32, InPdu>,
+    actions: VecDeque<Action>,
+    next_ttt: u32,
+    last_rx: Instant,
+    ping: Option<(u32, Instant)>,
+    logout: Option<LogoutRequest>,
+    closed: bool,
+    text_in: TextAccumulator,
+    text_out: Option<PendingText>,
+    targets: Vec<DiscoveryTarget>,
+    own_target: Option<String>,
+    tmf_pending: HashMap<u32, ()>,
+}
+
+impl Session {
+    /// A session that has just left the login phase.
+    pub fn new(
+        est: &Established,
+        cfg: SessionConfig,
+        targets: Vec<DiscoveryTarget>,
+        own_target: Option<String>,
+        now: Instant,
+    ) -> Session {
+        let max_cmd_sn = est.exp_cmd_sn.wrapping_add(cfg.queue_depth.max(1) - 1);
+        Session {
+            params: est.params.clone(),
+            kind: est.session_type,
+            cfg,
+            cid: est.cid,
+            exp_cmd_sn: est.exp_cmd_sn,
+            max_cmd_sn,
+            stat_sn: est.stat_sn,
+            tasks: HashMap::new(),
+            pending: BTreeMap::new(),
+            actions: VecDeque::new(),
+            next_ttt: 1,
+            last_rx: now,
+            ping: None,
+            logout: None,
+            closed: false,
+            text_in: TextAccumulator::default(),
+            text_out: None,
+            targets,
+            own_target,
+            tmf_pending: HashMap::new(),
+        }
+    }
+
+    /// Negotiated parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The next action for the edge.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Tasks currently known (received and not yet answered).
+    pub fn active_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// When [`Session::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed || self.cfg.nop_interval.is_zero() {
+            return None;
+        }
+        Some(match self.ping {
+            Some((_, sent)) => sent + self.cfg.nop_timeout,
+            None => self.last_rx + self.cfg.nop_interval,
+        })
+    }
+
+    /// Advances the clock: pings a silent initiator, drops a dead one.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed || self.cfg.nop_interval.is_zero() {
+            return;
+        }
+        match self.ping {
+            Some((_, sent)) if self.last_rx > sent => self.ping = None,
+            Some((_, sent)) => {
+                if now >= sent + self.cfg.nop_timeout {
+                    tracing::warn!("initiator did not answer NOP-In: dropping the connection");
+                    self.close(CloseReason::Dead);
+                }
+                return;
+            }
+            None => {}
+        }
+        if now >= self.last_rx + self.cfg.nop_interval {
+            let ttt = self.alloc_ttt();
+            self.ping = Some((ttt, now));
+            let sns = self.sns_no_advance();
+            self.send(
+                Bhs::NopIn(NopIn {
+                    lun: 0,
+                    itt: RESERVED_TAG,
+                    ttt,
+                    sns,
+                }),
+                Bytes::new(),
+            );
+        }
+    }
+
+    fn close(&mut self, why: CloseReason) {
+        if !self.closed {
+            self.closed = true;
+            self.actions.push_back(Action::Close(why));
+        }
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    fn window_update(&mut self) {
+        let depth = self.cfg.queue_depth.max(1);
+        let used = (self.tasks.len() as u32).min(depth - 1);
+        let candidate = self.exp_cmd_sn.wrapping_add(depth - 1 - used);
+        if sn_lt(self.max_cmd_sn, candidate) {
+            self.max_cmd_sn = candidate;
+        }
+    }
+
+    fn sns_no_advance(&mut self) -> Sns {
+        self.window_update();
+        Sns {
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn,
+        }
+    }
+
+    fn sns_advance(&mut self) -> Sns {
+        let s = self.sns_no_advance();
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        s
+    }
+
+    fn send(&mut self, bhs: Bhs, data: Bytes) {
+        let pdu = OutPdu::new(
+            &bhs,
+            data,
+            self.params.header_digest,
+            self.params.data_digest,
+        );
+        self.actions.push_back(Action::Send(pdu));
+    }
+
+    fn reject(&mut self, raw: &[u8; BHS_LEN], reason: u8) {
+        let sns = self.sns_advance();
+        self.send(
+            Bhs::Reject(Reject {
+                reason,
+                sns,
+                data_sn: 0,
+            }),
+            Bytes::copy_from_slice(raw),
+        );
+    }
+
+    /// A framing violation the edge found (e.g. DataSegmentLength over the
+    /// limit): Reject the PDU and drop the connection (ERL 0).
+    pub fn violation(&mut self, raw: &[u8; BHS_LEN], reason: u8) {
+        if !self.closed {
+            self.reject(raw, reason);
+            self.close(CloseReason::ProtocolError("framing"));
+        }
+    }
+
+    /// Handles one received PDU.
+    pub fn handle_pdu(&mut self, pdu: InPdu, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.last_rx = now;
+        if let Some((_, sent)) = self.ping {
+            if now >= sent {
+                self.ping = None;
+            }
+        }
+        let bhs = match pdu.bhs {
+            Ok(b) => b,
+            Err(_) => {
+                self.reject(&pdu.raw, reject::COMMAND_NOT_SUPPORTED);
+                return;
+            }
+        };
+        if pdu.data_digest_error {
+            // ERL 0: discard the PDU and say why (§7.8). A command whose
+            // immediate data was damaged is not executed.
+            self.reject(&pdu.raw, reject::DATA_DIGEST_ERROR);
+            if let Bhs::ScsiCommand(c) = bhs {
+                if !c.immediate && c.cmd_sn == self.exp_cmd_sn {
+                    self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                }
+            }
+            return;
+        }
+        match bhs {
+            Bhs::DataOut(d) => self.data_out(&pdu.raw, &d, pdu.data),
+            Bhs::Snack(_) => self.reject(&pdu.raw, reject::COMMAND_NOT_SUPPORTED),
+            Bhs::NopOut(n) if n.itt == RESERVED_TAG => {
+                // An answer to our ping, or a ping that wants no answer.
+                if !n.immediate {
+                    self.reject(&pdu.raw, reject::PROTOCOL_ERROR);
+                }
+            }
+            Bhs::NopOut(NopOut {
+                immediate, cmd_sn, ..
+            })
+            | Bhs::ScsiCommand(ScsiCommand {
+                immediate, cmd_sn, ..
+            })
+            | Bhs::TmfRequest(TmfRequest {
+                immediate, cmd_sn, ..
+            })
+            | Bhs::TextRequest(TextRequest {
+                immediate, cmd_sn, ..
+            })
+            | Bhs::LogoutRequest(LogoutRequest {
+                immediate, cmd_sn, ..
+            }) => {
+                if immediate {
+                    self.command(bhs, pdu);
+                } else if cmd_sn == self.exp_cmd_sn {
+                    self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                    self.command(bhs, pdu);
+                    while let Some(next) = self.pending.remove(&self.exp_cmd_sn) {
+                        self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                        if let Ok(b) = next.bhs {
+                            self.command(b, next);
+                        }
+                    }
+                } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn, cmd_sn) {
+                    // Inside the window but early: hold it until the gap fills.
+                    self.pending.insert(cmd_sn, pdu);
+                } else {
+                    // Outside the window: silently ignored (§4.2.2.1).
+                    tracing::debug!(
+                        cmd_sn,
+                        exp = self.exp_cmd_sn,
+                        max = self.max_cmd_sn,
+                        "CmdSN outside the window: ignored"
+                    );
+                }
+            }
+            Bhs::LoginRequest(_) => self.reject(&pdu.raw, reject::PROTOCOL_ERROR),
+            // Target-to-initiator opcodes.
+            _ => self.reject(&pdu.raw, reject::PROTOCOL_ERROR),
+        }
+    }
+
+    fn command(&mut self, bhs: Bhs, pdu: InPdu) {
+        if self.logout.is_some() {
+            self.reject(&pdu.raw, reject::WAITING_FOR_LOGOUT);
+            return;
+        }
+        match bhs {
+            Bhs::NopOut(n) => {
+                let mut data = pdu.data;
+                data.truncate(self.params.send_data_segment_length as usize);
+                let sns = self.sns_advance();
+                self.send(
+                    Bhs::NopIn(NopIn {
+                        lun: n.lun,
+                        itt: n.itt,
+                        ttt: RESERVED_TAG,
+                        sns,
+                    }),
+                    data,
+                );
+            }
+            Bhs::ScsiCommand(c) => self.scsi_command(&pdu.raw, c, pdu.ahs, pdu.data),
+            Bhs::TmfRequest(t) => self.tmf(t),
+            Bhs::TextRequest(t) => self.text(&pdu.raw, t, &pdu.data),
+            Bhs::LogoutRequest(l) => {
+                self.logout = Some(l);
+                self.try_logout();
+            }
+            _ => {}
+        }
+    }
+
+    fn scsi_command(&mut self, raw: &[u8; BHS_LEN], c: ScsiCommand, ahs: Bytes, data: Bytes) {
+        if self.kind == SessionType::Discovery {
+            self.reject(raw, reject::PROTOCOL_ERROR);
+            return;
+        }
+        if self.tasks.contains_key(&c.itt) {
+            self.reject(raw, reject::TASK_IN_PROGRESS);
+            return;
+        }
+        let Ok(ahs) = Ahs::decode(&ahs) else {
+            self.reject(raw, reject::INVALID_PDU_FIELD);
+            return;
+        };
+        let cdb = match &ahs.extended_cdb {
+            Some(ext) => {
+                let mut v = BytesMut::with_capacity(16 + ext.len());
+                v.put_slice(&c.cdb);
+                v.put_slice(ext);
+                v.freeze()
+            }
+            None => Bytes::copy_from_slice(&c.cdb[..cdb_len(c.cdb[0])]),
+        };
+        let immediate_len = data.len() as u32;
+        if immediate_len > 0
+            && (!c.write
+                || !self.params.immediate_data
+                || immediate_len > self.params.first_burst_length
+                || immediate_len > c.edtl)
+        {
+            self.reject(raw, reject::PROTOCOL_ERROR);
+            return;
+        }
+        if c.write && !c.final_ && self.params.initial_r2t {
+            self.reject(raw, reject::PROTOCOL_ERROR);
+            return;
+        }
+        let expected_in = if c.read {
+            if c.write {
+                ahs.bidi_read_length.unwrap_or(0)
+            } else {
+                c.edtl
+            }
+        } else {
+            0
+        };
+        let write = if c.write && c.edtl > 0 {
+            let unsolicited_end = if c.final_ {
+                immediate_len
+            } else {
+                self.params.first_burst_length.min(c.edtl)
+            };
+            Some(WriteBuffer::new(c.edtl, data, unsolicited_end))
+        } else {
+            None
+        };
+        let itt = c.itt;
+        self.tasks.insert(
+            itt,
+            Task {
+                cmd: c,
+                cdb,
+                expected_in,
+                write,
+                executing: false,
+            },
+        );
+        self.advance_write(itt);
+    }
+
+    /// Issues R2Ts for a write still missing data, or executes it once complete.
+    fn advance_write(&mut self, itt: u32) {
+        let max_out = self.params.max_outstanding_r2t;
+        let burst = self.params.max_burst_length;
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if task.executing {
+            return;
+        }
+        let mut r2ts = Vec::new();
+        if let Some(w) = task.write.as_mut() {
+            if !w.complete() {
+                while let Some((offset, len)) = w.next_r2t(max_out, burst) {
+                    let ttt = self.next_ttt;
+                    self.next_ttt = self.next_ttt.wrapping_add(1);
+                    if self.next_ttt == RESERVED_TAG {
+                        self.next_ttt = 1;
+                    }
+                    let r2t_sn = w.issue_r2t(ttt, offset, len);
+                    r2ts.push(R2t {
+                        lun: task.cmd.lun,
+                        itt,
+                        ttt,
+                        sns: Sns::default(),
+                        r2t_sn,
+                        buffer_offset: offset,
+                        desired_length: len,
+                    });
+                }
+                for mut r in r2ts {
+                    r.sns = self.sns_no_advance();
+                    self.send(Bhs::R2t(r), Bytes::new());
+                }
+                return;
+            }
+        }
+        task.executing = true;
+        let data_out = task.write.as_mut().map(|w| w.take()).unwrap_or_default();
+        let attr = match task.cmd.attr {
+            0 => TaskAttr::Simple,
+            2 => TaskAttr::Ordered,
+            3 => TaskAttr::HeadOfQueue,
+            4 => TaskAttr::Aca,
+            _ => TaskAttr::Simple,
+        };
+        let cmd = Command {
+            lun: decode_lun(task.cmd.lun),
+            cdb: task.cdb.clone(),
+            data_out,
+            expected_in: task.expected_in,
+            tag: itt,
+            attr,
+        };
+        self.actions.push_back(Action::Execute { itt, cmd });
+    }
+
+    fn data_out(&mut self, raw: &[u8; BHS_LEN], d: &DataOut, data: Bytes) {
+        let Some(task) = self.tasks.get_mut(&d.itt) else {
+            // Data for a task that was aborted or never existed: discarded.
+            tracing::debug!(itt = d.itt, "Data-Out for an unknown task");
+            return;
+        };
+        let Some(w) = task.write.as_mut().filter(|_| !task.executing) else {
+            self.reject(raw, reject::PROTOCOL_ERROR);
+            return;
+        };
+        match w.accept(d.ttt, d.data_sn, d.buffer_offset, d.final_, data) {
+            Ok(()) => self.advance_write(d.itt),
+            Err(e) => {
+                tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: dropping the connection (ERL 0)");
+                self.reject(raw, reject::PROTOCOL_ERROR);
+                self.close(CloseReason::ProtocolError("Data-Out sequence error"));
+            }
+        }
+    }
+
+    /// Delivers the response of a command handed out with [`Action::Execute`].
+    /// Responses of aborted tasks are ignored.
+    pub fn complete(&mut self, itt: u32, resp: Response) {
+        let Some(task) = self.tasks.remove(&itt) else {
+            return;
+        };
+        if self.closed {
+            return;
+        }
+        let lun = task.cmd.lun;
+        let expected = task.expected_in;
+        let have = resp.data_in.len() as u64;
+        let (overflow, underflow, residual) = if task.cmd.read {
+            match have.cmp(&u64::from(expected)) {
+                std::cmp::Ordering::Greater => (
+                    true,
+                    false,
+                    (have - u64::from(expected)).min(u64::from(u32::MAX)) as u32,
+                ),
+                std::cmp::Ordering::Less => (false, true, expected - have as u32),
+                std::cmp::Ordering::Equal => (false, false, 0),
+            }
+        } else {
+            (false, false, 0)
+        };
+        let send_len = (have.min(u64::from(expected))) as usize;
+        let piggyback = resp.sense.is_none() && send_len > 0;
+        if send_len > 0 {
+            let data = resp.data_in.slice(..send_len);
+            let seg = (self.params.send_data_segment_length as usize).max(512);
+            let burst = (self.params.max_burst_length as usize).max(seg);
+            let mut offset = 0usize;
+            let mut data_sn = 0u32;
+            while offset < send_len {
+                let n = seg.min(send_len - offset).min(burst - offset % burst);
+                let last = offset + n == send_len;
+                let end_of_burst = last || (offset + n) % burst == 0;
+                let status_here = last && piggyback;
+                let sns = if status_here {
+                    self.sns_advance()
+                } else {
+                    self.sns_no_advance()
+                };
+                let pdu = DataIn {
+                    final_: end_of_burst,
+                    ack: false,
+                    overflow: status_here && overflow,
+                    underflow: status_here && underflow,
+                    status_present: status_here,
+                    status: if status_here { resp.status } else { 0 },
+                    lun: if status_here { 0 } else { lun },
+                    itt,
+                    ttt: RESERVED_TAG,
+                    sns,
+                    data_sn,
+                    buffer_offset: offset as u32,
+                    residual: if status_here { residual } else { 0 },
+                };
+                self.send(Bhs::DataIn(pdu), data.slice(offset..offset + n));
+                offset += n;
+                data_sn += 1;
+            }
+            if piggyback {
+                self.try_logout();
+                return;
+            }
+            self.send_status(itt, &resp, overflow, underflow, residual, data_sn);
+        } else {
+            self.send_status(itt, &resp, overflow, underflow, residual, 0);
+        }
+        self.try_logout();
+    }
+
+    fn send_status(
+        &mut self,
+        itt: u32,
+        resp: &Response,
+        overflow: bool,
+        underflow: bool,
+        residual: u32,
+        exp_data_sn: u32,
+    ) {
+        let data = match &resp.sense {
+            Some(s) if !s.is_empty() => {
+                let mut v = BytesMut::with_capacity(2 + s.len());
+                v.put_u16(s.len().min(usize::from(u16::MAX)) as u16);
+                v.put_slice(s);
+                v.freeze()
+            }
+            _ => Bytes::new(),
+        };
+        let sns = self.sns_advance();
+        let r = ScsiResponse {
+            bidi_overflow: false,
+            bidi_underflow: false,
+            overflow,
+            underflow,
+            response: 0,
+            status: resp.status,
+            itt,
+            snack_tag: 0,
+            sns,
+            exp_data_sn,
+            bidi_residual: 0,
+            residual,
+        };
+        self.send(Bhs::ScsiResponse(r), data);
+    }
+
+    fn tmf(&mut self, t: TmfRequest) {
+        if self.kind == SessionType::Discovery {
+            self.tmf_reply(t.itt, tmf::response::REJECTED);
+            return;
+        }
+        let lun = decode_lun(t.lun);
+        let Some(function) = tmf::function(t.function, t.rtt) else {
+            let code = if t.function == tmf::TASK_REASSIGN {
+                tmf::response::REASSIGN_NOT_SUPPORTED
+            } else {
+                tmf::response::NOT_SUPPORTED
+            };
+            self.tmf_reply(t.itt, code);
+            return;
+        };
+        let victims: Vec<u32> = match function {
+            TmfFunction::AbortTask { tag } => {
+                if !self.tasks.contains_key(&tag) {
+                    // Already answered (RefCmdSN below ExpCmdSN) or never seen.
+                    let code = if sn_lt(t.ref_cmd_sn, self.exp_cmd_sn) {
+                        tmf::response::COMPLETE
+                    } else {
+                        tmf::response::TASK_DOES_NOT_EXIST
+                    };
+                    self.tmf_reply(t.itt, code);
+                    return;
+                }
+                vec![tag]
+            }
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LunReset => self
+                .tasks
+                .iter()
+                .filter(|(_, task)| decode_lun(task.cmd.lun) == lun)
+                .map(|(i, _)| *i)
+                .collect(),
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                self.tasks.keys().copied().collect()
+            }
+            TmfFunction::ClearAca => Vec::new(),
+        };
+        for v in &victims {
+            self.tasks.remove(v);
+        }
+        // Commands queued behind a gap that the function covers go too.
+        if !victims.is_empty() {
+            self.actions.push_back(Action::Abort { itts: victims });
+        }
+        self.tmf_pending.insert(t.itt, ());
+        self.actions.push_back(Action::TaskManagement {
+            itt: t.itt,
+            lun,
+            function,
+        });
+        if function == TmfFunction::TargetColdReset {
+            self.tmf_pending.insert(t.itt ^ 0x8000_0000, ());
+        }
+    }
+
+    /// Delivers the result of an [`Action::TaskManagement`].
+    pub fn tmf_done(&mut self, itt: u32, outcome: TmfOutcome) {
+        if self.tmf_pending.remove(&itt).is_none() {
+            return;
+        }
+        self.tmf_reply(itt, outcome.code());
+        if self.tmf_pending.remove(&(itt ^ 0x8000_0000)).is_some() {
+            // A cold reset ends every connection after the response (§11.5.1).
+            self.close(CloseReason::ColdReset);
+        }
+        self.try_logout();
+    }
+
+    fn tmf_reply(&mut self, itt: u32, response: u8) {
+        let sns = self.sns_advance();
+        self.send(
+            Bhs::TmfResponse(TmfResponse { response, itt, sns }),
+            Bytes::new(),
+        );
+    }
+
+    fn text(&mut self, raw: &[u8; BHS_LEN], t: TextRequest, data: &[u8]) {
+        // Continuation of a long response we are sending.
+        if t.ttt != RESERVED_TAG {
+            match self.text_out.take() {
+                Some(p) if p.ttt == t.ttt && p.itt == t.itt => {
+                    self.text_chunk(t, p.rest);
+                }
+                _ => self.reject(raw, reject::INVALID_PDU_FIELD),
+            }
+            return;
+        }
+        self.text_out = None;
+        let keys = match self.text_in.push(data, t.cont) {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                // More request text follows: acknowledge with an empty response.
+                let sns = self.sns_advance();
+                let ttt = self.alloc_ttt();
+                self.send(
+                    Bhs::TextResponse(TextResponse {
+                        final_: false,
+                        cont: false,
+                        lun: t.lun,
+                        itt: t.itt,
+                        ttt,
+                        sns,
+                    }),
+                    Bytes::new(),
+                );
+                return;
+            }
+            Err(_) => {
+                self.reject(raw, reject::PROTOCOL_ERROR);
+                return;
+            }
+        };
+        let mut reply = TextList::default();
+        for (k, v) in &keys.0 {
+            if k == "SendTargets" {
+                let list = send_targets(
+                    v,
+                    &self.targets,
+                    self.kind == SessionType::Discovery,
+                    self.own_target.as_deref(),
+                );
+                reply.0.extend(list.0);
+            } else if crate::negotiate::key_def(k).is_some() {
+                // Full Feature Phase renegotiation is not offered.
+                reply.push(k.clone(), "Reject");
+            } else {
+                reply.push(k.clone(), "NotUnderstood");
+            }
+        }
+        self.text_chunk(t, Bytes::from(reply.encode()));
+    }
+
+    fn text_chunk(&mut self, t: TextRequest, all: Bytes) {
+        let max = self.params.send_data_segment_length as usize;
+        let sns = self.sns_advance();
+        if all.len() > max {
+            let ttt = self.alloc_ttt();
+            let first = all.slice(..max);
+            self.text_out = Some(PendingText {
+                ttt,
+                rest: all.slice(max..),
+                itt: t.itt,
+            });
+            self.send(
+                Bhs::TextResponse(TextResponse {
+                    final_: false,
+                    cont: true,
+                    lun: t.lun,
+                    itt: t.itt,
+                    ttt,
+                    sns,
+                }),
+                first,
+            );
+        } else {
+            self.send(
+                Bhs::TextResponse(TextResponse {
+                    final_: true,
+                    cont: false,
+                    lun: t.lun,
+                    itt: t.itt,
+                    ttt: RESERVED_TAG,
+                    sns,
+                }),
+                all,
+            );
+        }
+    }
+
+    fn try_logout(&mut self) {
+        let Some(l) = self.logout else { return };
+        if !self.tasks.is_empty() || !self.tmf_pending.is_empty() {
+            return;
+        }
+        self.logout = None;
+        let response = match l.reason {
+            0 => 0,
+            1 if l.cid == self.cid => 0,
+            1 => 1,
+            _ => 2, // connection recovery is not supported at ERL 0
+        };
+        let sns = self.sns_advance();
+        self.send(
+            Bhs::LogoutResponse(LogoutResponse {
+                response,
+                itt: l.itt,
+                sns,
+                time2wait: 0,
+                time2retain: 0,
+            }),
+            Bytes::new(),
+        );
+        if response == 0 {
+            self.close(CloseReason::Logout);
+        }
+    }
+
+    /// Sends an Asynchronous Message (e.g. event 1: the target requests a
+    /// logout, with Parameter3 the seconds it waits).
+    pub fn async_message(&mut self, event: u8, params: [u16; 3], sense: Bytes) {
+        let sns = self.sns_advance();
+        self.send(
+            Bhs::AsyncMessage(crate::pdu::AsyncMessage {
+                lun: 0,
+                sns,
+                event,
+                vcode: 0,
+                params,
+            }),
+            sense,
+        );
+    }
+
+    /// Number of PDUs held because their CmdSN is ahead of ExpCmdSN.
+    pub fn held_commands(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Returns an error-free reference to the current command window.
+    pub fn window(&self) -> (u32, u32) {
+        (self.exp_cmd_sn, self.max_cmd_sn)
+    }
+}
+
+/// CDB length from the group code of the opcode.
+fn cdb_len(op: u8) -> usize {
+    match op >> 5 {
+        0 => 6,
+        1 | 2 => 10,
+        4 => 16,
+        5 => 12,
+        _ => 16,
+    }
+}
