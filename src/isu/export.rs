@@ -2,6 +2,15 @@
 //! that touches `target_iscsi`'s server and SCSI APIs is here.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use target_iscsi::scsi::{
+    Command, LuConfig, Nexus, Response, ScsiError, ScsiTarget, TmfFunction, TmfResponse,
+};
+use target_iscsi::server::{Portal, Server, ServerConfig, ServerError, TargetConfig};
+use target_iscsi::tmf::TmfOutcome;
+use tracing::info;
 
 use crate::config::IsuConfig;
 use crate::portal::BoundPortal;
@@ -11,11 +20,17 @@ use super::TargetPlan;
 /// Errors of the export layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    /// This build has no iSCSI server yet.
-    #[error(
-        "this build of opie has no iSCSI target server yet (target-iscsi's server is not merged)"
-    )]
-    IscsiUnavailable,
+    /// A SCSI target could not be built from its disks.
+    #[error("target {iqn}: {source}")]
+    Scsi {
+        /// Target name.
+        iqn: String,
+        /// Cause.
+        source: ScsiError,
+    },
+    /// The iSCSI server failed (bind, or flush at shutdown).
+    #[error(transparent)]
+    Server(#[from] ServerError),
     /// AoE was asked for but this build cannot serve it.
     #[error(
         "the config asks for AoE export ([aoe] / [disk.aoe]) but this build has no AoE target yet"
@@ -26,12 +41,106 @@ pub enum ExportError {
     Flush(String),
 }
 
-/// Serves `targets` on `portals` until `shutdown` resolves, then drains.
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Presents a [`ScsiTarget`] to the server.
+struct Backend(Arc<ScsiTarget>);
+
+impl target_iscsi::server::ScsiBackend for Backend {
+    fn submit(self: Arc<Self>, nexus: &Nexus, cmd: Command) -> BoxFuture<'static, Response> {
+        self.0.submit(nexus, cmd)
+    }
+
+    fn task_management<'a>(
+        &'a self,
+        nexus: &'a Nexus,
+        lun: u64,
+        f: TmfFunction,
+    ) -> BoxFuture<'a, TmfOutcome> {
+        Box::pin(async move {
+            match self.0.task_management(nexus, lun, f).await {
+                TmfResponse::Complete => TmfOutcome::Complete,
+                TmfResponse::TaskDoesNotExist => TmfOutcome::TaskDoesNotExist,
+                TmfResponse::LunDoesNotExist => TmfOutcome::LunDoesNotExist,
+                TmfResponse::NotSupported => TmfOutcome::NotSupported,
+                TmfResponse::Rejected => TmfOutcome::Rejected,
+            }
+        })
+    }
+
+    fn nexus_login(&self, nexus: &Nexus) {
+        self.0.nexus_login(nexus)
+    }
+
+    fn nexus_logout(&self, nexus: &Nexus) {
+        self.0.nexus_logout(nexus)
+    }
+
+    fn flush_all(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.flush_all().await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// Builds one SCSI target per plan entry.
+fn scsi_targets(targets: Vec<TargetPlan>) -> Result<Vec<TargetConfig>, ExportError> {
+    let mut out = Vec::new();
+    for t in targets {
+        let luns = t
+            .luns
+            .iter()
+            .map(|(lun, d)| {
+                let cfg = LuConfig {
+                    device: d.device.clone(),
+                    read_only: d.config.read_only,
+                    state_path: Some(d.state_dir.join("pr-state")),
+                };
+                (*lun, cfg)
+            })
+            .collect();
+        // No explicit ALUA groups: every portal is in group 1, active/optimized.
+        let scsi =
+            ScsiTarget::new(&t.iqn, luns, Vec::new()).map_err(|source| ExportError::Scsi {
+                iqn: t.iqn.clone(),
+                source,
+            })?;
+        out.push(TargetConfig {
+            iqn: t.iqn,
+            alias: t.alias,
+            scsi: Arc::new(Backend(scsi)),
+            portals: t.portal_groups,
+        });
+    }
+    Ok(out)
+}
+
+/// Serves `targets` on `portals` until `shutdown` resolves, then drains and
+/// flushes (the server does both).
 pub async fn run_iscsi(
-    _cfg: &IsuConfig,
-    _portals: Vec<BoundPortal>,
-    _targets: Vec<TargetPlan>,
-    _shutdown: impl Future<Output = ()>,
+    cfg: &IsuConfig,
+    portals: Vec<BoundPortal>,
+    targets: Vec<TargetPlan>,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<(), ExportError> {
-    Err(ExportError::IscsiUnavailable)
+    let n_targets = targets.len();
+    let server = Server::bind(ServerConfig {
+        portals: portals
+            .into_iter()
+            .map(|p| Portal {
+                listen: p.listen,
+                advertise: p.advertise,
+                tpgt: p.tpgt,
+            })
+            .collect(),
+        targets: scsi_targets(targets)?,
+        nop_interval: cfg.nop_interval,
+        nop_timeout: cfg.nop_timeout,
+        ..ServerConfig::default()
+    })
+    .await?;
+    for a in server.local_addrs() {
+        info!(portal = %a, "listening");
+    }
+    info!(targets = n_targets, "serving");
+    server.run(shutdown).await?;
+    Ok(())
 }
