@@ -26,8 +26,11 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// Designation descriptors of a VPD 0x83 page: (association, type, designator).
-fn designators(p83: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+/// One designation descriptor: (association, designator type, designator).
+type Designator = (u8, u8, Vec<u8>);
+
+/// Designation descriptors of a VPD 0x83 page.
+fn designators(p83: &[u8]) -> Vec<Designator> {
     let mut out = Vec::new();
     let mut i = 4;
     while i + 4 <= p83.len() {
@@ -44,7 +47,7 @@ fn designators(p83: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
 }
 
 /// The logical-unit part of an identity: VPD 0x80 and the LU designators of 0x83.
-fn lu_identity(pages: &(Vec<u8>, Vec<u8>)) -> (Vec<u8>, Vec<(u8, u8, Vec<u8>)>) {
+fn lu_identity(pages: &(Vec<u8>, Vec<u8>)) -> (Vec<u8>, Vec<Designator>) {
     let lu: Vec<_> = designators(&pages.1)
         .into_iter()
         .filter(|d| d.0 == 0)
