@@ -281,6 +281,11 @@ impl Login {
                     return Err(status::UNSUPPORTED_VERSION);
                 }
                 self.first = Some(*req);
+                // An initiator that needs no authentication may start in the
+                // operational stage (§6.3).
+                if req.csg == Stage::Operational {
+                    self.stage = Stage::Operational;
+                }
             }
             Some(first) => {
                 if first.isid != req.isid || first.tsih != req.tsih || first.cid != req.cid {
@@ -321,6 +326,13 @@ impl Login {
             return Err(status::INITIATOR_ERROR);
         }
         let security = self.stage == Stage::Security;
+        if !security && !self.authenticated {
+            // Skipped the security stage: only allowed without authentication.
+            if !self.none_allowed() {
+                return Err(status::AUTH_FAILURE);
+            }
+            self.authenticated = true;
+        }
         if security {
             self.security(&keys, &mut reply)?;
         } else if keys.get("AuthMethod").is_some()
@@ -619,6 +631,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn operational_first_without_authentication() {
+        let ctx = Ctx::new();
+        let mut l = Login::new(1, Limits::default());
+        let r = l.handle(
+            &req(Stage::Operational, Stage::FullFeature, true),
+            &text(&[
+                ("InitiatorName", "iqn.i"),
+                ("TargetName", "iqn.2026-01.test:t1"),
+                ("ImmediateData", "Yes"),
+            ]),
+            &ctx,
+        );
+        let LoginOutcome::FullFeature(e) = r.outcome else {
+            panic!("not established")
+        };
+        assert!(e.params.immediate_data);
+        assert_eq!(
+            TextList::parse(&r.data)
+                .unwrap()
+                .get("TargetPortalGroupTag"),
+            Some("1")
+        );
+    }
+
+    #[test]
     fn straight_to_full_feature_from_security() {
         let ctx = Ctx::new();
         let mut l = Login::new(1, Limits::default());
@@ -667,7 +704,7 @@ pub(crate) mod tests {
                 status::AUTH_FAILURE,
             ),
             (
-                req(Stage::Operational, Stage::FullFeature, true),
+                req(Stage::Operational, Stage::Operational, true),
                 text(&[("InitiatorName", "iqn.i"), ("SessionType", "Discovery")]),
                 status::INITIATOR_ERROR,
             ),

@@ -23,7 +23,7 @@ use crate::pdu::{
     R2t, Reject, ScsiCommand, ScsiResponse, Sns, TextRequest, TextResponse, TmfRequest,
     TmfResponse, BHS_LEN, RESERVED_TAG,
 };
-use crate::r2t::WriteBuffer;
+use crate::r2t::{DataOutError, WriteBuffer};
 use crate::scsi::{Command, Response, TaskAttr, TmfFunction};
 use crate::text::{TextAccumulator, TextList};
 use crate::tmf::{self, TmfOutcome};
@@ -555,16 +555,26 @@ impl Session {
         match w.accept(d.ttt, d.data_sn, d.buffer_offset, d.final_, data) {
             Ok(()) => self.advance_write(d.itt),
             Err(e) => {
-                tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: dropping the connection (ERL 0)");
-                self.reject(raw, reject::PROTOCOL_ERROR);
-                self.close(CloseReason::ProtocolError("Data-Out sequence error"));
+                // The task cannot complete: end it with CHECK CONDITION,
+                // ABORTED COMMAND and keep the connection (later Data-Out
+                // PDUs of the task are discarded as unknown).
+                tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: task terminated");
+                self.tasks.remove(&d.itt);
+                let resp = Response {
+                    status: crate::scsi::status::CHECK_CONDITION,
+                    sense: Some(data_out_sense(e)),
+                    data_in: Bytes::new(),
+                };
+                self.send_status(d.itt, &resp, false, false, 0, 0);
             }
         }
     }
 
     /// Delivers the response of a command handed out with [`Action::Execute`].
-    /// Responses of aborted tasks are ignored.
-    pub fn complete(&mut self, itt: u32, resp: Response) {
+    /// `data_out_wanted` is the data-out length the CDB implies, when the
+    /// edge knows it (for write residuals). Responses of aborted tasks are
+    /// ignored.
+    pub fn complete(&mut self, itt: u32, resp: Response, data_out_wanted: Option<u64>) {
         let Some(task) = self.tasks.remove(&itt) else {
             return;
         };
@@ -574,7 +584,21 @@ impl Session {
         let lun = task.cmd.lun;
         let expected = task.expected_in;
         let have = resp.data_in.len() as u64;
-        let (overflow, underflow, residual) = if task.cmd.read {
+        let write_residual = data_out_wanted
+            .filter(|_| task.cmd.write && !task.cmd.read)
+            .map(|w| {
+                let e = u64::from(task.cmd.edtl);
+                match w.cmp(&e) {
+                    std::cmp::Ordering::Greater => {
+                        (true, false, (w - e).min(u64::from(u32::MAX)) as u32)
+                    }
+                    std::cmp::Ordering::Less => (false, true, (e - w) as u32),
+                    std::cmp::Ordering::Equal => (false, false, 0),
+                }
+            });
+        let (overflow, underflow, residual) = if let Some(r) = write_residual {
+            r
+        } else if task.cmd.read {
             match have.cmp(&u64::from(expected)) {
                 std::cmp::Ordering::Greater => (
                     true,
@@ -906,5 +930,313 @@ fn cdb_len(op: u8) -> usize {
         4 => 16,
         5 => 12,
         _ => 16,
+    }
+}
+
+/// Sense data for a write whose Data-Out broke the sequence rules:
+/// ABORTED COMMAND with the iSCSI-specific additional sense codes.
+fn data_out_sense(e: DataOutError) -> Bytes {
+    let (asc, ascq) = match e {
+        DataOutError::Unsolicited => (0x0c, 0x0c), // unexpected unsolicited data
+        DataOutError::ShortSequence => (0x0c, 0x0d), // not enough unsolicited data
+        DataOutError::Offset => (0x4b, 0x05),      // data offset error
+        DataOutError::Overrun => (0x4b, 0x02),     // too much write data
+        DataOutError::DataSn | DataOutError::UnknownTtt => (0x4b, 0x00), // data phase error
+    };
+    let mut s = [0u8; 18];
+    s[0] = 0x70;
+    s[2] = 0x0b;
+    s[7] = 10;
+    s[12] = asc;
+    s[13] = ascq;
+    Bytes::copy_from_slice(&s)
+}
+
+/// Blocks of data-out a CDB transfers, for the write commands whose
+/// residuals the transport reports.
+pub fn data_out_blocks(cdb: &[u8]) -> Option<u64> {
+    let be = |from: usize, n: usize| -> Option<u64> {
+        cdb.get(from..from + n)
+            .map(|b| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
+    };
+    match *cdb.first()? {
+        0x0a => be(4, 1).map(|n| if n == 0 { 256 } else { n }),
+        0x2a | 0x2e => be(7, 2),
+        0xaa | 0xae => be(6, 4),
+        0x8a | 0x8e | 0x8b => be(10, 4),
+        0x89 => be(13, 1).map(|n| 2 * n),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::login::SessionKey;
+    use crate::pdu::{Framing, LogoutRequest};
+    use proptest::prelude::*;
+
+    fn est(params: Params) -> Established {
+        Established {
+            session_type: SessionType::Normal,
+            key: SessionKey { initiator: "iqn.i".into(), isid: [0; 6], target: Some(0) },
+            tsih: 1,
+            cid: 0,
+            params,
+            exp_cmd_sn: 10,
+            stat_sn: 100,
+        }
+    }
+
+    fn params() -> Params {
+        Params {
+            send_data_segment_length: 1024,
+            recv_data_segment_length: 8192,
+            max_burst_length: 4096,
+            first_burst_length: 2048,
+            initial_r2t: false,
+            immediate_data: true,
+            max_outstanding_r2t: 2,
+            ..Params::default()
+        }
+    }
+
+    fn pdu(bhs: Bhs, data: &[u8]) -> InPdu {
+        let raw = bhs.to_bytes(Framing { ahs_len: 0, data_len: data.len() });
+        InPdu { raw, bhs: Ok(bhs), ahs: Bytes::new(), data: Bytes::copy_from_slice(data), data_digest_error: false }
+    }
+
+    fn cmd(itt: u32, cmd_sn: u32, cdb0: u8, edtl: u32, read: bool, write: bool, final_: bool) -> Bhs {
+        let mut cdb = [0u8; 16];
+        cdb[0] = cdb0;
+        Bhs::ScsiCommand(ScsiCommand { immediate: false, final_, read, write, attr: 0, lun: 0, itt, edtl, cmd_sn, exp_stat_sn: 0, cdb })
+    }
+
+    fn drain(s: &mut Session) -> (Vec<Bhs>, Vec<Action>) {
+        let mut sent = Vec::new();
+        let mut other = Vec::new();
+        while let Some(a) = s.poll_action() {
+            match a {
+                Action::Send(p) => {
+                    let v = p.to_vec();
+                    let raw: [u8; BHS_LEN] = v[..BHS_LEN].try_into().unwrap();
+                    sent.push(Bhs::decode(&raw).unwrap());
+                }
+                a => other.push(a),
+            }
+        }
+        (sent, other)
+    }
+
+    fn session(now: Instant) -> Session {
+        let cfg = SessionConfig { queue_depth: 8, nop_interval: Duration::from_secs(5), nop_timeout: Duration::from_secs(3) };
+        Session::new(&est(params()), cfg, vec![], Some("iqn.t".into()), now)
+    }
+
+    #[test]
+    fn cmdsn_window_orders_and_ignores() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // Early command (CmdSN 11) is held until 10 arrives.
+        s.handle_pdu(pdu(cmd(2, 11, 0, 0, false, false, true), &[]), t);
+        assert_eq!(s.held_commands(), 1);
+        assert!(drain(&mut s).1.is_empty());
+        s.handle_pdu(pdu(cmd(1, 10, 0, 0, false, false, true), &[]), t);
+        let (_, acts) = drain(&mut s);
+        let itts: Vec<u32> = acts.iter().filter_map(|a| if let Action::Execute { itt, .. } = a { Some(*itt) } else { None }).collect();
+        assert_eq!(itts, vec![1, 2]);
+        assert_eq!(s.window().0, 12);
+        // Outside the window, before or after: silently ignored.
+        s.handle_pdu(pdu(cmd(3, 5, 0, 0, false, false, true), &[]), t);
+        s.handle_pdu(pdu(cmd(4, 12 + 100, 0, 0, false, false, true), &[]), t);
+        let (sent, acts) = drain(&mut s);
+        assert!(sent.is_empty() && acts.is_empty());
+        assert_eq!(s.window().0, 12);
+    }
+
+    #[test]
+    fn read_is_split_with_status_in_the_last_data_in() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(cmd(7, 10, 0x28, 3000, true, false, true), &[]), t);
+        drain(&mut s);
+        // 5000 bytes available, 3000 expected: overflow of 2000.
+        s.complete(7, Response { status: 0, sense: None, data_in: Bytes::from(vec![1u8; 5000]) }, None);
+        let (sent, _) = drain(&mut s);
+        assert_eq!(sent.len(), 3);
+        for (i, b) in sent.iter().enumerate() {
+            let Bhs::DataIn(d) = b else { panic!() };
+            assert_eq!(d.data_sn, i as u32);
+            assert_eq!(d.buffer_offset, 1024 * i as u32);
+            assert_eq!(d.status_present, i == 2);
+        }
+        let Bhs::DataIn(last) = sent[2] else { panic!() };
+        assert!(last.overflow && last.final_);
+        assert_eq!(last.residual, 2000);
+        assert_eq!(last.sns.stat_sn, 100);
+    }
+
+    #[test]
+    fn sense_goes_in_a_separate_response_with_underflow() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(cmd(7, 10, 0x28, 4096, true, false, true), &[]), t);
+        drain(&mut s);
+        s.complete(7, Response { status: 2, sense: Some(Bytes::from_static(&[0x70, 0, 5])), data_in: Bytes::new() }, None);
+        let (sent, _) = drain(&mut s);
+        let [Bhs::ScsiResponse(r)] = sent[..] else { panic!("{sent:?}") };
+        assert_eq!((r.status, r.underflow, r.residual), (2, true, 4096));
+    }
+
+    #[test]
+    fn write_with_immediate_unsolicited_and_r2t_data() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // 10000 bytes: 1000 immediate, unsolicited to FirstBurstLength (2048), R2Ts for the rest.
+        s.handle_pdu(pdu(cmd(9, 10, 0x2a, 10000, false, true, false), &[1u8; 1000]), t);
+        let (sent, _) = drain(&mut s);
+        let r2ts: Vec<R2t> = sent.iter().filter_map(|b| if let Bhs::R2t(r) = b { Some(*r) } else { None }).collect();
+        assert_eq!(r2ts.len(), 2); // MaxOutstandingR2T
+        assert_eq!((r2ts[0].buffer_offset, r2ts[0].desired_length, r2ts[0].r2t_sn), (2048, 4096, 0));
+        assert_eq!((r2ts[1].buffer_offset, r2ts[1].desired_length, r2ts[1].r2t_sn), (6144, 3856, 1));
+        let d = |ttt, sn, off, fin| Bhs::DataOut(DataOut { final_: fin, lun: 0, itt: 9, ttt, exp_stat_sn: 0, data_sn: sn, buffer_offset: off });
+        s.handle_pdu(pdu(d(RESERVED_TAG, 0, 1000, true), &[2u8; 1048]), t);
+        s.handle_pdu(pdu(d(r2ts[0].ttt, 0, 2048, true), &[3u8; 4096]), t);
+        assert!(drain(&mut s).1.is_empty());
+        s.handle_pdu(pdu(d(r2ts[1].ttt, 0, 6144, false), &[4u8; 1024]), t);
+        s.handle_pdu(pdu(d(r2ts[1].ttt, 1, 7168, true), &[4u8; 2832]), t);
+        let (_, acts) = drain(&mut s);
+        let [Action::Execute { itt: 9, cmd }] = &acts[..] else { panic!("{acts:?}") };
+        assert_eq!(cmd.data_out.len(), 10000);
+        assert_eq!((cmd.data_out[999], cmd.data_out[1000], cmd.data_out[2048], cmd.data_out[9999]), (1, 2, 3, 4));
+        // Write residual from the CDB's transfer length.
+        s.complete(9, Response::default(), Some(10240));
+        let (sent, _) = drain(&mut s);
+        let [Bhs::ScsiResponse(r)] = sent[..] else { panic!() };
+        assert!(r.overflow && r.residual == 240);
+    }
+
+    #[test]
+    fn nop_pings_find_dead_initiators() {
+        let t = Instant::now();
+        let mut s = session(t);
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(5)));
+        s.handle_timeout(t + Duration::from_secs(5));
+        let (sent, _) = drain(&mut s);
+        let [Bhs::NopIn(ping)] = sent[..] else { panic!() };
+        assert_eq!(ping.itt, RESERVED_TAG);
+        assert_ne!(ping.ttt, RESERVED_TAG);
+        assert_eq!(ping.sns.stat_sn, 100); // a ping does not advance StatSN
+        // Answered: alive.
+        let answer = NopOut { immediate: true, lun: 0, itt: RESERVED_TAG, ttt: ping.ttt, cmd_sn: 10, exp_stat_sn: 100 };
+        s.handle_pdu(pdu(Bhs::NopOut(answer), &[]), t + Duration::from_secs(6));
+        s.handle_timeout(t + Duration::from_secs(9));
+        assert!(drain(&mut s).1.is_empty());
+        // Next ping unanswered: dropped after the timeout.
+        s.handle_timeout(t + Duration::from_secs(11));
+        drain(&mut s);
+        s.handle_timeout(t + Duration::from_secs(13));
+        assert!(drain(&mut s).1.is_empty());
+        s.handle_timeout(t + Duration::from_secs(14));
+        let (_, acts) = drain(&mut s);
+        assert!(matches!(acts[..], [Action::Close(CloseReason::Dead)]));
+    }
+
+    #[test]
+    fn abort_task_and_lun_reset() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
+        s.handle_pdu(pdu(cmd(2, 11, 0x28, 512, true, false, true), &[]), t);
+        drain(&mut s);
+        let tmf = |itt, f, rtt, sn| Bhs::TmfRequest(TmfRequest { immediate: true, function: f, lun: 0, itt, rtt, cmd_sn: sn, exp_stat_sn: 0, ref_cmd_sn: 10, exp_data_sn: 0 });
+        s.handle_pdu(pdu(tmf(50, 1, 1, 12), &[]), t);
+        let (_, acts) = drain(&mut s);
+        assert!(matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 50, .. }] if itts == &vec![1]));
+        s.tmf_done(50, TmfOutcome::Complete);
+        // A response for the aborted task is dropped.
+        s.complete(1, Response::default(), None);
+        let (sent, _) = drain(&mut s);
+        assert!(matches!(sent[..], [Bhs::TmfResponse(TmfResponse { response: 0, itt: 50, .. })]));
+        // ABORT TASK for a task already answered: function complete.
+        s.handle_pdu(pdu(tmf(51, 1, 77, 12), &[]), t);
+        let (sent, _) = drain(&mut s);
+        assert!(matches!(sent[..], [Bhs::TmfResponse(TmfResponse { response: 0, itt: 51, .. })]));
+        // LUN RESET aborts what is left.
+        s.handle_pdu(pdu(tmf(52, 5, 0, 12), &[]), t);
+        let (_, acts) = drain(&mut s);
+        assert!(matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 52, function: TmfFunction::LunReset, .. }] if itts == &vec![2]));
+        assert_eq!(s.active_tasks(), 0);
+    }
+
+    #[test]
+    fn logout_waits_for_running_tasks() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
+        drain(&mut s);
+        let lo = LogoutRequest { immediate: true, reason: 0, itt: 9, cid: 0, cmd_sn: 11, exp_stat_sn: 0 };
+        s.handle_pdu(pdu(Bhs::LogoutRequest(lo), &[]), t);
+        assert!(drain(&mut s).0.is_empty());
+        s.complete(1, Response { status: 0, sense: None, data_in: Bytes::from(vec![0u8; 512]) }, None);
+        let (sent, acts) = drain(&mut s);
+        assert!(matches!(sent.last(), Some(Bhs::LogoutResponse(LogoutResponse { response: 0, itt: 9, .. }))));
+        assert!(matches!(acts[..], [Action::Close(CloseReason::Logout)]));
+    }
+
+    #[test]
+    fn long_text_responses_continue() {
+        let t = Instant::now();
+        let targets: Vec<DiscoveryTarget> = (0..40)
+            .map(|i| DiscoveryTarget { name: format!("iqn.2026-01.org.opie:disk{i:03}"), portals: vec![crate::discovery::PortalAddress { address: "10.0.0.1:3260".into(), tpgt: 1 }] })
+            .collect();
+        let mut e = est(params());
+        e.session_type = SessionType::Discovery;
+        let mut s = Session::new(&e, SessionConfig::default(), targets, None, t);
+        let req = |ttt| Bhs::TextRequest(TextRequest { immediate: true, final_: true, cont: false, lun: 0, itt: 3, ttt, cmd_sn: 10, exp_stat_sn: 0 });
+        s.handle_pdu(pdu(req(RESERVED_TAG), b"SendTargets=All\0"), t);
+        let mut all = Vec::new();
+        loop {
+            let mut got = None;
+            while let Some(a) = s.poll_action() {
+                if let Action::Send(p) = a {
+                    let v = p.to_vec();
+                    let raw: [u8; BHS_LEN] = v[..BHS_LEN].try_into().unwrap();
+                    let Bhs::TextResponse(r) = Bhs::decode(&raw).unwrap() else { panic!() };
+                    assert!(p.data.len() <= 1024);
+                    all.extend_from_slice(&p.data);
+                    got = Some(r);
+                }
+            }
+            let r = got.unwrap();
+            if r.final_ {
+                break;
+            }
+            s.handle_pdu(pdu(req(r.ttt), &[]), t);
+        }
+        // SendTargets repeats keys, so count the pairs rather than parse a list.
+        let pairs: Vec<&[u8]> = all.split(|c| *c == 0).filter(|p| !p.is_empty()).collect();
+        assert_eq!(pairs.len(), 80);
+        assert!(pairs.iter().all(|p| p.starts_with(b"TargetName=iqn.2026-01.org.opie:disk") || *p == b"TargetAddress=10.0.0.1:3260,1"));
+    }
+
+    proptest! {
+        /// Arbitrary PDUs never panic the session.
+        #[test]
+        fn arbitrary_pdus_never_panic(pdus in proptest::collection::vec((proptest::collection::vec(any::<u8>(), BHS_LEN), proptest::collection::vec(any::<u8>(), 0..64)), 1..30)) {
+            let t = Instant::now();
+            let mut s = session(t);
+            for (i, (h, d)) in pdus.into_iter().enumerate() {
+                let mut raw = [0u8; BHS_LEN];
+                raw.copy_from_slice(&h);
+                let p = InPdu { raw, bhs: Bhs::decode(&raw), ahs: Bytes::new(), data: Bytes::from(d), data_digest_error: false };
+                s.handle_pdu(p, t);
+                while let Some(a) = s.poll_action() {
+                    if let Action::Execute { itt, .. } = a {
+                        s.complete(itt, Response { status: 0, sense: None, data_in: Bytes::from(vec![0u8; i * 100]) }, Some(512));
+                    }
+                }
+            }
+        }
     }
 }

@@ -195,7 +195,9 @@ pub(crate) fn select(ctx: &Ctx<'_>) -> CmdResult {
             super::cdb::be(bd, 5, 3)
         };
         if blen != 0 && blen != u64::from(ctx.lu.geometry().block_size) {
-            return Err(Sense::invalid_param((hdr + if long { 12 } else { 5 }) as u16, None).into());
+            return Err(
+                Sense::invalid_param((hdr + if long { 12 } else { 5 }) as u16, None).into(),
+            );
         }
     }
     let mut new = ctx.lu.state().mode;

@@ -176,158 +176,470 @@ use AluaClass::Standby as SB;
 
 /// Every supported command, ordered by opcode and service action.
 pub(crate) static OPS: &[OpInfo] = &[
-    op(c::TEST_UNIT_READY, "TEST UNIT READY", &[0x00, 0, 0, 0, 0, 0]).pr(PrClass::Allowed),
-    op(c::REQUEST_SENSE, "REQUEST SENSE", &[0x03, 0x01, 0, 0, 0xff, 0])
-        .always()
-        .no_ua(),
+    op(
+        c::TEST_UNIT_READY,
+        "TEST UNIT READY",
+        &[0x00, 0, 0, 0, 0, 0],
+    )
+    .pr(PrClass::Allowed),
+    op(
+        c::REQUEST_SENSE,
+        "REQUEST SENSE",
+        &[0x03, 0x01, 0, 0, 0xff, 0],
+    )
+    .always()
+    .no_ua(),
     op(c::READ_6, "READ(6)", &[0x08, 0x1f, 0xff, 0xff, 0xff, 0]),
     op(c::WRITE_6, "WRITE(6)", &[0x0A, 0x1f, 0xff, 0xff, 0xff, 0]).writes(),
     op(c::INQUIRY, "INQUIRY", &[0x12, 0x01, 0xff, 0xff, 0xff, 0])
         .always()
         .no_ua(),
-    op(c::MODE_SELECT_6, "MODE SELECT(6)", &[0x15, 0x11, 0, 0, 0xff, 0])
-        .pr(PrClass::Write)
-        .alua(SB),
+    op(
+        c::MODE_SELECT_6,
+        "MODE SELECT(6)",
+        &[0x15, 0x11, 0, 0, 0xff, 0],
+    )
+    .pr(PrClass::Write)
+    .alua(SB),
     op(c::RESERVE_6, "RESERVE(6)", &[0x16, 0, 0, 0, 0, 0]).pr(PrClass::Reserve),
     op(c::RELEASE_6, "RELEASE(6)", &[0x17, 0, 0, 0, 0, 0]).pr(PrClass::Reserve),
-    op(c::MODE_SENSE_6, "MODE SENSE(6)", &[0x1A, 0x08, 0xff, 0xff, 0xff, 0])
-        .pr(PrClass::Allowed)
-        .alua(SB),
-    op(c::START_STOP_UNIT, "START STOP UNIT", &[0x1B, 0x01, 0, 0x0f, 0xf7, 0]).pr(PrClass::Write),
-    op(c::PREVENT_ALLOW, "PREVENT ALLOW MEDIUM REMOVAL", &[0x1E, 0, 0, 0, 0x03, 0]).pr(PrClass::Write),
-    op(c::READ_CAPACITY_10, "READ CAPACITY(10)", &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-        .pr(PrClass::Allowed)
-        .alua(SB),
-    op(c::READ_10, "READ(10)", &[0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
-    op(c::WRITE_10, "WRITE(10)", &[0x2A, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]).writes(),
-    op(c::WRITE_VERIFY_10, "WRITE AND VERIFY(10)", &[0x2E, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]).writes(),
-    op(c::VERIFY_10, "VERIFY(10)", &[0x2F, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
-    op(c::PRE_FETCH_10, "PRE-FETCH(10)", &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]),
-    op(c::SYNC_CACHE_10, "SYNCHRONIZE CACHE(10)", &[0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0])
-        .pr(PrClass::Write),
-    op(c::READ_DEFECT_10, "READ DEFECT DATA(10)", &[0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0]),
-    op(c::WRITE_SAME_10, "WRITE SAME(10)", &[0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0]).writes(),
-    op(c::UNMAP, "UNMAP", &[0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0]).writes(),
-    op(c::SANITIZE, "SANITIZE OVERWRITE", &[0x48, 0xa1, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(sa::SANITIZE_OVERWRITE)
-        .writes()
-        .timeout(3600),
-    op(c::SANITIZE, "SANITIZE BLOCK ERASE", &[0x48, 0xa2, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(sa::SANITIZE_BLOCK_ERASE)
-        .writes()
-        .timeout(600),
-    op(c::SANITIZE, "SANITIZE CRYPTOGRAPHIC ERASE", &[0x48, 0xa3, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(sa::SANITIZE_CRYPTO_ERASE)
-        .writes()
-        .timeout(600),
-    op(c::SANITIZE, "SANITIZE EXIT FAILURE MODE", &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(sa::SANITIZE_EXIT_FAILURE)
-        .writes(),
-    op(c::MODE_SELECT_10, "MODE SELECT(10)", &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .pr(PrClass::Write)
-        .alua(SB),
-    op(c::RESERVE_10, "RESERVE(10)", &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]).pr(PrClass::Reserve),
-    op(c::RELEASE_10, "RELEASE(10)", &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]).pr(PrClass::Reserve),
-    op(c::MODE_SENSE_10, "MODE SENSE(10)", &[0x5A, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0])
-        .pr(PrClass::Allowed)
-        .alua(SB),
-    op(c::PR_IN, "PERSISTENT RESERVE IN: READ KEYS", &[0x5E, 0x00, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(0)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_IN, "PERSISTENT RESERVE IN: READ RESERVATION", &[0x5E, 0x01, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(1)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_IN, "PERSISTENT RESERVE IN: REPORT CAPABILITIES", &[0x5E, 0x02, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(2)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_IN, "PERSISTENT RESERVE IN: READ FULL STATUS", &[0x5E, 0x03, 0, 0, 0, 0, 0, 0xff, 0xff, 0])
-        .sa(3)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: REGISTER", &[0x5F, 0x00, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(0)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: RESERVE", &[0x5F, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(1)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: RELEASE", &[0x5F, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(2)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: CLEAR", &[0x5F, 0x03, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(3)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: PREEMPT", &[0x5F, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(4)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: PREEMPT AND ABORT", &[0x5F, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(5)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: REGISTER AND IGNORE EXISTING KEY", &[0x5F, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(6)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::PR_OUT, "PERSISTENT RESERVE OUT: REGISTER AND MOVE", &[0x5F, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0])
-        .sa(7)
-        .pr(PrClass::Persistent)
-        .alua(SB),
-    op(c::EXTENDED_COPY, "EXTENDED COPY(LID1)", &[0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::XCOPY_LID1)
-        .writes()
-        .timeout(600),
-    op(c::RECEIVE_COPY_RESULTS, "RECEIVE COPY STATUS(LID1)", &[0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::RCR_COPY_STATUS),
-    op(c::RECEIVE_COPY_RESULTS, "RECEIVE COPY OPERATING PARAMETERS", &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::RCR_OPERATING_PARAMETERS),
-    op(c::READ_16, "READ(16)", &[0x88, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
-    op(c::COMPARE_AND_WRITE, "COMPARE AND WRITE", &[0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0]).writes(),
-    op(c::WRITE_16, "WRITE(16)", &[0x8A, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]).writes(),
-    op(c::ORWRITE_16, "ORWRITE(16)", &[0x8B, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]).writes(),
-    op(c::WRITE_VERIFY_16, "WRITE AND VERIFY(16)", &[0x8E, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]).writes(),
-    op(c::VERIFY_16, "VERIFY(16)", &[0x8F, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
-    op(c::PRE_FETCH_16, "PRE-FETCH(16)", &[0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
-    op(c::SYNC_CACHE_16, "SYNCHRONIZE CACHE(16)", &[0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0])
-        .pr(PrClass::Write),
-    op(c::WRITE_SAME_16, "WRITE SAME(16)", &[0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]).writes(),
-    op(c::WRITE_ATOMIC_16, "WRITE ATOMIC(16)", &[0x9C, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]).writes(),
-    op(c::SERVICE_ACTION_IN_16, "READ CAPACITY(16)", &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::READ_CAPACITY_16)
-        .pr(PrClass::Allowed)
-        .alua(SB),
-    op(c::SERVICE_ACTION_IN_16, "GET LBA STATUS", &[0x9E, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::GET_LBA_STATUS),
-    op(c::REPORT_LUNS, "REPORT LUNS", &[0xA0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .always()
-        .no_ua(),
-    op(c::MAINTENANCE_IN, "REPORT TARGET PORT GROUPS", &[0xA3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::REPORT_TARGET_PORT_GROUPS)
-        .always(),
-    op(c::MAINTENANCE_IN, "REPORT SUPPORTED OPERATION CODES", &[0xA3, 0x8c, 0x07, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::REPORT_SUPPORTED_OPCODES)
-        .always(),
-    op(c::MAINTENANCE_IN, "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", &[0xA3, 0x8d, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0])
-        .sa(sa::REPORT_SUPPORTED_TMF)
-        .always(),
-    op(c::READ_12, "READ(12)", &[0xA8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
-    op(c::WRITE_12, "WRITE(12)", &[0xAA, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]).writes(),
-    op(c::WRITE_VERIFY_12, "WRITE AND VERIFY(12)", &[0xAE, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]).writes(),
-    op(c::VERIFY_12, "VERIFY(12)", &[0xAF, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0]),
-    op(c::READ_DEFECT_12, "READ DEFECT DATA(12)", &[0xB7, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    op(
+        c::MODE_SENSE_6,
+        "MODE SENSE(6)",
+        &[0x1A, 0x08, 0xff, 0xff, 0xff, 0],
+    )
+    .pr(PrClass::Allowed)
+    .alua(SB),
+    op(
+        c::START_STOP_UNIT,
+        "START STOP UNIT",
+        &[0x1B, 0x01, 0, 0x0f, 0xf7, 0],
+    )
+    .pr(PrClass::Write),
+    op(
+        c::PREVENT_ALLOW,
+        "PREVENT ALLOW MEDIUM REMOVAL",
+        &[0x1E, 0, 0, 0, 0x03, 0],
+    )
+    .pr(PrClass::Write),
+    op(
+        c::READ_CAPACITY_10,
+        "READ CAPACITY(10)",
+        &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .pr(PrClass::Allowed)
+    .alua(SB),
+    op(
+        c::READ_10,
+        "READ(10)",
+        &[0x28, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
+    ),
+    op(
+        c::WRITE_10,
+        "WRITE(10)",
+        &[0x2A, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
+    )
+    .writes(),
+    op(
+        c::WRITE_VERIFY_10,
+        "WRITE AND VERIFY(10)",
+        &[0x2E, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
+    )
+    .writes(),
+    op(
+        c::VERIFY_10,
+        "VERIFY(10)",
+        &[0x2F, 0xf6, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
+    ),
+    op(
+        c::PRE_FETCH_10,
+        "PRE-FETCH(10)",
+        &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
+    ),
+    op(
+        c::SYNC_CACHE_10,
+        "SYNCHRONIZE CACHE(10)",
+        &[0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
+    )
+    .pr(PrClass::Write),
+    op(
+        c::READ_DEFECT_10,
+        "READ DEFECT DATA(10)",
+        &[0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0],
+    ),
+    op(
+        c::WRITE_SAME_10,
+        "WRITE SAME(10)",
+        &[0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
+    )
+    .writes(),
+    op(
+        c::UNMAP,
+        "UNMAP",
+        &[0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0],
+    )
+    .writes(),
+    op(
+        c::SANITIZE,
+        "SANITIZE OVERWRITE",
+        &[0x48, 0xa1, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(sa::SANITIZE_OVERWRITE)
+    .writes()
+    .timeout(3600),
+    op(
+        c::SANITIZE,
+        "SANITIZE BLOCK ERASE",
+        &[0x48, 0xa2, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(sa::SANITIZE_BLOCK_ERASE)
+    .writes()
+    .timeout(600),
+    op(
+        c::SANITIZE,
+        "SANITIZE CRYPTOGRAPHIC ERASE",
+        &[0x48, 0xa3, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(sa::SANITIZE_CRYPTO_ERASE)
+    .writes()
+    .timeout(600),
+    op(
+        c::SANITIZE,
+        "SANITIZE EXIT FAILURE MODE",
+        &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(sa::SANITIZE_EXIT_FAILURE)
+    .writes(),
+    op(
+        c::MODE_SELECT_10,
+        "MODE SELECT(10)",
+        &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .pr(PrClass::Write)
+    .alua(SB),
+    op(
+        c::RESERVE_10,
+        "RESERVE(10)",
+        &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .pr(PrClass::Reserve),
+    op(
+        c::RELEASE_10,
+        "RELEASE(10)",
+        &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .pr(PrClass::Reserve),
+    op(
+        c::MODE_SENSE_10,
+        "MODE SENSE(10)",
+        &[0x5A, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .pr(PrClass::Allowed)
+    .alua(SB),
+    op(
+        c::PR_IN,
+        "PERSISTENT RESERVE IN: READ KEYS",
+        &[0x5E, 0x00, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(0)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_IN,
+        "PERSISTENT RESERVE IN: READ RESERVATION",
+        &[0x5E, 0x01, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(1)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_IN,
+        "PERSISTENT RESERVE IN: REPORT CAPABILITIES",
+        &[0x5E, 0x02, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(2)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_IN,
+        "PERSISTENT RESERVE IN: READ FULL STATUS",
+        &[0x5E, 0x03, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+    )
+    .sa(3)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: REGISTER",
+        &[0x5F, 0x00, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(0)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: RESERVE",
+        &[0x5F, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(1)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: RELEASE",
+        &[0x5F, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(2)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: CLEAR",
+        &[0x5F, 0x03, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(3)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: PREEMPT",
+        &[0x5F, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(4)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: PREEMPT AND ABORT",
+        &[0x5F, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(5)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: REGISTER AND IGNORE EXISTING KEY",
+        &[0x5F, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(6)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::PR_OUT,
+        "PERSISTENT RESERVE OUT: REGISTER AND MOVE",
+        &[0x5F, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+    )
+    .sa(7)
+    .pr(PrClass::Persistent)
+    .alua(SB),
+    op(
+        c::EXTENDED_COPY,
+        "EXTENDED COPY(LID1)",
+        &[
+            0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    )
+    .sa(sa::XCOPY_LID1)
+    .writes()
+    .timeout(600),
+    op(
+        c::RECEIVE_COPY_RESULTS,
+        "RECEIVE COPY STATUS(LID1)",
+        &[
+            0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    )
+    .sa(sa::RCR_COPY_STATUS),
+    op(
+        c::RECEIVE_COPY_RESULTS,
+        "RECEIVE COPY OPERATING PARAMETERS",
+        &[
+            0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    )
+    .sa(sa::RCR_OPERATING_PARAMETERS),
+    op(
+        c::READ_16,
+        "READ(16)",
+        &[
+            0x88, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    ),
+    op(
+        c::COMPARE_AND_WRITE,
+        "COMPARE AND WRITE",
+        &[
+            0x89, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::WRITE_16,
+        "WRITE(16)",
+        &[
+            0x8A, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::ORWRITE_16,
+        "ORWRITE(16)",
+        &[
+            0x8B, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::WRITE_VERIFY_16,
+        "WRITE AND VERIFY(16)",
+        &[
+            0x8E, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::VERIFY_16,
+        "VERIFY(16)",
+        &[
+            0x8F, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    ),
+    op(
+        c::PRE_FETCH_16,
+        "PRE-FETCH(16)",
+        &[
+            0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    ),
+    op(
+        c::SYNC_CACHE_16,
+        "SYNCHRONIZE CACHE(16)",
+        &[
+            0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    )
+    .pr(PrClass::Write),
+    op(
+        c::WRITE_SAME_16,
+        "WRITE SAME(16)",
+        &[
+            0x93, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::WRITE_ATOMIC_16,
+        "WRITE ATOMIC(16)",
+        &[
+            0x9C, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::SERVICE_ACTION_IN_16,
+        "READ CAPACITY(16)",
+        &[
+            0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    )
+    .sa(sa::READ_CAPACITY_16)
+    .pr(PrClass::Allowed)
+    .alua(SB),
+    op(
+        c::SERVICE_ACTION_IN_16,
+        "GET LBA STATUS",
+        &[
+            0x9E, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0,
+        ],
+    )
+    .sa(sa::GET_LBA_STATUS),
+    op(
+        c::REPORT_LUNS,
+        "REPORT LUNS",
+        &[0xA0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    )
+    .always()
+    .no_ua(),
+    op(
+        c::MAINTENANCE_IN,
+        "REPORT TARGET PORT GROUPS",
+        &[0xA3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    )
+    .sa(sa::REPORT_TARGET_PORT_GROUPS)
+    .always(),
+    op(
+        c::MAINTENANCE_IN,
+        "REPORT SUPPORTED OPERATION CODES",
+        &[
+            0xA3, 0x8c, 0x07, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+        ],
+    )
+    .sa(sa::REPORT_SUPPORTED_OPCODES)
+    .always(),
+    op(
+        c::MAINTENANCE_IN,
+        "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+        &[0xA3, 0x8d, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    )
+    .sa(sa::REPORT_SUPPORTED_TMF)
+    .always(),
+    op(
+        c::READ_12,
+        "READ(12)",
+        &[
+            0xA8, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
+        ],
+    ),
+    op(
+        c::WRITE_12,
+        "WRITE(12)",
+        &[
+            0xAA, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::WRITE_VERIFY_12,
+        "WRITE AND VERIFY(12)",
+        &[
+            0xAE, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
+        ],
+    )
+    .writes(),
+    op(
+        c::VERIFY_12,
+        "VERIFY(12)",
+        &[
+            0xAF, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f, 0,
+        ],
+    ),
+    op(
+        c::READ_DEFECT_12,
+        "READ DEFECT DATA(12)",
+        &[0xB7, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    ),
 ];
 
 /// Whether an opcode carries a service action, and where.
 fn service_action_of(op: u8, cdb: &[u8]) -> Option<u8> {
     match op {
-        c::PR_IN | c::PR_OUT | c::SERVICE_ACTION_IN_16 | c::MAINTENANCE_IN | c::SANITIZE
-        | c::EXTENDED_COPY | c::RECEIVE_COPY_RESULTS => Some(byte(cdb, 1) & 0x1f),
+        c::PR_IN
+        | c::PR_OUT
+        | c::SERVICE_ACTION_IN_16
+        | c::MAINTENANCE_IN
+        | c::SANITIZE
+        | c::EXTENDED_COPY
+        | c::RECEIVE_COPY_RESULTS => Some(byte(cdb, 1) & 0x1f),
         _ => None,
     }
 }

@@ -71,7 +71,11 @@ impl TaskSet {
 
 impl Ticket {
     fn may_run(&self) -> bool {
-        let g = self.set.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let g = self
+            .set
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut older = g.live.range(..self.seq);
         match self.attr {
             TaskAttr::HeadOfQueue => true,

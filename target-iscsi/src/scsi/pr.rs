@@ -83,8 +83,10 @@ impl PrState {
         let Some(res) = &self.res else {
             return false;
         };
-        if matches!(class, PrClass::Allowed | PrClass::Persistent | PrClass::Reserve)
-            || self.is_holder(n)
+        if matches!(
+            class,
+            PrClass::Allowed | PrClass::Persistent | PrClass::Reserve
+        ) || self.is_holder(n)
         {
             return false;
         }
@@ -261,7 +263,13 @@ fn parse_transport_id(p: &[u8], off: usize) -> Result<(TransportId, usize), Sens
         .map_err(|_| Sense::invalid_param((off + 4) as u16, None))?
         .to_ascii_lowercase();
     match b0 >> 6 {
-        0 => Ok((TransportId { name: text, isid: None }, len)),
+        0 => Ok((
+            TransportId {
+                name: text,
+                isid: None,
+            },
+            len,
+        )),
         1 => {
             let (name, isid_hex) = text
                 .split_once(",i,0x")
@@ -564,11 +572,7 @@ fn preempt(
     Ok(())
 }
 
-fn register_and_move(
-    ctx: &Ctx<'_>,
-    st: &mut PrState,
-    data: &[u8],
-) -> Result<bool, Failure> {
+fn register_and_move(ctx: &Ctx<'_>, st: &mut PrState, data: &[u8]) -> Result<bool, Failure> {
     let key = be64(data, 0);
     let sa_key = be64(data, 8);
     let unreg = byte(data, 17) & 0x02 != 0;
@@ -592,7 +596,11 @@ fn register_and_move(
         return Err(Sense::param_list_length().into());
     }
     let (tid, _) = parse_transport_id(&data[..24 + tid_len], 24)?;
-    let port = if rel_port == 0 { ctx.me.rel_port } else { rel_port };
+    let port = if rel_port == 0 {
+        ctx.me.rel_port
+    } else {
+        rel_port
+    };
     let dest = nexuses_for(ctx, &tid, &[port])
         .into_iter()
         .next()
@@ -754,22 +762,40 @@ mod tests {
         let st = PrState {
             generation: 7,
             regs: vec![
-                Registration { nexus: n(1), key: 0xabc },
-                Registration { nexus: n(2), key: 0xdef },
+                Registration {
+                    nexus: n(1),
+                    key: 0xabc,
+                },
+                Registration {
+                    nexus: n(2),
+                    key: 0xdef,
+                },
             ],
-            res: Some(Reservation { holder: n(2), rtype: EXCLUSIVE_ACCESS_RO }),
+            res: Some(Reservation {
+                holder: n(2),
+                rtype: EXCLUSIVE_ACCESS_RO,
+            }),
             aptpl: true,
         };
         assert_eq!(PrState::from_text(&st.to_text()), Some(st));
         assert_eq!(PrState::from_text("garbage"), None);
-        assert_eq!(PrState::from_text("opie-pr 1\nres 9 1 800000000001 x\n"), None);
+        assert_eq!(
+            PrState::from_text("opie-pr 1\nres 9 1 800000000001 x\n"),
+            None
+        );
     }
 
     #[test]
     fn conflict_table() {
         let mut st = PrState::default();
-        st.regs.push(Registration { nexus: n(1), key: 1 });
-        st.regs.push(Registration { nexus: n(2), key: 2 });
+        st.regs.push(Registration {
+            nexus: n(1),
+            key: 1,
+        });
+        st.regs.push(Registration {
+            nexus: n(2),
+            key: 2,
+        });
         let outsider = n(3);
         for (t, reg_read, reg_write, out_read, out_write) in [
             (WRITE_EXCLUSIVE, false, true, false, true),
@@ -779,12 +805,19 @@ mod tests {
             (WRITE_EXCLUSIVE_AR, false, false, false, true),
             (EXCLUSIVE_ACCESS_AR, false, false, true, true),
         ] {
-            st.res = Some(Reservation { holder: n(1), rtype: t });
+            st.res = Some(Reservation {
+                holder: n(1),
+                rtype: t,
+            });
             assert!(!st.conflicts(&n(1), PrClass::Write), "holder, type {t}");
             assert_eq!(st.conflicts(&n(2), PrClass::Read), reg_read, "type {t}");
             assert_eq!(st.conflicts(&n(2), PrClass::Write), reg_write, "type {t}");
             assert_eq!(st.conflicts(&outsider, PrClass::Read), out_read, "type {t}");
-            assert_eq!(st.conflicts(&outsider, PrClass::Write), out_write, "type {t}");
+            assert_eq!(
+                st.conflicts(&outsider, PrClass::Write),
+                out_write,
+                "type {t}"
+            );
             assert!(!st.conflicts(&outsider, PrClass::Allowed));
         }
     }

@@ -112,9 +112,7 @@ fn data_for(ctx: &Ctx<'_>, blocks: u64) -> Result<Bytes, Sense> {
 /// Write flags: FUA when asked for, or always while the write cache is disabled.
 fn write_flags(ctx: &Ctx<'_>, fua: bool) -> WriteFlags {
     let wce = ctx.lu.state().mode.wce;
-    WriteFlags {
-        fua: fua || !wce,
-    }
+    WriteFlags { fua: fua || !wce }
 }
 
 /// Offset of the first differing byte.
@@ -151,8 +149,7 @@ pub(crate) async fn write(ctx: &Ctx<'_>) -> CmdResult {
         if be16(ctx.cdb, 10) != 0 {
             return Err(Sense::invalid_cdb(10, None).into()); // no atomic boundaries
         }
-        if rw.blocks > u64::from(l.max_atomic) || rw.blocks % u64::from(l.atomic_granularity) != 0
-        {
+        if rw.blocks > u64::from(l.max_atomic) || rw.blocks % u64::from(l.atomic_granularity) != 0 {
             return Err(Sense::invalid_cdb(12, None).into());
         }
         if rw.lba % u64::from(l.atomic_align) != 0 {

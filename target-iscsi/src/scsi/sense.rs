@@ -271,9 +271,7 @@ mod tests {
         let s = Sense::invalid_cdb(2, Some(5)).to_fixed();
         assert_eq!(
             s,
-            [
-                0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0xCD, 0, 2
-            ]
+            [0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0xCD, 0, 2]
         );
     }
 
@@ -290,6 +288,9 @@ mod tests {
     #[test]
     fn medium_error_maps_with_lba() {
         let s = from_block_error(&blockdev::BlockError::Medium { lba: 7 });
-        assert_eq!((s.key, s.asc, s.info), (key::MEDIUM_ERROR, Asc(0x11, 0), Some(7)));
+        assert_eq!(
+            (s.key, s.asc, s.info),
+            (key::MEDIUM_ERROR, Asc(0x11, 0), Some(7))
+        );
     }
 }

@@ -68,10 +68,7 @@ struct Segment {
 }
 
 /// Parses and validates the whole parameter list before any data moves.
-fn parse(
-    ctx: &Ctx<'_>,
-    p: &[u8],
-) -> Result<(Vec<Arc<LogicalUnit>>, Vec<Segment>), Failure> {
+fn parse(ctx: &Ctx<'_>, p: &[u8]) -> Result<(Vec<Arc<LogicalUnit>>, Vec<Segment>), Failure> {
     let tdl = usize::from(be16(p, 2));
     let sdl = be32(p, 8) as usize;
     let inline = be32(p, 12) as usize;

@@ -17,13 +17,12 @@ use tracing::Instrument;
 
 use super::registry::{ConnContext, Registry};
 use super::writer::{self, Out};
-use super::ScsiBackend;
 use crate::digest::Digest;
 use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
 use crate::login::{Established, Login, LoginOutcome, SessionType};
 use crate::pdu::{reject, Bhs};
-use crate::scsi::{status, Nexus, Response};
-use crate::session::{Action, CloseReason, Session, SessionConfig};
+use crate::scsi::{status, Nexus, Response, ScsiTarget, TmfResponse};
+use crate::session::{data_out_blocks, Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
@@ -143,7 +142,7 @@ async fn login(
 
 struct Running {
     set: JoinSet<(u32, u64, Response)>,
-    handles: HashMap<u32, (u64, AbortHandle)>,
+    handles: HashMap<u32, (u64, AbortHandle, Option<u64>)>,
     generation: u64,
 }
 
@@ -159,7 +158,7 @@ async fn full_feature(
     mut stop: watch::Receiver<bool>,
 ) {
     let target = est.key.target.and_then(|i| reg.cfg.targets.get(i));
-    let backend: Option<Arc<dyn ScsiBackend>> = match est.session_type {
+    let backend: Option<Arc<ScsiTarget>> = match est.session_type {
         SessionType::Normal => target.map(|t| t.scsi.clone()),
         SessionType::Discovery => None,
     };
@@ -250,17 +249,17 @@ async fn full_feature(
             Some(joined) = run.set.join_next(), if !run.set.is_empty() => {
                 match joined {
                     Ok((itt, gen, resp)) => {
-                        if run.handles.get(&itt).is_some_and(|(g, _)| *g == gen) {
-                            run.handles.remove(&itt);
-                            session.complete(itt, resp);
+                        if run.handles.get(&itt).is_some_and(|(g, _, _)| *g == gen) {
+                            let wanted = run.handles.remove(&itt).and_then(|(_, _, w)| w);
+                            session.complete(itt, resp, wanted);
                         }
                     }
                     Err(e) if e.is_panic() => {
-                        let itt = run.handles.iter().find(|(_, (_, h))| h.id() == e.id()).map(|(i, _)| *i);
+                        let itt = run.handles.iter().find(|(_, (_, h, _))| h.id() == e.id()).map(|(i, _)| *i);
                         tracing::error!(?itt, "SCSI task panicked");
                         if let Some(itt) = itt {
                             run.handles.remove(&itt);
-                            session.complete(itt, internal_failure());
+                            session.complete(itt, internal_failure(), None);
                         }
                     }
                     Err(_) => {}
@@ -303,7 +302,7 @@ fn drain(
     session: &mut Session,
     tx: &mpsc::UnboundedSender<Out>,
     run: &mut Running,
-    backend: Option<&Arc<dyn ScsiBackend>>,
+    backend: Option<&Arc<ScsiTarget>>,
     nexus: &Nexus,
     tmf_tx: &mpsc::UnboundedSender<(u32, TmfOutcome)>,
 ) -> Option<CloseReason> {
@@ -315,18 +314,22 @@ fn drain(
             }
             Action::Execute { itt, cmd } => {
                 let Some(b) = backend else { continue };
-                let fut = b.clone().submit(nexus, cmd);
+                let wanted = data_out_blocks(&cmd.cdb).and_then(|n| {
+                    b.lu(cmd.lun)
+                        .map(|lu| n * u64::from(lu.geometry().block_size))
+                });
+                let fut = b.submit(nexus, cmd);
                 run.generation += 1;
                 let gen = run.generation;
                 let h = run.set.spawn(
                     async move { (itt, gen, fut.await) }
                         .instrument(tracing::debug_span!("task", itt)),
                 );
-                run.handles.insert(itt, (gen, h));
+                run.handles.insert(itt, (gen, h, wanted));
             }
             Action::Abort { itts } => {
                 for i in itts {
-                    if let Some((_, h)) = run.handles.remove(&i) {
+                    if let Some((_, h, _)) = run.handles.remove(&i) {
                         h.abort();
                     }
                 }
@@ -338,7 +341,13 @@ fn drain(
                         let b = b.clone();
                         let n = nexus.clone();
                         tokio::spawn(async move {
-                            let o = b.task_management(&n, lun, function).await;
+                            let o = match b.task_management(&n, lun, function).await {
+                                TmfResponse::Complete => TmfOutcome::Complete,
+                                TmfResponse::TaskDoesNotExist => TmfOutcome::TaskDoesNotExist,
+                                TmfResponse::LunDoesNotExist => TmfOutcome::LunDoesNotExist,
+                                TmfResponse::NotSupported => TmfOutcome::NotSupported,
+                                TmfResponse::Rejected => TmfOutcome::Rejected,
+                            };
                             let _ = tmf_tx.send((itt, o));
                         });
                     }

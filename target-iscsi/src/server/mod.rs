@@ -3,7 +3,6 @@
 //! made by the sans-I/O [`crate::login`] and [`crate::session`] machines;
 //! this module only moves bytes, runs SCSI futures and keeps time.
 
-mod backend;
 mod connection;
 mod registry;
 mod writer;
@@ -17,9 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-pub use backend::ScsiBackend;
-
 use crate::negotiate::Limits;
+use crate::scsi::ScsiTarget;
 use registry::Registry;
 
 /// A listening portal.
@@ -41,7 +39,7 @@ pub struct TargetConfig {
     /// TargetAlias, if any.
     pub alias: Option<String>,
     /// The SCSI target behind it.
-    pub scsi: Arc<dyn ScsiBackend>,
+    pub scsi: Arc<ScsiTarget>,
     /// Portal group tags it is reachable on; None = all.
     pub portals: Option<Vec<u16>>,
 }
@@ -227,7 +225,8 @@ impl Server {
         while conns.join_next().await.is_some() {}
         let mut first_err = None;
         for t in &self.registry.cfg.targets {
-            if let Err(reason) = t.scsi.flush_all().await {
+            if let Err(e) = t.scsi.flush_all().await {
+                let reason = e.to_string();
                 tracing::error!(target = %t.iqn, %reason, "flush at shutdown failed");
                 first_err.get_or_insert(ServerError::Flush {
                     target: t.iqn.clone(),
