@@ -2,14 +2,9 @@
 //! that touches `target_iscsi`'s server and SCSI APIs is here.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 
-use target_iscsi::scsi::{
-    Command, LuConfig, Nexus, Response, ScsiError, ScsiTarget, TmfFunction, TmfResponse,
-};
+use target_iscsi::scsi::{LuConfig, ScsiError, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, ServerError, TargetConfig};
-use target_iscsi::tmf::TmfOutcome;
 use tracing::info;
 
 use crate::config::IsuConfig;
@@ -41,46 +36,6 @@ pub enum ExportError {
     Flush(String),
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Presents a [`ScsiTarget`] to the server.
-struct Backend(Arc<ScsiTarget>);
-
-impl target_iscsi::server::ScsiBackend for Backend {
-    fn submit(self: Arc<Self>, nexus: &Nexus, cmd: Command) -> BoxFuture<'static, Response> {
-        self.0.submit(nexus, cmd)
-    }
-
-    fn task_management<'a>(
-        &'a self,
-        nexus: &'a Nexus,
-        lun: u64,
-        f: TmfFunction,
-    ) -> BoxFuture<'a, TmfOutcome> {
-        Box::pin(async move {
-            match self.0.task_management(nexus, lun, f).await {
-                TmfResponse::Complete => TmfOutcome::Complete,
-                TmfResponse::TaskDoesNotExist => TmfOutcome::TaskDoesNotExist,
-                TmfResponse::LunDoesNotExist => TmfOutcome::LunDoesNotExist,
-                TmfResponse::NotSupported => TmfOutcome::NotSupported,
-                TmfResponse::Rejected => TmfOutcome::Rejected,
-            }
-        })
-    }
-
-    fn nexus_login(&self, nexus: &Nexus) {
-        self.0.nexus_login(nexus)
-    }
-
-    fn nexus_logout(&self, nexus: &Nexus) {
-        self.0.nexus_logout(nexus)
-    }
-
-    fn flush_all(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move { self.0.flush_all().await.map_err(|e| e.to_string()) })
-    }
-}
-
 /// Builds one SCSI target per plan entry.
 fn scsi_targets(targets: Vec<TargetPlan>) -> Result<Vec<TargetConfig>, ExportError> {
     let mut out = Vec::new();
@@ -106,7 +61,7 @@ fn scsi_targets(targets: Vec<TargetPlan>) -> Result<Vec<TargetConfig>, ExportErr
         out.push(TargetConfig {
             iqn: t.iqn,
             alias: t.alias,
-            scsi: Arc::new(Backend(scsi)),
+            scsi,
             portals: t.portal_groups,
         });
     }
