@@ -1,2 +1,120 @@
 //! The `opie` command: ISU and head daemons.
-fn main() {}
+//!
+//! `opie isu serve --config FILE` runs a storage unit: it exports the disks
+//! named in FILE as iSCSI targets. Later subcommands (`opie head ...`) run the
+//! head that builds RAID volumes across ISUs.
+
+mod config;
+mod isu;
+mod logging;
+mod portal;
+mod state;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// opie: reliable block storage from commodity boxes.
+#[derive(Debug, Parser)]
+#[command(name = "opie", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Storage unit (ISU): exports local disks over iSCSI.
+    Isu {
+        #[command(subcommand)]
+        command: IsuCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IsuCommand {
+    /// Serve the disks of a config file until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Parse and validate a config file, print the result, and exit.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The ISU config file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Portal to listen on, HOST:PORT[,TPGT]; repeatable; replaces isu.listen.
+    #[arg(short, long, value_name = "ADDR:PORT")]
+    listen: Vec<String>,
+    /// Data directory; replaces isu.data_dir.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl ServeArgs {
+    fn load(&self) -> Result<config::IsuConfig, config::ConfigError> {
+        let ov = config::Overrides {
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+        };
+        config::IsuConfig::load(&self.config, &ov)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.verbose);
+    match cli.command {
+        Command::Isu { command } => match command {
+            IsuCommand::Check(args) => match args.serve.load() {
+                Ok(cfg) => {
+                    isu::describe(&cfg);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("opie: {e}");
+                    ExitCode::from(2)
+                }
+            },
+            IsuCommand::Serve(args) => {
+                let cfg = match args.load() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("opie: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("opie-isu")
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("opie: cannot start the runtime: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match rt.block_on(isu::serve(cfg)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("opie: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        },
+    }
+}

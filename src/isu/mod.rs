@@ -1,0 +1,262 @@
+//! `opie isu serve`: open the disks of the config, export them, run until a
+//! signal, then drain and flush.
+
+mod export;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blockdev::file::FileOptions;
+use blockdev::{BlockDevice, FileDevice, SharedDevice};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::config::{DiskConfig, IsuConfig};
+use crate::portal::BoundPortal;
+use crate::state::{DataDir, StateError};
+
+pub use export::ExportError;
+
+/// Why the ISU daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum IsuError {
+    /// The data directory or a state file.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A disk could not be opened or created.
+    #[error("disk {disk:?} ({path}): {message}")]
+    Disk {
+        /// Disk name.
+        disk: String,
+        /// Backing path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A portal could not be resolved.
+    #[error("portal {portal}: {message}")]
+    Portal {
+        /// The portal as configured.
+        portal: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The iSCSI (or AoE) export failed.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// One disk, opened.
+#[derive(Debug, Clone)]
+pub struct OpenDisk {
+    /// Its configuration.
+    pub config: DiskConfig,
+    /// The device.
+    pub device: SharedDevice,
+    /// Directory for its persistent LU state (PR APTPL).
+    pub state_dir: PathBuf,
+}
+
+/// One iSCSI target: an IQN with its LUNs.
+#[derive(Debug, Clone)]
+pub struct TargetPlan {
+    /// Target name.
+    pub iqn: String,
+    /// TargetAlias.
+    pub alias: Option<String>,
+    /// Its LUNs, by number.
+    pub luns: Vec<(u64, OpenDisk)>,
+    /// Portal groups it is served on (None: all).
+    pub portal_groups: Option<Vec<u16>>,
+}
+
+/// Prints what a config means (for `opie isu check`).
+pub fn describe(cfg: &IsuConfig) {
+    println!("config {} is valid", cfg.source.display());
+    println!("data dir: {}", cfg.data_dir.display());
+    println!("base iqn: {}", cfg.base_iqn);
+    println!(
+        "nop: every {:?}, timeout {:?}",
+        cfg.nop_interval, cfg.nop_timeout
+    );
+    for p in &cfg.listen {
+        println!("portal: {p}");
+    }
+    for d in &cfg.disks {
+        let size = d
+            .size
+            .map_or("existing size".to_string(), |s| format!("{s} bytes"));
+        println!(
+            "disk {}: {} lun {} <- {} ({size}, {}-byte blocks{})",
+            d.name,
+            d.iqn,
+            d.lun,
+            d.path.display(),
+            d.block_size,
+            if d.read_only { ", read-only" } else { "" }
+        );
+    }
+}
+
+fn open_disk(data: &DataDir, d: &DiskConfig) -> Result<OpenDisk, IsuError> {
+    let err = |message: String| IsuError::Disk {
+        disk: d.name.clone(),
+        path: d.path.clone(),
+        message,
+    };
+    match std::fs::metadata(&d.path) {
+        Ok(m) if m.is_file() => {
+            if let Some(want) = d.size {
+                if m.len() != want {
+                    return Err(err(format!(
+                        "the file is {} bytes but the config says size = {want}; \
+                         fix the size (opie never resizes or truncates a disk)",
+                        m.len()
+                    )));
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if d.size.is_none() {
+                return Err(err(
+                    "does not exist and the disk has no size to create it with".into(),
+                ));
+            }
+            if d.read_only {
+                info!(disk = %d.name, "creating the backing file of a read-only disk (it reads as zeroes)");
+            }
+        }
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let mut identity = match &d.identity {
+        Some(id) => id.clone(),
+        None => data.identity(&d.name)?,
+    };
+    if let Some(s) = &d.serial {
+        identity.serial = s.clone();
+    }
+    let opts = FileOptions {
+        block_size: d.block_size,
+        read_only: d.read_only,
+        create_size: d.size,
+    };
+    let dev = FileDevice::open(&d.path, &opts, identity).map_err(|e| err(e.to_string()))?;
+    let g = dev.geometry();
+    if g.num_blocks == 0 {
+        return Err(err(format!("smaller than one {}-byte block", d.block_size)));
+    }
+    info!(
+        disk = %d.name, iqn = %d.iqn, lun = d.lun, path = %d.path.display(),
+        blocks = g.num_blocks, block_size = g.block_size, read_only = d.read_only,
+        identity = %dev.identity(), serial = %dev.identity().serial,
+        "disk opened"
+    );
+    Ok(OpenDisk {
+        config: d.clone(),
+        device: Arc::new(dev),
+        state_dir: data.disk_dir(&d.name)?,
+    })
+}
+
+/// Groups disks into targets by IQN, in config order.
+fn plan_targets(disks: Vec<OpenDisk>) -> Vec<TargetPlan> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_iqn: BTreeMap<String, TargetPlan> = BTreeMap::new();
+    for d in disks {
+        let t = by_iqn.entry(d.config.iqn.clone()).or_insert_with(|| {
+            order.push(d.config.iqn.clone());
+            TargetPlan {
+                iqn: d.config.iqn.clone(),
+                alias: d.config.alias.clone(),
+                luns: Vec::new(),
+                portal_groups: d.config.portal_groups.clone(),
+            }
+        });
+        t.luns.push((d.config.lun, d));
+    }
+    order
+        .into_iter()
+        .filter_map(|iqn| by_iqn.remove(&iqn))
+        .collect()
+}
+
+fn resolve_portals(cfg: &IsuConfig) -> Result<Vec<BoundPortal>, IsuError> {
+    let mut out: Vec<BoundPortal> = Vec::new();
+    for p in &cfg.listen {
+        let bound = p.resolve().map_err(|message| IsuError::Portal {
+            portal: p.to_string(),
+            message,
+        })?;
+        for b in bound {
+            if out.iter().any(|o| o.listen == b.listen) {
+                return Err(IsuError::Portal {
+                    portal: p.to_string(),
+                    message: format!("{} is already bound by another portal", b.listen),
+                });
+            }
+            out.push(b);
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives; a second signal exits at once
+/// (every write already acknowledged as durable is on stable storage).
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!("{name}: no new connections; draining sessions and flushing");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        warn!("second signal: exiting without waiting for the drain");
+        std::process::exit(1);
+    });
+}
+
+/// Runs the ISU until SIGTERM/SIGINT, then drains and flushes.
+pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
+    // Handlers first, so a signal during startup is not the default kill.
+    let term = signal(SignalKind::terminate()).map_err(IsuError::Signals)?;
+    let int = signal(SignalKind::interrupt()).map_err(IsuError::Signals)?;
+    let data = DataDir::open(&cfg.data_dir)?;
+    info!(config = %cfg.source.display(), data_dir = %data.root().display(), "opie isu starting");
+    let mut disks = Vec::new();
+    for d in &cfg.disks {
+        disks.push(open_disk(&data, d)?);
+    }
+    if cfg.aoe.is_some() || cfg.disks.iter().any(|d| d.aoe.is_some()) {
+        return Err(ExportError::AoeUnavailable.into());
+    }
+    let devices: Vec<SharedDevice> = disks.iter().map(|d| d.device.clone()).collect();
+    let targets = plan_targets(disks);
+    let portals = resolve_portals(&cfg)?;
+    let result = export::run_iscsi(&cfg, portals, targets, shutdown_signal(term, int)).await;
+    // Flush every device whatever happened: nothing written may stay volatile.
+    let mut flush_failed = false;
+    for dev in &devices {
+        if let Err(e) = dev.flush().await {
+            warn!(identity = %dev.identity(), "flush at shutdown failed: {e}");
+            flush_failed = true;
+        }
+    }
+    result?;
+    if flush_failed {
+        return Err(ExportError::Flush("a device failed to flush at shutdown".into()).into());
+    }
+    info!("all sessions drained and every disk flushed; exiting");
+    Ok(())
+}
