@@ -54,48 +54,17 @@ impl Tgtd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let ok = t.adm(&[
-            "--mode",
-            "target",
-            "--op",
-            "new",
-            "--tid",
-            "1",
-            "--targetname",
-            TARGET,
-        ]) && t.adm(&[
-            "--mode", "target", "--op", "bind", "--tid", "1", "-I", "ALL",
-        ]) && t.adm(&[
-            "--mode",
-            "account",
-            "--op",
-            "new",
-            "--user",
-            USER,
-            "--password",
-            SECRET,
-        ]) && t.adm(&[
-            "--mode", "account", "--op", "bind", "--tid", "1", "--user", USER,
-        ]) && t.adm(&[
-            "--mode",
-            "account",
-            "--op",
-            "new",
-            "--user",
-            TARGET_USER,
-            "--password",
-            TARGET_SECRET,
-        ]) && t.adm(&[
-            "--mode",
-            "account",
-            "--op",
-            "bind",
-            "--tid",
-            "1",
-            "--user",
-            TARGET_USER,
-            "--outgoing",
-        ]);
+        let setup = [
+            format!("--mode target --op new --tid 1 --targetname {TARGET}"),
+            "--mode target --op bind --tid 1 -I ALL".to_owned(),
+            format!("--mode account --op new --user {USER} --password {SECRET}"),
+            format!("--mode account --op bind --tid 1 --user {USER}"),
+            format!("--mode account --op new --user {TARGET_USER} --password {TARGET_SECRET}"),
+            format!("--mode account --op bind --tid 1 --user {TARGET_USER} --outgoing"),
+        ];
+        let ok = setup
+            .iter()
+            .all(|line| t.adm(&line.split(' ').collect::<Vec<_>>()));
         assert!(ok, "configuring tgtd failed");
         // Wait for the portal to accept connections.
         for _ in 0..100 {
