@@ -35,7 +35,6 @@ enum State {
         challenge: Vec<u8>,
     },
     Done {
-        alg: Algorithm,
         user: String,
     },
     Failed,
@@ -55,6 +54,8 @@ pub struct Authenticator<C, R = OsRng> {
     credentials: C,
     rng: R,
     state: State,
+    /// The algorithm picked from CHAP_A, kept after a failure for diagnostics.
+    chosen: Option<Algorithm>,
     span: tracing::Span,
 }
 
@@ -74,16 +75,15 @@ impl<C: Credentials, R: RngCore + CryptoRng> Authenticator<C, R> {
             credentials,
             rng,
             state: State::AwaitAlgorithms,
+            chosen: None,
             span: tracing::debug_span!("chap", role = "authenticator"),
         }
     }
 
-    /// The algorithm chosen, once the initiator's CHAP_A has been processed.
+    /// The algorithm chosen, once the initiator's CHAP_A has been processed
+    /// (also after a later failure).
     pub fn algorithm(&self) -> Option<Algorithm> {
-        match &self.state {
-            State::AwaitResponse { alg, .. } | State::Done { alg, .. } => Some(*alg),
-            _ => None,
-        }
+        self.chosen
     }
 
     /// The authenticated CHAP user name, once the exchange has succeeded.
@@ -145,6 +145,7 @@ impl<C: Credentials, R: RngCore + CryptoRng> Authenticator<C, R> {
         out.push(CHAP_A, alg.code().to_string());
         out.push(CHAP_I, id.to_string());
         out.push(CHAP_C, encode_hex(&challenge));
+        self.chosen = Some(alg);
         self.state = State::AwaitResponse { alg, id, challenge };
         Ok(Step::Continue(out))
     }
@@ -210,10 +211,7 @@ impl<C: Credentials, R: RngCore + CryptoRng> Authenticator<C, R> {
             );
         }
         debug!(user = %name, algorithm = %alg, mutual = !out.is_empty(), "CHAP authenticated");
-        self.state = State::Done {
-            alg,
-            user: name.clone(),
-        };
+        self.state = State::Done { user: name.clone() };
         Ok(Step::Done {
             keys: out,
             peer: Some(name),
@@ -238,13 +236,7 @@ impl<C, R> std::fmt::Debug for Authenticator<C, R> {
         f.debug_struct("Authenticator")
             .field("allowed", &self.config.allowed)
             .field("state", &state)
-            .field(
-                "algorithm",
-                &match &self.state {
-                    State::AwaitResponse { alg, .. } | State::Done { alg, .. } => Some(*alg),
-                    _ => None,
-                },
-            )
+            .field("algorithm", &self.chosen)
             .finish_non_exhaustive()
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod probe;
+
 use chap::{
     AlgorithmList, Authenticator, AuthenticatorConfig, Credential, CredentialSet, KeyValues,
     Responder, ResponderConfig, Result, Step,
