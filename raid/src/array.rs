@@ -675,7 +675,7 @@ impl RaidArray {
         slot: u32,
         i0: u32,
         i1: u32,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Bytes>> {
         let Some(dev) = self.usable(slot, row) else {
             return Ok(None);
         };
@@ -702,7 +702,7 @@ impl RaidArray {
                 return Ok(None);
             }
         }
-        Ok(Some(data.to_vec()))
+        Ok(Some(data))
     }
 
     /// Rebuilds blocks `[i0, i1)` of the chunk `missing` holds in `row` from
@@ -723,7 +723,7 @@ impl RaidArray {
                 return Err(self.unrecoverable(lay, row, i0));
             };
             match &mut out {
-                None => out = Some(buf),
+                None => out = Some(buf.to_vec()),
                 Some(acc) => xor_into(acc, &buf),
             }
         }
@@ -739,11 +739,11 @@ impl RaidArray {
 
     /// Reads blocks `[i0, i1)` of data chunk `k` of `row`, verified; damaged or
     /// unreadable blocks are rebuilt from parity and rewritten.
-    pub(crate) async fn read_chunk(&self, lay: &Layout, row: u64, k: u32, i0: u32, i1: u32) -> Result<Vec<u8>> {
+    pub(crate) async fn read_chunk(&self, lay: &Layout, row: u64, k: u32, i0: u32, i1: u32) -> Result<Bytes> {
         let slot = lay.data_member(row, k);
         let bs = self.inner.block_size as usize;
         let Some(dev) = self.usable(slot, row) else {
-            return self.reconstruct(lay, row, slot, i0, i1).await;
+            return self.reconstruct(lay, row, slot, i0, i1).await.map(Bytes::from);
         };
         let n = i1 - i0;
         let (data, tags) = tokio::join!(
@@ -756,7 +756,7 @@ impl RaidArray {
                 self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
                 if !matches!(e, BlockError::Medium { .. }) {
                     self.fail_member(slot, &e).await;
-                    return self.reconstruct(lay, row, slot, i0, i1).await;
+                    return self.reconstruct(lay, row, slot, i0, i1).await.map(Bytes::from);
                 }
                 None
             }
@@ -767,7 +767,7 @@ impl RaidArray {
                 self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
                 if !matches!(e, BlockError::Medium { .. }) {
                     self.fail_member(slot, &e).await;
-                    return self.reconstruct(lay, row, slot, i0, i1).await;
+                    return self.reconstruct(lay, row, slot, i0, i1).await.map(Bytes::from);
                 }
                 None
             }
@@ -780,7 +780,7 @@ impl RaidArray {
                 .map(|(j, _)| i0 + j as u32)
                 .collect();
             if bad.is_empty() {
-                return Ok(data.to_vec());
+                return Ok(data.clone());
             }
             self.inner
                 .stats
@@ -810,13 +810,13 @@ impl RaidArray {
                 let mut out = data.to_vec();
                 let off = (b0 - i0) as usize * bs;
                 out[off..off + fixed.len()].copy_from_slice(&fixed);
-                return Ok(out);
+                return Ok(Bytes::from(out));
             }
         }
         // The tags are damaged or unreadable, or the data unreadable: rebuild
         // the whole chunk and rewrite it with fresh tags.
         let full = self.repair_chunk(lay, row, slot, &dev).await?;
-        Ok(full[i0 as usize * bs..i1 as usize * bs].to_vec())
+        Ok(Bytes::from(full).slice(i0 as usize * bs..i1 as usize * bs))
     }
 
     /// Rebuilds the whole chunk `slot` holds in `row` from the other members
@@ -954,19 +954,12 @@ impl RaidArray {
                     tags.entries[i] = Some(TagEntry::of(lay.lba_of(row, k, i as u32), b));
                 }
             }
-            // Contiguous runs of new blocks.
-            let mut i = 0usize;
-            while i < c as usize {
-                if blocks[i].is_none() {
-                    i += 1;
-                    continue;
+            // The pieces are disjoint and each lies in one chunk: write them as given.
+            for (lba, data) in pieces {
+                let (_, pk, i) = lay.locate(*lba);
+                if pk == k {
+                    writes.push((slot, dev.clone(), lay.member_block(row, i), data.clone()));
                 }
-                let start = i;
-                while i < c as usize && blocks[i].is_some() {
-                    i += 1;
-                }
-                let buf = concat(&blocks[start..i]);
-                writes.push((slot, dev.clone(), lay.member_block(row, start as u32), buf));
             }
             let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot)));
             writes.push((slot, dev.clone(), lay.tag_block(row, 0), tb));
@@ -1033,9 +1026,10 @@ impl RaidArray {
         hi: u32,
     ) -> Result<Option<Vec<u8>>> {
         let bs = self.inner.block_size as usize;
-        let Some(mut p) = self.read_verified(lay, row, pslot, lo, hi).await? else {
+        let Some(old_parity) = self.read_verified(lay, row, pslot, lo, hi).await? else {
             return Ok(None);
         };
+        let mut p = old_parity.to_vec();
         for (k, blocks) in newb.iter().enumerate() {
             let Some(a) = blocks.iter().position(Option::is_some) else { continue };
             let b = blocks.iter().rposition(Option::is_some).map_or(a, |x| x + 1);
@@ -1327,10 +1321,6 @@ impl RaidArray {
     pub(crate) fn set_capacity(&self, blocks: u64) {
         self.inner.capacity.store(blocks, Ordering::Relaxed);
     }
-}
-
-fn concat(blocks: &[Option<Bytes>]) -> Bytes {
-    concat_bytes(blocks.iter().flatten())
 }
 
 fn concat_bytes<'a>(mut it: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {

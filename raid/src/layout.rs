@@ -203,3 +203,39 @@ mod tests {
         assert_eq!(tag_blocks_for(4096, 64), 1);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("RAID_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).map_or(1000, |c: u32| c * 20)
+        ))]
+
+        /// Every volume block maps to exactly one (member, member block), never
+        /// a parity position, and consecutive chunks visit every member.
+        #[test]
+        fn mapping_is_a_bijection(members in 2u32..=16, chunk in 1u32..=64, rows in 1u64..=64, lba_seed in any::<u64>()) {
+            let l = Layout { members, chunk_blocks: chunk, tag_blocks: 1, data_start: 7, rows };
+            let lba = lba_seed % l.capacity();
+            let (row, k, i) = l.locate(lba);
+            prop_assert!(row < rows && k < members - 1 && i < chunk);
+            prop_assert_eq!(l.lba_of(row, k, i), lba);
+            let m = l.data_member(row, k);
+            prop_assert_ne!(m, l.parity_member(row));
+            prop_assert_eq!(l.role_of(row, m), ChunkRole::Data(k));
+            // N consecutive chunks starting at a row boundary cover all members.
+            let start = row * u64::from(members - 1);
+            let mut seen = vec![false; members as usize];
+            for c in start..start + u64::from(members) {
+                let (r, k, _) = l.locate(c * u64::from(chunk) % l.capacity());
+                seen[l.data_member(r, k) as usize] = true;
+            }
+            if row + 1 < rows {
+                prop_assert!(seen.iter().all(|&s| s));
+            }
+        }
+    }
+}

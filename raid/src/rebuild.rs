@@ -195,6 +195,9 @@ impl RaidArray {
             if m.rebuild.is_some() {
                 return Err(RaidError::Assembly("a rebuild is already running".into()));
             }
+            if m.sb.reshape_members != 0 {
+                return Err(RaidError::Assembly("members return after the reshape finishes".into()));
+            }
         }
         info!(slot, "member returns; rebuilding regions written while it was away");
         self.install(slot, dev, true).await

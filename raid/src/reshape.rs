@@ -231,7 +231,21 @@ impl RaidArray {
     }
 
     async fn finish_reshape(&self, geo: &mut Geo, new: Layout, total: u64) -> Result<()> {
-        // Rows past the new end become fresh capacity: zero data and tags.
+        // Rows past the new end become fresh capacity: zero data and tags. A
+        // member that is away misses this, so mark those rows for its return.
+        if self.degraded() {
+            {
+                let mut m = self.meta();
+                for row in (total..new.rows).step_by(m.sb.region_rows as usize) {
+                    let r = m.bitmap.region(row);
+                    m.bitmap.set(r);
+                }
+            }
+            let blocks = self.meta().sb.bitmap_blocks;
+            for b in 0..blocks {
+                self.persist_bitmap_block(b).await?;
+            }
+        }
         let first = new.member_block(total, 0);
         let blocks = new.member_blocks_needed() - first;
         for (slot, dev) in self.live_members() {

@@ -181,7 +181,9 @@ impl World {
                 }
             }
             Op::Return => {
-                if let Some(dev) = self.offline.take() {
+                if self.reshaping().await {
+                    // Members return after the reshape (re_add refuses meanwhile).
+                } else if let Some(dev) = self.offline.take() {
                     dev.set_offline(false);
                     let ids = self.a().member_identities();
                     if let Some(slot) = ids.iter().position(|i| i.as_ref() == Some(dev.identity())) {
