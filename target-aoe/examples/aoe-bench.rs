@@ -9,7 +9,11 @@
 //!
 //! ```text
 //! aoe-bench --iface IF --shelf N --slot M --mode read|write [--mib 256] [--target-pid PID]
+//! aoe-bench --iface IF --shelf N --slot M --mode reserve --as MAC
 //! ```
+//! `--mode reserve` makes MAC (any address, e.g. another host's) the target's
+//! reservation holder by sending Reserve/Release "set" from that source
+//! address, then checks with a Reserve read from this interface's own MAC.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -52,6 +56,7 @@ struct Inflight {
 fn main() {
     let (mut iface, mut shelf, mut slot, mut mode, mut mib, mut pid) =
         (String::new(), 0u16, 0u8, String::new(), 256u64, 0u32);
+    let mut holder: Option<Mac> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut v = || args.next().unwrap_or_else(|| usage());
@@ -62,8 +67,13 @@ fn main() {
             "--mode" => mode = v(),
             "--mib" => mib = v().parse().unwrap_or_else(|_| usage()),
             "--target-pid" => pid = v().parse().unwrap_or_else(|_| usage()),
+            "--as" => holder = Some(v().parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
+    }
+    if mode == "reserve" {
+        let holder = holder.unwrap_or_else(|| usage());
+        std::process::exit(reserve(&iface, shelf, slot, holder));
     }
     let write = match mode.as_str() {
         "read" => false,
@@ -247,4 +257,55 @@ fn main() {
         mb / secs,
         tcpu / (mb / 1000.0)
     );
+}
+
+/// Makes `holder` the reservation holder of e`shelf`.`slot`; 0 on success.
+fn reserve(iface: &str, shelf: u16, slot: u8, holder: Mac) -> i32 {
+    use target_aoe::frame::{ReserveArg, RESERVE_READ, RESERVE_SET};
+    let mut c = initiator::Client::open(iface).expect("open interface");
+    let set = initiator::reserve_arg(&ReserveArg {
+        rcmd: RESERVE_SET,
+        macs: vec![holder],
+    });
+    let read = initiator::reserve_arg(&ReserveArg {
+        rcmd: RESERVE_READ,
+        macs: vec![],
+    });
+    for _ in 0..50 {
+        let tag = c.tag();
+        let f = initiator::request(
+            Mac::BROADCAST,
+            holder,
+            shelf,
+            slot,
+            Command::ReserveRelease,
+            tag,
+            &set,
+            &[],
+        );
+        c.send_raw(&f).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        let r = c
+            .call(
+                Mac::BROADCAST,
+                shelf,
+                slot,
+                Command::ReserveRelease,
+                &read,
+                &[],
+                Duration::from_millis(300),
+            )
+            .expect("recv");
+        if let Some(r) = r {
+            let f = r.frame();
+            if let Ok(a) = ReserveArg::decode(f.payload) {
+                if a.macs == vec![holder] {
+                    eprintln!("aoe-bench: e{shelf}.{slot} reserved by {holder}");
+                    return 0;
+                }
+            }
+        }
+    }
+    eprintln!("aoe-bench: could not reserve e{shelf}.{slot} for {holder}");
+    1
 }
