@@ -220,33 +220,64 @@ impl Inner {
     /// `None` when the data is not cached (or only partly): the caller then
     /// reads on a blocking thread. Saves two thread hand-offs per cached read.
     fn read_nowait(&self, offset: u64, len: usize) -> Option<io::Result<Bytes>> {
-        let mut buf = BytesMut::zeroed(len);
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: len,
-        };
-        // SAFETY: the iovec points into `buf`, valid for `len` bytes of writes
-        // for the duration of the call.
-        let n = unsafe {
-            libc::preadv2(
-                self.file.as_raw_fd(),
-                &iov,
-                1,
-                offset as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
+        match self.pread_uninit(offset, len, libc::RWF_NOWAIT) {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) => None,
+            Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN)
                 | Some(libc::EOPNOTSUPP)
                 | Some(libc::EINVAL)
                 | Some(libc::ENOSYS) => None,
                 _ => Some(Err(e)),
-            };
+            },
         }
-        (n as usize == len).then(|| Ok(buf.freeze()))
+    }
+
+    /// Reads `len` bytes at `offset` into a fresh buffer that is never
+    /// zero-filled first (the kernel writes it). `Ok(None)` on a short read.
+    fn pread_uninit(
+        &self,
+        offset: u64,
+        len: usize,
+        flags: libc::c_int,
+    ) -> io::Result<Option<Bytes>> {
+        let mut buf = BytesMut::with_capacity(len);
+        let mut done = 0usize;
+        while done < len {
+            let spare = buf.spare_capacity_mut();
+            let iov = libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: len - done,
+            };
+            // SAFETY: the iovec covers the buffer's spare capacity (at least
+            // `len - done` bytes, valid for writes) for the duration of the call.
+            let n = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (offset + done as u64) as libc::off_t,
+                    flags,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            // SAFETY: the kernel initialized the next `n` bytes of spare capacity.
+            unsafe { buf.set_len(done + n as usize) };
+            done += n as usize;
+            if flags & libc::RWF_NOWAIT != 0 && done < len {
+                return Ok(None);
+            }
+        }
+        Ok(Some(buf.freeze()))
     }
 
     fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
@@ -298,9 +329,8 @@ impl BlockDevice for FileDevice {
             }
         }
         self.blocking(move |i| {
-            let mut buf = BytesMut::zeroed(len);
-            i.file.read_exact_at(&mut buf, lba * bs)?;
-            Ok(buf.freeze())
+            i.pread_uninit(lba * bs, len, 0)?
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
         })
         .await
     }
