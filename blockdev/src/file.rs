@@ -63,7 +63,7 @@ pub struct FileDevice {
 /// Largest I/O done on the calling task when it cannot block for long
 /// (page-cache hits); larger ones go to the blocking pool, where copies of
 /// several requests proceed in parallel.
-const INLINE_IO_MAX: usize = 64 * 1024;
+const INLINE_IO_MAX: usize = 256 * 1024;
 
 // ioctl numbers from <linux/fs.h>.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
