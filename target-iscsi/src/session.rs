@@ -979,7 +979,11 @@ mod tests {
     fn est(params: Params) -> Established {
         Established {
             session_type: SessionType::Normal,
-            key: SessionKey { initiator: "iqn.i".into(), isid: [0; 6], target: Some(0) },
+            key: SessionKey {
+                initiator: "iqn.i".into(),
+                isid: [0; 6],
+                target: Some(0),
+            },
             tsih: 1,
             cid: 0,
             params,
@@ -1002,14 +1006,43 @@ mod tests {
     }
 
     fn pdu(bhs: Bhs, data: &[u8]) -> InPdu {
-        let raw = bhs.to_bytes(Framing { ahs_len: 0, data_len: data.len() });
-        InPdu { raw, bhs: Ok(bhs), ahs: Bytes::new(), data: Bytes::copy_from_slice(data), data_digest_error: false }
+        let raw = bhs.to_bytes(Framing {
+            ahs_len: 0,
+            data_len: data.len(),
+        });
+        InPdu {
+            raw,
+            bhs: Ok(bhs),
+            ahs: Bytes::new(),
+            data: Bytes::copy_from_slice(data),
+            data_digest_error: false,
+        }
     }
 
-    fn cmd(itt: u32, cmd_sn: u32, cdb0: u8, edtl: u32, read: bool, write: bool, final_: bool) -> Bhs {
+    fn cmd(
+        itt: u32,
+        cmd_sn: u32,
+        cdb0: u8,
+        edtl: u32,
+        read: bool,
+        write: bool,
+        final_: bool,
+    ) -> Bhs {
         let mut cdb = [0u8; 16];
         cdb[0] = cdb0;
-        Bhs::ScsiCommand(ScsiCommand { immediate: false, final_, read, write, attr: 0, lun: 0, itt, edtl, cmd_sn, exp_stat_sn: 0, cdb })
+        Bhs::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_,
+            read,
+            write,
+            attr: 0,
+            lun: 0,
+            itt,
+            edtl,
+            cmd_sn,
+            exp_stat_sn: 0,
+            cdb,
+        })
     }
 
     fn drain(s: &mut Session) -> (Vec<Bhs>, Vec<Action>) {
@@ -1029,7 +1062,11 @@ mod tests {
     }
 
     fn session(now: Instant) -> Session {
-        let cfg = SessionConfig { queue_depth: 8, nop_interval: Duration::from_secs(5), nop_timeout: Duration::from_secs(3) };
+        let cfg = SessionConfig {
+            queue_depth: 8,
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(3),
+        };
         Session::new(&est(params()), cfg, vec![], Some("iqn.t".into()), now)
     }
 
@@ -1043,7 +1080,16 @@ mod tests {
         assert!(drain(&mut s).1.is_empty());
         s.handle_pdu(pdu(cmd(1, 10, 0, 0, false, false, true), &[]), t);
         let (_, acts) = drain(&mut s);
-        let itts: Vec<u32> = acts.iter().filter_map(|a| if let Action::Execute { itt, .. } = a { Some(*itt) } else { None }).collect();
+        let itts: Vec<u32> = acts
+            .iter()
+            .filter_map(|a| {
+                if let Action::Execute { itt, .. } = a {
+                    Some(*itt)
+                } else {
+                    None
+                }
+            })
+            .collect();
         assert_eq!(itts, vec![1, 2]);
         assert_eq!(s.window().0, 12);
         // Outside the window, before or after: silently ignored.
@@ -1061,7 +1107,15 @@ mod tests {
         s.handle_pdu(pdu(cmd(7, 10, 0x28, 3000, true, false, true), &[]), t);
         drain(&mut s);
         // 5000 bytes available, 3000 expected: overflow of 2000.
-        s.complete(7, Response { status: 0, sense: None, data_in: Bytes::from(vec![1u8; 5000]) }, None);
+        s.complete(
+            7,
+            Response {
+                status: 0,
+                sense: None,
+                data_in: Bytes::from(vec![1u8; 5000]),
+            },
+            None,
+        );
         let (sent, _) = drain(&mut s);
         assert_eq!(sent.len(), 3);
         for (i, b) in sent.iter().enumerate() {
@@ -1082,9 +1136,19 @@ mod tests {
         let mut s = session(t);
         s.handle_pdu(pdu(cmd(7, 10, 0x28, 4096, true, false, true), &[]), t);
         drain(&mut s);
-        s.complete(7, Response { status: 2, sense: Some(Bytes::from_static(&[0x70, 0, 5])), data_in: Bytes::new() }, None);
+        s.complete(
+            7,
+            Response {
+                status: 2,
+                sense: Some(Bytes::from_static(&[0x70, 0, 5])),
+                data_in: Bytes::new(),
+            },
+            None,
+        );
         let (sent, _) = drain(&mut s);
-        let [Bhs::ScsiResponse(r)] = sent[..] else { panic!("{sent:?}") };
+        let [Bhs::ScsiResponse(r)] = sent[..] else {
+            panic!("{sent:?}")
+        };
         assert_eq!((r.status, r.underflow, r.residual), (2, true, 4096));
     }
 
@@ -1093,26 +1157,68 @@ mod tests {
         let t = Instant::now();
         let mut s = session(t);
         // 10000 bytes: 1000 immediate, unsolicited to FirstBurstLength (2048), R2Ts for the rest.
-        s.handle_pdu(pdu(cmd(9, 10, 0x2a, 10000, false, true, false), &[1u8; 1000]), t);
+        s.handle_pdu(
+            pdu(cmd(9, 10, 0x2a, 10000, false, true, false), &[1u8; 1000]),
+            t,
+        );
         let (sent, _) = drain(&mut s);
-        let r2ts: Vec<R2t> = sent.iter().filter_map(|b| if let Bhs::R2t(r) = b { Some(*r) } else { None }).collect();
+        let r2ts: Vec<R2t> = sent
+            .iter()
+            .filter_map(|b| if let Bhs::R2t(r) = b { Some(*r) } else { None })
+            .collect();
         assert_eq!(r2ts.len(), 2); // MaxOutstandingR2T
-        assert_eq!((r2ts[0].buffer_offset, r2ts[0].desired_length, r2ts[0].r2t_sn), (2048, 4096, 0));
-        assert_eq!((r2ts[1].buffer_offset, r2ts[1].desired_length, r2ts[1].r2t_sn), (6144, 3856, 1));
-        let d = |ttt, sn, off, fin| Bhs::DataOut(DataOut { final_: fin, lun: 0, itt: 9, ttt, exp_stat_sn: 0, data_sn: sn, buffer_offset: off });
+        assert_eq!(
+            (
+                r2ts[0].buffer_offset,
+                r2ts[0].desired_length,
+                r2ts[0].r2t_sn
+            ),
+            (2048, 4096, 0)
+        );
+        assert_eq!(
+            (
+                r2ts[1].buffer_offset,
+                r2ts[1].desired_length,
+                r2ts[1].r2t_sn
+            ),
+            (6144, 3856, 1)
+        );
+        let d = |ttt, sn, off, fin| {
+            Bhs::DataOut(DataOut {
+                final_: fin,
+                lun: 0,
+                itt: 9,
+                ttt,
+                exp_stat_sn: 0,
+                data_sn: sn,
+                buffer_offset: off,
+            })
+        };
         s.handle_pdu(pdu(d(RESERVED_TAG, 0, 1000, true), &[2u8; 1048]), t);
         s.handle_pdu(pdu(d(r2ts[0].ttt, 0, 2048, true), &[3u8; 4096]), t);
         assert!(drain(&mut s).1.is_empty());
         s.handle_pdu(pdu(d(r2ts[1].ttt, 0, 6144, false), &[4u8; 1024]), t);
         s.handle_pdu(pdu(d(r2ts[1].ttt, 1, 7168, true), &[4u8; 2832]), t);
         let (_, acts) = drain(&mut s);
-        let [Action::Execute { itt: 9, cmd }] = &acts[..] else { panic!("{acts:?}") };
+        let [Action::Execute { itt: 9, cmd }] = &acts[..] else {
+            panic!("{acts:?}")
+        };
         assert_eq!(cmd.data_out.len(), 10000);
-        assert_eq!((cmd.data_out[999], cmd.data_out[1000], cmd.data_out[2048], cmd.data_out[9999]), (1, 2, 3, 4));
+        assert_eq!(
+            (
+                cmd.data_out[999],
+                cmd.data_out[1000],
+                cmd.data_out[2048],
+                cmd.data_out[9999]
+            ),
+            (1, 2, 3, 4)
+        );
         // Write residual from the CDB's transfer length.
         s.complete(9, Response::default(), Some(10240));
         let (sent, _) = drain(&mut s);
-        let [Bhs::ScsiResponse(r)] = sent[..] else { panic!() };
+        let [Bhs::ScsiResponse(r)] = sent[..] else {
+            panic!()
+        };
         assert!(r.overflow && r.residual == 240);
     }
 
@@ -1123,12 +1229,21 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(5)));
         s.handle_timeout(t + Duration::from_secs(5));
         let (sent, _) = drain(&mut s);
-        let [Bhs::NopIn(ping)] = sent[..] else { panic!() };
+        let [Bhs::NopIn(ping)] = sent[..] else {
+            panic!()
+        };
         assert_eq!(ping.itt, RESERVED_TAG);
         assert_ne!(ping.ttt, RESERVED_TAG);
         assert_eq!(ping.sns.stat_sn, 100); // a ping does not advance StatSN
-        // Answered: alive.
-        let answer = NopOut { immediate: true, lun: 0, itt: RESERVED_TAG, ttt: ping.ttt, cmd_sn: 10, exp_stat_sn: 100 };
+                                           // Answered: alive.
+        let answer = NopOut {
+            immediate: true,
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt: ping.ttt,
+            cmd_sn: 10,
+            exp_stat_sn: 100,
+        };
         s.handle_pdu(pdu(Bhs::NopOut(answer), &[]), t + Duration::from_secs(6));
         s.handle_timeout(t + Duration::from_secs(9));
         assert!(drain(&mut s).1.is_empty());
@@ -1149,23 +1264,53 @@ mod tests {
         s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
         s.handle_pdu(pdu(cmd(2, 11, 0x28, 512, true, false, true), &[]), t);
         drain(&mut s);
-        let tmf = |itt, f, rtt, sn| Bhs::TmfRequest(TmfRequest { immediate: true, function: f, lun: 0, itt, rtt, cmd_sn: sn, exp_stat_sn: 0, ref_cmd_sn: 10, exp_data_sn: 0 });
+        let tmf = |itt, f, rtt, sn| {
+            Bhs::TmfRequest(TmfRequest {
+                immediate: true,
+                function: f,
+                lun: 0,
+                itt,
+                rtt,
+                cmd_sn: sn,
+                exp_stat_sn: 0,
+                ref_cmd_sn: 10,
+                exp_data_sn: 0,
+            })
+        };
         s.handle_pdu(pdu(tmf(50, 1, 1, 12), &[]), t);
         let (_, acts) = drain(&mut s);
-        assert!(matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 50, .. }] if itts == &vec![1]));
+        assert!(
+            matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 50, .. }] if itts == &vec![1])
+        );
         s.tmf_done(50, TmfOutcome::Complete);
         // A response for the aborted task is dropped.
         s.complete(1, Response::default(), None);
         let (sent, _) = drain(&mut s);
-        assert!(matches!(sent[..], [Bhs::TmfResponse(TmfResponse { response: 0, itt: 50, .. })]));
+        assert!(matches!(
+            sent[..],
+            [Bhs::TmfResponse(TmfResponse {
+                response: 0,
+                itt: 50,
+                ..
+            })]
+        ));
         // ABORT TASK for a task already answered: function complete.
         s.handle_pdu(pdu(tmf(51, 1, 77, 12), &[]), t);
         let (sent, _) = drain(&mut s);
-        assert!(matches!(sent[..], [Bhs::TmfResponse(TmfResponse { response: 0, itt: 51, .. })]));
+        assert!(matches!(
+            sent[..],
+            [Bhs::TmfResponse(TmfResponse {
+                response: 0,
+                itt: 51,
+                ..
+            })]
+        ));
         // LUN RESET aborts what is left.
         s.handle_pdu(pdu(tmf(52, 5, 0, 12), &[]), t);
         let (_, acts) = drain(&mut s);
-        assert!(matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 52, function: TmfFunction::LunReset, .. }] if itts == &vec![2]));
+        assert!(
+            matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 52, function: TmfFunction::LunReset, .. }] if itts == &vec![2])
+        );
         assert_eq!(s.active_tasks(), 0);
     }
 
@@ -1175,12 +1320,34 @@ mod tests {
         let mut s = session(t);
         s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
         drain(&mut s);
-        let lo = LogoutRequest { immediate: true, reason: 0, itt: 9, cid: 0, cmd_sn: 11, exp_stat_sn: 0 };
+        let lo = LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt: 9,
+            cid: 0,
+            cmd_sn: 11,
+            exp_stat_sn: 0,
+        };
         s.handle_pdu(pdu(Bhs::LogoutRequest(lo), &[]), t);
         assert!(drain(&mut s).0.is_empty());
-        s.complete(1, Response { status: 0, sense: None, data_in: Bytes::from(vec![0u8; 512]) }, None);
+        s.complete(
+            1,
+            Response {
+                status: 0,
+                sense: None,
+                data_in: Bytes::from(vec![0u8; 512]),
+            },
+            None,
+        );
         let (sent, acts) = drain(&mut s);
-        assert!(matches!(sent.last(), Some(Bhs::LogoutResponse(LogoutResponse { response: 0, itt: 9, .. }))));
+        assert!(matches!(
+            sent.last(),
+            Some(Bhs::LogoutResponse(LogoutResponse {
+                response: 0,
+                itt: 9,
+                ..
+            }))
+        ));
         assert!(matches!(acts[..], [Action::Close(CloseReason::Logout)]));
     }
 
@@ -1188,12 +1355,29 @@ mod tests {
     fn long_text_responses_continue() {
         let t = Instant::now();
         let targets: Vec<DiscoveryTarget> = (0..40)
-            .map(|i| DiscoveryTarget { name: format!("iqn.2026-01.org.opie:disk{i:03}"), portals: vec![crate::discovery::PortalAddress { address: "10.0.0.1:3260".into(), tpgt: 1 }] })
+            .map(|i| DiscoveryTarget {
+                name: format!("iqn.2026-01.org.opie:disk{i:03}"),
+                portals: vec![crate::discovery::PortalAddress {
+                    address: "10.0.0.1:3260".into(),
+                    tpgt: 1,
+                }],
+            })
             .collect();
         let mut e = est(params());
         e.session_type = SessionType::Discovery;
         let mut s = Session::new(&e, SessionConfig::default(), targets, None, t);
-        let req = |ttt| Bhs::TextRequest(TextRequest { immediate: true, final_: true, cont: false, lun: 0, itt: 3, ttt, cmd_sn: 10, exp_stat_sn: 0 });
+        let req = |ttt| {
+            Bhs::TextRequest(TextRequest {
+                immediate: true,
+                final_: true,
+                cont: false,
+                lun: 0,
+                itt: 3,
+                ttt,
+                cmd_sn: 10,
+                exp_stat_sn: 0,
+            })
+        };
         s.handle_pdu(pdu(req(RESERVED_TAG), b"SendTargets=All\0"), t);
         let mut all = Vec::new();
         loop {
@@ -1202,7 +1386,9 @@ mod tests {
                 if let Action::Send(p) = a {
                     let v = p.to_vec();
                     let raw: [u8; BHS_LEN] = v[..BHS_LEN].try_into().unwrap();
-                    let Bhs::TextResponse(r) = Bhs::decode(&raw).unwrap() else { panic!() };
+                    let Bhs::TextResponse(r) = Bhs::decode(&raw).unwrap() else {
+                        panic!()
+                    };
                     assert!(p.data.len() <= 1024);
                     all.extend_from_slice(&p.data);
                     got = Some(r);
@@ -1217,7 +1403,10 @@ mod tests {
         // SendTargets repeats keys, so count the pairs rather than parse a list.
         let pairs: Vec<&[u8]> = all.split(|c| *c == 0).filter(|p| !p.is_empty()).collect();
         assert_eq!(pairs.len(), 80);
-        assert!(pairs.iter().all(|p| p.starts_with(b"TargetName=iqn.2026-01.org.opie:disk") || *p == b"TargetAddress=10.0.0.1:3260,1"));
+        assert!(pairs
+            .iter()
+            .all(|p| p.starts_with(b"TargetName=iqn.2026-01.org.opie:disk")
+                || *p == b"TargetAddress=10.0.0.1:3260,1"));
     }
 
     proptest! {

@@ -7,16 +7,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use futures_util::future::{AbortHandle, Abortable, Aborted};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
 use super::registry::{ConnContext, Registry};
-use super::writer::{self, Out};
+use super::writer::SendQueue;
 use crate::digest::Digest;
 use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
 use crate::login::{Established, Login, LoginOutcome, SessionType};
@@ -27,7 +32,7 @@ use crate::tmf::TmfOutcome;
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
 async fn read_pdu(
-    rd: &mut OwnedReadHalf,
+    s: &TcpStream,
     buf: &mut BytesMut,
     dec: &Decoder,
 ) -> Result<Option<InPdu>, FrameError> {
@@ -36,9 +41,14 @@ async fn read_pdu(
             return Ok(Some(p));
         }
         reserve(buf, dec);
-        match rd.read_buf(buf).await {
-            Ok(0) | Err(_) => return Ok(None),
+        if s.readable().await.is_err() {
+            return Ok(None);
+        }
+        match s.try_read_buf(buf) {
+            Ok(0) => return Ok(None),
             Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Ok(None),
         }
     }
 }
@@ -60,13 +70,11 @@ pub(super) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(writer::run(wr, rx));
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut out = SendQueue::default();
     let login = tokio::time::timeout(
         reg.cfg.login_timeout,
-        login(&reg, &mut rd, &mut buf, &tx, tpgt),
+        login(&reg, &stream, &mut buf, &mut out, tpgt),
     );
     match login.await {
         Ok(Some(est)) => {
@@ -77,16 +85,16 @@ pub(super) async fn serve(
                 tsih = est.tsih,
                 kind = ?est.session_type,
             );
-            full_feature(&reg, *est, rd, buf, &tx, local, tpgt, stop)
+            full_feature(&reg, *est, &stream, buf, &mut out, local, tpgt, stop)
                 .instrument(span)
                 .await;
         }
         Ok(None) => {}
         Err(_) => tracing::info!("login timed out"),
     }
-    let _ = tx.send(Out::Close);
-    drop(tx);
-    let _ = writer.await;
+    // Whatever is still queued (a final response, a Reject) goes out before
+    // the connection closes, unless the peer stopped reading.
+    let _ = tokio::time::timeout(Duration::from_secs(5), out.flush_all(&stream)).await;
 }
 
 fn hex(b: &[u8]) -> String {
@@ -95,16 +103,16 @@ fn hex(b: &[u8]) -> String {
 
 async fn login(
     reg: &Registry,
-    rd: &mut OwnedReadHalf,
+    s: &TcpStream,
     buf: &mut BytesMut,
-    tx: &mpsc::UnboundedSender<Out>,
+    out: &mut SendQueue,
     tpgt: u16,
 ) -> Option<Box<Established>> {
     let dec = Decoder::new((reg.cfg.limits.max_recv_data_segment_length as usize).max(8192));
     let mut login = Login::new(tpgt, reg.cfg.limits.clone());
     let ctx = ConnContext { reg };
     loop {
-        let pdu = match read_pdu(rd, buf, &dec).await {
+        let pdu = match read_pdu(s, buf, &dec).await {
             Ok(Some(p)) => p,
             Ok(None) => return None,
             Err(e) => {
@@ -118,13 +126,15 @@ async fn login(
             return None;
         };
         let reply = login.handle(&req, &pdu.data, &ctx);
-        let out = OutPdu::new(
+        out.push(OutPdu::new(
             &Bhs::LoginResponse(reply.bhs),
             reply.data,
             Digest::None,
             Digest::None,
-        );
-        let _ = tx.send(Out::Pdu(out));
+        ));
+        if out.flush_all(s).await.is_err() {
+            return None;
+        }
         match reply.outcome {
             LoginOutcome::Continue => {}
             LoginOutcome::Failed => {
@@ -140,8 +150,13 @@ async fn login(
     }
 }
 
+type TaskFuture = Pin<
+    Box<dyn Future<Output = (u32, u64, Result<std::thread::Result<Response>, Aborted>)> + Send>,
+>;
+
+/// SCSI commands executing for this connection, polled by its own task.
 struct Running {
-    set: JoinSet<(u32, u64, Response)>,
+    futs: FuturesUnordered<TaskFuture>,
     handles: HashMap<u32, (u64, AbortHandle, Option<u64>)>,
     generation: u64,
 }
@@ -150,9 +165,9 @@ struct Running {
 async fn full_feature(
     reg: &Registry,
     est: Established,
-    mut rd: OwnedReadHalf,
+    stream: &TcpStream,
     mut buf: BytesMut,
-    tx: &mpsc::UnboundedSender<Out>,
+    out: &mut SendQueue,
     local: SocketAddr,
     tpgt: u16,
     mut stop: watch::Receiver<bool>,
@@ -194,7 +209,7 @@ async fn full_feature(
         max_data: p.recv_data_segment_length as usize,
     };
     let mut run = Running {
-        set: JoinSet::new(),
+        futs: FuturesUnordered::new(),
         handles: HashMap::new(),
         generation: 0,
     };
@@ -202,67 +217,54 @@ async fn full_feature(
     let mut draining = *stop.borrow();
     let mut reading = true;
     let why: String = loop {
-        if let Some(r) = drain(
+        let close = drain(
             &mut session,
-            tx,
+            out,
             &mut run,
             backend.as_ref(),
             &nexus,
             &tmf_tx,
-        ) {
+        );
+        if let Err(e) = out.flush(stream) {
+            break format!("write failed: {e}");
+        }
+        if let Some(r) = close {
             break format!("{r:?}");
         }
-        if draining && run.set.is_empty() {
+        if draining && run.futs.is_empty() {
             break "shutdown".into();
         }
         let deadline = session.poll_timeout();
-        reserve(&mut buf, &dec);
         tokio::select! {
             biased;
             _ = kill.notified() => break "reinstated".into(),
-            r = rd.read_buf(&mut buf), if reading && !draining => match r {
-                Ok(0) | Err(_) => {
-                    break "connection closed by the initiator".into();
+            Some((itt, gen, result)) = run.futs.next(), if !run.futs.is_empty() => {
+                let current = run.handles.get(&itt).is_some_and(|(g, _, _)| *g == gen);
+                match result {
+                    Ok(result) if current => {
+                        let wanted = run.handles.remove(&itt).and_then(|(_, _, w)| w);
+                        let resp = result.unwrap_or_else(|_| {
+                            tracing::error!(itt, "SCSI task panicked");
+                            internal_failure()
+                        });
+                        session.complete(itt, resp, wanted);
+                    }
+                    _ => {}
                 }
-                Ok(_) => {
-                    let now = Instant::now();
-                    loop {
-                        match dec.decode(&mut buf) {
-                            Ok(Some(pdu)) => session.handle_pdu(pdu, now),
-                            Ok(None) => break,
-                            Err(FrameError::TooLong { raw, len, limit }) => {
-                                tracing::warn!(len, limit, "DataSegmentLength over MaxRecvDataSegmentLength");
-                                session.violation(&raw, reject::PROTOCOL_ERROR);
-                                reading = false;
-                                break;
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "unrecoverable framing error");
-                                session.violation(&[0; 48], reject::PROTOCOL_ERROR);
-                                reading = false;
-                                break;
-                            }
-                        }
-                    }
+            }
+            r = stream.writable(), if !out.is_empty() => {
+                if r.is_err() {
+                    break "connection lost".into();
                 }
-            },
-            Some(joined) = run.set.join_next(), if !run.set.is_empty() => {
-                match joined {
-                    Ok((itt, gen, resp)) => {
-                        if run.handles.get(&itt).is_some_and(|(g, _, _)| *g == gen) {
-                            let wanted = run.handles.remove(&itt).and_then(|(_, _, w)| w);
-                            session.complete(itt, resp, wanted);
-                        }
-                    }
-                    Err(e) if e.is_panic() => {
-                        let itt = run.handles.iter().find(|(_, (_, h, _))| h.id() == e.id()).map(|(i, _)| *i);
-                        tracing::error!(?itt, "SCSI task panicked");
-                        if let Some(itt) = itt {
-                            run.handles.remove(&itt);
-                            session.complete(itt, internal_failure(), None);
-                        }
-                    }
-                    Err(_) => {}
+            }
+            r = stream.readable(), if reading && !draining => {
+                if r.is_err() {
+                    break "connection lost".into();
+                }
+                match read_some(stream, &mut buf, &dec, &mut session) {
+                    ReadOutcome::More => {}
+                    ReadOutcome::Closed => break "connection closed by the initiator".into(),
+                    ReadOutcome::Violation => reading = false,
                 }
             }
             Some((itt, o)) = tmf_rx.recv() => session.tmf_done(itt, o),
@@ -271,11 +273,60 @@ async fn full_feature(
         }
     };
     tracing::info!(reason = %why, "session ended");
-    run.set.shutdown().await;
+    for (_, (_, h, _)) in run.handles.drain() {
+        h.abort();
+    }
     if let Some(b) = &backend {
         b.nexus_logout(&nexus);
         reg.detach(&est.key, est.tsih);
     }
+}
+
+enum ReadOutcome {
+    More,
+    Closed,
+    Violation,
+}
+
+/// Reads what the socket has (a bounded number of times) and feeds every
+/// complete PDU to the session.
+fn read_some(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    dec: &Decoder,
+    session: &mut Session,
+) -> ReadOutcome {
+    for _ in 0..4 {
+        reserve(buf, dec);
+        match stream.try_read_buf(buf) {
+            Ok(0) => return ReadOutcome::Closed,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return ReadOutcome::More,
+            Err(_) => return ReadOutcome::Closed,
+        }
+        let now = Instant::now();
+        loop {
+            match dec.decode(buf) {
+                Ok(Some(pdu)) => session.handle_pdu(pdu, now),
+                Ok(None) => break,
+                Err(FrameError::TooLong { raw, len, limit }) => {
+                    tracing::warn!(
+                        len,
+                        limit,
+                        "DataSegmentLength over MaxRecvDataSegmentLength"
+                    );
+                    session.violation(&raw, reject::PROTOCOL_ERROR);
+                    return ReadOutcome::Violation;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unrecoverable framing error");
+                    session.violation(&[0; 48], reject::PROTOCOL_ERROR);
+                    return ReadOutcome::Violation;
+                }
+            }
+        }
+    }
+    ReadOutcome::More
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -300,7 +351,7 @@ fn internal_failure() -> Response {
 
 fn drain(
     session: &mut Session,
-    tx: &mpsc::UnboundedSender<Out>,
+    out: &mut SendQueue,
     run: &mut Running,
     backend: Option<&Arc<ScsiTarget>>,
     nexus: &Nexus,
@@ -309,23 +360,21 @@ fn drain(
     let mut close = None;
     while let Some(a) = session.poll_action() {
         match a {
-            Action::Send(p) => {
-                let _ = tx.send(Out::Pdu(p));
-            }
+            Action::Send(p) => out.push(p),
             Action::Execute { itt, cmd } => {
                 let Some(b) = backend else { continue };
                 let wanted = data_out_blocks(&cmd.cdb).and_then(|n| {
                     b.lu(cmd.lun)
                         .map(|lu| n * u64::from(lu.geometry().block_size))
                 });
-                let fut = b.submit(nexus, cmd);
+                let fut = AssertUnwindSafe(b.submit(nexus, cmd)).catch_unwind();
+                let (handle, reg) = AbortHandle::new_pair();
                 run.generation += 1;
                 let gen = run.generation;
-                let h = run.set.spawn(
-                    async move { (itt, gen, fut.await) }
-                        .instrument(tracing::debug_span!("task", itt)),
-                );
-                run.handles.insert(itt, (gen, h, wanted));
+                let task = Abortable::new(fut, reg).instrument(tracing::debug_span!("task", itt));
+                run.futs
+                    .push(Box::pin(async move { (itt, gen, task.await) }));
+                run.handles.insert(itt, (gen, handle, wanted));
             }
             Action::Abort { itts } => {
                 for i in itts {
