@@ -1,1 +1,23 @@
-//! ATA over Ethernet target (AoE r11). Under construction.
+//! ATA over Ethernet target (AoE revision 11) for the ISU.
+//!
+//! Layers, innermost first:
+//! - [`frame`]: the wire codec (AoE header and the arguments of the four commands);
+//! - [`ata`]: ATA emulation (IDENTIFY DEVICE, status and error registers);
+//! - [`target`]: one shelf.slot target as a sans-I/O state machine (mask list,
+//!   reservations, config string, ATA dispatch), frames in, replies or I/O out;
+//! - [`state`]: the per-target persisted config string;
+//! - [`server`]: raw sockets per interface, batched receive/transmit, device I/O
+//!   off the receive loop; [`AoeServer`] is what `opie isu serve` starts.
+//!
+//! AoE has no authentication: MAC mask lists and reservations are its only
+//! access control, so it is served only on interfaces the admin names.
+
+pub mod ata;
+pub mod frame;
+pub mod initiator;
+pub mod rawsock;
+pub mod server;
+pub mod state;
+pub mod target;
+
+pub use server::{AoeConfig, AoeDisk, AoeDiskConfig, AoeError, AoeServer};

@@ -1,0 +1,60 @@
+#!/bin/sh
+# Runs inside the run-guest VM (started by interop/aoe-guest-test).
+# Targets on the LAN: e1.1 and e1.2 opie (128 MiB each), e2.1 opie masked to another MAC,
+# e3.1 opie reserved by another MAC, e4.1 vblade (128 MiB).
+# AOE_FULL=1 adds mkfs/fsck, the mask and the reservation checks.
+set -eu
+. /rg/lib.sh
+
+# A short dead timeout so the reserved target's I/O fails within the run.
+rg_step "load aoe (aoe_deadsecs=12)"
+modprobe aoe aoe_deadsecs=12
+rg_log "lan0 mtu $(cat /sys/class/net/lan0/mtu)"
+
+rg_step "discover opie e1.1 and vblade e4.1"
+dev=$(rg_aoe_dev 1 1 30) || rg_fail "no /dev/etherd/e1.1 after 30 s"
+vdev=$(rg_aoe_dev 4 1 30) || rg_fail "no /dev/etherd/e4.1 (vblade) after 30 s"
+aoe-stat
+size=$(blockdev --getsize64 "$dev")
+[ "$size" = $((128 << 20)) ] || rg_fail "$dev is $size bytes, want 128 MiB"
+rg_log "$dev is 128 MiB"
+
+rg_step "64 MiB dd write / read back / compare on opie"
+rg_pattern_check "$dev" 64 16 || rg_fail "pattern mismatch on $dev"
+cp /tmp/rg-pattern.bin "$RG_SHARE_DIR/aoe.pattern"
+
+rg_step "dd throughput, 64 MiB O_DIRECT, opie then vblade"
+for d in "$dev:opie" "$vdev:vblade"; do
+  path=${d%%:*} name=${d##*:}
+  w=$(dd if=/tmp/rg-pattern.bin of="$path" bs=1M count=64 oflag=direct conv=fsync,notrunc 2>&1 | tail -1)
+  r=$(dd if="$path" of=/dev/null bs=1M count=64 iflag=direct 2>&1 | tail -1)
+  echo "GUEST_DD $name write: $w"
+  echo "GUEST_DD $name read: $r"
+done
+
+if [ "${AOE_FULL:-0}" = 1 ]; then
+  rg_step "mkfs.ext4 + fsck on opie e1.2 (second slot on the same interface)"
+  fdev=$(rg_aoe_dev 1 2 30) || rg_fail "no /dev/etherd/e1.2"
+  mkfs.ext4 -q -F "$fdev" || rg_fail "mkfs.ext4 failed"
+  modprobe ext4 2>/dev/null || true
+  mkdir -p /mnt/t && mount -t ext4 "$fdev" /mnt/t || rg_fail "mount failed"
+  dd if=/tmp/rg-pattern.bin of=/mnt/t/f bs=1M count=8 status=none
+  umount /mnt/t
+  e2fsck -fn "$fdev" || rg_fail "fsck found errors"
+  rg_log "ext4 clean"
+
+  rg_step "masked target e2.1 stays invisible"
+  for i in 1 2 3 4 5; do aoe-discover; usleep 500000; done
+  if [ -e /dev/etherd/e2.1 ] || aoe-stat | grep -q 'e2\.1'; then
+    rg_fail "e2.1 is visible although our MAC is not on its mask list"
+  fi
+  rg_log "e2.1 not visible (mask list enforced)"
+
+  rg_step "target e3.1 reserved by another MAC: I/O fails"
+  rdev=$(rg_aoe_dev 3 1 30) || rg_fail "e3.1 not discovered (IDENTIFY must be exempt from reservations)"
+  if dd if="$rdev" of=/dev/null bs=4k count=1 iflag=direct 2>/tmp/dd.err; then
+    rg_fail "read from a target reserved by another MAC succeeded"
+  fi
+  rg_log "read failed as it must: $(tail -1 /tmp/dd.err)"
+fi
+rg_log "ALL AoE CHECKS PASSED"

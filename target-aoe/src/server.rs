@@ -1,0 +1,623 @@
+//! The AoE server: one receive thread per interface, one I/O worker per disk.
+//!
+//! Receive threads take frames in batches (`recvmmsg`), run them through every
+//! [`Target`] on the interface, send immediate replies in one `sendmmsg` and hand
+//! I/O to the disk's worker. The worker (a tokio task) drains everything queued
+//! for its disk, applies it in arrival order while merging contiguous reads and
+//! contiguous writes into single device calls, makes writes durable with one
+//! FUA write or one flush per batch, and sends the replies out of the interface
+//! each request came in on. Overlapping writes are applied in arrival order
+//! because a disk's work is never reordered. Tags are never used to dedupe:
+//! the Linux driver retransmits with new tags and repeated writes are harmless.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::ata::AtaStatus;
+use crate::frame::{
+    AoeErrorCode, Frame, Mac, BROADCAST_SHELF, BROADCAST_SLOT, ETH_HEADER_LEN, SECTOR_SIZE,
+};
+use crate::rawsock::{RawSocket, RecvBatch};
+use crate::state;
+use crate::target::{InterfaceInfo, IoOp, IoRequest, Outcome, Reply, Target, TargetSettings};
+
+/// Frames taken per receive call.
+const RX_BATCH: usize = 64;
+/// How often receive threads look at the stop flag.
+const RX_TIMEOUT: Duration = Duration::from_millis(100);
+/// Largest merged device read or write.
+const MAX_MERGE_BYTES: usize = 4 << 20;
+/// Default buffer count advertised in Query Config.
+pub const DEFAULT_BUFFER_COUNT: u16 = 64;
+
+/// The `[aoe]` table of `isu.toml`. AoE is off unless `interfaces` names some.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AoeConfig {
+    /// Interfaces to serve on (every disk is served on each of them).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Shelf (major) address of this ISU.
+    pub shelf: u16,
+    /// Frames each target accepts at once (default 64); sizes the socket buffers.
+    pub buffer_count: Option<u16>,
+    /// Default MAC mask list for every disk (empty: any initiator).
+    #[serde(default)]
+    pub mac_mask: Vec<String>,
+    /// Acknowledge writes before they are durable. Unsafe on power loss: the
+    /// Linux driver never sends FLUSH CACHE.
+    #[serde(default)]
+    pub write_back: bool,
+}
+
+/// The `[disk.aoe]` sub-table of one `[[disk]]` of `isu.toml`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AoeDiskConfig {
+    /// Slot (minor) address of the disk.
+    pub slot: u8,
+    /// MAC mask list replacing `[aoe].mac_mask` for this disk.
+    pub mac_mask: Option<Vec<String>>,
+    /// Initial config string, used while none has been persisted.
+    pub config_string: Option<String>,
+}
+
+/// A disk to serve.
+#[derive(Debug)]
+pub struct AoeDisk {
+    /// Its AoE settings.
+    pub config: AoeDiskConfig,
+    /// The device (512-byte blocks).
+    pub device: SharedDevice,
+    /// Where its config string is persisted.
+    pub state_path: PathBuf,
+}
+
+/// Errors of the AoE server.
+#[derive(Debug, thiserror::Error)]
+pub enum AoeError {
+    /// A setting is invalid.
+    #[error("AoE configuration: {0}")]
+    Config(String),
+    /// An interface could not be opened.
+    #[error("AoE interface {name}: {source}")]
+    Interface {
+        /// Interface name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The persisted state of a disk could not be read.
+    #[error("AoE state file {path}: {source}")]
+    State {
+        /// State file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `start` was called outside a tokio runtime.
+    #[error("AoE server must be started inside a tokio runtime")]
+    NoRuntime,
+    /// A server thread or task died.
+    #[error("AoE server thread failed: {0}")]
+    Thread(String),
+}
+
+struct Disk {
+    name: String,
+    target: Mutex<Target>,
+    device: SharedDevice,
+    state_path: PathBuf,
+}
+
+/// A disk as a receive thread sees it: the target and the way to its worker.
+/// (The worker holds the disk but no sender, so dropping these ends it.)
+#[derive(Clone)]
+struct DiskPort {
+    disk: Arc<Disk>,
+    work: mpsc::UnboundedSender<Vec<Work>>,
+}
+
+impl Disk {
+    fn target(&self) -> MutexGuard<'_, Target> {
+        // A panic while holding the lock cannot leave the target half-updated
+        // in a way that matters more than stopping service; keep serving.
+        self.target.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Work {
+    req: IoRequest,
+    sock: Arc<RawSocket>,
+}
+
+/// A running AoE server.
+pub struct AoeServer {
+    stop: Arc<AtomicBool>,
+    rx: Vec<thread::JoinHandle<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    disks: Vec<DiskPort>,
+}
+
+impl std::fmt::Debug for AoeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AoeServer")
+            .field(
+                "disks",
+                &self.disks.iter().map(|d| &d.disk.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn parse_macs(list: &[String]) -> Result<Vec<Mac>, AoeError> {
+    list.iter()
+        .map(|s| {
+            s.parse::<Mac>()
+                .map_err(|_| AoeError::Config(format!("bad MAC address {s:?} in mac_mask")))
+        })
+        .collect()
+}
+
+/// Bytes a frame of this MTU costs in a socket receive buffer (data rounded
+/// to the allocator's size class plus the skb overhead).
+fn frame_truesize(mtu: usize) -> usize {
+    (mtu + ETH_HEADER_LEN + 64).next_power_of_two() + 1024
+}
+
+impl AoeServer {
+    /// Opens the interfaces and starts serving `disks`. Must run inside a tokio
+    /// runtime (the disk workers are tasks on it). With no interfaces named,
+    /// nothing is served (AoE is off).
+    pub fn start(cfg: &AoeConfig, disks: Vec<AoeDisk>) -> Result<AoeServer, AoeError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| AoeError::NoRuntime)?;
+        if cfg.shelf == BROADCAST_SHELF {
+            return Err(AoeError::Config(
+                "shelf 65535 is the broadcast address".into(),
+            ));
+        }
+        let buffer_count = cfg.buffer_count.unwrap_or(DEFAULT_BUFFER_COUNT);
+        if buffer_count == 0 {
+            return Err(AoeError::Config("buffer_count must be at least 1".into()));
+        }
+        let default_mask = parse_macs(&cfg.mac_mask)?;
+        let mut slots = HashMap::new();
+        let mut built = Vec::new();
+        let mut workers = Vec::new();
+        for d in disks {
+            let slot = d.config.slot;
+            if slot == BROADCAST_SLOT {
+                return Err(AoeError::Config("slot 255 is the broadcast address".into()));
+            }
+            if slots.insert(slot, ()).is_some() {
+                return Err(AoeError::Config(format!("slot {slot} used by two disks")));
+            }
+            let g = d.device.geometry();
+            if g.block_size as usize != SECTOR_SIZE {
+                return Err(AoeError::Config(format!(
+                    "disk e{}.{slot}: AoE needs 512-byte blocks, the device has {}",
+                    cfg.shelf, g.block_size
+                )));
+            }
+            let mask = match &d.config.mac_mask {
+                Some(m) => parse_macs(m)?,
+                None => default_mask.clone(),
+            };
+            let mut config =
+                state::load_config(&d.state_path).map_err(|source| AoeError::State {
+                    path: d.state_path.clone(),
+                    source,
+                })?;
+            if config.is_empty() {
+                if let Some(s) = &d.config.config_string {
+                    config = s.as_bytes().to_vec();
+                }
+            }
+            let settings = TargetSettings {
+                shelf: cfg.shelf,
+                slot,
+                buffer_count,
+                write_back: cfg.write_back,
+                model: "opie AoE disk".into(),
+                sectors: g.num_blocks,
+                identity: d.device.identity().clone(),
+                read_only: d.device.read_only(),
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let disk = Arc::new(Disk {
+                name: format!("e{}.{slot}", cfg.shelf),
+                target: Mutex::new(Target::new(settings, mask, config)),
+                device: d.device,
+                state_path: d.state_path,
+            });
+            workers.push(rt.spawn(worker(disk.clone(), rx)));
+            built.push(DiskPort { disk, work: tx });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut rx_threads = Vec::new();
+        let result = (|| {
+            for name in &cfg.interfaces {
+                // Probe the MTU first: the buffer size depends on it.
+                let probe =
+                    RawSocket::open(name, 0, RX_TIMEOUT).map_err(|source| AoeError::Interface {
+                        name: name.clone(),
+                        source,
+                    })?;
+                let frames = (usize::from(buffer_count) + 1) * built.len().max(1);
+                let want = frames * frame_truesize(probe.mtu());
+                drop(probe);
+                let sock = RawSocket::open(name, want, RX_TIMEOUT).map_err(|source| {
+                    AoeError::Interface {
+                        name: name.clone(),
+                        source,
+                    }
+                })?;
+                let granted = sock.rcvbuf().unwrap_or(0);
+                if granted < want {
+                    warn!(iface = %name, want, granted, "socket receive buffer smaller than the buffer count needs");
+                }
+                let iface = InterfaceInfo {
+                    mac: sock.mac(),
+                    mtu: sock.mtu(),
+                };
+                info!(iface = %name, mac = %iface.mac, mtu = iface.mtu, max_sectors = iface.max_sectors(),
+                      buffer_count, rcvbuf = granted, disks = built.len(), "AoE serving");
+                let sock = Arc::new(sock);
+                let disks = built.clone();
+                let stop = stop.clone();
+                let h = thread::Builder::new()
+                    .name(format!("aoe-rx-{name}"))
+                    .spawn(move || rx_loop(sock, iface, disks, stop))
+                    .map_err(|e| AoeError::Thread(e.to_string()))?;
+                rx_threads.push(h);
+            }
+            Ok(())
+        })();
+        let server = AoeServer {
+            stop,
+            rx: rx_threads,
+            workers,
+            disks: built,
+        };
+        match result {
+            Ok(()) => Ok(server),
+            Err(e) => {
+                server.stop_threads();
+                Err(e)
+            }
+        }
+    }
+
+    fn stop_threads(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops receiving, lets every disk finish the work it has queued, and returns.
+    pub async fn shutdown(self) -> Result<(), AoeError> {
+        self.stop_threads();
+        let rx = self.rx;
+        let joined = tokio::task::spawn_blocking(move || {
+            rx.into_iter().map(|h| h.join().is_ok()).all(|ok| ok)
+        })
+        .await
+        .map_err(|e| AoeError::Thread(e.to_string()))?;
+        // The receive threads held the other senders; dropping ours ends the workers.
+        drop(self.disks);
+        for w in self.workers {
+            w.await.map_err(|e| AoeError::Thread(e.to_string()))?;
+        }
+        if joined {
+            Ok(())
+        } else {
+            Err(AoeError::Thread("a receive thread panicked".into()))
+        }
+    }
+}
+
+/// Logs dropped frames at most once a second per interface, with a count.
+struct DropLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl DropLog {
+    fn note(&mut self, iface: &str, why: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            warn!(
+                iface,
+                suppressed = self.suppressed,
+                "dropped malformed AoE frame: {why}"
+            );
+            self.last = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+fn rx_loop(
+    sock: Arc<RawSocket>,
+    iface: InterfaceInfo,
+    disks: Vec<DiskPort>,
+    stop: Arc<AtomicBool>,
+) {
+    let name = sock.name().to_string();
+    let mut batch = RecvBatch::new(RX_BATCH, iface.mtu);
+    let mut replies: Vec<Reply> = Vec::with_capacity(RX_BATCH);
+    let mut work: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
+    let mut drops = DropLog {
+        last: None,
+        suppressed: 0,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let n = match sock.recv_batch(&mut batch) {
+            Ok(n) => n,
+            Err(e) => {
+                error!(iface = %name, error = %e, "AoE receive failed; interface stops serving");
+                return;
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        for buf in batch.frames() {
+            let frame = match Frame::decode(buf) {
+                Ok(f) => f,
+                Err(e) => {
+                    drops.note(&name, &e);
+                    continue;
+                }
+            };
+            for (i, port) in disks.iter().enumerate() {
+                let disk = &port.disk;
+                let outcome = disk.target().handle(&iface, &frame);
+                match outcome {
+                    Outcome::Reply(r) => replies.push(r),
+                    Outcome::Io(req) => work[i].push(Work {
+                        req,
+                        sock: sock.clone(),
+                    }),
+                    Outcome::Ignore(why) => {
+                        debug!(iface = %name, disk = %disk.name, ?why, tag = frame.header.tag, "no reply")
+                    }
+                }
+            }
+        }
+        if !replies.is_empty() {
+            if let Err(e) = sock.send_batch(replies.iter().map(|r| [&r.head[..], &r.data[..]])) {
+                warn!(iface = %name, error = %e, "AoE send failed");
+            }
+            replies.clear();
+        }
+        for (i, w) in work.iter_mut().enumerate() {
+            if !w.is_empty() && disks[i].work.send(std::mem::take(w)).is_err() {
+                error!(disk = %disks[i].disk.name, "disk worker is gone");
+            }
+        }
+    }
+    debug!(iface = %name, "AoE receive thread stopped");
+}
+
+/// Sends replies grouped by the socket they leave by.
+fn send_replies(out: &mut Vec<(Arc<RawSocket>, Reply)>) {
+    while let Some((sock, _)) = out.first().map(|(s, r)| (s.clone(), r.len())) {
+        let (same, rest): (Vec<_>, Vec<_>) =
+            out.drain(..).partition(|(s, _)| Arc::ptr_eq(s, &sock));
+        *out = rest;
+        if let Err(e) = sock.send_batch(same.iter().map(|(_, r)| [&r.head[..], &r.data[..]])) {
+            warn!(iface = %sock.name(), error = %e, "AoE send failed");
+        }
+    }
+}
+
+async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
+    let mut out: Vec<(Arc<RawSocket>, Reply)> = Vec::new();
+    while let Some(mut batch) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+            if batch.len() >= 4 * RX_BATCH {
+                break;
+            }
+        }
+        run_batch(&disk, batch, &mut out).await;
+        send_replies(&mut out);
+    }
+    debug!(disk = %disk.name, "AoE disk worker stopped");
+}
+
+fn sectors_of(op: &IoOp) -> u64 {
+    match op {
+        IoOp::Read { sectors, .. } => u64::from(*sectors),
+        IoOp::Write { data, .. } => (data.len() / SECTOR_SIZE) as u64,
+        _ => 0,
+    }
+}
+
+fn lba_of(op: &IoOp) -> Option<u64> {
+    match op {
+        IoOp::Read { lba, .. } | IoOp::Write { lba, .. } => Some(*lba),
+        _ => None,
+    }
+}
+
+/// Length of the run of contiguous same-kind requests starting at `batch[0]`.
+fn run_len(batch: &[Work]) -> usize {
+    let Some(first) = batch.first() else { return 0 };
+    let is_read = matches!(first.req.op, IoOp::Read { .. });
+    let Some(mut next) = lba_of(&first.req.op) else {
+        return 1;
+    };
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for w in batch {
+        let same_kind = matches!(w.req.op, IoOp::Read { .. }) == is_read;
+        let contiguous = lba_of(&w.req.op) == Some(next);
+        let len = sectors_of(&w.req.op) as usize * SECTOR_SIZE;
+        if !(same_kind && contiguous) || (n > 0 && bytes + len > MAX_MERGE_BYTES) {
+            break;
+        }
+        if let IoOp::Write { fua, .. } = w.req.op {
+            if let IoOp::Write { fua: f0, .. } = first.req.op {
+                if fua != f0 {
+                    break;
+                }
+            }
+        }
+        next += sectors_of(&w.req.op);
+        bytes += len;
+        n += 1;
+    }
+    n.max(1)
+}
+
+async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>, Reply)>) {
+    let dev = &disk.device;
+    // Write replies wait here until the batch's writes are durable.
+    let mut unsynced: Vec<Work> = Vec::new();
+    let fua_writes = batch
+        .iter()
+        .filter(|w| matches!(w.req.op, IoOp::Write { fua: true, .. }))
+        .count();
+    let mut rest = &batch[..];
+    while !rest.is_empty() {
+        let n = run_len(rest);
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        match &run[0].req.op {
+            IoOp::Read { lba, .. } => {
+                let total: u64 = run.iter().map(|w| sectors_of(&w.req.op)).sum();
+                match dev.read(*lba, total as u32).await {
+                    Ok(data) => {
+                        let mut off = 0;
+                        for w in run {
+                            let len = sectors_of(&w.req.op) as usize * SECTOR_SIZE;
+                            let part = data.slice(off..off + len);
+                            off += len;
+                            out.push((w.sock.clone(), w.req.ctx.ata_done(AtaStatus::OK, part)));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(disk = %disk.name, lba, sectors = total, error = %e, "read failed");
+                        let st = AtaStatus::from_block_error(&e);
+                        for w in run {
+                            out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                        }
+                    }
+                }
+            }
+            IoOp::Write { lba, fua, .. } => {
+                let data = if run.len() == 1 {
+                    match &run[0].req.op {
+                        IoOp::Write { data, .. } => data.clone(),
+                        _ => Bytes::new(),
+                    }
+                } else {
+                    let mut buf = BytesMut::with_capacity(
+                        run.iter()
+                            .map(|w| sectors_of(&w.req.op) as usize * SECTOR_SIZE)
+                            .sum(),
+                    );
+                    for w in run {
+                        if let IoOp::Write { data, .. } = &w.req.op {
+                            buf.extend_from_slice(data);
+                        }
+                    }
+                    buf.freeze()
+                };
+                // A single durable write in the batch goes out as FUA; several
+                // share one flush at the end of the batch (group commit).
+                let flags = if *fua && fua_writes == run.len() {
+                    WriteFlags::FUA
+                } else {
+                    WriteFlags::NONE
+                };
+                match dev.write(*lba, data, flags).await {
+                    Ok(()) if *fua && flags != WriteFlags::FUA => {
+                        unsynced.extend(run.iter().map(|w| Work {
+                            req: w.req.clone(),
+                            sock: w.sock.clone(),
+                        }))
+                    }
+                    Ok(()) => {
+                        for w in run {
+                            out.push((
+                                w.sock.clone(),
+                                w.req.ctx.ata_done(AtaStatus::OK, Bytes::new()),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(disk = %disk.name, lba, error = %e, "write failed");
+                        let st = AtaStatus::from_block_error(&e);
+                        for w in run {
+                            out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                        }
+                    }
+                }
+            }
+            IoOp::Flush => {
+                let st = match dev.flush().await {
+                    Ok(()) => AtaStatus::OK,
+                    Err(e) => {
+                        warn!(disk = %disk.name, error = %e, "flush failed");
+                        AtaStatus::from_block_error(&e)
+                    }
+                };
+                // The flush also covers every write before it.
+                for w in unsynced.drain(..) {
+                    out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                }
+                for w in run {
+                    out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                }
+            }
+            IoOp::SaveConfig { config, previous } => {
+                let path = disk.state_path.clone();
+                let cfg = config.clone();
+                let saved = tokio::task::spawn_blocking(move || state::save_config(&path, &cfg))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                let w = &run[0];
+                match saved {
+                    Ok(()) => out.push((w.sock.clone(), w.req.ctx.config_done())),
+                    Err(e) => {
+                        error!(disk = %disk.name, path = %disk.state_path.display(), error = %e,
+                               "cannot persist config string; change undone");
+                        disk.target().restore_config(previous.clone());
+                        out.push((
+                            w.sock.clone(),
+                            w.req.ctx.error(AoeErrorCode::DeviceUnavailable),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if !unsynced.is_empty() {
+        let st = match dev.flush().await {
+            Ok(()) => AtaStatus::OK,
+            Err(e) => {
+                warn!(disk = %disk.name, error = %e, "flush after writes failed");
+                AtaStatus::from_block_error(&e)
+            }
+        };
+        for w in unsynced {
+            out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+        }
+    }
+}

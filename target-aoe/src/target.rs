@@ -1,0 +1,606 @@
+//! One AoE target (a shelf.slot address in front of a block device), as a
+//! sans-I/O state machine: frames in, replies or I/O requests out.
+//!
+//! The caller (the server, a test, the fuzzer) decodes a frame once with
+//! [`Frame::decode`], hands it to every [`Target`] on the interface, sends the
+//! [`Reply`]s and runs the [`IoRequest`]s against the device, finishing each
+//! with the request's [`ReplyCtx`]. Nothing here touches a socket or a file.
+
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::ata::{identify_page, AtaOp, AtaStatus, IdentifyParams, FIRMWARE_VERSION};
+use crate::frame::{
+    encode_headers, pad_min, AoeErrorCode, AtaArg, Command, ConfigArg, ConfigCommand, Directive,
+    Frame, Header, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, AOE_VERSION, ATA_ARG_LEN,
+    ATA_DATA_OFFSET, BROADCAST_SHELF, BROADCAST_SLOT, CONFIG_ARG_LEN, DIRECTIVE_ADD,
+    DIRECTIVE_DELETE, DIRECTIVE_NOP, ETH_HEADER_LEN, MASK_EDIT, MASK_ERR_BAD_DIRECTIVE,
+    MASK_ERR_FULL, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET, SECTOR_SIZE,
+};
+
+/// Most MACs a mask or reservation list holds (the reply must fit a 1500-byte frame).
+pub const MAX_LIST: usize = 128;
+
+/// The interface a frame arrived on: its MAC and MTU decide replies and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    /// The interface's own MAC (source of replies).
+    pub mac: Mac,
+    /// The interface MTU (payload bytes after the Ethernet header).
+    pub mtu: usize,
+}
+
+impl InterfaceInfo {
+    /// Most sectors one ATA command may carry on this interface: the data plus
+    /// the AoE header and ATA argument must fit the MTU.
+    pub fn max_sectors(&self) -> u8 {
+        let room = self.mtu.saturating_sub(AOE_HEADER_LEN + ATA_ARG_LEN) / SECTOR_SIZE;
+        room.min(255) as u8
+    }
+}
+
+/// Static settings of a target.
+#[derive(Debug, Clone)]
+pub struct TargetSettings {
+    /// Shelf (major) address.
+    pub shelf: u16,
+    /// Slot (minor) address.
+    pub slot: u8,
+    /// Frames the target will queue per initiator, advertised in Query Config.
+    pub buffer_count: u16,
+    /// Acknowledge writes before they are durable (volatile write cache).
+    pub write_back: bool,
+    /// Model string for IDENTIFY DEVICE.
+    pub model: String,
+    /// Capacity in 512-byte sectors.
+    pub sectors: u64,
+    /// Stable identity of the device.
+    pub identity: blockdev::DeviceIdentity,
+    /// Whether the device refuses writes.
+    pub read_only: bool,
+}
+
+/// Why a frame got no reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// The frame is a response (from another target, or our own echo).
+    Response,
+    /// Addressed to another shelf/slot.
+    NotAddressed,
+    /// The source MAC is not on a non-empty mask list.
+    Masked(Mac),
+    /// A Query Config test that did not match (r11: no reply).
+    NoMatch,
+    /// A command other than Query Config sent to a broadcast address.
+    BroadcastNonConfig,
+}
+
+/// A frame to transmit: the bytes of `head` followed by `data` (scatter/gather,
+/// so read data is never copied into a frame buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Ethernet and AoE headers plus the command argument.
+    pub head: Vec<u8>,
+    /// Payload after the argument (read data, IDENTIFY page), possibly empty.
+    pub data: Bytes,
+}
+
+impl Reply {
+    /// Total frame length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.data.len()
+    }
+
+    /// Whether the frame is empty (never true for a built reply).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame as one contiguous buffer (tests, tools).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = self.head.clone();
+        v.extend_from_slice(&self.data);
+        v
+    }
+}
+
+/// Work that needs the device (or the disk) before the reply can be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoOp {
+    /// Read `sectors` sectors at `lba`.
+    Read {
+        /// First sector.
+        lba: u64,
+        /// Number of sectors.
+        sectors: u32,
+    },
+    /// Write `data` at `lba`; with `fua` the reply must wait until it is durable.
+    Write {
+        /// First sector.
+        lba: u64,
+        /// Whole sectors of data.
+        data: Bytes,
+        /// Force unit access (false only in write-back mode).
+        fua: bool,
+    },
+    /// Make every acknowledged write durable.
+    Flush,
+    /// Persist a new config string; on failure call [`Target::restore_config`]
+    /// with `previous` and answer with [`ReplyCtx::error`] (device unavailable).
+    SaveConfig {
+        /// The string now in effect.
+        config: Vec<u8>,
+        /// The string before the change.
+        previous: Vec<u8>,
+    },
+}
+
+/// What the reply to an I/O request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyCtx {
+    to: Mac,
+    from: Mac,
+    header: Header,
+    arg: PendingArg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PendingArg {
+    Ata(AtaArg),
+    Config(ConfigArg),
+}
+
+impl ReplyCtx {
+    /// The request's tag.
+    pub fn tag(&self) -> u32 {
+        self.header.tag
+    }
+
+    /// The initiator's MAC.
+    pub fn initiator(&self) -> Mac {
+        self.to
+    }
+
+    /// Completes an ATA command with `status` and optional read data.
+    pub fn ata_done(&self, status: AtaStatus, data: Bytes) -> Reply {
+        match &self.arg {
+            PendingArg::Ata(a) => ata_reply(self.to, self.from, &self.header, a, status, data),
+            PendingArg::Config(c) => config_reply(self.to, self.from, &self.header, c),
+        }
+    }
+
+    /// Completes a config change successfully.
+    pub fn config_done(&self) -> Reply {
+        self.ata_done(AtaStatus::OK, Bytes::new())
+    }
+
+    /// Answers the request with an AoE error.
+    pub fn error(&self, code: AoeErrorCode) -> Reply {
+        error_reply(self.to, self.from, &self.header, code)
+    }
+}
+
+/// A request that needs I/O, with what its reply needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoRequest {
+    /// The work.
+    pub op: IoOp,
+    /// How to answer once it is done.
+    pub ctx: ReplyCtx,
+}
+
+/// Result of handing a frame to a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// No reply, for the given reason.
+    Ignore(Ignored),
+    /// Send this reply now.
+    Reply(Reply),
+    /// Run this I/O, then reply.
+    Io(IoRequest),
+}
+
+/// One AoE target: its addresses, config string, mask and reservation lists.
+#[derive(Debug, Clone)]
+pub struct Target {
+    settings: TargetSettings,
+    config: Vec<u8>,
+    mask: Vec<Mac>,
+    reservations: Vec<Mac>,
+}
+
+fn error_reply(to: Mac, from: Mac, req: &Header, code: AoeErrorCode) -> Reply {
+    let mut head = Vec::with_capacity(64);
+    encode_headers(&mut head, to, from, &req.error_response(code));
+    pad_min(&mut head);
+    Reply {
+        head,
+        data: Bytes::new(),
+    }
+}
+
+fn ata_reply(to: Mac, from: Mac, req: &Header, arg: &AtaArg, st: AtaStatus, data: Bytes) -> Reply {
+    let mut head = Vec::with_capacity(ATA_DATA_OFFSET);
+    encode_headers(&mut head, to, from, &req.response());
+    let resp = AtaArg {
+        err_feature: st.error,
+        cmd_status: st.status,
+        ..*arg
+    };
+    resp.encode(&mut head);
+    if data.is_empty() {
+        pad_min(&mut head);
+    }
+    Reply { head, data }
+}
+
+fn config_reply(to: Mac, from: Mac, req: &Header, arg: &ConfigArg) -> Reply {
+    let mut head =
+        Vec::with_capacity(ETH_HEADER_LEN + AOE_HEADER_LEN + CONFIG_ARG_LEN + arg.config.len());
+    encode_headers(&mut head, to, from, &req.response());
+    arg.encode(&mut head);
+    pad_min(&mut head);
+    Reply {
+        head,
+        data: Bytes::new(),
+    }
+}
+
+impl Target {
+    /// A target with the given settings, initial mask list and persisted config string.
+    pub fn new(settings: TargetSettings, mask: Vec<Mac>, config: Vec<u8>) -> Target {
+        let mut mask = mask;
+        mask.sort();
+        mask.dedup();
+        mask.truncate(MAX_LIST);
+        let mut config = config;
+        config.truncate(crate::frame::MAX_CONFIG_STRING);
+        Target {
+            settings,
+            config,
+            mask,
+            reservations: Vec::new(),
+        }
+    }
+
+    /// The static settings.
+    pub fn settings(&self) -> &TargetSettings {
+        &self.settings
+    }
+
+    /// The current config string.
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// The current MAC mask list (empty: everyone may talk to the target).
+    pub fn mask(&self) -> &[Mac] {
+        &self.mask
+    }
+
+    /// The current reservation list (empty: not reserved).
+    pub fn reservations(&self) -> &[Mac] {
+        &self.reservations
+    }
+
+    /// Undoes a config change whose persistence failed.
+    pub fn restore_config(&mut self, previous: Vec<u8>) {
+        self.config = previous;
+    }
+
+    fn addressed(&self, h: &Header) -> (bool, bool) {
+        let bshelf = h.shelf == BROADCAST_SHELF;
+        let bslot = h.slot == BROADCAST_SLOT;
+        let hit =
+            (bshelf || h.shelf == self.settings.shelf) && (bslot || h.slot == self.settings.slot);
+        (hit, bshelf || bslot)
+    }
+
+    fn reserved_against(&self, src: Mac) -> bool {
+        !self.reservations.is_empty() && !self.reservations.contains(&src)
+    }
+
+    /// Handles one decoded frame that arrived on `iface`.
+    pub fn handle(&mut self, iface: &InterfaceInfo, f: &Frame<'_>) -> Outcome {
+        let h = &f.header;
+        if h.is_response() {
+            return Outcome::Ignore(Ignored::Response);
+        }
+        let (hit, broadcast) = self.addressed(h);
+        if !hit {
+            return Outcome::Ignore(Ignored::NotAddressed);
+        }
+        if !self.mask.is_empty() && !self.mask.contains(&f.src) {
+            return Outcome::Ignore(Ignored::Masked(f.src));
+        }
+        // Replies carry our real address, never the broadcast one.
+        let mut reply_header = *h;
+        reply_header.shelf = self.settings.shelf;
+        reply_header.slot = self.settings.slot;
+        let (to, from) = (f.src, iface.mac);
+        if h.version != AOE_VERSION {
+            return Outcome::Reply(error_reply(
+                to,
+                from,
+                &reply_header,
+                AoeErrorCode::UnsupportedVersion,
+            ));
+        }
+        if broadcast && h.command != Command::QueryConfig {
+            return Outcome::Ignore(Ignored::BroadcastNonConfig);
+        }
+        let err = |code| Outcome::Reply(error_reply(to, from, &reply_header, code));
+        match h.command {
+            Command::Ata => match AtaArg::decode(f.payload) {
+                Ok((arg, data)) => self.ata(iface, to, from, &reply_header, arg, data),
+                Err(e) => {
+                    debug!(%to, error = %e, "bad ATA argument");
+                    err(AoeErrorCode::BadArgument)
+                }
+            },
+            Command::QueryConfig => match ConfigArg::decode(f.payload) {
+                Ok(arg) => self.query_config(iface, to, from, &reply_header, arg),
+                Err(e) => {
+                    debug!(%to, error = %e, "bad Query Config argument");
+                    err(AoeErrorCode::BadArgument)
+                }
+            },
+            Command::MacMask => match MaskArg::decode(f.payload) {
+                Ok(arg) => self.mac_mask(to, from, &reply_header, arg),
+                Err(e) => {
+                    debug!(%to, error = %e, "bad MAC Mask List argument");
+                    err(AoeErrorCode::BadArgument)
+                }
+            },
+            Command::ReserveRelease => match ReserveArg::decode(f.payload) {
+                Ok(arg) => self.reserve(to, from, &reply_header, arg),
+                Err(e) => {
+                    debug!(%to, error = %e, "bad Reserve/Release argument");
+                    err(AoeErrorCode::BadArgument)
+                }
+            },
+            Command::Other(c) => {
+                debug!(%to, command = c, "unrecognized AoE command");
+                err(AoeErrorCode::UnrecognizedCommand)
+            }
+        }
+    }
+
+    fn ata(
+        &mut self,
+        iface: &InterfaceInfo,
+        to: Mac,
+        from: Mac,
+        h: &Header,
+        arg: AtaArg,
+        data: &[u8],
+    ) -> Outcome {
+        let op = AtaOp::classify(&arg);
+        if op != AtaOp::Identify && self.reserved_against(to) {
+            return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::TargetReserved));
+        }
+        let done =
+            |st: AtaStatus, data: Bytes| Outcome::Reply(ata_reply(to, from, h, &arg, st, data));
+        let ctx = || ReplyCtx {
+            to,
+            from,
+            header: *h,
+            arg: PendingArg::Ata(arg),
+        };
+        let max = u32::from(iface.max_sectors());
+        let s = &self.settings;
+        match op {
+            AtaOp::Identify => {
+                let page = identify_page(&IdentifyParams {
+                    sectors: s.sectors,
+                    identity: &s.identity,
+                    model: &s.model,
+                    write_cache: s.write_back,
+                });
+                done(AtaStatus::OK, Bytes::copy_from_slice(&page))
+            }
+            AtaOp::Read { lba, sectors } | AtaOp::Write { lba, sectors } if sectors > max => {
+                debug!(%to, lba, sectors, max, "ATA transfer larger than a frame");
+                Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument))
+            }
+            AtaOp::Read { lba, sectors } | AtaOp::Write { lba, sectors }
+                if lba
+                    .checked_add(u64::from(sectors))
+                    .is_none_or(|end| end > s.sectors) =>
+            {
+                done(AtaStatus::ID_NOT_FOUND, Bytes::new())
+            }
+            AtaOp::Read { lba, sectors } => Outcome::Io(IoRequest {
+                op: IoOp::Read { lba, sectors },
+                ctx: ctx(),
+            }),
+            AtaOp::Write { lba, sectors } => {
+                let len = sectors as usize * SECTOR_SIZE;
+                let Some(payload) = data.get(..len) else {
+                    debug!(%to, lba, sectors, got = data.len(), "write frame shorter than its sector count");
+                    return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
+                };
+                if s.read_only {
+                    return done(AtaStatus::ABORTED, Bytes::new());
+                }
+                Outcome::Io(IoRequest {
+                    op: IoOp::Write {
+                        lba,
+                        data: Bytes::copy_from_slice(payload),
+                        fua: !s.write_back,
+                    },
+                    ctx: ctx(),
+                })
+            }
+            AtaOp::Flush => Outcome::Io(IoRequest {
+                op: IoOp::Flush,
+                ctx: ctx(),
+            }),
+            AtaOp::CheckPower => {
+                // Sector count 0xFF: active or idle.
+                let arg = AtaArg {
+                    sector_count: 0xFF,
+                    ..arg
+                };
+                Outcome::Reply(ata_reply(to, from, h, &arg, AtaStatus::OK, Bytes::new()))
+            }
+            AtaOp::Unsupported(cmd) => {
+                debug!(%to, cmd, "unsupported ATA command aborted");
+                done(AtaStatus::ABORTED, Bytes::new())
+            }
+        }
+    }
+
+    fn query_config(
+        &mut self,
+        iface: &InterfaceInfo,
+        to: Mac,
+        from: Mac,
+        h: &Header,
+        arg: ConfigArg,
+    ) -> Outcome {
+        let reply_arg = |ccmd, config: &[u8]| ConfigArg {
+            buffer_count: self.settings.buffer_count,
+            firmware: FIRMWARE_VERSION,
+            max_sectors: iface.max_sectors(),
+            aoe_version: AOE_VERSION,
+            ccmd,
+            config: config.to_vec(),
+        };
+        let reply = |a: &ConfigArg| Outcome::Reply(config_reply(to, from, h, a));
+        match arg.ccmd {
+            ConfigCommand::Read => reply(&reply_arg(arg.ccmd, &self.config)),
+            ConfigCommand::TestExact if arg.config == self.config => {
+                reply(&reply_arg(arg.ccmd, &self.config))
+            }
+            ConfigCommand::TestPrefix if self.config.starts_with(&arg.config) => {
+                reply(&reply_arg(arg.ccmd, &self.config))
+            }
+            ConfigCommand::TestExact | ConfigCommand::TestPrefix => {
+                Outcome::Ignore(Ignored::NoMatch)
+            }
+            ConfigCommand::SetIfEmpty | ConfigCommand::ForceSet => {
+                if self.reserved_against(to) {
+                    return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::TargetReserved));
+                }
+                if arg.ccmd == ConfigCommand::SetIfEmpty && !self.config.is_empty() {
+                    return Outcome::Reply(error_reply(
+                        to,
+                        from,
+                        h,
+                        AoeErrorCode::ConfigStringPresent,
+                    ));
+                }
+                let previous = std::mem::replace(&mut self.config, arg.config);
+                Outcome::Io(IoRequest {
+                    op: IoOp::SaveConfig {
+                        config: self.config.clone(),
+                        previous,
+                    },
+                    ctx: ReplyCtx {
+                        to,
+                        from,
+                        header: *h,
+                        arg: PendingArg::Config(reply_arg(arg.ccmd, &self.config)),
+                    },
+                })
+            }
+            ConfigCommand::Other(c) => {
+                debug!(%to, ccmd = c, "unknown Query Config sub-command");
+                Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument))
+            }
+        }
+    }
+
+    fn mask_list_reply(&self, mcmd: u8, merror: u8) -> MaskArg {
+        MaskArg {
+            mcmd,
+            merror,
+            directives: self
+                .mask
+                .iter()
+                .map(|m| Directive {
+                    dcmd: DIRECTIVE_NOP,
+                    mac: *m,
+                })
+                .collect(),
+        }
+    }
+
+    fn mac_mask(&mut self, to: Mac, from: Mac, h: &Header, arg: MaskArg) -> Outcome {
+        let mut merror = 0;
+        match arg.mcmd {
+            MASK_READ => {}
+            MASK_EDIT => {
+                if self.reserved_against(to) {
+                    return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::TargetReserved));
+                }
+                for d in &arg.directives {
+                    match d.dcmd {
+                        DIRECTIVE_NOP => {}
+                        DIRECTIVE_ADD if self.mask.contains(&d.mac) => {}
+                        DIRECTIVE_ADD if self.mask.len() >= MAX_LIST => {
+                            merror = MASK_ERR_FULL;
+                            break;
+                        }
+                        DIRECTIVE_ADD => {
+                            self.mask.push(d.mac);
+                            self.mask.sort();
+                        }
+                        DIRECTIVE_DELETE => self.mask.retain(|m| *m != d.mac),
+                        _ => {
+                            merror = MASK_ERR_BAD_DIRECTIVE;
+                            break;
+                        }
+                    }
+                }
+            }
+            other => {
+                debug!(%to, mcmd = other, "unknown MAC Mask List sub-command");
+                return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
+            }
+        }
+        let mut head = Vec::new();
+        encode_headers(&mut head, to, from, &h.response());
+        self.mask_list_reply(arg.mcmd, merror).encode(&mut head);
+        pad_min(&mut head);
+        Outcome::Reply(Reply {
+            head,
+            data: Bytes::new(),
+        })
+    }
+
+    fn reserve(&mut self, to: Mac, from: Mac, h: &Header, arg: ReserveArg) -> Outcome {
+        match arg.rcmd {
+            RESERVE_READ => {}
+            RESERVE_SET | RESERVE_FORCE => {
+                if arg.rcmd == RESERVE_SET && self.reserved_against(to) {
+                    return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::TargetReserved));
+                }
+                if arg.macs.len() > MAX_LIST {
+                    return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
+                }
+                let mut macs = arg.macs;
+                macs.sort();
+                macs.dedup();
+                self.reservations = macs;
+            }
+            other => {
+                debug!(%to, rcmd = other, "unknown Reserve/Release sub-command");
+                return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
+            }
+        }
+        let mut head = Vec::new();
+        encode_headers(&mut head, to, from, &h.response());
+        ReserveArg {
+            rcmd: arg.rcmd,
+            macs: self.reservations.clone(),
+        }
+        .encode(&mut head);
+        pad_min(&mut head);
+        Outcome::Reply(Reply {
+            head,
+            data: Bytes::new(),
+        })
+    }
+}

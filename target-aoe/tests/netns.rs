@@ -1,0 +1,724 @@
+//! Integration tests: the AoE server on veth interfaces in a private network
+//! namespace, driven by the codec-based test initiator. They need root (network
+//! namespaces); without it they print why and skip.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command as Cmd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blockdev::file::{FileDevice, FileOptions};
+use blockdev::DeviceIdentity;
+use target_aoe::ata::{self, AtaStatus};
+use target_aoe::frame::{
+    AtaArg, Command, ConfigArg, ConfigCommand, Directive, Mac, MaskArg, ReserveArg, AFLAG_EXTENDED,
+    AFLAG_WRITE, BROADCAST_SHELF, BROADCAST_SLOT, DIRECTIVE_ADD, DIRECTIVE_DELETE, FLAG_ERROR,
+    MASK_EDIT, MASK_ERR_BAD_DIRECTIVE, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET,
+};
+use target_aoe::initiator::{self, Client, Response};
+use target_aoe::{AoeConfig, AoeDisk, AoeDiskConfig, AoeServer};
+
+const WAIT: Duration = Duration::from_millis(800);
+const SILENCE: Duration = Duration::from_millis(300);
+const SHELF: u16 = 7;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ip(args: &[&str]) {
+    let st = Cmd::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// A network namespace with bridges and veth ports, removed on drop. The
+/// creating thread is moved into it (sockets it opens live there).
+struct Lab {
+    ns: String,
+    mtu: u32,
+}
+
+impl Lab {
+    fn new(tag: &str, mtu: u32) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("SKIP: AoE netns tests need root (network namespaces and raw sockets)");
+            return None;
+        }
+        let ns = format!("aoet-{tag}-{}", std::process::id());
+        let _ = Cmd::new("ip").args(["netns", "del", &ns]).status();
+        ip(&["netns", "add", &ns]);
+        let lab = Lab { ns, mtu };
+        let f = File::open(format!("/run/netns/{}", lab.ns)).expect("open netns");
+        // SAFETY: f is an open netns descriptor; setns only changes this thread's namespace.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        ip(&["link", "set", "lo", "up"]);
+        Some(lab)
+    }
+
+    fn bridge(&self, br: &str) {
+        ip(&["link", "add", br, "type", "bridge"]);
+        ip(&["link", "set", br, "mtu", &self.mtu.to_string(), "up"]);
+    }
+
+    /// A veth port `name` whose peer is attached to `br`.
+    fn port(&self, name: &str, br: &str) {
+        let peer = format!("{name}p");
+        ip(&[
+            "link",
+            "add",
+            name,
+            "mtu",
+            &self.mtu.to_string(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "mtu",
+            &self.mtu.to_string(),
+        ]);
+        ip(&["link", "set", &peer, "master", br, "up"]);
+        ip(&["link", "set", name, "up"]);
+        // Keep IPv6 chatter off the segment.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Cmd::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn disk(dir: &Path, name: &str, mib: u64, slot: u8) -> AoeDisk {
+    let path = dir.join(name);
+    let dev = FileDevice::open(
+        &path,
+        &FileOptions {
+            create_size: Some(mib << 20),
+            ..FileOptions::default()
+        },
+        DeviceIdentity::from_name(name),
+    )
+    .expect("backing file");
+    AoeDisk {
+        config: AoeDiskConfig {
+            slot,
+            mac_mask: None,
+            config_string: None,
+        },
+        device: Arc::new(dev),
+        state_path: dir.join(format!("{name}.config")),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn cfg(ifaces: &[&str]) -> AoeConfig {
+    AoeConfig {
+        interfaces: ifaces.iter().map(|s| s.to_string()).collect(),
+        shelf: SHELF,
+        buffer_count: Some(16),
+        mac_mask: vec![],
+        write_back: false,
+    }
+}
+
+fn ata_req(cmd: u8, lba: u64, count: u8, ext: bool, write: bool) -> Vec<u8> {
+    let mut a = AtaArg {
+        aflags: if ext { AFLAG_EXTENDED } else { 0 } | if write { AFLAG_WRITE } else { 0 },
+        sector_count: count,
+        cmd_status: cmd,
+        ..AtaArg::default()
+    };
+    a.set_lba(lba);
+    initiator::ata_arg(&a)
+}
+
+fn ata_resp(r: &Response) -> (AtaArg, Vec<u8>) {
+    let f = r.frame();
+    assert_eq!(
+        f.header.flags & FLAG_ERROR,
+        0,
+        "unexpected AoE error {}",
+        f.header.error
+    );
+    let (a, data) = AtaArg::decode(f.payload).unwrap();
+    (a, data.to_vec())
+}
+
+fn aoe_error(r: &Option<Response>) -> u8 {
+    let f = r.as_ref().expect("a reply").frame();
+    assert_ne!(f.header.flags & FLAG_ERROR, 0, "expected an error reply");
+    f.header.error
+}
+
+struct Peer {
+    c: Client,
+    target: Mac,
+    slot: u8,
+}
+
+impl Peer {
+    fn ata(&mut self, arg: &[u8], data: &[u8]) -> Option<Response> {
+        self.c
+            .call(self.target, SHELF, self.slot, Command::Ata, arg, data, WAIT)
+            .unwrap()
+    }
+    fn read(&mut self, lba: u64, n: u8) -> (AtaArg, Vec<u8>) {
+        let r = self
+            .ata(&ata_req(ata::CMD_READ_EXT, lba, n, true, false), &[])
+            .expect("read reply");
+        ata_resp(&r)
+    }
+    fn write(&mut self, lba: u64, data: &[u8]) -> AtaArg {
+        let n = (data.len() / 512) as u8;
+        let r = self
+            .ata(&ata_req(ata::CMD_WRITE_EXT, lba, n, true, true), data)
+            .expect("write reply");
+        ata_resp(&r).0
+    }
+    fn cfg(&mut self, ccmd: ConfigCommand, s: &[u8]) -> Option<Response> {
+        self.c
+            .call(
+                self.target,
+                SHELF,
+                self.slot,
+                Command::QueryConfig,
+                &initiator::config_arg(ccmd, s),
+                &[],
+                WAIT,
+            )
+            .unwrap()
+    }
+    fn mask(&mut self, m: &MaskArg) -> Option<Response> {
+        self.c
+            .call(
+                self.target,
+                SHELF,
+                self.slot,
+                Command::MacMask,
+                &initiator::mask_arg(m),
+                &[],
+                WAIT,
+            )
+            .unwrap()
+    }
+    fn reserve(&mut self, rcmd: u8, macs: Vec<Mac>) -> Option<Response> {
+        self.c
+            .call(
+                self.target,
+                SHELF,
+                self.slot,
+                Command::ReserveRelease,
+                &initiator::reserve_arg(&ReserveArg { rcmd, macs }),
+                &[],
+                WAIT,
+            )
+            .unwrap()
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn discover(c: &mut Client) -> Vec<(Mac, u8, ConfigArg)> {
+    let tag = c.tag();
+    let f = initiator::request(
+        Mac::BROADCAST,
+        c.mac(),
+        BROADCAST_SHELF,
+        BROADCAST_SLOT,
+        Command::QueryConfig,
+        tag,
+        &initiator::config_arg(ConfigCommand::Read, b""),
+        &[],
+    );
+    c.send_raw(&f).unwrap();
+    let mut got: Vec<_> = c
+        .collect(tag, WAIT)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let f = r.frame();
+            (f.src, f.header.slot, ConfigArg::decode(f.payload).unwrap())
+        })
+        .collect();
+    got.sort_by_key(|g| g.1);
+    got
+}
+
+#[test]
+fn commands_config_mask_and_reservations() {
+    let Some(lab) = Lab::new("cmd", 1500) else {
+        return;
+    };
+    lab.bridge("br0");
+    for p in ["tgt", "c1", "c2"] {
+        lab.port(p, "br0");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let disks = vec![disk(dir.path(), "d1", 8, 1), disk(dir.path(), "d2", 4, 2)];
+    let server = rt
+        .block_on(async { AoeServer::start(&cfg(&["tgt"]), disks) })
+        .unwrap();
+
+    // Broadcast discovery: both disks answer with honest limits.
+    let mut c1 = Client::open("c1").unwrap();
+    let found = discover(&mut c1);
+    assert_eq!(found.len(), 2, "{found:?}");
+    let target = found[0].0;
+    for (i, (mac, slot, arg)) in found.iter().enumerate() {
+        assert_eq!(*mac, target);
+        assert_eq!(*slot, i as u8 + 1);
+        assert_eq!(arg.buffer_count, 16);
+        assert_eq!(arg.max_sectors, 2, "(1500 - 22) / 512");
+        assert_eq!(arg.aoe_version, 1);
+    }
+    let mut p1 = Peer {
+        c: c1,
+        target,
+        slot: 1,
+    };
+    let mut p2 = Peer {
+        c: Client::open("c2").unwrap(),
+        target,
+        slot: 1,
+    };
+
+    // IDENTIFY: capacity, LBA48, serial from the identity.
+    let (a, page) = ata_resp(
+        &p1.ata(&ata_req(ata::CMD_IDENTIFY, 0, 1, false, false), &[])
+            .unwrap(),
+    );
+    assert_eq!(a.cmd_status, ata::STATUS_DRDY);
+    assert_eq!(page.len(), 512);
+    let w = |i: usize| u16::from_le_bytes([page[2 * i], page[2 * i + 1]]);
+    let sectors = (8u64 << 20) / 512;
+    assert_eq!(u64::from(w(60)) | u64::from(w(61)) << 16, sectors);
+    assert_eq!(
+        (0..4).fold(0u64, |s, i| s | u64::from(w(100 + i)) << (16 * i)),
+        sectors
+    );
+    assert_ne!(w(83) & 0x400, 0);
+    let serial: Vec<u8> = (10..20).flat_map(|i| w(i).to_be_bytes()).collect();
+    assert_eq!(
+        String::from_utf8(serial).unwrap().trim(),
+        DeviceIdentity::from_name("d1").serial
+    );
+
+    // READ/WRITE in every form, and the data lands in the file.
+    let data = pattern(1, 1024);
+    assert_eq!(p1.write(100, &data).cmd_status, ata::STATUS_DRDY);
+    assert_eq!(p1.read(100, 2).1, data);
+    let on_disk = std::fs::read(dir.path().join("d1")).unwrap();
+    assert_eq!(&on_disk[100 * 512..102 * 512], &data[..]);
+    for (wcmd, rcmd, ext) in [
+        (ata::CMD_WRITE, ata::CMD_READ, false),
+        (ata::CMD_WRITE_DMA, ata::CMD_READ_DMA, false),
+        (ata::CMD_WRITE_DMA_EXT, ata::CMD_READ_DMA_EXT, true),
+    ] {
+        let d = pattern(wcmd, 512);
+        let r = p1
+            .ata(&ata_req(wcmd, 200 + u64::from(wcmd), 1, ext, true), &d)
+            .unwrap();
+        assert_eq!(ata_resp(&r).0.cmd_status, ata::STATUS_DRDY);
+        let r = p1
+            .ata(&ata_req(rcmd, 200 + u64::from(wcmd), 1, ext, false), &[])
+            .unwrap();
+        assert_eq!(ata_resp(&r).1, d, "command {rcmd:#x}");
+    }
+    // Out of range: ATA error IDNF; unsupported: ABRT; flush and power mode succeed.
+    let (a, _) = ata_resp(
+        &p1.ata(
+            &ata_req(ata::CMD_READ_EXT, sectors - 1, 2, true, false),
+            &[],
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        (a.cmd_status, a.err_feature),
+        (AtaStatus::ID_NOT_FOUND.status, ata::ERR_IDNF)
+    );
+    let (a, _) = ata_resp(
+        &p1.ata(
+            &ata_req(ata::CMD_WRITE_EXT, sectors, 1, true, true),
+            &[0; 512],
+        )
+        .unwrap(),
+    );
+    assert_eq!(a.err_feature, ata::ERR_IDNF);
+    let (a, _) = ata_resp(&p1.ata(&ata_req(0xB0, 0, 1, false, false), &[]).unwrap());
+    assert_eq!(
+        (a.cmd_status, a.err_feature),
+        (ata::STATUS_DRDY | ata::STATUS_ERR, ata::ERR_ABRT)
+    );
+    let (a, _) = ata_resp(
+        &p1.ata(&ata_req(ata::CMD_FLUSH_EXT, 0, 0, true, false), &[])
+            .unwrap(),
+    );
+    assert_eq!(a.cmd_status, ata::STATUS_DRDY);
+    let (a, _) = ata_resp(
+        &p1.ata(&ata_req(ata::CMD_CHECK_POWER, 0, 0, false, false), &[])
+            .unwrap(),
+    );
+    assert_eq!((a.cmd_status, a.sector_count), (ata::STATUS_DRDY, 0xFF));
+    // More sectors than a frame holds, short write data: AoE bad argument.
+    assert_eq!(
+        aoe_error(&p1.ata(&ata_req(ata::CMD_READ_EXT, 0, 3, true, false), &[])),
+        2
+    );
+    assert_eq!(
+        aoe_error(&p1.ata(&ata_req(ata::CMD_WRITE_EXT, 0, 2, true, true), &[0; 600])),
+        2
+    );
+    // Unknown command and unsupported version.
+    assert_eq!(
+        aoe_error(
+            &p1.c
+                .call(target, SHELF, 1, Command::Other(9), &[], &[], WAIT)
+                .unwrap()
+        ),
+        1
+    );
+    let tag = p1.c.tag();
+    let mut f = initiator::request(
+        target,
+        p1.c.mac(),
+        SHELF,
+        1,
+        Command::QueryConfig,
+        tag,
+        &initiator::config_arg(ConfigCommand::Read, b""),
+        &[],
+    );
+    f[14] = 0x20;
+    p1.c.send_raw(&f).unwrap();
+    assert_eq!(aoe_error(&p1.c.wait_for(tag, WAIT).unwrap()), 5);
+
+    // Query Config: all five sub-commands; the string is persisted.
+    let cs = |r: &Option<Response>| {
+        ConfigArg::decode(r.as_ref().expect("config reply").frame().payload)
+            .unwrap()
+            .config
+    };
+    assert_eq!(cs(&p1.cfg(ConfigCommand::Read, b"")), b"");
+    assert_eq!(
+        cs(&p1.cfg(ConfigCommand::SetIfEmpty, b"host=alpha")),
+        b"host=alpha"
+    );
+    assert_eq!(
+        aoe_error(&p1.cfg(ConfigCommand::SetIfEmpty, b"host=beta")),
+        4
+    );
+    assert_eq!(
+        cs(&p1.cfg(ConfigCommand::TestExact, b"host=alpha")),
+        b"host=alpha"
+    );
+    assert!(
+        p1.cfg(ConfigCommand::TestExact, b"host=alp").is_none(),
+        "no reply on mismatch"
+    );
+    assert_eq!(
+        cs(&p1.cfg(ConfigCommand::TestPrefix, b"host=")),
+        b"host=alpha"
+    );
+    assert!(p1.cfg(ConfigCommand::TestPrefix, b"host=b").is_none());
+    assert_eq!(
+        cs(&p1.cfg(ConfigCommand::ForceSet, b"host=gamma")),
+        b"host=gamma"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("d1.config")).unwrap(),
+        b"host=gamma"
+    );
+    assert_eq!(aoe_error(&p1.cfg(ConfigCommand::Other(7), b"")), 2);
+
+    // MAC mask list: read, add c1 (c2 is then ignored on every command), bad directive, delete.
+    let list = |r: &Option<Response>| {
+        MaskArg::decode(r.as_ref().expect("mask reply").frame().payload).unwrap()
+    };
+    assert!(list(&p1.mask(&MaskArg {
+        mcmd: MASK_READ,
+        merror: 0,
+        directives: vec![]
+    }))
+    .directives
+    .is_empty());
+    let me = p1.c.mac();
+    let r = list(&p1.mask(&MaskArg {
+        mcmd: MASK_EDIT,
+        merror: 0,
+        directives: vec![Directive {
+            dcmd: DIRECTIVE_ADD,
+            mac: me,
+        }],
+    }));
+    assert_eq!(
+        (r.merror, r.directives.len(), r.directives[0].mac),
+        (0, 1, me)
+    );
+    assert!(
+        p2.cfg(ConfigCommand::Read, b"").is_none(),
+        "masked MAC must get no reply"
+    );
+    assert!(p2
+        .ata(&ata_req(ata::CMD_IDENTIFY, 0, 1, false, false), &[])
+        .is_none());
+    assert_eq!(discover(&mut p2.c).len(), 1, "only slot 2 answers c2");
+    assert_eq!(p1.read(100, 2).1, data);
+    let r = list(&p1.mask(&MaskArg {
+        mcmd: MASK_EDIT,
+        merror: 0,
+        directives: vec![Directive { dcmd: 9, mac: me }],
+    }));
+    assert_eq!(r.merror, MASK_ERR_BAD_DIRECTIVE);
+    let r = list(&p1.mask(&MaskArg {
+        mcmd: MASK_EDIT,
+        merror: 0,
+        directives: vec![Directive {
+            dcmd: DIRECTIVE_DELETE,
+            mac: me,
+        }],
+    }));
+    assert!(r.directives.is_empty());
+    assert!(p2.cfg(ConfigCommand::Read, b"").is_some());
+
+    // Reservations: c1 reserves; c2 gets error 6 except for IDENTIFY; force set moves it.
+    let res = |r: &Option<Response>| {
+        ReserveArg::decode(r.as_ref().expect("reserve reply").frame().payload)
+            .unwrap()
+            .macs
+    };
+    assert!(res(&p2.reserve(RESERVE_READ, vec![])).is_empty());
+    assert_eq!(res(&p1.reserve(RESERVE_SET, vec![me])), vec![me]);
+    assert_eq!(
+        aoe_error(&p2.ata(&ata_req(ata::CMD_READ_EXT, 0, 1, true, false), &[])),
+        6
+    );
+    assert_eq!(
+        aoe_error(&p2.ata(&ata_req(ata::CMD_WRITE_EXT, 0, 1, true, true), &[0; 512])),
+        6
+    );
+    assert!(
+        ata_resp(
+            &p2.ata(&ata_req(ata::CMD_IDENTIFY, 0, 1, false, false), &[])
+                .unwrap()
+        )
+        .1
+        .len()
+            == 512
+    );
+    assert_eq!(aoe_error(&p2.reserve(RESERVE_SET, vec![p2.c.mac()])), 6);
+    assert_eq!(aoe_error(&p2.cfg(ConfigCommand::ForceSet, b"stolen")), 6);
+    assert_eq!(res(&p2.reserve(RESERVE_READ, vec![])), vec![me]);
+    assert_eq!(p1.read(100, 2).1, data);
+    let c2mac = p2.c.mac();
+    assert_eq!(res(&p2.reserve(RESERVE_FORCE, vec![c2mac])), vec![c2mac]);
+    assert_eq!(
+        aoe_error(&p1.ata(&ata_req(ata::CMD_READ_EXT, 0, 1, true, false), &[])),
+        6
+    );
+    assert!(res(&p2.reserve(RESERVE_SET, vec![])).is_empty());
+    assert_eq!(p1.read(100, 2).1, data);
+
+    rt.block_on(server.shutdown()).unwrap();
+    // The config string survives a restart.
+    let disks = vec![disk(dir.path(), "d1", 8, 1)];
+    let server = rt
+        .block_on(async { AoeServer::start(&cfg(&["tgt"]), disks) })
+        .unwrap();
+    assert_eq!(cs(&p1.cfg(ConfigCommand::Read, b"")), b"host=gamma");
+    rt.block_on(server.shutdown()).unwrap();
+    drop(lab);
+}
+
+#[test]
+fn malformed_frames_get_errors_or_are_dropped() {
+    let Some(lab) = Lab::new("bad", 1500) else {
+        return;
+    };
+    lab.bridge("br0");
+    lab.port("tgt", "br0");
+    lab.port("c1", "br0");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt
+        .block_on(async { AoeServer::start(&cfg(&["tgt"]), vec![disk(dir.path(), "d1", 1, 1)]) })
+        .unwrap();
+    let mut c = Client::open("c1").unwrap();
+    let target = discover(&mut c)[0].0;
+    // Truncated arguments of each command: bad argument.
+    for cmd in [
+        Command::Ata,
+        Command::QueryConfig,
+        Command::MacMask,
+        Command::ReserveRelease,
+    ] {
+        let tag = c.tag();
+        let mut f = initiator::request(target, c.mac(), SHELF, 1, cmd, tag, &[], &[]);
+        f.truncate(24 + 1);
+        c.send_raw(&f).unwrap();
+        assert_eq!(aoe_error(&c.wait_for(tag, WAIT).unwrap()), 2, "{cmd:?}");
+    }
+    // Mask and reserve lists longer than the frame: bad argument.
+    let tag = c.tag();
+    let f = initiator::request(
+        target,
+        c.mac(),
+        SHELF,
+        1,
+        Command::ReserveRelease,
+        tag,
+        &[RESERVE_SET, 50, 1, 2, 3],
+        &[],
+    );
+    c.send_raw(&f).unwrap();
+    assert_eq!(aoe_error(&c.wait_for(tag, WAIT).unwrap()), 2);
+    // Header cut short: dropped, no reply.
+    let tag = c.tag();
+    let f = initiator::request(target, c.mac(), SHELF, 1, Command::Ata, tag, &[], &[]);
+    c.send_raw(&f[..18]).unwrap();
+    assert!(c.wait_for(tag, SILENCE).unwrap().is_none());
+    // A storm of random frames addressed to the target, then it still works.
+    let mut seed = 0x1234_5678u32;
+    for i in 0..3000 {
+        let len = 15 + (i % 200);
+        let mut f = initiator::request(
+            target,
+            c.mac(),
+            SHELF,
+            1,
+            Command::from((i % 5) as u8),
+            0x4000_0000 + i as u32,
+            &[],
+            &[],
+        );
+        f.truncate(24);
+        while f.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            f.push(seed as u8);
+        }
+        if i % 7 == 0 {
+            f[14] = (seed as u8) | 0x10;
+        }
+        c.send_raw(&f).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = c
+        .call(
+            target,
+            SHELF,
+            1,
+            Command::Ata,
+            &ata_req(ata::CMD_IDENTIFY, 0, 1, false, false),
+            &[],
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    assert_eq!(ata_resp(&r.expect("target still answers")).1.len(), 512);
+    rt.block_on(server.shutdown()).unwrap();
+    drop(lab);
+}
+
+#[test]
+fn jumbo_frames_multi_interface_and_write_ordering() {
+    let Some(lab) = Lab::new("jumbo", 9000) else {
+        return;
+    };
+    lab.bridge("bra");
+    lab.bridge("brb");
+    lab.port("tgta", "bra");
+    lab.port("tgtb", "brb");
+    lab.port("ca", "bra");
+    lab.port("cb", "brb");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let server = rt
+        .block_on(async {
+            AoeServer::start(&cfg(&["tgta", "tgtb"]), vec![disk(dir.path(), "d1", 16, 3)])
+        })
+        .unwrap();
+    let mut ca = Client::open("ca").unwrap();
+    let mut cb = Client::open("cb").unwrap();
+    let fa = discover(&mut ca);
+    let fb = discover(&mut cb);
+    assert_eq!((fa.len(), fb.len()), (1, 1));
+    assert_eq!(fa[0].2.max_sectors, 17, "(9000 - 22) / 512");
+    assert_ne!(fa[0].0, fb[0].0, "each path answers from its own interface");
+    let mut pa = Peer {
+        c: ca,
+        target: fa[0].0,
+        slot: 3,
+    };
+    let mut pb = Peer {
+        c: cb,
+        target: fb[0].0,
+        slot: 3,
+    };
+    // A 17-sector jumbo write on one path reads back on the other.
+    let data = pattern(9, 17 * 512);
+    assert_eq!(pa.write(1000, &data).cmd_status, ata::STATUS_DRDY);
+    let r = pb
+        .ata(&ata_req(ata::CMD_READ_EXT, 1000, 17, true, false), &[])
+        .unwrap();
+    assert_eq!(r.frame().src, fb[0].0);
+    assert_eq!(ata_resp(&r).1, data);
+    assert_eq!(
+        aoe_error(&pa.ata(&ata_req(ata::CMD_READ_EXT, 0, 18, true, false), &[])),
+        2
+    );
+
+    // Overlapping writes sent back to back (as retransmits with new tags are)
+    // are all answered and applied in arrival order: the last one wins.
+    let mut tags = vec![];
+    for k in 0..40u8 {
+        let tag = pa.c.tag();
+        let f = initiator::request(
+            pa.target,
+            pa.c.mac(),
+            SHELF,
+            3,
+            Command::Ata,
+            tag,
+            &ata_req(ata::CMD_WRITE_EXT, 2000 + u64::from(k % 4), 8, true, true),
+            &pattern(k, 8 * 512),
+        );
+        pa.c.send_raw(&f).unwrap();
+        tags.push(tag);
+    }
+    let mut answered = std::collections::HashSet::new();
+    for r in pa.c.responses(Duration::from_secs(2)).unwrap() {
+        let t = r.frame().header.tag;
+        if tags.contains(&t) {
+            assert_eq!(ata_resp(&r).0.cmd_status, ata::STATUS_DRDY);
+            answered.insert(t);
+        }
+    }
+    assert_eq!(answered.len(), tags.len(), "every write answered");
+    // Expected image: apply the 40 writes in order.
+    let mut image = vec![0u8; 11 * 512];
+    for k in 0..40u8 {
+        let off = usize::from(k % 4) * 512;
+        image[off..off + 8 * 512].copy_from_slice(&pattern(k, 8 * 512));
+    }
+    assert_eq!(pb.read(2000, 11).1, image);
+    rt.block_on(server.shutdown()).unwrap();
+    drop(lab);
+}
