@@ -7,10 +7,12 @@ use target_iscsi::scsi::{LuConfig, ScsiError, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, ServerError, TargetConfig};
 use tracing::info;
 
-use crate::config::IsuConfig;
+use target_aoe::{AoeConfig, AoeDisk, AoeDiskConfig, AoeServer};
+
+use crate::config::{AoeSettings, IsuConfig, Mac};
 use crate::portal::BoundPortal;
 
-use super::TargetPlan;
+use super::{OpenDisk, TargetPlan};
 
 /// Errors of the export layer.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +28,9 @@ pub enum ExportError {
     /// The iSCSI server failed (bind, or flush at shutdown).
     #[error(transparent)]
     Server(#[from] ServerError),
-    /// AoE was asked for but this build cannot serve it.
-    #[error(
-        "the config asks for AoE export ([aoe] / [disk.aoe]) but this build has no AoE target yet"
-    )]
-    AoeUnavailable,
+    /// The AoE server failed to start or to stop cleanly.
+    #[error(transparent)]
+    Aoe(#[from] target_aoe::AoeError),
     /// Flushing at shutdown failed.
     #[error("flush: {0}")]
     Flush(String),
@@ -98,4 +98,46 @@ pub async fn run_iscsi(
     info!(targets = n_targets, "serving");
     server.run(shutdown).await?;
     Ok(())
+}
+
+fn mac_text(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Starts the AoE server for the disks that have a `[disk.aoe]` table.
+/// Must be called inside the runtime (the AoE disk workers are tasks).
+pub fn start_aoe(settings: &AoeSettings, disks: &[OpenDisk]) -> Result<AoeServer, ExportError> {
+    let cfg = AoeConfig {
+        interfaces: settings.interfaces.clone(),
+        shelf: settings.shelf,
+        buffer_count: settings.buffer_count,
+        mac_mask: settings.mac_mask.iter().map(mac_text).collect(),
+        write_back: settings.write_back,
+    };
+    let mut aoe_disks = Vec::new();
+    for d in disks {
+        let Some(a) = &d.config.aoe else { continue };
+        info!(
+            disk = %d.config.name,
+            address = %format!("e{}.{}", settings.shelf, a.slot),
+            interfaces = ?settings.interfaces,
+            "exporting over AoE"
+        );
+        aoe_disks.push(AoeDisk {
+            config: AoeDiskConfig {
+                slot: a.slot,
+                mac_mask: a
+                    .mac_mask
+                    .as_ref()
+                    .map(|l| l.iter().map(mac_text).collect()),
+                config_string: a.config_string.clone(),
+            },
+            device: d.device.clone(),
+            state_path: d.state_dir.join("aoe-config"),
+        });
+    }
+    Ok(AoeServer::start(&cfg, aoe_disks)?)
 }

@@ -238,13 +238,20 @@ pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
     for d in &cfg.disks {
         disks.push(open_disk(&data, d)?);
     }
-    if cfg.aoe.is_some() || cfg.disks.iter().any(|d| d.aoe.is_some()) {
-        return Err(ExportError::AoeUnavailable.into());
-    }
     let devices: Vec<SharedDevice> = disks.iter().map(|d| d.device.clone()).collect();
-    let targets = plan_targets(disks);
     let portals = resolve_portals(&cfg)?;
-    let result = export::run_iscsi(&cfg, portals, targets, shutdown_signal(term, int)).await;
+    let aoe = match &cfg.aoe {
+        Some(settings) => Some(export::start_aoe(settings, &disks)?),
+        None => None,
+    };
+    let targets = plan_targets(disks);
+    let mut result = export::run_iscsi(&cfg, portals, targets, shutdown_signal(term, int)).await;
+    if let Some(aoe) = aoe {
+        let stopped = aoe.shutdown().await.map_err(ExportError::from);
+        if result.is_ok() {
+            result = stopped;
+        }
+    }
     // Flush every device whatever happened: nothing written may stay volatile.
     let mut flush_failed = false;
     for dev in &devices {

@@ -50,13 +50,23 @@ impl Daemon {
         listen: &[String],
         wait_for: &[SocketAddr],
     ) -> Daemon {
+        Self::start_with(opie(), config, data_dir, listen, wait_for)
+    }
+
+    /// Like [`Daemon::start`] with `cmd` (opie, or a wrapper such as `ip netns exec NS opie`).
+    pub fn start_with(
+        mut cmd: Command,
+        config: &Path,
+        data_dir: &Path,
+        listen: &[String],
+        wait_for: &[SocketAddr],
+    ) -> Daemon {
         let log = data_dir.with_extension("log");
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = opie();
         cmd.args(["isu", "serve", "--config"])
             .arg(config)
             .arg("--data-dir")
