@@ -177,6 +177,17 @@ impl Geo {
     pub(crate) fn capacity(&self) -> u64 {
         self.cur.capacity()
     }
+
+    /// Volume blocks of `row` of `lay` that live in that layout: during a
+    /// reshape the old layout's row at the boundary is partly moved already.
+    pub(crate) fn row_range(&self, lay: &Layout, row: u64) -> std::ops::Range<u64> {
+        let start = row * lay.row_data_blocks();
+        let end = start + lay.row_data_blocks();
+        match self.reshape {
+            Some((new, pos)) if *lay == self.cur => start.max(pos * new.row_data_blocks()).min(end)..end,
+            _ => start..end,
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -1093,11 +1104,9 @@ impl RaidArray {
     }
 
     /// Takes the cached blocks of a row out of the cache as pieces.
-    fn take_cached(&self, lay: &Layout, row: u64) -> BTreeMap<u64, Bytes> {
-        let start = row * lay.row_data_blocks();
-        let end = start + lay.row_data_blocks();
+    fn take_cached(&self, geo: &Geo, lay: &Layout, row: u64) -> BTreeMap<u64, Bytes> {
         let mut cache = self.inner.cache.lock().expect("cache lock");
-        let keys: Vec<u64> = cache.range(start..end).map(|(k, _)| *k).collect();
+        let keys: Vec<u64> = cache.range(geo.row_range(lay, row)).map(|(k, _)| *k).collect();
         keys.into_iter().filter_map(|k| cache.remove(&k).map(|v| (k, v))).collect()
     }
 
@@ -1131,7 +1140,7 @@ impl RaidArray {
             let (lay, _) = geo.layout_for(lba);
             let (row, ..) = lay.locate(lba);
             let _g = self.row_lock(row).await;
-            let blocks = self.take_cached(&lay, row);
+            let blocks = self.take_cached(geo, &lay, row);
             if !blocks.is_empty() {
                 let pieces = self.pieces_of(&lay, blocks);
                 self.write_row(&lay, row, &pieces, false).await?;
@@ -1146,7 +1155,7 @@ impl RaidArray {
             let (lay, _) = geo.layout_for(lba);
             let (row, ..) = lay.locate(lba);
             let _g = self.row_lock(row).await;
-            let blocks = self.take_cached(&lay, row);
+            let blocks = self.take_cached(geo, &lay, row);
             if !blocks.is_empty() {
                 let pieces = self.pieces_of(&lay, blocks);
                 self.write_row(&lay, row, &pieces, false).await?;
@@ -1177,8 +1186,9 @@ impl RaidArray {
                     (l, data.slice(off..off + cnt as usize * bs))
                 })
                 .collect();
-            if row_blocks == lay.row_data_blocks() {
-                self.take_cached(&lay, row);
+            let range = geo.row_range(&lay, row);
+            if row_blocks == range.end - range.start {
+                self.take_cached(&geo, &lay, row);
                 self.write_row(&lay, row, &slices, fua).await?;
                 continue;
             }
@@ -1190,13 +1200,12 @@ impl RaidArray {
                         cache.insert(l + j as u64, buf.slice(j * bs..(j + 1) * bs));
                     }
                 }
-                let start = row * lay.row_data_blocks();
-                if fua || cache.range(start..start + lay.row_data_blocks()).count() as u64 == lay.row_data_blocks() {
+                if fua || cache.range(range.clone()).count() as u64 == range.end - range.start {
                     complete = Some(());
                 }
             }
             if complete.is_some() {
-                let blocks = self.take_cached(&lay, row);
+                let blocks = self.take_cached(&geo, &lay, row);
                 let pieces = self.pieces_of(&lay, blocks);
                 self.write_row(&lay, row, &pieces, fua).await?;
             }
