@@ -61,7 +61,10 @@ impl Rig {
     }
 
     pub fn all(&self) -> Vec<SharedDevice> {
-        self.faulty.iter().map(|f| f.clone() as SharedDevice).collect()
+        self.faulty
+            .iter()
+            .map(|f| f.clone() as SharedDevice)
+            .collect()
     }
 
     pub async fn create(&self, members: usize) -> RaidArray {
@@ -72,9 +75,14 @@ impl Rig {
     }
 
     pub async fn assemble(&self, force: bool) -> raid::Result<RaidArray> {
-        RaidArray::assemble(self.all(), self.cfg.clone(), self.clock.clone(), AssembleOptions { force })
-            .await
-            .map(|(a, _)| a)
+        RaidArray::assemble(
+            self.all(),
+            self.cfg.clone(),
+            self.clock.clone(),
+            AssembleOptions { force },
+        )
+        .await
+        .map(|(a, _)| a)
     }
 }
 
@@ -85,7 +93,8 @@ fn rand_tag() -> u64 {
 /// A block filled with a pattern derived from `(lba, version)`.
 pub fn pattern(lba: u64, version: u64) -> Vec<u8> {
     let mut v = vec![0u8; BS];
-    let mut x = lba.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ 1;
+    let mut x =
+        lba.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ 1;
     for c in v.chunks_exact_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
@@ -96,7 +105,11 @@ pub fn pattern(lba: u64, version: u64) -> Vec<u8> {
 }
 
 pub fn blocks(lba: u64, n: u64, version: u64) -> Bytes {
-    Bytes::from((lba..lba + n).flat_map(|b| pattern(b, version)).collect::<Vec<u8>>())
+    Bytes::from(
+        (lba..lba + n)
+            .flat_map(|b| pattern(b, version))
+            .collect::<Vec<u8>>(),
+    )
 }
 
 /// Reads the whole volume and compares it with `model` (None: zeroes).
@@ -110,6 +123,9 @@ pub async fn check_all(a: &RaidArray, model: &[Option<u64>]) {
             Some(v) => pattern(lba as u64, *v),
             None => vec![0; BS],
         };
-        assert!(got == &exp[..], "block {lba}: wrong content (want version {want:?})");
+        assert!(
+            got == &exp[..],
+            "block {lba}: wrong content (want version {want:?})"
+        );
     }
 }
