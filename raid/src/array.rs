@@ -830,34 +830,17 @@ impl RaidArray {
             dev.read(lay.member_block(row, i0), n),
             self.read_tags(lay, row, slot, &dev)
         );
-        let tags = match tags {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                if !matches!(e, BlockError::Medium { .. }) {
-                    self.fail_member(slot, &e).await;
-                    return self
-                        .reconstruct(lay, row, slot, i0, i1)
-                        .await
-                        .map(Bytes::from);
-                }
-                None
-            }
-        };
-        let data = match data {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                if !matches!(e, BlockError::Medium { .. }) {
-                    self.fail_member(slot, &e).await;
-                    return self
-                        .reconstruct(lay, row, slot, i0, i1)
-                        .await
-                        .map(Bytes::from);
-                }
-                None
-            }
-        };
+        // A medium error leaves the member in service (the block is rewritten
+        // below); anything else fails it and the range is reconstructed.
+        let mut member_failed = false;
+        let tags = self.note_read(slot, tags, &mut member_failed).await;
+        let data = self.note_read(slot, data, &mut member_failed).await;
+        if member_failed {
+            return self
+                .reconstruct(lay, row, slot, i0, i1)
+                .await
+                .map(Bytes::from);
+        }
         if let (Some(data), Some(tags)) = (&data, &tags) {
             let bad: Vec<u32> = data
                 .chunks_exact(bs)
@@ -914,6 +897,27 @@ impl RaidArray {
         // the whole chunk and rewrite it with fresh tags.
         let full = self.repair_chunk(lay, row, slot, &dev).await?;
         Ok(Bytes::from(full).slice(i0 as usize * bs..i1 as usize * bs))
+    }
+
+    /// Counts a member read error and fails the member unless it was a medium
+    /// error; returns the value read, if any.
+    async fn note_read<T>(
+        &self,
+        slot: u32,
+        r: std::result::Result<T, BlockError>,
+        member_failed: &mut bool,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                if !matches!(e, BlockError::Medium { .. }) {
+                    self.fail_member(slot, &e).await;
+                    *member_failed = true;
+                }
+                None
+            }
+        }
     }
 
     /// Rebuilds the whole chunk `slot` holds in `row` from the other members

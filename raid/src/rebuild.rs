@@ -310,13 +310,21 @@ impl RaidArray {
         }
     }
 
-    async fn checkpoint_rebuild(&self, slot: u32) -> Result<()> {
+    /// Flushes the rebuild target; false when that failed it.
+    async fn flush_target(&self, slot: u32) -> bool {
         let dev = self.meta().slots[slot as usize].dev.clone();
         if let Some(dev) = dev {
             if let Err(e) = dev.flush().await {
                 self.fail_member(slot, &e).await;
-                return Ok(());
+                return false;
             }
+        }
+        true
+    }
+
+    async fn checkpoint_rebuild(&self, slot: u32) -> Result<()> {
+        if !self.flush_target(slot).await {
+            return Ok(());
         }
         {
             let mut m = self.meta();
@@ -328,12 +336,8 @@ impl RaidArray {
     }
 
     async fn finish_rebuild(&self, slot: u32) -> Result<()> {
-        let dev = self.meta().slots[slot as usize].dev.clone();
-        if let Some(dev) = dev {
-            if let Err(e) = dev.flush().await {
-                self.fail_member(slot, &e).await;
-                return Ok(());
-            }
+        if !self.flush_target(slot).await {
+            return Ok(());
         }
         {
             let mut m = self.meta();

@@ -160,14 +160,7 @@ async fn after_resync_a_member_failure_loses_nothing() {
         model.write(lba, 1, 2);
     }
     crash(&rig, a).await;
-    let (b, report) = RaidArray::assemble(
-        rig.all(),
-        rig.cfg.clone(),
-        rig.clock.clone(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let (b, report) = rig.assemble_report(false).await.unwrap();
     assert!(report.resynced_rows > 0, "{report:?}");
     model.check_after_crash(&b).await;
     b.close().await.unwrap();

@@ -6,24 +6,14 @@ use std::time::Duration;
 
 use blockdev::{BlockDevice, WriteFlags};
 use common::*;
-use raid::{AssembleOptions, MemberState, RaidArray, RaidError};
-
-async fn filled(rig: &Rig, n: usize) -> (RaidArray, Vec<Option<u64>>) {
-    let a = rig.create(n).await;
-    let cap = a.geometry().num_blocks;
-    a.write(0, blocks(0, cap, 1), WriteFlags::NONE)
-        .await
-        .unwrap();
-    a.flush().await.unwrap();
-    (a, vec![Some(1); cap as usize])
-}
+use raid::{MemberState, RaidArray, RaidError};
 
 #[tokio::test]
 async fn hot_spare_replaces_failed_member_after_timeout() {
     let mut cfg = small_config();
     cfg.rebuild_rows_per_sec = Some(10);
     let mut rig = Rig::new(4, 1024, cfg);
-    let (a, mut model) = filled(&rig, 3).await;
+    let (a, mut model) = rig.filled(3).await;
     let spare = rig.faulty[3].clone();
     a.add_spare(spare.clone()).await.unwrap();
     rig.faulty[0].set_offline(true);
@@ -74,7 +64,7 @@ async fn hot_spare_replaces_failed_member_after_timeout() {
 #[tokio::test]
 async fn rebuild_resumes_from_checkpoint_after_restart() {
     let rig = Rig::new(4, 1024, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     a.add_spare(rig.shared(3)).await.unwrap();
     a.fail(1).await;
     rig.clock.advance(Duration::from_secs(60));
@@ -84,14 +74,7 @@ async fn rebuild_resumes_from_checkpoint_after_restart() {
     assert_eq!(a.rebuild_progress().unwrap().done_rows, 8);
     a.rebuild_step(20).await.unwrap();
     drop(a);
-    let (b, report) = RaidArray::assemble(
-        rig.all(),
-        rig.cfg.clone(),
-        rig.clock.clone(),
-        AssembleOptions { force: true },
-    )
-    .await
-    .unwrap();
+    let (b, report) = rig.assemble_report(true).await.unwrap();
     assert!(
         report
             .refused
@@ -111,7 +94,7 @@ async fn rebuild_resumes_from_checkpoint_after_restart() {
 #[tokio::test]
 async fn returning_member_resyncs_only_regions_written_while_away() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, mut model) = filled(&rig, 3).await;
+    let (a, mut model) = rig.filled(3).await;
     let rows = a.layout().await.rows;
     rig.faulty[2].set_offline(true);
     a.fail(2).await;
@@ -142,7 +125,7 @@ async fn returning_member_resyncs_only_regions_written_while_away() {
 #[tokio::test]
 async fn assembly_refuses_foreign_and_stale_members() {
     let rig = Rig::new(3, 1024, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     a.close().await.unwrap();
     // A member of another array.
     let other = Rig::new(2, 1024, small_config());
@@ -162,14 +145,7 @@ async fn assembly_refuses_foreign_and_stale_members() {
     b.write(0, blocks(0, 1, 2), WriteFlags::FUA).await.unwrap();
     b.close().await.unwrap();
     rig.faulty[0].set_offline(false);
-    let (c, report) = RaidArray::assemble(
-        rig.all(),
-        rig.cfg.clone(),
-        rig.clock.clone(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let (c, report) = rig.assemble_report(false).await.unwrap();
     assert!(
         report.refused[0].1.contains("faulty") || report.refused[0].1.contains("stale"),
         "{report:?}"
@@ -192,7 +168,7 @@ async fn assembly_refuses_foreign_and_stale_members() {
 #[tokio::test]
 async fn dirty_degraded_array_needs_force() {
     let rig = Rig::new(3, 1024, small_config());
-    let (a, _) = filled(&rig, 3).await;
+    let (a, _) = rig.filled(3).await;
     a.write(0, blocks(0, 1, 2), WriteFlags::FUA).await.unwrap();
     drop(a); // crash: never closed, superblocks say dirty
     rig.faulty[1].set_offline(true);

@@ -6,16 +6,6 @@ use blockdev::{fault::TearReport, BlockDevice, WriteFlags};
 use common::*;
 use raid::RaidArray;
 
-async fn filled(rig: &Rig, n: usize) -> (RaidArray, Vec<Option<u64>>) {
-    let a = rig.create(n).await;
-    let cap = a.geometry().num_blocks;
-    a.write(0, blocks(0, cap, 1), WriteFlags::NONE)
-        .await
-        .unwrap();
-    a.flush().await.unwrap();
-    (a, vec![Some(1); cap as usize])
-}
-
 /// Member block of volume block `lba`.
 async fn member_of(a: &RaidArray, lba: u64) -> (usize, u64) {
     let l = a.layout().await;
@@ -26,7 +16,7 @@ async fn member_of(a: &RaidArray, lba: u64) -> (usize, u64) {
 #[tokio::test]
 async fn bit_flips_are_repaired_never_returned() {
     let rig = Rig::new(4, 2048, small_config());
-    let (a, model) = filled(&rig, 4).await;
+    let (a, model) = rig.filled(4).await;
     for lba in [0u64, 5, 13, 40] {
         let (m, blk) = member_of(&a, lba).await;
         rig.faulty[m].flip_bit(blk, 77).await.unwrap();
@@ -43,7 +33,7 @@ async fn bit_flips_are_repaired_never_returned() {
 #[tokio::test]
 async fn misdirected_write_is_caught_at_both_ends() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, mut model) = filled(&rig, 3).await;
+    let (a, mut model) = rig.filled(3).await;
     // Row 0 data chunk 0 on member 0 (block 0). Its write lands one block off,
     // on block 1 of the same chunk: block 0 keeps stale data, block 1 is clobbered.
     let (m, _) = member_of(&a, 0).await;
@@ -60,7 +50,7 @@ async fn misdirected_write_is_caught_at_both_ends() {
 #[tokio::test]
 async fn torn_and_lost_writes_are_caught() {
     let rig = Rig::new(4, 2048, small_config());
-    let (a, mut model) = filled(&rig, 4).await;
+    let (a, mut model) = rig.filled(4).await;
     // A 3-block write to one chunk lands only its first block, yet is acknowledged.
     let (m, _) = member_of(&a, 24).await;
     a.write(27, blocks(27, 1, 1), WriteFlags::FUA)
@@ -89,7 +79,7 @@ async fn torn_and_lost_writes_are_caught() {
 #[tokio::test]
 async fn corruption_without_redundancy_is_an_error() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, _) = filled(&rig, 3).await;
+    let (a, _) = rig.filled(3).await;
     // Degrade, then rot a block: no second copy exists.
     let (m, blk) = member_of(&a, 2).await;
     let other = (m + 1) % 3;
@@ -109,7 +99,7 @@ async fn corruption_without_redundancy_is_an_error() {
 #[tokio::test]
 async fn read_errors_are_repaired_by_rewrite() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     let (m, blk) = member_of(&a, 9).await;
     rig.faulty[m].fail_reads(blk..blk + 1);
     check_all(&a, &model).await;
@@ -123,7 +113,7 @@ async fn read_errors_are_repaired_by_rewrite() {
 #[tokio::test]
 async fn latency_spikes_do_not_change_results() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     for f in &rig.faulty {
         f.set_latency(
             std::time::Duration::ZERO,
@@ -143,7 +133,7 @@ async fn latency_spikes_do_not_change_results() {
 #[tokio::test]
 async fn scrub_finds_and_fixes_everything_it_can() {
     let rig = Rig::new(4, 2048, small_config());
-    let (a, model) = filled(&rig, 4).await;
+    let (a, model) = rig.filled(4).await;
     let lay = a.layout().await;
     // Rot two data blocks and one parity block in different rows.
     let (m, blk) = member_of(&a, 3).await;

@@ -68,14 +68,7 @@ async fn degraded_reads_and_writes_keep_data() {
         // and the returned member is refused as stale.
         a.close().await.unwrap();
         rig.faulty[1].set_offline(false);
-        let (b, report) = raid::RaidArray::assemble(
-            rig.all(),
-            rig.cfg.clone(),
-            rig.clock.clone(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let (b, report) = rig.assemble_report(false).await.unwrap();
         assert_eq!(report.missing_slots, vec![1]);
         assert_eq!(report.refused.len(), 1, "{report:?}");
         check_all(&b, &model).await;

@@ -4,7 +4,6 @@ mod common;
 
 use blockdev::{BlockDevice, WriteFlags};
 use common::*;
-use raid::RaidArray;
 
 #[tokio::test]
 async fn grow_with_io_during_reshape() {
@@ -82,14 +81,7 @@ async fn reshape_resumes_after_crash() {
         for f in &rig.faulty {
             f.crash().await.unwrap();
         }
-        let (b, _) = RaidArray::assemble(
-            rig.all(),
-            rig.cfg.clone(),
-            rig.clock.clone(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        let (b, _) = rig.assemble_report(false).await.unwrap();
         assert!(b.reshape_progress().await.is_some());
         let model = vec![Some(1); cap as usize];
         check_all(&b, &model).await;

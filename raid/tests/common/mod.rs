@@ -74,6 +74,31 @@ impl Rig {
             .expect("create")
     }
 
+    /// Assembles from every device, with the assembly report.
+    pub async fn assemble_report(
+        &self,
+        force: bool,
+    ) -> raid::Result<(RaidArray, raid::AssemblyReport)> {
+        RaidArray::assemble(
+            self.all(),
+            self.cfg.clone(),
+            self.clock.clone(),
+            AssembleOptions { force },
+        )
+        .await
+    }
+
+    /// An array over the first `n` devices, filled with version 1 and flushed.
+    pub async fn filled(&self, n: usize) -> (RaidArray, Vec<Option<u64>>) {
+        let a = self.create(n).await;
+        let cap = a.geometry().num_blocks;
+        a.write(0, blocks(0, cap, 1), blockdev::WriteFlags::NONE)
+            .await
+            .unwrap();
+        a.flush().await.unwrap();
+        (a, vec![Some(1); cap as usize])
+    }
+
     pub async fn assemble(&self, force: bool) -> raid::Result<RaidArray> {
         RaidArray::assemble(
             self.all(),
