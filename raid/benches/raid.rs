@@ -1,5 +1,6 @@
 //! RAID5 engine benchmarks: XOR vs memcpy, full-stripe writes, degraded vs
 //! healthy reads and rebuild rate, all over memory members.
+#![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +15,20 @@ const MEMBER_BLOCKS: u64 = 8192 + 1024; // 32 MiB of data area plus metadata
 const IO_BYTES: usize = 4 << 20;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
 }
 
 fn members(n: usize, tag: &str) -> Vec<SharedDevice> {
     (0..n)
-        .map(|i| Arc::new(MemDevice::new(BS, MEMBER_BLOCKS, DeviceIdentity::from_name(&format!("{tag}{i}")))) as SharedDevice)
+        .map(|i| {
+            Arc::new(MemDevice::new(
+                BS,
+                MEMBER_BLOCKS,
+                DeviceIdentity::from_name(&format!("{tag}{i}")),
+            )) as SharedDevice
+        })
         .collect()
 }
 
@@ -33,9 +42,14 @@ fn config() -> Config {
 }
 
 async fn array(n: usize, tag: &str) -> RaidArray {
-    RaidArray::create(members(n, tag), vec![], config(), Arc::new(ManualClock::new()))
-        .await
-        .expect("create")
+    RaidArray::create(
+        members(n, tag),
+        vec![],
+        config(),
+        Arc::new(ManualClock::new()),
+    )
+    .await
+    .expect("create")
 }
 
 /// An array whose hot spare is pulled in without delay.
@@ -71,7 +85,9 @@ fn full_stripe_write(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(IO_BYTES as u64));
     let src = vec![0xa5u8; IO_BYTES];
     let mut dst = vec![0u8; IO_BYTES];
-    g.bench_function("memcpy", |b| b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&src))));
+    g.bench_function("memcpy", |b| {
+        b.iter(|| black_box(&mut dst).copy_from_slice(black_box(&src)))
+    });
     for n in [3usize, 4, 5] {
         let a = rt.block_on(array(n, &format!("w{n}-")));
         let row_bytes = (n - 1) * (CHUNK_BLOCKS * BS) as usize;
@@ -84,7 +100,8 @@ fn full_stripe_write(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(io as u64));
         g.bench_function(BenchmarkId::new("raid5", n), |b| {
             b.iter(|| {
-                rt.block_on(a.write(lba, data.clone(), WriteFlags::NONE)).expect("write");
+                rt.block_on(a.write(lba, data.clone(), WriteFlags::NONE))
+                    .expect("write");
                 lba = (lba + blocks) % cap;
             })
         });
@@ -102,7 +119,9 @@ fn healthy_vs_degraded_read(c: &mut Criterion) {
         let step = (IO_BYTES / BS as usize) as u64;
         let mut lba = 0;
         while lba + step <= cap {
-            a.write(lba, Bytes::from(vec![0x77u8; IO_BYTES]), WriteFlags::NONE).await.expect("fill");
+            a.write(lba, Bytes::from(vec![0x77u8; IO_BYTES]), WriteFlags::NONE)
+                .await
+                .expect("fill");
             lba += step;
         }
         a.flush().await.expect("flush");
@@ -145,12 +164,18 @@ fn rebuild_rate(c: &mut Criterion) {
                     let step = (IO_BYTES / BS as usize) as u64;
                     let mut lba = 0;
                     while lba + step <= cap {
-                        a.write(lba, Bytes::from(vec![0x11u8; IO_BYTES]), WriteFlags::NONE).await.expect("fill");
+                        a.write(lba, Bytes::from(vec![0x11u8; IO_BYTES]), WriteFlags::NONE)
+                            .await
+                            .expect("fill");
                         lba += step;
                     }
                     a.flush().await.expect("flush");
                     a.fail(2).await;
-                    let spare: SharedDevice = Arc::new(MemDevice::new(BS, MEMBER_BLOCKS, DeviceIdentity::from_name(&format!("spare{i}"))));
+                    let spare: SharedDevice = Arc::new(MemDevice::new(
+                        BS,
+                        MEMBER_BLOCKS,
+                        DeviceIdentity::from_name(&format!("spare{i}")),
+                    ));
                     a.add_spare(spare).await.expect("spare");
                     let start = Instant::now();
                     let r = a.maintain().await.expect("maintain");
@@ -167,5 +192,11 @@ fn rebuild_rate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, xor_vs_memcpy, full_stripe_write, healthy_vs_degraded_read, rebuild_rate);
+criterion_group!(
+    benches,
+    xor_vs_memcpy,
+    full_stripe_write,
+    healthy_vs_degraded_read,
+    rebuild_rate
+);
 criterion_main!(benches);

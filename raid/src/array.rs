@@ -177,6 +177,19 @@ impl Geo {
     pub(crate) fn capacity(&self) -> u64 {
         self.cur.capacity()
     }
+
+    /// Volume blocks of `row` of `lay` that live in that layout: during a
+    /// reshape the old layout's row at the boundary is partly moved already.
+    pub(crate) fn row_range(&self, lay: &Layout, row: u64) -> std::ops::Range<u64> {
+        let start = row * lay.row_data_blocks();
+        let end = start + lay.row_data_blocks();
+        match self.reshape {
+            Some((new, pos)) if *lay == self.cur => {
+                start.max(pos * new.row_data_blocks()).min(end)..end
+            }
+            _ => start..end,
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -215,6 +228,10 @@ impl std::fmt::Debug for RaidArray {
         write!(f, "RaidArray({})", self.inner.identity)
     }
 }
+
+/// The part of a volume request in one row: layout, row, and `(lba, blocks)`
+/// runs each inside one chunk.
+pub(crate) type RowSpan = (Layout, u64, Vec<(u64, u64)>);
 
 /// A piece of a row write: blocks starting at `lba`, all within one chunk.
 pub(crate) type Piece = (u64, Bytes);
@@ -258,16 +275,26 @@ impl RaidArray {
             )));
         }
         if cfg.chunk_blocks == 0 || cfg.region_rows == 0 || cfg.checkpoint_rows == 0 {
-            return Err(RaidError::Config("chunk, region and checkpoint sizes must be > 0".into()));
+            return Err(RaidError::Config(
+                "chunk, region and checkpoint sizes must be > 0".into(),
+            ));
         }
         let bs = members[0].geometry().block_size;
-        if members.iter().chain(&spares).any(|d| d.geometry().block_size != bs) {
+        if members
+            .iter()
+            .chain(&spares)
+            .any(|d| d.geometry().block_size != bs)
+        {
             return Err(RaidError::Config("members differ in block size".into()));
         }
         let max_members = cfg.max_members.max(members.len() as u32);
         let tag_blocks = tag_blocks_for(bs, cfg.chunk_blocks);
         let row_blocks = u64::from(cfg.chunk_blocks) + u64::from(tag_blocks);
-        let smallest = members.iter().map(|d| d.geometry().num_blocks).min().unwrap_or(0);
+        let smallest = members
+            .iter()
+            .map(|d| d.geometry().num_blocks)
+            .min()
+            .unwrap_or(0);
         let sbb = Superblock::blocks(bs);
         let bitmap_start = 2 * sbb;
         let bitmap_blocks = Bitmap::blocks_for(smallest / row_blocks, cfg.region_rows, bs);
@@ -345,7 +372,17 @@ impl RaidArray {
             bitmap: Bitmap::new(rows, cfg.region_rows),
             clean_on_disk: true,
         };
-        let array = Self::from_parts(cfg, bs, array_uuid, clock, Geo { cur: layout, reshape: None }, meta);
+        let array = Self::from_parts(
+            cfg,
+            bs,
+            array_uuid,
+            clock,
+            Geo {
+                cur: layout,
+                reshape: None,
+            },
+            meta,
+        );
         if let Some(j) = &array.inner.journal {
             j.reset_all(&array).await?;
         }
@@ -403,7 +440,11 @@ impl RaidArray {
 
     /// Identity of the device in every member slot (`None`: no device).
     pub fn member_identities(&self) -> Vec<Option<DeviceIdentity>> {
-        self.meta().slots.iter().map(|s| s.dev.as_ref().map(|d| d.identity().clone())).collect()
+        self.meta()
+            .slots
+            .iter()
+            .map(|s| s.dev.as_ref().map(|d| d.identity().clone()))
+            .collect()
     }
 
     /// Number of hot spares waiting.
@@ -424,7 +465,10 @@ impl RaidArray {
 
     /// Whether any member is failed, missing or still rebuilding.
     pub fn degraded(&self) -> bool {
-        self.meta().slots.iter().any(|s| s.state != MemberState::InSync)
+        self.meta()
+            .slots
+            .iter()
+            .any(|s| s.state != MemberState::InSync)
     }
 
     /// The current layout (the old one while a reshape runs).
@@ -610,10 +654,18 @@ impl RaidArray {
         let bs = self.inner.block_size;
         let (buf, at) = {
             let m = self.meta();
-            (Bytes::from(m.bitmap.encode_block(b, bs)), m.sb.bitmap_start + b)
+            (
+                Bytes::from(m.bitmap.encode_block(b, bs)),
+                m.sb.bitmap_start + b,
+            )
         };
         let targets = self.live_members();
-        let res = join_all(targets.iter().map(|(_, d)| d.write(at, buf.clone(), WriteFlags::FUA))).await;
+        let res = join_all(
+            targets
+                .iter()
+                .map(|(_, d)| d.write(at, buf.clone(), WriteFlags::FUA)),
+        )
+        .await;
         for ((slot, _), r) in targets.iter().zip(res) {
             if let Err(e) = r {
                 self.fail_member(*slot, &e).await;
@@ -642,7 +694,9 @@ impl RaidArray {
     // ---------------------------------------------------------------- member I/O
 
     pub(crate) async fn row_lock(&self, row: u64) -> tokio::sync::MutexGuard<'_, ()> {
-        self.inner.row_locks[(row % ROW_LOCKS as u64) as usize].lock().await
+        self.inner.row_locks[(row % ROW_LOCKS as u64) as usize]
+            .lock()
+            .await
     }
 
     /// Reads the tag blocks of `row` on a member.
@@ -654,7 +708,12 @@ impl RaidArray {
         dev: &SharedDevice,
     ) -> std::result::Result<ChunkTags, BlockError> {
         let buf = dev.read(lay.tag_block(row, 0), lay.tag_blocks).await?;
-        Ok(ChunkTags::decode(&buf, self.inner.block_size, lay.chunk_blocks, self.place(row, slot)))
+        Ok(ChunkTags::decode(
+            &buf,
+            self.inner.block_size,
+            lay.chunk_blocks,
+            self.place(row, slot),
+        ))
     }
 
     /// Tag address of block `i` of the chunk `slot` holds in `row`.
@@ -698,7 +757,10 @@ impl RaidArray {
         for (j, blk) in data.chunks_exact(bs).enumerate() {
             let i = i0 + j as u32;
             if !tags.verifies(i as usize, Self::addr_of(lay, row, slot, i), blk) {
-                self.inner.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .checksum_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
         }
@@ -716,7 +778,12 @@ impl RaidArray {
         i1: u32,
     ) -> Result<Vec<u8>> {
         let others: Vec<u32> = (0..lay.members).filter(|&s| s != missing).collect();
-        let reads = join_all(others.iter().map(|&s| self.read_verified(lay, row, s, i0, i1))).await;
+        let reads = join_all(
+            others
+                .iter()
+                .map(|&s| self.read_verified(lay, row, s, i0, i1)),
+        )
+        .await;
         let mut out: Option<Vec<u8>> = None;
         for r in reads {
             let Some(buf) = r? else {
@@ -731,7 +798,10 @@ impl RaidArray {
     }
 
     fn unrecoverable(&self, lay: &Layout, row: u64, i: u32) -> RaidError {
-        self.inner.stats.unrecoverable.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .unrecoverable
+            .fetch_add(1, Ordering::Relaxed);
         RaidError::Unrecoverable {
             lba: lay.lba_of(row, 0, i),
         }
@@ -739,44 +809,45 @@ impl RaidArray {
 
     /// Reads blocks `[i0, i1)` of data chunk `k` of `row`, verified; damaged or
     /// unreadable blocks are rebuilt from parity and rewritten.
-    pub(crate) async fn read_chunk(&self, lay: &Layout, row: u64, k: u32, i0: u32, i1: u32) -> Result<Bytes> {
+    pub(crate) async fn read_chunk(
+        &self,
+        lay: &Layout,
+        row: u64,
+        k: u32,
+        i0: u32,
+        i1: u32,
+    ) -> Result<Bytes> {
         let slot = lay.data_member(row, k);
         let bs = self.inner.block_size as usize;
         let Some(dev) = self.usable(slot, row) else {
-            return self.reconstruct(lay, row, slot, i0, i1).await.map(Bytes::from);
+            return self
+                .reconstruct(lay, row, slot, i0, i1)
+                .await
+                .map(Bytes::from);
         };
         let n = i1 - i0;
         let (data, tags) = tokio::join!(
             dev.read(lay.member_block(row, i0), n),
             self.read_tags(lay, row, slot, &dev)
         );
-        let tags = match tags {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                if !matches!(e, BlockError::Medium { .. }) {
-                    self.fail_member(slot, &e).await;
-                    return self.reconstruct(lay, row, slot, i0, i1).await.map(Bytes::from);
-                }
-                None
-            }
-        };
-        let data = match data {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                if !matches!(e, BlockError::Medium { .. }) {
-                    self.fail_member(slot, &e).await;
-                    return self.reconstruct(lay, row, slot, i0, i1).await.map(Bytes::from);
-                }
-                None
-            }
-        };
+        // A medium error leaves the member in service (the block is rewritten
+        // below); anything else fails it and the range is reconstructed.
+        let mut member_failed = false;
+        let tags = self.note_read(slot, tags, &mut member_failed).await;
+        let data = self.note_read(slot, data, &mut member_failed).await;
+        if member_failed {
+            return self
+                .reconstruct(lay, row, slot, i0, i1)
+                .await
+                .map(Bytes::from);
+        }
         if let (Some(data), Some(tags)) = (&data, &tags) {
             let bad: Vec<u32> = data
                 .chunks_exact(bs)
                 .enumerate()
-                .filter(|(j, blk)| !tags.verifies(i0 as usize + j, lay.lba_of(row, k, i0 + *j as u32), blk))
+                .filter(|(j, blk)| {
+                    !tags.verifies(i0 as usize + j, lay.lba_of(row, k, i0 + *j as u32), blk)
+                })
                 .map(|(j, _)| i0 + j as u32)
                 .collect();
             if bad.is_empty() {
@@ -796,9 +867,18 @@ impl RaidArray {
                         return Err(self.unrecoverable(lay, row, i));
                     }
                 }
-                debug!(row, slot, blocks = bad.len(), "repairing damaged blocks from parity");
+                debug!(
+                    row,
+                    slot,
+                    blocks = bad.len(),
+                    "repairing damaged blocks from parity"
+                );
                 if let Err(e) = dev
-                    .write(lay.member_block(row, b0), Bytes::from(fixed.clone()), WriteFlags::FUA)
+                    .write(
+                        lay.member_block(row, b0),
+                        Bytes::from(fixed.clone()),
+                        WriteFlags::FUA,
+                    )
                     .await
                 {
                     self.fail_member(slot, &e).await;
@@ -819,6 +899,27 @@ impl RaidArray {
         Ok(Bytes::from(full).slice(i0 as usize * bs..i1 as usize * bs))
     }
 
+    /// Counts a member read error and fails the member unless it was a medium
+    /// error; returns the value read, if any.
+    async fn note_read<T>(
+        &self,
+        slot: u32,
+        r: std::result::Result<T, BlockError>,
+        member_failed: &mut bool,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.inner.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                if !matches!(e, BlockError::Medium { .. }) {
+                    self.fail_member(slot, &e).await;
+                    *member_failed = true;
+                }
+                None
+            }
+        }
+    }
+
     /// Rebuilds the whole chunk `slot` holds in `row` from the other members
     /// and rewrites it with fresh tags. Returns its content.
     pub(crate) async fn repair_chunk(
@@ -831,8 +932,12 @@ impl RaidArray {
         let c = lay.chunk_blocks;
         let full = self.reconstruct(lay, row, slot, 0, c).await?;
         // Repairs are made durable at once: a crash must not bring the damage back.
-        self.write_chunk_with_tags(lay, row, slot, dev, &full, WriteFlags::FUA).await;
-        self.inner.stats.repaired.fetch_add(u64::from(c), Ordering::Relaxed);
+        self.write_chunk_with_tags(lay, row, slot, dev, &full, WriteFlags::FUA)
+            .await;
+        self.inner
+            .stats
+            .repaired
+            .fetch_add(u64::from(c), Ordering::Relaxed);
         Ok(full)
     }
 
@@ -858,7 +963,10 @@ impl RaidArray {
         let mut buf = BytesMut::with_capacity(content.len() + tbuf.len());
         buf.extend_from_slice(content);
         buf.extend_from_slice(&tbuf);
-        match dev.write(lay.member_block(row, 0), buf.freeze(), flags).await {
+        match dev
+            .write(lay.member_block(row, 0), buf.freeze(), flags)
+            .await
+        {
             Ok(()) => true,
             Err(e) => {
                 self.fail_member(slot, &e).await;
@@ -871,14 +979,26 @@ impl RaidArray {
 
     /// Writes `pieces` (each inside one data chunk of `row`) to the members,
     /// keeping parity, tags, bitmap and journal right.
-    pub(crate) async fn write_row(&self, lay: &Layout, row: u64, pieces: &[Piece], fua: bool) -> Result<()> {
+    pub(crate) async fn write_row(
+        &self,
+        lay: &Layout,
+        row: u64,
+        pieces: &[Piece],
+        fua: bool,
+    ) -> Result<()> {
         self.begin_row_write(row).await?;
         let r = self.write_row_inner(lay, row, pieces, fua).await;
         self.end_row_write(row);
         r
     }
 
-    async fn write_row_inner(&self, lay: &Layout, row: u64, pieces: &[Piece], fua: bool) -> Result<()> {
+    async fn write_row_inner(
+        &self,
+        lay: &Layout,
+        row: u64,
+        pieces: &[Piece],
+        fua: bool,
+    ) -> Result<()> {
         let bs = self.inner.block_size as usize;
         let c = lay.chunk_blocks;
         let d = lay.data_chunks();
@@ -911,16 +1031,28 @@ impl RaidArray {
         let parity: Option<Vec<u8>> = match &pdev {
             None => None,
             Some(pdev) => {
-                let rmw_ok = (0..d).all(|k| !touched[k as usize] || self.usable(lay.data_member(row, k), row).is_some());
-                let touched_blocks: usize = newb.iter().map(|v| v.iter().filter(|b| b.is_some()).count()).sum();
+                let rmw_ok = (0..d).all(|k| {
+                    !touched[k as usize] || self.usable(lay.data_member(row, k), row).is_some()
+                });
+                let touched_blocks: usize = newb
+                    .iter()
+                    .map(|v| v.iter().filter(|b| b.is_some()).count())
+                    .sum();
                 let rmw_cost = touched_blocks + span;
                 let rcw_cost: usize = newb
                     .iter()
-                    .map(|v| v[lo as usize..hi as usize].iter().filter(|b| b.is_none()).count())
+                    .map(|v| {
+                        v[lo as usize..hi as usize]
+                            .iter()
+                            .filter(|b| b.is_none())
+                            .count()
+                    })
                     .sum();
                 let mut p = None;
                 if !full && rmw_ok && rmw_cost < rcw_cost {
-                    p = self.parity_rmw(lay, row, pslot, pdev, &newb, lo, hi).await?;
+                    p = self
+                        .parity_rmw(lay, row, pslot, pdev, &newb, lo, hi)
+                        .await?;
                 }
                 match p {
                     Some(p) => Some(p),
@@ -930,7 +1062,9 @@ impl RaidArray {
         };
 
         let _journaled = match (&self.inner.journal, &pdev, &parity) {
-            (Some(j), Some(pdev), Some(p)) => Some(j.log(self, lay, row, pslot, pdev, &newb, lo, p).await?),
+            (Some(j), Some(pdev), Some(p)) => {
+                Some(j.log(self, lay, row, pslot, pdev, &newb, lo, p).await?)
+            }
             _ => None,
         };
 
@@ -941,7 +1075,9 @@ impl RaidArray {
                 continue;
             }
             let slot = lay.data_member(row, k);
-            let Some(dev) = self.usable(slot, row) else { continue };
+            let Some(dev) = self.usable(slot, row) else {
+                continue;
+            };
             let blocks = &newb[k as usize];
             let tags = if blocks.iter().all(Option::is_some) {
                 ChunkTags::unwritten(c)
@@ -974,11 +1110,21 @@ impl RaidArray {
                 let i = lo + j as u32;
                 tags.entries[i as usize] = Some(TagEntry::of(parity_addr(row, c, i), blk));
             }
-            writes.push((pslot, pdev.clone(), lay.member_block(row, lo), Bytes::from(p.clone())));
+            writes.push((
+                pslot,
+                pdev.clone(),
+                lay.member_block(row, lo),
+                Bytes::from(p.clone()),
+            ));
             let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, pslot)));
             writes.push((pslot, pdev.clone(), lay.tag_block(row, 0), tb));
         }
-        let results = join_all(writes.iter().map(|(_, dev, at, buf)| dev.write(*at, buf.clone(), flags))).await;
+        let results = join_all(
+            writes
+                .iter()
+                .map(|(_, dev, at, buf)| dev.write(*at, buf.clone(), flags)),
+        )
+        .await;
         for ((slot, ..), r) in writes.iter().zip(results) {
             if let Err(e) = r {
                 self.fail_member(*slot, &e).await;
@@ -989,18 +1135,29 @@ impl RaidArray {
 
     /// Tags of a chunk about to be partly rewritten; a damaged tag block is
     /// repaired first (the untouched blocks need correct entries).
-    async fn tags_for_update(&self, lay: &Layout, row: u64, slot: u32, dev: &SharedDevice) -> Result<ChunkTags> {
+    async fn tags_for_update(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+    ) -> Result<ChunkTags> {
         match self.read_tags(lay, row, slot, dev).await {
             Ok(t) if !t.damaged() => Ok(t),
             Ok(_) | Err(BlockError::Medium { .. }) => {
-                self.inner.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .checksum_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 let content = self.repair_chunk(lay, row, slot, dev).await?;
                 let bs = self.inner.block_size as usize;
                 Ok(ChunkTags {
                     entries: content
                         .chunks_exact(bs)
                         .enumerate()
-                        .map(|(i, b)| Some(TagEntry::of(Self::addr_of(lay, row, slot, i as u32), b)))
+                        .map(|(i, b)| {
+                            Some(TagEntry::of(Self::addr_of(lay, row, slot, i as u32), b))
+                        })
                         .collect(),
                 })
             }
@@ -1031,11 +1188,18 @@ impl RaidArray {
         };
         let mut p = old_parity.to_vec();
         for (k, blocks) in newb.iter().enumerate() {
-            let Some(a) = blocks.iter().position(Option::is_some) else { continue };
-            let b = blocks.iter().rposition(Option::is_some).map_or(a, |x| x + 1);
-            let old = self.read_chunk(lay, row, k as u32, a as u32, b as u32).await?;
-            for i in a..b {
-                if let Some(nb) = &blocks[i] {
+            let Some(a) = blocks.iter().position(Option::is_some) else {
+                continue;
+            };
+            let b = blocks
+                .iter()
+                .rposition(Option::is_some)
+                .map_or(a, |x| x + 1);
+            let old = self
+                .read_chunk(lay, row, k as u32, a as u32, b as u32)
+                .await?;
+            for (i, nb) in blocks.iter().enumerate().take(b).skip(a) {
+                if let Some(nb) = nb {
                     let po = (i - lo as usize) * bs;
                     let oo = (i - a) * bs;
                     xor_into(&mut p[po..po + bs], &old[oo..oo + bs]);
@@ -1047,9 +1211,30 @@ impl RaidArray {
     }
 
     /// Reconstruct-write parity: xor of the new data and the untouched old data.
-    async fn parity_rcw(&self, lay: &Layout, row: u64, newb: &[Vec<Option<Bytes>>], lo: u32, hi: u32) -> Result<Vec<u8>> {
+    async fn parity_rcw(
+        &self,
+        lay: &Layout,
+        row: u64,
+        newb: &[Vec<Option<Bytes>>],
+        lo: u32,
+        hi: u32,
+    ) -> Result<Vec<u8>> {
         let bs = self.inner.block_size as usize;
         let mut p = vec![0u8; (hi - lo) as usize * bs];
+        if newb
+            .iter()
+            .all(|v| v[lo as usize..hi as usize].iter().all(Option::is_some))
+        {
+            // Everything is new (a full-stripe write): one pass per block.
+            for (j, dst) in p.chunks_exact_mut(bs).enumerate() {
+                let srcs: Vec<&[u8]> = newb
+                    .iter()
+                    .filter_map(|v| v[lo as usize + j].as_deref())
+                    .collect();
+                crate::parity::xor_many(dst, &srcs);
+            }
+            return Ok(p);
+        }
         for (k, blocks) in newb.iter().enumerate() {
             let mut i = lo as usize;
             while i < hi as usize {
@@ -1063,7 +1248,9 @@ impl RaidArray {
                 while i < hi as usize && blocks[i].is_none() {
                     i += 1;
                 }
-                let old = self.read_chunk(lay, row, k as u32, start as u32, i as u32).await?;
+                let old = self
+                    .read_chunk(lay, row, k as u32, start as u32, i as u32)
+                    .await?;
                 let po = (start - lo as usize) * bs;
                 xor_into(&mut p[po..po + old.len()], &old);
             }
@@ -1074,8 +1261,8 @@ impl RaidArray {
     // ---------------------------------------------------------------- volume I/O
 
     /// Splits `[lba, lba + n)` into rows of their layouts: `(layout, row, pieces of (lba, blocks))`.
-    pub(crate) fn split(geo: &Geo, lba: u64, n: u64) -> Vec<(Layout, u64, Vec<(u64, u64)>)> {
-        let mut out: Vec<(Layout, u64, Vec<(u64, u64)>)> = Vec::new();
+    pub(crate) fn split(geo: &Geo, lba: u64, n: u64) -> Vec<RowSpan> {
+        let mut out: Vec<RowSpan> = Vec::new();
         let mut pos = lba;
         let end = lba + n;
         while pos < end {
@@ -1093,12 +1280,15 @@ impl RaidArray {
     }
 
     /// Takes the cached blocks of a row out of the cache as pieces.
-    fn take_cached(&self, lay: &Layout, row: u64) -> BTreeMap<u64, Bytes> {
-        let start = row * lay.row_data_blocks();
-        let end = start + lay.row_data_blocks();
+    fn take_cached(&self, geo: &Geo, lay: &Layout, row: u64) -> BTreeMap<u64, Bytes> {
         let mut cache = self.inner.cache.lock().expect("cache lock");
-        let keys: Vec<u64> = cache.range(start..end).map(|(k, _)| *k).collect();
-        keys.into_iter().filter_map(|k| cache.remove(&k).map(|v| (k, v))).collect()
+        let keys: Vec<u64> = cache
+            .range(geo.row_range(lay, row))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| cache.remove(&k).map(|v| (k, v)))
+            .collect()
     }
 
     /// Turns single cached blocks into per-chunk contiguous pieces.
@@ -1113,7 +1303,9 @@ impl RaidArray {
             }
         };
         for (lba, b) in blocks {
-            let contiguous = run.last().is_some_and(|(l, _)| *l + 1 == lba && lay.locate(lba).2 != 0);
+            let contiguous = run
+                .last()
+                .is_some_and(|(l, _)| *l + 1 == lba && lay.locate(lba).2 != 0);
             if !contiguous {
                 flush(&mut run, &mut out);
             }
@@ -1126,12 +1318,19 @@ impl RaidArray {
     /// Writes out every cached row.
     pub(crate) async fn destage_all(&self, geo: &Geo) -> Result<()> {
         loop {
-            let first = self.inner.cache.lock().expect("cache lock").keys().next().copied();
+            let first = self
+                .inner
+                .cache
+                .lock()
+                .expect("cache lock")
+                .keys()
+                .next()
+                .copied();
             let Some(lba) = first else { return Ok(()) };
             let (lay, _) = geo.layout_for(lba);
             let (row, ..) = lay.locate(lba);
             let _g = self.row_lock(row).await;
-            let blocks = self.take_cached(&lay, row);
+            let blocks = self.take_cached(geo, &lay, row);
             if !blocks.is_empty() {
                 let pieces = self.pieces_of(&lay, blocks);
                 self.write_row(&lay, row, &pieces, false).await?;
@@ -1141,12 +1340,19 @@ impl RaidArray {
 
     async fn evict(&self, geo: &Geo) -> Result<()> {
         while self.inner.cache.lock().expect("cache lock").len() > self.inner.cfg.cache_blocks {
-            let first = self.inner.cache.lock().expect("cache lock").keys().next().copied();
+            let first = self
+                .inner
+                .cache
+                .lock()
+                .expect("cache lock")
+                .keys()
+                .next()
+                .copied();
             let Some(lba) = first else { break };
             let (lay, _) = geo.layout_for(lba);
             let (row, ..) = lay.locate(lba);
             let _g = self.row_lock(row).await;
-            let blocks = self.take_cached(&lay, row);
+            let blocks = self.take_cached(geo, &lay, row);
             if !blocks.is_empty() {
                 let pieces = self.pieces_of(&lay, blocks);
                 self.write_row(&lay, row, &pieces, false).await?;
@@ -1177,8 +1383,9 @@ impl RaidArray {
                     (l, data.slice(off..off + cnt as usize * bs))
                 })
                 .collect();
-            if row_blocks == lay.row_data_blocks() {
-                self.take_cached(&lay, row);
+            let range = geo.row_range(&lay, row);
+            if row_blocks == range.end - range.start {
+                self.take_cached(&geo, &lay, row);
                 self.write_row(&lay, row, &slices, fua).await?;
                 continue;
             }
@@ -1190,13 +1397,12 @@ impl RaidArray {
                         cache.insert(l + j as u64, buf.slice(j * bs..(j + 1) * bs));
                     }
                 }
-                let start = row * lay.row_data_blocks();
-                if fua || cache.range(start..start + lay.row_data_blocks()).count() as u64 == lay.row_data_blocks() {
+                if fua || cache.range(range.clone()).count() as u64 == range.end - range.start {
                     complete = Some(());
                 }
             }
             if complete.is_some() {
-                let blocks = self.take_cached(&lay, row);
+                let blocks = self.take_cached(&geo, &lay, row);
                 let pieces = self.pieces_of(&lay, blocks);
                 self.write_row(&lay, row, &pieces, fua).await?;
             }
@@ -1213,7 +1419,8 @@ impl RaidArray {
             block_size: self.inner.block_size,
             num_blocks: geo.capacity(),
         };
-        g.check_range(lba, u64::from(n)).map_err(RaidError::Request)?;
+        g.check_range(lba, u64::from(n))
+            .map_err(RaidError::Request)?;
         let mut out = BytesMut::zeroed(n as usize * bs);
         for (lay, row, pieces) in Self::split(&geo, lba, u64::from(n)) {
             let _g = self.row_lock(row).await;
@@ -1222,7 +1429,10 @@ impl RaidArray {
                 let dst = &mut out[off..off + cnt as usize * bs];
                 let cached: Vec<(u64, Bytes)> = {
                     let cache = self.inner.cache.lock().expect("cache lock");
-                    cache.range(l..l + cnt).map(|(k, v)| (*k, v.clone())).collect()
+                    cache
+                        .range(l..l + cnt)
+                        .map(|(k, v)| (*k, v.clone()))
+                        .collect()
                 };
                 if cached.len() as u64 != cnt {
                     let (_, k, i) = lay.locate(l);
@@ -1298,7 +1508,9 @@ impl RaidArray {
         }
         let need = self.inner.geo.read().await.cur.member_blocks_needed();
         if dev.geometry().num_blocks < need {
-            return Err(RaidError::Config(format!("spare has fewer than the {need} blocks needed")));
+            return Err(RaidError::Config(format!(
+                "spare has fewer than the {need} blocks needed"
+            )));
         }
         self.meta().spares.push(dev);
         self.write_superblocks().await
@@ -1306,7 +1518,8 @@ impl RaidArray {
 
     /// Takes a member out (administratively failed), as if it had failed.
     pub async fn fail(&self, slot: u32) {
-        self.fail_member(slot, &BlockError::Offline("failed by administrator".into())).await;
+        self.fail_member(slot, &BlockError::Offline("failed by administrator".into()))
+            .await;
     }
 
     pub(crate) fn set_flag(&self, flag: u32, on: bool) {

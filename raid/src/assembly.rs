@@ -17,7 +17,8 @@ use blockdev::SharedDevice;
 use tracing::{info, warn};
 
 use crate::array::{
-    read_superblock, AssembleOptions, AssemblyReport, Config, Geo, MemberState, Meta, RaidArray, Slot,
+    read_superblock, AssembleOptions, AssemblyReport, Config, Geo, MemberState, Meta, RaidArray,
+    Slot,
 };
 use crate::bitmap::Bitmap;
 use crate::clock::Clock;
@@ -25,7 +26,8 @@ use crate::error::{RaidError, Result};
 use crate::layout::Layout;
 use crate::rebuild::RebuildState;
 use crate::superblock::{
-    SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD, FLAG_RESHAPE, REBUILD_BITMAP, SPARE,
+    SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD, FLAG_RESHAPE, REBUILD_BITMAP,
+    SPARE,
 };
 
 impl RaidArray {
@@ -42,7 +44,9 @@ impl RaidArray {
         for d in devices {
             match read_superblock(&d).await {
                 Ok(sb) => found.push((d, sb)),
-                Err(e) => report.refused.push((d.identity().clone(), format!("no valid superblock: {e}"))),
+                Err(e) => report
+                    .refused
+                    .push((d.identity().clone(), format!("no valid superblock: {e}"))),
             }
         }
         let mut votes: BTreeMap<[u8; 16], usize> = BTreeMap::new();
@@ -50,15 +54,23 @@ impl RaidArray {
             *votes.entry(sb.array_uuid).or_default() += 1;
         }
         let max_votes = votes.values().copied().max().unwrap_or(0);
-        let winners: Vec<[u8; 16]> = votes.iter().filter(|(_, &v)| v == max_votes).map(|(k, _)| *k).collect();
+        let winners: Vec<[u8; 16]> = votes
+            .iter()
+            .filter(|(_, &v)| v == max_votes)
+            .map(|(k, _)| *k)
+            .collect();
         if winners.len() != 1 {
-            return Err(RaidError::Assembly("no array, or several arrays with equal claims".into()));
+            return Err(RaidError::Assembly(
+                "no array, or several arrays with equal claims".into(),
+            ));
         }
         let uuid = winners[0];
         found.retain(|(d, sb)| {
             let ours = sb.array_uuid == uuid;
             if !ours {
-                report.refused.push((d.identity().clone(), "member of another array".into()));
+                report
+                    .refused
+                    .push((d.identity().clone(), "member of another array".into()));
             }
             ours
         });
@@ -83,14 +95,20 @@ impl RaidArray {
             let id = d.identity().uuid;
             if sb.role == SPARE {
                 if slots.iter().any(|s| s.uuid == id) {
-                    report.refused.push((d.identity().clone(), "spare superblock for a member device".into()));
+                    report.refused.push((
+                        d.identity().clone(),
+                        "spare superblock for a member device".into(),
+                    ));
                 } else {
                     spares.push(d.clone());
                 }
                 continue;
             }
             let Some(slot) = slots.get_mut(sb.role as usize).filter(|s| s.uuid == id) else {
-                report.refused.push((d.identity().clone(), format!("slot {} belongs to another device", sb.role)));
+                report.refused.push((
+                    d.identity().clone(),
+                    format!("slot {} belongs to another device", sb.role),
+                ));
                 continue;
             };
             let entry = best.slots[sb.role as usize];
@@ -107,7 +125,9 @@ impl RaidArray {
                 SlotState::Active => slot.state = MemberState::InSync,
                 SlotState::Rebuilding => slot.state = MemberState::Rebuilding,
                 SlotState::Faulty => {
-                    report.refused.push((d.identity().clone(), "member marked faulty".into()));
+                    report
+                        .refused
+                        .push((d.identity().clone(), "member marked faulty".into()));
                     continue;
                 }
             }
@@ -116,7 +136,10 @@ impl RaidArray {
         let mut rebuild = None;
         if best.flags & FLAG_REBUILD != 0 {
             let s = best.rebuild_slot as usize;
-            if slots.get(s).is_some_and(|s| s.state == MemberState::Rebuilding) {
+            if slots
+                .get(s)
+                .is_some_and(|s| s.state == MemberState::Rebuilding)
+            {
                 rebuild = Some(RebuildState::new(
                     best.rebuild_slot,
                     best.rebuild_pos,
@@ -126,7 +149,9 @@ impl RaidArray {
             }
         }
         for (i, s) in slots.iter_mut().enumerate() {
-            if s.state == MemberState::Rebuilding && rebuild.as_ref().is_none_or(|r| r.slot as usize != i) {
+            if s.state == MemberState::Rebuilding
+                && rebuild.as_ref().is_none_or(|r| r.slot as usize != i)
+            {
                 s.state = MemberState::Faulty { since: now };
             }
         }
@@ -136,9 +161,14 @@ impl RaidArray {
             .filter(|(_, s)| matches!(s.state, MemberState::Faulty { .. }))
             .map(|(i, _)| i as u32)
             .collect();
-        let unavailable = slots.iter().filter(|s| s.state != MemberState::InSync).count();
+        let unavailable = slots
+            .iter()
+            .filter(|s| s.state != MemberState::InSync)
+            .count();
         if unavailable > 1 {
-            return Err(RaidError::Failed(format!("{unavailable} members unavailable")));
+            return Err(RaidError::Failed(format!(
+                "{unavailable} members unavailable"
+            )));
         }
         let dirty = best.flags & FLAG_CLEAN == 0;
         let journal = best.flags & FLAG_JOURNAL != 0;
@@ -154,15 +184,13 @@ impl RaidArray {
             data_start: best.data_start,
             rows: best.rows,
         };
-        let reshape = (best.flags & FLAG_RESHAPE != 0).then(|| {
-            (
-                Layout {
-                    members: best.reshape_members,
-                    ..cur
-                },
-                best.reshape_pos,
-            )
-        });
+        let reshape = (best.flags & FLAG_RESHAPE != 0).then_some((
+            Layout {
+                members: best.reshape_members,
+                ..cur
+            },
+            best.reshape_pos,
+        ));
         let mut bitmap = Bitmap::new(best.rows, best.region_rows);
         for s in &slots {
             if let (Some(d), MemberState::InSync | MemberState::Rebuilding) = (&s.dev, s.state) {
@@ -184,7 +212,10 @@ impl RaidArray {
         let array = RaidArray::from_parts(cfg, bs, uuid, clock, Geo { cur, reshape }, meta);
         array.write_superblocks().await?;
         if let Some(j) = &array.inner.journal {
-            let layouts: Vec<Layout> = [Some(cur), reshape.map(|(l, _)| l)].into_iter().flatten().collect();
+            let layouts: Vec<Layout> = [Some(cur), reshape.map(|(l, _)| l)]
+                .into_iter()
+                .flatten()
+                .collect();
             report.journal_replayed = j.replay(&array, &layouts).await?;
         }
         if dirty {

@@ -144,7 +144,10 @@ impl ChunkTags {
             blk[16..20].copy_from_slice(&place.slot.to_le_bytes());
             blk[24..32].copy_from_slice(&place.array);
             let ents = &self.entries[t * per..((t + 1) * per).min(self.entries.len())];
-            for (e, dst) in ents.iter().zip(blk[TAG_HEADER..].chunks_exact_mut(TAG_ENTRY)) {
+            for (e, dst) in ents
+                .iter()
+                .zip(blk[TAG_HEADER..].chunks_exact_mut(TAG_ENTRY))
+            {
                 let e = e.unwrap_or_default();
                 dst[0..4].copy_from_slice(&e.crc.to_le_bytes());
                 let flags = if e.written { FLAG_WRITTEN } else { 0 };

@@ -153,7 +153,10 @@ impl JournalState {
             let mut rec = BytesMut::from(&head[..]);
             rec.extend_from_slice(&payload);
             // Written while the ring is locked, so records land in order.
-            match pdev.write(self.start + at, rec.freeze(), WriteFlags::FUA).await {
+            match pdev
+                .write(self.start + at, rec.freeze(), WriteFlags::FUA)
+                .await
+            {
                 Ok(()) => {
                     rings.insert(pslot, at + total);
                     return Ok(guard);
@@ -162,7 +165,10 @@ impl JournalState {
                     drop(rings);
                     drop(guard);
                     array.fail_member(pslot, &e).await;
-                    return Err(RaidError::Member { slot: pslot, source: e });
+                    return Err(RaidError::Member {
+                        slot: pslot,
+                        source: e,
+                    });
                 }
             }
         }
@@ -215,7 +221,9 @@ impl JournalState {
         let mut at = 1u64;
         let mut last = 0;
         while at < self.blocks {
-            let Ok(first) = dev.read(self.start + at, 1).await else { break };
+            let Ok(first) = dev.read(self.start + at, 1).await else {
+                break;
+            };
             if get32(&first, 0) != REC_MAGIC {
                 break;
             }
@@ -224,7 +232,9 @@ impl JournalState {
             if hb != Self::header_blocks(n, bs) || at + (hb + n) as u64 > self.blocks {
                 break;
             }
-            let Ok(all) = dev.read(self.start + at, (hb + n) as u32).await else { break };
+            let Ok(all) = dev.read(self.start + at, (hb + n) as u32).await else {
+                break;
+            };
             let mut head = all[..hb * bs].to_vec();
             let crc = get32(&head, 4);
             head[4..8].fill(0);
@@ -241,7 +251,12 @@ impl JournalState {
                 row: get64(&head, 16),
                 members: get32(&head, 24),
                 entries: (0..n)
-                    .map(|e| (get32(&head, REC_FIXED + 8 * e), get32(&head, REC_FIXED + 8 * e + 4)))
+                    .map(|e| {
+                        (
+                            get32(&head, REC_FIXED + 8 * e),
+                            get32(&head, REC_FIXED + 8 * e + 4),
+                        )
+                    })
                     .collect(),
                 payload: all[hb * bs..].to_vec(),
             });
@@ -263,7 +278,11 @@ impl JournalState {
         }
         records.retain(|r| r.seq >= max_start);
         records.sort_by_key(|r| r.seq);
-        let next = records.last().map_or(max_start, |r| r.seq + 1).max(max_start).max(1);
+        let next = records
+            .last()
+            .map_or(max_start, |r| r.seq + 1)
+            .max(max_start)
+            .max(1);
         self.next_seq.store(next, Ordering::SeqCst);
         let mut replayed = 0;
         for rec in &records {
@@ -277,14 +296,23 @@ impl JournalState {
             let mut by_slot: BTreeMap<u32, Vec<(u32, &[u8])>> = BTreeMap::new();
             for (n, &(slot, i)) in rec.entries.iter().enumerate() {
                 if slot < lay.members && i < lay.chunk_blocks {
-                    by_slot.entry(slot).or_default().push((i, &rec.payload[n * bs..(n + 1) * bs]));
+                    by_slot
+                        .entry(slot)
+                        .or_default()
+                        .push((i, &rec.payload[n * bs..(n + 1) * bs]));
                 }
             }
             for (slot, blocks) in by_slot {
-                let Some(dev) = array.usable(slot, rec.row) else { continue };
+                let Some(dev) = array.usable(slot, rec.row) else {
+                    continue;
+                };
                 for (i, data) in &blocks {
                     if let Err(e) = dev
-                        .write(lay.member_block(rec.row, *i), Bytes::copy_from_slice(data), WriteFlags::NONE)
+                        .write(
+                            lay.member_block(rec.row, *i),
+                            Bytes::copy_from_slice(data),
+                            WriteFlags::NONE,
+                        )
                         .await
                     {
                         array.fail_member(slot, &e).await;
@@ -323,16 +351,23 @@ pub(crate) async fn retag(
         if let Ok(all) = dev.read(lay.member_block(row, 0), lay.chunk_blocks).await {
             for (i, b) in all.chunks_exact(bs).enumerate() {
                 if tags.entries[i].is_none() {
-                    tags.entries[i] = Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, i as u32), b));
+                    tags.entries[i] = Some(TagEntry::of(
+                        RaidArray::addr_of(lay, row, slot, i as u32),
+                        b,
+                    ));
                 }
             }
         }
     }
     for (i, data) in blocks {
-        tags.entries[*i as usize] = Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, *i), data));
+        tags.entries[*i as usize] =
+            Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, *i), data));
     }
     let buf = Bytes::from(tags.encode(array.inner.block_size, array.place(row, slot)));
-    if let Err(e) = dev.write(lay.tag_block(row, 0), buf, WriteFlags::NONE).await {
+    if let Err(e) = dev
+        .write(lay.tag_block(row, 0), buf, WriteFlags::NONE)
+        .await
+    {
         array.fail_member(slot, &e).await;
     }
 }

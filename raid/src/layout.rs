@@ -211,7 +211,7 @@ mod props {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(
-            std::env::var("RAID_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).map_or(1000, |c: u32| c * 20)
+            std::env::var("RAID_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).map_or(2000, |c: u32| c * 40)
         ))]
 
         /// Every volume block maps to exactly one (member, member block), never

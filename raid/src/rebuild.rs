@@ -97,8 +97,13 @@ impl RaidArray {
         let r = m.rebuild.as_ref()?;
         let total = m.sb.rows;
         let secs = (now - r.started).as_secs_f64();
-        let rate = if secs > 0.0 { r.rows_done as f64 / secs } else { 0.0 };
-        let eta = (rate > 0.0).then(|| Duration::from_secs_f64((total - r.pos.min(total)) as f64 / rate));
+        let rate = if secs > 0.0 {
+            r.rows_done as f64 / secs
+        } else {
+            0.0
+        };
+        let eta =
+            (rate > 0.0).then(|| Duration::from_secs_f64((total - r.pos.min(total)) as f64 / rate));
         let _ = r.start_pos;
         Some(RebuildProgress {
             slot: r.slot,
@@ -178,16 +183,22 @@ impl RaidArray {
     pub async fn re_add(&self, dev: SharedDevice) -> Result<()> {
         let sb = crate::array::read_superblock(&dev).await?;
         if sb.array_uuid != self.inner.array_uuid {
-            return Err(RaidError::Assembly("device belongs to another array".into()));
+            return Err(RaidError::Assembly(
+                "device belongs to another array".into(),
+            ));
         }
         let slot = sb.role;
         {
             let m = self.meta();
             let Some(s) = m.slots.get(slot as usize).filter(|_| slot != SPARE) else {
-                return Err(RaidError::Assembly("device has no slot in this array".into()));
+                return Err(RaidError::Assembly(
+                    "device has no slot in this array".into(),
+                ));
             };
             if s.uuid != dev.identity().uuid {
-                return Err(RaidError::Assembly(format!("slot {slot} now holds another device; add it as a spare")));
+                return Err(RaidError::Assembly(format!(
+                    "slot {slot} now holds another device; add it as a spare"
+                )));
             }
             if !matches!(s.state, MemberState::Faulty { .. }) {
                 return Err(RaidError::Assembly(format!("slot {slot} is not failed")));
@@ -196,10 +207,15 @@ impl RaidArray {
                 return Err(RaidError::Assembly("a rebuild is already running".into()));
             }
             if m.sb.reshape_members != 0 {
-                return Err(RaidError::Assembly("members return after the reshape finishes".into()));
+                return Err(RaidError::Assembly(
+                    "members return after the reshape finishes".into(),
+                ));
             }
         }
-        info!(slot, "member returns; rebuilding regions written while it was away");
+        info!(
+            slot,
+            "member returns; rebuilding regions written while it was away"
+        );
         self.install(slot, dev, true).await
     }
 
@@ -209,7 +225,12 @@ impl RaidArray {
         let lay = geo.cur;
         let mut done = 0;
         while done < max_rows {
-            let Some((slot, row, bitmap_only)) = self.meta().rebuild.as_ref().map(|r| (r.slot, r.pos, r.bitmap_only)) else {
+            let Some((slot, row, bitmap_only)) = self
+                .meta()
+                .rebuild
+                .as_ref()
+                .map(|r| (r.slot, r.pos, r.bitmap_only))
+            else {
                 return Ok((done, false));
             };
             if row >= lay.rows {
@@ -237,7 +258,11 @@ impl RaidArray {
                     _ => return Ok((done, false)),
                 }
             }
-            let ckpt = self.meta().rebuild.as_ref().is_some_and(|r| r.pos - r.checkpoint >= self.inner.cfg.checkpoint_rows);
+            let ckpt = self
+                .meta()
+                .rebuild
+                .as_ref()
+                .is_some_and(|r| r.pos - r.checkpoint >= self.inner.cfg.checkpoint_rows);
             if ckpt {
                 self.checkpoint_rebuild(slot).await?;
             }
@@ -245,18 +270,29 @@ impl RaidArray {
         Ok((done, false))
     }
 
-    async fn rebuild_row(&self, lay: &Layout, row: u64, slot: u32, dev: &SharedDevice) -> Result<()> {
+    async fn rebuild_row(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+    ) -> Result<()> {
         match self.reconstruct(lay, row, slot, 0, lay.chunk_blocks).await {
             Ok(content) => {
-                self.write_chunk_with_tags(lay, row, slot, dev, &content, WriteFlags::NONE).await;
+                self.write_chunk_with_tags(lay, row, slot, dev, &content, WriteFlags::NONE)
+                    .await;
             }
             Err(RaidError::Unrecoverable { lba }) => {
                 // No correct copy exists: leave a damaged tag block so reads of
                 // this chunk report an error instead of returning stale data.
                 warn!(row, slot, lba, "rebuild found unrecoverable data");
-                let mut tb = ChunkTags::unwritten(lay.chunk_blocks).encode(self.inner.block_size, self.place(row, slot));
+                let mut tb = ChunkTags::unwritten(lay.chunk_blocks)
+                    .encode(self.inner.block_size, self.place(row, slot));
                 tb[4] ^= 0xff;
-                if let Err(e) = dev.write(lay.tag_block(row, 0), Bytes::from(tb), WriteFlags::NONE).await {
+                if let Err(e) = dev
+                    .write(lay.tag_block(row, 0), Bytes::from(tb), WriteFlags::NONE)
+                    .await
+                {
                     self.fail_member(slot, &e).await;
                 }
             }
@@ -267,18 +303,28 @@ impl RaidArray {
 
     fn check_target(&self, slot: u32) -> Result<()> {
         match self.meta().slots[slot as usize].state {
-            MemberState::Faulty { .. } => Err(RaidError::Failed(format!("rebuild target {slot} failed"))),
+            MemberState::Faulty { .. } => {
+                Err(RaidError::Failed(format!("rebuild target {slot} failed")))
+            }
             _ => Ok(()),
         }
     }
 
-    async fn checkpoint_rebuild(&self, slot: u32) -> Result<()> {
+    /// Flushes the rebuild target; false when that failed it.
+    async fn flush_target(&self, slot: u32) -> bool {
         let dev = self.meta().slots[slot as usize].dev.clone();
         if let Some(dev) = dev {
             if let Err(e) = dev.flush().await {
                 self.fail_member(slot, &e).await;
-                return Ok(());
+                return false;
             }
+        }
+        true
+    }
+
+    async fn checkpoint_rebuild(&self, slot: u32) -> Result<()> {
+        if !self.flush_target(slot).await {
+            return Ok(());
         }
         {
             let mut m = self.meta();
@@ -290,12 +336,8 @@ impl RaidArray {
     }
 
     async fn finish_rebuild(&self, slot: u32) -> Result<()> {
-        let dev = self.meta().slots[slot as usize].dev.clone();
-        if let Some(dev) = dev {
-            if let Err(e) = dev.flush().await {
-                self.fail_member(slot, &e).await;
-                return Ok(());
-            }
+        if !self.flush_target(slot).await {
+            return Ok(());
         }
         {
             let mut m = self.meta();
@@ -315,8 +357,11 @@ impl RaidArray {
         let bs = self.inner.block_size as usize;
         let c = lay.chunk_blocks;
         let pslot = lay.parity_member(row);
-        let devs: Vec<Option<SharedDevice>> = (0..lay.members).map(|s| self.usable(s, row)).collect();
-        let missing: Vec<u32> = (0..lay.members).filter(|&s| devs[s as usize].is_none()).collect();
+        let devs: Vec<Option<SharedDevice>> =
+            (0..lay.members).map(|s| self.usable(s, row)).collect();
+        let missing: Vec<u32> = (0..lay.members)
+            .filter(|&s| devs[s as usize].is_none())
+            .collect();
         if missing.len() > 1 || missing.first().is_some_and(|&m| m != pslot) {
             return Ok(false);
         }
@@ -328,7 +373,10 @@ impl RaidArray {
             if s == pslot {
                 continue;
             }
-            let (data, tags) = tokio::join!(dev.read(lay.member_block(row, 0), c), self.read_tags(lay, row, s, dev));
+            let (data, tags) = tokio::join!(
+                dev.read(lay.member_block(row, 0), c),
+                self.read_tags(lay, row, s, dev)
+            );
             let (data, mut tags) = match (data, tags) {
                 (Ok(d), Ok(t)) => (d, t),
                 (Err(e), _) | (_, Err(e)) => {
@@ -348,7 +396,10 @@ impl RaidArray {
             if fix {
                 changed = true;
                 let buf = Bytes::from(tags.encode(self.inner.block_size, self.place(row, s)));
-                if let Err(e) = dev.write(lay.tag_block(row, 0), buf, WriteFlags::NONE).await {
+                if let Err(e) = dev
+                    .write(lay.tag_block(row, 0), buf, WriteFlags::NONE)
+                    .await
+                {
                     self.fail_member(s, &e).await;
                 }
             }
@@ -356,7 +407,10 @@ impl RaidArray {
         let Some(pdev) = &devs[pslot as usize] else {
             return Ok(changed);
         };
-        let (pdata, ptags) = match tokio::join!(pdev.read(lay.member_block(row, 0), c), self.read_tags(lay, row, pslot, pdev)) {
+        let (pdata, ptags) = match tokio::join!(
+            pdev.read(lay.member_block(row, 0), c),
+            self.read_tags(lay, row, pslot, pdev)
+        ) {
             (Ok(d), Ok(t)) => (d, t),
             (Err(e), _) | (_, Err(e)) => {
                 self.fail_member(pslot, &e).await;
@@ -370,7 +424,8 @@ impl RaidArray {
                 .any(|(i, b)| !ptags.verifies(i, Self::addr_of(lay, row, pslot, i as u32), b));
         if stale {
             changed = true;
-            self.write_chunk_with_tags(lay, row, pslot, pdev, &parity, WriteFlags::NONE).await;
+            self.write_chunk_with_tags(lay, row, pslot, pdev, &parity, WriteFlags::NONE)
+                .await;
         }
         Ok(changed)
     }
@@ -400,4 +455,3 @@ impl RaidArray {
         Ok(fixed)
     }
 }
-

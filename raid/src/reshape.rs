@@ -83,7 +83,10 @@ impl RaidArray {
         self.flush_locked(&geo).await?;
         dev.write_zeroes(0, cur.member_blocks_needed(), true)
             .await
-            .map_err(|e| RaidError::Member { slot: new.members - 1, source: e })?;
+            .map_err(|e| RaidError::Member {
+                slot: new.members - 1,
+                source: e,
+            })?;
         {
             let mut m = self.meta();
             m.slots.push(Slot {
@@ -111,7 +114,9 @@ impl RaidArray {
 
     /// Backs up the critical region and builds the first `d` new rows from it.
     async fn critical_section(&self, geo: &mut Geo) -> Result<()> {
-        let Some((new, pos)) = geo.reshape else { return Ok(()) };
+        let Some((new, pos)) = geo.reshape else {
+            return Ok(());
+        };
         let old = geo.cur;
         let d = u64::from(old.data_chunks());
         if pos >= d {
@@ -144,7 +149,8 @@ impl RaidArray {
         }
         let end = d.min(rows_needed(&old, &new));
         for j in pos..end {
-            self.copy_new_row(&old, &new, j, Some((&backup, src_rows))).await?;
+            self.copy_new_row(&old, &new, j, Some((&backup, src_rows)))
+                .await?;
         }
         self.flush_members().await?;
         geo.reshape = Some((new, end));
@@ -158,7 +164,13 @@ impl RaidArray {
 
     /// Builds new-layout row `j` from the old layout (old rows below
     /// `backup.1` read from the backup area) and writes it as a full stripe.
-    async fn copy_new_row(&self, old: &Layout, new: &Layout, j: u64, backup: Option<(&Layout, u64)>) -> Result<()> {
+    async fn copy_new_row(
+        &self,
+        old: &Layout,
+        new: &Layout,
+        j: u64,
+        backup: Option<(&Layout, u64)>,
+    ) -> Result<()> {
         let bs = self.inner.block_size as usize;
         let start = j * new.row_data_blocks();
         let end = (start + new.row_data_blocks()).min(old.capacity());
@@ -179,7 +191,12 @@ impl RaidArray {
         let buf = buf.freeze();
         let c = new.chunk_blocks as usize * bs;
         let pieces: Vec<Piece> = (0..new.data_chunks() as usize)
-            .map(|k| (start + (k * new.chunk_blocks as usize) as u64, buf.slice(k * c..(k + 1) * c)))
+            .map(|k| {
+                (
+                    start + (k * new.chunk_blocks as usize) as u64,
+                    buf.slice(k * c..(k + 1) * c),
+                )
+            })
             .collect();
         self.write_row(new, j, &pieces, false).await
     }
@@ -198,7 +215,9 @@ impl RaidArray {
     /// Moves one window of rows. Returns whether the reshape is complete.
     pub async fn reshape_step(&self) -> Result<bool> {
         let mut geo = self.inner.geo.write().await;
-        let Some((new, pos)) = geo.reshape else { return Ok(true) };
+        let Some((new, pos)) = geo.reshape else {
+            return Ok(true);
+        };
         let old = geo.cur;
         self.flush_locked(&geo).await?;
         if pos < u64::from(old.data_chunks()) {
@@ -213,7 +232,9 @@ impl RaidArray {
         let d = u64::from(old.data_chunks());
         let d2 = u64::from(new.data_chunks());
         let safe = pos * d2 / d;
-        let b = safe.min(total).min(pos + self.inner.cfg.reshape_step_rows.max(1));
+        let b = safe
+            .min(total)
+            .min(pos + self.inner.cfg.reshape_step_rows.max(1));
         for j in pos..b {
             self.copy_new_row(&old, &new, j, None).await?;
         }
@@ -265,8 +286,11 @@ impl RaidArray {
         }
         self.set_capacity(new.capacity());
         self.write_superblocks().await?;
-        info!(members = new.members, capacity = new.capacity(), "reshape finished");
+        info!(
+            members = new.members,
+            capacity = new.capacity(),
+            "reshape finished"
+        );
         Ok(())
     }
 }
-

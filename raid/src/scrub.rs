@@ -100,7 +100,11 @@ impl RaidArray {
             let bad: Vec<usize> = (0..n)
                 .filter(|&s| {
                     unreadable[s]
-                        || !tags[s].verifies(i, Self::addr_of(lay, row, s as u32, i as u32), &chunks[s][range.clone()])
+                        || !tags[s].verifies(
+                            i,
+                            Self::addr_of(lay, row, s as u32, i as u32),
+                            &chunks[s][range.clone()],
+                        )
                 })
                 .collect();
             match bad.len() {
@@ -126,7 +130,12 @@ impl RaidArray {
                     }
                     let addr = Self::addr_of(lay, row, s as u32, i as u32);
                     if tags[s].entries[i].is_some_and(|e| !e.verifies(addr, &x)) {
-                        warn!(row, slot = s, block = i, "rebuilt block disagrees with its checksum");
+                        warn!(
+                            row,
+                            slot = s,
+                            block = i,
+                            "rebuilt block disagrees with its checksum"
+                        );
                         report.unrecoverable += 1;
                         continue;
                     }
@@ -160,8 +169,13 @@ impl RaidArray {
                         .collect(),
                 };
                 let mut buf = chunks[s].clone();
-                buf.extend_from_slice(&fresh.encode(self.inner.block_size, self.place(row, s as u32)));
-                if let Err(e) = devs[s].write(lay.member_block(row, 0), Bytes::from(buf), WriteFlags::FUA).await {
+                buf.extend_from_slice(
+                    &fresh.encode(self.inner.block_size, self.place(row, s as u32)),
+                );
+                if let Err(e) = devs[s]
+                    .write(lay.member_block(row, 0), Bytes::from(buf), WriteFlags::FUA)
+                    .await
+                {
                     self.fail_member(s as u32, &e).await;
                 }
             }

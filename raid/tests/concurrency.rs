@@ -21,7 +21,9 @@ async fn concurrent_writers_keep_parity_consistent() {
                 let mut lba = w;
                 while lba < cap {
                     let fua = lba % 3 == 0;
-                    a.write(lba, blocks(lba, 1, round), WriteFlags { fua }).await.unwrap();
+                    a.write(lba, blocks(lba, 1, round), WriteFlags { fua })
+                        .await
+                        .unwrap();
                     lba += 8 * (1 + round % 2);
                 }
                 if w == 0 {
@@ -49,14 +51,20 @@ async fn concurrent_writers_keep_parity_consistent() {
     let model: Vec<Option<u64>> = (0..cap)
         .map(|lba| {
             let w = lba % 8;
-            (1..=3u64).rev().find(|r| (lba - w) % (8 * (1 + r % 2)) == 0)
+            (1..=3u64)
+                .rev()
+                .find(|r| (lba - w) % (8 * (1 + r % 2)) == 0)
         })
         .collect();
     check_all(&a, &model).await;
     // Parity must be right everywhere: scrub finds nothing, and with any one
     // member gone every block still reads back.
     let r = a.scrub().await.unwrap();
-    assert_eq!((r.data_repaired, r.parity_repaired, r.unrecoverable), (0, 0, 0), "{r:?}");
+    assert_eq!(
+        (r.data_repaired, r.parity_repaired, r.unrecoverable),
+        (0, 0, 0),
+        "{r:?}"
+    );
     rig.faulty[2].set_offline(true);
     check_all(&a, &model).await;
 }

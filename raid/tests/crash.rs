@@ -35,11 +35,22 @@ impl Model {
     /// After a crash every block must hold its durable version or one written
     /// since; whatever it holds becomes durable.
     async fn check_after_crash(&mut self, a: &RaidArray) {
-        let data = a.read(0, self.durable.len() as u32).await.expect("read after crash");
+        let data = a
+            .read(0, self.durable.len() as u32)
+            .await
+            .expect("read after crash");
         for lba in 0..self.durable.len() {
             let got = &data[lba * BS..(lba + 1) * BS];
-            let ok = |v: u64| if v == 0 { got.iter().all(|&b| b == 0) } else { got == &pattern(lba as u64, v)[..] };
-            let hit = std::iter::once(self.durable[lba]).chain(self.pending[lba].iter().copied()).find(|&v| ok(v));
+            let ok = |v: u64| {
+                if v == 0 {
+                    got.iter().all(|&b| b == 0)
+                } else {
+                    got == &pattern(lba as u64, v)[..]
+                }
+            };
+            let hit = std::iter::once(self.durable[lba])
+                .chain(self.pending[lba].iter().copied())
+                .find(|&v| ok(v));
             match hit {
                 Some(v) => self.durable[lba] = v,
                 None => panic!(
@@ -84,7 +95,9 @@ async fn crash_rounds(journal: bool, fail_after: bool, seed: u64) {
             let lba = next() % cap;
             let n = (next() % 20 + 1).min(cap - lba);
             version += 1;
-            a.write(lba, blocks(lba, n, version), WriteFlags::NONE).await.unwrap();
+            a.write(lba, blocks(lba, n, version), WriteFlags::NONE)
+                .await
+                .unwrap();
             model.write(lba, n, version);
             if next() % 5 == 0 {
                 a.flush().await.unwrap();
@@ -134,18 +147,20 @@ async fn after_resync_a_member_failure_loses_nothing() {
     let a = rig.create(3).await;
     let cap = a.geometry().num_blocks;
     let mut model = Model::new(cap as usize);
-    a.write(0, blocks(0, cap, 1), WriteFlags::NONE).await.unwrap();
+    a.write(0, blocks(0, cap, 1), WriteFlags::NONE)
+        .await
+        .unwrap();
     a.flush().await.unwrap();
     model.write(0, cap, 1);
     model.flush();
     for lba in (0..cap).step_by(7) {
-        a.write(lba, blocks(lba, 1, 2), WriteFlags::NONE).await.unwrap();
+        a.write(lba, blocks(lba, 1, 2), WriteFlags::NONE)
+            .await
+            .unwrap();
         model.write(lba, 1, 2);
     }
     crash(&rig, a).await;
-    let (b, report) = RaidArray::assemble(rig.all(), rig.cfg.clone(), rig.clock.clone(), Default::default())
-        .await
-        .unwrap();
+    let (b, report) = rig.assemble_report(false).await.unwrap();
     assert!(report.resynced_rows > 0, "{report:?}");
     model.check_after_crash(&b).await;
     b.close().await.unwrap();

@@ -6,22 +6,14 @@ use std::time::Duration;
 
 use blockdev::{BlockDevice, WriteFlags};
 use common::*;
-use raid::{AssembleOptions, MemberState, RaidArray, RaidError};
-
-async fn filled(rig: &Rig, n: usize) -> (RaidArray, Vec<Option<u64>>) {
-    let a = rig.create(n).await;
-    let cap = a.geometry().num_blocks;
-    a.write(0, blocks(0, cap, 1), WriteFlags::NONE).await.unwrap();
-    a.flush().await.unwrap();
-    (a, vec![Some(1); cap as usize])
-}
+use raid::{MemberState, RaidArray, RaidError};
 
 #[tokio::test]
 async fn hot_spare_replaces_failed_member_after_timeout() {
     let mut cfg = small_config();
     cfg.rebuild_rows_per_sec = Some(10);
     let mut rig = Rig::new(4, 1024, cfg);
-    let (a, mut model) = filled(&rig, 3).await;
+    let (a, mut model) = rig.filled(3).await;
     let spare = rig.faulty[3].clone();
     a.add_spare(spare.clone()).await.unwrap();
     rig.faulty[0].set_offline(true);
@@ -42,11 +34,16 @@ async fn hot_spare_replaces_failed_member_after_timeout() {
     assert_eq!(p.done_rows, 10);
     assert!((p.rows_per_sec - 10.0).abs() < 1e-9, "{p:?}");
     let total = p.total_rows;
-    assert_eq!(p.eta, Some(Duration::from_secs_f64((total - 10) as f64 / 10.0)));
+    assert_eq!(
+        p.eta,
+        Some(Duration::from_secs_f64((total - 10) as f64 / 10.0))
+    );
     // Writes during the rebuild land on both sides of its position.
     a.write(0, blocks(0, 2, 2), WriteFlags::NONE).await.unwrap();
     let last = model.len() as u64 - 2;
-    a.write(last, blocks(last, 2, 2), WriteFlags::NONE).await.unwrap();
+    a.write(last, blocks(last, 2, 2), WriteFlags::NONE)
+        .await
+        .unwrap();
     for b in [0, 1, last, last + 1] {
         model[b as usize] = Some(2);
     }
@@ -67,7 +64,7 @@ async fn hot_spare_replaces_failed_member_after_timeout() {
 #[tokio::test]
 async fn rebuild_resumes_from_checkpoint_after_restart() {
     let rig = Rig::new(4, 1024, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     a.add_spare(rig.shared(3)).await.unwrap();
     a.fail(1).await;
     rig.clock.advance(Duration::from_secs(60));
@@ -77,10 +74,14 @@ async fn rebuild_resumes_from_checkpoint_after_restart() {
     assert_eq!(a.rebuild_progress().unwrap().done_rows, 8);
     a.rebuild_step(20).await.unwrap();
     drop(a);
-    let (b, report) = RaidArray::assemble(rig.all(), rig.cfg.clone(), rig.clock.clone(), AssembleOptions { force: true })
-        .await
-        .unwrap();
-    assert!(report.refused.iter().all(|(_, why)| why.contains("another device")), "{report:?}");
+    let (b, report) = rig.assemble_report(true).await.unwrap();
+    assert!(
+        report
+            .refused
+            .iter()
+            .all(|(_, why)| why.contains("another device")),
+        "{report:?}"
+    );
     let p = b.rebuild_progress().expect("rebuild resumes");
     assert_eq!(p.done_rows, 24, "resumes at the last checkpoint");
     check_all(&b, &model).await;
@@ -93,13 +94,15 @@ async fn rebuild_resumes_from_checkpoint_after_restart() {
 #[tokio::test]
 async fn returning_member_resyncs_only_regions_written_while_away() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, mut model) = filled(&rig, 3).await;
+    let (a, mut model) = rig.filled(3).await;
     let rows = a.layout().await.rows;
     rig.faulty[2].set_offline(true);
     a.fail(2).await;
     // Write to two regions (4 rows each) while member 2 is away.
     for lba in [0u64, 100] {
-        a.write(lba, blocks(lba, 3, 5), WriteFlags::NONE).await.unwrap();
+        a.write(lba, blocks(lba, 3, 5), WriteFlags::NONE)
+            .await
+            .unwrap();
         for b in lba..lba + 3 {
             model[b as usize] = Some(5);
         }
@@ -109,7 +112,10 @@ async fn returning_member_resyncs_only_regions_written_while_away() {
     a.re_add(rig.shared(2)).await.unwrap();
     let (rebuilt, done) = a.rebuild_step(rows + 1).await.unwrap();
     assert!(done);
-    assert_eq!(rebuilt, 8, "two dirty regions of 4 rows, not all {rows} rows");
+    assert_eq!(
+        rebuilt, 8,
+        "two dirty regions of 4 rows, not all {rows} rows"
+    );
     assert!(!a.degraded());
     // Now member 2 must be complete: lose another member.
     rig.faulty[0].set_offline(true);
@@ -119,7 +125,7 @@ async fn returning_member_resyncs_only_regions_written_while_away() {
 #[tokio::test]
 async fn assembly_refuses_foreign_and_stale_members() {
     let rig = Rig::new(3, 1024, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     a.close().await.unwrap();
     // A member of another array.
     let other = Rig::new(2, 1024, small_config());
@@ -127,9 +133,10 @@ async fn assembly_refuses_foreign_and_stale_members() {
     o.close().await.unwrap();
     let mut devs = rig.all();
     devs.push(other.shared(0));
-    let (b, report) = RaidArray::assemble(devs, rig.cfg.clone(), rig.clock.clone(), Default::default())
-        .await
-        .unwrap();
+    let (b, report) =
+        RaidArray::assemble(devs, rig.cfg.clone(), rig.clock.clone(), Default::default())
+            .await
+            .unwrap();
     assert_eq!(report.refused.len(), 1);
     assert!(report.refused[0].1.contains("another array"));
     check_all(&b, &model).await;
@@ -138,23 +145,30 @@ async fn assembly_refuses_foreign_and_stale_members() {
     b.write(0, blocks(0, 1, 2), WriteFlags::FUA).await.unwrap();
     b.close().await.unwrap();
     rig.faulty[0].set_offline(false);
-    let (c, report) = RaidArray::assemble(rig.all(), rig.cfg.clone(), rig.clock.clone(), Default::default())
-        .await
-        .unwrap();
-    assert!(report.refused[0].1.contains("faulty") || report.refused[0].1.contains("stale"), "{report:?}");
+    let (c, report) = rig.assemble_report(false).await.unwrap();
+    assert!(
+        report.refused[0].1.contains("faulty") || report.refused[0].1.contains("stale"),
+        "{report:?}"
+    );
     assert_eq!(report.missing_slots, vec![0]);
     let mut model = model;
     model[0] = Some(2);
     check_all(&c, &model).await;
     // Not enough members: refused.
-    let r = RaidArray::assemble(vec![rig.shared(1)], rig.cfg.clone(), rig.clock.clone(), Default::default()).await;
+    let r = RaidArray::assemble(
+        vec![rig.shared(1)],
+        rig.cfg.clone(),
+        rig.clock.clone(),
+        Default::default(),
+    )
+    .await;
     assert!(r.is_err());
 }
 
 #[tokio::test]
 async fn dirty_degraded_array_needs_force() {
     let rig = Rig::new(3, 1024, small_config());
-    let (a, _) = filled(&rig, 3).await;
+    let (a, _) = rig.filled(3).await;
     a.write(0, blocks(0, 1, 2), WriteFlags::FUA).await.unwrap();
     drop(a); // crash: never closed, superblocks say dirty
     rig.faulty[1].set_offline(true);
@@ -173,6 +187,9 @@ async fn mixed_sizes_use_the_smallest_and_report_waste() {
     let a = rig.create(3).await;
     let r = a.size_report().await;
     assert!(r.used_per_member <= 1000);
-    assert_eq!(r.wasted_blocks, (1000 - r.used_per_member) + (1200 - r.used_per_member) + (1500 - r.used_per_member));
+    assert_eq!(
+        r.wasted_blocks,
+        (1000 - r.used_per_member) + (1200 - r.used_per_member) + (1500 - r.used_per_member)
+    );
     assert_eq!(r.capacity_blocks, a.geometry().num_blocks);
 }

@@ -6,14 +6,6 @@ use blockdev::{fault::TearReport, BlockDevice, WriteFlags};
 use common::*;
 use raid::RaidArray;
 
-async fn filled(rig: &Rig, n: usize) -> (RaidArray, Vec<Option<u64>>) {
-    let a = rig.create(n).await;
-    let cap = a.geometry().num_blocks;
-    a.write(0, blocks(0, cap, 1), WriteFlags::NONE).await.unwrap();
-    a.flush().await.unwrap();
-    (a, vec![Some(1); cap as usize])
-}
-
 /// Member block of volume block `lba`.
 async fn member_of(a: &RaidArray, lba: u64) -> (usize, u64) {
     let l = a.layout().await;
@@ -24,7 +16,7 @@ async fn member_of(a: &RaidArray, lba: u64) -> (usize, u64) {
 #[tokio::test]
 async fn bit_flips_are_repaired_never_returned() {
     let rig = Rig::new(4, 2048, small_config());
-    let (a, model) = filled(&rig, 4).await;
+    let (a, model) = rig.filled(4).await;
     for lba in [0u64, 5, 13, 40] {
         let (m, blk) = member_of(&a, lba).await;
         rig.faulty[m].flip_bit(blk, 77).await.unwrap();
@@ -41,7 +33,7 @@ async fn bit_flips_are_repaired_never_returned() {
 #[tokio::test]
 async fn misdirected_write_is_caught_at_both_ends() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, mut model) = filled(&rig, 3).await;
+    let (a, mut model) = rig.filled(3).await;
     // Row 0 data chunk 0 on member 0 (block 0). Its write lands one block off,
     // on block 1 of the same chunk: block 0 keeps stale data, block 1 is clobbered.
     let (m, _) = member_of(&a, 0).await;
@@ -58,21 +50,27 @@ async fn misdirected_write_is_caught_at_both_ends() {
 #[tokio::test]
 async fn torn_and_lost_writes_are_caught() {
     let rig = Rig::new(4, 2048, small_config());
-    let (a, mut model) = filled(&rig, 4).await;
+    let (a, mut model) = rig.filled(4).await;
     // A 3-block write to one chunk lands only its first block, yet is acknowledged.
     let (m, _) = member_of(&a, 24).await;
-    a.write(27, blocks(27, 1, 1), WriteFlags::FUA).await.unwrap();
+    a.write(27, blocks(27, 1, 1), WriteFlags::FUA)
+        .await
+        .unwrap();
     rig.faulty[m].tear_next_write(1, TearReport::Ack);
-    a.write(24, blocks(24, 3, 3), WriteFlags::FUA).await.unwrap();
-    for b in 24..27 {
-        model[b] = Some(3);
-    }
+    a.write(24, blocks(24, 3, 3), WriteFlags::FUA)
+        .await
+        .unwrap();
+    model[24..27].fill(Some(3));
     check_all(&a, &model).await;
     // The data write of a block is lost but its tag lands.
     let (m, _) = member_of(&a, 50).await;
-    a.write(51, blocks(51, 1, 1), WriteFlags::FUA).await.unwrap();
+    a.write(51, blocks(51, 1, 1), WriteFlags::FUA)
+        .await
+        .unwrap();
     rig.faulty[m].lose_next_writes(1);
-    a.write(50, blocks(50, 1, 4), WriteFlags::FUA).await.unwrap();
+    a.write(50, blocks(50, 1, 4), WriteFlags::FUA)
+        .await
+        .unwrap();
     model[50] = Some(4);
     check_all(&a, &model).await;
     assert!(a.integrity_stats().repaired_blocks >= 3);
@@ -81,7 +79,7 @@ async fn torn_and_lost_writes_are_caught() {
 #[tokio::test]
 async fn corruption_without_redundancy_is_an_error() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, _) = filled(&rig, 3).await;
+    let (a, _) = rig.filled(3).await;
     // Degrade, then rot a block: no second copy exists.
     let (m, blk) = member_of(&a, 2).await;
     let other = (m + 1) % 3;
@@ -91,27 +89,36 @@ async fn corruption_without_redundancy_is_an_error() {
     a.read(8, 1).await.ok();
     assert!(a.degraded());
     rig.faulty[m].flip_bit(blk, 3).await.unwrap();
-    assert!(a.read(2, 1).await.is_err(), "corrupt block returned without redundancy");
+    assert!(
+        a.read(2, 1).await.is_err(),
+        "corrupt block returned without redundancy"
+    );
     assert!(a.integrity_stats().unrecoverable >= 1);
 }
 
 #[tokio::test]
 async fn read_errors_are_repaired_by_rewrite() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     let (m, blk) = member_of(&a, 9).await;
     rig.faulty[m].fail_reads(blk..blk + 1);
     check_all(&a, &model).await;
-    assert!(!a.degraded(), "a medium error is repaired, not a member failure");
+    assert!(
+        !a.degraded(),
+        "a medium error is repaired, not a member failure"
+    );
     assert!(a.integrity_stats().read_errors >= 1);
 }
 
 #[tokio::test]
 async fn latency_spikes_do_not_change_results() {
     let rig = Rig::new(3, 2048, small_config());
-    let (a, model) = filled(&rig, 3).await;
+    let (a, model) = rig.filled(3).await;
     for f in &rig.faulty {
-        f.set_latency(std::time::Duration::ZERO, Some((0.3, std::time::Duration::from_millis(2))));
+        f.set_latency(
+            std::time::Duration::ZERO,
+            Some((0.3, std::time::Duration::from_millis(2))),
+        );
     }
     let a2 = a.clone();
     let t = tokio::spawn(async move { a2.write(7, blocks(7, 9, 5), WriteFlags::NONE).await });
@@ -119,16 +126,14 @@ async fn latency_spikes_do_not_change_results() {
     assert_eq!(&r[..], &blocks(30, 10, 1)[..]);
     t.await.unwrap().unwrap();
     let mut model = model;
-    for b in 7..16 {
-        model[b] = Some(5);
-    }
+    model[7..16].fill(Some(5));
     check_all(&a, &model).await;
 }
 
 #[tokio::test]
 async fn scrub_finds_and_fixes_everything_it_can() {
     let rig = Rig::new(4, 2048, small_config());
-    let (a, model) = filled(&rig, 4).await;
+    let (a, model) = rig.filled(4).await;
     let lay = a.layout().await;
     // Rot two data blocks and one parity block in different rows.
     let (m, blk) = member_of(&a, 3).await;
@@ -136,7 +141,10 @@ async fn scrub_finds_and_fixes_everything_it_can() {
     let (m, blk) = member_of(&a, 30).await;
     rig.faulty[m].flip_bit(blk, 1).await.unwrap();
     let p = lay.parity_member(5) as usize;
-    rig.faulty[p].flip_bit(lay.member_block(5, 2), 9).await.unwrap();
+    rig.faulty[p]
+        .flip_bit(lay.member_block(5, 2), 9)
+        .await
+        .unwrap();
     let r = a.scrub().await.unwrap();
     assert_eq!(r.rows, lay.rows);
     assert_eq!(r.data_repaired, 2);

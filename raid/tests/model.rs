@@ -17,19 +17,39 @@ use raid::{AssembleOptions, MemberState, RaidArray};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { at: u16, len: u8, fua: bool },
-    Read { at: u16, len: u8 },
+    Write {
+        at: u16,
+        len: u8,
+        fua: bool,
+    },
+    Read {
+        at: u16,
+        len: u8,
+    },
     Flush,
-    Fail { slot: u8 },
+    Fail {
+        slot: u8,
+    },
     Return,
     AddSpare,
-    Tick { secs: u8 },
-    Rebuild { rows: u8 },
-    Crash { then_fail: Option<u8> },
+    Tick {
+        secs: u8,
+    },
+    Rebuild {
+        rows: u8,
+    },
+    Crash {
+        then_fail: Option<u8>,
+    },
     Reassemble,
     Grow,
     ReshapeStep,
-    Rot { slot: u8, row: u16, block: u8, bit: u16 },
+    Rot {
+        slot: u8,
+        row: u16,
+        block: u8,
+        bit: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -57,7 +77,10 @@ struct Model {
 
 impl Model {
     fn expect(&self, lba: usize) -> u64 {
-        self.pending[lba].last().copied().unwrap_or(self.durable[lba])
+        self.pending[lba]
+            .last()
+            .copied()
+            .unwrap_or(self.durable[lba])
     }
     fn flush(&mut self) {
         for lba in 0..self.durable.len() {
@@ -90,7 +113,11 @@ impl World {
     }
 
     fn busy(&self) -> bool {
-        self.a().member_states().iter().any(|s| *s != MemberState::InSync) || self.offline.is_some()
+        self.a()
+            .member_states()
+            .iter()
+            .any(|s| *s != MemberState::InSync)
+            || self.offline.is_some()
     }
 
     async fn reshaping(&self) -> bool {
@@ -105,34 +132,51 @@ impl World {
             self.model.durable.resize(cap, 0);
             self.model.pending.resize(cap, Vec::new());
         }
-        let data = a.read(0, cap as u32).await.map_err(|e| TestCaseError::fail(format!("read: {e}")))?;
+        let data = a
+            .read(0, cap as u32)
+            .await
+            .map_err(|e| TestCaseError::fail(format!("read: {e}")))?;
         for lba in 0..cap {
             let got = &data[lba * BS..(lba + 1) * BS];
             if after_crash {
-                let cands: Vec<u64> = std::iter::once(self.model.durable[lba]).chain(self.model.pending[lba].iter().copied()).collect();
+                let cands: Vec<u64> = std::iter::once(self.model.durable[lba])
+                    .chain(self.model.pending[lba].iter().copied())
+                    .collect();
                 let hit = cands.iter().copied().find(|&v| got == &content(lba, v)[..]);
                 prop_assert!(hit.is_some(), "block {lba} after crash: none of {cands:?}");
                 self.model.durable[lba] = hit.unwrap_or(0);
                 self.model.pending[lba].clear();
             } else {
                 let v = self.model.expect(lba);
-                prop_assert!(got == &content(lba, v)[..], "block {lba}: expected version {v}");
+                prop_assert!(
+                    got == &content(lba, v)[..],
+                    "block {lba}: expected version {v}"
+                );
             }
         }
         Ok(())
     }
 
     async fn assemble(&mut self) -> Result<(), TestCaseError> {
-        let (a, _) = RaidArray::assemble(self.rig.all(), self.rig.cfg.clone(), self.rig.clock.clone(), AssembleOptions::default())
-            .await
-            .map_err(|e| TestCaseError::fail(format!("assemble: {e}")))?;
+        let (a, _) = RaidArray::assemble(
+            self.rig.all(),
+            self.rig.cfg.clone(),
+            self.rig.clock.clone(),
+            AssembleOptions::default(),
+        )
+        .await
+        .map_err(|e| TestCaseError::fail(format!("assemble: {e}")))?;
         self.array = Some(a);
         Ok(())
     }
 
     fn device_of(&self, slot: usize) -> Option<Arc<FaultyDevice>> {
         let id = self.a().member_identities().get(slot)?.clone()?;
-        self.rig.faulty.iter().find(|f| f.identity() == &id).cloned()
+        self.rig
+            .faulty
+            .iter()
+            .find(|f| f.identity() == &id)
+            .cloned()
     }
 
     async fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
@@ -161,14 +205,24 @@ impl World {
                 let cap = self.a().geometry().num_blocks;
                 let lba = u64::from(*at) % cap;
                 let n = u64::from(*len).min(cap - lba);
-                let d = self.a().read(lba, n as u32).await.map_err(|e| TestCaseError::fail(format!("read: {e}")))?;
+                let d = self
+                    .a()
+                    .read(lba, n as u32)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("read: {e}")))?;
                 for b in 0..n as usize {
                     let l = lba as usize + b;
-                    prop_assert!(&d[b * BS..(b + 1) * BS] == &content(l, self.model.expect(l))[..], "partial read {l}");
+                    prop_assert!(
+                        d[b * BS..(b + 1) * BS] == content(l, self.model.expect(l))[..],
+                        "partial read {l}"
+                    );
                 }
             }
             Op::Flush => {
-                self.a().flush().await.map_err(|e| TestCaseError::fail(format!("flush: {e}")))?;
+                self.a()
+                    .flush()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("flush: {e}")))?;
                 self.model.flush();
             }
             Op::Fail { slot } => {
@@ -186,14 +240,15 @@ impl World {
                 } else if let Some(dev) = self.offline.take() {
                     dev.set_offline(false);
                     let ids = self.a().member_identities();
-                    if let Some(slot) = ids.iter().position(|i| i.as_ref() == Some(dev.identity())) {
-                        match self.a().member_states()[slot] {
-                            MemberState::Faulty { .. } => {
-                                self.a().re_add(dev.clone()).await.map_err(|e| TestCaseError::fail(format!("re-add: {e}")))?;
-                            }
-                            // Never noticed it was gone: nothing was written to it meanwhile? Not
-                            // guaranteed, so take it out and bring it back through the bitmap.
-                            _ => {}
+                    if let Some(slot) = ids.iter().position(|i| i.as_ref() == Some(dev.identity()))
+                    {
+                        // If the array never noticed the member was gone, no I/O
+                        // touched it meanwhile and it is current as it is.
+                        if let MemberState::Faulty { .. } = self.a().member_states()[slot] {
+                            self.a()
+                                .re_add(dev.clone())
+                                .await
+                                .map_err(|e| TestCaseError::fail(format!("re-add: {e}")))?;
                         }
                     }
                 }
@@ -205,15 +260,26 @@ impl World {
                     if self.journal {
                         d.enable_volatile_cache();
                     }
-                    self.a().add_spare(d).await.map_err(|e| TestCaseError::fail(format!("spare: {e}")))?;
+                    self.a()
+                        .add_spare(d)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("spare: {e}")))?;
                 }
             }
             Op::Tick { secs } => {
-                self.rig.clock.advance(Duration::from_secs(u64::from(*secs)));
-                self.a().maintain().await.map_err(|e| TestCaseError::fail(format!("maintain: {e}")))?;
+                self.rig
+                    .clock
+                    .advance(Duration::from_secs(u64::from(*secs)));
+                self.a()
+                    .maintain()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("maintain: {e}")))?;
             }
             Op::Rebuild { rows } => {
-                self.a().rebuild_step(u64::from(*rows)).await.map_err(|e| TestCaseError::fail(format!("rebuild: {e}")))?;
+                self.a()
+                    .rebuild_step(u64::from(*rows))
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("rebuild: {e}")))?;
             }
             Op::Crash { then_fail } => {
                 let degraded = self.busy();
@@ -224,7 +290,9 @@ impl World {
                 }
                 drop(self.array.take());
                 for f in &self.rig.faulty {
-                    f.crash().await.map_err(|e| TestCaseError::fail(format!("crash: {e}")))?;
+                    f.crash()
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("crash: {e}")))?;
                 }
                 if let (Some(s), true, false) = (then_fail, self.journal, degraded) {
                     let n = self.rig.faulty.len();
@@ -236,7 +304,10 @@ impl World {
                 after_crash = true;
             }
             Op::Reassemble => {
-                self.a().close().await.map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
+                self.a()
+                    .close()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
                 self.model.flush();
                 drop(self.array.take());
                 self.assemble().await?;
@@ -249,26 +320,43 @@ impl World {
                     if self.journal {
                         d.enable_volatile_cache();
                     }
-                    self.a().grow(d).await.map_err(|e| TestCaseError::fail(format!("grow: {e}")))?;
+                    self.a()
+                        .grow(d)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("grow: {e}")))?;
                     self.model.flush();
                 }
             }
             Op::ReshapeStep => {
                 if self.reshaping().await {
-                    self.a().reshape_step().await.map_err(|e| TestCaseError::fail(format!("reshape: {e}")))?;
+                    self.a()
+                        .reshape_step()
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("reshape: {e}")))?;
                     // Each step flushes before it moves rows.
                     self.model.flush();
                 }
             }
-            Op::Rot { slot, row, block, bit } => {
+            Op::Rot {
+                slot,
+                row,
+                block,
+                bit,
+            } => {
                 if !self.busy() && !self.reshaping().await {
                     let lay = self.a().layout().await;
                     let slot = *slot as usize % lay.members as usize;
                     if let Some(dev) = self.device_of(slot) {
                         let row = u64::from(*row) % lay.rows;
                         let i = u32::from(*block) % (lay.chunk_blocks + lay.tag_blocks);
-                        dev.flip_bit(lay.member_block(row, i), usize::from(*bit)).await.ok();
-                        let r = self.a().scrub().await.map_err(|e| TestCaseError::fail(format!("scrub: {e}")))?;
+                        dev.flip_bit(lay.member_block(row, i), usize::from(*bit))
+                            .await
+                            .ok();
+                        let r = self
+                            .a()
+                            .scrub()
+                            .await
+                            .map_err(|e| TestCaseError::fail(format!("scrub: {e}")))?;
                         prop_assert_eq!(r.unrecoverable, 0);
                     }
                 }
@@ -279,7 +367,10 @@ impl World {
 }
 
 fn cases() -> u32 {
-    std::env::var("RAID_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+    std::env::var("RAID_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48)
 }
 
 async fn run(members: usize, chunk: u32, journal: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -312,13 +403,18 @@ async fn run(members: usize, chunk: u32, journal: bool, ops: Vec<Op>) -> Result<
         offline: None,
     };
     for op in &ops {
-        w.step(op).await.map_err(|e| TestCaseError::fail(format!("{e} at {op:?}")))?;
+        w.step(op)
+            .await
+            .map_err(|e| TestCaseError::fail(format!("{e} at {op:?}")))?;
     }
     Ok(())
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 proptest! {

@@ -4,7 +4,6 @@ mod common;
 
 use blockdev::{BlockDevice, WriteFlags};
 use common::*;
-use raid::RaidArray;
 
 #[tokio::test]
 async fn grow_with_io_during_reshape() {
@@ -13,7 +12,9 @@ async fn grow_with_io_during_reshape() {
         let a = rig.create(start).await;
         let cap = a.geometry().num_blocks;
         let mut model = vec![None; cap as usize];
-        a.write(0, blocks(0, cap, 1), WriteFlags::NONE).await.unwrap();
+        a.write(0, blocks(0, cap, 1), WriteFlags::NONE)
+            .await
+            .unwrap();
         model.iter_mut().for_each(|m| *m = Some(1));
         let dev = rig.add_device(1024);
         a.grow(dev).await.unwrap();
@@ -22,7 +23,9 @@ async fn grow_with_io_during_reshape() {
         while !a.reshape_step().await.unwrap() {
             // I/O continues between windows, on both sides of the boundary.
             for lba in [0, cap / 2, cap - 5] {
-                a.write(lba, blocks(lba, 5, v), WriteFlags::NONE).await.unwrap();
+                a.write(lba, blocks(lba, 5, v), WriteFlags::NONE)
+                    .await
+                    .unwrap();
                 for b in lba..lba + 5 {
                     model[b as usize] = Some(v);
                 }
@@ -31,13 +34,19 @@ async fn grow_with_io_during_reshape() {
             check_all(&a, &model).await;
         }
         let grown = a.geometry().num_blocks;
-        assert_eq!(grown, cap * start as u64 / (start as u64 - 1), "capacity grows to the new width");
+        assert_eq!(
+            grown,
+            cap * start as u64 / (start as u64 - 1),
+            "capacity grows to the new width"
+        );
         assert_eq!(a.layout().await.members, start as u32 + 1);
         model.resize(grown as usize, None);
         check_all(&a, &model).await;
         // The new capacity is writable, and the grown array survives failures
         // and reassembly.
-        a.write(grown - 3, blocks(grown - 3, 3, 99), WriteFlags::NONE).await.unwrap();
+        a.write(grown - 3, blocks(grown - 3, 3, 99), WriteFlags::NONE)
+            .await
+            .unwrap();
         for b in grown - 3..grown {
             model[b as usize] = Some(99);
         }
@@ -55,7 +64,9 @@ async fn reshape_resumes_after_crash() {
         let mut rig = Rig::new(3, 1024, small_config());
         let a = rig.create(3).await;
         let cap = a.geometry().num_blocks;
-        a.write(0, blocks(0, cap, 1), WriteFlags::NONE).await.unwrap();
+        a.write(0, blocks(0, cap, 1), WriteFlags::NONE)
+            .await
+            .unwrap();
         a.flush().await.unwrap();
         let dev = rig.add_device(1024);
         for f in &rig.faulty {
@@ -70,9 +81,7 @@ async fn reshape_resumes_after_crash() {
         for f in &rig.faulty {
             f.crash().await.unwrap();
         }
-        let (b, _) = RaidArray::assemble(rig.all(), rig.cfg.clone(), rig.clock.clone(), Default::default())
-            .await
-            .unwrap();
+        let (b, _) = rig.assemble_report(false).await.unwrap();
         assert!(b.reshape_progress().await.is_some());
         let model = vec![Some(1); cap as usize];
         check_all(&b, &model).await;

@@ -61,7 +61,10 @@ impl Rig {
     }
 
     pub fn all(&self) -> Vec<SharedDevice> {
-        self.faulty.iter().map(|f| f.clone() as SharedDevice).collect()
+        self.faulty
+            .iter()
+            .map(|f| f.clone() as SharedDevice)
+            .collect()
     }
 
     pub async fn create(&self, members: usize) -> RaidArray {
@@ -71,10 +74,40 @@ impl Rig {
             .expect("create")
     }
 
-    pub async fn assemble(&self, force: bool) -> raid::Result<RaidArray> {
-        RaidArray::assemble(self.all(), self.cfg.clone(), self.clock.clone(), AssembleOptions { force })
+    /// Assembles from every device, with the assembly report.
+    pub async fn assemble_report(
+        &self,
+        force: bool,
+    ) -> raid::Result<(RaidArray, raid::AssemblyReport)> {
+        RaidArray::assemble(
+            self.all(),
+            self.cfg.clone(),
+            self.clock.clone(),
+            AssembleOptions { force },
+        )
+        .await
+    }
+
+    /// An array over the first `n` devices, filled with version 1 and flushed.
+    pub async fn filled(&self, n: usize) -> (RaidArray, Vec<Option<u64>>) {
+        let a = self.create(n).await;
+        let cap = a.geometry().num_blocks;
+        a.write(0, blocks(0, cap, 1), blockdev::WriteFlags::NONE)
             .await
-            .map(|(a, _)| a)
+            .unwrap();
+        a.flush().await.unwrap();
+        (a, vec![Some(1); cap as usize])
+    }
+
+    pub async fn assemble(&self, force: bool) -> raid::Result<RaidArray> {
+        RaidArray::assemble(
+            self.all(),
+            self.cfg.clone(),
+            self.clock.clone(),
+            AssembleOptions { force },
+        )
+        .await
+        .map(|(a, _)| a)
     }
 }
 
@@ -85,7 +118,8 @@ fn rand_tag() -> u64 {
 /// A block filled with a pattern derived from `(lba, version)`.
 pub fn pattern(lba: u64, version: u64) -> Vec<u8> {
     let mut v = vec![0u8; BS];
-    let mut x = lba.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ 1;
+    let mut x =
+        lba.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ 1;
     for c in v.chunks_exact_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
@@ -96,7 +130,11 @@ pub fn pattern(lba: u64, version: u64) -> Vec<u8> {
 }
 
 pub fn blocks(lba: u64, n: u64, version: u64) -> Bytes {
-    Bytes::from((lba..lba + n).flat_map(|b| pattern(b, version)).collect::<Vec<u8>>())
+    Bytes::from(
+        (lba..lba + n)
+            .flat_map(|b| pattern(b, version))
+            .collect::<Vec<u8>>(),
+    )
 }
 
 /// Reads the whole volume and compares it with `model` (None: zeroes).
@@ -110,6 +148,9 @@ pub async fn check_all(a: &RaidArray, model: &[Option<u64>]) {
             Some(v) => pattern(lba as u64, *v),
             None => vec![0; BS],
         };
-        assert!(got == &exp[..], "block {lba}: wrong content (want version {want:?})");
+        assert!(
+            got == &exp[..],
+            "block {lba}: wrong content (want version {want:?})"
+        );
     }
 }
