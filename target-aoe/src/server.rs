@@ -4,8 +4,9 @@
 //! [`Target`] on the interface, send immediate replies in one `sendmmsg` and hand
 //! I/O to the disk's worker. The worker (a tokio task) drains everything queued
 //! for its disk, applies it in arrival order while merging contiguous reads and
-//! contiguous writes into single device calls (batches of reads only may run
-//! side by side; anything that writes waits for what came before it), makes writes durable with one
+//! contiguous writes into single device calls (batches that touch disjoint
+//! sectors, or only read, run side by side; a batch that overlaps an earlier
+//! write, or flushes, waits for it), makes writes durable with one
 //! FUA write or one flush per batch, and sends the replies out of the interface
 //! each request came in on. Overlapping writes are applied in arrival order
 //! because a disk's work is never reordered. Tags are never used to dedupe:
@@ -429,12 +430,59 @@ fn send_replies(out: &mut Vec<(Arc<RawSocket>, Reply)>) {
     }
 }
 
-/// Read-only batches a disk runs at once (they may overlap each other; any
-/// batch with a write, flush or config change waits for all of them first).
-const MAX_CONCURRENT_READ_BATCHES: usize = 4;
+/// Batches a disk runs at once.
+const MAX_CONCURRENT_BATCHES: usize = 4;
+
+/// What a batch touches, to decide whether it may run beside earlier ones.
+struct Footprint {
+    /// Sector ranges `[start, end)` it reads or writes.
+    ranges: Vec<(u64, u64)>,
+    /// Whether it writes.
+    writes: bool,
+    /// Whether it must wait for everything before it (flush, config change).
+    barrier: bool,
+}
+
+impl Footprint {
+    fn of(batch: &[Work]) -> Footprint {
+        let mut f = Footprint {
+            ranges: Vec::with_capacity(batch.len()),
+            writes: false,
+            barrier: false,
+        };
+        for w in batch {
+            match &w.req.op {
+                IoOp::Read { lba, .. } | IoOp::Write { lba, .. } => {
+                    f.ranges.push((*lba, *lba + sectors_of(&w.req.op)));
+                    f.writes |= matches!(w.req.op, IoOp::Write { .. });
+                }
+                IoOp::Flush | IoOp::SaveConfig { .. } => f.barrier = true,
+            }
+        }
+        f
+    }
+
+    /// Whether running `self` beside `earlier` could reorder conflicting
+    /// accesses (a write overlapping anything, or a barrier).
+    fn conflicts(&self, earlier: &Footprint) -> bool {
+        if self.barrier || earlier.barrier {
+            return true;
+        }
+        if !self.writes && !earlier.writes {
+            return false;
+        }
+        self.ranges
+            .iter()
+            .any(|a| earlier.ranges.iter().any(|b| a.0 < b.1 && b.0 < a.1))
+    }
+}
 
 async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
-    let mut reads = tokio::task::JoinSet::new();
+    // Batches in flight, oldest first. A batch starts only when it conflicts
+    // with none of them, so overlapping writes (and reads against writes) are
+    // applied in arrival order while independent batches overlap their I/O.
+    let mut inflight: std::collections::VecDeque<(Footprint, tokio::task::JoinHandle<()>)> =
+        std::collections::VecDeque::new();
     while let Some(mut batch) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
@@ -442,27 +490,28 @@ async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
                 break;
             }
         }
-        let read_only = batch.iter().all(|w| matches!(w.req.op, IoOp::Read { .. }));
-        if read_only {
-            // Reads never reorder against writes: every earlier write batch was
-            // awaited below before this one was taken.
-            while reads.len() >= MAX_CONCURRENT_READ_BATCHES {
-                reads.join_next().await;
+        let fp = Footprint::of(&batch);
+        while inflight.len() >= MAX_CONCURRENT_BATCHES
+            || inflight.iter().any(|(earlier, _)| fp.conflicts(earlier))
+        {
+            if let Some((_, h)) = inflight.pop_front() {
+                if let Err(e) = h.await {
+                    error!(disk = %disk.name, error = %e, "AoE batch task failed");
+                }
             }
-            let disk = disk.clone();
-            reads.spawn(async move {
-                let mut out = Vec::new();
-                run_batch(&disk, batch, &mut out).await;
-                send_replies(&mut out);
-            });
-        } else {
-            while reads.join_next().await.is_some() {}
-            let mut out = Vec::new();
-            run_batch(&disk, batch, &mut out).await;
-            send_replies(&mut out);
         }
+        inflight.retain(|(_, h)| !h.is_finished());
+        let d = disk.clone();
+        let h = tokio::spawn(async move {
+            let mut out = Vec::new();
+            run_batch(&d, batch, &mut out).await;
+            send_replies(&mut out);
+        });
+        inflight.push_back((fp, h));
     }
-    while reads.join_next().await.is_some() {}
+    for (_, h) in inflight {
+        let _ = h.await;
+    }
     debug!(disk = %disk.name, "AoE disk worker stopped");
 }
 
@@ -646,5 +695,39 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
         for w in unsynced {
             out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(ranges: &[(u64, u64)], writes: bool, barrier: bool) -> Footprint {
+        Footprint {
+            ranges: ranges.to_vec(),
+            writes,
+            barrier,
+        }
+    }
+
+    #[test]
+    fn only_overlapping_writes_and_barriers_serialize() {
+        let r1 = fp(&[(0, 17), (17, 34)], false, false);
+        let r2 = fp(&[(10, 20)], false, false);
+        let w1 = fp(&[(34, 51)], true, false);
+        let w2 = fp(&[(50, 60)], true, false);
+        let flush = fp(&[], false, true);
+        assert!(!r2.conflicts(&r1), "reads overlap freely");
+        assert!(!w1.conflicts(&r1), "disjoint write beside reads");
+        assert!(w2.conflicts(&w1), "overlapping writes keep arrival order");
+        assert!(
+            r2.conflicts(&fp(&[(19, 21)], true, false)),
+            "read after overlapping write waits"
+        );
+        assert!(
+            !fp(&[(51, 52)], true, false).conflicts(&w1),
+            "adjacent is not overlapping"
+        );
+        assert!(flush.conflicts(&r1) && r1.conflicts(&flush));
     }
 }
