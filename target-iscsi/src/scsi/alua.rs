@@ -113,7 +113,7 @@ pub(crate) fn report_target_port_groups(groups: &[PortGroup], extended: bool) ->
     for g in groups {
         // PREF=0; implicit only: supported states AO, ANO, S, U, O, T.
         body.push(g.state.code() & 0x0f);
-        body.push(0x80 | 0x40 | 0x08 | 0x04 | 0x02 | 0x01 | 0x00); // T_SUP O_SUP U_SUP S_SUP AN_SUP AO_SUP
+        body.push(0x80 | 0x40 | 0x08 | 0x04 | 0x02 | 0x01); // T_SUP O_SUP U_SUP S_SUP AN_SUP AO_SUP
         body.extend_from_slice(&g.id.to_be_bytes());
         body.push(0);
         body.push(0x02); // status code: implicit change

@@ -59,11 +59,7 @@ fn page(code: u8, pc: Pc, st: &ModeState) -> Vec<u8> {
     p[1] = (p.len() - 2) as u8;
     let fixed = pc != Pc::Changeable;
     match code {
-        0x08 => {
-            if wce {
-                p[2] |= 0x04;
-            }
-        }
+        0x08 if wce => p[2] |= 0x04,
         0x0A => {
             if fixed {
                 p[3] = 0x10; // queue algorithm modifier: unrestricted reordering

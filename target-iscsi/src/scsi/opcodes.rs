@@ -282,7 +282,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::SANITIZE,
         "SANITIZE OVERWRITE",
-        &[0x48, 0xa1, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     )
     .sa(sa::SANITIZE_OVERWRITE)
     .writes()
@@ -290,7 +290,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::SANITIZE,
         "SANITIZE BLOCK ERASE",
-        &[0x48, 0xa2, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     )
     .sa(sa::SANITIZE_BLOCK_ERASE)
     .writes()
@@ -298,7 +298,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::SANITIZE,
         "SANITIZE CRYPTOGRAPHIC ERASE",
-        &[0x48, 0xa3, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        &[0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     )
     .sa(sa::SANITIZE_CRYPTO_ERASE)
     .writes()
@@ -339,7 +339,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_IN,
         "PERSISTENT RESERVE IN: READ KEYS",
-        &[0x5E, 0x00, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        &[0x5E, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     )
     .sa(0)
     .pr(PrClass::Persistent)
@@ -347,7 +347,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_IN,
         "PERSISTENT RESERVE IN: READ RESERVATION",
-        &[0x5E, 0x01, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        &[0x5E, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     )
     .sa(1)
     .pr(PrClass::Persistent)
@@ -355,7 +355,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_IN,
         "PERSISTENT RESERVE IN: REPORT CAPABILITIES",
-        &[0x5E, 0x02, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        &[0x5E, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     )
     .sa(2)
     .pr(PrClass::Persistent)
@@ -363,7 +363,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_IN,
         "PERSISTENT RESERVE IN: READ FULL STATUS",
-        &[0x5E, 0x03, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
+        &[0x5E, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
     )
     .sa(3)
     .pr(PrClass::Persistent)
@@ -371,7 +371,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: REGISTER",
-        &[0x5F, 0x00, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(0)
     .pr(PrClass::Persistent)
@@ -379,7 +379,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: RESERVE",
-        &[0x5F, 0x01, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(1)
     .pr(PrClass::Persistent)
@@ -387,7 +387,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: RELEASE",
-        &[0x5F, 0x02, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(2)
     .pr(PrClass::Persistent)
@@ -395,7 +395,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: CLEAR",
-        &[0x5F, 0x03, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(3)
     .pr(PrClass::Persistent)
@@ -403,7 +403,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: PREEMPT",
-        &[0x5F, 0x04, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(4)
     .pr(PrClass::Persistent)
@@ -411,7 +411,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: PREEMPT AND ABORT",
-        &[0x5F, 0x05, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(5)
     .pr(PrClass::Persistent)
@@ -419,7 +419,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: REGISTER AND IGNORE EXISTING KEY",
-        &[0x5F, 0x06, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(6)
     .pr(PrClass::Persistent)
@@ -427,7 +427,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::PR_OUT,
         "PERSISTENT RESERVE OUT: REGISTER AND MOVE",
-        &[0x5F, 0x07, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
+        &[0x5F, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0],
     )
     .sa(7)
     .pr(PrClass::Persistent)
@@ -436,7 +436,7 @@ pub(crate) static OPS: &[OpInfo] = &[
         c::EXTENDED_COPY,
         "EXTENDED COPY(LID1)",
         &[
-            0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+            0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     )
     .sa(sa::XCOPY_LID1)
@@ -446,7 +446,7 @@ pub(crate) static OPS: &[OpInfo] = &[
         c::RECEIVE_COPY_RESULTS,
         "RECEIVE COPY STATUS(LID1)",
         &[
-            0x84, 0x00, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+            0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     )
     .sa(sa::RCR_COPY_STATUS),
@@ -454,7 +454,7 @@ pub(crate) static OPS: &[OpInfo] = &[
         c::RECEIVE_COPY_RESULTS,
         "RECEIVE COPY OPERATING PARAMETERS",
         &[
-            0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+            0x84, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     )
     .sa(sa::RCR_OPERATING_PARAMETERS),
@@ -548,7 +548,7 @@ pub(crate) static OPS: &[OpInfo] = &[
         c::SERVICE_ACTION_IN_16,
         "READ CAPACITY(16)",
         &[
-            0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
+            0x9E, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     )
     .sa(sa::READ_CAPACITY_16)
@@ -558,7 +558,7 @@ pub(crate) static OPS: &[OpInfo] = &[
         c::SERVICE_ACTION_IN_16,
         "GET LBA STATUS",
         &[
-            0x9E, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+            0x9E, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
             0,
         ],
     )
@@ -573,7 +573,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::MAINTENANCE_IN,
         "REPORT TARGET PORT GROUPS",
-        &[0xA3, 0xea, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+        &[0xA3, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
     )
     .sa(sa::REPORT_TARGET_PORT_GROUPS)
     .always(),
@@ -581,7 +581,7 @@ pub(crate) static OPS: &[OpInfo] = &[
         c::MAINTENANCE_IN,
         "REPORT SUPPORTED OPERATION CODES",
         &[
-            0xA3, 0x8c, 0x07, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
+            0xA3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
         ],
     )
     .sa(sa::REPORT_SUPPORTED_OPCODES)
@@ -589,7 +589,7 @@ pub(crate) static OPS: &[OpInfo] = &[
     op(
         c::MAINTENANCE_IN,
         "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
-        &[0xA3, 0x8d, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
+        &[0xA3, 0x1f, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
     )
     .sa(sa::REPORT_SUPPORTED_TMF)
     .always(),

@@ -22,6 +22,10 @@ use super::sense::{key, Asc, Sense};
 /// Bytes written per device call by OVERWRITE.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// OVERWRITE is paced to this many bytes per second so that a sanitize of
+/// one LU does not starve the other LUs sharing the ISU's disks.
+const OVERWRITE_BYTES_PER_SEC: u64 = 256 << 20;
+
 /// What to do.
 #[derive(Debug, Clone)]
 enum Job {
@@ -72,6 +76,9 @@ pub(crate) async fn sanitize(ctx: &Ctx<'_>) -> CmdResult {
     let action = cdb[1] & 0x1f;
     let immed = cdb[1] & 0x80 != 0;
     let len = usize::from(be16(cdb, 7));
+    if cdb[1] & 0x40 != 0 {
+        return Err(Sense::invalid_cdb(1, Some(6)).into()); // ZNR: not a zoned device
+    }
     for i in 2..7 {
         if byte(cdb, i) != 0 {
             return Err(Sense::invalid_cdb(i as u16, None).into());
@@ -150,6 +157,8 @@ async fn run(lu: &LogicalUnit, job: Job) -> bool {
             let per = (CHUNK_BYTES / bs).max(1) as u64;
             let total = g.num_blocks * u64::from(passes);
             let mut result = Ok(());
+            let started = tokio::time::Instant::now();
+            let mut written = 0u64;
             'passes: for pass in 0..passes {
                 // With INVERT, the pattern is inverted between passes; the last pass writes it as given.
                 let flip = invert && (passes - 1 - pass) % 2 == 1;
@@ -166,6 +175,11 @@ async fn run(lu: &LogicalUnit, job: Job) -> bool {
                     }
                     lba += n;
                     set_progress(lu, u64::from(pass) * g.num_blocks + lba, total);
+                    written += n * bs as u64;
+                    let due = std::time::Duration::from_secs_f64(
+                        written as f64 / OVERWRITE_BYTES_PER_SEC as f64,
+                    );
+                    tokio::time::sleep_until(started + due).await;
                 }
             }
             result

@@ -99,8 +99,24 @@ fn check_rw(ctx: &Ctx<'_>, rw: &Rw) -> Result<(), Sense> {
     Ok(())
 }
 
-/// The data-out buffer for `blocks` blocks; a short buffer is refused before
-/// anything is written.
+/// The data-out for a write of `blocks` blocks. When the initiator sent less
+/// (its expected transfer length was shorter than the CDB's), only the whole
+/// blocks it did send are written (FCP-4 9.4.2 a; the transport reports the
+/// residual); a partial block is refused before anything is written.
+fn write_data(ctx: &Ctx<'_>, blocks: u64) -> Result<Bytes, Sense> {
+    let bs = ctx.lu.geometry().block_size as usize;
+    let need = blocks as usize * bs;
+    if ctx.data.len() >= need {
+        return Ok(ctx.data.slice(..need));
+    }
+    if ctx.data.len() % bs != 0 {
+        return Err(Sense::illegal(Asc::INVALID_FIELD_IN_CIU));
+    }
+    Ok(ctx.data.clone())
+}
+
+/// The data-out buffer for `blocks` blocks of comparison data; a short
+/// buffer is refused.
 fn data_for(ctx: &Ctx<'_>, blocks: u64) -> Result<Bytes, Sense> {
     let need = (blocks * u64::from(ctx.lu.geometry().block_size)) as usize;
     if ctx.data.len() < need {
@@ -159,13 +175,17 @@ pub(crate) async fn write(ctx: &Ctx<'_>) -> CmdResult {
     if rw.blocks == 0 {
         return Ok(Reply::good());
     }
-    let data = data_for(ctx, rw.blocks)?;
+    let data = write_data(ctx, rw.blocks)?;
+    if data.is_empty() {
+        return Ok(Reply::good());
+    }
+    let blocks = (data.len() / ctx.lu.geometry().block_size as usize) as u64;
     // WRITE AND VERIFY verifies the medium: the data must be on it.
     let flags = write_flags(ctx, rw.flags & 0x08 != 0 || verify);
-    let _range = ctx.lu.ranges.lock(rw.lba, rw.blocks).await;
+    let _range = ctx.lu.ranges.lock(rw.lba, blocks).await;
     ctx.lu.device.write(rw.lba, data.clone(), flags).await?;
     if verify && bytchk == 1 {
-        let back = ctx.lu.device.read(rw.lba, rw.blocks as u32).await?;
+        let back = ctx.lu.device.read(rw.lba, blocks as u32).await?;
         if let Some(off) = first_difference(&back, &data) {
             return Err(Sense::miscompare(off as u64).into());
         }
@@ -236,7 +256,12 @@ pub(crate) async fn compare_and_write(ctx: &Ctx<'_>) -> CmdResult {
     }
     check_range(ctx, lba, blocks)?;
     if blocks == 0 {
-        return Ok(Reply::good());
+        // Zero blocks transfer nothing; data sent anyway contradicts the CDB.
+        return if ctx.data.is_empty() {
+            Ok(Reply::good())
+        } else {
+            Err(Sense::invalid_cdb(13, None).into())
+        };
     }
     let bs = ctx.lu.geometry().block_size as usize;
     let half = blocks as usize * bs;
@@ -318,10 +343,16 @@ pub(crate) async fn write_same(ctx: &Ctx<'_>) -> CmdResult {
     let features = ctx.lu.device.features();
     let zero = pattern.iter().all(|&b| b == 0);
     let _range = ctx.lu.ranges.lock(lba, blocks).await;
-    if zero {
-        // Deallocate when asked to and unmapped blocks read back as zeroes.
-        let dealloc = unmap && features.thin && features.unmap_reads_zero;
-        ctx.lu.device.write_zeroes(lba, blocks, dealloc).await?;
+    if unmap && features.thin {
+        // UNMAP set on a thin LU: the blocks are deallocated (SBC-3 5.42),
+        // whatever the pattern; with LBPRZ they then read back as zeroes.
+        if features.unmap_reads_zero {
+            ctx.lu.device.write_zeroes(lba, blocks, true).await?;
+        } else {
+            ctx.lu.device.unmap(lba, blocks).await?;
+        }
+    } else if zero {
+        ctx.lu.device.write_zeroes(lba, blocks, false).await?;
     } else {
         let per = (CHUNK_BYTES / bs as u64).max(1);
         let n0 = per.min(blocks) as usize;

@@ -33,9 +33,8 @@ pub(crate) fn report_luns(target: &ScsiTarget, cdb: &[u8]) -> CmdResult {
         return Err(Sense::invalid_cdb(6, None).into());
     }
     let luns: Vec<u64> = match select {
-        0x00 | 0x02 => target.luns().copied().collect(),
+        0x00 | 0x02 | 0x10..=0x12 => target.luns().copied().collect(),
         0x01 => Vec::new(), // no well-known logical units
-        0x10 | 0x11 | 0x12 => target.luns().copied().collect(),
         _ => return Err(Sense::invalid_cdb(2, None).into()),
     };
     let mut out = Vec::with_capacity(8 + luns.len() * 8);

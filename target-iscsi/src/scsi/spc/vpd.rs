@@ -39,14 +39,15 @@ impl Limits {
     /// The limits for a device with `block_size`-byte blocks.
     pub(crate) fn for_block_size(block_size: u32) -> Self {
         let bs = block_size.max(512);
-        let max_transfer = ((8u32 << 20) / bs).max(8192);
+        let max_transfer = ((32u32 << 20) / bs).max(8192);
         // Atomic writes are whole 4 KiB pages (at least two blocks).
         let atomic_unit = (4096 / bs).max(2);
         Limits {
             max_transfer,
             opt_transfer: ((1u32 << 20) / bs).max(1),
             max_caw: 255,
-            max_unmap_lbas: ((1u64 << 32) / u64::from(bs)) as u32,
+            // Deallocation is one hole punch per descriptor: no limit.
+            max_unmap_lbas: u32::MAX,
             max_unmap_descriptors: 4096,
             max_write_same: (1u64 << 32) / u64::from(bs),
             max_atomic: ((1u32 << 20) / bs).max(atomic_unit).min(max_transfer),
@@ -167,6 +168,7 @@ fn block_limits(ctx: &Ctx<'_>) -> Vec<u8> {
 fn block_device_characteristics() -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     d[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
+    d[3] = 0x50; // WABEREQ = WACEREQ = 01b: reads after a sanitize erase succeed
     d
 }
 
