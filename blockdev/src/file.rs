@@ -60,6 +60,11 @@ pub struct FileDevice {
     read_only: bool,
 }
 
+/// Largest I/O done on the calling task when it cannot block for long
+/// (page-cache hits); larger ones go to the blocking pool, where copies of
+/// several requests proceed in parallel.
+const INLINE_IO_MAX: usize = 256 * 1024;
+
 // ioctl numbers from <linux/fs.h>.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKDISCARD: libc::c_ulong = 0x1277;
@@ -215,65 +220,64 @@ impl Inner {
     /// `None` when the data is not cached (or only partly): the caller then
     /// reads on a blocking thread. Saves two thread hand-offs per cached read.
     fn read_nowait(&self, offset: u64, len: usize) -> Option<io::Result<Bytes>> {
-        let mut buf = BytesMut::zeroed(len);
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: len,
-        };
-        // SAFETY: the iovec points into `buf`, valid for `len` bytes of writes
-        // for the duration of the call.
-        let n = unsafe {
-            libc::preadv2(
-                self.file.as_raw_fd(),
-                &iov,
-                1,
-                offset as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
+        match self.pread_uninit(offset, len, libc::RWF_NOWAIT) {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) => None,
+            Err(e) => match e.raw_os_error() {
                 Some(libc::EAGAIN)
                 | Some(libc::EOPNOTSUPP)
                 | Some(libc::EINVAL)
                 | Some(libc::ENOSYS) => None,
                 _ => Some(Err(e)),
-            };
+            },
         }
-        (n as usize == len).then(|| Ok(buf.freeze()))
     }
 
-    /// Writes into the page cache without blocking (`pwritev2(RWF_NOWAIT)`);
-    /// `None` when that would block or was partial (the caller then writes,
-    /// or finishes writing, on a blocking thread). Returns the bytes written.
-    fn write_nowait(&self, data: &[u8], offset: u64) -> Option<io::Result<usize>> {
-        let iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // SAFETY: the iovec points into `data`, valid for reads of its length
-        // for the duration of the call; the kernel does not write through it.
-        let n = unsafe {
-            libc::pwritev2(
-                self.file.as_raw_fd(),
-                &iov,
-                1,
-                offset as libc::off_t,
-                libc::RWF_NOWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN)
-                | Some(libc::EOPNOTSUPP)
-                | Some(libc::EINVAL)
-                | Some(libc::ENOSYS) => None,
-                _ => Some(Err(e)),
+    /// Reads `len` bytes at `offset` into a fresh buffer that is never
+    /// zero-filled first (the kernel writes it). `Ok(None)` on a short read.
+    fn pread_uninit(
+        &self,
+        offset: u64,
+        len: usize,
+        flags: libc::c_int,
+    ) -> io::Result<Option<Bytes>> {
+        let mut buf = BytesMut::with_capacity(len);
+        let mut done = 0usize;
+        while done < len {
+            let spare = buf.spare_capacity_mut();
+            let iov = libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: len - done,
             };
+            // SAFETY: the iovec covers the buffer's spare capacity (at least
+            // `len - done` bytes, valid for writes) for the duration of the call.
+            let n = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (offset + done as u64) as libc::off_t,
+                    flags,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            // SAFETY: the kernel initialized the next `n` bytes of spare capacity.
+            unsafe { buf.set_len(done + n as usize) };
+            done += n as usize;
+            if flags & libc::RWF_NOWAIT != 0 && done < len {
+                return Ok(None);
+            }
         }
-        Some(Ok(n as usize))
+        Ok(Some(buf.freeze()))
     }
 
     fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
@@ -319,13 +323,14 @@ impl BlockDevice for FileDevice {
         g.check_range(lba, u64::from(blocks))?;
         let bs = u64::from(g.block_size);
         let len = blocks as usize * g.block_size as usize;
-        if let Some(r) = self.inner.read_nowait(lba * bs, len) {
-            return r.map_err(BlockError::Io);
+        if len <= INLINE_IO_MAX {
+            if let Some(r) = self.inner.read_nowait(lba * bs, len) {
+                return r.map_err(BlockError::Io);
+            }
         }
         self.blocking(move |i| {
-            let mut buf = BytesMut::zeroed(len);
-            i.file.read_exact_at(&mut buf, lba * bs)?;
-            Ok(buf.freeze())
+            i.pread_uninit(lba * bs, len, 0)?
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
         })
         .await
     }
@@ -335,18 +340,15 @@ impl BlockDevice for FileDevice {
         let g = self.geometry;
         let blocks = g.blocks_in(data.len())?;
         g.check_range(lba, blocks)?;
-        let mut off = lba * u64::from(g.block_size);
-        let mut data = data;
-        if !flags.fua {
-            match self.inner.write_nowait(&data, off) {
-                Some(Ok(n)) if n == data.len() => return Ok(()),
-                Some(Ok(n)) => {
-                    off += n as u64;
-                    data = data.slice(n..);
-                }
-                Some(Err(e)) => return Err(BlockError::Io(e)),
-                None => {}
-            }
+        let off = lba * u64::from(g.block_size);
+        if !flags.fua && data.len() <= INLINE_IO_MAX && !self.inner.is_blockdev {
+            // A small buffered write only copies into the page cache: doing
+            // it here costs less than two thread hand-offs.
+            return self
+                .inner
+                .file
+                .write_all_at(&data, off)
+                .map_err(BlockError::Io);
         }
         self.blocking(move |i| match (&i.dsync, flags.fua) {
             (Some(d), true) => d.write_all_at(&data, off),

@@ -263,15 +263,38 @@ fn main() {
 fn reserve(iface: &str, shelf: u16, slot: u8, holder: Mac) -> i32 {
     use target_aoe::frame::{ReserveArg, RESERVE_READ, RESERVE_SET};
     let mut c = initiator::Client::open(iface).expect("open interface");
-    let set = initiator::reserve_arg(&ReserveArg { rcmd: RESERVE_SET, macs: vec![holder] });
-    let read = initiator::reserve_arg(&ReserveArg { rcmd: RESERVE_READ, macs: vec![] });
+    let set = initiator::reserve_arg(&ReserveArg {
+        rcmd: RESERVE_SET,
+        macs: vec![holder],
+    });
+    let read = initiator::reserve_arg(&ReserveArg {
+        rcmd: RESERVE_READ,
+        macs: vec![],
+    });
     for _ in 0..50 {
         let tag = c.tag();
-        let f = initiator::request(Mac::BROADCAST, holder, shelf, slot, Command::ReserveRelease, tag, &set, &[]);
+        let f = initiator::request(
+            Mac::BROADCAST,
+            holder,
+            shelf,
+            slot,
+            Command::ReserveRelease,
+            tag,
+            &set,
+            &[],
+        );
         c.send_raw(&f).expect("send");
         std::thread::sleep(Duration::from_millis(100));
         let r = c
-            .call(Mac::BROADCAST, shelf, slot, Command::ReserveRelease, &read, &[], Duration::from_millis(300))
+            .call(
+                Mac::BROADCAST,
+                shelf,
+                slot,
+                Command::ReserveRelease,
+                &read,
+                &[],
+                Duration::from_millis(300),
+            )
             .expect("recv");
         if let Some(r) = r {
             let f = r.frame();

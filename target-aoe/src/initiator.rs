@@ -12,6 +12,8 @@ use crate::frame::{
 use crate::rawsock::{RawSocket, RecvBatch};
 
 /// Builds a request frame: headers, then `arg` (already encoded), then `data`.
+/// (One argument per header field: this mirrors the wire layout.)
+#[allow(clippy::too_many_arguments)]
 pub fn request(
     dst: Mac,
     src: Mac,

@@ -4,7 +4,8 @@
 //! [`Target`] on the interface, send immediate replies in one `sendmmsg` and hand
 //! I/O to the disk's worker. The worker (a tokio task) drains everything queued
 //! for its disk, applies it in arrival order while merging contiguous reads and
-//! contiguous writes into single device calls, makes writes durable with one
+//! contiguous writes into single device calls (batches of reads only may run
+//! side by side; anything that writes waits for what came before it), makes writes durable with one
 //! FUA write or one flush per batch, and sends the replies out of the interface
 //! each request came in on. Overlapping writes are applied in arrival order
 //! because a disk's work is never reordered. Tags are never used to dedupe:
@@ -306,7 +307,11 @@ impl AoeServer {
         self.stop_threads();
         let rx = self.rx;
         let joined = tokio::task::spawn_blocking(move || {
-            rx.into_iter().map(|h| h.join().is_ok()).all(|ok| ok)
+            rx.into_iter()
+                .map(|h| h.join())
+                .filter(Result::is_err)
+                .count()
+                == 0
         })
         .await
         .map_err(|e| AoeError::Thread(e.to_string()))?;
@@ -424,8 +429,12 @@ fn send_replies(out: &mut Vec<(Arc<RawSocket>, Reply)>) {
     }
 }
 
+/// Read-only batches a disk runs at once (they may overlap each other; any
+/// batch with a write, flush or config change waits for all of them first).
+const MAX_CONCURRENT_READ_BATCHES: usize = 4;
+
 async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
-    let mut out: Vec<(Arc<RawSocket>, Reply)> = Vec::new();
+    let mut reads = tokio::task::JoinSet::new();
     while let Some(mut batch) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
@@ -433,9 +442,27 @@ async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
                 break;
             }
         }
-        run_batch(&disk, batch, &mut out).await;
-        send_replies(&mut out);
+        let read_only = batch.iter().all(|w| matches!(w.req.op, IoOp::Read { .. }));
+        if read_only {
+            // Reads never reorder against writes: every earlier write batch was
+            // awaited below before this one was taken.
+            while reads.len() >= MAX_CONCURRENT_READ_BATCHES {
+                reads.join_next().await;
+            }
+            let disk = disk.clone();
+            reads.spawn(async move {
+                let mut out = Vec::new();
+                run_batch(&disk, batch, &mut out).await;
+                send_replies(&mut out);
+            });
+        } else {
+            while reads.join_next().await.is_some() {}
+            let mut out = Vec::new();
+            run_batch(&disk, batch, &mut out).await;
+            send_replies(&mut out);
+        }
     }
+    while reads.join_next().await.is_some() {}
     debug!(disk = %disk.name, "AoE disk worker stopped");
 }
 

@@ -604,3 +604,184 @@ impl Target {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ata::{CMD_READ_EXT, CMD_WRITE_EXT};
+    use crate::frame::{AFLAG_EXTENDED, AFLAG_WRITE, FLAG_ERROR, FLAG_RESPONSE};
+    use crate::initiator::{ata_arg, config_arg, request};
+    use proptest::prelude::*;
+
+    const ME: Mac = Mac([2, 0, 0, 0, 0, 1]);
+    const HOST: Mac = Mac([2, 0, 0, 0, 0, 9]);
+    const IFACE: InterfaceInfo = InterfaceInfo { mac: ME, mtu: 1500 };
+
+    fn target() -> Target {
+        Target::new(
+            TargetSettings {
+                shelf: 1,
+                slot: 2,
+                buffer_count: 8,
+                write_back: false,
+                model: "t".into(),
+                sectors: 1000,
+                identity: blockdev::DeviceIdentity::from_name("t"),
+                read_only: false,
+            },
+            vec![],
+            vec![],
+        )
+    }
+
+    fn ata(lba: u64, n: u8, write: bool) -> Vec<u8> {
+        let mut a = AtaArg {
+            aflags: AFLAG_EXTENDED | if write { AFLAG_WRITE } else { 0 },
+            sector_count: n,
+            cmd_status: if write { CMD_WRITE_EXT } else { CMD_READ_EXT },
+            ..AtaArg::default()
+        };
+        a.set_lba(lba);
+        let data = if write {
+            vec![7u8; usize::from(n) * 512]
+        } else {
+            vec![]
+        };
+        request(ME, HOST, 1, 2, Command::Ata, 42, &ata_arg(&a), &data)
+    }
+
+    #[test]
+    fn reads_and_writes_become_io_with_echoed_tags() {
+        let mut t = target();
+        let f = ata(10, 2, false);
+        let Outcome::Io(req) = t.handle(&IFACE, &Frame::decode(&f).unwrap()) else {
+            panic!("expected I/O")
+        };
+        assert_eq!(
+            req.op,
+            IoOp::Read {
+                lba: 10,
+                sectors: 2
+            }
+        );
+        let r = req
+            .ctx
+            .ata_done(AtaStatus::OK, Bytes::from(vec![1u8; 1024]))
+            .to_vec();
+        let rf = Frame::decode(&r).unwrap();
+        assert_eq!(
+            (rf.header.tag, rf.header.flags, rf.dst, rf.src),
+            (42, FLAG_RESPONSE, HOST, ME)
+        );
+        assert_eq!(rf.payload.len(), ATA_ARG_LEN + 1024);
+        let f = ata(998, 2, true);
+        match t.handle(&IFACE, &Frame::decode(&f).unwrap()) {
+            Outcome::Io(IoRequest {
+                op:
+                    IoOp::Write {
+                        lba: 998,
+                        data,
+                        fua: true,
+                    },
+                ..
+            }) => assert_eq!(data.len(), 1024),
+            o => panic!("unexpected {o:?}"),
+        }
+        // Past the end: answered at once with IDNF.
+        let f = ata(999, 2, false);
+        let Outcome::Reply(r) = t.handle(&IFACE, &Frame::decode(&f).unwrap()) else {
+            panic!()
+        };
+        let (a, _) = AtaArg::decode(Frame::decode(&r.to_vec()).unwrap().payload).unwrap();
+        assert_eq!(a.err_feature, crate::ata::ERR_IDNF);
+    }
+
+    #[test]
+    fn failed_config_save_can_be_undone_and_reports_unavailable() {
+        let mut t = target();
+        let f = request(
+            ME,
+            HOST,
+            1,
+            2,
+            Command::QueryConfig,
+            5,
+            &config_arg(ConfigCommand::ForceSet, b"new"),
+            &[],
+        );
+        let Outcome::Io(req) = t.handle(&IFACE, &Frame::decode(&f).unwrap()) else {
+            panic!()
+        };
+        let IoOp::SaveConfig { previous, .. } = req.op.clone() else {
+            panic!()
+        };
+        assert_eq!(t.config(), b"new");
+        t.restore_config(previous);
+        assert_eq!(t.config(), b"");
+        let r = req.ctx.error(AoeErrorCode::DeviceUnavailable).to_vec();
+        let h = Frame::decode(&r).unwrap().header;
+        assert_eq!((h.flags & FLAG_ERROR, h.error), (FLAG_ERROR, 3));
+    }
+
+    #[test]
+    fn others_addresses_and_responses_are_ignored() {
+        let mut t = target();
+        let f = request(
+            ME,
+            HOST,
+            1,
+            3,
+            Command::QueryConfig,
+            1,
+            &config_arg(ConfigCommand::Read, b""),
+            &[],
+        );
+        assert_eq!(
+            t.handle(&IFACE, &Frame::decode(&f).unwrap()),
+            Outcome::Ignore(Ignored::NotAddressed)
+        );
+        let mut f = request(
+            ME,
+            HOST,
+            1,
+            2,
+            Command::QueryConfig,
+            1,
+            &config_arg(ConfigCommand::Read, b""),
+            &[],
+        );
+        f[14] |= FLAG_RESPONSE;
+        assert_eq!(
+            t.handle(&IFACE, &Frame::decode(&f).unwrap()),
+            Outcome::Ignore(Ignored::Response)
+        );
+        let f = request(ME, HOST, BROADCAST_SHELF, 2, Command::Ata, 1, &[0; 12], &[]);
+        assert_eq!(
+            t.handle(&IFACE, &Frame::decode(&f).unwrap()),
+            Outcome::Ignore(Ignored::BroadcastNonConfig)
+        );
+    }
+
+    proptest! {
+        /// Whatever follows a valid header, the target answers with a frame that
+        /// decodes, echoes the tag and fits the MTU, or asks for bounded I/O.
+        #[test]
+        fn any_payload_gets_a_sane_outcome(cmd in 0u8..6, payload in proptest::collection::vec(any::<u8>(), 0..1400)) {
+            let mut t = target();
+            let f = request(ME, HOST, 1, 2, Command::from(cmd), 77, &payload, &[]);
+            match t.handle(&IFACE, &Frame::decode(&f).unwrap()) {
+                Outcome::Reply(r) => {
+                    let v = r.to_vec();
+                    prop_assert!(v.len() <= IFACE.mtu + ETH_HEADER_LEN);
+                    prop_assert_eq!(Frame::decode(&v).unwrap().header.tag, 77);
+                }
+                Outcome::Io(req) => match req.op {
+                    IoOp::Read { lba, sectors } => prop_assert!(lba + u64::from(sectors) <= 1000 && sectors <= 2),
+                    IoOp::Write { lba, data, .. } => prop_assert!(lba + (data.len() / 512) as u64 <= 1000 && data.len() <= 1024),
+                    _ => {}
+                },
+                Outcome::Ignore(_) => {}
+            }
+        }
+    }
+}
