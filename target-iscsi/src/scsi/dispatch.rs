@@ -154,31 +154,36 @@ async fn run(ctx: &Ctx<'_>) -> CmdResult {
         return Err(Sense::invalid_cdb(len as u16 - 1, Some(0)).into());
     }
     let lu = ctx.lu;
-    lu.check_capacity(&ctx.target.nexuses());
     tracing::trace!(command = info.name, lun = lu.lun);
-    // A sanitize in progress is reported before unit attentions (SBC-4 4.11).
-    if !info.sanitize_ok {
-        match lu.state().sanitize {
-            SanitizeStatus::Running { done } => return Err(sanitize_in_progress(done).into()),
-            SanitizeStatus::Failed if info.op != code::SANITIZE => {
-                return Err(Sense::new(key::MEDIUM_ERROR, Asc::SANITIZE_FAILED).into())
+    if lu.capacity_changed() {
+        lu.check_capacity(&ctx.target.nexuses());
+    }
+    let alua_state = ctx.target.port_state(ctx.nexus.relative_port);
+    {
+        // One short critical section for every check on shared LU state.
+        let mut st = lu.state();
+        // A sanitize in progress is reported before unit attentions (SBC-4 4.11).
+        if !info.sanitize_ok {
+            match st.sanitize {
+                SanitizeStatus::Running { done } => return Err(sanitize_in_progress(done).into()),
+                SanitizeStatus::Failed if info.op != code::SANITIZE => {
+                    return Err(Sense::new(key::MEDIUM_ERROR, Asc::SANITIZE_FAILED).into())
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    if info.ua {
-        let pending = lu.state().ua.pop(&ctx.me);
-        if let Some(asc) = pending {
-            return Err(Sense::unit_attention(asc).into());
+        if info.ua {
+            if let Some(asc) = st.ua.pop(&ctx.me) {
+                return Err(Sense::unit_attention(asc).into());
+            }
         }
-    }
-    let groups = ctx.target.port_groups();
-    if let Some(g) = alua::group_of(&groups, ctx.nexus.relative_port) {
-        alua::check_access(g.state, info.alua)?;
-    }
-    reserve::check(lu, &ctx.me, info)?;
-    if info.writes && lu.write_protected() {
-        return Err(Sense::write_protected().into());
+        if let Some(state) = alua_state {
+            alua::check_access(state, info.alua)?;
+        }
+        reserve::check(&st, &ctx.me, info)?;
+        if info.writes && (lu.read_only || st.mode.swp) {
+            return Err(Sense::write_protected().into());
+        }
     }
     route(ctx, info).await
 }

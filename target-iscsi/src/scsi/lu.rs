@@ -140,6 +140,11 @@ impl LogicalUnit {
         }
     }
 
+    /// Whether the device was resized since capacity was last reported.
+    pub(crate) fn capacity_changed(&self) -> bool {
+        self.state().seen_blocks != self.geometry().num_blocks
+    }
+
     /// Raises CAPACITY DATA HAS CHANGED on every nexus if the device was resized.
     pub(crate) fn check_capacity(&self, all: &[ItNexus]) {
         let blocks = self.geometry().num_blocks;

@@ -412,6 +412,12 @@ impl ScsiTarget {
             .clone()
     }
 
+    /// The access state of the port group a relative port belongs to.
+    pub(crate) fn port_state(&self, rel_port: u16) -> Option<AluaState> {
+        let g = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        alua::group_of(&g, rel_port).map(|g| g.state)
+    }
+
     /// The logical units, by number.
     pub(crate) fn luns(&self) -> impl Iterator<Item = &u64> {
         self.lus.keys()

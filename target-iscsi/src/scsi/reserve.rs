@@ -2,14 +2,13 @@
 //! conflict check every command passes.
 
 use super::dispatch::{CmdResult, Ctx, Failure, Reply};
-use super::lu::LogicalUnit;
+use super::lu::LuState;
 use super::opcodes::{OpInfo, PrClass};
 use super::sense::Sense;
 use super::ItNexus;
 
 /// RESERVATION CONFLICT when another nexus' reservation forbids `info`.
-pub(crate) fn check(lu: &LogicalUnit, me: &ItNexus, info: &OpInfo) -> Result<(), Failure> {
-    let st = lu.state();
+pub(crate) fn check(st: &LuState, me: &ItNexus, info: &OpInfo) -> Result<(), Failure> {
     if info.pr == PrClass::Reserve {
         return if st.pr.in_use() {
             Err(Failure::Conflict)
