@@ -350,6 +350,17 @@ impl Login {
         {
             return Err(status::INITIATOR_ERROR);
         }
+        // CHAP keys belong to the authenticator, not the negotiation table.
+        let keys = if security {
+            TextList(
+                keys.0
+                    .into_iter()
+                    .filter(|(k, _)| !chap::is_chap_key(k))
+                    .collect(),
+            )
+        } else {
+            keys
+        };
         self.neg
             .respond(&keys, security, &mut reply)
             .map_err(|e| match e {
@@ -383,6 +394,17 @@ impl Login {
                 || (self.auth_method.is_none() && self.none_allowed())
             {
                 self.authenticated = true;
+            } else if self.authenticating() {
+                // The exchange is still under way: the target does not
+                // transit yet (T=0) and waits for the next keys (§6.3).
+                return Ok(self.reply(
+                    req,
+                    status::SUCCESS,
+                    reply,
+                    LoginOutcome::Continue,
+                    false,
+                    Stage::Security,
+                ));
             } else {
                 return Err(status::AUTH_FAILURE);
             }
