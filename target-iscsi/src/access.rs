@@ -285,6 +285,109 @@ mod tests {
         .unwrap()
     }
 
+    /// A login context over an [`Access`] with one target `iqn.2026-01.t:a`.
+    struct Ctx(Access);
+
+    impl crate::login::LoginContext for Ctx {
+        fn target(&self, name: &str, _tpgt: u16) -> Option<crate::login::TargetInfo> {
+            (name == "iqn.2026-01.t:a").then_some(crate::login::TargetInfo {
+                index: 0,
+                alias: None,
+            })
+        }
+        fn authenticator(
+            &self,
+            initiator: &str,
+            target: Option<usize>,
+        ) -> Result<Box<dyn Authenticator>, (u8, u8)> {
+            let t = target.map(|_| "iqn.2026-01.t:a");
+            self.0
+                .authorize(t, initiator, "127.0.0.1".parse().unwrap(), 1)
+        }
+        fn admit(&self, _: &crate::login::SessionKey, _: u16, _: u16) -> Result<u16, (u8, u8)> {
+            Ok(1)
+        }
+    }
+
+    /// Runs a login as alice with `secret` (None: AuthMethod=None), the
+    /// first request asking to transit at once as libiscsi does. Returns the
+    /// final status and whether Full Feature Phase was reached.
+    fn login(secret: Option<&str>) -> ((u8, u8), bool) {
+        use crate::login::{tests::req, Login, LoginOutcome};
+        use crate::negotiate::Limits;
+        use crate::pdu::Stage;
+        let mut a = Access {
+            secrets: store(),
+            ..Access::default()
+        };
+        a.targets.insert(
+            "iqn.2026-01.t:a".into(),
+            TargetAccess {
+                auth: AuthMethod::Chap,
+                ..TargetAccess::default()
+            },
+        );
+        let ctx = Ctx(a);
+        let mut l = Login::new(1, Limits::default());
+        let mut keys = TextList::default();
+        keys.push("InitiatorName", "iqn.2026-01.i:alice");
+        keys.push("TargetName", "iqn.2026-01.t:a");
+        keys.push(
+            "AuthMethod",
+            if secret.is_some() {
+                "CHAP,None"
+            } else {
+                "None"
+            },
+        );
+        let mut responder = secret.map(|s| {
+            chap::Responder::new(chap::ResponderConfig {
+                algorithms: chap::AlgorithmList::default(),
+                credential: chap::Credential::new("alice", s),
+                mutual: None,
+            })
+            .unwrap()
+        });
+        for _ in 0..6 {
+            let r = l.handle(
+                &req(Stage::Security, Stage::Operational, true),
+                &keys.encode(),
+                &ctx,
+            );
+            let st = (r.bhs.status_class, r.bhs.status_detail);
+            match r.outcome {
+                LoginOutcome::Failed => return (st, false),
+                LoginOutcome::FullFeature(_) => return (st, true),
+                LoginOutcome::Continue if r.bhs.transit => return (st, true),
+                LoginOutcome::Continue => {}
+            }
+            let got = TextList::parse(&r.data).unwrap();
+            let Some(resp) = responder.as_mut() else {
+                return (st, false);
+            };
+            let next = if got.get("CHAP_C").is_some() {
+                resp.step(got.0.iter()).unwrap().keys().clone()
+            } else {
+                resp.start().unwrap()
+            };
+            keys = TextList::default();
+            for (k, v) in next.iter() {
+                keys.push(k, v);
+            }
+        }
+        panic!("login did not finish");
+    }
+
+    #[test]
+    fn chap_login_through_the_login_state_machine() {
+        assert_eq!(login(Some("alice-secret-16b")), ((0, 0), true));
+        assert_eq!(
+            login(Some("not-alice-secret")),
+            (status::AUTH_FAILURE, false)
+        );
+        assert_eq!(login(None), (status::AUTH_FAILURE, false));
+    }
+
     #[test]
     fn acls_and_discovery_visibility() {
         let mut a = Access {
