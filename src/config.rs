@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blockdev::DeviceIdentity;
+use chap::{AlgorithmList, BackoffConfig};
 use serde::Deserialize;
+use target_iscsi::access::{AuthMethod, Cidr};
 
 use crate::portal::PortalSpec;
 use crate::units::{Interval, Size};
@@ -59,6 +61,53 @@ struct RawFile {
     #[serde(default)]
     disk: Vec<RawDisk>,
     aoe: Option<RawAoe>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawMethod {
+    None,
+    Chap,
+}
+
+impl From<RawMethod> for AuthMethod {
+    fn from(m: RawMethod) -> AuthMethod {
+        match m {
+            RawMethod::None => AuthMethod::None,
+            RawMethod::Chap => AuthMethod::Chap,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    secrets: Option<PathBuf>,
+    #[serde(default)]
+    strict_secrets: bool,
+    algorithms: Option<Vec<String>>,
+    discovery: Option<RawMethod>,
+    targets: Option<RawMethod>,
+    backoff: Option<RawBackoff>,
+    #[serde(default)]
+    portal: Vec<RawPortalAcl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    free_failures: Option<u32>,
+    base: Option<Interval>,
+    cap: Option<Interval>,
+    quiet: Option<Interval>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortalAcl {
+    tag: u16,
+    sources: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +137,9 @@ struct RawDisk {
     identity: Option<String>,
     portal_groups: Option<Vec<u16>>,
     aoe: Option<RawDiskAoe>,
+    auth: Option<RawMethod>,
+    initiators: Option<Vec<String>>,
+    sources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +192,27 @@ pub struct IsuConfig {
     pub disks: Vec<DiskConfig>,
     /// The `[aoe]` table, if AoE export is wanted.
     pub aoe: Option<AoeSettings>,
+    /// The `[auth]` table: secrets, algorithms, discovery and portal policy.
+    pub auth: AuthSettings,
+    /// The command-line overrides it was loaded with (applied again on reload).
+    pub overrides: Overrides,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// The CHAP secrets file (absolute after resolution against the config's directory).
+    pub secrets: Option<PathBuf>,
+    /// Refuse a secrets file readable by group or others (else: a warning).
+    pub strict_secrets: bool,
+    /// CHAP algorithms allowed, in preference order.
+    pub algorithms: AlgorithmList,
+    /// Authentication of discovery sessions.
+    pub discovery: AuthMethod,
+    /// Source-address allow-lists per portal group tag.
+    pub portal_sources: BTreeMap<u16, Vec<Cidr>>,
+    /// Slow-down of repeated login failures per source.
+    pub backoff: BackoffConfig,
 }
 
 /// One exported disk.
@@ -169,6 +242,12 @@ pub struct DiskConfig {
     pub portal_groups: Option<Vec<u16>>,
     /// AoE export of this disk.
     pub aoe: Option<DiskAoeSettings>,
+    /// Authentication of the disk's target.
+    pub auth: AuthMethod,
+    /// Initiator IQNs allowed to log in to the disk's target (None: any).
+    pub initiators: Option<Vec<String>>,
+    /// Source addresses allowed to log in to the disk's target (None: any).
+    pub sources: Option<Vec<Cidr>>,
 }
 
 /// A MAC address.
@@ -418,6 +497,14 @@ impl IsuConfig {
             }
         };
 
+        // [auth]
+        let auth = parse_auth(raw.auth.as_ref(), base_dir, &tpgts, &invalid)?;
+        let default_method = raw
+            .auth
+            .as_ref()
+            .and_then(|a| a.targets)
+            .map_or(AuthMethod::None, AuthMethod::from);
+
         // [[disk]]
         if raw.disk.is_empty() {
             return Err(invalid(
@@ -604,6 +691,22 @@ impl IsuConfig {
                     })
                 }
             };
+            let initiators = match &d.initiators {
+                None => None,
+                Some(l) => {
+                    for (j, n) in l.iter().enumerate() {
+                        check_iscsi_name(&n.to_ascii_lowercase())
+                            .map_err(|m| invalid(key(&format!("initiators[{j}]")), m))?;
+                    }
+                    Some(l.clone())
+                }
+            };
+            let sources = match &d.sources {
+                None => None,
+                Some(l) => Some(
+                    parse_cidrs(l).map_err(|(j, m)| invalid(key(&format!("sources[{j}]")), m))?,
+                ),
+            };
             disks.push(DiskConfig {
                 name: d.name.clone(),
                 iqn,
@@ -617,6 +720,9 @@ impl IsuConfig {
                 identity,
                 portal_groups: d.portal_groups.clone(),
                 aoe: aoe_disk,
+                auth: d.auth.map_or(default_method, AuthMethod::from),
+                initiators,
+                sources,
             });
         }
         // Disks sharing a target must agree on where it is served.
@@ -631,6 +737,30 @@ impl IsuConfig {
                 }
             }
         }
+        // ... and on who may log in to it.
+        let mut policy_of: BTreeMap<&str, &DiskConfig> = BTreeMap::new();
+        for d in &disks {
+            if let Some(o) = policy_of.insert(&d.iqn, d) {
+                if o.auth != d.auth || o.initiators != d.initiators || o.sources != d.sources {
+                    return Err(invalid(
+                        format!("disk {:?}.auth/initiators/sources", d.name),
+                        format!(
+                            "differs from disk {:?} of the same target {}; disks of one target share its access policy",
+                            o.name, d.iqn
+                        ),
+                    ));
+                }
+            }
+        }
+        if auth.secrets.is_none()
+            && (auth.discovery == AuthMethod::Chap
+                || disks.iter().any(|d| d.auth == AuthMethod::Chap))
+        {
+            return Err(invalid(
+                "auth.secrets".into(),
+                "CHAP is required somewhere but no secrets file is named".into(),
+            ));
+        }
         // Fill in aliases agreed per target.
         for d in &mut disks {
             d.alias = aliases.get(&d.iqn).cloned().flatten();
@@ -644,8 +774,89 @@ impl IsuConfig {
             nop_timeout,
             disks,
             aoe,
+            auth,
+            overrides: ov.clone(),
         })
     }
+}
+
+fn parse_cidrs(l: &[String]) -> Result<Vec<Cidr>, (usize, String)> {
+    l.iter()
+        .enumerate()
+        .map(|(i, s)| s.parse::<Cidr>().map_err(|m| (i, m)))
+        .collect()
+}
+
+fn parse_auth(
+    raw: Option<&RawAuth>,
+    base_dir: &Path,
+    tpgts: &BTreeSet<u16>,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<AuthSettings, ConfigError> {
+    let Some(a) = raw else {
+        return Ok(AuthSettings::default());
+    };
+    let secrets = a.secrets.as_ref().map(|p| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base_dir.join(p)
+        }
+    });
+    let algorithms = match &a.algorithms {
+        None => AlgorithmList::default(),
+        Some(names) => AlgorithmList::from_names(names)
+            .map_err(|e| invalid("auth.algorithms".into(), e.to_string()))?,
+    };
+    let mut backoff = BackoffConfig::default();
+    if let Some(b) = &a.backoff {
+        if let Some(n) = b.free_failures {
+            backoff.free_failures = n;
+        }
+        if let Some(i) = b.base {
+            backoff.base = i.0;
+        }
+        if let Some(i) = b.cap {
+            backoff.cap = i.0;
+        }
+        if let Some(i) = b.quiet {
+            backoff.quiet = i.0;
+        }
+        if backoff.cap < backoff.base {
+            return Err(invalid(
+                "auth.backoff.cap".into(),
+                "must not be less than auth.backoff.base".into(),
+            ));
+        }
+    }
+    let mut portal_sources = BTreeMap::new();
+    for (i, p) in a.portal.iter().enumerate() {
+        if !tpgts.contains(&p.tag) {
+            return Err(invalid(
+                format!("auth.portal[{i}].tag"),
+                format!(
+                    "no portal has tag {} (portal group tags in use: {tpgts:?})",
+                    p.tag
+                ),
+            ));
+        }
+        let l = parse_cidrs(&p.sources)
+            .map_err(|(j, m)| invalid(format!("auth.portal[{i}].sources[{j}]"), m))?;
+        if portal_sources.insert(p.tag, l).is_some() {
+            return Err(invalid(
+                format!("auth.portal[{i}].tag"),
+                format!("portal group {} is listed twice", p.tag),
+            ));
+        }
+    }
+    Ok(AuthSettings {
+        secrets,
+        strict_secrets: a.strict_secrets,
+        algorithms,
+        discovery: a.discovery.map_or(AuthMethod::None, AuthMethod::from),
+        portal_sources,
+        backoff,
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use target_iscsi::access::Access;
 use target_iscsi::scsi::{LuConfig, ScsiError, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, ServerError, TargetConfig};
 use tracing::info;
@@ -74,6 +75,8 @@ pub async fn run_iscsi(
     cfg: &IsuConfig,
     portals: Vec<BoundPortal>,
     targets: Vec<TargetPlan>,
+    access: Access,
+    hup: tokio::signal::unix::Signal,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ExportError> {
     let n_targets = targets.len();
@@ -89,14 +92,23 @@ pub async fn run_iscsi(
         targets: scsi_targets(targets)?,
         nop_interval: cfg.nop_interval,
         nop_timeout: cfg.nop_timeout,
+        access,
+        backoff: cfg.auth.backoff.clone(),
         ..ServerConfig::default()
     })
     .await?;
+    let reload = tokio::spawn(super::reload_on_sighup(
+        hup,
+        cfg.clone(),
+        server.access_handle(),
+    ));
     for a in server.local_addrs() {
         info!(portal = %a, "listening");
     }
     info!(targets = n_targets, "serving");
-    server.run(shutdown).await?;
+    let result = server.run(shutdown).await;
+    reload.abort();
+    result?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `opie isu serve`: open the disks of the config, export them, run until a
 //! signal, then drain and flush.
 
+mod access;
 mod export;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,9 @@ pub enum IsuError {
     /// The iSCSI (or AoE) export failed.
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// The access policy (CHAP secrets) could not be built.
+    #[error(transparent)]
+    Access(#[from] access::AccessError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
@@ -227,11 +231,40 @@ async fn shutdown_signal(
     });
 }
 
+/// On each SIGHUP, re-reads the config file (with the same command-line
+/// overrides) and the secrets file and installs the new access policy. Only the access policy (auth, initiators, sources, secrets,
+/// algorithms, portal allow-lists) changes at run time; a bad file is logged
+/// and the old policy stays.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    cfg: IsuConfig,
+    handle: target_iscsi::server::AccessHandle,
+) {
+    while hup.recv().await.is_some() {
+        let new = match IsuConfig::load(&cfg.source, &cfg.overrides) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("SIGHUP: {e}; keeping the current access policy");
+                continue;
+            }
+        };
+        match access::build(&new) {
+            Ok(a) => {
+                handle.set(a);
+                info!(config = %cfg.source.display(), "SIGHUP: access policy reloaded for new logins; established sessions stay");
+            }
+            Err(e) => warn!("SIGHUP: {e}; keeping the current access policy"),
+        }
+    }
+}
+
 /// Runs the ISU until SIGTERM/SIGINT, then drains and flushes.
 pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
     // Handlers first, so a signal during startup is not the default kill.
     let term = signal(SignalKind::terminate()).map_err(IsuError::Signals)?;
     let int = signal(SignalKind::interrupt()).map_err(IsuError::Signals)?;
+    let hup = signal(SignalKind::hangup()).map_err(IsuError::Signals)?;
+    let policy = access::build(&cfg)?;
     let data = DataDir::open(&cfg.data_dir)?;
     info!(config = %cfg.source.display(), data_dir = %data.root().display(), "opie isu starting");
     let mut disks = Vec::new();
@@ -245,7 +278,15 @@ pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
         None => None,
     };
     let targets = plan_targets(disks);
-    let mut result = export::run_iscsi(&cfg, portals, targets, shutdown_signal(term, int)).await;
+    let mut result = export::run_iscsi(
+        &cfg,
+        portals,
+        targets,
+        policy,
+        hup,
+        shutdown_signal(term, int),
+    )
+    .await;
     if let Some(aoe) = aoe {
         let stopped = aoe.shutdown().await.map_err(ExportError::from);
         if result.is_ok() {

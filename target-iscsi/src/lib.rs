@@ -11,6 +11,7 @@
 //! command window, data transfer, NOP, task management, logout). The tokio
 //! edge is [`server`].
 
+pub mod access;
 pub mod digest;
 pub mod discovery;
 pub mod frame;

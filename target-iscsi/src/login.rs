@@ -88,8 +88,9 @@ pub enum AuthStep {
     Continue,
     /// The initiator is authenticated.
     Done,
-    /// Authentication failed: the login ends with status 0201.
-    Failed,
+    /// Authentication failed: the login ends with this status (0201 for a
+    /// wrong secret or unknown user, 0200/0207 for a malformed exchange).
+    Failed((u8, u8)),
 }
 
 /// No authentication (AuthMethod=None).
@@ -109,8 +110,14 @@ impl Authenticator for NoAuth {
 pub trait LoginContext {
     /// Looks a target up by name, for a connection arriving on portal group `tpgt`.
     fn target(&self, name: &str, tpgt: u16) -> Option<TargetInfo>;
-    /// The authenticator for this initiator and target (None for discovery).
-    fn authenticator(&self, initiator: &str, target: Option<usize>) -> Box<dyn Authenticator>;
+    /// The authenticator for this initiator and target (None for discovery),
+    /// or the status to refuse the login with (0202 when the initiator may
+    /// not log in to it).
+    fn authenticator(
+        &self,
+        initiator: &str,
+        target: Option<usize>,
+    ) -> Result<Box<dyn Authenticator>, (u8, u8)>;
     /// Admits a session: `tsih == 0` opens a new one (reinstating any with the
     /// same key, §6.3.5 at ERL 0) and returns its TSIH; otherwise the
     /// initiator adds a connection to an existing session.
@@ -315,6 +322,9 @@ impl Login {
                 Stage::Security,
             ));
         };
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(keys = %redacted(&keys), "login request keys");
+        }
         let mut reply = TextList::default();
         if self.initiator.is_none() {
             self.leading_keys(&keys, ctx, &mut reply)?;
@@ -340,6 +350,17 @@ impl Login {
         {
             return Err(status::INITIATOR_ERROR);
         }
+        // CHAP keys belong to the authenticator, not the negotiation table.
+        let keys = if security {
+            TextList(
+                keys.0
+                    .into_iter()
+                    .filter(|(k, _)| !chap::is_chap_key(k))
+                    .collect(),
+            )
+        } else {
+            keys
+        };
         self.neg
             .respond(&keys, security, &mut reply)
             .map_err(|e| match e {
@@ -373,6 +394,17 @@ impl Login {
                 || (self.auth_method.is_none() && self.none_allowed())
             {
                 self.authenticated = true;
+            } else if self.authenticating() {
+                // The exchange is still under way: the target does not
+                // transit yet (T=0) and waits for the next keys (§6.3).
+                return Ok(self.reply(
+                    req,
+                    status::SUCCESS,
+                    reply,
+                    LoginOutcome::Continue,
+                    false,
+                    Stage::Security,
+                ));
             } else {
                 return Err(status::AUTH_FAILURE);
             }
@@ -415,6 +447,12 @@ impl Login {
         ))
     }
 
+    /// Whether an authentication method other than None was agreed: a
+    /// failure from now on is a failed authentication attempt (for backoff).
+    pub fn authenticating(&self) -> bool {
+        self.auth_method.is_some_and(|m| m != "None")
+    }
+
     fn none_allowed(&self) -> bool {
         self.auth
             .as_ref()
@@ -454,7 +492,7 @@ impl Login {
             self.sent_declarations = true;
             reply.push("TargetPortalGroupTag", self.tpgt.to_string());
         }
-        self.auth = Some(ctx.authenticator(name, self.target.as_ref().map(|t| t.index)));
+        self.auth = Some(ctx.authenticator(name, self.target.as_ref().map(|t| t.index))?);
         self.initiator = Some(name.to_string());
         Ok(())
     }
@@ -493,7 +531,7 @@ impl Login {
                 match auth.step(m, keys, reply) {
                     AuthStep::Continue => {}
                     AuthStep::Done => self.authenticated = true,
-                    AuthStep::Failed => return Err(status::AUTH_FAILURE),
+                    AuthStep::Failed(st) => return Err(st),
                 }
             }
         } else if keys.0.iter().any(|(k, _)| k.starts_with("CHAP_")) {
@@ -501,6 +539,22 @@ impl Login {
         }
         Ok(())
     }
+}
+
+/// `key=value` pairs for logs, with the values of CHAP_C, CHAP_R (and any
+/// other key [`chap::is_sensitive_key`] names) replaced by `<redacted>`.
+pub fn redacted(keys: &TextList) -> String {
+    keys.0
+        .iter()
+        .map(|(k, v)| {
+            if chap::is_sensitive_key(k) {
+                format!("{k}=<redacted>")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -533,8 +587,12 @@ pub(crate) mod tests {
                 alias: Some("disk".into()),
             })
         }
-        fn authenticator(&self, _: &str, _: Option<usize>) -> Box<dyn Authenticator> {
-            Box::new(NoAuth)
+        fn authenticator(
+            &self,
+            _: &str,
+            _: Option<usize>,
+        ) -> Result<Box<dyn Authenticator>, (u8, u8)> {
+            Ok(Box::new(NoAuth))
         }
         fn admit(&self, key: &SessionKey, tsih: u16, _cid: u16) -> Result<u16, (u8, u8)> {
             let mut s = self.sessions.lock().unwrap();

@@ -14,8 +14,8 @@ impl LoginContext for Ctx {
     fn target(&self, name: &str, tpgt: u16) -> Option<TargetInfo> {
         (name == "iqn.2026-01.org.opie:t" && tpgt == 1).then(|| TargetInfo { index: 0, alias: None })
     }
-    fn authenticator(&self, _: &str, _: Option<usize>) -> Box<dyn Authenticator> {
-        Box::new(NoAuth)
+    fn authenticator(&self, _: &str, _: Option<usize>) -> Result<Box<dyn Authenticator>, (u8, u8)> {
+        Ok(Box::new(NoAuth))
     }
     fn admit(&self, _: &SessionKey, tsih: u16, _: u16) -> Result<u16, (u8, u8)> {
         if tsih == 0 { Ok(1) } else { Err((2, 0x0a)) }

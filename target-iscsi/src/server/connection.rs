@@ -74,7 +74,7 @@ pub(super) async fn serve(
     let mut out = SendQueue::default();
     let login = tokio::time::timeout(
         reg.cfg.login_timeout,
-        login(&reg, &stream, &mut buf, &mut out, tpgt),
+        login(&reg, &stream, &mut buf, &mut out, tpgt, peer),
     );
     match login.await {
         Ok(Some(est)) => {
@@ -85,7 +85,7 @@ pub(super) async fn serve(
                 tsih = est.tsih,
                 kind = ?est.session_type,
             );
-            full_feature(&reg, *est, &stream, buf, &mut out, local, tpgt, stop)
+            full_feature(&reg, *est, &stream, buf, &mut out, local, peer, tpgt, stop)
                 .instrument(span)
                 .await;
         }
@@ -107,10 +107,22 @@ async fn login(
     buf: &mut BytesMut,
     out: &mut SendQueue,
     tpgt: u16,
+    peer: SocketAddr,
 ) -> Option<Box<Established>> {
     let dec = Decoder::new((reg.cfg.limits.max_recv_data_segment_length as usize).max(8192));
     let mut login = Login::new(tpgt, reg.cfg.limits.clone());
-    let ctx = ConnContext { reg };
+    let ctx = ConnContext {
+        reg,
+        access: reg.access(),
+        peer: peer.ip(),
+        tpgt,
+    };
+    // A source with recent failures waits before its login is looked at.
+    let wait = lock(&reg.backoff).admit(peer.ip(), Instant::now());
+    if !wait.is_zero() {
+        tracing::debug!(?wait, "login from a source with recent failures held back");
+        tokio::time::sleep(wait).await;
+    }
     loop {
         let pdu = match read_pdu(s, buf, &dec).await {
             Ok(Some(p)) => p,
@@ -126,6 +138,18 @@ async fn login(
             return None;
         };
         let reply = login.handle(&req, &pdu.data, &ctx);
+        if matches!(reply.outcome, LoginOutcome::Failed) {
+            let st = (reply.bhs.status_class, reply.bhs.status_detail);
+            if counts_as_failure(st, login.authenticating()) {
+                // Hold the answer back so secrets cannot be guessed at line rate.
+                let hold = lock(&reg.backoff).record_failure(peer.ip(), Instant::now());
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+            }
+        } else if matches!(reply.outcome, LoginOutcome::FullFeature(_)) && login.authenticating() {
+            lock(&reg.backoff).record_success(peer.ip());
+        }
         out.push(OutPdu::new(
             &Bhs::LoginResponse(reply.bhs),
             reply.data,
@@ -150,6 +174,21 @@ async fn login(
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a failed login is one the backoff counts: authentication and
+/// authorization failures, unknown targets (name guessing), and any initiator
+/// error once CHAP has begun (probing with malformed keys).
+fn counts_as_failure(st: (u8, u8), authenticating: bool) -> bool {
+    use crate::login::status;
+    st == status::AUTH_FAILURE
+        || st == status::AUTHORIZATION_FAILURE
+        || st == status::NOT_FOUND
+        || (authenticating && st.0 == 2)
+}
+
 type TaskFuture = Pin<
     Box<dyn Future<Output = (u32, u64, Result<std::thread::Result<Response>, Aborted>)> + Send>,
 >;
@@ -169,6 +208,7 @@ async fn full_feature(
     mut buf: BytesMut,
     out: &mut SendQueue,
     local: SocketAddr,
+    peer: SocketAddr,
     tpgt: u16,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -198,7 +238,7 @@ async fn full_feature(
     let mut session = Session::new(
         &est,
         cfg,
-        reg.discovery(local),
+        reg.discovery(local, &est.key.initiator, peer.ip()),
         target.map(|t| t.iqn.clone()),
         Instant::now(),
     );

@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use chap::BackoffConfig;
+
+use crate::access::Access;
 use crate::negotiate::Limits;
 use crate::scsi::ScsiTarget;
 use registry::Registry;
@@ -71,6 +74,11 @@ pub struct ServerConfig {
     pub queue_depth: u32,
     /// Longest a login may take before the connection is dropped.
     pub login_timeout: Duration,
+    /// Who may log in to what, and how (replaceable at run time through
+    /// [`AccessHandle`]).
+    pub access: Access,
+    /// Slow-down of repeated login failures per source.
+    pub backoff: BackoffConfig,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +91,8 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             queue_depth: 128,
             login_timeout: Duration::from_secs(30),
+            access: Access::default(),
+            backoff: BackoffConfig::default(),
         }
     }
 }
@@ -109,6 +119,24 @@ pub enum ServerError {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// Replaces the access policy of a running [`Server`]: new logins use the
+/// new policy, established sessions stay.
+#[derive(Clone)]
+pub struct AccessHandle(Arc<Registry>);
+
+impl std::fmt::Debug for AccessHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessHandle")
+    }
+}
+
+impl AccessHandle {
+    /// Installs `access` for every login that starts from now on.
+    pub fn set(&self, access: Access) {
+        self.0.set_access(access);
+    }
 }
 
 /// A bound iSCSI server.
@@ -171,6 +199,11 @@ impl Server {
             listeners,
             registry: Arc::new(Registry::new(cfg)),
         })
+    }
+
+    /// A handle to replace the access policy while the server runs.
+    pub fn access_handle(&self) -> AccessHandle {
+        AccessHandle(self.registry.clone())
     }
 
     /// The addresses actually bound (useful with port 0).

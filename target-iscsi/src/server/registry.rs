@@ -2,15 +2,18 @@
 //! and TSIH allocation) and the answers the login machine asks for.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chap::LoginBackoff;
 
 use tokio::sync::Notify;
 
 use super::ServerConfig;
+use crate::access::Access;
 use crate::discovery::{DiscoveryTarget, PortalAddress};
-use crate::login::{status, Authenticator, LoginContext, NoAuth, SessionKey, TargetInfo};
+use crate::login::{status, Authenticator, LoginContext, SessionKey, TargetInfo};
 
 /// Initiator name, ISID and target index: what identifies a session for reinstatement.
 type SessionId = (String, [u8; 6], Option<usize>);
@@ -26,16 +29,35 @@ pub(super) struct Registry {
     sessions: Mutex<HashMap<SessionId, Open>>,
     next_tsih: Mutex<u16>,
     next_nexus: AtomicU64,
+    /// The access policy for new logins; replaced on reload.
+    access: RwLock<Arc<Access>>,
+    /// Failed logins per source, shared by every connection.
+    pub backoff: Mutex<LoginBackoff>,
 }
 
 impl Registry {
     pub fn new(cfg: ServerConfig) -> Registry {
         Registry {
+            access: RwLock::new(Arc::new(cfg.access.clone())),
+            backoff: Mutex::new(LoginBackoff::new(cfg.backoff.clone())),
             cfg,
             sessions: Mutex::new(HashMap::new()),
             next_tsih: Mutex::new(1),
             next_nexus: AtomicU64::new(1),
         }
+    }
+
+    /// The access policy in force for new logins.
+    pub fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the access policy; sessions already logged in are not affected.
+    pub fn set_access(&self, access: Access) {
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
     }
 
     pub fn nexus_id(&self) -> u64 {
@@ -72,11 +94,19 @@ impl Registry {
         }
     }
 
-    /// Every target reachable from a connection on `tpgt`, with all its portals.
-    pub fn discovery(&self, local: SocketAddr) -> Vec<DiscoveryTarget> {
+    /// Every target `initiator` at `peer` may log in to, with the portals it
+    /// may use to reach it.
+    pub fn discovery(
+        &self,
+        local: SocketAddr,
+        initiator: &str,
+        peer: IpAddr,
+    ) -> Vec<DiscoveryTarget> {
+        let access = self.access();
         self.cfg
             .targets
             .iter()
+            .filter(|t| access.may_discover(&t.iqn, initiator, peer))
             .map(|t| DiscoveryTarget {
                 name: t.iqn.clone(),
                 portals: self
@@ -84,6 +114,7 @@ impl Registry {
                     .portals
                     .iter()
                     .filter(|p| t.portals.as_ref().is_none_or(|g| g.contains(&p.tpgt)))
+                    .filter(|p| access.portal_admits(p.tpgt, peer))
                     .map(|p| match &p.advertise {
                         Some(a) => PortalAddress {
                             address: a.clone(),
@@ -97,6 +128,7 @@ impl Registry {
                     })
                     .collect(),
             })
+            .filter(|t| !t.portals.is_empty())
             .collect()
     }
 }
@@ -104,6 +136,10 @@ impl Registry {
 /// The login context of one connection.
 pub(super) struct ConnContext<'a> {
     pub reg: &'a Registry,
+    /// The policy taken when the connection's login began.
+    pub access: Arc<Access>,
+    pub peer: IpAddr,
+    pub tpgt: u16,
 }
 
 impl LoginContext for ConnContext<'_> {
@@ -123,9 +159,27 @@ impl LoginContext for ConnContext<'_> {
         })
     }
 
-    fn authenticator(&self, _initiator: &str, _target: Option<usize>) -> Box<dyn Authenticator> {
-        // CHAP plugs in here (per target secrets); until then AuthMethod=None.
-        Box::new(NoAuth)
+    fn authenticator(
+        &self,
+        initiator: &str,
+        target: Option<usize>,
+    ) -> Result<Box<dyn Authenticator>, (u8, u8)> {
+        let iqn = match target {
+            None => None,
+            Some(i) => Some(
+                self.reg
+                    .cfg
+                    .targets
+                    .get(i)
+                    .map(|t| t.iqn.as_str())
+                    .ok_or(status::NOT_FOUND)?,
+            ),
+        };
+        let r = self.access.authorize(iqn, initiator, self.peer, self.tpgt);
+        if r.is_err() {
+            tracing::info!(%initiator, target = iqn.unwrap_or("(discovery)"), "login not authorized");
+        }
+        r
     }
 
     fn admit(&self, key: &SessionKey, tsih: u16, _cid: u16) -> Result<u16, (u8, u8)> {

@@ -1,0 +1,408 @@
+//! CHAP and access control of `opie isu serve`, end to end: libiscsi's
+//! `iscsi-inq` logs in with one-way and mutual CHAP; a minimal CHAP initiator
+//! (chap::Responder over a raw socket bound to a chosen source address) checks
+//! the status class and detail of refusals, the per-source backoff, discovery
+//! filtering and SIGHUP reload; the daemon's trace log never holds a secret.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chap::{AlgorithmList, Credential, Responder, ResponderConfig, Step};
+use common::*;
+
+const BASE: &str = "iqn.2026-01.org.opie.test:chap";
+const ALICE: &str = "iqn.2026-01.org.opie.test:alice";
+const EVE: &str = "iqn.2026-01.org.opie.test:eve";
+const SECRET: &str = "alice-secret-16b";
+const WRONG: &str = "wrong-secret-16b";
+const TARGET_USER: &str = "isu-target";
+const TARGET_SECRET: &str = "target-secret-16";
+
+fn iqn(disk: &str) -> String {
+    format!("{BASE}:{disk}")
+}
+
+/// Targets: `one` (CHAP, one-way), `mutual` (CHAP with a target secret),
+/// `acl` (no CHAP, only alice), `open` (anyone), `mgmt` (only on portal 2).
+fn config(port: u16, backoff: &str) -> String {
+    format!(
+        "[isu]\nbase_iqn = \"{BASE}\"\nlisten = [\"127.0.0.1:{port}\"]\nnop_interval = \"0s\"\n\
+         [auth]\nsecrets = \"secrets.toml\"\n{backoff}\n\
+         [[disk]]\nname = \"one\"\nsize = \"4M\"\nauth = \"chap\"\n\
+         [[disk]]\nname = \"mutual\"\nsize = \"4M\"\nauth = \"chap\"\n\
+         [[disk]]\nname = \"acl\"\nsize = \"4M\"\ninitiators = [\"{ALICE}\"]\n\
+         [[disk]]\nname = \"open\"\nsize = \"4M\"\n"
+    )
+}
+
+fn secrets(alice_secret: &str) -> String {
+    format!(
+        "[target.\"{one}\"]\n[[target.\"{one}\".chap]]\nuser = \"alice\"\nsecret = \"{alice_secret}\"\n\
+         [target.\"{m}\"]\nmutual = {{ user = \"{TARGET_USER}\", secret = \"{TARGET_SECRET}\" }}\n\
+         [[target.\"{m}\".chap]]\nuser = \"alice\"\nsecret = \"{alice_secret}\"\ninitiators = [\"{ALICE}\"]\n",
+        one = iqn("one"),
+        m = iqn("mutual"),
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    daemon: Daemon,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+fn start(backoff: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &config(port, backoff));
+    let sec = dir.path().join("secrets.toml");
+    std::fs::write(&sec, secrets(SECRET)).unwrap();
+    std::fs::set_permissions(&sec, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // `env` sets RUST_LOG after the helper's own default, so trace wins.
+    let mut cmd = Command::new("env");
+    cmd.arg("RUST_LOG=trace").arg(env!("CARGO_BIN_EXE_opie"));
+    let daemon = Daemon::start_with(cmd, &cfg, &dir.path().join("data"), &[], &[addr]);
+    Setup {
+        dir: dir.path().to_path_buf(),
+        _dir: dir,
+        daemon,
+        addr,
+    }
+}
+
+/// `iscsi-inq` with CHAP credentials in the URL: whether it succeeded.
+fn inq(addr: SocketAddr, initiator: &str, target: &str, auth: &str, query: &str) -> bool {
+    let url = format!("iscsi://{auth}{addr}/{target}/0{query}");
+    let out = Command::new("iscsi-inq")
+        .args(["-i", initiator, &url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("iscsi-inq (libiscsi-bin) must be installed");
+    out.status.success()
+}
+
+#[test]
+fn libiscsi_chap_one_way_and_mutual() {
+    let s = start("");
+    let one = iqn("one");
+    let m = iqn("mutual");
+    let a = s.addr;
+    assert!(
+        inq(a, ALICE, &one, &format!("alice%{SECRET}@"), ""),
+        "{}",
+        s.daemon.log_text()
+    );
+    assert!(!inq(a, ALICE, &one, &format!("alice%{WRONG}@"), ""));
+    assert!(!inq(a, ALICE, &one, &format!("mallory%{SECRET}@"), ""));
+    assert!(
+        !inq(a, ALICE, &one, "", ""),
+        "CHAP required: AuthMethod=None must fail"
+    );
+    let q = |secret: &str| format!("?target_user={TARGET_USER}&target_password={secret}");
+    assert!(inq(
+        a,
+        ALICE,
+        &m,
+        &format!("alice%{SECRET}@"),
+        &q(TARGET_SECRET)
+    ));
+    assert!(!inq(a, ALICE, &m, &format!("alice%{SECRET}@"), &q(WRONG)));
+    // Alice's credential on `mutual` is bound to her IQN.
+    assert!(!inq(
+        a,
+        EVE,
+        &m,
+        &format!("alice%{SECRET}@"),
+        &q(TARGET_SECRET)
+    ));
+    // Targets without CHAP still work, and the ACL target only for alice.
+    assert!(inq(a, EVE, &iqn("open"), "", ""));
+    assert!(inq(a, ALICE, &iqn("acl"), "", ""));
+    assert!(!inq(a, EVE, &iqn("acl"), "", ""));
+    assert_no_secret(&s.daemon.log_text());
+}
+
+fn assert_no_secret(log: &str) {
+    assert!(
+        log.contains("TRACE") || log.contains("trace"),
+        "not a trace log"
+    );
+    for secret in [SECRET, WRONG, TARGET_SECRET, "replacement-secret"] {
+        assert!(!log.contains(secret), "secret {secret:?} in the daemon log");
+        assert!(
+            !log.contains(&hex(secret.as_bytes())),
+            "secret {secret:?} (hex) in the daemon log"
+        );
+    }
+    for value in ["CHAP_R=0", "CHAP_C=0"] {
+        let leaks: Vec<&str> = log.lines().filter(|l| l.contains(value)).collect();
+        assert!(leaks.is_empty(), "{value}... in the daemon log: {leaks:#?}");
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+// ---- a minimal CHAP initiator ---------------------------------------------------
+
+fn connect_from(src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(src, 0).into())?;
+    sock.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    Ok(s)
+}
+
+fn login_pdu(
+    s: &mut TcpStream,
+    transit: bool,
+    cmd_sn: u32,
+    keys: &[(&str, String)],
+) -> io::Result<()> {
+    let mut data = Vec::new();
+    for (k, v) in keys {
+        data.extend_from_slice(format!("{k}={v}\0").as_bytes());
+    }
+    let mut h = [0u8; 48];
+    h[0] = 0x43;
+    h[1] = if transit { 0x81 } else { 0x01 };
+    h[5..8].copy_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+    h[8..14].copy_from_slice(&[0x80, 0, 0, 0x43, 0x48, 0x41]);
+    h[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    let mut buf = h.to_vec();
+    buf.extend_from_slice(&data);
+    buf.resize(48 + data.len().div_ceil(4) * 4, 0);
+    s.write_all(&buf)
+}
+
+/// Reads a Login Response: (status class, detail, transit, keys).
+fn login_resp(s: &mut TcpStream) -> io::Result<(u8, u8, bool, Vec<(String, String)>)> {
+    let mut h = [0u8; 48];
+    s.read_exact(&mut h)?;
+    let dlen = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
+    let mut data = vec![0u8; h[4] as usize * 4 + dlen.div_ceil(4) * 4];
+    s.read_exact(&mut data)?;
+    let keys = data[h[4] as usize * 4..][..dlen]
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    Ok((h[36], h[37], h[1] & 0x80 != 0, keys))
+}
+
+/// Runs the security stage of a login to `target` with CHAP as `user`:
+/// the final status (class, detail); (0, 0) when authenticated.
+fn chap_login(
+    src: IpAddr,
+    dst: SocketAddr,
+    initiator: &str,
+    target: &str,
+    secret: &str,
+) -> (u8, u8) {
+    let mut s = connect_from(src, dst).unwrap();
+    let mut r = Responder::new(ResponderConfig {
+        algorithms: AlgorithmList::default(),
+        credential: Credential::new("alice", secret),
+        mutual: None,
+    })
+    .unwrap();
+    let mut keys = vec![
+        ("InitiatorName", initiator.to_string()),
+        ("SessionType", "Normal".to_string()),
+        ("TargetName", target.to_string()),
+        ("AuthMethod", "CHAP".to_string()),
+    ];
+    let mut sn = 1;
+    loop {
+        let transit = keys.iter().any(|(k, _)| *k == "CHAP_R");
+        login_pdu(&mut s, transit, sn, &keys).unwrap();
+        let Ok((class, detail, t, got)) = login_resp(&mut s) else {
+            return (0xff, 0xff);
+        };
+        if class != 0 || t {
+            return (class, detail);
+        }
+        keys = if got.iter().any(|(k, _)| k == "CHAP_C") {
+            match r
+                .step(got.iter())
+                .unwrap_or_else(|e| panic!("{e}: {got:?}"))
+            {
+                Step::Continue(k) | Step::Done { keys: k, .. } => {
+                    k.iter().map(|(k, v)| (k, v.to_string())).collect()
+                }
+            }
+        } else {
+            r.start()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect()
+        };
+        sn += 1;
+    }
+}
+
+#[test]
+fn refusals_carry_the_right_status() {
+    let s = start("");
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(chap_login(lo, s.addr, ALICE, &iqn("one"), SECRET), (0, 0));
+    assert_eq!(chap_login(lo, s.addr, ALICE, &iqn("one"), WRONG), (2, 1));
+    assert_eq!(chap_login(lo, s.addr, EVE, &iqn("mutual"), SECRET), (2, 1));
+    assert_eq!(chap_login(lo, s.addr, EVE, &iqn("acl"), SECRET), (2, 2));
+    assert_eq!(chap_login(lo, s.addr, ALICE, &iqn("nope"), SECRET), (2, 3));
+    let e = Session::login(s.addr, EVE, Some(&iqn("acl")))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("class 2 detail 2"), "{e}");
+    assert_no_secret(&s.daemon.log_text());
+}
+
+fn discovered(addr: SocketAddr, initiator: &str) -> Vec<String> {
+    let mut d = Session::login(addr, initiator, None).unwrap();
+    let names = d
+        .send_targets()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k == "TargetName")
+        .map(|(_, v)| v)
+        .collect();
+    let _ = d.logout();
+    names
+}
+
+#[test]
+fn discovery_shows_only_permitted_targets_and_sighup_reloads() {
+    let mut s = start("");
+    let alice = discovered(s.addr, ALICE);
+    assert_eq!(alice, [iqn("one"), iqn("mutual"), iqn("acl"), iqn("open")]);
+    // `one`'s credential is not bound to an IQN, so eve may use it;
+    // `mutual`'s credential and `acl`'s ACL are alice's only.
+    let eve = discovered(s.addr, EVE);
+    assert_eq!(eve, [iqn("one"), iqn("open")]);
+
+    // An established session survives a reload that revokes it.
+    let mut kept = Session::login(s.addr, ALICE, Some(&iqn("acl"))).unwrap();
+    std::fs::write(s.dir.join("secrets.toml"), secrets("replacement-secret")).unwrap();
+    let cfg = std::fs::read_to_string(s.dir.join("isu.toml"))
+        .unwrap()
+        .replace(
+            &format!("initiators = [\"{ALICE}\"]"),
+            &format!("initiators = [\"{EVE}\"]"),
+        );
+    std::fs::write(s.dir.join("isu.toml"), cfg).unwrap();
+    s.daemon.signal(libc::SIGHUP);
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while chap_login(lo, s.addr, ALICE, &iqn("one"), "replacement-secret") != (0, 0) {
+        assert!(
+            Instant::now() < end,
+            "reload not applied:\n{}",
+            s.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(chap_login(lo, s.addr, ALICE, &iqn("one"), SECRET), (2, 1));
+    assert!(Session::login(s.addr, ALICE, Some(&iqn("acl"))).is_err());
+    assert!(Session::login(s.addr, EVE, Some(&iqn("acl"))).is_ok());
+    assert_eq!(
+        discovered(s.addr, EVE),
+        [iqn("one"), iqn("acl"), iqn("open")]
+    );
+    // The session opened before the reload still does I/O.
+    let data = pattern(7, 4096);
+    // The first command reports the power-on unit attention.
+    let _ = kept.scsi(0, &[0u8; 6], &[], 0);
+    write16(&mut kept, 0, 0, &data, 512, false).good("write after reload");
+    assert_eq!(read16(&mut kept, 0, 0, 8, 512), data);
+    kept.logout().unwrap();
+    assert!(
+        s.daemon.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the daemon"
+    );
+    assert_no_secret(&s.daemon.log_text());
+}
+
+#[test]
+fn backoff_slows_one_source_only() {
+    let (free, base, cap) = (2u32, Duration::from_millis(20), Duration::from_millis(300));
+    let s = start(&format!(
+        "[auth.backoff]\nfree_failures = {free}\nbase = \"{}ms\"\ncap = \"{}ms\"\n",
+        base.as_millis(),
+        cap.as_millis()
+    ));
+    let cfg = chap::BackoffConfig {
+        free_failures: free,
+        base,
+        cap,
+        ..chap::BackoffConfig::default()
+    };
+    let configured: Duration = (1..=50).map(|n| cfg.delay_for(n)).sum();
+    let attacker: IpAddr = "127.0.0.1".parse().unwrap();
+    let good: IpAddr = "127.0.0.2".parse().unwrap();
+    let addr = s.addr;
+    let target = iqn("one");
+    let t = target.clone();
+    let attack = std::thread::spawn(move || {
+        let start = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(chap_login(attacker, addr, ALICE, &t, WRONG), (2, 1));
+        }
+        start.elapsed()
+    });
+    // While the attacker is held back at the cap, the other source logs in
+    // without waiting for it.
+    std::thread::sleep(cap * 4);
+    let mut good_times = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        assert_eq!(chap_login(good, addr, ALICE, &target, SECRET), (0, 0));
+        good_times.push(t0.elapsed());
+    }
+    let attack_time = attack.join().unwrap();
+    assert!(
+        attack_time >= configured,
+        "50 wrong logins took {attack_time:?}, less than the configured {configured:?}"
+    );
+    let best = good_times.iter().min().unwrap();
+    assert!(
+        *best < cap,
+        "a login from another source took {best:?}, as slow as the attacker's {cap:?} hold"
+    );
+    eprintln!("50 wrong logins: {attack_time:?} (configured {configured:?}); other source: {good_times:?}");
+    assert_no_secret(&s.daemon.log_text());
+}
+
+#[test]
+fn open_secrets_file_is_refused_with_strict_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = config(port, "").replace("[auth]\n", "[auth]\nstrict_secrets = true\n");
+    let path = write_config(dir.path(), &cfg);
+    let sec = dir.path().join("secrets.toml");
+    std::fs::write(&sec, secrets(SECRET)).unwrap();
+    std::fs::set_permissions(&sec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = opie()
+        .args(["isu", "serve", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("secrets"), "{err}");
+    assert!(!err.contains(SECRET));
+}
