@@ -21,8 +21,8 @@ impl Digest {
         }
     }
 
-    /// Whether the digest is absent.
-    pub fn is_none(self) -> bool {
+    /// Whether the digest is absent (occupies no bytes).
+    pub fn is_empty(self) -> bool {
         self == Digest::None
     }
 }

@@ -419,8 +419,10 @@ pub struct Negotiator {
 impl Negotiator {
     /// A negotiator for a session; `discovery` makes the normal-session keys Irrelevant.
     pub fn new(limits: Limits, discovery: bool) -> Negotiator {
-        let mut params = Params::default();
-        params.recv_data_segment_length = limits.max_recv_data_segment_length;
+        let params = Params {
+            recv_data_segment_length: limits.max_recv_data_segment_length,
+            ..Params::default()
+        };
         Negotiator {
             limits,
             discovery,

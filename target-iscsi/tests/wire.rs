@@ -508,7 +508,8 @@ async fn malformed_input_gets_the_rfc_answer() {
 
     // Logins with bad keys.
     let init = ("InitiatorName", "iqn.2026-01.test:init");
-    let cases: Vec<(Vec<(&str, &str)>, (u8, u8))> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, (u8, u8));
+    let cases: Vec<Case> = vec![
         (vec![("TargetName", IQN)], (2, 7)),
         (vec![init], (2, 7)),
         (vec![init, ("TargetName", "iqn.2026-01.nope:x")], (2, 3)),

@@ -12,6 +12,9 @@ use super::ServerConfig;
 use crate::discovery::{DiscoveryTarget, PortalAddress};
 use crate::login::{status, Authenticator, LoginContext, NoAuth, SessionKey, TargetInfo};
 
+/// Initiator name, ISID and target index: what identifies a session for reinstatement.
+type SessionId = (String, [u8; 6], Option<usize>);
+
 struct Open {
     tsih: u16,
     kill: Arc<Notify>,
@@ -20,7 +23,7 @@ struct Open {
 /// Shared server state.
 pub(super) struct Registry {
     pub cfg: ServerConfig,
-    sessions: Mutex<HashMap<(String, [u8; 6], Option<usize>), Open>>,
+    sessions: Mutex<HashMap<SessionId, Open>>,
     next_tsih: Mutex<u16>,
     next_nexus: AtomicU64,
 }
