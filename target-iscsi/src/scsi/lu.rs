@@ -2,7 +2,7 @@
 //! SCSI commands share (unit attentions, mode parameters, reservations,
 //! sanitize, copy results).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -33,6 +33,9 @@ pub(crate) enum SanitizeStatus {
 pub(crate) struct LuState {
     pub ua: UnitAttentions,
     pub mode: ModeState,
+    /// Per nexus with a MODE PARAMETERS CHANGED attention still pending: the
+    /// parameters it last saw. Restoring them withdraws the attention.
+    pub mode_seen: HashMap<ItNexus, ModeState>,
     /// Holder of a RESERVE(6)/RESERVE(10) reservation.
     pub reserve: Option<ItNexus>,
     pub pr: PrState,
@@ -77,6 +80,7 @@ impl LogicalUnit {
             st: Mutex::new(LuState {
                 ua: UnitAttentions::default(),
                 mode: ModeState::new(wce),
+                mode_seen: HashMap::new(),
                 reserve: None,
                 pr,
                 sanitize: SanitizeStatus::Idle,
@@ -126,6 +130,7 @@ impl LogicalUnit {
         }
         st.prevent.remove(n);
         st.ua.clear(n);
+        st.mode_seen.remove(n);
     }
 
     /// LOGICAL UNIT RESET (also part of a target reset): RESERVE(6) is

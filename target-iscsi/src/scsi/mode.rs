@@ -5,8 +5,10 @@
 
 use super::cdb::{be16, byte, trim};
 use super::dispatch::{CmdResult, Ctx, Reply};
+use super::lu::LuState;
 use super::opcodes::code;
 use super::sense::{Asc, Sense};
+use super::ItNexus;
 
 /// Changeable mode parameters of a logical unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,10 +235,28 @@ pub(crate) fn select(ctx: &Ctx<'_>) -> CmdResult {
         .collect();
     let mut st = ctx.lu.state();
     if st.mode != new {
-        st.mode = new;
+        let old = std::mem::replace(&mut st.mode, new);
         for n in &others {
-            st.ua.add(n, Asc::MODE_PARAMETERS_CHANGED);
+            announce_change(&mut st, n, old, new);
         }
     }
     Ok(Reply::good())
+}
+
+/// Tells `n` that the shared mode parameters changed from `old` to `new`
+/// (SPC-4 6.11: MODE PARAMETERS CHANGED on every other I_T nexus). If `n`
+/// still has that attention pending and `new` restores what it last saw, the
+/// change is invisible to it and the attention is withdrawn: a nexus is told
+/// about parameters that differ from its view, not about a set-and-restore
+/// it never observed.
+fn announce_change(st: &mut LuState, n: &ItNexus, old: ModeState, new: ModeState) {
+    if st.ua.is_pending(n, Asc::MODE_PARAMETERS_CHANGED) {
+        if st.mode_seen.get(n) == Some(&new) {
+            st.ua.withdraw(n, Asc::MODE_PARAMETERS_CHANGED);
+            st.mode_seen.remove(n);
+        }
+    } else {
+        st.ua.add(n, Asc::MODE_PARAMETERS_CHANGED);
+        st.mode_seen.insert(n.clone(), old);
+    }
 }

@@ -601,6 +601,53 @@ async fn read_capacity() {
     assert_eq!(d[14] & 0xC0, 0xC0, "LBPME LBPRZ");
 }
 
+/// MODE SELECT(6) parameter list setting (or clearing) SWP in the control page.
+async fn set_swp(r: &Rig, n: &Nexus, on: bool) {
+    let cur = r.good(n, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]).await;
+    let mut sel = vec![0u8, 0, 0, 0];
+    sel.extend_from_slice(&cur[4..]);
+    if on {
+        sel[4 + 4] |= 0x08;
+    } else {
+        sel[4 + 4] &= !0x08;
+    }
+    r.good(n, &[0x15, 0x10, 0, 0, sel.len() as u8, 0], &sel)
+        .await;
+}
+
+#[tokio::test]
+async fn mode_change_undone_before_seen_is_not_announced() {
+    let r = rig().await;
+    // Set and restore SWP from a: b never saw the protected state.
+    set_swp(&r, &r.a, true).await;
+    set_swp(&r, &r.a, false).await;
+    r.good(&r.b, &[0; 6], &[]).await;
+    // A change that stays is announced once, even if it changes twice more
+    // (to a value b has not seen) before b looks.
+    set_swp(&r, &r.a, true).await;
+    r.check(
+        &r.b,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::MODE_PARAMETERS_CHANGED,
+    )
+    .await;
+    r.good(&r.b, &[0; 6], &[]).await;
+    // b has now seen SWP set: clearing it is a change for b.
+    set_swp(&r, &r.a, false).await;
+    r.check(
+        &r.b,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::MODE_PARAMETERS_CHANGED,
+    )
+    .await;
+    // The nexus that changed the parameters is never told.
+    r.good(&r.a, &[0; 6], &[]).await;
+}
+
 #[tokio::test]
 async fn mode_sense_select_and_swp() {
     let r = rig().await;

@@ -41,6 +41,22 @@ impl UnitAttentions {
         first
     }
 
+    /// Whether `asc` is queued for `n` and not yet reported.
+    pub(crate) fn is_pending(&self, n: &ItNexus, asc: Asc) -> bool {
+        self.pending.get(n).is_some_and(|q| q.contains(&asc))
+    }
+
+    /// Withdraws a queued, not yet reported `asc` of `n` (the event it
+    /// announced has been undone before the initiator could see it).
+    pub(crate) fn withdraw(&mut self, n: &ItNexus, asc: Asc) {
+        if let Some(q) = self.pending.get_mut(n) {
+            q.retain(|a| *a != asc);
+            if q.is_empty() {
+                self.pending.remove(n);
+            }
+        }
+    }
+
     /// Drops every condition of `n`.
     pub(crate) fn clear(&mut self, n: &ItNexus) {
         self.pending.remove(n);
@@ -71,5 +87,20 @@ mod tests {
         assert_eq!(u.pop(&a), Some(Asc::BUS_DEVICE_RESET));
         assert_eq!(u.pop(&a), None);
         assert_eq!(u.pop(&nexus(2)), None);
+    }
+
+    #[test]
+    fn withdraw_removes_only_that_condition() {
+        let mut u = UnitAttentions::default();
+        let a = nexus(1);
+        u.add(&a, Asc::MODE_PARAMETERS_CHANGED);
+        u.add(&a, Asc::RESERVATIONS_PREEMPTED);
+        assert!(u.is_pending(&a, Asc::MODE_PARAMETERS_CHANGED));
+        u.withdraw(&a, Asc::MODE_PARAMETERS_CHANGED);
+        assert!(!u.is_pending(&a, Asc::MODE_PARAMETERS_CHANGED));
+        assert_eq!(u.pop(&a), Some(Asc::RESERVATIONS_PREEMPTED));
+        u.add(&a, Asc::MODE_PARAMETERS_CHANGED);
+        u.withdraw(&a, Asc::MODE_PARAMETERS_CHANGED);
+        assert_eq!(u.pop(&a), None);
     }
 }
