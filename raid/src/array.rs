@@ -1100,7 +1100,7 @@ impl RaidArray {
             let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot)));
             writes.push((slot, dev.clone(), lay.tag_block(row, 0), tb));
         }
-        if let (Some(pdev), Some(p)) = (&pdev, &parity) {
+        if let (Some(pdev), Some(p)) = (&pdev, parity) {
             let mut tags = if lo == 0 && hi == c {
                 ChunkTags::unwritten(c)
             } else {
@@ -1114,7 +1114,7 @@ impl RaidArray {
                 pslot,
                 pdev.clone(),
                 lay.member_block(row, lo),
-                Bytes::from(p.clone()),
+                Bytes::from(p),
             ));
             let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, pslot)));
             writes.push((pslot, pdev.clone(), lay.tag_block(row, 0), tb));
