@@ -1100,7 +1100,7 @@ impl RaidArray {
             let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot)));
             writes.push((slot, dev.clone(), lay.tag_block(row, 0), tb));
         }
-        if let (Some(pdev), Some(p)) = (&pdev, &parity) {
+        if let (Some(pdev), Some(p)) = (&pdev, parity) {
             let mut tags = if lo == 0 && hi == c {
                 ChunkTags::unwritten(c)
             } else {
@@ -1114,7 +1114,7 @@ impl RaidArray {
                 pslot,
                 pdev.clone(),
                 lay.member_block(row, lo),
-                Bytes::from(p.clone()),
+                Bytes::from(p),
             ));
             let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, pslot)));
             writes.push((pslot, pdev.clone(), lay.tag_block(row, 0), tb));
@@ -1317,48 +1317,40 @@ impl RaidArray {
 
     /// Writes out every cached row.
     pub(crate) async fn destage_all(&self, geo: &Geo) -> Result<()> {
-        loop {
-            let first = self
-                .inner
-                .cache
-                .lock()
-                .expect("cache lock")
-                .keys()
-                .next()
-                .copied();
-            let Some(lba) = first else { return Ok(()) };
-            let (lay, _) = geo.layout_for(lba);
-            let (row, ..) = lay.locate(lba);
-            let _g = self.row_lock(row).await;
-            let blocks = self.take_cached(geo, &lay, row);
-            if !blocks.is_empty() {
-                let pieces = self.pieces_of(&lay, blocks);
-                self.write_row(&lay, row, &pieces, false).await?;
-            }
-        }
+        while self.destage_first(geo).await? {}
+        Ok(())
     }
 
+    /// Writes out cached rows, lowest first, until the cache fits its limit.
     async fn evict(&self, geo: &Geo) -> Result<()> {
         while self.inner.cache.lock().expect("cache lock").len() > self.inner.cfg.cache_blocks {
-            let first = self
-                .inner
-                .cache
-                .lock()
-                .expect("cache lock")
-                .keys()
-                .next()
-                .copied();
-            let Some(lba) = first else { break };
-            let (lay, _) = geo.layout_for(lba);
-            let (row, ..) = lay.locate(lba);
-            let _g = self.row_lock(row).await;
-            let blocks = self.take_cached(geo, &lay, row);
-            if !blocks.is_empty() {
-                let pieces = self.pieces_of(&lay, blocks);
-                self.write_row(&lay, row, &pieces, false).await?;
+            if !self.destage_first(geo).await? {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Writes out the row of the lowest cached block; false if the cache is empty.
+    async fn destage_first(&self, geo: &Geo) -> Result<bool> {
+        let first = self
+            .inner
+            .cache
+            .lock()
+            .expect("cache lock")
+            .keys()
+            .next()
+            .copied();
+        let Some(lba) = first else { return Ok(false) };
+        let (lay, _) = geo.layout_for(lba);
+        let (row, ..) = lay.locate(lba);
+        let _g = self.row_lock(row).await;
+        let blocks = self.take_cached(geo, &lay, row);
+        if !blocks.is_empty() {
+            let pieces = self.pieces_of(&lay, blocks);
+            self.write_row(&lay, row, &pieces, false).await?;
+        }
+        Ok(true)
     }
 
     /// Volume write. Whole rows go straight to the members as full-stripe

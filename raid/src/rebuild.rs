@@ -277,6 +277,13 @@ impl RaidArray {
         slot: u32,
         dev: &SharedDevice,
     ) -> Result<()> {
+        // A row written since the last flush may hold data that is not durable
+        // yet, and was written without a journal record if this slot held its
+        // parity. Make the sources durable before deriving the target from
+        // them, or a crash could revert the data under a parity that is.
+        if self.meta().bitmap.row_dirty(row) {
+            self.flush_members().await?;
+        }
         match self.reconstruct(lay, row, slot, 0, lay.chunk_blocks).await {
             Ok(content) => {
                 self.write_chunk_with_tags(lay, row, slot, dev, &content, WriteFlags::NONE)
