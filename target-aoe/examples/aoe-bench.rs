@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! aoe-bench --iface IF --shelf N --slot M --mode read|write [--mib 256] [--target-pid PID]
-//! aoe-bench --iface IF --shelf N --slot M --mode reserve --as MAC
+//! aoe-bench --iface IF --shelf N --slot M --mode reserve|release --as MAC
 //! ```
 //! `--mode reserve` makes MAC (any address, e.g. another host's) the target's
 //! reservation holder by sending Reserve/Release "set" from that source
@@ -71,9 +71,14 @@ fn main() {
             _ => usage(),
         }
     }
-    if mode == "reserve" {
+    if mode == "reserve" || mode == "release" {
         let holder = holder.unwrap_or_else(|| usage());
-        std::process::exit(reserve(&iface, shelf, slot, holder));
+        let list = if mode == "reserve" {
+            vec![holder]
+        } else {
+            vec![]
+        };
+        std::process::exit(reserve(&iface, shelf, slot, holder, list));
     }
     let write = match mode.as_str() {
         "read" => false,
@@ -259,13 +264,14 @@ fn main() {
     );
 }
 
-/// Makes `holder` the reservation holder of e`shelf`.`slot`; 0 on success.
-fn reserve(iface: &str, shelf: u16, slot: u8, holder: Mac) -> i32 {
+/// Sets the reservation list of e`shelf`.`slot` to `list`, speaking as
+/// `holder` (the current holder, or anyone when free); 0 on success.
+fn reserve(iface: &str, shelf: u16, slot: u8, holder: Mac, list: Vec<Mac>) -> i32 {
     use target_aoe::frame::{ReserveArg, RESERVE_READ, RESERVE_SET};
     let mut c = initiator::Client::open(iface).expect("open interface");
     let set = initiator::reserve_arg(&ReserveArg {
         rcmd: RESERVE_SET,
-        macs: vec![holder],
+        macs: list.clone(),
     });
     let read = initiator::reserve_arg(&ReserveArg {
         rcmd: RESERVE_READ,
@@ -299,13 +305,13 @@ fn reserve(iface: &str, shelf: u16, slot: u8, holder: Mac) -> i32 {
         if let Some(r) = r {
             let f = r.frame();
             if let Ok(a) = ReserveArg::decode(f.payload) {
-                if a.macs == vec![holder] {
-                    eprintln!("aoe-bench: e{shelf}.{slot} reserved by {holder}");
+                if a.macs == list {
+                    eprintln!("aoe-bench: e{shelf}.{slot} reservation list now {list:?}");
                     return 0;
                 }
             }
         }
     }
-    eprintln!("aoe-bench: could not reserve e{shelf}.{slot} for {holder}");
+    eprintln!("aoe-bench: could not set the reservation of e{shelf}.{slot} to {list:?}");
     1
 }
