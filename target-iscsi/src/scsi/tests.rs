@@ -1570,3 +1570,78 @@ mod fuzz {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_writes_never_interleave() {
+    let r = Arc::new(rig().await);
+    // 256-block writes (spanning several 64 KiB chunks of the memory device)
+    // racing over the same range: afterwards the range holds one of them whole.
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let r = Arc::clone(&r);
+        tasks.push(tokio::spawn(async move {
+            let n = if i % 2 == 0 { &r.a } else { &r.b };
+            r.good(n, &write10(64, 256), &vec![i + 1; 256 * BS]).await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let d = r.good(&r.a, &read10(64, 256), &[]).await;
+    assert!(d.iter().all(|&b| b == d[0]), "torn write");
+}
+
+#[tokio::test]
+async fn write_same_to_the_end_and_task_management_attentions() {
+    let r = rig().await;
+    let mut ws = [0u8; 10];
+    ws[0] = 0x41;
+    ws[2..6].copy_from_slice(&(BLOCKS as u32 - 4).to_be_bytes());
+    r.good(&r.a, &ws, &[0x3Cu8; BS]).await; // 0 blocks: up to the last block
+    assert_eq!(
+        &r.good(&r.a, &read10(BLOCKS as u32 - 4, 4), &[]).await[..],
+        &[0x3Cu8; 4 * BS][..]
+    );
+    assert_eq!(
+        r.target
+            .task_management(&r.a, 0, TmfFunction::ClearTaskSet)
+            .await,
+        TmfResponse::Complete
+    );
+    r.check(
+        &r.b,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
+    )
+    .await;
+    r.good(&r.a, &[0; 6], &[]).await;
+    r.target
+        .task_management(&r.a, 0, TmfFunction::TargetWarmReset)
+        .await;
+    for n in [&r.a, &r.b] {
+        r.check(n, &[0; 6], &[], key::UNIT_ATTENTION, Asc::POWER_ON_RESET)
+            .await;
+        r.good(n, &[0; 6], &[]).await;
+    }
+}
+
+#[tokio::test]
+async fn persistent_reservations_work_in_standby() {
+    let r = rig().await;
+    r.target
+        .set_port_group_state(1, AluaState::Standby)
+        .expect("group");
+    r.run(&r.a, &[0; 6], &[]).await; // the state-change attention
+    r.good(&r.a, &pr_out(0, 0), &pr_params(0, 5, 0)).await;
+    r.good(&r.a, &PR_IN_KEYS, &[]).await;
+    r.check(
+        &r.a,
+        &write10(0, 1),
+        &[0u8; BS],
+        key::NOT_READY,
+        Asc::NOT_READY_STANDBY,
+    )
+    .await;
+}
