@@ -12,8 +12,21 @@ use blockdev::{DeviceIdentity, FileDevice};
 use target_iscsi::scsi::{LuConfig, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // RT=current runs everything on one thread (plus the blocking pool).
+    let rt = if std::env::var("RT").is_ok_and(|v| v == "current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
