@@ -972,6 +972,58 @@ mod tests {
     }
 
     #[test]
+    fn auth_policy() {
+        let c = parse(&format!(
+            "{BASE}[auth]\nsecrets = \"s.toml\"\nalgorithms = [\"sha3-256\", \"md5\"]\ndiscovery = \"chap\"\n\
+             [auth.backoff]\nfree_failures = 0\nbase = \"10ms\"\ncap = \"1s\"\n\
+             [[auth.portal]]\ntag = 1\nsources = [\"10.0.0.0/8\", \"fd00::/8\"]\n\
+             [[disk]]\nname = \"a\"\nauth = \"chap\"\ninitiators = [\"iqn.2026-01.org.example:i\"]\nsources = [\"192.0.2.7\"]\n\
+             [[disk]]\nname = \"b\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.auth.secrets.as_deref(),
+            Some(Path::new("/etc/opie/s.toml"))
+        );
+        assert_eq!(c.auth.discovery, AuthMethod::Chap);
+        assert_eq!(c.auth.algorithms.as_slice().len(), 2);
+        assert_eq!(c.auth.backoff.free_failures, 0);
+        assert_eq!(c.auth.backoff.cap, Duration::from_secs(1));
+        assert_eq!(c.auth.portal_sources[&1].len(), 2);
+        assert_eq!(c.disks[0].auth, AuthMethod::Chap);
+        assert_eq!(
+            c.disks[0].sources.as_ref().unwrap()[0].to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(c.disks[1].auth, AuthMethod::None);
+        assert!(c.disks[1].initiators.is_none());
+
+        let e = err(&format!("{BASE}[[disk]]\nname = \"a\"\nauth = \"chap\"\n"));
+        assert!(e.contains("auth.secrets"), "{e}");
+        let e = err(&format!(
+            "{BASE}[auth]\nalgorithms = [\"md4\"]\n[[disk]]\nname = \"a\"\n"
+        ));
+        assert!(e.contains("auth.algorithms") && e.contains("md4"), "{e}");
+        let e = err(&format!(
+            "{BASE}[[disk]]\nname = \"a\"\nsources = [\"10.0.0.1/8\"]\n"
+        ));
+        assert!(e.contains("disk \"a\".sources[0]"), "{e}");
+        let e = err(&format!(
+            "{BASE}[[disk]]\nname = \"a\"\nauth = \"kerberos\"\n"
+        ));
+        assert!(e.contains("kerberos"), "{e}");
+        let e = err(&format!(
+            "{BASE}[auth]\n[[auth.portal]]\ntag = 9\nsources = [\"10.0.0.0/8\"]\n[[disk]]\nname = \"a\"\n"
+        ));
+        assert!(e.contains("auth.portal[0].tag"), "{e}");
+        let e = err(&format!(
+            "{BASE}[[disk]]\nname = \"a\"\niqn = \"iqn.2026-01.org.example:t\"\ninitiators = [\"iqn.2026-01.org.example:i\"]\n\
+             [[disk]]\nname = \"b\"\niqn = \"iqn.2026-01.org.example:t\"\nlun = 1\n"
+        ));
+        assert!(e.contains("share its access policy"), "{e}");
+    }
+
+    #[test]
     fn iscsi_names() {
         assert!(check_iscsi_name("iqn.2026-01.com.example:isu1").is_ok());
         assert!(check_iscsi_name("eui.0123456789abcdef").is_ok());

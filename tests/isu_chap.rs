@@ -184,8 +184,11 @@ fn login_pdu(
     s.write_all(&buf)
 }
 
-/// Reads a Login Response: (status class, detail, transit, keys).
-fn login_resp(s: &mut TcpStream) -> io::Result<(u8, u8, bool, Vec<(String, String)>)> {
+/// A Login Response: status class, detail, transit bit, keys.
+type LoginResp = (u8, u8, bool, Vec<(String, String)>);
+
+/// Reads a Login Response.
+fn login_resp(s: &mut TcpStream) -> io::Result<LoginResp> {
     let mut h = [0u8; 48];
     s.read_exact(&mut h)?;
     let dlen = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;

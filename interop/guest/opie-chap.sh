@@ -27,6 +27,8 @@ grep -q " $IQN_OPEN\$" /tmp/disc.eve || rg_fail "eve does not see $IQN_OPEN"
 grep -q " $IQN_CHAP\$" /tmp/disc.eve && rg_fail "eve sees $IQN_CHAP in discovery"
 echo "RESULT discovery-acl ok"
 
+# Eve's discovery of the same portal dropped alice's record of $IQN_CHAP.
+iscsiadm -m node -o new -T "$IQN_CHAP" -p "$LAN" -I alice >/dev/null 2>&1
 node="-m node -T $IQN_CHAP -p $LAN -I alice"
 up() { iscsiadm $node -o update -n "$1" -v "$2" >/dev/null || rg_fail "set $1"; }
 up node.session.initial_login_retry_max 0

@@ -91,6 +91,19 @@ pub fn describe(cfg: &IsuConfig) {
     for p in &cfg.listen {
         println!("portal: {p}");
     }
+    let a = &cfg.auth;
+    println!(
+        "auth: discovery {:?}, secrets {}, algorithms {:?}",
+        a.discovery,
+        a.secrets
+            .as_ref()
+            .map_or("none".to_string(), |p| p.display().to_string()),
+        a.algorithms.as_slice()
+    );
+    for (tag, sources) in &a.portal_sources {
+        let l: Vec<String> = sources.iter().map(ToString::to_string).collect();
+        println!("portal group {tag}: logins only from {}", l.join(", "));
+    }
     for d in &cfg.disks {
         let size = d
             .size
@@ -103,6 +116,16 @@ pub fn describe(cfg: &IsuConfig) {
             d.path.display(),
             d.block_size,
             if d.read_only { ", read-only" } else { "" }
+        );
+        println!(
+            "  auth {:?}, initiators {}, sources {}",
+            d.auth,
+            d.initiators.as_ref().map_or("any".into(), |l| l.join(", ")),
+            d.sources.as_ref().map_or("any".into(), |l| l
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "))
         );
     }
 }

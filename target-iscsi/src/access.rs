@@ -441,5 +441,11 @@ mod tests {
         assert!(!a.may_discover("iqn.2026-01.t:a", "iqn.2026-01.i:eve", lo));
         assert!(!a.may_discover("iqn.2026-01.t:a", "iqn.2026-01.i:alice", far));
         assert!(a.may_discover("iqn.2026-01.t:open", "iqn.x", far));
+        // Discovery with CHAP required offers CHAP only.
+        a.discovery = AuthMethod::Chap;
+        assert_eq!(
+            a.authorize(None, "iqn.x", lo, 1).unwrap().methods(),
+            vec!["CHAP"]
+        );
     }
 }
