@@ -63,7 +63,8 @@ impl WriteBuffer {
         let (buf, whole) = if imm == edtl {
             (BytesMut::new(), Some(immediate))
         } else {
-            let mut b = BytesMut::with_capacity(edtl as usize);
+            // Grown as data arrives; the command's EDTL was bounded by the session.
+            let mut b = BytesMut::with_capacity((edtl as usize).min(1 << 20));
             b.extend_from_slice(&immediate);
             (b, None)
         };

@@ -33,6 +33,10 @@ pub fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (a.wrapping_sub(b) as i32) < 0
 }
 
+/// Most write data one command may bring (the SCSI layer's maximum
+/// transfer length is 32 MiB; COMPARE AND WRITE carries twice its blocks).
+pub const MAX_DATA_OUT: u32 = 64 << 20;
+
 /// Settings of the session layer that are not negotiated.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -461,6 +465,22 @@ impl Session {
         } else {
             0
         };
+        if c.write && c.edtl > MAX_DATA_OUT {
+            // Never buffer more than a command may legitimately carry: the
+            // command ends at once (its Data-Out PDUs are then discarded).
+            tracing::warn!(
+                itt = c.itt,
+                edtl = c.edtl,
+                "write larger than MAX_DATA_OUT refused"
+            );
+            let resp = Response {
+                status: crate::scsi::status::CHECK_CONDITION,
+                sense: Some(sense(0x05, 0x24, 0x00)),
+                data_in: Bytes::new(),
+            };
+            self.send_status(c.itt, &resp, false, false, 0, 0);
+            return;
+        }
         let write = if c.write && c.edtl > 0 {
             let unsolicited_end = if c.final_ {
                 immediate_len
@@ -943,9 +963,14 @@ fn data_out_sense(e: DataOutError) -> Bytes {
         DataOutError::Overrun => (0x4b, 0x02),     // too much write data
         DataOutError::DataSn | DataOutError::UnknownTtt => (0x4b, 0x00), // data phase error
     };
+    sense(0x0b, asc, ascq)
+}
+
+/// Fixed-format sense data.
+fn sense(key: u8, asc: u8, ascq: u8) -> Bytes {
     let mut s = [0u8; 18];
     s[0] = 0x70;
-    s[2] = 0x0b;
+    s[2] = key;
     s[7] = 10;
     s[12] = asc;
     s[13] = ascq;
@@ -1220,6 +1245,38 @@ mod tests {
             panic!()
         };
         assert!(r.overflow && r.residual == 240);
+    }
+
+    #[test]
+    fn oversized_writes_are_refused_without_buffering() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(
+            pdu(
+                cmd(3, 10, 0x2a, u32::MAX - 198, false, true, false),
+                &[0u8; 512],
+            ),
+            t,
+        );
+        let (sent, acts) = drain(&mut s);
+        assert!(acts.is_empty());
+        let [Bhs::ScsiResponse(r)] = sent[..] else {
+            panic!("{sent:?}")
+        };
+        assert_eq!((r.itt, r.status), (3, 2));
+        assert_eq!(s.active_tasks(), 0);
+        // Its unsolicited data is discarded; the session goes on.
+        let d = DataOut {
+            final_: true,
+            lun: 0,
+            itt: 3,
+            ttt: RESERVED_TAG,
+            exp_stat_sn: 0,
+            data_sn: 0,
+            buffer_offset: 512,
+        };
+        s.handle_pdu(pdu(Bhs::DataOut(d), &[0u8; 512]), t);
+        assert!(drain(&mut s).0.is_empty());
     }
 
     #[test]

@@ -22,21 +22,23 @@ use tokio::net::TcpStream;
 
 const IQN: &str = "iqn.2026-01.org.opie:wire";
 
+type RunHandle = tokio::task::JoinHandle<Result<(), target_iscsi::server::ServerError>>;
+
 async fn start() -> (Vec<SocketAddr>, tokio::sync::oneshot::Sender<()>) {
+    let (addrs, stop, _) = start_with(ServerConfig::default()).await;
+    (addrs, stop)
+}
+
+async fn start_with(
+    base: ServerConfig,
+) -> (Vec<SocketAddr>, tokio::sync::oneshot::Sender<()>, RunHandle) {
     let dev = MemDevice::new(512, 8192, DeviceIdentity::from_name("wire"));
-    let scsi = ScsiTarget::new(
-        IQN,
-        vec![(
-            0,
-            LuConfig {
-                device: Arc::new(dev),
-                read_only: false,
-                state_path: None,
-            },
-        )],
-        vec![],
-    )
-    .unwrap();
+    let lu = LuConfig {
+        device: Arc::new(dev),
+        read_only: false,
+        state_path: None,
+    };
+    let scsi = ScsiTarget::new(IQN, vec![(0, lu)], vec![]).unwrap();
     let cfg = ServerConfig {
         portals: vec![
             Portal {
@@ -61,15 +63,15 @@ async fn start() -> (Vec<SocketAddr>, tokio::sync::oneshot::Sender<()>) {
             scsi,
             portals: Some(vec![1]),
         }],
-        ..Default::default()
+        ..base
     };
     let server = Server::bind(cfg).await.unwrap();
     let addrs = server.local_addrs();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
+    let run = tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
-    (addrs, tx)
+    (addrs, tx, run)
 }
 
 struct Client {
@@ -562,4 +564,64 @@ async fn reinstatement_closes_the_old_session() {
     let mut other = Client::connect(addrs[0]).await;
     other.login([0x80, 0, 0, 0, 4, 2], &[]).await;
     assert!(new.ping().await && other.ping().await);
+}
+
+#[tokio::test]
+async fn silent_initiators_are_pinged_then_dropped() {
+    let base = ServerConfig {
+        nop_interval: Duration::from_millis(200),
+        nop_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (addrs, _stop, _) = start_with(base).await;
+    let mut c = Client::connect(addrs[0]).await;
+    c.login([0x80, 0, 0, 0, 5, 1], &[]).await;
+    let p = c.recv().await.expect("a ping");
+    let Ok(Bhs::NopIn(ping)) = p.bhs else {
+        panic!("{:?}", p.bhs)
+    };
+    assert_eq!(ping.itt, pdu::RESERVED_TAG);
+    assert_ne!(ping.ttt, pdu::RESERVED_TAG);
+    // Not answering: the target gives up on us.
+    assert!(c.closed().await);
+    // An initiator that answers stays connected.
+    let mut c = Client::connect(addrs[0]).await;
+    c.login([0x80, 0, 0, 0, 5, 2], &[]).await;
+    for _ in 0..3 {
+        let p = c.recv().await.expect("a ping");
+        let Ok(Bhs::NopIn(ping)) = p.bhs else {
+            panic!("{:?}", p.bhs)
+        };
+        let n = NopOut {
+            immediate: true,
+            lun: 0,
+            itt: pdu::RESERVED_TAG,
+            ttt: ping.ttt,
+            cmd_sn: c.cmd_sn,
+            exp_stat_sn: ping.sns.stat_sn,
+        };
+        c.send(Bhs::NopOut(n), &[]).await;
+    }
+    assert!(c.ping().await);
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_closes() {
+    let (addrs, stop, run) = start_with(ServerConfig::default()).await;
+    let mut c = Client::connect(addrs[0]).await;
+    c.login([0x80, 0, 0, 0, 6, 1], &[]).await;
+    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await;
+    let data = vec![7u8; 4096];
+    assert_eq!(c.run(&write10(9, 8), 4096, Some(&data)).await.0, 0);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("run returns")
+        .unwrap()
+        .expect("clean shutdown");
+    assert!(c.closed().await);
+    assert!(
+        TcpStream::connect(addrs[0]).await.is_err(),
+        "still accepting after shutdown"
+    );
 }
