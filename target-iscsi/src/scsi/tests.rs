@@ -529,6 +529,13 @@ async fn write_same_unmap_and_lba_status() {
     assert_eq!(u32::from_be_bytes([st[0], st[1], st[2], st[3]]), 20);
     assert_eq!(&st[8..16], &0u64.to_be_bytes());
     assert_eq!(st[20], 1, "deallocated");
+    // Inside a physical block (8 logical blocks) the first descriptor still
+    // starts at the starting LBA (SBC-4 5.8.2.3), not at a physical boundary.
+    let mut gls = cdb16(0x9E, 9, 24);
+    gls[1] = 0x12;
+    let st = r.good(&r.a, &gls, &[]).await;
+    assert_eq!(&st[8..16], &9u64.to_be_bytes());
+    assert_eq!(st[20], 1, "deallocated");
     r.check(
         &r.a,
         &{
