@@ -656,6 +656,48 @@ async fn mode_change_undone_before_seen_is_not_announced() {
 }
 
 #[tokio::test]
+async fn lun_reset_restores_default_mode_parameters() {
+    let r = rig().await;
+    set_swp(&r, &r.a, true).await;
+    r.check(
+        &r.a,
+        &write10(0, 1),
+        &[0u8; BS],
+        key::DATA_PROTECT,
+        Asc::WRITE_PROTECTED,
+    )
+    .await;
+    assert_eq!(
+        r.target
+            .task_management(&r.a, 0, TmfFunction::LunReset)
+            .await,
+        TmfResponse::Complete
+    );
+    // The reset is reported, not a separate mode change.
+    r.check(
+        &r.b,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::BUS_DEVICE_RESET,
+    )
+    .await;
+    r.good(&r.b, &[0; 6], &[]).await;
+    r.check(
+        &r.a,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::BUS_DEVICE_RESET,
+    )
+    .await;
+    let hdr = r.good(&r.a, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]).await;
+    assert_eq!(hdr[2] & 0x80, 0, "no longer write protected");
+    assert_eq!(hdr[4 + 4] & 0x08, 0, "SWP back to its default");
+    r.good(&r.a, &write10(0, 1), &[0u8; BS]).await;
+}
+
+#[tokio::test]
 async fn mode_sense_select_and_swp() {
     let r = rig().await;
     let all = r.good(&r.a, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).await;
