@@ -82,7 +82,12 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             portals: None,
         }],
         nop_interval: Duration::from_secs(5),
-        nop_timeout: Duration::from_secs(10),
+        nop_timeout: Duration::from_secs(
+            std::env::var("NOP_TIMEOUT_S")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10),
+        ),
         ..Default::default()
     };
     let server = Server::bind(cfg).await?;

@@ -134,12 +134,15 @@ impl LogicalUnit {
     }
 
     /// LOGICAL UNIT RESET (also part of a target reset): RESERVE(6) is
-    /// released, PREVENT cleared, and every nexus gets BUS DEVICE RESET
-    /// FUNCTION OCCURRED. Persistent reservations survive.
+    /// released, PREVENT cleared, mode parameters return to their defaults
+    /// (none can be saved), and every nexus gets BUS DEVICE RESET FUNCTION
+    /// OCCURRED (SAM-5 6.3.3). Persistent reservations survive.
     pub(crate) fn reset(&self, all: &[ItNexus]) {
         let mut st = self.state();
         st.reserve = None;
         st.prevent.clear();
+        st.mode = st.mode.defaults();
+        st.mode_seen.clear();
         for n in all {
             st.ua.add(n, Asc::BUS_DEVICE_RESET);
         }

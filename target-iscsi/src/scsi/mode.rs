@@ -30,6 +30,12 @@ impl ModeState {
             default_wce: wce,
         }
     }
+
+    /// The parameters after a logical unit reset: saving is not supported,
+    /// so every page returns to its defaults (SAM-5 6.3.3).
+    pub(crate) fn defaults(&self) -> Self {
+        ModeState::new(self.default_wce)
+    }
 }
 
 /// Page codes in the order MODE SENSE returns them.

@@ -529,6 +529,13 @@ async fn write_same_unmap_and_lba_status() {
     assert_eq!(u32::from_be_bytes([st[0], st[1], st[2], st[3]]), 20);
     assert_eq!(&st[8..16], &0u64.to_be_bytes());
     assert_eq!(st[20], 1, "deallocated");
+    // Inside a physical block (8 logical blocks) the first descriptor still
+    // starts at the starting LBA (SBC-4 5.8.2.3), not at a physical boundary.
+    let mut gls = cdb16(0x9E, 9, 24);
+    gls[1] = 0x12;
+    let st = r.good(&r.a, &gls, &[]).await;
+    assert_eq!(&st[8..16], &9u64.to_be_bytes());
+    assert_eq!(st[20], 1, "deallocated");
     r.check(
         &r.a,
         &{
@@ -646,6 +653,48 @@ async fn mode_change_undone_before_seen_is_not_announced() {
     .await;
     // The nexus that changed the parameters is never told.
     r.good(&r.a, &[0; 6], &[]).await;
+}
+
+#[tokio::test]
+async fn lun_reset_restores_default_mode_parameters() {
+    let r = rig().await;
+    set_swp(&r, &r.a, true).await;
+    r.check(
+        &r.a,
+        &write10(0, 1),
+        &[0u8; BS],
+        key::DATA_PROTECT,
+        Asc::WRITE_PROTECTED,
+    )
+    .await;
+    assert_eq!(
+        r.target
+            .task_management(&r.a, 0, TmfFunction::LunReset)
+            .await,
+        TmfResponse::Complete
+    );
+    // The reset is reported, not a separate mode change.
+    r.check(
+        &r.b,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::BUS_DEVICE_RESET,
+    )
+    .await;
+    r.good(&r.b, &[0; 6], &[]).await;
+    r.check(
+        &r.a,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::BUS_DEVICE_RESET,
+    )
+    .await;
+    let hdr = r.good(&r.a, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[]).await;
+    assert_eq!(hdr[2] & 0x80, 0, "no longer write protected");
+    assert_eq!(hdr[4 + 4] & 0x08, 0, "SWP back to its default");
+    r.good(&r.a, &write10(0, 1), &[0u8; BS]).await;
 }
 
 #[tokio::test]
