@@ -149,7 +149,11 @@ fn healthy_vs_degraded_read(c: &mut Criterion) {
 fn rebuild_rate(c: &mut Criterion) {
     let rt = rt();
     let mut g = c.benchmark_group("rebuild");
+    // Each sample rebuilds a whole member after filling the array (not timed):
+    // keep the count small.
     g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(100));
+    g.measurement_time(Duration::from_secs(1));
     let n = 4;
     let probe = rt.block_on(array(n, "probe-"));
     let member_bytes = rt.block_on(probe.layout()).rows * u64::from(CHUNK_BLOCKS * BS);
