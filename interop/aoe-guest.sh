@@ -26,8 +26,9 @@ cp /tmp/rg-pattern.bin "$RG_SHARE_DIR/aoe.pattern"
 rg_step "dd throughput, 64 MiB O_DIRECT, opie then vblade"
 for d in "$dev:opie" "$vdev:vblade"; do
   path=${d%%:*} name=${d##*:}
-  w=$(dd if=/tmp/rg-pattern.bin of="$path" bs=1M count=64 oflag=direct conv=fsync,notrunc 2>&1 | tail -1)
-  r=$(dd if="$path" of=/dev/null bs=1M count=64 iflag=direct 2>&1 | tail -1)
+  # Same place as the pattern check (16 MiB), so the host can still find the pattern there.
+  w=$(dd if=/tmp/rg-pattern.bin of="$path" bs=1M count=64 seek=16 oflag=direct conv=fsync,notrunc 2>&1 | tail -1)
+  r=$(dd if="$path" of=/dev/null bs=1M count=64 skip=16 iflag=direct 2>&1 | tail -1)
   echo "GUEST_DD $name write: $w"
   echo "GUEST_DD $name read: $r"
 done
