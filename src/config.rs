@@ -101,6 +101,7 @@ struct RawBackoff {
     base: Option<Interval>,
     cap: Option<Interval>,
     quiet: Option<Interval>,
+    max_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -822,6 +823,15 @@ fn parse_auth(
         if let Some(i) = b.quiet {
             backoff.quiet = i.0;
         }
+        if let Some(n) = b.max_in_flight {
+            if n == 0 {
+                return Err(invalid(
+                    "auth.backoff.max_in_flight".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+            backoff.max_in_flight = n;
+        }
         if backoff.cap < backoff.base {
             return Err(invalid(
                 "auth.backoff.cap".into(),
@@ -975,7 +985,7 @@ mod tests {
     fn auth_policy() {
         let c = parse(&format!(
             "{BASE}[auth]\nsecrets = \"s.toml\"\nalgorithms = [\"sha3-256\", \"md5\"]\ndiscovery = \"chap\"\n\
-             [auth.backoff]\nfree_failures = 0\nbase = \"10ms\"\ncap = \"1s\"\n\
+             [auth.backoff]\nfree_failures = 0\nbase = \"10ms\"\ncap = \"1s\"\nmax_in_flight = 3\n\
              [[auth.portal]]\ntag = 1\nsources = [\"10.0.0.0/8\", \"fd00::/8\"]\n\
              [[disk]]\nname = \"a\"\nauth = \"chap\"\ninitiators = [\"iqn.2026-01.org.example:i\"]\nsources = [\"192.0.2.7\"]\n\
              [[disk]]\nname = \"b\"\n"
@@ -988,6 +998,7 @@ mod tests {
         assert_eq!(c.auth.discovery, AuthMethod::Chap);
         assert_eq!(c.auth.algorithms.as_slice().len(), 2);
         assert_eq!(c.auth.backoff.free_failures, 0);
+        assert_eq!(c.auth.backoff.max_in_flight, 3);
         assert_eq!(c.auth.backoff.cap, Duration::from_secs(1));
         assert_eq!(c.auth.portal_sources[&1].len(), 2);
         assert_eq!(c.disks[0].auth, AuthMethod::Chap);

@@ -389,6 +389,40 @@ fn backoff_slows_one_source_only() {
 }
 
 #[test]
+fn parallel_logins_from_one_source_are_taken_a_few_at_a_time() {
+    // Two logins per source at a time. Two idle connections from 127.0.0.1
+    // occupy both: a third login from there waits until one of them goes
+    // away, while 127.0.0.2 logs in at once.
+    let s = start("[auth.backoff]\nmax_in_flight = 2\n");
+    let busy: IpAddr = "127.0.0.1".parse().unwrap();
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    let idle1 = connect_from(busy, s.addr).unwrap();
+    let idle2 = connect_from(busy, s.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // both admitted
+    let (addr, target) = (s.addr, iqn("one"));
+    let t = target.clone();
+    let queued = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        (chap_login(busy, addr, ALICE, &t, SECRET), t0.elapsed())
+    });
+    let t0 = Instant::now();
+    assert_eq!(chap_login(other, s.addr, ALICE, &target, SECRET), (0, 0));
+    let other_took = t0.elapsed();
+    let hold = Duration::from_millis(1500);
+    std::thread::sleep(hold.saturating_sub(t0.elapsed()));
+    assert!(
+        !queued.is_finished(),
+        "a third login from a busy source was not held back"
+    );
+    drop(idle1);
+    let (status, took) = queued.join().unwrap();
+    assert_eq!(status, (0, 0), "the held-back login failed");
+    assert!(took >= hold, "the held-back login took only {took:?}");
+    assert!(other_took < hold, "another source waited {other_took:?}");
+    drop(idle2);
+}
+
+#[test]
 fn open_secrets_file_is_refused_with_strict_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

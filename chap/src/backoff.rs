@@ -13,10 +13,13 @@
 //! Two delays are handed out:
 //! * [`LoginBackoff::record_failure`] returns how long to hold back the failure
 //!   Login Response, so a single connection cannot retry faster;
-//! * [`LoginBackoff::admit`] returns how long to wait before processing a new
-//!   login from that source. While a source is penalized, admissions are spaced
-//!   by the current delay, so opening many connections in parallel does not
-//!   multiply the guess rate.
+//! * [`LoginBackoff::admit`] says when a new login from that source may be
+//!   processed. While a source is penalized, admissions are spaced by the
+//!   current delay, so opening many connections in parallel does not multiply
+//!   the guess rate. Independently of failures, at most `max_in_flight` logins
+//!   per source are processed at once (a burst of parallel guesses before the
+//!   first failure is recorded would otherwise all be answered); each admitted
+//!   login must be ended with [`LoginBackoff::finish`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,8 +37,12 @@ pub struct BackoffConfig {
     /// Each quiet period (no failure) forgives one failure.
     pub quiet: Duration,
     /// Most sources tracked at once; beyond that the least recently active
-    /// source is forgotten.
+    /// source without a login in progress is forgotten.
     pub max_sources: usize,
+    /// Most logins from one source processed at the same time; further ones
+    /// wait their turn. A host logging in to all its targets at boot stays
+    /// well below it.
+    pub max_in_flight: u32,
 }
 
 impl Default for BackoffConfig {
@@ -46,6 +53,7 @@ impl Default for BackoffConfig {
             cap: Duration::from_secs(16),
             quiet: Duration::from_secs(60),
             max_sources: 4096,
+            max_in_flight: 16,
         }
     }
 }
@@ -84,9 +92,22 @@ impl From<IpAddr> for SourceKey {
     }
 }
 
+/// What [`LoginBackoff::admit`] decided about a new login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The login is admitted (and counted in flight until
+    /// [`LoginBackoff::finish`]); process it after this wait.
+    Proceed(Duration),
+    /// Too many logins from this source are in progress: ask again after
+    /// this wait. Nothing was reserved.
+    Retry(Duration),
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     failures: u32,
+    /// Admitted logins not yet finished.
+    in_flight: u32,
     /// Start of the current quiet-time accounting.
     last_failure: Instant,
     /// Earliest time the next login from this source may be processed.
@@ -116,50 +137,55 @@ impl LoginBackoff {
         &self.config
     }
 
-    /// A new login from `source` arrived at `now`: how long to wait before
-    /// processing it (zero for a source in good standing).
-    pub fn admit(&mut self, source: IpAddr, now: Instant) -> Duration {
-        let cfg = self.config.clone();
-        let Some(e) = self.sources.get_mut(&source.into()) else {
-            return Duration::ZERO;
-        };
-        decay(&cfg, e, now);
-        e.last_seen = now;
+    /// A new login from `source` arrived at `now`: whether and when it may be
+    /// processed. A [`Admission::Proceed`] must be paired with one
+    /// [`LoginBackoff::finish`] once the login is over, whatever its outcome.
+    pub fn admit(&mut self, source: IpAddr, now: Instant) -> Admission {
+        let (cfg, e) = self.touch(source, now);
+        if e.in_flight >= cfg.max_in_flight.max(1) {
+            return Admission::Retry(cfg.base.max(Duration::from_millis(10)));
+        }
+        e.in_flight += 1;
         let delay = cfg.delay_for(e.failures);
         if delay.is_zero() {
-            return e.next_slot.saturating_duration_since(now);
+            return Admission::Proceed(e.next_slot.saturating_duration_since(now));
         }
         let slot = e.next_slot.max(now);
         e.next_slot = slot + delay;
-        slot - now
+        Admission::Proceed(slot - now)
+    }
+
+    /// A login admitted by [`LoginBackoff::admit`] is over (authenticated,
+    /// refused, or the connection went away).
+    pub fn finish(&mut self, source: IpAddr) {
+        if let Some(e) = self.sources.get_mut(&source.into()) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Logins from `source` admitted and not yet finished.
+    pub fn in_flight(&self, source: IpAddr) -> u32 {
+        self.sources.get(&source.into()).map_or(0, |e| e.in_flight)
     }
 
     /// A login from `source` failed authentication at `now`: returns how long
     /// to hold back the failure response.
     pub fn record_failure(&mut self, source: IpAddr, now: Instant) -> Duration {
-        let key = SourceKey::from(source);
-        if !self.sources.contains_key(&key) && self.sources.len() >= self.config.max_sources {
-            self.make_room(now);
-        }
-        let cfg = &self.config;
-        let e = self.sources.entry(key).or_insert(Entry {
-            failures: 0,
-            last_failure: now,
-            next_slot: now,
-            last_seen: now,
-        });
-        decay(cfg, e, now);
+        let (cfg, e) = self.touch(source, now);
         e.failures = e.failures.saturating_add(1);
         e.last_failure = now;
-        e.last_seen = now;
         let delay = cfg.delay_for(e.failures);
         e.next_slot = e.next_slot.max(now + delay);
         delay
     }
 
-    /// A login from `source` authenticated: forget its failures.
-    pub fn record_success(&mut self, source: IpAddr) {
-        self.sources.remove(&source.into());
+    /// A login from `source` authenticated: forget its failures (logins still
+    /// in flight stay counted).
+    pub fn record_success(&mut self, source: IpAddr, now: Instant) {
+        if let Some(e) = self.sources.get_mut(&source.into()) {
+            e.failures = 0;
+            e.next_slot = now;
+        }
     }
 
     /// Current failure count of `source` (after decay up to `now`).
@@ -182,8 +208,22 @@ impl LoginBackoff {
         let cfg = self.config.clone();
         self.sources.retain(|_, e| {
             decay(&cfg, e, now);
-            e.failures > 0 || e.next_slot > now
+            e.failures > 0 || e.in_flight > 0 || e.next_slot > now
         });
+    }
+
+    /// The entry of `source` (created if new, making room if the table is
+    /// full), decayed up to `now` and marked as seen.
+    fn touch(&mut self, source: IpAddr, now: Instant) -> (&BackoffConfig, &mut Entry) {
+        let key = SourceKey::from(source);
+        if !self.sources.contains_key(&key) && self.sources.len() >= self.config.max_sources {
+            self.make_room(now);
+        }
+        let cfg = &self.config;
+        let e = self.sources.entry(key).or_insert_with(|| Entry::new(now));
+        decay(cfg, e, now);
+        e.last_seen = now;
+        (cfg, e)
     }
 
     fn make_room(&mut self, now: Instant) {
@@ -194,10 +234,23 @@ impl LoginBackoff {
         if let Some(oldest) = self
             .sources
             .iter()
+            .filter(|(_, e)| e.in_flight == 0)
             .min_by_key(|(_, e)| e.last_seen)
             .map(|(k, _)| *k)
         {
             self.sources.remove(&oldest);
+        }
+    }
+}
+
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Entry {
+            failures: 0,
+            in_flight: 0,
+            last_failure: now,
+            next_slot: now,
+            last_seen: now,
         }
     }
 }

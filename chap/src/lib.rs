@@ -108,7 +108,7 @@
 //! use std::net::IpAddr;
 //! use std::time::{Duration, Instant};
 //! use chap::{
-//!     Authenticator, AuthenticatorConfig, BackoffConfig, ErrorKind, LoginBackoff, SecretsStore,
+//!     Admission, Authenticator, AuthenticatorConfig, BackoffConfig, ErrorKind, LoginBackoff, SecretsStore,
 //!     Step,
 //! };
 //!
@@ -125,7 +125,11 @@
 //! // A connection from `peer` sends its first Login Request.
 //! let peer: IpAddr = "192.0.2.10".parse().unwrap();
 //! let now = Instant::now();
-//! let wait: Duration = backoff.admit(peer, now); // sleep this long before answering
+//! let wait: Duration = match backoff.admit(peer, now) {
+//!     Admission::Proceed(wait) => wait, // sleep this long, then go on
+//!     Admission::Retry(_) => unreachable!("too many logins from this source at once: wait and ask again"),
+//! };
+//! # let _ = wait;
 //!
 //! // InitiatorName and TargetName are known; AuthMethod=CHAP was agreed.
 //! let creds = store
@@ -138,7 +142,7 @@
 //!     Ok(Step::Continue(keys)) => { /* send keys, T=0 */ }
 //!     Ok(Step::Done { keys, peer: user }) => {
 //!         // Authenticated as `user`: check the ACL, send `keys`, may transit.
-//!         backoff.record_success(peer);
+//!         backoff.record_success(peer, Instant::now());
 //!     }
 //!     Err(e) => {
 //!         let (class, detail) = e.login_status();
@@ -167,7 +171,7 @@ mod store;
 
 pub use algorithm::{Algorithm, AlgorithmList};
 pub use authenticator::{Authenticator, AuthenticatorConfig};
-pub use backoff::{BackoffConfig, LoginBackoff};
+pub use backoff::{Admission, BackoffConfig, LoginBackoff};
 pub use error::{ChapError, ErrorKind, Result};
 pub use keys::{
     decode_binary, decode_number, encode_hex, has_chap_keys, is_chap_key, is_sensitive_key,

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use chap::{BackoffConfig, LoginBackoff};
+use chap::{Admission, BackoffConfig, LoginBackoff};
 use proptest::prelude::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -15,6 +15,15 @@ fn cfg() -> BackoffConfig {
         cap: 1600 * MS,
         quiet: Duration::from_secs(60),
         max_sources: 16,
+        max_in_flight: 4,
+    }
+}
+
+/// The wait of an admission that must proceed.
+fn go(a: Admission) -> Duration {
+    match a {
+        Admission::Proceed(d) => d,
+        Admission::Retry(d) => panic!("admission refused for now (retry after {d:?})"),
     }
 }
 
@@ -27,8 +36,9 @@ fn ip(s: &str) -> IpAddr {
 fn sequential_failures(b: &mut LoginBackoff, src: IpAddr, start: Instant, n: usize) -> Duration {
     let mut now = start;
     for _ in 0..n {
-        now += b.admit(src, now);
+        now += go(b.admit(src, now));
         now += b.record_failure(src, now);
+        b.finish(src);
     }
     now - start
 }
@@ -67,13 +77,14 @@ fn fifty_wrong_logins_take_long_while_another_source_is_not_slowed() {
     // Meanwhile an honest client elsewhere logs in at once.
     let honest = ip("203.0.113.1");
     let now = start + took;
-    assert_eq!(b.admit(honest, now), Duration::ZERO);
-    b.record_success(honest);
+    assert_eq!(b.admit(honest, now), Admission::Proceed(Duration::ZERO));
+    b.record_success(honest, now);
+    b.finish(honest);
     assert_eq!(b.failures(honest, now), 0);
     // The attacker is still penalized: its held-back failure response just
     // ended, so one new connection proceeds, but a second one has to wait.
-    assert_eq!(b.admit(attacker, now), Duration::ZERO);
-    assert!(b.admit(attacker, now) >= c.cap);
+    assert_eq!(b.admit(attacker, now), Admission::Proceed(Duration::ZERO));
+    assert!(go(b.admit(attacker, now)) >= c.cap);
 }
 
 #[test]
@@ -84,14 +95,53 @@ fn parallel_connections_do_not_multiply_the_guess_rate() {
     for _ in 0..8 {
         b.record_failure(src, now);
     }
-    // Eight more connections arrive at once: they are spread out by the delay.
-    let waits: Vec<Duration> = (0..8).map(|_| b.admit(src, now)).collect();
+    // Four more connections arrive at once: they are spread out by the delay.
+    let waits: Vec<Duration> = (0..4).map(|_| go(b.admit(src, now))).collect();
     for (k, w) in waits.iter().enumerate() {
         assert!(
             *w >= 1600 * MS * (k as u32 + 1),
             "connection {k} waits only {w:?}"
         );
     }
+    // A fifth has to come back later: four are already in progress.
+    assert!(matches!(b.admit(src, now), Admission::Retry(_)));
+}
+
+#[test]
+fn a_burst_of_first_attempts_is_bounded_before_any_failure_is_known() {
+    let c = cfg();
+    let mut b = LoginBackoff::new(c.clone());
+    let now = Instant::now();
+    let src = ip("192.0.2.3");
+    // A hundred connections at once from a source with a clean record: only
+    // max_in_flight are looked at; the others are told to come back.
+    let got: Vec<Admission> = (0..100).map(|_| b.admit(src, now)).collect();
+    let proceeding = got
+        .iter()
+        .filter(|a| matches!(a, Admission::Proceed(_)))
+        .count();
+    assert_eq!(proceeding, c.max_in_flight as usize);
+    assert!(got[..4]
+        .iter()
+        .all(|a| *a == Admission::Proceed(Duration::ZERO)));
+    assert_eq!(b.in_flight(src), c.max_in_flight);
+    // Each login that ends makes room for one more.
+    b.finish(src);
+    assert!(matches!(b.admit(src, now), Admission::Proceed(_)));
+    assert!(matches!(b.admit(src, now), Admission::Retry(_)));
+    // Another source is unaffected.
+    assert_eq!(
+        b.admit(ip("192.0.2.4"), now),
+        Admission::Proceed(Duration::ZERO)
+    );
+    // A source with logins in progress is not forgotten to make room.
+    let mut small = LoginBackoff::new(BackoffConfig {
+        max_sources: 1,
+        ..c
+    });
+    assert!(matches!(small.admit(src, now), Admission::Proceed(_)));
+    small.record_failure(ip("192.0.2.9"), now);
+    assert_eq!(small.in_flight(src), 1);
 }
 
 #[test]
@@ -113,16 +163,17 @@ fn success_resets_and_quiet_time_decays() {
     // Long quiet: back to nothing, admitted at once, and purged.
     let later = t3 + c.quiet * 10;
     assert_eq!(b.failures(src, later), 0);
-    assert_eq!(b.admit(src, later), Duration::ZERO);
+    assert_eq!(b.admit(src, later), Admission::Proceed(Duration::ZERO));
+    b.finish(src);
     b.purge(later);
     assert_eq!(b.tracked_sources(), 0);
 
     for _ in 0..6 {
         b.record_failure(src, later);
     }
-    b.record_success(src);
+    b.record_success(src, later);
     assert_eq!(b.failures(src, later), 0);
-    assert_eq!(b.admit(src, later), Duration::ZERO);
+    assert_eq!(b.admit(src, later), Admission::Proceed(Duration::ZERO));
 }
 
 #[test]
@@ -160,9 +211,10 @@ fn table_size_is_bounded() {
 proptest! {
     /// Whatever the sequence of events: a held-back response never exceeds the
     /// cap, an admission waits at most one cap per connection queued before it,
-    /// a success clears the source, and sources never affect each other.
+    /// no more than max_in_flight logins of a source are in progress, a success
+    /// clears the source's failures, and sources never affect each other.
     #[test]
-    fn arbitrary_event_sequences(events in prop::collection::vec((0u8..3, 0u8..3, 0u64..100_000), 0..200)) {
+    fn arbitrary_event_sequences(events in prop::collection::vec((0u8..3, 0u8..4, 0u64..100_000), 0..200)) {
         let c = cfg();
         let mut b = LoginBackoff::new(c.clone());
         let mut shadow = LoginBackoff::new(c.clone());
@@ -173,26 +225,36 @@ proptest! {
         for (src, kind, dt) in events {
             now += Duration::from_micros(dt * 10);
             let a = IpAddr::from([10, 0, 0, src]);
+            let i = usize::from(src);
             match kind {
                 0 => {
                     let d = b.record_failure(a, now);
                     prop_assert!(d <= c.cap);
-                    admits[usize::from(src)] = 0;
+                    admits[i] = 0;
                 }
-                1 => {
-                    let d = b.admit(a, now);
-                    admits[usize::from(src)] += 1;
-                    prop_assert!(d <= c.cap * (admits[usize::from(src)] + 1));
-                }
+                1 => match b.admit(a, now) {
+                    Admission::Proceed(d) => {
+                        admits[i] += 1;
+                        prop_assert!(d <= c.cap * (admits[i] + 1));
+                    }
+                    Admission::Retry(d) => {
+                        prop_assert_eq!(b.in_flight(a), c.max_in_flight);
+                        prop_assert!(d > Duration::ZERO && d <= c.cap);
+                    }
+                },
+                2 => b.finish(a),
                 _ => {
-                    b.record_success(a);
-                    admits[usize::from(src)] = 0;
-                    prop_assert_eq!(b.admit(a, now), Duration::ZERO);
-                    admits[usize::from(src)] = 1;
+                    b.record_success(a, now);
+                    prop_assert_eq!(b.failures(a, now), 0);
+                    admits[i] = 0;
                 }
             }
+            prop_assert!(b.in_flight(a) <= c.max_in_flight);
             // Source 3 never sees an event on `b`, so it matches a fresh limiter.
-            prop_assert_eq!(b.admit(IpAddr::from([10, 0, 0, 3]), now), shadow.admit(IpAddr::from([10, 0, 0, 3]), now));
+            let probe = IpAddr::from([10, 0, 0, 3]);
+            prop_assert_eq!(b.admit(probe, now), shadow.admit(probe, now));
+            b.finish(probe);
+            shadow.finish(probe);
         }
     }
 }

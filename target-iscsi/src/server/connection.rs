@@ -29,6 +29,7 @@ use crate::pdu::{reject, Bhs};
 use crate::scsi::{status, Nexus, Response, ScsiTarget, TmfResponse};
 use crate::session::{data_out_blocks, Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
+use chap::Admission;
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
 async fn read_pdu(
@@ -117,12 +118,9 @@ async fn login(
         peer: peer.ip(),
         tpgt,
     };
-    // A source with recent failures waits before its login is looked at.
-    let wait = lock(&reg.backoff).admit(peer.ip(), Instant::now());
-    if !wait.is_zero() {
-        tracing::debug!(?wait, "login from a source with recent failures held back");
-        tokio::time::sleep(wait).await;
-    }
+    // A source with recent failures, or with many logins in progress, waits
+    // before its login is looked at.
+    let _attempt = Attempt::admit(reg, peer).await;
     loop {
         let pdu = match read_pdu(s, buf, &dec).await {
             Ok(Some(p)) => p,
@@ -148,7 +146,7 @@ async fn login(
                 }
             }
         } else if matches!(reply.outcome, LoginOutcome::FullFeature(_)) && login.authenticating() {
-            lock(&reg.backoff).record_success(peer.ip());
+            lock(&reg.backoff).record_success(peer.ip(), Instant::now());
         }
         out.push(OutPdu::new(
             &Bhs::LoginResponse(reply.bhs),
@@ -171,6 +169,50 @@ async fn login(
             }
             LoginOutcome::FullFeature(est) => return Some(est),
         }
+    }
+}
+
+/// One login admitted by the backoff limiter; counted in flight for its
+/// source until dropped, whatever way the login ends.
+struct Attempt<'a> {
+    reg: &'a Registry,
+    source: std::net::IpAddr,
+}
+
+impl<'a> Attempt<'a> {
+    async fn admit(reg: &'a Registry, peer: SocketAddr) -> Attempt<'a> {
+        loop {
+            let decision = lock(&reg.backoff).admit(peer.ip(), Instant::now());
+            match decision {
+                Admission::Proceed(wait) => {
+                    let attempt = Attempt {
+                        reg,
+                        source: peer.ip(),
+                    };
+                    if !wait.is_zero() {
+                        tracing::debug!(
+                            ?wait,
+                            "login from a source with recent failures held back"
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                    return attempt;
+                }
+                Admission::Retry(wait) => {
+                    tracing::debug!(
+                        ?wait,
+                        "too many logins in progress from this source; waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        lock(&self.reg.backoff).finish(self.source);
     }
 }
 
