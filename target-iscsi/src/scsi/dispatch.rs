@@ -102,7 +102,9 @@ pub(crate) async fn execute(
         return respond(no_lun(target, cmd));
     };
     if let Some(t) = &ticket {
-        t.ready().await;
+        if t.ready().await.is_err() {
+            return task_aborted();
+        }
     }
     let ctx = Ctx {
         target,
@@ -113,8 +115,21 @@ pub(crate) async fn execute(
         data: &cmd.data_out,
     };
     let r = run(&ctx).await;
+    if ticket.as_ref().is_some_and(Ticket::aborted) {
+        // Aborted by another nexus while it ran (TAS = 1).
+        return task_aborted();
+    }
     drop(ticket);
     respond(r)
+}
+
+/// TASK ABORTED status, for a task another I_T nexus aborted.
+fn task_aborted() -> Response {
+    Response {
+        status: status::TASK_ABORTED,
+        sense: None,
+        data_in: Bytes::new(),
+    }
 }
 
 /// A command to a LUN that does not exist (SPC-4 4.6.3 / 6.6.2 / 6.39).

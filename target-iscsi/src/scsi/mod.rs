@@ -277,7 +277,9 @@ impl ScsiTarget {
         cmd: Command,
     ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
         let lu = self.lus.get(&cmd.lun).cloned();
-        let ticket = lu.as_ref().map(|lu| lu.tasks.enter(cmd.attr));
+        let ticket = lu
+            .as_ref()
+            .map(|lu| lu.tasks.enter(cmd.attr, &ItNexus::of(nexus)));
         let this = Arc::clone(self);
         let nexus = nexus.clone();
         Box::pin(async move {
@@ -306,10 +308,11 @@ impl ScsiTarget {
             }
             TmfFunction::ClearTaskSet => match self.lus.get(&lun) {
                 Some(lu) => {
-                    // Tasks of other nexuses were cleared too (TST=000: one task set per LU).
+                    // Tasks of other nexuses are cleared too (TST=000: one task set per LU).
                     let others: Vec<ItNexus> =
                         self.nexuses().into_iter().filter(|n| *n != me).collect();
                     lu.add_ua_to(others.iter(), Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
+                    lu.tasks.abort_and_drain(|n| *n != me).await;
                     TmfResponse::Complete
                 }
                 None => TmfResponse::LunDoesNotExist,
@@ -318,6 +321,9 @@ impl ScsiTarget {
             TmfFunction::LunReset => match self.lus.get(&lun) {
                 Some(lu) => {
                     lu.reset(&self.nexuses());
+                    // The transport aborted the issuer's tasks; those of every
+                    // other nexus end here, before the reset is reported done.
+                    lu.tasks.abort_and_drain(|n| *n != me).await;
                     TmfResponse::Complete
                 }
                 None => TmfResponse::LunDoesNotExist,
@@ -328,6 +334,9 @@ impl ScsiTarget {
                     lu.reset(&all);
                     // A target reset is reported as POWER ON, RESET OR BUS DEVICE RESET.
                     lu.add_ua_to(all.iter(), Asc::POWER_ON_RESET);
+                }
+                for lu in self.lus.values() {
+                    lu.tasks.abort_and_drain(|n| *n != me).await;
                 }
                 TmfResponse::Complete
             }

@@ -71,6 +71,7 @@ fn page(code: u8, pc: Pc, st: &ModeState) -> Vec<u8> {
         0x0A => {
             if fixed {
                 p[3] = 0x10; // queue algorithm modifier: unrestricted reordering
+                p[5] = 0x40; // TAS: tasks aborted by another nexus end with TASK ABORTED
                 p[8..10].copy_from_slice(&0xFFFFu16.to_be_bytes()); // busy timeout: unlimited
             }
             if swp {

@@ -5,6 +5,13 @@
 //! tasks run concurrently but never before an older ORDERED task has ended;
 //! an ORDERED task waits for every older task; HEAD OF QUEUE tasks run at once.
 //!
+//! Tasks of other I_T nexuses can be aborted (LOGICAL UNIT RESET, target
+//! reset, CLEAR TASK SET, PREEMPT AND ABORT): a task that has not started
+//! never runs, one already running finishes its I/O (a write in the kernel
+//! cannot be recalled) and both end with TASK ABORTED status, as the Control
+//! mode page's TAS bit promises. The aborting side waits until every such
+//! task has left the set, so nothing of theirs reaches the medium afterwards.
+//!
 //! [`RangeLocks`] serialises writers of overlapping LBA ranges, which keeps
 //! overlapping writes from interleaving inside a block and makes COMPARE AND
 //! WRITE atomic against every other writer on every session.
@@ -14,14 +21,26 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::TaskAttr;
+use super::{ItNexus, TaskAttr};
+
+/// One task in the set.
+#[derive(Debug)]
+struct Live {
+    ordered: bool,
+    nexus: ItNexus,
+    aborted: bool,
+}
 
 #[derive(Debug, Default)]
 struct SetInner {
     next: u64,
-    /// Live tasks by entry order, with whether each is ORDERED.
-    live: BTreeMap<u64, bool>,
+    /// Live tasks by entry order.
+    live: BTreeMap<u64, Live>,
 }
+
+/// The task was aborted by another I_T nexus before it could run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskAborted;
 
 /// The task set of one logical unit.
 #[derive(Debug, Default)]
@@ -39,16 +58,57 @@ pub struct Ticket {
 }
 
 impl TaskSet {
-    /// Enters a task now; the ticket decides when it may run.
-    pub fn enter(self: &Arc<Self>, attr: TaskAttr) -> Ticket {
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Enters a task of `nexus` now; the ticket decides when it may run.
+    pub(crate) fn enter(self: &Arc<Self>, attr: TaskAttr, nexus: &ItNexus) -> Ticket {
+        let mut g = self.lock();
         let seq = g.next;
         g.next += 1;
-        g.live.insert(seq, attr == TaskAttr::Ordered);
+        g.live.insert(
+            seq,
+            Live {
+                ordered: attr == TaskAttr::Ordered,
+                nexus: nexus.clone(),
+                aborted: false,
+            },
+        );
         Ticket {
             set: Arc::clone(self),
             seq,
             attr,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SetInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Aborts every task of a nexus for which `which` holds, then waits until
+    /// all of them have left the set (those not yet started leave at once,
+    /// running ones when their I/O is done). Returns how many were aborted.
+    pub(crate) async fn abort_and_drain(&self, which: impl Fn(&ItNexus) -> bool) -> usize {
+        let seqs: Vec<u64> = {
+            let mut g = self.lock();
+            g.live
+                .iter_mut()
+                .filter(|(_, t)| !t.aborted && which(&t.nexus))
+                .map(|(seq, t)| {
+                    t.aborted = true;
+                    *seq
+                })
+                .collect()
+        };
+        if seqs.is_empty() {
+            return 0;
+        }
+        self.changed.notify_waiters();
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !seqs.iter().any(|s| self.lock().live.contains_key(s)) {
+                return seqs.len();
+            }
+            notified.await;
         }
     }
 
@@ -70,42 +130,47 @@ impl TaskSet {
 }
 
 impl Ticket {
-    fn may_run(&self) -> bool {
-        let g = self
-            .set
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// Whether the task may run now; an aborted task may not, ever.
+    fn may_run(&self) -> Result<bool, TaskAborted> {
+        let g = self.set.lock();
+        if self.aborted_in(&g) {
+            return Err(TaskAborted);
+        }
         let mut older = g.live.range(..self.seq);
-        match self.attr {
+        Ok(match self.attr {
             TaskAttr::HeadOfQueue => true,
             TaskAttr::Ordered => older.next().is_none(),
-            TaskAttr::Simple | TaskAttr::Aca => !older.any(|(_, &ordered)| ordered),
-        }
+            TaskAttr::Simple | TaskAttr::Aca => !older.any(|(_, t)| t.ordered),
+        })
     }
 
-    /// Waits until the task attribute allows this task to run.
-    pub async fn ready(&self) {
+    fn aborted_in(&self, g: &SetInner) -> bool {
+        g.live.get(&self.seq).is_some_and(|t| t.aborted)
+    }
+
+    /// Waits until the task attribute allows this task to run, or until
+    /// another nexus aborts it.
+    pub async fn ready(&self) -> Result<(), TaskAborted> {
         loop {
             let notified = self.set.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.may_run() {
-                return;
+            if self.may_run()? {
+                return Ok(());
             }
             notified.await;
         }
+    }
+
+    /// Whether another nexus has aborted this task.
+    pub fn aborted(&self) -> bool {
+        self.aborted_in(&self.set.lock())
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.set
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .live
-            .remove(&self.seq);
+        self.set.lock().live.remove(&self.seq);
         self.set.changed.notify_waiters();
     }
 }
@@ -173,18 +238,28 @@ mod tests {
     use std::time::Duration;
 
     async fn runs_within(t: &Ticket) -> bool {
-        tokio::time::timeout(Duration::from_millis(50), t.ready())
-            .await
-            .is_ok()
+        matches!(
+            tokio::time::timeout(Duration::from_millis(50), t.ready()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    fn nexus(i: u8) -> ItNexus {
+        ItNexus {
+            name: "iqn.2026-01.test:i".into(),
+            isid: [0x80, 0, 0, 0, 0, i],
+            rel_port: 1,
+        }
     }
 
     #[tokio::test]
     async fn ordered_waits_for_older_and_blocks_younger() {
         let set = Arc::new(TaskSet::default());
-        let a = set.enter(TaskAttr::Simple);
-        let o = set.enter(TaskAttr::Ordered);
-        let b = set.enter(TaskAttr::Simple);
-        let h = set.enter(TaskAttr::HeadOfQueue);
+        let n = nexus(1);
+        let a = set.enter(TaskAttr::Simple, &n);
+        let o = set.enter(TaskAttr::Ordered, &n);
+        let b = set.enter(TaskAttr::Simple, &n);
+        let h = set.enter(TaskAttr::HeadOfQueue, &n);
         assert!(runs_within(&a).await);
         assert!(!runs_within(&o).await);
         assert!(!runs_within(&b).await);
@@ -196,6 +271,41 @@ mod tests {
         assert!(runs_within(&b).await);
         drop((b, h));
         assert!(set.is_empty());
+    }
+
+    #[tokio::test]
+    async fn abort_stops_waiting_tasks_and_waits_for_running_ones() {
+        let set = Arc::new(TaskSet::default());
+        let (me, other) = (nexus(1), nexus(2));
+        let running = set.enter(TaskAttr::Simple, &other);
+        assert!(runs_within(&running).await);
+        let fence = set.enter(TaskAttr::Ordered, &me);
+        let queued = set.enter(TaskAttr::Simple, &other);
+        let mine = set.enter(TaskAttr::Simple, &me);
+        assert!(
+            !runs_within(&queued).await,
+            "queued behind the ORDERED task"
+        );
+
+        let s2 = Arc::clone(&set);
+        let mut abort = tokio::spawn(async move { s2.abort_and_drain(|n| *n == nexus(2)).await });
+        // The queued task of the other nexus is told at once and never runs.
+        assert_eq!(queued.ready().await, Err(TaskAborted));
+        assert!(queued.aborted() && running.aborted() && !mine.aborted());
+        drop(queued);
+        // The abort waits for the running one to finish.
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut abort)
+            .await
+            .is_err());
+        drop(running);
+        assert_eq!(abort.await.expect("abort task"), 2);
+        // The issuer's own tasks are untouched and still ordered.
+        assert!(runs_within(&fence).await);
+        assert!(!runs_within(&mine).await);
+        drop(fence);
+        assert!(runs_within(&mine).await);
+        // Nothing left to abort: returns at once.
+        assert_eq!(set.abort_and_drain(|n| *n == nexus(2)).await, 0);
     }
 
     #[tokio::test]

@@ -620,8 +620,31 @@ fn register_and_move(ctx: &Ctx<'_>, st: &mut PrState, data: &[u8]) -> Result<boo
     Ok(aptpl)
 }
 
-/// PERSISTENT RESERVE OUT.
+/// PERSISTENT RESERVE OUT. PREEMPT AND ABORT also aborts every task of the
+/// preempted I_T nexuses and completes only when none of them is running any
+/// more, so a fenced initiator's in-flight writes cannot land after it.
 pub(crate) async fn persistent_reserve_out(ctx: &Ctx<'_>) -> CmdResult {
+    let mut preempted = Vec::new();
+    let reply = pr_out_serialized(ctx, &mut preempted).await?;
+    if !preempted.is_empty() {
+        let n = ctx
+            .lu
+            .tasks
+            .abort_and_drain(|n| preempted.contains(n))
+            .await;
+        tracing::debug!(
+            lun = ctx.lu.lun,
+            nexuses = preempted.len(),
+            tasks = n,
+            "PREEMPT AND ABORT"
+        );
+    }
+    Ok(reply)
+}
+
+/// PERSISTENT RESERVE OUT under the LU's PR OUT lock. For PREEMPT AND ABORT,
+/// the preempted nexuses (other than the issuer) are left in `preempted`.
+async fn pr_out_serialized(ctx: &Ctx<'_>, preempted: &mut Vec<ItNexus>) -> CmdResult {
     let cdb = ctx.cdb;
     let sa = cdb[1] & 0x1f;
     if sa > 7 {
@@ -708,7 +731,17 @@ pub(crate) async fn persistent_reserve_out(ctx: &Ctx<'_>) -> CmdResult {
                 st.res = None;
                 st.generation = st.generation.wrapping_add(1);
             }
-            _ => preempt(ctx, &mut st, &p, &mut ua)?, // 4 PREEMPT, 5 PREEMPT AND ABORT
+            _ => {
+                // 4 PREEMPT, 5 PREEMPT AND ABORT
+                preempt(ctx, &mut st, &p, &mut ua)?;
+                if sa == 5 {
+                    preempted.extend(
+                        ua.iter()
+                            .filter(|(_, asc)| *asc == Asc::REGISTRATIONS_PREEMPTED)
+                            .map(|(n, _)| n.clone()),
+                    );
+                }
+            }
         }
     }
     // APTPL is set by the service actions that carry it; it is cleared when

@@ -2,6 +2,7 @@
 //! real `MemDevice` or `FileDevice`, with sense data checked byte by byte.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use blockdev::{BlockDevice, DeviceIdentity, MemDevice};
 use bytes::Bytes;
@@ -1740,4 +1741,103 @@ async fn persistent_reservations_work_in_standby() {
         Asc::NOT_READY_STANDBY,
     )
     .await;
+}
+
+/// A rig whose device (over `dev`) takes `latency` for every operation; the
+/// POWER ON attentions are consumed.
+async fn slow_rig(latency: Duration) -> Rig {
+    let dev = Arc::new(MemDevice::new(512, BLOCKS, DeviceIdentity::from_name("s")));
+    let faulty = Arc::new(blockdev::FaultyDevice::new(dev.clone(), 1));
+    faulty.set_latency(latency, None);
+    let target = ScsiTarget::new(
+        "iqn.t",
+        vec![(
+            0,
+            LuConfig {
+                device: faulty,
+                read_only: false,
+                state_path: None,
+            },
+        )],
+        vec![],
+    )
+    .expect("target");
+    let (a, b) = (nexus(1, 1), nexus(2, 2));
+    for n in [&a, &b] {
+        target.nexus_login(n);
+        target.submit(n, cmd(&[0, 0, 0, 0, 0, 0], &[])).await;
+    }
+    Rig { target, dev, a, b }
+}
+
+#[tokio::test]
+async fn preempt_and_abort_fences_the_preempted_nexus_in_flight_writes() {
+    let slow = Duration::from_millis(300);
+    let r = slow_rig(slow).await;
+    let (t, a, b) = (r.target.clone(), r.a.clone(), r.b.clone());
+    r.good(&a, &pr_out(0, 0), &pr_params(0, 0xA, 0)).await;
+    r.good(&b, &pr_out(0, 0), &pr_params(0, 0xB, 0)).await;
+    // b holds WRITE EXCLUSIVE (registrants only) and has a slow write running.
+    r.good(&b, &pr_out(1, 5), &pr_params(0xB, 0, 0)).await;
+    let t2 = t.clone();
+    let b2 = b.clone();
+    let write = tokio::spawn(async move { t2.submit(&b2, cmd(&write10(7, 1), &[0x5A; BS])).await });
+    tokio::time::sleep(slow / 4).await; // the write is in the device now
+                                        // a preempts b and aborts its tasks: the command completes only once b's
+                                        // write is out of the device, and that write ends TASK ABORTED.
+    let started = std::time::Instant::now();
+    r.good(&a, &pr_out(5, 5), &pr_params(0xA, 0xB, 0)).await;
+    assert!(
+        write.is_finished(),
+        "PREEMPT AND ABORT returned while the preempted write was still running"
+    );
+    assert!(started.elapsed() >= slow / 2, "{:?}", started.elapsed());
+    assert_eq!(write.await.expect("write").status, status::TASK_ABORTED);
+    // b learns of it, and from now on is fenced: its writes conflict.
+    r.check(
+        &b,
+        &[0; 6],
+        &[],
+        key::UNIT_ATTENTION,
+        Asc::REGISTRATIONS_PREEMPTED,
+    )
+    .await;
+    let next = r.run(&b, &write10(7, 1), &[0u8; BS]).await;
+    assert_eq!(next.status, status::RESERVATION_CONFLICT);
+    // The aborted write did reach the medium (a write in the device cannot be
+    // recalled); nothing of b's arrives after the preemption.
+    let blk = r.dev.read(7, 1).await.expect("read");
+    assert_eq!(&blk[..], &[0x5A; BS][..]);
+}
+
+#[tokio::test]
+async fn lun_reset_aborts_other_nexus_tasks_and_waits_for_them() {
+    let slow = Duration::from_millis(300);
+    let r = slow_rig(slow).await;
+    let (t, a, b) = (r.target.clone(), r.a.clone(), r.b.clone());
+    // b: one write running, one ORDERED task queued behind it.
+    let mut tasks = Vec::new();
+    for attr in [TaskAttr::Simple, TaskAttr::Ordered] {
+        let (t2, b2) = (t.clone(), b.clone());
+        let mut c = cmd(&write10(3, 1), &[0x33; BS]);
+        c.attr = attr;
+        let fut = t2.submit(&b2, c);
+        tasks.push(tokio::spawn(fut));
+    }
+    tokio::time::sleep(slow / 4).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        t.task_management(&a, 0, TmfFunction::LunReset).await,
+        TmfResponse::Complete
+    );
+    assert!(started.elapsed() >= slow / 2, "{:?}", started.elapsed());
+    for task in tasks {
+        assert!(
+            task.is_finished(),
+            "LUN RESET completed before b's tasks ended"
+        );
+        assert_eq!(task.await.expect("task").status, status::TASK_ABORTED);
+    }
+    // The ORDERED write never ran: one slow write's worth of time, not two.
+    assert!(started.elapsed() < slow * 2, "{:?}", started.elapsed());
 }
