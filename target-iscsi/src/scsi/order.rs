@@ -105,7 +105,11 @@ impl TaskSet {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !seqs.iter().any(|s| self.lock().live.contains_key(s)) {
+            let drained = {
+                let g = self.lock();
+                !seqs.iter().any(|s| g.live.contains_key(s))
+            };
+            if drained {
                 return seqs.len();
             }
             notified.await;
