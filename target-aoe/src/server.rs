@@ -1,8 +1,18 @@
-//! The AoE server: one receive thread per interface, one I/O worker per disk.
+//! The AoE server: one receive thread per interface, one I/O worker and one
+//! flusher per disk.
 //!
-//! Receive threads take frames in batches (`recvmmsg`), run them through every
-//! [`Target`] on the interface, send immediate replies in one `sendmmsg` and hand
-//! I/O to the disk's worker. The worker (a tokio task) drains everything queued
+//! Receive threads take frames in batches (`recvmmsg`) and run them through
+//! every [`Target`] on the interface. While a disk's worker has nothing queued,
+//! the receive thread starts the disk's reads and writes itself and, when the
+//! device completes them at once (page-cache hits, buffered writes), answers in
+//! the same `sendmmsg` as the batch's other replies: no thread hand-off on the
+//! fast path. A durable write's acknowledgement then waits for the disk's
+//! flusher, which makes every write done so far durable with one flush (group
+//! commit across frames and batches) and only then sends the acknowledgements.
+//! A device call that does not complete at once, and everything after it for
+//! that disk, goes to the disk's worker, in arrival order.
+//!
+//! The worker (a tokio task) drains everything queued
 //! for its disk, applies it in arrival order while merging contiguous reads and
 //! contiguous writes into single device calls (batches that touch disjoint
 //! sectors, or only read, run side by side; a batch that overlaps an earlier
@@ -13,9 +23,12 @@
 //! the Linux driver retransmits with new tags and repeated writes are harmless.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,8 +45,10 @@ use crate::rawsock::{RawSocket, RecvBatch};
 use crate::state;
 use crate::target::{InterfaceInfo, IoOp, IoRequest, Outcome, Reply, Target, TargetSettings};
 
-/// Frames taken per receive call.
-const RX_BATCH: usize = 64;
+/// Frames taken per receive call. Smaller than the initiator's window (64)
+/// so its first replies leave while the rest of the window is still being
+/// served and the initiator can refill it meanwhile.
+const RX_BATCH: usize = 16;
 /// How often receive threads look at the stop flag.
 const RX_TIMEOUT: Duration = Duration::from_millis(100);
 /// Largest merged device read or write.
@@ -119,14 +134,39 @@ struct Disk {
     target: Mutex<Target>,
     device: SharedDevice,
     state_path: PathBuf,
+    /// Messages sent to the worker whose replies are not all sent yet. While
+    /// it is non-zero, receive threads queue every request behind them.
+    queued: AtomicUsize,
 }
 
-/// A disk as a receive thread sees it: the target and the way to its worker.
-/// (The worker holds the disk but no sender, so dropping these ends it.)
+/// A disk as a receive thread sees it: the target, the way to its worker and
+/// to its flusher. (The worker and flusher hold the disk but not these
+/// senders, so dropping them ends both.)
 #[derive(Clone)]
 struct DiskPort {
     disk: Arc<Disk>,
-    work: mpsc::UnboundedSender<Vec<Work>>,
+    work: mpsc::UnboundedSender<Queued>,
+    acks: mpsc::UnboundedSender<Vec<Work>>,
+}
+
+/// A device call in progress; reads yield their data, writes nothing.
+type DeviceCall = Pin<Box<dyn Future<Output = blockdev::Result<Bytes>> + Send>>;
+
+/// One message to a disk's worker: a receive batch's requests for the disk.
+#[derive(Default)]
+struct Queued {
+    /// A device call the receive thread started that did not complete at
+    /// once; the worker finishes it before `io`. Only started while the worker
+    /// had nothing queued, so nothing older is pending.
+    started: Option<(DeviceCall, Work)>,
+    /// Requests the worker performs, in arrival order.
+    io: Vec<Work>,
+}
+
+impl Queued {
+    fn is_empty(&self) -> bool {
+        self.started.is_none() && self.io.is_empty()
+    }
 }
 
 impl Disk {
@@ -235,14 +275,21 @@ impl AoeServer {
                 read_only: d.device.read_only(),
             };
             let (tx, rx) = mpsc::unbounded_channel();
+            let (acks_tx, acks_rx) = mpsc::unbounded_channel();
             let disk = Arc::new(Disk {
                 name: format!("e{}.{slot}", cfg.shelf),
                 target: Mutex::new(Target::new(settings, mask, config)),
                 device: d.device,
                 state_path: d.state_path,
+                queued: AtomicUsize::new(0),
             });
-            workers.push(rt.spawn(worker(disk.clone(), rx)));
-            built.push(DiskPort { disk, work: tx });
+            workers.push(rt.spawn(worker(disk.clone(), rx, acks_tx.clone())));
+            workers.push(rt.spawn(flusher(disk.clone(), acks_rx)));
+            built.push(DiskPort {
+                disk,
+                work: tx,
+                acks: acks_tx,
+            });
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut rx_threads = Vec::new();
@@ -276,9 +323,15 @@ impl AoeServer {
                 let sock = Arc::new(sock);
                 let disks = built.clone();
                 let stop = stop.clone();
+                let rt = rt.clone();
                 let h = thread::Builder::new()
                     .name(format!("aoe-rx-{name}"))
-                    .spawn(move || rx_loop(sock, iface, disks, stop))
+                    .spawn(move || {
+                        // Device calls started here may need the runtime
+                        // (e.g. a file backend's blocking pool).
+                        let _rt = rt.enter();
+                        rx_loop(sock, iface, disks, stop)
+                    })
                     .map_err(|e| AoeError::Thread(e.to_string()))?;
                 rx_threads.push(h);
             }
@@ -364,7 +417,8 @@ fn rx_loop(
     let name = sock.name().to_string();
     let mut batch = RecvBatch::new(RX_BATCH, iface.mtu);
     let mut replies: Vec<Reply> = Vec::with_capacity(RX_BATCH);
-    let mut work: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
+    let mut queued: Vec<Queued> = disks.iter().map(|_| Queued::default()).collect();
+    let mut acks: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
     let mut drops = DropLog {
         last: None,
         suppressed: 0,
@@ -390,13 +444,32 @@ fn rx_loop(
             };
             for (i, port) in disks.iter().enumerate() {
                 let disk = &port.disk;
-                let outcome = disk.target().handle(&iface, &frame);
-                match outcome {
+                // The target lock also orders this disk's requests between
+                // receive threads of different interfaces.
+                let mut target = disk.target();
+                match target.handle(&iface, &frame) {
                     Outcome::Reply(r) => replies.push(r),
-                    Outcome::Io(req) => work[i].push(Work {
-                        req,
-                        sock: sock.clone(),
-                    }),
+                    Outcome::Io(req) => {
+                        let work = Work {
+                            req,
+                            sock: sock.clone(),
+                        };
+                        let q = &mut queued[i];
+                        if !q.is_empty() || disk.queued.load(Ordering::Acquire) != 0 {
+                            q.io.push(work);
+                        } else {
+                            match try_inline(disk, work) {
+                                Inline::Reply(r) => replies.push(r),
+                                Inline::Durable(w) => acks[i].push(w),
+                                Inline::Started(call, w) => q.started = Some((call, w)),
+                                Inline::Queue(w) => q.io.push(w),
+                            }
+                            if !q.is_empty() {
+                                // From now on this disk's requests queue behind it.
+                                disk.queued.fetch_add(1, Ordering::AcqRel);
+                            }
+                        }
+                    }
                     Outcome::Ignore(why) => {
                         debug!(iface = %name, disk = %disk.name, ?why, tag = frame.header.tag, "no reply")
                     }
@@ -409,13 +482,97 @@ fn rx_loop(
             }
             replies.clear();
         }
-        for (i, w) in work.iter_mut().enumerate() {
-            if !w.is_empty() && disks[i].work.send(std::mem::take(w)).is_err() {
+        for (i, q) in queued.iter_mut().enumerate() {
+            if !q.is_empty() && disks[i].work.send(std::mem::take(q)).is_err() {
                 error!(disk = %disks[i].disk.name, "disk worker is gone");
+            }
+        }
+        for (i, a) in acks.iter_mut().enumerate() {
+            if !a.is_empty() && disks[i].acks.send(std::mem::take(a)).is_err() {
+                error!(disk = %disks[i].disk.name, "disk flusher is gone");
             }
         }
     }
     debug!(iface = %name, "AoE receive thread stopped");
+}
+
+/// What became of a request a receive thread tried to serve itself.
+enum Inline {
+    /// Done; send this reply.
+    Reply(Reply),
+    /// Written; acknowledge once a flush has made it durable.
+    Durable(Work),
+    /// Started but not done: the worker finishes it (and does everything after it).
+    Started(DeviceCall, Work),
+    /// Not started (flush, config change): the worker does it.
+    Queue(Work),
+}
+
+/// Starts a read or write on the receive thread and polls it once. Device
+/// calls that complete at once (page-cache reads, buffered writes) are
+/// answered without a thread hand-off; others continue on the worker.
+fn try_inline(disk: &Disk, work: Work) -> Inline {
+    let dev = disk.device.clone();
+    let mut call: DeviceCall = match &work.req.op {
+        IoOp::Read { lba, sectors } => {
+            let (lba, sectors) = (*lba, *sectors);
+            Box::pin(async move { dev.read(lba, sectors).await })
+        }
+        IoOp::Write { lba, data, .. } => {
+            // Durability comes from the flusher's group commit, not FUA.
+            let (lba, data) = (*lba, data.clone());
+            Box::pin(async move {
+                dev.write(lba, data, WriteFlags::NONE)
+                    .await
+                    .map(|()| Bytes::new())
+            })
+        }
+        IoOp::Flush | IoOp::SaveConfig { .. } => return Inline::Queue(work),
+    };
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => finish_call(&disk.name, work, result),
+        Poll::Pending => Inline::Started(call, work),
+    }
+}
+
+/// The reply (or pending acknowledgement) for a finished read or write.
+fn finish_call(disk: &str, work: Work, result: blockdev::Result<Bytes>) -> Inline {
+    match (&work.req.op, result) {
+        (IoOp::Write { fua: true, .. }, Ok(_)) => Inline::Durable(work),
+        (_, Ok(data)) => Inline::Reply(work.req.ctx.ata_done(AtaStatus::OK, data)),
+        (op, Err(e)) => {
+            warn!(disk, lba = lba_of(op), sectors = sectors_of(op), error = %e, "device I/O failed");
+            Inline::Reply(
+                work.req
+                    .ctx
+                    .ata_done(AtaStatus::from_block_error(&e), Bytes::new()),
+            )
+        }
+    }
+}
+
+/// Acknowledges durable writes: takes every acknowledgement queued, makes them
+/// durable with one flush, sends them; writes that arrive during a flush share
+/// the next one (group commit).
+async fn flusher(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
+    while let Some(mut acks) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            acks.extend(more);
+        }
+        let st = match disk.device.flush().await {
+            Ok(()) => AtaStatus::OK,
+            Err(e) => {
+                warn!(disk = %disk.name, writes = acks.len(), error = %e, "flush for write acknowledgements failed");
+                AtaStatus::from_block_error(&e)
+            }
+        };
+        let mut out: Vec<(Arc<RawSocket>, Reply)> = acks
+            .into_iter()
+            .map(|w| (w.sock, w.req.ctx.ata_done(st, Bytes::new())))
+            .collect();
+        send_replies(&mut out);
+    }
+    debug!(disk = %disk.name, "AoE disk flusher stopped");
 }
 
 /// Sends replies grouped by the socket they leave by.
@@ -477,18 +634,57 @@ impl Footprint {
     }
 }
 
-async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
+async fn worker(
+    disk: Arc<Disk>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    acks: mpsc::UnboundedSender<Vec<Work>>,
+) {
     // Batches in flight, oldest first. A batch starts only when it conflicts
     // with none of them, so overlapping writes (and reads against writes) are
     // applied in arrival order while independent batches overlap their I/O.
     let mut inflight: std::collections::VecDeque<(Footprint, tokio::task::JoinHandle<()>)> =
         std::collections::VecDeque::new();
-    while let Some(mut batch) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
-            if batch.len() >= 4 * RX_BATCH {
+    // A message that starts with a started call, taken while merging.
+    let mut carry: Option<Queued> = None;
+    loop {
+        let first = match carry.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => break,
+            },
+        };
+        if let Some((call, work)) = first.started {
+            // Everything older is done (receive threads start calls only
+            // while nothing is queued); wait anyway, order is what matters.
+            for (_, h) in inflight.drain(..) {
+                let _ = h.await;
+            }
+            let sock = work.sock.clone();
+            match finish_call(&disk.name, work, call.await) {
+                Inline::Reply(r) => send_replies(&mut vec![(sock, r)]),
+                Inline::Durable(w) => {
+                    if acks.send(vec![w]).is_err() {
+                        error!(disk = %disk.name, "disk flusher is gone");
+                    }
+                }
+                Inline::Started(..) | Inline::Queue(_) => {}
+            }
+        }
+        let mut batch = first.io;
+        let mut messages = 1;
+        while batch.len() < 4 * RX_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            if more.started.is_some() {
+                carry = Some(more);
                 break;
             }
+            messages += 1;
+            batch.extend(more.io);
+        }
+        if batch.is_empty() {
+            disk.queued.fetch_sub(messages, Ordering::AcqRel);
+            continue;
         }
         let fp = Footprint::of(&batch);
         while inflight.len() >= MAX_CONCURRENT_BATCHES
@@ -506,6 +702,8 @@ async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
             let mut out = Vec::new();
             run_batch(&d, batch, &mut out).await;
             send_replies(&mut out);
+            // Replies are out: receive threads may serve this disk again.
+            d.queued.fetch_sub(messages, Ordering::AcqRel);
         });
         inflight.push_back((fp, h));
     }
