@@ -134,6 +134,10 @@ struct Disk {
     target: Mutex<Target>,
     device: SharedDevice,
     state_path: PathBuf,
+    /// Where its access lists (mask, reservations) are persisted.
+    access_path: PathBuf,
+    /// The mask list of the configuration.
+    configured_mask: Vec<Mac>,
     /// Messages sent to the worker whose replies are not all sent yet. While
     /// it is non-zero, receive threads queue every request behind them.
     queued: AtomicUsize,
@@ -274,13 +278,27 @@ impl AoeServer {
                 identity: d.device.identity().clone(),
                 read_only: d.device.read_only(),
             };
+            let access_path = state::access_path(&d.state_path);
+            let access =
+                state::load_access(&access_path, &mask).map_err(|source| AoeError::State {
+                    path: access_path.clone(),
+                    source,
+                })?;
+            let mut target = Target::new(settings, mask.clone(), config);
+            if let Some(a) = access {
+                info!(disk = %format!("e{}.{slot}", cfg.shelf), mask = ?a.mask, reservations = ?a.reservations,
+                      "AoE access lists restored");
+                target.restore_access(a);
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             let (acks_tx, acks_rx) = mpsc::unbounded_channel();
             let disk = Arc::new(Disk {
                 name: format!("e{}.{slot}", cfg.shelf),
-                target: Mutex::new(Target::new(settings, mask, config)),
+                target: Mutex::new(target),
                 device: d.device,
                 state_path: d.state_path,
+                access_path,
+                configured_mask: mask,
                 queued: AtomicUsize::new(0),
             });
             workers.push(rt.spawn(worker(disk.clone(), rx, acks_tx.clone())));
@@ -527,7 +545,9 @@ fn try_inline(disk: &Disk, work: Work) -> Inline {
                     .map(|()| Bytes::new())
             })
         }
-        IoOp::Flush | IoOp::SaveConfig { .. } => return Inline::Queue(work),
+        IoOp::Flush | IoOp::SaveConfig { .. } | IoOp::SaveAccess { .. } => {
+            return Inline::Queue(work)
+        }
     };
     match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(result) => finish_call(&disk.name, work, result),
@@ -613,7 +633,7 @@ impl Footprint {
                     f.ranges.push((*lba, *lba + sectors_of(&w.req.op)));
                     f.writes |= matches!(w.req.op, IoOp::Write { .. });
                 }
-                IoOp::Flush | IoOp::SaveConfig { .. } => f.barrier = true,
+                IoOp::Flush | IoOp::SaveConfig { .. } | IoOp::SaveAccess { .. } => f.barrier = true,
             }
         }
         f
@@ -873,6 +893,30 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                         error!(disk = %disk.name, path = %disk.state_path.display(), error = %e,
                                "cannot persist config string; change undone");
                         disk.target().restore_config(previous.clone());
+                        out.push((
+                            w.sock.clone(),
+                            w.req.ctx.error(AoeErrorCode::DeviceUnavailable),
+                        ));
+                    }
+                }
+            }
+            IoOp::SaveAccess { access, previous } => {
+                let path = disk.access_path.clone();
+                let configured = disk.configured_mask.clone();
+                let lists = access.clone();
+                let saved = tokio::task::spawn_blocking(move || {
+                    state::save_access(&path, &configured, &lists)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                let w = &run[0];
+                match saved {
+                    Ok(()) => out.push((w.sock.clone(), w.req.ctx.config_done())),
+                    Err(e) => {
+                        error!(disk = %disk.name, path = %disk.access_path.display(), error = %e,
+                               "cannot persist mask or reservation list; change undone");
+                        disk.target().restore_access(previous.clone());
                         out.push((
                             w.sock.clone(),
                             w.req.ctx.error(AoeErrorCode::DeviceUnavailable),

@@ -535,14 +535,45 @@ fn commands_config_mask_and_reservations() {
     );
     assert!(res(&p2.reserve(RESERVE_SET, vec![])).is_empty());
     assert_eq!(p1.read(100, 2).1, data);
+    // Before the restart: c1 reserves, and the mask list admits c1 and c2.
+    assert_eq!(res(&p1.reserve(RESERVE_SET, vec![me])), vec![me]);
+    let admit = |p: &mut Peer, macs: &[Mac]| {
+        let directives = macs
+            .iter()
+            .map(|&mac| Directive {
+                dcmd: DIRECTIVE_ADD,
+                mac,
+            })
+            .collect();
+        list(&p.mask(&MaskArg {
+            mcmd: MASK_EDIT,
+            merror: 0,
+            directives,
+        }))
+    };
+    assert_eq!(admit(&mut p1, &[me, c2mac]).directives.len(), 2);
 
     rt.block_on(server.shutdown()).unwrap();
-    // The config string survives a restart.
+    // The config string, the reservation and the mask list survive a restart.
     let disks = vec![disk(dir.path(), "d1", 8, 1)];
     let server = rt
         .block_on(async { AoeServer::start(&cfg(&["tgt"]), disks) })
         .unwrap();
     assert_eq!(cs(&p1.cfg(ConfigCommand::Read, b"")), b"host=gamma");
+    assert_eq!(res(&p2.reserve(RESERVE_READ, vec![])), vec![me]);
+    assert_eq!(
+        aoe_error(&p2.ata(&ata_req(ata::CMD_READ_EXT, 0, 1, true, false), &[])),
+        6
+    );
+    let mut masked = admit(&mut p1, &[])
+        .directives
+        .iter()
+        .map(|d| d.mac)
+        .collect::<Vec<_>>();
+    masked.sort();
+    let mut want = vec![me, c2mac];
+    want.sort();
+    assert_eq!(masked, want);
     rt.block_on(server.shutdown()).unwrap();
     drop(lab);
 }
