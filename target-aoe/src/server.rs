@@ -162,7 +162,7 @@ struct Queued {
     /// A device call the receive thread started that did not complete at
     /// once; the worker finishes it before `io`. Only started while the worker
     /// had nothing queued, so nothing older is pending.
-    started: Option<(DeviceCall, Work)>,
+    started: Option<(DeviceCall, Vec<Work>)>,
     /// Requests the worker performs, in arrival order.
     io: Vec<Work>,
 }
@@ -437,6 +437,7 @@ fn rx_loop(
     let mut replies: Vec<Reply> = Vec::with_capacity(RX_BATCH);
     let mut queued: Vec<Queued> = disks.iter().map(|_| Queued::default()).collect();
     let mut acks: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Option<WriteRun>> = disks.iter().map(|_| None).collect();
     let mut drops = DropLog {
         last: None,
         suppressed: 0,
@@ -452,6 +453,11 @@ fn rx_loop(
         if n == 0 {
             continue;
         }
+        // Every disk's target stays locked for the whole batch, so requests
+        // of one disk arriving on several interfaces are served (inline or
+        // queued to the worker) in one order.
+        let mut targets: Vec<MutexGuard<'_, Target>> =
+            disks.iter().map(|p| p.disk.target()).collect();
         for buf in batch.frames() {
             let frame = match Frame::decode(buf) {
                 Ok(f) => f,
@@ -462,30 +468,22 @@ fn rx_loop(
             };
             for (i, port) in disks.iter().enumerate() {
                 let disk = &port.disk;
-                // The target lock also orders this disk's requests between
-                // receive threads of different interfaces.
-                let mut target = disk.target();
-                match target.handle(&iface, &frame) {
+                match targets[i].handle(&iface, &frame) {
                     Outcome::Reply(r) => replies.push(r),
                     Outcome::Io(req) => {
                         let work = Work {
                             req,
                             sock: sock.clone(),
                         };
-                        let q = &mut queued[i];
-                        if !q.is_empty() || disk.queued.load(Ordering::Acquire) != 0 {
-                            q.io.push(work);
+                        let mut out = InlineOut {
+                            queued: &mut queued[i],
+                            replies: &mut replies,
+                            acks: &mut acks[i],
+                        };
+                        if !out.queued.is_empty() || disk.queued.load(Ordering::Acquire) != 0 {
+                            out.queued.io.push(work);
                         } else {
-                            match try_inline(disk, work) {
-                                Inline::Reply(r) => replies.push(r),
-                                Inline::Durable(w) => acks[i].push(w),
-                                Inline::Started(call, w) => q.started = Some((call, w)),
-                                Inline::Queue(w) => q.io.push(w),
-                            }
-                            if !q.is_empty() {
-                                // From now on this disk's requests queue behind it.
-                                disk.queued.fetch_add(1, Ordering::AcqRel);
-                            }
+                            serve_inline(disk, work, &mut runs[i], &mut out);
                         }
                     }
                     Outcome::Ignore(why) => {
@@ -494,79 +492,172 @@ fn rx_loop(
                 }
             }
         }
+        for (i, port) in disks.iter().enumerate() {
+            let mut out = InlineOut {
+                queued: &mut queued[i],
+                replies: &mut replies,
+                acks: &mut acks[i],
+            };
+            write_run(&port.disk, &mut runs[i], &mut out);
+            // Hand over while the target is still locked: the worker gets
+            // this disk's requests in the order they were served.
+            if !queued[i].is_empty() {
+                port.disk.queued.fetch_add(1, Ordering::AcqRel);
+                if port.work.send(std::mem::take(&mut queued[i])).is_err() {
+                    error!(disk = %port.disk.name, "disk worker is gone");
+                }
+            }
+            if !acks[i].is_empty() && port.acks.send(std::mem::take(&mut acks[i])).is_err() {
+                error!(disk = %port.disk.name, "disk flusher is gone");
+            }
+        }
+        drop(targets);
         if !replies.is_empty() {
             if let Err(e) = sock.send_batch(replies.iter().map(|r| [&r.head[..], &r.data[..]])) {
                 warn!(iface = %name, error = %e, "AoE send failed");
             }
             replies.clear();
         }
-        for (i, q) in queued.iter_mut().enumerate() {
-            if !q.is_empty() && disks[i].work.send(std::mem::take(q)).is_err() {
-                error!(disk = %disks[i].disk.name, "disk worker is gone");
-            }
-        }
-        for (i, a) in acks.iter_mut().enumerate() {
-            if !a.is_empty() && disks[i].acks.send(std::mem::take(a)).is_err() {
-                error!(disk = %disks[i].disk.name, "disk flusher is gone");
-            }
-        }
     }
     debug!(iface = %name, "AoE receive thread stopped");
 }
 
-/// What became of a request a receive thread tried to serve itself.
-enum Inline {
-    /// Done; send this reply.
-    Reply(Reply),
-    /// Written; acknowledge once a flush has made it durable.
-    Durable(Work),
-    /// Started but not done: the worker finishes it (and does everything after it).
-    Started(DeviceCall, Work),
-    /// Not started (flush, config change): the worker does it.
-    Queue(Work),
+/// Largest run of contiguous writes the receive thread merges into one
+/// device call (small enough for a file backend to do it without a thread
+/// hand-off).
+const INLINE_MERGE_MAX: usize = 128 << 10;
+
+/// Contiguous writes gathered on the receive thread for one device call.
+struct WriteRun {
+    lba: u64,
+    next: u64,
+    fua: bool,
+    data: BytesMut,
+    works: Vec<Work>,
 }
 
-/// Starts a read or write on the receive thread and polls it once. Device
-/// calls that complete at once (page-cache reads, buffered writes) are
-/// answered without a thread hand-off; others continue on the worker.
-fn try_inline(disk: &Disk, work: Work) -> Inline {
-    let dev = disk.device.clone();
-    let mut call: DeviceCall = match &work.req.op {
-        IoOp::Read { lba, sectors } => {
-            let (lba, sectors) = (*lba, *sectors);
-            Box::pin(async move { dev.read(lba, sectors).await })
+/// Where the receive thread's results for one disk go.
+struct InlineOut<'a> {
+    /// Requests for the worker (with a started call first, if any).
+    queued: &'a mut Queued,
+    /// Replies sent at the end of the batch.
+    replies: &'a mut Vec<Reply>,
+    /// Writes to acknowledge after the flusher's next flush.
+    acks: &'a mut Vec<Work>,
+}
+
+/// Serves a request on the receive thread while the disk's worker is idle:
+/// contiguous writes are gathered into one device call; reads, and anything
+/// that breaks a run of writes, first write the run. Calls that complete at
+/// once are answered without a thread hand-off; one that does not goes to the
+/// worker, and everything after it queues behind it.
+fn serve_inline(disk: &Disk, work: Work, run: &mut Option<WriteRun>, out: &mut InlineOut<'_>) {
+    if let IoOp::Write { lba, data, fua } = &work.req.op {
+        let sectors = (data.len() / SECTOR_SIZE) as u64;
+        if let Some(r) = run.as_mut() {
+            if r.next == *lba && r.fua == *fua && r.data.len() + data.len() <= INLINE_MERGE_MAX {
+                r.data.extend_from_slice(data);
+                r.next += sectors;
+                r.works.push(work);
+                return;
+            }
         }
-        IoOp::Write { lba, data, .. } => {
-            // Durability comes from the flusher's group commit, not FUA.
-            let (lba, data) = (*lba, data.clone());
-            Box::pin(async move {
-                dev.write(lba, data, WriteFlags::NONE)
-                    .await
-                    .map(|()| Bytes::new())
-            })
+        write_run(disk, run, out);
+        if !out.queued.is_empty() {
+            out.queued.io.push(work);
+            return;
         }
-        IoOp::Flush | IoOp::SaveConfig { .. } | IoOp::SaveAccess { .. } => {
-            return Inline::Queue(work)
-        }
+        let mut buf = BytesMut::with_capacity(INLINE_MERGE_MAX.min(data.len() * RX_BATCH));
+        buf.extend_from_slice(data);
+        *run = Some(WriteRun {
+            lba: *lba,
+            next: lba + sectors,
+            fua: *fua,
+            data: buf,
+            works: vec![work],
+        });
+        return;
+    }
+    write_run(disk, run, out);
+    if !out.queued.is_empty() {
+        out.queued.io.push(work);
+        return;
+    }
+    let IoOp::Read { lba, sectors } = work.req.op else {
+        // Flush, config and access changes: the worker does them.
+        out.queued.io.push(work);
+        return;
     };
+    let dev = disk.device.clone();
+    let call: DeviceCall = Box::pin(async move { dev.read(lba, sectors).await });
+    poll_call(disk, call, vec![work], out);
+}
+
+/// Starts the gathered writes, if any, as one device call.
+fn write_run(disk: &Disk, run: &mut Option<WriteRun>, out: &mut InlineOut<'_>) {
+    let Some(r) = run.take() else { return };
+    let dev = disk.device.clone();
+    let (lba, data) = (r.lba, r.data.freeze());
+    // Durability comes from the flusher's group commit, not FUA.
+    let call: DeviceCall = Box::pin(async move {
+        dev.write(lba, data, WriteFlags::NONE)
+            .await
+            .map(|()| Bytes::new())
+    });
+    poll_call(disk, call, r.works, out);
+}
+
+/// Polls a device call once: finished, its replies go out with the batch;
+/// not finished, the worker completes it.
+fn poll_call(disk: &Disk, mut call: DeviceCall, works: Vec<Work>, out: &mut InlineOut<'_>) {
     match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(result) => finish_call(&disk.name, work, result),
-        Poll::Pending => Inline::Started(call, work),
+        Poll::Ready(result) => finish_call(
+            &disk.name,
+            works,
+            result,
+            &mut |_, r| out.replies.push(r),
+            &mut |w| out.acks.push(w),
+        ),
+        Poll::Pending => out.queued.started = Some((call, works)),
     }
 }
 
-/// The reply (or pending acknowledgement) for a finished read or write.
-fn finish_call(disk: &str, work: Work, result: blockdev::Result<Bytes>) -> Inline {
-    match (&work.req.op, result) {
-        (IoOp::Write { fua: true, .. }, Ok(_)) => Inline::Durable(work),
-        (_, Ok(data)) => Inline::Reply(work.req.ctx.ata_done(AtaStatus::OK, data)),
-        (op, Err(e)) => {
-            warn!(disk, lba = lba_of(op), sectors = sectors_of(op), error = %e, "device I/O failed");
-            Inline::Reply(
-                work.req
-                    .ctx
-                    .ata_done(AtaStatus::from_block_error(&e), Bytes::new()),
-            )
+/// Answers the requests of a finished device call: a read's data is split
+/// among them in order; durable writes go to `durable` to be acknowledged
+/// after a flush, everything else to `reply`.
+fn finish_call(
+    disk: &str,
+    works: Vec<Work>,
+    result: blockdev::Result<Bytes>,
+    reply: &mut dyn FnMut(Arc<RawSocket>, Reply),
+    durable: &mut dyn FnMut(Work),
+) {
+    match result {
+        Ok(data) => {
+            let mut off = 0;
+            for w in works {
+                match w.req.op {
+                    IoOp::Write { fua: true, .. } => durable(w),
+                    IoOp::Read { sectors, .. } => {
+                        let len = (sectors as usize * SECTOR_SIZE).min(data.len() - off);
+                        let part = data.slice(off..off + len);
+                        off += len;
+                        reply(w.sock.clone(), w.req.ctx.ata_done(AtaStatus::OK, part));
+                    }
+                    _ => reply(
+                        w.sock.clone(),
+                        w.req.ctx.ata_done(AtaStatus::OK, Bytes::new()),
+                    ),
+                }
+            }
+        }
+        Err(e) => {
+            let first = works.first().map(|w| lba_of(&w.req.op));
+            warn!(disk, lba = ?first, requests = works.len(), error = %e, "device I/O failed");
+            let st = AtaStatus::from_block_error(&e);
+            for w in works {
+                reply(w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new()));
+            }
         }
     }
 }
@@ -674,21 +765,23 @@ async fn worker(
                 None => break,
             },
         };
-        if let Some((call, work)) = first.started {
+        if let Some((call, works)) = first.started {
             // Everything older is done (receive threads start calls only
             // while nothing is queued); wait anyway, order is what matters.
             for (_, h) in inflight.drain(..) {
                 let _ = h.await;
             }
-            let sock = work.sock.clone();
-            match finish_call(&disk.name, work, call.await) {
-                Inline::Reply(r) => send_replies(&mut vec![(sock, r)]),
-                Inline::Durable(w) => {
-                    if acks.send(vec![w]).is_err() {
-                        error!(disk = %disk.name, "disk flusher is gone");
-                    }
-                }
-                Inline::Started(..) | Inline::Queue(_) => {}
+            let (mut out, mut durable) = (Vec::new(), Vec::new());
+            finish_call(
+                &disk.name,
+                works,
+                call.await,
+                &mut |s, r| out.push((s, r)),
+                &mut |w| durable.push(w),
+            );
+            send_replies(&mut out);
+            if !durable.is_empty() && acks.send(durable).is_err() {
+                error!(disk = %disk.name, "disk flusher is gone");
             }
         }
         let mut batch = first.io;
