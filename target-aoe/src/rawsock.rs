@@ -1,10 +1,15 @@
 //! AF_PACKET raw sockets bound to one interface and the AoE EtherType, with
 //! batched receive (`recvmmsg`) and transmit (`sendmmsg`, scatter/gather).
 //!
+//! The interface (index, MAC address, state) is looked up with
+//! `pnet_datalink`. Its datalink channel is not used for the frames: it moves
+//! one frame per system call, while a window of AoE frames arrives in bursts
+//! that `recvmmsg`/`sendmmsg` take in one call each, and replies carry read
+//! data by scatter/gather without a copy into a send buffer.
+//!
 //! This is the only module with `unsafe`: each block is a plain libc call on
 //! buffers this module owns, and says why it is sound.
 
-use std::ffi::CString;
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -53,13 +58,19 @@ impl RawSocket {
     /// Opens a socket on `ifname` receiving only AoE frames, with a receive
     /// buffer of at least `rcvbuf` bytes and a receive timeout of `timeout`.
     pub fn open(ifname: &str, rcvbuf: usize, timeout: Duration) -> io::Result<RawSocket> {
-        let cname = CString::new(ifname)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
-        // SAFETY: cname is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let link = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == ifname)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such interface"))?;
+        let mac = link.mac.map(|m| Mac(m.octets())).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "interface has no MAC address (AoE needs Ethernet)",
+            )
+        })?;
+        let ifindex = i32::try_from(link.index).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "interface index out of range")
+        })?;
         let proto = ETHERTYPE_AOE.to_be();
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = cvt(unsafe {
@@ -71,7 +82,6 @@ impl RawSocket {
         })?;
         // SAFETY: raw is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let ifindex = ifindex as i32;
         // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
         let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -89,7 +99,7 @@ impl RawSocket {
             fd,
             ifindex,
             name: ifname.to_string(),
-            mac: Mac::default(),
+            mac,
             mtu: 0,
         };
         let want = rcvbuf.min(i32::MAX as usize) as libc::c_int;
@@ -116,24 +126,12 @@ impl RawSocket {
             )
         })?;
         let mut req = ifreq_for(ifname)?;
+        // (pnet_datalink's interface list has no MTU.)
         // SAFETY: SIOCGIFMTU fills ifr_ifru.ifru_mtu of the ifreq we pass.
         cvt(unsafe { libc::ioctl(sock.fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) })?;
         // SAFETY: the kernel just wrote the mtu member of the union.
         let mtu = unsafe { req.ifr_ifru.ifru_mtu } as usize;
-        let mut req = ifreq_for(ifname)?;
-        // SAFETY: SIOCGIFHWADDR fills ifr_ifru.ifru_hwaddr of the ifreq we pass.
-        cvt(unsafe { libc::ioctl(sock.fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) })?;
-        // SAFETY: the kernel just wrote the hwaddr member of the union.
-        let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-        let mut mac = [0u8; 6];
-        for (d, s) in mac.iter_mut().zip(hw.sa_data.iter()) {
-            *d = *s as u8;
-        }
-        Ok(RawSocket {
-            mac: Mac(mac),
-            mtu,
-            ..sock
-        })
+        Ok(RawSocket { mtu, ..sock })
     }
 
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {

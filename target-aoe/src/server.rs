@@ -1,8 +1,18 @@
-//! The AoE server: one receive thread per interface, one I/O worker per disk.
+//! The AoE server: one receive thread per interface, one I/O worker and one
+//! flusher per disk.
 //!
-//! Receive threads take frames in batches (`recvmmsg`), run them through every
-//! [`Target`] on the interface, send immediate replies in one `sendmmsg` and hand
-//! I/O to the disk's worker. The worker (a tokio task) drains everything queued
+//! Receive threads take frames in batches (`recvmmsg`) and run them through
+//! every [`Target`] on the interface. While a disk's worker has nothing queued,
+//! the receive thread starts the disk's reads and writes itself and, when the
+//! device completes them at once (page-cache hits, buffered writes), answers in
+//! the same `sendmmsg` as the batch's other replies: no thread hand-off on the
+//! fast path. A durable write's acknowledgement then waits for the disk's
+//! flusher, which makes every write done so far durable with one flush (group
+//! commit across frames and batches) and only then sends the acknowledgements.
+//! A device call that does not complete at once, and everything after it for
+//! that disk, goes to the disk's worker, in arrival order.
+//!
+//! The worker (a tokio task) drains everything queued
 //! for its disk, applies it in arrival order while merging contiguous reads and
 //! contiguous writes into single device calls (batches that touch disjoint
 //! sectors, or only read, run side by side; a batch that overlaps an earlier
@@ -13,9 +23,12 @@
 //! the Linux driver retransmits with new tags and repeated writes are harmless.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,8 +45,10 @@ use crate::rawsock::{RawSocket, RecvBatch};
 use crate::state;
 use crate::target::{InterfaceInfo, IoOp, IoRequest, Outcome, Reply, Target, TargetSettings};
 
-/// Frames taken per receive call.
-const RX_BATCH: usize = 64;
+/// Frames taken per receive call. Smaller than the initiator's window (64)
+/// so its first replies leave while the rest of the window is still being
+/// served and the initiator can refill it meanwhile.
+const RX_BATCH: usize = 16;
 /// How often receive threads look at the stop flag.
 const RX_TIMEOUT: Duration = Duration::from_millis(100);
 /// Largest merged device read or write.
@@ -119,14 +134,43 @@ struct Disk {
     target: Mutex<Target>,
     device: SharedDevice,
     state_path: PathBuf,
+    /// Where its access lists (mask, reservations) are persisted.
+    access_path: PathBuf,
+    /// The mask list of the configuration.
+    configured_mask: Vec<Mac>,
+    /// Messages sent to the worker whose replies are not all sent yet. While
+    /// it is non-zero, receive threads queue every request behind them.
+    queued: AtomicUsize,
 }
 
-/// A disk as a receive thread sees it: the target and the way to its worker.
-/// (The worker holds the disk but no sender, so dropping these ends it.)
+/// A disk as a receive thread sees it: the target, the way to its worker and
+/// to its flusher. (The worker and flusher hold the disk but not these
+/// senders, so dropping them ends both.)
 #[derive(Clone)]
 struct DiskPort {
     disk: Arc<Disk>,
-    work: mpsc::UnboundedSender<Vec<Work>>,
+    work: mpsc::UnboundedSender<Queued>,
+    acks: mpsc::UnboundedSender<Vec<Work>>,
+}
+
+/// A device call in progress; reads yield their data, writes nothing.
+type DeviceCall = Pin<Box<dyn Future<Output = blockdev::Result<Bytes>> + Send>>;
+
+/// One message to a disk's worker: a receive batch's requests for the disk.
+#[derive(Default)]
+struct Queued {
+    /// A device call the receive thread started that did not complete at
+    /// once; the worker finishes it before `io`. Only started while the worker
+    /// had nothing queued, so nothing older is pending.
+    started: Option<(DeviceCall, Vec<Work>)>,
+    /// Requests the worker performs, in arrival order.
+    io: Vec<Work>,
+}
+
+impl Queued {
+    fn is_empty(&self) -> bool {
+        self.started.is_none() && self.io.is_empty()
+    }
 }
 
 impl Disk {
@@ -234,15 +278,36 @@ impl AoeServer {
                 identity: d.device.identity().clone(),
                 read_only: d.device.read_only(),
             };
+            let access_path = state::access_path(&d.state_path);
+            let access =
+                state::load_access(&access_path, &mask).map_err(|source| AoeError::State {
+                    path: access_path.clone(),
+                    source,
+                })?;
+            let mut target = Target::new(settings, mask.clone(), config);
+            if let Some(a) = access {
+                info!(disk = %format!("e{}.{slot}", cfg.shelf), mask = ?a.mask, reservations = ?a.reservations,
+                      "AoE access lists restored");
+                target.restore_access(a);
+            }
             let (tx, rx) = mpsc::unbounded_channel();
+            let (acks_tx, acks_rx) = mpsc::unbounded_channel();
             let disk = Arc::new(Disk {
                 name: format!("e{}.{slot}", cfg.shelf),
-                target: Mutex::new(Target::new(settings, mask, config)),
+                target: Mutex::new(target),
                 device: d.device,
                 state_path: d.state_path,
+                access_path,
+                configured_mask: mask,
+                queued: AtomicUsize::new(0),
             });
-            workers.push(rt.spawn(worker(disk.clone(), rx)));
-            built.push(DiskPort { disk, work: tx });
+            workers.push(rt.spawn(worker(disk.clone(), rx, acks_tx.clone())));
+            workers.push(rt.spawn(flusher(disk.clone(), acks_rx)));
+            built.push(DiskPort {
+                disk,
+                work: tx,
+                acks: acks_tx,
+            });
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut rx_threads = Vec::new();
@@ -276,9 +341,15 @@ impl AoeServer {
                 let sock = Arc::new(sock);
                 let disks = built.clone();
                 let stop = stop.clone();
+                let rt = rt.clone();
                 let h = thread::Builder::new()
                     .name(format!("aoe-rx-{name}"))
-                    .spawn(move || rx_loop(sock, iface, disks, stop))
+                    .spawn(move || {
+                        // Device calls started here may need the runtime
+                        // (e.g. a file backend's blocking pool).
+                        let _rt = rt.enter();
+                        rx_loop(sock, iface, disks, stop)
+                    })
                     .map_err(|e| AoeError::Thread(e.to_string()))?;
                 rx_threads.push(h);
             }
@@ -364,7 +435,9 @@ fn rx_loop(
     let name = sock.name().to_string();
     let mut batch = RecvBatch::new(RX_BATCH, iface.mtu);
     let mut replies: Vec<Reply> = Vec::with_capacity(RX_BATCH);
-    let mut work: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
+    let mut queued: Vec<Queued> = disks.iter().map(|_| Queued::default()).collect();
+    let mut acks: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Option<WriteRun>> = disks.iter().map(|_| None).collect();
     let mut drops = DropLog {
         last: None,
         suppressed: 0,
@@ -380,6 +453,11 @@ fn rx_loop(
         if n == 0 {
             continue;
         }
+        // Every disk's target stays locked for the whole batch, so requests
+        // of one disk arriving on several interfaces are served (inline or
+        // queued to the worker) in one order.
+        let mut targets: Vec<MutexGuard<'_, Target>> =
+            disks.iter().map(|p| p.disk.target()).collect();
         for buf in batch.frames() {
             let frame = match Frame::decode(buf) {
                 Ok(f) => f,
@@ -390,32 +468,222 @@ fn rx_loop(
             };
             for (i, port) in disks.iter().enumerate() {
                 let disk = &port.disk;
-                let outcome = disk.target().handle(&iface, &frame);
-                match outcome {
+                match targets[i].handle(&iface, &frame) {
                     Outcome::Reply(r) => replies.push(r),
-                    Outcome::Io(req) => work[i].push(Work {
-                        req,
-                        sock: sock.clone(),
-                    }),
+                    Outcome::Io(req) => {
+                        let work = Work {
+                            req,
+                            sock: sock.clone(),
+                        };
+                        let mut out = InlineOut {
+                            queued: &mut queued[i],
+                            replies: &mut replies,
+                            acks: &mut acks[i],
+                        };
+                        if !out.queued.is_empty() || disk.queued.load(Ordering::Acquire) != 0 {
+                            out.queued.io.push(work);
+                        } else {
+                            serve_inline(disk, work, &mut runs[i], &mut out);
+                        }
+                    }
                     Outcome::Ignore(why) => {
                         debug!(iface = %name, disk = %disk.name, ?why, tag = frame.header.tag, "no reply")
                     }
                 }
             }
         }
+        for (i, port) in disks.iter().enumerate() {
+            let mut out = InlineOut {
+                queued: &mut queued[i],
+                replies: &mut replies,
+                acks: &mut acks[i],
+            };
+            write_run(&port.disk, &mut runs[i], &mut out);
+            // Hand over while the target is still locked: the worker gets
+            // this disk's requests in the order they were served.
+            if !queued[i].is_empty() {
+                port.disk.queued.fetch_add(1, Ordering::AcqRel);
+                if port.work.send(std::mem::take(&mut queued[i])).is_err() {
+                    error!(disk = %port.disk.name, "disk worker is gone");
+                }
+            }
+            if !acks[i].is_empty() && port.acks.send(std::mem::take(&mut acks[i])).is_err() {
+                error!(disk = %port.disk.name, "disk flusher is gone");
+            }
+        }
+        drop(targets);
         if !replies.is_empty() {
             if let Err(e) = sock.send_batch(replies.iter().map(|r| [&r.head[..], &r.data[..]])) {
                 warn!(iface = %name, error = %e, "AoE send failed");
             }
             replies.clear();
         }
-        for (i, w) in work.iter_mut().enumerate() {
-            if !w.is_empty() && disks[i].work.send(std::mem::take(w)).is_err() {
-                error!(disk = %disks[i].disk.name, "disk worker is gone");
+    }
+    debug!(iface = %name, "AoE receive thread stopped");
+}
+
+/// Largest run of contiguous writes the receive thread merges into one
+/// device call (small enough for a file backend to do it without a thread
+/// hand-off).
+const INLINE_MERGE_MAX: usize = 128 << 10;
+
+/// Contiguous writes gathered on the receive thread for one device call.
+struct WriteRun {
+    lba: u64,
+    next: u64,
+    fua: bool,
+    data: BytesMut,
+    works: Vec<Work>,
+}
+
+/// Where the receive thread's results for one disk go.
+struct InlineOut<'a> {
+    /// Requests for the worker (with a started call first, if any).
+    queued: &'a mut Queued,
+    /// Replies sent at the end of the batch.
+    replies: &'a mut Vec<Reply>,
+    /// Writes to acknowledge after the flusher's next flush.
+    acks: &'a mut Vec<Work>,
+}
+
+/// Serves a request on the receive thread while the disk's worker is idle:
+/// contiguous writes are gathered into one device call; reads, and anything
+/// that breaks a run of writes, first write the run. Calls that complete at
+/// once are answered without a thread hand-off; one that does not goes to the
+/// worker, and everything after it queues behind it.
+fn serve_inline(disk: &Disk, work: Work, run: &mut Option<WriteRun>, out: &mut InlineOut<'_>) {
+    if let IoOp::Write { lba, data, fua } = &work.req.op {
+        let sectors = (data.len() / SECTOR_SIZE) as u64;
+        if let Some(r) = run.as_mut() {
+            if r.next == *lba && r.fua == *fua && r.data.len() + data.len() <= INLINE_MERGE_MAX {
+                r.data.extend_from_slice(data);
+                r.next += sectors;
+                r.works.push(work);
+                return;
+            }
+        }
+        write_run(disk, run, out);
+        if !out.queued.is_empty() {
+            out.queued.io.push(work);
+            return;
+        }
+        let mut buf = BytesMut::with_capacity(INLINE_MERGE_MAX.min(data.len() * RX_BATCH));
+        buf.extend_from_slice(data);
+        *run = Some(WriteRun {
+            lba: *lba,
+            next: lba + sectors,
+            fua: *fua,
+            data: buf,
+            works: vec![work],
+        });
+        return;
+    }
+    write_run(disk, run, out);
+    if !out.queued.is_empty() {
+        out.queued.io.push(work);
+        return;
+    }
+    let IoOp::Read { lba, sectors } = work.req.op else {
+        // Flush, config and access changes: the worker does them.
+        out.queued.io.push(work);
+        return;
+    };
+    let dev = disk.device.clone();
+    let call: DeviceCall = Box::pin(async move { dev.read(lba, sectors).await });
+    poll_call(disk, call, vec![work], out);
+}
+
+/// Starts the gathered writes, if any, as one device call.
+fn write_run(disk: &Disk, run: &mut Option<WriteRun>, out: &mut InlineOut<'_>) {
+    let Some(r) = run.take() else { return };
+    let dev = disk.device.clone();
+    let (lba, data) = (r.lba, r.data.freeze());
+    // Durability comes from the flusher's group commit, not FUA.
+    let call: DeviceCall = Box::pin(async move {
+        dev.write(lba, data, WriteFlags::NONE)
+            .await
+            .map(|()| Bytes::new())
+    });
+    poll_call(disk, call, r.works, out);
+}
+
+/// Polls a device call once: finished, its replies go out with the batch;
+/// not finished, the worker completes it.
+fn poll_call(disk: &Disk, mut call: DeviceCall, works: Vec<Work>, out: &mut InlineOut<'_>) {
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => finish_call(
+            &disk.name,
+            works,
+            result,
+            &mut |_, r| out.replies.push(r),
+            &mut |w| out.acks.push(w),
+        ),
+        Poll::Pending => out.queued.started = Some((call, works)),
+    }
+}
+
+/// Answers the requests of a finished device call: a read's data is split
+/// among them in order; durable writes go to `durable` to be acknowledged
+/// after a flush, everything else to `reply`.
+fn finish_call(
+    disk: &str,
+    works: Vec<Work>,
+    result: blockdev::Result<Bytes>,
+    reply: &mut dyn FnMut(Arc<RawSocket>, Reply),
+    durable: &mut dyn FnMut(Work),
+) {
+    match result {
+        Ok(data) => {
+            let mut off = 0;
+            for w in works {
+                match w.req.op {
+                    IoOp::Write { fua: true, .. } => durable(w),
+                    IoOp::Read { sectors, .. } => {
+                        let len = (sectors as usize * SECTOR_SIZE).min(data.len() - off);
+                        let part = data.slice(off..off + len);
+                        off += len;
+                        reply(w.sock.clone(), w.req.ctx.ata_done(AtaStatus::OK, part));
+                    }
+                    _ => reply(
+                        w.sock.clone(),
+                        w.req.ctx.ata_done(AtaStatus::OK, Bytes::new()),
+                    ),
+                }
+            }
+        }
+        Err(e) => {
+            let first = works.first().map(|w| lba_of(&w.req.op));
+            warn!(disk, lba = ?first, requests = works.len(), error = %e, "device I/O failed");
+            let st = AtaStatus::from_block_error(&e);
+            for w in works {
+                reply(w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new()));
             }
         }
     }
-    debug!(iface = %name, "AoE receive thread stopped");
+}
+
+/// Acknowledges durable writes: takes every acknowledgement queued, makes them
+/// durable with one flush, sends them; writes that arrive during a flush share
+/// the next one (group commit).
+async fn flusher(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
+    while let Some(mut acks) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            acks.extend(more);
+        }
+        let st = match disk.device.flush().await {
+            Ok(()) => AtaStatus::OK,
+            Err(e) => {
+                warn!(disk = %disk.name, writes = acks.len(), error = %e, "flush for write acknowledgements failed");
+                AtaStatus::from_block_error(&e)
+            }
+        };
+        let mut out: Vec<(Arc<RawSocket>, Reply)> = acks
+            .into_iter()
+            .map(|w| (w.sock, w.req.ctx.ata_done(st, Bytes::new())))
+            .collect();
+        send_replies(&mut out);
+    }
+    debug!(disk = %disk.name, "AoE disk flusher stopped");
 }
 
 /// Sends replies grouped by the socket they leave by.
@@ -456,7 +724,7 @@ impl Footprint {
                     f.ranges.push((*lba, *lba + sectors_of(&w.req.op)));
                     f.writes |= matches!(w.req.op, IoOp::Write { .. });
                 }
-                IoOp::Flush | IoOp::SaveConfig { .. } => f.barrier = true,
+                IoOp::Flush | IoOp::SaveConfig { .. } | IoOp::SaveAccess { .. } => f.barrier = true,
             }
         }
         f
@@ -477,18 +745,59 @@ impl Footprint {
     }
 }
 
-async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
+async fn worker(
+    disk: Arc<Disk>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    acks: mpsc::UnboundedSender<Vec<Work>>,
+) {
     // Batches in flight, oldest first. A batch starts only when it conflicts
     // with none of them, so overlapping writes (and reads against writes) are
     // applied in arrival order while independent batches overlap their I/O.
     let mut inflight: std::collections::VecDeque<(Footprint, tokio::task::JoinHandle<()>)> =
         std::collections::VecDeque::new();
-    while let Some(mut batch) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
-            if batch.len() >= 4 * RX_BATCH {
+    // A message that starts with a started call, taken while merging.
+    let mut carry: Option<Queued> = None;
+    loop {
+        let first = match carry.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => break,
+            },
+        };
+        if let Some((call, works)) = first.started {
+            // Everything older is done (receive threads start calls only
+            // while nothing is queued); wait anyway, order is what matters.
+            for (_, h) in inflight.drain(..) {
+                let _ = h.await;
+            }
+            let (mut out, mut durable) = (Vec::new(), Vec::new());
+            finish_call(
+                &disk.name,
+                works,
+                call.await,
+                &mut |s, r| out.push((s, r)),
+                &mut |w| durable.push(w),
+            );
+            send_replies(&mut out);
+            if !durable.is_empty() && acks.send(durable).is_err() {
+                error!(disk = %disk.name, "disk flusher is gone");
+            }
+        }
+        let mut batch = first.io;
+        let mut messages = 1;
+        while batch.len() < 4 * RX_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            if more.started.is_some() {
+                carry = Some(more);
                 break;
             }
+            messages += 1;
+            batch.extend(more.io);
+        }
+        if batch.is_empty() {
+            disk.queued.fetch_sub(messages, Ordering::AcqRel);
+            continue;
         }
         let fp = Footprint::of(&batch);
         while inflight.len() >= MAX_CONCURRENT_BATCHES
@@ -506,6 +815,8 @@ async fn worker(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
             let mut out = Vec::new();
             run_batch(&d, batch, &mut out).await;
             send_replies(&mut out);
+            // Replies are out: receive threads may serve this disk again.
+            d.queued.fetch_sub(messages, Ordering::AcqRel);
         });
         inflight.push_back((fp, h));
     }
@@ -675,6 +986,30 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                         error!(disk = %disk.name, path = %disk.state_path.display(), error = %e,
                                "cannot persist config string; change undone");
                         disk.target().restore_config(previous.clone());
+                        out.push((
+                            w.sock.clone(),
+                            w.req.ctx.error(AoeErrorCode::DeviceUnavailable),
+                        ));
+                    }
+                }
+            }
+            IoOp::SaveAccess { access, previous } => {
+                let path = disk.access_path.clone();
+                let configured = disk.configured_mask.clone();
+                let lists = access.clone();
+                let saved = tokio::task::spawn_blocking(move || {
+                    state::save_access(&path, &configured, &lists)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+                let w = &run[0];
+                match saved {
+                    Ok(()) => out.push((w.sock.clone(), w.req.ctx.config_done())),
+                    Err(e) => {
+                        error!(disk = %disk.name, path = %disk.access_path.display(), error = %e,
+                               "cannot persist mask or reservation list; change undone");
+                        disk.target().restore_access(previous.clone());
                         out.push((
                             w.sock.clone(),
                             w.req.ctx.error(AoeErrorCode::DeviceUnavailable),

@@ -133,6 +133,24 @@ pub enum IoOp {
         /// The string before the change.
         previous: Vec<u8>,
     },
+    /// Persist a changed MAC mask list or reservation list; on failure call
+    /// [`Target::restore_access`] with `previous` and answer with
+    /// [`ReplyCtx::error`] (device unavailable).
+    SaveAccess {
+        /// The lists now in effect.
+        access: Access,
+        /// The lists before the change.
+        previous: Access,
+    },
+}
+
+/// A target's access lists, which survive a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// MAC mask list (empty: any initiator).
+    pub mask: Vec<Mac>,
+    /// Reservation list (empty: not reserved).
+    pub reservations: Vec<Mac>,
 }
 
 /// What the reply to an I/O request needs.
@@ -148,6 +166,8 @@ pub struct ReplyCtx {
 enum PendingArg {
     Ata(AtaArg),
     Config(ConfigArg),
+    /// The reply is known; it only waits for the change to be persisted.
+    Ready(Reply),
 }
 
 impl ReplyCtx {
@@ -166,6 +186,7 @@ impl ReplyCtx {
         match &self.arg {
             PendingArg::Ata(a) => ata_reply(self.to, self.from, &self.header, a, status, data),
             PendingArg::Config(c) => config_reply(self.to, self.from, &self.header, c),
+            PendingArg::Ready(r) => r.clone(),
         }
     }
 
@@ -286,6 +307,52 @@ impl Target {
     /// Undoes a config change whose persistence failed.
     pub fn restore_config(&mut self, previous: Vec<u8>) {
         self.config = previous;
+    }
+
+    /// The current access lists.
+    pub fn access(&self) -> Access {
+        Access {
+            mask: self.mask.clone(),
+            reservations: self.reservations.clone(),
+        }
+    }
+
+    /// Installs access lists: persisted ones at start, or the previous ones
+    /// when persisting a change failed.
+    pub fn restore_access(&mut self, access: Access) {
+        let clean = |mut l: Vec<Mac>| {
+            l.sort();
+            l.dedup();
+            l.truncate(MAX_LIST);
+            l
+        };
+        self.mask = clean(access.mask);
+        self.reservations = clean(access.reservations);
+    }
+
+    /// The reply `reply` once the access lists changed from `previous`: sent
+    /// at once when nothing changed, else after the change is persisted.
+    fn access_changed(
+        &self,
+        previous: Access,
+        to: Mac,
+        from: Mac,
+        h: &Header,
+        reply: Reply,
+    ) -> Outcome {
+        let access = self.access();
+        if access == previous {
+            return Outcome::Reply(reply);
+        }
+        Outcome::Io(IoRequest {
+            op: IoOp::SaveAccess { access, previous },
+            ctx: ReplyCtx {
+                to,
+                from,
+                header: *h,
+                arg: PendingArg::Ready(reply),
+            },
+        })
     }
 
     fn addressed(&self, h: &Header) -> (bool, bool) {
@@ -528,6 +595,7 @@ impl Target {
     }
 
     fn mac_mask(&mut self, to: Mac, from: Mac, h: &Header, arg: MaskArg) -> Outcome {
+        let previous = self.access();
         let mut merror = 0;
         match arg.mcmd {
             MASK_READ => {}
@@ -564,13 +632,15 @@ impl Target {
         encode_headers(&mut head, to, from, &h.response());
         self.mask_list_reply(arg.mcmd, merror).encode(&mut head);
         pad_min(&mut head);
-        Outcome::Reply(Reply {
+        let reply = Reply {
             head,
             data: Bytes::new(),
-        })
+        };
+        self.access_changed(previous, to, from, h, reply)
     }
 
     fn reserve(&mut self, to: Mac, from: Mac, h: &Header, arg: ReserveArg) -> Outcome {
+        let previous = self.access();
         match arg.rcmd {
             RESERVE_READ => {}
             RESERVE_SET | RESERVE_FORCE => {
@@ -598,10 +668,11 @@ impl Target {
         }
         .encode(&mut head);
         pad_min(&mut head);
-        Outcome::Reply(Reply {
+        let reply = Reply {
             head,
             data: Bytes::new(),
-        })
+        };
+        self.access_changed(previous, to, from, h, reply)
     }
 }
 
@@ -721,6 +792,48 @@ mod tests {
         let r = req.ctx.error(AoeErrorCode::DeviceUnavailable).to_vec();
         let h = Frame::decode(&r).unwrap().header;
         assert_eq!((h.flags & FLAG_ERROR, h.error), (FLAG_ERROR, 3));
+    }
+
+    #[test]
+    fn reservation_changes_wait_for_persistence_and_reads_do_not() {
+        let mut t = target();
+        let other = Mac([2, 0, 0, 0, 0, 0x77]);
+        let reserve = |t: &mut Target, rcmd: u8, macs: Vec<Mac>| {
+            let arg = crate::initiator::reserve_arg(&ReserveArg { rcmd, macs });
+            let f = request(ME, HOST, 1, 2, Command::ReserveRelease, 7, &arg, &[]);
+            t.handle(&IFACE, &Frame::decode(&f).unwrap())
+        };
+        let Outcome::Io(req) = reserve(&mut t, RESERVE_SET, vec![other, other]) else {
+            panic!("a reservation change must be persisted before the reply")
+        };
+        let IoOp::SaveAccess { access, previous } = req.op.clone() else {
+            panic!()
+        };
+        assert_eq!(access.reservations, vec![other]);
+        assert_eq!(previous, Access::default());
+        // The reply, sent after persisting, lists the reservation.
+        let r = req.ctx.config_done().to_vec();
+        let rf = Frame::decode(&r).unwrap();
+        let arg = ReserveArg::decode(rf.payload).unwrap();
+        assert_eq!((rf.header.flags & FLAG_ERROR, arg.macs), (0, vec![other]));
+        // Reading, or setting what is already set, changes nothing: answered at once.
+        assert!(matches!(
+            reserve(&mut t, RESERVE_READ, vec![]),
+            Outcome::Reply(_)
+        ));
+        // HOST is not the holder: refused without a change.
+        assert!(matches!(
+            reserve(&mut t, RESERVE_SET, vec![]),
+            Outcome::Reply(_)
+        ));
+        assert_eq!(t.reservations(), &[other]);
+        // Persisting failed: the server puts the old lists back.
+        t.restore_access(previous);
+        assert!(t.reservations().is_empty());
+        assert!(matches!(
+            reserve(&mut t, RESERVE_SET, vec![HOST]),
+            Outcome::Io(_)
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blockdev::file::{FileDevice, FileOptions};
-use blockdev::DeviceIdentity;
+use blockdev::{BlockDevice, DeviceIdentity, FaultyDevice};
 use target_aoe::ata::{self, AtaStatus};
 use target_aoe::frame::{
     AtaArg, Command, ConfigArg, ConfigCommand, Directive, Mac, MaskArg, ReserveArg, AFLAG_EXTENDED,
@@ -535,14 +535,45 @@ fn commands_config_mask_and_reservations() {
     );
     assert!(res(&p2.reserve(RESERVE_SET, vec![])).is_empty());
     assert_eq!(p1.read(100, 2).1, data);
+    // Before the restart: c1 reserves, and the mask list admits c1 and c2.
+    assert_eq!(res(&p1.reserve(RESERVE_SET, vec![me])), vec![me]);
+    let admit = |p: &mut Peer, macs: &[Mac]| {
+        let directives = macs
+            .iter()
+            .map(|&mac| Directive {
+                dcmd: DIRECTIVE_ADD,
+                mac,
+            })
+            .collect();
+        list(&p.mask(&MaskArg {
+            mcmd: MASK_EDIT,
+            merror: 0,
+            directives,
+        }))
+    };
+    assert_eq!(admit(&mut p1, &[me, c2mac]).directives.len(), 2);
 
     rt.block_on(server.shutdown()).unwrap();
-    // The config string survives a restart.
+    // The config string, the reservation and the mask list survive a restart.
     let disks = vec![disk(dir.path(), "d1", 8, 1)];
     let server = rt
         .block_on(async { AoeServer::start(&cfg(&["tgt"]), disks) })
         .unwrap();
     assert_eq!(cs(&p1.cfg(ConfigCommand::Read, b"")), b"host=gamma");
+    assert_eq!(res(&p2.reserve(RESERVE_READ, vec![])), vec![me]);
+    assert_eq!(
+        aoe_error(&p2.ata(&ata_req(ata::CMD_READ_EXT, 0, 1, true, false), &[])),
+        6
+    );
+    let mut masked = admit(&mut p1, &[])
+        .directives
+        .iter()
+        .map(|d| d.mac)
+        .collect::<Vec<_>>();
+    masked.sort();
+    let mut want = vec![me, c2mac];
+    want.sort();
+    assert_eq!(masked, want);
     rt.block_on(server.shutdown()).unwrap();
     drop(lab);
 }
@@ -719,6 +750,71 @@ fn jumbo_frames_multi_interface_and_write_ordering() {
         image[off..off + 8 * 512].copy_from_slice(&pattern(k, 8 * 512));
     }
     assert_eq!(pb.read(2000, 11).1, image);
+    rt.block_on(server.shutdown()).unwrap();
+    drop(lab);
+}
+
+#[test]
+fn acknowledged_writes_survive_power_loss() {
+    let Some(lab) = Lab::new("crash", 1500) else {
+        return;
+    };
+    lab.bridge("br0");
+    lab.port("tgt", "br0");
+    lab.port("c1", "br0");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    // A device with a volatile write cache: what was written but not flushed
+    // (or FUA) when it "loses power" is lost or torn, block by block.
+    let base = disk(dir.path(), "d1", 8, 1);
+    let faulty = Arc::new(FaultyDevice::new(base.device.clone(), 7));
+    faulty.enable_volatile_cache();
+    let d = AoeDisk {
+        device: faulty.clone(),
+        ..base
+    };
+    let server = rt
+        .block_on(async { AoeServer::start(&cfg(&["tgt"]), vec![d]) })
+        .unwrap();
+    let mut c = Client::open("c1").unwrap();
+    let target = discover(&mut c)[0].0;
+    // A window of 16 writes sent back to back, as the driver does; the
+    // acknowledgements of a receive batch share a flush.
+    let mut tags = Vec::new();
+    for i in 0..16u64 {
+        let tag = c.tag();
+        let arg = ata_req(ata::CMD_WRITE_EXT, i * 2, 2, true, true);
+        let f = initiator::request(
+            target,
+            c.mac(),
+            SHELF,
+            1,
+            Command::Ata,
+            tag,
+            &arg,
+            &pattern(i as u8 + 1, 1024),
+        );
+        c.send_raw(&f).unwrap();
+        tags.push(tag);
+    }
+    let replies = c.responses(WAIT).unwrap();
+    for t in &tags {
+        let r = replies
+            .iter()
+            .find(|r| r.frame().header.tag == *t)
+            .expect("every write acknowledged");
+        assert_eq!(ata_resp(r).0.cmd_status, ata::STATUS_DRDY);
+    }
+    // Power loss now: nothing acknowledged may be lost.
+    rt.block_on(faulty.crash()).unwrap();
+    let back = rt.block_on(faulty.read(0, 32)).unwrap();
+    for i in 0..16usize {
+        assert_eq!(
+            &back[i * 1024..(i + 1) * 1024],
+            &pattern(i as u8 + 1, 1024)[..],
+            "acknowledged write {i} lost in the crash"
+        );
+    }
     rt.block_on(server.shutdown()).unwrap();
     drop(lab);
 }
