@@ -386,6 +386,7 @@ fn internal_failure() -> Response {
         status: status::CHECK_CONDITION,
         sense: Some(Bytes::copy_from_slice(&sense)),
         data_in: Bytes::new(),
+        data_in_file: None,
     }
 }
 
