@@ -656,5 +656,18 @@ mod tests {
         assert_eq!(&sub.to_bytes().unwrap()[..], &data[4096..4096 + 8192]);
         assert!(d.cached_slice(1000, 8).is_none(), "small reads are copied");
         assert!(d.cached_slice(8190, 512).is_none(), "out of range");
+        // Written back and dropped from the page cache: not offered (sendfile
+        // would then read the disk on the caller's thread).
+        d.flush().await.unwrap();
+        let f = File::open(d.path()).unwrap();
+        // SAFETY: plain syscall on an open descriptor.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        assert!(d.cached_slice(1000, 512).is_none(), "evicted range offered");
+        assert_eq!(&d.read(1000, 512).await.unwrap()[..], &data[..]);
+        assert!(
+            d.cached_slice(1000, 512).is_some(),
+            "read back into the cache"
+        );
     }
 }
