@@ -96,6 +96,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
+                limit_malloc_arenas();
                 let rt = match tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .thread_name("opie-isu")
@@ -116,5 +117,20 @@ fn main() -> ExitCode {
                 }
             }
         },
+    }
+}
+
+/// One malloc arena for the whole daemon. Data buffers are allocated on one
+/// thread (the connection's) and freed on another (the blocking pool's, after
+/// the write), so with glibc's default of an arena per thread freed buffers
+/// pile up in arenas that other threads do not reuse: with 8 busy sessions
+/// the resident size doubles (about 100 MiB against 70 MiB with one arena,
+/// `interop/bench-vs-tgt`), at no measurable cost in throughput. Must run
+/// before the runtime starts its threads.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters (and is thread-safe).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

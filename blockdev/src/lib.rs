@@ -34,7 +34,7 @@ pub use bytes::{Bytes, BytesMut};
 
 pub use error::{BlockError, Result};
 pub use fault::FaultyDevice;
-pub use file::FileDevice;
+pub use file::{FileDevice, FileSlice};
 pub use identity::DeviceIdentity;
 pub use mem::MemDevice;
 
@@ -151,6 +151,17 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// are otherwise unspecified. The default implementation writes zeroes.
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
         self.write_zeroes(lba, blocks, true).await
+    }
+
+    /// The bytes of `blocks` blocks at `lba` as a range of a file whose
+    /// pages are all in the page cache now, for a transport that sends them
+    /// without copying (`sendfile`). None when the device is not a plain
+    /// file or block device, the range is not fully cached, or it is too
+    /// small to gain from it: the caller then uses [`BlockDevice::read`].
+    /// The default is None.
+    fn cached_slice(&self, lba: u64, blocks: u32) -> Option<FileSlice> {
+        let _ = (lba, blocks);
+        None
     }
 
     /// Allocation state of the run of blocks starting at `lba` (at most

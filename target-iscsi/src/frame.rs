@@ -2,6 +2,7 @@
 //! digest checks and the negotiated size limit) and laying out PDUs to send
 //! as a header block plus a payload that is never copied.
 
+use blockdev::FileSlice;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::digest::{crc32c_of, data_digest, Digest};
@@ -126,8 +127,10 @@ impl Decoder {
 pub struct OutPdu {
     head: [u8; BHS_LEN + 4],
     head_len: u8,
-    /// The data segment.
+    /// The data segment (empty when it is [`OutPdu::file`]).
     pub data: Bytes,
+    /// The data segment as a range of a cached file, sent with `sendfile`.
+    pub file: Option<FileSlice>,
     tail: [u8; 8],
     tail_len: u8,
 }
@@ -135,12 +138,49 @@ pub struct OutPdu {
 impl OutPdu {
     /// Lays out `bhs` with `data`, computing digests as negotiated.
     pub fn new(bhs: &Bhs, data: Bytes, header_digest: Digest, data_digest: Digest) -> OutPdu {
+        let mut p = OutPdu::layout(bhs, data.len(), header_digest);
+        if !data.is_empty() && data_digest == Digest::Crc32c {
+            p.tail[p.tail_len as usize..p.tail_len as usize + 4]
+                .copy_from_slice(&data_digest_of(&data));
+            p.tail_len += 4;
+        }
+        p.data = data;
+        p
+    }
+
+    /// Lays out `bhs` with a data segment that stays in a file until the
+    /// socket takes it. With a data digest the bytes must be read to compute
+    /// it, so the segment is read into memory instead (a transport asks for
+    /// file data only without data digests).
+    pub fn with_file(
+        bhs: &Bhs,
+        file: FileSlice,
+        header_digest: Digest,
+        data_digest: Digest,
+    ) -> std::io::Result<OutPdu> {
+        if data_digest == Digest::Crc32c {
+            return Ok(OutPdu::new(
+                bhs,
+                file.to_bytes()?,
+                header_digest,
+                data_digest,
+            ));
+        }
+        let mut p = OutPdu::layout(bhs, file.len(), header_digest);
+        if !file.is_empty() {
+            p.file = Some(file);
+        }
+        Ok(p)
+    }
+
+    /// Header, header digest and padding for `data_len` bytes of data.
+    fn layout(bhs: &Bhs, data_len: usize, header_digest: Digest) -> OutPdu {
         let mut head = [0u8; BHS_LEN + 4];
         let mut b = [0u8; BHS_LEN];
         bhs.encode(
             Framing {
                 ahs_len: 0,
-                data_len: data.len(),
+                data_len,
             },
             &mut b,
         );
@@ -150,20 +190,19 @@ impl OutPdu {
             head[BHS_LEN..].copy_from_slice(&crc32c_of(&[&b]));
             head_len += 4;
         }
-        let mut tail = [0u8; 8];
-        let pad = pad_len(data.len());
-        let mut tail_len = pad;
-        if !data.is_empty() && data_digest == Digest::Crc32c {
-            tail[pad..pad + 4].copy_from_slice(&data_digest_of(&data));
-            tail_len += 4;
-        }
         OutPdu {
             head,
             head_len: head_len as u8,
-            data,
-            tail,
-            tail_len: tail_len as u8,
+            data: Bytes::new(),
+            file: None,
+            tail: [0u8; 8],
+            tail_len: pad_len(data_len) as u8,
         }
+    }
+
+    /// Length of the data segment (in memory or in the file).
+    pub fn data_len(&self) -> usize {
+        self.data.len() + self.file.as_ref().map_or(0, FileSlice::len)
     }
 
     /// The header bytes (BHS and header digest).
@@ -178,14 +217,20 @@ impl OutPdu {
 
     /// Total bytes on the wire.
     pub fn wire_len(&self) -> usize {
-        self.head().len() + self.data.len() + self.tail().len()
+        self.head().len() + self.data_len() + self.tail().len()
     }
 
-    /// The whole PDU in one buffer (tests and small PDUs).
+    /// The whole PDU in one buffer (tests and small PDUs); file data is read.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.wire_len());
         v.extend_from_slice(self.head());
         v.extend_from_slice(&self.data);
+        if let Some(f) = &self.file {
+            match f.to_bytes() {
+                Ok(b) => v.extend_from_slice(&b),
+                Err(e) => tracing::error!(error = %e, "cannot read file data of a PDU"),
+            }
+        }
         v.extend_from_slice(self.tail());
         v
     }

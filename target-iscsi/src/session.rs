@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::digest::Digest;
 use crate::discovery::{send_targets, DiscoveryTarget};
 use crate::frame::{InPdu, OutPdu};
 use crate::login::{Established, SessionType};
@@ -285,6 +286,25 @@ impl Session {
         self.actions.push_back(Action::Send(pdu));
     }
 
+    /// Sends `bhs` with a data segment that stays in a file until the socket
+    /// takes it.
+    fn send_file(&mut self, bhs: Bhs, file: blockdev::FileSlice) {
+        match OutPdu::with_file(
+            &bhs,
+            file,
+            self.params.header_digest,
+            self.params.data_digest,
+        ) {
+            Ok(pdu) => self.actions.push_back(Action::Send(pdu)),
+            Err(e) => {
+                // Only possible with a data digest (the data is read to
+                // compute it); the Data-In sequence cannot go on.
+                tracing::error!(error = %e, "cannot read data-in for its digest");
+                self.close(CloseReason::ProtocolError("data-in unreadable"));
+            }
+        }
+    }
+
     fn reject(&mut self, raw: &[u8; BHS_LEN], reason: u8) {
         let sns = self.sns_advance();
         self.send(
@@ -477,6 +497,7 @@ impl Session {
                 status: crate::scsi::status::CHECK_CONDITION,
                 sense: Some(sense(0x05, 0x24, 0x00)),
                 data_in: Bytes::new(),
+                data_in_file: None,
             };
             self.send_status(c.itt, &resp, false, false, 0, 0);
             return;
@@ -558,6 +579,7 @@ impl Session {
             expected_in: task.expected_in,
             tag: itt,
             attr,
+            data_in_from_file: self.params.data_digest == Digest::None,
         };
         self.actions.push_back(Action::Execute { itt, cmd });
     }
@@ -584,6 +606,7 @@ impl Session {
                     status: crate::scsi::status::CHECK_CONDITION,
                     sense: Some(data_out_sense(e)),
                     data_in: Bytes::new(),
+                    data_in_file: None,
                 };
                 self.send_status(d.itt, &resp, false, false, 0, 0);
             }
@@ -603,7 +626,7 @@ impl Session {
         }
         let lun = task.cmd.lun;
         let expected = task.expected_in;
-        let have = resp.data_in.len() as u64;
+        let have = resp.data_in_len() as u64;
         let write_residual = data_out_wanted
             .filter(|_| task.cmd.write && !task.cmd.read)
             .map(|w| {
@@ -634,7 +657,11 @@ impl Session {
         let send_len = (have.min(u64::from(expected))) as usize;
         let piggyback = resp.sense.is_none() && send_len > 0;
         if send_len > 0 {
-            let data = resp.data_in.slice(..send_len);
+            let file = resp.data_in_file.as_ref().map(|f| f.slice(0, send_len));
+            let data = match file {
+                Some(_) => Bytes::new(),
+                None => resp.data_in.slice(..send_len),
+            };
             let seg = (self.params.send_data_segment_length as usize).max(512);
             let burst = (self.params.max_burst_length as usize).max(seg);
             let mut offset = 0usize;
@@ -664,7 +691,10 @@ impl Session {
                     buffer_offset: offset as u32,
                     residual: if status_here { residual } else { 0 },
                 };
-                self.send(Bhs::DataIn(pdu), data.slice(offset..offset + n));
+                match &file {
+                    Some(f) => self.send_file(Bhs::DataIn(pdu), f.slice(offset, n)),
+                    None => self.send(Bhs::DataIn(pdu), data.slice(offset..offset + n)),
+                }
                 offset += n;
                 data_sn += 1;
             }
@@ -1138,6 +1168,7 @@ mod tests {
                 status: 0,
                 sense: None,
                 data_in: Bytes::from(vec![1u8; 5000]),
+                data_in_file: None,
             },
             None,
         );
@@ -1167,6 +1198,7 @@ mod tests {
                 status: 2,
                 sense: Some(Bytes::from_static(&[0x70, 0, 5])),
                 data_in: Bytes::new(),
+                data_in_file: None,
             },
             None,
         );
@@ -1393,6 +1425,7 @@ mod tests {
                 status: 0,
                 sense: None,
                 data_in: Bytes::from(vec![0u8; 512]),
+                data_in_file: None,
             },
             None,
         );
@@ -1479,7 +1512,7 @@ mod tests {
                 s.handle_pdu(p, t);
                 while let Some(a) = s.poll_action() {
                     if let Action::Execute { itt, .. } = a {
-                        s.complete(itt, Response { status: 0, sense: None, data_in: Bytes::from(vec![0u8; i * 100]) }, Some(512));
+                        s.complete(itt, Response { status: 0, sense: None, data_in: Bytes::from(vec![0u8; i * 100]), data_in_file: None }, Some(512));
                     }
                 }
             }

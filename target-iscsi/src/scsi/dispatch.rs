@@ -39,6 +39,8 @@ impl From<blockdev::BlockError> for Failure {
 pub(crate) struct Reply {
     pub status: u8,
     pub data: Bytes,
+    /// Data-in left in the page cache (see [`super::Command::data_in_from_file`]).
+    pub file: Option<blockdev::FileSlice>,
 }
 
 impl Reply {
@@ -52,6 +54,7 @@ impl Reply {
         Reply {
             status: status::GOOD,
             data: v.into(),
+            file: None,
         }
     }
 }
@@ -67,6 +70,8 @@ pub(crate) struct Ctx<'a> {
     pub me: ItNexus,
     pub cdb: &'a [u8],
     pub data: &'a Bytes,
+    /// The transport takes data-in as a [`blockdev::FileSlice`].
+    pub data_in_from_file: bool,
 }
 
 fn respond(r: CmdResult) -> Response {
@@ -75,16 +80,19 @@ fn respond(r: CmdResult) -> Response {
             status: reply.status,
             sense: None,
             data_in: reply.data,
+            data_in_file: reply.file,
         },
         Err(Failure::Check(s)) => Response {
             status: status::CHECK_CONDITION,
             sense: Some(s.to_bytes()),
             data_in: Bytes::new(),
+            data_in_file: None,
         },
         Err(Failure::Conflict) => Response {
             status: status::RESERVATION_CONFLICT,
             sense: None,
             data_in: Bytes::new(),
+            data_in_file: None,
         },
     }
 }
@@ -113,6 +121,7 @@ pub(crate) async fn execute(
         me,
         cdb: &cmd.cdb,
         data: &cmd.data_out,
+        data_in_from_file: cmd.data_in_from_file,
     };
     let r = run(&ctx).await;
     if ticket.as_ref().is_some_and(Ticket::aborted) {

@@ -84,6 +84,10 @@ pub struct Command {
     pub tag: u32,
     /// Task attribute.
     pub attr: TaskAttr,
+    /// The transport can send data-in straight from a file's page cache
+    /// (no data digest): a READ may then answer with
+    /// [`Response::data_in_file`] instead of reading into memory.
+    pub data_in_from_file: bool,
 }
 
 /// SCSI status byte values (SAM-5).
@@ -115,6 +119,19 @@ pub struct Response {
     pub sense: Option<Bytes>,
     /// Data-in; the transport trims it to the expected length and reports residuals.
     pub data_in: Bytes,
+    /// Data-in that stays in the backing file's page cache (only when the
+    /// command allowed it with [`Command::data_in_from_file`]; `data_in` is
+    /// then empty).
+    pub data_in_file: Option<blockdev::FileSlice>,
+}
+
+impl Response {
+    /// Length of the data-in, wherever it is.
+    pub fn data_in_len(&self) -> usize {
+        self.data_in_file
+            .as_ref()
+            .map_or(self.data_in.len(), blockdev::FileSlice::len)
+    }
 }
 
 /// Task management functions the transport forwards.

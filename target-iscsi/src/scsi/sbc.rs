@@ -143,6 +143,15 @@ pub(crate) async fn read(ctx: &Ctx<'_>) -> CmdResult {
     if rw.blocks == 0 {
         return Ok(Reply::good());
     }
+    if ctx.data_in_from_file {
+        if let Some(file) = ctx.lu.device.cached_slice(rw.lba, rw.blocks as u32) {
+            return Ok(Reply {
+                status: super::status::GOOD,
+                data: Bytes::new(),
+                file: Some(file),
+            });
+        }
+    }
     let data = ctx.lu.device.read(rw.lba, rw.blocks as u32).await?;
     Ok(Reply::data(data))
 }

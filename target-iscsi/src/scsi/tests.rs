@@ -85,6 +85,7 @@ fn cmd(cdb: &[u8], data: &[u8]) -> Command {
         expected_in: 1 << 20,
         tag: 0,
         attr: TaskAttr::Simple,
+        data_in_from_file: false,
     }
 }
 

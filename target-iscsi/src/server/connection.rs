@@ -231,15 +231,34 @@ fn counts_as_failure(st: (u8, u8), authenticating: bool) -> bool {
         || (authenticating && st.0 == 2)
 }
 
-type TaskFuture = Pin<
-    Box<dyn Future<Output = (u32, u64, Result<std::thread::Result<Response>, Aborted>)> + Send>,
->;
+type TaskOutput = (u32, u64, Result<std::thread::Result<Response>, Aborted>);
+type TaskFuture = Pin<Box<dyn Future<Output = TaskOutput> + Send>>;
 
 /// SCSI commands executing for this connection, polled by its own task.
 struct Running {
     futs: FuturesUnordered<TaskFuture>,
     handles: HashMap<u32, (u64, AbortHandle, Option<u64>)>,
     generation: u64,
+}
+
+/// Most completions taken in one wake-up before the responses are written.
+const READY_BATCH: usize = 64;
+
+impl Running {
+    /// Hands a finished command's response to the session, unless the task
+    /// was aborted (or its tag reused) meanwhile.
+    fn finish(&mut self, session: &mut Session, done: TaskOutput) {
+        let (itt, gen, result) = done;
+        let current = self.handles.get(&itt).is_some_and(|(g, _, _)| *g == gen);
+        if let (Ok(result), true) = (result, current) {
+            let wanted = self.handles.remove(&itt).and_then(|(_, _, w)| w);
+            let resp = result.unwrap_or_else(|_| {
+                tracing::error!(itt, "SCSI task panicked");
+                internal_failure()
+            });
+            session.complete(itt, resp, wanted);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -299,7 +318,7 @@ async fn full_feature(
     let mut draining = *stop.borrow();
     let mut reading = true;
     let why: String = loop {
-        let close = drain(
+        let mut close = drain(
             &mut session,
             out,
             &mut run,
@@ -307,6 +326,27 @@ async fn full_feature(
             &nexus,
             &tmf_tx,
         );
+        // Completions that are ready now (cached reads finish when first
+        // polled) are taken in this wake-up, so their responses leave
+        // together in one system call rather than one each.
+        let mut taken = 0;
+        while taken < READY_BATCH && !run.futs.is_empty() {
+            let Some(Some(done)) = run.futs.next().now_or_never() else {
+                break;
+            };
+            run.finish(&mut session, done);
+            taken += 1;
+            if let Some(r) = drain(
+                &mut session,
+                out,
+                &mut run,
+                backend.as_ref(),
+                &nexus,
+                &tmf_tx,
+            ) {
+                close.get_or_insert(r);
+            }
+        }
         if let Err(e) = out.flush(stream) {
             break format!("write failed: {e}");
         }
@@ -320,20 +360,7 @@ async fn full_feature(
         tokio::select! {
             biased;
             _ = kill.notified() => break "reinstated".into(),
-            Some((itt, gen, result)) = run.futs.next(), if !run.futs.is_empty() => {
-                let current = run.handles.get(&itt).is_some_and(|(g, _, _)| *g == gen);
-                match result {
-                    Ok(result) if current => {
-                        let wanted = run.handles.remove(&itt).and_then(|(_, _, w)| w);
-                        let resp = result.unwrap_or_else(|_| {
-                            tracing::error!(itt, "SCSI task panicked");
-                            internal_failure()
-                        });
-                        session.complete(itt, resp, wanted);
-                    }
-                    _ => {}
-                }
-            }
+            Some(done) = run.futs.next(), if !run.futs.is_empty() => run.finish(&mut session, done),
             r = stream.writable(), if !out.is_empty() => {
                 if r.is_err() {
                     break "connection lost".into();
@@ -428,6 +455,7 @@ fn internal_failure() -> Response {
         status: status::CHECK_CONDITION,
         sense: Some(Bytes::copy_from_slice(&sense)),
         data_in: Bytes::new(),
+        data_in_file: None,
     }
 }
 
