@@ -194,6 +194,8 @@ pub struct FileSlice {
     inner: Arc<Inner>,
     offset: u64,
     len: usize,
+    /// Held until the last clone or sub-range is dropped (see [`FileSlice::hold`]).
+    guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for FileSlice {
@@ -241,7 +243,17 @@ impl FileSlice {
             inner: self.inner.clone(),
             offset: self.offset + start as u64,
             len,
+            guard: self.guard.clone(),
         }
+    }
+
+    /// Keeps `guard` alive until this slice, its clones and sub-ranges are all
+    /// dropped, i.e. until the bytes have been sent. A SCSI target hangs the
+    /// command's task-set place on it, so a later ORDERED write cannot change
+    /// the blocks before they have left.
+    pub fn hold(mut self, guard: Arc<dyn std::any::Any + Send + Sync>) -> FileSlice {
+        self.guard = Some(guard);
+        self
     }
 
     /// Reads the bytes (a blocking `pread`; for digests and tests).
@@ -463,6 +475,7 @@ impl BlockDevice for FileDevice {
         let len = blocks as usize * g.block_size as usize;
         let offset = lba * u64::from(g.block_size);
         (len >= SLICE_MIN && self.inner.cached(offset, len)).then(|| FileSlice {
+            guard: None,
             inner: self.inner.clone(),
             offset,
             len,

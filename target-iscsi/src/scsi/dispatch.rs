@@ -123,12 +123,18 @@ pub(crate) async fn execute(
         data: &cmd.data_out,
         data_in_from_file: cmd.data_in_from_file,
     };
-    let r = run(&ctx).await;
-    if ticket.as_ref().is_some_and(Ticket::aborted) {
+    let mut r = run(&ctx).await;
+    if ticket.as_ref().is_some_and(Ticket::finish) {
         // Aborted by another nexus while it ran (TAS = 1).
         return task_aborted();
     }
-    drop(ticket);
+    // Data-in left in the page cache keeps the task's place until it has been
+    // sent, so a later ORDERED task cannot change those blocks first.
+    if let (Ok(reply), Some(t)) = (&mut r, ticket) {
+        if let Some(file) = reply.file.take() {
+            reply.file = Some(file.hold(Arc::new(t)));
+        }
+    }
     respond(r)
 }
 
@@ -136,8 +142,7 @@ pub(crate) async fn execute(
 fn task_aborted() -> Response {
     Response {
         status: status::TASK_ABORTED,
-        sense: None,
-        data_in: Bytes::new(),
+        ..Response::default()
     }
 }
 

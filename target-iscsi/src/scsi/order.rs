@@ -10,7 +10,10 @@
 //! never runs, one already running finishes its I/O (a write in the kernel
 //! cannot be recalled) and both end with TASK ABORTED status, as the Control
 //! mode page's TAS bit promises. The aborting side waits until every such
-//! task has left the set, so nothing of theirs reaches the medium afterwards.
+//! task has finished executing, so nothing of theirs reaches the medium
+//! afterwards. A finished task may stay in the set a little longer (a READ
+//! whose data still sits in the page cache until it is sent keeps its place,
+//! so a later ORDERED task cannot overtake it); aborts do not wait for that.
 //!
 //! [`RangeLocks`] serialises writers of overlapping LBA ranges, which keeps
 //! overlapping writes from interleaving inside a block and makes COMPARE AND
@@ -29,6 +32,8 @@ struct Live {
     ordered: bool,
     nexus: ItNexus,
     aborted: bool,
+    /// Done executing (its result may still be on the way out).
+    finished: bool,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +74,7 @@ impl TaskSet {
                 ordered: attr == TaskAttr::Ordered,
                 nexus: nexus.clone(),
                 aborted: false,
+                finished: false,
             },
         );
         Ticket {
@@ -82,15 +88,16 @@ impl TaskSet {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Aborts every task of a nexus for which `which` holds, then waits until
-    /// all of them have left the set (those not yet started leave at once,
-    /// running ones when their I/O is done). Returns how many were aborted.
+    /// Aborts every unfinished task of a nexus for which `which` holds, then
+    /// waits until none of them is executing any more (those not yet started
+    /// leave at once, running ones when their I/O is done). Returns how many
+    /// were aborted.
     pub(crate) async fn abort_and_drain(&self, which: impl Fn(&ItNexus) -> bool) -> usize {
         let seqs: Vec<u64> = {
             let mut g = self.lock();
             g.live
                 .iter_mut()
-                .filter(|(_, t)| !t.aborted && which(&t.nexus))
+                .filter(|(_, t)| !t.aborted && !t.finished && which(&t.nexus))
                 .map(|(seq, t)| {
                     t.aborted = true;
                     *seq
@@ -107,7 +114,9 @@ impl TaskSet {
             notified.as_mut().enable();
             let drained = {
                 let g = self.lock();
-                !seqs.iter().any(|s| g.live.contains_key(s))
+                !seqs
+                    .iter()
+                    .any(|s| g.live.get(s).is_some_and(|t| !t.finished))
             };
             if drained {
                 return seqs.len();
@@ -166,7 +175,25 @@ impl Ticket {
         }
     }
 
+    /// The task is done executing: from now on it cannot be aborted, and
+    /// aborts no longer wait for it. Returns whether it was aborted before.
+    pub fn finish(&self) -> bool {
+        let aborted = {
+            let mut g = self.set.lock();
+            match g.live.get_mut(&self.seq) {
+                Some(t) => {
+                    t.finished = true;
+                    t.aborted
+                }
+                None => false,
+            }
+        };
+        self.set.changed.notify_waiters();
+        aborted
+    }
+
     /// Whether another nexus has aborted this task.
+    #[cfg(test)]
     pub fn aborted(&self) -> bool {
         self.aborted_in(&self.set.lock())
     }
@@ -310,6 +337,14 @@ mod tests {
         assert!(runs_within(&mine).await);
         // Nothing left to abort: returns at once.
         assert_eq!(set.abort_and_drain(|n| *n == nexus(2)).await, 0);
+
+        // A task that finished executing but still holds its place (its data
+        // on the way out) is neither aborted nor waited for.
+        let sent_later = set.enter(TaskAttr::Simple, &nexus(2));
+        assert!(runs_within(&sent_later).await);
+        assert!(!sent_later.finish());
+        assert_eq!(set.abort_and_drain(|n| *n == nexus(2)).await, 0);
+        assert!(!sent_later.aborted());
     }
 
     #[tokio::test]

@@ -1842,3 +1842,74 @@ async fn lun_reset_aborts_other_nexus_tasks_and_waits_for_them() {
     // The ORDERED write never ran: one slow write's worth of time, not two.
     assert!(started.elapsed() < slow * 2, "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn an_ordered_write_waits_until_a_file_backed_read_has_been_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = blockdev::file::FileOptions {
+        create_size: Some(4 << 20),
+        ..Default::default()
+    };
+    let dev = Arc::new(
+        blockdev::FileDevice::open(
+            dir.path().join("d.img"),
+            &opts,
+            DeviceIdentity::from_name("f"),
+        )
+        .expect("file device"),
+    );
+    let t = ScsiTarget::new(
+        "iqn.t",
+        vec![(
+            0,
+            LuConfig {
+                device: dev,
+                read_only: false,
+                state_path: None,
+            },
+        )],
+        vec![],
+    )
+    .expect("target");
+    let n = nexus(1, 1);
+    t.submit(&n, cmd(&[0; 6], &[])).await; // POWER ON attention
+                                           // 64 KiB of 0x11, read twice so it sits in the page cache.
+    let blocks = 128u16;
+    let len = usize::from(blocks) * BS;
+    assert_eq!(
+        t.submit(&n, cmd(&write10(0, blocks), &vec![0x11; len]))
+            .await
+            .status,
+        status::GOOD
+    );
+    let mut read = cmd(&read10(0, blocks), &[]);
+    read.data_in_from_file = true;
+    let mut r = t.submit(&n, read.clone()).await;
+    for _ in 0..3 {
+        if r.data_in_file.is_some() {
+            break;
+        }
+        r = t.submit(&n, read.clone()).await;
+    }
+    let Some(file) = r.data_in_file.take() else {
+        eprintln!("no cachestat(2) on this kernel: the READ went the copying way");
+        return;
+    };
+    // An ORDERED write of the same blocks is held back while the READ's data
+    // still sits in the page cache waiting to be sent.
+    let mut w = cmd(&write10(0, blocks), &vec![0x22; len]);
+    w.attr = TaskAttr::Ordered;
+    let mut write = tokio::spawn(t.submit(&n, w));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut write)
+            .await
+            .is_err(),
+        "the ORDERED write ran before the READ's data was sent"
+    );
+    assert_eq!(
+        &file.to_bytes().expect("read slice")[..],
+        &vec![0x11; len][..]
+    );
+    drop((file, r));
+    assert_eq!(write.await.expect("write").status, status::GOOD);
+}
