@@ -763,13 +763,14 @@ impl Session {
         let victims: Vec<u32> = match function {
             TmfFunction::AbortTask { tag } => {
                 if !self.tasks.contains_key(&tag) {
-                    // Already answered (RefCmdSN below ExpCmdSN) or never seen.
-                    let code = if sn_lt(t.ref_cmd_sn, self.exp_cmd_sn) {
-                        tmf::response::COMPLETE
-                    } else {
-                        tmf::response::TASK_DOES_NOT_EXIST
-                    };
-                    self.tmf_reply(t.itt, code);
+                    // RFC 7143 11.5.1 c): a task received and already
+                    // answered (RefCmdSN below ExpCmdSN, outside the window),
+                    // or one never seen, does not exist. (Case b), a RefCmdSN
+                    // inside the window that has not arrived yet, would call
+                    // for "function complete" and retiring that CmdSN; with
+                    // one connection per session TCP delivers the command
+                    // before the TMF, so it is answered the same way.)
+                    self.tmf_reply(t.itt, tmf::response::TASK_DOES_NOT_EXIST);
                     return;
                 }
                 vec![tag]
@@ -1383,13 +1384,16 @@ mod tests {
                 ..
             })]
         ));
-        // ABORT TASK for a task already answered: function complete.
-        s.handle_pdu(pdu(tmf(51, 1, 77, 12), &[]), t);
+        // ABORT TASK for a task already answered: it no longer exists (the
+        // initiator has its response, or is about to get it).
+        s.complete(2, Response::default(), None);
+        drain(&mut s);
+        s.handle_pdu(pdu(tmf(51, 1, 2, 12), &[]), t);
         let (sent, _) = drain(&mut s);
         assert!(matches!(
             sent[..],
             [Bhs::TmfResponse(TmfResponse {
-                response: 0,
+                response: 1,
                 itt: 51,
                 ..
             })]
