@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockdev::{BlockDevice, Bytes, DeviceIdentity, MemDevice, SharedDevice, WriteFlags};
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use raid::{Config, ManualClock, RaidArray};
 
 const BS: u32 = 4096;
@@ -149,9 +150,12 @@ fn healthy_vs_degraded_read(c: &mut Criterion) {
 fn rebuild_rate(c: &mut Criterion) {
     let rt = rt();
     let mut g = c.benchmark_group("rebuild");
-    // Each sample rebuilds a whole member after filling the array (not timed):
-    // keep the count small.
+    // Each iteration fills a fresh array (not timed) and rebuilds a whole
+    // member (timed). Flat sampling runs the same small number of iterations
+    // per sample; criterion's default linear sampling would run 55 of them,
+    // each with its untimed fill.
     g.sample_size(10);
+    g.sampling_mode(SamplingMode::Flat);
     g.warm_up_time(Duration::from_millis(100));
     g.measurement_time(Duration::from_secs(1));
     let n = 4;
