@@ -303,7 +303,10 @@ mod tests {
                 let paddr = parity_addr(9, 64, 5);
                 let got = t.xor_crc(
                     paddr,
-                    addrs.iter().zip(&blocks).map(|(&a, b)| (a, block_crc(a, b))),
+                    addrs
+                        .iter()
+                        .zip(&blocks)
+                        .map(|(&a, b)| (a, block_crc(a, b))),
                 );
                 assert_eq!(got, block_crc(paddr, &p), "len {len} m {m}");
                 // A wrong parity block does not match the derived tag.
