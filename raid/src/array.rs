@@ -1033,7 +1033,6 @@ impl RaidArray {
         if hi == 0 {
             return Ok(());
         }
-        let full = newb.iter().all(|v| v.iter().all(Option::is_some));
         let pslot = lay.parity_member(row);
         let pdev = self.usable(pslot, row);
         let span = (hi - lo) as usize;
@@ -1059,7 +1058,7 @@ impl RaidArray {
                     })
                     .sum();
                 let mut p = None;
-                if !full && rmw_ok && rmw_cost < rcw_cost {
+                if rmw_ok && rmw_cost < rcw_cost {
                     p = self
                         .parity_rmw(lay, row, pslot, pdev, &newb, lo, hi)
                         .await?;
