@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::bitmap::Bitmap;
 use crate::clock::Clock;
 use crate::error::{RaidError, Result};
-use crate::integrity::{parity_addr, ChunkTags, TagEntry, TagPlace};
+use crate::integrity::{parity_addr, ChunkTags, TagEntry, TagPlace, XorTagger};
 use crate::journal::JournalState;
 use crate::layout::{tag_blocks_for, Layout};
 use crate::parity::xor_into;
@@ -34,6 +34,8 @@ use crate::superblock::{
 };
 
 const ROW_LOCKS: usize = 256;
+/// Parity buffers kept for reuse by full-stripe writes.
+const PARITY_POOL: usize = 4;
 
 /// Tunables of an array.
 #[derive(Debug, Clone)]
@@ -202,6 +204,8 @@ pub(crate) struct Inner {
     pub(crate) meta: Mutex<Meta>,
     pub(crate) row_locks: Vec<AsyncMutex<()>>,
     pub(crate) cache: Mutex<BTreeMap<u64, Bytes>>,
+    pub(crate) parity_pool: Mutex<Vec<BytesMut>>,
+    pub(crate) xor_tagger: XorTagger,
     pub(crate) sb_lock: AsyncMutex<()>,
     pub(crate) bitmap_lock: AsyncMutex<()>,
     pub(crate) journal: Option<JournalState>,
@@ -411,6 +415,8 @@ impl RaidArray {
                 meta: Mutex::new(meta),
                 row_locks: (0..ROW_LOCKS).map(|_| AsyncMutex::new(())).collect(),
                 cache: Mutex::new(BTreeMap::new()),
+                parity_pool: Mutex::new(Vec::new()),
+                xor_tagger: XorTagger::new(block_size as usize),
                 sb_lock: AsyncMutex::new(()),
                 bitmap_lock: AsyncMutex::new(()),
                 journal,
@@ -1000,6 +1006,10 @@ impl RaidArray {
         fua: bool,
     ) -> Result<()> {
         let bs = self.inner.block_size as usize;
+        let covered: u64 = pieces.iter().map(|(_, d)| (d.len() / bs) as u64).sum();
+        if covered == lay.row_data_blocks() {
+            return self.write_full_row(lay, row, pieces, fua).await;
+        }
         let c = lay.chunk_blocks;
         let d = lay.data_chunks();
         // New content per data chunk and block.
@@ -1023,7 +1033,6 @@ impl RaidArray {
         if hi == 0 {
             return Ok(());
         }
-        let full = newb.iter().all(|v| v.iter().all(Option::is_some));
         let pslot = lay.parity_member(row);
         let pdev = self.usable(pslot, row);
         let span = (hi - lo) as usize;
@@ -1049,7 +1058,7 @@ impl RaidArray {
                     })
                     .sum();
                 let mut p = None;
-                if !full && rmw_ok && rmw_cost < rcw_cost {
+                if rmw_ok && rmw_cost < rcw_cost {
                     p = self
                         .parity_rmw(lay, row, pslot, pdev, &newb, lo, hi)
                         .await?;
@@ -1131,6 +1140,172 @@ impl RaidArray {
             }
         }
         self.check_alive()
+    }
+
+    /// Writes a whole row whose new data is `pieces` (disjoint, together
+    /// covering every data block): a full-stripe write. Nothing old is read.
+    /// One pass per block position computes the data tags, the parity block
+    /// and its tag while those blocks are in cache; each data chunk goes to
+    /// its member as one buffer (the caller's, when one piece is the whole
+    /// chunk), and the parity chunk with its tag blocks as one more, taken
+    /// from a pool of reused buffers.
+    async fn write_full_row(
+        &self,
+        lay: &Layout,
+        row: u64,
+        pieces: &[Piece],
+        fua: bool,
+    ) -> Result<()> {
+        let bs = self.inner.block_size as usize;
+        let c = lay.chunk_blocks;
+        let chunk_bytes = c as usize * bs;
+        let chunks = Self::chunk_buffers(lay, pieces, chunk_bytes);
+        let pslot = lay.parity_member(row);
+        let pdev = self.usable(pslot, row);
+        let mut parity = pdev
+            .as_ref()
+            .map(|_| self.parity_buffer(chunk_bytes + lay.tag_blocks as usize * bs));
+        let mut data_tags: Vec<ChunkTags> = chunks
+            .iter()
+            .map(|_| ChunkTags {
+                entries: Vec::with_capacity(c as usize),
+            })
+            .collect();
+        let mut parity_tags = ChunkTags {
+            entries: Vec::with_capacity(c as usize),
+        };
+        let mut sources: Vec<&[u8]> = Vec::with_capacity(chunks.len());
+        for i in 0..c {
+            let r = i as usize * bs..(i as usize + 1) * bs;
+            sources.clear();
+            for (k, (chunk, tags)) in chunks.iter().zip(&mut data_tags).enumerate() {
+                let blk = &chunk[r.clone()];
+                tags.entries
+                    .push(Some(TagEntry::of(lay.lba_of(row, k as u32, i), blk)));
+                sources.push(blk);
+            }
+            if let Some(p) = parity.as_mut() {
+                let dst = &mut p[r];
+                crate::parity::xor_many(dst, &sources);
+                let addr = parity_addr(row, c, i);
+                let crc = self.inner.xor_tagger.xor_crc(
+                    addr,
+                    data_tags.iter().map(|t| {
+                        let e = t.entries[i as usize].unwrap_or_default();
+                        (e.addr, e.crc)
+                    }),
+                );
+                debug_assert_eq!(crc, crate::integrity::block_crc(addr, dst));
+                parity_tags.entries.push(Some(TagEntry {
+                    written: true,
+                    crc,
+                    addr,
+                }));
+            }
+        }
+        drop(sources);
+        if let Some(p) = parity.as_mut() {
+            let tb = parity_tags.encode(self.inner.block_size, self.place(row, pslot));
+            p[chunk_bytes..].copy_from_slice(&tb);
+        }
+
+        let _journaled = match (&self.inner.journal, &pdev, &parity) {
+            (Some(j), Some(pdev), Some(p)) => {
+                // The journal takes per-block buffers; it copies them anyway.
+                let newb: Vec<Vec<Option<Bytes>>> = chunks
+                    .iter()
+                    .map(|ch| {
+                        (0..c as usize)
+                            .map(|i| Some(ch.slice(i * bs..(i + 1) * bs)))
+                            .collect()
+                    })
+                    .collect();
+                Some(
+                    j.log(self, lay, row, pslot, pdev, &newb, 0, &p[..chunk_bytes])
+                        .await?,
+                )
+            }
+            _ => None,
+        };
+
+        let flags = WriteFlags { fua };
+        let mut writes: Vec<(u32, SharedDevice, u64, Bytes)> = Vec::new();
+        for (k, (chunk, tags)) in chunks.into_iter().zip(&data_tags).enumerate() {
+            let slot = lay.data_member(row, k as u32);
+            let Some(dev) = self.usable(slot, row) else {
+                continue;
+            };
+            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot)));
+            writes.push((slot, dev.clone(), lay.member_block(row, 0), chunk));
+            writes.push((slot, dev, lay.tag_block(row, 0), tb));
+        }
+        if let (Some(pdev), Some(p)) = (pdev, parity) {
+            writes.push((pslot, pdev, lay.member_block(row, 0), p.freeze()));
+        }
+        let results = join_all(
+            writes
+                .iter()
+                .map(|(_, dev, at, buf)| dev.write(*at, buf.clone(), flags)),
+        )
+        .await;
+        let mut failed = Vec::new();
+        for ((slot, ..), r) in writes.iter().zip(results) {
+            if let Err(e) = r {
+                failed.push((*slot, e));
+            }
+        }
+        // The parity buffer is ours again once no member holds on to it.
+        if let Some((_, _, _, p)) = writes.pop().filter(|w| w.0 == pslot) {
+            self.recycle_parity_buffer(p);
+        }
+        drop(writes);
+        for (slot, e) in failed {
+            self.fail_member(slot, &e).await;
+        }
+        self.check_alive()
+    }
+
+    /// The data chunks of a full row as one buffer each: the piece itself
+    /// when it is the whole chunk (no copy), else the pieces joined.
+    fn chunk_buffers(lay: &Layout, pieces: &[Piece], chunk_bytes: usize) -> Vec<Bytes> {
+        let d = lay.data_chunks() as usize;
+        let mut parts: Vec<Vec<(u32, &Bytes)>> = vec![Vec::new(); d];
+        for (lba, data) in pieces {
+            let (_, k, i) = lay.locate(*lba);
+            parts[k as usize].push((i, data));
+        }
+        parts
+            .into_iter()
+            .map(|mut v| {
+                if let [(0, b)] = v.as_slice() {
+                    if b.len() == chunk_bytes {
+                        return (*b).clone();
+                    }
+                }
+                v.sort_by_key(|(i, _)| *i);
+                concat_bytes(v.iter().map(|(_, b)| *b))
+            })
+            .collect()
+    }
+
+    /// A buffer of `len` bytes for a parity chunk, reused when one is free.
+    /// Its content is stale; the caller overwrites all of it.
+    fn parity_buffer(&self, len: usize) -> BytesMut {
+        let mut pool = self.inner.parity_pool.lock().expect("pool lock");
+        match pool.iter().position(|b| b.len() == len) {
+            Some(i) => pool.swap_remove(i),
+            None => BytesMut::zeroed(len),
+        }
+    }
+
+    /// Returns a parity buffer to the pool if no one else holds it.
+    fn recycle_parity_buffer(&self, buf: Bytes) {
+        if let Ok(b) = buf.try_into_mut() {
+            let mut pool = self.inner.parity_pool.lock().expect("pool lock");
+            if pool.len() < PARITY_POOL {
+                pool.push(b);
+            }
+        }
     }
 
     /// Tags of a chunk about to be partly rewritten; a damaged tag block is

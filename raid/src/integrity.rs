@@ -24,9 +24,88 @@ pub const TAG_ENTRY: usize = 16;
 const TAG_MAGIC: u32 = u32::from_le_bytes(*b"RTAG");
 const FLAG_WRITTEN: u32 = 1;
 
-/// Checksum of a block's content bound to the address it belongs at.
+/// Checksum of a block's content bound to the address it belongs at:
+/// CRC-32C of the address (8 bytes, little-endian) followed by the data.
+///
+/// Every block written or read goes through this, so it uses `crc-fast`'s
+/// carry-less-multiply CRC-32C (several times the speed of the SSE 4.2
+/// `crc32` instruction loop on 4 KiB blocks); the value is the same CRC-32C
+/// the `crc32c` crate computes, as the tests check.
 pub fn block_crc(addr: u64, data: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&addr.to_le_bytes()), data)
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    d.update(&addr.to_le_bytes());
+    d.update(data);
+    d.finalize() as u32
+}
+
+/// The tag of an XOR of blocks, derived from the blocks' own tags without
+/// reading the XOR: a full-stripe write uses it for the parity blocks, so the
+/// parity is checksummed from the data's checksums instead of a pass of its
+/// own, and a parity block computed wrongly would fail its check on read.
+///
+/// CRC-32C is affine over GF(2). With `S` the (linear) effect of `len` bytes
+/// on the CRC state, `block_crc(a, D) = S(crc32c(a)) ^ crc32c(D)`, and for
+/// blocks `D1..Dm` of one length `crc32c(D1 ^ .. ^ Dm) = crc32c(D1) ^ .. ^
+/// crc32c(Dm)`, plus `crc32c(0^len)` when `m` is even. `S` is applied with
+/// four 256-entry tables built from its values on the 32 basis states.
+#[derive(Clone)]
+pub struct XorTagger {
+    shift: [[u32; 256]; 4],
+    zero_crc: u32,
+}
+
+impl std::fmt::Debug for XorTagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XorTagger").finish_non_exhaustive()
+    }
+}
+
+impl XorTagger {
+    /// A tagger for blocks of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        let zeros = vec![0u8; len];
+        let zero_crc = crc32c::crc32c(&zeros);
+        // S(s) = append(s, 0^len) ^ append(0, 0^len), linear in s.
+        let basis: Vec<u32> = (0..32)
+            .map(|b| crc32c::crc32c_append(1 << b, &zeros) ^ zero_crc)
+            .collect();
+        let mut shift = [[0u32; 256]; 4];
+        for (byte, table) in shift.iter_mut().enumerate() {
+            for (v, out) in table.iter_mut().enumerate() {
+                *out = (0..8)
+                    .filter(|j| v >> j & 1 == 1)
+                    .fold(0, |acc, j| acc ^ basis[8 * byte + j]);
+            }
+        }
+        XorTagger { shift, zero_crc }
+    }
+
+    fn apply_shift(&self, s: u32) -> u32 {
+        let t = &self.shift;
+        t[0][(s & 0xff) as usize]
+            ^ t[1][(s >> 8 & 0xff) as usize]
+            ^ t[2][(s >> 16 & 0xff) as usize]
+            ^ t[3][(s >> 24) as usize]
+    }
+
+    fn address_part(&self, addr: u64) -> u32 {
+        self.apply_shift(crc32c::crc32c(&addr.to_le_bytes()))
+    }
+
+    /// [`block_crc`]`(addr, D1 ^ .. ^ Dm)` from the `(address, block_crc)`
+    /// pairs of `D1..Dm`.
+    pub fn xor_crc(&self, addr: u64, parts: impl IntoIterator<Item = (u64, u32)>) -> u32 {
+        let mut acc = self.address_part(addr);
+        let mut even = true;
+        for (a, crc) in parts {
+            acc ^= crc ^ self.address_part(a);
+            even = !even;
+        }
+        if even {
+            acc ^= self.zero_crc;
+        }
+        acc
+    }
 }
 
 /// Tag address of block `i` of the parity chunk of `row`.
@@ -196,6 +275,46 @@ mod tests {
         row: 9,
         slot: 2,
     };
+
+    #[test]
+    fn block_crc_is_crc32c_of_address_then_data() {
+        for len in [0usize, 1, 7, 64, 512, 4095, 4096, 65536] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            for addr in [0u64, 1, 0xdead_beef, parity_addr(7, 64, 3), u64::MAX] {
+                let want = crc32c::crc32c_append(crc32c::crc32c(&addr.to_le_bytes()), &data);
+                assert_eq!(block_crc(addr, &data), want, "len {len} addr {addr:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn xor_tag_matches_the_tag_of_the_xor() {
+        for len in [512usize, 4096] {
+            let t = XorTagger::new(len);
+            for m in 1..=5usize {
+                let blocks: Vec<Vec<u8>> = (0..m)
+                    .map(|k| (0..len).map(|i| (i * (k + 3) + k * 7 + m) as u8).collect())
+                    .collect();
+                let addrs: Vec<u64> = (0..m as u64).map(|k| 1000 * k + 17).collect();
+                let mut p = vec![0u8; len];
+                for b in &blocks {
+                    crate::parity::xor_into(&mut p, b);
+                }
+                let paddr = parity_addr(9, 64, 5);
+                let got = t.xor_crc(
+                    paddr,
+                    addrs
+                        .iter()
+                        .zip(&blocks)
+                        .map(|(&a, b)| (a, block_crc(a, b))),
+                );
+                assert_eq!(got, block_crc(paddr, &p), "len {len} m {m}");
+                // A wrong parity block does not match the derived tag.
+                p[len / 2] ^= 4;
+                assert_ne!(got, block_crc(paddr, &p));
+            }
+        }
+    }
 
     #[test]
     fn round_trip_and_damage() {

@@ -9,6 +9,7 @@
 //! [`Config::checkpoint_rows`](crate::Config) rows, so a restart resumes there.
 //! The rate limit is a token bucket on the injected clock.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use blockdev::{Bytes, SharedDevice, WriteFlags};
@@ -162,6 +163,36 @@ impl RaidArray {
     }
 
     /// Puts `dev` into `slot` and starts rebuilding it.
+    /// Calls [`maintain`](Self::maintain), and advances a running reshape by
+    /// one window, every `period` on a tokio timer: the background driver
+    /// that pulls in hot spares and runs rebuilds and reshapes while I/O goes
+    /// on. The task holds the array weakly and ends when the last handle to
+    /// it is dropped (or when the returned handle is aborted). Errors are
+    /// logged and retried at the next tick.
+    pub fn spawn_maintenance(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let array = RaidArray { inner };
+                if let Err(e) = array.maintain().await {
+                    warn!(error = %e, "background maintenance failed");
+                }
+                let reshaping = array.meta().sb.reshape_members != 0;
+                if reshaping {
+                    if let Err(e) = array.reshape_step().await {
+                        warn!(error = %e, "background reshape step failed");
+                    }
+                }
+            }
+        })
+    }
+
     async fn install(&self, slot: u32, dev: SharedDevice, bitmap_only: bool) -> Result<()> {
         let now = self.now();
         {

@@ -9,6 +9,35 @@ use common::*;
 use raid::{MemberState, RaidArray, RaidError};
 
 #[tokio::test]
+async fn background_maintenance_pulls_in_the_spare_and_rebuilds() {
+    let mut cfg = small_config();
+    cfg.spare_timeout = Duration::ZERO;
+    let rig = Rig::new(4, 1024, cfg);
+    let (a, model) = rig.filled(3).await;
+    a.add_spare(rig.faulty[3].clone()).await.unwrap();
+    rig.faulty[1].set_offline(true);
+    check_all(&a, &model).await;
+    assert!(a.degraded());
+    let task = a.spawn_maintenance(Duration::from_millis(2));
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while a.degraded() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the background task rebuilds onto the spare");
+    assert_eq!(a.member_states()[1], MemberState::InSync);
+    assert_eq!(a.spare_count(), 0);
+    check_all(&a, &model).await;
+    // The task holds the array weakly: it ends once the array is dropped.
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("the task ends with the array")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn hot_spare_replaces_failed_member_after_timeout() {
     let mut cfg = small_config();
     cfg.rebuild_rows_per_sec = Some(10);

@@ -3,7 +3,11 @@
 //! acknowledged block must read back exactly (after a crash: its durable
 //! content or one written since the last flush).
 //!
-//! Cases: `RAID_PROPTEST_CASES` (default 48 per configuration).
+//! Cases: `RAID_PROPTEST_CASES` per configuration (default 48; set it higher
+//! for a long run: 500 takes about 75 s of a debug build on two cores). The
+//! default stays low while the known failure of DESIGN.md §8 (latent rot under
+//! a lost overwrite, without the journal) is open: it shows up about once in
+//! 1,500 cases without the journal.
 
 mod common;
 
