@@ -1399,10 +1399,12 @@ mod tests {
             })]
         ));
         // LUN RESET aborts what is left.
-        s.handle_pdu(pdu(tmf(52, 5, 0, 12), &[]), t);
+        s.handle_pdu(pdu(cmd(3, 12, 0x28, 512, true, false, true), &[]), t);
+        drain(&mut s);
+        s.handle_pdu(pdu(tmf(52, 5, 0, 13), &[]), t);
         let (_, acts) = drain(&mut s);
         assert!(
-            matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 52, function: TmfFunction::LunReset, .. }] if itts == &vec![2])
+            matches!(&acts[..], [Action::Abort { itts }, Action::TaskManagement { itt: 52, function: TmfFunction::LunReset, .. }] if itts == &vec![3])
         );
         assert_eq!(s.active_tasks(), 0);
     }
