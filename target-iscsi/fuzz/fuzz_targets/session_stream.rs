@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             match a {
                 Action::Execute { itt, cmd } => {
                     let n = (cmd.cdb.len() * 97) % 3000;
-                    s.complete(itt, Response { status: 0, sense: None, data_in: Bytes::from(vec![0u8; n]) }, Some(512));
+                    s.complete(itt, Response { status: 0, data_in: Bytes::from(vec![0u8; n]), ..Response::default() }, Some(512));
                 }
                 Action::TaskManagement { itt, .. } => s.tmf_done(itt, TmfOutcome::Complete),
                 _ => {}
