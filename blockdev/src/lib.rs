@@ -69,7 +69,7 @@ impl Geometry {
     /// returns that number.
     pub fn blocks_in(&self, len: usize) -> Result<u64> {
         let bs = self.block_size as usize;
-        if len % bs != 0 {
+        if !len.is_multiple_of(bs) {
             return Err(BlockError::Misaligned {
                 len,
                 block_size: self.block_size,

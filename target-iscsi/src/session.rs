@@ -669,7 +669,7 @@ impl Session {
             while offset < send_len {
                 let n = seg.min(send_len - offset).min(burst - offset % burst);
                 let last = offset + n == send_len;
-                let end_of_burst = last || (offset + n) % burst == 0;
+                let end_of_burst = last || (offset + n).is_multiple_of(burst);
                 let status_here = last && piggyback;
                 let sns = if status_here {
                     self.sns_advance()

@@ -298,7 +298,7 @@ fn parse_transport_id(p: &[u8], off: usize) -> Result<(TransportId, usize), Sens
 fn transport_id_of(n: &ItNexus) -> Vec<u8> {
     let mut name = n.port_name().into_bytes();
     name.push(0);
-    while name.len() < 20 || name.len() % 4 != 0 {
+    while name.len() < 20 || !name.len().is_multiple_of(4) {
         name.push(0);
     }
     let mut t = vec![0x45, 0];

@@ -109,7 +109,7 @@ fn write_data(ctx: &Ctx<'_>, blocks: u64) -> Result<Bytes, Sense> {
     if ctx.data.len() >= need {
         return Ok(ctx.data.slice(..need));
     }
-    if ctx.data.len() % bs != 0 {
+    if !ctx.data.len().is_multiple_of(bs) {
         return Err(Sense::illegal(Asc::INVALID_FIELD_IN_CIU));
     }
     Ok(ctx.data.clone())
@@ -174,10 +174,12 @@ pub(crate) async fn write(ctx: &Ctx<'_>) -> CmdResult {
         if be16(ctx.cdb, 10) != 0 {
             return Err(Sense::invalid_cdb(10, None).into()); // no atomic boundaries
         }
-        if rw.blocks > u64::from(l.max_atomic) || rw.blocks % u64::from(l.atomic_granularity) != 0 {
+        if rw.blocks > u64::from(l.max_atomic)
+            || !rw.blocks.is_multiple_of(u64::from(l.atomic_granularity))
+        {
             return Err(Sense::invalid_cdb(12, None).into());
         }
-        if rw.lba % u64::from(l.atomic_align) != 0 {
+        if !rw.lba.is_multiple_of(u64::from(l.atomic_align)) {
             return Err(Sense::invalid_cdb(2, None).into());
         }
     }

@@ -1546,34 +1546,35 @@ async fn ordered_task_waits_for_older_simple_tasks() {
     assert_eq!(&r.good(&r.a, &read10(0, 1), &[]).await[..], &[2u8; BS][..]);
 }
 
-#[tokio::test]
-async fn file_device_round_trip_and_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A target with one 4 MiB LUN on a sparse file in `dir`.
+fn file_target(dir: &std::path::Path) -> Arc<ScsiTarget> {
     let opts = blockdev::file::FileOptions {
         create_size: Some(4 << 20),
         ..Default::default()
     };
     let dev = Arc::new(
-        blockdev::FileDevice::open(
-            dir.path().join("d.img"),
-            &opts,
-            DeviceIdentity::from_name("f"),
-        )
-        .expect("file device"),
+        blockdev::FileDevice::open(dir.join("d.img"), &opts, DeviceIdentity::from_name("f"))
+            .expect("file device"),
     );
-    let t = ScsiTarget::new(
+    ScsiTarget::new(
         "iqn.t",
         vec![(
             0,
             LuConfig {
-                device: dev.clone(),
+                device: dev,
                 read_only: false,
                 state_path: None,
             },
         )],
         vec![],
     )
-    .expect("target");
+    .expect("target")
+}
+
+#[tokio::test]
+async fn file_device_round_trip_and_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = file_target(dir.path());
     let n = nexus(1, 1);
     let mut w = write10(8, 8);
     w[1] = 0x08; // FUA
@@ -1846,31 +1847,7 @@ async fn lun_reset_aborts_other_nexus_tasks_and_waits_for_them() {
 #[tokio::test]
 async fn an_ordered_write_waits_until_a_file_backed_read_has_been_sent() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = blockdev::file::FileOptions {
-        create_size: Some(4 << 20),
-        ..Default::default()
-    };
-    let dev = Arc::new(
-        blockdev::FileDevice::open(
-            dir.path().join("d.img"),
-            &opts,
-            DeviceIdentity::from_name("f"),
-        )
-        .expect("file device"),
-    );
-    let t = ScsiTarget::new(
-        "iqn.t",
-        vec![(
-            0,
-            LuConfig {
-                device: dev,
-                read_only: false,
-                state_path: None,
-            },
-        )],
-        vec![],
-    )
-    .expect("target");
+    let t = file_target(dir.path());
     let n = nexus(1, 1);
     t.submit(&n, cmd(&[0; 6], &[])).await; // POWER ON attention
                                            // 64 KiB of 0x11, read twice so it sits in the page cache.

@@ -99,7 +99,7 @@ fn device_identification(ctx: &Ctx<'_>) -> Vec<u8> {
     let mut name = ctx.target.name().as_bytes().to_vec();
     name.truncate(251);
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     designator(&mut d, 0x53, 0xA8, &name);
