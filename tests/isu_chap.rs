@@ -390,15 +390,28 @@ fn backoff_slows_one_source_only() {
 
 #[test]
 fn parallel_logins_from_one_source_are_taken_a_few_at_a_time() {
-    // Two logins per source at a time. Two idle connections from 127.0.0.1
-    // occupy both: a third login from there waits until one of them goes
-    // away, while 127.0.0.2 logs in at once.
+    // Two logins per source at a time. Two logins from 127.0.0.1 stalled
+    // after their first step occupy both: a third login from there waits
+    // until one of them goes away, while 127.0.0.2 logs in at once.
     let s = start("[auth.backoff]\nmax_in_flight = 2\n");
     let busy: IpAddr = "127.0.0.1".parse().unwrap();
     let other: IpAddr = "127.0.0.2".parse().unwrap();
-    let idle1 = connect_from(busy, s.addr).unwrap();
-    let idle2 = connect_from(busy, s.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(300)); // both admitted
+    let stalled = || {
+        let mut c = connect_from(busy, s.addr).unwrap();
+        let keys = [
+            ("InitiatorName", ALICE.to_string()),
+            ("SessionType", "Normal".to_string()),
+            ("TargetName", iqn("one")),
+            ("AuthMethod", "CHAP".to_string()),
+        ];
+        login_pdu(&mut c, false, 1, &keys).unwrap();
+        // An answer means the target admitted this login.
+        let (class, ..) = login_resp(&mut c).unwrap();
+        assert_eq!(class, 0, "first login step refused");
+        c
+    };
+    let idle1 = stalled();
+    let idle2 = stalled();
     let (addr, target) = (s.addr, iqn("one"));
     let t = target.clone();
     let queued = std::thread::spawn(move || {
