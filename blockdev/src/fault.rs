@@ -177,21 +177,30 @@ impl FaultyDevice {
     /// holding its durable content or any one of the values written to it since,
     /// chosen at random per block (so writes are lost or torn). Faults stay armed.
     pub async fn crash(&self) -> Result<()> {
+        self.crash_with(|_, versions| {
+            let mut rng = self.rng.lock().unwrap();
+            // Bias towards extremes: all landed, or nothing landed.
+            match rng.gen_range(0..4) {
+                0 => 0,
+                1 => versions - 1,
+                _ => rng.gen_range(0..versions),
+            }
+        })
+        .await
+    }
+
+    /// [`FaultyDevice::crash`] with the outcome chosen by the caller: for
+    /// every block written since the last flush, `pick(lba, versions)` says
+    /// which version it keeps, 0 being its durable content and
+    /// `versions - 1` the last one written (out-of-range picks keep the last).
+    pub async fn crash_with(&self, mut pick: impl FnMut(u64, usize) -> usize) -> Result<()> {
         let pending = match self.st().volatile.as_mut() {
             Some(v) => std::mem::take(v),
             None => return Ok(()),
         };
         let mut reverted = 0;
         for (lba, history) in pending {
-            let pick = {
-                let mut rng = self.rng.lock().unwrap();
-                // Bias towards extremes: all landed, or nothing landed.
-                match rng.gen_range(0..4) {
-                    0 => 0,
-                    1 => history.len() - 1,
-                    _ => rng.gen_range(0..history.len()),
-                }
-            };
+            let pick = pick(lba, history.len()).min(history.len() - 1);
             if pick != history.len() - 1 {
                 reverted += 1;
                 self.inner

@@ -118,6 +118,9 @@ pub struct IntegrityStats {
     pub unrecoverable: u64,
     /// Member read errors seen.
     pub read_errors: u64,
+    /// Blocks a crash resync kept although neither their tags nor parity
+    /// could vouch for them (possible only without the journal).
+    pub resync_unverified: u64,
 }
 
 /// State of one member slot.
@@ -211,6 +214,10 @@ pub(crate) struct Inner {
     pub(crate) journal: Option<JournalState>,
     pub(crate) stats: Stats,
     pub(crate) capacity: AtomicU64,
+    /// Current flush epoch of the tags ([`crate::integrity`]): the superblock
+    /// event counter at assembly in the high half (so no later assembly
+    /// reuses an epoch), the flushes since then in the low half.
+    pub(crate) epoch: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +226,7 @@ pub(crate) struct Stats {
     pub(crate) repaired: AtomicU64,
     pub(crate) unrecoverable: AtomicU64,
     pub(crate) read_errors: AtomicU64,
+    pub(crate) resync_unverified: AtomicU64,
 }
 
 /// A RAID5 array over block devices; itself a [`BlockDevice`].
@@ -391,6 +399,7 @@ impl RaidArray {
             j.reset_all(&array).await?;
         }
         array.write_superblocks().await?;
+        array.begin_epochs();
         info!(uuid = %array.inner.identity, rows, members = layout.members, "raid5 array created");
         Ok(array)
     }
@@ -404,6 +413,7 @@ impl RaidArray {
         meta: Meta,
     ) -> RaidArray {
         let journal = (meta.sb.journal_blocks > 0).then(|| JournalState::new(&meta.sb));
+        let meta_events = meta.sb.events;
         RaidArray {
             inner: Arc::new(Inner {
                 cfg,
@@ -422,8 +432,21 @@ impl RaidArray {
                 journal,
                 stats: Stats::default(),
                 capacity: AtomicU64::new(geo.cur.capacity()),
+                epoch: AtomicU64::new((meta_events + 1) << 32),
             }),
         }
+    }
+
+    /// Starts the tags' flush epochs above any used before: call once the
+    /// superblocks of this assembly are durable.
+    pub(crate) fn begin_epochs(&self) {
+        let events = self.meta().sb.events;
+        self.inner.epoch.store(events << 32, Ordering::SeqCst);
+    }
+
+    /// The tags' current flush epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
     }
 
     pub(crate) fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
@@ -466,6 +489,7 @@ impl RaidArray {
             repaired_blocks: s.repaired.load(Ordering::Relaxed),
             unrecoverable: s.unrecoverable.load(Ordering::Relaxed),
             read_errors: s.read_errors.load(Ordering::Relaxed),
+            resync_unverified: s.resync_unverified.load(Ordering::Relaxed),
         }
     }
 
@@ -965,7 +989,7 @@ impl RaidArray {
                 .map(|(i, b)| Some(TagEntry::of(Self::addr_of(lay, row, slot, i as u32), b)))
                 .collect(),
         };
-        let tbuf = tags.encode(self.inner.block_size, self.place(row, slot));
+        let tbuf = tags.encode(self.inner.block_size, self.place(row, slot), self.epoch());
         let mut buf = BytesMut::with_capacity(content.len() + tbuf.len());
         buf.extend_from_slice(content);
         buf.extend_from_slice(&tbuf);
@@ -1088,15 +1112,15 @@ impl RaidArray {
                 continue;
             };
             let blocks = &newb[k as usize];
-            let tags = if blocks.iter().all(Option::is_some) {
-                ChunkTags::unwritten(c)
+            let mut tags = if blocks.iter().all(Option::is_some) {
+                self.previous_tags(lay, row, slot, &dev).await
             } else {
                 self.tags_for_update(lay, row, slot, &dev).await?
             };
-            let mut tags = tags;
+            let epoch = self.epoch();
             for (i, b) in blocks.iter().enumerate() {
                 if let Some(b) = b {
-                    tags.entries[i] = Some(TagEntry::of(lay.lba_of(row, k, i as u32), b));
+                    tags.overwrite(i, epoch, lay.lba_of(row, k, i as u32), b);
                 }
             }
             // The pieces are disjoint and each lies in one chunk: write them as given.
@@ -1106,18 +1130,25 @@ impl RaidArray {
                     writes.push((slot, dev.clone(), lay.member_block(row, i), data.clone()));
                 }
             }
-            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot)));
+            let tb = Bytes::from(tags.encode(
+                self.inner.block_size,
+                self.place(row, slot),
+                self.epoch(),
+            ));
             writes.push((slot, dev.clone(), lay.tag_block(row, 0), tb));
         }
         if let (Some(pdev), Some(p)) = (&pdev, parity) {
+            // Parity has no previous content worth keeping: resync rebuilds
+            // it from the data whatever it holds.
             let mut tags = if lo == 0 && hi == c {
-                ChunkTags::unwritten(c)
+                ChunkTags::fresh(c)
             } else {
                 self.tags_for_update(lay, row, pslot, pdev).await?
             };
+            let epoch = self.epoch();
             for (j, blk) in p.chunks_exact(bs).enumerate() {
                 let i = lo + j as u32;
-                tags.entries[i as usize] = Some(TagEntry::of(parity_addr(row, c, i), blk));
+                tags.overwrite(i as usize, epoch, parity_addr(row, c, i), blk);
             }
             writes.push((
                 pslot,
@@ -1125,7 +1156,11 @@ impl RaidArray {
                 lay.member_block(row, lo),
                 Bytes::from(p),
             ));
-            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, pslot)));
+            let tb = Bytes::from(tags.encode(
+                self.inner.block_size,
+                self.place(row, pslot),
+                self.epoch(),
+            ));
             writes.push((pslot, pdev.clone(), lay.tag_block(row, 0), tb));
         }
         let results = join_all(
@@ -1165,12 +1200,18 @@ impl RaidArray {
         let mut parity = pdev
             .as_ref()
             .map(|_| self.parity_buffer(chunk_bytes + lay.tag_blocks as usize * bs));
-        let mut data_tags: Vec<ChunkTags> = chunks
-            .iter()
-            .map(|_| ChunkTags {
-                entries: Vec::with_capacity(c as usize),
-            })
-            .collect();
+        // The data chunks' old tags: their checksums become the "previous"
+        // ones that resync accepts after a crash (see `integrity`).
+        let mut data_tags: Vec<ChunkTags> =
+            join_all((0..chunks.len() as u32).map(|k| async move {
+                let slot = lay.data_member(row, k);
+                match self.usable(slot, row) {
+                    Some(dev) => self.previous_tags(lay, row, slot, &dev).await,
+                    None => ChunkTags::fresh(c),
+                }
+            }))
+            .await;
+        let epoch = self.epoch();
         let mut parity_tags = ChunkTags {
             entries: Vec::with_capacity(c as usize),
         };
@@ -1180,8 +1221,7 @@ impl RaidArray {
             sources.clear();
             for (k, (chunk, tags)) in chunks.iter().zip(&mut data_tags).enumerate() {
                 let blk = &chunk[r.clone()];
-                tags.entries
-                    .push(Some(TagEntry::of(lay.lba_of(row, k as u32, i), blk)));
+                tags.overwrite(i as usize, epoch, lay.lba_of(row, k as u32, i), blk);
                 sources.push(blk);
             }
             if let Some(p) = parity.as_mut() {
@@ -1200,12 +1240,15 @@ impl RaidArray {
                     written: true,
                     crc,
                     addr,
+                    prev_written: true,
+                    prev_crc: crc,
+                    epoch,
                 }));
             }
         }
         drop(sources);
         if let Some(p) = parity.as_mut() {
-            let tb = parity_tags.encode(self.inner.block_size, self.place(row, pslot));
+            let tb = parity_tags.encode(self.inner.block_size, self.place(row, pslot), epoch);
             p[chunk_bytes..].copy_from_slice(&tb);
         }
 
@@ -1235,7 +1278,7 @@ impl RaidArray {
             let Some(dev) = self.usable(slot, row) else {
                 continue;
             };
-            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot)));
+            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot), epoch));
             writes.push((slot, dev.clone(), lay.member_block(row, 0), chunk));
             writes.push((slot, dev, lay.tag_block(row, 0), tb));
         }
@@ -1306,6 +1349,22 @@ impl RaidArray {
                 pool.push(b);
             }
         }
+    }
+
+    /// Tags of a chunk about to be wholly rewritten, for the previous
+    /// checksums they hold: entries that cannot be read are `None` (the new
+    /// entries then allow no previous content). A member error shows again
+    /// on the write that follows.
+    async fn previous_tags(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+    ) -> ChunkTags {
+        self.read_tags(lay, row, slot, dev)
+            .await
+            .unwrap_or_else(|_| ChunkTags::fresh(lay.chunk_blocks))
     }
 
     /// Tags of a chunk about to be partly rewritten; a damaged tag block is
@@ -1625,6 +1684,9 @@ impl RaidArray {
     pub(crate) async fn flush_locked(&self, geo: &Geo) -> Result<()> {
         self.destage_all(geo).await?;
         let epoch = self.meta().bitmap.begin_flush();
+        // Tags written from now on count what this flush makes durable as
+        // their previous content.
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         self.flush_members().await?;
         if let Some(j) = &self.inner.journal {
             j.checkpoint(self).await?;

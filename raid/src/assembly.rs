@@ -211,6 +211,7 @@ impl RaidArray {
         let bs = best.block_size;
         let array = RaidArray::from_parts(cfg, bs, uuid, clock, Geo { cur, reshape }, meta);
         array.write_superblocks().await?;
+        array.begin_epochs();
         if let Some(j) = &array.inner.journal {
             let layouts: Vec<Layout> = [Some(cur), reshape.map(|(l, _)| l)]
                 .into_iter()

@@ -1,12 +1,14 @@
 //! Per-block checksums and expected addresses ("tags"), stored on the members.
 //!
 //! Every chunk on a member is followed by its tag blocks. A tag block starts
-//! with a 32-byte header and then holds one 16-byte entry per chunk block:
+//! with a 40-byte header and then holds one 20-byte entry per chunk block:
 //!
 //! ```text
 //! header: magic "RTAG" u32 | crc32c of the tag block u32 | row u64
 //!         | member slot u32 | reserved u32 | array uuid (first 8 bytes)
-//! entry:  crc32c(address ‖ data) u32 | flags u32 (bit 0: written) | address u64
+//!         | flush epoch u64
+//! entry:  crc32c(address ‖ data) u32 | previous crc u32
+//!         | flags u32 (bit 0: written, bit 1: previous written) | address u64
 //! ```
 //!
 //! The address of a data block is its volume LBA; parity blocks use
@@ -14,15 +16,26 @@
 //! landed at the wrong place fail its check even if its content is intact, and
 //! the explicit address says where it belongs. A block whose entry was never
 //! written must read as zeroes. All multi-byte fields are little-endian.
+//!
+//! The **previous** checksum is that of the block's content when the array
+//! was last flushed (the start of the *flush epoch* in the header): an entry
+//! updated again within one epoch keeps its previous checksum, an entry
+//! carried into a new epoch moves its current one there. Reads accept only
+//! the current checksum (a block matching the previous one is a lost write).
+//! After a crash, though, an unflushed overwrite may have reverted on the
+//! member while its tag landed, so resync also accepts the previous content,
+//! and only that: a block that rotted before it was overwritten matches
+//! neither, and is rebuilt instead of being blessed with a fresh tag.
 
 use crate::layout::tags_per_block;
 
 /// Bytes of the tag-block header.
-pub const TAG_HEADER: usize = 32;
+pub const TAG_HEADER: usize = 40;
 /// Bytes of one tag entry.
-pub const TAG_ENTRY: usize = 16;
+pub const TAG_ENTRY: usize = 20;
 const TAG_MAGIC: u32 = u32::from_le_bytes(*b"RTAG");
 const FLAG_WRITTEN: u32 = 1;
+const FLAG_PREV_WRITTEN: u32 = 2;
 
 /// Checksum of a block's content bound to the address it belongs at:
 /// CRC-32C of the address (8 bytes, little-endian) followed by the data.
@@ -122,22 +135,73 @@ pub struct TagEntry {
     pub crc: u32,
     /// Address the block belongs at.
     pub addr: u64,
+    /// Whether the block was written at the start of the flush epoch.
+    pub prev_written: bool,
+    /// [`block_crc`] of the block's content at the start of the flush epoch.
+    pub prev_crc: u32,
+    /// Flush epoch the entry was last written in (from its tag block's header).
+    pub epoch: u64,
 }
 
 impl TagEntry {
-    /// The tag of `data` stored at `addr`.
+    /// The tag of `data` stored at `addr`, with no other content allowed
+    /// after a crash (for writes that make the block durable, or whose
+    /// previous content is unknown).
     pub fn of(addr: u64, data: &[u8]) -> Self {
+        let crc = block_crc(addr, data);
+        TagEntry {
+            written: true,
+            crc,
+            addr,
+            prev_written: true,
+            prev_crc: crc,
+            epoch: 0,
+        }
+    }
+
+    /// This entry updated to say the block holds `data` in flush epoch
+    /// `epoch`. The previous checksum stays what it was at the start of the
+    /// epoch: unchanged if the entry was already updated in `epoch`, else its
+    /// current checksum.
+    pub fn overwritten(self, epoch: u64, addr: u64, data: &[u8]) -> Self {
+        let base = self.carried_to(epoch);
         TagEntry {
             written: true,
             crc: block_crc(addr, data),
             addr,
+            ..base
+        }
+    }
+
+    /// This entry as it stands in flush epoch `epoch`: from an older epoch,
+    /// its current content is the flushed one and becomes its previous.
+    pub fn carried_to(self, epoch: u64) -> Self {
+        if self.epoch == epoch {
+            self
+        } else {
+            TagEntry {
+                prev_written: self.written,
+                prev_crc: self.crc,
+                epoch,
+                ..self
+            }
         }
     }
 
     /// Whether `data` is what this tag says belongs at `addr`.
     pub fn verifies(&self, addr: u64, data: &[u8]) -> bool {
-        if self.written {
-            self.addr == addr && self.crc == block_crc(addr, data)
+        Self::matches(self.written, self.crc, self.addr, addr, data)
+    }
+
+    /// Whether `data` is what the block held at the start of the entry's
+    /// flush epoch: content that a crash may legitimately bring back.
+    pub fn verifies_previous(&self, addr: u64, data: &[u8]) -> bool {
+        Self::matches(self.prev_written, self.prev_crc, self.addr, addr, data)
+    }
+
+    fn matches(written: bool, crc: u32, at: u64, addr: u64, data: &[u8]) -> bool {
+        if written {
+            at == addr && crc == block_crc(addr, data)
         } else {
             data.iter().all(|&b| b == 0)
         }
@@ -170,6 +234,13 @@ impl ChunkTags {
         }
     }
 
+    /// Tags with no entry known (every block about to be written afresh).
+    pub fn fresh(chunk_blocks: u32) -> Self {
+        ChunkTags {
+            entries: vec![None; chunk_blocks as usize],
+        }
+    }
+
     /// Whether any tag block was damaged.
     pub fn damaged(&self) -> bool {
         self.entries.iter().any(Option::is_none)
@@ -178,6 +249,21 @@ impl ChunkTags {
     /// Whether block `i` holding `data` is what belongs at `addr`.
     pub fn verifies(&self, i: usize, addr: u64, data: &[u8]) -> bool {
         matches!(self.entries[i], Some(e) if e.verifies(addr, data))
+    }
+
+    /// Whether block `i` holding `data` is what belongs at `addr` now or was
+    /// there at the start of its flush epoch (what a crash may leave).
+    pub fn verifies_after_crash(&self, i: usize, addr: u64, data: &[u8]) -> bool {
+        matches!(self.entries[i], Some(e) if e.verifies(addr, data) || e.verifies_previous(addr, data))
+    }
+
+    /// Sets block `i` to hold `data` at `addr`, written in flush epoch `epoch`
+    /// (a damaged entry starts afresh, with no previous content).
+    pub fn overwrite(&mut self, i: usize, epoch: u64, addr: u64, data: &[u8]) {
+        self.entries[i] = Some(match self.entries[i] {
+            Some(e) => e.overwritten(epoch, addr, data),
+            None => TagEntry::of(addr, data),
+        });
     }
 
     /// Decodes the tag blocks of a chunk (`buf` holds all of them).
@@ -194,14 +280,19 @@ impl ChunkTags {
                 BlockState::Unwritten => entries.extend((0..n).map(|_| Some(TagEntry::default()))),
                 BlockState::Corrupt => entries.extend((0..n).map(|_| None)),
                 BlockState::Valid => {
+                    let epoch = u64::from_le_bytes(blk[32..40].try_into().expect("8 bytes"));
                     for e in blk[TAG_HEADER..].chunks_exact(TAG_ENTRY).take(n) {
                         let crc = u32::from_le_bytes(e[0..4].try_into().expect("4 bytes"));
-                        let flags = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes"));
-                        let addr = u64::from_le_bytes(e[8..16].try_into().expect("8 bytes"));
+                        let prev_crc = u32::from_le_bytes(e[4..8].try_into().expect("4 bytes"));
+                        let flags = u32::from_le_bytes(e[8..12].try_into().expect("4 bytes"));
+                        let addr = u64::from_le_bytes(e[12..20].try_into().expect("8 bytes"));
                         entries.push(Some(TagEntry {
                             written: flags & FLAG_WRITTEN != 0,
                             crc,
                             addr,
+                            prev_written: flags & FLAG_PREV_WRITTEN != 0,
+                            prev_crc,
+                            epoch,
                         }));
                     }
                 }
@@ -211,8 +302,10 @@ impl ChunkTags {
         ChunkTags { entries }
     }
 
-    /// Encodes the tag blocks of a chunk; damaged entries are written as unwritten.
-    pub fn encode(&self, block_size: u32, place: TagPlace) -> Vec<u8> {
+    /// Encodes the tag blocks of a chunk as written in flush epoch `epoch`
+    /// (entries from older epochs are carried into it); damaged entries are
+    /// written as unwritten.
+    pub fn encode(&self, block_size: u32, place: TagPlace, epoch: u64) -> Vec<u8> {
         let per = tags_per_block(block_size) as usize;
         let bs = block_size as usize;
         let nblocks = self.entries.len().div_ceil(per);
@@ -222,16 +315,24 @@ impl ChunkTags {
             blk[8..16].copy_from_slice(&place.row.to_le_bytes());
             blk[16..20].copy_from_slice(&place.slot.to_le_bytes());
             blk[24..32].copy_from_slice(&place.array);
+            blk[32..40].copy_from_slice(&epoch.to_le_bytes());
             let ents = &self.entries[t * per..((t + 1) * per).min(self.entries.len())];
             for (e, dst) in ents
                 .iter()
                 .zip(blk[TAG_HEADER..].chunks_exact_mut(TAG_ENTRY))
             {
-                let e = e.unwrap_or_default();
+                let e = e.unwrap_or_default().carried_to(epoch);
                 dst[0..4].copy_from_slice(&e.crc.to_le_bytes());
-                let flags = if e.written { FLAG_WRITTEN } else { 0 };
-                dst[4..8].copy_from_slice(&flags.to_le_bytes());
-                dst[8..16].copy_from_slice(&e.addr.to_le_bytes());
+                dst[4..8].copy_from_slice(&e.prev_crc.to_le_bytes());
+                let mut flags = 0;
+                if e.written {
+                    flags |= FLAG_WRITTEN;
+                }
+                if e.prev_written {
+                    flags |= FLAG_PREV_WRITTEN;
+                }
+                dst[8..12].copy_from_slice(&flags.to_le_bytes());
+                dst[12..20].copy_from_slice(&e.addr.to_le_bytes());
             }
             let crc = crc32c::crc32c(blk);
             blk[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -321,10 +422,15 @@ mod tests {
         let data = vec![7u8; 512];
         let mut tags = ChunkTags::unwritten(40);
         tags.entries[3] = Some(TagEntry::of(1234, &data));
-        let enc = tags.encode(512, PLACE);
+        let enc = tags.encode(512, PLACE, 5);
         assert_eq!(enc.len(), 2 * 512);
         let dec = ChunkTags::decode(&enc, 512, 40, PLACE);
-        assert_eq!(dec, tags);
+        let carried: Vec<_> = tags
+            .entries
+            .iter()
+            .map(|e| e.map(|e| e.carried_to(5)))
+            .collect();
+        assert_eq!(dec.entries, carried);
         assert!(dec.verifies(3, 1234, &data));
         // Right content at the wrong address, or wrong content, fails.
         assert!(!dec.verifies(3, 1235, &data));
@@ -342,5 +448,37 @@ mod tests {
         // An all-zero tag block reads as unwritten.
         let zero = ChunkTags::decode(&vec![0; 1024], 512, 40, PLACE);
         assert_eq!(zero, ChunkTags::unwritten(40));
+    }
+
+    #[test]
+    fn previous_content_is_that_of_the_last_flush() {
+        let (a, b, c) = (vec![1u8; 512], vec![2u8; 512], vec![3u8; 512]);
+        let round =
+            |t: &ChunkTags, epoch| ChunkTags::decode(&t.encode(512, PLACE, epoch), 512, 4, PLACE);
+        // Never written: zeroes now and before.
+        let mut t = ChunkTags::unwritten(4);
+        // Epoch 7: written twice; the previous content stays "never written".
+        t.overwrite(1, 7, 100, &a);
+        t.overwrite(1, 7, 100, &b);
+        let t7 = round(&t, 7);
+        assert!(t7.verifies(1, 100, &b) && !t7.verifies(1, 100, &a));
+        assert!(t7.verifies_after_crash(1, 100, &[0; 512]));
+        assert!(!t7.verifies_after_crash(1, 100, &a), "a was never flushed");
+        // Epoch 8 (after a flush): b is the previous content now.
+        let mut t8 = t7.clone();
+        t8.overwrite(1, 8, 100, &c);
+        let t8 = round(&t8, 8);
+        assert!(t8.verifies(1, 100, &c) && !t8.verifies(1, 100, &b));
+        assert!(t8.verifies_after_crash(1, 100, &b));
+        assert!(!t8.verifies_after_crash(1, 100, &[0; 512]));
+        // Entries not written in an epoch are carried into it when their
+        // tag block is rewritten: only their current content is allowed.
+        let t9 = round(&t8, 9);
+        assert!(t9.verifies_after_crash(1, 100, &c));
+        assert!(!t9.verifies_after_crash(1, 100, &b));
+        // A rotted copy of the previous content matches nothing.
+        let mut rotted = b.clone();
+        rotted[9] ^= 0x10;
+        assert!(!t8.verifies_after_crash(1, 100, &rotted));
     }
 }

@@ -363,7 +363,11 @@ pub(crate) async fn retag(
         tags.entries[*i as usize] =
             Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, *i), data));
     }
-    let buf = Bytes::from(tags.encode(array.inner.block_size, array.place(row, slot)));
+    let buf = Bytes::from(tags.encode(
+        array.inner.block_size,
+        array.place(row, slot),
+        array.epoch(),
+    ));
     if let Err(e) = dev
         .write(lay.tag_block(row, 0), buf, WriteFlags::NONE)
         .await

@@ -198,8 +198,10 @@ mod tests {
         assert_eq!(l.tag_block(2, 0), 114);
         assert_eq!(l.capacity(), 10 * 3 * 4);
         assert_eq!(l.locate(13), (1, 0, 1));
-        assert_eq!(tags_per_block(512), 30);
+        // (512 - 40-byte header) / 20-byte entries.
+        assert_eq!(tags_per_block(512), 23);
         assert_eq!(tag_blocks_for(512, 64), 3);
+        assert_eq!(tags_per_block(4096), 202);
         assert_eq!(tag_blocks_for(4096, 64), 1);
     }
 }

@@ -9,16 +9,18 @@
 //! [`Config::checkpoint_rows`](crate::Config) rows, so a restart resumes there.
 //! The rate limit is a token bucket on the injected clock.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use blockdev::{Bytes, SharedDevice, WriteFlags};
+use futures::future::join_all;
 use tracing::{info, warn};
 
 use crate::array::{MemberState, RaidArray};
 use crate::bitmap::Bitmap;
 use crate::error::{RaidError, Result};
-use crate::integrity::{ChunkTags, TagEntry};
+use crate::integrity::ChunkTags;
 
 use crate::layout::Layout;
 use crate::parity::xor_into;
@@ -324,8 +326,11 @@ impl RaidArray {
                 // No correct copy exists: leave a damaged tag block so reads of
                 // this chunk report an error instead of returning stale data.
                 warn!(row, slot, lba, "rebuild found unrecoverable data");
-                let mut tb = ChunkTags::unwritten(lay.chunk_blocks)
-                    .encode(self.inner.block_size, self.place(row, slot));
+                let mut tb = ChunkTags::unwritten(lay.chunk_blocks).encode(
+                    self.inner.block_size,
+                    self.place(row, slot),
+                    self.epoch(),
+                );
                 tb[4] ^= 0xff;
                 if let Err(e) = dev
                     .write(lay.tag_block(row, 0), Bytes::from(tb), WriteFlags::NONE)
@@ -386,14 +391,24 @@ impl RaidArray {
         self.write_superblocks().await
     }
 
-    /// Makes parity and tags of `row` agree with its data after an unclean stop
-    /// (the data blocks are trusted: each holds its old or its new content).
-    /// With the parity member missing only the data tags are fixed; with a data
-    /// member missing nothing can be checked (the journal covers that case).
-    /// Returns whether anything was rewritten.
+    /// Makes one row of a dirty region consistent after a crash: every
+    /// block ends up holding content that was there at the last flush or was
+    /// written since, with matching tags and parity.
+    ///
+    /// Per block position, a data block is good when its tag vouches for it
+    /// now or at the start of the flush epoch (an overwrite the crash
+    /// reverted). Parity that equals the XOR of the data vouches for all of
+    /// it (rot would break the equation). Otherwise one doubtful block is
+    /// replaced by its reconstruction when its tag vouches for that; only
+    /// when no evidence decides is a block kept as it is (the unjournaled
+    /// write hole; counted in `resync_unverified` and logged). Parity is
+    /// recomputed last. With the parity member missing only the tags vouch;
+    /// with a data member missing nothing can be checked (the journal covers
+    /// that case) and the row is left alone. Returns whether anything was
+    /// rewritten.
     pub(crate) async fn resync_row(&self, lay: &Layout, row: u64) -> Result<bool> {
         let bs = self.inner.block_size as usize;
-        let c = lay.chunk_blocks;
+        let c = lay.chunk_blocks as usize;
         let pslot = lay.parity_member(row);
         let devs: Vec<Option<SharedDevice>> =
             (0..lay.members).map(|s| self.usable(s, row)).collect();
@@ -403,67 +418,124 @@ impl RaidArray {
         if missing.len() > 1 || missing.first().is_some_and(|&m| m != pslot) {
             return Ok(false);
         }
-        let mut parity = vec![0u8; c as usize * bs];
-        let mut changed = false;
-        for (s, dev) in devs.iter().enumerate() {
-            let s = s as u32;
-            let Some(dev) = dev else { continue };
-            if s == pslot {
-                continue;
+        // Chunk content and tags of every member present, data slots in
+        // data order, then parity.
+        let d = lay.data_chunks();
+        let slots: Vec<u32> = (0..d)
+            .map(|k| lay.data_member(row, k))
+            .chain(devs[pslot as usize].as_ref().map(|_| pslot))
+            .collect();
+        let reads = join_all(slots.iter().map(|&s| {
+            let dev = devs[s as usize].clone().expect("present");
+            async move {
+                let (data, tags) = tokio::join!(
+                    dev.read(lay.member_block(row, 0), lay.chunk_blocks),
+                    self.read_tags(lay, row, s, &dev)
+                );
+                (s, data, tags)
             }
-            let (data, tags) = tokio::join!(
-                dev.read(lay.member_block(row, 0), c),
-                self.read_tags(lay, row, s, dev)
-            );
-            let (data, mut tags) = match (data, tags) {
-                (Ok(d), Ok(t)) => (d, t),
+        }))
+        .await;
+        let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(slots.len());
+        let mut tags: Vec<ChunkTags> = Vec::with_capacity(slots.len());
+        for (s, data, t) in reads {
+            match (data, t) {
+                (Ok(data), Ok(t)) => {
+                    chunks.push(data.to_vec());
+                    tags.push(t);
+                }
                 (Err(e), _) | (_, Err(e)) => {
                     self.fail_member(s, &e).await;
                     return Ok(false);
                 }
-            };
-            xor_into(&mut parity, &data);
-            let mut fix = false;
-            for (i, blk) in data.chunks_exact(bs).enumerate() {
-                let addr = Self::addr_of(lay, row, s, i as u32);
-                if !tags.verifies(i, addr, blk) {
-                    tags.entries[i] = Some(TagEntry::of(addr, blk));
-                    fix = true;
-                }
-            }
-            if fix {
-                changed = true;
-                let buf = Bytes::from(tags.encode(self.inner.block_size, self.place(row, s)));
-                if let Err(e) = dev
-                    .write(lay.tag_block(row, 0), buf, WriteFlags::NONE)
-                    .await
-                {
-                    self.fail_member(s, &e).await;
-                }
             }
         }
-        let Some(pdev) = &devs[pslot as usize] else {
-            return Ok(changed);
-        };
-        let (pdata, ptags) = match tokio::join!(
-            pdev.read(lay.member_block(row, 0), c),
-            self.read_tags(lay, row, pslot, pdev)
-        ) {
-            (Ok(d), Ok(t)) => (d, t),
-            (Err(e), _) | (_, Err(e)) => {
-                self.fail_member(pslot, &e).await;
-                return Ok(changed);
+        let has_parity = slots.len() > d as usize;
+        let mut rewrite = vec![false; slots.len()];
+        for i in 0..c {
+            let r = i * bs..(i + 1) * bs;
+            let addr = |k: usize| Self::addr_of(lay, row, slots[k], i as u32);
+            let suspects: Vec<usize> = (0..d as usize)
+                .filter(|&k| !tags[k].verifies_after_crash(i, addr(k), &chunks[k][r.clone()]))
+                .collect();
+            let mut xor = vec![0u8; bs];
+            for chunk in &chunks[..d as usize] {
+                xor_into(&mut xor, &chunk[r.clone()]);
             }
-        };
-        let stale = pdata[..] != parity[..]
-            || parity
-                .chunks_exact(bs)
-                .enumerate()
-                .any(|(i, b)| !ptags.verifies(i, Self::addr_of(lay, row, pslot, i as u32), b));
-        if stale {
-            changed = true;
-            self.write_chunk_with_tags(lay, row, pslot, pdev, &parity, WriteFlags::NONE)
-                .await;
+            let parity_agrees = has_parity && chunks[d as usize][r.clone()] == xor[..];
+            if suspects.is_empty() || parity_agrees {
+                continue;
+            }
+            if let ([k], true) = (suspects.as_slice(), has_parity) {
+                // The block the parity and the other data imply.
+                let k = *k;
+                let mut rebuilt = xor;
+                xor_into(&mut rebuilt, &chunks[k][r.clone()]);
+                xor_into(&mut rebuilt, &chunks[d as usize][r.clone()]);
+                if tags[k].verifies_after_crash(i, addr(k), &rebuilt) {
+                    warn!(
+                        row,
+                        slot = slots[k],
+                        block = i,
+                        "resync: block matches no tag; restored from parity"
+                    );
+                    chunks[k][r.clone()].copy_from_slice(&rebuilt);
+                    rewrite[k] = true;
+                    self.inner.stats.repaired.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            for &k in &suspects {
+                warn!(
+                    row,
+                    slot = slots[k],
+                    block = i,
+                    "resync: block matches no tag and nothing else vouches for it; kept as it is"
+                );
+                self.inner
+                    .stats
+                    .resync_unverified
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Retag what changed or no longer matches its current tag.
+        for k in 0..d as usize {
+            let stale = (0..c).any(|i| {
+                !tags[k].verifies(
+                    i,
+                    Self::addr_of(lay, row, slots[k], i as u32),
+                    &chunks[k][i * bs..(i + 1) * bs],
+                )
+            });
+            rewrite[k] |= stale;
+        }
+        if has_parity {
+            let mut parity = vec![0u8; c * bs];
+            for chunk in &chunks[..d as usize] {
+                xor_into(&mut parity, chunk);
+            }
+            let p = d as usize;
+            let stale = chunks[p] != parity
+                || (0..c).any(|i| {
+                    !tags[p].verifies(
+                        i,
+                        Self::addr_of(lay, row, pslot, i as u32),
+                        &parity[i * bs..(i + 1) * bs],
+                    )
+                });
+            if stale {
+                chunks[p] = parity;
+                rewrite[p] = true;
+            }
+        }
+        let mut changed = false;
+        for (k, &s) in slots.iter().enumerate() {
+            if rewrite[k] {
+                changed = true;
+                let dev = devs[s as usize].clone().expect("present");
+                self.write_chunk_with_tags(lay, row, s, &dev, &chunks[k], WriteFlags::NONE)
+                    .await;
+            }
         }
         Ok(changed)
     }

@@ -169,9 +169,11 @@ impl RaidArray {
                         .collect(),
                 };
                 let mut buf = chunks[s].clone();
-                buf.extend_from_slice(
-                    &fresh.encode(self.inner.block_size, self.place(row, s as u32)),
-                );
+                buf.extend_from_slice(&fresh.encode(
+                    self.inner.block_size,
+                    self.place(row, s as u32),
+                    self.epoch(),
+                ));
                 if let Err(e) = devs[s]
                     .write(lay.member_block(row, 0), Bytes::from(buf), WriteFlags::FUA)
                     .await

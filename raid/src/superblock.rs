@@ -29,8 +29,9 @@ pub const SB_BYTES: usize = 4096;
 pub const MAX_SLOTS: usize = 64;
 /// Role of a hot spare.
 pub const SPARE: u32 = u32::MAX;
-/// Current on-disk format version.
-pub const VERSION: u32 = 1;
+/// Current on-disk format version (2: tag entries carry the previous
+/// checksum and tag blocks the flush epoch; version 1 arrays are refused).
+pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"OPIERAID";
 const SLOT_TABLE: usize = 192;
 

@@ -4,10 +4,7 @@
 //! content or one written since the last flush).
 //!
 //! Cases: `RAID_PROPTEST_CASES` per configuration (default 48; set it higher
-//! for a long run: 500 takes about 75 s of a debug build on two cores). The
-//! known failure of DESIGN.md §8 (latent rot under a lost overwrite, without
-//! the journal) is open; the model without the journal does not draw rot while
-//! unflushed writes are outstanding until it is fixed (see `Op::Rot`).
+//! for a long run: 500 takes about 75 s of a debug build on two cores).
 
 mod common;
 
@@ -347,14 +344,7 @@ impl World {
                 block,
                 bit,
             } => {
-                // Known open bug (DESIGN.md section 8): without the journal,
-                // rot under an unflushed overwrite that a crash then loses is
-                // re-tagged as good by the resync. Until the tag format keeps
-                // the previous checksum, that one combination is not drawn
-                // here (the journal model still covers it); everything else
-                // rots as before.
-                let known_bug = !self.journal && self.model.pending.iter().any(|p| !p.is_empty());
-                if !known_bug && !self.busy() && !self.reshaping().await {
+                if !self.busy() && !self.reshaping().await {
                     let lay = self.a().layout().await;
                     let slot = *slot as usize % lay.members as usize;
                     if let Some(dev) = self.device_of(slot) {
