@@ -9,7 +9,7 @@
 //! ([`Session::handle_timeout`]); take [`Action`]s out with
 //! [`Session::poll_action`] and ask [`Session::poll_timeout`] when to wake it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -131,6 +131,13 @@ pub struct Session {
     stat_sn: u32,
     tasks: HashMap<u32, Task>,
     pending: BTreeMap<u32, InPdu>,
+    /// CmdSNs inside the window that an ABORT TASK retired before their
+    /// command arrived (RFC 7143 11.5.1 b): when ExpCmdSN reaches one it
+    /// steps over it, and the command, should it come, is discarded. Only
+    /// CmdSNs in `[ExpCmdSN, MaxCmdSN]` are ever inserted and each leaves as
+    /// ExpCmdSN passes it, so the set never holds more than the window
+    /// (`queue_depth`) whatever the initiator sends.
+    retired: BTreeSet<u32>,
     actions: VecDeque<Action>,
     next_ttt: u32,
     last_rx: Instant,
@@ -164,6 +171,7 @@ impl Session {
             stat_sn: est.stat_sn,
             tasks: HashMap::new(),
             pending: BTreeMap::new(),
+            retired: BTreeSet::new(),
             actions: VecDeque::new(),
             next_ttt: 1,
             last_rx: now,
@@ -351,6 +359,7 @@ impl Session {
             if let Bhs::ScsiCommand(c) = bhs {
                 if !c.immediate && c.cmd_sn == self.exp_cmd_sn {
                     self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                    self.catch_up();
                 }
             }
             return;
@@ -380,16 +389,22 @@ impl Session {
                 immediate, cmd_sn, ..
             }) => {
                 if immediate {
+                    // An immediate command carries the CmdSN of the next
+                    // non-immediate one without consuming it (RFC 7143
+                    // 4.2.2.1), so it runs even when that CmdSN is retired:
+                    // retirement is about the non-immediate command that
+                    // owns the number.
                     self.command(bhs, pdu);
+                    // An immediate ABORT TASK may have moved ExpCmdSN.
+                    self.catch_up();
                 } else if cmd_sn == self.exp_cmd_sn {
                     self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
                     self.command(bhs, pdu);
-                    while let Some(next) = self.pending.remove(&self.exp_cmd_sn) {
-                        self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-                        if let Ok(b) = next.bhs {
-                            self.command(b, next);
-                        }
-                    }
+                    self.catch_up();
+                } else if self.retired.contains(&cmd_sn) {
+                    // Aborted before it arrived (RFC 7143 11.5.1 b): the
+                    // initiator already has "function complete" for it.
+                    tracing::debug!(cmd_sn, "command with a retired CmdSN: discarded");
                 } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn, cmd_sn) {
                     // Inside the window but early: hold it until the gap fills.
                     self.pending.insert(cmd_sn, pdu);
@@ -406,6 +421,67 @@ impl Session {
             Bhs::LoginRequest(_) => self.reject(&pdu.raw, reject::PROTOCOL_ERROR),
             // Target-to-initiator opcodes.
             _ => self.reject(&pdu.raw, reject::PROTOCOL_ERROR),
+        }
+    }
+
+    /// Moves ExpCmdSN over what is ready at it: commands held until their
+    /// turn run, retired CmdSNs are stepped over.
+    fn catch_up(&mut self) {
+        loop {
+            if self.retired.remove(&self.exp_cmd_sn) {
+                self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+                continue;
+            }
+            let Some(next) = self.pending.remove(&self.exp_cmd_sn) else {
+                return;
+            };
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            if let Ok(b) = next.bhs {
+                self.command(b, next);
+            }
+        }
+    }
+
+    /// ABORT TASK for a tag with no task in progress (RFC 7143 11.5.1):
+    /// the response code, after retiring the CmdSN when case b) applies.
+    fn abort_unknown_task(&mut self, t: &TmfRequest, tag: u32) -> u8 {
+        // Received but held behind a CmdSN gap: it never reached SCSI, so it
+        // is aborted here by dropping it and retiring its CmdSN.
+        let held = self.pending.iter().find_map(|(sn, p)| match &p.bhs {
+            Ok(Bhs::ScsiCommand(c)) if c.itt == tag => Some(*sn),
+            _ => None,
+        });
+        if let Some(sn) = held {
+            self.pending.remove(&sn);
+            self.retire(sn);
+            return tmf::response::COMPLETE;
+        }
+        // b) Not seen, but RefCmdSN is in the window, has not arrived, and
+        // is below the request's own CmdSN (so the initiator did send that
+        // command before the TMF): consider it received. The last condition
+        // also keeps an immediate task out: it carries the CmdSN of the next
+        // non-immediate command, which the TMF carries as well, and retiring
+        // it would discard an unrelated command.
+        let r = t.ref_cmd_sn;
+        let in_window = !sn_lt(r, self.exp_cmd_sn) && !sn_lt(self.max_cmd_sn, r);
+        if in_window && sn_lt(r, t.cmd_sn) && !self.pending.contains_key(&r) {
+            self.retire(r);
+            return tmf::response::COMPLETE;
+        }
+        // c) RefCmdSN outside the window: the task was received and
+        // answered already (or never sent); it does not exist.
+        tmf::response::TASK_DOES_NOT_EXIST
+    }
+
+    /// Marks an in-window CmdSN as processed without a command. ExpCmdSN
+    /// steps over it at once if it was next (so the TMF response shows the
+    /// new window); commands held behind it run from [`Session::catch_up`]
+    /// once the TMF is answered, never from inside another command.
+    fn retire(&mut self, sn: u32) {
+        tracing::debug!(cmd_sn = sn, "CmdSN retired by ABORT TASK");
+        self.retired.insert(sn);
+        while self.retired.remove(&self.exp_cmd_sn) {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
         }
     }
 
@@ -763,14 +839,8 @@ impl Session {
         let victims: Vec<u32> = match function {
             TmfFunction::AbortTask { tag } => {
                 if !self.tasks.contains_key(&tag) {
-                    // RFC 7143 11.5.1 c): a task received and already
-                    // answered (RefCmdSN below ExpCmdSN, outside the window),
-                    // or one never seen, does not exist. (Case b), a RefCmdSN
-                    // inside the window that has not arrived yet, would call
-                    // for "function complete" and retiring that CmdSN; with
-                    // one connection per session TCP delivers the command
-                    // before the TMF, so it is answered the same way.)
-                    self.tmf_reply(t.itt, tmf::response::TASK_DOES_NOT_EXIST);
+                    let code = self.abort_unknown_task(&t, tag);
+                    self.tmf_reply(t.itt, code);
                     return;
                 }
                 vec![tag]
@@ -1409,6 +1479,149 @@ mod tests {
         assert_eq!(s.active_tasks(), 0);
     }
 
+    /// An immediate ABORT TASK (function 1) for `rtt` at `ref_cmd_sn`,
+    /// sent when the initiator's next CmdSN is `cmd_sn`.
+    fn abort_task(itt: u32, rtt: u32, ref_cmd_sn: u32, cmd_sn: u32) -> Bhs {
+        Bhs::TmfRequest(TmfRequest {
+            immediate: true,
+            function: 1,
+            lun: 0,
+            itt,
+            rtt,
+            cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn,
+            exp_data_sn: 0,
+        })
+    }
+
+    /// The ITTs of the commands handed to SCSI and the TMF responses sent.
+    fn executed_and_tmf(s: &mut Session) -> (Vec<u32>, Vec<(u32, u8)>) {
+        let (sent, acts) = drain(s);
+        let executed = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Execute { itt, .. } => Some(*itt),
+                _ => None,
+            })
+            .collect();
+        let tmfs = sent
+            .iter()
+            .filter_map(|b| match b {
+                Bhs::TmfResponse(r) => Some((r.itt, r.response)),
+                _ => None,
+            })
+            .collect();
+        (executed, tmfs)
+    }
+
+    #[test]
+    fn abort_of_a_command_not_yet_arrived_retires_its_cmd_sn() {
+        let t = Instant::now();
+        let mut s = session(t); // ExpCmdSN 10, MaxCmdSN 17
+                                // The initiator sent 10 (ITT 1), 11 (ITT 2), 12 (ITT 3); none has
+                                // arrived when it aborts ITT 2 (RefCmdSN 11) with its next CmdSN 13.
+        s.handle_pdu(pdu(abort_task(50, 2, 11, 13), &[]), t);
+        let (executed, tmfs) = executed_and_tmf(&mut s);
+        assert!(executed.is_empty());
+        assert_eq!(tmfs, vec![(50, tmf::response::COMPLETE)]);
+        assert_eq!(s.window().0, 10);
+        // The aborted command arrives late: not executed, not held, no answer.
+        s.handle_pdu(pdu(cmd(2, 11, 0x28, 512, true, false, true), &[]), t);
+        let (sent, acts) = drain(&mut s);
+        assert!(sent.is_empty() && acts.is_empty(), "{sent:?} {acts:?}");
+        assert_eq!(s.held_commands(), 0);
+        // 12 waits for 10 only; once 10 arrives both run, stepping over 11.
+        s.handle_pdu(pdu(cmd(3, 12, 0x28, 512, true, false, true), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, Vec::<u32>::new());
+        s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![1, 3]);
+        assert_eq!(s.window().0, 13);
+        assert!(s.retired.is_empty());
+        // The window goes on as usual.
+        s.handle_pdu(pdu(cmd(4, 13, 0x28, 512, true, false, true), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![4]);
+    }
+
+    #[test]
+    fn abort_at_exp_cmd_sn_moves_the_window_and_releases_held_commands() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // 11 arrived early and is held behind 10, which is then aborted.
+        s.handle_pdu(pdu(cmd(2, 11, 0x28, 512, true, false, true), &[]), t);
+        assert_eq!(s.held_commands(), 1);
+        s.handle_pdu(pdu(abort_task(50, 1, 10, 12), &[]), t);
+        let (sent, acts) = drain(&mut s);
+        let [Bhs::TmfResponse(r), ..] = sent[..] else {
+            panic!("{sent:?}")
+        };
+        // Function complete, and its ExpCmdSN already counts 10 as done.
+        assert_eq!((r.itt, r.response, r.sns.exp_cmd_sn), (50, 0, 11));
+        assert!(matches!(acts[..], [Action::Execute { itt: 2, .. }]));
+        assert_eq!(s.window().0, 12);
+        // 10 arriving now is below the window: ignored.
+        s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
+        let (sent, acts) = drain(&mut s);
+        assert!(sent.is_empty() && acts.is_empty());
+    }
+
+    #[test]
+    fn abort_of_a_held_command_drops_it_unexecuted() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(cmd(2, 11, 0x28, 512, true, false, true), &[]), t);
+        s.handle_pdu(pdu(cmd(3, 12, 0x28, 512, true, false, true), &[]), t);
+        s.handle_pdu(pdu(abort_task(50, 2, 11, 13), &[]), t);
+        let (executed, tmfs) = executed_and_tmf(&mut s);
+        assert!(executed.is_empty());
+        assert_eq!(tmfs, vec![(50, tmf::response::COMPLETE)]);
+        assert_eq!(s.held_commands(), 1);
+        s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![1, 3]);
+        assert_eq!(s.window().0, 13);
+    }
+
+    #[test]
+    fn abort_of_an_unknown_task_outside_the_window_does_not_exist() {
+        let t = Instant::now();
+        let mut s = session(t); // window [10, 17]
+        let dne = tmf::response::TASK_DOES_NOT_EXIST;
+        // Below ExpCmdSN (answered long ago) and beyond MaxCmdSN.
+        s.handle_pdu(pdu(abort_task(50, 2, 9, 10), &[]), t);
+        s.handle_pdu(pdu(abort_task(51, 2, 18, 19), &[]), t);
+        // In the window but not below the request's own CmdSN: the initiator
+        // has not sent that command (or it was an immediate one).
+        s.handle_pdu(pdu(abort_task(52, 2, 10, 10), &[]), t);
+        let (executed, tmfs) = executed_and_tmf(&mut s);
+        assert!(executed.is_empty());
+        assert_eq!(tmfs, vec![(50, dne), (51, dne), (52, dne)]);
+        assert!(s.retired.is_empty());
+        // Nothing was retired: 10 still runs.
+        s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![1]);
+        // A RefCmdSN that arrived under another tag names no task either.
+        s.handle_pdu(pdu(cmd(3, 12, 0x28, 512, true, false, true), &[]), t);
+        s.handle_pdu(pdu(abort_task(53, 9, 12, 13), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).1, vec![(53, dne)]);
+        assert_eq!(s.held_commands(), 1);
+    }
+
+    #[test]
+    fn immediate_commands_run_even_at_a_retired_cmd_sn() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(abort_task(50, 2, 11, 12), &[]), t);
+        drain(&mut s);
+        // An immediate command carries the next CmdSN without using it.
+        let Bhs::ScsiCommand(mut c) = cmd(7, 11, 0x28, 512, true, false, true) else {
+            unreachable!()
+        };
+        c.immediate = true;
+        s.handle_pdu(pdu(Bhs::ScsiCommand(c), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![7]);
+        assert_eq!(s.window().0, 10);
+    }
+
     #[test]
     fn logout_waits_for_running_tasks() {
         let t = Instant::now();
@@ -1516,6 +1729,7 @@ mod tests {
                 raw.copy_from_slice(&h);
                 let p = InPdu { raw, bhs: Bhs::decode(&raw), ahs: Bytes::new(), data: Bytes::from(d), data_digest_error: false };
                 s.handle_pdu(p, t);
+                prop_assert!(s.retired.len() <= 8);
                 while let Some(a) = s.poll_action() {
                     if let Action::Execute { itt, .. } = a {
                         s.complete(itt, Response { status: 0, sense: None, data_in: Bytes::from(vec![0u8; i * 100]), data_in_file: None }, Some(512));
