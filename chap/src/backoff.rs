@@ -137,6 +137,14 @@ impl LoginBackoff {
         &self.config
     }
 
+    /// Replaces the tuning (e.g. on a config reload). Every source keeps its
+    /// failure count, logins in flight and next admission time, so a reload
+    /// does not forgive an attacker; the new settings apply from the next
+    /// admission, failure or decay on.
+    pub fn set_config(&mut self, config: BackoffConfig) {
+        self.config = config;
+    }
+
     /// A new login from `source` arrived at `now`: whether and when it may be
     /// processed. A [`Admission::Proceed`] must be paired with one
     /// [`LoginBackoff::finish`] once the login is over, whatever its outcome.

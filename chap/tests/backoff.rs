@@ -177,6 +177,36 @@ fn success_resets_and_quiet_time_decays() {
 }
 
 #[test]
+fn new_settings_keep_each_source_history() {
+    let mut b = LoginBackoff::new(cfg());
+    let now = Instant::now();
+    let (attacker, busy) = (ip("192.0.2.7"), ip("192.0.2.8"));
+    for _ in 0..3 {
+        b.record_failure(attacker, now);
+    }
+    for _ in 0..3 {
+        go(b.admit(busy, now));
+    }
+    b.set_config(BackoffConfig {
+        cap: 150 * MS,
+        max_in_flight: 2,
+        ..cfg()
+    });
+    assert_eq!(b.config().cap, 150 * MS);
+    // Three failures are remembered: the fourth is held at 200 ms capped to
+    // the new 150 ms, not let through as a first failure.
+    assert_eq!(b.failures(attacker, now), 3);
+    assert_eq!(b.record_failure(attacker, now), 150 * MS);
+    // Three logins still in flight against the new limit of two: a new one
+    // waits until two of them finish.
+    assert!(matches!(b.admit(busy, now), Admission::Retry(_)));
+    b.finish(busy);
+    assert!(matches!(b.admit(busy, now), Admission::Retry(_)));
+    b.finish(busy);
+    go(b.admit(busy, now));
+}
+
+#[test]
 fn ipv6_sources_are_grouped_by_slash_64_and_mapped_v4_by_address() {
     let mut b = LoginBackoff::new(cfg());
     let now = Instant::now();
