@@ -388,6 +388,29 @@ fn backoff_slows_one_source_only() {
     assert_no_secret(&s.daemon.log_text());
 }
 
+/// Opens a login to `one` from `src` and sends its first step (no CHAP
+/// answer yet), without reading the reply.
+fn first_login_step(src: IpAddr, dst: SocketAddr) -> TcpStream {
+    let mut c = connect_from(src, dst).unwrap();
+    let keys = [
+        ("InitiatorName", ALICE.to_string()),
+        ("SessionType", "Normal".to_string()),
+        ("TargetName", iqn("one")),
+        ("AuthMethod", "CHAP".to_string()),
+    ];
+    login_pdu(&mut c, false, 1, &keys).unwrap();
+    c
+}
+
+/// A login from `src` that the target admitted (it answered the first step)
+/// and that then stalls, occupying one of the source's logins in flight.
+fn stalled_login(src: IpAddr, dst: SocketAddr) -> TcpStream {
+    let mut c = first_login_step(src, dst);
+    let (class, ..) = login_resp(&mut c).unwrap();
+    assert_eq!(class, 0, "first login step refused");
+    c
+}
+
 #[test]
 fn parallel_logins_from_one_source_are_taken_a_few_at_a_time() {
     // Two logins per source at a time. Two logins from 127.0.0.1 stalled
@@ -396,22 +419,8 @@ fn parallel_logins_from_one_source_are_taken_a_few_at_a_time() {
     let s = start("[auth.backoff]\nmax_in_flight = 2\n");
     let busy: IpAddr = "127.0.0.1".parse().unwrap();
     let other: IpAddr = "127.0.0.2".parse().unwrap();
-    let stalled = || {
-        let mut c = connect_from(busy, s.addr).unwrap();
-        let keys = [
-            ("InitiatorName", ALICE.to_string()),
-            ("SessionType", "Normal".to_string()),
-            ("TargetName", iqn("one")),
-            ("AuthMethod", "CHAP".to_string()),
-        ];
-        login_pdu(&mut c, false, 1, &keys).unwrap();
-        // An answer means the target admitted this login.
-        let (class, ..) = login_resp(&mut c).unwrap();
-        assert_eq!(class, 0, "first login step refused");
-        c
-    };
-    let idle1 = stalled();
-    let idle2 = stalled();
+    let idle1 = stalled_login(busy, s.addr);
+    let idle2 = stalled_login(busy, s.addr);
     let (addr, target) = (s.addr, iqn("one"));
     let t = target.clone();
     let queued = std::thread::spawn(move || {
@@ -455,4 +464,98 @@ fn open_secrets_file_is_refused_with_strict_secrets() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("secrets"), "{err}");
     assert!(!err.contains(SECRET));
+}
+
+/// Polls the daemon's log until it holds `what` (or fails after a deadline).
+fn await_log(d: &Daemon, what: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = d.log_text();
+        if log.contains(what) {
+            return log;
+        }
+        assert!(Instant::now() < end, "no {what:?} in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_applies_new_backoff_settings_and_keeps_failure_history() {
+    let backoff = |base: &str, cap: &str, max_in_flight: u32| {
+        format!(
+            "[auth.backoff]\nfree_failures = 2\nbase = \"{base}\"\ncap = \"{cap}\"\nmax_in_flight = {max_in_flight}\n"
+        )
+    };
+    let before = backoff("10ms", "10ms", 2);
+    let s = start(&before);
+    let reload = |section: &str| {
+        let path = s.dir.join("isu.toml");
+        let cfg = std::fs::read_to_string(&path).unwrap();
+        let current = cfg
+            .lines()
+            .skip_while(|l| *l != "[auth.backoff]")
+            .take(5)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+        std::fs::write(&path, cfg.replace(&current, section)).unwrap();
+        s.daemon.signal(libc::SIGHUP);
+    };
+    let (busy, attacker): (IpAddr, IpAddr) =
+        ("127.0.0.1".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    // Two failures: still free, but counted.
+    for _ in 0..2 {
+        assert_eq!(
+            chap_login(attacker, s.addr, ALICE, &iqn("one"), WRONG),
+            (2, 1)
+        );
+    }
+
+    // An invalid file (cap below base) is refused as a whole: the old limit
+    // of two logins in flight stays, as both stalled logins are answered.
+    reload(&backoff("1500ms", "10ms", 1));
+    await_log(&s.daemon, "config refused");
+    let idle1 = stalled_login(busy, s.addr);
+    let idle2 = stalled_login(busy, s.addr);
+
+    // A valid one applies: one login in flight, base and cap 1.5 s.
+    reload(&backoff("1500ms", "1500ms", 1));
+    let log = await_log(&s.daemon, "backoff settings changed");
+    assert!(
+        log.contains("cap 10ms -> 1.5s") && log.contains("max_in_flight 2 -> 1"),
+        "{log}"
+    );
+    // The two logins in flight still count: with one of them gone the new
+    // limit of one still holds a third back (the old limit of two would
+    // admit it); with both gone it is answered.
+    let mut third = first_login_step(busy, s.addr);
+    drop(idle1);
+    third
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let early = login_resp(&mut third);
+    assert!(
+        early.is_err(),
+        "a login was admitted beyond the reloaded max_in_flight: {early:?}"
+    );
+    drop(idle2);
+    third
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let (class, ..) = login_resp(&mut third).expect("held-back login never admitted");
+    assert_eq!(class, 0);
+    drop(third);
+
+    // The attacker's two failures survived the reload: the third is past
+    // free_failures and held back by the new base (capped at 1.5 s).
+    let t0 = Instant::now();
+    assert_eq!(
+        chap_login(attacker, s.addr, ALICE, &iqn("one"), WRONG),
+        (2, 1)
+    );
+    let held = t0.elapsed();
+    assert!(
+        held >= Duration::from_millis(1500),
+        "third failure after the reload answered in {held:?}"
+    );
+    assert_no_secret(&s.daemon.log_text());
 }

@@ -255,30 +255,73 @@ async fn shutdown_signal(
 }
 
 /// On each SIGHUP, re-reads the config file (with the same command-line
-/// overrides) and the secrets file and installs the new access policy. Only the access policy (auth, initiators, sources, secrets,
-/// algorithms, portal allow-lists) changes at run time; a bad file is logged
-/// and the old policy stays.
+/// overrides) and the secrets file and installs the new access policy (auth,
+/// initiators, sources, secrets, algorithms, portal allow-lists) and login
+/// backoff settings (`[auth.backoff]`; each source's failure history is
+/// kept). Nothing else changes at run time. A file that does not load or
+/// whose policy does not build is refused as a whole: it is logged and the
+/// old policy and backoff settings both stay.
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     cfg: IsuConfig,
     handle: target_iscsi::server::AccessHandle,
 ) {
     while hup.recv().await.is_some() {
-        let new = match IsuConfig::load(&cfg.source, &cfg.overrides) {
-            Ok(c) => c,
+        let loaded = IsuConfig::load(&cfg.source, &cfg.overrides)
+            .map_err(|e| e.to_string())
+            .and_then(|new| {
+                let policy = access::build(&new).map_err(|e| e.to_string())?;
+                Ok((new, policy))
+            });
+        let (new, policy) = match loaded {
+            Ok(v) => v,
             Err(e) => {
-                warn!("SIGHUP: {e}; keeping the current access policy");
+                warn!("SIGHUP: {e}; config refused, keeping the current access policy and backoff settings");
                 continue;
             }
         };
-        match access::build(&new) {
-            Ok(a) => {
-                handle.set(a);
-                info!(config = %cfg.source.display(), "SIGHUP: access policy reloaded for new logins; established sessions stay");
-            }
-            Err(e) => warn!("SIGHUP: {e}; keeping the current access policy"),
+        handle.set(policy);
+        let old = handle.set_backoff(new.auth.backoff.clone());
+        let changes = backoff_changes(&old, &new.auth.backoff);
+        if changes.is_empty() {
+            info!(config = %cfg.source.display(), "SIGHUP: access policy reloaded for new logins; established sessions stay; backoff settings unchanged");
+        } else {
+            info!(config = %cfg.source.display(), backoff = %changes.join(", "), "SIGHUP: access policy reloaded for new logins; established sessions stay; backoff settings changed (failure history kept)");
         }
     }
+}
+
+/// The `[auth.backoff]` settings that differ, as `name old -> new`.
+fn backoff_changes(old: &chap::BackoffConfig, new: &chap::BackoffConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name} {a} -> {b}"));
+        }
+    };
+    diff(
+        "free_failures",
+        old.free_failures.to_string(),
+        new.free_failures.to_string(),
+    );
+    diff("base", format!("{:?}", old.base), format!("{:?}", new.base));
+    diff("cap", format!("{:?}", old.cap), format!("{:?}", new.cap));
+    diff(
+        "quiet",
+        format!("{:?}", old.quiet),
+        format!("{:?}", new.quiet),
+    );
+    diff(
+        "max_in_flight",
+        old.max_in_flight.to_string(),
+        new.max_in_flight.to_string(),
+    );
+    diff(
+        "max_sources",
+        old.max_sources.to_string(),
+        new.max_sources.to_string(),
+    );
+    out
 }
 
 /// Runs the ISU until SIGTERM/SIGINT, then drains and flushes.
@@ -330,4 +373,26 @@ pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
     }
     info!("all sessions drained and every disk flushed; exiting");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_changes;
+    use chap::BackoffConfig;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_changes_name_only_what_differs() {
+        let old = BackoffConfig::default();
+        assert!(backoff_changes(&old, &old).is_empty());
+        let new = BackoffConfig {
+            cap: Duration::from_secs(2),
+            max_in_flight: 1,
+            ..old.clone()
+        };
+        assert_eq!(
+            backoff_changes(&old, &new),
+            ["cap 16s -> 2s", "max_in_flight 16 -> 1"]
+        );
+    }
 }

@@ -121,8 +121,8 @@ pub enum ServerError {
     },
 }
 
-/// Replaces the access policy of a running [`Server`]: new logins use the
-/// new policy, established sessions stay.
+/// Replaces the access policy and the login backoff settings of a running
+/// [`Server`]: new logins use the new policy, established sessions stay.
 #[derive(Clone)]
 pub struct AccessHandle(Arc<Registry>);
 
@@ -136,6 +136,16 @@ impl AccessHandle {
     /// Installs `access` for every login that starts from now on.
     pub fn set(&self, access: Access) {
         self.0.set_access(access);
+    }
+
+    /// Installs new login backoff settings and returns the ones they
+    /// replace. The failures, logins in flight and admission times already
+    /// recorded per source are kept: a reload forgives no attacker.
+    pub fn set_backoff(&self, backoff: BackoffConfig) -> BackoffConfig {
+        let mut b = self.0.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let old = b.config().clone();
+        b.set_config(backoff);
+        old
     }
 }
 
