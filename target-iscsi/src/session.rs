@@ -131,9 +131,10 @@ pub struct Session {
     stat_sn: u32,
     tasks: HashMap<u32, Task>,
     pending: BTreeMap<u32, InPdu>,
-    /// CmdSNs inside the window that an ABORT TASK retired before their
-    /// command arrived (RFC 7143 11.5.1 b): when ExpCmdSN reaches one it
-    /// steps over it, and the command, should it come, is discarded. Only
+    /// CmdSNs inside the window that task management retired before their
+    /// command ran (RFC 7143 11.5.1 b, or a held command that a task set
+    /// function dropped): when ExpCmdSN reaches one it steps over it, and
+    /// the command, should it come, is discarded. Only
     /// CmdSNs in `[ExpCmdSN, MaxCmdSN]` are ever inserted and each leaves as
     /// ExpCmdSN passes it, so the set never holds more than the window
     /// (`queue_depth`) whatever the initiator sends.
@@ -473,12 +474,73 @@ impl Session {
         tmf::response::TASK_DOES_NOT_EXIST
     }
 
+    /// Drops the held commands (received, but waiting behind a CmdSN gap)
+    /// that a task set function covers, retiring their CmdSNs so the
+    /// window does not stall on them.
+    ///
+    /// Covered are the commands the initiator sent before the request, so
+    /// CmdSN below the request's own: a non-immediate request runs only at
+    /// its turn, when every held command is a later one (a new task), and an
+    /// immediate one carries the next CmdSN the initiator will use (RFC 7143
+    /// 4.2.2.1). ABORT TASK SET covers this I_T nexus's tasks on the LUN,
+    /// CLEAR TASK SET and LUN RESET every task on the LUN, a target reset
+    /// every task (the affected tasks of RFC 7143 4.2.3.2); this session's
+    /// held commands are all of this nexus, so the three drop the same here
+    /// (other sessions' tasks are the SCSI layer's). A target reset drops
+    /// them all and also plugs the gaps below the request: the commands not
+    /// yet received "can be considered to have been received" (RFC 7143
+    /// 4.2.3.3, standard multi-task abort semantics), so one that arrives
+    /// late is discarded as retired.
+    ///
+    /// A dropped command never reached SCSI and gets no response: the
+    /// initiator that issued the function considers its own affected tasks
+    /// terminated by the function response (SAM-5, aborting commands: a
+    /// command aborted by a function of its own I_T nexus ends without
+    /// status; TAS "command aborted" status goes to other nexuses only), and
+    /// RFC 7143 11.5.1 bars any response to an affected task after the
+    /// function response.
+    ///
+    /// Not done here: RFC 7143 4.2.3.3 also has the target wait for the
+    /// commands still missing below the request before acting on a LUN
+    /// scoped function; a command filling such a gap late still runs.
+    fn drop_held_commands(&mut self, t: &TmfRequest, function: TmfFunction, lun: u64) {
+        let all_luns = match function {
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LunReset => false,
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => true,
+            TmfFunction::AbortTask { .. } | TmfFunction::ClearAca => return,
+        };
+        let covered: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(sn, p)| {
+                sn_lt(**sn, t.cmd_sn)
+                    && matches!(&p.bhs, Ok(Bhs::ScsiCommand(c))
+                        if all_luns || decode_lun(c.lun) == lun)
+            })
+            .map(|(sn, _)| *sn)
+            .collect();
+        for sn in covered {
+            tracing::debug!(cmd_sn = sn, ?function, "held command dropped");
+            self.pending.remove(&sn);
+            self.retire(sn);
+        }
+        if all_luns {
+            let mut sn = self.exp_cmd_sn;
+            while sn_lt(sn, t.cmd_sn) && !sn_lt(self.max_cmd_sn, sn) {
+                if !self.pending.contains_key(&sn) {
+                    self.retire(sn);
+                }
+                sn = sn.wrapping_add(1);
+            }
+        }
+    }
+
     /// Marks an in-window CmdSN as processed without a command. ExpCmdSN
     /// steps over it at once if it was next (so the TMF response shows the
     /// new window); commands held behind it run from [`Session::catch_up`]
     /// once the TMF is answered, never from inside another command.
     fn retire(&mut self, sn: u32) {
-        tracing::debug!(cmd_sn = sn, "CmdSN retired by ABORT TASK");
+        tracing::debug!(cmd_sn = sn, "CmdSN retired by task management");
         self.retired.insert(sn);
         while self.retired.remove(&self.exp_cmd_sn) {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
@@ -860,6 +922,7 @@ impl Session {
             self.tasks.remove(v);
         }
         // Commands queued behind a gap that the function covers go too.
+        self.drop_held_commands(&t, function, lun);
         if !victims.is_empty() {
             self.actions.push_back(Action::Abort { itts: victims });
         }
@@ -1579,6 +1642,133 @@ mod tests {
         s.handle_pdu(pdu(cmd(1, 10, 0x28, 512, true, false, true), &[]), t);
         assert_eq!(executed_and_tmf(&mut s).0, vec![1, 3]);
         assert_eq!(s.window().0, 13);
+    }
+
+    /// A READ(10) on `lun` at `cmd_sn`.
+    fn read_on(itt: u32, cmd_sn: u32, lun: u64) -> Bhs {
+        let Bhs::ScsiCommand(mut c) = cmd(itt, cmd_sn, 0x28, 512, true, false, true) else {
+            unreachable!()
+        };
+        c.lun = crate::pdu::encode_lun(lun);
+        Bhs::ScsiCommand(c)
+    }
+
+    /// A task management request for `lun`; `cmd_sn` is its own CmdSN (the
+    /// initiator's next one when `immediate`).
+    fn task_set_tmf(itt: u32, function: u8, lun: u64, cmd_sn: u32, immediate: bool) -> Bhs {
+        Bhs::TmfRequest(TmfRequest {
+            immediate,
+            function,
+            lun: crate::pdu::encode_lun(lun),
+            itt,
+            rtt: RESERVED_TAG,
+            cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn: 0,
+            exp_data_sn: 0,
+        })
+    }
+
+    /// The initiator sent 10 (LUN 0), 11 (LUN 0), 12 (LUN 1), then an
+    /// immediate `function` for LUN 0 with its next CmdSN 13; 10 is lost in
+    /// the network for now, so 11 and 12 are held. The function drops 11
+    /// unexecuted and retires its CmdSN; 12 survives and runs once 10 fills
+    /// the gap, and the window goes on past 11.
+    fn task_set_function_drops_held_commands_on_its_lun(function: u8, sam: TmfFunction) {
+        let t = Instant::now();
+        let mut s = session(t); // window [10, 17]
+        s.handle_pdu(pdu(read_on(2, 11, 0), &[]), t);
+        s.handle_pdu(pdu(read_on(3, 12, 1), &[]), t);
+        assert_eq!(s.held_commands(), 2);
+        s.handle_pdu(pdu(task_set_tmf(50, function, 0, 13, true), &[]), t);
+        let (_, acts) = drain(&mut s);
+        assert!(
+            matches!(&acts[..], [Action::TaskManagement { itt: 50, lun: 0, function }] if *function == sam),
+            "{acts:?}"
+        );
+        assert_eq!(s.held_commands(), 1);
+        s.tmf_done(50, TmfOutcome::Complete);
+        assert_eq!(
+            executed_and_tmf(&mut s),
+            (vec![], vec![(50, tmf::response::COMPLETE)])
+        );
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![1, 3]);
+        assert_eq!(s.window().0, 13);
+        assert!(s.retired.is_empty());
+        // A retransmission of the dropped command is below the window now.
+        s.handle_pdu(pdu(read_on(2, 11, 0), &[]), t);
+        s.handle_pdu(pdu(read_on(4, 13, 0), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![4]);
+    }
+
+    #[test]
+    fn lun_reset_drops_held_commands_of_its_lun() {
+        task_set_function_drops_held_commands_on_its_lun(5, TmfFunction::LunReset);
+    }
+
+    #[test]
+    fn abort_task_set_drops_held_commands_of_its_lun() {
+        task_set_function_drops_held_commands_on_its_lun(2, TmfFunction::AbortTaskSet);
+    }
+
+    #[test]
+    fn clear_task_set_drops_held_commands_of_its_lun() {
+        task_set_function_drops_held_commands_on_its_lun(4, TmfFunction::ClearTaskSet);
+    }
+
+    #[test]
+    fn a_task_set_function_spares_commands_sent_after_it() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // A non-immediate LUN RESET at 11 runs in its turn; 12 on the same
+        // LUN was sent after it, so it is a new task and runs after it.
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 11, false), &[]), t);
+        s.handle_pdu(pdu(read_on(2, 12, 0), &[]), t);
+        assert_eq!(s.held_commands(), 2);
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        let (_, acts) = drain(&mut s);
+        assert!(
+            matches!(
+                &acts[..],
+                [
+                    Action::Execute { itt: 1, .. },
+                    Action::Abort { itts },
+                    Action::TaskManagement { itt: 50, .. },
+                    Action::Execute { itt: 2, .. },
+                ] if itts == &vec![1]
+            ),
+            "{acts:?}"
+        );
+        assert_eq!(s.window().0, 13);
+    }
+
+    #[test]
+    fn target_reset_drops_every_held_command_and_plugs_the_gaps_below_it() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // 10 (LUN 0) not yet arrived, 11 (LUN 1) held; an immediate TARGET
+        // WARM RESET with next CmdSN 12.
+        s.handle_pdu(pdu(read_on(2, 11, 1), &[]), t);
+        s.handle_pdu(pdu(task_set_tmf(50, 6, 0, 12, true), &[]), t);
+        let (_, acts) = drain(&mut s);
+        assert!(
+            matches!(
+                &acts[..],
+                [Action::TaskManagement {
+                    itt: 50,
+                    function: TmfFunction::TargetWarmReset,
+                    ..
+                }]
+            ),
+            "{acts:?}"
+        );
+        assert_eq!(s.held_commands(), 0);
+        assert_eq!(s.window().0, 12);
+        // 10 arriving late is discarded: the reset covered it.
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        s.handle_pdu(pdu(read_on(3, 12, 0), &[]), t);
+        assert_eq!(executed_and_tmf(&mut s).0, vec![3]);
     }
 
     #[test]
