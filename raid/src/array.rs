@@ -1102,6 +1102,8 @@ impl RaidArray {
         };
 
         let flags = WriteFlags { fua };
+        // One flush epoch for all the row's tags.
+        let epoch = self.epoch();
         let mut writes = Vec::new();
         for k in 0..d {
             if !touched[k as usize] {
@@ -1117,7 +1119,6 @@ impl RaidArray {
             } else {
                 self.tags_for_update(lay, row, slot, &dev).await?
             };
-            let epoch = self.epoch();
             for (i, b) in blocks.iter().enumerate() {
                 if let Some(b) = b {
                     tags.overwrite(i, epoch, lay.lba_of(row, k, i as u32), b);
@@ -1130,11 +1131,7 @@ impl RaidArray {
                     writes.push((slot, dev.clone(), lay.member_block(row, i), data.clone()));
                 }
             }
-            let tb = Bytes::from(tags.encode(
-                self.inner.block_size,
-                self.place(row, slot),
-                self.epoch(),
-            ));
+            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, slot), epoch));
             writes.push((slot, dev.clone(), lay.tag_block(row, 0), tb));
         }
         if let (Some(pdev), Some(p)) = (&pdev, parity) {
@@ -1145,7 +1142,6 @@ impl RaidArray {
             } else {
                 self.tags_for_update(lay, row, pslot, pdev).await?
             };
-            let epoch = self.epoch();
             for (j, blk) in p.chunks_exact(bs).enumerate() {
                 let i = lo + j as u32;
                 tags.overwrite(i as usize, epoch, parity_addr(row, c, i), blk);
@@ -1156,11 +1152,7 @@ impl RaidArray {
                 lay.member_block(row, lo),
                 Bytes::from(p),
             ));
-            let tb = Bytes::from(tags.encode(
-                self.inner.block_size,
-                self.place(row, pslot),
-                self.epoch(),
-            ));
+            let tb = Bytes::from(tags.encode(self.inner.block_size, self.place(row, pslot), epoch));
             writes.push((pslot, pdev.clone(), lay.tag_block(row, 0), tb));
         }
         let results = join_all(

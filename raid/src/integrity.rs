@@ -190,22 +190,40 @@ impl TagEntry {
 
     /// Whether `data` is what this tag says belongs at `addr`.
     pub fn verifies(&self, addr: u64, data: &[u8]) -> bool {
-        Self::matches(self.written, self.crc, self.addr, addr, data)
+        self.vouch(addr, data) == Vouch::Current
     }
 
-    /// Whether `data` is what the block held at the start of the entry's
-    /// flush epoch: content that a crash may legitimately bring back.
-    pub fn verifies_previous(&self, addr: u64, data: &[u8]) -> bool {
-        Self::matches(self.prev_written, self.prev_crc, self.addr, addr, data)
-    }
-
-    fn matches(written: bool, crc: u32, at: u64, addr: u64, data: &[u8]) -> bool {
-        if written {
-            at == addr && crc == block_crc(addr, data)
+    /// Which of the block's versions `data` is: the current one, the one at
+    /// the start of the entry's flush epoch (which a crash may legitimately
+    /// bring back), or neither. The checksum is computed once.
+    pub fn vouch(&self, addr: u64, data: &[u8]) -> Vouch {
+        let mut crc = None;
+        let mut is = |written: bool, want: u32| {
+            if written {
+                self.addr == addr && *crc.get_or_insert_with(|| block_crc(addr, data)) == want
+            } else {
+                data.iter().all(|&b| b == 0)
+            }
+        };
+        if is(self.written, self.crc) {
+            Vouch::Current
+        } else if is(self.prev_written, self.prev_crc) {
+            Vouch::Previous
         } else {
-            data.iter().all(|&b| b == 0)
+            Vouch::Neither
         }
     }
+}
+
+/// What a tag says of a block's content ([`TagEntry::vouch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vouch {
+    /// The block's current content.
+    Current,
+    /// Its content at the last flush: after a crash, an overwrite reverted.
+    Previous,
+    /// Neither: damaged, rotted, misplaced, or a version the tag never knew.
+    Neither,
 }
 
 /// Where a tag block sits: the identity its header must carry.
@@ -251,10 +269,16 @@ impl ChunkTags {
         matches!(self.entries[i], Some(e) if e.verifies(addr, data))
     }
 
+    /// [`TagEntry::vouch`] for block `i` holding `data` ([`Vouch::Neither`]
+    /// where the tag block is damaged).
+    pub fn vouch(&self, i: usize, addr: u64, data: &[u8]) -> Vouch {
+        self.entries[i].map_or(Vouch::Neither, |e| e.vouch(addr, data))
+    }
+
     /// Whether block `i` holding `data` is what belongs at `addr` now or was
     /// there at the start of its flush epoch (what a crash may leave).
     pub fn verifies_after_crash(&self, i: usize, addr: u64, data: &[u8]) -> bool {
-        matches!(self.entries[i], Some(e) if e.verifies(addr, data) || e.verifies_previous(addr, data))
+        self.vouch(i, addr, data) != Vouch::Neither
     }
 
     /// Sets block `i` to hold `data` at `addr`, written in flush epoch `epoch`

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::array::{MemberState, RaidArray};
 use crate::bitmap::Bitmap;
 use crate::error::{RaidError, Result};
-use crate::integrity::ChunkTags;
+use crate::integrity::{ChunkTags, Vouch};
 
 use crate::layout::Layout;
 use crate::parity::xor_into;
@@ -450,28 +450,39 @@ impl RaidArray {
                 }
             }
         }
-        let has_parity = slots.len() > d as usize;
+        let d = d as usize;
+        let has_parity = slots.len() > d;
+        // XOR of the data, kept equal to it as blocks are restored: the
+        // parity the row must end with.
+        let mut xor = vec![0u8; c * bs];
+        for chunk in &chunks[..d] {
+            xor_into(&mut xor, chunk);
+        }
+        // A data chunk is rewritten unless every block matches its current tag.
         let mut rewrite = vec![false; slots.len()];
         for i in 0..c {
             let r = i * bs..(i + 1) * bs;
             let addr = |k: usize| Self::addr_of(lay, row, slots[k], i as u32);
-            let suspects: Vec<usize> = (0..d as usize)
-                .filter(|&k| !tags[k].verifies_after_crash(i, addr(k), &chunks[k][r.clone()]))
-                .collect();
-            let mut xor = vec![0u8; bs];
-            for chunk in &chunks[..d as usize] {
-                xor_into(&mut xor, &chunk[r.clone()]);
+            let mut suspects = Vec::new();
+            for k in 0..d {
+                match tags[k].vouch(i, addr(k), &chunks[k][r.clone()]) {
+                    Vouch::Current => {}
+                    Vouch::Previous => rewrite[k] = true,
+                    Vouch::Neither => {
+                        rewrite[k] = true;
+                        suspects.push(k);
+                    }
+                }
             }
-            let parity_agrees = has_parity && chunks[d as usize][r.clone()] == xor[..];
-            if suspects.is_empty() || parity_agrees {
+            if suspects.is_empty() || (has_parity && chunks[d][r.clone()] == xor[r.clone()]) {
                 continue;
             }
             if let ([k], true) = (suspects.as_slice(), has_parity) {
                 // The block the parity and the other data imply.
                 let k = *k;
-                let mut rebuilt = xor;
+                let mut rebuilt = chunks[d][r.clone()].to_vec();
+                xor_into(&mut rebuilt, &xor[r.clone()]);
                 xor_into(&mut rebuilt, &chunks[k][r.clone()]);
-                xor_into(&mut rebuilt, &chunks[d as usize][r.clone()]);
                 if tags[k].verifies_after_crash(i, addr(k), &rebuilt) {
                     warn!(
                         row,
@@ -480,7 +491,7 @@ impl RaidArray {
                         "resync: block matches no tag; restored from parity"
                     );
                     chunks[k][r.clone()].copy_from_slice(&rebuilt);
-                    rewrite[k] = true;
+                    xor[r.clone()].copy_from_slice(&chunks[d][r.clone()]);
                     self.inner.stats.repaired.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -498,34 +509,18 @@ impl RaidArray {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-        // Retag what changed or no longer matches its current tag.
-        for k in 0..d as usize {
-            let stale = (0..c).any(|i| {
-                !tags[k].verifies(
-                    i,
-                    Self::addr_of(lay, row, slots[k], i as u32),
-                    &chunks[k][i * bs..(i + 1) * bs],
-                )
-            });
-            rewrite[k] |= stale;
-        }
         if has_parity {
-            let mut parity = vec![0u8; c * bs];
-            for chunk in &chunks[..d as usize] {
-                xor_into(&mut parity, chunk);
-            }
-            let p = d as usize;
-            let stale = chunks[p] != parity
+            let stale = chunks[d] != xor
                 || (0..c).any(|i| {
-                    !tags[p].verifies(
+                    !tags[d].verifies(
                         i,
                         Self::addr_of(lay, row, pslot, i as u32),
-                        &parity[i * bs..(i + 1) * bs],
+                        &xor[i * bs..(i + 1) * bs],
                     )
                 });
             if stale {
-                chunks[p] = parity;
-                rewrite[p] = true;
+                chunks[d] = xor;
+                rewrite[d] = true;
             }
         }
         let mut changed = false;

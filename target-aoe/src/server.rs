@@ -871,6 +871,26 @@ fn run_len(batch: &[Work]) -> usize {
     n.max(1)
 }
 
+/// Runs a state-file write on the blocking pool.
+async fn persist(
+    save: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(save)
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+}
+
+/// The answer to a config or access change: done once persisted, else
+/// "device unavailable" (the caller has undone the change).
+fn persisted_reply(w: &Work, saved: &std::io::Result<()>) -> (Arc<RawSocket>, Reply) {
+    let reply = match saved {
+        Ok(()) => w.req.ctx.config_done(),
+        Err(_) => w.req.ctx.error(AoeErrorCode::DeviceUnavailable),
+    };
+    (w.sock.clone(), reply)
+}
+
 async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>, Reply)>) {
     let dev = &disk.device;
     // Write replies wait here until the batch's writes are durable.
@@ -973,49 +993,25 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                 }
             }
             IoOp::SaveConfig { config, previous } => {
-                let path = disk.state_path.clone();
-                let cfg = config.clone();
-                let saved = tokio::task::spawn_blocking(move || state::save_config(&path, &cfg))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r);
-                let w = &run[0];
-                match saved {
-                    Ok(()) => out.push((w.sock.clone(), w.req.ctx.config_done())),
-                    Err(e) => {
-                        error!(disk = %disk.name, path = %disk.state_path.display(), error = %e,
-                               "cannot persist config string; change undone");
-                        disk.target().restore_config(previous.clone());
-                        out.push((
-                            w.sock.clone(),
-                            w.req.ctx.error(AoeErrorCode::DeviceUnavailable),
-                        ));
-                    }
+                let (path, cfg) = (disk.state_path.clone(), config.clone());
+                let saved = persist(move || state::save_config(&path, &cfg)).await;
+                if let Err(e) = &saved {
+                    error!(disk = %disk.name, path = %disk.state_path.display(), error = %e,
+                           "cannot persist config string; change undone");
+                    disk.target().restore_config(previous.clone());
                 }
+                out.push(persisted_reply(&run[0], &saved));
             }
             IoOp::SaveAccess { access, previous } => {
                 let path = disk.access_path.clone();
-                let configured = disk.configured_mask.clone();
-                let lists = access.clone();
-                let saved = tokio::task::spawn_blocking(move || {
-                    state::save_access(&path, &configured, &lists)
-                })
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-                let w = &run[0];
-                match saved {
-                    Ok(()) => out.push((w.sock.clone(), w.req.ctx.config_done())),
-                    Err(e) => {
-                        error!(disk = %disk.name, path = %disk.access_path.display(), error = %e,
-                               "cannot persist mask or reservation list; change undone");
-                        disk.target().restore_access(previous.clone());
-                        out.push((
-                            w.sock.clone(),
-                            w.req.ctx.error(AoeErrorCode::DeviceUnavailable),
-                        ));
-                    }
+                let (configured, lists) = (disk.configured_mask.clone(), access.clone());
+                let saved = persist(move || state::save_access(&path, &configured, &lists)).await;
+                if let Err(e) = &saved {
+                    error!(disk = %disk.name, path = %disk.access_path.display(), error = %e,
+                           "cannot persist mask or reservation list; change undone");
+                    disk.target().restore_access(previous.clone());
                 }
+                out.push(persisted_reply(&run[0], &saved));
             }
         }
     }
