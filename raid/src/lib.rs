@@ -32,4 +32,4 @@ pub use error::{RaidError, Result};
 pub use layout::Layout;
 pub use rebuild::{MaintenanceReport, RebuildProgress};
 pub use reshape::ReshapeProgress;
-pub use scrub::ScrubReport;
+pub use scrub::{CheckReport, Finding, ScrubReport};

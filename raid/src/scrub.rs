@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::array::RaidArray;
 use crate::error::Result;
-use crate::integrity::{ChunkTags, TagEntry};
+use crate::integrity::{ChunkTags, TagEntry, Vouch};
 use crate::layout::Layout;
 use crate::parity::xor_into;
 
@@ -95,6 +95,8 @@ impl RaidArray {
         report.rows += 1;
         let pslot = lay.parity_member(row) as usize;
         let mut dirty = vec![false; n];
+        // Blocks given new content here: their tags are made afresh.
+        let mut fixed = vec![false; n * c];
         for i in 0..c {
             let range = i * bs..(i + 1) * bs;
             let bad: Vec<usize> = (0..n)
@@ -117,6 +119,7 @@ impl RaidArray {
                         // Data checks out against its checksums: parity is stale.
                         xor_into(&mut chunks[pslot][range.clone()], &x);
                         dirty[pslot] = true;
+                        fixed[pslot * c + i] = true;
                         report.parity_repaired += 1;
                     }
                 }
@@ -141,6 +144,7 @@ impl RaidArray {
                     }
                     chunks[s][range].copy_from_slice(&x);
                     dirty[s] = true;
+                    fixed[s * c + i] = true;
                     if s == pslot {
                         report.parity_repaired += 1;
                     } else {
@@ -161,8 +165,9 @@ impl RaidArray {
                         .enumerate()
                         .map(|(i, b)| {
                             let addr = Self::addr_of(lay, row, s as u32, i as u32);
+                            // A block left bad keeps the tag that says so.
                             match tags[s].entries[i] {
-                                Some(e) if !e.verifies(addr, b) => Some(e),
+                                Some(e) if !fixed[s * c + i] && !e.verifies(addr, b) => Some(e),
                                 _ => Some(TagEntry::of(addr, b)),
                             }
                         })
@@ -183,5 +188,161 @@ impl RaidArray {
             }
         }
         Ok(())
+    }
+}
+
+/// What a read-only [`RaidArray::check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Rows read.
+    pub rows: u64,
+    /// Rows whose parity could not be checked because a member was missing,
+    /// unreadable there or still rebuilding (their present blocks were
+    /// checked against their tags).
+    pub incomplete_rows: u64,
+    /// Blocks whose tag does not vouch for their content (rot, a misdirected,
+    /// torn or lost write, a damaged tag block).
+    pub bad_blocks: u64,
+    /// Block positions of complete rows where every block matches its tag
+    /// yet parity is not the XOR of the data (a lost write that took a
+    /// block's tag with it, or stale parity). A bad block already explains
+    /// the mismatch at its own position, which is not counted again.
+    pub parity_mismatches: u64,
+    /// The first [`CheckReport::MAX_FINDINGS`] problems, for the log and the admin.
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// Findings kept in [`CheckReport::findings`]; the counts go on.
+    pub const MAX_FINDINGS: usize = 64;
+
+    /// Whether nothing was found.
+    pub fn clean(&self) -> bool {
+        self.bad_blocks == 0 && self.parity_mismatches == 0
+    }
+
+    fn note(&mut self, f: Finding) {
+        match f {
+            Finding::BadBlock { .. } => self.bad_blocks += 1,
+            Finding::ParityMismatch { .. } => self.parity_mismatches += 1,
+        }
+        if self.findings.len() < Self::MAX_FINDINGS {
+            self.findings.push(f);
+        }
+    }
+}
+
+/// One problem a [`RaidArray::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finding {
+    /// A block its tag does not vouch for.
+    BadBlock {
+        /// Physical row.
+        row: u64,
+        /// Member slot.
+        slot: u32,
+        /// Block within the chunk.
+        block: u32,
+        /// Whether it is the row's parity block.
+        parity: bool,
+        /// What the tag says of the content.
+        vouch: Vouch,
+    },
+    /// Parity that is not the XOR of the data at a block position where
+    /// every block matches its tag.
+    ParityMismatch {
+        /// Physical row.
+        row: u64,
+        /// Block within the chunk.
+        block: u32,
+    },
+}
+
+impl RaidArray {
+    /// Reads every row of every usable member and reports, without
+    /// repairing anything, each block its tag does not vouch for and each
+    /// position whose parity is wrong: the read-only counterpart of
+    /// [`RaidArray::scrub`] (md's "check" to its "repair"). It looks at what
+    /// the members hold: writes still in the stripe cache are not destaged.
+    /// While a reshape runs, rows below its position are read in the new
+    /// layout and the others in the old one. A member read error fails the
+    /// member as any read would; a medium error makes the row incomplete.
+    pub async fn check(&self) -> Result<CheckReport> {
+        let geo = *self.inner.geo.read().await;
+        let bs = self.inner.block_size as usize;
+        let mut report = CheckReport::default();
+        let rows = geo
+            .reshape
+            .map_or(geo.cur.rows, |(new, _)| new.rows.max(geo.cur.rows));
+        for row in 0..rows {
+            let lay = match geo.reshape {
+                Some((new, pos)) if row < pos => new,
+                _ => geo.cur,
+            };
+            if row >= lay.rows {
+                continue;
+            }
+            let _g = self.row_lock(row).await;
+            report.rows += 1;
+            let pslot = lay.parity_member(row);
+            let mut xor = vec![0u8; lay.chunk_blocks as usize * bs];
+            let mut explained = vec![false; lay.chunk_blocks as usize];
+            let mut complete = true;
+            for slot in 0..lay.members {
+                let Some(dev) = self.usable(slot, row) else {
+                    complete = false;
+                    continue;
+                };
+                let (data, tags) = tokio::join!(
+                    dev.read(lay.member_block(row, 0), lay.chunk_blocks),
+                    self.read_tags(&lay, row, slot, &dev)
+                );
+                let (data, tags) = match (data, tags) {
+                    (Ok(d), Ok(t)) => (d, t),
+                    (Err(e), _) | (_, Err(e)) => {
+                        if !matches!(e, BlockError::Medium { .. }) {
+                            self.fail_member(slot, &e).await;
+                        }
+                        complete = false;
+                        continue;
+                    }
+                };
+                for (i, blk) in data.chunks_exact(bs).enumerate() {
+                    let addr = Self::addr_of(&lay, row, slot, i as u32);
+                    let vouch = tags.vouch(i, addr, blk);
+                    if vouch != Vouch::Current {
+                        explained[i] = true;
+                        report.note(Finding::BadBlock {
+                            row,
+                            slot,
+                            block: i as u32,
+                            parity: slot == pslot,
+                            vouch,
+                        });
+                    }
+                }
+                xor_into(&mut xor, &data);
+            }
+            if !complete {
+                report.incomplete_rows += 1;
+                continue;
+            }
+            for (i, x) in xor.chunks_exact(bs).enumerate() {
+                if !explained[i] && x.iter().any(|&b| b != 0) {
+                    report.note(Finding::ParityMismatch {
+                        row,
+                        block: i as u32,
+                    });
+                }
+            }
+        }
+        if !report.clean() {
+            warn!(
+                bad_blocks = report.bad_blocks,
+                parity_mismatches = report.parity_mismatches,
+                "check found problems"
+            );
+        }
+        Ok(report)
     }
 }
