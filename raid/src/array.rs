@@ -183,6 +183,22 @@ impl Geo {
         self.cur.capacity()
     }
 
+    /// The layout physical `row` of the members holds (a row below the
+    /// reshape position holds the new one), or `None` past that layout's end.
+    pub(crate) fn layout_of_row(&self, row: u64) -> Option<Layout> {
+        let lay = match self.reshape {
+            Some((new, pos)) if row < pos => new,
+            _ => self.cur,
+        };
+        (row < lay.rows).then_some(lay)
+    }
+
+    /// Physical rows of the members in use by either layout.
+    pub(crate) fn physical_rows(&self) -> u64 {
+        self.reshape
+            .map_or(self.cur.rows, |(new, _)| new.rows.max(self.cur.rows))
+    }
+
     /// Volume blocks of `row` of `lay` that live in that layout: during a
     /// reshape the old layout's row at the boundary is partly moved already.
     pub(crate) fn row_range(&self, lay: &Layout, row: u64) -> std::ops::Range<u64> {

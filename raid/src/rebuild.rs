@@ -543,14 +543,9 @@ impl RaidArray {
         for r in regions {
             let rows = self.meta().bitmap.rows_of(r);
             for row in rows {
-                // A physical row below the reshape position holds the new layout.
-                let lay = match geo.reshape {
-                    Some((new, pos)) if row < pos => new,
-                    _ => geo.cur,
-                };
-                if row >= lay.rows {
+                let Some(lay) = geo.layout_of_row(row) else {
                     continue;
-                }
+                };
                 let _g = self.row_lock(row).await;
                 if self.resync_row(&lay, row).await? {
                     fixed += 1;

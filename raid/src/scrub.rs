@@ -271,17 +271,10 @@ impl RaidArray {
         let geo = *self.inner.geo.read().await;
         let bs = self.inner.block_size as usize;
         let mut report = CheckReport::default();
-        let rows = geo
-            .reshape
-            .map_or(geo.cur.rows, |(new, _)| new.rows.max(geo.cur.rows));
-        for row in 0..rows {
-            let lay = match geo.reshape {
-                Some((new, pos)) if row < pos => new,
-                _ => geo.cur,
-            };
-            if row >= lay.rows {
+        for row in 0..geo.physical_rows() {
+            let Some(lay) = geo.layout_of_row(row) else {
                 continue;
-            }
+            };
             let _g = self.row_lock(row).await;
             report.rows += 1;
             let pslot = lay.parity_member(row);

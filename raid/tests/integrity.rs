@@ -13,6 +13,24 @@ async fn member_of(a: &RaidArray, lba: u64) -> (usize, u64) {
     (l.data_member(row, k) as usize, l.member_block(row, i))
 }
 
+/// Flips a bit of volume block `lba` on its member; returns the member.
+async fn rot_data(rig: &Rig, a: &RaidArray, lba: u64) -> usize {
+    let (m, blk) = member_of(a, lba).await;
+    rig.faulty[m].flip_bit(blk, 1).await.unwrap();
+    m
+}
+
+/// Flips a bit of block `i` of `row`'s parity chunk; returns its member.
+async fn rot_parity(rig: &Rig, a: &RaidArray, row: u64, i: u32) -> usize {
+    let lay = a.layout().await;
+    let p = lay.parity_member(row) as usize;
+    rig.faulty[p]
+        .flip_bit(lay.member_block(row, i), 9)
+        .await
+        .unwrap();
+    p
+}
+
 #[tokio::test]
 async fn bit_flips_are_repaired_never_returned() {
     let rig = Rig::new(4, 2048, small_config());
@@ -136,15 +154,9 @@ async fn scrub_finds_and_fixes_everything_it_can() {
     let (a, model) = rig.filled(4).await;
     let lay = a.layout().await;
     // Rot two data blocks and one parity block in different rows.
-    let (m, blk) = member_of(&a, 3).await;
-    rig.faulty[m].flip_bit(blk, 1).await.unwrap();
-    let (m, blk) = member_of(&a, 30).await;
-    rig.faulty[m].flip_bit(blk, 1).await.unwrap();
-    let p = lay.parity_member(5) as usize;
-    rig.faulty[p]
-        .flip_bit(lay.member_block(5, 2), 9)
-        .await
-        .unwrap();
+    rot_data(&rig, &a, 3).await;
+    rot_data(&rig, &a, 30).await;
+    rot_parity(&rig, &a, 5, 2).await;
     let r = a.scrub().await.unwrap();
     assert_eq!(r.rows, lay.rows);
     assert_eq!(r.data_repaired, 2);
@@ -170,13 +182,8 @@ async fn check_reports_and_repairs_nothing() {
     let lay = a.layout().await;
     assert!(a.check().await.unwrap().clean());
     // Rot one data block and one parity block.
-    let (m, blk) = member_of(&a, 3).await;
-    rig.faulty[m].flip_bit(blk, 1).await.unwrap();
-    let p = lay.parity_member(5) as usize;
-    rig.faulty[p]
-        .flip_bit(lay.member_block(5, 2), 9)
-        .await
-        .unwrap();
+    let m = rot_data(&rig, &a, 3).await;
+    let p = rot_parity(&rig, &a, 5, 2).await;
     // Parity of volume block 40 loses its update (block and tag): the old
     // parity still matches its own tag, only the XOR shows the problem.
     let (row, _, i) = lay.locate(40);
