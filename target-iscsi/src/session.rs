@@ -34,6 +34,12 @@ pub fn sn_lt(a: u32, b: u32) -> bool {
     a != b && (a.wrapping_sub(b) as i32) < 0
 }
 
+/// Task set functions that may wait at once for the commands sent before
+/// them (see [`Session`]'s handling of LUN-scoped functions); one more is
+/// answered "function rejected". Initiators send one task management request
+/// at a time per session, so this only bounds a misbehaving one.
+pub const MAX_WAITING_TMFS: usize = 8;
+
 /// Most write data one command may bring (the SCSI layer's maximum
 /// transfer length is 32 MiB; COMPARE AND WRITE carries twice its blocks).
 pub const MAX_DATA_OUT: u32 = 64 << 20;
@@ -112,6 +118,41 @@ struct Task {
     executing: bool,
 }
 
+/// A LUN-scoped task set function (ABORT TASK SET, CLEAR TASK SET, LUN
+/// RESET) received for immediate delivery while commands sent before it
+/// are still missing: it runs once ExpCmdSN reaches its CmdSN.
+#[derive(Debug)]
+struct WaitingTmf {
+    req: TmfRequest,
+    function: TmfFunction,
+    lun: u64,
+}
+
+/// Which tasks a task set function covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskSetScope {
+    /// The tasks on one LUN (ABORT TASK SET, CLEAR TASK SET, LUN RESET).
+    Lun,
+    /// Every task (TARGET WARM RESET, TARGET COLD RESET).
+    Target,
+}
+
+impl TaskSetScope {
+    /// The scope of `function`; `None` for the functions that act on one
+    /// task (ABORT TASK) or on no task (CLEAR ACA).
+    fn of(function: TmfFunction) -> Option<TaskSetScope> {
+        match function {
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LunReset => {
+                Some(TaskSetScope::Lun)
+            }
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                Some(TaskSetScope::Target)
+            }
+            TmfFunction::AbortTask { .. } | TmfFunction::ClearAca => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct PendingText {
     ttt: u32,
@@ -132,9 +173,10 @@ pub struct Session {
     tasks: HashMap<u32, Task>,
     pending: BTreeMap<u32, InPdu>,
     /// CmdSNs inside the window that task management retired before their
-    /// command ran (RFC 7143 11.5.1 b, or a held command that a task set
-    /// function dropped): when ExpCmdSN reaches one it steps over it, and
-    /// the command, should it come, is discarded. Only
+    /// command ran (RFC 7143 11.5.1 b, a command that a task set function
+    /// dropped, held or on arrival, or a gap a target reset plugged): when
+    /// ExpCmdSN reaches one it steps over it, and the command, should it
+    /// come, is discarded. Only
     /// CmdSNs in `[ExpCmdSN, MaxCmdSN]` are ever inserted and each leaves as
     /// ExpCmdSN passes it, so the set never holds more than the window
     /// (`queue_depth`) whatever the initiator sends.
@@ -150,6 +192,9 @@ pub struct Session {
     targets: Vec<DiscoveryTarget>,
     own_target: Option<String>,
     tmf_pending: HashMap<u32, ()>,
+    /// Immediate LUN-scoped task set functions waiting for the commands
+    /// sent before them, in arrival order (at most [`MAX_WAITING_TMFS`]).
+    waiting_tmfs: VecDeque<WaitingTmf>,
 }
 
 impl Session {
@@ -184,6 +229,7 @@ impl Session {
             targets,
             own_target,
             tmf_pending: HashMap::new(),
+            waiting_tmfs: VecDeque::new(),
         }
     }
 
@@ -248,6 +294,9 @@ impl Session {
     fn close(&mut self, why: CloseReason) {
         if !self.closed {
             self.closed = true;
+            // A function still waiting for its commands is never answered:
+            // the initiator learns from the closed connection.
+            self.waiting_tmfs.clear();
             self.actions.push_back(Action::Close(why));
         }
     }
@@ -398,6 +447,13 @@ impl Session {
                     self.command(bhs, pdu);
                     // An immediate ABORT TASK may have moved ExpCmdSN.
                     self.catch_up();
+                } else if self.covered_by_waiting_tmf(&bhs, cmd_sn) {
+                    // Sent before a task set function that is waiting for
+                    // it: the function covers it, so it never reaches SCSI
+                    // and is not answered (see `drop_held_commands`).
+                    tracing::debug!(cmd_sn, "command covered by a waiting task set function");
+                    self.retire(cmd_sn);
+                    self.catch_up();
                 } else if cmd_sn == self.exp_cmd_sn {
                     self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
                     self.command(bhs, pdu);
@@ -408,7 +464,14 @@ impl Session {
                     tracing::debug!(cmd_sn, "command with a retired CmdSN: discarded");
                 } else if sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn, cmd_sn) {
                     // Inside the window but early: hold it until the gap fills.
+                    let tmf = match bhs {
+                        Bhs::TmfRequest(t) => Some(t),
+                        _ => None,
+                    };
                     self.pending.insert(cmd_sn, pdu);
+                    if let Some(t) = tmf {
+                        self.task_set_function_held(&t);
+                    }
                 } else {
                     // Outside the window: silently ignored (§4.2.2.1).
                     tracing::debug!(
@@ -429,6 +492,9 @@ impl Session {
     /// turn run, retired CmdSNs are stepped over.
     fn catch_up(&mut self) {
         loop {
+            // A function waiting at this CmdSN runs before the command that
+            // carries it (a new task, sent after the function).
+            self.run_waiting_tmfs(self.exp_cmd_sn);
             if self.retired.remove(&self.exp_cmd_sn) {
                 self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
                 continue;
@@ -479,18 +545,55 @@ impl Session {
     /// window does not stall on them.
     ///
     /// Covered are the commands the initiator sent before the request, so
-    /// CmdSN below the request's own: a non-immediate request runs only at
-    /// its turn, when every held command is a later one (a new task), and an
-    /// immediate one carries the next CmdSN the initiator will use (RFC 7143
-    /// 4.2.2.1). ABORT TASK SET covers this I_T nexus's tasks on the LUN,
-    /// CLEAR TASK SET and LUN RESET every task on the LUN, a target reset
-    /// every task (the affected tasks of RFC 7143 4.2.3.2); this session's
-    /// held commands are all of this nexus, so the three drop the same here
-    /// (other sessions' tasks are the SCSI layer's). A target reset drops
-    /// them all and also plugs the gaps below the request: the commands not
-    /// yet received "can be considered to have been received" (RFC 7143
-    /// 4.2.3.3, standard multi-task abort semantics), so one that arrives
-    /// late is discarded as retired.
+    /// CmdSN below the request's own (RFC 7143 11.5.1: task management acts
+    /// on the commands with a lower CmdSN): a non-immediate request runs
+    /// only at its turn, and an immediate one carries the next CmdSN the
+    /// initiator will use (RFC 7143 4.2.2.1). ABORT TASK SET covers this I_T nexus's
+    /// tasks on the LUN, CLEAR TASK SET and LUN RESET every task on the LUN,
+    /// a target reset every task (the affected tasks of RFC 7143 4.2.3.2);
+    /// this session's commands are all of this nexus, so the three cover
+    /// the same here (other sessions' tasks are the SCSI layer's). Immediate
+    /// SCSI commands are never held, waited for or dropped: they are not
+    /// ordered by CmdSN, so one sent before the request cannot be told from
+    /// one sent after; they run as they arrive, and a function aborts them
+    /// like any running task on its LUN (see `sent_before`).
+    ///
+    /// Missing commands (RFC 7143 4.2.3.3, standard multi-task abort
+    /// semantics: the target waits for the affected tasks' commands, in
+    /// CmdSN order, before acting; 11.5.1: an immediate request is taken at
+    /// once, but what it does may be postponed until the commands it acts
+    /// on have arrived):
+    ///
+    /// - A LUN-scoped function waits until every CmdSN below its own has
+    ///   arrived or been retired, i.e. until ExpCmdSN reaches it. A
+    ///   non-immediate one is held behind the gap like any command; an
+    ///   immediate one waits in `waiting_tmfs` and runs from
+    ///   [`Session::catch_up`] when ExpCmdSN reaches its CmdSN, before the
+    ///   command at that CmdSN (sent after it: a new task). Meanwhile a
+    ///   covered command is dropped as it arrives, never reaching SCSI (the
+    ///   iSCSI layer may withhold commands a task management request
+    ///   received before them was meant to act on, RFC 7143 4.2.2.1);
+    ///   commands for other LUNs and non-SCSI requests in the gap run in
+    ///   order. Only then does the function abort the tasks still running
+    ///   on its LUN, go to SCSI and get answered, so its response is the
+    ///   fence it must be: no command it covers runs after it.
+    /// - Waiting never blocks the gap: an immediate request takes no CmdSN
+    ///   and a non-immediate one only its own, the missing CmdSNs lie
+    ///   inside the window (below the request's, which is at most
+    ///   MaxCmdSN + 1), and MaxCmdSN never shrinks. There is no timer: if
+    ///   the gap never fills the session's command stream is stalled anyway;
+    ///   the initiator's task management timeout escalates to a target
+    ///   reset (below: it releases the waiting functions) or to dropping
+    ///   the connection, and a closed session forgets its waiting functions
+    ///   unanswered. At most [`MAX_WAITING_TMFS`] wait; one more is
+    ///   rejected. A logout waits for them like for any running function.
+    /// - A target reset does not wait: for target-scoped functions RFC 7143
+    ///   4.2.3.3 lets the target consider every command not yet received
+    ///   below the request as received, with no waiting period. So it drops
+    ///   every held command below it and plugs the gaps (a command that
+    ///   arrives late is discarded as retired), and the LUN-scoped functions
+    ///   waiting below it, whose gaps it just plugged, go to SCSI before it.
+    ///   A non-immediate one held behind a gap therefore runs at once.
     ///
     /// A dropped command never reached SCSI and gets no response: the
     /// initiator that issued the function considers its own affected tasks
@@ -499,15 +602,11 @@ impl Session {
     /// status; TAS "command aborted" status goes to other nexuses only), and
     /// RFC 7143 11.5.1 bars any response to an affected task after the
     /// function response.
-    ///
-    /// Not done here: RFC 7143 4.2.3.3 also has the target wait for the
-    /// commands still missing below the request before acting on a LUN
-    /// scoped function; a command filling such a gap late still runs.
     fn drop_held_commands(&mut self, t: &TmfRequest, function: TmfFunction, lun: u64) {
-        let all_luns = match function {
-            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LunReset => false,
-            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => true,
-            TmfFunction::AbortTask { .. } | TmfFunction::ClearAca => return,
+        let all_luns = match TaskSetScope::of(function) {
+            Some(TaskSetScope::Lun) => false,
+            Some(TaskSetScope::Target) => true,
+            None => return,
         };
         let covered: Vec<u32> = self
             .pending
@@ -898,6 +997,117 @@ impl Session {
             self.tmf_reply(t.itt, code);
             return;
         };
+        match TaskSetScope::of(function) {
+            Some(TaskSetScope::Lun) if t.immediate && self.missing_below(t.cmd_sn) => {
+                if self.waiting_tmfs.len() >= MAX_WAITING_TMFS {
+                    tracing::warn!(itt = t.itt, "too many task set functions waiting: rejected");
+                    self.tmf_reply(t.itt, tmf::response::REJECTED);
+                    return;
+                }
+                self.drop_held_commands(&t, function, lun);
+                tracing::debug!(
+                    itt = t.itt,
+                    cmd_sn = t.cmd_sn,
+                    exp = self.exp_cmd_sn,
+                    ?function,
+                    "task set function waits for the commands sent before it"
+                );
+                self.waiting_tmfs.push_back(WaitingTmf {
+                    req: t,
+                    function,
+                    lun,
+                });
+                return;
+            }
+            Some(TaskSetScope::Lun) => self.drop_held_commands(&t, function, lun),
+            Some(TaskSetScope::Target) => {
+                self.drop_held_commands(&t, function, lun);
+                // The gaps below are plugged, so the functions waiting on
+                // them (all sent before this one) have what they waited
+                // for: they go to SCSI first.
+                self.run_waiting_tmfs(t.cmd_sn);
+            }
+            None => {}
+        }
+        self.run_tmf(t, function, lun);
+    }
+
+    /// Whether a CmdSN below `cmd_sn` (the CmdSN an immediate request
+    /// carries: the next one the initiator will use) has not arrived yet:
+    /// if ExpCmdSN is below it, ExpCmdSN itself is missing (a held or
+    /// retired CmdSN at ExpCmdSN would have been stepped over). A `cmd_sn`
+    /// beyond MaxCmdSN + 1 names commands the initiator may not have sent;
+    /// nothing is waited for then.
+    fn missing_below(&self, cmd_sn: u32) -> bool {
+        sn_lt(self.exp_cmd_sn, cmd_sn) && !sn_lt(self.max_cmd_sn.wrapping_add(1), cmd_sn)
+    }
+
+    /// Runs the waiting task set functions whose CmdSN is at most `upto`,
+    /// in the order they arrived.
+    fn run_waiting_tmfs(&mut self, upto: u32) {
+        while let Some(i) = self
+            .waiting_tmfs
+            .iter()
+            .position(|w| !sn_lt(upto, w.req.cmd_sn))
+        {
+            if let Some(w) = self.waiting_tmfs.remove(i) {
+                tracing::debug!(itt = w.req.itt, "waiting task set function runs");
+                self.run_tmf(w.req, w.function, w.lun);
+            }
+        }
+    }
+
+    /// A non-immediate task set function held behind a CmdSN gap: the held
+    /// commands it covers go now (later ones are caught by
+    /// [`Session::covered_by_waiting_tmf`] as they arrive), and a target
+    /// reset plugs the gaps below it, which lets it run at once.
+    fn task_set_function_held(&mut self, t: &TmfRequest) {
+        if self.kind == SessionType::Discovery {
+            return;
+        }
+        let Some(function) = tmf::function(t.function, t.rtt) else {
+            return;
+        };
+        if TaskSetScope::of(function).is_some() {
+            self.drop_held_commands(t, function, decode_lun(t.lun));
+            self.catch_up();
+        }
+    }
+
+    /// Whether `bhs`, a non-immediate PDU with CmdSN `cmd_sn` that has not
+    /// been processed yet, is a SCSI command sent before a LUN-scoped task
+    /// set function for its LUN that is still waiting: an immediate one in
+    /// `waiting_tmfs`, or a non-immediate one held behind a gap.
+    fn covered_by_waiting_tmf(&self, bhs: &Bhs, cmd_sn: u32) -> bool {
+        let Bhs::ScsiCommand(c) = bhs else {
+            return false;
+        };
+        if self.kind == SessionType::Discovery
+            || (self.waiting_tmfs.is_empty() && self.pending.is_empty())
+            || sn_lt(cmd_sn, self.exp_cmd_sn)
+            || sn_lt(self.max_cmd_sn, cmd_sn)
+            || self.retired.contains(&cmd_sn)
+            || self.pending.contains_key(&cmd_sn)
+        {
+            return false;
+        }
+        let lun = decode_lun(c.lun);
+        let covers = |req: &TmfRequest| decode_lun(req.lun) == lun && sn_lt(cmd_sn, req.cmd_sn);
+        self.waiting_tmfs.iter().any(|w| covers(&w.req))
+            || self.pending.values().any(|p| match &p.bhs {
+                Ok(Bhs::TmfRequest(t)) => {
+                    covers(t)
+                        && tmf::function(t.function, t.rtt)
+                            .and_then(TaskSetScope::of)
+                            .is_some_and(|s| s == TaskSetScope::Lun)
+                }
+                _ => false,
+            })
+    }
+
+    /// Acts on a task management function now: aborts the tasks it covers
+    /// and hands it to SCSI (or answers an ABORT TASK for an unknown task).
+    fn run_tmf(&mut self, t: TmfRequest, function: TmfFunction, lun: u64) {
         let victims: Vec<u32> = match function {
             TmfFunction::AbortTask { tag } => {
                 if !self.tasks.contains_key(&tag) {
@@ -910,19 +1120,20 @@ impl Session {
             TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LunReset => self
                 .tasks
                 .iter()
-                .filter(|(_, task)| decode_lun(task.cmd.lun) == lun)
+                .filter(|(_, task)| decode_lun(task.cmd.lun) == lun && sent_before(&task.cmd, &t))
                 .map(|(i, _)| *i)
                 .collect(),
-            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
-                self.tasks.keys().copied().collect()
-            }
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => self
+                .tasks
+                .iter()
+                .filter(|(_, task)| sent_before(&task.cmd, &t))
+                .map(|(i, _)| *i)
+                .collect(),
             TmfFunction::ClearAca => Vec::new(),
         };
         for v in &victims {
             self.tasks.remove(v);
         }
-        // Commands queued behind a gap that the function covers go too.
-        self.drop_held_commands(&t, function, lun);
         if !victims.is_empty() {
             self.actions.push_back(Action::Abort { itts: victims });
         }
@@ -1053,7 +1264,7 @@ impl Session {
 
     fn try_logout(&mut self) {
         let Some(l) = self.logout else { return };
-        if !self.tasks.is_empty() || !self.tmf_pending.is_empty() {
+        if !self.tasks.is_empty() || !self.tmf_pending.is_empty() || !self.waiting_tmfs.is_empty() {
             return;
         }
         self.logout = None;
@@ -1104,6 +1315,17 @@ impl Session {
     pub fn window(&self) -> (u32, u32) {
         (self.exp_cmd_sn, self.max_cmd_sn)
     }
+}
+
+/// Whether a task's command was sent before task management request `t`,
+/// so that a task set function covers it: a non-immediate command with a
+/// lower CmdSN. One at or above the request's CmdSN was sent after it (only
+/// an immediate request can meet such a task: one that arrives after
+/// commands the initiator sent later). An immediate command carries the
+/// CmdSN of the next non-immediate one whenever it is sent, so its order
+/// against the request is unknown: it stays covered.
+fn sent_before(cmd: &ScsiCommand, t: &TmfRequest) -> bool {
+    cmd.immediate || sn_lt(cmd.cmd_sn, t.cmd_sn)
 }
 
 /// CDB length from the group code of the opcode.
@@ -1669,78 +1891,337 @@ mod tests {
         })
     }
 
-    /// The initiator sent 10 (LUN 0), 11 (LUN 0), 12 (LUN 1), then an
-    /// immediate `function` for LUN 0 with its next CmdSN 13; 10 is lost in
-    /// the network for now, so 11 and 12 are held. The function drops 11
-    /// unexecuted and retires its CmdSN; 12 survives and runs once 10 fills
-    /// the gap, and the window goes on past 11.
-    fn task_set_function_drops_held_commands_on_its_lun(function: u8, sam: TmfFunction) {
+    /// The actions of interest in the order the session asked for them.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Step {
+        Execute(u32),
+        Abort(Vec<u32>),
+        Tmf(u32, TmfFunction),
+        TmfResponse(u32, u8),
+    }
+
+    fn steps(s: &mut Session) -> Vec<Step> {
+        let mut out = Vec::new();
+        while let Some(a) = s.poll_action() {
+            match a {
+                Action::Send(p) => {
+                    let v = p.to_vec();
+                    let raw: [u8; BHS_LEN] = v[..BHS_LEN].try_into().unwrap();
+                    if let Ok(Bhs::TmfResponse(r)) = Bhs::decode(&raw) {
+                        out.push(Step::TmfResponse(r.itt, r.response));
+                    }
+                }
+                Action::Execute { itt, .. } => out.push(Step::Execute(itt)),
+                Action::Abort { itts } => out.push(Step::Abort(itts)),
+                Action::TaskManagement { itt, function, .. } => out.push(Step::Tmf(itt, function)),
+                Action::Close(_) => {}
+            }
+        }
+        out
+    }
+
+    /// The initiator sent 10 (LUN 0, ITT 1), 11 (LUN 0, ITT 2), 12 (LUN 1,
+    /// ITT 3), then `function` for LUN 0 with CmdSN 13, then a new command
+    /// on LUN 0 (ITT 4). 10 is late: it arrives after everything else. The
+    /// function drops 11 at once, waits for 10 and drops it too when it
+    /// comes, lets 12 (another LUN) run, then runs and is answered; the
+    /// command sent after it runs after it.
+    fn task_set_function_waits_for_the_commands_sent_before_it(
+        function: u8,
+        sam: TmfFunction,
+        immediate: bool,
+    ) {
         let t = Instant::now();
         let mut s = session(t); // window [10, 17]
+        let after = if immediate { 13 } else { 14 };
         s.handle_pdu(pdu(read_on(2, 11, 0), &[]), t);
         s.handle_pdu(pdu(read_on(3, 12, 1), &[]), t);
         assert_eq!(s.held_commands(), 2);
-        s.handle_pdu(pdu(task_set_tmf(50, function, 0, 13, true), &[]), t);
-        let (_, acts) = drain(&mut s);
-        assert!(
-            matches!(&acts[..], [Action::TaskManagement { itt: 50, lun: 0, function }] if *function == sam),
-            "{acts:?}"
+        s.handle_pdu(pdu(task_set_tmf(50, function, 0, 13, immediate), &[]), t);
+        // Not acted on, not answered: 10 is missing below it. 11 is gone.
+        assert_eq!(steps(&mut s), vec![]);
+        let held = if immediate { 1 } else { 2 }; // 12 (and the request)
+        assert_eq!(s.held_commands(), held);
+        s.tmf_done(50, TmfOutcome::Complete);
+        assert_eq!(steps(&mut s), vec![]);
+        s.handle_pdu(pdu(read_on(4, after, 0), &[]), t);
+        assert_eq!(steps(&mut s), vec![]);
+        // 10 fills the gap: covered, so dropped unexecuted.
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        assert_eq!(
+            steps(&mut s),
+            vec![Step::Execute(3), Step::Tmf(50, sam), Step::Execute(4)]
         );
-        assert_eq!(s.held_commands(), 1);
         s.tmf_done(50, TmfOutcome::Complete);
         assert_eq!(
-            executed_and_tmf(&mut s),
-            (vec![], vec![(50, tmf::response::COMPLETE)])
+            steps(&mut s),
+            vec![Step::TmfResponse(50, tmf::response::COMPLETE)]
         );
-        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
-        assert_eq!(executed_and_tmf(&mut s).0, vec![1, 3]);
-        assert_eq!(s.window().0, 13);
+        assert_eq!(s.window().0, after + 1);
+        assert_eq!(s.held_commands(), 0);
         assert!(s.retired.is_empty());
-        // A retransmission of the dropped command is below the window now.
+        // Retransmissions of the dropped commands are below the window now.
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
         s.handle_pdu(pdu(read_on(2, 11, 0), &[]), t);
-        s.handle_pdu(pdu(read_on(4, 13, 0), &[]), t);
-        assert_eq!(executed_and_tmf(&mut s).0, vec![4]);
+        assert_eq!(steps(&mut s), vec![]);
+        s.handle_pdu(pdu(read_on(5, after + 1, 0), &[]), t);
+        assert_eq!(steps(&mut s), vec![Step::Execute(5)]);
     }
 
     #[test]
-    fn lun_reset_drops_held_commands_of_its_lun() {
-        task_set_function_drops_held_commands_on_its_lun(5, TmfFunction::LunReset);
+    fn immediate_lun_reset_waits_for_the_commands_sent_before_it() {
+        task_set_function_waits_for_the_commands_sent_before_it(5, TmfFunction::LunReset, true);
     }
 
     #[test]
-    fn abort_task_set_drops_held_commands_of_its_lun() {
-        task_set_function_drops_held_commands_on_its_lun(2, TmfFunction::AbortTaskSet);
+    fn lun_reset_waits_for_the_commands_sent_before_it() {
+        task_set_function_waits_for_the_commands_sent_before_it(5, TmfFunction::LunReset, false);
     }
 
     #[test]
-    fn clear_task_set_drops_held_commands_of_its_lun() {
-        task_set_function_drops_held_commands_on_its_lun(4, TmfFunction::ClearTaskSet);
+    fn immediate_abort_task_set_waits_for_the_commands_sent_before_it() {
+        task_set_function_waits_for_the_commands_sent_before_it(2, TmfFunction::AbortTaskSet, true);
     }
 
     #[test]
-    fn a_task_set_function_spares_commands_sent_after_it() {
+    fn abort_task_set_waits_for_the_commands_sent_before_it() {
+        task_set_function_waits_for_the_commands_sent_before_it(
+            2,
+            TmfFunction::AbortTaskSet,
+            false,
+        );
+    }
+
+    #[test]
+    fn immediate_clear_task_set_waits_for_the_commands_sent_before_it() {
+        task_set_function_waits_for_the_commands_sent_before_it(4, TmfFunction::ClearTaskSet, true);
+    }
+
+    #[test]
+    fn clear_task_set_waits_for_the_commands_sent_before_it() {
+        task_set_function_waits_for_the_commands_sent_before_it(
+            4,
+            TmfFunction::ClearTaskSet,
+            false,
+        );
+    }
+
+    #[test]
+    fn a_task_set_function_aborts_what_ran_and_spares_commands_sent_after_it() {
         let t = Instant::now();
         let mut s = session(t);
-        // A non-immediate LUN RESET at 11 runs in its turn; 12 on the same
-        // LUN was sent after it, so it is a new task and runs after it.
+        // 10 (LUN 0) arrived in order and runs; 11 (LUN 0) is late. An
+        // immediate LUN RESET (next CmdSN 12) then 12 (LUN 0) arrive.
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        assert_eq!(steps(&mut s), vec![Step::Execute(1)]);
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 12, true), &[]), t);
+        s.handle_pdu(pdu(read_on(3, 12, 0), &[]), t);
+        assert_eq!(steps(&mut s), vec![]);
+        // 10 may still complete: its response may precede the function's.
+        s.complete(1, Response::default(), None);
+        assert_eq!(steps(&mut s), vec![]);
+        assert_eq!(s.active_tasks(), 0);
+        s.handle_pdu(pdu(read_on(4, 13, 0), &[]), t);
+        s.handle_pdu(pdu(read_on(2, 11, 0), &[]), t);
+        assert_eq!(
+            steps(&mut s),
+            vec![
+                Step::Tmf(50, TmfFunction::LunReset),
+                Step::Execute(3),
+                Step::Execute(4)
+            ]
+        );
+        // A task still running when the function acts is aborted by it.
+        let mut s = session(t);
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 12, true), &[]), t);
+        s.handle_pdu(pdu(read_on(2, 11, 0), &[]), t);
+        assert_eq!(
+            steps(&mut s),
+            vec![
+                Step::Execute(1),
+                Step::Abort(vec![1]),
+                Step::Tmf(50, TmfFunction::LunReset)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_immediate_function_spares_a_command_sent_after_it_that_overtook_it() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // The initiator sent an immediate LUN RESET (next CmdSN 10), then
+        // 10 (LUN 0); 10 arrives first and runs. It is a new task: the
+        // function arriving late does not abort it.
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 10, true), &[]), t);
+        assert_eq!(
+            steps(&mut s),
+            vec![Step::Execute(1), Step::Tmf(50, TmfFunction::LunReset)]
+        );
+        assert_eq!(s.active_tasks(), 1);
+    }
+
+    #[test]
+    fn non_immediate_task_set_function_drops_a_late_command_sent_before_it() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // A non-immediate LUN RESET at 11 is held behind 10; 12 on the same
+        // LUN was sent after it, so it is a new task and runs after it. 10
+        // was sent before it and arrives after it: dropped, not run.
         s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 11, false), &[]), t);
         s.handle_pdu(pdu(read_on(2, 12, 0), &[]), t);
         assert_eq!(s.held_commands(), 2);
         s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
-        let (_, acts) = drain(&mut s);
+        assert_eq!(
+            steps(&mut s),
+            vec![Step::Tmf(50, TmfFunction::LunReset), Step::Execute(2)]
+        );
+        assert_eq!(s.window().0, 13);
+    }
+
+    #[test]
+    fn a_target_reset_releases_the_functions_waiting_below_it() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // 10 (LUN 0) is missing; 11 (LUN 1) is held. An immediate LUN
+        // RESET for LUN 0 (next CmdSN 12) waits for 10; then an immediate
+        // TARGET WARM RESET, also at 12, plugs 10 and drops 11. The LUN
+        // RESET runs first, then the target reset.
+        s.handle_pdu(pdu(read_on(2, 11, 1), &[]), t);
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 12, true), &[]), t);
+        assert_eq!(steps(&mut s), vec![]);
+        s.handle_pdu(pdu(task_set_tmf(51, 6, 0, 12, true), &[]), t);
+        assert_eq!(
+            steps(&mut s),
+            vec![
+                Step::Tmf(50, TmfFunction::LunReset),
+                Step::Tmf(51, TmfFunction::TargetWarmReset)
+            ]
+        );
+        assert_eq!((s.window().0, s.held_commands()), (12, 0));
+        s.tmf_done(50, TmfOutcome::Complete);
+        s.tmf_done(51, TmfOutcome::Complete);
+        assert_eq!(
+            steps(&mut s),
+            vec![Step::TmfResponse(50, 0), Step::TmfResponse(51, 0)]
+        );
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        assert_eq!(steps(&mut s), vec![]);
+    }
+
+    #[test]
+    fn functions_waiting_at_once_each_cover_their_own_lun() {
+        let t = Instant::now();
+        let mut s = session(t);
+        // Sent: 10 (LUN 0), LUN RESET LUN 0 (next CmdSN 11), 11 (LUN 1),
+        // ABORT TASK SET LUN 1 (next CmdSN 12), NOP-Out 12. Both commands
+        // are late.
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 11, true), &[]), t);
+        s.handle_pdu(pdu(task_set_tmf(51, 2, 1, 12, true), &[]), t);
+        let nop = NopOut {
+            immediate: false,
+            lun: 0,
+            itt: 7,
+            ttt: RESERVED_TAG,
+            cmd_sn: 12,
+            exp_stat_sn: 0,
+        };
+        s.handle_pdu(pdu(Bhs::NopOut(nop), &[]), t);
+        s.handle_pdu(pdu(read_on(2, 11, 1), &[]), t);
+        assert_eq!(steps(&mut s), vec![]);
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        let (sent, acts) = drain(&mut s);
         assert!(
             matches!(
                 &acts[..],
                 [
-                    Action::Execute { itt: 1, .. },
-                    Action::Abort { itts },
-                    Action::TaskManagement { itt: 50, .. },
-                    Action::Execute { itt: 2, .. },
-                ] if itts == &vec![1]
+                    Action::TaskManagement {
+                        itt: 50,
+                        lun: 0,
+                        ..
+                    },
+                    Action::TaskManagement {
+                        itt: 51,
+                        lun: 1,
+                        ..
+                    },
+                ]
             ),
             "{acts:?}"
         );
+        assert!(matches!(sent[..], [Bhs::NopIn(NopIn { itt: 7, .. })]));
         assert_eq!(s.window().0, 13);
+    }
+
+    #[test]
+    fn waiting_functions_are_bounded() {
+        let t = Instant::now();
+        let mut s = session(t);
+        for i in 0..=MAX_WAITING_TMFS as u32 {
+            s.handle_pdu(pdu(task_set_tmf(50 + i, 5, 0, 11, true), &[]), t);
+        }
+        let last = 50 + MAX_WAITING_TMFS as u32;
+        assert_eq!(
+            steps(&mut s),
+            vec![Step::TmfResponse(last, tmf::response::REJECTED)]
+        );
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        let ran: Vec<u32> = steps(&mut s)
+            .into_iter()
+            .filter_map(|st| match st {
+                Step::Tmf(itt, _) => Some(itt),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ran, (50..last).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_closed_session_forgets_a_waiting_function() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 11, true), &[]), t);
+        // The initiator goes silent: pinged, then dropped.
+        s.handle_timeout(t + Duration::from_secs(5));
+        s.handle_timeout(t + Duration::from_secs(8));
+        let (_, acts) = drain(&mut s);
+        assert!(matches!(acts[..], [Action::Close(CloseReason::Dead)]));
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        s.tmf_done(50, TmfOutcome::Complete);
+        assert!(s.poll_action().is_none());
+    }
+
+    #[test]
+    fn logout_waits_for_a_waiting_function() {
+        let t = Instant::now();
+        let mut s = session(t);
+        s.handle_pdu(pdu(task_set_tmf(50, 5, 0, 11, true), &[]), t);
+        let lo = LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt: 9,
+            cid: 0,
+            cmd_sn: 11,
+            exp_stat_sn: 0,
+        };
+        s.handle_pdu(pdu(Bhs::LogoutRequest(lo), &[]), t);
+        assert!(drain(&mut s).0.is_empty());
+        s.handle_pdu(pdu(read_on(1, 10, 0), &[]), t);
+        assert_eq!(steps(&mut s), vec![Step::Tmf(50, TmfFunction::LunReset)]);
+        s.tmf_done(50, TmfOutcome::Complete);
+        let (sent, acts) = drain(&mut s);
+        assert!(
+            matches!(
+                sent[..],
+                [
+                    Bhs::TmfResponse(TmfResponse { itt: 50, .. }),
+                    Bhs::LogoutResponse(LogoutResponse { itt: 9, .. })
+                ]
+            ),
+            "{sent:?}"
+        );
+        assert!(matches!(acts[..], [Action::Close(CloseReason::Logout)]));
     }
 
     #[test]
@@ -1926,6 +2407,109 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Whatever order a LUN-scoped task set function and the commands
+        /// around it arrive in: no command sent before it on its LUN runs
+        /// after it acts (one that ran before is aborted by it), it is
+        /// answered exactly once, and every other command runs exactly once,
+        /// in CmdSN order, those on its LUN sent after it only after it.
+        #[test]
+        fn a_task_set_function_covers_every_command_sent_before_it(
+            luns in proptest::collection::vec(0u64..2, 1..7),
+            at in 0usize..7,
+            immediate in any::<bool>(),
+            function in prop_oneof![Just(2u8), Just(4u8), Just(5u8)],
+            keys in proptest::collection::vec(any::<u16>(), 8),
+        ) {
+            let t = Instant::now();
+            let mut s = session(t); // window [10, 17]
+            let at = at % (luns.len() + 1);
+            // Send order: the commands, with the function before command `at`.
+            // (itt, cmd_sn, lun) per command; the function's CmdSN.
+            let mut cmds = Vec::new();
+            let mut sn = 10u32;
+            let mut tmf_sn = 0;
+            for (i, lun) in luns.iter().enumerate() {
+                if i == at {
+                    tmf_sn = sn;
+                    if !immediate {
+                        sn += 1;
+                    }
+                }
+                cmds.push((i as u32 + 1, sn, *lun));
+                sn += 1;
+            }
+            if at == luns.len() {
+                tmf_sn = sn;
+                if !immediate {
+                    sn += 1;
+                }
+            }
+            let mut pdus: Vec<Bhs> = cmds.iter().map(|&(itt, sn, lun)| read_on(itt, sn, lun)).collect();
+            pdus.push(task_set_tmf(100, function, 0, tmf_sn, immediate));
+            let mut order: Vec<usize> = (0..pdus.len()).collect();
+            order.sort_by_key(|&i| keys[i]);
+            let mut log = Vec::new();
+            // The commands that arrived after the function.
+            let mut arrived_after = Vec::new();
+            let mut tmf_arrived = false;
+            for i in order {
+                match cmds.get(i) {
+                    Some(&(itt, _, _)) if tmf_arrived => arrived_after.push(itt),
+                    Some(_) => {}
+                    None => tmf_arrived = true,
+                }
+                s.handle_pdu(pdu(pdus[i], &[]), t);
+                loop {
+                    let got = steps(&mut s);
+                    if got.is_empty() {
+                        break;
+                    }
+                    for st in got {
+                        if let Step::Tmf(itt, _) = st {
+                            s.tmf_done(itt, TmfOutcome::Complete);
+                        }
+                        log.push(st);
+                    }
+                }
+            }
+            let tm: Vec<usize> = log.iter().enumerate()
+                .filter(|(_, st)| matches!(st, Step::Tmf(100, _))).map(|(i, _)| i).collect();
+            prop_assert_eq!(tm.len(), 1, "{:?}", log);
+            let tm = tm[0];
+            let answered: Vec<usize> = log.iter().enumerate()
+                .filter(|(_, st)| matches!(st, Step::TmfResponse(100, 0))).map(|(i, _)| i).collect();
+            prop_assert_eq!(answered.len(), 1, "{:?}", log);
+            let aborted: Vec<u32> = match tm.checked_sub(1).map(|i| &log[i]) {
+                Some(Step::Abort(itts)) => itts.clone(),
+                _ => Vec::new(),
+            };
+            let ran = |itt: u32| log.iter().position(|st| *st == Step::Execute(itt));
+            let mut last_sn = None;
+            for &(itt, sn, lun) in &cmds {
+                let runs = log.iter().filter(|st| **st == Step::Execute(itt)).count();
+                if lun == 0 && sn_lt(sn, tmf_sn) {
+                    // Covered: never runs after the function acts, and if it
+                    // ran before, the function aborts it.
+                    prop_assert!(runs <= 1);
+                    if let Some(p) = ran(itt) {
+                        prop_assert!(p < tm && aborted.contains(&itt), "{} {:?}", itt, log);
+                    }
+                } else {
+                    prop_assert_eq!(runs, 1, "{} {:?}", itt, log);
+                    prop_assert!(!aborted.contains(&itt));
+                    if lun == 0 && arrived_after.contains(&itt) {
+                        prop_assert!(ran(itt) > Some(tm), "{} {:?}", itt, log);
+                    }
+                }
+                if let Some(p) = ran(itt) {
+                    prop_assert!(last_sn.is_none_or(|(q, _)| q < p), "{:?}", log);
+                    last_sn = Some((p, sn));
+                }
+            }
+            prop_assert_eq!(s.window().0, sn);
+            prop_assert_eq!(s.held_commands(), 0);
         }
     }
 }
