@@ -30,22 +30,39 @@ pub struct ScrubReport {
     pub parity_repaired: u64,
     /// Block positions with no correct copy.
     pub unrecoverable: u64,
+    /// Whether the scrub ended early because a reshape was running (rows
+    /// move under it); the rows after [`ScrubReport::rows`] were not read.
+    pub stopped_by_reshape: bool,
 }
 
 impl RaidArray {
     /// Scrubs the whole array (writes out the stripe cache first).
+    ///
+    /// The geometry lock is taken per row, as I/O takes it, so a grow or a
+    /// reshape step can run between two rows but never under one. Rows move
+    /// while a reshape runs, so the scrub stops when it finds one running
+    /// ([`ScrubReport::stopped_by_reshape`]); run it again afterwards.
     pub async fn scrub(&self) -> Result<ScrubReport> {
-        let geo = *self.inner.geo.read().await;
-        self.destage_all(&geo).await?;
+        {
+            let geo = self.inner.geo.read().await;
+            self.destage_all(&geo).await?;
+        }
         let mut report = ScrubReport::default();
-        let lay = geo.cur;
-        let rows = match geo.reshape {
-            Some(_) => 0,
-            None => lay.rows,
-        };
-        for row in 0..rows {
+        let mut row = 0;
+        loop {
+            let geo = self.inner.geo.read().await;
+            if geo.reshape.is_some() {
+                warn!(row, "scrub stopped: a reshape is running");
+                report.stopped_by_reshape = true;
+                break;
+            }
+            let lay = geo.cur;
+            if row >= lay.rows {
+                break;
+            }
             let _g = self.row_lock(row).await;
             self.scrub_row(&lay, row, &mut report).await?;
+            row += 1;
         }
         info!(?report, "scrub finished");
         Ok(report)
@@ -265,13 +282,22 @@ impl RaidArray {
     /// [`RaidArray::scrub`] (md's "check" to its "repair"). It looks at what
     /// the members hold: writes still in the stripe cache are not destaged.
     /// While a reshape runs, rows below its position are read in the new
-    /// layout and the others in the old one. A member read error fails the
-    /// member as any read would; a medium error makes the row incomplete.
+    /// layout and the others in the old one (the geometry lock is taken per
+    /// row, so each row is read in the layout it holds at that moment). A
+    /// member read error fails the member as any read would; a medium error
+    /// makes the row incomplete.
     pub async fn check(&self) -> Result<CheckReport> {
-        let geo = *self.inner.geo.read().await;
         let bs = self.inner.block_size as usize;
         let mut report = CheckReport::default();
-        for row in 0..geo.physical_rows() {
+        let mut next = 0;
+        loop {
+            // Per row, as I/O does: a reshape step may move rows in between.
+            let geo = self.inner.geo.read().await;
+            let row = next;
+            if row >= geo.physical_rows() {
+                break;
+            }
+            next += 1;
             let Some(lay) = geo.layout_of_row(row) else {
                 continue;
             };

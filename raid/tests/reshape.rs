@@ -101,3 +101,45 @@ async fn grow_refuses_small_or_mismatched_members() {
     let ok = rig.add_device(1024);
     assert!(a.grow(ok).await.is_err(), "no reshape while degraded");
 }
+
+/// A grow that starts while a scrub runs goes in between two of its rows;
+/// the scrub then stops instead of reading moved rows in the old layout,
+/// and finds nothing wrong on the way.
+#[tokio::test]
+async fn grow_during_scrub_stops_the_scrub_cleanly() {
+    let mut rig = Rig::new(3, 1024, small_config());
+    let (a, model) = rig.filled(3).await;
+    let rows = a.layout().await.rows;
+    for f in &rig.faulty {
+        f.set_latency(std::time::Duration::from_millis(2), None);
+    }
+    let scrub = tokio::spawn({
+        let a = a.clone();
+        async move { a.scrub().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let dev = rig.add_device(1024);
+    a.grow(dev).await.unwrap();
+    // The whole reshape runs while the scrub may still be going: rows it
+    // has not reached move to the new layout.
+    while !a.reshape_step().await.unwrap() {}
+    let r = scrub.await.unwrap().unwrap();
+    assert!(r.stopped_by_reshape, "{r:?}");
+    assert!(r.rows > 0 && r.rows < rows, "{r:?}");
+    assert_eq!(
+        (r.unrecoverable, r.data_repaired, r.parity_repaired),
+        (0, 0, 0)
+    );
+    for f in &rig.faulty {
+        f.set_latency(std::time::Duration::ZERO, None);
+    }
+    assert!(a.check().await.unwrap().clean());
+    let r = a.scrub().await.unwrap();
+    assert!(!r.stopped_by_reshape);
+    assert_eq!(r.rows, a.layout().await.rows);
+    assert_eq!(
+        (r.unrecoverable, r.data_repaired, r.parity_repaired),
+        (0, 0, 0)
+    );
+    check_all(&a, &model).await;
+}
