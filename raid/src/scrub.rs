@@ -7,6 +7,10 @@
 //! match the data, parity is recomputed (the data checksums vouch for the
 //! data); two or more bad blocks at one position cannot be repaired and are
 //! reported.
+//!
+//! Check ([`RaidArray::check`]) reads the same way and repairs nothing: it
+//! reports the blocks their tags do not vouch for and the positions where
+//! parity alone is wrong.
 
 use blockdev::{BlockError, Bytes, WriteFlags};
 use tracing::{info, warn};
@@ -111,8 +115,8 @@ impl RaidArray {
         }
         report.rows += 1;
         let pslot = lay.parity_member(row) as usize;
-        let mut dirty = vec![false; n];
-        // Blocks given new content here: their tags are made afresh.
+        // Blocks given new content here (member-major): their chunks are
+        // rewritten and their tags made afresh.
         let mut fixed = vec![false; n * c];
         for i in 0..c {
             let range = i * bs..(i + 1) * bs;
@@ -135,7 +139,6 @@ impl RaidArray {
                     if x.iter().any(|&b| b != 0) {
                         // Data checks out against its checksums: parity is stale.
                         xor_into(&mut chunks[pslot][range.clone()], &x);
-                        dirty[pslot] = true;
                         fixed[pslot * c + i] = true;
                         report.parity_repaired += 1;
                     }
@@ -160,7 +163,6 @@ impl RaidArray {
                         continue;
                     }
                     chunks[s][range].copy_from_slice(&x);
-                    dirty[s] = true;
                     fixed[s * c + i] = true;
                     if s == pslot {
                         report.parity_repaired += 1;
@@ -175,7 +177,7 @@ impl RaidArray {
             }
         }
         for s in 0..n {
-            if dirty[s] || tags[s].damaged() {
+            if fixed[s * c..(s + 1) * c].contains(&true) || tags[s].damaged() {
                 let fresh = ChunkTags {
                     entries: chunks[s]
                         .chunks_exact(bs)
