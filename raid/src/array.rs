@@ -664,6 +664,12 @@ impl RaidArray {
     pub(crate) async fn fail_member(&self, slot: u32, err: &BlockError) {
         if self.mark_faulty(slot) {
             warn!(slot, error = %err, "member failed; array degraded");
+            if let Some(j) = &self.inner.journal {
+                // Its ring held the records of the rows it was parity for,
+                // written in place on the others: those writes must become
+                // durable before a crash could tear them unprotected.
+                j.request_checkpoint();
+            }
             if let Err(e) = self.write_superblocks().await {
                 warn!(error = %e, "could not persist member failure");
             }
@@ -1110,9 +1116,10 @@ impl RaidArray {
             }
         };
 
-        let _journaled = match (&self.inner.journal, &pdev, &parity) {
-            (Some(j), Some(pdev), Some(p)) => {
-                Some(j.log(self, lay, row, pslot, pdev, &newb, lo, p).await?)
+        let _journaled = match (&self.inner.journal, self.journal_member(lay, row, &pdev)) {
+            (Some(j), Some((jslot, jdev))) => {
+                let p = parity.as_deref().unwrap_or_default();
+                Some(j.log(self, lay, row, jslot, &jdev, &newb, lo, p).await?)
             }
             _ => None,
         };
@@ -1183,6 +1190,27 @@ impl RaidArray {
             }
         }
         self.check_alive()
+    }
+
+    /// The member whose journal ring takes a record of an update to `row`:
+    /// its parity member, or while that is missing the first usable member
+    /// of the row. The data is then written in place with no parity, and
+    /// only the record keeps a block and its tag from tearing apart in a
+    /// crash (replay rewrites both). Losing that member as well would be a
+    /// second failure in the row.
+    fn journal_member(
+        &self,
+        lay: &Layout,
+        row: u64,
+        pdev: &Option<SharedDevice>,
+    ) -> Option<(u32, SharedDevice)> {
+        let pslot = lay.parity_member(row);
+        match pdev {
+            Some(d) => Some((pslot, d.clone())),
+            None => (0..lay.members)
+                .filter(|&s| s != pslot)
+                .find_map(|s| self.usable(s, row).map(|d| (s, d))),
+        }
     }
 
     /// Writes a whole row whose new data is `pieces` (disjoint, together
@@ -1260,8 +1288,8 @@ impl RaidArray {
             p[chunk_bytes..].copy_from_slice(&tb);
         }
 
-        let _journaled = match (&self.inner.journal, &pdev, &parity) {
-            (Some(j), Some(pdev), Some(p)) => {
+        let _journaled = match (&self.inner.journal, self.journal_member(lay, row, &pdev)) {
+            (Some(j), Some((jslot, jdev))) => {
                 // The journal takes per-block buffers; it copies them anyway.
                 let newb: Vec<Vec<Option<Bytes>>> = chunks
                     .iter()
@@ -1271,10 +1299,8 @@ impl RaidArray {
                             .collect()
                     })
                     .collect();
-                Some(
-                    j.log(self, lay, row, pslot, pdev, &newb, 0, &p[..chunk_bytes])
-                        .await?,
-                )
+                let p = parity.as_ref().map_or(&[][..], |p| &p[..chunk_bytes]);
+                Some(j.log(self, lay, row, jslot, &jdev, &newb, 0, p).await?)
             }
             _ => None,
         };
@@ -1641,7 +1667,18 @@ impl RaidArray {
                 self.write_row(&lay, row, &pieces, fua).await?;
             }
         }
+        self.settle_journal().await?;
         self.evict(&geo).await
+    }
+
+    /// Runs the journal checkpoint a member failure asked for
+    /// ([`JournalState::request_checkpoint`]); called at the end of reads,
+    /// writes and maintenance, where no journal guard is held.
+    pub(crate) async fn settle_journal(&self) -> Result<()> {
+        match &self.inner.journal {
+            Some(j) => j.checkpoint_if_requested(self).await,
+            None => Ok(()),
+        }
     }
 
     /// Volume read: verified blocks, rebuilt from parity where a member is
@@ -1679,6 +1716,7 @@ impl RaidArray {
                 }
             }
         }
+        self.settle_journal().await?;
         Ok(out.freeze())
     }
 

@@ -9,7 +9,10 @@
 //! is lost, the row's data chunks were written in place and need no parity; if
 //! any other member is lost, the record survives and replay makes parity agree
 //! with the new data, so the lost chunk (touched by the update or not) is
-//! reconstructed correctly.
+//! reconstructed correctly. While the parity member is missing (a degraded
+//! row) the record goes to the first usable member of the row instead: with no
+//! parity to decide, only the record keeps a data block and its tag from
+//! tearing apart in a crash.
 //!
 //! A checkpoint (on every flush, and whenever a ring is full) flushes the
 //! members and restarts every ring at a new sequence number, written to the
@@ -25,7 +28,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
@@ -53,6 +56,8 @@ pub(crate) struct JournalState {
     /// Held shared from logging a record until its row is written; held
     /// exclusively by a checkpoint.
     gate: Arc<AsyncRwLock<()>>,
+    /// A member failed since the last checkpoint, taking its ring's records.
+    checkpoint_wanted: AtomicBool,
 }
 
 /// One replayable record.
@@ -80,6 +85,7 @@ impl JournalState {
             next_seq: AtomicU64::new(1),
             rings: AsyncMutex::new(BTreeMap::new()),
             gate: Arc::new(AsyncRwLock::new(())),
+            checkpoint_wanted: AtomicBool::new(false),
         }
     }
 
@@ -87,8 +93,10 @@ impl JournalState {
         (REC_FIXED + 8 * entries).div_ceil(bs)
     }
 
-    /// Logs the new content of a row update on the parity member. The returned
-    /// guard must be held until the update is on the members.
+    /// Logs the new content of a row update (`parity` empty when the row's
+    /// parity member is missing) in the ring of member `pslot`, normally the
+    /// parity member. The returned guard must be held until the update is on
+    /// the members.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn log(
         &self,
@@ -172,6 +180,26 @@ impl JournalState {
                 }
             }
         }
+    }
+
+    /// Asks for a checkpoint at the next safe point: a member failed, and the
+    /// records in its ring went with it. The rows it was parity for were
+    /// written in place on the others with no other record; until a
+    /// checkpoint makes them durable, a crash could tear a block from its
+    /// tag with nothing left to decide between them. (Called from inside
+    /// row writes, which hold the gate a checkpoint needs.)
+    pub(crate) fn request_checkpoint(&self) {
+        self.checkpoint_wanted.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs the checkpoint [`JournalState::request_checkpoint`] asked for,
+    /// if any; called where no journal guard is held.
+    pub(crate) async fn checkpoint_if_requested(&self, array: &RaidArray) -> Result<()> {
+        if self.checkpoint_wanted.swap(false, Ordering::SeqCst) {
+            info!("member lost with its journal ring: checkpoint");
+            self.checkpoint(array).await?;
+        }
+        Ok(())
     }
 
     /// Flushes the members and restarts every ring: all logged rows are durable.

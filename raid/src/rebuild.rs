@@ -121,6 +121,7 @@ impl RaidArray {
     /// member failed longer than the spare timeout and advances a rebuild as
     /// far as the rate limit allows.
     pub async fn maintain(&self) -> Result<MaintenanceReport> {
+        self.settle_journal().await?;
         let mut report = MaintenanceReport::default();
         let now = self.now();
         let candidate = {

@@ -180,11 +180,17 @@ impl World {
                 );
             }
         }
-        // Wrong content after a crash only where the array itself reported
-        // that it kept a block nothing vouched for: without the journal (the
-        // write hole meeting latent rot), or with it when the crash also cost
-        // a member (rot, crash and a lost member: beyond one parity, and the
-        // lost member may hold the row's journal record).
+        // With the journal, resync finds no block nothing vouches for unless
+        // the crash cost a member (or one was gone unnoticed), with the
+        // records in its ring. Wrong content after a crash only where the
+        // array itself reported that it kept such a block: without the
+        // journal (the write hole meeting latent rot), or with it when the
+        // crash also cost a member (rot, crash and a lost member: beyond one
+        // parity).
+        if after_crash && self.journal && !self.lost_at_crash {
+            let u = a.integrity_stats().resync_unverified;
+            prop_assert_eq!(u, 0, "journal: resync could not vouch for {} blocks", u);
+        }
         if !unvouched.is_empty() {
             let reported = a.integrity_stats().resync_unverified;
             prop_assert!(
@@ -329,13 +335,22 @@ impl World {
                     // (tested elsewhere); shut down cleanly instead.
                     return Box::pin(self.step(&Op::Reassemble)).await;
                 }
+                // A member offline that the array has not noticed yet is
+                // lost at the crash as far as the array knows, with the
+                // records in its journal ring.
+                let unnoticed = self.offline.as_ref().is_some_and(|d| {
+                    let ids = self.a().member_identities();
+                    ids.iter()
+                        .position(|i| i.as_ref() == Some(d.identity()))
+                        .is_some_and(|s| self.a().member_states()[s] == MemberState::InSync)
+                });
                 drop(self.array.take());
                 for f in &self.rig.faulty {
                     f.crash()
                         .await
                         .map_err(|e| TestCaseError::fail(format!("crash: {e}")))?;
                 }
-                self.lost_at_crash = false;
+                self.lost_at_crash = unnoticed;
                 if let (Some(s), true, false) = (then_fail, self.journal, degraded) {
                     self.lost_at_crash = true;
                     let n = self.rig.faulty.len();
