@@ -119,7 +119,8 @@ pub struct IntegrityStats {
     /// Member read errors seen.
     pub read_errors: u64,
     /// Blocks a crash resync kept although neither their tags nor parity
-    /// could vouch for them (possible only without the journal).
+    /// could vouch for them (without the journal; with it, only when the
+    /// crash also cost a member).
     pub resync_unverified: u64,
 }
 

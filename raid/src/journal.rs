@@ -94,17 +94,17 @@ impl JournalState {
     }
 
     /// Logs the new content of a row update (`parity` empty when the row's
-    /// parity member is missing) in the ring of member `pslot`, normally the
-    /// parity member. The returned guard must be held until the update is on
-    /// the members.
+    /// parity member is missing) in the ring of member `ring_slot`, normally
+    /// the parity member. The returned guard must be held until the update is
+    /// on the members.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn log(
         &self,
         array: &RaidArray,
         lay: &Layout,
         row: u64,
-        pslot: u32,
-        pdev: &SharedDevice,
+        ring_slot: u32,
+        ring_dev: &SharedDevice,
         newb: &[Vec<Option<Bytes>>],
         lo: u32,
         parity: &[u8],
@@ -121,6 +121,7 @@ impl JournalState {
                 }
             }
         }
+        let pslot = lay.parity_member(row);
         for (j, blk) in parity.chunks_exact(bs).enumerate() {
             entries.push((pslot, lo + j as u32));
             payload.extend_from_slice(blk);
@@ -136,7 +137,7 @@ impl JournalState {
         loop {
             let guard = self.gate.clone().read_owned().await;
             let mut rings = self.rings.lock().await;
-            let at = *rings.get(&pslot).unwrap_or(&1);
+            let at = *rings.get(&ring_slot).unwrap_or(&1);
             if at + total > self.blocks {
                 drop(rings);
                 drop(guard);
@@ -161,20 +162,20 @@ impl JournalState {
             let mut rec = BytesMut::from(&head[..]);
             rec.extend_from_slice(&payload);
             // Written while the ring is locked, so records land in order.
-            match pdev
+            match ring_dev
                 .write(self.start + at, rec.freeze(), WriteFlags::FUA)
                 .await
             {
                 Ok(()) => {
-                    rings.insert(pslot, at + total);
+                    rings.insert(ring_slot, at + total);
                     return Ok(guard);
                 }
                 Err(e) => {
                     drop(rings);
                     drop(guard);
-                    array.fail_member(pslot, &e).await;
+                    array.fail_member(ring_slot, &e).await;
                     return Err(RaidError::Member {
-                        slot: pslot,
+                        slot: ring_slot,
                         source: e,
                     });
                 }
