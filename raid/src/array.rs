@@ -235,6 +235,8 @@ pub(crate) struct Inner {
     /// event counter at assembly in the high half (so no later assembly
     /// reuses an epoch), the flushes since then in the low half.
     pub(crate) epoch: AtomicU64,
+    /// Highest epoch in which a write updated tag entries.
+    pub(crate) written_epoch: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -363,6 +365,7 @@ impl RaidArray {
             rebuild_pos: 0,
             reshape_members: 0,
             reshape_pos: 0,
+            closed_epoch: 0,
             slots: members
                 .iter()
                 .map(|d| SlotEntry {
@@ -450,6 +453,7 @@ impl RaidArray {
                 stats: Stats::default(),
                 capacity: AtomicU64::new(geo.cur.capacity()),
                 epoch: AtomicU64::new((meta_events + 1) << 32),
+                written_epoch: AtomicU64::new(0),
             }),
         }
     }
@@ -464,6 +468,34 @@ impl RaidArray {
     /// The tags' current flush epoch.
     pub(crate) fn epoch(&self) -> u64 {
         self.inner.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The current flush epoch, for a write about to update tag entries
+    /// (giving them a previous content): the next flush must then record
+    /// the epoch closed on the members.
+    fn write_epoch(&self) -> u64 {
+        let e = self.epoch();
+        self.inner.written_epoch.fetch_max(e, Ordering::SeqCst);
+        e
+    }
+
+    /// Records on the members that every flush epoch below `epoch` is
+    /// durable (`Superblock::closed_epoch`), unless they say so already or
+    /// (`lazy`) no write of this assembly updated tags since they last did.
+    pub(crate) async fn close_epochs_below(&self, epoch: u64, lazy: bool) -> Result<()> {
+        let written = self.inner.written_epoch.load(Ordering::SeqCst);
+        let persist = {
+            let mut m = self.meta();
+            let due = epoch > m.sb.closed_epoch && (!lazy || written >= m.sb.closed_epoch);
+            if due {
+                m.sb.closed_epoch = epoch;
+            }
+            due
+        };
+        if persist {
+            self.write_superblocks().await?;
+        }
+        Ok(())
     }
 
     pub(crate) fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
@@ -1127,7 +1159,7 @@ impl RaidArray {
 
         let flags = WriteFlags { fua };
         // One flush epoch for all the row's tags.
-        let epoch = self.epoch();
+        let epoch = self.write_epoch();
         let mut writes = Vec::new();
         for k in 0..d {
             if !touched[k as usize] {
@@ -1248,7 +1280,7 @@ impl RaidArray {
                 }
             }))
             .await;
-        let epoch = self.epoch();
+        let epoch = self.write_epoch();
         let mut parity_tags = ChunkTags {
             entries: Vec::with_capacity(c as usize),
         };
@@ -1733,11 +1765,15 @@ impl RaidArray {
         let epoch = self.meta().bitmap.begin_flush();
         // Tags written from now on count what this flush makes durable as
         // their previous content.
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        let started = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.flush_members().await?;
         if let Some(j) = &self.inner.journal {
             j.checkpoint(self).await?;
         }
+        // The epochs before this flush are durable now: say so on the
+        // members before a later overwrite could leave a tag of theirs
+        // naming a previous content that is gone (integrity module docs).
+        self.close_epochs_below(started, true).await?;
         let clear = {
             let mut m = self.meta();
             let keep = m.slots.iter().any(|s| s.state != MemberState::InSync);

@@ -221,8 +221,11 @@ impl RaidArray {
         }
         if dirty {
             report.resynced_rows = array.resync_dirty().await?;
-            array.flush_members().await?;
         }
+        // Everything of earlier assemblies is durable now (closed cleanly,
+        // or resynced and flushed here): only this one's epochs are open.
+        array.flush_members().await?;
+        array.close_epochs_below(array.epoch(), false).await?;
         info!(
             uuid = %array.inner.identity,
             missing = ?report.missing_slots,

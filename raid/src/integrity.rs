@@ -26,6 +26,16 @@
 //! member while its tag landed, so resync also accepts the previous content,
 //! and only that: a block that rotted before it was overwritten matches
 //! neither, and is rebuilt instead of being blessed with a fresh tag.
+//!
+//! The previous content is a possible outcome of a crash only while the tag's
+//! epoch is still open. Once a later flush has completed, the entry's current
+//! content is durable and its previous one is history: a tag block of such a
+//! *closed* epoch that a crash left in place (because the member lost the
+//! rewrite of its tag but kept the rewrite of the data) must not vouch for the
+//! old content, or a reconstruction that happens to produce it would bring
+//! back data that was overwritten and flushed. The superblock records the
+//! lowest epoch not yet known closed ([`crate::superblock::Superblock::closed_epoch`]);
+//! [`ChunkTags::vouch_after_crash`] takes it.
 
 use crate::layout::tags_per_block;
 
@@ -188,6 +198,16 @@ impl TagEntry {
         }
     }
 
+    /// [`TagEntry::vouch`] after a crash, where epochs below `closed` are
+    /// known to be flushed: in a tag block of such an epoch the previous
+    /// content is no longer a possible state of the block.
+    pub fn vouch_after_crash(&self, addr: u64, data: &[u8], closed: u64) -> Vouch {
+        match self.vouch(addr, data) {
+            Vouch::Previous if self.epoch < closed => Vouch::Neither,
+            v => v,
+        }
+    }
+
     /// Whether `data` is what this tag says belongs at `addr`.
     pub fn verifies(&self, addr: u64, data: &[u8]) -> bool {
         self.vouch(addr, data) == Vouch::Current
@@ -275,10 +295,17 @@ impl ChunkTags {
         self.entries[i].map_or(Vouch::Neither, |e| e.vouch(addr, data))
     }
 
+    /// [`TagEntry::vouch_after_crash`] for block `i` holding `data`
+    /// ([`Vouch::Neither`] where the tag block is damaged).
+    pub fn vouch_after_crash(&self, i: usize, addr: u64, data: &[u8], closed: u64) -> Vouch {
+        self.entries[i].map_or(Vouch::Neither, |e| e.vouch_after_crash(addr, data, closed))
+    }
+
     /// Whether block `i` holding `data` is what belongs at `addr` now or was
-    /// there at the start of its flush epoch (what a crash may leave).
-    pub fn verifies_after_crash(&self, i: usize, addr: u64, data: &[u8]) -> bool {
-        self.vouch(i, addr, data) != Vouch::Neither
+    /// there at the start of its flush epoch, if that epoch is not below
+    /// `closed` (what a crash may leave).
+    pub fn verifies_after_crash(&self, i: usize, addr: u64, data: &[u8], closed: u64) -> bool {
+        self.vouch_after_crash(i, addr, data, closed) != Vouch::Neither
     }
 
     /// Sets block `i` to hold `data` at `addr`, written in flush epoch `epoch`
@@ -486,23 +513,33 @@ mod tests {
         t.overwrite(1, 7, 100, &b);
         let t7 = round(&t, 7);
         assert!(t7.verifies(1, 100, &b) && !t7.verifies(1, 100, &a));
-        assert!(t7.verifies_after_crash(1, 100, &[0; 512]));
-        assert!(!t7.verifies_after_crash(1, 100, &a), "a was never flushed");
+        assert!(t7.verifies_after_crash(1, 100, &[0; 512], 0));
+        assert!(
+            !t7.verifies_after_crash(1, 100, &a, 0),
+            "a was never flushed"
+        );
         // Epoch 8 (after a flush): b is the previous content now.
         let mut t8 = t7.clone();
         t8.overwrite(1, 8, 100, &c);
         let t8 = round(&t8, 8);
         assert!(t8.verifies(1, 100, &c) && !t8.verifies(1, 100, &b));
-        assert!(t8.verifies_after_crash(1, 100, &b));
-        assert!(!t8.verifies_after_crash(1, 100, &[0; 512]));
+        assert!(t8.verifies_after_crash(1, 100, &b, 0));
+        assert!(!t8.verifies_after_crash(1, 100, &[0; 512], 0));
         // Entries not written in an epoch are carried into it when their
         // tag block is rewritten: only their current content is allowed.
         let t9 = round(&t8, 9);
-        assert!(t9.verifies_after_crash(1, 100, &c));
-        assert!(!t9.verifies_after_crash(1, 100, &b));
+        assert!(t9.verifies_after_crash(1, 100, &c, 0));
+        assert!(!t9.verifies_after_crash(1, 100, &b, 0));
         // A rotted copy of the previous content matches nothing.
         let mut rotted = b.clone();
         rotted[9] ^= 0x10;
-        assert!(!t8.verifies_after_crash(1, 100, &rotted));
+        assert!(!t8.verifies_after_crash(1, 100, &rotted, 0));
+        // Once epoch 8 is closed (a later flush completed), c is durable and
+        // b no longer a state a crash can leave, though the tag block still
+        // names it: only the current content passes.
+        assert_eq!(t8.vouch_after_crash(1, 100, &b, 8), Vouch::Previous);
+        assert_eq!(t8.vouch_after_crash(1, 100, &b, 9), Vouch::Neither);
+        assert!(t8.verifies_after_crash(1, 100, &c, 9));
+        assert!(!t8.verifies_after_crash(1, 100, &b, 9));
     }
 }

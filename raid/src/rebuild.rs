@@ -398,7 +398,8 @@ impl RaidArray {
     ///
     /// Per block position, a data block is good when its tag vouches for it
     /// now or at the start of the flush epoch (an overwrite the crash
-    /// reverted). Parity that equals the XOR of the data vouches for all of
+    /// reverted), the latter only if that epoch is not below `closed`, the
+    /// first one not known flushed. Parity that equals the XOR of the data vouches for all of
     /// it (rot would break the equation). Otherwise one doubtful block is
     /// replaced by its reconstruction when its tag vouches for that; only
     /// when no evidence decides is a block kept as it is (the unjournaled
@@ -407,7 +408,7 @@ impl RaidArray {
     /// with a data member missing nothing can be checked (the journal covers
     /// that case) and the row is left alone. Returns whether anything was
     /// rewritten.
-    pub(crate) async fn resync_row(&self, lay: &Layout, row: u64) -> Result<bool> {
+    pub(crate) async fn resync_row(&self, lay: &Layout, row: u64, closed: u64) -> Result<bool> {
         let bs = self.inner.block_size as usize;
         let c = lay.chunk_blocks as usize;
         let pslot = lay.parity_member(row);
@@ -466,7 +467,7 @@ impl RaidArray {
             let addr = |k: usize| Self::addr_of(lay, row, slots[k], i as u32);
             let mut suspects = Vec::new();
             for k in 0..d {
-                match tags[k].vouch(i, addr(k), &chunks[k][r.clone()]) {
+                match tags[k].vouch_after_crash(i, addr(k), &chunks[k][r.clone()], closed) {
                     Vouch::Current => {}
                     Vouch::Previous => rewrite[k] = true,
                     Vouch::Neither => {
@@ -484,7 +485,7 @@ impl RaidArray {
                 let mut rebuilt = chunks[d][r.clone()].to_vec();
                 xor_into(&mut rebuilt, &xor[r.clone()]);
                 xor_into(&mut rebuilt, &chunks[k][r.clone()]);
-                if tags[k].verifies_after_crash(i, addr(k), &rebuilt) {
+                if tags[k].verifies_after_crash(i, addr(k), &rebuilt, closed) {
                     warn!(
                         row,
                         slot = slots[k],
@@ -540,6 +541,8 @@ impl RaidArray {
     pub(crate) async fn resync_dirty(&self) -> Result<u64> {
         let geo = *self.inner.geo.read().await;
         let regions = self.meta().bitmap.dirty_regions();
+        // Tags of epochs below this were flushed before the crash.
+        let closed = self.meta().sb.closed_epoch;
         let mut fixed = 0;
         for r in regions {
             let rows = self.meta().bitmap.rows_of(r);
@@ -548,7 +551,7 @@ impl RaidArray {
                     continue;
                 };
                 let _g = self.row_lock(row).await;
-                if self.resync_row(&lay, row).await? {
+                if self.resync_row(&lay, row, closed).await? {
                     fixed += 1;
                 }
             }

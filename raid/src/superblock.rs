@@ -19,6 +19,7 @@
 //! 168 reshape members u32     172 reserved u32        176 reshape checkpoint row u64
 //! 184 slot count u32          188 reserved u32
 //! 192 slot table: MAX_SLOTS x 32 bytes: device uuid [16], state u8, reserved [15]
+//! 2240 closed flush epoch u64
 //! ```
 
 use crate::error::{RaidError, Result};
@@ -34,6 +35,7 @@ pub const SPARE: u32 = u32::MAX;
 pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"OPIERAID";
 const SLOT_TABLE: usize = 192;
+const CLOSED_EPOCH: usize = SLOT_TABLE + 32 * MAX_SLOTS;
 
 /// Superblock flag: the array was shut down cleanly (parity known good).
 pub const FLAG_CLEAN: u32 = 1;
@@ -117,6 +119,10 @@ pub struct Superblock {
     pub reshape_members: u32,
     /// New-layout rows below this are reshaped.
     pub reshape_pos: u64,
+    /// Every tag flush epoch below this one has been flushed: a crash cannot
+    /// bring back the "previous" content its tag entries name
+    /// ([`crate::integrity`]). 0 when nothing is known.
+    pub closed_epoch: u64,
     /// The member table.
     pub slots: Vec<SlotEntry>,
 }
@@ -164,6 +170,7 @@ impl Superblock {
         put32(&mut b, 168, self.reshape_members);
         put64(&mut b, 176, self.reshape_pos);
         put32(&mut b, 184, self.slots.len() as u32);
+        put64(&mut b, CLOSED_EPOCH, self.closed_epoch);
         for (i, s) in self.slots.iter().enumerate() {
             let at = SLOT_TABLE + 32 * i;
             b[at..at + 16].copy_from_slice(&s.device);
@@ -234,6 +241,7 @@ impl Superblock {
             rebuild_pos: get64(b, 160),
             reshape_members: get32(b, 168),
             reshape_pos: get64(b, 176),
+            closed_epoch: get64(b, CLOSED_EPOCH),
             slots,
         };
         if sb.members < 2
@@ -288,6 +296,7 @@ mod tests {
             rebuild_pos: 7,
             reshape_members: 0,
             reshape_pos: 0,
+            closed_epoch: (41 << 32) + 7,
             slots: vec![
                 SlotEntry {
                     device: [3; 16],
