@@ -482,7 +482,14 @@ impl RaidArray {
     /// Records on the members that every flush epoch below `epoch` is
     /// durable (`Superblock::closed_epoch`), unless they say so already or
     /// (`lazy`) no write of this assembly updated tags since they last did.
-    pub(crate) async fn close_epochs_below(&self, epoch: u64, lazy: bool) -> Result<()> {
+    /// Written with `flags`: a flush writes it without FUA just before the
+    /// members' flush that makes both it and the epochs durable.
+    pub(crate) async fn close_epochs_below(
+        &self,
+        epoch: u64,
+        lazy: bool,
+        flags: WriteFlags,
+    ) -> Result<()> {
         let written = self.inner.written_epoch.load(Ordering::SeqCst);
         let persist = {
             let mut m = self.meta();
@@ -493,7 +500,7 @@ impl RaidArray {
             due
         };
         if persist {
-            self.write_superblocks().await?;
+            self.write_superblocks_with(flags).await?;
         }
         Ok(())
     }
@@ -595,8 +602,17 @@ impl RaidArray {
 
     // ---------------------------------------------------------------- metadata
 
-    /// Writes a new superblock version (events + 1) to every present member and spare.
+    /// Writes a new superblock version (events + 1) to every present member
+    /// and spare, durably (FUA).
     pub(crate) async fn write_superblocks(&self) -> Result<()> {
+        self.write_superblocks_with(WriteFlags::FUA).await
+    }
+
+    /// [`Self::write_superblocks`] with the given write flags for the
+    /// members: without FUA the new version is durable only after their next
+    /// flush (until then a crash leaves the previous version, in the other
+    /// slot). Spares, which that flush does not reach, always get FUA.
+    async fn write_superblocks_with(&self, flags: WriteFlags) -> Result<()> {
         let _g = self.inner.sb_lock.lock().await;
         for _attempt in 0..MAX_SLOTS {
             let (targets, sb) = {
@@ -641,7 +657,13 @@ impl RaidArray {
                 copy.device_uuid = uuid_of(d);
                 let buf = Bytes::from(copy.encode());
                 let d = d.clone();
-                async move { d.write(at, buf, WriteFlags::FUA).await }
+                // Spares are not in the members' flush: always FUA for them.
+                let flags = if *role == SPARE {
+                    WriteFlags::FUA
+                } else {
+                    flags
+                };
+                async move { d.write(at, buf, flags).await }
             });
             let results = join_all(writes).await;
             let mut failed = false;
@@ -1766,14 +1788,20 @@ impl RaidArray {
         // Tags written from now on count what this flush makes durable as
         // their previous content.
         let started = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        // The epochs before this one become durable with the members' flush
+        // below; so does the superblock saying so, written first. It must
+        // be durable by the time the flush completes: a later overwrite
+        // could otherwise leave a tag of those epochs naming a previous
+        // content that is gone (integrity module docs). Should a crash
+        // interrupt the flush and land the superblock alone, resync merely
+        // trusts the previous contents of the last epoch less: blocks it
+        // can no longer vouch for are kept and counted, never replaced.
+        self.close_epochs_below(started, true, WriteFlags::NONE)
+            .await?;
         self.flush_members().await?;
         if let Some(j) = &self.inner.journal {
             j.checkpoint(self).await?;
         }
-        // The epochs before this flush are durable now: say so on the
-        // members before a later overwrite could leave a tag of theirs
-        // naming a previous content that is gone (integrity module docs).
-        self.close_epochs_below(started, true).await?;
         let clear = {
             let mut m = self.meta();
             let keep = m.slots.iter().any(|s| s.state != MemberState::InSync);
