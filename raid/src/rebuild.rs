@@ -206,6 +206,16 @@ impl RaidArray {
             s.state = MemberState::Rebuilding;
             m.rebuild = Some(RebuildState::new(slot, 0, bitmap_only, now));
         }
+        // The device's copy of the write-intent bitmap lacks every bit set
+        // while it was away (a spare's holds whatever it held before): write
+        // the whole bitmap to it before the superblocks list it. Once they
+        // do, assembly may have to go by its copy alone, if a crash is
+        // followed by the loss of the others, and a bit missing there is a
+        // row in flight that resync never looks at.
+        let blocks = self.meta().sb.bitmap_blocks;
+        for b in 0..blocks {
+            self.persist_bitmap_block(b).await?;
+        }
         if let Some(j) = &self.inner.journal {
             j.checkpoint(self).await?;
         }

@@ -493,3 +493,62 @@ async fn a_closed_epoch_recorded_ahead_of_its_writes_costs_only_verification() {
         assert!(b.check().await.unwrap().clean());
     }
 }
+
+/// A member that returns gets the whole write-intent bitmap, bits set while
+/// it was away included. After a crash that also costs the other members,
+/// its copy is all assembly has to tell which rows were in flight.
+///
+/// Two members, the journal on. Member 0 is away while row 0 is written
+/// (the bit goes to member 1's copy only), returns and is rebuilt. Row 0 is
+/// written again, unflushed: its bit is already set, so nothing persists it
+/// anew. The crash lands member 0's data but not its tag block, and member 1
+/// (the row's parity member, with the journal record) is lost.
+#[tokio::test]
+async fn a_returning_member_gets_the_bits_set_while_it_was_away() {
+    let mut cfg = small_config();
+    cfg.cache_blocks = 0;
+    cfg.journal_blocks = 64;
+    let rig = Rig::new(2, 256, cfg);
+    for f in &rig.faulty {
+        f.enable_volatile_cache();
+    }
+    let a = rig.create(2).await;
+    let lay = a.layout().await;
+    assert_eq!(lay.parity_member(0), 1);
+    let n = u64::from(lay.chunk_blocks);
+    let ids = a.member_identities();
+    let dev = |slot: usize| {
+        rig.faulty
+            .iter()
+            .position(|f| Some(f.identity()) == ids[slot].as_ref())
+            .unwrap()
+    };
+    let (d0, d1) = (dev(0), dev(1));
+    rig.faulty[d0].set_offline(true);
+    a.write(0, blocks(0, n, 1), WriteFlags::NONE).await.unwrap();
+    assert!(a.degraded());
+    rig.faulty[d0].set_offline(false);
+    a.re_add(rig.shared(d0)).await.unwrap();
+    while !a.rebuild_step(1000).await.unwrap().1 {}
+    assert!(!a.degraded());
+    a.write(0, blocks(0, n, 2), WriteFlags::NONE).await.unwrap();
+    drop(a);
+    let tags = lay.tag_block(0, 0)..lay.tag_block(0, 0) + u64::from(lay.tag_blocks);
+    rig.faulty[d0]
+        .crash_with(|lba, versions| if tags.contains(&lba) { 0 } else { versions - 1 })
+        .await
+        .unwrap();
+    rig.faulty[d1].crash().await.unwrap();
+    rig.faulty[d1].set_offline(true);
+    let b = rig.assemble(false).await.expect("assemble after crash");
+    let data = b.read(0, n as u32).await.expect("read of the torn row");
+    for lba in 0..n {
+        let blk = &data[lba as usize * BS..(lba as usize + 1) * BS];
+        assert!(
+            [1, 2].iter().any(|&v| blk == &pattern(lba, v)[..]),
+            "block {lba} holds neither version"
+        );
+    }
+    // Neither the lost parity nor the torn tag vouches for the new data.
+    assert_eq!(b.integrity_stats().resync_unverified, n);
+}
