@@ -482,14 +482,7 @@ impl RaidArray {
     /// Records on the members that every flush epoch below `epoch` is
     /// durable (`Superblock::closed_epoch`), unless they say so already or
     /// (`lazy`) no write of this assembly updated tags since they last did.
-    /// Written with `flags`: a flush writes it without FUA just before the
-    /// members' flush that makes both it and the epochs durable.
-    pub(crate) async fn close_epochs_below(
-        &self,
-        epoch: u64,
-        lazy: bool,
-        flags: WriteFlags,
-    ) -> Result<()> {
+    pub(crate) async fn close_epochs_below(&self, epoch: u64, lazy: bool) -> Result<()> {
         let written = self.inner.written_epoch.load(Ordering::SeqCst);
         let persist = {
             let mut m = self.meta();
@@ -500,7 +493,7 @@ impl RaidArray {
             due
         };
         if persist {
-            self.write_superblocks_with(flags).await?;
+            self.write_superblocks().await?;
         }
         Ok(())
     }
@@ -602,17 +595,8 @@ impl RaidArray {
 
     // ---------------------------------------------------------------- metadata
 
-    /// Writes a new superblock version (events + 1) to every present member
-    /// and spare, durably (FUA).
+    /// Writes a new superblock version (events + 1) to every present member and spare.
     pub(crate) async fn write_superblocks(&self) -> Result<()> {
-        self.write_superblocks_with(WriteFlags::FUA).await
-    }
-
-    /// [`Self::write_superblocks`] with the given write flags for the
-    /// members: without FUA the new version is durable only after their next
-    /// flush (until then a crash leaves the previous version, in the other
-    /// slot). Spares, which that flush does not reach, always get FUA.
-    async fn write_superblocks_with(&self, flags: WriteFlags) -> Result<()> {
         let _g = self.inner.sb_lock.lock().await;
         for _attempt in 0..MAX_SLOTS {
             let (targets, sb) = {
@@ -657,13 +641,7 @@ impl RaidArray {
                 copy.device_uuid = uuid_of(d);
                 let buf = Bytes::from(copy.encode());
                 let d = d.clone();
-                // Spares are not in the members' flush: always FUA for them.
-                let flags = if *role == SPARE {
-                    WriteFlags::FUA
-                } else {
-                    flags
-                };
-                async move { d.write(at, buf, flags).await }
+                async move { d.write(at, buf, WriteFlags::FUA).await }
             });
             let results = join_all(writes).await;
             let mut failed = false;
@@ -1788,17 +1766,14 @@ impl RaidArray {
         // Tags written from now on count what this flush makes durable as
         // their previous content.
         let started = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        // The epochs before this one become durable with the members' flush
-        // below; so does the superblock saying so, written first. It must
-        // be durable by the time the flush completes: a later overwrite
-        // could otherwise leave a tag of those epochs naming a previous
-        // content that is gone (integrity module docs). Should a crash
-        // interrupt the flush and land the superblock alone, resync merely
-        // trusts the previous contents of the last epoch less: blocks it
-        // can no longer vouch for are kept and counted, never replaced.
-        self.close_epochs_below(started, true, WriteFlags::NONE)
-            .await?;
         self.flush_members().await?;
+        // The epochs before this one are durable now: say so on the members
+        // (FUA) before a later overwrite could leave a tag of theirs naming a
+        // previous content that is gone (integrity module docs). Not before
+        // the flush: a crash in its middle could then land the record ahead
+        // of the writes it vouches for, and resync would distrust blocks the
+        // crash legitimately reverted.
+        self.close_epochs_below(started, true).await?;
         if let Some(j) = &self.inner.journal {
             j.checkpoint(self).await?;
         }

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use blockdev::{SharedDevice, WriteFlags};
+use blockdev::SharedDevice;
 use tracing::{info, warn};
 
 use crate::array::{
@@ -225,9 +225,7 @@ impl RaidArray {
         // Everything of earlier assemblies is durable now (closed cleanly,
         // or resynced and flushed here): only this one's epochs are open.
         array.flush_members().await?;
-        array
-            .close_epochs_below(array.epoch(), false, WriteFlags::FUA)
-            .await?;
+        array.close_epochs_below(array.epoch(), false).await?;
         info!(
             uuid = %array.inner.identity,
             missing = ?report.missing_slots,

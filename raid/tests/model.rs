@@ -1,5 +1,6 @@
 //! Model-based property test: random sequences of I/O, failures, returns,
-//! spares, crashes, reassembly, growth and bit rot; after every step every
+//! spares, crashes (between requests or in the middle of a flush),
+//! reassembly, growth and bit rot; after every step every
 //! acknowledged block must read back exactly (after a crash: its durable
 //! content or one written since the last flush), and what the members hold
 //! must pass a read-only check (tags vouch for every block, parity right).
@@ -43,6 +44,11 @@ enum Op {
     Crash {
         then_fail: Option<u8>,
     },
+    /// A crash `at` ms into a flush, every member I/O taking 10 ms (the
+    /// flush may finish first).
+    CrashInFlush {
+        at: u8,
+    },
     Reassemble,
     Grow,
     ReshapeStep,
@@ -65,6 +71,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (1u8..40).prop_map(|secs| Op::Tick { secs }),
         4 => (1u8..40).prop_map(|rows| Op::Rebuild { rows }),
         5 => proptest::option::weighted(0.5, any::<u8>()).prop_map(|then_fail| Op::Crash { then_fail }),
+        3 => (0u8..80).prop_map(|at| Op::CrashInFlush { at }),
         2 => Just(Op::Reassemble),
         2 => Just(Op::Grow),
         5 => Just(Op::ReshapeStep),
@@ -361,6 +368,28 @@ impl World {
                 self.assemble().await?;
                 after_crash = true;
             }
+            Op::CrashInFlush { at } => {
+                if self.journal || !self.busy() {
+                    for f in &self.rig.faulty {
+                        f.set_latency(Duration::from_millis(10), None);
+                    }
+                    let a = self.a().clone();
+                    let flush =
+                        tokio::time::timeout(Duration::from_millis(u64::from(*at)), a.flush())
+                            .await;
+                    drop(a);
+                    for f in &self.rig.faulty {
+                        f.set_latency(Duration::ZERO, None);
+                    }
+                    if let Ok(r) = flush {
+                        r.map_err(|e| TestCaseError::fail(format!("flush: {e}")))?;
+                        self.model.flush();
+                    }
+                }
+                // Without the journal a degraded array shuts down cleanly
+                // instead (as for `Crash`).
+                return Box::pin(self.step(&Op::Crash { then_fail: None })).await;
+            }
             Op::Reassemble => {
                 self.a()
                     .close()
@@ -488,9 +517,12 @@ async fn run(members: usize, chunk: u32, journal: bool, ops: Vec<Op>) -> Result<
     Ok(())
 }
 
+/// A runtime on a paused clock: injected member latency (`CrashInFlush`)
+/// advances virtual time, so every case runs the same way.
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .expect("runtime")
 }
