@@ -733,6 +733,15 @@ impl RaidArray {
             .collect()
     }
 
+    /// Writes the whole bitmap to every live member.
+    pub(crate) async fn persist_bitmap(&self) -> Result<()> {
+        let blocks = self.meta().sb.bitmap_blocks;
+        for b in 0..blocks {
+            self.persist_bitmap_block(b).await?;
+        }
+        Ok(())
+    }
+
     /// Writes bitmap block `b` to every live member.
     pub(crate) async fn persist_bitmap_block(&self, b: u64) -> Result<()> {
         let _g = self.inner.bitmap_lock.lock().await;
@@ -1783,10 +1792,7 @@ impl RaidArray {
             !keep && m.bitmap.clear_flushed(epoch)
         };
         if clear {
-            let blocks = self.meta().sb.bitmap_blocks;
-            for b in 0..blocks {
-                self.persist_bitmap_block(b).await?;
-            }
+            self.persist_bitmap().await?;
         }
         Ok(())
     }

@@ -212,10 +212,7 @@ impl RaidArray {
         // do, assembly may have to go by its copy alone, if a crash is
         // followed by the loss of the others, and a bit missing there is a
         // row in flight that resync never looks at.
-        let blocks = self.meta().sb.bitmap_blocks;
-        for b in 0..blocks {
-            self.persist_bitmap_block(b).await?;
-        }
+        self.persist_bitmap().await?;
         if let Some(j) = &self.inner.journal {
             j.checkpoint(self).await?;
         }
@@ -409,15 +406,15 @@ impl RaidArray {
     /// Per block position, a data block is good when its tag vouches for it
     /// now or at the start of the flush epoch (an overwrite the crash
     /// reverted), the latter only if that epoch is not below `closed`, the
-    /// first one not known flushed. Parity that equals the XOR of the data vouches for all of
-    /// it (rot would break the equation). Otherwise one doubtful block is
-    /// replaced by its reconstruction when its tag vouches for that; only
-    /// when no evidence decides is a block kept as it is (the unjournaled
-    /// write hole; counted in `resync_unverified` and logged). Parity is
-    /// recomputed last. With the parity member missing only the tags vouch;
-    /// with a data member missing nothing can be checked (the journal covers
-    /// that case) and the row is left alone. Returns whether anything was
-    /// rewritten.
+    /// first one not known flushed. Parity that equals the XOR of the data
+    /// vouches for all of it (rot would break the equation). Otherwise one
+    /// doubtful block is replaced by its reconstruction when its tag vouches
+    /// for that; only when no evidence decides is a block kept as it is (the
+    /// unjournaled write hole; counted in `resync_unverified` and logged).
+    /// Parity is recomputed last. With the parity member missing only the
+    /// tags vouch; with a data member missing nothing can be checked (the
+    /// journal covers that case) and the row is left alone. Returns whether
+    /// anything was rewritten.
     pub(crate) async fn resync_row(&self, lay: &Layout, row: u64, closed: u64) -> Result<bool> {
         let bs = self.inner.block_size as usize;
         let c = lay.chunk_blocks as usize;

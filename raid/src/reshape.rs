@@ -100,10 +100,7 @@ impl RaidArray {
             m.sb.flags &= !FLAG_BACKUP;
         }
         geo.reshape = Some((new, 0));
-        let blocks = self.meta().sb.bitmap_blocks;
-        for b in 0..blocks {
-            self.persist_bitmap_block(b).await?;
-        }
+        self.persist_bitmap().await?;
         if let Some(j) = &self.inner.journal {
             j.checkpoint(self).await?;
         }
@@ -262,10 +259,7 @@ impl RaidArray {
                     m.bitmap.set(r);
                 }
             }
-            let blocks = self.meta().sb.bitmap_blocks;
-            for b in 0..blocks {
-                self.persist_bitmap_block(b).await?;
-            }
+            self.persist_bitmap().await?;
         }
         let first = new.member_block(total, 0);
         let blocks = new.member_blocks_needed() - first;
