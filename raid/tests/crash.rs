@@ -223,23 +223,15 @@ async fn rot_under_a_lost_overwrite(landed: Landed) -> (Vec<Option<u64>>, raid::
     let block = lay.member_block(row, i);
     for (d, f) in rig.faulty.iter().enumerate() {
         let on_victim = d == victim;
-        f.crash_with(|lba, versions| {
-            let keep_new = match landed {
-                Landed::Nothing => false,
-                Landed::TagsOnly => tags.contains(&lba),
-                Landed::AllButTheBlock => !(on_victim && lba == block),
-                Landed::AllButTheBlockAndItsTag => {
-                    !(on_victim && (lba == block || tags.contains(&lba)))
-                }
-            };
-            if keep_new {
-                versions - 1
-            } else {
-                0
+        crash_keeping(f, |lba| match landed {
+            Landed::Nothing => false,
+            Landed::TagsOnly => tags.contains(&lba),
+            Landed::AllButTheBlock => !(on_victim && lba == block),
+            Landed::AllButTheBlockAndItsTag => {
+                !(on_victim && (lba == block || tags.contains(&lba)))
             }
         })
-        .await
-        .unwrap();
+        .await;
     }
     let b = rig.assemble(false).await.expect("assemble after crash");
     let data = b
@@ -316,18 +308,12 @@ async fn journal_covers_rows_whose_parity_member_is_missing() {
         let block = lay.member_block(0, i);
         let tags = lay.tag_block(0, 0)..lay.tag_block(0, 0) + u64::from(lay.tag_blocks);
         for (d, f) in rig.faulty.iter().enumerate() {
-            f.crash_with(|lba, versions| {
-                // The data block lands; its tag block lands or not; the
-                // journal ring (written FUA) is durable anyway.
-                let new = d == dslot && (lba == block || (tag_lands && tags.contains(&lba)));
-                if new {
-                    versions - 1
-                } else {
-                    0
-                }
+            // The data block lands; its tag block lands or not; the journal
+            // ring (written FUA) is durable anyway.
+            crash_keeping(f, |lba| {
+                d == dslot && (lba == block || (tag_lands && tags.contains(&lba)))
             })
-            .await
-            .unwrap();
+            .await;
         }
         rig.faulty[pslot as usize].set_offline(true);
         let b = rig.assemble(true).await.expect("assemble after crash");
@@ -390,16 +376,10 @@ async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
     drop(a);
     let tags_a = lay.tag_block(0, 0)..lay.tag_block(0, 0) + u64::from(lay.tag_blocks);
     for (d, f) in rig.faulty.iter().enumerate() {
-        f.crash_with(|lba, versions| {
-            let revert = d == pdev || (d == dev_a && tags_a.contains(&lba));
-            if revert {
-                0
-            } else {
-                versions - 1
-            }
+        crash_keeping(f, |lba| {
+            !(d == pdev || (d == dev_a && tags_a.contains(&lba)))
         })
-        .await
-        .unwrap();
+        .await;
     }
     let b = rig.assemble(false).await.expect("assemble after crash");
     let got_a = b.read(lba_a, 1).await.unwrap();
@@ -468,16 +448,10 @@ async fn a_crash_in_a_flush_never_records_its_epochs_closed_early() {
                             .contains(&lba)
                 })
             };
-            f.crash_with(|lba, versions| {
-                let keep = tags.contains(&lba) || parity_of(lba) || lba < sb_blocks;
-                if keep {
-                    versions - 1
-                } else {
-                    0
-                }
+            crash_keeping(f, |lba| {
+                tags.contains(&lba) || parity_of(lba) || lba < sb_blocks
             })
-            .await
-            .unwrap();
+            .await;
         }
         let b = rig.assemble(false).await.expect("assemble after crash");
         let data = b.read(0, n as u32).await.unwrap();
@@ -538,10 +512,7 @@ async fn a_returning_member_gets_the_bits_set_while_it_was_away() {
     a.write(0, blocks(0, n, 2), WriteFlags::NONE).await.unwrap();
     drop(a);
     let tags = lay.tag_block(0, 0)..lay.tag_block(0, 0) + u64::from(lay.tag_blocks);
-    rig.faulty[d0]
-        .crash_with(|lba, versions| if tags.contains(&lba) { 0 } else { versions - 1 })
-        .await
-        .unwrap();
+    crash_keeping(&rig.faulty[d0], |lba| !tags.contains(&lba)).await;
     rig.faulty[d1].crash().await.unwrap();
     rig.faulty[d1].set_offline(true);
     let b = rig.assemble(false).await.expect("assemble after crash");

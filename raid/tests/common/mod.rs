@@ -154,3 +154,11 @@ pub async fn check_all(a: &RaidArray, model: &[Option<u64>]) {
         );
     }
 }
+
+/// Crashes `f`: of the blocks written since its last flush, those `keep`
+/// picks keep their last version, the others revert to their durable content.
+pub async fn crash_keeping(f: &FaultyDevice, keep: impl Fn(u64) -> bool) {
+    f.crash_with(|lba, versions| if keep(lba) { versions - 1 } else { 0 })
+        .await
+        .unwrap();
+}
