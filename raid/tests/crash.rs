@@ -65,6 +65,21 @@ impl Model {
     }
 }
 
+/// An array of `members` with no stripe cache (writes reach the members at
+/// once) over members with volatile caches that crashes tear; a journal of
+/// `journal_blocks` when not 0.
+async fn uncached(members: usize, journal_blocks: u64) -> (Rig, RaidArray) {
+    let mut cfg = small_config();
+    cfg.cache_blocks = 0;
+    cfg.journal_blocks = journal_blocks;
+    let rig = Rig::new(members, 256, cfg);
+    for f in &rig.faulty {
+        f.enable_volatile_cache();
+    }
+    let a = rig.create(members).await;
+    (rig, a)
+}
+
 async fn crash(rig: &Rig, a: RaidArray) {
     drop(a);
     for f in &rig.faulty {
@@ -341,13 +356,7 @@ async fn journal_covers_rows_whose_parity_member_is_missing() {
 /// previous content: resync must not restore them over flushed data.
 #[tokio::test]
 async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
-    let mut cfg = small_config();
-    cfg.cache_blocks = 0;
-    let rig = Rig::new(3, 256, cfg);
-    for f in &rig.faulty {
-        f.enable_volatile_cache();
-    }
-    let a = rig.create(3).await;
+    let (rig, a) = uncached(3, 0).await;
     let lay = a.layout().await;
     let lba_a = 0;
     let lba_b = u64::from(lay.chunk_blocks);
@@ -409,13 +418,7 @@ async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
 #[tokio::test(start_paused = true)]
 async fn a_crash_in_a_flush_never_records_its_epochs_closed_early() {
     for crash_at in [25, 75, 200] {
-        let mut cfg = small_config();
-        cfg.cache_blocks = 0;
-        let rig = Rig::new(3, 256, cfg);
-        for f in &rig.faulty {
-            f.enable_volatile_cache();
-        }
-        let a = rig.create(3).await;
+        let (rig, a) = uncached(3, 0).await;
         let lay = a.layout().await;
         let rows = 2;
         let n = lay.row_data_blocks() * rows;
@@ -483,14 +486,7 @@ async fn a_crash_in_a_flush_never_records_its_epochs_closed_early() {
 /// (the row's parity member, with the journal record) is lost.
 #[tokio::test]
 async fn a_returning_member_gets_the_bits_set_while_it_was_away() {
-    let mut cfg = small_config();
-    cfg.cache_blocks = 0;
-    cfg.journal_blocks = 64;
-    let rig = Rig::new(2, 256, cfg);
-    for f in &rig.faulty {
-        f.enable_volatile_cache();
-    }
-    let a = rig.create(2).await;
+    let (rig, a) = uncached(2, 64).await;
     let lay = a.layout().await;
     assert_eq!(lay.parity_member(0), 1);
     let n = u64::from(lay.chunk_blocks);
