@@ -16,7 +16,15 @@ const CHUNK_BLOCKS: u32 = 64; // 256 KiB chunks
 const MEMBER_BLOCKS: u64 = 8192 + 1024; // 32 MiB of data area plus metadata
 const IO_BYTES: usize = 4 << 20;
 
+/// The runtime `opie head` runs the engine on: one worker per core.
 fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .build()
+        .expect("runtime")
+}
+
+/// One thread for everything: what the engine does on a single core.
+fn rt_one_core() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime")
@@ -103,23 +111,29 @@ fn full_stripe_write(c: &mut Criterion) {
             at = (at + 1) % slots;
         })
     });
-    for n in [3usize, 4, 5] {
-        let a = rt.block_on(array(n, &format!("w{n}-")));
-        let row_bytes = (n - 1) * (CHUNK_BLOCKS * BS) as usize;
-        // Whole rows per write.
-        let io = IO_BYTES / row_bytes * row_bytes;
-        let data = Bytes::from(vec![0x3cu8; io]);
-        let blocks = (io / BS as usize) as u64;
-        let cap = a.geometry().num_blocks / blocks * blocks;
-        let mut lba = 0;
-        g.throughput(Throughput::Bytes(io as u64));
-        g.bench_function(BenchmarkId::new("raid5", n), |b| {
-            b.iter(|| {
-                rt.block_on(a.write(lba, data.clone(), WriteFlags::NONE))
-                    .expect("write");
-                lba = (lba + blocks) % cap;
-            })
-        });
+    // `raid5`: the engine as the head runs it, whole rows of a request
+    // written as parallel tasks on every core. `raid5_one_core`: the same
+    // on a single thread.
+    let one = rt_one_core();
+    for (name, rt) in [("raid5", &rt), ("raid5_one_core", &one)] {
+        for n in [3usize, 4, 5] {
+            let a = rt.block_on(array(n, &format!("{name}{n}-")));
+            let row_bytes = (n - 1) * (CHUNK_BLOCKS * BS) as usize;
+            // Whole rows per write.
+            let io = IO_BYTES / row_bytes * row_bytes;
+            let data = Bytes::from(vec![0x3cu8; io]);
+            let blocks = (io / BS as usize) as u64;
+            let cap = a.geometry().num_blocks / blocks * blocks;
+            let mut lba = 0;
+            g.throughput(Throughput::Bytes(io as u64));
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| {
+                    rt.block_on(a.write(lba, data.clone(), WriteFlags::NONE))
+                        .expect("write");
+                    lba = (lba + blocks) % cap;
+                })
+            });
+        }
     }
     g.finish();
 }

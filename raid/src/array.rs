@@ -220,7 +220,9 @@ pub(crate) struct Inner {
     pub(crate) identity: DeviceIdentity,
     pub(crate) array_uuid: [u8; 16],
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) geo: AsyncRwLock<Geo>,
+    /// Geometry; shared so that row writes handed to other tasks can hold
+    /// the read guard their call took ([`RaidArray::write_blocks`]).
+    pub(crate) geo: Arc<AsyncRwLock<Geo>>,
     pub(crate) meta: Mutex<Meta>,
     pub(crate) row_locks: Vec<AsyncMutex<()>>,
     pub(crate) cache: Mutex<BTreeMap<u64, Bytes>>,
@@ -441,7 +443,7 @@ impl RaidArray {
                 identity: DeviceIdentity::from_uuid(array_uuid),
                 array_uuid,
                 clock,
-                geo: AsyncRwLock::new(geo),
+                geo: Arc::new(AsyncRwLock::new(geo)),
                 meta: Mutex::new(meta),
                 row_locks: (0..ROW_LOCKS).map(|_| AsyncMutex::new(())).collect(),
                 cache: Mutex::new(BTreeMap::new()),
@@ -1666,18 +1668,31 @@ impl RaidArray {
     /// Volume write. Whole rows go straight to the members as full-stripe
     /// writes; partial rows wait in the stripe cache, which writes a row out
     /// as soon as it is complete, when it overflows, on flush, or at once for FUA.
+    ///
+    /// When a request covers several whole rows, each row is its own task, so
+    /// their parity, checksums and member transfers run on as many cores as
+    /// the runtime has. The tasks share the geometry read guard of the call
+    /// and take their row locks themselves: if the caller goes away, the rows
+    /// already started still finish under the layout they were planned with.
     pub async fn write_blocks(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let bs = self.inner.block_size as usize;
-        let geo = self.inner.geo.read().await;
+        let geo = Arc::new(self.inner.geo.clone().read_owned().await);
         let g = Geometry {
             block_size: self.inner.block_size,
             num_blocks: geo.capacity(),
         };
         let n = g.blocks_in(data.len()).map_err(RaidError::Request)?;
         g.check_range(lba, n).map_err(RaidError::Request)?;
-        for (lay, row, pieces) in Self::split(&geo, lba, n) {
-            let _g = self.row_lock(row).await;
-            let row_blocks: u64 = pieces.iter().map(|p| p.1).sum();
+        let spans = Self::split(&geo, lba, n);
+        let whole_rows = spans
+            .iter()
+            .filter(|(lay, row, pieces)| {
+                let range = geo.row_range(lay, *row);
+                pieces.iter().map(|p| p.1).sum::<u64>() == range.end - range.start
+            })
+            .count();
+        let mut tasks = Vec::new();
+        for (lay, row, pieces) in spans {
             let slices: Vec<Piece> = pieces
                 .iter()
                 .map(|&(l, cnt)| {
@@ -1686,11 +1701,19 @@ impl RaidArray {
                 })
                 .collect();
             let range = geo.row_range(&lay, row);
+            let row_blocks: u64 = pieces.iter().map(|p| p.1).sum();
             if row_blocks == range.end - range.start {
-                self.take_cached(&geo, &lay, row);
-                self.write_row(&lay, row, &slices, fua).await?;
+                if whole_rows > 1 {
+                    let (this, geo) = (self.clone(), geo.clone());
+                    tasks.push(tokio::spawn(async move {
+                        this.write_whole_row(&geo, &lay, row, &slices, fua).await
+                    }));
+                } else {
+                    self.write_whole_row(&geo, &lay, row, &slices, fua).await?;
+                }
                 continue;
             }
+            let _g = self.row_lock(row).await;
             let mut complete = None;
             {
                 let mut cache = self.inner.cache.lock().expect("cache lock");
@@ -1709,8 +1732,37 @@ impl RaidArray {
                 self.write_row(&lay, row, &pieces, fua).await?;
             }
         }
+        let mut first_err = None;
+        for t in tasks {
+            let r = match t.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(RaidError::Failed("row write cancelled at shutdown".into())),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
         self.settle_journal().await?;
         self.evict(&geo).await
+    }
+
+    /// Writes row `row`, wholly covered by `pieces`, as a full stripe; the
+    /// stripe cache's older blocks of that row are dropped.
+    async fn write_whole_row(
+        &self,
+        geo: &Geo,
+        lay: &Layout,
+        row: u64,
+        pieces: &[Piece],
+        fua: bool,
+    ) -> Result<()> {
+        let _g = self.row_lock(row).await;
+        self.take_cached(geo, lay, row);
+        self.write_row(lay, row, pieces, fua).await
     }
 
     /// Runs the journal checkpoint a member failure asked for

@@ -162,3 +162,14 @@ pub async fn crash_keeping(f: &FaultyDevice, keep: impl Fn(u64) -> bool) {
         .await
         .unwrap();
 }
+
+/// Scrubs `a` and asserts that it found nothing to repair: data and parity
+/// were consistent everywhere.
+pub async fn assert_scrub_clean(a: &RaidArray) {
+    let r = a.scrub().await.expect("scrub");
+    assert_eq!(
+        (r.data_repaired, r.parity_repaired, r.unrecoverable),
+        (0, 0, 0),
+        "{r:?}"
+    );
+}
