@@ -1188,7 +1188,7 @@ impl RaidArray {
             };
             for (i, b) in blocks.iter().enumerate() {
                 if let Some(b) = b {
-                    tags.overwrite(i, epoch, lay.lba_of(row, k, i as u32), b);
+                    tags.overwrite(i, epoch, lay.lba_of(row, k, i as u32), b, fua);
                 }
             }
             // The pieces are disjoint and each lies in one chunk: write them as given.
@@ -1211,7 +1211,7 @@ impl RaidArray {
             };
             for (j, blk) in p.chunks_exact(bs).enumerate() {
                 let i = lo + j as u32;
-                tags.overwrite(i as usize, epoch, parity_addr(row, c, i), blk);
+                tags.overwrite(i as usize, epoch, parity_addr(row, c, i), blk, fua);
             }
             writes.push((
                 pslot,
@@ -1301,7 +1301,7 @@ impl RaidArray {
             sources.clear();
             for (k, (chunk, tags)) in chunks.iter().zip(&mut data_tags).enumerate() {
                 let blk = &chunk[r.clone()];
-                tags.overwrite(i as usize, epoch, lay.lba_of(row, k as u32, i), blk);
+                tags.overwrite(i as usize, epoch, lay.lba_of(row, k as u32, i), blk, fua);
                 sources.push(blk);
             }
             if let Some(p) = parity.as_mut() {

@@ -27,6 +27,10 @@
 //! and only that: a block that rotted before it was overwritten matches
 //! neither, and is rebuilt instead of being blessed with a fresh tag.
 //!
+//! A FUA write makes its content durable without a flush, so it writes its
+//! entries with that content as the previous one too: a crash may take a
+//! later write of the block back to it, never to what it replaced.
+//!
 //! The previous content is a possible outcome of a crash only while the tag's
 //! epoch is still open. Once a later flush has completed, the entry's current
 //! content is durable and its previous one is history: a tag block of such a
@@ -183,6 +187,17 @@ impl TagEntry {
         }
     }
 
+    /// This entry once its current content is durable (written with FUA):
+    /// that content is its previous one as well, so a crash may take a
+    /// later overwrite back to it but not to what it replaced.
+    pub fn made_durable(self) -> Self {
+        TagEntry {
+            prev_written: self.written,
+            prev_crc: self.crc,
+            ..self
+        }
+    }
+
     /// This entry as it stands in flush epoch `epoch`: from an older epoch,
     /// its current content is the flushed one and becomes its previous.
     pub fn carried_to(self, epoch: u64) -> Self {
@@ -309,12 +324,15 @@ impl ChunkTags {
     }
 
     /// Sets block `i` to hold `data` at `addr`, written in flush epoch `epoch`
-    /// (a damaged entry starts afresh, with no previous content).
-    pub fn overwrite(&mut self, i: usize, epoch: u64, addr: u64, data: &[u8]) {
-        self.entries[i] = Some(match self.entries[i] {
+    /// (a damaged entry starts afresh, with no previous content); `durable`
+    /// for a FUA write, whose content is then also the previous one
+    /// ([`TagEntry::made_durable`]).
+    pub fn overwrite(&mut self, i: usize, epoch: u64, addr: u64, data: &[u8], durable: bool) {
+        let e = match self.entries[i] {
             Some(e) => e.overwritten(epoch, addr, data),
             None => TagEntry::of(addr, data),
-        });
+        };
+        self.entries[i] = Some(if durable { e.made_durable() } else { e });
     }
 
     /// Decodes the tag blocks of a chunk (`buf` holds all of them).
@@ -509,8 +527,8 @@ mod tests {
         // Never written: zeroes now and before.
         let mut t = ChunkTags::unwritten(4);
         // Epoch 7: written twice; the previous content stays "never written".
-        t.overwrite(1, 7, 100, &a);
-        t.overwrite(1, 7, 100, &b);
+        t.overwrite(1, 7, 100, &a, false);
+        t.overwrite(1, 7, 100, &b, false);
         let t7 = round(&t, 7);
         assert!(t7.verifies(1, 100, &b) && !t7.verifies(1, 100, &a));
         assert!(t7.verifies_after_crash(1, 100, &[0; 512], 0));
@@ -520,7 +538,7 @@ mod tests {
         );
         // Epoch 8 (after a flush): b is the previous content now.
         let mut t8 = t7.clone();
-        t8.overwrite(1, 8, 100, &c);
+        t8.overwrite(1, 8, 100, &c, false);
         let t8 = round(&t8, 8);
         assert!(t8.verifies(1, 100, &c) && !t8.verifies(1, 100, &b));
         assert!(t8.verifies_after_crash(1, 100, &b, 0));

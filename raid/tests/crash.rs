@@ -356,6 +356,51 @@ async fn journal_covers_rows_whose_parity_member_is_missing() {
 /// previous content: resync must not restore them over flushed data.
 #[tokio::test]
 async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
+    let (b, x, y) = copy_overwrite_and_crash(false).await;
+    let got_a = b.read(0, 1).await.unwrap();
+    assert!(
+        got_a[..] == x[..] || got_a[..] == y[..],
+        "block A lost its flushed content: {:?}",
+        &got_a[..8]
+    );
+    let got_b = b
+        .read(u64::from(b.layout().await.chunk_blocks), 1)
+        .await
+        .unwrap();
+    assert!(got_b[..] == x[..] || got_b.iter().all(|&v| v == 0));
+    // Nothing on the members vouches for A's new content: kept, and said so.
+    assert_eq!(b.integrity_stats().resync_unverified, 1);
+    assert!(b.check().await.unwrap().clean());
+}
+
+/// A FUA write makes its content durable at once: a crash may take later,
+/// unflushed writes of the block back to it, but never further back.
+///
+/// Block A is written (X) with FUA: data, tag and parity are durable. Then,
+/// unflushed and in the same flush epoch, block B of the same stripe
+/// position receives a copy of X and A new content Y. The crash keeps A's
+/// new data and B's write but reverts A's tag block and the parity to what
+/// the FUA write left. Reconstructing A from that parity and the new B
+/// yields zeroes, the content A had before the FUA write: resync must not
+/// restore them over X, which the FUA write made durable.
+#[tokio::test]
+async fn a_crash_never_takes_a_block_back_past_its_fua_write() {
+    let (b, x, y) = copy_overwrite_and_crash(true).await;
+    let got_a = b.read(0, 1).await.unwrap();
+    assert!(
+        got_a[..] == x[..] || got_a[..] == y[..],
+        "block A lost its FUA-written content: {:?}",
+        &got_a[..8]
+    );
+    assert!(b.check().await.unwrap().clean());
+}
+
+/// The crash of the two tests above: block A (volume block 0) gets X made
+/// durable (by a FUA write if `fua`, else by a flush); then, unflushed,
+/// block B at the same position of the next chunk gets a copy of X and A
+/// gets Y. The crash keeps every write but those of A's tag blocks and of
+/// the parity member. Returns the reassembled array, X and Y.
+async fn copy_overwrite_and_crash(fua: bool) -> (RaidArray, Vec<u8>, Vec<u8>) {
     let (rig, a) = uncached(3, 0).await;
     let lay = a.layout().await;
     let lba_a = 0;
@@ -364,10 +409,15 @@ async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
     assert_eq!(lay.locate(lba_b), (0, 1, 0));
     let x = pattern(lba_a, 1);
     let y = pattern(lba_a, 2);
-    a.write(lba_a, x.clone().into(), WriteFlags::NONE)
-        .await
-        .unwrap();
-    a.flush().await.unwrap();
+    let flags = if fua {
+        WriteFlags::FUA
+    } else {
+        WriteFlags::NONE
+    };
+    a.write(lba_a, x.clone().into(), flags).await.unwrap();
+    if !fua {
+        a.flush().await.unwrap();
+    }
     a.write(lba_b, x.clone().into(), WriteFlags::NONE)
         .await
         .unwrap();
@@ -391,17 +441,7 @@ async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
         .await;
     }
     let b = rig.assemble(false).await.expect("assemble after crash");
-    let got_a = b.read(lba_a, 1).await.unwrap();
-    assert!(
-        got_a[..] == x[..] || got_a[..] == y[..],
-        "block A lost its flushed content: {:?}",
-        &got_a[..8]
-    );
-    let got_b = b.read(lba_b, 1).await.unwrap();
-    assert!(got_b[..] == x[..] || got_b.iter().all(|&v| v == 0));
-    // Nothing on the members vouches for A's new content: kept, and said so.
-    assert_eq!(b.integrity_stats().resync_unverified, 1);
-    assert!(b.check().await.unwrap().clean());
+    (b, x, y)
 }
 
 /// A crash anywhere in a flush never leaves the superblock's record of

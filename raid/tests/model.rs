@@ -1,4 +1,5 @@
-//! Model-based property test: random sequences of I/O, failures, returns,
+//! Model-based property test: random sequences of I/O (including copies of
+//! blocks to other places, as file systems make), failures, returns,
 //! spares, crashes (between requests or in the middle of a flush),
 //! reassembly, growth and bit rot; after every step every
 //! acknowledged block must read back exactly (after a crash: its durable
@@ -10,6 +11,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,16 @@ enum Op {
     Read {
         at: u16,
         len: u8,
+    },
+    /// Writes `len` blocks `chunks` chunks after `from` with the current
+    /// content of the blocks at `from`: the same data at another address (a
+    /// file system's journal, a copy). Mostly within the row, at the same
+    /// stripe position, where parity reconstructions then meet old contents.
+    Copy {
+        from: u16,
+        chunks: u8,
+        len: u8,
+        fua: bool,
     },
     Flush,
     Fail {
@@ -64,6 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         30 => (any::<u16>(), 1u8..24, proptest::bool::weighted(0.1)).prop_map(|(at, len, fua)| Op::Write { at, len, fua }),
         6 => (any::<u16>(), 1u8..32).prop_map(|(at, len)| Op::Read { at, len }),
+        6 => (any::<u16>(), 1u8..4, 1u8..12, proptest::bool::weighted(0.2)).prop_map(|(from, chunks, len, fua)| Op::Copy { from, chunks, len, fua }),
         6 => Just(Op::Flush),
         4 => any::<u8>().prop_map(|slot| Op::Fail { slot }),
         4 => Just(Op::Return),
@@ -87,6 +100,9 @@ struct Model {
     /// meeting the write hole, DESIGN.md section 6), and said so. Known again
     /// once written.
     unknown: Vec<bool>,
+    /// Versions written by copies: (block, version) -> the block and version
+    /// whose pattern it holds (never itself a copy).
+    copies: HashMap<(usize, u64), (usize, u64)>,
 }
 
 impl Model {
@@ -97,6 +113,27 @@ impl Model {
             None => Some(self.durable[lba]),
         }
     }
+    /// What block `lba` holds at version `v` (0: never written).
+    fn content(&self, lba: usize, v: u64) -> Vec<u8> {
+        let (l, v) = self.copies.get(&(lba, v)).copied().unwrap_or((lba, v));
+        if v == 0 {
+            vec![0; BS]
+        } else {
+            pattern(l as u64, v)
+        }
+    }
+
+    /// Records that `lba` got version `v`, durable at once if `fua`.
+    fn written(&mut self, lba: usize, v: u64, fua: bool) {
+        if fua {
+            self.durable[lba] = v;
+            self.unknown[lba] = false;
+            self.pending[lba].clear();
+        } else {
+            self.pending[lba].push(v);
+        }
+    }
+
     fn flush(&mut self) {
         for lba in 0..self.durable.len() {
             if let Some(v) = self.expect(lba) {
@@ -105,14 +142,6 @@ impl Model {
             }
             self.pending[lba].clear();
         }
-    }
-}
-
-fn content(lba: usize, v: u64) -> Vec<u8> {
-    if v == 0 {
-        vec![0; BS]
-    } else {
-        pattern(lba as u64, v)
     }
 }
 
@@ -144,15 +173,20 @@ impl World {
         self.a().reshape_progress().await.is_some()
     }
 
-    /// Every block reads back as the model says; after a crash any allowed version.
-    async fn check(&mut self, after_crash: bool) -> Result<(), TestCaseError> {
-        let a = self.a().clone();
-        let cap = a.geometry().num_blocks as usize;
+    /// Grows the model to a capacity of `cap` blocks (after a reshape).
+    fn check_capacity(&mut self, cap: usize) {
         if cap > self.model.durable.len() {
             self.model.durable.resize(cap, 0);
             self.model.pending.resize(cap, Vec::new());
             self.model.unknown.resize(cap, false);
         }
+    }
+
+    /// Every block reads back as the model says; after a crash any allowed version.
+    async fn check(&mut self, after_crash: bool) -> Result<(), TestCaseError> {
+        let a = self.a().clone();
+        let cap = a.geometry().num_blocks as usize;
+        self.check_capacity(cap);
         let data = a
             .read(0, cap as u32)
             .await
@@ -167,7 +201,11 @@ impl World {
                     .into_iter()
                     .chain(m.pending[lba].iter().copied())
                     .collect();
-                match cands.iter().copied().find(|&v| got == &content(lba, v)[..]) {
+                match cands
+                    .iter()
+                    .copied()
+                    .find(|&v| got == &m.content(lba, v)[..])
+                {
                     Some(v) => {
                         m.durable[lba] = v;
                         m.unknown[lba] = false;
@@ -182,7 +220,7 @@ impl World {
                 m.pending[lba].clear();
             } else if let Some(v) = self.model.expect(lba) {
                 prop_assert!(
-                    got == &content(lba, v)[..],
+                    got == &self.model.content(lba, v)[..],
                     "block {lba}: expected version {v}"
                 );
             }
@@ -244,13 +282,42 @@ impl World {
                     .await
                     .map_err(|e| TestCaseError::fail(format!("write: {e}")))?;
                 for b in lba..lba + n {
-                    if *fua {
-                        self.model.durable[b as usize] = v;
-                        self.model.unknown[b as usize] = false;
-                        self.model.pending[b as usize].clear();
-                    } else {
-                        self.model.pending[b as usize].push(v);
-                    }
+                    self.model.written(b as usize, v, *fua);
+                }
+            }
+            Op::Copy {
+                from,
+                chunks,
+                len,
+                fua,
+            } => {
+                let cap = self.a().geometry().num_blocks as usize;
+                self.check_capacity(cap);
+                let chunk = self.rig.cfg.chunk_blocks as usize;
+                let from = usize::from(*from) % cap;
+                let to = (from + usize::from(*chunks) * chunk) % cap;
+                let n = usize::from(*len).min(cap - from).min(cap - to);
+                // The sources' current content, if the model knows it.
+                let Some(src) = (from..from + n)
+                    .map(|l| self.model.expect(l).map(|v| (l, v)))
+                    .collect::<Option<Vec<_>>>()
+                else {
+                    return Ok(());
+                };
+                let data: Vec<u8> = src
+                    .iter()
+                    .flat_map(|&(l, v)| self.model.content(l, v))
+                    .collect();
+                self.version += 1;
+                let v = self.version;
+                self.a()
+                    .write(to as u64, data.into(), WriteFlags { fua: *fua })
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("copy: {e}")))?;
+                for (i, &(l, sv)) in src.iter().enumerate() {
+                    let origin = self.model.copies.get(&(l, sv)).copied().unwrap_or((l, sv));
+                    self.model.copies.insert((to + i, v), origin);
+                    self.model.written(to + i, v, *fua);
                 }
             }
             Op::Read { at, len } => {
@@ -266,7 +333,7 @@ impl World {
                     let l = lba as usize + b;
                     if let Some(v) = self.model.expect(l) {
                         prop_assert!(
-                            d[b * BS..(b + 1) * BS] == content(l, v)[..],
+                            d[b * BS..(b + 1) * BS] == self.model.content(l, v)[..],
                             "partial read {l}"
                         );
                     }
@@ -503,6 +570,7 @@ async fn run(members: usize, chunk: u32, journal: bool, ops: Vec<Op>) -> Result<
             durable: vec![0; cap],
             pending: vec![Vec::new(); cap],
             unknown: vec![false; cap],
+            copies: HashMap::new(),
         },
         journal,
         version: 0,
