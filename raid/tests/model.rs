@@ -22,10 +22,12 @@ use raid::{AssembleOptions, MemberState, RaidArray};
 
 #[derive(Debug, Clone)]
 enum Op {
+    /// `hot`: within the first rows, so that writes meet each other.
     Write {
         at: u16,
         len: u8,
         fua: bool,
+        hot: bool,
     },
     Read {
         at: u16,
@@ -40,6 +42,7 @@ enum Op {
         chunks: u8,
         len: u8,
         fua: bool,
+        hot: bool,
     },
     Flush,
     Fail {
@@ -74,9 +77,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        30 => (any::<u16>(), 1u8..24, proptest::bool::weighted(0.1)).prop_map(|(at, len, fua)| Op::Write { at, len, fua }),
+        30 => (any::<u16>(), 1u8..24, proptest::bool::weighted(0.1), any::<bool>()).prop_map(|(at, len, fua, hot)| Op::Write { at, len, fua, hot }),
         6 => (any::<u16>(), 1u8..32).prop_map(|(at, len)| Op::Read { at, len }),
-        6 => (any::<u16>(), 1u8..4, 1u8..12, proptest::bool::weighted(0.2)).prop_map(|(from, chunks, len, fua)| Op::Copy { from, chunks, len, fua }),
+        6 => (any::<u16>(), 1u8..4, 1u8..12, proptest::bool::weighted(0.2), any::<bool>()).prop_map(|(from, chunks, len, fua, hot)| Op::Copy { from, chunks, len, fua, hot }),
         6 => Just(Op::Flush),
         4 => any::<u8>().prop_map(|slot| Op::Fail { slot }),
         4 => Just(Op::Return),
@@ -171,6 +174,19 @@ impl World {
 
     async fn reshaping(&self) -> bool {
         self.a().reshape_progress().await.is_some()
+    }
+
+    /// The block `at` names: anywhere in the volume, or (`hot`) in its
+    /// first three rows, where writes overwrite, copy over and straddle
+    /// each other's rows.
+    async fn place(&self, at: u16, hot: bool) -> usize {
+        let cap = self.a().geometry().num_blocks as usize;
+        let span = if hot {
+            (3 * self.a().layout().await.row_data_blocks() as usize).min(cap)
+        } else {
+            cap
+        };
+        usize::from(at) % span
     }
 
     /// Grows the model to a capacity of `cap` blocks (after a reshape).
@@ -271,9 +287,9 @@ impl World {
     async fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let mut after_crash = false;
         match op {
-            Op::Write { at, len, fua } => {
+            Op::Write { at, len, fua, hot } => {
                 let cap = self.a().geometry().num_blocks;
-                let lba = u64::from(*at) % cap;
+                let lba = self.place(*at, *hot).await as u64;
                 let n = u64::from(*len).min(cap - lba);
                 self.version += 1;
                 let v = self.version;
@@ -290,11 +306,12 @@ impl World {
                 chunks,
                 len,
                 fua,
+                hot,
             } => {
                 let cap = self.a().geometry().num_blocks as usize;
                 self.check_capacity(cap);
                 let chunk = self.rig.cfg.chunk_blocks as usize;
-                let from = usize::from(*from) % cap;
+                let from = self.place(*from, *hot).await;
                 let to = (from + usize::from(*chunks) * chunk) % cap;
                 let n = usize::from(*len).min(cap - from).min(cap - to);
                 // The sources' current content, if the model knows it.
