@@ -18,6 +18,15 @@
 //! members and restarts every ring at a new sequence number, written to the
 //! ring's header block. Records below the highest header sequence are stale.
 //!
+//! A row's records since the last checkpoint all live in one ring. When the
+//! ring a row's record would go to changes (its parity member went missing,
+//! or came back), a checkpoint comes first. Otherwise a crash that also
+//! cost the member holding the newer record would replay only the older one
+//! from the other ring, over content written since: with a FUA write in
+//! between, over acknowledged data (the property test found this: a row
+//! written while its parity member was away, its parity rebuilt, a FUA write,
+//! a crash, and the parity member lost).
+//!
 //! Ring layout per member: block 0 header (`"RJSB"`, crc32c, start sequence),
 //! then records, each `H` header blocks and one payload block per entry:
 //!
@@ -27,9 +36,9 @@
 //!                | reserved u32 | entries x (slot u32, block index u32)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
 use tokio::sync::{Mutex as AsyncMutex, OwnedRwLockReadGuard, RwLock as AsyncRwLock};
@@ -58,6 +67,9 @@ pub(crate) struct JournalState {
     gate: Arc<AsyncRwLock<()>>,
     /// A member failed since the last checkpoint, taking its ring's records.
     checkpoint_wanted: AtomicBool,
+    /// The ring of each row (by layout width and row) logged since the last
+    /// checkpoint.
+    row_rings: Mutex<HashMap<(u32, u64), u32>>,
 }
 
 /// One replayable record.
@@ -86,7 +98,12 @@ impl JournalState {
             rings: AsyncMutex::new(BTreeMap::new()),
             gate: Arc::new(AsyncRwLock::new(())),
             checkpoint_wanted: AtomicBool::new(false),
+            row_rings: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn row_rings(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), u32>> {
+        self.row_rings.lock().expect("row rings lock")
     }
 
     fn header_blocks(entries: usize, bs: usize) -> usize {
@@ -138,7 +155,13 @@ impl JournalState {
             let guard = self.gate.clone().read_owned().await;
             let mut rings = self.rings.lock().await;
             let at = *rings.get(&ring_slot).unwrap_or(&1);
-            if at + total > self.blocks {
+            // A record of this row in another ring must be stale before this
+            // one is written (module docs).
+            let moved = self
+                .row_rings()
+                .get(&(lay.members, row))
+                .is_some_and(|&s| s != ring_slot);
+            if moved || at + total > self.blocks {
                 drop(rings);
                 drop(guard);
                 self.checkpoint(array).await?;
@@ -168,6 +191,7 @@ impl JournalState {
             {
                 Ok(()) => {
                     rings.insert(ring_slot, at + total);
+                    self.row_rings().insert((lay.members, row), ring_slot);
                     return Ok(guard);
                 }
                 Err(e) => {
@@ -226,6 +250,7 @@ impl JournalState {
         head[4..8].copy_from_slice(&crc.to_le_bytes());
         let buf = Bytes::from(head);
         let mut rings = self.rings.lock().await;
+        self.row_rings().clear();
         for (slot, dev) in array.live_members() {
             if let Err(e) = dev.write(self.start, buf.clone(), WriteFlags::FUA).await {
                 array.fail_member(slot, &e).await;
