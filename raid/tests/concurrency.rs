@@ -8,14 +8,23 @@ use common::*;
 use raid::RaidArray;
 
 /// A task reading 50 spans of `n` blocks, `stride` apart, across the
-/// volume alongside the writers: it must never see an error.
+/// volume alongside the writers (whose rounds write versions 1 to 3): it
+/// must never see an error, and every block it reads must be whole, never
+/// written or one of those versions.
 fn reader(a: &RaidArray, n: u32, stride: u64) -> tokio::task::JoinHandle<()> {
     let a = a.clone();
     let cap = a.geometry().num_blocks;
     tokio::spawn(async move {
         for i in 0..50u64 {
             let lba = (i * stride) % (cap - u64::from(n));
-            a.read(lba, n).await.unwrap();
+            let got = a.read(lba, n).await.unwrap();
+            for (j, b) in got.chunks_exact(BS).enumerate() {
+                let l = lba + j as u64;
+                assert!(
+                    b.iter().all(|&x| x == 0) || (1..=3).any(|v| b == &pattern(l, v)[..]),
+                    "block {l} read torn or foreign content"
+                );
+            }
         }
     })
 }
