@@ -1692,6 +1692,7 @@ impl RaidArray {
             })
             .count();
         let mut tasks = Vec::new();
+        let mut first_err = None;
         for (lay, row, pieces) in spans {
             let slices: Vec<Piece> = pieces
                 .iter()
@@ -1702,44 +1703,26 @@ impl RaidArray {
                 .collect();
             let range = geo.row_range(&lay, row);
             let row_blocks: u64 = pieces.iter().map(|p| p.1).sum();
-            if row_blocks == range.end - range.start {
+            let r = if row_blocks == range.end - range.start {
                 if whole_rows > 1 {
                     let (this, geo) = (self.clone(), geo.clone());
                     tasks.push(tokio::spawn(async move {
                         this.write_whole_row(&geo, &lay, row, &slices, fua).await
                     }));
-                } else {
-                    self.write_whole_row(&geo, &lay, row, &slices, fua).await?;
+                    continue;
                 }
-                continue;
-            }
-            let _g = self.row_lock(row).await;
-            let mut complete = None;
-            {
-                let mut cache = self.inner.cache.lock().expect("cache lock");
-                for (l, buf) in &slices {
-                    for j in 0..buf.len() / bs {
-                        cache.insert(l + j as u64, buf.slice(j * bs..(j + 1) * bs));
-                    }
-                }
-                if fua || cache.range(range.clone()).count() as u64 == range.end - range.start {
-                    complete = Some(());
-                }
-            }
-            if complete.is_some() {
-                let blocks = self.take_cached(&geo, &lay, row);
-                let pieces = self.pieces_of(&lay, blocks);
-                self.write_row(&lay, row, &pieces, fua).await?;
-            }
-        }
-        let mut first_err = None;
-        for t in tasks {
-            let r = match t.await {
-                Ok(r) => r,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => Err(RaidError::Failed("row write cancelled at shutdown".into())),
+                self.write_whole_row(&geo, &lay, row, &slices, fua).await
+            } else {
+                self.write_partial_row(&geo, &lay, row, &slices, fua).await
             };
             if let Err(e) = r {
+                first_err = Some(e);
+                break;
+            }
+        }
+        // The request ends when its rows do, failed or not.
+        for t in tasks {
+            if let Err(e) = join_row_task(t.await) {
                 first_err.get_or_insert(e);
             }
         }
@@ -1748,6 +1731,37 @@ impl RaidArray {
         }
         self.settle_journal().await?;
         self.evict(&geo).await
+    }
+
+    /// Puts the blocks `pieces` of row `row` (not all of it) in the stripe
+    /// cache, and writes the row out once the cache holds all of it, or at
+    /// once for FUA.
+    async fn write_partial_row(
+        &self,
+        geo: &Geo,
+        lay: &Layout,
+        row: u64,
+        pieces: &[Piece],
+        fua: bool,
+    ) -> Result<()> {
+        let bs = self.inner.block_size as usize;
+        let range = geo.row_range(lay, row);
+        let _g = self.row_lock(row).await;
+        let complete = {
+            let mut cache = self.inner.cache.lock().expect("cache lock");
+            for (l, buf) in pieces {
+                for j in 0..buf.len() / bs {
+                    cache.insert(l + j as u64, buf.slice(j * bs..(j + 1) * bs));
+                }
+            }
+            fua || cache.range(range.clone()).count() as u64 == range.end - range.start
+        };
+        if complete {
+            let blocks = self.take_cached(geo, lay, row);
+            let pieces = self.pieces_of(lay, blocks);
+            self.write_row(lay, row, &pieces, fua).await?;
+        }
+        Ok(())
     }
 
     /// Writes row `row`, wholly covered by `pieces`, as a full stripe; the
@@ -1906,6 +1920,18 @@ impl RaidArray {
 
     pub(crate) fn set_capacity(&self, blocks: u64) {
         self.inner.capacity.store(blocks, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of a row task of a volume request: its panic goes on
+/// unwinding in the request, a runtime shutting down fails it.
+fn join_row_task<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    match r {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(RaidError::Failed(
+            "row task cancelled: the runtime is shutting down".into(),
+        )),
     }
 }
 
