@@ -560,4 +560,27 @@ mod tests {
         assert!(t8.verifies_after_crash(1, 100, &c, 9));
         assert!(!t8.verifies_after_crash(1, 100, &b, 9));
     }
+
+    #[test]
+    fn a_fua_write_is_the_previous_content_of_later_writes_in_its_epoch() {
+        let (a, b, c) = (vec![1u8; 512], vec![2u8; 512], vec![3u8; 512]);
+        let round =
+            |t: &ChunkTags, epoch| ChunkTags::decode(&t.encode(512, PLACE, epoch), 512, 4, PLACE);
+        let mut t = ChunkTags::unwritten(4);
+        t.overwrite(1, 7, 100, &a, false);
+        // b written with FUA in the same epoch: durable at once, so neither a
+        // nor the never-written zeroes are states a crash may leave.
+        t.overwrite(1, 7, 100, &b, true);
+        let fua = round(&t, 7);
+        assert_eq!(fua.vouch_after_crash(1, 100, &b, 0), Vouch::Current);
+        assert!(!fua.verifies_after_crash(1, 100, &a, 0));
+        assert!(!fua.verifies_after_crash(1, 100, &[0; 512], 0));
+        // c written later in the epoch, without FUA: a crash may take it
+        // back to b, and no further.
+        t.overwrite(1, 7, 100, &c, false);
+        let later = round(&t, 7);
+        assert_eq!(later.vouch_after_crash(1, 100, &c, 0), Vouch::Current);
+        assert_eq!(later.vouch_after_crash(1, 100, &b, 0), Vouch::Previous);
+        assert!(!later.verifies_after_crash(1, 100, &a, 0));
+    }
 }
