@@ -1683,17 +1683,19 @@ impl RaidArray {
         };
         let n = g.blocks_in(data.len()).map_err(RaidError::Request)?;
         g.check_range(lba, n).map_err(RaidError::Request)?;
-        let spans = Self::split(&geo, lba, n);
-        let whole_rows = spans
-            .iter()
-            .filter(|(lay, row, pieces)| {
-                let range = geo.row_range(lay, *row);
-                pieces.iter().map(|p| p.1).sum::<u64>() == range.end - range.start
+        // Each row of the request, with whether the request covers all of it.
+        let spans: Vec<(RowSpan, bool)> = Self::split(&geo, lba, n)
+            .into_iter()
+            .map(|span| {
+                let range = geo.row_range(&span.0, span.1);
+                let whole = span.2.iter().map(|p| p.1).sum::<u64>() == range.end - range.start;
+                (span, whole)
             })
-            .count();
+            .collect();
+        let whole_rows = spans.iter().filter(|(_, whole)| *whole).count();
         let mut tasks = Vec::new();
         let mut first_err = None;
-        for (lay, row, pieces) in spans {
+        for ((lay, row, pieces), whole) in spans {
             let slices: Vec<Piece> = pieces
                 .iter()
                 .map(|&(l, cnt)| {
@@ -1701,9 +1703,7 @@ impl RaidArray {
                     (l, data.slice(off..off + cnt as usize * bs))
                 })
                 .collect();
-            let range = geo.row_range(&lay, row);
-            let row_blocks: u64 = pieces.iter().map(|p| p.1).sum();
-            let r = if row_blocks == range.end - range.start {
+            let r = if whole {
                 if whole_rows > 1 {
                     let (this, geo) = (self.clone(), geo.clone());
                     tasks.push(tokio::spawn(async move {
@@ -1923,9 +1923,9 @@ impl RaidArray {
     }
 }
 
-/// The outcome of a row task of a volume request: its panic goes on
+/// The outcome of a row task of a volume write: its panic goes on
 /// unwinding in the request, a runtime shutting down fails it.
-fn join_row_task<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+fn join_row_task(r: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
     match r {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
 use tokio::sync::{Mutex as AsyncMutex, OwnedRwLockReadGuard, RwLock as AsyncRwLock};
@@ -60,16 +60,22 @@ pub(crate) struct JournalState {
     start: u64,
     blocks: u64,
     next_seq: AtomicU64,
-    /// Next free ring block per member slot.
-    rings: AsyncMutex<BTreeMap<u32, u64>>,
+    /// Where the rings stand since the last checkpoint.
+    rings: AsyncMutex<Rings>,
     /// Held shared from logging a record until its row is written; held
     /// exclusively by a checkpoint.
     gate: Arc<AsyncRwLock<()>>,
     /// A member failed since the last checkpoint, taking its ring's records.
     checkpoint_wanted: AtomicBool,
-    /// The ring of each row (by layout width and row) logged since the last
-    /// checkpoint.
-    row_rings: Mutex<HashMap<(u32, u64), u32>>,
+}
+
+/// The rings since the last checkpoint.
+#[derive(Debug, Default)]
+struct Rings {
+    /// Next free ring block per member slot.
+    next: BTreeMap<u32, u64>,
+    /// The ring of each row (by layout width and row) logged since.
+    of_row: HashMap<(u32, u64), u32>,
 }
 
 /// One replayable record.
@@ -95,15 +101,10 @@ impl JournalState {
             start: sb.journal_start,
             blocks: sb.journal_blocks,
             next_seq: AtomicU64::new(1),
-            rings: AsyncMutex::new(BTreeMap::new()),
+            rings: AsyncMutex::new(Rings::default()),
             gate: Arc::new(AsyncRwLock::new(())),
             checkpoint_wanted: AtomicBool::new(false),
-            row_rings: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn row_rings(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u64), u32>> {
-        self.row_rings.lock().expect("row rings lock")
     }
 
     fn header_blocks(entries: usize, bs: usize) -> usize {
@@ -154,11 +155,11 @@ impl JournalState {
         loop {
             let guard = self.gate.clone().read_owned().await;
             let mut rings = self.rings.lock().await;
-            let at = *rings.get(&ring_slot).unwrap_or(&1);
+            let at = *rings.next.get(&ring_slot).unwrap_or(&1);
             // A record of this row in another ring must be stale before this
             // one is written (module docs).
-            let moved = self
-                .row_rings()
+            let moved = rings
+                .of_row
                 .get(&(lay.members, row))
                 .is_some_and(|&s| s != ring_slot);
             if moved || at + total > self.blocks {
@@ -190,8 +191,8 @@ impl JournalState {
                 .await
             {
                 Ok(()) => {
-                    rings.insert(ring_slot, at + total);
-                    self.row_rings().insert((lay.members, row), ring_slot);
+                    rings.next.insert(ring_slot, at + total);
+                    rings.of_row.insert((lay.members, row), ring_slot);
                     return Ok(guard);
                 }
                 Err(e) => {
@@ -250,12 +251,12 @@ impl JournalState {
         head[4..8].copy_from_slice(&crc.to_le_bytes());
         let buf = Bytes::from(head);
         let mut rings = self.rings.lock().await;
-        self.row_rings().clear();
+        rings.of_row.clear();
         for (slot, dev) in array.live_members() {
             if let Err(e) = dev.write(self.start, buf.clone(), WriteFlags::FUA).await {
                 array.fail_member(slot, &e).await;
             }
-            rings.insert(slot, 1);
+            rings.next.insert(slot, 1);
         }
         Ok(())
     }

@@ -29,6 +29,16 @@ fn reader(a: &RaidArray, n: u32, stride: u64) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Every block reads back as `model` says, and parity is right everywhere:
+/// scrub finds nothing, and with device `gone` offline every block still
+/// reads back.
+async fn assert_consistent(rig: &Rig, a: &RaidArray, model: &[Option<u64>], gone: usize) {
+    check_all(a, model).await;
+    assert_scrub_clean(a).await;
+    rig.faulty[gone].set_offline(true);
+    check_all(a, model).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_keep_parity_consistent() {
     let rig = Rig::new(4, 1024, small_config());
@@ -71,12 +81,7 @@ async fn concurrent_writers_keep_parity_consistent() {
                 .find(|r| (lba - w) % (8 * (1 + r % 2)) == 0)
         })
         .collect();
-    check_all(&a, &model).await;
-    // Parity must be right everywhere: scrub finds nothing, and with any one
-    // member gone every block still reads back.
-    assert_scrub_clean(&a).await;
-    rig.faulty[2].set_offline(true);
-    check_all(&a, &model).await;
+    assert_consistent(&rig, &a, &model, 2).await;
 }
 
 /// Requests spanning several whole rows write those rows as parallel tasks.
@@ -88,9 +93,10 @@ async fn concurrent_multi_row_writers_keep_data_and_parity() {
     let rig = Rig::new(4, 1024, small_config());
     let a = rig.create(4).await;
     let cap = a.geometry().num_blocks;
-    let row = 12; // 3 data chunks of 4 blocks
-                  // Writer w owns the span [w * 64 + 3, w * 64 + 60): four whole rows
-                  // and a partial row at each end, rewritten in three rounds.
+    // 3 data chunks of 4 blocks per row. Writer w owns the span
+    // [w * 64 + 3, w * 64 + 60): four whole rows and a partial row at each
+    // end, rewritten in three rounds.
+    let row = 12;
     let writers = cap / 64;
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -114,10 +120,7 @@ async fn concurrent_multi_row_writers_keep_data_and_parity() {
     let model: Vec<Option<u64>> = (0..cap)
         .map(|lba| (lba / 64 < writers && (3..60).contains(&(lba % 64))).then_some(3))
         .collect();
-    check_all(&a, &model).await;
-    assert_scrub_clean(&a).await;
-    rig.faulty[1].set_offline(true);
-    check_all(&a, &model).await;
+    assert_consistent(&rig, &a, &model, 1).await;
 }
 
 /// A request of whole rows whose caller goes away (an initiator that drops

@@ -222,9 +222,7 @@ async fn rot_under_a_lost_overwrite(landed: Landed) -> (Vec<Option<u64>>, raid::
     // LBA 2 rots on its member.
     let (row, k, i) = lay.locate(2);
     assert_eq!(row, 0);
-    let slot = lay.data_member(row, k) as usize;
-    let id = a.member_identities()[slot].clone().unwrap();
-    let victim = rig.faulty.iter().position(|f| f.identity() == &id).unwrap();
+    let victim = rig.index_of(&a, lay.data_member(row, k));
     rig.faulty[victim]
         .flip_bit(lay.member_block(row, i), 77)
         .await
@@ -387,13 +385,7 @@ async fn an_older_record_in_another_ring_is_not_replayed_over_a_fua_write() {
 /// previous content: resync must not restore them over flushed data.
 #[tokio::test]
 async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
-    let (b, x, y) = copy_overwrite_and_crash(false).await;
-    let got_a = b.read(0, 1).await.unwrap();
-    assert!(
-        got_a[..] == x[..] || got_a[..] == y[..],
-        "block A lost its flushed content: {:?}",
-        &got_a[..8]
-    );
+    let (b, x) = copy_overwrite_and_crash(false).await;
     let got_b = b
         .read(u64::from(b.layout().await.chunk_blocks), 1)
         .await
@@ -416,13 +408,7 @@ async fn a_stale_tag_does_not_bring_back_content_overwritten_before_a_flush() {
 /// restore them over X, which the FUA write made durable.
 #[tokio::test]
 async fn a_crash_never_takes_a_block_back_past_its_fua_write() {
-    let (b, x, y) = copy_overwrite_and_crash(true).await;
-    let got_a = b.read(0, 1).await.unwrap();
-    assert!(
-        got_a[..] == x[..] || got_a[..] == y[..],
-        "block A lost its FUA-written content: {:?}",
-        &got_a[..8]
-    );
+    let (b, _) = copy_overwrite_and_crash(true).await;
     assert!(b.check().await.unwrap().clean());
 }
 
@@ -430,8 +416,9 @@ async fn a_crash_never_takes_a_block_back_past_its_fua_write() {
 /// durable (by a FUA write if `fua`, else by a flush); then, unflushed,
 /// block B at the same position of the next chunk gets a copy of X and A
 /// gets Y. The crash keeps every write but those of A's tag blocks and of
-/// the parity member. Returns the reassembled array, X and Y.
-async fn copy_overwrite_and_crash(fua: bool) -> (RaidArray, Vec<u8>, Vec<u8>) {
+/// the parity member. Asserts that A then reads X or Y; returns the
+/// reassembled array and X.
+async fn copy_overwrite_and_crash(fua: bool) -> (RaidArray, Vec<u8>) {
     let (rig, a) = uncached(3, 0).await;
     let lay = a.layout().await;
     let lba_a = 0;
@@ -455,13 +442,9 @@ async fn copy_overwrite_and_crash(fua: bool) -> (RaidArray, Vec<u8>, Vec<u8>) {
     a.write(lba_a, y.clone().into(), WriteFlags::NONE)
         .await
         .unwrap();
-    let device_of = |slot: u32| {
-        let id = a.member_identities()[slot as usize].clone().unwrap();
-        rig.faulty.iter().position(|f| f.identity() == &id).unwrap()
-    };
     let (dev_a, pdev) = (
-        device_of(lay.data_member(0, 0)),
-        device_of(lay.parity_member(0)),
+        rig.index_of(&a, lay.data_member(0, 0)),
+        rig.index_of(&a, lay.parity_member(0)),
     );
     drop(a);
     let tags_a = lay.tag_block(0, 0)..lay.tag_block(0, 0) + u64::from(lay.tag_blocks);
@@ -472,7 +455,14 @@ async fn copy_overwrite_and_crash(fua: bool) -> (RaidArray, Vec<u8>, Vec<u8>) {
         .await;
     }
     let b = rig.assemble(false).await.expect("assemble after crash");
-    (b, x, y)
+    let got_a = b.read(lba_a, 1).await.unwrap();
+    let how = if fua { "FUA-written" } else { "flushed" };
+    assert!(
+        got_a[..] == x[..] || got_a[..] == y[..],
+        "block A lost its {how} content: {:?}",
+        &got_a[..8]
+    );
+    (b, x)
 }
 
 /// A crash anywhere in a flush never leaves the superblock's record of

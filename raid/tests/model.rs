@@ -116,9 +116,15 @@ impl Model {
             None => Some(self.durable[lba]),
         }
     }
+    /// The block and version whose pattern block `lba` holds at version `v`:
+    /// itself, unless a copy wrote that version.
+    fn origin(&self, lba: usize, v: u64) -> (usize, u64) {
+        self.copies.get(&(lba, v)).copied().unwrap_or((lba, v))
+    }
+
     /// What block `lba` holds at version `v` (0: never written).
     fn content(&self, lba: usize, v: u64) -> Vec<u8> {
-        let (l, v) = self.copies.get(&(lba, v)).copied().unwrap_or((lba, v));
+        let (l, v) = self.origin(lba, v);
         if v == 0 {
             vec![0; BS]
         } else {
@@ -332,7 +338,7 @@ impl World {
                     .await
                     .map_err(|e| TestCaseError::fail(format!("copy: {e}")))?;
                 for (i, &(l, sv)) in src.iter().enumerate() {
-                    let origin = self.model.copies.get(&(l, sv)).copied().unwrap_or((l, sv));
+                    let origin = self.model.origin(l, sv);
                     self.model.copies.insert((to + i, v), origin);
                     self.model.written(to + i, v, *fua);
                 }

@@ -56,6 +56,17 @@ impl Rig {
         d
     }
 
+    /// Index in `faulty` of the device in member slot `slot` of `a`.
+    pub fn index_of(&self, a: &RaidArray, slot: u32) -> usize {
+        let id = a.member_identities()[slot as usize]
+            .clone()
+            .expect("slot holds a member");
+        self.faulty
+            .iter()
+            .position(|f| f.identity() == &id)
+            .expect("member is one of the rig's devices")
+    }
+
     pub fn shared(&self, i: usize) -> SharedDevice {
         self.faulty[i].clone()
     }
