@@ -14,7 +14,7 @@ if [[ -z ${OPIE_SHARED:-} ]]; then
   done
 fi
 SHARED=${OPIE_SHARED:-$ROOT/../shared}
-OPIE=${OPIE:-$ROOT/target/release/opie}
+OPIE=${OPIE:-${CARGO_TARGET_DIR:-$ROOT/target}/release/opie}
 
 log() { echo "[$NAME] $*"; }
 die() { echo "[$NAME] FAIL: $*" >&2; exit 1; }
