@@ -367,8 +367,20 @@ impl Target {
         !self.reservations.is_empty() && !self.reservations.contains(&src)
     }
 
-    /// Handles one decoded frame that arrived on `iface`.
+    /// Handles one decoded frame that arrived on `iface`. A write's data is
+    /// copied out of the frame; see [`Target::handle_owned`] to avoid that.
     pub fn handle(&mut self, iface: &InterfaceInfo, f: &Frame<'_>) -> Outcome {
+        self.handle_owned(iface, f, None)
+    }
+
+    /// As [`Target::handle`], for a frame decoded from `buf`: a write's data
+    /// is then a slice of `buf`, not a copy. (`f` must borrow from `buf`.)
+    pub fn handle_owned(
+        &mut self,
+        iface: &InterfaceInfo,
+        f: &Frame<'_>,
+        buf: Option<&Bytes>,
+    ) -> Outcome {
         let h = &f.header;
         if h.is_response() {
             return Outcome::Ignore(Ignored::Response);
@@ -399,7 +411,10 @@ impl Target {
         let err = |code| Outcome::Reply(error_reply(to, from, &reply_header, code));
         match h.command {
             Command::Ata => match AtaArg::decode(f.payload) {
-                Ok((arg, data)) => self.ata(iface, to, from, &reply_header, arg, data),
+                Ok((arg, data)) => {
+                    let data = Payload { data, buf };
+                    self.ata(iface, to, from, &reply_header, arg, data)
+                }
                 Err(e) => {
                     debug!(%to, error = %e, "bad ATA argument");
                     err(AoeErrorCode::BadArgument)
@@ -440,7 +455,7 @@ impl Target {
         from: Mac,
         h: &Header,
         arg: AtaArg,
-        data: &[u8],
+        data: Payload<'_>,
     ) -> Outcome {
         let op = AtaOp::classify(&arg);
         if op != AtaOp::Identify && self.reserved_against(to) {
@@ -483,8 +498,8 @@ impl Target {
             }),
             AtaOp::Write { lba, sectors } => {
                 let len = sectors as usize * SECTOR_SIZE;
-                let Some(payload) = data.get(..len) else {
-                    debug!(%to, lba, sectors, got = data.len(), "write frame shorter than its sector count");
+                let Some(payload) = data.data.get(..len) else {
+                    debug!(%to, lba, sectors, got = data.data.len(), "write frame shorter than its sector count");
                     return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
                 };
                 if s.read_only {
@@ -493,7 +508,7 @@ impl Target {
                 Outcome::Io(IoRequest {
                     op: IoOp::Write {
                         lba,
-                        data: Bytes::copy_from_slice(payload),
+                        data: data.share(payload),
                         fua: !s.write_back,
                     },
                     ctx: ctx(),
@@ -676,6 +691,28 @@ impl Target {
     }
 }
 
+/// The data after a request's argument, and the received frame it lies in
+/// when the caller has it as [`Bytes`].
+#[derive(Clone, Copy)]
+struct Payload<'a> {
+    data: &'a [u8],
+    buf: Option<&'a Bytes>,
+}
+
+impl Payload<'_> {
+    /// `part` (of `data`) as a slice of the frame when it lies within it, so
+    /// no copy is made; a copy otherwise.
+    fn share(&self, part: &[u8]) -> Bytes {
+        if let Some(b) = self.buf {
+            let (start, p) = (b.as_ptr() as usize, part.as_ptr() as usize);
+            if p >= start && p + part.len() <= start + b.len() {
+                return b.slice_ref(part);
+            }
+        }
+        Bytes::copy_from_slice(part)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,6 +756,40 @@ mod tests {
             vec![]
         };
         request(ME, HOST, 1, 2, Command::Ata, 42, &ata_arg(&a), &data)
+    }
+
+    fn write_data(o: Outcome) -> Bytes {
+        match o {
+            Outcome::Io(IoRequest {
+                op: IoOp::Write { data, .. },
+                ..
+            }) => data,
+            o => panic!("expected a write, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn write_data_is_shared_with_the_frame_it_came_in() {
+        let mut t = target();
+        let buf = Bytes::from(ata(20, 2, true));
+        let range = buf.as_ptr_range();
+        let frame = Frame::decode(&buf).unwrap();
+        let shared = write_data(t.handle_owned(&IFACE, &frame, Some(&buf)));
+        assert!(
+            range.contains(&shared.as_ptr()),
+            "a slice of the frame, not a copy"
+        );
+        assert_eq!(&shared[..], &[7u8; 2 * 512][..]);
+        // A frame that does not lie in the buffer given is copied.
+        let other = Bytes::from(ata(20, 2, true));
+        let copied = write_data(t.handle_owned(&IFACE, &frame, Some(&other)));
+        assert!(
+            !range.contains(&copied.as_ptr()) && !other.as_ptr_range().contains(&copied.as_ptr())
+        );
+        assert_eq!(copied, shared);
+        let plain = write_data(t.handle(&IFACE, &frame));
+        assert!(!range.contains(&plain.as_ptr()));
+        assert_eq!(plain, shared);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use target_aoe::frame::{AtaArg, ConfigArg, Frame, Mac, MaskArg, ReserveArg};
+use target_aoe::frame::{
+    AtaArg, ConfigArg, Frame, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, ATA_ARG_LEN, ETH_HEADER_LEN,
+};
 use target_aoe::target::{InterfaceInfo, Outcome, Target, TargetSettings};
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = MaskArg::decode(data);
     let _ = ReserveArg::decode(data);
     let Ok(frame) = Frame::decode(data) else { return };
+    // The server hands the target frames it owns, so write data is shared.
+    let owned = blockdev::Bytes::copy_from_slice(data);
+    let Ok(owned_frame) = Frame::decode(&owned) else {
+        panic!("the same bytes decode differently")
+    };
     for (mtu, shelf) in [(1500usize, frame.header.shelf), (9000, 1)] {
         let settings = TargetSettings {
             shelf,
@@ -27,8 +34,13 @@ fuzz_target!(|data: &[u8]| {
         let mut t = Target::new(settings, vec![], b"cfg".to_vec());
         let iface = InterfaceInfo { mac: Mac([2, 0, 0, 0, 0, 1]), mtu };
         // Twice: the first frame may change state (mask, reservation, config).
-        for _ in 0..2 {
-            match t.handle(&iface, &frame) {
+        for pass in 0..2 {
+            let outcome = if pass == 0 {
+                t.handle(&iface, &frame)
+            } else {
+                t.handle_owned(&iface, &owned_frame, Some(&owned))
+            };
+            match outcome {
                 Outcome::Reply(r) => {
                     let bytes = r.to_vec();
                     assert!(bytes.len() <= mtu + 14, "reply larger than the MTU");
@@ -38,6 +50,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Outcome::Io(req) => {
                     assert_eq!(req.ctx.tag(), frame.header.tag);
+                    if let target_aoe::target::IoOp::Write { data: d, .. } = &req.op {
+                        let at = ETH_HEADER_LEN + AOE_HEADER_LEN + ATA_ARG_LEN;
+                        assert_eq!(&d[..], &data[at..at + d.len()], "the frame's own data");
+                    }
                 }
                 Outcome::Ignore(_) => {}
             }
