@@ -1,7 +1,7 @@
 //! The AoE server: one receive thread per interface, one I/O worker and one
 //! flusher per disk.
 //!
-//! Receive threads take frames in batches (`recvmmsg`) and run them through
+//! Receive threads take frames in batches (from the receive ring) and run them through
 //! every [`Target`] on the interface. While a disk's worker has nothing queued,
 //! the receive thread starts the disk's reads and writes itself and, when the
 //! device completes them at once (page-cache hits, buffered writes), answers in
@@ -329,7 +329,7 @@ impl AoeServer {
                     }
                 })?;
                 let granted = sock.rcvbuf().unwrap_or(0);
-                if granted < want {
+                if !sock.has_rx_ring() && granted < want {
                     warn!(iface = %name, want, granted, "socket receive buffer smaller than the buffer count needs");
                 }
                 let iface = InterfaceInfo {
@@ -337,7 +337,7 @@ impl AoeServer {
                     mtu: sock.mtu(),
                 };
                 info!(iface = %name, mac = %iface.mac, mtu = iface.mtu, max_sectors = iface.max_sectors(),
-                      buffer_count, rcvbuf = granted, disks = built.len(), "AoE serving");
+                      buffer_count, rcvbuf = granted, rx_ring = sock.has_rx_ring(), disks = built.len(), "AoE serving");
                 let sock = Arc::new(sock);
                 let disks = built.clone();
                 let stop = stop.clone();
@@ -437,7 +437,7 @@ fn rx_loop(
     let mut replies: Vec<Reply> = Vec::with_capacity(RX_BATCH);
     let mut queued: Vec<Queued> = disks.iter().map(|_| Queued::default()).collect();
     let mut acks: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
-    let mut runs: Vec<Option<WriteRun>> = disks.iter().map(|_| None).collect();
+    let mut runs: Vec<Option<Run>> = disks.iter().map(|_| None).collect();
     let mut drops = DropLog {
         last: None,
         suppressed: 0,
@@ -468,7 +468,7 @@ fn rx_loop(
             };
             for (i, port) in disks.iter().enumerate() {
                 let disk = &port.disk;
-                match targets[i].handle(&iface, &frame) {
+                match targets[i].handle_owned(&iface, &frame, Some(buf)) {
                     Outcome::Reply(r) => replies.push(r),
                     Outcome::Io(req) => {
                         let work = Work {
@@ -498,7 +498,7 @@ fn rx_loop(
                 replies: &mut replies,
                 acks: &mut acks[i],
             };
-            write_run(&port.disk, &mut runs[i], &mut out);
+            start_run(&port.disk, &mut runs[i], &mut out);
             // Hand over while the target is still locked: the worker gets
             // this disk's requests in the order they were served.
             if !queued[i].is_empty() {
@@ -522,18 +522,56 @@ fn rx_loop(
     debug!(iface = %name, "AoE receive thread stopped");
 }
 
-/// Largest run of contiguous writes the receive thread merges into one
-/// device call (small enough for a file backend to do it without a thread
-/// hand-off).
-const INLINE_MERGE_MAX: usize = 128 << 10;
+/// Largest run of contiguous reads or writes the receive thread merges into
+/// one device call (small enough for a file backend to do it without a thread
+/// hand-off, large enough for a whole receive batch of jumbo frames).
+const INLINE_MERGE_MAX: usize = 160 << 10;
 
-/// Contiguous writes gathered on the receive thread for one device call.
-struct WriteRun {
+/// Contiguous requests of one kind gathered on the receive thread for one
+/// device call.
+struct Run {
     lba: u64,
     next: u64,
-    fua: bool,
-    data: BytesMut,
+    kind: RunKind,
     works: Vec<Work>,
+}
+
+enum RunKind {
+    /// Reads: the device call's data is split among them in order.
+    Read,
+    /// Writes with the same FUA flag, their data concatenated.
+    Write { fua: bool, data: BytesMut },
+}
+
+impl Run {
+    fn bytes(&self) -> usize {
+        (self.next - self.lba) as usize * SECTOR_SIZE
+    }
+
+    /// Appends `work` if it continues this run; gives it back otherwise.
+    fn extend(&mut self, work: Work) -> Option<Work> {
+        let (lba, len) = match &work.req.op {
+            IoOp::Read { lba, sectors } => (*lba, *sectors as usize * SECTOR_SIZE),
+            IoOp::Write { lba, data, .. } => (*lba, data.len()),
+            _ => return Some(work),
+        };
+        if lba != self.next || self.bytes() + len > INLINE_MERGE_MAX {
+            return Some(work);
+        }
+        match (&mut self.kind, &work.req.op) {
+            (RunKind::Read, IoOp::Read { .. }) => {}
+            (
+                RunKind::Write { fua, data },
+                IoOp::Write {
+                    fua: f, data: d, ..
+                },
+            ) if fua == f => data.extend_from_slice(d),
+            _ => return Some(work),
+        }
+        self.next += (len / SECTOR_SIZE) as u64;
+        self.works.push(work);
+        None
+    }
 }
 
 /// Where the receive thread's results for one disk go.
@@ -547,63 +585,72 @@ struct InlineOut<'a> {
 }
 
 /// Serves a request on the receive thread while the disk's worker is idle:
-/// contiguous writes are gathered into one device call; reads, and anything
-/// that breaks a run of writes, first write the run. Calls that complete at
+/// contiguous reads, and contiguous writes, are gathered into one device call
+/// each; anything that breaks a run first starts it. Calls that complete at
 /// once are answered without a thread hand-off; one that does not goes to the
 /// worker, and everything after it queues behind it.
-fn serve_inline(disk: &Disk, work: Work, run: &mut Option<WriteRun>, out: &mut InlineOut<'_>) {
-    if let IoOp::Write { lba, data, fua } = &work.req.op {
-        let sectors = (data.len() / SECTOR_SIZE) as u64;
-        if let Some(r) = run.as_mut() {
-            if r.next == *lba && r.fua == *fua && r.data.len() + data.len() <= INLINE_MERGE_MAX {
-                r.data.extend_from_slice(data);
-                r.next += sectors;
-                r.works.push(work);
-                return;
-            }
-        }
-        write_run(disk, run, out);
-        if !out.queued.is_empty() {
-            out.queued.io.push(work);
-            return;
-        }
-        let mut buf = BytesMut::with_capacity(INLINE_MERGE_MAX.min(data.len() * RX_BATCH));
-        buf.extend_from_slice(data);
-        *run = Some(WriteRun {
-            lba: *lba,
-            next: lba + sectors,
-            fua: *fua,
-            data: buf,
-            works: vec![work],
-        });
-        return;
-    }
-    write_run(disk, run, out);
+fn serve_inline(disk: &Disk, work: Work, run: &mut Option<Run>, out: &mut InlineOut<'_>) {
+    let work = match run.as_mut() {
+        Some(r) => match r.extend(work) {
+            None => return,
+            Some(w) => w,
+        },
+        None => work,
+    };
+    start_run(disk, run, out);
     if !out.queued.is_empty() {
         out.queued.io.push(work);
         return;
     }
-    let IoOp::Read { lba, sectors } = work.req.op else {
+    let (lba, sectors, kind) = match &work.req.op {
+        IoOp::Read { lba, sectors } => (*lba, u64::from(*sectors), RunKind::Read),
+        IoOp::Write { lba, data, fua } => {
+            let mut buf = BytesMut::with_capacity(INLINE_MERGE_MAX.min(data.len() * RX_BATCH));
+            buf.extend_from_slice(data);
+            let sectors = (data.len() / SECTOR_SIZE) as u64;
+            (
+                *lba,
+                sectors,
+                RunKind::Write {
+                    fua: *fua,
+                    data: buf,
+                },
+            )
+        }
         // Flush, config and access changes: the worker does them.
-        out.queued.io.push(work);
-        return;
+        _ => {
+            out.queued.io.push(work);
+            return;
+        }
     };
-    let dev = disk.device.clone();
-    let call: DeviceCall = Box::pin(async move { dev.read(lba, sectors).await });
-    poll_call(disk, call, vec![work], out);
+    *run = Some(Run {
+        lba,
+        next: lba + sectors,
+        kind,
+        works: vec![work],
+    });
 }
 
-/// Starts the gathered writes, if any, as one device call.
-fn write_run(disk: &Disk, run: &mut Option<WriteRun>, out: &mut InlineOut<'_>) {
+/// Starts the gathered run, if any, as one device call.
+fn start_run(disk: &Disk, run: &mut Option<Run>, out: &mut InlineOut<'_>) {
     let Some(r) = run.take() else { return };
     let dev = disk.device.clone();
-    let (lba, data) = (r.lba, r.data.freeze());
-    // Durability comes from the flusher's group commit, not FUA.
-    let call: DeviceCall = Box::pin(async move {
-        dev.write(lba, data, WriteFlags::NONE)
-            .await
-            .map(|()| Bytes::new())
-    });
+    let lba = r.lba;
+    let call: DeviceCall = match r.kind {
+        RunKind::Read => {
+            let sectors = (r.next - r.lba) as u32;
+            Box::pin(async move { dev.read(lba, sectors).await })
+        }
+        RunKind::Write { data, .. } => {
+            let data = data.freeze();
+            // Durability comes from the flusher's group commit, not FUA.
+            Box::pin(async move {
+                dev.write(lba, data, WriteFlags::NONE)
+                    .await
+                    .map(|()| Bytes::new())
+            })
+        }
+    };
     poll_call(disk, call, r.works, out);
 }
 

@@ -750,6 +750,79 @@ fn jumbo_frames_multi_interface_and_write_ordering() {
         image[off..off + 8 * 512].copy_from_slice(&pattern(k, 8 * 512));
     }
     assert_eq!(pb.read(2000, 11).1, image);
+
+    // Reads sent back to back (contiguous runs, which the server merges into
+    // one device call, broken by a read elsewhere and by a write) each get
+    // their own sectors back under their own tag.
+    let base = 4000u64;
+    // (`pattern` repeats every 256 bytes, so each frame gets its own seed.)
+    let image: Vec<u8> = (0..32u8).flat_map(|k| pattern(100 + k, 17 * 512)).collect();
+    for (k, chunk) in image.chunks(17 * 512).enumerate() {
+        assert_eq!(
+            pa.write(base + 17 * k as u64, chunk).cmd_status,
+            ata::STATUS_DRDY
+        );
+    }
+    let at2000 = pb.read(2000, 11).1;
+    // Each burst leaves in one sendmmsg, so the server's receive batches
+    // hold several of its frames.
+    for round in 0..8 {
+        let mut want = std::collections::HashMap::new();
+        let mut frames = Vec::new();
+        for k in 0..32u64 {
+            let (lba, n, write) = match k {
+                9 => (2000, 11, false),
+                20 => (base + 17 * 20, 17, true),
+                _ => (base + 17 * k, 17, false),
+            };
+            let tag = pa.c.tag();
+            let data = if write {
+                image[(lba - base) as usize * 512..][..17 * 512].to_vec()
+            } else {
+                vec![]
+            };
+            let cmd = if write {
+                ata::CMD_WRITE_EXT
+            } else {
+                ata::CMD_READ_EXT
+            };
+            frames.push(initiator::request(
+                pa.target,
+                pa.c.mac(),
+                SHELF,
+                3,
+                Command::Ata,
+                tag,
+                &ata_req(cmd, lba, n, true, write),
+                &data,
+            ));
+            // (A write's reply carries no data, only padding.)
+            let expect = match k {
+                9 => Some(at2000.clone()),
+                _ if write => None,
+                _ => Some(image[(lba - base) as usize * 512..][..17 * 512].to_vec()),
+            };
+            want.insert(tag, expect);
+        }
+        pa.c.socket()
+            .send_batch(frames.iter().map(|f| [&f[..], &[][..]]))
+            .unwrap();
+        for r in pa.c.responses(Duration::from_millis(500)).unwrap() {
+            let t = r.frame().header.tag;
+            if let Some(expect) = want.remove(&t) {
+                let (a, data) = ata_resp(&r);
+                assert_eq!(a.cmd_status, ata::STATUS_DRDY);
+                if let Some(expect) = expect {
+                    assert!(data == expect, "round {round}, tag {t:#x}: wrong data");
+                }
+            }
+        }
+        assert!(
+            want.is_empty(),
+            "round {round}: unanswered {:?}",
+            want.keys()
+        );
+    }
     rt.block_on(server.shutdown()).unwrap();
     drop(lab);
 }
