@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use target_aoe::ata;
 use target_aoe::frame::{
-    AtaArg, Command, ConfigArg, ConfigCommand, Frame, Mac, AFLAG_EXTENDED, AFLAG_WRITE, FLAG_ERROR,
+    pad_min, AtaArg, Command, ConfigArg, ConfigCommand, Frame, Mac, AFLAG_EXTENDED, AFLAG_WRITE,
+    FLAG_ERROR,
 };
 use target_aoe::initiator;
 use target_aoe::rawsock::{RawSocket, RecvBatch};
@@ -138,7 +139,10 @@ fn main() {
     let payload: Vec<u8> = (0..frame_bytes).map(|i| (i * 7 + 3) as u8).collect();
     eprintln!("aoe-bench: target {target} e{shelf}.{slot} bufcnt {bufcnt} window {window} sectors/frame {sectors} mode {mode}");
 
-    let build = |tag: u32, lba: u64, n: u8| {
+    // A request's headers go into `head` (reused); a write's data is the
+    // shared `payload`, sent as the frame's second part without a copy.
+    let mut arg = Vec::with_capacity(16);
+    let mut build = |head: &mut Vec<u8>, tag: u32, lba: u64, n: u8| {
         let mut a = AtaArg {
             aflags: AFLAG_EXTENDED | if write { AFLAG_WRITE } else { 0 },
             sector_count: n,
@@ -150,21 +154,12 @@ fn main() {
             ..AtaArg::default()
         };
         a.set_lba(lba);
-        let data = if write {
-            &payload[..usize::from(n) * 512]
-        } else {
-            &[][..]
-        };
-        initiator::request(
-            target,
-            me,
-            shelf,
-            slot,
-            Command::Ata,
-            tag,
-            &initiator::ata_arg(&a),
-            data,
-        )
+        arg.clear();
+        a.encode(&mut arg);
+        initiator::request_head(head, target, me, shelf, slot, Command::Ata, tag, &arg);
+        if !write {
+            pad_min(head);
+        }
     };
 
     let cpu0 = if pid != 0 { cpu_secs(pid) } else { 0.0 };
@@ -176,13 +171,26 @@ fn main() {
     let mut inflight: HashMap<u32, Inflight> = HashMap::new();
     let mut retransmits = 0u64;
     let mut rto = Duration::from_millis(50);
-    let mut out: Vec<Vec<u8>> = Vec::new();
+    // Request headers of this round (`heads[..nout]`) and their data lengths.
+    let mut heads: Vec<Vec<u8>> = Vec::new();
+    let mut lens: Vec<usize> = Vec::new();
+    let mut last_scan = Instant::now();
     while done_sectors < total_sectors {
+        let mut nout = 0;
+        let mut queue = |heads: &mut Vec<Vec<u8>>, lens: &mut Vec<usize>, tag, lba, n: u8| {
+            if heads.len() == nout {
+                heads.push(Vec::with_capacity(64));
+                lens.push(0);
+            }
+            build(&mut heads[nout], tag, lba, n);
+            lens[nout] = if write { usize::from(n) * 512 } else { 0 };
+            nout += 1;
+        };
         // Fill the window.
         while inflight.len() < window && next_lba < total_sectors {
             let n = (total_sectors - next_lba).min(u64::from(sectors)) as u8;
             tag = (tag + 1) & 0x7fff_ffff;
-            out.push(build(tag, next_lba, n));
+            queue(&mut heads, &mut lens, tag, next_lba, n);
             inflight.insert(
                 tag,
                 Inflight {
@@ -192,35 +200,42 @@ fn main() {
             );
             next_lba += u64::from(n);
         }
-        // Retransmit what timed out, with new tags.
+        // Retransmit what timed out, with new tags (looked for every 5 ms).
         let now = Instant::now();
-        let late: Vec<u32> = inflight
-            .iter()
-            .filter(|(_, f)| now.duration_since(f.sent) > rto)
-            .map(|(t, _)| *t)
-            .collect();
-        if !late.is_empty() {
-            rto = (rto * 2).min(Duration::from_secs(2));
-        }
-        for t in late {
-            if let Some(f) = inflight.remove(&t) {
-                let n = (total_sectors - f.lba).min(u64::from(sectors)) as u8;
-                tag = (tag + 1) & 0x7fff_ffff;
-                out.push(build(tag, f.lba, n));
-                inflight.insert(
-                    tag,
-                    Inflight {
-                        lba: f.lba,
-                        sent: now,
-                    },
-                );
-                retransmits += 1;
+        if now.duration_since(last_scan) >= Duration::from_millis(5) {
+            last_scan = now;
+            let late: Vec<u32> = inflight
+                .iter()
+                .filter(|(_, f)| now.duration_since(f.sent) > rto)
+                .map(|(t, _)| *t)
+                .collect();
+            if !late.is_empty() {
+                rto = (rto * 2).min(Duration::from_secs(2));
+            }
+            for t in late {
+                if let Some(f) = inflight.remove(&t) {
+                    let n = (total_sectors - f.lba).min(u64::from(sectors)) as u8;
+                    tag = (tag + 1) & 0x7fff_ffff;
+                    queue(&mut heads, &mut lens, tag, f.lba, n);
+                    inflight.insert(
+                        tag,
+                        Inflight {
+                            lba: f.lba,
+                            sent: now,
+                        },
+                    );
+                    retransmits += 1;
+                }
             }
         }
-        if !out.is_empty() {
-            sock.send_batch(out.iter().map(|f| [&f[..], &[][..]]))
-                .expect("send");
-            out.clear();
+        if nout > 0 {
+            sock.send_batch(
+                heads[..nout]
+                    .iter()
+                    .zip(&lens)
+                    .map(|(h, &len)| [&h[..], &payload[..len]]),
+            )
+            .expect("send");
         }
         sock.recv_batch(&mut batch).expect("recv");
         for b in batch.frames() {

@@ -25,6 +25,27 @@ pub fn request(
     data: &[u8],
 ) -> Vec<u8> {
     let mut v = Vec::with_capacity(64 + arg.len() + data.len());
+    request_head(&mut v, dst, src, shelf, slot, command, tag, arg);
+    v.extend_from_slice(data);
+    pad_min(&mut v);
+    v
+}
+
+/// Writes a request's headers and `arg` into `out` (cleared first), with no
+/// data and no padding: for a sender that sends the data as a second part
+/// (pad with [`pad_min`] when there is none).
+#[allow(clippy::too_many_arguments)]
+pub fn request_head(
+    out: &mut Vec<u8>,
+    dst: Mac,
+    src: Mac,
+    shelf: u16,
+    slot: u8,
+    command: Command,
+    tag: u32,
+    arg: &[u8],
+) {
+    out.clear();
     let h = Header {
         version: AOE_VERSION,
         flags: 0,
@@ -34,11 +55,8 @@ pub fn request(
         command,
         tag,
     };
-    encode_headers(&mut v, dst, src, &h);
-    v.extend_from_slice(arg);
-    v.extend_from_slice(data);
-    pad_min(&mut v);
-    v
+    encode_headers(out, dst, src, &h);
+    out.extend_from_slice(arg);
 }
 
 /// Encodes an ATA argument.
