@@ -119,7 +119,9 @@ impl Response {
 impl Client {
     /// Opens a client on `ifname`.
     pub fn open(ifname: &str) -> io::Result<Client> {
-        let sock = RawSocket::open(ifname, 8 << 20, Duration::from_millis(20))?;
+        // recvmmsg here, so the tests cover it while the server under test
+        // takes the receive ring.
+        let sock = RawSocket::open_without_ring(ifname, 8 << 20, Duration::from_millis(20))?;
         let batch = RecvBatch::new(64, sock.mtu());
         Ok(Client {
             sock,

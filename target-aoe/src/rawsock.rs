@@ -233,8 +233,28 @@ fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
 
 impl RawSocket {
     /// Opens a socket on `ifname` receiving only AoE frames, with a receive
-    /// buffer of at least `rcvbuf` bytes and a receive timeout of `timeout`.
+    /// ring (or, failing that, a receive buffer) of at least `rcvbuf` bytes
+    /// and a receive timeout of `timeout`.
     pub fn open(ifname: &str, rcvbuf: usize, timeout: Duration) -> io::Result<RawSocket> {
+        Self::open_with(ifname, rcvbuf, timeout, true)
+    }
+
+    /// As [`RawSocket::open`], but frames always come by `recvmmsg` (no
+    /// receive ring): the path taken where the kernel gives no ring.
+    pub fn open_without_ring(
+        ifname: &str,
+        rcvbuf: usize,
+        timeout: Duration,
+    ) -> io::Result<RawSocket> {
+        Self::open_with(ifname, rcvbuf, timeout, false)
+    }
+
+    fn open_with(
+        ifname: &str,
+        rcvbuf: usize,
+        timeout: Duration,
+        want_ring: bool,
+    ) -> io::Result<RawSocket> {
         let link = pnet_datalink::interfaces()
             .into_iter()
             .find(|i| i.name == ifname)
@@ -303,7 +323,7 @@ impl RawSocket {
         let mtu = unsafe { req.ifr_ifru.ifru_mtu } as usize;
         // A receive ring of about the buffer asked for; without one (an
         // old or restricted kernel), frames come by recvmmsg.
-        let ring = if rcvbuf > 0 {
+        let ring = if want_ring && rcvbuf > 0 {
             match RxRing::new(&sock.fd, mtu, rcvbuf) {
                 Ok(r) => Some(r),
                 Err(e) => {
