@@ -61,7 +61,10 @@ pub struct RawSocket {
 struct RxRing {
     base: *mut u8,
     map_len: usize,
+    block_size: usize,
     frame_size: usize,
+    /// Slots per block (a slot never straddles two blocks).
+    per_block: usize,
     frames: usize,
     /// The next slot to look at. (Only one thread receives on a socket; the
     /// lock keeps a second one from corrupting the walk.)
@@ -125,24 +128,21 @@ impl RxRing {
         Ok(RxRing {
             base: base as *mut u8,
             map_len,
+            block_size,
             frame_size,
+            per_block,
             frames,
             head: std::sync::Mutex::new(0),
         })
     }
 
-    /// Start of slot `i` (slots never straddle blocks: each block holds
-    /// `block_size / frame_size` of them, which `frames` is a multiple of).
+    /// Start of slot `i` (`i < frames`; the kernel numbers slots block by
+    /// block, `per_block` to a block).
     fn slot(&self, i: usize) -> *mut u8 {
-        let per_block = self.block_size() / self.frame_size;
-        let (block, within) = (i / per_block, i % per_block);
-        // SAFETY (of the arithmetic): i < frames, so the offset is inside the mapping.
+        let (block, within) = (i / self.per_block, i % self.per_block);
+        // The offset is inside the mapping: block < blocks, within < per_block.
         self.base
-            .wrapping_add(block * self.block_size() + within * self.frame_size)
-    }
-
-    fn block_size(&self) -> usize {
-        (4 * self.frame_size).next_power_of_two().max(4096)
+            .wrapping_add(block * self.block_size + within * self.frame_size)
     }
 
     /// The status word of slot `i`, shared with the kernel.
