@@ -658,6 +658,10 @@ fn start_run(disk: &Disk, run: &mut Option<Run>, out: &mut InlineOut<'_>) {
 /// not finished, the worker completes it.
 fn poll_call(disk: &Disk, mut call: DeviceCall, works: Vec<Work>, out: &mut InlineOut<'_>) {
     match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        // A merged call failed: the worker redoes its requests (one by one if
+        // need be), so a bad sector fails only the frames touching it. Nothing
+        // else is queued yet (runs start only while the queue is empty).
+        Poll::Ready(Err(_)) if works.len() > 1 => out.queued.io.extend(works),
         Poll::Ready(result) => finish_call(
             &disk.name,
             works,
@@ -819,13 +823,18 @@ async fn worker(
                 let _ = h.await;
             }
             let (mut out, mut durable) = (Vec::new(), Vec::new());
-            finish_call(
-                &disk.name,
-                works,
-                call.await,
-                &mut |s, r| out.push((s, r)),
-                &mut |w| durable.push(w),
-            );
+            match call.await {
+                // A merged call failed: redo its requests (one by one if
+                // need be), so a bad sector fails only the frames touching it.
+                Err(_) if works.len() > 1 => run_batch(&disk, works, &mut out).await,
+                result => finish_call(
+                    &disk.name,
+                    works,
+                    result,
+                    &mut |s, r| out.push((s, r)),
+                    &mut |w| durable.push(w),
+                ),
+            }
             send_replies(&mut out);
             if !durable.is_empty() && acks.send(durable).is_err() {
                 error!(disk = %disk.name, "disk flusher is gone");
@@ -964,6 +973,26 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                             out.push((w.sock.clone(), w.req.ctx.ata_done(AtaStatus::OK, part)));
                         }
                     }
+                    Err(e) if run.len() > 1 => {
+                        // One bad sector must fail only the frames that touch it.
+                        debug!(disk = %disk.name, lba, requests = run.len(), error = %e,
+                               "merged read failed; reading its requests one by one");
+                        for w in run {
+                            let IoOp::Read { lba, sectors } = w.req.op else {
+                                continue;
+                            };
+                            let reply = match dev.read(lba, sectors).await {
+                                Ok(data) => w.req.ctx.ata_done(AtaStatus::OK, data),
+                                Err(e) => {
+                                    warn!(disk = %disk.name, lba, sectors, error = %e, "read failed");
+                                    w.req
+                                        .ctx
+                                        .ata_done(AtaStatus::from_block_error(&e), Bytes::new())
+                                }
+                            };
+                            out.push((w.sock.clone(), reply));
+                        }
+                    }
                     Err(e) => {
                         warn!(disk = %disk.name, lba, sectors = total, error = %e, "read failed");
                         let st = AtaStatus::from_block_error(&e);
@@ -1012,6 +1041,33 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                                 w.sock.clone(),
                                 w.req.ctx.ata_done(AtaStatus::OK, Bytes::new()),
                             ));
+                        }
+                    }
+                    Err(e) if run.len() > 1 => {
+                        debug!(disk = %disk.name, lba, requests = run.len(), error = %e,
+                               "merged write failed; writing its requests one by one");
+                        for w in run {
+                            let IoOp::Write { lba, data, fua } = &w.req.op else {
+                                continue;
+                            };
+                            match dev.write(*lba, data.clone(), WriteFlags::NONE).await {
+                                Ok(()) if *fua => unsynced.push(Work {
+                                    req: w.req.clone(),
+                                    sock: w.sock.clone(),
+                                }),
+                                Ok(()) => out.push((
+                                    w.sock.clone(),
+                                    w.req.ctx.ata_done(AtaStatus::OK, Bytes::new()),
+                                )),
+                                Err(e) => {
+                                    warn!(disk = %disk.name, lba, error = %e, "write failed");
+                                    let st = AtaStatus::from_block_error(&e);
+                                    out.push((
+                                        w.sock.clone(),
+                                        w.req.ctx.ata_done(st, Bytes::new()),
+                                    ));
+                                }
+                            }
                         }
                     }
                     Err(e) => {

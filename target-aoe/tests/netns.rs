@@ -764,88 +764,57 @@ fn jumbo_frames_multi_interface_and_write_ordering() {
         );
     }
     let at2000 = pb.read(2000, 11).1;
-    // Each burst leaves in one sendmmsg, so the server's receive batches
-    // hold several of its frames.
+    let chunk = |lba: u64| image[(lba - base) as usize * 512..][..17 * 512].to_vec();
+    let reqs: Vec<Req> = (0..32u64)
+        .map(|k| match k {
+            9 => (2000, 11, None),
+            20 => (base + 17 * 20, 17, Some(chunk(base + 17 * 20))),
+            _ => (base + 17 * k, 17, None),
+        })
+        .collect();
     for round in 0..8 {
-        let mut want = std::collections::HashMap::new();
-        let mut frames = Vec::new();
-        for k in 0..32u64 {
-            let (lba, n, write) = match k {
-                9 => (2000, 11, false),
-                20 => (base + 17 * 20, 17, true),
-                _ => (base + 17 * k, 17, false),
+        let replies = burst(&mut pa.c, pa.target, 3, &reqs);
+        for ((lba, _, data), (a, got)) in reqs.iter().zip(&replies) {
+            assert_eq!(a.cmd_status, ata::STATUS_DRDY, "round {round}, lba {lba}");
+            let want = match lba {
+                2000 => at2000.clone(),
+                _ if data.is_some() => continue,
+                _ => chunk(*lba),
             };
-            let tag = pa.c.tag();
-            let data = if write {
-                image[(lba - base) as usize * 512..][..17 * 512].to_vec()
-            } else {
-                vec![]
-            };
-            let cmd = if write {
-                ata::CMD_WRITE_EXT
-            } else {
-                ata::CMD_READ_EXT
-            };
-            frames.push(initiator::request(
-                pa.target,
-                pa.c.mac(),
-                SHELF,
-                3,
-                Command::Ata,
-                tag,
-                &ata_req(cmd, lba, n, true, write),
-                &data,
-            ));
-            // (A write's reply carries no data, only padding.)
-            let expect = match k {
-                9 => Some(at2000.clone()),
-                _ if write => None,
-                _ => Some(image[(lba - base) as usize * 512..][..17 * 512].to_vec()),
-            };
-            want.insert(tag, expect);
+            assert!(*got == want, "round {round}, lba {lba}: wrong data");
         }
-        pa.c.socket()
-            .send_batch(frames.iter().map(|f| [&f[..], &[][..]]))
-            .unwrap();
-        for r in pa.c.responses(Duration::from_millis(500)).unwrap() {
-            let t = r.frame().header.tag;
-            if let Some(expect) = want.remove(&t) {
-                let (a, data) = ata_resp(&r);
-                assert_eq!(a.cmd_status, ata::STATUS_DRDY);
-                if let Some(expect) = expect {
-                    assert!(data == expect, "round {round}, tag {t:#x}: wrong data");
-                }
-            }
-        }
-        assert!(
-            want.is_empty(),
-            "round {round}: unanswered {:?}",
-            want.keys()
-        );
     }
     rt.block_on(server.shutdown()).unwrap();
     drop(lab);
 }
 
-#[test]
-fn acknowledged_writes_survive_power_loss() {
-    let Some(lab) = Lab::new("crash", 1500) else {
-        return;
-    };
+/// A lab at MTU 1500 with a target port `tgt` and a client port `c1` on one
+/// bridge, and an 8 MiB disk in slot 1 on a fault-injecting device over a
+/// file in `dir`. `None` without root.
+fn faulty_lab(tag: &str, dir: &Path) -> Option<(Lab, Arc<FaultyDevice>, AoeDisk)> {
+    let lab = Lab::new(tag, 1500)?;
     lab.bridge("br0");
     lab.port("tgt", "br0");
     lab.port("c1", "br0");
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    // A device with a volatile write cache: what was written but not flushed
-    // (or FUA) when it "loses power" is lost or torn, block by block.
-    let base = disk(dir.path(), "d1", 8, 1);
+    let base = disk(dir, "d1", 8, 1);
     let faulty = Arc::new(FaultyDevice::new(base.device.clone(), 7));
-    faulty.enable_volatile_cache();
     let d = AoeDisk {
         device: faulty.clone(),
         ..base
     };
+    Some((lab, faulty, d))
+}
+
+#[test]
+fn acknowledged_writes_survive_power_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((lab, faulty, d)) = faulty_lab("crash", dir.path()) else {
+        return;
+    };
+    let rt = runtime();
+    // A device with a volatile write cache: what was written but not flushed
+    // (or FUA) when it "loses power" is lost or torn, block by block.
+    faulty.enable_volatile_cache();
     let server = rt
         .block_on(async { AoeServer::start(&cfg(&["tgt"]), vec![d]) })
         .unwrap();
@@ -853,30 +822,11 @@ fn acknowledged_writes_survive_power_loss() {
     let target = discover(&mut c)[0].0;
     // A window of 16 writes sent back to back, as the driver does; the
     // acknowledgements of a receive batch share a flush.
-    let mut tags = Vec::new();
-    for i in 0..16u64 {
-        let tag = c.tag();
-        let arg = ata_req(ata::CMD_WRITE_EXT, i * 2, 2, true, true);
-        let f = initiator::request(
-            target,
-            c.mac(),
-            SHELF,
-            1,
-            Command::Ata,
-            tag,
-            &arg,
-            &pattern(i as u8 + 1, 1024),
-        );
-        c.send_raw(&f).unwrap();
-        tags.push(tag);
-    }
-    let replies = c.responses(WAIT).unwrap();
-    for t in &tags {
-        let r = replies
-            .iter()
-            .find(|r| r.frame().header.tag == *t)
-            .expect("every write acknowledged");
-        assert_eq!(ata_resp(r).0.cmd_status, ata::STATUS_DRDY);
+    let reqs: Vec<Req> = (0..16u64)
+        .map(|i| (i * 2, 2, Some(pattern(i as u8 + 1, 1024))))
+        .collect();
+    for (a, _) in burst(&mut c, target, 1, &reqs) {
+        assert_eq!(a.cmd_status, ata::STATUS_DRDY, "every write acknowledged");
     }
     // Power loss now: nothing acknowledged may be lost.
     rt.block_on(faulty.crash()).unwrap();
@@ -887,6 +837,98 @@ fn acknowledged_writes_survive_power_loss() {
             &pattern(i as u8 + 1, 1024)[..],
             "acknowledged write {i} lost in the crash"
         );
+    }
+    rt.block_on(server.shutdown()).unwrap();
+    drop(lab);
+}
+
+/// One ATA request of a [`burst`]: LBA, sectors, and the data of a write
+/// (`None`: a read).
+type Req = (u64, u8, Option<Vec<u8>>);
+
+/// Sends `reqs` to e`SHELF`.`slot` in one `sendmmsg` (as the driver sends
+/// its window), so the server's receive batches hold several of them, and
+/// returns each one's reply (ATA argument and data), in request order. A
+/// write's reply data is only padding.
+fn burst(c: &mut Client, target: Mac, slot: u8, reqs: &[Req]) -> Vec<(AtaArg, Vec<u8>)> {
+    let mut tags = Vec::new();
+    let mut out = Vec::new();
+    for (lba, n, data) in reqs {
+        let tag = c.tag();
+        let cmd = match data {
+            Some(_) => ata::CMD_WRITE_EXT,
+            None => ata::CMD_READ_EXT,
+        };
+        out.push(initiator::request(
+            target,
+            c.mac(),
+            SHELF,
+            slot,
+            Command::Ata,
+            tag,
+            &ata_req(cmd, *lba, *n, true, data.is_some()),
+            data.as_deref().unwrap_or(&[]),
+        ));
+        tags.push(tag);
+    }
+    c.socket()
+        .send_batch(out.iter().map(|f| [&f[..], &[][..]]))
+        .unwrap();
+    let replies = c.responses(Duration::from_millis(500)).unwrap();
+    tags.iter()
+        .map(|t| {
+            let r = replies
+                .iter()
+                .find(|r| r.frame().header.tag == *t)
+                .unwrap_or_else(|| panic!("request {t:#x} unanswered"));
+            ata_resp(r)
+        })
+        .collect()
+}
+
+#[test]
+fn a_bad_sector_fails_only_the_frames_that_touch_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((lab, faulty, d)) = faulty_lab("badsec", dir.path()) else {
+        return;
+    };
+    let rt = runtime();
+    faulty.fail_reads(101..102);
+    faulty.fail_writes(231..232);
+    let server = rt
+        .block_on(async { AoeServer::start(&cfg(&["tgt"]), vec![d]) })
+        .unwrap();
+    let mut c = Client::open("c1").unwrap();
+    let target = discover(&mut c)[0].0;
+    // Contiguous 2-sector frames around each bad sector, sent in bursts:
+    // the server merges what arrives together into one device call, and a
+    // failed merged call must not fail the neighbours of the bad sector.
+    let reads: Vec<Req> = (0..32).map(|k| (64 + 2 * k, 2, None)).collect();
+    let writes: Vec<Req> = (0..32)
+        .map(|k| (200 + 2 * k, 2, Some(pattern(k as u8, 1024))))
+        .collect();
+    // Written first, so the reads find the page cache and are served on the
+    // receive thread (the inline path) as well as by the disk's worker.
+    let fill: Vec<Req> = (0..32)
+        .map(|k| (64 + 2 * k, 2, Some(pattern(k as u8, 1024))))
+        .collect();
+    assert!(burst(&mut c, target, 1, &fill)
+        .iter()
+        .all(|(a, _)| a.cmd_status & ata::STATUS_ERR == 0));
+    for round in 0..6 {
+        for (reqs, bad) in [(&reads, 101u64), (&writes, 231)] {
+            let replies = burst(&mut c, target, 1, reqs);
+            for ((lba, _, data), (a, _)) in reqs.iter().zip(&replies) {
+                let failed = a.cmd_status & ata::STATUS_ERR != 0;
+                assert_eq!(
+                    failed,
+                    (*lba..lba + 2).contains(&bad),
+                    "round {round}: {} at lba {lba}: status {:#x}",
+                    if data.is_some() { "write" } else { "read" },
+                    a.cmd_status
+                );
+            }
+        }
     }
     rt.block_on(server.shutdown()).unwrap();
     drop(lab);
