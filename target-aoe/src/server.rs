@@ -181,6 +181,7 @@ impl Disk {
     }
 }
 
+#[derive(Clone)]
 struct Work {
     req: IoRequest,
     sock: Arc<RawSocket>,
@@ -658,10 +659,12 @@ fn start_run(disk: &Disk, run: &mut Option<Run>, out: &mut InlineOut<'_>) {
 /// not finished, the worker completes it.
 fn poll_call(disk: &Disk, mut call: DeviceCall, works: Vec<Work>, out: &mut InlineOut<'_>) {
     match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        // A merged call failed: the worker redoes its requests (one by one if
-        // need be), so a bad sector fails only the frames touching it. Nothing
-        // else is queued yet (runs start only while the queue is empty).
-        Poll::Ready(Err(_)) if works.len() > 1 => out.queued.io.extend(works),
+        // A merged call failed: the worker redoes its requests one at a
+        // time (it takes the finished call as a started one; nothing else is
+        // queued yet, as runs start only while the queue is empty).
+        Poll::Ready(Err(e)) if works.len() > 1 => {
+            out.queued.started = Some((Box::pin(std::future::ready(Err(e))), works))
+        }
         Poll::Ready(result) => finish_call(
             &disk.name,
             works,
@@ -710,6 +713,31 @@ fn finish_call(
                 reply(w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new()));
             }
         }
+    }
+}
+
+/// Redoes the requests of a failed merged call one at a time, so a bad
+/// sector fails only the frames that touch it; answers each as
+/// [`finish_call`] does.
+async fn redo_singly(
+    disk: &Disk,
+    works: &[Work],
+    reply: &mut (dyn FnMut(Arc<RawSocket>, Reply) + Send),
+    durable: &mut (dyn FnMut(Work) + Send),
+) {
+    debug!(disk = %disk.name, requests = works.len(), "merged call failed; redoing its requests one at a time");
+    for w in works {
+        let result = match &w.req.op {
+            IoOp::Read { lba, sectors } => disk.device.read(*lba, *sectors).await,
+            IoOp::Write { lba, data, .. } => disk
+                .device
+                .write(*lba, data.clone(), WriteFlags::NONE)
+                .await
+                .map(|()| Bytes::new()),
+            // Runs hold only reads and writes.
+            _ => Ok(Bytes::new()),
+        };
+        finish_call(&disk.name, vec![w.clone()], result, reply, durable);
     }
 }
 
@@ -824,9 +852,13 @@ async fn worker(
             }
             let (mut out, mut durable) = (Vec::new(), Vec::new());
             match call.await {
-                // A merged call failed: redo its requests (one by one if
-                // need be), so a bad sector fails only the frames touching it.
-                Err(_) if works.len() > 1 => run_batch(&disk, works, &mut out).await,
+                // A merged call failed: redo its requests one at a time.
+                Err(_) if works.len() > 1 => {
+                    redo_singly(&disk, &works, &mut |s, r| out.push((s, r)), &mut |w| {
+                        durable.push(w)
+                    })
+                    .await
+                }
                 result => finish_call(
                     &disk.name,
                     works,
@@ -973,25 +1005,11 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                             out.push((w.sock.clone(), w.req.ctx.ata_done(AtaStatus::OK, part)));
                         }
                     }
-                    Err(e) if run.len() > 1 => {
-                        // One bad sector must fail only the frames that touch it.
-                        debug!(disk = %disk.name, lba, requests = run.len(), error = %e,
-                               "merged read failed; reading its requests one by one");
-                        for w in run {
-                            let IoOp::Read { lba, sectors } = w.req.op else {
-                                continue;
-                            };
-                            let reply = match dev.read(lba, sectors).await {
-                                Ok(data) => w.req.ctx.ata_done(AtaStatus::OK, data),
-                                Err(e) => {
-                                    warn!(disk = %disk.name, lba, sectors, error = %e, "read failed");
-                                    w.req
-                                        .ctx
-                                        .ata_done(AtaStatus::from_block_error(&e), Bytes::new())
-                                }
-                            };
-                            out.push((w.sock.clone(), reply));
-                        }
+                    Err(_) if run.len() > 1 => {
+                        redo_singly(disk, run, &mut |s, r| out.push((s, r)), &mut |w| {
+                            unsynced.push(w)
+                        })
+                        .await
                     }
                     Err(e) => {
                         warn!(disk = %disk.name, lba, sectors = total, error = %e, "read failed");
@@ -1030,10 +1048,7 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                 };
                 match dev.write(*lba, data, flags).await {
                     Ok(()) if *fua && flags != WriteFlags::FUA => {
-                        unsynced.extend(run.iter().map(|w| Work {
-                            req: w.req.clone(),
-                            sock: w.sock.clone(),
-                        }))
+                        unsynced.extend(run.iter().cloned())
                     }
                     Ok(()) => {
                         for w in run {
@@ -1043,32 +1058,11 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                             ));
                         }
                     }
-                    Err(e) if run.len() > 1 => {
-                        debug!(disk = %disk.name, lba, requests = run.len(), error = %e,
-                               "merged write failed; writing its requests one by one");
-                        for w in run {
-                            let IoOp::Write { lba, data, fua } = &w.req.op else {
-                                continue;
-                            };
-                            match dev.write(*lba, data.clone(), WriteFlags::NONE).await {
-                                Ok(()) if *fua => unsynced.push(Work {
-                                    req: w.req.clone(),
-                                    sock: w.sock.clone(),
-                                }),
-                                Ok(()) => out.push((
-                                    w.sock.clone(),
-                                    w.req.ctx.ata_done(AtaStatus::OK, Bytes::new()),
-                                )),
-                                Err(e) => {
-                                    warn!(disk = %disk.name, lba, error = %e, "write failed");
-                                    let st = AtaStatus::from_block_error(&e);
-                                    out.push((
-                                        w.sock.clone(),
-                                        w.req.ctx.ata_done(st, Bytes::new()),
-                                    ));
-                                }
-                            }
-                        }
+                    Err(_) if run.len() > 1 => {
+                        redo_singly(disk, run, &mut |s, r| out.push((s, r)), &mut |w| {
+                            unsynced.push(w)
+                        })
+                        .await
                     }
                     Err(e) => {
                         warn!(disk = %disk.name, lba, error = %e, "write failed");
