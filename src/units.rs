@@ -8,60 +8,47 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 /// A size in bytes, written as an integer (bytes) or a string with a binary
-/// unit: `K`, `M`, `G`, `T`, `P` (also `KiB`, `MB`, ...: all mean powers of 1024).
+/// unit: `K`, `M`, `G`, `T`, `P`, `E` (also `KiB`, `MB`, ...: all mean powers of 1024).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
-/// Parses a size such as `"64M"`, `"1G"`, `"1536KiB"` or `"4096"`.
+/// Parses a size such as `"64M"`, `"1G"`, `"1536KiB"`, `"1.5G"` or `"4096"`.
+///
+/// The number and the unit are read by `bytesize`; a unit written without
+/// the `i` (`M`, `MB`) is taken as its binary one (`MiB`), as it always was
+/// in opie configs: disks come in powers of two.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err(format!(
-            "{s:?} is not a size (write bytes or a number with K, M, G, T or P, e.g. \"512M\")"
-        ));
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let mut unit = unit.to_ascii_uppercase();
+    if !matches!(unit.as_str(), "" | "B") && !unit.contains('I') {
+        unit.insert(1, 'I');
     }
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| format!("{s:?} is too large"))?;
-    let unit = t[digits..].trim();
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        "P" | "PB" | "PIB" => 50,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use K, M, G, T or P, powers of 1024)"
-            ))
+    let hint = "write bytes or a number with K, M, G, T or P, powers of 1024, e.g. \"512M\"";
+    match format!("{number}{unit}").parse::<bytesize::ByteSize>() {
+        // bytesize saturates on overflow.
+        Ok(b) if b.0 == u64::MAX => Err(format!("{s:?} is too large")),
+        Ok(b) => Ok(b.0),
+        Err(_) if number.trim().parse::<f64>().is_ok() => {
+            Err(format!("{s:?}: unknown unit ({hint})"))
         }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        Err(_) => Err(format!("{s:?} is not a size ({hint})")),
+    }
 }
 
-/// Parses a duration such as `"5s"`, `"500ms"`, `"2m"` or `"10"` (seconds).
+/// Parses a duration such as `"5s"`, `"500ms"`, `"2m"`, `"1h30m"` (by
+/// `humantime`) or `"10"` (whole seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err(format!(
-            "{s:?} is not a duration (e.g. \"5s\", \"500ms\", \"2m\")"
-        ));
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("{s:?} is too large"));
     }
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| format!("{s:?} is too large"))?;
-    let d = match t[digits..].trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m or h)")),
-    };
-    Ok(d)
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration ({e}; e.g. \"5s\", \"500ms\", \"2m\")"))
 }
 
 struct SizeVisitor;
@@ -139,6 +126,12 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
         assert_eq!(parse_size("2t"), Ok(2 << 40));
+        assert_eq!(parse_size("3P"), Ok(3 << 50));
+        assert_eq!(parse_size("1536KiB"), Ok(1536 << 10));
+        assert_eq!(parse_size("64mb"), Ok(64 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size(" 8 K "), Ok(8192));
+        assert_eq!(parse_size("10B"), Ok(10));
         assert!(parse_size("1X").unwrap_err().contains("unknown unit"));
         assert!(parse_size("G").is_err());
         assert!(parse_size("-1G").is_err());
@@ -153,6 +146,12 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
     }
 }
