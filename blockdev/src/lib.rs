@@ -25,6 +25,7 @@ pub mod fault;
 pub mod file;
 mod identity;
 pub mod mem;
+pub mod statefile;
 
 use std::fmt;
 use std::sync::Arc;

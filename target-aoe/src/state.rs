@@ -9,8 +9,8 @@
 //! fsync it, rename it over the old one and fsync the directory, so a crash
 //! leaves the old or the new state, never a torn one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::frame::{Mac, MAX_CONFIG_STRING};
@@ -18,8 +18,8 @@ use crate::target::Access;
 
 /// Reads the persisted config string; a missing file is an empty string.
 pub fn load_config(path: &Path) -> io::Result<Vec<u8>> {
-    match fs::read(path) {
-        Ok(v) if v.len() > MAX_CONFIG_STRING => Err(io::Error::new(
+    match blockdev::statefile::read(path) {
+        Ok(Some(v)) if v.len() > MAX_CONFIG_STRING => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
                 "{}: config string of {} bytes exceeds {MAX_CONFIG_STRING}",
@@ -27,16 +27,9 @@ pub fn load_config(path: &Path) -> io::Result<Vec<u8>> {
                 v.len()
             ),
         )),
-        Ok(v) => Ok(v),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(v) => Ok(v.unwrap_or_default()),
         Err(e) => Err(e),
     }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 /// Durably replaces the persisted config string.
@@ -56,10 +49,9 @@ pub fn access_path(config_path: &Path) -> PathBuf {
 /// they were edited from a different configured mask list than `configured`
 /// (the admin changed the configuration since: it wins).
 pub fn load_access(path: &Path, configured: &[Mac]) -> io::Result<Option<Access>> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let text = match blockdev::statefile::read(path)? {
+        Some(t) => String::from_utf8_lossy(&t).into_owned(),
+        None => return Ok(None),
     };
     let bad = |line: &str| {
         io::Error::new(
@@ -110,23 +102,12 @@ pub fn save_access(path: &Path, configured: &[Mac], access: &Access) -> io::Resu
 }
 
 fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir)?;
-    let tmp = temp_path(path);
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
     }
-    fs::rename(&tmp, path)?;
-    File::open(&dir)?.sync_all()
+    // A fresh temporary file, fsync, rename, fsync of the directory; never
+    // through a symbolic link.
+    blockdev::statefile::replace(path, contents)
 }
 
 #[cfg(test)]
@@ -142,7 +123,8 @@ mod tests {
         assert_eq!(load_config(&p).unwrap(), b"host=a");
         save_config(&p, b"").unwrap();
         assert_eq!(load_config(&p).unwrap(), b"");
-        assert!(!temp_path(&p).exists());
+        // Nothing but the file itself: no temporary left behind.
+        assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
         fs::write(&p, vec![b'x'; MAX_CONFIG_STRING + 1]).unwrap();
         assert!(load_config(&p).is_err());
     }

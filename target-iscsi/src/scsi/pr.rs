@@ -4,8 +4,7 @@
 //! file, fsync, rename) to the LU's state path and reloaded at start.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::cdb::{be16, be32, be64, byte, trim};
 use super::dispatch::{CmdResult, Ctx, Failure, Reply};
@@ -198,8 +197,10 @@ impl PrState {
     /// Loads the state persisted at `path` (empty state when there is none or
     /// when APTPL was off).
     pub(crate) fn load(path: &Path) -> Result<Self, ScsiError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
+        // Never through a symbolic link (blockdev::statefile).
+        match blockdev::statefile::read(path) {
+            Ok(Some(bytes)) => {
+                let text = String::from_utf8_lossy(&bytes);
                 let st = PrState::from_text(&text).ok_or_else(|| ScsiError::State {
                     path: path.to_path_buf(),
                     source: std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed"),
@@ -213,31 +214,13 @@ impl PrState {
                     }
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrState::default()),
+            Ok(None) => Ok(PrState::default()),
             Err(source) => Err(ScsiError::State {
                 path: path.to_path_buf(),
                 source,
             }),
         }
     }
-}
-
-/// Writes `text` to `path` durably: temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// An iSCSI TransportID: initiator name and, for the port format, the ISID.
@@ -759,7 +742,11 @@ async fn pr_out_serialized(ctx: &Ctx<'_>, preempted: &mut Vec<ItNexus>) -> CmdRe
         if st.aptpl || old.aptpl {
             let text = st.to_text();
             let path = path.clone();
-            let written = tokio::task::spawn_blocking(move || write_durably(&path, &text)).await;
+            let written = tokio::task::spawn_blocking(move || {
+                // Durably, never through a symbolic link.
+                blockdev::statefile::replace(&path, text.as_bytes())
+            })
+            .await;
             if !matches!(written, Ok(Ok(()))) {
                 tracing::error!(lun = ctx.lu.lun, "persisting PR state failed: {written:?}");
                 return Err(Sense::new(
