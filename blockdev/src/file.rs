@@ -49,6 +49,8 @@ struct Inner {
     /// Same file opened with O_DSYNC, for FUA writes (None when read-only).
     dsync: Option<File>,
     is_blockdev: bool,
+    /// Keeps other users off the file while it is served (`file` holds the lock).
+    _claim: crate::claim::Claim,
 }
 
 /// A block device backed by a regular file or a host block device.
@@ -112,6 +114,7 @@ impl FileDevice {
             .read(true)
             .write(!opts.read_only)
             .open(&path)?;
+        let claim = crate::claim::Claim::take(&file, &path, !opts.read_only)?;
         let meta = file.metadata()?;
         let is_blockdev = meta.file_type().is_block_device();
         let bytes = if is_blockdev {
@@ -155,6 +158,7 @@ impl FileDevice {
                 file,
                 dsync,
                 is_blockdev,
+                _claim: claim,
             }),
         })
     }
@@ -626,7 +630,9 @@ mod tests {
         assert!(d.read(2048, 2048).await.unwrap().iter().all(|&b| b == 0));
         let st = d.block_status(2048, 2048).await.unwrap();
         assert!(!st.mapped, "{st:?}");
-        // Reopen read-only: data survives and writes are refused.
+        // Reopen read-only (once the writer is gone: it holds the file's
+        // claim): data survives and writes are refused.
+        drop(d);
         let ro = FileDevice::open(
             &p,
             &FileOptions {

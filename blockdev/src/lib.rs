@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod claim;
 mod error;
 pub mod fault;
 pub mod file;
