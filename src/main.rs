@@ -40,7 +40,9 @@ enum Command {
 enum IsuCommand {
     /// Serve the disks of a config file until SIGTERM or SIGINT.
     Serve(ServeArgs),
-    /// Parse and validate a config file, print the result, and exit.
+    /// Check a config file as serve would at startup (creating and locking
+    /// nothing), print what it means, and exit: 0 valid, 2 bad config, 1
+    /// what serve would refuse at startup (a disk, the data dir, a portal).
     Check(CheckArgs),
 }
 
@@ -79,10 +81,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Isu { command } => match command {
             IsuCommand::Check(args) => match args.serve.load() {
-                Ok(cfg) => {
-                    isu::describe(&cfg);
-                    ExitCode::SUCCESS
-                }
+                Ok(cfg) => match isu::check(&cfg) {
+                    Ok(()) => {
+                        isu::describe(&cfg);
+                        ExitCode::SUCCESS
+                    }
+                    // What serve would refuse at startup, with its status.
+                    Err(e) => {
+                        eprintln!("opie: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
                 Err(e) => {
                     eprintln!("opie: {e}");
                     ExitCode::from(2)

@@ -282,3 +282,120 @@ fn sigkill_loses_nothing_acknowledged_durable() {
     assert!(read16(&mut s, 0, 100, (fua.len() / 512) as u32, 512) == fua);
     s.logout().unwrap();
 }
+
+/// A config of one disk named `name` on `path` (plus `extra` keys) in `dir`.
+fn one_disk(
+    dir: &std::path::Path,
+    name: &str,
+    path: &std::path::Path,
+    extra: &str,
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    write_config(
+        dir,
+        &format!(
+            "[isu]\nbase_iqn = \"{BASE}\"\nlisten = [\"127.0.0.1:1\"]\n\
+             [[disk]]\nname = \"{name}\"\npath = \"{}\"\n{extra}",
+            path.display()
+        ),
+    )
+}
+
+#[test]
+fn a_second_daemon_on_the_same_file_is_refused_naming_both() {
+    let t = tempfile::tempdir().unwrap();
+    let shared = t.path().join("shared.img");
+    let cfg_a = one_disk(&t.path().join("a"), "d0", &shared, "size = \"1M\"\n");
+    let data_a = t.path().join("a-data");
+    let p = free_port();
+    let a = addr(&format!("127.0.0.1:{p}"));
+    let mut first = Daemon::start(&cfg_a, &data_a, &[format!("127.0.0.1:{p}")], &[a]);
+    let data_a = std::fs::canonicalize(&data_a).unwrap();
+    let link = t.path().join("link.img");
+    std::os::unix::fs::symlink(&shared, &link).unwrap();
+    let data_b = t.path().join("b-data");
+    // Another data dir, the file named through a link; read-write or read-only.
+    for extra in ["size = \"1M\"\n", "read_only = true\n"] {
+        let cfg_b = one_disk(&t.path().join("b"), "mine", &link, extra);
+        both_refuse(
+            &cfg_b,
+            &data_b,
+            &[
+                "disk \"mine\"".into(),
+                format!("pid {}", first.child.id()),
+                format!("data dir {}", data_a.display()),
+            ],
+        );
+    }
+    // The claim ends with the daemon that held it.
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(20).and_then(|s| s.code()), Some(0));
+    let cfg_b = one_disk(&t.path().join("b"), "mine", &link, "size = \"1M\"\n");
+    let q = free_port();
+    let b = addr(&format!("127.0.0.1:{q}"));
+    let _second = Daemon::start(&cfg_b, &data_b, &[format!("127.0.0.1:{q}")], &[b]);
+    let mut s = Session::login(b, INITIATOR, Some(&format!("{BASE}:mine"))).unwrap();
+    let _ = s.scsi(0, &[0, 0, 0, 0, 0, 0], &[], 0);
+    s.logout().unwrap();
+}
+
+#[test]
+fn a_block_device_is_served_once_whatever_its_name() {
+    let t = tempfile::tempdir().unwrap();
+    let lo = LoopDevice::attach(&t.path().join("lo.img"), 16 << 20);
+    if !can_run(lo.is_some(), "needs root and losetup for a loop device") {
+        return;
+    }
+    let lo = lo.unwrap();
+    // Three more names of the device: a symbolic link, and a second device
+    // node (another inode with the same device number).
+    let link = t.path().join("link");
+    std::os::unix::fs::symlink(&lo.path, &link).unwrap();
+    let node = t.path().join("node");
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&lo.path).unwrap());
+    let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mknod only reads it.
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev) };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+
+    // One daemon, two disks on the device.
+    for other in [&link, &node] {
+        let cfg = t.path().join("two");
+        std::fs::create_dir_all(&cfg).unwrap();
+        let cfg = write_config(
+            &cfg,
+            &format!(
+                "[isu]\nbase_iqn = \"{BASE}\"\nlisten = [\"127.0.0.1:1\"]\n\
+                 [[disk]]\nname = \"a\"\npath = \"{}\"\n[[disk]]\nname = \"b\"\npath = \"{}\"\n",
+                lo.path.display(),
+                other.display()
+            ),
+        );
+        both_refuse(
+            &cfg,
+            &t.path().join("two-data"),
+            &["disk \"b\"", "disk \"a\"", "same backing store"],
+        );
+    }
+
+    // Two daemons.
+    let cfg_a = one_disk(&t.path().join("a"), "lo", &lo.path, "");
+    let data_a = t.path().join("a-data");
+    let p = free_port();
+    let a = addr(&format!("127.0.0.1:{p}"));
+    let first = Daemon::start(&cfg_a, &data_a, &[format!("127.0.0.1:{p}")], &[a]);
+    let data_a = std::fs::canonicalize(&data_a).unwrap();
+    for other in [&link, &node, &lo.path] {
+        let cfg_b = one_disk(&t.path().join("b"), "mine", other, "");
+        both_refuse(
+            &cfg_b,
+            &t.path().join("b-data"),
+            &[
+                "disk \"mine\"".into(),
+                format!("pid {}", first.child.id()),
+                format!("data dir {}", data_a.display()),
+            ],
+        );
+    }
+    drop(first);
+}

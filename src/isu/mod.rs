@@ -3,20 +3,21 @@
 
 mod access;
 mod export;
+mod preflight;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use blockdev::claim::InUse;
 use blockdev::file::FileOptions;
-use blockdev::{BlockDevice, FileDevice, SharedDevice};
+use blockdev::{BlockDevice, BlockError, FileDevice, SharedDevice};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::config::{DiskConfig, IsuConfig};
-use crate::portal::BoundPortal;
-use crate::state::{DataDir, StateError};
+use crate::state::{describe_holder, DataDir, StateError};
 
 pub use export::ExportError;
 
@@ -36,7 +37,29 @@ pub enum IsuError {
         /// What went wrong.
         message: String,
     },
-    /// A portal could not be resolved.
+    /// Another process (or another user of this one) holds a disk's backing store.
+    #[error("disk {disk:?} ({path}): in use by {holder}; a backing file is served by one daemon at a time")]
+    InUse {
+        /// Disk name.
+        disk: String,
+        /// Backing path.
+        path: PathBuf,
+        /// Who holds it.
+        holder: String,
+    },
+    /// Two disks of the config are one backing store, however spelled.
+    #[error("disk {disk:?} ({path}) is the same backing store as disk {other:?} ({other_path}); a backing file is exported once")]
+    SameStore {
+        /// The later disk.
+        disk: String,
+        /// Its path.
+        path: PathBuf,
+        /// The earlier disk.
+        other: String,
+        /// Its path.
+        other_path: PathBuf,
+    },
+    /// A portal could not be resolved or bound.
     #[error("portal {portal}: {message}")]
     Portal {
         /// The portal as configured.
@@ -130,36 +153,16 @@ pub fn describe(cfg: &IsuConfig) {
     }
 }
 
-fn open_disk(data: &DataDir, d: &DiskConfig) -> Result<OpenDisk, IsuError> {
+/// Opens (or, when `create`, creates) the backing store of `d`, which
+/// [`preflight::run`] has checked.
+fn open_disk(data: &DataDir, d: &DiskConfig, create: bool) -> Result<OpenDisk, IsuError> {
     let err = |message: String| IsuError::Disk {
         disk: d.name.clone(),
         path: d.path.clone(),
         message,
     };
-    match std::fs::metadata(&d.path) {
-        Ok(m) if m.is_file() => {
-            if let Some(want) = d.size {
-                if m.len() != want {
-                    return Err(err(format!(
-                        "the file is {} bytes but the config says size = {want}; \
-                         fix the size (opie never resizes or truncates a disk)",
-                        m.len()
-                    )));
-                }
-            }
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if d.size.is_none() {
-                return Err(err(
-                    "does not exist and the disk has no size to create it with".into(),
-                ));
-            }
-            if d.read_only {
-                info!(disk = %d.name, "creating the backing file of a read-only disk (it reads as zeroes)");
-            }
-        }
-        Err(e) => return Err(err(e.to_string())),
+    if create && d.read_only {
+        info!(disk = %d.name, "creating the backing file of a read-only disk (it reads as zeroes)");
     }
     let mut identity = match &d.identity {
         Some(id) => id.clone(),
@@ -171,9 +174,16 @@ fn open_disk(data: &DataDir, d: &DiskConfig) -> Result<OpenDisk, IsuError> {
     let opts = FileOptions {
         block_size: d.block_size,
         read_only: d.read_only,
-        create_size: d.size,
+        create_size: if create { d.size } else { None },
     };
-    let dev = FileDevice::open(&d.path, &opts, identity).map_err(|e| err(e.to_string()))?;
+    let dev = FileDevice::open(&d.path, &opts, identity).map_err(|e| match e {
+        BlockError::Io(e) if InUse::of(&e).is_some() => IsuError::InUse {
+            disk: d.name.clone(),
+            path: d.path.clone(),
+            holder: InUse::of(&e).map_or_else(String::new, |u| describe_holder(&u.holder)),
+        },
+        e => err(e.to_string()),
+    })?;
     let g = dev.geometry();
     if g.num_blocks == 0 {
         return Err(err(format!("smaller than one {}-byte block", d.block_size)));
@@ -211,26 +221,6 @@ fn plan_targets(disks: Vec<OpenDisk>) -> Vec<TargetPlan> {
         .into_iter()
         .filter_map(|iqn| by_iqn.remove(&iqn))
         .collect()
-}
-
-fn resolve_portals(cfg: &IsuConfig) -> Result<Vec<BoundPortal>, IsuError> {
-    let mut out: Vec<BoundPortal> = Vec::new();
-    for p in &cfg.listen {
-        let bound = p.resolve().map_err(|message| IsuError::Portal {
-            portal: p.to_string(),
-            message,
-        })?;
-        for b in bound {
-            if out.iter().any(|o| o.listen == b.listen) {
-                return Err(IsuError::Portal {
-                    portal: p.to_string(),
-                    message: format!("{} is already bound by another portal", b.listen),
-                });
-            }
-            out.push(b);
-        }
-    }
-    Ok(out)
 }
 
 /// Resolves when SIGTERM or SIGINT arrives; a second signal exits at once
@@ -324,21 +314,31 @@ fn backoff_changes(old: &chap::BackoffConfig, new: &chap::BackoffConfig) -> Vec<
     out
 }
 
+/// Checks, creating and locking nothing, everything `serve` would refuse
+/// at startup (`opie isu check`): the same checks serve makes first.
+pub fn check(cfg: &IsuConfig) -> Result<(), IsuError> {
+    preflight::run(cfg).map(|_| ())
+}
+
 /// Runs the ISU until SIGTERM/SIGINT, then drains and flushes.
 pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
     // Handlers first, so a signal during startup is not the default kill.
     let term = signal(SignalKind::terminate()).map_err(IsuError::Signals)?;
     let int = signal(SignalKind::interrupt()).map_err(IsuError::Signals)?;
     let hup = signal(SignalKind::hangup()).map_err(IsuError::Signals)?;
-    let policy = access::build(&cfg)?;
+    // Everything `opie isu check` checks, before anything is created or locked.
+    let preflight::Preflight {
+        access: policy,
+        portals,
+        create,
+    } = preflight::run(&cfg)?;
     let data = DataDir::open(&cfg.data_dir)?;
     info!(config = %cfg.source.display(), data_dir = %data.root().display(), "opie isu starting");
     let mut disks = Vec::new();
-    for d in &cfg.disks {
-        disks.push(open_disk(&data, d)?);
+    for (d, create) in cfg.disks.iter().zip(create) {
+        disks.push(open_disk(&data, d, create)?);
     }
     let devices: Vec<SharedDevice> = disks.iter().map(|d| d.device.clone()).collect();
-    let portals = resolve_portals(&cfg)?;
     let aoe = match &cfg.aoe {
         Some(settings) => Some(export::start_aoe(settings, &disks)?),
         None => None,

@@ -41,6 +41,67 @@ pub fn write_config(dir: &Path, config: &str) -> PathBuf {
     p
 }
 
+/// Runs `opie ARGS` expecting it to exit by itself within `secs` (a refused
+/// config, or `check`); returns its exit code and stderr. A process still
+/// running then (a `serve` that should have refused but serves) is killed
+/// and reported as code None.
+pub fn run_to_exit(args: &[&std::ffi::OsStr], secs: u64) -> (Option<i32>, String) {
+    let mut cmd = opie();
+    cmd.args(args);
+    run_cmd_to_exit(cmd, secs)
+}
+
+/// [`run_to_exit`] for a prepared command.
+pub fn run_cmd_to_exit(mut cmd: Command, secs: u64) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (code, err)
+}
+
+/// Runs `opie isu check`, then `opie isu serve`, of `config` with data dir
+/// `data` on a free port, and asserts that both refuse it with exit status
+/// 1 (what serve refuses at startup, check finds) and every one of `want`
+/// in their message.
+pub fn both_refuse<S: AsRef<str>>(config: &Path, data: &Path, want: &[S]) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    for sub in ["check", "serve"] {
+        let mut cmd = opie();
+        cmd.args(["isu", sub, "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", &listen]);
+        let (code, err) = run_cmd_to_exit(cmd, 10);
+        assert_eq!(
+            code,
+            Some(1),
+            "{sub}: exit {code:?} (None: it served), stderr: {err}"
+        );
+        for w in want {
+            let w = w.as_ref();
+            assert!(err.contains(w), "{sub}: {w:?} missing from: {err}");
+        }
+    }
+}
+
 impl Daemon {
     /// Starts `opie isu serve` with `config` (a file path), data dir and
     /// portals, and waits until every `wait_for` address accepts connections.
@@ -136,6 +197,52 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether this test can have what it needs (`why` names it): prints SKIP
+/// and returns false when not, and fails instead under `CI=true`.
+pub fn can_run(ok: bool, why: &str) -> bool {
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true and this test cannot run: {why}"
+        );
+        eprintln!("SKIP: {why}");
+    }
+    ok
+}
+
+/// A loop device over a sparse file, detached on drop.
+pub struct LoopDevice {
+    pub path: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches a loop device to a new sparse file of `bytes` at `file`;
+    /// None when that is not possible here (not root, no losetup).
+    pub fn attach(file: &Path, bytes: u64) -> Option<LoopDevice> {
+        // SAFETY: geteuid has no memory effects.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        std::fs::File::create(file).ok()?.set_len(bytes).ok()?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Some(LoopDevice { path })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
 }
 

@@ -254,6 +254,12 @@ pub struct ScsiTarget {
     sessions: Mutex<HashMap<u64, ItNexus>>,
 }
 
+/// Checks the persistent reservation state at `path` as [`ScsiTarget::new`]
+/// loads it (no file is fine), serving nothing: for a config check.
+pub fn check_pr_state(path: &std::path::Path) -> Result<(), ScsiError> {
+    pr::PrState::load(path).map(|_| ())
+}
+
 impl ScsiTarget {
     /// Builds a target. With no port groups, every relative port belongs to
     /// group 1, active/optimized. APTPL state is reloaded from each LU's `state_path`.
