@@ -202,13 +202,16 @@ impl DataDir {
             }
             Err(e) => return Err(io_err(root)(e)),
         }
-        let lock_path = root.join(LOCK_FILE);
+        // The directory itself may be a link (the admin's choice): resolved
+        // once, so that nothing below it is.
+        let real = fs::canonicalize(root).map_err(io_err(root))?;
+        let lock_path = real.join(LOCK_FILE);
         if let Some(f) = statefile::open(&lock_path, false).map_err(io_err(&lock_path))? {
             if let Some(h) = Claim::probe(&f, true).map_err(io_err(&lock_path))? {
                 return Err(locked(root, &h));
             }
         }
-        let state = root.join("state");
+        let state = real.join("state");
         if real_dir(&state)? {
             for d in disks {
                 let dir = state.join(d);
@@ -223,7 +226,10 @@ impl DataDir {
     /// Creates (if needed) and locks `root`. Fails if another process holds it.
     pub fn open(root: &Path) -> Result<DataDir, StateError> {
         fs::create_dir_all(root).map_err(io_err(root))?;
-        let lock_path = root.join(LOCK_FILE);
+        // The directory itself may be a link (the admin's choice): resolved
+        // once, so that nothing below it is.
+        let real = fs::canonicalize(root).map_err(io_err(root))?;
+        let lock_path = real.join(LOCK_FILE);
         let mut lock = statefile::open(&lock_path, true)
             .map_err(io_err(&lock_path))?
             .expect("created");
@@ -241,12 +247,12 @@ impl DataDir {
             .and_then(|_| writeln!(lock, "{}", std::process::id()))
             .map_err(io_err(&lock_path))?;
         Ok(DataDir {
-            root: root.to_path_buf(),
+            root: real,
             _lock: (lock, claim),
         })
     }
 
-    /// The directory itself.
+    /// The directory itself, symbolic links resolved.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -301,14 +307,24 @@ mod tests {
         let root = t.path().join("data");
         DataDir::inspect(&root, &["d0"]).unwrap();
         assert!(!root.exists());
-        {
+        let id0 = {
             let d = DataDir::open(&root).unwrap();
-            d.identity("d0").unwrap();
+            let id0 = d.identity("d0").unwrap();
             let e = DataDir::inspect(&root, &["d0"]).unwrap_err().to_string();
             assert!(e.contains("is in use by this process"), "{e}");
-        }
+            id0
+        };
         DataDir::inspect(&root, &["d0"]).unwrap();
         DataDir::open(&root).unwrap();
+        // The data directory itself may be a link.
+        let alias = t.path().join("alias");
+        std::os::unix::fs::symlink(&root, &alias).unwrap();
+        DataDir::inspect(&alias, &["d0"]).unwrap();
+        let d = DataDir::open(&alias).unwrap();
+        assert_eq!(d.identity("d0").unwrap(), id0);
+        let e = DataDir::inspect(&root, &["d0"]).unwrap_err().to_string();
+        assert!(e.contains("is in use by this process"), "{e}");
+        drop(d);
         // A state directory that is a link, elsewhere: refused by both.
         let elsewhere = t.path().join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
