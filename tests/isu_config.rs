@@ -345,7 +345,8 @@ fn check_refuses_what_serve_refuses_at_startup() {
     let t = tempfile::tempdir().unwrap();
     let disk = "[[disk]]\nname = \"d\"\nsize = \"1M\"\n";
     // (config body, files to plant in the data dir, words of the message)
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             "[auth]\nsecrets = \"missing-secrets.toml\"\n",
             &[],
