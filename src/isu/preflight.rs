@@ -108,12 +108,6 @@ pub fn run(cfg: &IsuConfig) -> Result<Preflight, IsuError> {
     })
 }
 
-/// Whether `path` (made absolute) or where it resolves to lies under `/dev`.
-fn under_dev(path: &Path, resolved: &Path) -> bool {
-    let dev = Path::new("/dev");
-    std::path::absolute(path).is_ok_and(|p| p.starts_with(dev)) || resolved.starts_with(dev)
-}
-
 /// The backing store of `d` as serve will open or create it.
 fn backing_store(d: &DiskConfig) -> Result<Store, IsuError> {
     let err = |message: String| IsuError::Disk {
@@ -131,7 +125,8 @@ fn backing_store(d: &DiskConfig) -> Result<Store, IsuError> {
             }
             let at =
                 state::creatable(&d.path).map_err(|e| err(format!("cannot be created: {e}")))?;
-            if under_dev(&d.path, &at) {
+            // `at` has every link of the existing part resolved.
+            if at.starts_with("/dev") {
                 return Err(err(
                     "does not exist, and opie never creates files under /dev: is the device missing, or its name misspelled?".into(),
                 ));
