@@ -17,7 +17,7 @@
 use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use blockdev::claim::{self, Claim};
 use target_iscsi::access::Access;
