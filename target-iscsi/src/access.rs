@@ -14,6 +14,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::IpNet;
+
 use chap::{AuthenticatorConfig, CredentialSet, SecretsStore, Step};
 
 use crate::login::{status, AuthStep, Authenticator, NoAuth};
@@ -22,10 +24,7 @@ use crate::text::TextList;
 /// An address prefix such as `10.0.0.0/8`, `192.0.2.7` (a /32) or `fd00::/8`.
 /// IPv4-mapped IPv6 peers match IPv4 prefixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Whether `ip` lies in this prefix.
@@ -34,68 +33,51 @@ impl Cidr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
 impl FromStr for Cidr {
     type Err = String;
 
+    /// `ADDRESS/LENGTH` (the `ipnet` syntax), or a bare address (a host
+    /// prefix). The address must be the network's: no bits set beyond the
+    /// prefix.
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+        let net = match (s.parse::<IpNet>(), s.parse::<IpAddr>()) {
+            (Ok(net), _) => net,
+            (Err(_), Ok(addr)) => IpNet::from(addr),
+            (Err(_), Err(_)) => return Err(diagnose(s)),
         };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or prefix (10.0.0.0/8, fd00::/8)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
-        };
-        let c = Cidr { addr, prefix };
-        if !c.contains(addr) || host_bits_set(addr, prefix) {
+        if net.trunc() != net {
             return Err(format!(
-                "{s:?} has bits set beyond the /{prefix} prefix (did you mean the network address?)"
+                "{s:?} has bits set beyond the /{} prefix (did you mean {}?)",
+                net.prefix_len(),
+                net.trunc()
             ));
         }
-        Ok(c)
+        Ok(Cidr(net))
     }
 }
 
-fn host_bits_set(addr: IpAddr, prefix: u8) -> bool {
-    match addr {
-        IpAddr::V4(a) => {
-            u32::from(a) & !u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0) != 0
-        }
-        IpAddr::V6(a) => {
-            u128::from(a) & !u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0) != 0
-        }
+/// Why `s` is neither a prefix nor an address.
+fn diagnose(s: &str) -> String {
+    let not_an_address = || format!("{s:?} is not an address or prefix (10.0.0.0/8, fd00::/8)");
+    let Some((a, _)) = s.split_once('/') else {
+        return not_an_address();
+    };
+    match a.parse::<IpAddr>() {
+        Ok(addr) => format!(
+            "{s:?}: the prefix length must be 0..={}",
+            if addr.is_ipv4() { 32 } else { 128 }
+        ),
+        Err(_) => not_an_address(),
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -267,9 +249,36 @@ mod tests {
         assert!(all.contains("192.0.2.1".parse().unwrap()));
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!("10.1.0.0/33".parse::<Cidr>().is_err());
-        assert!("10.1.0.1/16".parse::<Cidr>().is_err());
-        assert!("host/8".parse::<Cidr>().is_err());
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        let host6: Cidr = "fd00::7".parse().unwrap();
+        assert_eq!(host6.to_string(), "fd00::7/128");
+        assert!(host6.contains("fd00::7".parse().unwrap()));
+        assert!(!host6.contains("fd00::8".parse().unwrap()));
+        assert_eq!(one.to_string(), "127.0.0.2/32");
+        assert_eq!(c.to_string(), "10.1.0.0/16");
+        let err = |s: &str| s.parse::<Cidr>().unwrap_err();
+        assert_eq!(
+            err("10.1.0.0/33"),
+            "\"10.1.0.0/33\": the prefix length must be 0..=32"
+        );
+        assert_eq!(
+            err("fd00::/129"),
+            "\"fd00::/129\": the prefix length must be 0..=128"
+        );
+        assert_eq!(
+            err("10.1.0.0/x"),
+            "\"10.1.0.0/x\": the prefix length must be 0..=32"
+        );
+        assert_eq!(
+            err("10.1.0.1/16"),
+            "\"10.1.0.1/16\" has bits set beyond the /16 prefix (did you mean 10.1.0.0/16?)"
+        );
+        for bad in ["host/8", "host", "", "10.1.0/8", "/8"] {
+            assert_eq!(
+                err(bad),
+                format!("{bad:?} is not an address or prefix (10.0.0.0/8, fd00::/8)")
+            );
+        }
     }
 
     fn store() -> SecretsStore {
