@@ -175,11 +175,19 @@ impl LoginContext for ConnContext<'_> {
                     .ok_or(status::NOT_FOUND)?,
             ),
         };
-        let r = self.access.authorize(iqn, initiator, self.peer, self.tpgt);
-        if r.is_err() {
-            tracing::info!(%initiator, target = iqn.unwrap_or("(discovery)"), "login not authorized");
+        let target = iqn.unwrap_or("(discovery)");
+        match self.access.authorize(iqn, initiator, self.peer, self.tpgt) {
+            Ok(auth) => {
+                if let Some(reason) = self.access.denial(iqn, initiator, self.peer, self.tpgt) {
+                    tracing::info!(%initiator, target, %reason, "login not authorized; CHAP runs and fails (0201), as for any stranger");
+                }
+                Ok(auth)
+            }
+            Err(reason) => {
+                tracing::info!(%initiator, target, %reason, "login not authorized");
+                Err(status::AUTHORIZATION_FAILURE)
+            }
         }
-        r
     }
 
     fn admit(&self, key: &SessionKey, tsih: u16, _cid: u16) -> Result<u16, (u8, u8)> {
