@@ -34,6 +34,7 @@ fn config(port: u16, backoff: &str) -> String {
     format!(
         "[isu]\nbase_iqn = \"{BASE}\"\nlisten = [\"127.0.0.1:{port}\"]\nnop_interval = \"0s\"\n\
          [auth]\nsecrets = \"secrets.toml\"\n{backoff}\n\
+         [limits]\nlogin_idle_timeout = \"60s\"\n\
          [[disk]]\nname = \"one\"\nsize = \"4M\"\nauth = \"chap\"\n\
          [[disk]]\nname = \"mutual\"\nsize = \"4M\"\nauth = \"chap\"\n\
          [[disk]]\nname = \"chapacl\"\nsize = \"4M\"\nauth = \"chap\"\n\

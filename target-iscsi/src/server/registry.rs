@@ -10,6 +10,7 @@ use chap::LoginBackoff;
 
 use tokio::sync::Notify;
 
+use super::pending::{Caps, PendingLogins};
 use super::ServerConfig;
 use crate::access::Access;
 use crate::discovery::{DiscoveryTarget, PortalAddress};
@@ -33,11 +34,14 @@ pub(super) struct Registry {
     access: RwLock<Arc<Access>>,
     /// Failed logins per source, shared by every connection.
     pub backoff: Mutex<LoginBackoff>,
+    /// Connections not logged in yet, capped.
+    pub pending: Arc<PendingLogins>,
 }
 
 impl Registry {
-    pub fn new(cfg: ServerConfig) -> Registry {
+    pub fn new(cfg: ServerConfig, caps: Caps) -> Registry {
         Registry {
+            pending: Arc::new(PendingLogins::new(caps)),
             access: RwLock::new(Arc::new(cfg.access.clone())),
             backoff: Mutex::new(LoginBackoff::new(cfg.backoff.clone())),
             cfg,
