@@ -320,17 +320,14 @@ fn idle_connections_do_not_lock_out_a_neighbour_behind_nat_or_in_the_same_64() {
 
 // ---- item 6: file descriptors ----------------------------------------------------
 
-/// Starts the daemon with RLIMIT_NOFILE soft 1024 and the given hard limit.
-fn start_limited(dir: &std::path::Path, extra: &str, hard: u64) -> (Daemon, SocketAddr) {
-    let port = free_port();
-    let cfg = write_config(dir, &config(port, extra));
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+/// `opie` with RLIMIT_NOFILE `soft` and `hard`.
+fn opie_with_fd_limit(soft: u64, hard: u64) -> Command {
     let mut cmd = opie();
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
     unsafe {
         cmd.pre_exec(move || {
             let lim = libc::rlimit {
-                rlim_cur: 1024,
+                rlim_cur: soft,
                 rlim_max: hard,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
@@ -339,6 +336,15 @@ fn start_limited(dir: &std::path::Path, extra: &str, hard: u64) -> (Daemon, Sock
             Ok(())
         });
     }
+    cmd
+}
+
+/// Starts the daemon with RLIMIT_NOFILE soft 1024 and the given hard limit.
+fn start_limited(dir: &std::path::Path, extra: &str, hard: u64) -> (Daemon, SocketAddr) {
+    let port = free_port();
+    let cfg = write_config(dir, &config(port, extra));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cmd = opie_with_fd_limit(1024, hard);
     let d = Daemon::start_with(cmd, &cfg, &dir.join("data"), &[], &[addr]);
     (d, addr)
 }
@@ -363,20 +369,30 @@ fn accept_errors(log: &str) -> usize {
     log.lines().filter(|l| l.contains("accept failed")).count()
 }
 
+/// `n` idle connections from 127.0.0.2 (reopened when dropped) while 127.0.0.3
+/// logs in four times, each within [`BOUND`]: the attacker's connections
+/// open at the end, and how many it reopened.
+fn idle_from_one_source_vs_login_from_another(
+    addr: SocketAddr,
+    n: usize,
+    d: &Daemon,
+) -> (usize, usize) {
+    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+    let other: IpAddr = "127.0.0.3".parse().unwrap();
+    let attack = Attack::start(&[attacker], n, &[addr]);
+    attack.await_open(n * 10 / 11);
+    std::thread::sleep(Duration::from_secs(1));
+    logins_within_bound(&[other], &[addr], 4, &|| d.log_text());
+    (attack.open.load(Ordering::Relaxed), attack.reopened())
+}
+
 /// 1,100 idle connections from 127.0.0.2 (reopened when dropped) against a
 /// daemon with soft limit 1024; a login from 127.0.0.3 must still complete.
 fn fd_exhaustion(hard: u64, extra: &str) -> (Daemon, tempfile::TempDir) {
     raise_own_fd_limit(4096);
     let dir = tempfile::tempdir().unwrap();
     let (d, addr) = start_limited(dir.path(), extra, hard);
-    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
-    let other: IpAddr = "127.0.0.3".parse().unwrap();
-    let attack = Attack::start(&[attacker], 1100, &[addr]);
-    attack.await_open(1000);
-    std::thread::sleep(Duration::from_secs(1));
-    logins_within_bound(&[other], &[addr], 4, &|| d.log_text());
-    let (open, reopened) = (attack.open.load(Ordering::Relaxed), attack.reopened());
-    drop(attack);
+    let (open, reopened) = idle_from_one_source_vs_login_from_another(addr, 1100, &d);
     let log = d.log_text();
     let errors = accept_errors(&log);
     eprintln!(
@@ -414,6 +430,58 @@ fn fd_exhaustion_with_a_higher_hard_limit_is_held_off_by_raising_the_soft_one() 
         log.lines()
             .any(|l| l.contains("open file limit") && l.contains("4096")),
         "the raised fd limit is not logged\n{}",
+        tail(&log)
+    );
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn accept_out_of_file_descriptors_drops_silent_connections_and_backs_off() {
+    // Soft and hard limit 128: established sessions take all but a few file
+    // descriptors, so silent connections exhaust the rest long before the
+    // pending-login cap (64, half the limit) is reached, and accept fails
+    // with EMFILE.
+    const LIMIT: u64 = 128;
+    raise_own_fd_limit(4096);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &config(port, ""));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cmd = opie_with_fd_limit(LIMIT, LIMIT);
+    let d = Daemon::start_with(cmd, &cfg, &dir.path().join("data"), &[], &[addr]);
+    std::thread::sleep(Duration::from_millis(200));
+    let free = LIMIT as usize - open_fds(d.child.id());
+    let sessions: Vec<Session> = (0..free - 8)
+        .map(|i| {
+            Session::login(
+                addr,
+                &format!("{INITIATOR}-{i}"),
+                Some(&format!("{BASE}:d")),
+            )
+            .unwrap_or_else(|e| panic!("session {i}: {e}\n{}", tail(&d.log_text())))
+        })
+        .collect();
+    idle_from_one_source_vs_login_from_another(addr, 40, &d);
+    let log = d.log_text();
+    let errors = accept_errors(&log);
+    eprintln!(
+        "{} sessions; {errors} accept-error lines in the log",
+        sessions.len()
+    );
+    assert!(
+        errors >= 1,
+        "accept never ran out of file descriptors: the test tests nothing\n{}",
+        tail(&log)
+    );
+    assert!(
+        errors <= 3,
+        "{errors} accept-error lines in the log\n{}",
         tail(&log)
     );
 }
