@@ -13,6 +13,7 @@ use blockdev::DeviceIdentity;
 use chap::{AlgorithmList, BackoffConfig};
 use serde::Deserialize;
 use target_iscsi::access::{AuthMethod, Cidr};
+use target_iscsi::server::LoginLimits;
 
 use crate::portal::PortalSpec;
 use crate::units::{Interval, Size};
@@ -62,6 +63,7 @@ struct RawFile {
     disk: Vec<RawDisk>,
     aoe: Option<RawAoe>,
     auth: Option<RawAuth>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +197,8 @@ pub struct IsuConfig {
     pub aoe: Option<AoeSettings>,
     /// The `[auth]` table: secrets, algorithms, discovery and portal policy.
     pub auth: AuthSettings,
+    /// The `[limits]` table: connections that have not logged in yet.
+    pub limits: LoginLimits,
     /// The command-line overrides it was loaded with (applied again on reload).
     pub overrides: Overrides,
 }
@@ -500,6 +504,7 @@ impl IsuConfig {
 
         // [auth]
         let auth = parse_auth(raw.auth.as_ref(), base_dir, &tpgts, &invalid)?;
+        let limits = parse_limits(raw.limits.as_ref(), &invalid)?;
         let default_method = raw
             .auth
             .as_ref()
@@ -776,6 +781,7 @@ impl IsuConfig {
             disks,
             aoe,
             auth,
+            limits,
             overrides: ov.clone(),
         })
     }
@@ -867,6 +873,59 @@ fn parse_auth(
         portal_sources,
         backoff,
     })
+}
+
+// ---- [limits] ----------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    login_idle_timeout: Option<Interval>,
+    max_pending_logins: Option<usize>,
+    max_pending_logins_per_source: Option<usize>,
+}
+
+fn parse_limits(
+    raw: Option<&RawLimits>,
+    invalid: &dyn Fn(String, String) -> ConfigError,
+) -> Result<LoginLimits, ConfigError> {
+    let mut l = LoginLimits::default();
+    let Some(r) = raw else {
+        return Ok(l);
+    };
+    if let Some(i) = r.login_idle_timeout {
+        if i.0.is_zero() {
+            return Err(invalid(
+                "limits.login_idle_timeout".into(),
+                "must be more than 0".into(),
+            ));
+        }
+        l.idle_timeout = i.0;
+    }
+    for (key, value, field) in [
+        (
+            "max_pending_logins",
+            r.max_pending_logins,
+            &mut l.max_pending,
+        ),
+        (
+            "max_pending_logins_per_source",
+            r.max_pending_logins_per_source,
+            &mut l.max_pending_per_source,
+        ),
+    ] {
+        match value {
+            Some(0) => {
+                return Err(invalid(
+                    format!("limits.{key}"),
+                    "must be at least 1".into(),
+                ))
+            }
+            Some(n) => *field = n,
+            None => {}
+        }
+    }
+    Ok(l)
 }
 
 #[cfg(test)]
@@ -1032,6 +1091,37 @@ mod tests {
              [[disk]]\nname = \"b\"\niqn = \"iqn.2026-01.org.example:t\"\nlun = 1\n"
         ));
         assert!(e.contains("share its access policy"), "{e}");
+    }
+
+    #[test]
+    fn login_limits() {
+        let base = "[isu]\nbase_iqn = \"iqn.2026-01.org.opie:x\"\nlisten = [\"127.0.0.1:3260\"]\n\
+                    [[disk]]\nname = \"a\"\nsize = 4096\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.limits, LoginLimits::default());
+        let c = parse(&format!(
+            "{base}[limits]\nlogin_idle_timeout = \"2s\"\nmax_pending_logins = 100\n\
+             max_pending_logins_per_source = 10\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (c.limits.max_pending, c.limits.max_pending_per_source),
+            (100, 10)
+        );
+        let e = err(&format!(
+            "{base}[limits]\nmax_pending_logins_per_source = 0\n"
+        ));
+        assert!(
+            e.contains("limits.max_pending_logins_per_source: must be at least 1"),
+            "{e}"
+        );
+        let e = err(&format!("{base}[limits]\nlogin_idle_timeout = 0\n"));
+        assert!(
+            e.contains("limits.login_idle_timeout: must be more than 0"),
+            "{e}"
+        );
+        assert!(err(&format!("{base}[limits]\nlogin_timeout = 1\n")).contains("unknown field"));
     }
 
     #[test]

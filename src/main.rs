@@ -106,6 +106,7 @@ fn main() -> ExitCode {
                     }
                 };
                 limit_malloc_arenas();
+                raise_open_file_limit();
                 let rt = match tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .thread_name("opie-isu")
@@ -126,6 +127,48 @@ fn main() -> ExitCode {
                 }
             }
         },
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, so the usual soft limit
+/// of 1024 does not run out under many connections (the caps on pending
+/// logins are then taken from the raised figure), and logs the figure.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    // Linux refuses a soft limit above fs.nr_open (2^20 by default), which an
+    // unlimited hard limit would ask for.
+    let target = if lim.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        lim.rlim_max
+    };
+    if target > before {
+        lim.rlim_cur = target;
+        // SAFETY: setrlimit reads a valid rlimit struct; raising the soft
+        // limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!(
+                limit = before,
+                error = %std::io::Error::last_os_error(),
+                "open file limit could not be raised"
+            );
+            return;
+        }
+        tracing::info!(
+            from = before,
+            to = target,
+            "open file limit raised to the hard limit"
+        );
+    } else {
+        tracing::info!(limit = before, "open file limit (already the hard limit)");
     }
 }
 

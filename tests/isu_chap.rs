@@ -28,13 +28,17 @@ fn iqn(disk: &str) -> String {
 }
 
 /// Targets: `one` (CHAP, one-way), `mutual` (CHAP with a target secret),
-/// `acl` (no CHAP, only alice), `open` (anyone), `mgmt` (only on portal 2).
+/// `chapacl` (CHAP with a credential anyone may use, but only alice from
+/// 127.0.0.0/31 on its ACLs), `acl` (no CHAP, only alice), `open` (anyone).
 fn config(port: u16, backoff: &str) -> String {
     format!(
         "[isu]\nbase_iqn = \"{BASE}\"\nlisten = [\"127.0.0.1:{port}\"]\nnop_interval = \"0s\"\n\
          [auth]\nsecrets = \"secrets.toml\"\n{backoff}\n\
+         [limits]\nlogin_idle_timeout = \"60s\"\n\
          [[disk]]\nname = \"one\"\nsize = \"4M\"\nauth = \"chap\"\n\
          [[disk]]\nname = \"mutual\"\nsize = \"4M\"\nauth = \"chap\"\n\
+         [[disk]]\nname = \"chapacl\"\nsize = \"4M\"\nauth = \"chap\"\n\
+         initiators = [\"{ALICE}\"]\nsources = [\"127.0.0.0/31\"]\n\
          [[disk]]\nname = \"acl\"\nsize = \"4M\"\ninitiators = [\"{ALICE}\"]\n\
          [[disk]]\nname = \"open\"\nsize = \"4M\"\n"
     )
@@ -44,9 +48,11 @@ fn secrets(alice_secret: &str) -> String {
     format!(
         "[target.\"{one}\"]\n[[target.\"{one}\".chap]]\nuser = \"alice\"\nsecret = \"{alice_secret}\"\n\
          [target.\"{m}\"]\nmutual = {{ user = \"{TARGET_USER}\", secret = \"{TARGET_SECRET}\" }}\n\
-         [[target.\"{m}\".chap]]\nuser = \"alice\"\nsecret = \"{alice_secret}\"\ninitiators = [\"{ALICE}\"]\n",
+         [[target.\"{m}\".chap]]\nuser = \"alice\"\nsecret = \"{alice_secret}\"\ninitiators = [\"{ALICE}\"]\n\
+         [[target.\"{c}\".chap]]\nuser = \"alice\"\nsecret = \"{alice_secret}\"\n",
         one = iqn("one"),
         m = iqn("mutual"),
+        c = iqn("chapacl"),
     )
 }
 
@@ -258,6 +264,34 @@ fn chap_login(
 }
 
 #[test]
+fn a_chap_target_does_not_tell_strangers_what_its_acls_hold() {
+    let s = start("");
+    let (lo, other): (IpAddr, IpAddr) =
+        ("127.0.0.1".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    let t = iqn("chapacl");
+    assert_eq!(chap_login(lo, s.addr, ALICE, &t, SECRET), (0, 0));
+    // Without the secret, on the ACLs or not: a challenge, then 0201.
+    assert_eq!(chap_login(lo, s.addr, ALICE, &t, WRONG), (2, 1));
+    assert_eq!(chap_login(lo, s.addr, EVE, &t, WRONG), (2, 1));
+    assert_eq!(chap_login(other, s.addr, ALICE, &t, WRONG), (2, 1));
+    // With it, the ACLs still refuse, without saying so on the wire.
+    assert_eq!(chap_login(lo, s.addr, EVE, &t, SECRET), (2, 1));
+    assert_eq!(chap_login(other, s.addr, ALICE, &t, SECRET), (2, 1));
+    let log = s.daemon.log_text();
+    for reason in [
+        "initiator not on the target's initiators list",
+        "source address not on the target's sources list",
+    ] {
+        assert!(log.contains(reason), "no {reason:?} in the log:\n{log}");
+    }
+    // libiscsi sees the same refusal for eve as for a wrong secret.
+    let a = s.addr;
+    assert!(inq(a, ALICE, &t, &format!("alice%{SECRET}@"), ""));
+    assert!(!inq(a, EVE, &t, &format!("alice%{SECRET}@"), ""));
+    assert_no_secret(&s.daemon.log_text());
+}
+
+#[test]
 fn refusals_carry_the_right_status() {
     let s = start("");
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
@@ -290,11 +324,24 @@ fn discovered(addr: SocketAddr, initiator: &str) -> Vec<String> {
 fn discovery_shows_only_permitted_targets_and_sighup_reloads() {
     let mut s = start("");
     let alice = discovered(s.addr, ALICE);
-    assert_eq!(alice, [iqn("one"), iqn("mutual"), iqn("acl"), iqn("open")]);
-    // `one`'s credential is not bound to an IQN, so eve may use it;
-    // `mutual`'s credential and `acl`'s ACL are alice's only.
+    let all = [
+        iqn("one"),
+        iqn("mutual"),
+        iqn("chapacl"),
+        iqn("acl"),
+        iqn("open"),
+    ];
+    assert_eq!(alice, all);
+    // Discovery is open (no CHAP), so the name eve claims proves nothing:
+    // she sees every CHAP target her address may reach, whatever their
+    // initiator ACLs and credentials say, as any other name would. `acl`
+    // has no CHAP: its ACL is all that guards it, and it is alice's only.
     let eve = discovered(s.addr, EVE);
-    assert_eq!(eve, [iqn("one"), iqn("open")]);
+    assert_eq!(
+        eve,
+        [iqn("one"), iqn("mutual"), iqn("chapacl"), iqn("open")]
+    );
+    assert_eq!(discovered(s.addr, "iqn.2026-01.org.opie.test:x"), eve);
 
     // An established session survives a reload that revokes it.
     let mut kept = Session::login(s.addr, ALICE, Some(&iqn("acl"))).unwrap();
@@ -320,10 +367,7 @@ fn discovery_shows_only_permitted_targets_and_sighup_reloads() {
     assert_eq!(chap_login(lo, s.addr, ALICE, &iqn("one"), SECRET), (2, 1));
     assert!(Session::login(s.addr, ALICE, Some(&iqn("acl"))).is_err());
     assert!(Session::login(s.addr, EVE, Some(&iqn("acl"))).is_ok());
-    assert_eq!(
-        discovered(s.addr, EVE),
-        [iqn("one"), iqn("acl"), iqn("open")]
-    );
+    assert_eq!(discovered(s.addr, EVE), all);
     // The session opened before the reload still does I/O.
     let data = pattern(7, 4096);
     // The first command reports the power-on unit attention.

@@ -72,11 +72,14 @@ impl BackoffConfig {
     }
 }
 
-/// The source key: IPv4 address, or IPv6 /64 prefix (IPv4-mapped IPv6
-/// addresses count as their IPv4 address).
+/// What counts as one source of logins: an IPv4 address, or the /64 prefix
+/// of an IPv6 address (IPv4-mapped IPv6 addresses count as their IPv4
+/// address). Other per-source limits of a target use the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum SourceKey {
+pub enum SourceKey {
+    /// An IPv4 address.
     V4(u32),
+    /// The upper 64 bits of an IPv6 address.
     V6Prefix(u64),
 }
 

@@ -171,7 +171,7 @@ mod store;
 
 pub use algorithm::{Algorithm, AlgorithmList};
 pub use authenticator::{Authenticator, AuthenticatorConfig};
-pub use backoff::{Admission, BackoffConfig, LoginBackoff};
+pub use backoff::{Admission, BackoffConfig, LoginBackoff, SourceKey};
 pub use error::{ChapError, ErrorKind, Result};
 pub use keys::{
     decode_binary, decode_number, encode_hex, has_chap_keys, is_chap_key, is_sensitive_key,

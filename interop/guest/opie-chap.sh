@@ -3,8 +3,10 @@
 # against opie with CHAP. Two initiator names (open-iscsi ifaces): alice is on
 # the ACL of $IQN_CHAP, eve is not. For each chap_algs value: one-way CHAP
 # logs in and does I/O, a wrong secret fails, mutual CHAP logs in and does
-# I/O, a wrong target secret fails. Eve does not see $IQN_CHAP in discovery
-# and is refused at login even with alice's secret.
+# I/O, a wrong target secret fails. Discovery is open (no CHAP), so eve sees
+# $IQN_CHAP like any name would (an unproven name must not change the answer),
+# and she is refused at login even with alice's secret, with 0201 as for a
+# wrong secret.
 set -u
 . /rg/lib.sh
 LAN=$RG_LAN_HOST_IP:3260
@@ -24,7 +26,7 @@ grep -q " $IQN_CHAP\$" /tmp/disc.alice || rg_fail "alice does not see $IQN_CHAP"
 iscsiadm -m discovery -t sendtargets -p $LAN -I eve >/tmp/disc.eve 2>&1
 cat /tmp/disc.eve
 grep -q " $IQN_OPEN\$" /tmp/disc.eve || rg_fail "eve does not see $IQN_OPEN"
-grep -q " $IQN_CHAP\$" /tmp/disc.eve && rg_fail "eve sees $IQN_CHAP in discovery"
+grep -q " $IQN_CHAP\$" /tmp/disc.eve || rg_fail "eve does not see $IQN_CHAP in open discovery"
 echo "RESULT discovery-acl ok"
 
 # Eve's discovery of the same portal dropped alice's record of $IQN_CHAP.
@@ -78,7 +80,8 @@ done
 
 rg_step "eve with alice's credentials"
 node="-m node -T $IQN_CHAP -p $LAN -I eve"
-iscsiadm -m node -o new -T "$IQN_CHAP" -p "$LAN" -I eve >/dev/null || rg_fail "node new for eve"
+# (Eve's record may exist from her discovery; the updates below need it.)
+iscsiadm -m node -o new -T "$IQN_CHAP" -p "$LAN" -I eve >/dev/null 2>&1
 up node.session.initial_login_retry_max 0
 up node.conn[0].timeo.login_timeout 5
 up node.session.auth.authmethod CHAP

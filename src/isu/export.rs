@@ -94,6 +94,7 @@ pub async fn run_iscsi(
         nop_timeout: cfg.nop_timeout,
         access,
         backoff: cfg.auth.backoff.clone(),
+        login_limits: cfg.limits.clone(),
         ..ServerConfig::default()
     })
     .await?;

@@ -800,6 +800,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_login_with_too_many_keys_is_refused() {
+        let ctx = Ctx::new();
+        let mut l = Login::new(1, Limits::default());
+        let mut keys = vec![("InitiatorName".to_string(), "iqn.i".to_string())];
+        keys.extend((0..crate::text::MAX_KEYS).map(|i| (format!("X-k{i}"), "v".to_string())));
+        let out = l.handle(
+            &req(Stage::Security, Stage::Operational, true),
+            &TextList(keys).encode(),
+            &ctx,
+        );
+        assert!(matches!(out.outcome, LoginOutcome::Failed));
+        assert_eq!(
+            (out.bhs.status_class, out.bhs.status_detail),
+            status::INITIATOR_ERROR
+        );
+    }
+
+    #[test]
     fn target_on_wrong_portal_group_is_not_found() {
         let ctx = Ctx::new();
         let mut l = Login::new(2, Limits::default());

@@ -1,10 +1,7 @@
 //! Text key=value lists (RFC 7143 §6.1): `key=value\0key=value\0`, carried
 //! by Login and Text PDUs, possibly continued across PDUs (C bit).
 
-use nom::bytes::complete::{take_till, take_till1};
-use nom::character::complete::char;
-use nom::sequence::separated_pair;
-use nom::IResult;
+use std::collections::HashSet;
 
 /// Longest key name (§6.1).
 pub const MAX_KEY_LEN: usize = 63;
@@ -14,6 +11,9 @@ pub const MAX_VALUE_LEN: usize = 255;
 pub const MAX_LONG_VALUE_LEN: usize = 8192;
 /// Most text bytes a login or text exchange may accumulate across PDUs.
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
+/// Most keys one list may hold. A login sends a few dozen at most; without a
+/// cap, 64 KiB of text holds over 20,000 of them.
+pub const MAX_KEYS: usize = 256;
 
 /// Errors in a text list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,14 +33,32 @@ pub enum TextError {
     /// Accumulated text over the limit.
     #[error("text too long")]
     TooLong,
+    /// More than [`MAX_KEYS`] keys in one list.
+    #[error("more than {MAX_KEYS} keys")]
+    TooManyKeys,
 }
 
 /// An ordered list of key/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TextList(pub Vec<(String, String)>);
 
-fn pair(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
-    separated_pair(take_till1(|c| c == b'='), char('='), take_till(|_| false))(input)
+/// Splits `key=value` at the first `=`; the key must not be empty.
+fn pair(item: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = item.iter().position(|&c| c == b'=').filter(|&i| i > 0)?;
+    Some((&item[..eq], &item[eq + 1..]))
+}
+
+/// The key and value as text, if both are valid (name rules, lengths).
+fn checked<'a>(k: &'a [u8], v: &'a [u8]) -> Result<(&'a str, &'a str), TextError> {
+    let k = std::str::from_utf8(k).map_err(|_| TextError::BadKey)?;
+    if !key_ok(k) {
+        return Err(TextError::BadKey);
+    }
+    let v = std::str::from_utf8(v).map_err(|_| TextError::BadValue(k.to_string()))?;
+    if v.len() > MAX_LONG_VALUE_LEN || (v.len() > MAX_VALUE_LEN && !k.starts_with("CHAP_")) {
+        return Err(TextError::BadValue(k.to_string()));
+    }
+    Ok((k, v))
 }
 
 fn key_ok(k: &str) -> bool {
@@ -52,24 +70,22 @@ fn key_ok(k: &str) -> bool {
 
 impl TextList {
     /// Parses a complete data segment (NUL separated; a trailing NUL and
-    /// padding NULs are allowed). Duplicate keys are an error.
+    /// padding NULs are allowed). Duplicate keys and more than [`MAX_KEYS`]
+    /// keys are errors; the first error in the list is the one returned.
+    /// Linear in the length of `data`.
     pub fn parse(data: &[u8]) -> Result<TextList, TextError> {
         let mut out: Vec<(String, String)> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         for item in data.split(|&c| c == 0) {
             if item.is_empty() {
                 continue;
             }
-            let (_, (k, v)) = pair(item).map_err(|_| TextError::Malformed)?;
-            let k = std::str::from_utf8(k).map_err(|_| TextError::BadKey)?;
-            if !key_ok(k) {
-                return Err(TextError::BadKey);
+            if out.len() == MAX_KEYS {
+                return Err(TextError::TooManyKeys);
             }
-            let v = std::str::from_utf8(v).map_err(|_| TextError::BadValue(k.to_string()))?;
-            if v.len() > MAX_LONG_VALUE_LEN || (v.len() > MAX_VALUE_LEN && !k.starts_with("CHAP_"))
-            {
-                return Err(TextError::BadValue(k.to_string()));
-            }
-            if out.iter().any(|(ok, _)| ok == k) {
+            let (k, v) = pair(item).ok_or(TextError::Malformed)?;
+            let (k, v) = checked(k, v)?;
+            if !seen.insert(k) {
                 return Err(TextError::Duplicate(k.to_string()));
             }
             out.push((k.to_string(), v.to_string()));
@@ -169,7 +185,128 @@ mod tests {
         assert_eq!(t.get("InitiatorName"), Some("iqn.a"));
     }
 
+    #[test]
+    fn key_count_is_capped() {
+        let list = |n: usize| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| format!("X-k{i}=v\0").into_bytes())
+                .collect()
+        };
+        assert_eq!(TextList::parse(&list(MAX_KEYS)).unwrap().0.len(), MAX_KEYS);
+        assert_eq!(
+            TextList::parse(&list(MAX_KEYS + 1)),
+            Err(TextError::TooManyKeys)
+        );
+        // 64 KiB of the shortest pairs: refused, not parsed to the end.
+        let flood: Vec<u8> = (0..9984)
+            .flat_map(|i| format!("k{i}=\0").into_bytes())
+            .take(MAX_TEXT_LEN)
+            .collect();
+        assert_eq!(TextList::parse(&flood), Err(TextError::TooManyKeys));
+        // Padding NULs are not keys.
+        let mut padded = list(MAX_KEYS);
+        padded.extend_from_slice(&[0; 1000]);
+        assert!(TextList::parse(&padded).is_ok());
+    }
+
+    #[test]
+    fn duplicates_are_found_anywhere_in_the_list() {
+        let mut text: Vec<u8> = (0..200)
+            .flat_map(|i| format!("X-k{i}=v\0").into_bytes())
+            .collect();
+        text.extend_from_slice(b"X-k3=again\0");
+        assert_eq!(
+            TextList::parse(&text),
+            Err(TextError::Duplicate("X-k3".into()))
+        );
+        // Keys are case-sensitive (RFC 7143 section 6.1).
+        assert_eq!(TextList::parse(b"A=1\0a=2\0").unwrap().0.len(), 2);
+        // The first error of the list wins: a bad pair before a duplicate.
+        assert_eq!(
+            TextList::parse(b"A=1\0bad\0A=2\0"),
+            Err(TextError::Malformed)
+        );
+    }
+
+    #[test]
+    fn too_many_keys_fail_the_accumulated_text() {
+        let mut acc = TextAccumulator::default();
+        let half: Vec<u8> = (0..MAX_KEYS)
+            .flat_map(|i| format!("X-a{i}=v\0").into_bytes())
+            .collect();
+        assert_eq!(acc.push(&half, true), Ok(None));
+        let rest: Vec<u8> = b"X-b=v\0".to_vec();
+        assert_eq!(acc.push(&rest, false), Err(TextError::TooManyKeys));
+    }
+
+    /// The parser as it was before the key cap and the linear duplicate
+    /// check (a nom `key=value` split at the first `=` with a non-empty key,
+    /// then a scan of every earlier key): the reference the new one must
+    /// agree with.
+    fn old_parse(data: &[u8]) -> Result<TextList, TextError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for item in data.split(|&c| c == 0) {
+            if item.is_empty() {
+                continue;
+            }
+            let eq = match item.iter().position(|&c| c == b'=') {
+                Some(i) if i > 0 => i,
+                _ => return Err(TextError::Malformed),
+            };
+            let (k, v) = checked(&item[..eq], &item[eq + 1..])?;
+            if out.iter().any(|(ok, _)| ok == k) {
+                return Err(TextError::Duplicate(k.to_string()));
+            }
+            out.push((k.to_string(), v.to_string()));
+        }
+        Ok(TextList(out))
+    }
+
+    /// Text items that hit every rule: good pairs from a small key set (so
+    /// duplicates happen), empty keys, missing `=`, bad key bytes, long
+    /// values, CHAP values, invalid UTF-8, and empty items (padding).
+    fn item() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => ("[A-Da-d]{1,2}", "[ -~]{0,8}").prop_map(|(k, v)| format!("{k}={v}").into_bytes()),
+            1 => Just(Vec::new()),
+            1 => "[ -~]{0,6}".prop_map(String::into_bytes),
+            1 => "=[ -~]{0,4}".prop_map(String::into_bytes),
+            1 => (1usize..70).prop_map(|n| format!("{}=1", "k".repeat(n)).into_bytes()),
+            1 => (200usize..9000).prop_map(|n| format!("K=={}", "v".repeat(n)).into_bytes()),
+            1 => (200usize..9000).prop_map(|n| format!("CHAP_C={}", "0".repeat(n)).into_bytes()),
+            1 => proptest::collection::vec(any::<u8>(), 0..12),
+            1 => Just(b"k=\xff".to_vec()),
+            1 => Just(b"\xc3=v".to_vec()),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn parse_agrees_with_the_old_parser(
+            items in proptest::collection::vec(item(), 0..24),
+            many in proptest::collection::vec("[A-Za-z]{1,6}", 0..300),
+            spread in any::<bool>(),
+        ) {
+            let mut data: Vec<u8> = Vec::new();
+            for i in &items {
+                data.extend_from_slice(i);
+                data.push(0);
+            }
+            if spread {
+                // Long lists too, across the key cap.
+                for (n, k) in many.iter().enumerate() {
+                    data.extend_from_slice(format!("X-{k}{n}=v\0").as_bytes());
+                }
+            }
+            let pairs = data.split(|&c| c == 0).filter(|i| !i.is_empty()).count();
+            match (old_parse(&data), TextList::parse(&data)) {
+                (Ok(old), new) if old.0.len() <= MAX_KEYS => prop_assert_eq!(new, Ok(old)),
+                (Ok(_), new) => prop_assert_eq!(new, Err(TextError::TooManyKeys)),
+                (Err(e), Err(TextError::TooManyKeys)) => prop_assert!(pairs > MAX_KEYS, "{:?}", e),
+                (Err(e), new) => prop_assert_eq!(new, Err(e)),
+            }
+        }
+
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = TextList::parse(&data);

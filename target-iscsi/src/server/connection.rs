@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
+use super::pending::PendingSlot;
 use super::registry::{ConnContext, Registry};
 use super::writer::SendQueue;
 use crate::digest::Digest;
@@ -61,12 +62,14 @@ fn reserve(buf: &mut BytesMut, dec: &Decoder) {
     }
 }
 
-/// Serves one TCP connection to its end.
+/// Serves one TCP connection to its end. `slot` counts it as a pending
+/// login until it reaches Full Feature Phase.
 pub(super) async fn serve(
     reg: Arc<Registry>,
     stream: TcpStream,
     peer: SocketAddr,
     tpgt: u16,
+    slot: PendingSlot,
     stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -75,9 +78,11 @@ pub(super) async fn serve(
     let mut out = SendQueue::default();
     let login = tokio::time::timeout(
         reg.cfg.login_timeout,
-        login(&reg, &stream, &mut buf, &mut out, tpgt, peer),
+        login(&reg, &stream, &mut buf, &mut out, tpgt, peer, &slot),
     );
-    match login.await {
+    let login = login.await;
+    drop(slot);
+    match login {
         Ok(Some(est)) => {
             let span = tracing::info_span!(
                 "session",
@@ -109,6 +114,7 @@ async fn login(
     out: &mut SendQueue,
     tpgt: u16,
     peer: SocketAddr,
+    slot: &PendingSlot,
 ) -> Option<Box<Established>> {
     let dec = Decoder::new((reg.cfg.limits.max_recv_data_segment_length as usize).max(8192));
     let mut login = Login::new(tpgt, reg.cfg.limits.clone());
@@ -118,18 +124,36 @@ async fn login(
         peer: peer.ip(),
         tpgt,
     };
-    // A source with recent failures, or with many logins in progress, waits
-    // before its login is looked at.
-    let _attempt = Attempt::admit(reg, peer).await;
+    let idle = reg.cfg.login_limits.idle_timeout;
+    let mut attempt = None;
     loop {
-        let pdu = match read_pdu(s, buf, &dec).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::info!(error = %e, "bad PDU during login");
+        let read = tokio::time::timeout(idle, read_pdu(s, buf, &dec));
+        let pdu = tokio::select! {
+            r = read => match r {
+                Ok(Ok(Some(p))) => p,
+                Ok(Ok(None)) => return None,
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, "bad PDU during login");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(?idle, first = attempt.is_none(), "no complete Login Request in time; dropped");
+                    return None;
+                }
+            },
+            _ = slot.evicted() => {
+                tracing::debug!("silent connection dropped to make room for a newer one");
                 return None;
             }
         };
+        if attempt.is_none() {
+            // Only a connection that sent a Login Request takes one of its
+            // source's logins in flight: idle ones cannot crowd out a
+            // neighbour. A source with recent failures, or with many logins
+            // in progress, waits before its login is looked at.
+            slot.spoke();
+            attempt = Some(Attempt::admit(reg, peer).await);
+        }
         let Ok(Bhs::LoginRequest(req)) = pdu.bhs else {
             // Only Login Requests are allowed before Full Feature Phase.
             tracing::info!(opcode = pdu.raw[0] & 0x3f, "non-login PDU during login");

@@ -4,16 +4,18 @@
 //! this module only moves bytes, runs SCSI futures and keeps time.
 
 mod connection;
+mod log_limit;
+mod pending;
 mod registry;
 mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use chap::BackoffConfig;
@@ -21,6 +23,8 @@ use chap::BackoffConfig;
 use crate::access::Access;
 use crate::negotiate::Limits;
 use crate::scsi::ScsiTarget;
+use log_limit::LogLimit;
+use pending::{Caps, Full, PendingSlot};
 use registry::Registry;
 
 /// A listening portal.
@@ -57,6 +61,35 @@ impl std::fmt::Debug for TargetConfig {
     }
 }
 
+/// Limits on connections that have not logged in yet ("pending logins"):
+/// they hold a file descriptor and a task before proving anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// Longest wait for each complete Login Request, the first one included;
+    /// a connection that sends none in time is dropped. Idle connections
+    /// therefore do not linger, and they never count against the per-source
+    /// logins in flight of [`BackoffConfig::max_in_flight`], which only a
+    /// connection that sent a Login Request takes.
+    pub idle_timeout: Duration,
+    /// Most pending logins of all sources together (lowered at start to half
+    /// the open file limit if that is less). At the cap the oldest pending
+    /// login that has sent nothing yet is dropped to make room.
+    pub max_pending: usize,
+    /// Most pending logins of one source (an IPv4 address, an IPv6 /64);
+    /// likewise.
+    pub max_pending_per_source: usize,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits {
+            idle_timeout: Duration::from_secs(5),
+            max_pending: 1024,
+            max_pending_per_source: 64,
+        }
+    }
+}
+
 /// Server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -79,6 +112,8 @@ pub struct ServerConfig {
     pub access: Access,
     /// Slow-down of repeated login failures per source.
     pub backoff: BackoffConfig,
+    /// Limits on connections that have not logged in yet.
+    pub login_limits: LoginLimits,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +128,7 @@ impl Default for ServerConfig {
             login_timeout: Duration::from_secs(30),
             access: Access::default(),
             backoff: BackoffConfig::default(),
+            login_limits: LoginLimits::default(),
         }
     }
 }
@@ -205,9 +241,10 @@ impl Server {
         }
         let mut cfg = cfg;
         cfg.portals = bound;
+        let caps = pending_caps(&cfg.login_limits, open_file_limit());
         Ok(Server {
             listeners,
-            registry: Arc::new(Registry::new(cfg)),
+            registry: Arc::new(Registry::new(cfg, caps)),
         })
     }
 
@@ -230,35 +267,20 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = tokio::task::JoinSet::new();
         let mut accepts = tokio::task::JoinSet::new();
-        let (conn_tx, mut conn_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
         for (l, tpgt) in self.listeners {
-            let tx = conn_tx.clone();
-            accepts.spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((s, peer)) => {
-                            if tx.send((s, peer, tpgt)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
+            accepts.spawn(accept_loop(l, tpgt, self.registry.clone(), conn_tx.clone()));
         }
         drop(conn_tx);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some((stream, peer, tpgt)) = conn_rx.recv() => {
+                Some(Accepted { stream, peer, tpgt, slot }) = conn_rx.recv() => {
                     let reg = self.registry.clone();
                     let stop = stop_rx.clone();
                     let span = tracing::info_span!("connection", %peer, tpgt);
-                    conns.spawn(connection::serve(reg, stream, peer, tpgt, stop).instrument(span));
+                    conns.spawn(connection::serve(reg, stream, peer, tpgt, slot, stop).instrument(span));
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
@@ -279,4 +301,123 @@ impl Server {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// A connection accepted and counted as a pending login.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    tpgt: u16,
+    slot: PendingSlot,
+}
+
+/// How often a repeated accept error or cap event is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Longest pause between accepts after errors.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Accepts connections on one portal and counts each as a pending login;
+/// a cap may drop an older silent one to make room, or refuse the new one.
+/// When accept fails (typically EMFILE: out of file descriptors) the oldest
+/// silent pending login is dropped to free one, accept pauses (10 ms,
+/// doubling up to 1 s while errors go on) instead of spinning, and the
+/// errors are logged at most once per [`LOG_EVERY`].
+async fn accept_loop(
+    l: TcpListener,
+    tpgt: u16,
+    reg: Arc<Registry>,
+    tx: mpsc::UnboundedSender<Accepted>,
+) {
+    let mut errors = LogLimit::new(LOG_EVERY);
+    let mut evictions = LogLimit::new(LOG_EVERY);
+    let mut refusals = LogLimit::new(LOG_EVERY);
+    let mut pause = Duration::ZERO;
+    loop {
+        match l.accept().await {
+            Ok((stream, peer)) => {
+                pause = Duration::ZERO;
+                match reg.pending.admit(peer.ip()) {
+                    Ok((slot, made)) => {
+                        let dropped = made.evicted_same_source + made.evicted_other;
+                        if dropped > 0 {
+                            if let Some(left_out) = evictions.check(Instant::now()) {
+                                tracing::info!(
+                                    %peer,
+                                    same_source = made.evicted_same_source > 0,
+                                    left_out,
+                                    "pending-login cap reached: the oldest connection that sent nothing yet was dropped to make room"
+                                );
+                            }
+                        }
+                        let a = Accepted {
+                            stream,
+                            peer,
+                            tpgt,
+                            slot,
+                        };
+                        if tx.send(a).is_err() {
+                            return;
+                        }
+                    }
+                    Err(full) => {
+                        if let Some(left_out) = refusals.check(Instant::now()) {
+                            let cap = match full {
+                                Full::Source => "per source",
+                                Full::Total => "in all",
+                            };
+                            tracing::warn!(%peer, cap, left_out, "pending-login cap reached and every pending login is under way: connection refused");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                let freed = out_of_fds && reg.pending.evict_oldest_silent();
+                if let Some(left_out) = errors.check(Instant::now()) {
+                    tracing::warn!(error = %e, freed, left_out, "accept failed");
+                }
+                pause = (pause * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_PAUSE);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+/// The soft RLIMIT_NOFILE of the process, if it has one.
+fn open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into a valid rlimit struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// The caps in force: the configured ones, the total one at most half the
+/// open file limit (the rest is for sessions, disks and the daemon).
+fn pending_caps(limits: &LoginLimits, fd_limit: Option<u64>) -> Caps {
+    let by_fds = fd_limit.map_or(usize::MAX, |l| usize::try_from(l / 2).unwrap_or(usize::MAX));
+    let total = limits.max_pending.min(by_fds).max(1);
+    let caps = Caps {
+        total,
+        per_source: limits.max_pending_per_source.min(total).max(1),
+    };
+    if total < limits.max_pending {
+        tracing::info!(
+            configured = limits.max_pending,
+            open_file_limit = fd_limit,
+            total = caps.total,
+            per_source = caps.per_source,
+            "pending logins capped at half the open file limit"
+        );
+    } else {
+        tracing::info!(
+            total = caps.total,
+            per_source = caps.per_source,
+            open_file_limit = fd_limit,
+            "pending logins capped"
+        );
+    }
+    caps
 }

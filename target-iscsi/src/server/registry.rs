@@ -10,6 +10,7 @@ use chap::LoginBackoff;
 
 use tokio::sync::Notify;
 
+use super::pending::{Caps, PendingLogins};
 use super::ServerConfig;
 use crate::access::Access;
 use crate::discovery::{DiscoveryTarget, PortalAddress};
@@ -33,11 +34,14 @@ pub(super) struct Registry {
     access: RwLock<Arc<Access>>,
     /// Failed logins per source, shared by every connection.
     pub backoff: Mutex<LoginBackoff>,
+    /// Connections not logged in yet, capped.
+    pub pending: Arc<PendingLogins>,
 }
 
 impl Registry {
-    pub fn new(cfg: ServerConfig) -> Registry {
+    pub fn new(cfg: ServerConfig, caps: Caps) -> Registry {
         Registry {
+            pending: Arc::new(PendingLogins::new(caps)),
             access: RwLock::new(Arc::new(cfg.access.clone())),
             backoff: Mutex::new(LoginBackoff::new(cfg.backoff.clone())),
             cfg,
@@ -175,11 +179,19 @@ impl LoginContext for ConnContext<'_> {
                     .ok_or(status::NOT_FOUND)?,
             ),
         };
-        let r = self.access.authorize(iqn, initiator, self.peer, self.tpgt);
-        if r.is_err() {
-            tracing::info!(%initiator, target = iqn.unwrap_or("(discovery)"), "login not authorized");
+        let target = iqn.unwrap_or("(discovery)");
+        match self.access.authorize(iqn, initiator, self.peer, self.tpgt) {
+            Ok(auth) => {
+                if let Some(reason) = self.access.denial(iqn, initiator, self.peer, self.tpgt) {
+                    tracing::info!(%initiator, target, %reason, "login not authorized; CHAP runs and fails (0201), as for any stranger");
+                }
+                Ok(auth)
+            }
+            Err(reason) => {
+                tracing::info!(%initiator, target, %reason, "login not authorized");
+                Err(status::AUTHORIZATION_FAILURE)
+            }
         }
-        r
     }
 
     fn admit(&self, key: &SessionKey, tsih: u16, _cid: u16) -> Result<u16, (u8, u8)> {
