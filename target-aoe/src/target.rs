@@ -63,6 +63,13 @@ pub struct TargetSettings {
 /// Why a frame got no reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ignored {
+    /// The source MAC is a group (broadcast or multicast) address: no
+    /// initiator sends from one, and a reply would go to the whole group.
+    GroupSource(Mac),
+    /// The destination is neither the interface's MAC nor broadcast (a
+    /// frame for another station, flooded by a switch, or a multicast one:
+    /// the Linux driver sends only to a target's MAC or to broadcast).
+    NotForUs(Mac),
     /// The frame is a response (from another target, or our own echo).
     Response,
     /// Addressed to another shelf/slot.
@@ -267,6 +274,19 @@ fn config_reply(to: Mac, from: Mac, req: &Header, arg: &ConfigArg) -> Reply {
     }
 }
 
+/// Whether a frame that arrived on `iface` may be answered at all, whatever
+/// its content: its source must be a station (not a group address) and its
+/// destination this interface or broadcast.
+pub fn admissible(iface: &InterfaceInfo, f: &Frame<'_>) -> Result<(), Ignored> {
+    if f.src.is_group() {
+        return Err(Ignored::GroupSource(f.src));
+    }
+    if f.dst != iface.mac && f.dst != Mac::BROADCAST {
+        return Err(Ignored::NotForUs(f.dst));
+    }
+    Ok(())
+}
+
 impl Target {
     /// A target with the given settings, initial mask list and persisted config string.
     pub fn new(settings: TargetSettings, mask: Vec<Mac>, config: Vec<u8>) -> Target {
@@ -381,6 +401,9 @@ impl Target {
         f: &Frame<'_>,
         buf: Option<&Bytes>,
     ) -> Outcome {
+        if let Err(why) = admissible(iface, f) {
+            return Outcome::Ignore(why);
+        }
         let h = &f.header;
         if h.is_response() {
             return Outcome::Ignore(Ignored::Response);
@@ -944,6 +967,52 @@ mod tests {
             t.handle(&IFACE, &Frame::decode(&f).unwrap()),
             Outcome::Ignore(Ignored::BroadcastNonConfig)
         );
+    }
+
+    #[test]
+    fn group_sources_and_frames_for_others_are_ignored() {
+        let read = config_arg(ConfigCommand::Read, b"");
+        let frame =
+            |dst: Mac, src: Mac| request(dst, src, 1, 2, Command::QueryConfig, 3, &read, &[]);
+        let mut t = target();
+        // Broadcast, IPv4 and IPv6 multicast sources: dropped, whatever the
+        // command (a read would send disk data to the whole group).
+        for src in [
+            Mac::BROADCAST,
+            Mac([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+            Mac([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]),
+        ] {
+            for f in [frame(ME, src), frame(Mac::BROADCAST, src)] {
+                assert_eq!(
+                    t.handle(&IFACE, &Frame::decode(&f).unwrap()),
+                    Outcome::Ignore(Ignored::GroupSource(src))
+                );
+            }
+            let mut f = ata(0, 1, false);
+            f[6..12].copy_from_slice(&src.0);
+            assert_eq!(
+                t.handle(&IFACE, &Frame::decode(&f).unwrap()),
+                Outcome::Ignore(Ignored::GroupSource(src))
+            );
+        }
+        // Another station's MAC, or a multicast group: not ours.
+        for dst in [
+            Mac([2, 0, 0, 0, 0, 0x42]),
+            Mac([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+            Mac([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]),
+        ] {
+            assert_eq!(
+                t.handle(&IFACE, &Frame::decode(&frame(dst, HOST)).unwrap()),
+                Outcome::Ignore(Ignored::NotForUs(dst))
+            );
+        }
+        // Our MAC and broadcast are answered.
+        for dst in [ME, Mac::BROADCAST] {
+            assert!(matches!(
+                t.handle(&IFACE, &Frame::decode(&frame(dst, HOST)).unwrap()),
+                Outcome::Reply(_)
+            ));
+        }
     }
 
     proptest! {

@@ -1,6 +1,7 @@
 //! Fuzzes the AoE frame parser and the target state machine behind it: any
-//! bytes from the wire must decode or fail cleanly, and every reply the target
-//! builds must itself decode and fit the interface MTU.
+//! bytes from the wire must decode or fail cleanly, every reply the target
+//! builds must itself decode and fit the interface MTU, and only frames from a
+//! station (not a group address) to the interface or broadcast are answered.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,7 +33,15 @@ fuzz_target!(|data: &[u8]| {
             read_only: false,
         };
         let mut t = Target::new(settings, vec![], b"cfg".to_vec());
-        let iface = InterfaceInfo { mac: Mac([2, 0, 0, 0, 0, 1]), mtu };
+        // At MTU 1500 the frame is for this interface (unless it is a group
+        // address), so its content is exercised; at 9000 the interface has
+        // a MAC of its own, which exercises dropping frames for others.
+        let mac = if mtu == 1500 && !frame.dst.is_group() {
+            frame.dst
+        } else {
+            Mac([2, 0, 0, 0, 0, 1])
+        };
+        let iface = InterfaceInfo { mac, mtu };
         // Twice: the first frame may change state (mask, reservation, config).
         for pass in 0..2 {
             let outcome = if pass == 0 {
@@ -42,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
             };
             match outcome {
                 Outcome::Reply(r) => {
+                    // Replies only to a station, for frames to us or broadcast.
+                    assert!(!frame.src.is_group(), "reply to a group source");
+                    assert!(frame.dst == iface.mac || frame.dst == Mac::BROADCAST);
                     let bytes = r.to_vec();
                     assert!(bytes.len() <= mtu + 14, "reply larger than the MTU");
                     let f = Frame::decode(&bytes).expect("replies decode");
@@ -49,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(f.header.tag, frame.header.tag);
                 }
                 Outcome::Io(req) => {
+                    assert!(!frame.src.is_group(), "I/O for a group source");
                     assert_eq!(req.ctx.tag(), frame.header.tag);
                     if let target_aoe::target::IoOp::Write { data: d, .. } = &req.op {
                         let at = ETH_HEADER_LEN + AOE_HEADER_LEN + ATA_ARG_LEN;
