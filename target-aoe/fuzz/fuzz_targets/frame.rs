@@ -7,6 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use target_aoe::frame::{
     AtaArg, ConfigArg, Frame, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, ATA_ARG_LEN, ETH_HEADER_LEN,
+    FLAG_ERROR,
 };
 use target_aoe::target::{InterfaceInfo, Outcome, Target, TargetSettings};
 
@@ -59,6 +60,15 @@ fuzz_target!(|data: &[u8]| {
                     let f = Frame::decode(&bytes).expect("replies decode");
                     assert!(f.header.is_response());
                     assert_eq!(f.header.tag, frame.header.tag);
+                }
+                Outcome::Persist(req) => {
+                    assert!(!frame.src.is_group(), "a change from a group source");
+                    // Answered with the state now in effect, or undone.
+                    let r = req.ctx.persisted(&t.snapshot(req.part)).to_vec();
+                    assert!(r.len() <= mtu + 14, "reply larger than the MTU");
+                    let f = Frame::decode(&r).expect("replies decode");
+                    assert_eq!(f.header.tag, frame.header.tag);
+                    assert_eq!(f.header.flags & FLAG_ERROR, 0, "a state reply of the right kind");
                 }
                 Outcome::Io(req) => {
                     assert!(!frame.src.is_group(), "I/O for a group source");
