@@ -416,31 +416,41 @@ impl AoeServer {
     }
 }
 
-/// Logs dropped frames at most once a second per interface, with a count.
-struct DropLog {
+/// Says when a repeated event may be logged: at most once per `every`, with
+/// how many happened since the last line.
+struct Throttle {
+    every: Duration,
     last: Option<Instant>,
-    suppressed: u64,
+    count: u64,
 }
 
-impl DropLog {
-    fn note(&mut self, iface: &str, why: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            warn!(
-                iface,
-                suppressed = self.suppressed,
-                "dropped malformed AoE frame: {why}"
-            );
-            self.last = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            count: 0,
         }
     }
+
+    /// `n` more events at `now`: the count to log, if a line is due.
+    fn note(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.count += n;
+        let due = self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= self.every);
+        if !due || self.count == 0 {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
 }
+
+/// How often a receive thread asks the kernel for receive ring drops.
+const RING_DROPS_EVERY: Duration = Duration::from_secs(1);
+/// Shortest time between two log lines about them.
+const RING_DROPS_LOG: Duration = Duration::from_secs(10);
 
 fn rx_loop(
     sock: Arc<RawSocket>,
@@ -455,11 +465,21 @@ fn rx_loop(
     let mut acks: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
     let mut runs: Vec<Option<Run>> = disks.iter().map(|_| None).collect();
     let mut wake: Vec<bool> = vec![false; disks.len()];
-    let mut drops = DropLog {
-        last: None,
-        suppressed: 0,
-    };
+    // Malformed frames: a line a second at most; frames the kernel dropped
+    // because the ring was full (a flood, or this thread starved of CPU):
+    // a line every RING_DROPS_LOG at most.
+    let mut malformed = Throttle::new(Duration::from_secs(1));
+    let mut ring_drops = Throttle::new(RING_DROPS_LOG);
+    let mut drops_checked = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now.duration_since(drops_checked) >= RING_DROPS_EVERY {
+            drops_checked = now;
+            let n = sock.take_drops().unwrap_or(0);
+            if let Some(n) = ring_drops.note(now, u64::from(n)) {
+                warn!(iface = %name, dropped = n, "AoE receive ring full: frames dropped (a flood, or the receive thread short of CPU); initiators retransmit");
+            }
+        }
         let n = match sock.recv_batch(&mut batch) {
             Ok(n) => n,
             Err(e) => {
@@ -480,7 +500,9 @@ fn rx_loop(
             let frame = match Frame::decode(buf) {
                 Ok(f) => f,
                 Err(e) => {
-                    drops.note(&name, &e);
+                    if let Some(n) = malformed.note(Instant::now(), 1) {
+                        warn!(iface = %name, frames = n, "dropped malformed AoE frame: {e}");
+                    }
                     continue;
                 }
             };
@@ -1128,6 +1150,19 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttled_lines_carry_the_count_since_the_last() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut t = Throttle::new(10 * s);
+        assert_eq!(t.note(t0, 0), None, "nothing to say");
+        assert_eq!(t.note(t0, 3), Some(3), "the first line at once");
+        assert_eq!(t.note(t0 + s, 5), None);
+        assert_eq!(t.note(t0 + 9 * s, 1), None);
+        assert_eq!(t.note(t0 + 10 * s, 0), Some(6));
+        assert_eq!(t.note(t0 + 30 * s, 0), None);
+    }
 
     fn fp(ranges: &[(u64, u64)], writes: bool, barrier: bool) -> Footprint {
         Footprint {
