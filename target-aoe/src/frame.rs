@@ -88,6 +88,13 @@ pub struct Mac(pub [u8; 6]);
 impl Mac {
     /// ff:ff:ff:ff:ff:ff.
     pub const BROADCAST: Mac = Mac([0xff; 6]);
+
+    /// Whether this is a group address (broadcast or multicast: the
+    /// individual/group bit, the low bit of the first octet, is set). No
+    /// station sends from one.
+    pub fn is_group(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
 }
 
 impl fmt::Display for Mac {

@@ -119,9 +119,16 @@ impl Response {
 impl Client {
     /// Opens a client on `ifname`.
     pub fn open(ifname: &str) -> io::Result<Client> {
+        Self::open_with_timeout(ifname, Duration::from_millis(20))
+    }
+
+    /// Opens a client on `ifname` whose receive calls wait at most `timeout`
+    /// for a frame (a client with its own pace, e.g. a benchmark, wants less
+    /// than [`Client::open`]'s 20 ms).
+    pub fn open_with_timeout(ifname: &str, timeout: Duration) -> io::Result<Client> {
         // recvmmsg here, so the tests cover it while the server under test
         // takes the receive ring.
-        let sock = RawSocket::open_without_ring(ifname, 8 << 20, Duration::from_millis(20))?;
+        let sock = RawSocket::open_without_ring(ifname, 8 << 20, timeout)?;
         let batch = RecvBatch::new(64, sock.mtu());
         Ok(Client {
             sock,

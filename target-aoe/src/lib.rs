@@ -5,9 +5,13 @@
 //! - [`ata`]: ATA emulation (IDENTIFY DEVICE, status and error registers);
 //! - [`target`]: one shelf.slot target as a sans-I/O state machine (mask list,
 //!   reservations, config string, ATA dispatch), frames in, replies or I/O out;
-//! - [`state`]: the per-target persisted config string;
+//! - [`persist`]: when a target's persisted state is written and which replies
+//!   each write releases (coalescing, bounded, sans-I/O with the clock passed in);
+//! - [`state`]: the files of that state (config string, access lists);
 //! - [`server`]: raw sockets per interface, batched receive/transmit, device I/O
-//!   off the receive loop; [`AoeServer`] is what `opie isu serve` starts.
+//!   off the receive loop, and each disk's persister task (`persister`), which
+//!   writes the state apart from the data path; [`AoeServer`] is what
+//!   `opie isu serve` starts.
 //!
 //! AoE has no authentication: MAC mask lists and reservations are its only
 //! access control, so it is served only on interfaces the admin names.
@@ -15,6 +19,8 @@
 pub mod ata;
 pub mod frame;
 pub mod initiator;
+pub mod persist;
+mod persister;
 pub mod rawsock;
 pub mod server;
 pub mod state;

@@ -39,6 +39,10 @@ const PACKET_OUTGOING: u8 = 4;
 const RING_MAX_BYTES: usize = 64 << 20;
 /// Fewest frames a receive ring holds.
 const RING_MIN_FRAMES: usize = 64;
+/// Least memory a receive ring takes: room for bursts beyond what the buffer
+/// counts promise (a flood, many initiators) while the receiving thread
+/// waits for a CPU. (The kernel's pages, mapped once at start.)
+const RING_MIN_BYTES: usize = 4 << 20;
 
 /// A raw AoE socket on one interface.
 #[derive(Debug)]
@@ -95,7 +99,7 @@ impl RxRing {
         let frame_size = align(libc::TPACKET2_HDRLEN + 32 + ETH_HEADER_LEN + mtu + 4);
         let block_size = (4 * frame_size).next_power_of_two().max(4096);
         let per_block = block_size / frame_size;
-        let want = (bytes / frame_size).max(RING_MIN_FRAMES);
+        let want = (bytes.max(RING_MIN_BYTES) / frame_size).max(RING_MIN_FRAMES);
         let blocks = want
             .div_ceil(per_block)
             .min((RING_MAX_BYTES / block_size).max(1));
@@ -339,6 +343,27 @@ impl RawSocket {
 
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
         set_opt(&self.fd, level, name, &v)
+    }
+
+    /// Frames the kernel dropped since the last call because the receive
+    /// ring (or buffer) was full. (`PACKET_STATISTICS`, which resets them.)
+    pub fn take_drops(&self) -> io::Result<u32> {
+        // SAFETY: tpacket_stats is plain old data; all-zero is valid.
+        let mut st: libc::tpacket_stats = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: st and len are valid for writes of the sizes given; for
+        // TPACKET_V1/V2 sockets (and without a ring) the kernel writes a
+        // tpacket_stats.
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                &mut st as *mut libc::tpacket_stats as *mut libc::c_void,
+                &mut len,
+            )
+        })?;
+        Ok(st.tp_drops)
     }
 
     /// Whether frames arrive through a packet receive ring (else `recvmmsg`).

@@ -38,12 +38,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::ata::AtaStatus;
-use crate::frame::{
-    AoeErrorCode, Frame, Mac, BROADCAST_SHELF, BROADCAST_SLOT, ETH_HEADER_LEN, SECTOR_SIZE,
-};
+use crate::frame::{Frame, Mac, BROADCAST_SHELF, BROADCAST_SLOT, ETH_HEADER_LEN, SECTOR_SIZE};
+use crate::persister::{self, Saves, StateFiles, Waiter};
 use crate::rawsock::{RawSocket, RecvBatch};
 use crate::state;
-use crate::target::{InterfaceInfo, IoOp, IoRequest, Outcome, Reply, Target, TargetSettings};
+use crate::target::{
+    InterfaceInfo, IoOp, IoRequest, Outcome, Reply, StatePart, Target, TargetSettings,
+};
 
 /// Frames taken per receive call. Smaller than the initiator's window (64)
 /// so its first replies leave while the rest of the window is still being
@@ -129,28 +130,32 @@ pub enum AoeError {
     Thread(String),
 }
 
-struct Disk {
-    name: String,
-    target: Mutex<Target>,
+pub(crate) struct Disk {
+    pub(crate) name: String,
+    state: Mutex<DiskState>,
     device: SharedDevice,
-    state_path: PathBuf,
-    /// Where its access lists (mask, reservations) are persisted.
-    access_path: PathBuf,
-    /// The mask list of the configuration.
-    configured_mask: Vec<Mac>,
+    /// Where its state is persisted.
+    pub(crate) files: StateFiles,
     /// Messages sent to the worker whose replies are not all sent yet. While
     /// it is non-zero, receive threads queue every request behind them.
     queued: AtomicUsize,
 }
 
-/// A disk as a receive thread sees it: the target, the way to its worker and
-/// to its flusher. (The worker and flusher hold the disk but not these
-/// senders, so dropping them ends both.)
+/// What a disk's lock protects: the target and the persistence of its state.
+pub(crate) struct DiskState {
+    pub(crate) target: Target,
+    pub(crate) saves: Saves,
+}
+
+/// A disk as a receive thread sees it: the target, the way to its worker,
+/// its flusher and its persister. (The worker, flusher and persister hold the
+/// disk but not these senders, so dropping them ends all three.)
 #[derive(Clone)]
 struct DiskPort {
     disk: Arc<Disk>,
     work: mpsc::UnboundedSender<Queued>,
     acks: mpsc::UnboundedSender<Vec<Work>>,
+    persist: mpsc::Sender<()>,
 }
 
 /// A device call in progress; reads yield their data, writes nothing.
@@ -174,10 +179,10 @@ impl Queued {
 }
 
 impl Disk {
-    fn target(&self) -> MutexGuard<'_, Target> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, DiskState> {
         // A panic while holding the lock cannot leave the target half-updated
         // in a way that matters more than stopping service; keep serving.
-        self.target.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -291,23 +296,33 @@ impl AoeServer {
                       "AoE access lists restored");
                 target.restore_access(a);
             }
+            // What is in effect now is what a restart would find.
+            let durable = StatePart::ALL.map(|p| target.snapshot(p));
             let (tx, rx) = mpsc::unbounded_channel();
             let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+            let (persist_tx, persist_rx) = mpsc::channel(1);
             let disk = Arc::new(Disk {
                 name: format!("e{}.{slot}", cfg.shelf),
-                target: Mutex::new(target),
+                state: Mutex::new(DiskState {
+                    target,
+                    saves: Saves::new(),
+                }),
                 device: d.device,
-                state_path: d.state_path,
-                access_path,
-                configured_mask: mask,
+                files: StateFiles {
+                    config: d.state_path,
+                    access: access_path,
+                    configured_mask: mask,
+                },
                 queued: AtomicUsize::new(0),
             });
             workers.push(rt.spawn(worker(disk.clone(), rx, acks_tx.clone())));
             workers.push(rt.spawn(flusher(disk.clone(), acks_rx)));
+            workers.push(rt.spawn(persister::run(disk.clone(), durable, persist_rx)));
             built.push(DiskPort {
                 disk,
                 work: tx,
                 acks: acks_tx,
+                persist: persist_tx,
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -401,31 +416,41 @@ impl AoeServer {
     }
 }
 
-/// Logs dropped frames at most once a second per interface, with a count.
-struct DropLog {
+/// Says when a repeated event may be logged: at most once per `every`, with
+/// how many happened since the last line.
+struct Throttle {
+    every: Duration,
     last: Option<Instant>,
-    suppressed: u64,
+    count: u64,
 }
 
-impl DropLog {
-    fn note(&mut self, iface: &str, why: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            warn!(
-                iface,
-                suppressed = self.suppressed,
-                "dropped malformed AoE frame: {why}"
-            );
-            self.last = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            count: 0,
         }
     }
+
+    /// `n` more events at `now`: the count to log, if a line is due.
+    fn note(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.count += n;
+        let due = self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= self.every);
+        if !due || self.count == 0 {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
 }
+
+/// How often a receive thread asks the kernel for receive ring drops.
+const RING_DROPS_EVERY: Duration = Duration::from_secs(1);
+/// Shortest time between two log lines about them.
+const RING_DROPS_LOG: Duration = Duration::from_secs(10);
 
 fn rx_loop(
     sock: Arc<RawSocket>,
@@ -439,11 +464,22 @@ fn rx_loop(
     let mut queued: Vec<Queued> = disks.iter().map(|_| Queued::default()).collect();
     let mut acks: Vec<Vec<Work>> = disks.iter().map(|_| Vec::new()).collect();
     let mut runs: Vec<Option<Run>> = disks.iter().map(|_| None).collect();
-    let mut drops = DropLog {
-        last: None,
-        suppressed: 0,
-    };
+    let mut wake: Vec<bool> = vec![false; disks.len()];
+    // Malformed frames: a line a second at most; frames the kernel dropped
+    // because the ring was full (a flood, or this thread starved of CPU):
+    // a line every RING_DROPS_LOG at most.
+    let mut malformed = Throttle::new(Duration::from_secs(1));
+    let mut ring_drops = Throttle::new(RING_DROPS_LOG);
+    let mut drops_checked = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now.duration_since(drops_checked) >= RING_DROPS_EVERY {
+            drops_checked = now;
+            let n = sock.take_drops().unwrap_or(0);
+            if let Some(n) = ring_drops.note(now, u64::from(n)) {
+                warn!(iface = %name, dropped = n, "AoE receive ring full: frames dropped (a flood, or the receive thread short of CPU); initiators retransmit");
+            }
+        }
         let n = match sock.recv_batch(&mut batch) {
             Ok(n) => n,
             Err(e) => {
@@ -457,20 +493,42 @@ fn rx_loop(
         // Every disk's target stays locked for the whole batch, so requests
         // of one disk arriving on several interfaces are served (inline or
         // queued to the worker) in one order.
-        let mut targets: Vec<MutexGuard<'_, Target>> =
-            disks.iter().map(|p| p.disk.target()).collect();
+        let mut states: Vec<MutexGuard<'_, DiskState>> =
+            disks.iter().map(|p| p.disk.state()).collect();
+        let now = Instant::now();
         for buf in batch.frames() {
             let frame = match Frame::decode(buf) {
                 Ok(f) => f,
                 Err(e) => {
-                    drops.note(&name, &e);
+                    if let Some(n) = malformed.note(Instant::now(), 1) {
+                        warn!(iface = %name, frames = n, "dropped malformed AoE frame: {e}");
+                    }
                     continue;
                 }
             };
             for (i, port) in disks.iter().enumerate() {
                 let disk = &port.disk;
-                match targets[i].handle_owned(&iface, &frame, Some(buf)) {
+                let state = &mut *states[i];
+                match state.target.handle_owned(&iface, &frame, Some(buf)) {
                     Outcome::Reply(r) => replies.push(r),
+                    // Never queued behind I/O, nor I/O behind it: the
+                    // disk's persister writes the state and answers.
+                    Outcome::Persist(req) => {
+                        let waiter = Waiter {
+                            sock: sock.clone(),
+                            ctx: req.ctx,
+                        };
+                        let part = req.part;
+                        if let Some(r) = persister::admit(state, now, part, req.changed, waiter) {
+                            replies.push(r);
+                        }
+                        if state.saves.of(part).dirty() {
+                            wake[i] = true;
+                        }
+                        if let Some(report) = state.saves.of(part).flood_report(now) {
+                            persister::log_flood(&disk.name, part, &report);
+                        }
+                    }
                     Outcome::Io(req) => {
                         let work = Work {
                             req,
@@ -494,6 +552,10 @@ fn rx_loop(
             }
         }
         for (i, port) in disks.iter().enumerate() {
+            if std::mem::take(&mut wake[i]) {
+                // Full: a wake-up is pending already.
+                let _ = port.persist.try_send(());
+            }
             let mut out = InlineOut {
                 queued: &mut queued[i],
                 replies: &mut replies,
@@ -512,7 +574,7 @@ fn rx_loop(
                 error!(disk = %port.disk.name, "disk flusher is gone");
             }
         }
-        drop(targets);
+        drop(states);
         if !replies.is_empty() {
             if let Err(e) = sock.send_batch(replies.iter().map(|r| [&r.head[..], &r.data[..]])) {
                 warn!(iface = %name, error = %e, "AoE send failed");
@@ -618,7 +680,7 @@ fn serve_inline(disk: &Disk, work: Work, run: &mut Option<Run>, out: &mut Inline
                 },
             )
         }
-        // Flush, config and access changes: the worker does them.
+        // A flush: the worker does it.
         _ => {
             out.queued.io.push(work);
             return;
@@ -766,7 +828,7 @@ async fn flusher(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
 }
 
 /// Sends replies grouped by the socket they leave by.
-fn send_replies(out: &mut Vec<(Arc<RawSocket>, Reply)>) {
+pub(crate) fn send_replies(out: &mut Vec<(Arc<RawSocket>, Reply)>) {
     while let Some((sock, _)) = out.first().map(|(s, r)| (s.clone(), r.len())) {
         let (same, rest): (Vec<_>, Vec<_>) =
             out.drain(..).partition(|(s, _)| Arc::ptr_eq(s, &sock));
@@ -786,7 +848,7 @@ struct Footprint {
     ranges: Vec<(u64, u64)>,
     /// Whether it writes.
     writes: bool,
-    /// Whether it must wait for everything before it (flush, config change).
+    /// Whether it must wait for everything before it (a flush).
     barrier: bool,
 }
 
@@ -803,7 +865,7 @@ impl Footprint {
                     f.ranges.push((*lba, *lba + sectors_of(&w.req.op)));
                     f.writes |= matches!(w.req.op, IoOp::Write { .. });
                 }
-                IoOp::Flush | IoOp::SaveConfig { .. } | IoOp::SaveAccess { .. } => f.barrier = true,
+                IoOp::Flush => f.barrier = true,
             }
         }
         f
@@ -959,26 +1021,6 @@ fn run_len(batch: &[Work]) -> usize {
     n.max(1)
 }
 
-/// Runs a state-file write on the blocking pool.
-async fn persist(
-    save: impl FnOnce() -> std::io::Result<()> + Send + 'static,
-) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(save)
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-}
-
-/// The answer to a config or access change: done once persisted, else
-/// "device unavailable" (the caller has undone the change).
-fn persisted_reply(w: &Work, saved: &std::io::Result<()>) -> (Arc<RawSocket>, Reply) {
-    let reply = match saved {
-        Ok(()) => w.req.ctx.config_done(),
-        Err(_) => w.req.ctx.error(AoeErrorCode::DeviceUnavailable),
-    };
-    (w.sock.clone(), reply)
-}
-
 async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>, Reply)>) {
     let dev = &disk.device;
     // Write replies wait here until the batch's writes are durable.
@@ -1089,27 +1131,6 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                     out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
                 }
             }
-            IoOp::SaveConfig { config, previous } => {
-                let (path, cfg) = (disk.state_path.clone(), config.clone());
-                let saved = persist(move || state::save_config(&path, &cfg)).await;
-                if let Err(e) = &saved {
-                    error!(disk = %disk.name, path = %disk.state_path.display(), error = %e,
-                           "cannot persist config string; change undone");
-                    disk.target().restore_config(previous.clone());
-                }
-                out.push(persisted_reply(&run[0], &saved));
-            }
-            IoOp::SaveAccess { access, previous } => {
-                let path = disk.access_path.clone();
-                let (configured, lists) = (disk.configured_mask.clone(), access.clone());
-                let saved = persist(move || state::save_access(&path, &configured, &lists)).await;
-                if let Err(e) = &saved {
-                    error!(disk = %disk.name, path = %disk.access_path.display(), error = %e,
-                           "cannot persist mask or reservation list; change undone");
-                    disk.target().restore_access(previous.clone());
-                }
-                out.push(persisted_reply(&run[0], &saved));
-            }
         }
     }
     if !unsynced.is_empty() {
@@ -1129,6 +1150,19 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttled_lines_carry_the_count_since_the_last() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut t = Throttle::new(10 * s);
+        assert_eq!(t.note(t0, 0), None, "nothing to say");
+        assert_eq!(t.note(t0, 3), Some(3), "the first line at once");
+        assert_eq!(t.note(t0 + s, 5), None);
+        assert_eq!(t.note(t0 + 9 * s, 1), None);
+        assert_eq!(t.note(t0 + 10 * s, 0), Some(6));
+        assert_eq!(t.note(t0 + 30 * s, 0), None);
+    }
 
     fn fp(ranges: &[(u64, u64)], writes: bool, barrier: bool) -> Footprint {
         Footprint {

@@ -63,6 +63,13 @@ pub struct TargetSettings {
 /// Why a frame got no reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ignored {
+    /// The source MAC is a group (broadcast or multicast) address: no
+    /// initiator sends from one, and a reply would go to the whole group.
+    GroupSource(Mac),
+    /// The destination is neither the interface's MAC nor broadcast (a
+    /// frame for another station, flooded by a switch, or a multicast one:
+    /// the Linux driver sends only to a target's MAC or to broadcast).
+    NotForUs(Mac),
     /// The frame is a response (from another target, or our own echo).
     Response,
     /// Addressed to another shelf/slot.
@@ -125,23 +132,56 @@ pub enum IoOp {
     },
     /// Make every acknowledged write durable.
     Flush,
-    /// Persist a new config string; on failure call [`Target::restore_config`]
-    /// with `previous` and answer with [`ReplyCtx::error`] (device unavailable).
-    SaveConfig {
-        /// The string now in effect.
-        config: Vec<u8>,
-        /// The string before the change.
-        previous: Vec<u8>,
-    },
-    /// Persist a changed MAC mask list or reservation list; on failure call
-    /// [`Target::restore_access`] with `previous` and answer with
-    /// [`ReplyCtx::error`] (device unavailable).
-    SaveAccess {
-        /// The lists now in effect.
-        access: Access,
-        /// The lists before the change.
-        previous: Access,
-    },
+}
+
+/// The two parts of a target's state that survive a restart, each persisted
+/// on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatePart {
+    /// The Query Config string.
+    Config,
+    /// The MAC mask list and the reservation list.
+    Access,
+}
+
+impl StatePart {
+    /// Both parts.
+    pub const ALL: [StatePart; 2] = [StatePart::Config, StatePart::Access];
+}
+
+/// One part of a target's state as it is (or is to be) persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// The config string.
+    Config(Vec<u8>),
+    /// The access lists.
+    Access(Access),
+}
+
+impl Snapshot {
+    /// Which part this is.
+    pub fn part(&self) -> StatePart {
+        match self {
+            Snapshot::Config(_) => StatePart::Config,
+            Snapshot::Access(_) => StatePart::Access,
+        }
+    }
+}
+
+/// A change of the persisted state (a config set, a mask list edit, a
+/// reservation set), already applied: its reply may be sent only once the
+/// state it reports is durable. See [`crate::persist`] for when that is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistRequest {
+    /// The part of the state the request is about.
+    pub part: StatePart,
+    /// Whether the request changed it (an edit that changed nothing still
+    /// reports a state that may not be durable yet).
+    pub changed: bool,
+    /// How to answer: [`ReplyCtx::persisted`] with the state written, or
+    /// [`ReplyCtx::error`] (device unavailable) when the write failed and the
+    /// caller put the last durable state back with [`Target::restore`].
+    pub ctx: ReplyCtx,
 }
 
 /// A target's access lists, which survive a restart.
@@ -162,12 +202,25 @@ pub struct ReplyCtx {
     arg: PendingArg,
 }
 
+/// What a reply needs besides the headers: the ATA argument of an ATA
+/// command, or the few fields of a change's reply that are not state (the
+/// state comes from the snapshot written). Small, so that waiting replies
+/// cost little memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PendingArg {
     Ata(AtaArg),
-    Config(ConfigArg),
-    /// The reply is known; it only waits for the change to be persisted.
-    Ready(Reply),
+    ConfigSet {
+        ccmd: ConfigCommand,
+        buffer_count: u16,
+        max_sectors: u8,
+    },
+    MaskEdit {
+        mcmd: u8,
+        merror: u8,
+    },
+    Reserve {
+        rcmd: u8,
+    },
 }
 
 impl ReplyCtx {
@@ -181,18 +234,50 @@ impl ReplyCtx {
         self.to
     }
 
-    /// Completes an ATA command with `status` and optional read data.
+    /// Completes an ATA command with `status` and optional read data. (On
+    /// the context of a state change, which has no ATA status: error 3.)
     pub fn ata_done(&self, status: AtaStatus, data: Bytes) -> Reply {
         match &self.arg {
             PendingArg::Ata(a) => ata_reply(self.to, self.from, &self.header, a, status, data),
-            PendingArg::Config(c) => config_reply(self.to, self.from, &self.header, c),
-            PendingArg::Ready(r) => r.clone(),
+            _ => self.error(AoeErrorCode::DeviceUnavailable),
         }
     }
 
-    /// Completes a config change successfully.
-    pub fn config_done(&self) -> Reply {
-        self.ata_done(AtaStatus::OK, Bytes::new())
+    /// Answers a state change once `written` is durable: the reply reports
+    /// the state written, which is this request's own or, when later changes
+    /// superseded it before the write, theirs (what is now in effect). (On
+    /// an ATA context, or a snapshot of the other part: error 3.)
+    pub fn persisted(&self, written: &Snapshot) -> Reply {
+        let (to, from, h) = (self.to, self.from, &self.header);
+        match (&self.arg, written) {
+            (
+                PendingArg::ConfigSet {
+                    ccmd,
+                    buffer_count,
+                    max_sectors,
+                },
+                Snapshot::Config(config),
+            ) => config_reply(
+                to,
+                from,
+                h,
+                &ConfigArg {
+                    buffer_count: *buffer_count,
+                    firmware: FIRMWARE_VERSION,
+                    max_sectors: *max_sectors,
+                    aoe_version: AOE_VERSION,
+                    ccmd: *ccmd,
+                    config: config.clone(),
+                },
+            ),
+            (PendingArg::MaskEdit { mcmd, merror }, Snapshot::Access(a)) => {
+                mask_reply(to, from, h, *mcmd, *merror, &a.mask)
+            }
+            (PendingArg::Reserve { rcmd }, Snapshot::Access(a)) => {
+                reserve_reply(to, from, h, *rcmd, &a.reservations)
+            }
+            _ => self.error(AoeErrorCode::DeviceUnavailable),
+        }
     }
 
     /// Answers the request with an AoE error.
@@ -219,6 +304,8 @@ pub enum Outcome {
     Reply(Reply),
     /// Run this I/O, then reply.
     Io(IoRequest),
+    /// The persisted state changed (or was asked to): reply once it is durable.
+    Persist(PersistRequest),
 }
 
 /// One AoE target: its addresses, config string, mask and reservation lists.
@@ -255,6 +342,43 @@ fn ata_reply(to: Mac, from: Mac, req: &Header, arg: &AtaArg, st: AtaStatus, data
     Reply { head, data }
 }
 
+fn mask_reply(to: Mac, from: Mac, req: &Header, mcmd: u8, merror: u8, mask: &[Mac]) -> Reply {
+    let mut head = Vec::new();
+    encode_headers(&mut head, to, from, &req.response());
+    MaskArg {
+        mcmd,
+        merror,
+        directives: mask
+            .iter()
+            .map(|m| Directive {
+                dcmd: DIRECTIVE_NOP,
+                mac: *m,
+            })
+            .collect(),
+    }
+    .encode(&mut head);
+    pad_min(&mut head);
+    Reply {
+        head,
+        data: Bytes::new(),
+    }
+}
+
+fn reserve_reply(to: Mac, from: Mac, req: &Header, rcmd: u8, macs: &[Mac]) -> Reply {
+    let mut head = Vec::new();
+    encode_headers(&mut head, to, from, &req.response());
+    ReserveArg {
+        rcmd,
+        macs: macs.to_vec(),
+    }
+    .encode(&mut head);
+    pad_min(&mut head);
+    Reply {
+        head,
+        data: Bytes::new(),
+    }
+}
+
 fn config_reply(to: Mac, from: Mac, req: &Header, arg: &ConfigArg) -> Reply {
     let mut head =
         Vec::with_capacity(ETH_HEADER_LEN + AOE_HEADER_LEN + CONFIG_ARG_LEN + arg.config.len());
@@ -265,6 +389,19 @@ fn config_reply(to: Mac, from: Mac, req: &Header, arg: &ConfigArg) -> Reply {
         head,
         data: Bytes::new(),
     }
+}
+
+/// Whether a frame that arrived on `iface` may be answered at all, whatever
+/// its content: its source must be a station (not a group address) and its
+/// destination this interface or broadcast.
+pub fn admissible(iface: &InterfaceInfo, f: &Frame<'_>) -> Result<(), Ignored> {
+    if f.src.is_group() {
+        return Err(Ignored::GroupSource(f.src));
+    }
+    if f.dst != iface.mac && f.dst != Mac::BROADCAST {
+        return Err(Ignored::NotForUs(f.dst));
+    }
+    Ok(())
 }
 
 impl Target {
@@ -304,11 +441,6 @@ impl Target {
         &self.reservations
     }
 
-    /// Undoes a config change whose persistence failed.
-    pub fn restore_config(&mut self, previous: Vec<u8>) {
-        self.config = previous;
-    }
-
     /// The current access lists.
     pub fn access(&self) -> Access {
         Access {
@@ -317,8 +449,27 @@ impl Target {
         }
     }
 
-    /// Installs access lists: persisted ones at start, or the previous ones
-    /// when persisting a change failed.
+    /// One part of the state as it is now, to be persisted.
+    pub fn snapshot(&self, part: StatePart) -> Snapshot {
+        match part {
+            StatePart::Config => Snapshot::Config(self.config.clone()),
+            StatePart::Access => Snapshot::Access(self.access()),
+        }
+    }
+
+    /// Puts a part of the state back: the last durable one when persisting
+    /// changes failed (they are undone).
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        match snapshot {
+            Snapshot::Config(mut c) => {
+                c.truncate(crate::frame::MAX_CONFIG_STRING);
+                self.config = c;
+            }
+            Snapshot::Access(a) => self.restore_access(a),
+        }
+    }
+
+    /// Installs access lists (the persisted ones, at start).
     pub fn restore_access(&mut self, access: Access) {
         let clean = |mut l: Vec<Mac>| {
             l.sort();
@@ -330,27 +481,17 @@ impl Target {
         self.reservations = clean(access.reservations);
     }
 
-    /// The reply `reply` once the access lists changed from `previous`: sent
-    /// at once when nothing changed, else after the change is persisted.
-    fn access_changed(
-        &self,
-        previous: Access,
-        to: Mac,
-        from: Mac,
-        h: &Header,
-        reply: Reply,
-    ) -> Outcome {
-        let access = self.access();
-        if access == previous {
-            return Outcome::Reply(reply);
-        }
-        Outcome::Io(IoRequest {
-            op: IoOp::SaveAccess { access, previous },
+    /// An edit of the access lists (which `changed` them or not), answered
+    /// with `arg` once the lists it reports are durable.
+    fn access_edited(changed: bool, to: Mac, from: Mac, h: &Header, arg: PendingArg) -> Outcome {
+        Outcome::Persist(PersistRequest {
+            part: StatePart::Access,
+            changed,
             ctx: ReplyCtx {
                 to,
                 from,
                 header: *h,
-                arg: PendingArg::Ready(reply),
+                arg,
             },
         })
     }
@@ -381,6 +522,9 @@ impl Target {
         f: &Frame<'_>,
         buf: Option<&Bytes>,
     ) -> Outcome {
+        if let Err(why) = admissible(iface, f) {
+            return Outcome::Ignore(why);
+        }
         let h = &f.header;
         if h.is_response() {
             return Outcome::Ignore(Ignored::Response);
@@ -573,17 +717,20 @@ impl Target {
                         AoeErrorCode::ConfigStringPresent,
                     ));
                 }
-                let previous = std::mem::replace(&mut self.config, arg.config);
-                Outcome::Io(IoRequest {
-                    op: IoOp::SaveConfig {
-                        config: self.config.clone(),
-                        previous,
-                    },
+                let changed = self.config != arg.config;
+                self.config = arg.config;
+                Outcome::Persist(PersistRequest {
+                    part: StatePart::Config,
+                    changed,
                     ctx: ReplyCtx {
                         to,
                         from,
                         header: *h,
-                        arg: PendingArg::Config(reply_arg(arg.ccmd, &self.config)),
+                        arg: PendingArg::ConfigSet {
+                            ccmd: arg.ccmd,
+                            buffer_count: self.settings.buffer_count,
+                            max_sectors: iface.max_sectors(),
+                        },
                     },
                 })
             }
@@ -594,26 +741,12 @@ impl Target {
         }
     }
 
-    fn mask_list_reply(&self, mcmd: u8, merror: u8) -> MaskArg {
-        MaskArg {
-            mcmd,
-            merror,
-            directives: self
-                .mask
-                .iter()
-                .map(|m| Directive {
-                    dcmd: DIRECTIVE_NOP,
-                    mac: *m,
-                })
-                .collect(),
-        }
-    }
-
     fn mac_mask(&mut self, to: Mac, from: Mac, h: &Header, arg: MaskArg) -> Outcome {
-        let previous = self.access();
-        let mut merror = 0;
+        let (mut merror, mut changed) = (0, false);
         match arg.mcmd {
-            MASK_READ => {}
+            MASK_READ => {
+                return Outcome::Reply(mask_reply(to, from, h, arg.mcmd, 0, &self.mask));
+            }
             MASK_EDIT => {
                 if self.reserved_against(to) {
                     return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::TargetReserved));
@@ -629,8 +762,13 @@ impl Target {
                         DIRECTIVE_ADD => {
                             self.mask.push(d.mac);
                             self.mask.sort();
+                            changed = true;
                         }
-                        DIRECTIVE_DELETE => self.mask.retain(|m| *m != d.mac),
+                        DIRECTIVE_DELETE => {
+                            let before = self.mask.len();
+                            self.mask.retain(|m| *m != d.mac);
+                            changed |= self.mask.len() != before;
+                        }
                         _ => {
                             merror = MASK_ERR_BAD_DIRECTIVE;
                             break;
@@ -643,21 +781,19 @@ impl Target {
                 return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
             }
         }
-        let mut head = Vec::new();
-        encode_headers(&mut head, to, from, &h.response());
-        self.mask_list_reply(arg.mcmd, merror).encode(&mut head);
-        pad_min(&mut head);
-        let reply = Reply {
-            head,
-            data: Bytes::new(),
+        let arg = PendingArg::MaskEdit {
+            mcmd: arg.mcmd,
+            merror,
         };
-        self.access_changed(previous, to, from, h, reply)
+        Self::access_edited(changed, to, from, h, arg)
     }
 
     fn reserve(&mut self, to: Mac, from: Mac, h: &Header, arg: ReserveArg) -> Outcome {
-        let previous = self.access();
+        let changed;
         match arg.rcmd {
-            RESERVE_READ => {}
+            RESERVE_READ => {
+                return Outcome::Reply(reserve_reply(to, from, h, arg.rcmd, &self.reservations));
+            }
             RESERVE_SET | RESERVE_FORCE => {
                 if arg.rcmd == RESERVE_SET && self.reserved_against(to) {
                     return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::TargetReserved));
@@ -668,6 +804,7 @@ impl Target {
                 let mut macs = arg.macs;
                 macs.sort();
                 macs.dedup();
+                changed = self.reservations != macs;
                 self.reservations = macs;
             }
             other => {
@@ -675,19 +812,7 @@ impl Target {
                 return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
             }
         }
-        let mut head = Vec::new();
-        encode_headers(&mut head, to, from, &h.response());
-        ReserveArg {
-            rcmd: arg.rcmd,
-            macs: self.reservations.clone(),
-        }
-        .encode(&mut head);
-        pad_min(&mut head);
-        let reply = Reply {
-            head,
-            data: Bytes::new(),
-        };
-        self.access_changed(previous, to, from, h, reply)
+        Self::access_edited(changed, to, from, h, PendingArg::Reserve { rcmd: arg.rcmd })
     }
 }
 
@@ -838,31 +963,54 @@ mod tests {
         assert_eq!(a.err_feature, crate::ata::ERR_IDNF);
     }
 
+    fn persist(o: Outcome) -> PersistRequest {
+        match o {
+            Outcome::Persist(p) => p,
+            o => panic!("expected a change to persist, got {o:?}"),
+        }
+    }
+
     #[test]
-    fn failed_config_save_can_be_undone_and_reports_unavailable() {
+    fn config_sets_are_answered_with_the_state_written_or_undone() {
         let mut t = target();
-        let f = request(
-            ME,
-            HOST,
-            1,
-            2,
-            Command::QueryConfig,
-            5,
-            &config_arg(ConfigCommand::ForceSet, b"new"),
-            &[],
-        );
-        let Outcome::Io(req) = t.handle(&IFACE, &Frame::decode(&f).unwrap()) else {
-            panic!()
+        let set = |t: &mut Target, s: &[u8]| {
+            let arg = config_arg(ConfigCommand::ForceSet, s);
+            let f = request(ME, HOST, 1, 2, Command::QueryConfig, 5, &arg, &[]);
+            persist(t.handle(&IFACE, &Frame::decode(&f).unwrap()))
         };
-        let IoOp::SaveConfig { previous, .. } = req.op.clone() else {
-            panic!()
-        };
-        assert_eq!(t.config(), b"new");
-        t.restore_config(previous);
+        let first = set(&mut t, b"new");
+        assert_eq!((first.part, first.changed), (StatePart::Config, true));
+        assert_eq!(t.config(), b"new", "in effect at once");
+        // Superseded before the write: both are answered with what was
+        // written, the later string.
+        let second = set(&mut t, b"newer");
+        assert!(second.changed);
+        let written = t.snapshot(StatePart::Config);
+        assert_eq!(written, Snapshot::Config(b"newer".to_vec()));
+        for req in [&first, &second] {
+            let r = req.ctx.persisted(&written).to_vec();
+            let rf = Frame::decode(&r).unwrap();
+            assert_eq!((rf.header.flags & FLAG_ERROR, rf.header.tag), (0, 5));
+            let arg = ConfigArg::decode(rf.payload).unwrap();
+            assert_eq!(
+                (arg.ccmd, &arg.config[..]),
+                (ConfigCommand::ForceSet, &b"newer"[..])
+            );
+            assert_eq!((arg.buffer_count, arg.max_sectors), (8, 2));
+        }
+        // Setting what is set changes nothing (its reply may still wait for
+        // the write of that state).
+        assert!(!set(&mut t, b"newer").changed);
+        // The write failed: the last durable state is put back, the
+        // replies say "device unavailable".
+        t.restore(Snapshot::Config(Vec::new()));
         assert_eq!(t.config(), b"");
-        let r = req.ctx.error(AoeErrorCode::DeviceUnavailable).to_vec();
+        let r = first.ctx.error(AoeErrorCode::DeviceUnavailable).to_vec();
         let h = Frame::decode(&r).unwrap().header;
         assert_eq!((h.flags & FLAG_ERROR, h.error), (FLAG_ERROR, 3));
+        // A snapshot of the other part cannot answer a config set.
+        let r = first.ctx.persisted(&t.snapshot(StatePart::Access)).to_vec();
+        assert_eq!(Frame::decode(&r).unwrap().header.error, 3);
     }
 
     #[test]
@@ -874,20 +1022,19 @@ mod tests {
             let f = request(ME, HOST, 1, 2, Command::ReserveRelease, 7, &arg, &[]);
             t.handle(&IFACE, &Frame::decode(&f).unwrap())
         };
-        let Outcome::Io(req) = reserve(&mut t, RESERVE_SET, vec![other, other]) else {
-            panic!("a reservation change must be persisted before the reply")
-        };
-        let IoOp::SaveAccess { access, previous } = req.op.clone() else {
+        let before = t.snapshot(StatePart::Access);
+        let req = persist(reserve(&mut t, RESERVE_SET, vec![other, other]));
+        assert_eq!((req.part, req.changed), (StatePart::Access, true));
+        let Snapshot::Access(access) = t.snapshot(StatePart::Access) else {
             panic!()
         };
         assert_eq!(access.reservations, vec![other]);
-        assert_eq!(previous, Access::default());
         // The reply, sent after persisting, lists the reservation.
-        let r = req.ctx.config_done().to_vec();
+        let r = req.ctx.persisted(&Snapshot::Access(access)).to_vec();
         let rf = Frame::decode(&r).unwrap();
         let arg = ReserveArg::decode(rf.payload).unwrap();
         assert_eq!((rf.header.flags & FLAG_ERROR, arg.macs), (0, vec![other]));
-        // Reading, or setting what is already set, changes nothing: answered at once.
+        // Reading is answered at once.
         assert!(matches!(
             reserve(&mut t, RESERVE_READ, vec![]),
             Outcome::Reply(_)
@@ -898,13 +1045,51 @@ mod tests {
             Outcome::Reply(_)
         ));
         assert_eq!(t.reservations(), &[other]);
+        // The holder sets what is set: nothing changes.
+        let mut h = t.clone();
+        let f = request(
+            ME,
+            other,
+            1,
+            2,
+            Command::ReserveRelease,
+            8,
+            &crate::initiator::reserve_arg(&ReserveArg {
+                rcmd: RESERVE_SET,
+                macs: vec![other],
+            }),
+            &[],
+        );
+        assert!(!persist(h.handle(&IFACE, &Frame::decode(&f).unwrap())).changed);
         // Persisting failed: the server puts the old lists back.
-        t.restore_access(previous);
+        t.restore(before);
         assert!(t.reservations().is_empty());
-        assert!(matches!(
-            reserve(&mut t, RESERVE_SET, vec![HOST]),
-            Outcome::Io(_)
-        ));
+        assert!(persist(reserve(&mut t, RESERVE_SET, vec![HOST])).changed);
+    }
+
+    #[test]
+    fn mask_edits_report_whether_they_changed_the_list() {
+        let mut t = target();
+        let edit = |t: &mut Target, dcmd: u8, mac: Mac| {
+            let arg = crate::initiator::mask_arg(&MaskArg {
+                mcmd: MASK_EDIT,
+                merror: 0,
+                directives: vec![Directive { dcmd, mac }],
+            });
+            let f = request(ME, HOST, 1, 2, Command::MacMask, 9, &arg, &[]);
+            persist(t.handle(&IFACE, &Frame::decode(&f).unwrap()))
+        };
+        assert!(edit(&mut t, DIRECTIVE_ADD, HOST).changed);
+        assert!(!edit(&mut t, DIRECTIVE_ADD, HOST).changed);
+        assert!(!edit(&mut t, DIRECTIVE_DELETE, ME).changed);
+        let req = edit(&mut t, DIRECTIVE_DELETE, HOST);
+        assert!(req.changed);
+        let r = req.ctx.persisted(&t.snapshot(StatePart::Access)).to_vec();
+        let arg = MaskArg::decode(Frame::decode(&r).unwrap().payload).unwrap();
+        assert_eq!(
+            (arg.mcmd, arg.merror, arg.directives.len()),
+            (MASK_EDIT, 0, 0)
+        );
     }
 
     #[test]
@@ -946,6 +1131,52 @@ mod tests {
         );
     }
 
+    #[test]
+    fn group_sources_and_frames_for_others_are_ignored() {
+        let read = config_arg(ConfigCommand::Read, b"");
+        let frame =
+            |dst: Mac, src: Mac| request(dst, src, 1, 2, Command::QueryConfig, 3, &read, &[]);
+        let mut t = target();
+        // Broadcast, IPv4 and IPv6 multicast sources: dropped, whatever the
+        // command (a read would send disk data to the whole group).
+        for src in [
+            Mac::BROADCAST,
+            Mac([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+            Mac([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]),
+        ] {
+            for f in [frame(ME, src), frame(Mac::BROADCAST, src)] {
+                assert_eq!(
+                    t.handle(&IFACE, &Frame::decode(&f).unwrap()),
+                    Outcome::Ignore(Ignored::GroupSource(src))
+                );
+            }
+            let mut f = ata(0, 1, false);
+            f[6..12].copy_from_slice(&src.0);
+            assert_eq!(
+                t.handle(&IFACE, &Frame::decode(&f).unwrap()),
+                Outcome::Ignore(Ignored::GroupSource(src))
+            );
+        }
+        // Another station's MAC, or a multicast group: not ours.
+        for dst in [
+            Mac([2, 0, 0, 0, 0, 0x42]),
+            Mac([0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]),
+            Mac([0x33, 0x33, 0x00, 0x00, 0x00, 0x01]),
+        ] {
+            assert_eq!(
+                t.handle(&IFACE, &Frame::decode(&frame(dst, HOST)).unwrap()),
+                Outcome::Ignore(Ignored::NotForUs(dst))
+            );
+        }
+        // Our MAC and broadcast are answered.
+        for dst in [ME, Mac::BROADCAST] {
+            assert!(matches!(
+                t.handle(&IFACE, &Frame::decode(&frame(dst, HOST)).unwrap()),
+                Outcome::Reply(_)
+            ));
+        }
+    }
+
     proptest! {
         /// Whatever follows a valid header, the target answers with a frame that
         /// decodes, echoes the tag and fits the MTU, or asks for bounded I/O.
@@ -964,6 +1195,12 @@ mod tests {
                     IoOp::Write { lba, data, .. } => prop_assert!(lba + (data.len() / 512) as u64 <= 1000 && data.len() <= 1024),
                     _ => {}
                 },
+                Outcome::Persist(req) => {
+                    // Answered with the state now in effect, the reply fits.
+                    let v = req.ctx.persisted(&t.snapshot(req.part)).to_vec();
+                    prop_assert!(v.len() <= IFACE.mtu + ETH_HEADER_LEN);
+                    prop_assert_eq!(Frame::decode(&v).unwrap().header.tag, 77);
+                }
                 Outcome::Ignore(_) => {}
             }
         }

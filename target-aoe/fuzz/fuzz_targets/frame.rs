@@ -1,11 +1,13 @@
 //! Fuzzes the AoE frame parser and the target state machine behind it: any
-//! bytes from the wire must decode or fail cleanly, and every reply the target
-//! builds must itself decode and fit the interface MTU.
+//! bytes from the wire must decode or fail cleanly, every reply the target
+//! builds must itself decode and fit the interface MTU, and only frames from a
+//! station (not a group address) to the interface or broadcast are answered.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use target_aoe::frame::{
     AtaArg, ConfigArg, Frame, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, ATA_ARG_LEN, ETH_HEADER_LEN,
+    FLAG_ERROR,
 };
 use target_aoe::target::{InterfaceInfo, Outcome, Target, TargetSettings};
 
@@ -32,7 +34,15 @@ fuzz_target!(|data: &[u8]| {
             read_only: false,
         };
         let mut t = Target::new(settings, vec![], b"cfg".to_vec());
-        let iface = InterfaceInfo { mac: Mac([2, 0, 0, 0, 0, 1]), mtu };
+        // At MTU 1500 the frame is for this interface (unless it is a group
+        // address), so its content is exercised; at 9000 the interface has
+        // a MAC of its own, which exercises dropping frames for others.
+        let mac = if mtu == 1500 && !frame.dst.is_group() {
+            frame.dst
+        } else {
+            Mac([2, 0, 0, 0, 0, 1])
+        };
+        let iface = InterfaceInfo { mac, mtu };
         // Twice: the first frame may change state (mask, reservation, config).
         for pass in 0..2 {
             let outcome = if pass == 0 {
@@ -42,13 +52,26 @@ fuzz_target!(|data: &[u8]| {
             };
             match outcome {
                 Outcome::Reply(r) => {
+                    // Replies only to a station, for frames to us or broadcast.
+                    assert!(!frame.src.is_group(), "reply to a group source");
+                    assert!(frame.dst == iface.mac || frame.dst == Mac::BROADCAST);
                     let bytes = r.to_vec();
                     assert!(bytes.len() <= mtu + 14, "reply larger than the MTU");
                     let f = Frame::decode(&bytes).expect("replies decode");
                     assert!(f.header.is_response());
                     assert_eq!(f.header.tag, frame.header.tag);
                 }
+                Outcome::Persist(req) => {
+                    assert!(!frame.src.is_group(), "a change from a group source");
+                    // Answered with the state now in effect, or undone.
+                    let r = req.ctx.persisted(&t.snapshot(req.part)).to_vec();
+                    assert!(r.len() <= mtu + 14, "reply larger than the MTU");
+                    let f = Frame::decode(&r).expect("replies decode");
+                    assert_eq!(f.header.tag, frame.header.tag);
+                    assert_eq!(f.header.flags & FLAG_ERROR, 0, "a state reply of the right kind");
+                }
                 Outcome::Io(req) => {
+                    assert!(!frame.src.is_group(), "I/O for a group source");
                     assert_eq!(req.ctx.tag(), frame.header.tag);
                     if let target_aoe::target::IoOp::Write { data: d, .. } = &req.op {
                         let at = ETH_HEADER_LEN + AOE_HEADER_LEN + ATA_ARG_LEN;
