@@ -959,48 +959,54 @@ fn a_bad_sector_fails_only_the_frames_that_touch_it() {
     drop(lab);
 }
 
-/// A FIFO planted where a state file's temporary copy is written: the
-/// server's write of that state blocks in `open` until someone reads, as on a
-/// hung or very slow file system. Dropping it releases any blocked writer
-/// (whose write then fails) and removes the FIFO.
-struct BlockedWrite(std::path::PathBuf);
+/// A small ext4 file system on a loop device, for state files: `freeze`
+/// makes every write to it hang (`fsfreeze`, as on a hung storage path),
+/// `thaw` lets them go on, and `read_only` makes them fail. Thawed and
+/// unmounted on drop.
+struct StateFs {
+    _dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+}
 
-impl BlockedWrite {
-    fn plant(path: std::path::PathBuf) -> BlockedWrite {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: c is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-        BlockedWrite(path)
+impl StateFs {
+    fn new() -> StateFs {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
+        std::fs::create_dir(&mnt).unwrap();
+        File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        run(Cmd::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+        run(Cmd::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt));
+        StateFs { _dir: dir, mnt }
     }
 
-    /// Lets a blocked writer open the FIFO, takes what it writes, and
-    /// removes the FIFO (the write fails: a FIFO cannot be fsynced).
-    fn release(&self) {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let Ok(mut f) = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.0)
-        else {
-            return;
-        };
-        let _ = std::fs::remove_file(&self.0);
-        let mut buf = [0u8; 4096];
-        let end = std::time::Instant::now() + Duration::from_millis(500);
-        while std::time::Instant::now() < end {
-            match f.read(&mut buf) {
-                Ok(0) | Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                Ok(_) => {}
-            }
-        }
+    fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    fn freeze(&self) {
+        run(Cmd::new("fsfreeze").arg("-f").arg(&self.mnt));
+    }
+
+    fn thaw(&self) {
+        run(Cmd::new("fsfreeze").arg("-u").arg(&self.mnt));
+    }
+
+    fn read_only(&self, ro: bool) {
+        let opt = if ro { "remount,ro" } else { "remount,rw" };
+        run(Cmd::new("mount").args(["-o", opt]).arg(&self.mnt));
     }
 }
 
-impl Drop for BlockedWrite {
+impl Drop for StateFs {
     fn drop(&mut self) {
-        self.release();
+        let _ = Cmd::new("fsfreeze").arg("-u").arg(&self.mnt).output();
+        let _ = Cmd::new("umount").arg(&self.mnt).output();
     }
+}
+
+fn run(c: &mut Cmd) {
+    let out = c.output().expect("run a command");
+    assert!(out.status.success(), "{c:?}: {out:?}");
 }
 
 /// Sends a Query Config force-set without waiting; returns its tag.
@@ -1034,13 +1040,17 @@ fn reads_and_writes_never_wait_for_a_blocked_state_write() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    let fs = StateFs::new();
+    let state_file = fs.path().join("d1.config");
     let rt = runtime();
-    let server = serve(&rt, vec![disk(dir.path(), "d1", 8, 1)]);
+    let mut d1 = disk(dir.path(), "d1", 8, 1);
+    d1.state_path = state_file.clone();
+    let server = serve(&rt, vec![d1]);
     let mut p = peer_on_c1(1);
     let data = pattern(3, 1024);
     assert_eq!(p.write(100, &data).cmd_status, ata::STATUS_DRDY);
-    // The config string's next write hangs (the file system stalls).
-    let blocked = BlockedWrite::plant(dir.path().join("d1.config.tmp"));
+    // The state's file system hangs: the next state write blocks in it.
+    fs.freeze();
     let mut set_tags = vec![send_force_set(&mut p, b"stalled")];
     std::thread::sleep(Duration::from_millis(200));
     // Reads and writes are answered meanwhile, with the right data.
@@ -1065,49 +1075,57 @@ fn reads_and_writes_never_wait_for_a_blocked_state_write() {
             .all(|r| !set_tags.contains(&r.frame().header.tag)),
         "a force-set was answered before its write"
     );
-    // The config in effect is the last one set; the other state file (mask
-    // and reservation lists) is not held up by this one.
+    // The config in effect is the last one set.
     let cs = |r: &Option<Response>| {
         ConfigArg::decode(r.as_ref().expect("config reply").frame().payload)
             .unwrap()
             .config
     };
     assert_eq!(cs(&p.cfg(ConfigCommand::Read, b"")), b"stalled-4");
-    let me = p.c.mac();
-    let r = p
-        .mask(&mask_edit(DIRECTIVE_ADD, me))
-        .expect("mask edit answered");
-    assert_eq!(
-        MaskArg::decode(r.frame().payload).unwrap().directives.len(),
-        1
-    );
     assert_eq!(p.read(100, 2).1, data);
 
-    // The write fails: every force-set waiting for it is answered "device
-    // unavailable" and undone.
-    blocked.release();
-    let mut failed = std::collections::HashSet::new();
+    // The file system comes back: every waiting force-set is answered with
+    // the state written for it: the first with its own (its write was the
+    // one that hung), the others with the last one set, which the next write
+    // covers.
+    fs.thaw();
+    let mut answered = std::collections::HashSet::new();
     for r in p.c.responses(Duration::from_secs(2)).unwrap() {
         let f = r.frame();
         if set_tags.contains(&f.header.tag) {
-            assert_ne!(f.header.flags & FLAG_ERROR, 0, "a failed write answered OK");
-            assert_eq!(f.header.error, 3);
-            failed.insert(f.header.tag);
+            assert_eq!(f.header.flags & FLAG_ERROR, 0, "a written change failed");
+            let want: &[u8] = if f.header.tag == set_tags[0] {
+                b"stalled"
+            } else {
+                b"stalled-4"
+            };
+            assert_eq!(ConfigArg::decode(f.payload).unwrap().config, want);
+            answered.insert(f.header.tag);
         }
     }
     assert_eq!(
-        failed.len(),
+        answered.len(),
         set_tags.len(),
         "every waiting force-set answered"
     );
-    assert_eq!(cs(&p.cfg(ConfigCommand::Read, b"")), b"");
-    // Writes work again.
-    assert_eq!(cs(&p.cfg(ConfigCommand::ForceSet, b"after")), b"after");
-    assert_eq!(
-        std::fs::read(dir.path().join("d1.config")).unwrap(),
-        b"after"
+    assert_eq!(std::fs::read(&state_file).unwrap(), b"stalled-4");
+
+    // A write that fails: the change is answered "device unavailable" and
+    // undone; reads go on.
+    fs.read_only(true);
+    let r = p.cfg(ConfigCommand::ForceSet, b"lost").expect("a reply");
+    assert_ne!(
+        r.frame().header.flags & FLAG_ERROR,
+        0,
+        "a failed write answered OK"
     );
-    drop(blocked);
+    assert_eq!(r.frame().header.error, 3);
+    assert_eq!(cs(&p.cfg(ConfigCommand::Read, b"")), b"stalled-4");
+    assert_eq!(p.read(100, 2).1, data);
+    // Writes work again.
+    fs.read_only(false);
+    assert_eq!(cs(&p.cfg(ConfigCommand::ForceSet, b"after")), b"after");
+    assert_eq!(std::fs::read(&state_file).unwrap(), b"after");
     rt.block_on(server.shutdown()).unwrap();
     drop(lab);
 }
