@@ -363,13 +363,28 @@ fn nexus(i: usize) -> Nexus {
     }
 }
 
+/// A directory for the LUs' persistent reservation state, in /dev/shm when
+/// there is one (fsync there costs nothing). Per process; the directories of
+/// processes that are gone are removed on first use.
 fn state_dir() -> PathBuf {
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    base.join(format!("opie-fuzz-scsi-{}", std::process::id()))
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = if std::path::Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        const PREFIX: &str = "opie-fuzz-scsi-";
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX));
+            if pid.is_some_and(|p| !std::path::Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        base.join(format!("{PREFIX}{}", std::process::id()))
+    })
+    .clone()
 }
 
 impl World {
