@@ -13,7 +13,8 @@ LAN=$RG_LAN_HOST_IP:3260
 
 for who in alice eve; do
   iscsiadm -m iface -I "$who" -o new >/dev/null || rg_fail "iface $who"
-  iscsiadm -m iface -I "$who" -o update -n iface.transport_name -v tcp >/dev/null
+  iscsiadm -m iface -I "$who" -o update -n iface.transport_name -v tcp >/dev/null ||
+    rg_fail "iface $who transport"
   iscsiadm -m iface -I "$who" -o update -n iface.initiatorname -v "$(eval echo \$IQN_$who)" >/dev/null ||
     rg_fail "iface $who initiatorname"
 done
@@ -23,14 +24,17 @@ rg_wait 30 sh -c "iscsiadm -m discovery -t sendtargets -p $LAN -I alice >/tmp/di
   { cat /tmp/disc.alice; rg_fail "discovery as alice failed"; }
 cat /tmp/disc.alice
 grep -q " $IQN_CHAP\$" /tmp/disc.alice || rg_fail "alice does not see $IQN_CHAP"
-iscsiadm -m discovery -t sendtargets -p $LAN -I eve >/tmp/disc.eve 2>&1
+iscsiadm -m discovery -t sendtargets -p $LAN -I eve >/tmp/disc.eve 2>&1 ||
+  { cat /tmp/disc.eve; rg_fail "discovery as eve failed"; }
 cat /tmp/disc.eve
 grep -q " $IQN_OPEN\$" /tmp/disc.eve || rg_fail "eve does not see $IQN_OPEN"
 grep -q " $IQN_CHAP\$" /tmp/disc.eve || rg_fail "eve does not see $IQN_CHAP in open discovery"
 echo "RESULT discovery-acl ok"
 
 # Eve's discovery of the same portal dropped alice's record of $IQN_CHAP.
+# (-o new may refuse a record that is still there; the record must exist after.)
 iscsiadm -m node -o new -T "$IQN_CHAP" -p "$LAN" -I alice >/dev/null 2>&1
+iscsiadm -m node -T "$IQN_CHAP" -p "$LAN" -I alice >/dev/null || rg_fail "no node record for alice"
 node="-m node -T $IQN_CHAP -p $LAN -I alice"
 up() { iscsiadm $node -o update -n "$1" -v "$2" >/dev/null || rg_fail "set $1"; }
 up node.session.initial_login_retry_max 0
@@ -54,7 +58,7 @@ case_() {
     [ "$2" = ok ] || { iscsiadm $node --logout >/dev/null 2>&1; rg_fail "$1: login succeeded"; }
     io "$1"
     iscsiadm $node --logout >/dev/null 2>&1 || rg_fail "$1: logout"
-    rg_wait 10 sh -c "! ls /dev/disk/by-path/*$IQN_CHAP* >/dev/null 2>&1" || true
+    rg_wait 10 sh -c "[ ! -b $dev ]" || rg_fail "$1: $dev still present after logout"
   else
     [ "$2" = fail ] || { cat /tmp/login.log; rg_fail "$1: login failed"; }
   fi

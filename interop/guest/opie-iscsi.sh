@@ -2,6 +2,7 @@
 # Runs inside the run-guest VM (started by interop/guest-iscsi): open-iscsi and
 # the kernel's iscsi_tcp against opie on the LAN portal.
 set -eu
+set -o pipefail
 . /rg/lib.sh
 LAN=$RG_LAN_HOST_IP:3260
 MNT=/mnt/t

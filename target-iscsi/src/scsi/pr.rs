@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use hex::FromHex as _;
+
 use super::cdb::{be16, be32, be64, byte, trim};
 use super::dispatch::{CmdResult, Ctx, Failure, Reply};
 use super::opcodes::PrClass;
@@ -129,10 +131,7 @@ impl PrState {
         let mut s = String::from("opie-pr 1\n");
         let _ = writeln!(s, "generation {}", self.generation);
         let _ = writeln!(s, "aptpl {}", u8::from(self.aptpl));
-        let nexus = |n: &ItNexus| {
-            let isid: String = n.isid.iter().map(|b| format!("{b:02x}")).collect();
-            format!("{} {} {}", n.rel_port, isid, n.name)
-        };
+        let nexus = |n: &ItNexus| format!("{} {} {}", n.rel_port, hex::encode(n.isid), n.name);
         for r in &self.regs {
             let _ = writeln!(s, "reg {:016x} {}", r.key, nexus(&r.nexus));
         }
@@ -150,15 +149,8 @@ impl PrState {
         let mut st = PrState::default();
         let nexus = |it: &mut std::str::SplitWhitespace<'_>| -> Option<ItNexus> {
             let rel_port = it.next()?.parse().ok()?;
-            let isid_hex = it.next()?;
+            let isid = <[u8; 6]>::from_hex(it.next()?).ok()?;
             let name = it.next()?.to_string();
-            if isid_hex.len() != 12 {
-                return None;
-            }
-            let mut isid = [0u8; 6];
-            for (i, b) in isid.iter_mut().enumerate() {
-                *b = u8::from_str_radix(isid_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
             Some(ItNexus {
                 name,
                 isid,
@@ -257,14 +249,8 @@ fn parse_transport_id(p: &[u8], off: usize) -> Result<(TransportId, usize), Sens
             let (name, isid_hex) = text
                 .split_once(",i,0x")
                 .ok_or_else(|| Sense::invalid_param((off + 4) as u16, None))?;
-            if isid_hex.len() != 12 {
-                return Err(Sense::invalid_param((off + 4) as u16, None));
-            }
-            let mut isid = [0u8; 6];
-            for (i, b) in isid.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&isid_hex[2 * i..2 * i + 2], 16)
-                    .map_err(|_| Sense::invalid_param((off + 4) as u16, None))?;
-            }
+            let isid = <[u8; 6]>::from_hex(isid_hex)
+                .map_err(|_| Sense::invalid_param((off + 4) as u16, None))?;
             Ok((
                 TransportId {
                     name: name.to_string(),
@@ -279,7 +265,12 @@ fn parse_transport_id(p: &[u8], off: usize) -> Result<(TransportId, usize), Sens
 
 /// The TransportID (port format) of a nexus' initiator port.
 fn transport_id_of(n: &ItNexus) -> Vec<u8> {
-    let mut name = n.port_name().into_bytes();
+    port_transport_id(&n.port_name())
+}
+
+/// A port-format iSCSI TransportID carrying `port_name`, NUL-padded.
+fn port_transport_id(port_name: &str) -> Vec<u8> {
+    let mut name = port_name.as_bytes().to_vec();
     name.push(0);
     while name.len() < 20 || !name.len().is_multiple_of(4) {
         name.push(0);
@@ -853,5 +844,27 @@ mod tests {
         let mut bad = t.clone();
         bad[0] = 0x41; // protocol 1
         assert!(parse_transport_id(&bad, 0).is_err());
+    }
+
+    /// The ISID of a TransportID is decoded as hex, never sliced by byte
+    /// index: a multi-byte character across a digit pair used to panic
+    /// ("not a char boundary"), and `u8::from_str_radix` took "+f" as 15.
+    #[test]
+    fn transport_id_isid_is_strict_hex() {
+        for isid in [
+            "00000\u{e9}00000",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+            "+f0000000000",
+            "80000000000g",
+            "8000000000",
+            "80000000000001",
+        ] {
+            let t = port_transport_id(&format!("iqn.2026-01.test:init,i,0x{isid}"));
+            let r = std::panic::catch_unwind(|| parse_transport_id(&t, 0));
+            assert!(matches!(r, Ok(Err(_))), "ISID {isid:?}: {r:?}");
+        }
+        let t = port_transport_id("IQN.2026-01.test:init,i,0x80000000ABcd");
+        let (tid, _) = parse_transport_id(&t, 0).expect("upper-case hex is hex");
+        assert_eq!(tid.isid, Some([0x80, 0, 0, 0, 0xab, 0xcd]));
     }
 }
