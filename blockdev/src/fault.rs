@@ -6,11 +6,14 @@
 //! lost writes (acknowledged, never written), torn writes (only some blocks
 //! land), and power loss: with a volatile cache enabled, [`FaultyDevice::crash`]
 //! keeps, drops or tears every write that was not flushed, block by block,
-//! as a disk's cache may.
+//! as a disk's cache may. It can also hold writes until the test releases
+//! them ([`FaultyDevice::hold_next_writes`]), as I/O stuck in a slow disk or
+//! on a network: such a write goes on when its future is dropped.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,6 +61,8 @@ struct State {
     spike: Option<(f64, Duration)>,
     misdirect: Vec<i64>,
     lose: u32,
+    /// Writes still to be held (see [`FaultyDevice::hold_next_writes`]).
+    hold: u32,
     tear: Option<(u64, TearReport)>,
     /// Volatile cache model: for each block written since the last flush, its
     /// durable content followed by every value written since.
@@ -71,6 +76,10 @@ pub struct FaultyDevice {
     inner: SharedDevice,
     state: Mutex<State>,
     rng: Mutex<StdRng>,
+    /// Held writes that have not landed yet.
+    held: Arc<AtomicUsize>,
+    /// Bumped by [`FaultyDevice::release_writes`]; held writes wait for it.
+    release: tokio::sync::watch::Sender<u64>,
 }
 
 fn overlaps(ranges: &[Range<u64>], lba: u64, blocks: u64) -> Option<u64> {
@@ -89,6 +98,8 @@ impl FaultyDevice {
             inner,
             state: Mutex::new(State::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            held: Arc::new(AtomicUsize::new(0)),
+            release: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -143,6 +154,54 @@ impl FaultyDevice {
     /// The next `n` writes are acknowledged but never written.
     pub fn lose_next_writes(&self, n: u32) {
         self.st().lose += n;
+    }
+
+    /// The next `n` writes are held until [`FaultyDevice::release_writes`]:
+    /// each waits in a task of its own and then goes to the wrapped device
+    /// (no other fault applies to it). Dropping the future of a held write
+    /// does not stop it, as with I/O a disk or a remote target already has,
+    /// and nothing orders it against later writes: a backend that breaks the
+    /// cancellation rule of [`BlockDevice`], for testing that the layers
+    /// above never drop writes they must account for.
+    pub fn hold_next_writes(&self, n: u32) {
+        self.st().hold += n;
+    }
+
+    /// Lets every held write go to the wrapped device.
+    pub fn release_writes(&self) {
+        self.release.send_modify(|g| *g += 1);
+    }
+
+    /// Held writes that have not landed yet (a held write counts from the
+    /// moment it reaches the device until the wrapped device has written it).
+    pub fn held_writes(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Holds the write if one is to be held: its result, once released.
+    async fn held(&self, lba: u64, data: &Bytes, flags: WriteFlags) -> Option<Result<()>> {
+        {
+            let mut s = self.st();
+            if s.hold == 0 {
+                return None;
+            }
+            s.hold -= 1;
+        }
+        let mut released = self.release.subscribe();
+        let generation = *released.borrow_and_update();
+        let (inner, held, data) = (self.inner.clone(), self.held.clone(), data.clone());
+        held.fetch_add(1, Ordering::AcqRel);
+        let write = tokio::spawn(async move {
+            let _ = released.wait_for(|g| *g > generation).await;
+            let r = inner.write(lba, data, flags).await;
+            held.fetch_sub(1, Ordering::AcqRel);
+            r
+        });
+        Some(
+            write
+                .await
+                .unwrap_or_else(|e| Err(BlockError::Io(std::io::Error::other(e)))),
+        )
     }
 
     /// The next write lands only its first `keep_blocks` blocks.
@@ -313,6 +372,9 @@ impl BlockDevice for FaultyDevice {
     async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
         self.delay().await;
         self.check_offline()?;
+        if let Some(r) = self.held(lba, &data, flags).await {
+            return r;
+        }
         let g = self.geometry();
         let blocks = g.blocks_in(data.len())?;
         g.check_range(lba, blocks)?;
@@ -462,6 +524,30 @@ mod tests {
         );
         d.flip_bit(30, 0).await.unwrap();
         assert_eq!(d.read(30, 1).await.unwrap()[0], 4);
+    }
+
+    #[tokio::test]
+    async fn held_writes_land_when_released_even_if_dropped() {
+        let d = Arc::new(dev());
+        d.hold_next_writes(1);
+        let d2 = Arc::clone(&d);
+        let w = tokio::spawn(async move { d2.write(40, blk(6, 2), WriteFlags::NONE).await });
+        while d.held_writes() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Not written while held; its future can go away.
+        assert_eq!(d.read(40, 2).await.unwrap(), blk(0, 2));
+        w.abort();
+        // Other writes pass.
+        d.write(42, blk(1, 1), WriteFlags::NONE).await.unwrap();
+        d.release_writes();
+        while d.held_writes() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            d.read(40, 3).await.unwrap(),
+            [blk(6, 2), blk(1, 1)].concat()
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,13 @@
 //! UNMAP punches holes (`fallocate`), WRITE ZEROES uses `FALLOC_FL_ZERO_RANGE`,
 //! and block status comes from `SEEK_DATA`/`SEEK_HOLE`. On block devices the
 //! kernel's `BLKDISCARD`/`BLKZEROOUT` are used.
+//!
+//! A write on the blocking pool cannot be recalled: when its future is
+//! dropped the system call goes on. Such writes are tracked (`orphans`) and
+//! later overlapping writes and flushes wait for them, so a dropped write
+//! never lands over newer data.
+
+mod orphans;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -51,6 +58,8 @@ struct Inner {
     is_blockdev: bool,
     /// Keeps other users off the file while it is served (`file` holds the lock).
     _claim: crate::claim::Claim,
+    /// Writes whose futures were dropped while they ran.
+    orphans: orphans::Orphans,
 }
 
 /// A block device backed by a regular file or a host block device.
@@ -159,6 +168,7 @@ impl FileDevice {
                 dsync,
                 is_blockdev,
                 _claim: claim,
+                orphans: Default::default(),
             }),
         })
     }
@@ -177,6 +187,28 @@ impl FileDevice {
             .await
             .map_err(|e| BlockError::Io(io::Error::other(e)))?
             .map_err(BlockError::Io)
+    }
+
+    /// Runs a write of bytes `off..off + len` on the blocking pool, after
+    /// any dropped write it overlaps has landed; if this future is dropped
+    /// in turn, the write is tracked until it lands.
+    async fn blocking_write(
+        &self,
+        off: u64,
+        len: u64,
+        f: impl FnOnce(&Inner) -> io::Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let end = off.saturating_add(len);
+        self.inner.orphans.settle(off, end).await;
+        let (_started, running) = orphans::start(&self.inner, off, end);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            f(&inner)
+        })
+        .await
+        .map_err(|e| BlockError::Io(io::Error::other(e)))?
+        .map_err(BlockError::Io)
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -495,13 +527,18 @@ impl BlockDevice for FileDevice {
         if !flags.fua && data.len() <= INLINE_IO_MAX && !self.inner.is_blockdev {
             // A small buffered write only copies into the page cache: doing
             // it here costs less than two thread hand-offs.
+            self.inner
+                .orphans
+                .settle(off, off + data.len() as u64)
+                .await;
             return self
                 .inner
                 .file
                 .write_all_at(&data, off)
                 .map_err(BlockError::Io);
         }
-        self.blocking(move |i| match (&i.dsync, flags.fua) {
+        let len = data.len() as u64;
+        self.blocking_write(off, len, move |i| match (&i.dsync, flags.fua) {
             (Some(d), true) => d.write_all_at(&data, off),
             _ => i.file.write_all_at(&data, off),
         })
@@ -512,6 +549,8 @@ impl BlockDevice for FileDevice {
         if self.read_only {
             return Ok(());
         }
+        // Dropped writes still running land before the flush begins.
+        self.inner.orphans.settle(0, u64::MAX).await;
         self.blocking(|i| i.file.sync_data()).await
     }
 
@@ -521,7 +560,7 @@ impl BlockDevice for FileDevice {
         g.check_range(lba, blocks)?;
         let bs = u64::from(g.block_size);
         let (off, len) = (lba * bs, blocks * bs);
-        self.blocking(move |i| {
+        self.blocking_write(off, len, move |i| {
             if i.is_blockdev {
                 return i
                     .blk_range_ioctl(BLKZEROOUT, off, len)
@@ -551,7 +590,7 @@ impl BlockDevice for FileDevice {
         g.check_range(lba, blocks)?;
         let bs = u64::from(g.block_size);
         let (off, len) = (lba * bs, blocks * bs);
-        self.blocking(move |i| {
+        self.blocking_write(off, len, move |i| {
             if i.is_blockdev {
                 // Discard is advisory: a device that cannot discard keeps its data.
                 let _ = i.blk_range_ioctl(BLKDISCARD, off, len);
@@ -607,6 +646,7 @@ impl BlockDevice for FileDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn sparse_file_round_trip_and_holes() {
@@ -648,6 +688,51 @@ mod tests {
             Err(BlockError::ReadOnly)
         ));
         assert!(ro.read(16383, 2).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_write_never_lands_over_a_later_overlapping_one() {
+        use std::task::{Context, Waker};
+
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FileOptions {
+            create_size: Some(32 << 20),
+            ..Default::default()
+        };
+        let d = FileDevice::open(
+            dir.path().join("o.img"),
+            &opts,
+            DeviceIdentity::from_name("o"),
+        )
+        .unwrap();
+        let long = 16usize << 20;
+        let tail = ((long - 4096) / 512) as u64;
+        let mut raced = 0;
+        for round in 0..8u8 {
+            // A 16 MiB write goes to the blocking pool at its first poll;
+            // then its future is dropped, as an aborted command's would be.
+            let mut old = d.write(0, Bytes::from(vec![round + 1; long]), WriteFlags::NONE);
+            let poll = old.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            drop(old);
+            if poll.is_ready() {
+                continue; // this thread was preempted for as long as the write took
+            }
+            raced += 1;
+            // Newer data over the end of its range, then a flush.
+            let newer = Bytes::from(vec![0xf0 - round; 4096]);
+            d.write(tail, newer.clone(), WriteFlags::NONE)
+                .await
+                .unwrap();
+            d.flush().await.unwrap();
+            // Whatever the dropped write still does is over by now.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                d.read(tail, 8).await.unwrap(),
+                newer,
+                "round {round}: the dropped write landed over newer data"
+            );
+        }
+        assert!(raced > 0, "no write was still running when dropped");
     }
 
     #[tokio::test]

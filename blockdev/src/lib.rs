@@ -17,6 +17,26 @@
 //!   is on stable storage;
 //! - a write that returned an error may have changed none, some or all of the
 //!   addressed blocks (a torn write), but no block outside them.
+//!
+//! Cancellation contract (what dropping a future means), which every
+//! implementation keeps too:
+//! - a call whose future has returned, with success or an error, has no I/O
+//!   left running: nothing it started changes the medium afterwards;
+//! - dropping a future before it returns does not cancel what it started: a
+//!   write (or zeroing, or unmap) may still land, whole or torn, after the
+//!   drop. The implementation makes it land before any overlapping write,
+//!   zeroing or unmap called after the drop, and before any flush called
+//!   after the drop returns, so a dropped write never overwrites newer
+//!   data. ([`FileDevice`] waits for such writes; [`MemDevice`] finishes
+//!   each call in its first poll; [`FaultyDevice`] can hold writes that
+//!   break this rule, to test the layers above. The RAID5 array is not
+//!   tested against this rule yet.)
+//! - so a caller that tells someone a request was aborted (SCSI task
+//!   management, the end of a session) must not count a dropped future as
+//!   ended: it drives the future to completion, or keeps whatever orders its
+//!   I/O (an LBA range lock, a row lock) until the call has returned, and
+//!   answers only then. The iSCSI target runs every command to its end for
+//!   this reason, even when its initiator aborted it or went away.
 
 #![warn(missing_docs)]
 
@@ -115,7 +135,10 @@ pub struct Extent {
     pub blocks: u64,
 }
 
-/// An asynchronous block device. See the crate docs for the durability contract.
+/// An asynchronous block device. See the crate docs for the durability and
+/// cancellation contracts: in short, a returned future leaves no I/O behind,
+/// and a dropped one may, but its writes land before any later overlapping
+/// write or flush, never after.
 #[async_trait]
 pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// Block size and capacity. Constant for the life of the object unless the

@@ -770,21 +770,22 @@ impl RaidArray {
         self.check_alive()
     }
 
-    /// A write to `row` is about to touch the members.
-    pub(crate) async fn begin_row_write(&self, row: u64) -> Result<()> {
+    /// A write to `row` is about to touch the members: its bitmap region is
+    /// dirty (and persisted) until the returned guard ends the write.
+    pub(crate) async fn begin_row_write(&self, row: u64) -> Result<RowWrite<'_>> {
         self.mark_dirty().await?;
         let need = self.meta().bitmap.start_write(row, self.inner.block_size);
+        // From here on the write is counted in the bitmap; the guard ends it
+        // however this function or the write returns, or is dropped.
+        let guard = RowWrite {
+            array: self,
+            row,
+            writing: false,
+        };
         if let Some(b) = need {
-            if let Err(e) = self.persist_bitmap_block(b).await {
-                self.meta().bitmap.end_write(row);
-                return Err(e);
-            }
+            self.persist_bitmap_block(b).await?;
         }
-        Ok(())
-    }
-
-    pub(crate) fn end_row_write(&self, row: u64) {
-        self.meta().bitmap.end_write(row);
+        Ok(guard)
     }
 
     // ---------------------------------------------------------------- member I/O
@@ -1082,9 +1083,10 @@ impl RaidArray {
         pieces: &[Piece],
         fua: bool,
     ) -> Result<()> {
-        self.begin_row_write(row).await?;
+        let mut guard = self.begin_row_write(row).await?;
+        guard.writing = true;
         let r = self.write_row_inner(lay, row, pieces, fua).await;
-        self.end_row_write(row);
+        guard.writing = false;
         r
     }
 
@@ -1982,5 +1984,120 @@ impl BlockDevice for RaidArray {
 
     async fn write_zeroes(&self, lba: u64, blocks: u64, _unmap: bool) -> blockdev::Result<()> {
         blockdev::write_zeroes_by_writes(self, lba, blocks, 1 << 20).await
+    }
+}
+
+/// A row write counted in the write-intent bitmap ([`RaidArray::begin_row_write`]).
+///
+/// Dropped once the write has returned (done or failed), or before it began
+/// writing the members, it ends the write in the bitmap. Dropped while the
+/// members were being written (the write's future was dropped half-way, or
+/// it panicked), it leaves the write counted: the row may be torn against its
+/// parity, so its region must stay dirty until a resync (the next assembly)
+/// rather than be cleared by the next flush.
+pub(crate) struct RowWrite<'a> {
+    array: &'a RaidArray,
+    row: u64,
+    /// The members are being written.
+    writing: bool,
+}
+
+impl Drop for RowWrite<'_> {
+    fn drop(&mut self) {
+        if self.writing {
+            tracing::warn!(
+                row = self.row,
+                "row write abandoned half-way: its bitmap region stays dirty until a resync"
+            );
+            return;
+        }
+        self.array.meta().bitmap.end_write(self.row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Waker};
+
+    use blockdev::{FaultyDevice, MemDevice};
+
+    use super::*;
+    use crate::clock::SystemClock;
+
+    const ROW_BLOCKS: u64 = 8; // 2 data chunks of 4 blocks
+    const BS: usize = 512;
+
+    async fn array() -> (RaidArray, Vec<Arc<FaultyDevice>>) {
+        let members: Vec<Arc<FaultyDevice>> = (0..3)
+            .map(|i| {
+                let mem = MemDevice::new(512, 4096, DeviceIdentity::from_name(&format!("m{i}")));
+                Arc::new(FaultyDevice::new(Arc::new(mem), i))
+            })
+            .collect();
+        let cfg = Config {
+            chunk_blocks: 4,
+            region_rows: 4,
+            cache_blocks: 64,
+            ..Config::default()
+        };
+        let shared = members.iter().map(|m| m.clone() as SharedDevice).collect();
+        let a = RaidArray::create(shared, vec![], cfg, Arc::new(SystemClock::new()))
+            .await
+            .expect("create");
+        (a, members)
+    }
+
+    /// Polls a write of row `row` until member 0 holds one of its writes,
+    /// then drops it, as a caller that gives up on it would.
+    async fn drop_while_held(a: &RaidArray, m0: &FaultyDevice, row: u64) {
+        let data = Bytes::from(vec![row as u8 + 1; ROW_BLOCKS as usize * BS]);
+        let mut w = a.write(row * ROW_BLOCKS, data, WriteFlags::FUA);
+        while m0.held_writes() == 0 {
+            let p = w.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            assert!(
+                p.is_pending(),
+                "the write finished although a member holds it"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(w);
+        m0.release_writes();
+        while m0.held_writes() > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_write_dropped_half_way_keeps_its_region_dirty_only_if_it_wrote() {
+        let (a, m) = array().await;
+        let block = || Bytes::from(vec![9u8; ROW_BLOCKS as usize * BS]);
+        // The array is dirty already: the next member write of a write to a
+        // clean region is its bitmap block.
+        a.write(0, block(), WriteFlags::FUA).await.unwrap();
+        a.flush().await.unwrap();
+
+        // Dropped while its bitmap block was being persisted: nothing of the
+        // row was written, so the write ends and the next flush cleans up.
+        m[0].hold_next_writes(1);
+        drop_while_held(&a, &m[0], 8).await;
+        a.flush().await.unwrap();
+        assert!(
+            !a.meta().bitmap.row_dirty(8),
+            "a write dropped before it touched the row kept its region dirty for good"
+        );
+
+        // Dropped while writing the row (its region dirty and persisted by a
+        // write to another row of it): the row may be torn against its
+        // parity, so its region stays dirty after the flush.
+        a.write(9 * ROW_BLOCKS, block(), WriteFlags::FUA)
+            .await
+            .unwrap();
+        m[0].hold_next_writes(1);
+        drop_while_held(&a, &m[0], 8).await;
+        a.flush().await.unwrap();
+        assert!(
+            a.meta().bitmap.row_dirty(8),
+            "a row write dropped half-way had its region cleared"
+        );
     }
 }

@@ -299,6 +299,26 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends an immediate task management request for LUN 0; returns its ITT.
+    async fn tmf(&mut self, function: u8, rtt: u32, ref_cmd_sn: u32) -> u32 {
+        let itt = self.next_itt();
+        let t = pdu::TmfRequest {
+            immediate: true,
+            function,
+            lun: 0,
+            itt,
+            rtt,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn,
+            exp_data_sn: 0,
+        };
+        self.send(Bhs::TmfRequest(t), &[]).await;
+        itt
+    }
+}
+
 fn write10(lba: u32, blocks: u16) -> [u8; 10] {
     let l = lba.to_be_bytes();
     let b = blocks.to_be_bytes();
@@ -692,4 +712,133 @@ async fn shutdown_drains_and_closes() {
         TcpStream::connect(addrs[0]).await.is_err(),
         "still accepting after shutdown"
     );
+}
+
+/// How a held write is cut short in [`cut_short`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    AbortTask,
+    LunReset,
+    /// The connection drops and the initiator logs in again with the same ISID.
+    SessionEnd,
+}
+
+/// Runs a write to GOOD status, past a unit attention.
+async fn write_past_attention(c: &mut Client, cdb: &[u8], data: &[u8]) {
+    let mut st = c.run(cdb, data.len() as u32, Some(data)).await.0;
+    if st == 2 {
+        st = c.run(cdb, data.len() as u32, Some(data)).await.0;
+    }
+    assert_eq!(st, 0, "write {cdb:02x?}");
+}
+
+/// A write the device holds is cut short; the answer to that (the TMF
+/// response, or for a session end the new session's first write) must not
+/// come before the held write has landed, and newer data written after it
+/// must be what the device keeps.
+async fn cut_short(cut: Cut, isid: [u8; 6]) {
+    use blockdev::BlockDevice;
+    let mem = Arc::new(MemDevice::new(512, 8192, DeviceIdentity::from_name("held")));
+    let faulty = Arc::new(blockdev::FaultyDevice::new(mem.clone(), 1));
+    let (addrs, _stop, _) = start_on(faulty.clone(), ServerConfig::default()).await;
+    let mut c = Client::connect(addrs[0]).await;
+    c.login(isid, &[]).await;
+    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await; // the new nexus's attention
+                                                       // An 8 KiB write (all immediate data) that the device holds.
+    faulty.hold_next_writes(1);
+    let long = c.command(&write10(0, 16), 8192, Some(&[0xAA; 8192])).await;
+    let long_sn = c.cmd_sn - 1;
+    let t0 = std::time::Instant::now();
+    while faulty.held_writes() == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the write never reached the device"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let newer = vec![0x5C; 4096];
+    let newer_cdb = write10(8, 8); // the second half of the held write's range
+                                   // The answer that must wait for the held write.
+    let answer = match cut {
+        Cut::AbortTask => Some(c.tmf(1, long, long_sn).await),
+        Cut::LunReset => Some(c.tmf(5, pdu::RESERVED_TAG, long_sn).await),
+        Cut::SessionEnd => {
+            drop(c);
+            c = Client::connect(addrs[0]).await;
+            c.login(isid, &[]).await;
+            c.command(&newer_cdb, 4096, Some(&newer)).await;
+            None
+        }
+    };
+    let early = tokio::time::timeout(Duration::from_millis(300), c.recv())
+        .await
+        .ok()
+        .flatten();
+    if let Some(p) = &early {
+        // Answered while the write was held: write the newer data now (past
+        // the unit attention of a reset or a new nexus), as an initiator
+        // told "function complete" may.
+        match (p.bhs.as_ref().expect("valid PDU"), answer) {
+            (Bhs::TmfResponse(_), Some(_)) => {
+                write_past_attention(&mut c, &newer_cdb, &newer).await
+            }
+            (Bhs::ScsiResponse(r), None) if r.status == 2 => {
+                write_past_attention(&mut c, &newer_cdb, &newer).await
+            }
+            (Bhs::ScsiResponse(r), None) => assert_eq!(r.status, 0),
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    }
+    faulty.release_writes();
+    if early.is_none() {
+        let p = c
+            .recv()
+            .await
+            .expect("the answer once the write is released");
+        assert_eq!(
+            faulty.held_writes(),
+            0,
+            "{cut:?} answered before the held write had landed"
+        );
+        match (p.bhs.expect("valid PDU"), answer) {
+            (Bhs::TmfResponse(r), Some(itt)) => {
+                assert_eq!((r.itt, r.response), (itt, 0), "function complete");
+                write_past_attention(&mut c, &newer_cdb, &newer).await;
+            }
+            (Bhs::ScsiResponse(r), None) if r.status == 2 => {
+                write_past_attention(&mut c, &newer_cdb, &newer).await
+            }
+            (Bhs::ScsiResponse(r), None) => assert_eq!(r.status, 0),
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        c.run(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, None).await.0,
+        0
+    );
+    while faulty.held_writes() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kept = mem.read(8, 8).await.unwrap() == newer;
+    assert!(
+        early.is_none() && kept,
+        "{cut:?}: answered while the write it ended was still held: {}; \
+         the newer data survived: {kept}",
+        early.is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_task_is_answered_only_once_the_aborted_write_has_landed() {
+    cut_short(Cut::AbortTask, [0x80, 0, 0, 0, 7, 1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lun_reset_is_answered_only_once_the_aborted_write_has_landed() {
+    cut_short(Cut::LunReset, [0x80, 0, 0, 0, 7, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstated_session_runs_only_once_the_old_sessions_write_has_landed() {
+    cut_short(Cut::SessionEnd, [0x80, 0, 0, 0, 7, 3]).await;
 }

@@ -371,6 +371,7 @@ impl Session {
             if matches!(
                 op,
                 OP_SCSI_RESP
+                    | OP_TMF_RESP
                     | OP_TEXT_RESP
                     | OP_LOGIN_RESP
                     | OP_LOGOUT_RESP
@@ -530,37 +531,7 @@ impl Session {
         data_out: &[u8],
         expect_in: u32,
     ) -> io::Result<ScsiResult> {
-        let itt = self.next_itt();
-        let mut h = [0u8; 48];
-        h[0] = OP_SCSI_CMD;
-        h[1] = 0x80 | 0x01; // F, SIMPLE
-        if expect_in > 0 {
-            h[1] |= 0x40;
-        }
-        if !data_out.is_empty() {
-            h[1] |= 0x20;
-        }
-        h[8..16].copy_from_slice(&lun_bytes(lun));
-        put_u32(&mut h, 16, itt);
-        put_u32(
-            &mut h,
-            20,
-            if data_out.is_empty() {
-                expect_in
-            } else {
-                data_out.len() as u32
-            },
-        );
-        put_u32(&mut h, 24, self.cmd_sn);
-        put_u32(&mut h, 28, self.exp_stat_sn);
-        h[32..32 + cdb.len()].copy_from_slice(cdb);
-        let imm = if self.immediate_data {
-            data_out.len().min(self.first_burst).min(self.max_send)
-        } else {
-            0
-        };
-        self.send(h, &data_out[..imm])?;
-        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        let itt = self.send_command(lun, cdb, data_out, expect_in)?;
         let mut data_in = Vec::new();
         loop {
             let r = self.recv()?;
@@ -580,29 +551,7 @@ impl Session {
                     }
                 }
                 OP_R2T => {
-                    let ttt = r.u32_at(20);
-                    let off = r.u32_at(40) as usize;
-                    let len = r.u32_at(44) as usize;
-                    let mut done = 0;
-                    let mut data_sn = 0;
-                    while done < len {
-                        let n = (len - done).min(self.max_send);
-                        let mut d = [0u8; 48];
-                        d[0] = OP_DATA_OUT;
-                        if done + n == len {
-                            d[1] = 0x80;
-                        }
-                        d[8..16].copy_from_slice(&lun_bytes(lun));
-                        put_u32(&mut d, 16, itt);
-                        put_u32(&mut d, 20, ttt);
-                        put_u32(&mut d, 28, self.exp_stat_sn);
-                        put_u32(&mut d, 36, data_sn);
-                        put_u32(&mut d, 40, (off + done) as u32);
-                        let chunk = data_out[off + done..off + done + n].to_vec();
-                        self.send(d, &chunk)?;
-                        done += n;
-                        data_sn += 1;
-                    }
+                    self.answer_r2t(lun, itt, &r, data_out)?;
                 }
                 OP_SCSI_RESP => {
                     let sense = if r.data.len() >= 2 {
@@ -628,6 +577,82 @@ impl Session {
                 op => return Err(io::Error::other(format!("unexpected opcode {op:#x}"))),
             }
         }
+    }
+
+    /// Sends a SCSI Command PDU (SIMPLE, with as much immediate data as
+    /// negotiated); returns its ITT.
+    fn send_command(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        expect_in: u32,
+    ) -> io::Result<u32> {
+        let itt = self.next_itt();
+        let mut h = [0u8; 48];
+        h[0] = OP_SCSI_CMD;
+        h[1] = 0x80 | 0x01; // F, SIMPLE
+        if expect_in > 0 {
+            h[1] |= 0x40;
+        }
+        if !data_out.is_empty() {
+            h[1] |= 0x20;
+        }
+        h[8..16].copy_from_slice(&lun_bytes(lun));
+        put_u32(&mut h, 16, itt);
+        put_u32(
+            &mut h,
+            20,
+            if data_out.is_empty() {
+                expect_in
+            } else {
+                data_out.len() as u32
+            },
+        );
+        put_u32(&mut h, 24, self.cmd_sn);
+        put_u32(&mut h, 28, self.exp_stat_sn);
+        h[32..32 + cdb.len()].copy_from_slice(cdb);
+        let imm = self.immediate_len(data_out.len());
+        self.send(h, &data_out[..imm])?;
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        Ok(itt)
+    }
+
+    /// How much of `len` bytes of data-out go as immediate data.
+    fn immediate_len(&self, len: usize) -> usize {
+        if self.immediate_data {
+            len.min(self.first_burst).min(self.max_send)
+        } else {
+            0
+        }
+    }
+
+    /// Answers the R2T `r` of task `itt` with the data it asks for; returns
+    /// how many bytes it asked for.
+    fn answer_r2t(&mut self, lun: u64, itt: u32, r: &Pdu, data_out: &[u8]) -> io::Result<usize> {
+        let ttt = r.u32_at(20);
+        let off = r.u32_at(40) as usize;
+        let len = r.u32_at(44) as usize;
+        let mut done = 0;
+        let mut data_sn = 0;
+        while done < len {
+            let n = (len - done).min(self.max_send);
+            let mut d = [0u8; 48];
+            d[0] = OP_DATA_OUT;
+            if done + n == len {
+                d[1] = 0x80;
+            }
+            d[8..16].copy_from_slice(&lun_bytes(lun));
+            put_u32(&mut d, 16, itt);
+            put_u32(&mut d, 20, ttt);
+            put_u32(&mut d, 28, self.exp_stat_sn);
+            put_u32(&mut d, 36, data_sn);
+            put_u32(&mut d, 40, (off + done) as u32);
+            self.send(d, &data_out[off + done..off + done + n])?;
+            done += n;
+            data_sn += 1;
+        }
+        Ok(len)
     }
 
     /// Logs out (close the session); waits for the Logout Response.
@@ -667,6 +692,96 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+// ---- task management and cut-short commands -----------------------------------
+
+const OP_TMF: u8 = 0x02;
+const OP_TMF_RESP: u8 = 0x22;
+
+/// Task management function codes (RFC 7143 11.5.1).
+pub mod tmf {
+    /// ABORT TASK.
+    pub const ABORT_TASK: u8 = 1;
+    /// LOGICAL UNIT RESET.
+    pub const LUN_RESET: u8 = 5;
+    /// Response: function complete.
+    pub const COMPLETE: u8 = 0;
+}
+
+/// The answer to a task management request.
+#[derive(Debug, Clone)]
+pub struct TmfAnswer {
+    /// The TMF response code.
+    pub response: u8,
+    /// ITTs of the SCSI responses that arrived before it.
+    pub completed: Vec<u32>,
+}
+
+impl Session {
+    /// Sends a write command and all of its data-out (answering R2Ts), and
+    /// returns without waiting for its status: (ITT, CmdSN) of the command.
+    pub fn start_write(&mut self, lun: u64, cdb: &[u8], data_out: &[u8]) -> io::Result<(u32, u32)> {
+        let cmd_sn = self.cmd_sn;
+        let itt = self.send_command(lun, cdb, data_out, 0)?;
+        let mut sent = self.immediate_len(data_out.len());
+        while sent < data_out.len() {
+            let r = self.recv()?;
+            match r.opcode() {
+                OP_R2T => sent += self.answer_r2t(lun, itt, &r, data_out)?,
+                OP_ASYNC => {}
+                op => {
+                    return Err(io::Error::other(format!(
+                        "opcode {op:#x} before the write's data was all sent"
+                    )))
+                }
+            }
+        }
+        Ok((itt, cmd_sn))
+    }
+
+    /// Sends an immediate task management request and waits for its
+    /// response. `rtt` and `ref_cmd_sn` name the task of an ABORT TASK.
+    pub fn task_management(
+        &mut self,
+        function: u8,
+        lun: u64,
+        rtt: u32,
+        ref_cmd_sn: u32,
+    ) -> io::Result<TmfAnswer> {
+        let itt = self.next_itt();
+        let mut h = [0u8; 48];
+        h[0] = 0x40 | OP_TMF;
+        h[1] = 0x80 | function;
+        h[8..16].copy_from_slice(&lun_bytes(lun));
+        put_u32(&mut h, 16, itt);
+        put_u32(&mut h, 20, rtt);
+        put_u32(&mut h, 24, self.cmd_sn);
+        put_u32(&mut h, 28, self.exp_stat_sn);
+        put_u32(&mut h, 32, ref_cmd_sn);
+        self.send(h, &[])?;
+        let mut completed = Vec::new();
+        loop {
+            let r = self.recv()?;
+            match r.opcode() {
+                OP_TMF_RESP if r.u32_at(16) == itt => {
+                    return Ok(TmfAnswer {
+                        response: r.bhs[2],
+                        completed,
+                    })
+                }
+                OP_SCSI_RESP => completed.push(r.u32_at(16)),
+                OP_DATA_IN | OP_ASYNC | OP_R2T => {}
+                op => return Err(io::Error::other(format!("unexpected opcode {op:#x}"))),
+            }
+        }
+    }
+
+    /// Drops the connection with a TCP reset, as a crashing initiator or a
+    /// broken network would, without logging out.
+    pub fn reset(self) {
+        let _ = socket2::SockRef::from(&self.sock).set_linger(Some(Duration::ZERO));
     }
 }
 

@@ -5,12 +5,24 @@
 //! and data-in. Everything SCSI lives here: the disk command set (sbc), the
 //! primary commands (spc), persistent reservations (pr), ALUA (alua), unit
 //! attentions and sense data. Nothing here knows about sockets or PDUs.
+//!
+//! The transport contract for ending tasks: a command runs when its
+//! [`Execution`] is polled and, once begun, to its end (its backend I/O
+//! cannot be recalled). Whatever ends tasks aborts them here and answers only
+//! once they have stopped executing ([`TasksEnded::wait`]): the transport's
+//! ABORT TASK and task set functions ([`ScsiTarget::abort_tasks`], then
+//! [`ScsiTarget::task_management`], which ends other sessions' tasks itself),
+//! the end of a session ([`ScsiTarget::end_session`]) and a reinstatement
+//! ([`ScsiTarget::nexus_login`] ends the old session's tasks). So no write of
+//! an ended task lands after the answer, and none after a newer write the
+//! initiator sends once it has the answer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
@@ -35,6 +47,7 @@ mod tests;
 
 pub use alua::{AluaState, PortGroup};
 use lu::LogicalUnit;
+use order::Drain;
 use sense::Asc;
 
 /// One I_T nexus: an initiator port talking to a target port (for iSCSI, one
@@ -211,6 +224,105 @@ pub enum ScsiError {
     Device(#[from] blockdev::BlockError),
 }
 
+/// The execution of one submitted command: a future of its [`Response`].
+///
+/// Polling it runs the command. Dropping it once polled and before it is
+/// done does not stop the command half-way: what is left of it goes on in a
+/// task of its own, so the task keeps its place in the task set, its LBA
+/// range lock and its buffers until its device calls have returned, and only
+/// then leaves. (Dropped before its first poll, it leaves at once: nothing
+/// has started.) That
+/// is what lets task management and session ends wait for the backend I/O of
+/// the tasks they end ([`TasksEnded`]) rather than for a dropped future,
+/// whose I/O would go on unseen (the cancellation rule of
+/// [`blockdev::BlockDevice`]). A task that should not run at all is aborted
+/// through the task set ([`ScsiTarget::abort_tasks`] and the like); it then
+/// ends at once with TASK ABORTED if it had not started.
+#[must_use = "a command runs when its execution is polled"]
+pub struct Execution {
+    fut: Option<Pin<Box<dyn Future<Output = Response> + Send + 'static>>>,
+    /// Polled at least once: the command may have begun.
+    started: bool,
+    /// Set while the command is being polled: still set in `drop` means a
+    /// poll panicked, and the command cannot be resumed.
+    polling: bool,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution")
+            .field("done", &self.fut.is_none())
+            .finish()
+    }
+}
+
+impl Future for Execution {
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let this = self.get_mut();
+        let Some(fut) = this.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        this.started = true;
+        this.polling = true;
+        let r = fut.as_mut().poll(cx);
+        this.polling = false;
+        if r.is_ready() {
+            this.fut = None;
+        }
+        r
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        let Some(fut) = self.fut.take() else { return };
+        if !self.started || self.polling {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+            Err(_) => tracing::warn!("SCSI command dropped outside a runtime: not finished"),
+        }
+    }
+}
+
+/// Tasks that task management, a session end or a reinstatement ended;
+/// [`TasksEnded::wait`] returns once none of them is executing any more,
+/// which means their backend I/O is over.
+#[derive(Debug, Default)]
+#[must_use = "the tasks may still be executing until `wait` returns"]
+pub struct TasksEnded(Vec<Drain>);
+
+impl TasksEnded {
+    /// Waits until none of the ended tasks is executing.
+    pub async fn wait(self) {
+        for d in self.0 {
+            d.wait().await;
+        }
+    }
+
+    /// How many tasks were ended.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Drain::len).sum()
+    }
+
+    /// Whether no task was ended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds the tasks of `other`.
+    pub fn extend(&mut self, other: TasksEnded) {
+        self.0.extend(other.0.into_iter().filter(|d| d.len() > 0));
+    }
+}
+
 /// The I_T nexus identity that SCSI state is keyed by: the iSCSI initiator
 /// port name (`name,i,0x<isid>`) and the relative target port. A reinstated
 /// session keeps its nexus; another ISID is another initiator port.
@@ -292,20 +404,19 @@ impl ScsiTarget {
         &self.name
     }
 
-    /// Registers the command in task-set order now and returns the future
-    /// that executes it (see the transport contract).
-    pub fn submit(
-        self: &Arc<Self>,
-        nexus: &Nexus,
-        cmd: Command,
-    ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
+    /// Registers the command in task-set order now and returns its
+    /// [`Execution`], which runs it when polled and, once polled, runs it to
+    /// its end even if dropped (see the transport contract in the module
+    /// docs).
+    pub fn submit(self: &Arc<Self>, nexus: &Nexus, cmd: Command) -> Execution {
         let lu = self.lus.get(&cmd.lun).cloned();
-        let ticket = lu
-            .as_ref()
-            .map(|lu| lu.tasks.enter(cmd.attr, &ItNexus::of(nexus)));
+        let ticket = lu.as_ref().map(|lu| {
+            lu.tasks
+                .enter(cmd.attr, &ItNexus::of(nexus), nexus.id, cmd.tag)
+        });
         let this = Arc::clone(self);
         let nexus = nexus.clone();
-        Box::pin(async move {
+        let fut = Box::pin(async move {
             let resp = dispatch::execute(&this, lu.as_ref(), &nexus, &cmd, ticket).await;
             tracing::trace!(
                 lun = cmd.lun,
@@ -315,14 +426,58 @@ impl ScsiTarget {
                 "scsi command"
             );
             resp
-        })
+        });
+        Execution {
+            fut: Some(fut),
+            started: false,
+            polling: false,
+        }
     }
 
-    /// Task management after the transport has aborted its own tasks.
+    /// Aborts, now, the tasks with these tags that session `nexus`
+    /// submitted (the transport's ABORT TASK, and the tasks a task set
+    /// function covers): those not started never run. The answer to the
+    /// function waits for the result.
+    pub fn abort_tasks(&self, nexus: &Nexus, tags: &[u32]) -> TasksEnded {
+        self.abort_where(|_, session, tag| session == nexus.id && tags.contains(&tag))
+    }
+
+    /// The session `nexus` ends (connection lost, logout, reinstated): every
+    /// task it submitted is aborted now. Wait for the result before the end
+    /// of the session is final, then call [`ScsiTarget::nexus_logout`].
+    pub fn end_session(&self, nexus: &Nexus) -> TasksEnded {
+        self.abort_where(|_, session, _| session == nexus.id)
+    }
+
+    /// Aborts the matching tasks on every logical unit.
+    fn abort_where(&self, which: impl Fn(&ItNexus, u64, u32) -> bool) -> TasksEnded {
+        let mut ended = TasksEnded::default();
+        for lu in self.lus.values() {
+            ended.extend(TasksEnded(vec![lu.tasks.abort(&which)]));
+        }
+        ended
+    }
+
+    /// Task management after the transport has aborted its own tasks with
+    /// [`ScsiTarget::abort_tasks`] and waited for them. The tasks of other
+    /// sessions that the function ends (a reset, CLEAR TASK SET) are aborted
+    /// here, and the function completes only once none of them is executing.
     pub async fn task_management(&self, nexus: &Nexus, lun: u64, f: TmfFunction) -> TmfResponse {
         let me = ItNexus::of(nexus);
+        let others = |_: &ItNexus, session: u64, _: u32| session != nexus.id;
         match f {
-            TmfFunction::AbortTask { .. } | TmfFunction::AbortTaskSet => {
+            TmfFunction::AbortTask { tag } => match self.lus.get(&lun) {
+                Some(lu) => {
+                    // Normally done by the transport already; a no-op then.
+                    lu.tasks
+                        .abort(|_, session, t| session == nexus.id && t == tag)
+                        .wait()
+                        .await;
+                    TmfResponse::Complete
+                }
+                None => TmfResponse::LunDoesNotExist,
+            },
+            TmfFunction::AbortTaskSet => {
                 if self.lus.contains_key(&lun) {
                     TmfResponse::Complete
                 } else {
@@ -332,10 +487,10 @@ impl ScsiTarget {
             TmfFunction::ClearTaskSet => match self.lus.get(&lun) {
                 Some(lu) => {
                     // Tasks of other nexuses are cleared too (TST=000: one task set per LU).
-                    let others: Vec<ItNexus> =
+                    let cleared: Vec<ItNexus> =
                         self.nexuses().into_iter().filter(|n| *n != me).collect();
-                    lu.add_ua_to(others.iter(), Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
-                    lu.tasks.abort_and_drain(|n| *n != me).await;
+                    lu.add_ua_to(cleared.iter(), Asc::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
+                    lu.tasks.abort(others).wait().await;
                     TmfResponse::Complete
                 }
                 None => TmfResponse::LunDoesNotExist,
@@ -345,8 +500,9 @@ impl ScsiTarget {
                 Some(lu) => {
                     lu.reset(&self.nexuses());
                     // The transport aborted the issuer's tasks; those of every
-                    // other nexus end here, before the reset is reported done.
-                    lu.tasks.abort_and_drain(|n| *n != me).await;
+                    // other session (of this nexus too, when superseded) end
+                    // here, before the reset is reported done.
+                    lu.tasks.abort(others).wait().await;
                     TmfResponse::Complete
                 }
                 None => TmfResponse::LunDoesNotExist,
@@ -358,32 +514,48 @@ impl ScsiTarget {
                     // A target reset is reported as POWER ON, RESET OR BUS DEVICE RESET.
                     lu.add_ua_to(all.iter(), Asc::POWER_ON_RESET);
                 }
-                for lu in self.lus.values() {
-                    lu.tasks.abort_and_drain(|n| *n != me).await;
-                }
+                self.abort_where(others).wait().await;
                 TmfResponse::Complete
             }
         }
     }
 
-    /// A new I_T nexus: it gets a POWER ON, RESET OR BUS DEVICE RESET OCCURRED unit attention.
-    pub fn nexus_login(&self, nexus: &Nexus) {
+    /// A new session (I_T nexus): it gets a POWER ON, RESET OR BUS DEVICE
+    /// RESET OCCURRED unit attention. A session of the same initiator port
+    /// (initiator name and ISID) that is still registered is being
+    /// reinstated: its tasks are aborted now, and any it still submits enter
+    /// aborted. Wait for the result before the new session runs commands, so
+    /// the old session's writes in flight cannot land over the new one's.
+    pub fn nexus_login(&self, nexus: &Nexus) -> TasksEnded {
         let key = ItNexus::of(nexus);
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(nexus.id, key.clone());
+        let mut superseded = TasksEnded::default();
+        {
+            let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            for (&id, k) in s.iter() {
+                if id != nexus.id && k.name == key.name && k.isid == key.isid {
+                    for lu in self.lus.values() {
+                        superseded.extend(TasksEnded(vec![lu.tasks.fence(id)]));
+                    }
+                }
+            }
+            s.insert(nexus.id, key.clone());
+        }
         for lu in self.lus.values() {
             lu.nexus_login(&key);
         }
+        superseded
     }
 
-    /// I_T nexus loss (session closed or reinstated).
+    /// I_T nexus loss (session closed or reinstated), after
+    /// [`ScsiTarget::end_session`]'s tasks have ended.
     pub fn nexus_logout(&self, nexus: &Nexus) {
         let key = ItNexus::of(nexus);
         let still_there = {
             let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             s.remove(&nexus.id);
+            for lu in self.lus.values() {
+                lu.tasks.unfence(nexus.id);
+            }
             s.values().any(|k| *k == key)
         };
         if !still_there {

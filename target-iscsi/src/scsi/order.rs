@@ -5,21 +5,28 @@
 //! tasks run concurrently but never before an older ORDERED task has ended;
 //! an ORDERED task waits for every older task; HEAD OF QUEUE tasks run at once.
 //!
-//! Tasks of other I_T nexuses can be aborted (LOGICAL UNIT RESET, target
-//! reset, CLEAR TASK SET, PREEMPT AND ABORT): a task that has not started
-//! never runs, one already running finishes its I/O (a write in the kernel
-//! cannot be recalled) and both end with TASK ABORTED status, as the Control
-//! mode page's TAS bit promises. The aborting side waits until every such
-//! task has finished executing, so nothing of theirs reaches the medium
-//! afterwards. A finished task may stay in the set a little longer (a READ
-//! whose data still sits in the page cache until it is sent keeps its place,
-//! so a later ORDERED task cannot overtake it); aborts do not wait for that.
+//! Tasks can be aborted: by their own session (ABORT TASK and the task set
+//! functions, through the transport), when their session ends or is
+//! reinstated, and by other I_T nexuses (LOGICAL UNIT RESET, target reset,
+//! CLEAR TASK SET, PREEMPT AND ABORT). A task that has not started never
+//! runs, one already running finishes its I/O (a write in the kernel cannot
+//! be recalled) and both end with TASK ABORTED status, as the Control mode
+//! page's TAS bit promises. The aborting side waits ([`Drain`]) until every
+//! such task has finished executing, so nothing of theirs reaches the medium
+//! afterwards. That holds because a task stays in the set until its
+//! execution has returned, range locks released last thing before: the
+//! execution is never cancelled half-way (see `Execution` in the parent
+//! module). A session that ended or was superseded is fenced: its tasks
+//! that arrive late enter already aborted. A finished task may stay in the
+//! set a little longer (a READ whose data still sits in the page cache until
+//! it is sent keeps its place, so a later ORDERED task cannot overtake it);
+//! aborts do not wait for that.
 //!
 //! [`RangeLocks`] serialises writers of overlapping LBA ranges, which keeps
 //! overlapping writes from interleaving inside a block and makes COMPARE AND
 //! WRITE atomic against every other writer on every session.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -31,6 +38,10 @@ use super::{ItNexus, TaskAttr};
 struct Live {
     ordered: bool,
     nexus: ItNexus,
+    /// The transport session that submitted it ([`super::Nexus::id`]).
+    session: u64,
+    /// Its task tag (the iSCSI initiator task tag).
+    tag: u32,
     aborted: bool,
     /// Done executing (its result may still be on the way out).
     finished: bool,
@@ -41,6 +52,10 @@ struct SetInner {
     next: u64,
     /// Live tasks by entry order.
     live: BTreeMap<u64, Live>,
+    /// Sessions whose tasks enter aborted: superseded by a reinstatement
+    /// while their connection may still be submitting. Each leaves when its
+    /// session logs out.
+    fenced: HashSet<u64>,
 }
 
 /// The task was aborted by another I_T nexus before it could run.
@@ -62,18 +77,48 @@ pub struct Ticket {
     attr: TaskAttr,
 }
 
+/// Tasks that were aborted; [`Drain::wait`] returns once none of them is
+/// executing any more.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    set: Arc<TaskSet>,
+    seqs: Vec<u64>,
+}
+
+impl Drain {
+    /// Waits until none of the aborted tasks is executing.
+    pub(crate) async fn wait(self) {
+        self.set.wait_for(&self.seqs).await;
+    }
+
+    /// How many tasks were aborted.
+    pub(crate) fn len(&self) -> usize {
+        self.seqs.len()
+    }
+}
+
 impl TaskSet {
-    /// Enters a task of `nexus` now; the ticket decides when it may run.
-    pub(crate) fn enter(self: &Arc<Self>, attr: TaskAttr, nexus: &ItNexus) -> Ticket {
+    /// Enters a task of `nexus`, submitted by transport session `session`
+    /// with tag `tag`, now; the ticket decides when it may run.
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        attr: TaskAttr,
+        nexus: &ItNexus,
+        session: u64,
+        tag: u32,
+    ) -> Ticket {
         let mut g = self.lock();
         let seq = g.next;
         g.next += 1;
+        let aborted = !g.fenced.is_empty() && g.fenced.contains(&session);
         g.live.insert(
             seq,
             Live {
                 ordered: attr == TaskAttr::Ordered,
                 nexus: nexus.clone(),
-                aborted: false,
+                session,
+                tag,
+                aborted,
                 finished: false,
             },
         );
@@ -88,26 +133,64 @@ impl TaskSet {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Aborts every unfinished task of a nexus for which `which` holds, then
-    /// waits until none of them is executing any more (those not yet started
-    /// leave at once, running ones when their I/O is done). Returns how many
-    /// were aborted.
-    pub(crate) async fn abort_and_drain(&self, which: impl Fn(&ItNexus) -> bool) -> usize {
+    /// Aborts, now, every unfinished task for which `which(nexus, session,
+    /// tag)` holds; the returned [`Drain`] waits until none of them is
+    /// executing any more (those not yet started leave at once, running ones
+    /// when their I/O is done). Tasks aborted before and still executing
+    /// are waited for too.
+    pub(crate) fn abort(self: &Arc<Self>, which: impl Fn(&ItNexus, u64, u32) -> bool) -> Drain {
         let seqs: Vec<u64> = {
             let mut g = self.lock();
             g.live
                 .iter_mut()
-                .filter(|(_, t)| !t.aborted && !t.finished && which(&t.nexus))
+                .filter(|(_, t)| !t.finished && which(&t.nexus, t.session, t.tag))
                 .map(|(seq, t)| {
                     t.aborted = true;
                     *seq
                 })
                 .collect()
         };
-        if seqs.is_empty() {
-            return 0;
+        if !seqs.is_empty() {
+            self.changed.notify_waiters();
         }
-        self.changed.notify_waiters();
+        Drain {
+            set: Arc::clone(self),
+            seqs,
+        }
+    }
+
+    /// Aborts every unfinished task of a nexus for which `which` holds, then
+    /// waits until none of them is executing any more. Returns how many
+    /// were aborted.
+    pub(crate) async fn abort_and_drain(
+        self: &Arc<Self>,
+        which: impl Fn(&ItNexus) -> bool,
+    ) -> usize {
+        let d = self.abort(|n, _, _| which(n));
+        let n = d.len();
+        d.wait().await;
+        n
+    }
+
+    /// Fences `session` (see [`SetInner::fenced`]) and aborts its tasks.
+    pub(crate) fn fence(self: &Arc<Self>, session: u64) -> Drain {
+        self.lock().fenced.insert(session);
+        self.abort(|_, s, _| s == session)
+    }
+
+    /// Lifts the fence of a session that has logged out.
+    pub(crate) fn unfence(&self, session: u64) {
+        let mut g = self.lock();
+        if !g.fenced.is_empty() {
+            g.fenced.remove(&session);
+        }
+    }
+
+    /// Waits until none of the tasks `seqs` is executing.
+    async fn wait_for(&self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -119,7 +202,7 @@ impl TaskSet {
                     .any(|s| g.live.get(s).is_some_and(|t| !t.finished))
             };
             if drained {
-                return seqs.len();
+                return;
             }
             notified.await;
         }
@@ -287,10 +370,10 @@ mod tests {
     async fn ordered_waits_for_older_and_blocks_younger() {
         let set = Arc::new(TaskSet::default());
         let n = nexus(1);
-        let a = set.enter(TaskAttr::Simple, &n);
-        let o = set.enter(TaskAttr::Ordered, &n);
-        let b = set.enter(TaskAttr::Simple, &n);
-        let h = set.enter(TaskAttr::HeadOfQueue, &n);
+        let a = set.enter(TaskAttr::Simple, &n, 0, 0);
+        let o = set.enter(TaskAttr::Ordered, &n, 0, 0);
+        let b = set.enter(TaskAttr::Simple, &n, 0, 0);
+        let h = set.enter(TaskAttr::HeadOfQueue, &n, 0, 0);
         assert!(runs_within(&a).await);
         assert!(!runs_within(&o).await);
         assert!(!runs_within(&b).await);
@@ -308,11 +391,11 @@ mod tests {
     async fn abort_stops_waiting_tasks_and_waits_for_running_ones() {
         let set = Arc::new(TaskSet::default());
         let (me, other) = (nexus(1), nexus(2));
-        let running = set.enter(TaskAttr::Simple, &other);
+        let running = set.enter(TaskAttr::Simple, &other, 2, 1);
         assert!(runs_within(&running).await);
-        let fence = set.enter(TaskAttr::Ordered, &me);
-        let queued = set.enter(TaskAttr::Simple, &other);
-        let mine = set.enter(TaskAttr::Simple, &me);
+        let fence = set.enter(TaskAttr::Ordered, &me, 1, 1);
+        let queued = set.enter(TaskAttr::Simple, &other, 2, 2);
+        let mine = set.enter(TaskAttr::Simple, &me, 1, 2);
         assert!(
             !runs_within(&queued).await,
             "queued behind the ORDERED task"
@@ -340,7 +423,7 @@ mod tests {
 
         // A task that finished executing but still holds its place (its data
         // on the way out) is neither aborted nor waited for.
-        let sent_later = set.enter(TaskAttr::Simple, &nexus(2));
+        let sent_later = set.enter(TaskAttr::Simple, &nexus(2), 2, 9);
         assert!(runs_within(&sent_later).await);
         assert!(!sent_later.finish());
         assert_eq!(set.abort_and_drain(|n| *n == nexus(2)).await, 0);

@@ -50,8 +50,8 @@ fn rig_with(read_only: bool, state_path: Option<std::path::PathBuf>) -> Rig {
     )
     .expect("target");
     let (a, b) = (nexus(1, 1), nexus(2, 2));
-    target.nexus_login(&a);
-    target.nexus_login(&b);
+    assert!(target.nexus_login(&a).is_empty());
+    assert!(target.nexus_login(&b).is_empty());
     Rig { target, dev, a, b }
 }
 
@@ -1632,7 +1632,7 @@ mod fuzz {
             // Sanitize overwrites of the whole medium are slow; keep them small.
             let dev_cmd = cmd(&cdb, &data);
             let resp = futures_run(async {
-                r.target.nexus_login(&r.a);
+                assert!(r.target.nexus_login(&r.a).is_empty());
                 r.target.submit(&r.a, dev_cmd.clone()).await;
                 r.target.submit(&r.a, dev_cmd).await
             });
@@ -1650,7 +1650,7 @@ mod fuzz {
         fn pr_sequences_keep_invariants(ops in prop::collection::vec((0u8..3, 0u8..8, 0u8..9, 0u64..4, 0u64..4, any::<bool>()), 1..40)) {
             let r = rig_with(false, None);
             let c = nexus(3, 3);
-            r.target.nexus_login(&c);
+            assert!(r.target.nexus_login(&c).is_empty());
             futures_run(async {
                 for (who, sa, rtype, key, sa_key, all_tg) in ops {
                     let n = [&r.a, &r.b, &c][usize::from(who)];
@@ -1748,15 +1748,22 @@ async fn persistent_reservations_work_in_standby() {
 /// A rig whose device (over `dev`) takes `latency` for every operation; the
 /// POWER ON attentions are consumed.
 async fn slow_rig(latency: Duration) -> Rig {
+    let (r, faulty) = faulty_rig().await;
+    faulty.set_latency(latency, None);
+    r
+}
+
+/// A rig over a fault-injecting device (over `dev`), returned too; the
+/// POWER ON attentions are consumed.
+async fn faulty_rig() -> (Rig, Arc<blockdev::FaultyDevice>) {
     let dev = Arc::new(MemDevice::new(512, BLOCKS, DeviceIdentity::from_name("s")));
     let faulty = Arc::new(blockdev::FaultyDevice::new(dev.clone(), 1));
-    faulty.set_latency(latency, None);
     let target = ScsiTarget::new(
         "iqn.t",
         vec![(
             0,
             LuConfig {
-                device: faulty,
+                device: faulty.clone(),
                 read_only: false,
                 state_path: None,
             },
@@ -1766,10 +1773,44 @@ async fn slow_rig(latency: Duration) -> Rig {
     .expect("target");
     let (a, b) = (nexus(1, 1), nexus(2, 2));
     for n in [&a, &b] {
-        target.nexus_login(n);
+        assert!(target.nexus_login(n).is_empty());
         target.submit(n, cmd(&[0, 0, 0, 0, 0, 0], &[])).await;
     }
-    Rig { target, dev, a, b }
+    (Rig { target, dev, a, b }, faulty)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_keeps_its_range_lock_until_its_io_has_landed() {
+    let (r, faulty) = faulty_rig().await;
+    faulty.hold_next_writes(1);
+    let mut first = r
+        .target
+        .submit(&r.a, cmd(&write10(0, 16), &[0xAA; 16 * BS]));
+    // Run it until the device holds its write, then drop it, as a transport
+    // drops a command whose answer is no longer wanted.
+    while faulty.held_writes() == 0 {
+        tokio::select! {
+            _ = &mut first => panic!("the held write completed"),
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    drop(first);
+    // An overlapping write waits for the dropped one's range lock, which is
+    // released only once its I/O is over.
+    let second = tokio::spawn(r.target.submit(&r.a, cmd(&write10(8, 8), &[0x5C; 8 * BS])));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let overtook = second.is_finished();
+    faulty.release_writes();
+    assert_eq!(second.await.expect("second write").status, status::GOOD);
+    while faulty.held_writes() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kept = r.dev.read(8, 8).await.expect("read")[..] == [0x5C; 8 * BS][..];
+    assert!(
+        !overtook && kept,
+        "an overlapping write ran while a dropped write was still in the device: {overtook}; \
+         the newer data survived: {kept}"
+    );
 }
 
 #[tokio::test]

@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::{AbortHandle, Abortable, Aborted};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::net::TcpStream;
@@ -27,7 +26,7 @@ use crate::digest::Digest;
 use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
 use crate::login::{Established, Login, LoginOutcome, SessionType};
 use crate::pdu::{reject, Bhs};
-use crate::scsi::{status, Nexus, Response, ScsiTarget, TmfResponse};
+use crate::scsi::{status, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse};
 use crate::session::{data_out_blocks, Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 use chap::Admission;
@@ -255,14 +254,24 @@ fn counts_as_failure(st: (u8, u8), authenticating: bool) -> bool {
         || (authenticating && st.0 == 2)
 }
 
-type TaskOutput = (u32, u64, Result<std::thread::Result<Response>, Aborted>);
+type TaskOutput = (u32, u64, std::thread::Result<Response>);
 type TaskFuture = Pin<Box<dyn Future<Output = TaskOutput> + Send>>;
 
 /// SCSI commands executing for this connection, polled by its own task.
+///
+/// A command's future is never dropped before it is done: an aborted task
+/// is aborted in the task set (so it never starts, or its I/O finishes) and
+/// runs on here to its end, with its response thrown away. So whatever
+/// answers the abort can wait for the task's I/O to be over.
 struct Running {
     futs: FuturesUnordered<TaskFuture>,
-    handles: HashMap<u32, (u64, AbortHandle, Option<u64>)>,
+    /// ITT -> (generation, data-out length the CDB implies) of the tasks
+    /// whose responses are wanted.
+    handles: HashMap<u32, (u64, Option<u64>)>,
     generation: u64,
+    /// Tasks aborted by the session for the task management function that
+    /// comes next: its answer waits for them.
+    ended: TasksEnded,
 }
 
 /// Most completions taken in one wake-up before the responses are written.
@@ -273,15 +282,16 @@ impl Running {
     /// was aborted (or its tag reused) meanwhile.
     fn finish(&mut self, session: &mut Session, done: TaskOutput) {
         let (itt, gen, result) = done;
-        let current = self.handles.get(&itt).is_some_and(|(g, _, _)| *g == gen);
-        if let (Ok(result), true) = (result, current) {
-            let wanted = self.handles.remove(&itt).and_then(|(_, _, w)| w);
-            let resp = result.unwrap_or_else(|_| {
-                tracing::error!(itt, "SCSI task panicked");
-                internal_failure()
-            });
-            session.complete(itt, resp, wanted);
-        }
+        let wanted = match self.handles.get(&itt) {
+            Some(&(g, wanted)) if g == gen => wanted,
+            _ => return,
+        };
+        self.handles.remove(&itt);
+        let resp = result.unwrap_or_else(|_| {
+            tracing::error!(itt, "SCSI task panicked");
+            internal_failure()
+        });
+        session.complete(itt, resp, wanted);
     }
 }
 
@@ -311,8 +321,17 @@ async fn full_feature(
     };
     let kill = Arc::new(Notify::new());
     if let Some(b) = &backend {
-        b.nexus_login(&nexus);
+        let superseded = b.nexus_login(&nexus);
         reg.attach(&est.key, est.tsih, kill.clone());
+        // A reinstated session's commands still in the backend end first,
+        // so none of its writes lands after one of ours.
+        if !superseded.is_empty() {
+            tracing::debug!(
+                tasks = superseded.len(),
+                "waiting for the reinstated session's tasks"
+            );
+            superseded.wait().await;
+        }
     }
     tracing::info!("logged in");
     let cfg = SessionConfig {
@@ -337,6 +356,7 @@ async fn full_feature(
         futs: FuturesUnordered::new(),
         handles: HashMap::new(),
         generation: 0,
+        ended: TasksEnded::default(),
     };
     let (tmf_tx, mut tmf_rx) = mpsc::unbounded_channel::<(u32, TmfOutcome)>();
     let mut draining = *stop.borrow();
@@ -406,10 +426,18 @@ async fn full_feature(
         }
     };
     tracing::info!(reason = %why, "session ended");
-    for (_, (_, h, _)) in run.handles.drain() {
-        h.abort();
-    }
     if let Some(b) = &backend {
+        // Every task of the session is aborted (those not started never
+        // run) and the session ends only once none of them is executing:
+        // their writes are in the backend before a reinstated session, a
+        // reset or a shutdown flush can follow.
+        let mut ended = b.end_session(&nexus);
+        ended.extend(std::mem::take(&mut run.ended));
+        if !run.futs.is_empty() {
+            tracing::debug!(tasks = run.futs.len(), "waiting for the session's tasks");
+        }
+        while run.futs.next().await.is_some() {}
+        ended.wait().await;
         b.nexus_logout(&nexus);
         reg.detach(&est.key, est.tsih);
     }
@@ -501,29 +529,34 @@ fn drain(
                     b.lu(cmd.lun)
                         .map(|lu| n * u64::from(lu.geometry().block_size))
                 });
-                let fut = AssertUnwindSafe(b.submit(nexus, cmd)).catch_unwind();
-                let (handle, reg) = AbortHandle::new_pair();
+                let task = AssertUnwindSafe(b.submit(nexus, cmd))
+                    .catch_unwind()
+                    .instrument(tracing::debug_span!("task", itt));
                 run.generation += 1;
                 let gen = run.generation;
-                let task = Abortable::new(fut, reg).instrument(tracing::debug_span!("task", itt));
                 run.futs
                     .push(Box::pin(async move { (itt, gen, task.await) }));
-                run.handles.insert(itt, (gen, handle, wanted));
+                run.handles.insert(itt, (gen, wanted));
             }
             Action::Abort { itts } => {
-                for i in itts {
-                    if let Some((_, h, _)) = run.handles.remove(&i) {
-                        h.abort();
-                    }
+                for i in &itts {
+                    run.handles.remove(i);
+                }
+                if let Some(b) = backend {
+                    run.ended.extend(b.abort_tasks(nexus, &itts));
                 }
             }
             Action::TaskManagement { itt, lun, function } => {
                 let tmf_tx = tmf_tx.clone();
+                // The tasks the session aborted for this function: it is
+                // answered once their backend I/O is over.
+                let ended = std::mem::take(&mut run.ended);
                 match backend {
                     Some(b) => {
                         let b = b.clone();
                         let n = nexus.clone();
                         tokio::spawn(async move {
+                            ended.wait().await;
                             let o = match b.task_management(&n, lun, function).await {
                                 TmfResponse::Complete => TmfOutcome::Complete,
                                 TmfResponse::TaskDoesNotExist => TmfOutcome::TaskDoesNotExist,
