@@ -431,7 +431,8 @@ impl World {
         let target = ScsiTarget::new("iqn.2026-01.fuzz:target", luns, groups).expect("target");
         let nexuses: Vec<Nexus> = (0..4).map(nexus).collect();
         for n in &nexuses {
-            target.nexus_login(n);
+            // Nothing runs yet: no task of an earlier session to wait for.
+            let _ = target.nexus_login(n);
         }
         World {
             target,
@@ -443,10 +444,10 @@ impl World {
         }
     }
 
-    fn nexus(&mut self, i: u8) -> usize {
+    async fn nexus(&mut self, i: u8) -> usize {
         let i = usize::from(i) % self.nexuses.len();
         if !self.logged_in[i] {
-            self.target.nexus_login(&self.nexuses[i]);
+            self.target.nexus_login(&self.nexuses[i]).wait().await;
             self.logged_in[i] = true;
         }
         i
@@ -860,8 +861,8 @@ async fn finish(w: &World, tasks: Vec<Running>) {
     }
 }
 
-fn spawn(w: &mut World, c: &Cmd, tag: u32) -> Running {
-    let i = w.nexus(c.nexus);
+async fn spawn(w: &mut World, c: &Cmd, tag: u32) -> Running {
+    let i = w.nexus(c.nexus).await;
     let lun = World::lun(c.lun);
     let cmd = w.command(c, lun, tag);
     let h = tokio::spawn(w.target.submit(&w.nexuses[i], cmd.clone()));
@@ -874,10 +875,11 @@ fn spawn(w: &mut World, c: &Cmd, tag: u32) -> Running {
     }
 }
 
-/// A task management function as the transport runs it: it drops the
-/// futures of the tasks it aborts of its own nexus, then asks the target.
+/// A task management function, with the futures of the tasks it aborts of
+/// its own nexus dropped first (the target must run a started task to its
+/// end anyway and answer the function only once it has).
 async fn tmf(w: &mut World, t: &Tmf, running: &mut Vec<Running>) {
-    let i = w.nexus(t.nexus);
+    let i = w.nexus(t.nexus).await;
     let lun = World::lun(t.lun);
     let f = match t.f {
         TmfKind::AbortTask(k) => TmfFunction::AbortTask { tag: u32::from(k) },
@@ -908,16 +910,14 @@ async fn run(inp: Input) {
     for op in inp.ops.iter().take(48) {
         match op {
             Op::One(c) => {
-                let t = spawn(&mut w, c, 0);
+                let t = spawn(&mut w, c, 0).await;
                 finish(&w, vec![t]).await;
             }
             Op::Batch(cmds, t) => {
-                let mut running: Vec<Running> = cmds
-                    .iter()
-                    .take(8)
-                    .enumerate()
-                    .map(|(k, c)| spawn(&mut w, c, k as u32))
-                    .collect();
+                let mut running = Vec::new();
+                for (k, c) in cmds.iter().take(8).enumerate() {
+                    running.push(spawn(&mut w, c, k as u32).await);
+                }
                 if let Some(t) = t {
                     for _ in 0..cmds.len() % 4 {
                         tokio::task::yield_now().await;
@@ -928,7 +928,7 @@ async fn run(inp: Input) {
             }
             Op::Tmf(t) => tmf(&mut w, t, &mut Vec::new()).await,
             Op::ModeEcho(m) => {
-                let i = w.nexus(m.nexus);
+                let i = w.nexus(m.nexus).await;
                 let page = PAGES[usize::from(m.page) % PAGES.len()];
                 let mut sense = vec![0u8; 16];
                 if m.ten {
@@ -983,7 +983,7 @@ async fn run(inp: Input) {
             }
             Op::Login(i) => {
                 let i = usize::from(*i) % w.nexuses.len();
-                w.target.nexus_login(&w.nexuses[i]);
+                w.target.nexus_login(&w.nexuses[i]).wait().await;
                 w.logged_in[i] = true;
             }
             Op::Logout(i) => {
