@@ -14,19 +14,21 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::digest::Digest;
-use crate::discovery::{send_targets, DiscoveryTarget};
-use crate::frame::{InPdu, OutPdu};
-use crate::login::{Established, SessionType};
-use crate::negotiate::Params;
-use crate::pdu::{
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::InPdu;
+use iscsi_proto::login::{Established, SessionType};
+use iscsi_proto::negotiate::Params;
+use iscsi_proto::pdu::{
     decode_lun, reject, Ahs, Bhs, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut,
     R2t, Reject, ScsiCommand, ScsiResponse, Sns, TextRequest, TextResponse, TmfRequest,
     TmfResponse, BHS_LEN, RESERVED_TAG,
 };
+use iscsi_proto::text::{TextAccumulator, TextList};
+
+use crate::discovery::{send_targets, DiscoveryTarget};
+use crate::outgoing::Outgoing;
 use crate::r2t::{DataOutError, WriteBuffer};
 use crate::scsi::{Command, Response, TaskAttr, TmfFunction};
-use crate::text::{TextAccumulator, TextList};
 use crate::tmf::{self, TmfOutcome};
 
 /// Serial number arithmetic (RFC 1982, 32 bits): `a < b`.
@@ -82,7 +84,7 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub enum Action {
     /// Send this PDU (in order).
-    Send(OutPdu),
+    Send(Outgoing),
     /// Hand this command to SCSI now (order of these actions is CmdSN order)
     /// and call [`Session::complete`] with its response.
     Execute {
@@ -335,7 +337,7 @@ impl Session {
     }
 
     fn send(&mut self, bhs: Bhs, data: Bytes) {
-        let pdu = OutPdu::new(
+        let pdu = Outgoing::new(
             &bhs,
             data,
             self.params.header_digest,
@@ -347,7 +349,7 @@ impl Session {
     /// Sends `bhs` with a data segment that stays in a file until the socket
     /// takes it.
     fn send_file(&mut self, bhs: Bhs, file: blockdev::FileSlice) {
-        match OutPdu::with_file(
+        match Outgoing::with_file(
             &bhs,
             file,
             self.params.header_digest,
@@ -1215,7 +1217,7 @@ impl Session {
                     self.own_target.as_deref(),
                 );
                 reply.0.extend(list.0);
-            } else if crate::negotiate::key_def(k).is_some() {
+            } else if iscsi_proto::negotiate::key_def(k).is_some() {
                 // Full Feature Phase renegotiation is not offered.
                 reply.push(k.clone(), "Reject");
             } else {
@@ -1295,7 +1297,7 @@ impl Session {
     pub fn async_message(&mut self, event: u8, params: [u16; 3], sense: Bytes) {
         let sns = self.sns_advance();
         self.send(
-            Bhs::AsyncMessage(crate::pdu::AsyncMessage {
+            Bhs::AsyncMessage(iscsi_proto::pdu::AsyncMessage {
                 lun: 0,
                 sns,
                 event,
@@ -1383,8 +1385,8 @@ pub fn data_out_blocks(cdb: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::login::SessionKey;
-    use crate::pdu::{Framing, LogoutRequest};
+    use iscsi_proto::login::SessionKey;
+    use iscsi_proto::pdu::{Framing, LogoutRequest};
     use proptest::prelude::*;
 
     fn est(params: Params) -> Established {
@@ -1871,7 +1873,7 @@ mod tests {
         let Bhs::ScsiCommand(mut c) = cmd(itt, cmd_sn, 0x28, 512, true, false, true) else {
             unreachable!()
         };
-        c.lun = crate::pdu::encode_lun(lun);
+        c.lun = iscsi_proto::pdu::encode_lun(lun);
         Bhs::ScsiCommand(c)
     }
 
@@ -1881,7 +1883,7 @@ mod tests {
         Bhs::TmfRequest(TmfRequest {
             immediate,
             function,
-            lun: crate::pdu::encode_lun(lun),
+            lun: iscsi_proto::pdu::encode_lun(lun),
             itt,
             rtt: RESERVED_TAG,
             cmd_sn,
@@ -2369,8 +2371,8 @@ mod tests {
                     let Bhs::TextResponse(r) = Bhs::decode(&raw).unwrap() else {
                         panic!()
                     };
-                    assert!(p.data.len() <= 1024);
-                    all.extend_from_slice(&p.data);
+                    assert!(p.pdu.data.len() <= 1024);
+                    all.extend_from_slice(&p.pdu.data);
                     got = Some(r);
                 }
             }

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use target_iscsi::frame::Decoder;
-use target_iscsi::login::{Established, SessionKey, SessionType};
-use target_iscsi::negotiate::Params;
+use iscsi_proto::frame::Decoder;
+use iscsi_proto::login::{Established, SessionKey, SessionType};
+use iscsi_proto::negotiate::Params;
 use target_iscsi::scsi::Response;
 use target_iscsi::session::{Action, Session, SessionConfig};
 use target_iscsi::tmf::TmfOutcome;

@@ -19,13 +19,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::{Decoder, FrameError, InPdu, OutPdu};
+use iscsi_proto::login::{Established, Login, LoginOutcome, SessionType};
+use iscsi_proto::pdu::{reject, Bhs};
+
 use super::pending::PendingSlot;
 use super::registry::{ConnContext, Registry};
 use super::writer::SendQueue;
-use crate::digest::Digest;
-use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
-use crate::login::{Established, Login, LoginOutcome, SessionType};
-use crate::pdu::{reject, Bhs};
 use crate::scsi::{status, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse};
 use crate::session::{data_out_blocks, Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
@@ -171,12 +172,15 @@ async fn login(
         } else if matches!(reply.outcome, LoginOutcome::FullFeature(_)) && login.authenticating() {
             lock(&reg.backoff).record_success(peer.ip(), Instant::now());
         }
-        out.push(OutPdu::new(
-            &Bhs::LoginResponse(reply.bhs),
-            reply.data,
-            Digest::None,
-            Digest::None,
-        ));
+        out.push(
+            OutPdu::new(
+                &Bhs::LoginResponse(reply.bhs),
+                reply.data,
+                Digest::None,
+                Digest::None,
+            )
+            .into(),
+        );
         if out.flush_all(s).await.is_err() {
             return None;
         }
@@ -247,7 +251,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// authorization failures, unknown targets (name guessing), and any initiator
 /// error once CHAP has begun (probing with malformed keys).
 fn counts_as_failure(st: (u8, u8), authenticating: bool) -> bool {
-    use crate::login::status;
+    use iscsi_proto::login::status;
     st == status::AUTH_FAILURE
         || st == status::AUTHORIZATION_FAILURE
         || st == status::NOT_FOUND

@@ -3,10 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use target_iscsi::login::{Authenticator, Login, LoginContext, LoginOutcome, NoAuth, SessionKey, TargetInfo};
-use target_iscsi::negotiate::Limits;
-use target_iscsi::pdu::{Bhs, BHS_LEN};
-use target_iscsi::text::TextList;
+use iscsi_proto::login::{Authenticator, Login, LoginContext, LoginOutcome, NoAuth, SessionKey, TargetInfo};
+use iscsi_proto::negotiate::Limits;
+use iscsi_proto::pdu::{Bhs, BHS_LEN};
+use iscsi_proto::text::TextList;
 
 struct Ctx;
 
