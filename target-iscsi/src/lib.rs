@@ -1,6 +1,6 @@
 //! opie's iSCSI target (RFC 7143): the target's session state machine, its
-//! login policy and a thin tokio server at the edge, over the protocol core
-//! of `iscsi-proto`, with SCSI disk emulation (SBC-4/SPC-4) in [`scsi`].
+//! login policy and a thin tokio server at the edge, serving the SCSI logical
+//! units of `scsi-disk` over the protocol core of `iscsi-proto`.
 //!
 //! The ISUs export their disks with it and the head re-exports RAID5 volumes
 //! with the very same code.
@@ -16,7 +16,6 @@ pub mod access;
 pub mod discovery;
 pub mod outgoing;
 pub mod r2t;
-pub mod scsi;
 pub mod server;
 pub mod session;
 pub mod tmf;

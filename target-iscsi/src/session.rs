@@ -28,8 +28,8 @@ use iscsi_proto::text::{TextAccumulator, TextList};
 use crate::discovery::{send_targets, DiscoveryTarget};
 use crate::outgoing::Outgoing;
 use crate::r2t::{DataOutError, WriteBuffer};
-use crate::scsi::{Command, Response, TaskAttr, TmfFunction};
 use crate::tmf::{self, TmfOutcome};
+use scsi_disk::{Command, Response, TaskAttr, TmfFunction};
 
 /// Serial number arithmetic (RFC 1982, 32 bits): `a < b`.
 pub fn sn_lt(a: u32, b: u32) -> bool {
@@ -733,7 +733,7 @@ impl Session {
                 "write larger than MAX_DATA_OUT refused"
             );
             let resp = Response {
-                status: crate::scsi::status::CHECK_CONDITION,
+                status: scsi_disk::status::CHECK_CONDITION,
                 sense: Some(sense(0x05, 0x24, 0x00)),
                 data_in: Bytes::new(),
                 data_in_file: None,
@@ -842,7 +842,7 @@ impl Session {
                 tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: task terminated");
                 self.tasks.remove(&d.itt);
                 let resp = Response {
-                    status: crate::scsi::status::CHECK_CONDITION,
+                    status: scsi_disk::status::CHECK_CONDITION,
                     sense: Some(data_out_sense(e)),
                     data_in: Bytes::new(),
                     data_in_file: None,
@@ -1363,23 +1363,6 @@ fn sense(key: u8, asc: u8, ascq: u8) -> Bytes {
     s[12] = asc;
     s[13] = ascq;
     Bytes::copy_from_slice(&s)
-}
-
-/// Blocks of data-out a CDB transfers, for the write commands whose
-/// residuals the transport reports.
-pub fn data_out_blocks(cdb: &[u8]) -> Option<u64> {
-    let be = |from: usize, n: usize| -> Option<u64> {
-        cdb.get(from..from + n)
-            .map(|b| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
-    };
-    match *cdb.first()? {
-        0x0a => be(4, 1).map(|n| if n == 0 { 256 } else { n }),
-        0x2a | 0x2e => be(7, 2),
-        0xaa | 0xae => be(6, 4),
-        0x8a | 0x8e | 0x8b => be(10, 4),
-        0x89 => be(13, 1).map(|n| 2 * n),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

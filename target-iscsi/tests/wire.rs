@@ -15,7 +15,7 @@ use iscsi_proto::pdu::{
     self, Bhs, DataOut, LoginRequest, NopOut, ScsiCommand, Stage, TextRequest, BHS_LEN,
 };
 use iscsi_proto::text::TextList;
-use target_iscsi::scsi::{LuConfig, ScsiTarget};
+use scsi_disk::{LuConfig, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

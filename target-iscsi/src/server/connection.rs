@@ -27,10 +27,10 @@ use iscsi_proto::pdu::{reject, Bhs};
 use super::pending::PendingSlot;
 use super::registry::{ConnContext, Registry};
 use super::writer::SendQueue;
-use crate::scsi::{status, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse};
-use crate::session::{data_out_blocks, Action, CloseReason, Session, SessionConfig};
+use crate::session::{Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 use chap::Admission;
+use scsi_disk::{status, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse};
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
 async fn read_pdu(
@@ -529,10 +529,7 @@ fn drain(
             Action::Send(p) => out.push(p),
             Action::Execute { itt, cmd } => {
                 let Some(b) = backend else { continue };
-                let wanted = data_out_blocks(&cmd.cdb).and_then(|n| {
-                    b.lu(cmd.lun)
-                        .map(|lu| n * u64::from(lu.geometry().block_size))
-                });
+                let wanted = b.data_out_len(cmd.lun, &cmd.cdb);
                 let task = AssertUnwindSafe(b.submit(nexus, cmd))
                     .catch_unwind()
                     .instrument(tracing::debug_span!("task", itt));

@@ -23,10 +23,10 @@ use chap::BackoffConfig;
 use iscsi_proto::negotiate::Limits;
 
 use crate::access::Access;
-use crate::scsi::ScsiTarget;
 use log_limit::LogLimit;
 use pending::{Caps, Full, PendingSlot};
 use registry::Registry;
+use scsi_disk::ScsiTarget;
 
 /// A listening portal.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
-//! SCSI target emulation (SPC-4 / SBC-4) over [`blockdev::BlockDevice`].
+//! SCSI target emulation (SPC-4 / SBC-4) over [`blockdev::BlockDevice`],
+//! for any SCSI transport.
 //!
-//! The transport (iSCSI) hands complete commands in (CDB plus all data-out
+//! The transport (iSCSI today, `target-iscsi`) hands complete commands in (CDB plus all data-out
 //! already collected) and gets a complete [`Response`] back: status, sense data
 //! and data-in. Everything SCSI lives here: the disk command set (sbc), the
 //! primary commands (spc), persistent reservations (pr), ALUA (alua), unit
@@ -584,6 +585,16 @@ impl ScsiTarget {
             lu.add_ua_to(all.iter(), Asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
         }
         Ok(())
+    }
+
+    /// Bytes of data-out `cdb` transfers to logical unit `lun`: its transfer
+    /// length in the unit's blocks, for the write commands whose residuals
+    /// a transport reports (WRITE, WRITE AND VERIFY, ORWRITE, COMPARE AND
+    /// WRITE). None for other commands and for a LUN that does not exist.
+    pub fn data_out_len(&self, lun: u64, cdb: &[u8]) -> Option<u64> {
+        let blocks = cdb::data_out_blocks(cdb)?;
+        let lu = self.lus.get(&lun)?;
+        Some(blocks * u64::from(lu.geometry().block_size))
     }
 
     /// Whether a logical unit with this number exists.

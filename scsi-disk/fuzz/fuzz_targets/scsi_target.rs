@@ -24,7 +24,7 @@ use arbitrary::Arbitrary;
 use blockdev::{DeviceIdentity, MemDevice};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use target_iscsi::scsi::{
+use scsi_disk::{
     status, AluaState, Command, LuConfig, Nexus, PortGroup, Response, ScsiTarget, TaskAttr,
     TmfFunction,
 };
