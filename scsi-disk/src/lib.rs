@@ -1,11 +1,14 @@
 //! SCSI target emulation (SPC-4 / SBC-4) over [`blockdev::BlockDevice`],
 //! for any SCSI transport.
 //!
-//! The transport (iSCSI today, `target-iscsi`) hands complete commands in (CDB plus all data-out
-//! already collected) and gets a complete [`Response`] back: status, sense data
-//! and data-in. Everything SCSI lives here: the disk command set (sbc), the
-//! primary commands (spc), persistent reservations (pr), ALUA (alua), unit
-//! attentions and sense data. Nothing here knows about sockets or PDUs.
+//! The transport (iSCSI today: `target-iscsi`) hands complete commands in
+//! (CDB plus all data-out already collected) and gets a complete
+//! [`Response`] back: status, sense data and data-in. Everything SCSI lives
+//! here: the disk command set (sbc), the primary commands (spc), persistent
+//! reservations (pr), ALUA (alua), unit attentions and sense data, and what
+//! a transport needs to know of a CDB ([`cdb_len`],
+//! [`ScsiTarget::data_out_len`]) or reports of commands it ends itself
+//! ([`TransportFault`]). Nothing here knows about sockets or PDUs.
 //!
 //! The transport contract for ending tasks: a command runs when its
 //! [`Execution`] is polled and, once begun, to its end (its backend I/O
@@ -40,6 +43,7 @@ mod sanitize;
 mod sbc;
 pub mod sense;
 mod spc;
+mod transport;
 mod ua;
 mod xcopy;
 
@@ -50,6 +54,7 @@ pub use alua::{AluaState, PortGroup};
 use lu::LogicalUnit;
 use order::Drain;
 use sense::Asc;
+pub use transport::{cdb_len, TransportFault};
 
 /// One I_T nexus: an initiator port talking to a target port (for iSCSI, one
 /// session). Persistent reservations, unit attentions and RESERVE/RELEASE are

@@ -29,7 +29,7 @@ use crate::discovery::{send_targets, DiscoveryTarget};
 use crate::outgoing::Outgoing;
 use crate::r2t::{DataOutError, WriteBuffer};
 use crate::tmf::{self, TmfOutcome};
-use scsi_disk::{Command, Response, TaskAttr, TmfFunction};
+use scsi_disk::{Command, Response, TaskAttr, TmfFunction, TransportFault};
 
 /// Serial number arithmetic (RFC 1982, 32 bits): `a < b`.
 pub fn sn_lt(a: u32, b: u32) -> bool {
@@ -699,7 +699,7 @@ impl Session {
                 v.put_slice(ext);
                 v.freeze()
             }
-            None => Bytes::copy_from_slice(&c.cdb[..cdb_len(c.cdb[0])]),
+            None => Bytes::copy_from_slice(&c.cdb[..scsi_disk::cdb_len(c.cdb[0])]),
         };
         let immediate_len = data.len() as u32;
         if immediate_len > 0
@@ -732,12 +732,7 @@ impl Session {
                 edtl = c.edtl,
                 "write larger than MAX_DATA_OUT refused"
             );
-            let resp = Response {
-                status: scsi_disk::status::CHECK_CONDITION,
-                sense: Some(sense(0x05, 0x24, 0x00)),
-                data_in: Bytes::new(),
-                data_in_file: None,
-            };
+            let resp = Response::transport_fault(TransportFault::TransferTooLong);
             self.send_status(c.itt, &resp, false, false, 0, 0);
             return;
         }
@@ -841,12 +836,7 @@ impl Session {
                 // PDUs of the task are discarded as unknown).
                 tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: task terminated");
                 self.tasks.remove(&d.itt);
-                let resp = Response {
-                    status: scsi_disk::status::CHECK_CONDITION,
-                    sense: Some(data_out_sense(e)),
-                    data_in: Bytes::new(),
-                    data_in_file: None,
-                };
+                let resp = Response::transport_fault(data_out_fault(e));
                 self.send_status(d.itt, &resp, false, false, 0, 0);
             }
         }
@@ -1330,39 +1320,16 @@ fn sent_before(cmd: &ScsiCommand, t: &TmfRequest) -> bool {
     cmd.immediate || sn_lt(cmd.cmd_sn, t.cmd_sn)
 }
 
-/// CDB length from the group code of the opcode.
-fn cdb_len(op: u8) -> usize {
-    match op >> 5 {
-        0 => 6,
-        1 | 2 => 10,
-        4 => 16,
-        5 => 12,
-        _ => 16,
+/// How a write whose Data-Out broke the sequence rules ends: ABORTED
+/// COMMAND with the additional sense code SPC-4 has for the break.
+fn data_out_fault(e: DataOutError) -> TransportFault {
+    match e {
+        DataOutError::Unsolicited => TransportFault::UnexpectedUnsolicitedData,
+        DataOutError::ShortSequence => TransportFault::NotEnoughUnsolicitedData,
+        DataOutError::Offset => TransportFault::DataOffset,
+        DataOutError::Overrun => TransportFault::TooMuchWriteData,
+        DataOutError::DataSn | DataOutError::UnknownTtt => TransportFault::DataPhase,
     }
-}
-
-/// Sense data for a write whose Data-Out broke the sequence rules:
-/// ABORTED COMMAND with the iSCSI-specific additional sense codes.
-fn data_out_sense(e: DataOutError) -> Bytes {
-    let (asc, ascq) = match e {
-        DataOutError::Unsolicited => (0x0c, 0x0c), // unexpected unsolicited data
-        DataOutError::ShortSequence => (0x0c, 0x0d), // not enough unsolicited data
-        DataOutError::Offset => (0x4b, 0x05),      // data offset error
-        DataOutError::Overrun => (0x4b, 0x02),     // too much write data
-        DataOutError::DataSn | DataOutError::UnknownTtt => (0x4b, 0x00), // data phase error
-    };
-    sense(0x0b, asc, ascq)
-}
-
-/// Fixed-format sense data.
-fn sense(key: u8, asc: u8, ascq: u8) -> Bytes {
-    let mut s = [0u8; 18];
-    s[0] = 0x70;
-    s[2] = key;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    Bytes::copy_from_slice(&s)
 }
 
 #[cfg(test)]

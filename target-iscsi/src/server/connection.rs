@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::net::TcpStream;
@@ -30,7 +30,7 @@ use super::writer::SendQueue;
 use crate::session::{Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 use chap::Admission;
-use scsi_disk::{status, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse};
+use scsi_disk::{Nexus, Response, ScsiTarget, TasksEnded, TmfResponse, TransportFault};
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
 async fn read_pdu(
@@ -293,7 +293,7 @@ impl Running {
         self.handles.remove(&itt);
         let resp = result.unwrap_or_else(|_| {
             tracing::error!(itt, "SCSI task panicked");
-            internal_failure()
+            Response::transport_fault(TransportFault::InternalFailure)
         });
         session.complete(itt, resp, wanted);
     }
@@ -497,21 +497,6 @@ fn read_some(
 async fn sleep_until(t: Option<Instant>) {
     if let Some(t) = t {
         tokio::time::sleep_until(t.into()).await;
-    }
-}
-
-/// CHECK CONDITION, HARDWARE ERROR / INTERNAL TARGET FAILURE.
-fn internal_failure() -> Response {
-    let mut sense = [0u8; 18];
-    sense[0] = 0x70;
-    sense[2] = 0x04;
-    sense[7] = 10;
-    sense[12] = 0x44;
-    Response {
-        status: status::CHECK_CONDITION,
-        sense: Some(Bytes::copy_from_slice(&sense)),
-        data_in: Bytes::new(),
-        data_in_file: None,
     }
 }
 
