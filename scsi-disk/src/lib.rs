@@ -44,6 +44,7 @@ mod sbc;
 pub mod sense;
 mod spc;
 mod transport;
+mod transport_id;
 mod ua;
 mod xcopy;
 
@@ -55,6 +56,7 @@ use lu::LogicalUnit;
 use order::Drain;
 use sense::Asc;
 pub use transport::{cdb_len, TransportFault};
+pub use transport_id::{protocol_id, InitiatorPort};
 
 /// One I_T nexus: an initiator port talking to a target port (for iSCSI, one
 /// session). Persistent reservations, unit attentions and RESERVE/RELEASE are
@@ -63,15 +65,11 @@ pub use transport::{cdb_len, TransportFault};
 pub struct Nexus {
     /// Unique id of this nexus for the life of the process (e.g. a session counter).
     pub id: u64,
-    /// iSCSI initiator name (the InitiatorName key).
-    pub initiator_name: String,
-    /// The session's ISID; with the initiator name it forms the initiator port
-    /// TransportID `"<name>,i,0x<isid hex>"`.
-    pub isid: [u8; 6],
+    /// The initiator port, in its transport's form (for iSCSI the
+    /// initiator name and the session's ISID).
+    pub initiator: InitiatorPort,
     /// Relative target port identifier (1-based), one per target portal group.
     pub relative_port: u16,
-    /// Target portal group tag of the port the session came through.
-    pub tpgt: u16,
 }
 
 /// SAM task attribute of a command.
@@ -329,15 +327,13 @@ impl TasksEnded {
     }
 }
 
-/// The I_T nexus identity that SCSI state is keyed by: the iSCSI initiator
-/// port name (`name,i,0x<isid>`) and the relative target port. A reinstated
+/// The I_T nexus identity that SCSI state is keyed by: the initiator port
+/// (for iSCSI `name,i,0x<isid>`) and the relative target port. A reinstated
 /// session keeps its nexus; another ISID is another initiator port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ItNexus {
-    /// Initiator name, lower-cased (iSCSI names compare case-insensitively).
-    pub name: String,
-    /// ISID of the session.
-    pub isid: [u8; 6],
+    /// The initiator port.
+    pub port: InitiatorPort,
     /// Relative target port identifier.
     pub rel_port: u16,
 }
@@ -345,19 +341,9 @@ pub(crate) struct ItNexus {
 impl ItNexus {
     pub(crate) fn of(n: &Nexus) -> Self {
         ItNexus {
-            name: n.initiator_name.to_ascii_lowercase(),
-            isid: n.isid,
+            port: n.initiator.clone(),
             rel_port: n.relative_port,
         }
-    }
-
-    /// The initiator port name `name,i,0x<isid>`.
-    pub(crate) fn port_name(&self) -> String {
-        let mut s = format!("{},i,0x", self.name);
-        for b in self.isid {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
     }
 }
 
@@ -528,7 +514,7 @@ impl ScsiTarget {
 
     /// A new session (I_T nexus): it gets a POWER ON, RESET OR BUS DEVICE
     /// RESET OCCURRED unit attention. A session of the same initiator port
-    /// (initiator name and ISID) that is still registered is being
+    /// (for iSCSI: initiator name and ISID) that is still registered is being
     /// reinstated: its tasks are aborted now, and any it still submits enter
     /// aborted. Wait for the result before the new session runs commands, so
     /// the old session's writes in flight cannot land over the new one's.
@@ -538,7 +524,7 @@ impl ScsiTarget {
         {
             let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             for (&id, k) in s.iter() {
-                if id != nexus.id && k.name == key.name && k.isid == key.isid {
+                if id != nexus.id && k.port == key.port {
                     for lu in self.lus.values() {
                         superseded.extend(TasksEnded(vec![lu.tasks.fence(id)]));
                     }

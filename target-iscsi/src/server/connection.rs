@@ -30,7 +30,9 @@ use super::writer::SendQueue;
 use crate::session::{Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 use chap::Admission;
-use scsi_disk::{Nexus, Response, ScsiTarget, TasksEnded, TmfResponse, TransportFault};
+use scsi_disk::{
+    InitiatorPort, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse, TransportFault,
+};
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
 async fn read_pdu(
@@ -318,10 +320,8 @@ async fn full_feature(
     };
     let nexus = Nexus {
         id: reg.nexus_id(),
-        initiator_name: est.key.initiator.clone(),
-        isid: est.key.isid,
+        initiator: InitiatorPort::iscsi(&est.key.initiator, est.key.isid),
         relative_port: tpgt,
-        tpgt,
     };
     let kill = Arc::new(Notify::new());
     if let Some(b) = &backend {
