@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
+use scsi_disk::{LuConfig, ScsiError, ScsiTarget};
 use target_iscsi::access::Access;
-use target_iscsi::scsi::{LuConfig, ScsiError, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, ServerError, TargetConfig};
 use tracing::info;
 

@@ -176,11 +176,9 @@ fn backing_store(d: &DiskConfig) -> Result<Store, IsuError> {
 /// will read them at start.
 fn persisted_state(cfg: &IsuConfig, d: &DiskConfig) -> Result<(), IsuError> {
     let dir = cfg.data_dir.join("state").join(&d.name);
-    target_iscsi::scsi::check_pr_state(&dir.join("pr-state")).map_err(|source| {
-        ExportError::Scsi {
-            iqn: d.iqn.clone(),
-            source,
-        }
+    scsi_disk::check_pr_state(&dir.join("pr-state")).map_err(|source| ExportError::Scsi {
+        iqn: d.iqn.clone(),
+        source,
     })?;
     if d.aoe.is_some() {
         let config = dir.join("aoe-config");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use blockdev::file::FileOptions;
 use blockdev::{DeviceIdentity, FileDevice};
-use target_iscsi::scsi::{LuConfig, ScsiTarget};
+use scsi_disk::{LuConfig, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -18,8 +18,8 @@ use ipnet::IpNet;
 
 use chap::{AuthenticatorConfig, CredentialSet, SecretsStore, Step};
 
-use crate::login::{status, AuthStep, Authenticator, NoAuth};
-use crate::text::TextList;
+use iscsi_proto::login::{status, AuthStep, Authenticator, NoAuth};
+use iscsi_proto::text::TextList;
 
 /// An address prefix such as `10.0.0.0/8`, `192.0.2.7` (a /32) or `fd00::/8`.
 /// IPv4-mapped IPv6 peers match IPv4 prefixes.
@@ -388,9 +388,9 @@ mod tests {
     /// for a connection from an address on portal group 1.
     struct Ctx(Access, IpAddr);
 
-    impl crate::login::LoginContext for Ctx {
-        fn target(&self, name: &str, _tpgt: u16) -> Option<crate::login::TargetInfo> {
-            (name == "iqn.2026-01.t:a").then_some(crate::login::TargetInfo {
+    impl iscsi_proto::login::LoginContext for Ctx {
+        fn target(&self, name: &str, _tpgt: u16) -> Option<iscsi_proto::login::TargetInfo> {
+            (name == "iqn.2026-01.t:a").then_some(iscsi_proto::login::TargetInfo {
                 index: 0,
                 alias: None,
             })
@@ -405,7 +405,12 @@ mod tests {
                 .authorize(t, initiator, self.1, 1)
                 .map_err(|_| status::AUTHORIZATION_FAILURE)
         }
-        fn admit(&self, _: &crate::login::SessionKey, _: u16, _: u16) -> Result<u16, (u8, u8)> {
+        fn admit(
+            &self,
+            _: &iscsi_proto::login::SessionKey,
+            _: u16,
+            _: u16,
+        ) -> Result<u16, (u8, u8)> {
             Ok(1)
         }
     }
@@ -428,9 +433,23 @@ mod tests {
         user: &str,
         secret: Option<&str>,
     ) -> Outcome {
-        use crate::login::{tests::req, Login, LoginOutcome};
-        use crate::negotiate::Limits;
-        use crate::pdu::Stage;
+        use iscsi_proto::login::{Login, LoginOutcome};
+        use iscsi_proto::negotiate::Limits;
+        use iscsi_proto::pdu::{LoginRequest, Stage};
+        let req = |csg, nsg, transit| LoginRequest {
+            transit,
+            cont: false,
+            csg,
+            nsg,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 0,
+            itt: 7,
+            cid: 0,
+            cmd_sn: 10,
+            exp_stat_sn: 0,
+        };
         let ctx = Ctx(access, ip.parse().unwrap());
         let mut l = Login::new(1, Limits::default());
         let mut keys = TextList::default();

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::text::TextList;
+use iscsi_proto::text::TextList;
 
 /// One portal a target is reachable on, as SendTargets shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,26 +1,21 @@
-//! opie's iSCSI target: the RFC 7143 protocol (sans-I/O codec and state
-//! machines, with a thin tokio server at the edge) and SCSI disk emulation
-//! (SBC-4/SPC-4) over the shared [`blockdev::BlockDevice`] trait.
+//! opie's iSCSI target (RFC 7143): the target's session state machine, its
+//! login policy and a thin tokio server at the edge, serving the SCSI logical
+//! units of `scsi-disk` over the protocol core of `iscsi-proto`.
 //!
 //! The ISUs export their disks with it and the head re-exports RAID5 volumes
 //! with the very same code.
 //!
-//! Protocol modules, all without sockets or clocks: [`pdu`] (header codec),
-//! [`digest`], [`text`] (key=value lists), [`negotiate`] (key table),
-//! [`login`], [`discovery`] (SendTargets), [`session`] (Full Feature Phase:
-//! command window, data transfer, NOP, task management, logout). The tokio
-//! edge is [`server`].
+//! Sans-I/O (no sockets, no clock): [`session`] (Full Feature Phase: command
+//! window, data transfer, NOP, task management, logout), [`r2t`] (Data-Out
+//! collection), [`tmf`] (the transport side of task management),
+//! [`discovery`] (SendTargets), [`access`] (CHAP and ACLs: the login
+//! policy) and [`outgoing`] (PDUs to send, data in a file's page cache
+//! included). The tokio edge is [`server`].
 
 pub mod access;
-pub mod digest;
 pub mod discovery;
-pub mod frame;
-pub mod login;
-pub mod negotiate;
-pub mod pdu;
+pub mod outgoing;
 pub mod r2t;
-pub mod scsi;
 pub mod server;
 pub mod session;
-pub mod text;
 pub mod tmf;

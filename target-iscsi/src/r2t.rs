@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::pdu::RESERVED_TAG;
+use iscsi_proto::pdu::RESERVED_TAG;
 
 /// A Data-Out that breaks the rules (at ERL 0 the connection is dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -14,20 +14,22 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::digest::Digest;
-use crate::discovery::{send_targets, DiscoveryTarget};
-use crate::frame::{InPdu, OutPdu};
-use crate::login::{Established, SessionType};
-use crate::negotiate::Params;
-use crate::pdu::{
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::InPdu;
+use iscsi_proto::login::{Established, SessionType};
+use iscsi_proto::negotiate::Params;
+use iscsi_proto::pdu::{
     decode_lun, reject, Ahs, Bhs, DataIn, DataOut, LogoutRequest, LogoutResponse, NopIn, NopOut,
     R2t, Reject, ScsiCommand, ScsiResponse, Sns, TextRequest, TextResponse, TmfRequest,
     TmfResponse, BHS_LEN, RESERVED_TAG,
 };
+use iscsi_proto::text::{TextAccumulator, TextList};
+
+use crate::discovery::{send_targets, DiscoveryTarget};
+use crate::outgoing::Outgoing;
 use crate::r2t::{DataOutError, WriteBuffer};
-use crate::scsi::{Command, Response, TaskAttr, TmfFunction};
-use crate::text::{TextAccumulator, TextList};
 use crate::tmf::{self, TmfOutcome};
+use scsi_disk::{Command, Response, TaskAttr, TmfFunction, TransportFault};
 
 /// Serial number arithmetic (RFC 1982, 32 bits): `a < b`.
 pub fn sn_lt(a: u32, b: u32) -> bool {
@@ -82,7 +84,7 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub enum Action {
     /// Send this PDU (in order).
-    Send(OutPdu),
+    Send(Outgoing),
     /// Hand this command to SCSI now (order of these actions is CmdSN order)
     /// and call [`Session::complete`] with its response.
     Execute {
@@ -335,7 +337,7 @@ impl Session {
     }
 
     fn send(&mut self, bhs: Bhs, data: Bytes) {
-        let pdu = OutPdu::new(
+        let pdu = Outgoing::new(
             &bhs,
             data,
             self.params.header_digest,
@@ -347,7 +349,7 @@ impl Session {
     /// Sends `bhs` with a data segment that stays in a file until the socket
     /// takes it.
     fn send_file(&mut self, bhs: Bhs, file: blockdev::FileSlice) {
-        match OutPdu::with_file(
+        match Outgoing::with_file(
             &bhs,
             file,
             self.params.header_digest,
@@ -697,7 +699,7 @@ impl Session {
                 v.put_slice(ext);
                 v.freeze()
             }
-            None => Bytes::copy_from_slice(&c.cdb[..cdb_len(c.cdb[0])]),
+            None => Bytes::copy_from_slice(&c.cdb[..scsi_disk::cdb_len(c.cdb[0])]),
         };
         let immediate_len = data.len() as u32;
         if immediate_len > 0
@@ -730,12 +732,7 @@ impl Session {
                 edtl = c.edtl,
                 "write larger than MAX_DATA_OUT refused"
             );
-            let resp = Response {
-                status: crate::scsi::status::CHECK_CONDITION,
-                sense: Some(sense(0x05, 0x24, 0x00)),
-                data_in: Bytes::new(),
-                data_in_file: None,
-            };
+            let resp = Response::transport_fault(TransportFault::TransferTooLong);
             self.send_status(c.itt, &resp, false, false, 0, 0);
             return;
         }
@@ -839,12 +836,7 @@ impl Session {
                 // PDUs of the task are discarded as unknown).
                 tracing::warn!(itt = d.itt, error = %e, "bad Data-Out: task terminated");
                 self.tasks.remove(&d.itt);
-                let resp = Response {
-                    status: crate::scsi::status::CHECK_CONDITION,
-                    sense: Some(data_out_sense(e)),
-                    data_in: Bytes::new(),
-                    data_in_file: None,
-                };
+                let resp = Response::transport_fault(data_out_fault(e));
                 self.send_status(d.itt, &resp, false, false, 0, 0);
             }
         }
@@ -1215,7 +1207,7 @@ impl Session {
                     self.own_target.as_deref(),
                 );
                 reply.0.extend(list.0);
-            } else if crate::negotiate::key_def(k).is_some() {
+            } else if iscsi_proto::negotiate::key_def(k).is_some() {
                 // Full Feature Phase renegotiation is not offered.
                 reply.push(k.clone(), "Reject");
             } else {
@@ -1295,7 +1287,7 @@ impl Session {
     pub fn async_message(&mut self, event: u8, params: [u16; 3], sense: Bytes) {
         let sns = self.sns_advance();
         self.send(
-            Bhs::AsyncMessage(crate::pdu::AsyncMessage {
+            Bhs::AsyncMessage(iscsi_proto::pdu::AsyncMessage {
                 lun: 0,
                 sns,
                 event,
@@ -1328,63 +1320,23 @@ fn sent_before(cmd: &ScsiCommand, t: &TmfRequest) -> bool {
     cmd.immediate || sn_lt(cmd.cmd_sn, t.cmd_sn)
 }
 
-/// CDB length from the group code of the opcode.
-fn cdb_len(op: u8) -> usize {
-    match op >> 5 {
-        0 => 6,
-        1 | 2 => 10,
-        4 => 16,
-        5 => 12,
-        _ => 16,
-    }
-}
-
-/// Sense data for a write whose Data-Out broke the sequence rules:
-/// ABORTED COMMAND with the iSCSI-specific additional sense codes.
-fn data_out_sense(e: DataOutError) -> Bytes {
-    let (asc, ascq) = match e {
-        DataOutError::Unsolicited => (0x0c, 0x0c), // unexpected unsolicited data
-        DataOutError::ShortSequence => (0x0c, 0x0d), // not enough unsolicited data
-        DataOutError::Offset => (0x4b, 0x05),      // data offset error
-        DataOutError::Overrun => (0x4b, 0x02),     // too much write data
-        DataOutError::DataSn | DataOutError::UnknownTtt => (0x4b, 0x00), // data phase error
-    };
-    sense(0x0b, asc, ascq)
-}
-
-/// Fixed-format sense data.
-fn sense(key: u8, asc: u8, ascq: u8) -> Bytes {
-    let mut s = [0u8; 18];
-    s[0] = 0x70;
-    s[2] = key;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    Bytes::copy_from_slice(&s)
-}
-
-/// Blocks of data-out a CDB transfers, for the write commands whose
-/// residuals the transport reports.
-pub fn data_out_blocks(cdb: &[u8]) -> Option<u64> {
-    let be = |from: usize, n: usize| -> Option<u64> {
-        cdb.get(from..from + n)
-            .map(|b| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
-    };
-    match *cdb.first()? {
-        0x0a => be(4, 1).map(|n| if n == 0 { 256 } else { n }),
-        0x2a | 0x2e => be(7, 2),
-        0xaa | 0xae => be(6, 4),
-        0x8a | 0x8e | 0x8b => be(10, 4),
-        0x89 => be(13, 1).map(|n| 2 * n),
-        _ => None,
+/// How a write whose Data-Out broke the sequence rules ends: ABORTED
+/// COMMAND with the additional sense code SPC-4 has for the break.
+fn data_out_fault(e: DataOutError) -> TransportFault {
+    match e {
+        DataOutError::Unsolicited => TransportFault::UnexpectedUnsolicitedData,
+        DataOutError::ShortSequence => TransportFault::NotEnoughUnsolicitedData,
+        DataOutError::Offset => TransportFault::DataOffset,
+        DataOutError::Overrun => TransportFault::TooMuchWriteData,
+        DataOutError::DataSn | DataOutError::UnknownTtt => TransportFault::DataPhase,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::login::SessionKey;
-    use crate::pdu::{Framing, LogoutRequest};
+    use iscsi_proto::login::SessionKey;
+    use iscsi_proto::pdu::{Framing, LogoutRequest};
     use proptest::prelude::*;
 
     fn est(params: Params) -> Established {
@@ -1871,7 +1823,7 @@ mod tests {
         let Bhs::ScsiCommand(mut c) = cmd(itt, cmd_sn, 0x28, 512, true, false, true) else {
             unreachable!()
         };
-        c.lun = crate::pdu::encode_lun(lun);
+        c.lun = iscsi_proto::pdu::encode_lun(lun);
         Bhs::ScsiCommand(c)
     }
 
@@ -1881,7 +1833,7 @@ mod tests {
         Bhs::TmfRequest(TmfRequest {
             immediate,
             function,
-            lun: crate::pdu::encode_lun(lun),
+            lun: iscsi_proto::pdu::encode_lun(lun),
             itt,
             rtt: RESERVED_TAG,
             cmd_sn,
@@ -2369,8 +2321,8 @@ mod tests {
                     let Bhs::TextResponse(r) = Bhs::decode(&raw).unwrap() else {
                         panic!()
                     };
-                    assert!(p.data.len() <= 1024);
-                    all.extend_from_slice(&p.data);
+                    assert!(p.pdu.data.len() <= 1024);
+                    all.extend_from_slice(&p.pdu.data);
                     got = Some(r);
                 }
             }

@@ -1,7 +1,7 @@
 //! Task management (RFC 7143 §11.5-6): function codes to SAM functions and
 //! the response codes.
 
-use crate::scsi::TmfFunction;
+use scsi_disk::TmfFunction;
 
 /// TASK REASSIGN (function 8), only meaningful at ERL 2.
 pub const TASK_REASSIGN: u8 = 8;

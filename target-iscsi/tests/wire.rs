@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use blockdev::{DeviceIdentity, FileDevice, MemDevice, SharedDevice};
 use bytes::{Bytes, BytesMut};
-use target_iscsi::digest::Digest;
-use target_iscsi::frame::{Decoder, InPdu, OutPdu};
-use target_iscsi::pdu::{
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::{Decoder, InPdu, OutPdu};
+use iscsi_proto::pdu::{
     self, Bhs, DataOut, LoginRequest, NopOut, ScsiCommand, Stage, TextRequest, BHS_LEN,
 };
-use target_iscsi::scsi::{LuConfig, ScsiTarget};
+use iscsi_proto::text::TextList;
+use scsi_disk::{LuConfig, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
-use target_iscsi::text::TextList;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

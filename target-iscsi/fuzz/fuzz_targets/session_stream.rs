@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use iscsi_proto::frame::Decoder;
+use iscsi_proto::login::{Established, SessionKey, SessionType};
+use iscsi_proto::negotiate::Params;
 use libfuzzer_sys::fuzz_target;
-use target_iscsi::frame::Decoder;
-use target_iscsi::login::{Established, SessionKey, SessionType};
-use target_iscsi::negotiate::Params;
-use target_iscsi::scsi::Response;
+use scsi_disk::Response;
 use target_iscsi::session::{Action, Session, SessionConfig};
 use target_iscsi::tmf::TmfOutcome;
 

@@ -12,24 +12,27 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::{Decoder, FrameError, InPdu, OutPdu};
+use iscsi_proto::login::{Established, Login, LoginOutcome, SessionType};
+use iscsi_proto::pdu::{reject, Bhs};
+
 use super::pending::PendingSlot;
 use super::registry::{ConnContext, Registry};
 use super::writer::SendQueue;
-use crate::digest::Digest;
-use crate::frame::{Decoder, FrameError, InPdu, OutPdu};
-use crate::login::{Established, Login, LoginOutcome, SessionType};
-use crate::pdu::{reject, Bhs};
-use crate::scsi::{status, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse};
-use crate::session::{data_out_blocks, Action, CloseReason, Session, SessionConfig};
+use crate::session::{Action, CloseReason, Session, SessionConfig};
 use crate::tmf::TmfOutcome;
 use chap::Admission;
+use scsi_disk::{
+    InitiatorPort, Nexus, Response, ScsiTarget, TasksEnded, TmfResponse, TransportFault,
+};
 
 /// Reads until one PDU is complete. `Ok(None)` at end of stream.
 async fn read_pdu(
@@ -171,12 +174,15 @@ async fn login(
         } else if matches!(reply.outcome, LoginOutcome::FullFeature(_)) && login.authenticating() {
             lock(&reg.backoff).record_success(peer.ip(), Instant::now());
         }
-        out.push(OutPdu::new(
-            &Bhs::LoginResponse(reply.bhs),
-            reply.data,
-            Digest::None,
-            Digest::None,
-        ));
+        out.push(
+            OutPdu::new(
+                &Bhs::LoginResponse(reply.bhs),
+                reply.data,
+                Digest::None,
+                Digest::None,
+            )
+            .into(),
+        );
         if out.flush_all(s).await.is_err() {
             return None;
         }
@@ -247,7 +253,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// authorization failures, unknown targets (name guessing), and any initiator
 /// error once CHAP has begun (probing with malformed keys).
 fn counts_as_failure(st: (u8, u8), authenticating: bool) -> bool {
-    use crate::login::status;
+    use iscsi_proto::login::status;
     st == status::AUTH_FAILURE
         || st == status::AUTHORIZATION_FAILURE
         || st == status::NOT_FOUND
@@ -289,7 +295,7 @@ impl Running {
         self.handles.remove(&itt);
         let resp = result.unwrap_or_else(|_| {
             tracing::error!(itt, "SCSI task panicked");
-            internal_failure()
+            Response::transport_fault(TransportFault::InternalFailure)
         });
         session.complete(itt, resp, wanted);
     }
@@ -314,10 +320,8 @@ async fn full_feature(
     };
     let nexus = Nexus {
         id: reg.nexus_id(),
-        initiator_name: est.key.initiator.clone(),
-        isid: est.key.isid,
+        initiator: InitiatorPort::iscsi(&est.key.initiator, est.key.isid),
         relative_port: tpgt,
-        tpgt,
     };
     let kill = Arc::new(Notify::new());
     if let Some(b) = &backend {
@@ -496,21 +500,6 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// CHECK CONDITION, HARDWARE ERROR / INTERNAL TARGET FAILURE.
-fn internal_failure() -> Response {
-    let mut sense = [0u8; 18];
-    sense[0] = 0x70;
-    sense[2] = 0x04;
-    sense[7] = 10;
-    sense[12] = 0x44;
-    Response {
-        status: status::CHECK_CONDITION,
-        sense: Some(Bytes::copy_from_slice(&sense)),
-        data_in: Bytes::new(),
-        data_in_file: None,
-    }
-}
-
 fn drain(
     session: &mut Session,
     out: &mut SendQueue,
@@ -525,10 +514,7 @@ fn drain(
             Action::Send(p) => out.push(p),
             Action::Execute { itt, cmd } => {
                 let Some(b) = backend else { continue };
-                let wanted = data_out_blocks(&cmd.cdb).and_then(|n| {
-                    b.lu(cmd.lun)
-                        .map(|lu| n * u64::from(lu.geometry().block_size))
-                });
+                let wanted = b.data_out_len(cmd.lun, &cmd.cdb);
                 let task = AssertUnwindSafe(b.submit(nexus, cmd))
                     .catch_unwind()
                     .instrument(tracing::debug_span!("task", itt));

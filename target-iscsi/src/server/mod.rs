@@ -1,6 +1,6 @@
 //! The tokio edge: listeners, one reader/driver task and one writer task per
 //! connection, commands executed concurrently. All protocol decisions are
-//! made by the sans-I/O [`crate::login`] and [`crate::session`] machines;
+//! made by the sans-I/O [`iscsi_proto::login`] and [`crate::session`] machines;
 //! this module only moves bytes, runs SCSI futures and keeps time.
 
 mod connection;
@@ -20,12 +20,13 @@ use tracing::Instrument;
 
 use chap::BackoffConfig;
 
+use iscsi_proto::negotiate::Limits;
+
 use crate::access::Access;
-use crate::negotiate::Limits;
-use crate::scsi::ScsiTarget;
 use log_limit::LogLimit;
 use pending::{Caps, Full, PendingSlot};
 use registry::Registry;
+use scsi_disk::ScsiTarget;
 
 /// A listening portal.
 #[derive(Debug, Clone)]

@@ -10,11 +10,12 @@ use chap::LoginBackoff;
 
 use tokio::sync::Notify;
 
+use iscsi_proto::login::{status, Authenticator, LoginContext, SessionKey, TargetInfo};
+
 use super::pending::{Caps, PendingLogins};
 use super::ServerConfig;
 use crate::access::Access;
 use crate::discovery::{DiscoveryTarget, PortalAddress};
-use crate::login::{status, Authenticator, LoginContext, SessionKey, TargetInfo};
 
 /// Initiator name, ISID and target index: what identifies a session for reinstatement.
 type SessionId = (String, [u8; 6], Option<usize>);

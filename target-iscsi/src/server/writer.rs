@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::frame::OutPdu;
+use crate::outgoing::Outgoing;
 use blockdev::FileSlice;
 
 const BATCH: usize = 64;
@@ -23,7 +23,7 @@ const SENDFILE_MAX: usize = 0x7fff_f000;
 /// PDUs waiting for the socket.
 #[derive(Debug, Default)]
 pub(super) struct SendQueue {
-    queue: VecDeque<OutPdu>,
+    queue: VecDeque<Outgoing>,
     /// Bytes of the front PDU already written.
     front_done: usize,
 }
@@ -34,17 +34,17 @@ enum Part<'a> {
     File(&'a FileSlice),
 }
 
-fn parts(p: &OutPdu) -> [Option<Part<'_>>; 4] {
+fn parts(p: &Outgoing) -> [Option<Part<'_>>; 4] {
     [
-        Some(Part::Mem(p.head())),
-        Some(Part::Mem(&p.data)),
+        Some(Part::Mem(p.pdu.head())),
+        Some(Part::Mem(&p.pdu.data)),
         p.file.as_ref().map(Part::File),
-        Some(Part::Mem(p.tail())),
+        Some(Part::Mem(p.pdu.tail())),
     ]
 }
 
 impl SendQueue {
-    pub fn push(&mut self, p: OutPdu) {
+    pub fn push(&mut self, p: Outgoing) {
         self.queue.push_back(p);
     }
 

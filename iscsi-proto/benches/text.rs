@@ -1,10 +1,10 @@
 //! Login text parsing: a full 64 KiB list of the shortest distinct keys (an
 //! attacker's worst case, refused at the key cap) and a list at the cap.
-//! `cargo bench -p target-iscsi --bench text`
+//! `cargo bench -p iscsi-proto --bench text`
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use target_iscsi::text::{TextList, MAX_KEYS, MAX_TEXT_LEN};
+use iscsi_proto::text::{TextList, MAX_KEYS, MAX_TEXT_LEN};
 
 fn keys(n: usize) -> Vec<u8> {
     (0..n)

@@ -2,11 +2,11 @@
 //! answers or fails the login, never panics.
 #![no_main]
 
+use iscsi_proto::login::{Authenticator, Login, LoginContext, LoginOutcome, NoAuth, SessionKey, TargetInfo};
+use iscsi_proto::negotiate::Limits;
+use iscsi_proto::pdu::{Bhs, BHS_LEN};
+use iscsi_proto::text::TextList;
 use libfuzzer_sys::fuzz_target;
-use target_iscsi::login::{Authenticator, Login, LoginContext, LoginOutcome, NoAuth, SessionKey, TargetInfo};
-use target_iscsi::negotiate::Limits;
-use target_iscsi::pdu::{Bhs, BHS_LEN};
-use target_iscsi::text::TextList;
 
 struct Ctx;
 

@@ -23,10 +23,11 @@ struct Rig {
 fn nexus(id: u64, isid_last: u8) -> Nexus {
     Nexus {
         id,
-        initiator_name: format!("iqn.2026-01.test:init{id}"),
-        isid: [0x80, 0, 0, 0, 0, isid_last],
+        initiator: InitiatorPort::iscsi(
+            &format!("iqn.2026-01.test:init{id}"),
+            [0x80, 0, 0, 0, 0, isid_last],
+        ),
         relative_port: 1,
-        tpgt: 1,
     }
 }
 
@@ -1300,7 +1301,8 @@ async fn register_and_move_and_spec_i_pt() {
     // a registers itself and b in one go with SPEC_I_PT.
     let mut p = pr_params(0, 0x11, 0x08);
     let tid = {
-        let name = format!("{},i,0x800000000002", b.initiator_name);
+        let name = b.initiator.to_string();
+        assert!(name.ends_with(",i,0x800000000002"));
         let mut n = name.into_bytes();
         n.push(0);
         while n.len() % 4 != 0 {

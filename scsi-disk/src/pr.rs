@@ -6,13 +6,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use hex::FromHex as _;
-
 use super::cdb::{be16, be32, be64, byte, trim};
 use super::dispatch::{CmdResult, Ctx, Failure, Reply};
 use super::opcodes::PrClass;
 use super::sense::{Asc, Sense};
-use super::{ItNexus, ScsiError};
+use super::transport_id::TransportId;
+use super::{InitiatorPort, ItNexus, ScsiError};
 
 /// Reservation types.
 #[allow(missing_docs)]
@@ -131,7 +130,7 @@ impl PrState {
         let mut s = String::from("opie-pr 1\n");
         let _ = writeln!(s, "generation {}", self.generation);
         let _ = writeln!(s, "aptpl {}", u8::from(self.aptpl));
-        let nexus = |n: &ItNexus| format!("{} {} {}", n.rel_port, hex::encode(n.isid), n.name);
+        let nexus = |n: &ItNexus| format!("{} {}", n.rel_port, n.port.to_state_words());
         for r in &self.regs {
             let _ = writeln!(s, "reg {:016x} {}", r.key, nexus(&r.nexus));
         }
@@ -149,13 +148,8 @@ impl PrState {
         let mut st = PrState::default();
         let nexus = |it: &mut std::str::SplitWhitespace<'_>| -> Option<ItNexus> {
             let rel_port = it.next()?.parse().ok()?;
-            let isid = <[u8; 6]>::from_hex(it.next()?).ok()?;
-            let name = it.next()?.to_string();
-            Some(ItNexus {
-                name,
-                isid,
-                rel_port,
-            })
+            let port = InitiatorPort::from_state_words(it)?;
+            Some(ItNexus { port, rel_port })
         };
         for line in lines {
             let mut it = line.split_whitespace();
@@ -215,72 +209,6 @@ impl PrState {
     }
 }
 
-/// An iSCSI TransportID: initiator name and, for the port format, the ISID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct TransportId {
-    name: String,
-    isid: Option<[u8; 6]>,
-}
-
-/// Parses one iSCSI TransportID at `off`; returns it and its length.
-fn parse_transport_id(p: &[u8], off: usize) -> Result<(TransportId, usize), Sense> {
-    let b0 = byte(p, off);
-    if b0 & 0x0f != 0x05 {
-        return Err(Sense::invalid_param(off as u16, None));
-    }
-    let len = 4 + usize::from(be16(p, off + 2));
-    if len < 24 || len % 4 != 0 || off + len > p.len() {
-        return Err(Sense::invalid_param((off + 2) as u16, None));
-    }
-    let raw = &p[off + 4..off + len];
-    let text_end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let text = std::str::from_utf8(&raw[..text_end])
-        .map_err(|_| Sense::invalid_param((off + 4) as u16, None))?
-        .to_ascii_lowercase();
-    match b0 >> 6 {
-        0 => Ok((
-            TransportId {
-                name: text,
-                isid: None,
-            },
-            len,
-        )),
-        1 => {
-            let (name, isid_hex) = text
-                .split_once(",i,0x")
-                .ok_or_else(|| Sense::invalid_param((off + 4) as u16, None))?;
-            let isid = <[u8; 6]>::from_hex(isid_hex)
-                .map_err(|_| Sense::invalid_param((off + 4) as u16, None))?;
-            Ok((
-                TransportId {
-                    name: name.to_string(),
-                    isid: Some(isid),
-                },
-                len,
-            ))
-        }
-        _ => Err(Sense::invalid_param(off as u16, Some(6))),
-    }
-}
-
-/// The TransportID (port format) of a nexus' initiator port.
-fn transport_id_of(n: &ItNexus) -> Vec<u8> {
-    port_transport_id(&n.port_name())
-}
-
-/// A port-format iSCSI TransportID carrying `port_name`, NUL-padded.
-fn port_transport_id(port_name: &str) -> Vec<u8> {
-    let mut name = port_name.as_bytes().to_vec();
-    name.push(0);
-    while name.len() < 20 || !name.len().is_multiple_of(4) {
-        name.push(0);
-    }
-    let mut t = vec![0x45, 0];
-    t.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    t.extend_from_slice(&name);
-    t
-}
-
 /// PERSISTENT RESERVE IN.
 pub(crate) fn persistent_reserve_in(ctx: &Ctx<'_>) -> CmdResult {
     let cdb = ctx.cdb;
@@ -325,7 +253,7 @@ pub(crate) fn persistent_reserve_in(ctx: &Ctx<'_>) -> CmdResult {
             let mut body = Vec::new();
             for r in &st.regs {
                 let holder = st.is_holder(&r.nexus);
-                let tid = transport_id_of(&r.nexus);
+                let tid = r.nexus.port.transport_id();
                 body.extend_from_slice(&r.key.to_be_bytes());
                 body.extend_from_slice(&[0; 4]);
                 body.push(u8::from(holder));
@@ -375,28 +303,24 @@ fn target_ports(ctx: &Ctx<'_>, all: bool) -> Vec<u16> {
     ports
 }
 
-/// The nexuses a TransportID names on the given relative ports.
+/// The nexuses a TransportID names on the given relative ports: the port
+/// it names on each of them, or the logged-in nexuses of the device it names.
 fn nexuses_for(ctx: &Ctx<'_>, tid: &TransportId, ports: &[u16]) -> Vec<ItNexus> {
-    let mut out = Vec::new();
-    match tid.isid {
-        Some(isid) => {
-            for &p in ports {
-                out.push(ItNexus {
-                    name: tid.name.clone(),
-                    isid,
-                    rel_port: p,
-                });
-            }
-        }
-        None => {
-            for n in ctx.target.nexuses() {
-                if n.name == tid.name && ports.contains(&n.rel_port) {
-                    out.push(n);
-                }
-            }
-        }
+    match tid {
+        TransportId::Port(port) => ports
+            .iter()
+            .map(|&rel_port| ItNexus {
+                port: port.clone(),
+                rel_port,
+            })
+            .collect(),
+        TransportId::Device { .. } => ctx
+            .target
+            .nexuses()
+            .into_iter()
+            .filter(|n| tid.names(&n.port) && ports.contains(&n.rel_port))
+            .collect(),
     }
-    out
 }
 
 fn register(
@@ -432,7 +356,7 @@ fn register(
                 }
                 let mut off = 28;
                 while off < 28 + len {
-                    let (tid, l) = parse_transport_id(&data[..28 + len], off)?;
+                    let (tid, l) = TransportId::parse(&data[..28 + len], off)?;
                     let named = nexuses_for(ctx, &tid, &ports);
                     if named.is_empty() || named.iter().any(|n| st.key_of(n).is_some()) {
                         return Err(Sense::invalid_param(off as u16, None).into());
@@ -447,11 +371,8 @@ fn register(
         }
         Some(_) if p.sa_key == 0 => {
             let res_before = st.res.clone();
-            let removed = st.remove_where(|r| {
-                r.nexus.name == ctx.me.name
-                    && r.nexus.isid == ctx.me.isid
-                    && ports.contains(&r.nexus.rel_port)
-            });
+            let removed = st
+                .remove_where(|r| r.nexus.port == ctx.me.port && ports.contains(&r.nexus.rel_port));
             if let (Some(res), None) = (&res_before, &st.res) {
                 if matches!(res.rtype, WRITE_EXCLUSIVE_RO | EXCLUSIVE_ACCESS_RO)
                     && removed.contains(&res.holder)
@@ -569,7 +490,7 @@ fn register_and_move(ctx: &Ctx<'_>, st: &mut PrState, data: &[u8]) -> Result<boo
     if 24 + tid_len > data.len() {
         return Err(Sense::param_list_length().into());
     }
-    let (tid, _) = parse_transport_id(&data[..24 + tid_len], 24)?;
+    let (tid, _) = TransportId::parse(&data[..24 + tid_len], 24)?;
     let port = if rel_port == 0 {
         ctx.me.rel_port
     } else {
@@ -762,8 +683,7 @@ mod tests {
 
     fn n(i: u8) -> ItNexus {
         ItNexus {
-            name: "iqn.2026-01.test:init".into(),
-            isid: [0x80, 0, 0, 0, 0, i],
+            port: InitiatorPort::iscsi("iqn.2026-01.test:init", [0x80, 0, 0, 0, 0, i]),
             rel_port: 1,
         }
     }
@@ -831,40 +751,5 @@ mod tests {
             );
             assert!(!st.conflicts(&outsider, PrClass::Allowed));
         }
-    }
-
-    #[test]
-    fn transport_ids() {
-        let t = transport_id_of(&n(5));
-        assert_eq!(t.len() % 4, 0);
-        let (tid, len) = parse_transport_id(&t, 0).unwrap();
-        assert_eq!(len, t.len());
-        assert_eq!(tid.name, "iqn.2026-01.test:init");
-        assert_eq!(tid.isid, Some([0x80, 0, 0, 0, 0, 5]));
-        let mut bad = t.clone();
-        bad[0] = 0x41; // protocol 1
-        assert!(parse_transport_id(&bad, 0).is_err());
-    }
-
-    /// The ISID of a TransportID is decoded as hex, never sliced by byte
-    /// index: a multi-byte character across a digit pair used to panic
-    /// ("not a char boundary"), and `u8::from_str_radix` took "+f" as 15.
-    #[test]
-    fn transport_id_isid_is_strict_hex() {
-        for isid in [
-            "00000\u{e9}00000",
-            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
-            "+f0000000000",
-            "80000000000g",
-            "8000000000",
-            "80000000000001",
-        ] {
-            let t = port_transport_id(&format!("iqn.2026-01.test:init,i,0x{isid}"));
-            let r = std::panic::catch_unwind(|| parse_transport_id(&t, 0));
-            assert!(matches!(r, Ok(Err(_))), "ISID {isid:?}: {r:?}");
-        }
-        let t = port_transport_id("IQN.2026-01.test:init,i,0x80000000ABcd");
-        let (tid, _) = parse_transport_id(&t, 0).expect("upper-case hex is hex");
-        assert_eq!(tid.isid, Some([0x80, 0, 0, 0, 0xab, 0xcd]));
     }
 }

@@ -558,7 +558,7 @@ pub fn redacted(keys: &TextList) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::digest::Digest;
     use std::sync::Mutex;

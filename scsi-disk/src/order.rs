@@ -360,8 +360,7 @@ mod tests {
 
     fn nexus(i: u8) -> ItNexus {
         ItNexus {
-            name: "iqn.2026-01.test:i".into(),
-            isid: [0x80, 0, 0, 0, 0, i],
+            port: crate::InitiatorPort::iscsi("iqn.2026-01.test:i", [0x80, 0, 0, 0, 0, i]),
             rel_port: 1,
         }
     }

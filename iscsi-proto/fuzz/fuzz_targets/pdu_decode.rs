@@ -3,10 +3,10 @@
 #![no_main]
 
 use bytes::BytesMut;
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::Decoder;
+use iscsi_proto::pdu::{Ahs, Bhs, Framing};
 use libfuzzer_sys::fuzz_target;
-use target_iscsi::digest::Digest;
-use target_iscsi::frame::Decoder;
-use target_iscsi::pdu::{Ahs, Bhs, Framing};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };

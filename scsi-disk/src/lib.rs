@@ -1,10 +1,14 @@
-//! SCSI target emulation (SPC-4 / SBC-4) over [`blockdev::BlockDevice`].
+//! SCSI target emulation (SPC-4 / SBC-4) over [`blockdev::BlockDevice`],
+//! for any SCSI transport.
 //!
-//! The transport (iSCSI) hands complete commands in (CDB plus all data-out
-//! already collected) and gets a complete [`Response`] back: status, sense data
-//! and data-in. Everything SCSI lives here: the disk command set (sbc), the
-//! primary commands (spc), persistent reservations (pr), ALUA (alua), unit
-//! attentions and sense data. Nothing here knows about sockets or PDUs.
+//! The transport (iSCSI today: `target-iscsi`) hands complete commands in
+//! (CDB plus all data-out already collected) and gets a complete
+//! [`Response`] back: status, sense data and data-in. Everything SCSI lives
+//! here: the disk command set (sbc), the primary commands (spc), persistent
+//! reservations (pr), ALUA (alua), unit attentions and sense data, and what
+//! a transport needs to know of a CDB ([`cdb_len`],
+//! [`ScsiTarget::data_out_len`]) or reports of commands it ends itself
+//! ([`TransportFault`]). Nothing here knows about sockets or PDUs.
 //!
 //! The transport contract for ending tasks: a command runs when its
 //! [`Execution`] is polled and, once begun, to its end (its backend I/O
@@ -39,6 +43,8 @@ mod sanitize;
 mod sbc;
 pub mod sense;
 mod spc;
+mod transport;
+mod transport_id;
 mod ua;
 mod xcopy;
 
@@ -49,6 +55,8 @@ pub use alua::{AluaState, PortGroup};
 use lu::LogicalUnit;
 use order::Drain;
 use sense::Asc;
+pub use transport::{cdb_len, TransportFault};
+pub use transport_id::{protocol_id, InitiatorPort};
 
 /// One I_T nexus: an initiator port talking to a target port (for iSCSI, one
 /// session). Persistent reservations, unit attentions and RESERVE/RELEASE are
@@ -57,15 +65,11 @@ use sense::Asc;
 pub struct Nexus {
     /// Unique id of this nexus for the life of the process (e.g. a session counter).
     pub id: u64,
-    /// iSCSI initiator name (the InitiatorName key).
-    pub initiator_name: String,
-    /// The session's ISID; with the initiator name it forms the initiator port
-    /// TransportID `"<name>,i,0x<isid hex>"`.
-    pub isid: [u8; 6],
+    /// The initiator port, in its transport's form (for iSCSI the
+    /// initiator name and the session's ISID).
+    pub initiator: InitiatorPort,
     /// Relative target port identifier (1-based), one per target portal group.
     pub relative_port: u16,
-    /// Target portal group tag of the port the session came through.
-    pub tpgt: u16,
 }
 
 /// SAM task attribute of a command.
@@ -323,15 +327,13 @@ impl TasksEnded {
     }
 }
 
-/// The I_T nexus identity that SCSI state is keyed by: the iSCSI initiator
-/// port name (`name,i,0x<isid>`) and the relative target port. A reinstated
+/// The I_T nexus identity that SCSI state is keyed by: the initiator port
+/// (for iSCSI `name,i,0x<isid>`) and the relative target port. A reinstated
 /// session keeps its nexus; another ISID is another initiator port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ItNexus {
-    /// Initiator name, lower-cased (iSCSI names compare case-insensitively).
-    pub name: String,
-    /// ISID of the session.
-    pub isid: [u8; 6],
+    /// The initiator port.
+    pub port: InitiatorPort,
     /// Relative target port identifier.
     pub rel_port: u16,
 }
@@ -339,19 +341,9 @@ pub(crate) struct ItNexus {
 impl ItNexus {
     pub(crate) fn of(n: &Nexus) -> Self {
         ItNexus {
-            name: n.initiator_name.to_ascii_lowercase(),
-            isid: n.isid,
+            port: n.initiator.clone(),
             rel_port: n.relative_port,
         }
-    }
-
-    /// The initiator port name `name,i,0x<isid>`.
-    pub(crate) fn port_name(&self) -> String {
-        let mut s = format!("{},i,0x", self.name);
-        for b in self.isid {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
     }
 }
 
@@ -522,7 +514,7 @@ impl ScsiTarget {
 
     /// A new session (I_T nexus): it gets a POWER ON, RESET OR BUS DEVICE
     /// RESET OCCURRED unit attention. A session of the same initiator port
-    /// (initiator name and ISID) that is still registered is being
+    /// (for iSCSI: initiator name and ISID) that is still registered is being
     /// reinstated: its tasks are aborted now, and any it still submits enter
     /// aborted. Wait for the result before the new session runs commands, so
     /// the old session's writes in flight cannot land over the new one's.
@@ -532,7 +524,7 @@ impl ScsiTarget {
         {
             let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             for (&id, k) in s.iter() {
-                if id != nexus.id && k.name == key.name && k.isid == key.isid {
+                if id != nexus.id && k.port == key.port {
                     for lu in self.lus.values() {
                         superseded.extend(TasksEnded(vec![lu.tasks.fence(id)]));
                     }
@@ -584,6 +576,16 @@ impl ScsiTarget {
             lu.add_ua_to(all.iter(), Asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
         }
         Ok(())
+    }
+
+    /// Bytes of data-out `cdb` transfers to logical unit `lun`: its transfer
+    /// length in the unit's blocks, for the write commands whose residuals
+    /// a transport reports (WRITE, WRITE AND VERIFY, ORWRITE, COMPARE AND
+    /// WRITE). None for other commands and for a LUN that does not exist.
+    pub fn data_out_len(&self, lun: u64, cdb: &[u8]) -> Option<u64> {
+        let blocks = cdb::data_out_blocks(cdb)?;
+        let lu = self.lus.get(&lun)?;
+        Some(blocks * u64::from(lu.geometry().block_size))
     }
 
     /// Whether a logical unit with this number exists.

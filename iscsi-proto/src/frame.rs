@@ -2,7 +2,6 @@
 //! digest checks and the negotiated size limit) and laying out PDUs to send
 //! as a header block plus a payload that is never copied.
 
-use blockdev::FileSlice;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::digest::{crc32c_of, data_digest, Digest};
@@ -123,14 +122,21 @@ impl Decoder {
 
 /// A PDU ready to send: a small header block and a payload slice shared with
 /// whoever produced it.
+///
+/// On the wire it is [`OutPdu::head`], then the data segment, then
+/// [`OutPdu::tail`]. The data segment is [`OutPdu::data`], or, for a PDU laid
+/// out with [`OutPdu::external`], bytes the sender supplies itself (for
+/// example with `sendfile` from a page cache), so they are never copied
+/// into memory here.
 #[derive(Debug, Clone)]
 pub struct OutPdu {
     head: [u8; BHS_LEN + 4],
     head_len: u8,
-    /// The data segment (empty when it is [`OutPdu::file`]).
+    /// The data segment (empty when the sender supplies it: see
+    /// [`OutPdu::external_len`]).
     pub data: Bytes,
-    /// The data segment as a range of a cached file, sent with `sendfile`.
-    pub file: Option<FileSlice>,
+    /// Length of a data segment the sender supplies itself.
+    external: usize,
     tail: [u8; 8],
     tail_len: u8,
 }
@@ -148,29 +154,14 @@ impl OutPdu {
         p
     }
 
-    /// Lays out `bhs` with a data segment that stays in a file until the
-    /// socket takes it. With a data digest the bytes must be read to compute
-    /// it, so the segment is read into memory instead (a transport asks for
-    /// file data only without data digests).
-    pub fn with_file(
-        bhs: &Bhs,
-        file: FileSlice,
-        header_digest: Digest,
-        data_digest: Digest,
-    ) -> std::io::Result<OutPdu> {
-        if data_digest == Digest::Crc32c {
-            return Ok(OutPdu::new(
-                bhs,
-                file.to_bytes()?,
-                header_digest,
-                data_digest,
-            ));
-        }
-        let mut p = OutPdu::layout(bhs, file.len(), header_digest);
-        if !file.is_empty() {
-            p.file = Some(file);
-        }
-        Ok(p)
+    /// Lays out `bhs` for a data segment of `len` bytes that the sender
+    /// supplies itself between [`OutPdu::head`] and [`OutPdu::tail`]. There
+    /// is no data digest: computing one needs the bytes, so a sender that
+    /// negotiated DataDigest passes them to [`OutPdu::new`] instead.
+    pub fn external(bhs: &Bhs, len: usize, header_digest: Digest) -> OutPdu {
+        let mut p = OutPdu::layout(bhs, len, header_digest);
+        p.external = len;
+        p
     }
 
     /// Header, header digest and padding for `data_len` bytes of data.
@@ -194,15 +185,21 @@ impl OutPdu {
             head,
             head_len: head_len as u8,
             data: Bytes::new(),
-            file: None,
+            external: 0,
             tail: [0u8; 8],
             tail_len: pad_len(data_len) as u8,
         }
     }
 
-    /// Length of the data segment (in memory or in the file).
+    /// Length of the data segment (in memory or supplied by the sender).
     pub fn data_len(&self) -> usize {
-        self.data.len() + self.file.as_ref().map_or(0, FileSlice::len)
+        self.data.len() + self.external
+    }
+
+    /// Length of the data segment the sender supplies itself (0 unless
+    /// laid out with [`OutPdu::external`]).
+    pub fn external_len(&self) -> usize {
+        self.external
     }
 
     /// The header bytes (BHS and header digest).
@@ -220,17 +217,12 @@ impl OutPdu {
         self.head().len() + self.data_len() + self.tail().len()
     }
 
-    /// The whole PDU in one buffer (tests and small PDUs); file data is read.
+    /// The whole PDU in one buffer (tests and small PDUs). A data segment
+    /// the sender supplies itself ([`OutPdu::external`]) is not in it.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.wire_len());
         v.extend_from_slice(self.head());
         v.extend_from_slice(&self.data);
-        if let Some(f) = &self.file {
-            match f.to_bytes() {
-                Ok(b) => v.extend_from_slice(&b),
-                Err(e) => tracing::error!(error = %e, "cannot read file data of a PDU"),
-            }
-        }
         v.extend_from_slice(self.tail());
         v
     }

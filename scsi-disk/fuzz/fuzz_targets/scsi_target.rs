@@ -24,9 +24,9 @@ use arbitrary::Arbitrary;
 use blockdev::{DeviceIdentity, MemDevice};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use target_iscsi::scsi::{
-    status, AluaState, Command, LuConfig, Nexus, PortGroup, Response, ScsiTarget, TaskAttr,
-    TmfFunction,
+use scsi_disk::{
+    status, AluaState, Command, InitiatorPort, LuConfig, Nexus, PortGroup, Response, ScsiTarget,
+    TaskAttr, TmfFunction,
 };
 use tokio::task::JoinHandle;
 
@@ -356,11 +356,17 @@ fn nexus(i: usize) -> Nexus {
     };
     Nexus {
         id: i as u64 + 1,
-        initiator_name: name.into(),
-        isid: [0x80, 0, 0, 0, 0, isid],
+        initiator: InitiatorPort::iscsi(name, [0x80, 0, 0, 0, 0, isid]),
         relative_port: port,
-        tpgt: port,
     }
+}
+
+/// The iSCSI name and the ISID (hex) of a nexus' initiator port, from its
+/// port name `name,i,0x<isid>`.
+fn name_and_isid(n: &Nexus) -> (String, String) {
+    let port = n.initiator.to_string();
+    let (name, isid) = port.split_once(",i,0x").expect("an iSCSI initiator port");
+    (name.to_string(), isid.to_string())
 }
 
 /// A directory for the LUs' persistent reservation state, in /dev/shm when
@@ -470,12 +476,10 @@ impl World {
             Tid::Raw(v) => return v.clone(),
             Tid::Of { nexus, port, upper } => {
                 let n = &self.nexuses[usize::from(*nexus) % self.nexuses.len()];
-                let mut s = n.initiator_name.clone();
+                let (mut s, isid) = name_and_isid(n);
                 if *port {
                     s.push_str(",i,0x");
-                    for b in n.isid {
-                        s.push_str(&format!("{b:02x}"));
-                    }
+                    s.push_str(&isid);
                 }
                 if *upper {
                     s = s.to_ascii_uppercase();
@@ -483,11 +487,13 @@ impl World {
                 (u8::from(*port), s.into_bytes())
             }
             Tid::Isid { nexus, isid } => {
-                let n = &self.nexuses[usize::from(*nexus) % self.nexuses.len()];
-                (1, format!("{},i,0x{isid}", n.initiator_name).into_bytes())
+                let (name, _) =
+                    name_and_isid(&self.nexuses[usize::from(*nexus) % self.nexuses.len()]);
+                (1, format!("{name},i,0x{isid}").into_bytes())
             }
             Tid::IsidChar { nexus, isid, at, c } => {
-                let n = &self.nexuses[usize::from(*nexus) % self.nexuses.len()];
+                let (name, _) =
+                    name_and_isid(&self.nexuses[usize::from(*nexus) % self.nexuses.len()]);
                 let mut hex: Vec<char> = isid
                     .iter()
                     .flat_map(|b| format!("{b:02x}").chars().collect::<Vec<_>>())
@@ -496,7 +502,7 @@ impl World {
                 let end = (at + c.len_utf8()).min(12);
                 hex.splice(at..end, [*c]);
                 let hex: String = hex.into_iter().collect();
-                (1, format!("{},i,0x{hex}", n.initiator_name).into_bytes())
+                (1, format!("{name},i,0x{hex}").into_bytes())
             }
             Tid::Text { port, text } => (u8::from(*port), text.as_bytes().to_vec()),
         };

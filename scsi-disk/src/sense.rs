@@ -45,6 +45,8 @@ impl Asc {
     pub const SANITIZE_IN_PROGRESS: Asc = Asc(0x04, 0x1B);
     pub const UNREACHABLE_COPY_TARGET: Asc = Asc(0x08, 0x04);
     pub const WRITE_ERROR: Asc = Asc(0x0C, 0x00);
+    pub const UNEXPECTED_UNSOLICITED_DATA: Asc = Asc(0x0C, 0x0C);
+    pub const NOT_ENOUGH_UNSOLICITED_DATA: Asc = Asc(0x0C, 0x0D);
     pub const INVALID_FIELD_IN_CIU: Asc = Asc(0x0E, 0x03);
     pub const COPY_TARGET_NOT_REACHABLE: Asc = Asc(0x0D, 0x02);
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
@@ -77,6 +79,9 @@ impl Asc {
     pub const MEDIUM_NOT_PRESENT: Asc = Asc(0x3A, 0x00);
     pub const REPORTED_LUNS_DATA_CHANGED: Asc = Asc(0x3F, 0x0E);
     pub const INTERNAL_TARGET_FAILURE: Asc = Asc(0x44, 0x00);
+    pub const DATA_PHASE_ERROR: Asc = Asc(0x4B, 0x00);
+    pub const TOO_MUCH_WRITE_DATA: Asc = Asc(0x4B, 0x02);
+    pub const DATA_OFFSET_ERROR: Asc = Asc(0x4B, 0x05);
     pub const MEDIUM_REMOVAL_PREVENTED: Asc = Asc(0x53, 0x02);
     pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = Asc(0x55, 0x04);
 }

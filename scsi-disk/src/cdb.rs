@@ -41,6 +41,23 @@ pub(crate) fn put_ascii(dst: &mut [u8], s: &str) {
     }
 }
 
+/// Blocks of data-out a CDB transfers, for the write commands whose
+/// residuals the transport reports.
+pub(crate) fn data_out_blocks(cdb: &[u8]) -> Option<u64> {
+    let be = |from: usize, n: usize| -> Option<u64> {
+        cdb.get(from..from + n)
+            .map(|b| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
+    };
+    match *cdb.first()? {
+        0x0a => be(4, 1).map(|n| if n == 0 { 256 } else { n }),
+        0x2a | 0x2e => be(7, 2),
+        0xaa | 0xae => be(6, 4),
+        0x8a | 0x8e | 0x8b => be(10, 4),
+        0x89 => be(13, 1).map(|n| 2 * n),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

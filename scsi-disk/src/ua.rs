@@ -69,8 +69,7 @@ mod tests {
 
     fn nexus(i: u8) -> ItNexus {
         ItNexus {
-            name: "iqn.x".into(),
-            isid: [i; 6],
+            port: crate::InitiatorPort::iscsi("iqn.x", [i; 6]),
             rel_port: 1,
         }
     }
