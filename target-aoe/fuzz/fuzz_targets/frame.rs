@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use target_aoe::frame::{
+use aoe_proto::frame::{
     AtaArg, ConfigArg, Frame, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, ATA_ARG_LEN, ETH_HEADER_LEN,
     FLAG_ERROR,
 };
