@@ -5,7 +5,7 @@
 //! command register and reads the outcome from the status and error
 //! registers; the target does the reverse. What a target does with a command
 //! (the emulation, IDENTIFY's content) is the target's business and lives
-//! with it.
+//! with it; [`crate::identify`] reads the IDENTIFY DEVICE page it answers.
 
 /// IDENTIFY DEVICE.
 pub const CMD_IDENTIFY: u8 = 0xEC;

@@ -6,6 +6,8 @@
 //!   the four commands, error codes), sans-I/O;
 //! - [`ata`]: the ATA taskfile registers the ATA argument carries (opcodes,
 //!   status and error bits), sans-I/O;
+//! - [`identify`]: reading an IDENTIFY DEVICE page (capacity, LBA48, names),
+//!   sans-I/O;
 //! - [`rawsock`]: AF_PACKET sockets bound to one interface and the AoE
 //!   EtherType, with batched receive (a `PACKET_RX_RING`) and transmit
 //!   (`sendmmsg`), the only I/O here and the only `unsafe`;
@@ -17,4 +19,5 @@ pub mod ata;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod frame;
+pub mod identify;
 pub mod rawsock;

@@ -17,6 +17,7 @@ use aoe_proto::frame::{
     AFLAG_WRITE, BROADCAST_SHELF, BROADCAST_SLOT, DIRECTIVE_ADD, DIRECTIVE_DELETE, FLAG_ERROR,
     MASK_EDIT, MASK_ERR_BAD_DIRECTIVE, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET,
 };
+use aoe_proto::identify::Identify;
 use blockdev::file::{FileDevice, FileOptions};
 use blockdev::{BlockDevice, DeviceIdentity, FaultyDevice};
 use target_aoe::{AoeConfig, AoeDisk, AoeDiskConfig, AoeServer};
@@ -341,19 +342,11 @@ fn commands_config_mask_and_reservations() {
     );
     assert_eq!(a.cmd_status, ata::STATUS_DRDY);
     assert_eq!(page.len(), 512);
-    let w = |i: usize| u16::from_le_bytes([page[2 * i], page[2 * i + 1]]);
+    let id = Identify::parse(&page).unwrap();
     let sectors = (8u64 << 20) / 512;
-    assert_eq!(u64::from(w(60)) | u64::from(w(61)) << 16, sectors);
-    assert_eq!(
-        (0..4).fold(0u64, |s, i| s | u64::from(w(100 + i)) << (16 * i)),
-        sectors
-    );
-    assert_ne!(w(83) & 0x400, 0);
-    let serial: Vec<u8> = (10..20).flat_map(|i| w(i).to_be_bytes()).collect();
-    assert_eq!(
-        String::from_utf8(serial).unwrap().trim(),
-        DeviceIdentity::from_name("d1").serial
-    );
+    assert_eq!(id.sectors, sectors);
+    assert!(id.lba48);
+    assert_eq!(id.serial, DeviceIdentity::from_name("d1").serial);
 
     // READ/WRITE in every form, and the data lands in the file.
     let data = pattern(1, 1024);

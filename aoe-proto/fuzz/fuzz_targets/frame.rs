@@ -1,13 +1,15 @@
 //! Fuzzes the AoE codec alone: any bytes from the wire decode or fail
 //! cleanly, and whatever decodes encodes back to what was read (the Ethernet
 //! and AoE headers to the same bytes, each command argument to bytes that
-//! decode to the same argument). The target behind the codec is fuzzed by
-//! target-aoe's `target` fuzz target.
+//! decode to the same argument); an IDENTIFY DEVICE page parses or fails
+//! cleanly. The target behind the codec is fuzzed by target-aoe's `target`
+//! fuzz target.
 #![no_main]
 
 use aoe_proto::frame::{
     encode_headers, AtaArg, ConfigArg, Frame, MaskArg, ReserveArg, AOE_HEADER_LEN, ETH_HEADER_LEN,
 };
+use aoe_proto::identify::Identify;
 use libfuzzer_sys::fuzz_target;
 
 /// Decodes `b` with `decode`; if it decodes, encoding the result must give
@@ -29,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         round_trip(b, |b| ConfigArg::decode(b).ok(), ConfigArg::encode);
         round_trip(b, |b| MaskArg::decode(b).ok(), MaskArg::encode);
         round_trip(b, |b| ReserveArg::decode(b).ok(), ReserveArg::encode);
+        let _ = Identify::parse(b);
     }
     let Ok(frame) = Frame::decode(data) else { return };
     let mut head = Vec::new();
