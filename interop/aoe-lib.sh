@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # AoE helpers for the interop scripts, on top of lib.sh (source lib.sh first):
 # a private network namespace with one veth pair, `opie isu serve` inside it,
-# and the target-aoe example clients.
+# and the AoE example clients (aoe-proto's, on its test client).
 #   . "$(dirname "$0")/lib.sh"; . "$(dirname "$0")/aoe-lib.sh"
 
 # aoe_need_root: fails (never skips) without root.
@@ -9,13 +9,13 @@ aoe_need_root() {
   ((EUID == 0)) || die "needs root (network namespace, raw sockets)"
 }
 
-# aoe_build_examples NAME...: builds target-aoe examples (release); they are
-# then in $AOE_EXAMPLES.
+# aoe_build_examples NAME...: builds aoe-proto examples (release, with its
+# `client` feature); they are then in $AOE_EXAMPLES.
 AOE_EXAMPLES=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples
 aoe_build_examples() {
   local args=() e
   for e in "$@"; do args+=(--example "$e"); done
-  (cd "$ROOT" && cargo build -q --release -p target-aoe "${args[@]}") || die "cannot build ${*}"
+  (cd "$ROOT" && cargo build -q --release -p aoe-proto --features client "${args[@]}") || die "cannot build ${*}"
 }
 
 # aoe_netns: a network namespace $AOE_NS (unique per run) holding the veth

@@ -14,13 +14,13 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
-use target_aoe::ata;
-use target_aoe::frame::{
+use aoe_proto::ata;
+use aoe_proto::client::{self, Client};
+use aoe_proto::frame::{
     AtaArg, Command as AoeCommand, ConfigArg, ConfigCommand, Mac, AFLAG_EXTENDED, AFLAG_WRITE,
     BROADCAST_SHELF, BROADCAST_SLOT, FLAG_ERROR,
 };
-use target_aoe::initiator::{self, Client};
+use common::*;
 
 const WAIT: Duration = Duration::from_millis(1500);
 const BASE: &str = "iqn.2026-01.org.opie.test:aoe";
@@ -61,7 +61,7 @@ fn ata(
             3,
             slot,
             AoeCommand::Ata,
-            &initiator::ata_arg(&a),
+            &client::ata_arg(&a),
             data,
             WAIT,
         )
@@ -121,14 +121,14 @@ fn aoe_and_iscsi_serve_the_same_disk() {
     // Discovery: exactly disk a answers, at e3.1.
     let mut c = Client::open("ini0").unwrap();
     let tag = c.tag();
-    let q = initiator::request(
+    let q = client::request(
         Mac::BROADCAST,
         c.mac(),
         BROADCAST_SHELF,
         BROADCAST_SLOT,
         AoeCommand::QueryConfig,
         tag,
-        &initiator::config_arg(ConfigCommand::Read, b""),
+        &client::config_arg(ConfigCommand::Read, b""),
         &[],
     );
     c.send_raw(&q).unwrap();
@@ -167,14 +167,14 @@ fn aoe_and_iscsi_serve_the_same_disk() {
         (group, me),
     ] {
         let tag = c.tag();
-        let f = initiator::request(
+        let f = client::request(
             dst,
             src,
             3,
             1,
             AoeCommand::Ata,
             tag,
-            &initiator::ata_arg(&read),
+            &client::ata_arg(&read),
             &[],
         );
         c.send_raw(&f).unwrap();

@@ -1,50 +1,15 @@
 //! ATA emulation: command classification, IDENTIFY DEVICE data and the
-//! status/error register values the Linux `aoe` driver and ATA hosts expect.
+//! status/error register values the Linux `aoe` driver and ATA hosts expect
+//! for each outcome. The registers themselves (opcodes, status and error
+//! bits) are wire format, in [`aoe_proto::ata`].
 
+use aoe_proto::ata::{
+    AtaStatus, CMD_CHECK_POWER, CMD_FLUSH, CMD_FLUSH_EXT, CMD_IDENTIFY, CMD_READ, CMD_READ_DMA,
+    CMD_READ_DMA_EXT, CMD_READ_EXT, CMD_WRITE, CMD_WRITE_DMA, CMD_WRITE_DMA_EXT, CMD_WRITE_EXT,
+    LBA28_LIMIT,
+};
+use aoe_proto::frame::{AtaArg, AFLAG_EXTENDED, SECTOR_SIZE};
 use blockdev::{BlockError, DeviceIdentity};
-
-use crate::frame::{AtaArg, AFLAG_EXTENDED, SECTOR_SIZE};
-
-/// IDENTIFY DEVICE.
-pub const CMD_IDENTIFY: u8 = 0xEC;
-/// READ SECTORS (LBA28).
-pub const CMD_READ: u8 = 0x20;
-/// READ SECTORS EXT (LBA48).
-pub const CMD_READ_EXT: u8 = 0x24;
-/// READ DMA (LBA28).
-pub const CMD_READ_DMA: u8 = 0xC8;
-/// READ DMA EXT (LBA48).
-pub const CMD_READ_DMA_EXT: u8 = 0x25;
-/// WRITE SECTORS (LBA28).
-pub const CMD_WRITE: u8 = 0x30;
-/// WRITE SECTORS EXT (LBA48).
-pub const CMD_WRITE_EXT: u8 = 0x34;
-/// WRITE DMA (LBA28).
-pub const CMD_WRITE_DMA: u8 = 0xCA;
-/// WRITE DMA EXT (LBA48).
-pub const CMD_WRITE_DMA_EXT: u8 = 0x35;
-/// FLUSH CACHE.
-pub const CMD_FLUSH: u8 = 0xE7;
-/// FLUSH CACHE EXT.
-pub const CMD_FLUSH_EXT: u8 = 0xEA;
-/// CHECK POWER MODE.
-pub const CMD_CHECK_POWER: u8 = 0xE5;
-
-/// Status register: device ready.
-pub const STATUS_DRDY: u8 = 0x40;
-/// Status register: device fault.
-pub const STATUS_DF: u8 = 0x20;
-/// Status register: error (the error register says which).
-pub const STATUS_ERR: u8 = 0x01;
-/// Error register: command aborted.
-pub const ERR_ABRT: u8 = 0x04;
-/// Error register: ID (address) not found.
-pub const ERR_IDNF: u8 = 0x10;
-/// Error register: uncorrectable data.
-pub const ERR_UNC: u8 = 0x40;
-
-/// Largest capacity LBA28 commands (and IDENTIFY words 60-61) can express.
-pub const LBA28_LIMIT: u64 = 0x0FFF_FFFF;
 
 /// Firmware revision reported in IDENTIFY and Query Config.
 pub const FIRMWARE_VERSION: u16 = 0x0001;
@@ -110,53 +75,16 @@ impl AtaOp {
     }
 }
 
-/// ATA status and error register values for a completed command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AtaStatus {
-    /// Status register.
-    pub status: u8,
-    /// Error register.
-    pub error: u8,
-}
-
-impl AtaStatus {
-    /// Success.
-    pub const OK: AtaStatus = AtaStatus {
-        status: STATUS_DRDY,
-        error: 0,
-    };
-    /// Command aborted (unsupported command, read-only device).
-    pub const ABORTED: AtaStatus = AtaStatus {
-        status: STATUS_DRDY | STATUS_ERR,
-        error: ERR_ABRT,
-    };
-    /// Address outside the device.
-    pub const ID_NOT_FOUND: AtaStatus = AtaStatus {
-        status: STATUS_DRDY | STATUS_ERR,
-        error: ERR_IDNF,
-    };
-    /// Unrecoverable read error.
-    pub const UNCORRECTABLE: AtaStatus = AtaStatus {
-        status: STATUS_DRDY | STATUS_ERR,
-        error: ERR_UNC,
-    };
-    /// Device fault (write failed, backend gone).
-    pub const DEVICE_FAULT: AtaStatus = AtaStatus {
-        status: STATUS_DRDY | STATUS_DF | STATUS_ERR,
-        error: ERR_ABRT,
-    };
-
-    /// Maps a block-device error onto ATA registers.
-    pub fn from_block_error(e: &BlockError) -> AtaStatus {
-        match e {
-            BlockError::OutOfRange { .. } => AtaStatus::ID_NOT_FOUND,
-            BlockError::Medium { .. } => AtaStatus::UNCORRECTABLE,
-            BlockError::ReadOnly | BlockError::Unsupported(_) | BlockError::Misaligned { .. } => {
-                AtaStatus::ABORTED
-            }
-            BlockError::WriteFault { .. } | BlockError::Offline(_) | BlockError::Io(_) => {
-                AtaStatus::DEVICE_FAULT
-            }
+/// Maps a block-device error onto ATA registers.
+pub fn status_of(e: &BlockError) -> AtaStatus {
+    match e {
+        BlockError::OutOfRange { .. } => AtaStatus::ID_NOT_FOUND,
+        BlockError::Medium { .. } => AtaStatus::UNCORRECTABLE,
+        BlockError::ReadOnly | BlockError::Unsupported(_) | BlockError::Misaligned { .. } => {
+            AtaStatus::ABORTED
+        }
+        BlockError::WriteFault { .. } | BlockError::Offline(_) | BlockError::Io(_) => {
+            AtaStatus::DEVICE_FAULT
         }
     }
 }
@@ -252,39 +180,44 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aoe_proto::identify::Identify;
 
     fn word(p: &[u8], i: usize) -> u16 {
         u16::from_le_bytes([p[2 * i], p[2 * i + 1]])
     }
 
-    /// Reads an ATA string the way the Linux driver does (byte-swapped words).
-    fn string(p: &[u8], from: usize, to: usize) -> String {
-        let mut s = Vec::new();
-        for i in from..to {
-            s.extend_from_slice(&word(p, i).to_be_bytes());
-        }
-        String::from_utf8(s).unwrap().trim_end().to_string()
-    }
-
+    /// The page reads back, through the initiator's parser, as what it was
+    /// built from.
     #[test]
     fn identify_carries_capacity_serial_model_and_lba48() {
         let id = DeviceIdentity::from_name("disk7");
-        for sectors in [131_072u64, LBA28_LIMIT + 5, 1 << 40] {
+        for (sectors, write_cache) in [
+            (131_072u64, false),
+            (LBA28_LIMIT + 5, true),
+            (1 << 40, false),
+        ] {
             let p = identify_page(&IdentifyParams {
                 sectors,
                 identity: &id,
                 model: "opie AoE disk",
-                write_cache: false,
+                write_cache,
             });
+            let parsed = Identify::parse(&p).unwrap();
+            assert_eq!(
+                parsed,
+                Identify {
+                    sectors,
+                    lba48: true,
+                    serial: id.serial.clone(),
+                    firmware: "opie0001".into(),
+                    model: "opie AoE disk".into(),
+                    write_cache,
+                }
+            );
+            // LBA28 commands see at most what they can address.
             let lba28 = u64::from(word(&p, 60)) | u64::from(word(&p, 61)) << 16;
             assert_eq!(lba28, sectors.min(LBA28_LIMIT));
-            let lba48 = (0..4).fold(0u64, |a, i| a | u64::from(word(&p, 100 + i)) << (16 * i));
-            assert_eq!(lba48, sectors);
-            assert_ne!(word(&p, 83) & (1 << 10), 0);
             assert_ne!(word(&p, 86) & (1 << 10), 0);
-            assert_eq!(string(&p, 10, 20), id.serial);
-            assert_eq!(string(&p, 27, 47), "opie AoE disk");
-            assert_eq!(string(&p, 23, 27), "opie0001");
             assert_eq!(p.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
             assert_eq!(p[510], 0xA5);
         }

@@ -16,15 +16,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use aoe_proto::frame::{AoeErrorCode, Mac};
+use aoe_proto::rawsock::RawSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use crate::frame::{AoeErrorCode, Mac};
 use crate::persist::{
     Admitted, Coalescer, FloodReport, Next, DEFAULT_INTERVAL, DEFAULT_MAX_WAITING, REPORT_EVERY,
 };
-use crate::rawsock::RawSocket;
 use crate::server::{send_replies, Disk, DiskState};
 use crate::state;
 use crate::target::{Reply, ReplyCtx, Snapshot, StatePart};

@@ -32,15 +32,16 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use aoe_proto::ata::AtaStatus;
+use aoe_proto::frame::{Frame, Mac, BROADCAST_SHELF, BROADCAST_SLOT, ETH_HEADER_LEN, SECTOR_SIZE};
+use aoe_proto::rawsock::{RawSocket, RecvBatch};
 use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::ata::AtaStatus;
-use crate::frame::{Frame, Mac, BROADCAST_SHELF, BROADCAST_SLOT, ETH_HEADER_LEN, SECTOR_SIZE};
+use crate::ata;
 use crate::persister::{self, Saves, StateFiles, Waiter};
-use crate::rawsock::{RawSocket, RecvBatch};
 use crate::state;
 use crate::target::{
     InterfaceInfo, IoOp, IoRequest, Outcome, Reply, StatePart, Target, TargetSettings,
@@ -770,7 +771,7 @@ fn finish_call(
         Err(e) => {
             let first = works.first().map(|w| lba_of(&w.req.op));
             warn!(disk, lba = ?first, requests = works.len(), error = %e, "device I/O failed");
-            let st = AtaStatus::from_block_error(&e);
+            let st = ata::status_of(&e);
             for w in works {
                 reply(w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new()));
             }
@@ -815,7 +816,7 @@ async fn flusher(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
             Ok(()) => AtaStatus::OK,
             Err(e) => {
                 warn!(disk = %disk.name, writes = acks.len(), error = %e, "flush for write acknowledgements failed");
-                AtaStatus::from_block_error(&e)
+                ata::status_of(&e)
             }
         };
         let mut out: Vec<(Arc<RawSocket>, Reply)> = acks
@@ -1055,7 +1056,7 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                     }
                     Err(e) => {
                         warn!(disk = %disk.name, lba, sectors = total, error = %e, "read failed");
-                        let st = AtaStatus::from_block_error(&e);
+                        let st = ata::status_of(&e);
                         for w in run {
                             out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
                         }
@@ -1108,7 +1109,7 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                     }
                     Err(e) => {
                         warn!(disk = %disk.name, lba, error = %e, "write failed");
-                        let st = AtaStatus::from_block_error(&e);
+                        let st = ata::status_of(&e);
                         for w in run {
                             out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
                         }
@@ -1120,7 +1121,7 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                     Ok(()) => AtaStatus::OK,
                     Err(e) => {
                         warn!(disk = %disk.name, error = %e, "flush failed");
-                        AtaStatus::from_block_error(&e)
+                        ata::status_of(&e)
                     }
                 };
                 // The flush also covers every write before it.
@@ -1138,7 +1139,7 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
             Ok(()) => AtaStatus::OK,
             Err(e) => {
                 warn!(disk = %disk.name, error = %e, "flush after writes failed");
-                AtaStatus::from_block_error(&e)
+                ata::status_of(&e)
             }
         };
         for w in unsynced {

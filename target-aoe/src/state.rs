@@ -13,7 +13,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::frame::{Mac, MAX_CONFIG_STRING};
+use aoe_proto::frame::{Mac, MAX_CONFIG_STRING};
+
 use crate::target::Access;
 
 /// Reads the persisted config string; a missing file is an empty string.

@@ -6,17 +6,18 @@
 //! [`Reply`]s and runs the [`IoRequest`]s against the device, finishing each
 //! with the request's [`ReplyCtx`]. Nothing here touches a socket or a file.
 
-use bytes::Bytes;
-use tracing::debug;
-
-use crate::ata::{identify_page, AtaOp, AtaStatus, IdentifyParams, FIRMWARE_VERSION};
-use crate::frame::{
+use aoe_proto::ata::AtaStatus;
+use aoe_proto::frame::{
     encode_headers, pad_min, AoeErrorCode, AtaArg, Command, ConfigArg, ConfigCommand, Directive,
     Frame, Header, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, AOE_VERSION, ATA_ARG_LEN,
     ATA_DATA_OFFSET, BROADCAST_SHELF, BROADCAST_SLOT, CONFIG_ARG_LEN, DIRECTIVE_ADD,
     DIRECTIVE_DELETE, DIRECTIVE_NOP, ETH_HEADER_LEN, MASK_EDIT, MASK_ERR_BAD_DIRECTIVE,
     MASK_ERR_FULL, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET, SECTOR_SIZE,
 };
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::ata::{identify_page, AtaOp, IdentifyParams, FIRMWARE_VERSION};
 
 /// Most MACs a mask or reservation list holds (the reply must fit a 1500-byte frame).
 pub const MAX_LIST: usize = 128;
@@ -412,7 +413,7 @@ impl Target {
         mask.dedup();
         mask.truncate(MAX_LIST);
         let mut config = config;
-        config.truncate(crate::frame::MAX_CONFIG_STRING);
+        config.truncate(aoe_proto::frame::MAX_CONFIG_STRING);
         Target {
             settings,
             config,
@@ -462,7 +463,7 @@ impl Target {
     pub fn restore(&mut self, snapshot: Snapshot) {
         match snapshot {
             Snapshot::Config(mut c) => {
-                c.truncate(crate::frame::MAX_CONFIG_STRING);
+                c.truncate(aoe_proto::frame::MAX_CONFIG_STRING);
                 self.config = c;
             }
             Snapshot::Access(a) => self.restore_access(a),
@@ -841,9 +842,9 @@ impl Payload<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ata::{CMD_READ_EXT, CMD_WRITE_EXT};
-    use crate::frame::{AFLAG_EXTENDED, AFLAG_WRITE, FLAG_ERROR, FLAG_RESPONSE};
-    use crate::initiator::{ata_arg, config_arg, request};
+    use aoe_proto::ata::{CMD_READ_EXT, CMD_WRITE_EXT};
+    use aoe_proto::client::{ata_arg, config_arg, request};
+    use aoe_proto::frame::{AFLAG_EXTENDED, AFLAG_WRITE, FLAG_ERROR, FLAG_RESPONSE};
     use proptest::prelude::*;
 
     const ME: Mac = Mac([2, 0, 0, 0, 0, 1]);
@@ -960,7 +961,7 @@ mod tests {
             panic!()
         };
         let (a, _) = AtaArg::decode(Frame::decode(&r.to_vec()).unwrap().payload).unwrap();
-        assert_eq!(a.err_feature, crate::ata::ERR_IDNF);
+        assert_eq!(a.err_feature, aoe_proto::ata::ERR_IDNF);
     }
 
     fn persist(o: Outcome) -> PersistRequest {
@@ -1018,7 +1019,7 @@ mod tests {
         let mut t = target();
         let other = Mac([2, 0, 0, 0, 0, 0x77]);
         let reserve = |t: &mut Target, rcmd: u8, macs: Vec<Mac>| {
-            let arg = crate::initiator::reserve_arg(&ReserveArg { rcmd, macs });
+            let arg = aoe_proto::client::reserve_arg(&ReserveArg { rcmd, macs });
             let f = request(ME, HOST, 1, 2, Command::ReserveRelease, 7, &arg, &[]);
             t.handle(&IFACE, &Frame::decode(&f).unwrap())
         };
@@ -1054,7 +1055,7 @@ mod tests {
             2,
             Command::ReserveRelease,
             8,
-            &crate::initiator::reserve_arg(&ReserveArg {
+            &aoe_proto::client::reserve_arg(&ReserveArg {
                 rcmd: RESERVE_SET,
                 macs: vec![other],
             }),
@@ -1071,7 +1072,7 @@ mod tests {
     fn mask_edits_report_whether_they_changed_the_list() {
         let mut t = target();
         let edit = |t: &mut Target, dcmd: u8, mac: Mac| {
-            let arg = crate::initiator::mask_arg(&MaskArg {
+            let arg = aoe_proto::client::mask_arg(&MaskArg {
                 mcmd: MASK_EDIT,
                 merror: 0,
                 directives: vec![Directive { dcmd, mac }],

@@ -1,5 +1,5 @@
 //! Integration tests: the AoE server on veth interfaces in a private network
-//! namespace, driven by the codec-based test initiator. They need root (network
+//! namespace, driven by aoe-proto's test client. They need root (network
 //! namespaces); without it they print why and skip, except under `CI=true`,
 //! where that is a failure.
 
@@ -10,15 +10,16 @@ use std::process::Command as Cmd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockdev::file::{FileDevice, FileOptions};
-use blockdev::{BlockDevice, DeviceIdentity, FaultyDevice};
-use target_aoe::ata::{self, AtaStatus};
-use target_aoe::frame::{
+use aoe_proto::ata::{self, AtaStatus};
+use aoe_proto::client::{self, Client, Response};
+use aoe_proto::frame::{
     AtaArg, Command, ConfigArg, ConfigCommand, Directive, Mac, MaskArg, ReserveArg, AFLAG_EXTENDED,
     AFLAG_WRITE, BROADCAST_SHELF, BROADCAST_SLOT, DIRECTIVE_ADD, DIRECTIVE_DELETE, FLAG_ERROR,
     MASK_EDIT, MASK_ERR_BAD_DIRECTIVE, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET,
 };
-use target_aoe::initiator::{self, Client, Response};
+use aoe_proto::identify::Identify;
+use blockdev::file::{FileDevice, FileOptions};
+use blockdev::{BlockDevice, DeviceIdentity, FaultyDevice};
 use target_aoe::{AoeConfig, AoeDisk, AoeDiskConfig, AoeServer};
 
 const WAIT: Duration = Duration::from_millis(800);
@@ -153,7 +154,7 @@ fn ata_req(cmd: u8, lba: u64, count: u8, ext: bool, write: bool) -> Vec<u8> {
         ..AtaArg::default()
     };
     a.set_lba(lba);
-    initiator::ata_arg(&a)
+    client::ata_arg(&a)
 }
 
 fn ata_resp(r: &Response) -> (AtaArg, Vec<u8>) {
@@ -206,7 +207,7 @@ impl Peer {
                 SHELF,
                 self.slot,
                 Command::QueryConfig,
-                &initiator::config_arg(ccmd, s),
+                &client::config_arg(ccmd, s),
                 &[],
                 WAIT,
             )
@@ -219,7 +220,7 @@ impl Peer {
                 SHELF,
                 self.slot,
                 Command::MacMask,
-                &initiator::mask_arg(m),
+                &client::mask_arg(m),
                 &[],
                 WAIT,
             )
@@ -232,7 +233,7 @@ impl Peer {
                 SHELF,
                 self.slot,
                 Command::ReserveRelease,
-                &initiator::reserve_arg(&ReserveArg { rcmd, macs }),
+                &client::reserve_arg(&ReserveArg { rcmd, macs }),
                 &[],
                 WAIT,
             )
@@ -248,14 +249,14 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 fn discover(c: &mut Client) -> Vec<(Mac, u8, ConfigArg)> {
     let tag = c.tag();
-    let f = initiator::request(
+    let f = client::request(
         Mac::BROADCAST,
         c.mac(),
         BROADCAST_SHELF,
         BROADCAST_SLOT,
         Command::QueryConfig,
         tag,
-        &initiator::config_arg(ConfigCommand::Read, b""),
+        &client::config_arg(ConfigCommand::Read, b""),
         &[],
     );
     c.send_raw(&f).unwrap();
@@ -341,19 +342,11 @@ fn commands_config_mask_and_reservations() {
     );
     assert_eq!(a.cmd_status, ata::STATUS_DRDY);
     assert_eq!(page.len(), 512);
-    let w = |i: usize| u16::from_le_bytes([page[2 * i], page[2 * i + 1]]);
+    let id = Identify::parse(&page).unwrap();
     let sectors = (8u64 << 20) / 512;
-    assert_eq!(u64::from(w(60)) | u64::from(w(61)) << 16, sectors);
-    assert_eq!(
-        (0..4).fold(0u64, |s, i| s | u64::from(w(100 + i)) << (16 * i)),
-        sectors
-    );
-    assert_ne!(w(83) & 0x400, 0);
-    let serial: Vec<u8> = (10..20).flat_map(|i| w(i).to_be_bytes()).collect();
-    assert_eq!(
-        String::from_utf8(serial).unwrap().trim(),
-        DeviceIdentity::from_name("d1").serial
-    );
+    assert_eq!(id.sectors, sectors);
+    assert!(id.lba48);
+    assert_eq!(id.serial, DeviceIdentity::from_name("d1").serial);
 
     // READ/WRITE in every form, and the data lands in the file.
     let data = pattern(1, 1024);
@@ -430,14 +423,14 @@ fn commands_config_mask_and_reservations() {
         1
     );
     let tag = p1.c.tag();
-    let mut f = initiator::request(
+    let mut f = client::request(
         target,
         p1.c.mac(),
         SHELF,
         1,
         Command::QueryConfig,
         tag,
-        &initiator::config_arg(ConfigCommand::Read, b""),
+        &client::config_arg(ConfigCommand::Read, b""),
         &[],
     );
     f[14] = 0x20;
@@ -629,14 +622,14 @@ fn malformed_frames_get_errors_or_are_dropped() {
         Command::ReserveRelease,
     ] {
         let tag = c.tag();
-        let mut f = initiator::request(target, c.mac(), SHELF, 1, cmd, tag, &[], &[]);
+        let mut f = client::request(target, c.mac(), SHELF, 1, cmd, tag, &[], &[]);
         f.truncate(24 + 1);
         c.send_raw(&f).unwrap();
         assert_eq!(aoe_error(&c.wait_for(tag, WAIT).unwrap()), 2, "{cmd:?}");
     }
     // Mask and reserve lists longer than the frame: bad argument.
     let tag = c.tag();
-    let f = initiator::request(
+    let f = client::request(
         target,
         c.mac(),
         SHELF,
@@ -650,14 +643,14 @@ fn malformed_frames_get_errors_or_are_dropped() {
     assert_eq!(aoe_error(&c.wait_for(tag, WAIT).unwrap()), 2);
     // Header cut short: dropped, no reply.
     let tag = c.tag();
-    let f = initiator::request(target, c.mac(), SHELF, 1, Command::Ata, tag, &[], &[]);
+    let f = client::request(target, c.mac(), SHELF, 1, Command::Ata, tag, &[], &[]);
     c.send_raw(&f[..18]).unwrap();
     assert!(c.wait_for(tag, SILENCE).unwrap().is_none());
     // A storm of random frames addressed to the target, then it still works.
     let mut seed = 0x1234_5678u32;
     for i in 0..3000 {
         let len = 15 + (i % 200);
-        let mut f = initiator::request(
+        let mut f = client::request(
             target,
             c.mac(),
             SHELF,
@@ -749,7 +742,7 @@ fn jumbo_frames_multi_interface_and_write_ordering() {
     let mut tags = vec![];
     for k in 0..40u8 {
         let tag = pa.c.tag();
-        let f = initiator::request(
+        let f = client::request(
             pa.target,
             pa.c.mac(),
             SHELF,
@@ -884,7 +877,7 @@ fn burst(c: &mut Client, target: Mac, slot: u8, reqs: &[Req]) -> Vec<(AtaArg, Ve
             Some(_) => ata::CMD_WRITE_EXT,
             None => ata::CMD_READ_EXT,
         };
-        out.push(initiator::request(
+        out.push(client::request(
             target,
             c.mac(),
             SHELF,
@@ -1012,14 +1005,14 @@ fn run(c: &mut Cmd) {
 /// Sends a Query Config force-set without waiting; returns its tag.
 fn send_force_set(p: &mut Peer, s: &[u8]) -> u32 {
     let tag = p.c.tag();
-    let f = initiator::request(
+    let f = client::request(
         p.target,
         p.c.mac(),
         SHELF,
         p.slot,
         Command::QueryConfig,
         tag,
-        &initiator::config_arg(ConfigCommand::ForceSet, s),
+        &client::config_arg(ConfigCommand::ForceSet, s),
         &[],
     );
     p.c.send_raw(&f).unwrap();
@@ -1217,7 +1210,7 @@ fn a_flood_of_state_changes_costs_few_writes_and_the_last_state_survives() {
                 let s = format!("flood-{i:05}-{}", ".".repeat(500));
                 (
                     Command::QueryConfig,
-                    initiator::config_arg(ConfigCommand::ForceSet, s.as_bytes()),
+                    client::config_arg(ConfigCommand::ForceSet, s.as_bytes()),
                 )
             } else {
                 let dcmd = if i % 2 == 0 {
@@ -1225,12 +1218,9 @@ fn a_flood_of_state_changes_costs_few_writes_and_the_last_state_survives() {
                 } else {
                     DIRECTIVE_DELETE
                 };
-                (
-                    Command::MacMask,
-                    initiator::mask_arg(&mask_edit(dcmd, other)),
-                )
+                (Command::MacMask, client::mask_arg(&mask_edit(dcmd, other)))
             };
-            initiator::request(target, me, SHELF, 1, cmd, tag, &arg, &[])
+            client::request(target, me, SHELF, 1, cmd, tag, &arg, &[])
         })
         .collect();
     for chunk in frames.chunks(64) {

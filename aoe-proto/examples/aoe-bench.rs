@@ -1,4 +1,4 @@
-//! Windowed AoE benchmark client built on the target-aoe codec.
+//! Windowed AoE benchmark client built on the aoe-proto codec and its test client.
 //!
 //! Like the Linux `aoe` driver it discovers the target with a Query Config,
 //! keeps as many frames in flight as the target's buffer count allows (capped
@@ -18,13 +18,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use target_aoe::ata;
-use target_aoe::frame::{
+use aoe_proto::ata;
+use aoe_proto::client;
+use aoe_proto::frame::{
     pad_min, AtaArg, Command, ConfigArg, ConfigCommand, Frame, Mac, AFLAG_EXTENDED, AFLAG_WRITE,
     FLAG_ERROR,
 };
-use target_aoe::initiator;
-use target_aoe::rawsock::{RawSocket, RecvBatch};
+use aoe_proto::rawsock::{RawSocket, RecvBatch};
 
 fn usage() -> ! {
     eprintln!("usage: aoe-bench --iface IF --shelf N --slot M --mode read|write [--mib N] [--target-pid PID]");
@@ -94,14 +94,14 @@ fn main() {
     let (target, bufcnt, maxs) = {
         let mut found = None;
         for attempt in 0..50u32 {
-            let f = initiator::request(
+            let f = client::request(
                 Mac::BROADCAST,
                 me,
                 shelf,
                 slot,
                 Command::QueryConfig,
                 attempt + 1,
-                &initiator::config_arg(ConfigCommand::Read, b""),
+                &client::config_arg(ConfigCommand::Read, b""),
                 &[],
             );
             sock.send(&f).expect("send");
@@ -156,7 +156,7 @@ fn main() {
         a.set_lba(lba);
         arg.clear();
         a.encode(&mut arg);
-        initiator::request_head(head, target, me, shelf, slot, Command::Ata, tag, &arg);
+        client::request_head(head, target, me, shelf, slot, Command::Ata, tag, &arg);
         if !write {
             pad_min(head);
         }
@@ -282,19 +282,19 @@ fn main() {
 /// Sets the reservation list of e`shelf`.`slot` to `list`, speaking as
 /// `holder` (the current holder, or anyone when free); 0 on success.
 fn reserve(iface: &str, shelf: u16, slot: u8, holder: Mac, list: Vec<Mac>) -> i32 {
-    use target_aoe::frame::{ReserveArg, RESERVE_READ, RESERVE_SET};
-    let mut c = initiator::Client::open(iface).expect("open interface");
-    let set = initiator::reserve_arg(&ReserveArg {
+    use aoe_proto::frame::{ReserveArg, RESERVE_READ, RESERVE_SET};
+    let mut c = client::Client::open(iface).expect("open interface");
+    let set = client::reserve_arg(&ReserveArg {
         rcmd: RESERVE_SET,
         macs: list.clone(),
     });
-    let read = initiator::reserve_arg(&ReserveArg {
+    let read = client::reserve_arg(&ReserveArg {
         rcmd: RESERVE_READ,
         macs: vec![],
     });
     for _ in 0..50 {
         let tag = c.tag();
-        let f = initiator::request(
+        let f = client::request(
             Mac::BROADCAST,
             holder,
             shelf,

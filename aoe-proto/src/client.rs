@@ -1,6 +1,13 @@
-//! A minimal AoE initiator built on the codec: request builders (sans-I/O)
-//! and a blocking client over a [`RawSocket`]. Used by the integration tests
-//! and the benchmark client; not a production initiator.
+//! A small blocking AoE test and benchmark client on the codec and the raw
+//! sockets: request builders (sans-I/O) and a [`Client`] over a [`RawSocket`]
+//! that sends a frame and waits for the reply with its tag.
+//!
+//! It is what the target's tests, `opie`'s AoE tests and the `aoe-bench` and
+//! `aoe-flood` examples drive the target with. It is **not** an initiator: no
+//! discovery state, no retransmission, no window, no error mapping, one thread
+//! blocking on the socket. The head's asynchronous AoE initiator (issue 14)
+//! will replace it; until then keep it this small. Behind the `client`
+//! feature, so nothing in production links it.
 
 use std::io;
 use std::time::{Duration, Instant};

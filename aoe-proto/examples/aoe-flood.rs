@@ -1,4 +1,4 @@
-//! AoE config-flood benchmark client, built on the target-aoe codec.
+//! AoE config-flood benchmark client, built on the aoe-proto codec and its test client.
 //!
 //! Floods one target with Query Config force-sets and then MAC mask list
 //! add/delete toggles, sent as fast as a raw socket can (`sendmmsg` batches
@@ -30,13 +30,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use target_aoe::ata;
-use target_aoe::frame::{
+use aoe_proto::ata;
+use aoe_proto::client::{self, Client};
+use aoe_proto::frame::{
     AtaArg, Command, ConfigArg, ConfigCommand, Directive, Mac, MaskArg, AFLAG_EXTENDED,
     DIRECTIVE_ADD, DIRECTIVE_DELETE, FLAG_ERROR, MASK_EDIT,
 };
-use target_aoe::initiator::{self, Client};
-use target_aoe::rawsock::RawSocket;
+use aoe_proto::rawsock::RawSocket;
 
 /// The address the mask list toggles add and delete (nobody's).
 const TOGGLED: Mac = Mac([0x02, 0, 0, 0, 0x5a, 0x5a]);
@@ -136,7 +136,7 @@ fn config_string(prefix: &str, n: u32, len: usize) -> Vec<u8> {
 }
 
 fn mask_edit(dcmd: u8, mac: Mac) -> Vec<u8> {
-    initiator::mask_arg(&MaskArg {
+    client::mask_arg(&MaskArg {
         mcmd: MASK_EDIT,
         merror: 0,
         directives: vec![Directive { dcmd, mac }],
@@ -151,7 +151,7 @@ fn read_arg(lba: u64) -> Vec<u8> {
         ..AtaArg::default()
     };
     a.set_lba(lba);
-    initiator::ata_arg(&a)
+    client::ata_arg(&a)
 }
 
 /// When each phase of the flood started and ended.
@@ -176,11 +176,11 @@ fn flood(a: &Args, target: Mac) -> FloodTimes {
     };
     let start = Instant::now();
     for n in 0..a.config_sets {
-        let arg = initiator::config_arg(
+        let arg = client::config_arg(
             ConfigCommand::ForceSet,
             &config_string("flood", n, a.string_len),
         );
-        frames.push(initiator::request(
+        frames.push(client::request(
             target,
             me,
             a.shelf,
@@ -202,7 +202,7 @@ fn flood(a: &Args, target: Mac) -> FloodTimes {
         } else {
             DIRECTIVE_DELETE
         };
-        frames.push(initiator::request(
+        frames.push(client::request(
             target,
             me,
             a.shelf,
@@ -312,7 +312,7 @@ fn main() {
                 a.shelf,
                 a.slot,
                 Command::QueryConfig,
-                &initiator::config_arg(ConfigCommand::Read, b""),
+                &client::config_arg(ConfigCommand::Read, b""),
                 &[],
                 Duration::from_millis(200),
             )
@@ -388,7 +388,7 @@ fn main() {
             for (cmd, arg) in [
                 (
                     Command::QueryConfig,
-                    initiator::config_arg(
+                    client::config_arg(
                         ConfigCommand::ForceSet,
                         &config_string(FINAL, 0, a.string_len),
                     ),
@@ -408,8 +408,7 @@ fn main() {
             if now.duration_since(f.sent) >= a.rto {
                 f.tag = tag(TAG_FINAL);
                 f.sent = now;
-                let req =
-                    initiator::request(target, me, a.shelf, a.slot, f.cmd, f.tag, &f.arg, &[]);
+                let req = client::request(target, me, a.shelf, a.slot, f.cmd, f.tag, &f.arg, &[]);
                 c.send_raw(&req).expect("send");
             }
         }
@@ -426,7 +425,7 @@ fn main() {
         // Issue reads at the set pace, at most `window` in flight.
         let mut out: Vec<Vec<u8>> = Vec::new();
         let read_req = |t: u32, lba: u64| {
-            initiator::request(
+            client::request(
                 target,
                 me,
                 a.shelf,
@@ -530,7 +529,7 @@ fn main() {
         target,
         &a,
         Command::QueryConfig,
-        &initiator::config_arg(ConfigCommand::Read, b""),
+        &client::config_arg(ConfigCommand::Read, b""),
     );
     let final_ok = ConfigArg::decode(&payload)
         .is_ok_and(|arg| arg.config == config_string(FINAL, 0, a.string_len));
