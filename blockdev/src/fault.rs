@@ -52,9 +52,18 @@ pub struct FaultStats {
     pub crash_reverted_blocks: u64,
 }
 
+/// How a device is down.
+#[derive(Debug, Clone, Copy)]
+enum Down {
+    /// Failed for good.
+    Failed,
+    /// Its path is cut.
+    Path,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    offline: bool,
+    offline: Option<Down>,
     read_fail: Vec<Range<u64>>,
     write_fail: Vec<Range<u64>>,
     latency: Duration,
@@ -112,9 +121,16 @@ impl FaultyDevice {
         self.state.lock().unwrap()
     }
 
-    /// Makes every operation fail with [`BlockError::Offline`] (or stop failing).
+    /// Makes every operation fail with [`BlockError::Failed`], as a device
+    /// that died (or stop failing).
     pub fn set_offline(&self, offline: bool) {
-        self.st().offline = offline;
+        self.st().offline = offline.then_some(Down::Failed);
+    }
+
+    /// Makes every operation fail with [`BlockError::PathDown`], as a cut
+    /// path (or stop failing): nothing is carried out meanwhile.
+    pub fn set_path_down(&self, down: bool) {
+        self.st().offline = down.then_some(Down::Path);
     }
 
     /// Reads touching `range` fail with [`BlockError::Medium`].
@@ -135,7 +151,7 @@ impl FaultyDevice {
         s.misdirect.clear();
         s.lose = 0;
         s.tear = None;
-        s.offline = false;
+        s.offline = None;
     }
 
     /// Delays every operation by `base`, and with probability `spike.0` by `spike.1` more.
@@ -293,10 +309,10 @@ impl FaultyDevice {
     }
 
     fn check_offline(&self) -> Result<()> {
-        if self.st().offline {
-            Err(BlockError::Offline("fault injected".into()))
-        } else {
-            Ok(())
+        match self.st().offline {
+            Some(Down::Failed) => Err(BlockError::Failed("fault injected".into())),
+            Some(Down::Path) => Err(BlockError::PathDown("fault injected".into())),
+            None => Ok(()),
         }
     }
 
@@ -500,7 +516,7 @@ mod tests {
             Err(BlockError::WriteFault { lba: 100 })
         ));
         d.set_offline(true);
-        assert!(matches!(d.read(0, 1).await, Err(BlockError::Offline(_))));
+        assert!(matches!(d.read(0, 1).await, Err(BlockError::Failed(_))));
         d.clear_faults();
         assert!(d.read(5, 10).await.is_ok());
         assert_eq!(d.stats().read_errors, 1);

@@ -37,11 +37,28 @@
 //!   I/O (an LBA range lock, a row lock) until the call has returned, and
 //!   answers only then. The iSCSI target runs every command to its end for
 //!   this reason, even when its initiator aborted it or went away.
+//!
+//! Error contract: every error says what the caller may do through
+//! [`BlockError::class`] ([`ErrorClass`]): retry on another path
+//! (`PathDown`: the request was not carried out), retry later (`Busy`), make
+//! sure the attempt can no longer land and then retry (`TimedOut`), repair
+//! the blocks from redundancy (`Medium`, `WriteFault`), give up on the device
+//! (`Failed`), or give up on the request (out of range, misaligned, invalid,
+//! unsupported, read-only, no space, reservation conflict). A layer that
+//! fails a member or a path for good does so only on `Failed`.
+//!
+//! Limits contract: [`BlockDevice::limits`] states the largest transfer, the
+//! preferred granularity, the largest write that is never torn (0: none) and
+//! a queue depth hint; nothing above a device promises more than these.
+//!
+//! Events: [`BlockDevice::status`] publishes resizes, disappearance and
+//! return on a watch channel ([`events`]).
 
 #![warn(missing_docs)]
 
 pub mod claim;
 mod error;
+pub mod events;
 pub mod fault;
 pub mod file;
 mod identity;
@@ -54,7 +71,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 pub use bytes::{Bytes, BytesMut};
 
-pub use error::{BlockError, Result};
+pub use error::{BlockError, ErrorClass, Result};
+pub use events::{DeviceStatus, StatusPublisher};
 pub use fault::FaultyDevice;
 pub use file::{FileDevice, FileSlice};
 pub use identity::DeviceIdentity;
@@ -126,6 +144,25 @@ pub struct Features {
     pub volatile_cache: bool,
 }
 
+/// Transfer and atomicity limits of a device, in logical blocks; 0 means
+/// "none" (no limit, no preference, no guarantee). The SCSI Block Limits VPD
+/// page and the ATA IDENTIFY words are derived from them, so a device never
+/// advertises more than it keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request taken in one call; larger ones fail with
+    /// [`BlockError::Invalid`].
+    pub max_transfer: u32,
+    /// Requests aligned to and a multiple of this many blocks are served
+    /// best (a RAID stripe's data, a flash erase unit).
+    pub optimal_granularity: u32,
+    /// Largest write that is never torn: after any failure or crash it has
+    /// landed whole or not at all. 0: no write is atomic, not even one block.
+    pub atomic_write: u32,
+    /// How many requests the device serves well at once (a hint).
+    pub queue_depth: u32,
+}
+
 /// Allocation state of a run of blocks, as reported by [`BlockDevice::block_status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -156,6 +193,18 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// Optional capabilities.
     fn features(&self) -> Features {
         Features::default()
+    }
+
+    /// Transfer and atomicity limits. The default promises nothing.
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+
+    /// The device's status (geometry and presence) as a watch channel: the
+    /// layers above learn of a resize, a disappearance or a return from it
+    /// instead of polling. The default never changes.
+    fn status(&self) -> tokio::sync::watch::Receiver<DeviceStatus> {
+        events::fixed(self.geometry())
     }
 
     /// Reads `blocks` blocks starting at `lba`.

@@ -1907,7 +1907,7 @@ impl RaidArray {
 
     /// Takes a member out (administratively failed), as if it had failed.
     pub async fn fail(&self, slot: u32) {
-        self.fail_member(slot, &BlockError::Offline("failed by administrator".into()))
+        self.fail_member(slot, &BlockError::Failed("failed by administrator".into()))
             .await;
     }
 

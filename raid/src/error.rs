@@ -46,7 +46,7 @@ impl From<RaidError> for BlockError {
             RaidError::Request(b) => b,
             RaidError::Unrecoverable { lba } => BlockError::Medium { lba },
             RaidError::Member { source, .. } => source,
-            other => BlockError::Offline(other.to_string()),
+            other => BlockError::Failed(other.to_string()),
         }
     }
 }

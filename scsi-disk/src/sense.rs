@@ -261,9 +261,13 @@ pub fn from_block_error(e: &blockdev::BlockError) -> Sense {
             Sense::new(key::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR).with_info(*lba)
         }
         E::WriteFault { lba } => Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_info(*lba),
-        E::Offline(_) => Sense::new(key::NOT_READY, Asc::NOT_READY_UNAVAILABLE),
-        E::Unsupported(_) => Sense::invalid_cdb(0, None),
-        E::Io(_) => Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+        E::Invalid(_) | E::Unsupported(_) => Sense::invalid_cdb(0, None),
+        E::PathDown(_) | E::Busy(_) | E::TimedOut(_) => {
+            Sense::new(key::NOT_READY, Asc::NOT_READY_UNAVAILABLE)
+        }
+        E::Failed(_) | E::ReservationConflict | E::NoSpace | E::Io(_) => {
+            Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)
+        }
     }
 }
 

@@ -80,12 +80,18 @@ pub fn status_of(e: &BlockError) -> AtaStatus {
     match e {
         BlockError::OutOfRange { .. } => AtaStatus::ID_NOT_FOUND,
         BlockError::Medium { .. } => AtaStatus::UNCORRECTABLE,
-        BlockError::ReadOnly | BlockError::Unsupported(_) | BlockError::Misaligned { .. } => {
-            AtaStatus::ABORTED
-        }
-        BlockError::WriteFault { .. } | BlockError::Offline(_) | BlockError::Io(_) => {
-            AtaStatus::DEVICE_FAULT
-        }
+        BlockError::ReadOnly
+        | BlockError::Unsupported(_)
+        | BlockError::Invalid(_)
+        | BlockError::Misaligned { .. }
+        | BlockError::ReservationConflict => AtaStatus::ABORTED,
+        BlockError::WriteFault { .. }
+        | BlockError::PathDown(_)
+        | BlockError::Busy(_)
+        | BlockError::TimedOut(_)
+        | BlockError::Failed(_)
+        | BlockError::NoSpace
+        | BlockError::Io(_) => AtaStatus::DEVICE_FAULT,
     }
 }
 
