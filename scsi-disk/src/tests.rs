@@ -217,8 +217,16 @@ async fn vpd_pages() {
     let id = r.good(&r.a, &[0x12, 1, 0x83, 0, 255, 0], &[]).await;
     assert_eq!(&id[4..8], &[0x01, 0x03, 0, 16]);
     assert_eq!(&id[8..24], &r.dev.identity().naa6());
-    assert_eq!(&id[24..32], &[0x51, 0x94, 0, 4, 0, 0, 0, 1]);
-    assert_eq!(&id[32..40], &[0x51, 0x95, 0, 4, 0, 0, 0, 1]);
+    assert_eq!(&id[24..28], &[0x02, 0x01, 0, 40]);
+    assert_eq!(&id[28..36], b"OPIE    ");
+    assert_eq!(&id[36..68], r.dev.identity().to_string().as_bytes());
+    assert_eq!(&id[68..76], &[0x51, 0x94, 0, 4, 0, 0, 0, 1]);
+    assert_eq!(&id[76..84], &[0x51, 0x95, 0, 4, 0, 0, 0, 1]);
+    // The initiator's reading of the two pages gives the whole identity back.
+    assert_eq!(
+        identification::identity_from_vpd(&serial, &id).as_ref(),
+        Ok(r.dev.identity())
+    );
     // Same on another nexus (another portal of the same port group).
     assert_eq!(r.good(&r.b, &[0x12, 1, 0x83, 0, 255, 0], &[]).await, id);
     let lbp = r.good(&r.a, &[0x12, 1, 0xB2, 0, 255, 0], &[]).await;

@@ -4,6 +4,7 @@
 
 use super::super::alua;
 use super::super::dispatch::Ctx;
+use super::super::identification::{put_designator, put_lu_designators};
 use super::super::opcodes::{code, sa};
 use super::super::sense::Sense;
 use super::super::xcopy;
@@ -76,25 +77,18 @@ pub(crate) fn page(ctx: &Ctx<'_>, page: u8) -> Result<Vec<u8>, Sense> {
     Ok(d)
 }
 
-fn designator(out: &mut Vec<u8>, proto_codeset: u8, piv_assoc_type: u8, value: &[u8]) {
-    out.push(proto_codeset);
-    out.push(piv_assoc_type);
-    out.push(0);
-    out.push(value.len() as u8);
-    out.extend_from_slice(value);
-}
-
-/// Device identification: the LU's NAA designator, the relative target port,
-/// the target port group and the target device name. The same on every portal
-/// of a target port group and across restarts.
+/// Device identification: the LU's designators (NAA, and the whole identity:
+/// see [`crate::identification`]), the relative target port, the target
+/// port group and the target device name. The same on every portal of a
+/// target port group and across restarts.
 fn device_identification(ctx: &Ctx<'_>) -> Vec<u8> {
     let mut d = Vec::new();
-    designator(&mut d, 0x01, 0x03, &ctx.lu.device.identity().naa6());
+    put_lu_designators(&mut d, ctx.lu.device.identity());
     let rel = ctx.nexus.relative_port;
-    designator(&mut d, 0x51, 0x94, &[0, 0, (rel >> 8) as u8, rel as u8]);
+    put_designator(&mut d, 0x51, 0x94, &[0, 0, (rel >> 8) as u8, rel as u8]);
     let groups = ctx.target.port_groups();
     let gid = alua::group_of(&groups, rel).map(|g| g.id).unwrap_or(0);
-    designator(&mut d, 0x51, 0x95, &[0, 0, (gid >> 8) as u8, gid as u8]);
+    put_designator(&mut d, 0x51, 0x95, &[0, 0, (gid >> 8) as u8, gid as u8]);
     // SCSI name string, null-terminated and padded to a multiple of 4.
     let mut name = ctx.target.name().as_bytes().to_vec();
     name.truncate(251);
@@ -102,7 +96,7 @@ fn device_identification(ctx: &Ctx<'_>) -> Vec<u8> {
     while !name.len().is_multiple_of(4) {
         name.push(0);
     }
-    designator(&mut d, 0x53, 0xA8, &name);
+    put_designator(&mut d, 0x53, 0xA8, &name);
     d
 }
 
