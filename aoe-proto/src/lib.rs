@@ -6,7 +6,8 @@
 //!   the four commands, error codes), sans-I/O;
 //! - [`ata`]: the ATA taskfile registers the ATA argument carries (opcodes,
 //!   status and error bits), sans-I/O;
-//! - [`identify`]: reading an IDENTIFY DEVICE page (capacity, LBA48, names),
+//! - [`identify`]: reading an IDENTIFY DEVICE page (capacity, LBA48, names,
+//!   the disk's whole identity) and writing the identity words into one,
 //!   sans-I/O;
 //! - [`rawsock`]: AF_PACKET sockets bound to one interface and the AoE
 //!   EtherType, with batched receive (a `PACKET_RX_RING`) and transmit

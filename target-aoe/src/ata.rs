@@ -9,6 +9,7 @@ use aoe_proto::ata::{
     LBA28_LIMIT,
 };
 use aoe_proto::frame::{AtaArg, AFLAG_EXTENDED, SECTOR_SIZE};
+use aoe_proto::identify::{put_identity, put_string};
 use blockdev::{BlockError, DeviceIdentity};
 
 /// Firmware revision reported in IDENTIFY and Query Config.
@@ -100,23 +101,13 @@ pub fn status_of(e: &BlockError) -> AtaStatus {
 pub struct IdentifyParams<'a> {
     /// Capacity in 512-byte sectors.
     pub sectors: u64,
-    /// Stable identity (serial number, world wide name).
+    /// Stable identity (serial number, world wide name, the identity words:
+    /// [`aoe_proto::identify::put_identity`]).
     pub identity: &'a DeviceIdentity,
     /// Model string (at most 40 characters).
     pub model: &'a str,
     /// Whether a volatile write cache is on (write-back mode).
     pub write_cache: bool,
-}
-
-/// Writes an ATA string (two characters per word, first in the high byte),
-/// space padded, into `words`.
-fn put_string(words: &mut [u16], s: &str) {
-    let mut bytes = s.bytes().filter(|b| b.is_ascii_graphic() || *b == b' ');
-    for w in words.iter_mut() {
-        let hi = bytes.next().unwrap_or(b' ');
-        let lo = bytes.next().unwrap_or(b' ');
-        *w = u16::from_be_bytes([hi, lo]);
-    }
 }
 
 /// Builds the 512-byte IDENTIFY DEVICE page (words little-endian, as the wire carries them).
@@ -129,7 +120,7 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
     w[1] = cyls;
     w[3] = 16;
     w[6] = 63;
-    put_string(&mut w[10..20], &p.identity.serial);
+    put_identity(&mut w, p.identity);
     put_string(&mut w[23..27], &format!("opie{FIRMWARE_VERSION:04x}"));
     put_string(&mut w[27..47], p.model);
     w[47] = 0x8000 | 0x80; // READ/WRITE MULTIPLE: up to 128 sectors
@@ -165,14 +156,6 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
         w[100 + i] = u16::from_le_bytes([chunk[0], chunk[1]]);
     }
     w[106] = 1 << 14; // word valid; one logical sector per physical, 512 bytes
-                      // Words 108-111: world wide name (NAA 5 form built from the stable identity).
-    let eui = p.identity.eui64();
-    let mut wwn = [0u8; 8];
-    wwn[0] = 0x50 | (eui[0] & 0x0f);
-    wwn[1..].copy_from_slice(&eui[1..]);
-    for i in 0..4 {
-        w[108 + i] = u16::from_be_bytes([wwn[2 * i], wwn[2 * i + 1]]);
-    }
     w[255] = 0x00A5; // integrity word signature; checksum filled below
     let mut page = [0u8; SECTOR_SIZE];
     for (i, word) in w.iter().enumerate() {
@@ -218,6 +201,7 @@ mod tests {
                     firmware: "opie0001".into(),
                     model: "opie AoE disk".into(),
                     write_cache,
+                    identity: Some(id.clone()),
                 }
             );
             // LBA28 commands see at most what they can address.
