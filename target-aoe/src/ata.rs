@@ -108,6 +108,9 @@ pub struct IdentifyParams<'a> {
     pub model: &'a str,
     /// Whether a volatile write cache is on (write-back mode).
     pub write_cache: bool,
+    /// The device's limits (word 47: sectors per READ/WRITE MULTIPLE block,
+    /// at most its maximum transfer).
+    pub limits: blockdev::Limits,
 }
 
 /// Builds the 512-byte IDENTIFY DEVICE page (words little-endian, as the wire carries them).
@@ -123,7 +126,13 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
     put_identity(&mut w, p.identity);
     put_string(&mut w[23..27], &format!("opie{FIRMWARE_VERSION:04x}"));
     put_string(&mut w[27..47], p.model);
-    w[47] = 0x8000 | 0x80; // READ/WRITE MULTIPLE: up to 128 sectors
+    // READ/WRITE MULTIPLE: up to 128 sectors a block, and no more than the
+    // device takes in one call.
+    let multiple = match p.limits.max_transfer {
+        0 => 128,
+        m => m.min(128) as u16,
+    };
+    w[47] = 0x8000 | multiple;
     w[49] = (1 << 9) | (1 << 8); // LBA and DMA supported
     w[50] = 0x4000;
     w[53] = 0x0006; // words 64-70 and 88 valid
@@ -190,6 +199,7 @@ mod tests {
                 identity: &id,
                 model: "opie AoE disk",
                 write_cache,
+                limits: blockdev::Limits::default(),
             });
             let parsed = Identify::parse(&p).unwrap();
             assert_eq!(
@@ -210,6 +220,7 @@ mod tests {
             assert_ne!(word(&p, 86) & (1 << 10), 0);
             assert_eq!(p.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
             assert_eq!(p[510], 0xA5);
+            assert_eq!(word(&p, 47), 0x8080, "READ/WRITE MULTIPLE: 128 sectors");
         }
     }
 

@@ -284,6 +284,7 @@ impl AoeServer {
                 sectors: g.num_blocks,
                 identity: d.device.identity().clone(),
                 read_only: d.device.read_only(),
+                limits: d.device.limits(),
             };
             let access_path = state::access_path(&d.state_path);
             let access =

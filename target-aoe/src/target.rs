@@ -59,6 +59,9 @@ pub struct TargetSettings {
     pub identity: blockdev::DeviceIdentity,
     /// Whether the device refuses writes.
     pub read_only: bool,
+    /// The device's limits: its maximum transfer caps the sectors one ATA
+    /// command may carry (Query Config, IDENTIFY word 47).
+    pub limits: blockdev::Limits,
 }
 
 /// Why a frame got no reply.
@@ -427,6 +430,16 @@ impl Target {
         &self.settings
     }
 
+    /// Most sectors one ATA command may carry on `iface`: what a frame
+    /// holds, and no more than the device takes in one call.
+    pub fn max_sectors(&self, iface: &InterfaceInfo) -> u8 {
+        let frame = iface.max_sectors();
+        match self.settings.limits.max_transfer {
+            0 => frame,
+            m => frame.min(u8::try_from(m).unwrap_or(u8::MAX)),
+        }
+    }
+
     /// The current config string.
     pub fn config(&self) -> &[u8] {
         &self.config
@@ -614,7 +627,7 @@ impl Target {
             header: *h,
             arg: PendingArg::Ata(arg),
         };
-        let max = u32::from(iface.max_sectors());
+        let max = u32::from(self.max_sectors(iface));
         let s = &self.settings;
         match op {
             AtaOp::Identify => {
@@ -623,6 +636,7 @@ impl Target {
                     identity: &s.identity,
                     model: &s.model,
                     write_cache: s.write_back,
+                    limits: s.limits,
                 });
                 done(AtaStatus::OK, Bytes::copy_from_slice(&page))
             }
@@ -689,7 +703,7 @@ impl Target {
         let reply_arg = |ccmd, config: &[u8]| ConfigArg {
             buffer_count: self.settings.buffer_count,
             firmware: FIRMWARE_VERSION,
-            max_sectors: iface.max_sectors(),
+            max_sectors: self.max_sectors(iface),
             aoe_version: AOE_VERSION,
             ccmd,
             config: config.to_vec(),
@@ -730,7 +744,7 @@ impl Target {
                         arg: PendingArg::ConfigSet {
                             ccmd: arg.ccmd,
                             buffer_count: self.settings.buffer_count,
-                            max_sectors: iface.max_sectors(),
+                            max_sectors: self.max_sectors(iface),
                         },
                     },
                 })
@@ -862,6 +876,7 @@ mod tests {
                 sectors: 1000,
                 identity: blockdev::DeviceIdentity::from_name("t"),
                 read_only: false,
+                limits: blockdev::Limits::default(),
             },
             vec![],
             vec![],
@@ -1091,6 +1106,57 @@ mod tests {
             (arg.mcmd, arg.merror, arg.directives.len()),
             (MASK_EDIT, 0, 0)
         );
+    }
+
+    #[test]
+    fn the_devices_maximum_transfer_caps_every_ata_command() {
+        let jumbo = InterfaceInfo { mac: ME, mtu: 9000 };
+        let mut settings = target().settings().clone();
+        settings.limits.max_transfer = 4;
+        let mut t = Target::new(settings, vec![], vec![]);
+        assert_eq!((jumbo.max_sectors(), t.max_sectors(&jumbo)), (17, 4));
+        // Query Config says so,
+        let f = request(
+            ME,
+            HOST,
+            1,
+            2,
+            Command::QueryConfig,
+            1,
+            &config_arg(ConfigCommand::Read, b""),
+            &[],
+        );
+        let Outcome::Reply(r) = t.handle(&jumbo, &Frame::decode(&f).unwrap()) else {
+            panic!("Query Config is answered at once")
+        };
+        let r = r.to_vec();
+        let arg = ConfigArg::decode(Frame::decode(&r).unwrap().payload).unwrap();
+        assert_eq!(arg.max_sectors, 4);
+        // IDENTIFY's READ/WRITE MULTIPLE word too,
+        let id = AtaArg {
+            cmd_status: aoe_proto::ata::CMD_IDENTIFY,
+            sector_count: 1,
+            ..AtaArg::default()
+        };
+        let f = request(ME, HOST, 1, 2, Command::Ata, 2, &ata_arg(&id), &[]);
+        let Outcome::Reply(r) = t.handle(&jumbo, &Frame::decode(&f).unwrap()) else {
+            panic!("IDENTIFY is answered at once")
+        };
+        let page = &r.data[..];
+        assert_eq!(u16::from_le_bytes([page[94], page[95]]), 0x8004);
+        // and a longer command is refused before it reaches the device.
+        assert!(matches!(
+            t.handle(&jumbo, &Frame::decode(&ata(0, 4, false)).unwrap()),
+            Outcome::Io(_)
+        ));
+        let Outcome::Reply(r) = t.handle(&jumbo, &Frame::decode(&ata(0, 5, false)).unwrap()) else {
+            panic!("refused at once")
+        };
+        let r = r.to_vec();
+        let h = Frame::decode(&r).unwrap().header;
+        assert_eq!((h.flags & FLAG_ERROR, h.error), (FLAG_ERROR, 2));
+        // Without a device limit the frame decides, as before.
+        assert_eq!(target().max_sectors(&jumbo), 17);
     }
 
     #[test]

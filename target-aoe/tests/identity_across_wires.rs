@@ -72,6 +72,7 @@ fn over_aoe(dev: &MemDevice) -> DeviceIdentity {
             sectors: dev.geometry().num_blocks,
             identity: dev.identity().clone(),
             read_only: dev.read_only(),
+            limits: dev.limits(),
         },
         vec![],
         vec![],
