@@ -899,6 +899,12 @@ mod tests {
         request(ME, HOST, 1, 2, Command::Ata, 42, &ata_arg(&a), &data)
     }
 
+    /// A Query Config read (tag 1) for shelf 1, `slot`.
+    fn config_read(slot: u8) -> Vec<u8> {
+        let arg = config_arg(ConfigCommand::Read, b"");
+        request(ME, HOST, 1, slot, Command::QueryConfig, 1, &arg, &[])
+    }
+
     fn write_data(o: Outcome) -> Bytes {
         match o {
             Outcome::Io(IoRequest {
@@ -1116,16 +1122,7 @@ mod tests {
         let mut t = Target::new(settings, vec![], vec![]);
         assert_eq!((jumbo.max_sectors(), t.max_sectors(&jumbo)), (17, 4));
         // Query Config says so,
-        let f = request(
-            ME,
-            HOST,
-            1,
-            2,
-            Command::QueryConfig,
-            1,
-            &config_arg(ConfigCommand::Read, b""),
-            &[],
-        );
+        let f = config_read(2);
         let Outcome::Reply(r) = t.handle(&jumbo, &Frame::decode(&f).unwrap()) else {
             panic!("Query Config is answered at once")
         };
@@ -1162,30 +1159,12 @@ mod tests {
     #[test]
     fn others_addresses_and_responses_are_ignored() {
         let mut t = target();
-        let f = request(
-            ME,
-            HOST,
-            1,
-            3,
-            Command::QueryConfig,
-            1,
-            &config_arg(ConfigCommand::Read, b""),
-            &[],
-        );
+        let f = config_read(3);
         assert_eq!(
             t.handle(&IFACE, &Frame::decode(&f).unwrap()),
             Outcome::Ignore(Ignored::NotAddressed)
         );
-        let mut f = request(
-            ME,
-            HOST,
-            1,
-            2,
-            Command::QueryConfig,
-            1,
-            &config_arg(ConfigCommand::Read, b""),
-            &[],
-        );
+        let mut f = config_read(2);
         f[14] |= FLAG_RESPONSE;
         assert_eq!(
             t.handle(&IFACE, &Frame::decode(&f).unwrap()),
