@@ -1,16 +1,16 @@
-//! ATA emulation: command classification, IDENTIFY DEVICE data and the
-//! status/error register values the Linux `aoe` driver and ATA hosts expect
-//! for each outcome. The registers themselves (opcodes, status and error
-//! bits) are wire format, in [`aoe_proto::ata`].
+//! ATA emulation: command classification and IDENTIFY DEVICE data. The
+//! registers themselves (opcodes, status and error bits) are wire format, in
+//! [`aoe_proto::ata`]; the registers of each outcome, in
+//! [`aoe_proto::outcome`].
 
 use aoe_proto::ata::{
-    AtaStatus, CMD_CHECK_POWER, CMD_FLUSH, CMD_FLUSH_EXT, CMD_IDENTIFY, CMD_READ, CMD_READ_DMA,
+    CMD_CHECK_POWER, CMD_FLUSH, CMD_FLUSH_EXT, CMD_IDENTIFY, CMD_READ, CMD_READ_DMA,
     CMD_READ_DMA_EXT, CMD_READ_EXT, CMD_WRITE, CMD_WRITE_DMA, CMD_WRITE_DMA_EXT, CMD_WRITE_EXT,
     LBA28_LIMIT,
 };
 use aoe_proto::frame::{AtaArg, AFLAG_EXTENDED, SECTOR_SIZE};
 use aoe_proto::identify::{put_identity, put_string};
-use blockdev::{BlockError, DeviceIdentity};
+use blockdev::DeviceIdentity;
 
 /// Firmware revision reported in IDENTIFY and Query Config.
 pub const FIRMWARE_VERSION: u16 = 0x0001;
@@ -73,26 +73,6 @@ impl AtaOp {
             CMD_CHECK_POWER => AtaOp::CheckPower,
             other => AtaOp::Unsupported(other),
         }
-    }
-}
-
-/// Maps a block-device error onto ATA registers.
-pub fn status_of(e: &BlockError) -> AtaStatus {
-    match e {
-        BlockError::OutOfRange { .. } => AtaStatus::ID_NOT_FOUND,
-        BlockError::Medium { .. } => AtaStatus::UNCORRECTABLE,
-        BlockError::ReadOnly
-        | BlockError::Unsupported(_)
-        | BlockError::Invalid(_)
-        | BlockError::Misaligned { .. }
-        | BlockError::ReservationConflict => AtaStatus::ABORTED,
-        BlockError::WriteFault { .. }
-        | BlockError::PathDown(_)
-        | BlockError::Busy(_)
-        | BlockError::TimedOut(_)
-        | BlockError::Failed(_)
-        | BlockError::NoSpace
-        | BlockError::Io(_) => AtaStatus::DEVICE_FAULT,
     }
 }
 

@@ -14,6 +14,7 @@ use aoe_proto::frame::{
     DIRECTIVE_DELETE, DIRECTIVE_NOP, ETH_HEADER_LEN, MASK_EDIT, MASK_ERR_BAD_DIRECTIVE,
     MASK_ERR_FULL, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET, SECTOR_SIZE,
 };
+use aoe_proto::outcome::AtaOutcome;
 use bytes::Bytes;
 use tracing::debug;
 
@@ -284,6 +285,15 @@ impl ReplyCtx {
         }
     }
 
+    /// Completes an ATA command as `outcome` says (registers, or an AoE
+    /// error: [`aoe_proto::outcome`]), with optional read data.
+    pub fn answer(&self, outcome: AtaOutcome, data: Bytes) -> Reply {
+        match outcome {
+            AtaOutcome::Registers(st) => self.ata_done(st, data),
+            AtaOutcome::Error(code) => self.error(code),
+        }
+    }
+
     /// Answers the request with an AoE error.
     pub fn error(&self, code: AoeErrorCode) -> Reply {
         error_reply(self.to, self.from, &self.header, code)
@@ -334,11 +344,14 @@ fn error_reply(to: Mac, from: Mac, req: &Header, code: AoeErrorCode) -> Reply {
 fn ata_reply(to: Mac, from: Mac, req: &Header, arg: &AtaArg, st: AtaStatus, data: Bytes) -> Reply {
     let mut head = Vec::with_capacity(ATA_DATA_OFFSET);
     encode_headers(&mut head, to, from, &req.response());
-    let resp = AtaArg {
+    let mut resp = AtaArg {
         err_feature: st.error,
         cmd_status: st.status,
         ..*arg
     };
+    if let Some(lba) = st.lba {
+        resp.set_lba(lba);
+    }
     resp.encode(&mut head);
     if data.is_empty() {
         pad_min(&mut head);
@@ -662,7 +675,8 @@ impl Target {
                     return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
                 };
                 if s.read_only {
-                    return done(AtaStatus::ABORTED, Bytes::new());
+                    let refused = AtaOutcome::of_error(&blockdev::BlockError::ReadOnly);
+                    return Outcome::Reply(ctx().answer(refused, Bytes::new()));
                 }
                 Outcome::Io(IoRequest {
                     op: IoOp::Write {
@@ -1111,6 +1125,55 @@ mod tests {
         assert_eq!(
             (arg.mcmd, arg.merror, arg.directives.len()),
             (MASK_EDIT, 0, 0)
+        );
+    }
+
+    /// What an initiator reads from a reply frame to a command at `lba`.
+    fn read_back(reply: &Reply, lba: u64) -> Result<(), blockdev::BlockError> {
+        let r = reply.to_vec();
+        let f = Frame::decode(&r).unwrap();
+        let arg = if f.header.flags & FLAG_ERROR != 0 {
+            AtaArg::default()
+        } else {
+            AtaArg::decode(f.payload).unwrap().0
+        };
+        aoe_proto::outcome::reply_result(&f.header, &arg, lba)
+    }
+
+    #[test]
+    fn every_device_error_reaches_the_initiator_with_its_class() {
+        let mut t = target();
+        for write in [false, true] {
+            let f = ata(990, 2, write);
+            let Outcome::Io(req) = t.handle(&IFACE, &Frame::decode(&f).unwrap()) else {
+                panic!("expected I/O")
+            };
+            for e in blockdev::BlockError::examples() {
+                let reply = req.ctx.answer(AtaOutcome::of_error(&e), Bytes::new());
+                let back = read_back(&reply, 990).unwrap_err();
+                assert_eq!(back.class(), e.class(), "{e:?} came back as {back:?}");
+            }
+            let ok = req.ctx.answer(AtaOutcome::OK, Bytes::new());
+            assert!(read_back(&ok, 990).is_ok());
+        }
+        // The target's own refusals read as what they are.
+        let mut settings = target().settings().clone();
+        settings.read_only = true;
+        let mut ro = Target::new(settings, vec![], vec![]);
+        let Outcome::Reply(r) = ro.handle(&IFACE, &Frame::decode(&ata(0, 1, true)).unwrap()) else {
+            panic!("refused at once")
+        };
+        assert_eq!(
+            read_back(&r, 0).unwrap_err().class(),
+            blockdev::ErrorClass::ReadOnly
+        );
+        let Outcome::Reply(r) = t.handle(&IFACE, &Frame::decode(&ata(999, 2, false)).unwrap())
+        else {
+            panic!("refused at once")
+        };
+        assert_eq!(
+            read_back(&r, 999).unwrap_err().class(),
+            blockdev::ErrorClass::Invalid
         );
     }
 
