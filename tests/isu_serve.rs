@@ -114,6 +114,16 @@ fn identity_is_identical_on_every_portal_and_survives_restart() {
         "{:?}",
         fixed.0
     );
+    // An initiator reads the whole identity back: the persisted uuid and the
+    // configured serial.
+    let file = std::fs::read_to_string(data.join("state/fixed/identity")).unwrap();
+    let uuid = file.lines().find_map(|l| l.strip_prefix("uuid=")).unwrap();
+    let mut want = blockdev::DeviceIdentity::parse_hex(uuid).unwrap();
+    want.serial = "OPIE-SERIAL-7".into();
+    assert_eq!(
+        scsi_disk::identification::identity_from_vpd(&fixed.0, &fixed.1),
+        Ok(want)
+    );
     d.signal(libc::SIGTERM);
     assert_eq!(
         d.wait_exit(20).map(|s| s.code()),

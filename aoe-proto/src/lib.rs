@@ -6,8 +6,11 @@
 //!   the four commands, error codes), sans-I/O;
 //! - [`ata`]: the ATA taskfile registers the ATA argument carries (opcodes,
 //!   status and error bits), sans-I/O;
-//! - [`identify`]: reading an IDENTIFY DEVICE page (capacity, LBA48, names),
+//! - [`identify`]: reading an IDENTIFY DEVICE page (capacity, LBA48, names,
+//!   the disk's whole identity) and writing the identity words into one,
 //!   sans-I/O;
+//! - [`outcome`]: what the reply to an ATA command says (registers, AoE
+//!   errors) and the block-device error it stands for, both ways, sans-I/O;
 //! - [`rawsock`]: AF_PACKET sockets bound to one interface and the AoE
 //!   EtherType, with batched receive (a `PACKET_RX_RING`) and transmit
 //!   (`sendmmsg`), the only I/O here and the only `unsafe`;
@@ -20,4 +23,5 @@ pub mod ata;
 pub mod client;
 pub mod frame;
 pub mod identify;
+pub mod outcome;
 pub mod rawsock;

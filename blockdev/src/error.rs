@@ -148,6 +148,67 @@ impl BlockError {
     pub fn is_transient(&self) -> bool {
         self.class().is_transient()
     }
+
+    /// One error of every variant, and an I/O error of every kind that has
+    /// a class of its own: for the tests of each layer that carries errors
+    /// over a wire (every one must come back with its class). A new variant
+    /// cannot be left out: the match below has no wildcard.
+    pub fn examples() -> Vec<BlockError> {
+        use BlockError as E;
+        let mut all = vec![
+            E::OutOfRange {
+                lba: 9,
+                blocks: 2,
+                capacity: 10,
+            },
+            E::Misaligned {
+                len: 3,
+                block_size: 512,
+            },
+            E::Invalid("example".into()),
+            E::Unsupported("example"),
+            E::ReadOnly,
+            E::NoSpace,
+            E::Medium { lba: 7 },
+            E::WriteFault { lba: 3 },
+            E::ReservationConflict,
+            E::Busy("example".into()),
+            E::PathDown("example".into()),
+            E::TimedOut("example".into()),
+            E::Failed("example".into()),
+        ];
+        for kind in [
+            io::ErrorKind::StorageFull,
+            io::ErrorKind::QuotaExceeded,
+            io::ErrorKind::ReadOnlyFilesystem,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::Interrupted,
+            io::ErrorKind::WouldBlock,
+            io::ErrorKind::InvalidInput,
+            io::ErrorKind::Other,
+        ] {
+            all.push(E::Io(io::Error::from(kind)));
+        }
+        for e in &all {
+            match e {
+                E::OutOfRange { .. }
+                | E::Misaligned { .. }
+                | E::Invalid(_)
+                | E::Unsupported(_)
+                | E::ReadOnly
+                | E::NoSpace
+                | E::Medium { .. }
+                | E::WriteFault { .. }
+                | E::ReservationConflict
+                | E::Busy(_)
+                | E::PathDown(_)
+                | E::TimedOut(_)
+                | E::Failed(_)
+                | E::Io(_) => {}
+            }
+        }
+        all
+    }
 }
 
 #[cfg(test)]

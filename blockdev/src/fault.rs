@@ -22,8 +22,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    BlockDevice, BlockError, DeviceIdentity, Extent, Features, Geometry, Result, SharedDevice,
-    WriteFlags,
+    BlockDevice, BlockError, DeviceIdentity, Extent, Features, Geometry, Limits, Result,
+    SharedDevice, WriteFlags,
 };
 
 /// How a torn write reports itself.
@@ -364,6 +364,12 @@ impl BlockDevice for FaultyDevice {
         self.inner.read_only()
     }
 
+    /// The inner device's limits: the faults it injects break them on
+    /// purpose (a torn write may tear an "atomic" one).
+    fn limits(&self) -> Limits {
+        self.inner.limits()
+    }
+
     fn features(&self) -> Features {
         let mut f = self.inner.features();
         if self.st().volatile.is_some() {
@@ -499,6 +505,18 @@ mod tests {
 
     fn blk(v: u8, n: usize) -> Bytes {
         Bytes::from(vec![v; 512 * n])
+    }
+
+    #[test]
+    fn limits_are_the_inner_devices() {
+        let l = Limits {
+            max_transfer: 64,
+            optimal_granularity: 8,
+            atomic_write: 16,
+            queue_depth: 4,
+        };
+        let inner = MemDevice::with_name("f", 1 << 20).set_limits(l);
+        assert_eq!(FaultyDevice::new(Arc::new(inner), 7).limits(), l);
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use crate::{
-    BlockDevice, BlockError, DeviceIdentity, Extent, Features, Geometry, Result, WriteFlags,
+    BlockDevice, BlockError, DeviceIdentity, Extent, Features, Geometry, Limits, Result, WriteFlags,
 };
 
 /// How to open a [`FileDevice`].
@@ -478,6 +478,14 @@ impl BlockDevice for FileDevice {
 
     fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// No write is atomic: a `pwrite` goes through the page cache and out
+    /// in pages and sectors, so a crash can land any part of it (not even a
+    /// single block is promised when it spans pages or the device's
+    /// sectors). No maximum transfer, granularity or queue depth is known.
+    fn limits(&self) -> Limits {
+        Limits::default()
     }
 
     fn features(&self) -> Features {

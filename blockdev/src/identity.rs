@@ -1,13 +1,23 @@
 use std::fmt;
 
 /// Stable identity of a block device: the same through every path (iSCSI
-/// portal, AoE interface) and across restarts. SCSI derives the VPD 0x80 serial
-/// and the VPD 0x83 NAA designator from it, ATA the IDENTIFY serial.
+/// portal, AoE interface) and across restarts.
+///
+/// The whole identity, the 128-bit `uuid` and the `serial`, crosses both
+/// wires intact, so an initiator recovers exactly this value from what the
+/// target reports: SCSI carries the serial in VPD page 0x80 and the uuid in a
+/// T10 vendor ID designator of VPD page 0x83 (`scsi_disk::identification`),
+/// ATA the serial in IDENTIFY DEVICE words 10-19 and the uuid in its
+/// vendor-specific words (`aoe_proto::identify`). The older, shorter
+/// designators derived from the uuid ([`DeviceIdentity::naa6`],
+/// [`DeviceIdentity::eui64`]) stay beside them for the names initiators
+/// already use.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DeviceIdentity {
     /// 128 random bits fixed when the device was created.
     pub uuid: [u8; 16],
-    /// Printable ASCII serial number, at most 20 characters (the ATA limit).
+    /// Serial number: 1 to 20 printable ASCII characters without spaces (the
+    /// ATA field's size; see [`DeviceIdentity::is_valid_serial`]).
     pub serial: String,
 }
 
@@ -16,6 +26,12 @@ impl DeviceIdentity {
     pub fn from_uuid(uuid: [u8; 16]) -> Self {
         let serial = uuid[..10].iter().map(|b| format!("{b:02X}")).collect();
         DeviceIdentity { uuid, serial }
+    }
+
+    /// Whether `s` can be a serial number: 1 to 20 printable ASCII
+    /// characters without spaces, so that it survives both wires' padding.
+    pub fn is_valid_serial(s: &str) -> bool {
+        (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
     }
 
     /// A fresh random identity (for devices created now).
@@ -101,5 +117,17 @@ mod tests {
         assert_eq!(a.serial.len(), 20);
         assert_eq!(a.naa6()[0] >> 4, 6);
         assert!(DeviceIdentity::parse_hex("xyz").is_none());
+        assert!(DeviceIdentity::is_valid_serial(&a.serial));
+    }
+
+    #[test]
+    fn serials_are_short_printable_and_unpadded() {
+        assert!(DeviceIdentity::is_valid_serial("A"));
+        assert!(DeviceIdentity::is_valid_serial("~!09azAZ-_./12345678"));
+        assert!(!DeviceIdentity::is_valid_serial(""));
+        assert!(!DeviceIdentity::is_valid_serial("123456789012345678901"));
+        assert!(!DeviceIdentity::is_valid_serial("has space"));
+        assert!(!DeviceIdentity::is_valid_serial("nul\0"));
+        assert!(!DeviceIdentity::is_valid_serial("é"));
     }
 }

@@ -5,7 +5,9 @@ use std::sync::RwLock;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
-use crate::{BlockDevice, DeviceIdentity, Extent, Features, Geometry, Result, WriteFlags};
+use crate::{
+    BlockDevice, BlockError, DeviceIdentity, Extent, Features, Geometry, Limits, Result, WriteFlags,
+};
 
 /// Bytes per allocation chunk: unwritten chunks take no memory.
 const CHUNK: usize = 64 * 1024;
@@ -13,11 +15,17 @@ const CHUNK: usize = 64 * 1024;
 /// A sparse in-memory block device. Every completed write is "durable" (it
 /// survives until the object is dropped); wrap it in a
 /// [`FaultyDevice`](crate::FaultyDevice) to model a volatile cache and crashes.
+///
+/// Its limits: no write is ever torn (a write cannot fail part-way, and
+/// nothing crashes), so every write is atomic; no transfer limit. A test may
+/// make it promise less ([`MemDevice::set_limits`]); it then refuses
+/// requests longer than the maximum transfer it states, as the contract says.
 #[derive(Debug)]
 pub struct MemDevice {
     geometry: Geometry,
     identity: DeviceIdentity,
     read_only: bool,
+    limits: Limits,
     chunks: Vec<RwLock<Option<Box<[u8]>>>>,
 }
 
@@ -37,6 +45,10 @@ impl MemDevice {
             },
             identity,
             read_only: false,
+            limits: Limits {
+                atomic_write: u32::MAX,
+                ..Limits::default()
+            },
             chunks: (0..n).map(|_| RwLock::new(None)).collect(),
         }
     }
@@ -50,6 +62,24 @@ impl MemDevice {
     pub fn set_read_only(mut self, ro: bool) -> Self {
         self.read_only = ro;
         self
+    }
+
+    /// Reports `limits` instead (every write stays atomic whatever they
+    /// say; a maximum transfer is enforced).
+    pub fn set_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Refuses a request longer than the stated maximum transfer.
+    fn check_transfer(&self, blocks: u64) -> Result<()> {
+        let max = self.limits.max_transfer;
+        if max != 0 && blocks > u64::from(max) {
+            return Err(BlockError::Invalid(format!(
+                "{blocks} blocks exceed the maximum transfer of {max}"
+            )));
+        }
+        Ok(())
     }
 
     /// Copies bytes out synchronously (for tests that inspect the medium).
@@ -131,9 +161,14 @@ impl BlockDevice for MemDevice {
         }
     }
 
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes> {
         let g = self.geometry;
         g.check_range(lba, u64::from(blocks))?;
+        self.check_transfer(u64::from(blocks))?;
         let mut buf = BytesMut::zeroed(blocks as usize * g.block_size as usize);
         self.read_bytes(lba * u64::from(g.block_size), &mut buf);
         Ok(buf.freeze())
@@ -142,10 +177,11 @@ impl BlockDevice for MemDevice {
     async fn write(&self, lba: u64, data: Bytes, _flags: WriteFlags) -> Result<()> {
         let g = self.geometry;
         if self.read_only {
-            return Err(crate::BlockError::ReadOnly);
+            return Err(BlockError::ReadOnly);
         }
         let blocks = g.blocks_in(data.len())?;
         g.check_range(lba, blocks)?;
+        self.check_transfer(blocks)?;
         self.write_bytes(lba * u64::from(g.block_size), &data);
         Ok(())
     }
@@ -157,7 +193,7 @@ impl BlockDevice for MemDevice {
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
         let g = self.geometry;
         if self.read_only {
-            return Err(crate::BlockError::ReadOnly);
+            return Err(BlockError::ReadOnly);
         }
         g.check_range(lba, blocks)?;
         let bs = u64::from(g.block_size);
@@ -208,5 +244,25 @@ mod tests {
         assert_eq!(d.allocated_bytes(), 0);
         let e = d.block_status(0, 100).await.unwrap();
         assert!(!e.mapped && e.blocks == 100);
+    }
+
+    #[tokio::test]
+    async fn every_write_is_atomic_and_a_stated_maximum_is_kept() {
+        let d = MemDevice::with_name("m", 1 << 20);
+        assert_eq!(d.limits().atomic_write, u32::MAX);
+        assert_eq!(d.limits().max_transfer, 0);
+        let d = d.set_limits(Limits {
+            max_transfer: 4,
+            ..Limits::default()
+        });
+        assert_eq!(d.limits().atomic_write, 0);
+        d.write(0, Bytes::from(vec![1u8; 4 * 512]), WriteFlags::NONE)
+            .await
+            .unwrap();
+        let five = Bytes::from(vec![1u8; 5 * 512]);
+        let e = d.write(0, five, WriteFlags::NONE).await.unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::Invalid);
+        assert!(d.read(0, 5).await.is_err());
+        assert_eq!(d.read(0, 4).await.unwrap().len(), 4 * 512);
     }
 }

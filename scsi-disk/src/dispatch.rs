@@ -30,7 +30,11 @@ impl From<Sense> for Failure {
 
 impl From<blockdev::BlockError> for Failure {
     fn from(e: blockdev::BlockError) -> Self {
-        Failure::Check(super::sense::from_block_error(&e))
+        // Sense data comes with every status but RESERVATION CONFLICT.
+        match super::sense::status_of(&e) {
+            (_, Some(sense)) => Failure::Check(sense),
+            (_, None) => Failure::Conflict,
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use bytes::Bytes;
 mod alua;
 mod cdb;
 mod dispatch;
+pub mod identification;
 mod lu;
 mod mode;
 mod opcodes;

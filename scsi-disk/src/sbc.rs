@@ -83,7 +83,15 @@ fn check_range(ctx: &Ctx<'_>, lba: u64, blocks: u64) -> Result<(), Sense> {
 }
 
 fn limits(ctx: &Ctx<'_>) -> Limits {
-    Limits::for_block_size(ctx.lu.geometry().block_size)
+    Limits::new(ctx.lu.geometry().block_size, ctx.lu.device.limits())
+}
+
+/// Blocks per device call for commands that walk a long range: about
+/// [`CHUNK_BYTES`], never more than the device takes at once.
+fn chunk_blocks(l: &Limits, block_size: u64) -> u64 {
+    (CHUNK_BYTES / block_size)
+        .max(1)
+        .min(u64::from(l.max_transfer))
 }
 
 /// The common checks: protection field (we have no protection information),
@@ -156,10 +164,31 @@ pub(crate) async fn read(ctx: &Ctx<'_>) -> CmdResult {
     Ok(Reply::data(data))
 }
 
+/// WRITE ATOMIC(16) is supported only when the device makes writes atomic
+/// (its atomic write unit, [`blockdev::Limits::atomic_write`], is not 0),
+/// and takes at most that many blocks, with no atomic boundary; the write
+/// is then one device call, which the device lands whole or not at all.
+fn check_atomic(ctx: &Ctx<'_>, rw: &Rw) -> Result<(), Sense> {
+    let l = limits(ctx);
+    if l.max_atomic == 0 {
+        return Err(Sense::invalid_opcode());
+    }
+    if be16(ctx.cdb, 10) != 0 {
+        return Err(Sense::invalid_cdb(10, None)); // no atomic boundaries
+    }
+    if rw.blocks > u64::from(l.max_atomic) {
+        return Err(Sense::invalid_cdb(12, None));
+    }
+    Ok(())
+}
+
 /// WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16) and WRITE ATOMIC(16).
 pub(crate) async fn write(ctx: &Ctx<'_>) -> CmdResult {
     let op = ctx.cdb[0];
     let rw = decode_rw(ctx.cdb);
+    if op == code::WRITE_ATOMIC_16 {
+        check_atomic(ctx, &rw)?;
+    }
     check_rw(ctx, &rw)?;
     let verify = matches!(
         op,
@@ -168,20 +197,6 @@ pub(crate) async fn write(ctx: &Ctx<'_>) -> CmdResult {
     let bytchk = (rw.flags >> 1) & 0x03;
     if verify && bytchk > 1 {
         return Err(Sense::invalid_cdb(1, Some(2)).into());
-    }
-    if op == code::WRITE_ATOMIC_16 {
-        let l = limits(ctx);
-        if be16(ctx.cdb, 10) != 0 {
-            return Err(Sense::invalid_cdb(10, None).into()); // no atomic boundaries
-        }
-        if rw.blocks > u64::from(l.max_atomic)
-            || !rw.blocks.is_multiple_of(u64::from(l.atomic_granularity))
-        {
-            return Err(Sense::invalid_cdb(12, None).into());
-        }
-        if !rw.lba.is_multiple_of(u64::from(l.atomic_align)) {
-            return Err(Sense::invalid_cdb(2, None).into());
-        }
     }
     if rw.blocks == 0 {
         return Ok(Reply::good());
@@ -222,7 +237,7 @@ pub(crate) async fn verify(ctx: &Ctx<'_>) -> CmdResult {
         1 => Some(data_for(ctx, rw.blocks)?),
         _ => Some(data_for(ctx, 1)?),
     };
-    let per = (CHUNK_BYTES / bs).max(1);
+    let per = chunk_blocks(&limits(ctx), bs);
     let mut done = 0u64;
     while done < rw.blocks {
         let n = per.min(rw.blocks - done);
@@ -365,7 +380,7 @@ pub(crate) async fn write_same(ctx: &Ctx<'_>) -> CmdResult {
     } else if zero {
         ctx.lu.device.write_zeroes(lba, blocks, false).await?;
     } else {
-        let per = (CHUNK_BYTES / bs as u64).max(1);
+        let per = chunk_blocks(&l, bs as u64);
         let n0 = per.min(blocks) as usize;
         let mut buf = BytesMut::with_capacity(n0 * bs);
         for _ in 0..n0 {

@@ -1,14 +1,25 @@
-//! Sense data (SPC-4 4.5): fixed-format sense built from a key, an additional
-//! sense code pair, an optional information field and an optional
-//! sense-key-specific field (the field pointer that tells the initiator which
-//! CDB or parameter-list byte was wrong).
+//! Sense data (SPC-4 4.5): a key, an additional sense code pair, an optional
+//! information field and an optional sense-key-specific field (the field
+//! pointer that tells the initiator which CDB or parameter-list byte was
+//! wrong, or a progress indication), in fixed or descriptor format, both
+//! ways: built here ([`Sense::to_fixed`], [`Sense::to_descriptor`]) and read
+//! back ([`Sense::parse`], in `parse`). How a block-device error becomes a
+//! status and sense data, and back, is in `block_error`.
 
 use bytes::Bytes;
 
-/// Sense keys used by this target.
+mod block_error;
+mod parse;
+
+pub use block_error::{error_of, from_block_error, status_of};
+pub use parse::ParsedSense;
+
+/// Sense keys (SPC-4 4.5.6).
 pub mod key {
     /// NO SENSE.
     pub const NO_SENSE: u8 = 0x0;
+    /// RECOVERED ERROR.
+    pub const RECOVERED_ERROR: u8 = 0x1;
     /// NOT READY.
     pub const NOT_READY: u8 = 0x2;
     /// MEDIUM ERROR.
@@ -21,10 +32,14 @@ pub mod key {
     pub const UNIT_ATTENTION: u8 = 0x6;
     /// DATA PROTECT.
     pub const DATA_PROTECT: u8 = 0x7;
+    /// BLANK CHECK.
+    pub const BLANK_CHECK: u8 = 0x8;
     /// COPY ABORTED.
     pub const COPY_ABORTED: u8 = 0xA;
     /// ABORTED COMMAND.
     pub const ABORTED_COMMAND: u8 = 0xB;
+    /// VOLUME OVERFLOW.
+    pub const VOLUME_OVERFLOW: u8 = 0xD;
     /// MISCOMPARE.
     pub const MISCOMPARE: u8 = 0xE;
 }
@@ -43,6 +58,8 @@ impl Asc {
     pub const NOT_READY_UNAVAILABLE: Asc = Asc(0x04, 0x0C);
     pub const NOT_READY_OFFLINE: Asc = Asc(0x04, 0x12);
     pub const SANITIZE_IN_PROGRESS: Asc = Asc(0x04, 0x1B);
+    pub const NOT_READY_BECOMING_READY: Asc = Asc(0x04, 0x01);
+    pub const LU_COMMUNICATION_TIMEOUT: Asc = Asc(0x08, 0x01);
     pub const UNREACHABLE_COPY_TARGET: Asc = Asc(0x08, 0x04);
     pub const WRITE_ERROR: Asc = Asc(0x0C, 0x00);
     pub const UNEXPECTED_UNSOLICITED_DATA: Asc = Asc(0x0C, 0x0C);
@@ -63,6 +80,7 @@ impl Asc {
     pub const TOO_MANY_SEGMENT_DESCRIPTORS: Asc = Asc(0x26, 0x08);
     pub const UNSUPPORTED_SEGMENT_DESCRIPTOR: Asc = Asc(0x26, 0x09);
     pub const WRITE_PROTECTED: Asc = Asc(0x27, 0x00);
+    pub const SPACE_ALLOCATION_FAILED: Asc = Asc(0x27, 0x07);
     pub const POWER_ON_RESET: Asc = Asc(0x29, 0x00);
     pub const BUS_DEVICE_RESET: Asc = Asc(0x29, 0x03);
     pub const I_T_NEXUS_LOSS: Asc = Asc(0x29, 0x07);
@@ -231,43 +249,52 @@ impl Sense {
         s[8..12].copy_from_slice(&self.command_info.to_be_bytes());
         s[12] = self.asc.0;
         s[13] = self.asc.1;
-        if let Some(f) = self.field {
-            s[15] = 0x80 | if f.in_cdb { 0x40 } else { 0 };
-            if let Some(bit) = f.bit {
-                s[15] |= 0x08 | (bit & 7);
-            }
-            s[16..18].copy_from_slice(&f.byte.to_be_bytes());
-        } else if let Some(p) = self.progress {
-            s[15] = 0x80;
-            s[16..18].copy_from_slice(&p.to_be_bytes());
+        if let Some(sks) = self.key_specific() {
+            s[15..18].copy_from_slice(&sks);
         }
         s
+    }
+
+    /// The descriptor-format sense data (response code 0x72): the
+    /// information, command-specific information and sense-key-specific
+    /// descriptors, each only when it has something to say.
+    pub fn to_descriptor(&self) -> Vec<u8> {
+        let mut d = vec![0x72, self.key & 0x0f, self.asc.0, self.asc.1, 0, 0, 0, 0];
+        if let Some(info) = self.info {
+            d.extend_from_slice(&[0x00, 0x0A, 0x80, 0]);
+            d.extend_from_slice(&info.to_be_bytes());
+        }
+        if self.command_info != 0 {
+            d.extend_from_slice(&[0x01, 0x0A, 0, 0]);
+            d.extend_from_slice(&u64::from(self.command_info).to_be_bytes());
+        }
+        if let Some(sks) = self.key_specific() {
+            d.extend_from_slice(&[0x02, 0x06, 0, 0, sks[0], sks[1], sks[2], 0]);
+        }
+        d[7] = (d.len() - 8) as u8;
+        d
+    }
+
+    /// The three bytes of the sense-key-specific field (SKSV set), if any.
+    fn key_specific(&self) -> Option<[u8; 3]> {
+        if let Some(f) = self.field {
+            let mut b = 0x80 | if f.in_cdb { 0x40 } else { 0 };
+            if let Some(bit) = f.bit {
+                b |= 0x08 | (bit & 7);
+            }
+            let [hi, lo] = f.byte.to_be_bytes();
+            Some([b, hi, lo])
+        } else {
+            self.progress.map(|p| {
+                let [hi, lo] = p.to_be_bytes();
+                [0x80, hi, lo]
+            })
+        }
     }
 
     /// Fixed-format sense as [`Bytes`].
     pub fn to_bytes(&self) -> Bytes {
         Bytes::copy_from_slice(&self.to_fixed())
-    }
-}
-
-/// Maps a block-device error onto sense data (SBC-4 error reporting).
-pub fn from_block_error(e: &blockdev::BlockError) -> Sense {
-    use blockdev::BlockError as E;
-    match e {
-        E::OutOfRange { .. } => Sense::lba_out_of_range(),
-        E::Misaligned { .. } => Sense::invalid_cdb(0, None),
-        E::ReadOnly => Sense::write_protected(),
-        E::Medium { lba } => {
-            Sense::new(key::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR).with_info(*lba)
-        }
-        E::WriteFault { lba } => Sense::new(key::MEDIUM_ERROR, Asc::WRITE_ERROR).with_info(*lba),
-        E::Invalid(_) | E::Unsupported(_) => Sense::invalid_cdb(0, None),
-        E::PathDown(_) | E::Busy(_) | E::TimedOut(_) => {
-            Sense::new(key::NOT_READY, Asc::NOT_READY_UNAVAILABLE)
-        }
-        E::Failed(_) | E::ReservationConflict | E::NoSpace | E::Io(_) => {
-            Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)
-        }
     }
 }
 
@@ -295,11 +322,19 @@ mod tests {
     }
 
     #[test]
-    fn medium_error_maps_with_lba() {
-        let s = from_block_error(&blockdev::BlockError::Medium { lba: 7 });
+    fn descriptor_format_with_each_descriptor() {
+        let s = Sense::invalid_cdb(2, Some(5)).to_descriptor();
         assert_eq!(
-            (s.key, s.asc, s.info),
-            (key::MEDIUM_ERROR, Asc(0x11, 0), Some(7))
+            s,
+            [0x72, 5, 0x24, 0, 0, 0, 0, 8, 0x02, 0x06, 0, 0, 0xCD, 0, 2, 0]
         );
+        let s = Sense {
+            command_info: 9,
+            ..Sense::new(key::MEDIUM_ERROR, Asc::UNRECOVERED_READ_ERROR).with_info(1 << 40)
+        }
+        .to_descriptor();
+        assert_eq!(&s[..8], &[0x72, 3, 0x11, 0, 0, 0, 0, 24]);
+        assert_eq!(&s[8..20], &[0, 0x0A, 0x80, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(&s[20..32], &[1, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
     }
 }

@@ -32,11 +32,12 @@ fn nexus(id: u64, isid_last: u8) -> Nexus {
 }
 
 fn rig_with(read_only: bool, state_path: Option<std::path::PathBuf>) -> Rig {
-    let dev = Arc::new(MemDevice::new(
-        512,
-        BLOCKS,
-        DeviceIdentity::from_name("disk0"),
-    ));
+    let dev = MemDevice::new(512, BLOCKS, DeviceIdentity::from_name("disk0"));
+    rig_on(dev, read_only, state_path)
+}
+
+fn rig_on(dev: MemDevice, read_only: bool, state_path: Option<std::path::PathBuf>) -> Rig {
+    let dev = Arc::new(dev);
     let target = ScsiTarget::new(
         "iqn.2026-01.test:target",
         vec![(
@@ -217,8 +218,16 @@ async fn vpd_pages() {
     let id = r.good(&r.a, &[0x12, 1, 0x83, 0, 255, 0], &[]).await;
     assert_eq!(&id[4..8], &[0x01, 0x03, 0, 16]);
     assert_eq!(&id[8..24], &r.dev.identity().naa6());
-    assert_eq!(&id[24..32], &[0x51, 0x94, 0, 4, 0, 0, 0, 1]);
-    assert_eq!(&id[32..40], &[0x51, 0x95, 0, 4, 0, 0, 0, 1]);
+    assert_eq!(&id[24..28], &[0x02, 0x01, 0, 40]);
+    assert_eq!(&id[28..36], b"OPIE    ");
+    assert_eq!(&id[36..68], r.dev.identity().to_string().as_bytes());
+    assert_eq!(&id[68..76], &[0x51, 0x94, 0, 4, 0, 0, 0, 1]);
+    assert_eq!(&id[76..84], &[0x51, 0x95, 0, 4, 0, 0, 0, 1]);
+    // The initiator's reading of the two pages gives the whole identity back.
+    assert_eq!(
+        identification::identity_from_vpd(&serial, &id).as_ref(),
+        Ok(r.dev.identity())
+    );
     // Same on another nexus (another portal of the same port group).
     assert_eq!(r.good(&r.b, &[0x12, 1, 0x83, 0, 255, 0], &[]).await, id);
     let lbp = r.good(&r.a, &[0x12, 1, 0xB2, 0, 255, 0], &[]).await;
@@ -466,15 +475,139 @@ async fn orwrite_and_write_atomic() {
     wa[0] = 0x9C;
     wa[12..14].copy_from_slice(&8u16.to_be_bytes());
     r.good(&r.a, &wa, &[3u8; 8 * BS]).await;
-    wa[2..10].copy_from_slice(&1u64.to_be_bytes()); // misaligned
+    assert_eq!(
+        &r.good(&r.a, &read10(0, 8), &[]).await[..],
+        &[3u8; 8 * BS][..]
+    );
+}
+
+/// WRITE ATOMIC(16) of `n` blocks at `lba`.
+fn write_atomic(lba: u64, n: u16) -> [u8; 16] {
+    let mut wa = [0u8; 16];
+    wa[0] = 0x9C;
+    wa[2..10].copy_from_slice(&lba.to_be_bytes());
+    wa[12..14].copy_from_slice(&n.to_be_bytes());
+    wa
+}
+
+/// A big-endian u32 of the Block Limits page at page byte `at`.
+fn bl32(bl: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(bl[at..at + 4].try_into().unwrap())
+}
+
+/// A rig over a MemDevice that states `limits`, with its unit attentions consumed.
+async fn rig_limited(limits: blockdev::Limits) -> Rig {
+    let dev = MemDevice::new(512, BLOCKS, DeviceIdentity::from_name("disk0")).set_limits(limits);
+    let r = rig_on(dev, false, None);
+    for n in [&r.a, &r.b] {
+        r.run(n, &[0, 0, 0, 0, 0, 0], &[]).await;
+    }
+    r
+}
+
+#[tokio::test]
+async fn no_atomic_write_is_advertised_or_done_on_a_device_without_one() {
+    let r = rig_limited(blockdev::Limits::default()).await;
+    let bl = r.good(&r.a, &[0x12, 1, 0xB0, 0, 255, 0], &[]).await;
+    // MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT, ATOMIC TRANSFER
+    // LENGTH GRANULARITY, and the boundary fields: all 0.
+    assert_eq!(&bl[44..64], &[0u8; 20][..]);
+    let s = r
+        .check(
+            &r.a,
+            &write_atomic(0, 1),
+            &[3u8; BS],
+            key::ILLEGAL_REQUEST,
+            Asc::INVALID_OPCODE,
+        )
+        .await;
+    assert_eq!(s[15], 0xC0, "field pointer to the opcode");
+    assert_eq!(&r.good(&r.a, &read10(0, 1), &[]).await[..], &[0u8; BS][..]);
+}
+
+#[tokio::test]
+async fn atomic_writes_are_advertised_and_taken_up_to_the_devices_unit() {
+    let r = rig_limited(blockdev::Limits {
+        atomic_write: 16,
+        ..blockdev::Limits::default()
+    })
+    .await;
+    let bl = r.good(&r.a, &[0x12, 1, 0xB0, 0, 255, 0], &[]).await;
+    assert_eq!(bl32(&bl, 44), 16, "MAXIMUM ATOMIC TRANSFER LENGTH");
+    assert_eq!(
+        &bl[48..64],
+        &[0u8; 16][..],
+        "no alignment, granularity or boundary"
+    );
+    r.good(&r.a, &write_atomic(1, 16), &[5u8; 16 * BS]).await;
+    assert_eq!(
+        &r.good(&r.a, &read10(1, 16), &[]).await[..],
+        &[5u8; 16 * BS][..]
+    );
+    let s = r
+        .check(
+            &r.a,
+            &write_atomic(0, 17),
+            &[6u8; 17 * BS],
+            key::ILLEGAL_REQUEST,
+            Asc::INVALID_FIELD_IN_CDB,
+        )
+        .await;
+    assert_eq!(
+        u16::from_be_bytes([s[16], s[17]]),
+        12,
+        "the transfer length"
+    );
+    assert_eq!(&r.good(&r.a, &read10(0, 1), &[]).await[..], &[0u8; BS][..]);
+    // An atomic unit beyond the maximum transfer is cut to it.
+    let r = rig_limited(blockdev::Limits {
+        atomic_write: u32::MAX,
+        max_transfer: 32,
+        ..blockdev::Limits::default()
+    })
+    .await;
+    let bl = r.good(&r.a, &[0x12, 1, 0xB0, 0, 255, 0], &[]).await;
+    assert_eq!((bl32(&bl, 8), bl32(&bl, 44)), (32, 32));
+}
+
+#[tokio::test]
+async fn transfer_limits_follow_the_device() {
+    let r = rig_limited(blockdev::Limits {
+        max_transfer: 64,
+        optimal_granularity: 8,
+        ..blockdev::Limits::default()
+    })
+    .await;
+    let bl = r.good(&r.a, &[0x12, 1, 0xB0, 0, 255, 0], &[]).await;
+    assert_eq!(
+        u16::from_be_bytes([bl[6], bl[7]]),
+        8,
+        "OPTIMAL TRANSFER LENGTH GRANULARITY"
+    );
+    assert_eq!(bl32(&bl, 8), 64, "MAXIMUM TRANSFER LENGTH");
+    assert_eq!(bl32(&bl, 12), 64, "OPTIMAL TRANSFER LENGTH");
     r.check(
         &r.a,
-        &wa,
-        &[3u8; 8 * BS],
+        &read10(0, 65),
+        &[],
         key::ILLEGAL_REQUEST,
         Asc::INVALID_FIELD_IN_CDB,
     )
     .await;
+    // WRITE SAME, longer than a transfer, calls the device in pieces it takes.
+    let mut ws = [0u8; 10];
+    ws[0] = 0x41;
+    ws[7..9].copy_from_slice(&200u16.to_be_bytes());
+    r.good(&r.a, &ws, &[0xEEu8; BS]).await;
+    assert_eq!(
+        &r.good(&r.a, &read10(136, 64), &[]).await[..],
+        &[0xEEu8; 64 * BS][..]
+    );
+    // Without device limits: what this emulation takes, as before.
+    let r = rig_limited(blockdev::Limits::default()).await;
+    let bl = r.good(&r.a, &[0x12, 1, 0xB0, 0, 255, 0], &[]).await;
+    assert_eq!(u16::from_be_bytes([bl[6], bl[7]]), 1);
+    assert_eq!((bl32(&bl, 8), bl32(&bl, 12)), (65536, 2048));
 }
 
 #[tokio::test]
@@ -1578,6 +1711,13 @@ async fn file_device_round_trip_and_sync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = file_target(dir.path());
     let n = nexus(1, 1);
+    // A file makes no write atomic: none is advertised, WRITE ATOMIC is refused.
+    let bl = t.submit(&n, cmd(&[0x12, 1, 0xB0, 0, 255, 0], &[])).await;
+    assert_eq!(bl32(&bl.data_in, 44), 0);
+    let wa = t.submit(&n, cmd(&write_atomic(0, 8), &[1u8; 8 * BS])).await;
+    assert_eq!(wa.status, status::CHECK_CONDITION);
+    let sense = wa.sense.expect("sense");
+    assert_eq!((sense[2], sense[12]), (key::ILLEGAL_REQUEST, 0x20));
     let mut w = write10(8, 8);
     w[1] = 0x08; // FUA
     assert_eq!(

@@ -1,15 +1,16 @@
-//! ATA emulation: command classification, IDENTIFY DEVICE data and the
-//! status/error register values the Linux `aoe` driver and ATA hosts expect
-//! for each outcome. The registers themselves (opcodes, status and error
-//! bits) are wire format, in [`aoe_proto::ata`].
+//! ATA emulation: command classification and IDENTIFY DEVICE data. The
+//! registers themselves (opcodes, status and error bits) are wire format, in
+//! [`aoe_proto::ata`]; the registers of each outcome, in
+//! [`aoe_proto::outcome`].
 
 use aoe_proto::ata::{
-    AtaStatus, CMD_CHECK_POWER, CMD_FLUSH, CMD_FLUSH_EXT, CMD_IDENTIFY, CMD_READ, CMD_READ_DMA,
+    CMD_CHECK_POWER, CMD_FLUSH, CMD_FLUSH_EXT, CMD_IDENTIFY, CMD_READ, CMD_READ_DMA,
     CMD_READ_DMA_EXT, CMD_READ_EXT, CMD_WRITE, CMD_WRITE_DMA, CMD_WRITE_DMA_EXT, CMD_WRITE_EXT,
     LBA28_LIMIT,
 };
 use aoe_proto::frame::{AtaArg, AFLAG_EXTENDED, SECTOR_SIZE};
-use blockdev::{BlockError, DeviceIdentity};
+use aoe_proto::identify::{put_identity, put_string};
+use blockdev::DeviceIdentity;
 
 /// Firmware revision reported in IDENTIFY and Query Config.
 pub const FIRMWARE_VERSION: u16 = 0x0001;
@@ -75,48 +76,21 @@ impl AtaOp {
     }
 }
 
-/// Maps a block-device error onto ATA registers.
-pub fn status_of(e: &BlockError) -> AtaStatus {
-    match e {
-        BlockError::OutOfRange { .. } => AtaStatus::ID_NOT_FOUND,
-        BlockError::Medium { .. } => AtaStatus::UNCORRECTABLE,
-        BlockError::ReadOnly
-        | BlockError::Unsupported(_)
-        | BlockError::Invalid(_)
-        | BlockError::Misaligned { .. }
-        | BlockError::ReservationConflict => AtaStatus::ABORTED,
-        BlockError::WriteFault { .. }
-        | BlockError::PathDown(_)
-        | BlockError::Busy(_)
-        | BlockError::TimedOut(_)
-        | BlockError::Failed(_)
-        | BlockError::NoSpace
-        | BlockError::Io(_) => AtaStatus::DEVICE_FAULT,
-    }
-}
-
 /// Inputs of the IDENTIFY DEVICE page.
 #[derive(Debug, Clone)]
 pub struct IdentifyParams<'a> {
     /// Capacity in 512-byte sectors.
     pub sectors: u64,
-    /// Stable identity (serial number, world wide name).
+    /// Stable identity (serial number, world wide name, the identity words:
+    /// [`aoe_proto::identify::put_identity`]).
     pub identity: &'a DeviceIdentity,
     /// Model string (at most 40 characters).
     pub model: &'a str,
     /// Whether a volatile write cache is on (write-back mode).
     pub write_cache: bool,
-}
-
-/// Writes an ATA string (two characters per word, first in the high byte),
-/// space padded, into `words`.
-fn put_string(words: &mut [u16], s: &str) {
-    let mut bytes = s.bytes().filter(|b| b.is_ascii_graphic() || *b == b' ');
-    for w in words.iter_mut() {
-        let hi = bytes.next().unwrap_or(b' ');
-        let lo = bytes.next().unwrap_or(b' ');
-        *w = u16::from_be_bytes([hi, lo]);
-    }
+    /// The device's limits (word 47: sectors per READ/WRITE MULTIPLE block,
+    /// at most its maximum transfer).
+    pub limits: blockdev::Limits,
 }
 
 /// Builds the 512-byte IDENTIFY DEVICE page (words little-endian, as the wire carries them).
@@ -129,10 +103,16 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
     w[1] = cyls;
     w[3] = 16;
     w[6] = 63;
-    put_string(&mut w[10..20], &p.identity.serial);
+    put_identity(&mut w, p.identity);
     put_string(&mut w[23..27], &format!("opie{FIRMWARE_VERSION:04x}"));
     put_string(&mut w[27..47], p.model);
-    w[47] = 0x8000 | 0x80; // READ/WRITE MULTIPLE: up to 128 sectors
+    // READ/WRITE MULTIPLE: up to 128 sectors a block, and no more than the
+    // device takes in one call.
+    let multiple = match p.limits.max_transfer {
+        0 => 128,
+        m => m.min(128) as u16,
+    };
+    w[47] = 0x8000 | multiple;
     w[49] = (1 << 9) | (1 << 8); // LBA and DMA supported
     w[50] = 0x4000;
     w[53] = 0x0006; // words 64-70 and 88 valid
@@ -165,14 +145,6 @@ pub fn identify_page(p: &IdentifyParams<'_>) -> [u8; SECTOR_SIZE] {
         w[100 + i] = u16::from_le_bytes([chunk[0], chunk[1]]);
     }
     w[106] = 1 << 14; // word valid; one logical sector per physical, 512 bytes
-                      // Words 108-111: world wide name (NAA 5 form built from the stable identity).
-    let eui = p.identity.eui64();
-    let mut wwn = [0u8; 8];
-    wwn[0] = 0x50 | (eui[0] & 0x0f);
-    wwn[1..].copy_from_slice(&eui[1..]);
-    for i in 0..4 {
-        w[108 + i] = u16::from_be_bytes([wwn[2 * i], wwn[2 * i + 1]]);
-    }
     w[255] = 0x00A5; // integrity word signature; checksum filled below
     let mut page = [0u8; SECTOR_SIZE];
     for (i, word) in w.iter().enumerate() {
@@ -207,6 +179,7 @@ mod tests {
                 identity: &id,
                 model: "opie AoE disk",
                 write_cache,
+                limits: blockdev::Limits::default(),
             });
             let parsed = Identify::parse(&p).unwrap();
             assert_eq!(
@@ -218,6 +191,7 @@ mod tests {
                     firmware: "opie0001".into(),
                     model: "opie AoE disk".into(),
                     write_cache,
+                    identity: Some(id.clone()),
                 }
             );
             // LBA28 commands see at most what they can address.
@@ -226,6 +200,7 @@ mod tests {
             assert_ne!(word(&p, 86) & (1 << 10), 0);
             assert_eq!(p.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
             assert_eq!(p[510], 0xA5);
+            assert_eq!(word(&p, 47), 0x8080, "READ/WRITE MULTIPLE: 128 sectors");
         }
     }
 

@@ -34,13 +34,13 @@ use std::time::{Duration, Instant};
 
 use aoe_proto::ata::AtaStatus;
 use aoe_proto::frame::{Frame, Mac, BROADCAST_SHELF, BROADCAST_SLOT, ETH_HEADER_LEN, SECTOR_SIZE};
+use aoe_proto::outcome::AtaOutcome;
 use aoe_proto::rawsock::{RawSocket, RecvBatch};
 use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::ata;
 use crate::persister::{self, Saves, StateFiles, Waiter};
 use crate::state;
 use crate::target::{
@@ -284,6 +284,7 @@ impl AoeServer {
                 sectors: g.num_blocks,
                 identity: d.device.identity().clone(),
                 read_only: d.device.read_only(),
+                limits: d.device.limits(),
             };
             let access_path = state::access_path(&d.state_path);
             let access =
@@ -771,9 +772,9 @@ fn finish_call(
         Err(e) => {
             let first = works.first().map(|w| lba_of(&w.req.op));
             warn!(disk, lba = ?first, requests = works.len(), error = %e, "device I/O failed");
-            let st = ata::status_of(&e);
+            let st = AtaOutcome::of_error(&e);
             for w in works {
-                reply(w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new()));
+                reply(w.sock.clone(), w.req.ctx.answer(st, Bytes::new()));
             }
         }
     }
@@ -813,15 +814,15 @@ async fn flusher(disk: Arc<Disk>, mut rx: mpsc::UnboundedReceiver<Vec<Work>>) {
             acks.extend(more);
         }
         let st = match disk.device.flush().await {
-            Ok(()) => AtaStatus::OK,
+            Ok(()) => AtaOutcome::OK,
             Err(e) => {
                 warn!(disk = %disk.name, writes = acks.len(), error = %e, "flush for write acknowledgements failed");
-                ata::status_of(&e)
+                AtaOutcome::of_error(&e)
             }
         };
         let mut out: Vec<(Arc<RawSocket>, Reply)> = acks
             .into_iter()
-            .map(|w| (w.sock, w.req.ctx.ata_done(st, Bytes::new())))
+            .map(|w| (w.sock, w.req.ctx.answer(st, Bytes::new())))
             .collect();
         send_replies(&mut out);
     }
@@ -1056,9 +1057,9 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                     }
                     Err(e) => {
                         warn!(disk = %disk.name, lba, sectors = total, error = %e, "read failed");
-                        let st = ata::status_of(&e);
+                        let st = AtaOutcome::of_error(&e);
                         for w in run {
-                            out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                            out.push((w.sock.clone(), w.req.ctx.answer(st, Bytes::new())));
                         }
                     }
                 }
@@ -1109,41 +1110,41 @@ async fn run_batch(disk: &Disk, batch: Vec<Work>, out: &mut Vec<(Arc<RawSocket>,
                     }
                     Err(e) => {
                         warn!(disk = %disk.name, lba, error = %e, "write failed");
-                        let st = ata::status_of(&e);
+                        let st = AtaOutcome::of_error(&e);
                         for w in run {
-                            out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                            out.push((w.sock.clone(), w.req.ctx.answer(st, Bytes::new())));
                         }
                     }
                 }
             }
             IoOp::Flush => {
                 let st = match dev.flush().await {
-                    Ok(()) => AtaStatus::OK,
+                    Ok(()) => AtaOutcome::OK,
                     Err(e) => {
                         warn!(disk = %disk.name, error = %e, "flush failed");
-                        ata::status_of(&e)
+                        AtaOutcome::of_error(&e)
                     }
                 };
                 // The flush also covers every write before it.
                 for w in unsynced.drain(..) {
-                    out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                    out.push((w.sock.clone(), w.req.ctx.answer(st, Bytes::new())));
                 }
                 for w in run {
-                    out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+                    out.push((w.sock.clone(), w.req.ctx.answer(st, Bytes::new())));
                 }
             }
         }
     }
     if !unsynced.is_empty() {
         let st = match dev.flush().await {
-            Ok(()) => AtaStatus::OK,
+            Ok(()) => AtaOutcome::OK,
             Err(e) => {
                 warn!(disk = %disk.name, error = %e, "flush after writes failed");
-                ata::status_of(&e)
+                AtaOutcome::of_error(&e)
             }
         };
         for w in unsynced {
-            out.push((w.sock.clone(), w.req.ctx.ata_done(st, Bytes::new())));
+            out.push((w.sock.clone(), w.req.ctx.answer(st, Bytes::new())));
         }
     }
 }

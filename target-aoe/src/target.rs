@@ -14,6 +14,7 @@ use aoe_proto::frame::{
     DIRECTIVE_DELETE, DIRECTIVE_NOP, ETH_HEADER_LEN, MASK_EDIT, MASK_ERR_BAD_DIRECTIVE,
     MASK_ERR_FULL, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET, SECTOR_SIZE,
 };
+use aoe_proto::outcome::AtaOutcome;
 use bytes::Bytes;
 use tracing::debug;
 
@@ -59,6 +60,9 @@ pub struct TargetSettings {
     pub identity: blockdev::DeviceIdentity,
     /// Whether the device refuses writes.
     pub read_only: bool,
+    /// The device's limits: its maximum transfer caps the sectors one ATA
+    /// command may carry (Query Config, IDENTIFY word 47).
+    pub limits: blockdev::Limits,
 }
 
 /// Why a frame got no reply.
@@ -281,6 +285,15 @@ impl ReplyCtx {
         }
     }
 
+    /// Completes an ATA command as `outcome` says (registers, or an AoE
+    /// error: [`aoe_proto::outcome`]), with optional read data.
+    pub fn answer(&self, outcome: AtaOutcome, data: Bytes) -> Reply {
+        match outcome {
+            AtaOutcome::Registers(st) => self.ata_done(st, data),
+            AtaOutcome::Error(code) => self.error(code),
+        }
+    }
+
     /// Answers the request with an AoE error.
     pub fn error(&self, code: AoeErrorCode) -> Reply {
         error_reply(self.to, self.from, &self.header, code)
@@ -331,11 +344,14 @@ fn error_reply(to: Mac, from: Mac, req: &Header, code: AoeErrorCode) -> Reply {
 fn ata_reply(to: Mac, from: Mac, req: &Header, arg: &AtaArg, st: AtaStatus, data: Bytes) -> Reply {
     let mut head = Vec::with_capacity(ATA_DATA_OFFSET);
     encode_headers(&mut head, to, from, &req.response());
-    let resp = AtaArg {
+    let mut resp = AtaArg {
         err_feature: st.error,
         cmd_status: st.status,
         ..*arg
     };
+    if let Some(lba) = st.lba {
+        resp.set_lba(lba);
+    }
     resp.encode(&mut head);
     if data.is_empty() {
         pad_min(&mut head);
@@ -425,6 +441,16 @@ impl Target {
     /// The static settings.
     pub fn settings(&self) -> &TargetSettings {
         &self.settings
+    }
+
+    /// Most sectors one ATA command may carry on `iface`: what a frame
+    /// holds, and no more than the device takes in one call.
+    pub fn max_sectors(&self, iface: &InterfaceInfo) -> u8 {
+        let frame = iface.max_sectors();
+        match self.settings.limits.max_transfer {
+            0 => frame,
+            m => frame.min(u8::try_from(m).unwrap_or(u8::MAX)),
+        }
     }
 
     /// The current config string.
@@ -614,7 +640,7 @@ impl Target {
             header: *h,
             arg: PendingArg::Ata(arg),
         };
-        let max = u32::from(iface.max_sectors());
+        let max = u32::from(self.max_sectors(iface));
         let s = &self.settings;
         match op {
             AtaOp::Identify => {
@@ -623,6 +649,7 @@ impl Target {
                     identity: &s.identity,
                     model: &s.model,
                     write_cache: s.write_back,
+                    limits: s.limits,
                 });
                 done(AtaStatus::OK, Bytes::copy_from_slice(&page))
             }
@@ -648,7 +675,8 @@ impl Target {
                     return Outcome::Reply(error_reply(to, from, h, AoeErrorCode::BadArgument));
                 };
                 if s.read_only {
-                    return done(AtaStatus::ABORTED, Bytes::new());
+                    let refused = AtaOutcome::of_error(&blockdev::BlockError::ReadOnly);
+                    return Outcome::Reply(ctx().answer(refused, Bytes::new()));
                 }
                 Outcome::Io(IoRequest {
                     op: IoOp::Write {
@@ -689,7 +717,7 @@ impl Target {
         let reply_arg = |ccmd, config: &[u8]| ConfigArg {
             buffer_count: self.settings.buffer_count,
             firmware: FIRMWARE_VERSION,
-            max_sectors: iface.max_sectors(),
+            max_sectors: self.max_sectors(iface),
             aoe_version: AOE_VERSION,
             ccmd,
             config: config.to_vec(),
@@ -730,7 +758,7 @@ impl Target {
                         arg: PendingArg::ConfigSet {
                             ccmd: arg.ccmd,
                             buffer_count: self.settings.buffer_count,
-                            max_sectors: iface.max_sectors(),
+                            max_sectors: self.max_sectors(iface),
                         },
                     },
                 })
@@ -862,6 +890,7 @@ mod tests {
                 sectors: 1000,
                 identity: blockdev::DeviceIdentity::from_name("t"),
                 read_only: false,
+                limits: blockdev::Limits::default(),
             },
             vec![],
             vec![],
@@ -882,6 +911,12 @@ mod tests {
             vec![]
         };
         request(ME, HOST, 1, 2, Command::Ata, 42, &ata_arg(&a), &data)
+    }
+
+    /// A Query Config read (tag 1) for shelf 1, `slot`.
+    fn config_read(slot: u8) -> Vec<u8> {
+        let arg = config_arg(ConfigCommand::Read, b"");
+        request(ME, HOST, 1, slot, Command::QueryConfig, 1, &arg, &[])
     }
 
     fn write_data(o: Outcome) -> Bytes {
@@ -1093,33 +1128,106 @@ mod tests {
         );
     }
 
+    /// What an initiator reads from a reply frame to a command at `lba`.
+    fn read_back(reply: &Reply, lba: u64) -> Result<(), blockdev::BlockError> {
+        let r = reply.to_vec();
+        let f = Frame::decode(&r).unwrap();
+        let arg = if f.header.flags & FLAG_ERROR != 0 {
+            AtaArg::default()
+        } else {
+            AtaArg::decode(f.payload).unwrap().0
+        };
+        aoe_proto::outcome::reply_result(&f.header, &arg, lba)
+    }
+
+    #[test]
+    fn every_device_error_reaches_the_initiator_with_its_class() {
+        let mut t = target();
+        for write in [false, true] {
+            let f = ata(990, 2, write);
+            let Outcome::Io(req) = t.handle(&IFACE, &Frame::decode(&f).unwrap()) else {
+                panic!("expected I/O")
+            };
+            for e in blockdev::BlockError::examples() {
+                let reply = req.ctx.answer(AtaOutcome::of_error(&e), Bytes::new());
+                let back = read_back(&reply, 990).unwrap_err();
+                assert_eq!(back.class(), e.class(), "{e:?} came back as {back:?}");
+            }
+            let ok = req.ctx.answer(AtaOutcome::OK, Bytes::new());
+            assert!(read_back(&ok, 990).is_ok());
+        }
+        // The target's own refusals read as what they are.
+        let mut settings = target().settings().clone();
+        settings.read_only = true;
+        let mut ro = Target::new(settings, vec![], vec![]);
+        let Outcome::Reply(r) = ro.handle(&IFACE, &Frame::decode(&ata(0, 1, true)).unwrap()) else {
+            panic!("refused at once")
+        };
+        assert_eq!(
+            read_back(&r, 0).unwrap_err().class(),
+            blockdev::ErrorClass::ReadOnly
+        );
+        let Outcome::Reply(r) = t.handle(&IFACE, &Frame::decode(&ata(999, 2, false)).unwrap())
+        else {
+            panic!("refused at once")
+        };
+        assert_eq!(
+            read_back(&r, 999).unwrap_err().class(),
+            blockdev::ErrorClass::Invalid
+        );
+    }
+
+    #[test]
+    fn the_devices_maximum_transfer_caps_every_ata_command() {
+        let jumbo = InterfaceInfo { mac: ME, mtu: 9000 };
+        let mut settings = target().settings().clone();
+        settings.limits.max_transfer = 4;
+        let mut t = Target::new(settings, vec![], vec![]);
+        assert_eq!((jumbo.max_sectors(), t.max_sectors(&jumbo)), (17, 4));
+        // Query Config says so,
+        let f = config_read(2);
+        let Outcome::Reply(r) = t.handle(&jumbo, &Frame::decode(&f).unwrap()) else {
+            panic!("Query Config is answered at once")
+        };
+        let r = r.to_vec();
+        let arg = ConfigArg::decode(Frame::decode(&r).unwrap().payload).unwrap();
+        assert_eq!(arg.max_sectors, 4);
+        // IDENTIFY's READ/WRITE MULTIPLE word too,
+        let id = AtaArg {
+            cmd_status: aoe_proto::ata::CMD_IDENTIFY,
+            sector_count: 1,
+            ..AtaArg::default()
+        };
+        let f = request(ME, HOST, 1, 2, Command::Ata, 2, &ata_arg(&id), &[]);
+        let Outcome::Reply(r) = t.handle(&jumbo, &Frame::decode(&f).unwrap()) else {
+            panic!("IDENTIFY is answered at once")
+        };
+        let page = &r.data[..];
+        assert_eq!(u16::from_le_bytes([page[94], page[95]]), 0x8004);
+        // and a longer command is refused before it reaches the device.
+        assert!(matches!(
+            t.handle(&jumbo, &Frame::decode(&ata(0, 4, false)).unwrap()),
+            Outcome::Io(_)
+        ));
+        let Outcome::Reply(r) = t.handle(&jumbo, &Frame::decode(&ata(0, 5, false)).unwrap()) else {
+            panic!("refused at once")
+        };
+        let r = r.to_vec();
+        let h = Frame::decode(&r).unwrap().header;
+        assert_eq!((h.flags & FLAG_ERROR, h.error), (FLAG_ERROR, 2));
+        // Without a device limit the frame decides, as before.
+        assert_eq!(target().max_sectors(&jumbo), 17);
+    }
+
     #[test]
     fn others_addresses_and_responses_are_ignored() {
         let mut t = target();
-        let f = request(
-            ME,
-            HOST,
-            1,
-            3,
-            Command::QueryConfig,
-            1,
-            &config_arg(ConfigCommand::Read, b""),
-            &[],
-        );
+        let f = config_read(3);
         assert_eq!(
             t.handle(&IFACE, &Frame::decode(&f).unwrap()),
             Outcome::Ignore(Ignored::NotAddressed)
         );
-        let mut f = request(
-            ME,
-            HOST,
-            1,
-            2,
-            Command::QueryConfig,
-            1,
-            &config_arg(ConfigCommand::Read, b""),
-            &[],
-        );
+        let mut f = config_read(2);
         f[14] |= FLAG_RESPONSE;
         assert_eq!(
             t.handle(&IFACE, &Frame::decode(&f).unwrap()),

@@ -51,14 +51,7 @@ pub(crate) fn sense_reply(cdb: &[u8], s: &Sense) -> CmdResult {
     let alloc = usize::from(byte(cdb, 4));
     let desc = byte(cdb, 1) & 0x01 != 0;
     let data = if desc {
-        // Descriptor format with no descriptors beyond key/ASC/ASCQ; progress
-        // and information, when present, need the fixed format's fields.
-        let mut d = vec![0x72, s.key & 0x0f, s.asc.0, s.asc.1, 0, 0, 0, 0];
-        if let Some(p) = s.progress {
-            d.extend_from_slice(&[0x02, 0x06, 0, 0, 0x80, (p >> 8) as u8, p as u8, 0]);
-            d[7] = 8;
-        }
-        d
+        s.to_descriptor()
     } else {
         s.to_fixed().to_vec()
     };

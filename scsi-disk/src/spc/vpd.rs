@@ -4,6 +4,7 @@
 
 use super::super::alua;
 use super::super::dispatch::Ctx;
+use super::super::identification::{put_designator, put_lu_designators};
 use super::super::opcodes::{code, sa};
 use super::super::sense::Sense;
 use super::super::xcopy;
@@ -12,12 +13,18 @@ use super::super::xcopy;
 const PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2];
 
 /// Transfer and resource limits advertised in the Block Limits page and
-/// enforced by the SBC commands.
-#[derive(Debug, Clone, Copy)]
+/// enforced by the SBC commands: the device's own limits
+/// ([`blockdev::Limits`]) within what this emulation takes in one command,
+/// so nothing is advertised that the device does not keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
     /// MAXIMUM TRANSFER LENGTH in blocks.
     pub max_transfer: u32,
-    /// OPTIMAL TRANSFER LENGTH in blocks.
+    /// OPTIMAL TRANSFER LENGTH GRANULARITY in blocks (the device's
+    /// preferred granularity; 1 when it states none or one too large to say).
+    pub opt_granularity: u16,
+    /// OPTIMAL TRANSFER LENGTH in blocks: about 1 MiB, a multiple of the
+    /// granularity, at most the maximum transfer.
     pub opt_transfer: u32,
     /// MAXIMUM COMPARE AND WRITE LENGTH in blocks.
     pub max_caw: u8,
@@ -27,32 +34,40 @@ pub(crate) struct Limits {
     pub max_unmap_descriptors: u32,
     /// MAXIMUM WRITE SAME LENGTH in blocks.
     pub max_write_same: u64,
-    /// MAXIMUM ATOMIC TRANSFER LENGTH in blocks.
+    /// MAXIMUM ATOMIC TRANSFER LENGTH in blocks: the device's atomic write
+    /// unit (at most the maximum transfer). 0: the device makes no write
+    /// atomic, and WRITE ATOMIC is not supported. An atomic write has no
+    /// alignment or granularity requirement (ATOMIC ALIGNMENT and ATOMIC
+    /// TRANSFER LENGTH GRANULARITY are 0) and no atomic boundaries.
     pub max_atomic: u32,
-    /// ATOMIC ALIGNMENT in blocks.
-    pub atomic_align: u32,
-    /// ATOMIC TRANSFER LENGTH GRANULARITY in blocks.
-    pub atomic_granularity: u32,
 }
 
 impl Limits {
-    /// The limits for a device with `block_size`-byte blocks.
-    pub(crate) fn for_block_size(block_size: u32) -> Self {
+    /// The limits for a device with `block_size`-byte blocks and `device` limits.
+    pub(crate) fn new(block_size: u32, device: blockdev::Limits) -> Self {
         let bs = block_size.max(512);
-        let max_transfer = ((32u32 << 20) / bs).max(8192);
-        // Atomic writes are whole 4 KiB pages (at least two blocks).
-        let atomic_unit = (4096 / bs).max(2);
+        // The data-out of a command is held whole in memory: 32 MiB, and at
+        // least 8192 blocks.
+        let own_max = ((32u32 << 20) / bs).max(8192);
+        let max_transfer = match device.max_transfer {
+            0 => own_max,
+            m => m.min(own_max),
+        };
+        let granularity = u16::try_from(device.optimal_granularity.max(1)).unwrap_or(1);
+        let opt_transfer = ((1u32 << 20) / bs)
+            .max(1)
+            .next_multiple_of(u32::from(granularity))
+            .min(max_transfer);
         Limits {
             max_transfer,
-            opt_transfer: ((1u32 << 20) / bs).max(1),
+            opt_granularity: granularity,
+            opt_transfer,
             max_caw: 255,
             // Deallocation is one hole punch per descriptor: no limit.
             max_unmap_lbas: u32::MAX,
             max_unmap_descriptors: 4096,
             max_write_same: (1u64 << 32) / u64::from(bs),
-            max_atomic: ((1u32 << 20) / bs).max(atomic_unit).min(max_transfer),
-            atomic_align: atomic_unit,
-            atomic_granularity: atomic_unit,
+            max_atomic: device.atomic_write.min(max_transfer),
         }
     }
 }
@@ -76,25 +91,18 @@ pub(crate) fn page(ctx: &Ctx<'_>, page: u8) -> Result<Vec<u8>, Sense> {
     Ok(d)
 }
 
-fn designator(out: &mut Vec<u8>, proto_codeset: u8, piv_assoc_type: u8, value: &[u8]) {
-    out.push(proto_codeset);
-    out.push(piv_assoc_type);
-    out.push(0);
-    out.push(value.len() as u8);
-    out.extend_from_slice(value);
-}
-
-/// Device identification: the LU's NAA designator, the relative target port,
-/// the target port group and the target device name. The same on every portal
-/// of a target port group and across restarts.
+/// Device identification: the LU's designators (NAA, and the whole identity:
+/// see [`crate::identification`]), the relative target port, the target
+/// port group and the target device name. The same on every portal of a
+/// target port group and across restarts.
 fn device_identification(ctx: &Ctx<'_>) -> Vec<u8> {
     let mut d = Vec::new();
-    designator(&mut d, 0x01, 0x03, &ctx.lu.device.identity().naa6());
+    put_lu_designators(&mut d, ctx.lu.device.identity());
     let rel = ctx.nexus.relative_port;
-    designator(&mut d, 0x51, 0x94, &[0, 0, (rel >> 8) as u8, rel as u8]);
+    put_designator(&mut d, 0x51, 0x94, &[0, 0, (rel >> 8) as u8, rel as u8]);
     let groups = ctx.target.port_groups();
     let gid = alua::group_of(&groups, rel).map(|g| g.id).unwrap_or(0);
-    designator(&mut d, 0x51, 0x95, &[0, 0, (gid >> 8) as u8, gid as u8]);
+    put_designator(&mut d, 0x51, 0x95, &[0, 0, (gid >> 8) as u8, gid as u8]);
     // SCSI name string, null-terminated and padded to a multiple of 4.
     let mut name = ctx.target.name().as_bytes().to_vec();
     name.truncate(251);
@@ -102,7 +110,7 @@ fn device_identification(ctx: &Ctx<'_>) -> Vec<u8> {
     while !name.len().is_multiple_of(4) {
         name.push(0);
     }
-    designator(&mut d, 0x53, 0xA8, &name);
+    put_designator(&mut d, 0x53, 0xA8, &name);
     d
 }
 
@@ -145,11 +153,11 @@ fn third_party_copy(ctx: &Ctx<'_>) -> Vec<u8> {
 }
 
 fn block_limits(ctx: &Ctx<'_>) -> Vec<u8> {
-    let l = Limits::for_block_size(ctx.lu.geometry().block_size);
+    let l = Limits::new(ctx.lu.geometry().block_size, ctx.lu.device.limits());
     let mut d = vec![0u8; 0x3C];
     // byte 0 (page byte 4): WSNZ = 0: WRITE SAME with 0 blocks means "to the end".
     d[1] = l.max_caw;
-    d[2..4].copy_from_slice(&1u16.to_be_bytes()); // optimal transfer length granularity
+    d[2..4].copy_from_slice(&l.opt_granularity.to_be_bytes());
     d[4..8].copy_from_slice(&l.max_transfer.to_be_bytes());
     d[8..12].copy_from_slice(&l.opt_transfer.to_be_bytes());
     d[12..16].copy_from_slice(&l.max_transfer.to_be_bytes()); // max pre-fetch length
@@ -159,9 +167,8 @@ fn block_limits(ctx: &Ctx<'_>) -> Vec<u8> {
         d[24..28].copy_from_slice(&1u32.to_be_bytes()); // optimal unmap granularity
     }
     d[32..40].copy_from_slice(&l.max_write_same.to_be_bytes());
+    // Atomic alignment, granularity, and the boundary fields stay 0.
     d[40..44].copy_from_slice(&l.max_atomic.to_be_bytes());
-    d[44..48].copy_from_slice(&l.atomic_align.to_be_bytes());
-    d[48..52].copy_from_slice(&l.atomic_granularity.to_be_bytes());
     d
 }
 

@@ -26,6 +26,11 @@ fuzz_target!(|data: &[u8]| {
             sectors: 4096,
             identity: blockdev::DeviceIdentity::from_name("fuzz"),
             read_only: false,
+            // A device that takes fewer sectors than a jumbo frame holds.
+            limits: blockdev::Limits {
+                max_transfer: if mtu == 9000 { 4 } else { 0 },
+                ..blockdev::Limits::default()
+            },
         };
         let mut t = Target::new(settings, vec![], b"cfg".to_vec());
         // At MTU 1500 the frame is for this interface (unless it is a group
