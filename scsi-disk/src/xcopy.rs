@@ -115,8 +115,8 @@ fn parse(ctx: &Ctx<'_>, p: &[u8]) -> Result<(Vec<Arc<LogicalUnit>>, Vec<Segment>
         let (code_set, ty, dlen) = (d[4] & 0x0f, d[5] & 0x0f, usize::from(d[7]));
         let lu = if code_set == 1 && ty == 3 && dlen == 16 {
             ctx.target
-                .luns()
-                .filter_map(|l| ctx.target.lu(*l))
+                .units()
+                .values()
                 .find(|lu| lu.device.identity().naa6()[..] == d[8..24])
                 .cloned()
         } else {
