@@ -374,3 +374,76 @@ fn names_of(disks: &[&DiskConfig]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Overrides;
+
+    fn parse(disks: &str) -> IsuConfig {
+        let text = format!(
+            "[isu]\nbase_iqn = \"iqn.2026-01.org.example:isu1\"\nlisten = [\"127.0.0.1:3260\"]\n{disks}"
+        );
+        IsuConfig::parse(
+            &text,
+            Path::new("/etc/opie/isu.toml"),
+            &Overrides::default(),
+        )
+        .expect("config")
+    }
+
+    fn names(v: &[&DiskConfig]) -> Vec<String> {
+        v.iter().map(|d| d.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_changed_export_is_a_removal_and_an_addition() {
+        let old = parse(
+            "[[disk]]\nname = \"a\"\nsize = \"1M\"\n\
+             [[disk]]\nname = \"b\"\nsize = \"1M\"\niqn = \"iqn.2026-01.org.example:t\"\n\
+             [[disk]]\nname = \"c\"\nsize = \"1M\"\n\
+             [[disk]]\nname = \"d\"\nsize = \"1M\"\n",
+        );
+        // a: same export, other access and size (kept: a resize, not a
+        // change); b: another LUN; c: gone; d: read-only now; e: new.
+        let new = parse(
+            "[[disk]]\nname = \"a\"\nsize = \"2M\"\ninitiators = [\"iqn.2026-01.x:y\"]\nalias = \"A\"\n\
+             [[disk]]\nname = \"b\"\nsize = \"1M\"\niqn = \"iqn.2026-01.org.example:t\"\nlun = 3\n\
+             [[disk]]\nname = \"d\"\nsize = \"1M\"\nread_only = true\n\
+             [[disk]]\nname = \"e\"\nsize = \"1M\"\n",
+        );
+        let c = Changes::between(&old, &new);
+        assert_eq!(names(&c.kept), ["a"]);
+        assert_eq!(names(&c.removed), ["b", "c", "d"]);
+        assert_eq!(names(&c.added), ["b", "d", "e"]);
+        let t = target_settings(&new);
+        assert_eq!(
+            t["iqn.2026-01.org.example:isu1:a"],
+            (&Some("A".to_string()), &None)
+        );
+        assert!(start_only_changes(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn a_size_the_file_no_longer_has_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let img = dir.path().join("a.img");
+        fs::write(&img, vec![0u8; 4096]).expect("file");
+        let cfg = parse(&format!(
+            "[[disk]]\nname = \"a\"\npath = \"{}\"\nsize = 4096\n",
+            img.display()
+        ));
+        assert!(check_size(&cfg.disks[0]).is_ok());
+        let cfg = parse(&format!(
+            "[[disk]]\nname = \"a\"\npath = \"{}\"\nsize = 8192\n",
+            img.display()
+        ));
+        let e = check_size(&cfg.disks[0]).expect_err("stale size");
+        assert!(
+            e.contains("the file is 4096 bytes but the config says size = 8192"),
+            "{e}"
+        );
+    }
+}
