@@ -16,7 +16,8 @@
 //! - disks kept are rescanned: a backing file or device that grew (or
 //!   shrank) is adopted and every session gets CAPACITY DATA HAS CHANGED.
 //!   A `size` that no longer matches an existing file is an error, as at
-//!   startup (grow the file, then set the new size);
+//!   startup (grow the file, then set the new size). An AoE export keeps
+//!   the size it started with until restart;
 //! - target aliases and portal groups, for new logins.
 //!
 //! A file that does not load, a policy that does not build, a new disk
@@ -278,10 +279,15 @@ impl Reloader {
             };
             let before = o.file.geometry().num_blocks;
             match o.file.rescan() {
-                Ok(now) if now != before => summary.push(format!(
-                    "disk {:?} resized from {before} to {now} blocks",
-                    d.name
-                )),
+                Ok(now) if now != before => {
+                    if d.aoe.is_some() {
+                        warn!(disk = %d.name, "SIGHUP: resized for iSCSI; its AoE export keeps the size it started with until restart");
+                    }
+                    summary.push(format!(
+                        "disk {:?} resized from {before} to {now} blocks",
+                        d.name
+                    ))
+                }
                 Ok(_) => {}
                 Err(e) => warn!(disk = %d.name, "SIGHUP: rescan failed: {e}"),
             }
