@@ -1456,6 +1456,14 @@ fn xcopy_list(naa: &[u8; 16], list_id: u8, segment: &[u8]) -> Vec<u8> {
     p
 }
 
+impl Rig {
+    /// EXTENDED COPY of parameter list `p` from nexus a, which must fail
+    /// with this sense key and code; the sense data.
+    async fn xcopy_fails(&self, p: &[u8], k: u8, asc: Asc) -> [u8; 18] {
+        self.check(&self.a, &xcopy_cdb(p.len()), p, k, asc).await
+    }
+}
+
 fn xcopy_cdb(len: usize) -> [u8; 16] {
     let mut c = [0u8; 16];
     c[0] = 0x83;
@@ -1505,37 +1513,16 @@ async fn extended_copy_and_results() {
     )
     .await;
     let bad = xcopy_params(&naa, 1, 8, 0, 0, 1);
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
-        &bad,
-        key::COPY_ABORTED,
-        Asc::UNREACHABLE_COPY_TARGET,
-    )
-    .await;
+    r.xcopy_fails(&bad, key::COPY_ABORTED, Asc::UNREACHABLE_COPY_TARGET)
+        .await;
     let bad = xcopy_params(&naa, 1, 8, 0, BLOCKS - 1, 0);
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
-        &bad,
-        key::COPY_ABORTED,
-        Asc::NONE,
-    )
-    .await;
+    r.xcopy_fails(&bad, key::COPY_ABORTED, Asc::NONE).await;
     let bad = xcopy_params(&[0x61; 16], 1, 8, 0, 0, 0);
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
-        &bad,
-        key::COPY_ABORTED,
-        Asc::UNREACHABLE_COPY_TARGET,
-    )
-    .await;
+    r.xcopy_fails(&bad, key::COPY_ABORTED, Asc::UNREACHABLE_COPY_TARGET)
+        .await;
     let mut bad = p.clone();
     bad[16] = 0xE0;
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
+    r.xcopy_fails(
         &bad,
         key::ILLEGAL_REQUEST,
         Asc::UNSUPPORTED_TARGET_DESCRIPTOR,
@@ -1543,9 +1530,7 @@ async fn extended_copy_and_results() {
     .await;
     let mut bad = p.clone();
     bad[48] = 0x09;
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
+    r.xcopy_fails(
         &bad,
         key::ILLEGAL_REQUEST,
         Asc::UNSUPPORTED_SEGMENT_DESCRIPTOR,
@@ -1610,13 +1595,7 @@ async fn extended_copy_refuses_bad_byte_offsets_and_ranges() {
     ] {
         let p = xcopy_list(&naa, 1, &seg);
         let s = r
-            .check(
-                &r.a,
-                &xcopy_cdb(p.len()),
-                &p,
-                key::ILLEGAL_REQUEST,
-                Asc::INVALID_FIELD_IN_PARAM_LIST,
-            )
+            .xcopy_fails(&p, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_PARAM_LIST)
             .await;
         // SKSV set, pointing into the parameter list (C/D = 0), at the field.
         assert_eq!((s[15], u16::from_be_bytes([s[16], s[17]])), (0x80, field));
@@ -1629,20 +1608,13 @@ async fn extended_copy_refuses_bad_byte_offsets_and_ranges() {
         b2b_offset_segment(1, u64::MAX, 1, 0, 0),
     ] {
         let p = xcopy_list(&naa, 1, &seg);
-        r.check(&r.a, &xcopy_cdb(p.len()), &p, key::COPY_ABORTED, Asc::NONE)
-            .await;
+        r.xcopy_fails(&p, key::COPY_ABORTED, Asc::NONE).await;
     }
     // A descriptor of the wrong length for its type.
     let mut p = xcopy_list(&naa, 1, &b2b_offset_segment(10, 0, 0, 100, 0));
     p[51] = 0x18;
-    r.check(
-        &r.a,
-        &xcopy_cdb(p.len()),
-        &p,
-        key::ILLEGAL_REQUEST,
-        Asc::INVALID_FIELD_IN_PARAM_LIST,
-    )
-    .await;
+    r.xcopy_fails(&p, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_PARAM_LIST)
+        .await;
     assert_eq!(
         r.good(&r.a, &read10(100, 2), &[]).await,
         before,
