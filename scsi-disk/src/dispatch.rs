@@ -72,6 +72,8 @@ pub(crate) struct Ctx<'a> {
     pub data: &'a Bytes,
     /// The transport takes data-in as a [`blockdev::FileSlice`].
     pub data_in_from_file: bool,
+    /// The command's task tag.
+    pub tag: u32,
 }
 
 fn respond(r: CmdResult) -> Response {
@@ -122,6 +124,7 @@ pub(crate) async fn execute(
         cdb: &cmd.cdb,
         data: &cmd.data_out,
         data_in_from_file: cmd.data_in_from_file,
+        tag: cmd.tag,
     };
     let mut r = run(&ctx).await;
     if ticket.as_ref().is_some_and(Ticket::finish) {

@@ -1623,6 +1623,71 @@ async fn extended_copy_refuses_bad_byte_offsets_and_ranges() {
 }
 
 #[tokio::test]
+async fn a_copy_into_another_unit_holds_its_removal_and_a_removed_unit_is_unreachable() {
+    let r = rig().await;
+    let inner = Arc::new(MemDevice::new(
+        512,
+        BLOCKS,
+        DeviceIdentity::from_name("lu1"),
+    ));
+    let slow = Arc::new(blockdev::FaultyDevice::new(inner.clone(), 1));
+    let naa1 = slow.identity().naa6();
+    let cfg = LuConfig {
+        device: slow.clone(),
+        read_only: false,
+        state_path: None,
+    };
+    r.target.add_lun(1, cfg).expect("lun 1");
+    // The inventory change is reported first, after the addition and the removal.
+    let inventory_changed = || {
+        r.check(
+            &r.a,
+            &[0; 6],
+            &[],
+            key::UNIT_ATTENTION,
+            Asc::REPORTED_LUNS_DATA_CHANGED,
+        )
+    };
+    inventory_changed().await;
+    r.good(&r.a, &write10(0, 8), &[0x77; 8 * BS]).await;
+    // LUN 0 (target 0) to LUN 1 (target 1), 8 blocks at LBA 0.
+    let to_lun1 = |list_id| {
+        let mut p = xcopy_params(&r.dev.identity().naa6(), list_id, 8, 0, 0, 1);
+        let mut t1 = p[16..48].to_vec();
+        t1[8..24].copy_from_slice(&naa1);
+        p.splice(48..48, t1);
+        p[2..4].copy_from_slice(&64u16.to_be_bytes());
+        p
+    };
+    let p = to_lun1(1);
+    slow.hold_next_writes(1);
+    let copy = tokio::spawn({
+        let (t, a) = (r.target.clone(), r.a.clone());
+        async move { t.submit(&a, cmd(&xcopy_cdb(p.len()), &p)).await }
+    });
+    while slow.held_writes() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let mut removal = tokio::spawn(r.target.remove_lun(1).expect("lun 1").wait());
+    tokio::task::yield_now().await;
+    assert!(
+        !removal.is_finished(),
+        "the removal waits for the copy's write"
+    );
+    slow.release_writes();
+    assert_eq!(copy.await.expect("copy").status, status::GOOD);
+    (&mut removal).await.expect("removal");
+    assert_eq!(
+        inner.read(0, 8).await.expect("read")[..],
+        [0x77; 8 * BS][..]
+    );
+    // LUN 1 is gone: the same copy finds no copy target.
+    inventory_changed().await;
+    r.xcopy_fails(&to_lun1(2), key::COPY_ABORTED, Asc::UNREACHABLE_COPY_TARGET)
+        .await;
+}
+
+#[tokio::test]
 async fn ordered_task_waits_for_older_simple_tasks() {
     let r = rig().await;
     // An ORDERED write submitted after a SIMPLE write to the same block lands last,

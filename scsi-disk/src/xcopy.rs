@@ -21,8 +21,9 @@ use super::cdb::{be16, be32, be64, byte, trim};
 use super::dispatch::{CmdResult, Ctx, Failure, Reply};
 use super::lu::LogicalUnit;
 use super::opcodes::sa;
+use super::order::Ticket;
 use super::sense::{key, Asc, Sense};
-use super::ItNexus;
+use super::{ItNexus, TaskAttr};
 
 /// Copies one copy manager runs at a time per LU.
 pub(crate) const MAX_CONCURRENT: u32 = 1;
@@ -308,6 +309,25 @@ async fn copy_segment(src: &LogicalUnit, dst: &LogicalUnit, s: &Segment) -> Resu
     Ok(done)
 }
 
+/// Enters the copy, under its own tag, in the task set of every other unit
+/// it names, for as long as it runs: a removal, a reset or an ABORT TASK
+/// of the copy then waits for its I/O there too, and a unit being removed
+/// is no longer a copy target.
+fn enter_other_units(ctx: &Ctx<'_>, targets: &[Arc<LogicalUnit>]) -> Result<Vec<Ticket>, Failure> {
+    let mut held: Vec<(&Arc<LogicalUnit>, Ticket)> = Vec::new();
+    for lu in targets {
+        if Arc::ptr_eq(lu, ctx.lu) || held.iter().any(|(h, _)| Arc::ptr_eq(h, lu)) {
+            continue;
+        }
+        let t = lu
+            .tasks
+            .enter(TaskAttr::HeadOfQueue, &ctx.me, ctx.nexus.id, ctx.tag)
+            .ok_or_else(|| copy_aborted(Asc::UNREACHABLE_COPY_TARGET))?;
+        held.push((lu, t));
+    }
+    Ok(held.into_iter().map(|(_, t)| t).collect())
+}
+
 /// EXTENDED COPY (LID1).
 pub(crate) async fn extended_copy(ctx: &Ctx<'_>) -> CmdResult {
     let len = be32(ctx.cdb, 10) as usize;
@@ -324,6 +344,7 @@ pub(crate) async fn extended_copy(ctx: &Ctx<'_>) -> CmdResult {
         return Err(Sense::invalid_param(1, Some(4)).into());
     }
     let (targets, segs) = parse(ctx, p)?;
+    let _elsewhere = enter_other_units(ctx, &targets)?;
     let mut status = CopyStatus {
         ok: true,
         segments: 0,
