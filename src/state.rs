@@ -188,6 +188,20 @@ fn load_identity(path: &Path) -> Result<Option<DeviceIdentity>, StateError> {
         })
 }
 
+/// The state directories and identity files of `disks` below `real`.
+fn inspect_disks(real: &Path, disks: &[&str]) -> Result<(), StateError> {
+    let state = real.join("state");
+    if real_dir(&state)? {
+        for d in disks {
+            let dir = state.join(d);
+            if real_dir(&dir)? {
+                load_identity(&dir.join("identity"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl DataDir {
     /// Checks what [`DataDir::open`] and the disks' state would refuse,
     /// creating and locking nothing: the directory can be created or is
@@ -211,16 +225,14 @@ impl DataDir {
                 return Err(locked(root, &h));
             }
         }
-        let state = real.join("state");
-        if real_dir(&state)? {
-            for d in disks {
-                let dir = state.join(d);
-                if real_dir(&dir)? {
-                    load_identity(&dir.join("identity"))?;
-                }
-            }
-        }
-        Ok(())
+        inspect_disks(&real, disks)
+    }
+
+    /// Checks, creating nothing, that the state directories and identity
+    /// files of `disks` in this (open) data directory are real and sound:
+    /// what [`DataDir::inspect`] checks of them, for disks added at run time.
+    pub fn inspect_disks(&self, disks: &[&str]) -> Result<(), StateError> {
+        inspect_disks(&self.root, disks)
     }
 
     /// Creates (if needed) and locks `root`. Fails if another process holds it.

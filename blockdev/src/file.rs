@@ -19,13 +19,15 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use crate::{
-    BlockDevice, BlockError, DeviceIdentity, Extent, Features, Geometry, Limits, Result, WriteFlags,
+    BlockDevice, BlockError, DeviceIdentity, DeviceStatus, Extent, Features, Geometry, Limits,
+    Result, StatusPublisher, WriteFlags,
 };
 
 /// How to open a [`FileDevice`].
@@ -60,13 +62,17 @@ struct Inner {
     _claim: crate::claim::Claim,
     /// Writes whose futures were dropped while they ran.
     orphans: orphans::Orphans,
+    /// Capacity in blocks, as last read from the backing store.
+    num_blocks: AtomicU64,
+    /// Publishes resizes found by [`FileDevice::rescan`].
+    status: StatusPublisher,
 }
 
 /// A block device backed by a regular file or a host block device.
 #[derive(Debug, Clone)]
 pub struct FileDevice {
     inner: Arc<Inner>,
-    geometry: Geometry,
+    block_size: u32,
     identity: DeviceIdentity,
     read_only: bool,
 }
@@ -126,17 +132,7 @@ impl FileDevice {
         let claim = crate::claim::Claim::take(&file, &path, !opts.read_only)?;
         let meta = file.metadata()?;
         let is_blockdev = meta.file_type().is_block_device();
-        let bytes = if is_blockdev {
-            let mut size: u64 = 0;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid for writes.
-            let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error().into());
-            }
-            size
-        } else if meta.is_file() {
-            meta.len()
-        } else {
+        if !is_blockdev && !meta.is_file() {
             return Err(BlockError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -144,7 +140,8 @@ impl FileDevice {
                     path.display()
                 ),
             )));
-        };
+        }
+        let bytes = backing_size(&file, is_blockdev)?;
         let dsync = if opts.read_only {
             None
         } else {
@@ -155,11 +152,12 @@ impl FileDevice {
                     .open(&path)?,
             )
         };
+        let geometry = Geometry {
+            block_size: opts.block_size,
+            num_blocks: bytes / u64::from(opts.block_size),
+        };
         Ok(FileDevice {
-            geometry: Geometry {
-                block_size: opts.block_size,
-                num_blocks: bytes / u64::from(opts.block_size),
-            },
+            block_size: opts.block_size,
             identity,
             read_only: opts.read_only,
             inner: Arc::new(Inner {
@@ -169,8 +167,33 @@ impl FileDevice {
                 is_blockdev,
                 _claim: claim,
                 orphans: Default::default(),
+                num_blocks: AtomicU64::new(geometry.num_blocks),
+                status: StatusPublisher::new(geometry),
             }),
         })
+    }
+
+    /// Reads the size of the backing file or block device again and, when
+    /// it changed, adopts it and publishes the new capacity on
+    /// [`BlockDevice::status`] (every clone of this device sees it). A file
+    /// grown with `truncate` or a logical volume extended is found this way,
+    /// when the owner asks (the ISU daemon rescans its disks on SIGHUP):
+    /// nothing watches the file meanwhile. A partial last block is not
+    /// counted. Returns the capacity in blocks now.
+    pub fn rescan(&self) -> Result<u64> {
+        let bytes = backing_size(&self.inner.file, self.inner.is_blockdev)?;
+        let blocks = bytes / u64::from(self.block_size);
+        let old = self.inner.num_blocks.swap(blocks, Ordering::AcqRel);
+        if old != blocks {
+            tracing::info!(
+                path = %self.inner.path.display(),
+                from = old,
+                to = blocks,
+                "backing store resized"
+            );
+            self.inner.status.resized(blocks);
+        }
+        Ok(blocks)
     }
 
     /// Path of the backing file.
@@ -218,6 +241,20 @@ impl FileDevice {
             Ok(())
         }
     }
+}
+
+/// Size in bytes of an open regular file or block device.
+fn backing_size(file: &File, is_blockdev: bool) -> io::Result<u64> {
+    if !is_blockdev {
+        return Ok(file.metadata()?.len());
+    }
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid for writes.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
 }
 
 /// A byte range of an open file, handed out by
@@ -469,7 +506,14 @@ impl Inner {
 #[async_trait]
 impl BlockDevice for FileDevice {
     fn geometry(&self) -> Geometry {
-        self.geometry
+        Geometry {
+            block_size: self.block_size,
+            num_blocks: self.inner.num_blocks.load(Ordering::Acquire),
+        }
+    }
+
+    fn status(&self) -> tokio::sync::watch::Receiver<DeviceStatus> {
+        self.inner.status.subscribe()
     }
 
     fn identity(&self) -> &DeviceIdentity {
@@ -497,7 +541,7 @@ impl BlockDevice for FileDevice {
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes> {
-        let g = self.geometry;
+        let g = self.geometry();
         g.check_range(lba, u64::from(blocks))?;
         let bs = u64::from(g.block_size);
         let len = blocks as usize * g.block_size as usize;
@@ -514,7 +558,7 @@ impl BlockDevice for FileDevice {
     }
 
     fn cached_slice(&self, lba: u64, blocks: u32) -> Option<FileSlice> {
-        let g = self.geometry;
+        let g = self.geometry();
         g.check_range(lba, u64::from(blocks)).ok()?;
         let len = blocks as usize * g.block_size as usize;
         let offset = lba * u64::from(g.block_size);
@@ -528,7 +572,7 @@ impl BlockDevice for FileDevice {
 
     async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
         self.check_writable()?;
-        let g = self.geometry;
+        let g = self.geometry();
         let blocks = g.blocks_in(data.len())?;
         g.check_range(lba, blocks)?;
         let off = lba * u64::from(g.block_size);
@@ -564,7 +608,7 @@ impl BlockDevice for FileDevice {
 
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
         self.check_writable()?;
-        let g = self.geometry;
+        let g = self.geometry();
         g.check_range(lba, blocks)?;
         let bs = u64::from(g.block_size);
         let (off, len) = (lba * bs, blocks * bs);
@@ -594,7 +638,7 @@ impl BlockDevice for FileDevice {
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
         self.check_writable()?;
-        let g = self.geometry;
+        let g = self.geometry();
         g.check_range(lba, blocks)?;
         let bs = u64::from(g.block_size);
         let (off, len) = (lba * bs, blocks * bs);
@@ -615,7 +659,7 @@ impl BlockDevice for FileDevice {
     }
 
     async fn block_status(&self, lba: u64, max_blocks: u64) -> Result<Extent> {
-        let g = self.geometry;
+        let g = self.geometry();
         g.check_range(lba, 1)?;
         let limit = max_blocks.max(1).min(g.num_blocks - lba);
         if self.inner.is_blockdev {
@@ -781,5 +825,36 @@ mod tests {
             d.cached_slice(1000, 512).is_some(),
             "read back into the cache"
         );
+    }
+
+    #[tokio::test]
+    async fn a_rescan_adopts_and_publishes_a_grown_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.img");
+        let opts = FileOptions {
+            create_size: Some(1 << 20),
+            ..Default::default()
+        };
+        let d = FileDevice::open(&p, &opts, DeviceIdentity::from_name("g")).unwrap();
+        let clone = d.clone();
+        let mut events = d.status();
+        assert_eq!(d.rescan().unwrap(), 2048);
+        assert!(!events.has_changed().unwrap(), "no change, no event");
+        assert!(d.read(2048, 1).await.is_err(), "beyond the end");
+        // Grown from outside, by a whole number of blocks and a partial one.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len((3 << 20) + 100)
+            .unwrap();
+        assert_eq!(d.geometry().num_blocks, 2048, "nothing watches the file");
+        assert_eq!(d.rescan().unwrap(), 6144);
+        events.changed().await.unwrap();
+        assert_eq!(events.borrow_and_update().geometry.num_blocks, 6144);
+        assert_eq!(clone.geometry().num_blocks, 6144, "every clone sees it");
+        let data = Bytes::from(vec![0x3c; 512]);
+        d.write(6143, data.clone(), WriteFlags::FUA).await.unwrap();
+        assert_eq!(clone.read(6143, 1).await.unwrap(), data);
     }
 }

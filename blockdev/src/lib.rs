@@ -52,7 +52,8 @@
 //! a queue depth hint; nothing above a device promises more than these.
 //!
 //! Events: [`BlockDevice::status`] publishes resizes, disappearance and
-//! return on a watch channel ([`events`]).
+//! return on a watch channel ([`events`]). [`FileDevice`] learns of a grown
+//! file or block device when its owner calls [`FileDevice::rescan`].
 
 #![warn(missing_docs)]
 

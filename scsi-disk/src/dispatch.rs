@@ -76,6 +76,8 @@ pub(crate) struct Ctx<'a> {
     pub data: &'a Bytes,
     /// The transport takes data-in as a [`blockdev::FileSlice`].
     pub data_in_from_file: bool,
+    /// The command's task tag.
+    pub tag: u32,
 }
 
 fn respond(r: CmdResult) -> Response {
@@ -111,7 +113,7 @@ pub(crate) async fn execute(
 ) -> Response {
     let me = ItNexus::of(nexus);
     let Some(lu) = lu else {
-        return respond(no_lun(target, cmd));
+        return respond(no_lun(target, &me, cmd));
     };
     if let Some(t) = &ticket {
         if t.ready().await.is_err() {
@@ -126,6 +128,7 @@ pub(crate) async fn execute(
         cdb: &cmd.cdb,
         data: &cmd.data_out,
         data_in_from_file: cmd.data_in_from_file,
+        tag: cmd.tag,
     };
     let mut r = run(&ctx).await;
     if ticket.as_ref().is_some_and(Ticket::finish) {
@@ -151,11 +154,11 @@ fn task_aborted() -> Response {
 }
 
 /// A command to a LUN that does not exist (SPC-4 4.6.3 / 6.6.2 / 6.39).
-fn no_lun(target: &ScsiTarget, cmd: &Command) -> CmdResult {
+fn no_lun(target: &ScsiTarget, me: &ItNexus, cmd: &Command) -> CmdResult {
     let cdb = &cmd.cdb[..];
     match cdb.first().copied() {
         Some(code::INQUIRY) => spc::inquiry_absent(cdb),
-        Some(code::REPORT_LUNS) => spc::report_luns(target, cdb),
+        Some(code::REPORT_LUNS) => spc::report_luns(target, me, cdb),
         Some(code::REQUEST_SENSE) => {
             let s = Sense::illegal(Asc::LUN_NOT_SUPPORTED);
             spc::sense_reply(cdb, &s)
@@ -188,9 +191,9 @@ async fn run(ctx: &Ctx<'_>) -> CmdResult {
     }
     let lu = ctx.lu;
     tracing::trace!(command = info.name, lun = lu.lun);
-    if lu.capacity_changed() {
-        lu.check_capacity(&ctx.target.nexuses());
-    }
+    // A resize not handled yet raises its attention before the check below.
+    lu.status
+        .handle(ctx.target.name(), lu, || ctx.target.nexuses());
     let alua_state = ctx.target.port_state(ctx.nexus.relative_port);
     {
         // One short critical section for every check on shared LU state.
@@ -227,7 +230,7 @@ async fn route(ctx: &Ctx<'_>, info: &'static OpInfo) -> CmdResult {
         code::TEST_UNIT_READY => Ok(Reply::good()),
         code::REQUEST_SENSE => spc::request_sense(ctx),
         code::INQUIRY => spc::inquiry(ctx),
-        code::REPORT_LUNS => spc::report_luns(ctx.target, cdb),
+        code::REPORT_LUNS => spc::report_luns(ctx.target, &ctx.me, cdb),
         code::MODE_SENSE_6 | code::MODE_SENSE_10 => mode::sense(ctx),
         code::MODE_SELECT_6 | code::MODE_SELECT_10 => mode::select(ctx),
         code::RESERVE_6 | code::RESERVE_10 => reserve::reserve(ctx),

@@ -21,7 +21,7 @@
 //! an ended task lands after the answer, and none after a newer write the
 //! initiator sends once it has the answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -32,9 +32,11 @@ use bytes::Bytes;
 
 mod alua;
 mod cdb;
+mod device_status;
 mod dispatch;
 pub mod identification;
 mod lu;
+mod lu_map;
 mod mode;
 mod opcodes;
 mod order;
@@ -54,6 +56,7 @@ mod tests;
 
 pub use alua::{AluaState, PortGroup};
 use lu::LogicalUnit;
+use lu_map::LuMap;
 use order::Drain;
 use sense::Asc;
 pub use transport::{cdb_len, TransportFault};
@@ -350,10 +353,15 @@ impl ItNexus {
 
 /// One SCSI target (one iSCSI target name) with its logical units, target
 /// port groups and the I_T nexuses logged in to it. Shared by all sessions.
+///
+/// Logical units can be added ([`ScsiTarget::add_lun`]) and removed
+/// ([`ScsiTarget::remove_lun`]) while it serves; every nexus then gets
+/// REPORTED LUNS DATA HAS CHANGED. A unit follows its device's status
+/// events: a resize raises CAPACITY DATA HAS CHANGED on every nexus.
 #[derive(Debug)]
 pub struct ScsiTarget {
     name: String,
-    lus: BTreeMap<u64, Arc<LogicalUnit>>,
+    lus: LuMap,
     groups: Mutex<Vec<PortGroup>>,
     /// Logged-in sessions: session id -> I_T nexus.
     sessions: Mutex<HashMap<u64, ItNexus>>,
@@ -373,23 +381,61 @@ impl ScsiTarget {
         luns: Vec<(u64, LuConfig)>,
         port_groups: Vec<PortGroup>,
     ) -> Result<Arc<Self>, ScsiError> {
-        let mut lus = BTreeMap::new();
+        let mut lus = lu_map::Units::new();
         for (lun, cfg) in luns {
-            if lun >= 16384 {
-                return Err(ScsiError::LunOutOfRange(lun));
-            }
-            if lus.contains_key(&lun) {
-                return Err(ScsiError::DuplicateLun(lun));
-            }
+            LuMap::check_new(&lus, lun)?;
             lus.insert(lun, Arc::new(LogicalUnit::new(lun, cfg)?));
         }
         let groups = alua::normalize_groups(port_groups)?;
-        Ok(Arc::new(ScsiTarget {
+        let target = Arc::new(ScsiTarget {
             name: name.to_string(),
-            lus,
+            lus: LuMap::default(),
             groups: Mutex::new(groups),
             sessions: Mutex::new(HashMap::new()),
-        }))
+        });
+        for (lun, lu) in lus {
+            target.lus.insert(lun, lu.clone())?;
+            device_status::follow(&target, &lu);
+        }
+        Ok(target)
+    }
+
+    /// Adds logical unit `lun` while the target serves (APTPL state is
+    /// reloaded from `cfg.state_path`). Every I_T nexus gets REPORTED LUNS
+    /// DATA HAS CHANGED on the units that were there before; the new unit
+    /// starts with no unit attention.
+    pub fn add_lun(self: &Arc<Self>, lun: u64, cfg: LuConfig) -> Result<(), ScsiError> {
+        LuMap::check_new(&self.lus.snapshot(), lun)?;
+        let lu = Arc::new(LogicalUnit::new(lun, cfg)?);
+        let before = self.lus.insert(lun, lu.clone())?;
+        device_status::follow(self, &lu);
+        let all = self.nexuses();
+        for other in before.values() {
+            other.add_ua_to(all.iter(), Asc::REPORTED_LUNS_DATA_CHANGED);
+        }
+        tracing::info!(target = %self.name, lun, "logical unit added");
+        Ok(())
+    }
+
+    /// Removes logical unit `lun` while the target serves: commands sent to
+    /// it from now on get LOGICAL UNIT NOT SUPPORTED, and every I_T nexus
+    /// gets REPORTED LUNS DATA HAS CHANGED on the units left. The commands
+    /// it already took run to their end (none is aborted);
+    /// [`LunRemoved::wait`] returns once they have, after which nothing of
+    /// this target touches the device any more. None if there is no such
+    /// unit.
+    pub fn remove_lun(&self, lun: u64) -> Option<LunRemoved> {
+        let (lu, left) = self.lus.remove(lun)?;
+        let drain = lu.tasks.close();
+        let all = self.nexuses();
+        for other in left.values() {
+            other.add_ua_to(all.iter(), Asc::REPORTED_LUNS_DATA_CHANGED);
+        }
+        tracing::info!(target = %self.name, lun, in_flight = drain.len(), "logical unit removed");
+        Some(LunRemoved {
+            drain,
+            device: lu.device.clone(),
+        })
     }
 
     /// The target's name (its IQN).
@@ -402,11 +448,18 @@ impl ScsiTarget {
     /// its end even if dropped (see the transport contract in the module
     /// docs).
     pub fn submit(self: &Arc<Self>, nexus: &Nexus, cmd: Command) -> Execution {
-        let lu = self.lus.get(&cmd.lun).cloned();
-        let ticket = lu.as_ref().map(|lu| {
-            lu.tasks
-                .enter(cmd.attr, &ItNexus::of(nexus), nexus.id, cmd.tag)
-        });
+        // A unit being removed takes no more tasks: the command then finds
+        // no unit, as it would a moment later.
+        let (lu, ticket) = self
+            .lus
+            .get(cmd.lun)
+            .and_then(|lu| {
+                let t = lu
+                    .tasks
+                    .enter(cmd.attr, &ItNexus::of(nexus), nexus.id, cmd.tag)?;
+                Some((lu, t))
+            })
+            .unzip();
         let this = Arc::clone(self);
         let nexus = nexus.clone();
         let fut = Box::pin(async move {
@@ -445,7 +498,7 @@ impl ScsiTarget {
     /// Aborts the matching tasks on every logical unit.
     fn abort_where(&self, which: impl Fn(&ItNexus, u64, u32) -> bool) -> TasksEnded {
         let mut ended = TasksEnded::default();
-        for lu in self.lus.values() {
+        for lu in self.lus.snapshot().values() {
             ended.extend(TasksEnded(vec![lu.tasks.abort(&which)]));
         }
         ended
@@ -459,7 +512,7 @@ impl ScsiTarget {
         let me = ItNexus::of(nexus);
         let others = |_: &ItNexus, session: u64, _: u32| session != nexus.id;
         match f {
-            TmfFunction::AbortTask { tag } => match self.lus.get(&lun) {
+            TmfFunction::AbortTask { tag } => match self.lus.get(lun) {
                 Some(lu) => {
                     // Normally done by the transport already; a no-op then.
                     lu.tasks
@@ -471,13 +524,13 @@ impl ScsiTarget {
                 None => TmfResponse::LunDoesNotExist,
             },
             TmfFunction::AbortTaskSet => {
-                if self.lus.contains_key(&lun) {
+                if self.lus.get(lun).is_some() {
                     TmfResponse::Complete
                 } else {
                     TmfResponse::LunDoesNotExist
                 }
             }
-            TmfFunction::ClearTaskSet => match self.lus.get(&lun) {
+            TmfFunction::ClearTaskSet => match self.lus.get(lun) {
                 Some(lu) => {
                     // Tasks of other nexuses are cleared too (TST=000: one task set per LU).
                     let cleared: Vec<ItNexus> =
@@ -489,7 +542,7 @@ impl ScsiTarget {
                 None => TmfResponse::LunDoesNotExist,
             },
             TmfFunction::ClearAca => TmfResponse::NotSupported,
-            TmfFunction::LunReset => match self.lus.get(&lun) {
+            TmfFunction::LunReset => match self.lus.get(lun) {
                 Some(lu) => {
                     lu.reset(&self.nexuses());
                     // The transport aborted the issuer's tasks; those of every
@@ -502,7 +555,7 @@ impl ScsiTarget {
             },
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 let all = self.nexuses();
-                for lu in self.lus.values() {
+                for lu in self.lus.snapshot().values() {
                     lu.reset(&all);
                     // A target reset is reported as POWER ON, RESET OR BUS DEVICE RESET.
                     lu.add_ua_to(all.iter(), Asc::POWER_ON_RESET);
@@ -526,14 +579,14 @@ impl ScsiTarget {
             let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             for (&id, k) in s.iter() {
                 if id != nexus.id && k.port == key.port {
-                    for lu in self.lus.values() {
+                    for lu in self.lus.snapshot().values() {
                         superseded.extend(TasksEnded(vec![lu.tasks.fence(id)]));
                     }
                 }
             }
             s.insert(nexus.id, key.clone());
         }
-        for lu in self.lus.values() {
+        for lu in self.lus.snapshot().values() {
             lu.nexus_login(&key);
         }
         superseded
@@ -546,13 +599,13 @@ impl ScsiTarget {
         let still_there = {
             let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             s.remove(&nexus.id);
-            for lu in self.lus.values() {
+            for lu in self.lus.snapshot().values() {
                 lu.tasks.unfence(nexus.id);
             }
             s.values().any(|k| *k == key)
         };
         if !still_there {
-            for lu in self.lus.values() {
+            for lu in self.lus.snapshot().values() {
                 lu.nexus_loss(&key);
             }
         }
@@ -573,7 +626,7 @@ impl ScsiTarget {
             grp.state = state;
         }
         let all = self.nexuses();
-        for lu in self.lus.values() {
+        for lu in self.lus.snapshot().values() {
             lu.add_ua_to(all.iter(), Asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
         }
         Ok(())
@@ -585,18 +638,34 @@ impl ScsiTarget {
     /// WRITE). None for other commands and for a LUN that does not exist.
     pub fn data_out_len(&self, lun: u64, cdb: &[u8]) -> Option<u64> {
         let blocks = cdb::data_out_blocks(cdb)?;
-        let lu = self.lus.get(&lun)?;
+        let lu = self.lus.get(lun)?;
         Some(blocks * u64::from(lu.geometry().block_size))
     }
 
     /// Whether a logical unit with this number exists.
     pub fn lun_exists(&self, lun: u64) -> bool {
-        self.lus.contains_key(&lun)
+        self.lus.get(lun).is_some()
+    }
+
+    /// The numbers of the logical units now, in order.
+    pub fn lun_numbers(&self) -> Vec<u64> {
+        self.lus.snapshot().keys().copied().collect()
+    }
+
+    /// A REPORT LUNS from `nexus` has shown it the unit inventory: its
+    /// REPORTED LUNS DATA HAS CHANGED attentions are cleared on every unit
+    /// (SAM-5 5.14).
+    pub(crate) fn inventory_reported(&self, nexus: &ItNexus) {
+        for lu in self.lus.snapshot().values() {
+            lu.state()
+                .ua
+                .withdraw(nexus, Asc::REPORTED_LUNS_DATA_CHANGED);
+        }
     }
 
     /// Flushes every logical unit's device (shutdown).
     pub async fn flush_all(&self) -> Result<(), ScsiError> {
-        for lu in self.lus.values() {
+        for lu in self.lus.snapshot().values() {
             lu.device.flush().await?;
         }
         Ok(())
@@ -625,13 +694,31 @@ impl ScsiTarget {
         alua::group_of(&g, rel_port).map(|g| g.state)
     }
 
-    /// The logical units, by number.
-    pub(crate) fn luns(&self) -> impl Iterator<Item = &u64> {
-        self.lus.keys()
+    /// The logical units now, by number.
+    pub(crate) fn units(&self) -> Arc<lu_map::Units> {
+        self.lus.snapshot()
     }
 
     /// The logical unit with this number.
-    pub(crate) fn lu(&self, lun: u64) -> Option<&Arc<LogicalUnit>> {
-        self.lus.get(&lun)
+    #[cfg(test)]
+    pub(crate) fn lu(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
+        self.lus.get(lun)
+    }
+}
+
+/// A logical unit taken out of its target ([`ScsiTarget::remove_lun`]).
+#[derive(Debug)]
+#[must_use = "the unit's commands may still be running until `wait` returns"]
+pub struct LunRemoved {
+    drain: Drain,
+    device: blockdev::SharedDevice,
+}
+
+impl LunRemoved {
+    /// Waits until every command the unit took before its removal has run
+    /// to its end, and hands back its device (to flush and release).
+    pub async fn wait(self) -> blockdev::SharedDevice {
+        self.drain.wait().await;
+        self.device
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use blockdev::{Geometry, SharedDevice};
 
+use super::device_status::StatusFollower;
 use super::mode::ModeState;
 use super::order::{RangeLocks, TaskSet};
 use super::pr::PrState;
@@ -43,8 +44,6 @@ pub(crate) struct LuState {
     /// Nexuses that sent PREVENT ALLOW MEDIUM REMOVAL with PREVENT set.
     pub prevent: HashSet<ItNexus>,
     pub copies: CopyResults,
-    /// Capacity last reported, to raise CAPACITY DATA HAS CHANGED.
-    pub seen_blocks: u64,
 }
 
 /// A logical unit.
@@ -58,6 +57,10 @@ pub(crate) struct LogicalUnit {
     pub ranges: Arc<RangeLocks>,
     /// Serialises PERSISTENT RESERVE OUT, including persisting APTPL state.
     pub pr_out: tokio::sync::Mutex<()>,
+    /// The device status last handled (resizes raise unit attentions).
+    pub status: StatusFollower,
+    /// The task that follows the device's status events, if one runs.
+    watcher: Mutex<Option<tokio::task::AbortHandle>>,
     st: Mutex<LuState>,
 }
 
@@ -69,7 +72,6 @@ impl LogicalUnit {
             None => PrState::default(),
         };
         let wce = cfg.device.features().volatile_cache;
-        let seen_blocks = cfg.device.geometry().num_blocks;
         Ok(LogicalUnit {
             lun,
             read_only,
@@ -77,6 +79,8 @@ impl LogicalUnit {
             tasks: Arc::new(TaskSet::default()),
             ranges: Arc::new(RangeLocks::default()),
             pr_out: tokio::sync::Mutex::new(()),
+            status: StatusFollower::new(cfg.device.status()),
+            watcher: Mutex::new(None),
             st: Mutex::new(LuState {
                 ua: UnitAttentions::default(),
                 mode: ModeState::new(wce),
@@ -86,7 +90,6 @@ impl LogicalUnit {
                 sanitize: SanitizeStatus::Idle,
                 prevent: HashSet::new(),
                 copies: CopyResults::default(),
-                seen_blocks,
             }),
             device: cfg.device,
         })
@@ -148,20 +151,28 @@ impl LogicalUnit {
         }
     }
 
-    /// Whether the device was resized since capacity was last reported.
-    pub(crate) fn capacity_changed(&self) -> bool {
-        self.state().seen_blocks != self.geometry().num_blocks
+    /// Keeps the handle of the watcher task, which is aborted with the unit.
+    pub(crate) fn set_watcher(&self, task: tokio::task::AbortHandle) {
+        let old = self
+            .watcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(task);
+        if let Some(old) = old {
+            old.abort();
+        }
     }
+}
 
-    /// Raises CAPACITY DATA HAS CHANGED on every nexus if the device was resized.
-    pub(crate) fn check_capacity(&self, all: &[ItNexus]) {
-        let blocks = self.geometry().num_blocks;
-        let mut st = self.state();
-        if st.seen_blocks != blocks {
-            st.seen_blocks = blocks;
-            for n in all {
-                st.ua.add(n, Asc::CAPACITY_DATA_CHANGED);
-            }
+impl Drop for LogicalUnit {
+    fn drop(&mut self) {
+        let task = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.abort();
         }
     }
 }

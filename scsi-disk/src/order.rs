@@ -56,6 +56,8 @@ struct SetInner {
     /// while their connection may still be submitting. Each leaves when its
     /// session logs out.
     fenced: HashSet<u64>,
+    /// The logical unit was removed: no task enters any more.
+    closed: bool,
 }
 
 /// The task was aborted by another I_T nexus before it could run.
@@ -99,15 +101,19 @@ impl Drain {
 
 impl TaskSet {
     /// Enters a task of `nexus`, submitted by transport session `session`
-    /// with tag `tag`, now; the ticket decides when it may run.
+    /// with tag `tag`, now; the ticket decides when it may run. None once
+    /// the set is closed (its logical unit was removed).
     pub(crate) fn enter(
         self: &Arc<Self>,
         attr: TaskAttr,
         nexus: &ItNexus,
         session: u64,
         tag: u32,
-    ) -> Ticket {
+    ) -> Option<Ticket> {
         let mut g = self.lock();
+        if g.closed {
+            return None;
+        }
         let seq = g.next;
         g.next += 1;
         let aborted = !g.fenced.is_empty() && g.fenced.contains(&session);
@@ -122,10 +128,29 @@ impl TaskSet {
                 finished: false,
             },
         );
-        Ticket {
+        Some(Ticket {
             set: Arc::clone(self),
             seq,
             attr,
+        })
+    }
+
+    /// Closes the set (its logical unit is being removed): no task enters
+    /// from now on. The returned [`Drain`] waits until every task already in
+    /// it has finished executing; none is aborted, so each runs to its end.
+    pub(crate) fn close(self: &Arc<Self>) -> Drain {
+        let seqs = {
+            let mut g = self.lock();
+            g.closed = true;
+            g.live
+                .iter()
+                .filter(|(_, t)| !t.finished)
+                .map(|(seq, _)| *seq)
+                .collect()
+        };
+        Drain {
+            set: Arc::clone(self),
+            seqs,
         }
     }
 
@@ -369,10 +394,10 @@ mod tests {
     async fn ordered_waits_for_older_and_blocks_younger() {
         let set = Arc::new(TaskSet::default());
         let n = nexus(1);
-        let a = set.enter(TaskAttr::Simple, &n, 0, 0);
-        let o = set.enter(TaskAttr::Ordered, &n, 0, 0);
-        let b = set.enter(TaskAttr::Simple, &n, 0, 0);
-        let h = set.enter(TaskAttr::HeadOfQueue, &n, 0, 0);
+        let a = set.enter(TaskAttr::Simple, &n, 0, 0).expect("open");
+        let o = set.enter(TaskAttr::Ordered, &n, 0, 0).expect("open");
+        let b = set.enter(TaskAttr::Simple, &n, 0, 0).expect("open");
+        let h = set.enter(TaskAttr::HeadOfQueue, &n, 0, 0).expect("open");
         assert!(runs_within(&a).await);
         assert!(!runs_within(&o).await);
         assert!(!runs_within(&b).await);
@@ -390,11 +415,11 @@ mod tests {
     async fn abort_stops_waiting_tasks_and_waits_for_running_ones() {
         let set = Arc::new(TaskSet::default());
         let (me, other) = (nexus(1), nexus(2));
-        let running = set.enter(TaskAttr::Simple, &other, 2, 1);
+        let running = set.enter(TaskAttr::Simple, &other, 2, 1).expect("open");
         assert!(runs_within(&running).await);
-        let fence = set.enter(TaskAttr::Ordered, &me, 1, 1);
-        let queued = set.enter(TaskAttr::Simple, &other, 2, 2);
-        let mine = set.enter(TaskAttr::Simple, &me, 1, 2);
+        let fence = set.enter(TaskAttr::Ordered, &me, 1, 1).expect("open");
+        let queued = set.enter(TaskAttr::Simple, &other, 2, 2).expect("open");
+        let mine = set.enter(TaskAttr::Simple, &me, 1, 2).expect("open");
         assert!(
             !runs_within(&queued).await,
             "queued behind the ORDERED task"
@@ -422,11 +447,34 @@ mod tests {
 
         // A task that finished executing but still holds its place (its data
         // on the way out) is neither aborted nor waited for.
-        let sent_later = set.enter(TaskAttr::Simple, &nexus(2), 2, 9);
+        let sent_later = set.enter(TaskAttr::Simple, &nexus(2), 2, 9).expect("open");
         assert!(runs_within(&sent_later).await);
         assert!(!sent_later.finish());
         assert_eq!(set.abort_and_drain(|n| *n == nexus(2)).await, 0);
         assert!(!sent_later.aborted());
+    }
+
+    #[tokio::test]
+    async fn a_closed_set_takes_no_task_and_waits_for_those_inside() {
+        let set = Arc::new(TaskSet::default());
+        let running = set.enter(TaskAttr::Simple, &nexus(1), 1, 1).expect("open");
+        assert!(runs_within(&running).await);
+        let queued = set.enter(TaskAttr::Ordered, &nexus(2), 2, 1).expect("open");
+        let mut closing = tokio::spawn(set.close().wait());
+        assert!(set.enter(TaskAttr::Simple, &nexus(1), 1, 2).is_none());
+        // Nothing inside is aborted: the queued task still runs, after the
+        // running one, and the close waits for both.
+        assert!(!running.aborted() && !queued.aborted());
+        drop(running);
+        assert!(runs_within(&queued).await);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut closing)
+                .await
+                .is_err()
+        );
+        drop(queued);
+        closing.await.expect("close");
+        assert!(set.is_empty());
     }
 
     #[tokio::test]

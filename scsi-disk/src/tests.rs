@@ -1546,10 +1546,37 @@ fn xcopy_params(
     dst: u64,
     dst_idx: u16,
 ) -> Vec<u8> {
+    let mut s = vec![0u8; 28];
+    s[0] = 0x02;
+    s[2..4].copy_from_slice(&0x18u16.to_be_bytes());
+    s[6..8].copy_from_slice(&dst_idx.to_be_bytes());
+    s[10..12].copy_from_slice(&blocks.to_be_bytes());
+    s[12..20].copy_from_slice(&src.to_be_bytes());
+    s[20..28].copy_from_slice(&dst.to_be_bytes());
+    xcopy_list(naa, list_id, &s)
+}
+
+/// A type 0x0A segment descriptor: `bytes` bytes from byte `src_off` of
+/// block `src` to byte `dst_off` of block `dst`, both on target 0.
+fn b2b_offset_segment(bytes: u32, src: u64, src_off: u16, dst: u64, dst_off: u16) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    s[0] = 0x0A;
+    s[2..4].copy_from_slice(&0x1Cu16.to_be_bytes());
+    s[8..12].copy_from_slice(&bytes.to_be_bytes());
+    s[12..20].copy_from_slice(&src.to_be_bytes());
+    s[20..28].copy_from_slice(&dst.to_be_bytes());
+    s[28..30].copy_from_slice(&src_off.to_be_bytes());
+    s[30..32].copy_from_slice(&dst_off.to_be_bytes());
+    s
+}
+
+/// An EXTENDED COPY parameter list: one identification target descriptor
+/// naming `naa` (512-byte blocks) and one segment descriptor.
+fn xcopy_list(naa: &[u8; 16], list_id: u8, segment: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 16];
     p[0] = list_id;
     p[2..4].copy_from_slice(&32u16.to_be_bytes());
-    p[8..12].copy_from_slice(&28u32.to_be_bytes());
+    p[8..12].copy_from_slice(&(segment.len() as u32).to_be_bytes());
     let mut t = vec![0u8; 32];
     t[0] = 0xE4;
     t[4] = 0x01;
@@ -1558,15 +1585,16 @@ fn xcopy_params(
     t[8..24].copy_from_slice(naa);
     t[29..32].copy_from_slice(&[0, 2, 0]);
     p.extend_from_slice(&t);
-    let mut s = vec![0u8; 28];
-    s[0] = 0x02;
-    s[2..4].copy_from_slice(&0x18u16.to_be_bytes());
-    s[6..8].copy_from_slice(&dst_idx.to_be_bytes());
-    s[10..12].copy_from_slice(&blocks.to_be_bytes());
-    s[12..20].copy_from_slice(&src.to_be_bytes());
-    s[20..28].copy_from_slice(&dst.to_be_bytes());
-    p.extend_from_slice(&s);
+    p.extend_from_slice(segment);
     p
+}
+
+impl Rig {
+    /// EXTENDED COPY of parameter list `p` from nexus a, which must fail
+    /// with this sense key and code; the sense data.
+    async fn xcopy_fails(&self, p: &[u8], k: u8, asc: Asc) -> [u8; 18] {
+        self.check(&self.a, &xcopy_cdb(p.len()), p, k, asc).await
+    }
 }
 
 fn xcopy_cdb(len: usize) -> [u8; 16] {
@@ -1607,7 +1635,7 @@ async fn extended_copy_and_results() {
     assert_eq!(&st[8..12], &((32 * BS) as u32).to_be_bytes());
     let op = r.good(&r.a, &rcr(3, 0), &[]).await;
     assert_eq!(&op[8..10], &8u16.to_be_bytes());
-    assert_eq!(&op[op.len() - 2..], &[0x02, 0xE4]);
+    assert_eq!(&op[op.len() - 4..], &[3, 0x02, 0x0A, 0xE4]);
     // Truncated list, bad index, beyond the end, unknown designator, bad types.
     r.check(
         &r.a,
@@ -1618,37 +1646,16 @@ async fn extended_copy_and_results() {
     )
     .await;
     let bad = xcopy_params(&naa, 1, 8, 0, 0, 1);
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
-        &bad,
-        key::COPY_ABORTED,
-        Asc::UNREACHABLE_COPY_TARGET,
-    )
-    .await;
+    r.xcopy_fails(&bad, key::COPY_ABORTED, Asc::UNREACHABLE_COPY_TARGET)
+        .await;
     let bad = xcopy_params(&naa, 1, 8, 0, BLOCKS - 1, 0);
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
-        &bad,
-        key::COPY_ABORTED,
-        Asc::NONE,
-    )
-    .await;
+    r.xcopy_fails(&bad, key::COPY_ABORTED, Asc::NONE).await;
     let bad = xcopy_params(&[0x61; 16], 1, 8, 0, 0, 0);
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
-        &bad,
-        key::COPY_ABORTED,
-        Asc::UNREACHABLE_COPY_TARGET,
-    )
-    .await;
+    r.xcopy_fails(&bad, key::COPY_ABORTED, Asc::UNREACHABLE_COPY_TARGET)
+        .await;
     let mut bad = p.clone();
     bad[16] = 0xE0;
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
+    r.xcopy_fails(
         &bad,
         key::ILLEGAL_REQUEST,
         Asc::UNSUPPORTED_TARGET_DESCRIPTOR,
@@ -1656,15 +1663,161 @@ async fn extended_copy_and_results() {
     .await;
     let mut bad = p.clone();
     bad[48] = 0x09;
-    r.check(
-        &r.a,
-        &xcopy_cdb(bad.len()),
+    r.xcopy_fails(
         &bad,
         key::ILLEGAL_REQUEST,
         Asc::UNSUPPORTED_SEGMENT_DESCRIPTOR,
     )
     .await;
     r.good(&r.a, &xcopy_cdb(0), &[]).await;
+}
+
+#[tokio::test]
+async fn extended_copy_with_byte_offsets_keeps_the_bytes_around_the_range() {
+    let r = rig().await;
+    let naa = r.dev.identity().naa6();
+    let src: Vec<u8> = (0..3200 * BS).map(|i| (i % 251) as u8).collect();
+    r.good(&r.a, &write10(0, 3200), &src).await;
+    let old = vec![0xEE; 3300 * BS];
+    r.good(&r.a, &write10(4000, 3300), &old).await;
+    // Within one block, across two blocks, and 1.5 MiB (several pieces)
+    // starting and ending inside blocks.
+    for (i, &(bytes, s_lba, s_off, d_lba, d_off)) in [
+        (40u32, 1u64, 100u16, 4000u64, 300u16),
+        (1000, 2, 7, 4010, 450),
+        (1536 * 1024 + 37, 0, 5, 4100, 11),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = xcopy_list(
+            &naa,
+            1,
+            &b2b_offset_segment(bytes, s_lba, s_off, d_lba, d_off),
+        );
+        r.good(&r.a, &xcopy_cdb(p.len()), &p).await;
+        let from = s_lba as usize * BS + usize::from(s_off);
+        let to = (d_lba - 4000) as usize * BS + usize::from(d_off);
+        let mut want = old.clone();
+        want[to..to + bytes as usize].copy_from_slice(&src[from..from + bytes as usize]);
+        let first = d_lba as u32;
+        let blocks = (to + bytes as usize).div_ceil(BS) - to / BS + 1;
+        let got = r.good(&r.a, &read10(first, blocks as u16), &[]).await;
+        let at = to / BS * BS;
+        assert!(
+            got[..] == want[at..at + blocks * BS],
+            "segment {i}: the copied bytes, and only them, changed"
+        );
+    }
+    // Nothing to copy is no error.
+    let p = xcopy_list(&naa, 2, &b2b_offset_segment(0, 0, 0, 4000, 0));
+    r.good(&r.a, &xcopy_cdb(p.len()), &p).await;
+}
+
+#[tokio::test]
+async fn extended_copy_refuses_bad_byte_offsets_and_ranges() {
+    let r = rig().await;
+    let naa = r.dev.identity().naa6();
+    let before = r.good(&r.a, &read10(100, 2), &[]).await;
+    // The segment descriptor starts at byte 48 of the list.
+    for (seg, field) in [
+        (b2b_offset_segment(10, 0, 512, 100, 0), 48 + 28),
+        (b2b_offset_segment(10, 0, 0, 100, 512), 48 + 30),
+        (b2b_offset_segment(10, 0, 0xFFFF, 100, 0), 48 + 28),
+        (b2b_offset_segment(65535 * 512 + 1, 0, 0, 100, 0), 48 + 8),
+    ] {
+        let p = xcopy_list(&naa, 1, &seg);
+        let s = r
+            .xcopy_fails(&p, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_PARAM_LIST)
+            .await;
+        // SKSV set, pointing into the parameter list (C/D = 0), at the field.
+        assert_eq!((s[15], u16::from_be_bytes([s[16], s[17]])), (0x80, field));
+    }
+    // A range that ends one byte into the block past the end, at either side.
+    for seg in [
+        b2b_offset_segment(512, BLOCKS - 1, 1, 100, 0),
+        b2b_offset_segment(512, 100, 0, BLOCKS - 1, 1),
+        b2b_offset_segment(2, BLOCKS - 1, 511, 0, 0),
+        b2b_offset_segment(1, u64::MAX, 1, 0, 0),
+    ] {
+        let p = xcopy_list(&naa, 1, &seg);
+        r.xcopy_fails(&p, key::COPY_ABORTED, Asc::NONE).await;
+    }
+    // A descriptor of the wrong length for its type.
+    let mut p = xcopy_list(&naa, 1, &b2b_offset_segment(10, 0, 0, 100, 0));
+    p[51] = 0x18;
+    r.xcopy_fails(&p, key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_PARAM_LIST)
+        .await;
+    assert_eq!(
+        r.good(&r.a, &read10(100, 2), &[]).await,
+        before,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_into_another_unit_holds_its_removal_and_a_removed_unit_is_unreachable() {
+    let r = rig().await;
+    let inner = Arc::new(MemDevice::new(
+        512,
+        BLOCKS,
+        DeviceIdentity::from_name("lu1"),
+    ));
+    let slow = Arc::new(blockdev::FaultyDevice::new(inner.clone(), 1));
+    let naa1 = slow.identity().naa6();
+    let cfg = LuConfig {
+        device: slow.clone(),
+        read_only: false,
+        state_path: None,
+    };
+    r.target.add_lun(1, cfg).expect("lun 1");
+    // The inventory change is reported first, after the addition and the removal.
+    let inventory_changed = || {
+        r.check(
+            &r.a,
+            &[0; 6],
+            &[],
+            key::UNIT_ATTENTION,
+            Asc::REPORTED_LUNS_DATA_CHANGED,
+        )
+    };
+    inventory_changed().await;
+    r.good(&r.a, &write10(0, 8), &[0x77; 8 * BS]).await;
+    // LUN 0 (target 0) to LUN 1 (target 1), 8 blocks at LBA 0.
+    let to_lun1 = |list_id| {
+        let mut p = xcopy_params(&r.dev.identity().naa6(), list_id, 8, 0, 0, 1);
+        let mut t1 = p[16..48].to_vec();
+        t1[8..24].copy_from_slice(&naa1);
+        p.splice(48..48, t1);
+        p[2..4].copy_from_slice(&64u16.to_be_bytes());
+        p
+    };
+    let p = to_lun1(1);
+    slow.hold_next_writes(1);
+    let copy = tokio::spawn({
+        let (t, a) = (r.target.clone(), r.a.clone());
+        async move { t.submit(&a, cmd(&xcopy_cdb(p.len()), &p)).await }
+    });
+    while slow.held_writes() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let mut removal = tokio::spawn(r.target.remove_lun(1).expect("lun 1").wait());
+    tokio::task::yield_now().await;
+    assert!(
+        !removal.is_finished(),
+        "the removal waits for the copy's write"
+    );
+    slow.release_writes();
+    assert_eq!(copy.await.expect("copy").status, status::GOOD);
+    (&mut removal).await.expect("removal");
+    assert_eq!(
+        inner.read(0, 8).await.expect("read")[..],
+        [0x77; 8 * BS][..]
+    );
+    // LUN 1 is gone: the same copy finds no copy target.
+    inventory_changed().await;
+    r.xcopy_fails(&to_lun1(2), key::COPY_ABORTED, Asc::UNREACHABLE_COPY_TARGET)
+        .await;
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! that touches `target_iscsi`'s server and SCSI APIs is here.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use scsi_disk::{LuConfig, ScsiError, ScsiTarget};
 use target_iscsi::access::Access;
@@ -13,7 +14,9 @@ use target_aoe::{AoeConfig, AoeDisk, AoeDiskConfig, AoeServer};
 use crate::config::{AoeSettings, IsuConfig, Mac};
 use crate::portal::BoundPortal;
 
+use super::reload::{self, LiveDisks, Reloader};
 use super::{OpenDisk, TargetPlan};
+use crate::state::DataDir;
 
 /// Errors of the export layer.
 #[derive(Debug, thiserror::Error)]
@@ -37,36 +40,39 @@ pub enum ExportError {
     Flush(String),
 }
 
-/// Builds one SCSI target per plan entry.
-fn scsi_targets(targets: Vec<TargetPlan>) -> Result<Vec<TargetConfig>, ExportError> {
-    let mut out = Vec::new();
-    for t in targets {
-        let luns = t
-            .luns
-            .iter()
-            .map(|(lun, d)| {
-                let cfg = LuConfig {
-                    device: d.device.clone(),
-                    read_only: d.config.read_only,
-                    state_path: Some(d.state_dir.join("pr-state")),
-                };
-                (*lun, cfg)
-            })
-            .collect();
-        // No explicit ALUA groups: every portal is in group 1, active/optimized.
-        let scsi =
-            ScsiTarget::new(&t.iqn, luns, Vec::new()).map_err(|source| ExportError::Scsi {
-                iqn: t.iqn.clone(),
-                source,
-            })?;
-        out.push(TargetConfig {
-            iqn: t.iqn,
-            alias: t.alias,
-            scsi,
-            portals: t.portal_groups,
-        });
+/// The logical unit of a disk.
+pub fn lu_config(d: &OpenDisk) -> LuConfig {
+    LuConfig {
+        device: d.device.clone(),
+        read_only: d.config.read_only,
+        state_path: Some(d.state_dir.join("pr-state")),
     }
-    Ok(out)
+}
+
+/// Builds the SCSI target of a plan entry.
+pub fn target_config(t: TargetPlan) -> Result<TargetConfig, ExportError> {
+    let luns = t.luns.iter().map(|(lun, d)| (*lun, lu_config(d))).collect();
+    // No explicit ALUA groups: every portal is in group 1, active/optimized.
+    let scsi = ScsiTarget::new(&t.iqn, luns, Vec::new()).map_err(|source| ExportError::Scsi {
+        iqn: t.iqn.clone(),
+        source,
+    })?;
+    Ok(TargetConfig {
+        iqn: t.iqn,
+        alias: t.alias,
+        scsi,
+        portals: t.portal_groups,
+    })
+}
+
+/// What the SIGHUP reloads of a running server work with.
+pub struct Reloads {
+    /// The SIGHUP stream.
+    pub hup: tokio::signal::unix::Signal,
+    /// The locked data directory.
+    pub data: Arc<DataDir>,
+    /// The disks served.
+    pub live: LiveDisks,
 }
 
 /// Serves `targets` on `portals` until `shutdown` resolves, then drains and
@@ -76,7 +82,7 @@ pub async fn run_iscsi(
     portals: Vec<BoundPortal>,
     targets: Vec<TargetPlan>,
     access: Access,
-    hup: tokio::signal::unix::Signal,
+    reloads: Reloads,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ExportError> {
     let n_targets = targets.len();
@@ -89,7 +95,10 @@ pub async fn run_iscsi(
                 tpgt: p.tpgt,
             })
             .collect(),
-        targets: scsi_targets(targets)?,
+        targets: targets
+            .into_iter()
+            .map(target_config)
+            .collect::<Result<_, _>>()?,
         nop_interval: cfg.nop_interval,
         nop_timeout: cfg.nop_timeout,
         access,
@@ -98,10 +107,15 @@ pub async fn run_iscsi(
         ..ServerConfig::default()
     })
     .await?;
-    let reload = tokio::spawn(super::reload_on_sighup(
-        hup,
-        cfg.clone(),
-        server.access_handle(),
+    let reload = tokio::spawn(reload::on_sighup(
+        reloads.hup,
+        Reloader {
+            cfg: cfg.clone(),
+            data: reloads.data,
+            live: reloads.live,
+            access: server.access_handle(),
+            targets: server.targets_handle(),
+        },
     ));
     for a in server.local_addrs() {
         info!(portal = %a, "listening");

@@ -4,11 +4,12 @@
 mod access;
 mod export;
 mod preflight;
+mod reload;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use blockdev::claim::InUse;
 use blockdev::file::FileOptions;
@@ -85,6 +86,8 @@ pub struct OpenDisk {
     pub config: DiskConfig,
     /// The device.
     pub device: SharedDevice,
+    /// The same device, for a rescan of its size.
+    pub file: FileDevice,
     /// Directory for its persistent LU state (PR APTPL).
     pub state_dir: PathBuf,
 }
@@ -196,7 +199,8 @@ fn open_disk(data: &DataDir, d: &DiskConfig, create: bool) -> Result<OpenDisk, I
     );
     Ok(OpenDisk {
         config: d.clone(),
-        device: Arc::new(dev),
+        device: Arc::new(dev.clone()),
+        file: dev,
         state_dir: data.disk_dir(&d.name)?,
     })
 }
@@ -242,43 +246,6 @@ async fn shutdown_signal(
         warn!("second signal: exiting without waiting for the drain");
         std::process::exit(1);
     });
-}
-
-/// On each SIGHUP, re-reads the config file (with the same command-line
-/// overrides) and the secrets file and installs the new access policy (auth,
-/// initiators, sources, secrets, algorithms, portal allow-lists) and login
-/// backoff settings (`[auth.backoff]`; each source's failure history is
-/// kept). Nothing else changes at run time. A file that does not load or
-/// whose policy does not build is refused as a whole: it is logged and the
-/// old policy and backoff settings both stay.
-async fn reload_on_sighup(
-    mut hup: tokio::signal::unix::Signal,
-    cfg: IsuConfig,
-    handle: target_iscsi::server::AccessHandle,
-) {
-    while hup.recv().await.is_some() {
-        let loaded = IsuConfig::load(&cfg.source, &cfg.overrides)
-            .map_err(|e| e.to_string())
-            .and_then(|new| {
-                let policy = access::build(&new).map_err(|e| e.to_string())?;
-                Ok((new, policy))
-            });
-        let (new, policy) = match loaded {
-            Ok(v) => v,
-            Err(e) => {
-                warn!("SIGHUP: {e}; config refused, keeping the current access policy and backoff settings");
-                continue;
-            }
-        };
-        handle.set(policy);
-        let old = handle.set_backoff(new.auth.backoff.clone());
-        let changes = backoff_changes(&old, &new.auth.backoff);
-        if changes.is_empty() {
-            info!(config = %cfg.source.display(), "SIGHUP: access policy reloaded for new logins; established sessions stay; backoff settings unchanged");
-        } else {
-            info!(config = %cfg.source.display(), backoff = %changes.join(", "), "SIGHUP: access policy reloaded for new logins; established sessions stay; backoff settings changed (failure history kept)");
-        }
-    }
 }
 
 /// The `[auth.backoff]` settings that differ, as `name old -> new`.
@@ -332,24 +299,34 @@ pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
         portals,
         create,
     } = preflight::run(&cfg)?;
-    let data = DataDir::open(&cfg.data_dir)?;
+    let data = Arc::new(DataDir::open(&cfg.data_dir)?);
     info!(config = %cfg.source.display(), data_dir = %data.root().display(), "opie isu starting");
     let mut disks = Vec::new();
     for (d, create) in cfg.disks.iter().zip(create) {
         disks.push(open_disk(&data, d, create)?);
     }
-    let devices: Vec<SharedDevice> = disks.iter().map(|d| d.device.clone()).collect();
+    let live: reload::LiveDisks = Arc::new(Mutex::new(
+        disks
+            .iter()
+            .map(|d| (d.config.name.clone(), d.clone()))
+            .collect(),
+    ));
     let aoe = match &cfg.aoe {
         Some(settings) => Some(export::start_aoe(settings, &disks)?),
         None => None,
     };
     let targets = plan_targets(disks);
+    let reloads = export::Reloads {
+        hup,
+        data,
+        live: live.clone(),
+    };
     let mut result = export::run_iscsi(
         &cfg,
         portals,
         targets,
         policy,
-        hup,
+        reloads,
         shutdown_signal(term, int),
     )
     .await;
@@ -360,6 +337,12 @@ pub async fn serve(cfg: IsuConfig) -> Result<(), IsuError> {
         }
     }
     // Flush every device whatever happened: nothing written may stay volatile.
+    let devices: Vec<SharedDevice> = live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .map(|d| d.device.clone())
+        .collect();
     let mut flush_failed = false;
     for dev in &devices {
         if let Err(e) = dev.flush().await {

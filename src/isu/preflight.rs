@@ -13,6 +13,9 @@
 //! reservations and AoE state; the portals (resolve, and bind: a port held
 //! by another process or an address not on this host is found here); the
 //! AoE interfaces.
+//!
+//! A SIGHUP reload checks the disks it adds with the same code
+//! ([`disk_stores`]), against the disks already served.
 
 use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
@@ -39,6 +42,25 @@ pub struct Preflight {
     pub create: Vec<bool>,
 }
 
+/// How a checked disk is to be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening {
+    /// Its backing file is to be created.
+    pub create: bool,
+    /// Its store is one a served disk holds and gives up first (the disk
+    /// moves to another LUN or target): it can be opened only after that.
+    pub after_release: bool,
+}
+
+/// A disk served now, whose store the disks checked must not share.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// Its configuration.
+    pub disk: &'a DiskConfig,
+    /// It gives its store up before the checked disks are opened.
+    pub released: bool,
+}
+
 /// A disk's backing store, to tell two spellings of one store apart.
 enum Store {
     /// It exists: its `stat`.
@@ -62,22 +84,11 @@ pub fn run(cfg: &IsuConfig) -> Result<Preflight, IsuError> {
     let access = access::build(cfg)?;
     let names: Vec<&str> = cfg.disks.iter().map(|d| d.name.as_str()).collect();
     DataDir::inspect(&cfg.data_dir, &names)?;
-    let mut stores: Vec<(&DiskConfig, Store)> = Vec::new();
-    let mut create = Vec::new();
-    for d in &cfg.disks {
-        let store = backing_store(d)?;
-        if let Some((other, _)) = stores.iter().find(|(_, s)| s.same(&store)) {
-            return Err(IsuError::SameStore {
-                disk: d.name.clone(),
-                path: d.path.clone(),
-                other: other.name.clone(),
-                other_path: other.path.clone(),
-            });
-        }
-        create.push(matches!(store, Store::New(_)));
-        stores.push((d, store));
-        persisted_state(cfg, d)?;
-    }
+    let disks: Vec<&DiskConfig> = cfg.disks.iter().collect();
+    let create = disk_stores(cfg, &disks, &[])?
+        .into_iter()
+        .map(|o| o.create)
+        .collect();
     let portals = resolve_portals(cfg)?;
     for p in &portals {
         // Bound and let go at once: what serve's bind would meet.
@@ -108,7 +119,55 @@ pub fn run(cfg: &IsuConfig) -> Result<Preflight, IsuError> {
     })
 }
 
-/// The backing store of `d` as serve will open or create it.
+/// Checks the backing stores of `disks` as serve will open or create them:
+/// each is sound, none is the store of another, nor of a `served` disk
+/// unless that one gives it up first, none is held by another process; and
+/// their persisted state. Returns how to open each, in order.
+pub fn disk_stores(
+    cfg: &IsuConfig,
+    disks: &[&DiskConfig],
+    served: &[Served<'_>],
+) -> Result<Vec<Opening>, IsuError> {
+    let same_store = |d: &DiskConfig, other: &DiskConfig| IsuError::SameStore {
+        disk: d.name.clone(),
+        path: d.path.clone(),
+        other: other.name.clone(),
+        other_path: other.path.clone(),
+    };
+    let mut held: Vec<(Served<'_>, Store)> = Vec::new();
+    for s in served {
+        // A served store exists (it is open); one gone since is no clash.
+        if let Ok(m) = fs::metadata(&s.disk.path) {
+            held.push((*s, Store::Existing(m)));
+        }
+    }
+    let mut stores: Vec<(&DiskConfig, Store)> = Vec::new();
+    let mut out = Vec::new();
+    for &d in disks {
+        let store = backing_store(d)?;
+        if let Some((other, _)) = stores.iter().find(|(_, s)| s.same(&store)) {
+            return Err(same_store(d, other));
+        }
+        let after_release = match held.iter().find(|(_, s)| s.same(&store)) {
+            Some((s, _)) if s.released => true,
+            Some((s, _)) => return Err(same_store(d, s.disk)),
+            None => false,
+        };
+        if !after_release {
+            probe_holder(d)?;
+        }
+        out.push(Opening {
+            create: matches!(store, Store::New(_)),
+            after_release,
+        });
+        stores.push((d, store));
+        persisted_state(cfg, d)?;
+    }
+    Ok(out)
+}
+
+/// The backing store of `d` as serve will open or create it (who else
+/// holds it is [`probe_holder`]'s).
 fn backing_store(d: &DiskConfig) -> Result<Store, IsuError> {
     let err = |message: String| IsuError::Disk {
         disk: d.name.clone(),
@@ -150,26 +209,47 @@ fn backing_store(d: &DiskConfig) -> Result<Store, IsuError> {
             "is neither a regular file nor a block device".to_string()
         ));
     }
-    // Opened as serve opens it, so permissions and read-only media show here.
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(!d.read_only)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&d.path)
-        .map_err(|e| err(e.to_string()))?;
+    let mut f = open_as_served(d).map_err(|e| err(e.to_string()))?;
     let bytes = f.seek(SeekFrom::End(0)).map_err(|e| err(e.to_string()))?;
     if bytes < u64::from(d.block_size) {
         return Err(err(format!("smaller than one {}-byte block", d.block_size)));
     }
-    if let Some(holder) = Claim::probe(&f, !d.read_only).map_err(|e| err(e.to_string()))? {
+    debug!(disk = %d.name, path = %d.path.display(), bytes, "backing store checked");
+    Ok(Store::Existing(meta))
+}
+
+/// Opens the existing store of `d` as serve opens it, so permissions and
+/// read-only media show.
+fn open_as_served(d: &DiskConfig) -> io::Result<fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(!d.read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&d.path)
+}
+
+/// Refuses the existing store of `d` when another process (or another disk
+/// of this one) holds it.
+fn probe_holder(d: &DiskConfig) -> Result<(), IsuError> {
+    let err = |e: io::Error| IsuError::Disk {
+        disk: d.name.clone(),
+        path: d.path.clone(),
+        message: e.to_string(),
+    };
+    let f = match open_as_served(d) {
+        Ok(f) => f,
+        // To be created: nobody holds it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(e)),
+    };
+    if let Some(holder) = Claim::probe(&f, !d.read_only).map_err(err)? {
         return Err(IsuError::InUse {
             disk: d.name.clone(),
             path: d.path.clone(),
             holder: state::describe_holder(&holder),
         });
     }
-    debug!(disk = %d.name, path = %d.path.display(), bytes, "backing store checked");
-    Ok(Store::Existing(meta))
+    Ok(())
 }
 
 /// The disk's persisted reservations and AoE state, read as the targets

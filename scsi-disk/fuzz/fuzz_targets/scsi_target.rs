@@ -1,7 +1,8 @@
 //! A real `ScsiTarget` with two logical units over `MemDevice`s, driven by
 //! arbitrary sequences of commands from four I_T nexuses (two initiator
 //! names, two ISIDs, two target ports), some of them concurrent, with task
-//! management functions, logins, logouts and ALUA state changes in between.
+//! management functions, logins, logouts, ALUA state changes and LUN 1
+//! removed and added back in between.
 //!
 //! The input is structure-aware (the `arbitrary` crate): besides raw CDBs it
 //! builds well-formed PERSISTENT RESERVE OUT (every service action, SPEC_I_PT,
@@ -75,6 +76,9 @@ enum Op {
     Login(u8),
     Logout(u8),
     PortState(bool, u8),
+    /// LUN 1 leaves the target, its commands ended (false), or comes back
+    /// on a fresh device (true), as a config reload does.
+    Lun1(bool),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -1007,6 +1011,21 @@ async fn run(inp: Input) {
                     _ => AluaState::Offline,
                 };
                 let _ = w.target.set_port_group_state(1 + u16::from(*second), state);
+            }
+            Op::Lun1(true) => {
+                let id = DeviceIdentity::from_name("fuzz1");
+                let cfg = LuConfig {
+                    device: Arc::new(MemDevice::new(w.bs, w.blocks[1], id)),
+                    read_only: false,
+                    state_path: None,
+                };
+                // Already there: refused, nothing changes.
+                let _ = w.target.add_lun(1, cfg);
+            }
+            Op::Lun1(false) => {
+                if let Some(removed) = w.target.remove_lun(1) {
+                    removed.wait().await;
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use super::cdb::{be32, byte, trim};
 use super::dispatch::{sanitize_in_progress, CmdResult, Ctx, Reply};
 use super::lu::SanitizeStatus;
 use super::sense::{Asc, Sense};
-use super::ScsiTarget;
+use super::{ItNexus, ScsiTarget};
 
 /// The 8-byte SAM LUN for `lun`: peripheral addressing below 256, flat space above.
 pub(crate) fn encode_lun(lun: u64) -> [u8; 8] {
@@ -25,15 +25,16 @@ pub(crate) fn encode_lun(lun: u64) -> [u8; 8] {
     l
 }
 
-/// REPORT LUNS (SPC-4 6.33).
-pub(crate) fn report_luns(target: &ScsiTarget, cdb: &[u8]) -> CmdResult {
+/// REPORT LUNS (SPC-4 6.33). Having reported the inventory, it clears the
+/// nexus' REPORTED LUNS DATA HAS CHANGED attentions.
+pub(crate) fn report_luns(target: &ScsiTarget, me: &ItNexus, cdb: &[u8]) -> CmdResult {
     let select = byte(cdb, 2);
     let alloc = be32(cdb, 6) as usize;
     if alloc < 16 {
         return Err(Sense::invalid_cdb(6, None).into());
     }
     let luns: Vec<u64> = match select {
-        0x00 | 0x02 | 0x10..=0x12 => target.luns().copied().collect(),
+        0x00 | 0x02 | 0x10..=0x12 => target.lun_numbers(),
         0x01 => Vec::new(), // no well-known logical units
         _ => return Err(Sense::invalid_cdb(2, None).into()),
     };
@@ -43,6 +44,7 @@ pub(crate) fn report_luns(target: &ScsiTarget, cdb: &[u8]) -> CmdResult {
     for l in luns {
         out.extend_from_slice(&encode_lun(l));
     }
+    target.inventory_reported(me);
     Ok(Reply::data(trim(out, alloc)))
 }
 

@@ -313,9 +313,19 @@ async fn full_feature(
     tpgt: u16,
     mut stop: watch::Receiver<bool>,
 ) {
-    let target = est.key.target.and_then(|i| reg.cfg.targets.get(i));
+    let target = est
+        .key
+        .target
+        .and_then(|i| reg.targets.by_id(i))
+        .map(|t| t.cfg);
     let backend: Option<Arc<ScsiTarget>> = match est.session_type {
-        SessionType::Normal => target.map(|t| t.scsi.clone()),
+        SessionType::Normal => match &target {
+            Some(t) => Some(t.scsi.clone()),
+            None => {
+                tracing::info!("target removed during the login; session closed");
+                return;
+            }
+        },
         SessionType::Discovery => None,
     };
     let nexus = Nexus {
@@ -327,6 +337,11 @@ async fn full_feature(
     if let Some(b) = &backend {
         let superseded = b.nexus_login(&nexus);
         reg.attach(&est.key, est.tsih, kill.clone());
+        // A removal that came after the lookup above did not see this
+        // session registered: it ends at once.
+        if est.key.target.and_then(|i| reg.targets.by_id(i)).is_none() {
+            kill.notify_one();
+        }
         // A reinstated session's commands still in the backend end first,
         // so none of its writes lands after one of ours.
         if !superseded.is_empty() {
@@ -347,7 +362,7 @@ async fn full_feature(
         &est,
         cfg,
         reg.discovery(local, &est.key.initiator, peer.ip()),
-        target.map(|t| t.iqn.clone()),
+        target.as_ref().map(|t| t.iqn.clone()),
         Instant::now(),
     );
     let p = session.params().clone();
@@ -407,7 +422,7 @@ async fn full_feature(
         let deadline = session.poll_timeout();
         tokio::select! {
             biased;
-            _ = kill.notified() => break "reinstated".into(),
+            _ = kill.notified() => break "reinstated, or its target removed".into(),
             Some(done) = run.futs.next(), if !run.futs.is_empty() => run.finish(&mut session, done),
             r = stream.writable(), if !out.is_empty() => {
                 if r.is_err() {

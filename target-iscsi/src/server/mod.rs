@@ -7,6 +7,7 @@ mod connection;
 mod log_limit;
 mod pending;
 mod registry;
+mod targets;
 mod writer;
 
 use std::future::Future;
@@ -96,7 +97,8 @@ impl Default for LoginLimits {
 pub struct ServerConfig {
     /// Portals to listen on.
     pub portals: Vec<Portal>,
-    /// Targets to export.
+    /// Targets to export at start (more can be added, and these removed,
+    /// through [`TargetsHandle`]).
     pub targets: Vec<TargetConfig>,
     /// Silence after which an initiator is pinged (zero: never).
     pub nop_interval: Duration,
@@ -186,6 +188,92 @@ impl AccessHandle {
     }
 }
 
+/// Changes the exported targets of a running [`Server`]. Their logical
+/// units change through their [`ScsiTarget`]s ([`ScsiTarget::add_lun`],
+/// [`ScsiTarget::remove_lun`]).
+#[derive(Clone)]
+pub struct TargetsHandle(Arc<Registry>);
+
+impl std::fmt::Debug for TargetsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TargetsHandle")
+    }
+}
+
+impl TargetsHandle {
+    /// Exports another target: logins and discovery find it from now on.
+    /// A second target of the same name is refused.
+    pub fn add(&self, target: TargetConfig) -> Result<(), ServerError> {
+        let iqn = target.iqn.clone();
+        self.0.targets.add(target)?;
+        tracing::info!(target = %iqn, "target added");
+        Ok(())
+    }
+
+    /// Stops exporting the target named `iqn`: logins to it are refused
+    /// (0203, no such target) and discovery no longer shows it from now on,
+    /// and each of its sessions ends (its commands run to their end first).
+    /// [`TargetRemoval::wait`] returns once they all have. None if there is
+    /// no such target.
+    pub fn remove(&self, iqn: &str) -> Option<TargetRemoval> {
+        let t = self.0.targets.remove(iqn)?;
+        let sessions = self.0.end_sessions_of(t.id);
+        tracing::info!(target = %t.cfg.iqn, sessions, "target removed; its sessions end");
+        Some(TargetRemoval {
+            reg: self.0.clone(),
+            id: t.id,
+            scsi: t.cfg.scsi,
+        })
+    }
+
+    /// Replaces the TargetAlias and the portal groups of the target named
+    /// `iqn`, for logins from now on (established sessions stay); false if
+    /// there is no such target.
+    pub fn update(&self, iqn: &str, alias: Option<String>, portals: Option<Vec<u16>>) -> bool {
+        self.0.targets.update(iqn, alias, portals)
+    }
+
+    /// The SCSI target behind the target named `iqn`.
+    pub fn get(&self, iqn: &str) -> Option<Arc<ScsiTarget>> {
+        self.0.targets.by_name(iqn).map(|t| t.cfg.scsi)
+    }
+
+    /// The names of the targets exported now.
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .targets
+            .snapshot()
+            .iter()
+            .map(|t| t.cfg.iqn.clone())
+            .collect()
+    }
+}
+
+/// A target taken out of a running server ([`TargetsHandle::remove`]).
+#[must_use = "its sessions may still be running commands until `wait` returns"]
+pub struct TargetRemoval {
+    reg: Arc<Registry>,
+    id: usize,
+    scsi: Arc<ScsiTarget>,
+}
+
+impl std::fmt::Debug for TargetRemoval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetRemoval")
+            .field("target", &self.scsi.name())
+            .finish()
+    }
+}
+
+impl TargetRemoval {
+    /// Waits until every session of the target has ended, with its
+    /// commands, and hands back its SCSI target (to flush its devices).
+    pub async fn wait(self) -> Arc<ScsiTarget> {
+        self.reg.sessions_gone(self.id).await;
+        self.scsi
+    }
+}
+
 /// A bound iSCSI server.
 pub struct Server {
     listeners: Vec<(TcpListener, u16)>,
@@ -205,14 +293,6 @@ impl Server {
     pub async fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
         if cfg.portals.is_empty() {
             return Err(ServerError::Config("no portal".into()));
-        }
-        for (i, t) in cfg.targets.iter().enumerate() {
-            if cfg.targets[..i].iter().any(|o| o.iqn == t.iqn) {
-                return Err(ServerError::Config(format!(
-                    "target {} configured twice",
-                    t.iqn
-                )));
-            }
         }
         if cfg.limits.max_recv_data_segment_length < 512
             || cfg.limits.max_recv_data_segment_length > 16_777_215
@@ -245,13 +325,18 @@ impl Server {
         let caps = pending_caps(&cfg.login_limits, open_file_limit());
         Ok(Server {
             listeners,
-            registry: Arc::new(Registry::new(cfg, caps)),
+            registry: Arc::new(Registry::new(cfg, caps)?),
         })
     }
 
     /// A handle to replace the access policy while the server runs.
     pub fn access_handle(&self) -> AccessHandle {
         AccessHandle(self.registry.clone())
+    }
+
+    /// A handle to add and remove targets while the server runs.
+    pub fn targets_handle(&self) -> TargetsHandle {
+        TargetsHandle(self.registry.clone())
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -290,7 +375,7 @@ impl Server {
         let _ = stop_tx.send(true);
         while conns.join_next().await.is_some() {}
         let mut first_err = None;
-        for t in &self.registry.cfg.targets {
+        for t in self.registry.targets.snapshot().iter().map(|e| &e.cfg) {
             if let Err(e) = t.scsi.flush_all().await {
                 let reason = e.to_string();
                 tracing::error!(target = %t.iqn, %reason, "flush at shutdown failed");
