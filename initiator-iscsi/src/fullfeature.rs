@@ -304,7 +304,7 @@ impl FullFeature {
     /// the window is open.
     pub fn text(&mut self, keys: &TextList) -> u32 {
         let itt = self.itt();
-        self.texts.insert(itt, TextAccumulator::default());
+        self.texts.insert(itt, TextAccumulator::repeating());
         self.text_request(itt, RESERVED_TAG, Bytes::from(keys.encode()));
         itt
     }
