@@ -231,6 +231,17 @@ fn a_redirect_names_the_new_address() {
 }
 
 #[test]
+fn a_failure_status_counts_without_the_requests_tags() {
+    // tgt answers a wrong CHAP secret with ITT and ISID left out.
+    let mut l = InitiatorLogin::new(cfg(Auth::None)).unwrap();
+    let req = l.start();
+    let (mut r, d) = answer(&req, None, &[]);
+    (r.status_class, r.status_detail, r.isid, r.itt) = (2, 1, [0; 6], 0xffff_ffff);
+    let e = l.receive(&r, &d).unwrap_err();
+    assert!(matches!(e, LoginError::AuthenticationFailed), "{e}");
+}
+
+#[test]
 fn a_target_that_skips_authentication_is_refused() {
     let mut l = InitiatorLogin::new(cfg(chap("alice-secret-16b", None))).unwrap();
     let req = l.start();

@@ -362,16 +362,18 @@ impl InitiatorLogin {
         if self.exchanges > MAX_EXCHANGES {
             return Err(protocol("the login does not end"));
         }
-        if resp.itt != self.itt || resp.isid != self.cfg.isid {
-            return Err(protocol("a Login Response for another login (ITT or ISID)"));
-        }
         if (resp.status_class, resp.status_detail) != status::SUCCESS {
+            // The login is over, whatever else the response says (some
+            // targets leave ITT or ISID out of a failure).
             let text = TextList::parse(data).unwrap_or_default();
             return Err(LoginError::from_status(
                 resp.status_class,
                 resp.status_detail,
                 &text,
             ));
+        }
+        if resp.itt != self.itt || resp.isid != self.cfg.isid {
+            return Err(protocol("a Login Response for another login (ITT or ISID)"));
         }
         if resp.version_active != 0 {
             return Err(protocol("version other than 0"));
