@@ -602,3 +602,232 @@ fn residual(underflow: bool, overflow: bool, count: u32) -> i64 {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iscsi_proto::login::SessionType;
+    use iscsi_proto::pdu::{DataIn, NopIn, R2t, ScsiResponse};
+
+    fn session(params: Params) -> FullFeature {
+        FullFeature::new(&LoggedIn {
+            session_type: SessionType::Normal,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 1,
+            cid: 0,
+            params,
+            cmd_sn: 10,
+            exp_stat_sn: 100,
+            exp_cmd_sn: 10,
+            max_cmd_sn: 10,
+            target_keys: TextList::default(),
+            target_alias: None,
+            tpgt: Some(1),
+            authenticated_target: None,
+        })
+    }
+
+    fn pdu(bhs: Bhs, data: &[u8]) -> InPdu {
+        InPdu {
+            raw: [0; 48],
+            bhs: Ok(bhs),
+            ahs: Bytes::new(),
+            data: Bytes::copy_from_slice(data),
+            data_digest_error: false,
+        }
+    }
+
+    fn sns(stat_sn: u32, max_cmd_sn: u32) -> Sns {
+        Sns {
+            stat_sn,
+            exp_cmd_sn: 11,
+            max_cmd_sn,
+        }
+    }
+
+    /// (offset, length, final, DataSN, TTT) of each Data-Out queued.
+    fn data_outs(out: &[(Bhs, Bytes)]) -> Vec<(u32, usize, bool, u32, u32)> {
+        out.iter()
+            .filter_map(|(b, d)| match b {
+                Bhs::DataOut(o) => Some((o.buffer_offset, d.len(), o.final_, o.data_sn, o.ttt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_goes_immediate_unsolicited_then_solicited() {
+        let mut f = session(Params {
+            immediate_data: true,
+            initial_r2t: false,
+            first_burst_length: 8192,
+            send_data_segment_length: 4096,
+            ..Params::default()
+        });
+        assert!(f.window_open());
+        let t = f
+            .submit(Command::write(0, &[0x2a; 10], vec![7u8; 20_000]))
+            .unwrap();
+        assert_eq!(t.cmd_sn, 10);
+        assert!(!f.window_open(), "MaxCmdSN 10 is used up");
+        let out = f.take_output();
+        let Bhs::ScsiCommand(c) = &out[0].0 else {
+            panic!("{out:?}")
+        };
+        assert!(!c.final_ && c.write && c.edtl == 20_000);
+        assert_eq!(out[0].1.len(), 4096, "immediate data");
+        assert_eq!(data_outs(&out), [(4096, 4096, true, 0, RESERVED_TAG)]);
+        assert!(!f.data_sent(t.itt));
+        let r2t = R2t {
+            itt: t.itt,
+            ttt: 7,
+            sns: sns(100, 20),
+            buffer_offset: 8192,
+            desired_length: 11_808,
+            ..Default::default()
+        };
+        f.receive(pdu(Bhs::R2t(r2t), &[])).unwrap();
+        assert_eq!(
+            data_outs(&f.take_output()),
+            [
+                (8192, 4096, false, 0, 7),
+                (12288, 4096, false, 1, 7),
+                (16384, 3616, true, 2, 7)
+            ]
+        );
+        assert!(f.data_sent(t.itt));
+        assert!(f.window_open(), "the R2T's MaxCmdSN opened the window");
+        assert_eq!(f.exp_stat_sn(), 100, "an R2T carries no status");
+        // An R2T past the end of the data is the target's fault.
+        let bad = R2t {
+            buffer_offset: 16384,
+            desired_length: 8192,
+            ..r2t
+        };
+        assert!(matches!(
+            f.receive(pdu(Bhs::R2t(bad), &[])),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn with_initial_r2t_and_no_immediate_data_nothing_goes_unasked() {
+        let mut f = session(Params {
+            immediate_data: false,
+            initial_r2t: true,
+            ..Params::default()
+        });
+        f.submit(Command::write(0, &[0x2a; 10], vec![1u8; 1024]))
+            .unwrap();
+        let out = f.take_output();
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0].0, Bhs::ScsiCommand(c) if c.final_));
+        assert!(out[0].1.is_empty());
+    }
+
+    #[test]
+    fn data_in_is_collected_in_order() {
+        let mut f = session(Params::default());
+        let t = f.submit(Command::read(0, &[0x28; 10], 8)).unwrap();
+        let d = |offset, data_sn, last| DataIn {
+            final_: last,
+            status_present: last,
+            itt: t.itt,
+            sns: sns(100, 20),
+            data_sn,
+            buffer_offset: offset,
+            ..Default::default()
+        };
+        f.receive(pdu(Bhs::DataIn(d(0, 0, false)), b"abcd"))
+            .unwrap();
+        assert_eq!(f.exp_stat_sn(), 100);
+        f.receive(pdu(Bhs::DataIn(d(4, 1, true)), b"efgh")).unwrap();
+        assert_eq!(f.exp_stat_sn(), 101, "the status advances StatSN");
+        let e = f.take_event(|_| true);
+        let Some(Event::Scsi { result: Ok(r), .. }) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!((r.status, &r.data[..]), (0, &b"abcdefgh"[..]));
+        // Out of order (the data is in order by default): the task fails.
+        let t = f.submit(Command::read(0, &[0x28; 10], 8)).unwrap();
+        let late = DataIn {
+            itt: t.itt,
+            ..d(4, 0, false)
+        };
+        f.receive(pdu(Bhs::DataIn(late), b"efgh")).unwrap();
+        let e = f.take_event(|_| true);
+        assert!(
+            matches!(
+                e,
+                Some(Event::Scsi {
+                    result: Err(Error::Protocol(_)),
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_response_carries_status_and_sense() {
+        let mut f = session(Params::default());
+        let t = f.submit(Command::new(0, &[0; 6])).unwrap();
+        let r = ScsiResponse {
+            status: 2,
+            itt: t.itt,
+            sns: sns(100, 20),
+            ..Default::default()
+        };
+        let sense = [0, 8, 0x70, 0, 6, 0, 0, 0, 0, 0];
+        f.receive(pdu(Bhs::ScsiResponse(r), &sense)).unwrap();
+        let Some(Event::Scsi { result: Ok(r), .. }) = f.take_event(|_| true) else {
+            panic!()
+        };
+        assert!(r.is_unit_attention());
+        assert_eq!(r.sense.len(), 8);
+        // The target could not complete another.
+        let t = f.submit(Command::new(0, &[0; 6])).unwrap();
+        let r = ScsiResponse {
+            response: 1,
+            itt: t.itt,
+            sns: sns(101, 20),
+            ..Default::default()
+        };
+        f.receive(pdu(Bhs::ScsiResponse(r), &[])).unwrap();
+        assert!(matches!(
+            f.take_event(|_| true),
+            Some(Event::Scsi {
+                result: Err(Error::TargetFailure(1)),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_targets_ping_is_answered_at_once() {
+        let mut f = session(Params::default());
+        let ping = NopIn {
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt: 5,
+            sns: sns(100, 10),
+        };
+        f.receive(pdu(Bhs::NopIn(ping), b"x")).unwrap();
+        assert_eq!(f.exp_stat_sn(), 100, "a ping does not advance StatSN");
+        let out = f.take_output();
+        assert!(
+            matches!(&out[..], [(Bhs::NopOut(n), d)] if n.ttt == 5 && n.itt == RESERVED_TAG && &d[..] == b"x"),
+            "{out:?}"
+        );
+        assert!(f.events().next().is_none());
+        // Our own ping's answer is an event.
+        let itt = f.ping(Bytes::from_static(b"y"));
+        let pong = NopIn {
+            itt,
+            ttt: RESERVED_TAG,
+            ..ping
+        };
+        f.receive(pdu(Bhs::NopIn(pong), b"y")).unwrap();
+        assert!(matches!(f.take_event(|_| true), Some(Event::Pong { itt: i, .. }) if i == itt));
+    }
+}
