@@ -830,4 +830,39 @@ mod tests {
         f.receive(pdu(Bhs::NopIn(pong), b"y")).unwrap();
         assert!(matches!(f.take_event(|_| true), Some(Event::Pong { itt: i, .. }) if i == itt));
     }
+
+    proptest::proptest! {
+        /// Whatever the target sends, the phase takes it or fails the
+        /// connection: it never panics.
+        #[test]
+        fn arbitrary_pdus_never_panic(
+            pdus in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![0x20u8, 0x21, 0x22, 0x24, 0x25, 0x26, 0x31, 0x32, 0x3f, 0x23]),
+                    proptest::prelude::any::<[u8; 48]>(),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                    proptest::prelude::any::<bool>(),
+                ),
+                1..16,
+            ),
+        ) {
+            let mut f = session(Params::default());
+            let w = f.submit(Command::write(0, &[0x2a; 10], vec![1u8; 3000])).unwrap();
+            let r = f.submit(Command::read(0, &[0x28; 10], 100)).unwrap();
+            let t = f.text(&TextList::default());
+            for (op, mut raw, data, ours) in pdus {
+                raw[0] = op;
+                if ours {
+                    let itt = [w.itt, r.itt, t][usize::from(raw[1]) % 3];
+                    raw[16..20].copy_from_slice(&itt.to_be_bytes());
+                }
+                let bhs = Bhs::decode(&raw);
+                let p = InPdu { raw, bhs, ahs: Bytes::new(), data: Bytes::from(data), data_digest_error: false };
+                if f.receive(p).is_err() {
+                    break;
+                }
+                f.take_output();
+            }
+        }
+    }
 }

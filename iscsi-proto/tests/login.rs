@@ -326,3 +326,57 @@ fn responses_of_another_login_are_refused() {
     let (r, d) = answer(&req, Some(Stage::FullFeature), &[("AuthMethod", "None")]);
     assert!(matches!(l.receive(&r, &d), Err(LoginError::Protocol(_))));
 }
+
+proptest::proptest! {
+    /// Whatever a target answers, the initiator's login goes on, ends or
+    /// fails: it never panics, and never loops for ever.
+    #[test]
+    fn arbitrary_responses_never_panic(
+        steps in proptest::collection::vec(
+            (proptest::prelude::any::<[u8; 48]>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)),
+            1..12,
+        ),
+        chap_mutual in proptest::prelude::any::<bool>(),
+        keys in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "AuthMethod=CHAP", "AuthMethod=None", "CHAP_A=5", "CHAP_I=7",
+                "CHAP_C=0x00112233445566778899aabbccddeeff", "CHAP_N=disk0",
+                "CHAP_R=0x00112233445566778899aabbccddeeff", "MaxBurstLength=512",
+                "MaxRecvDataSegmentLength=4096", "DefaultTime2Wait=9", "X-y=z",
+                "TargetPortalGroupTag=x", "HeaderDigest=CRC32C",
+            ]),
+            0..6,
+        ),
+    ) {
+        let auth = if chap_mutual {
+            chap("alice-secret-16b", Some("disk0-secret-16b"))
+        } else {
+            Auth::None
+        };
+        let mut l = InitiatorLogin::new(cfg(auth)).unwrap();
+        let mut req = l.start();
+        for (raw, noise) in steps {
+            // A header of the right opcode, addressed to this login half
+            // of the time, with keys or noise for text.
+            let mut raw = raw;
+            raw[0] = 0x23;
+            let Ok(iscsi_proto::pdu::Bhs::LoginResponse(mut r)) = iscsi_proto::pdu::Bhs::decode(&raw) else {
+                continue;
+            };
+            if noise.first().is_some_and(|b| b & 1 == 0) {
+                (r.itt, r.isid, r.status_class, r.status_detail, r.version_active) =
+                    (req.bhs.itt, req.bhs.isid, 0, 0, 0);
+                r.csg = req.bhs.csg;
+            }
+            let data = if noise.len() % 2 == 0 {
+                keys.iter().flat_map(|k| format!("{k}\0").into_bytes()).collect()
+            } else {
+                noise
+            };
+            match l.receive(&r, &data) {
+                Ok(LoginProgress::Send(next)) => req = next,
+                Ok(LoginProgress::Done(_)) | Err(_) => break,
+            }
+        }
+    }
+}
