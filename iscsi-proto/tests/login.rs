@@ -109,8 +109,15 @@ fn chap_one_way_and_mutual() {
         Limits::default(),
         &ctx,
     );
-    assert_eq!(l.unwrap().authenticated_target.as_deref(), Some("disk0"));
+    let l = l.unwrap();
+    assert_eq!(l.authenticated_target.as_deref(), Some("disk0"));
     assert!(est.is_some());
+    assert_eq!(l.target_keys.get("AuthMethod"), Some("CHAP"));
+    assert!(
+        !l.target_keys.0.iter().any(|(k, _)| k.starts_with("CHAP_")),
+        "CHAP values kept: {:?}",
+        l.target_keys
+    );
 }
 
 #[test]

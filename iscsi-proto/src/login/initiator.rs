@@ -231,7 +231,8 @@ pub struct LoggedIn {
     pub exp_cmd_sn: u32,
     /// The target's MaxCmdSN in its last response.
     pub max_cmd_sn: u32,
-    /// Every key the target sent during the login, in order.
+    /// Every key the target sent during the login, in order (CHAP keys
+    /// aside).
     pub target_keys: TextList,
     /// TargetAlias, if the target declared one.
     pub target_alias: Option<String>,
@@ -484,7 +485,9 @@ impl InitiatorLogin {
                 _ => {}
             }
         }
-        self.keys_seen.0.extend(keys.0.iter().cloned());
+        // CHAP values stay out of what may end up in a log.
+        let kept = keys.0.iter().filter(|(k, _)| !chap::is_chap_key(k));
+        self.keys_seen.0.extend(kept.cloned());
         Ok(())
     }
 
