@@ -249,6 +249,20 @@ fn a_failure_status_counts_without_the_requests_tags() {
 }
 
 #[test]
+fn the_authentication_method_follows_the_list_rule() {
+    for (method, refused) in [("Reject", true), ("None", false), ("SRP", false)] {
+        let mut l = InitiatorLogin::new(cfg(chap("alice-secret-16b", None))).unwrap();
+        let req = l.start();
+        let (r, d) = answer(&req, None, &[("AuthMethod", method)]);
+        match l.receive(&r, &d) {
+            Err(LoginError::AuthMethodRefused(m)) if refused => assert_eq!(m, method),
+            Err(LoginError::Protocol(_)) if !refused => {}
+            other => panic!("AuthMethod={method}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn a_target_that_skips_authentication_is_refused() {
     let mut l = InitiatorLogin::new(cfg(chap("alice-secret-16b", None))).unwrap();
     let req = l.start();

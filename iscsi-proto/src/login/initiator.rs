@@ -11,8 +11,10 @@
 use bytes::Bytes;
 use chap::{ChapError, Responder, ResponderConfig, Step};
 
-use super::{status, SessionType};
-use crate::negotiate::{key_def, KeyKind, Layer, Limits, NegotiationError, Negotiator, Params};
+use super::{status, SessionType, AUTH_METHOD};
+use crate::negotiate::{
+    key_def, Answer, KeyKind, Layer, Limits, NegotiationError, Negotiator, Params,
+};
 use crate::pdu::{LoginRequest, LoginResponse, Stage};
 use crate::text::{TextAccumulator, TextList};
 
@@ -503,14 +505,11 @@ impl InitiatorLogin {
             if self.security != Security::Offered {
                 return Err(protocol("AuthMethod answered twice"));
             }
-            if method != offered {
-                return Err(
-                    if method == "Reject" || method == "None" || method == "CHAP" {
-                        LoginError::AuthMethodRefused(method.to_string())
-                    } else {
-                        protocol("an AuthMethod not offered")
-                    },
-                );
+            // The table's rule for AuthMethod (list selection).
+            match AUTH_METHOD.kind.accept(offered, method) {
+                Answer::Agreed(_) => {}
+                Answer::Unchanged => return Err(LoginError::AuthMethodRefused(method.to_string())),
+                Answer::Inadmissible => return Err(protocol("an AuthMethod not offered")),
             }
             if self.chap.is_none() {
                 self.security = Security::Done;

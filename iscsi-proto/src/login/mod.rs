@@ -15,7 +15,12 @@ pub use target::{
     SessionKey, TargetInfo, LOGIN_WINDOW,
 };
 
+use crate::negotiate::{key_def, KeyDef};
 use crate::text::TextList;
+
+/// AuthMethod's row of the key table: both roles select it by its rule.
+static AUTH_METHOD: std::sync::LazyLock<&'static KeyDef> =
+    std::sync::LazyLock::new(|| key_def("AuthMethod").expect("AuthMethod is in the key table"));
 
 /// Login status classes and details (§11.13.5).
 pub mod status {

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use super::AUTH_METHOD;
 use super::{redacted, status, SessionType};
 use crate::negotiate::{Limits, NegotiationError, Negotiator, Params};
 use crate::pdu::{LoginRequest, LoginResponse, Sns, Stage};
@@ -463,11 +464,10 @@ impl Login {
             if self.auth_method.is_some() {
                 return Err(status::INITIATOR_ERROR);
             }
+            // The table's rule for AuthMethod (list selection).
             let ours = auth.methods();
-            match offer
-                .split(',')
-                .find_map(|m| ours.iter().find(|o| **o == m).copied())
-            {
+            let agreed = AUTH_METHOD.kind.respond(offer, &ours.join(","));
+            match agreed.and_then(|a| ours.iter().find(|o| **o == a).copied()) {
                 Some(m) => {
                     self.auth_method = Some(m);
                     reply.push("AuthMethod", m);
