@@ -149,19 +149,17 @@ fn run(cut: Cut) {
     for round in 0..rounds() {
         long.fill((round % 200) as u8 + 1);
         let newer = pattern(u64::from(round) + 1, SHORT);
-        let (itt, cmd_sn) = s
+        let task = s
             .start_write(0, &write16_cdb(0, (LONG / BLOCK) as u32), &long)
             .expect("long write");
         match cut {
             Cut::AbortTask | Cut::LunReset => {
-                let (function, rtt) = match cut {
-                    Cut::AbortTask => (tmf::ABORT_TASK, itt),
-                    _ => (tmf::LUN_RESET, 0xffff_ffff),
+                let tmf = match cut {
+                    Cut::AbortTask => TaskManagement::abort_task(0, task),
+                    _ => TaskManagement::of_lun(Function::LunReset, 0),
                 };
-                let a = s
-                    .task_management(function, 0, rtt, cmd_sn)
-                    .expect("task management");
-                if a.response == tmf::COMPLETE && !a.completed.contains(&itt) {
+                let a = s.task_management(tmf).expect("task management");
+                if a.response == tmf::COMPLETE && !a.completed_before.contains(&task.itt) {
                     tally.cut_while_running += 1;
                 }
             }

@@ -1,18 +1,17 @@
 //! CHAP and access control of `opie isu serve`, end to end: libiscsi's
-//! `iscsi-inq` logs in with one-way and mutual CHAP; a minimal CHAP initiator
-//! (chap::Responder over a raw socket bound to a chosen source address) checks
+//! `iscsi-inq` logs in with one-way and mutual CHAP; the test initiator
+//! (CHAP through chap::Responder, from a chosen source address) checks
 //! the status class and detail of refusals, the per-source backoff, discovery
 //! filtering and SIGHUP reload; the daemon's trace log never holds a secret.
 
 mod common;
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chap::{AlgorithmList, Credential, Responder, ResponderConfig, Step};
+use chap::{AlgorithmList, Credential, ResponderConfig};
 use common::*;
 
 const BASE: &str = "iqn.2026-01.org.opie.test:chap";
@@ -157,62 +156,28 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-// ---- a minimal CHAP initiator ---------------------------------------------------
+// ---- CHAP logins from a chosen source address ----------------------------------
 
-fn connect_from(src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::new(src, 0).into())?;
-    sock.connect_timeout(&dst.into(), Duration::from_secs(5))?;
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    Ok(s)
+/// A login of `initiator` to `target` with one-way CHAP as alice.
+fn chap_config(initiator: &str, target: &str, secret: &str) -> LoginConfig {
+    let mut cfg = login_config(initiator, Some(target));
+    cfg.isid = [0x80, 0, 0, 0x43, 0x48, 0x41];
+    cfg.auth = Auth::Chap(ResponderConfig {
+        algorithms: AlgorithmList::default(),
+        credential: Credential::new("alice", secret),
+        mutual: None,
+    });
+    cfg
 }
 
-fn login_pdu(
-    s: &mut TcpStream,
-    transit: bool,
-    cmd_sn: u32,
-    keys: &[(&str, String)],
-) -> io::Result<()> {
-    let mut data = Vec::new();
-    for (k, v) in keys {
-        data.extend_from_slice(format!("{k}={v}\0").as_bytes());
-    }
-    let mut h = [0u8; 48];
-    h[0] = 0x43;
-    h[1] = if transit { 0x81 } else { 0x01 };
-    h[5..8].copy_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
-    h[8..14].copy_from_slice(&[0x80, 0, 0, 0x43, 0x48, 0x41]);
-    h[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
-    let mut buf = h.to_vec();
-    buf.extend_from_slice(&data);
-    buf.resize(48 + data.len().div_ceil(4) * 4, 0);
-    s.write_all(&buf)
+fn connect_from(src: IpAddr, dst: SocketAddr) -> Conn {
+    let mut c = Conn::connect_from(src, dst).unwrap();
+    c.set_timeout(Duration::from_secs(60));
+    c
 }
 
-/// A Login Response: status class, detail, transit bit, keys.
-type LoginResp = (u8, u8, bool, Vec<(String, String)>);
-
-/// Reads a Login Response.
-fn login_resp(s: &mut TcpStream) -> io::Result<LoginResp> {
-    let mut h = [0u8; 48];
-    s.read_exact(&mut h)?;
-    let dlen = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
-    let mut data = vec![0u8; h[4] as usize * 4 + dlen.div_ceil(4) * 4];
-    s.read_exact(&mut data)?;
-    let keys = data[h[4] as usize * 4..][..dlen]
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
-    Ok((h[36], h[37], h[1] & 0x80 != 0, keys))
-}
-
-/// Runs the security stage of a login to `target` with CHAP as `user`:
-/// the final status (class, detail); (0, 0) when authenticated.
+/// Logs in to `target` from `src` with CHAP as alice: the final status
+/// (class, detail); (0, 0) when logged in.
 fn chap_login(
     src: IpAddr,
     dst: SocketAddr,
@@ -220,46 +185,10 @@ fn chap_login(
     target: &str,
     secret: &str,
 ) -> (u8, u8) {
-    let mut s = connect_from(src, dst).unwrap();
-    let mut r = Responder::new(ResponderConfig {
-        algorithms: AlgorithmList::default(),
-        credential: Credential::new("alice", secret),
-        mutual: None,
-    })
-    .unwrap();
-    let mut keys = vec![
-        ("InitiatorName", initiator.to_string()),
-        ("SessionType", "Normal".to_string()),
-        ("TargetName", target.to_string()),
-        ("AuthMethod", "CHAP".to_string()),
-    ];
-    let mut sn = 1;
-    loop {
-        let transit = keys.iter().any(|(k, _)| *k == "CHAP_R");
-        login_pdu(&mut s, transit, sn, &keys).unwrap();
-        let Ok((class, detail, t, got)) = login_resp(&mut s) else {
-            return (0xff, 0xff);
-        };
-        if class != 0 || t {
-            return (class, detail);
-        }
-        keys = if got.iter().any(|(k, _)| k == "CHAP_C") {
-            match r
-                .step(got.iter())
-                .unwrap_or_else(|e| panic!("{e}: {got:?}"))
-            {
-                Step::Continue(k) | Step::Done { keys: k, .. } => {
-                    k.iter().map(|(k, v)| (k, v.to_string())).collect()
-                }
-            }
-        } else {
-            r.start()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k, v.to_string()))
-                .collect()
-        };
-        sn += 1;
+    match connect_from(src, dst).login(chap_config(initiator, target, secret)) {
+        Ok(_) => (0, 0),
+        Err(Error::Login(e)) => e.status().unwrap_or((0xff, 0xff)),
+        Err(_) => (0xff, 0xff),
     }
 }
 
@@ -303,7 +232,7 @@ fn refusals_carry_the_right_status() {
     let e = Session::login(s.addr, EVE, Some(&iqn("acl")))
         .err()
         .unwrap();
-    assert!(e.to_string().contains("class 2 detail 2"), "{e}");
+    assert!(matches!(e, Error::Login(LoginError::NotAuthorized)), "{e}");
     assert_no_secret(&s.daemon.log_text());
 }
 
@@ -434,23 +363,18 @@ fn backoff_slows_one_source_only() {
 
 /// Opens a login to `one` from `src` and sends its first step (no CHAP
 /// answer yet), without reading the reply.
-fn first_login_step(src: IpAddr, dst: SocketAddr) -> TcpStream {
-    let mut c = connect_from(src, dst).unwrap();
-    let keys = [
-        ("InitiatorName", ALICE.to_string()),
-        ("SessionType", "Normal".to_string()),
-        ("TargetName", iqn("one")),
-        ("AuthMethod", "CHAP".to_string()),
-    ];
-    login_pdu(&mut c, false, 1, &keys).unwrap();
+fn first_login_step(src: IpAddr, dst: SocketAddr) -> Conn {
+    let mut c = connect_from(src, dst);
+    c.send_first_login_request(chap_config(ALICE, &iqn("one"), SECRET))
+        .unwrap();
     c
 }
 
 /// A login from `src` that the target admitted (it answered the first step)
 /// and that then stalls, occupying one of the source's logins in flight.
-fn stalled_login(src: IpAddr, dst: SocketAddr) -> TcpStream {
+fn stalled_login(src: IpAddr, dst: SocketAddr) -> Conn {
     let mut c = first_login_step(src, dst);
-    let (class, ..) = login_resp(&mut c).unwrap();
+    let (class, _) = c.login_status().unwrap();
     assert_eq!(class, 0, "first login step refused");
     c
 }
@@ -573,19 +497,17 @@ fn sighup_applies_new_backoff_settings_and_keeps_failure_history() {
     // admit it); with both gone it is answered.
     let mut third = first_login_step(busy, s.addr);
     drop(idle1);
-    third
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    let early = login_resp(&mut third);
+    third.set_timeout(Duration::from_secs(1));
+    let early = third.login_status();
     assert!(
         early.is_err(),
         "a login was admitted beyond the reloaded max_in_flight: {early:?}"
     );
     drop(idle2);
-    third
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let (class, ..) = login_resp(&mut third).expect("held-back login never admitted");
+    third.set_timeout(Duration::from_secs(60));
+    let (class, _) = third
+        .login_status()
+        .expect("held-back login never admitted");
     assert_eq!(class, 0);
     drop(third);
 

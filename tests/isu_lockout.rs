@@ -10,7 +10,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -49,33 +49,13 @@ fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<T
 /// 10 s read timeout that stands for a lockout).
 fn login_from(src: IpAddr, dst: SocketAddr) -> Result<Duration, String> {
     let t0 = Instant::now();
-    let mut s = connect_from(src, dst, Duration::from_secs(10)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut data = Vec::new();
-    for (k, v) in [
-        ("InitiatorName", INITIATOR.to_string()),
-        ("TargetName", format!("{BASE}:d")),
-        ("SessionType", "Normal".to_string()),
-    ] {
-        data.extend_from_slice(format!("{k}={v}\0").as_bytes());
-    }
-    let mut pdu = [0u8; 48].to_vec();
-    pdu[0] = 0x43; // Login Request, immediate
-    pdu[1] = 0x87; // T=1, CSG=operational, NSG=full feature
-    pdu[5..8].copy_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
-    pdu[8..14].copy_from_slice(&[0x80, 0, 0, 0x4c, 0x4f, 0x43]);
-    pdu.extend_from_slice(&data);
-    pdu.resize(48 + data.len().div_ceil(4) * 4, 0);
-    s.write_all(&pdu).map_err(|e| e.to_string())?;
-    let mut h = [0u8; 48];
-    s.read_exact(&mut h)
-        .map_err(|e| format!("no Login Response after {:?}: {e}", t0.elapsed()))?;
-    if h[0] & 0x3f != 0x23 || h[36] != 0 || h[1] & 0x83 != 0x83 {
-        return Err(format!(
-            "refused: opcode {:#x} flags {:#x} status {}/{}",
-            h[0], h[1], h[36], h[37]
-        ));
-    }
+    let mut c = Conn::connect_from(src, dst).map_err(|e| e.to_string())?;
+    c.set_timeout(Duration::from_secs(10));
+    let mut cfg = login_config(INITIATOR, Some(&format!("{BASE}:d")));
+    cfg.isid = [0x80, 0, 0, 0x4c, 0x4f, 0x43];
+    cfg.auth = Auth::Skip;
+    c.login(cfg)
+        .map_err(|e| format!("no login after {:?}: {e}", t0.elapsed()))?;
     Ok(t0.elapsed())
 }
 

@@ -5,10 +5,13 @@
 //! [`pdu`] is the Basic Header Segment codec, symmetric for both directions;
 //! [`frame`] splits a byte stream into PDUs (digests, size limit) and lays
 //! PDUs out for sending; [`digest`] is CRC32C; [`text`] the key=value lists
-//! of Login and Text PDUs; [`negotiate`] the key table and the rules that
-//! combine two sides' values; [`login`] the login phase's stages, status
-//! classes and exchanges (today the responder's side, with the target's
-//! policy behind [`login::LoginContext`] and [`login::Authenticator`]).
+//! of Login and Text PDUs; [`negotiate`] the key table, the rules that
+//! combine two sides' values and a negotiator for either role; [`login`]
+//! the login phase's stages, status classes and exchanges for both roles:
+//! the target's ([`login::Login`], its policy behind
+//! [`login::LoginContext`] and [`login::Authenticator`]) and the
+//! initiator's ([`login::InitiatorLogin`], CHAP through `chap`'s
+//! responder).
 
 pub mod digest;
 pub mod frame;

@@ -74,6 +74,17 @@ impl TextList {
     /// keys are errors; the first error in the list is the one returned.
     /// Linear in the length of `data`.
     pub fn parse(data: &[u8]) -> Result<TextList, TextError> {
+        TextList::parse_checked(data, true)
+    }
+
+    /// Parses a list in which a key may come more than once: the answer to
+    /// SendTargets, a TargetName and its TargetAddresses per target
+    /// (§12.3). Otherwise as [`TextList::parse`].
+    pub fn parse_repeating(data: &[u8]) -> Result<TextList, TextError> {
+        TextList::parse_checked(data, false)
+    }
+
+    fn parse_checked(data: &[u8], unique: bool) -> Result<TextList, TextError> {
         let mut out: Vec<(String, String)> = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
         for item in data.split(|&c| c == 0) {
@@ -85,7 +96,7 @@ impl TextList {
             }
             let (k, v) = pair(item).ok_or(TextError::Malformed)?;
             let (k, v) = checked(k, v)?;
-            if !seen.insert(k) {
+            if !seen.insert(k) && unique {
                 return Err(TextError::Duplicate(k.to_string()));
             }
             out.push((k.to_string(), v.to_string()));
@@ -125,9 +136,19 @@ impl TextList {
 #[derive(Debug, Default)]
 pub struct TextAccumulator {
     buf: Vec<u8>,
+    repeating: bool,
 }
 
 impl TextAccumulator {
+    /// An accumulator of a list whose keys may repeat
+    /// ([`TextList::parse_repeating`]).
+    pub fn repeating() -> TextAccumulator {
+        TextAccumulator {
+            buf: Vec::new(),
+            repeating: true,
+        }
+    }
+
     /// Adds one PDU's data; returns the complete list once `cont` is false.
     pub fn push(&mut self, data: &[u8], cont: bool) -> Result<Option<TextList>, TextError> {
         if self.buf.len() + data.len() > MAX_TEXT_LEN {
@@ -138,7 +159,7 @@ impl TextAccumulator {
         if cont {
             return Ok(None);
         }
-        let r = TextList::parse(&self.buf);
+        let r = TextList::parse_checked(&self.buf, !self.repeating);
         self.buf.clear();
         r.map(Some)
     }
@@ -175,6 +196,24 @@ mod tests {
         ));
         let key = format!("{}=1\0", "k".repeat(64));
         assert_eq!(TextList::parse(key.as_bytes()), Err(TextError::BadKey));
+    }
+
+    #[test]
+    fn send_targets_answers_repeat_keys() {
+        let text = b"TargetName=a\0TargetAddress=x,1\0TargetAddress=y,1\0TargetName=b\0";
+        assert!(matches!(
+            TextList::parse(text),
+            Err(TextError::Duplicate(_))
+        ));
+        let list = TextList::parse_repeating(text).unwrap();
+        assert_eq!(list.0.len(), 4);
+        let mut acc = TextAccumulator::repeating();
+        assert_eq!(acc.push(&text[..20], true), Ok(None));
+        assert_eq!(acc.push(&text[20..], false), Ok(Some(list)));
+        assert!(matches!(
+            TextList::parse_repeating(b"bad\0"),
+            Err(TextError::Malformed)
+        ));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The server on loopback, driven with raw TCP: logins, discovery, I/O and
-//! malformed input. Every bad input must get the RFC's answer (Reject, a
+//! The server on loopback, driven by the test initiator (`initiator-iscsi`)
+//! and its raw side: logins, discovery, I/O and malformed input. Every bad input must get the RFC's answer (Reject, a
 //! login failure status or a dropped connection) and the server must keep
 //! serving other sessions.
 
@@ -8,16 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blockdev::{DeviceIdentity, FileDevice, MemDevice, SharedDevice};
-use bytes::{Bytes, BytesMut};
-use iscsi_proto::digest::Digest;
-use iscsi_proto::frame::{Decoder, InPdu, OutPdu};
-use iscsi_proto::pdu::{
-    self, Bhs, DataOut, LoginRequest, NopOut, ScsiCommand, Stage, TextRequest, BHS_LEN,
+use bytes::Bytes;
+use initiator_iscsi::tmf::{self, Function};
+use initiator_iscsi::{
+    Auth, Command, Connection, Error, LoginConfig, LoginError, ScsiResult, Session, Task,
+    TaskManagement,
 };
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::{InPdu, OutPdu};
+use iscsi_proto::pdu::{self, Bhs, DataOut, LoginRequest, NopOut, ScsiCommand, Stage, BHS_LEN};
 use iscsi_proto::text::TextList;
 use scsi_disk::{LuConfig, ScsiTarget};
 use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const IQN: &str = "iqn.2026-01.org.opie:wire";
@@ -81,242 +83,84 @@ async fn start_on(
     (addrs, tx, run)
 }
 
-struct Client {
-    s: TcpStream,
-    buf: BytesMut,
-    dec: Decoder,
-    hd: Digest,
-    dd: Digest,
-    cmd_sn: u32,
-    itt: u32,
+const INITIATOR: &str = "iqn.2026-01.test:init";
+
+/// A login straight from the operational stage with the initiator's usual
+/// values and the keys of `extra` offered as they are.
+fn config(isid: [u8; 6], extra: &[(&str, &str)]) -> LoginConfig {
+    let mut c = LoginConfig::new(INITIATOR, Some(IQN));
+    c.isid = isid;
+    c.auth = Auth::Skip;
+    for (k, v) in extra {
+        c.overrides.push(*k, *v);
+    }
+    c
 }
 
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).await.unwrap();
-        Client {
-            s,
-            buf: BytesMut::new(),
-            dec: Decoder::new(1 << 20),
-            hd: Digest::None,
-            dd: Digest::None,
-            cmd_sn: 1,
-            itt: 1,
-        }
-    }
-
-    async fn send(&mut self, bhs: Bhs, data: &[u8]) {
-        let p = OutPdu::new(&bhs, Bytes::copy_from_slice(data), self.hd, self.dd);
-        self.s.write_all(&p.to_vec()).await.unwrap();
-    }
-
-    /// The next PDU, or None when the connection is closed (or silent for 2 s).
-    async fn recv(&mut self) -> Option<InPdu> {
-        loop {
-            if let Some(p) = self
-                .dec
-                .decode(&mut self.buf)
-                .expect("valid framing from the target")
-            {
-                return Some(p);
-            }
-            let r =
-                tokio::time::timeout(Duration::from_secs(2), self.s.read_buf(&mut self.buf)).await;
-            match r {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
-    async fn closed(&mut self) -> bool {
-        loop {
-            match self.recv().await {
-                None => {
-                    return tokio::time::timeout(Duration::from_millis(100), self.s.read_u8())
-                        .await
-                        .map(|r| r.is_err())
-                        .unwrap_or(false)
-                }
-                Some(_) => continue,
-            }
-        }
-    }
-
-    async fn login_keys(
-        &mut self,
-        isid: [u8; 6],
-        keys: &[(&str, &str)],
-    ) -> (pdu::LoginResponse, TextList) {
-        let text = TextList(
-            keys.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-        );
-        let req = LoginRequest {
-            transit: true,
-            cont: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid,
-            tsih: 0,
-            itt: 0,
-            cid: 0,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-        };
-        self.send(Bhs::LoginRequest(req), &text.encode()).await;
-        let p = self.recv().await.expect("login response");
-        let Ok(Bhs::LoginResponse(r)) = p.bhs else {
-            panic!("not a login response: {:?}", p.bhs)
-        };
-        (r, TextList::parse(&p.data).unwrap())
-    }
-
-    async fn login(&mut self, isid: [u8; 6], extra: &[(&str, &str)]) -> TextList {
-        let mut keys = vec![
-            ("InitiatorName", "iqn.2026-01.test:init"),
-            ("TargetName", IQN),
-            ("MaxRecvDataSegmentLength", "65536"),
-        ];
-        keys.extend_from_slice(extra);
-        let (r, t) = self.login_keys(isid, &keys).await;
-        assert_eq!(
-            (r.status_class, r.status_detail),
-            (0, 0),
-            "login failed: {t:?}"
-        );
-        assert!(r.transit && r.nsg == Stage::FullFeature);
-        if t.get("HeaderDigest") == Some("CRC32C") {
-            self.hd = Digest::Crc32c;
-            self.dec.header_digest = Digest::Crc32c;
-        }
-        if t.get("DataDigest") == Some("CRC32C") {
-            self.dd = Digest::Crc32c;
-            self.dec.data_digest = Digest::Crc32c;
-        }
-        t
-    }
-
-    fn next_itt(&mut self) -> u32 {
-        self.itt += 1;
-        self.itt
-    }
-
-    async fn command(&mut self, cdb: &[u8], edtl: u32, write: Option<&[u8]>) -> u32 {
-        let mut c = [0u8; 16];
-        c[..cdb.len()].copy_from_slice(cdb);
-        let itt = self.next_itt();
-        let cmd = ScsiCommand {
-            immediate: false,
-            final_: true,
-            read: write.is_none() && edtl > 0,
-            write: write.is_some(),
-            attr: 0,
-            lun: 0,
-            itt,
-            edtl,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-            cdb: c,
-        };
-        self.cmd_sn += 1;
-        let w = write.unwrap_or(&[]);
-        self.send(Bhs::ScsiCommand(cmd), &w[..w.len().min(8192)])
-            .await;
-        itt
-    }
-
-    /// Runs a command to its status, answering R2Ts; returns (status, data-in).
-    async fn run(&mut self, cdb: &[u8], edtl: u32, write: Option<&[u8]>) -> (u8, Vec<u8>) {
-        let itt = self.command(cdb, edtl, write).await;
-        let mut data = Vec::new();
-        loop {
-            let p = self.recv().await.expect("response");
-            match p.bhs.unwrap() {
-                Bhs::DataIn(d) => {
-                    assert_eq!(d.itt, itt);
-                    assert_eq!(d.buffer_offset as usize, data.len());
-                    data.extend_from_slice(&p.data);
-                    if d.status_present {
-                        return (d.status, data);
-                    }
-                }
-                Bhs::ScsiResponse(r) => {
-                    assert_eq!(r.itt, itt);
-                    return (r.status, data);
-                }
-                Bhs::R2t(r) => {
-                    let w = write.unwrap();
-                    let burst =
-                        &w[r.buffer_offset as usize..(r.buffer_offset + r.desired_length) as usize];
-                    for (i, chunk) in burst.chunks(65536).enumerate() {
-                        let offset = r.buffer_offset + (i * 65536) as u32;
-                        let last = offset as usize + chunk.len()
-                            == (r.buffer_offset + r.desired_length) as usize;
-                        let d = DataOut {
-                            final_: last,
-                            lun: 0,
-                            itt,
-                            ttt: r.ttt,
-                            exp_stat_sn: 0,
-                            data_sn: i as u32,
-                            buffer_offset: offset,
-                        };
-                        self.send(Bhs::DataOut(d), chunk).await;
-                    }
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    async fn ping(&mut self) -> bool {
-        let itt = self.next_itt();
-        let n = NopOut {
-            immediate: true,
-            lun: 0,
-            itt,
-            ttt: pdu::RESERVED_TAG,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-        };
-        self.send(Bhs::NopOut(n), b"ping").await;
-        loop {
-            match self.recv().await {
-                Some(p) => {
-                    if let Ok(Bhs::NopIn(r)) = p.bhs {
-                        if r.itt == itt {
-                            return &p.data[..] == b"ping";
-                        }
-                    }
-                }
-                None => return false,
-            }
-        }
-    }
+/// A session; what it is sent raw goes unanswered after 2 s of silence.
+async fn login(addr: SocketAddr, isid: [u8; 6], extra: &[(&str, &str)]) -> Session {
+    let mut s = Session::connect(addr, config(isid, extra))
+        .await
+        .expect("login");
+    s.connection().set_timeout(Duration::from_secs(2));
+    s
 }
 
-impl Client {
-    /// Sends an immediate task management request for LUN 0; returns its ITT.
-    async fn tmf(&mut self, function: u8, rtt: u32, ref_cmd_sn: u32) -> u32 {
-        let itt = self.next_itt();
-        let t = pdu::TmfRequest {
-            immediate: true,
-            function,
-            lun: 0,
-            itt,
-            rtt,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-            ref_cmd_sn,
-            exp_data_sn: 0,
-        };
-        self.send(Bhs::TmfRequest(t), &[]).await;
-        itt
-    }
+/// One Login Request with `keys` as they are, straight from the
+/// operational stage: the response, its keys, and the connection.
+async fn login_keys(
+    addr: SocketAddr,
+    isid: [u8; 6],
+    keys: &[(&str, &str)],
+) -> (pdu::LoginResponse, TextList, Connection) {
+    let mut c = Connection::connect(addr).await.unwrap();
+    c.set_timeout(Duration::from_secs(2));
+    let text = TextList(
+        keys.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+    );
+    let req = LoginRequest {
+        transit: true,
+        cont: false,
+        csg: Stage::Operational,
+        nsg: Stage::FullFeature,
+        version_max: 0,
+        version_min: 0,
+        isid,
+        tsih: 0,
+        itt: 0,
+        cid: 0,
+        cmd_sn: 1,
+        exp_stat_sn: 0,
+    };
+    c.send(&Bhs::LoginRequest(req), &text.encode())
+        .await
+        .unwrap();
+    let p = c.recv().await.expect("login response");
+    let Ok(Bhs::LoginResponse(r)) = p.bhs else {
+        panic!("not a login response: {:?}", p.bhs)
+    };
+    (r, TextList::parse(&p.data).unwrap(), c)
+}
+
+/// Runs a command to its status: (status, data-in).
+async fn run(s: &mut Session, cdb: &[u8], edtl: u32, write: Option<&[u8]>) -> (u8, Vec<u8>) {
+    let cmd = match write {
+        Some(w) => Command::write(0, cdb, w.to_vec()),
+        None => Command::read(0, cdb, edtl),
+    };
+    let r = s.command(cmd).await.expect("command");
+    (r.status, r.data)
+}
+
+async fn ping(s: &mut Session) -> bool {
+    matches!(s.ping(b"ping").await, Ok(d) if &d[..] == b"ping")
+}
+
+/// The next PDU read raw, or None once the connection is closed or silent.
+async fn recv(s: &mut Session) -> Option<InPdu> {
+    s.connection().recv().await.ok()
 }
 
 fn write10(lba: u32, blocks: u16) -> [u8; 10] {
@@ -332,22 +176,23 @@ fn read10(lba: u32, blocks: u16) -> [u8; 10] {
 }
 
 async fn io_works(addr: SocketAddr, isid: [u8; 6]) {
-    let mut c = Client::connect(addr).await;
-    c.login(isid, &[]).await;
+    let mut c = login(addr, isid, &[]).await;
     // The new nexus first reports its unit attention.
-    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await;
+    let _ = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await;
     let payload: Vec<u8> = (0..300_000u32)
         .map(|i| (i * 7 + u32::from(isid[5])) as u8)
         .collect();
     let blocks = (payload.len() / 512) as u16;
     let payload = &payload[..usize::from(blocks) * 512];
-    let (st, _) = c
-        .run(&write10(100, blocks), payload.len() as u32, Some(payload))
-        .await;
+    let (st, _) = run(
+        &mut c,
+        &write10(100, blocks),
+        payload.len() as u32,
+        Some(payload),
+    )
+    .await;
     assert_eq!(st, 0);
-    let (st, back) = c
-        .run(&read10(100, blocks), payload.len() as u32, None)
-        .await;
+    let (st, back) = run(&mut c, &read10(100, blocks), payload.len() as u32, None).await;
     assert_eq!(st, 0);
     assert!(back == payload, "read back differs");
 }
@@ -356,22 +201,14 @@ async fn io_works(addr: SocketAddr, isid: [u8; 6]) {
 async fn io_round_trip_with_and_without_digests() {
     let (addrs, _stop) = start().await;
     io_works(addrs[0], [0x80, 0, 0, 0, 0, 1]).await;
-    let mut c = Client::connect(addrs[1]).await;
-    c.login(
-        [0x80, 0, 0, 0, 0, 2],
-        &[("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")],
-    )
-    .await;
-    assert_eq!((c.hd, c.dd), (Digest::Crc32c, Digest::Crc32c));
-    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await;
+    let digests = [("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")];
+    let mut c = login(addrs[1], [0x80, 0, 0, 0, 0, 2], &digests).await;
+    assert_eq!(c.connection().digests(), (Digest::Crc32c, Digest::Crc32c));
+    let _ = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await;
     let data = vec![0x5au8; 64 * 1024];
-    assert_eq!(
-        c.run(&write10(7, 128), data.len() as u32, Some(&data))
-            .await
-            .0,
-        0
-    );
-    let (st, back) = c.run(&read10(7, 128), data.len() as u32, None).await;
+    let w = run(&mut c, &write10(7, 128), data.len() as u32, Some(&data)).await;
+    assert_eq!(w.0, 0);
+    let (st, back) = run(&mut c, &read10(7, 128), data.len() as u32, None).await;
     assert_eq!((st, back == data), (0, true));
 }
 
@@ -392,95 +229,54 @@ async fn file_backed_reads_round_trip_with_and_without_digests() {
     .unwrap();
     let (addrs, _stop, _) = start_on(Arc::new(dev), ServerConfig::default()).await;
     io_works(addrs[0], [0x80, 0, 0, 0, 0, 3]).await;
-    let mut c = Client::connect(addrs[0]).await;
-    c.login(
-        [0x80, 0, 0, 0, 0, 4],
-        &[("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")],
-    )
-    .await;
-    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await;
+    let digests = [("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")];
+    let mut c = login(addrs[0], [0x80, 0, 0, 0, 0, 4], &digests).await;
+    let _ = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await;
     let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
-    let (st, _) = c
-        .run(&write10(2000, 512), data.len() as u32, Some(&data))
-        .await;
+    let (st, _) = run(&mut c, &write10(2000, 512), data.len() as u32, Some(&data)).await;
     assert_eq!(st, 0);
     for _ in 0..2 {
-        let (st, back) = c.run(&read10(2000, 512), data.len() as u32, None).await;
+        let (st, back) = run(&mut c, &read10(2000, 512), data.len() as u32, None).await;
         assert_eq!((st, back == data), (0, true));
     }
-    // Many reads in flight at once on a session without digests.
-    let mut c = Client::connect(addrs[0]).await;
-    c.login([0x80, 0, 0, 0, 0, 5], &[]).await;
-    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await;
-    let mut itts = Vec::new();
+    // Many reads in flight at once on a session without digests; each
+    // one's Data-In in order (the initiator checks offsets and DataSNs).
+    let mut c = login(addrs[0], [0x80, 0, 0, 0, 0, 5], &[]).await;
+    let _ = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await;
+    let mut tasks = Vec::new();
     for _ in 0..8 {
-        itts.push(c.command(&read10(2000, 512), data.len() as u32, None).await);
+        let read = Command::read(0, &read10(2000, 512), data.len() as u32);
+        tasks.push(c.start(read).await.unwrap());
     }
-    let mut got: std::collections::HashMap<u32, Vec<u8>> = Default::default();
-    let mut done = 0;
-    while done < itts.len() {
-        let p = c.recv().await.expect("data-in");
-        let Ok(Bhs::DataIn(d)) = p.bhs else {
-            panic!("unexpected {:?}", p.bhs)
-        };
-        let v = got.entry(d.itt).or_default();
-        assert_eq!(d.buffer_offset as usize, v.len());
-        v.extend_from_slice(&p.data);
-        if d.status_present {
-            assert_eq!(d.status, 0);
-            done += 1;
-        }
-    }
-    for itt in itts {
-        assert!(got[&itt] == data, "read {itt} differs");
+    for t in tasks {
+        let r = c.wait(t).await.expect("in-order Data-In");
+        assert_eq!(r.status, 0);
+        assert!(r.data == data, "read {} differs", t.itt);
     }
 }
 
 #[tokio::test]
 async fn discovery_lists_every_portal_in_its_form() {
     let (addrs, _stop) = start().await;
-    let mut c = Client::connect(addrs[0]).await;
-    let (r, _) = c
-        .login_keys(
-            [0x80, 0, 0, 0, 0, 9],
-            &[
-                ("InitiatorName", "iqn.2026-01.test:init"),
-                ("SessionType", "Discovery"),
-            ],
-        )
-        .await;
-    assert_eq!(r.status_class, 0);
-    let t = TextRequest {
-        immediate: true,
-        final_: true,
-        cont: false,
-        lun: 0,
-        itt: 5,
-        ttt: pdu::RESERVED_TAG,
-        cmd_sn: 1,
-        exp_stat_sn: 0,
-    };
-    c.send(Bhs::TextRequest(t), b"SendTargets=All\0").await;
-    let p = c.recv().await.unwrap();
-    let text = String::from_utf8(p.data.to_vec()).unwrap();
+    let mut cfg = LoginConfig::new(INITIATOR, None);
+    cfg.auth = Auth::Skip;
+    let mut c = Session::connect(addrs[0], cfg).await.unwrap();
+    let text = c.send_targets("All").await.unwrap().encode();
     let expected = format!(
         "TargetName={IQN}\0TargetAddress=127.0.0.1:{},1\0TargetAddress=[::1]:{},1\0",
         addrs[0].port(),
         addrs[1].port()
     );
-    assert_eq!(text, expected);
+    assert_eq!(String::from_utf8(text).unwrap(), expected);
     // The target is not reachable on portal group 2.
-    let mut c = Client::connect(addrs[2]).await;
-    let (r, _) = c
-        .login_keys(
-            [0x80, 0, 0, 0, 0, 9],
-            &[
-                ("InitiatorName", "iqn.2026-01.test:init"),
-                ("TargetName", IQN),
-            ],
-        )
-        .await;
-    assert_eq!((r.status_class, r.status_detail), (2, 3));
+    let mut c = Connection::connect(addrs[2]).await.unwrap();
+    let e = c
+        .login(config([0x80, 0, 0, 0, 0, 9], &[]))
+        .await
+        .unwrap_err();
+    let Error::Login(e) = e else { panic!("{e}") };
+    assert!(matches!(e, LoginError::TargetNotFound { .. }), "{e}");
+    assert_eq!(e.status(), Some((2, 3)));
 }
 
 #[tokio::test]
@@ -489,28 +285,34 @@ async fn malformed_input_gets_the_rfc_answer() {
     let a = addrs[0];
 
     // Bad opcode: Reject (command not supported), session goes on.
-    let mut c = Client::connect(a).await;
-    c.login([0x80, 0, 0, 0, 1, 1], &[]).await;
+    let mut c = login(a, [0x80, 0, 0, 0, 1, 1], &[]).await;
     let mut raw = [0u8; BHS_LEN];
     raw[0] = 0x1f;
     raw[16..20].copy_from_slice(&77u32.to_be_bytes());
-    c.s.write_all(&raw).await.unwrap();
-    let p = c.recv().await.unwrap();
+    c.connection().send_raw(&raw).await.unwrap();
+    let p = recv(&mut c).await.unwrap();
     let Ok(Bhs::Reject(r)) = p.bhs else {
         panic!("{:?}", p.bhs)
     };
     assert_eq!(r.reason, pdu::reject::COMMAND_NOT_SUPPORTED);
     assert_eq!(&p.data[..], &raw[..]);
-    assert!(c.ping().await);
+    assert!(ping(&mut c).await);
 
     // Out-of-window CmdSN: ignored without an answer; in-window works after.
-    let good = c.cmd_sn;
-    c.cmd_sn = good + 1000;
-    c.command(&[0, 0, 0, 0, 0, 0], 0, None).await;
-    c.cmd_sn = good.wrapping_sub(5);
-    c.command(&[0, 0, 0, 0, 0, 0], 0, None).await;
-    c.cmd_sn = good;
-    let (st, _) = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await; // UA or GOOD, but answered
+    let good = c.full_feature().cmd_sn();
+    for cmd_sn in [good.wrapping_add(1000), good.wrapping_sub(5)] {
+        let cmd = ScsiCommand {
+            final_: true,
+            itt: cmd_sn ^ 0x5a5a,
+            cmd_sn,
+            ..Default::default()
+        };
+        c.connection()
+            .send(&Bhs::ScsiCommand(cmd), &[])
+            .await
+            .unwrap();
+    }
+    let (st, _) = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await; // UA or GOOD, but answered
     assert!(st == 0 || st == 2);
 
     // Data segment over our MaxRecvDataSegmentLength: Reject, then drop.
@@ -519,85 +321,81 @@ async fn malformed_input_gets_the_rfc_answer() {
         lun: 0,
         itt: 9,
         ttt: pdu::RESERVED_TAG,
-        cmd_sn: c.cmd_sn,
+        cmd_sn: c.full_feature().cmd_sn(),
         exp_stat_sn: 0,
     };
     let huge = Bhs::NopOut(n).to_bytes(pdu::Framing {
         ahs_len: 0,
         data_len: 16_000_000,
     });
-    c.s.write_all(&huge).await.unwrap();
-    let p = c.recv().await.unwrap();
+    c.connection().send_raw(&huge).await.unwrap();
+    let p = recv(&mut c).await.unwrap();
     let Ok(Bhs::Reject(r)) = p.bhs else {
         panic!("{:?}", p.bhs)
     };
     assert_eq!(r.reason, pdu::reject::PROTOCOL_ERROR);
-    assert!(c.closed().await);
+    assert!(c.connection().closed().await);
 
     // Wrong data digest: Reject (data digest error), session goes on.
-    let mut c = Client::connect(a).await;
-    c.login(
-        [0x80, 0, 0, 0, 1, 2],
-        &[("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")],
-    )
-    .await;
+    let digests = [("HeaderDigest", "CRC32C"), ("DataDigest", "CRC32C")];
+    let mut c = login(a, [0x80, 0, 0, 0, 1, 2], &digests).await;
     let n = NopOut {
-        immediate: true,
-        lun: 0,
         itt: 3,
-        ttt: pdu::RESERVED_TAG,
-        cmd_sn: c.cmd_sn,
-        exp_stat_sn: 0,
+        cmd_sn: c.full_feature().cmd_sn(),
+        ..n
     };
-    let mut bytes = OutPdu::new(&Bhs::NopOut(n), Bytes::from_static(b"abcd"), c.hd, c.dd).to_vec();
+    let (hd, dd) = c.connection().digests();
+    let mut bytes = OutPdu::new(&Bhs::NopOut(n), Bytes::from_static(b"abcd"), hd, dd).to_vec();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    c.s.write_all(&bytes).await.unwrap();
-    let p = c.recv().await.unwrap();
+    c.connection().send_raw(&bytes).await.unwrap();
+    let p = recv(&mut c).await.unwrap();
     let Ok(Bhs::Reject(r)) = p.bhs else {
         panic!("{:?}", p.bhs)
     };
     assert_eq!(r.reason, pdu::reject::DATA_DIGEST_ERROR);
-    assert!(c.ping().await);
+    assert!(ping(&mut c).await);
 
     // Wrong header digest: the stream cannot be trusted, connection dropped.
-    let mut bytes = OutPdu::new(&Bhs::NopOut(n), Bytes::new(), c.hd, c.dd).to_vec();
+    let mut bytes = OutPdu::new(&Bhs::NopOut(n), Bytes::new(), hd, dd).to_vec();
     bytes[BHS_LEN] ^= 1;
-    c.s.write_all(&bytes).await.unwrap();
-    assert!(c.closed().await);
+    c.connection().send_raw(&bytes).await.unwrap();
+    assert!(c.connection().closed().await);
 
     // Data-Out with a wrong DataSN: the task ends with CHECK CONDITION.
-    let mut c = Client::connect(a).await;
-    c.login(
-        [0x80, 0, 0, 0, 1, 3],
-        &[("InitialR2T", "Yes"), ("ImmediateData", "No")],
-    )
-    .await;
-    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await;
-    let itt = c.command(&write10(0, 2), 1024, Some(&[])).await;
-    let p = c.recv().await.unwrap();
+    let solicited = [("InitialR2T", "Yes"), ("ImmediateData", "No")];
+    let mut c = login(a, [0x80, 0, 0, 0, 1, 3], &solicited).await;
+    let _ = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await;
+    let task = c
+        .start(Command::write(0, &write10(0, 2), vec![0u8; 1024]))
+        .await
+        .unwrap();
+    let p = recv(&mut c).await.unwrap();
     let Ok(Bhs::R2t(r)) = p.bhs else {
         panic!("{:?}", p.bhs)
     };
     let d = DataOut {
         final_: false,
         lun: 0,
-        itt,
+        itt: task.itt,
         ttt: r.ttt,
         exp_stat_sn: 0,
         data_sn: 5,
         buffer_offset: 0,
     };
-    c.send(Bhs::DataOut(d), &[0u8; 512]).await;
-    let p = c.recv().await.unwrap();
+    c.connection()
+        .send(&Bhs::DataOut(d), &[0u8; 512])
+        .await
+        .unwrap();
+    let p = recv(&mut c).await.unwrap();
     let Ok(Bhs::ScsiResponse(s)) = p.bhs else {
         panic!("{:?}", p.bhs)
     };
-    assert_eq!((s.itt, s.status), (itt, 2));
-    assert!(c.ping().await);
+    assert_eq!((s.itt, s.status), (task.itt, 2));
+    assert!(ping(&mut c).await);
 
     // Logins with bad keys.
-    let init = ("InitiatorName", "iqn.2026-01.test:init");
+    let init = ("InitiatorName", INITIATOR);
     type Case<'a> = (Vec<(&'a str, &'a str)>, (u8, u8));
     let cases: Vec<Case> = vec![
         (vec![("TargetName", IQN)], (2, 7)),
@@ -606,31 +404,27 @@ async fn malformed_input_gets_the_rfc_answer() {
         (vec![init, ("SessionType", "Bogus")], (2, 9)),
     ];
     for (keys, want) in cases {
-        let mut c = Client::connect(a).await;
-        let (r, _) = c.login_keys([0x80, 0, 0, 0, 2, 1], &keys).await;
+        let (r, _, mut c) = login_keys(a, [0x80, 0, 0, 0, 2, 1], &keys).await;
         assert_eq!((r.status_class, r.status_detail), want, "{keys:?}");
         assert!(c.closed().await);
     }
     // Bad values in negotiated keys are answered with Reject; the login succeeds with defaults.
-    let mut c = Client::connect(a).await;
-    let t = c
-        .login(
-            [0x80, 0, 0, 0, 2, 2],
-            &[
-                ("MaxBurstLength", "12x"),
-                ("HeaderDigest", "MD5"),
-                ("X-com.example.k", "1"),
-            ],
-        )
-        .await;
+    let bad = [
+        ("MaxBurstLength", "12x"),
+        ("HeaderDigest", "MD5"),
+        ("X-com.example.k", "1"),
+    ];
+    let mut c = login(a, [0x80, 0, 0, 0, 2, 2], &bad).await;
+    let t = &c.info().target_keys;
     assert_eq!(t.get("MaxBurstLength"), Some("Reject"));
     assert_eq!(t.get("HeaderDigest"), Some("Reject"));
     assert_eq!(t.get("X-com.example.k"), Some("NotUnderstood"));
-    assert!(c.ping().await);
+    assert!(ping(&mut c).await);
 
     // Garbage instead of a login: dropped.
-    let mut c = Client::connect(a).await;
-    c.s.write_all(&[0xffu8; 200]).await.unwrap();
+    let mut c = Connection::connect(a).await.unwrap();
+    c.set_timeout(Duration::from_secs(2));
+    c.send_raw(&[0xffu8; 200]).await.unwrap();
     assert!(c.closed().await);
 
     // And the server still serves.
@@ -641,17 +435,14 @@ async fn malformed_input_gets_the_rfc_answer() {
 async fn reinstatement_closes_the_old_session() {
     let (addrs, _stop) = start().await;
     let isid = [0x80, 0, 0, 0, 4, 1];
-    let mut old = Client::connect(addrs[0]).await;
-    old.login(isid, &[]).await;
-    assert!(old.ping().await);
-    let mut new = Client::connect(addrs[0]).await;
-    new.login(isid, &[]).await;
-    assert!(old.closed().await);
-    assert!(new.ping().await);
+    let mut old = login(addrs[0], isid, &[]).await;
+    assert!(ping(&mut old).await);
+    let mut new = login(addrs[0], isid, &[]).await;
+    assert!(old.connection().closed().await);
+    assert!(ping(&mut new).await);
     // Another ISID of the same initiator is an independent session.
-    let mut other = Client::connect(addrs[0]).await;
-    other.login([0x80, 0, 0, 0, 4, 2], &[]).await;
-    assert!(new.ping().await && other.ping().await);
+    let mut other = login(addrs[0], [0x80, 0, 0, 0, 4, 2], &[]).await;
+    assert!(ping(&mut new).await && ping(&mut other).await);
 }
 
 #[tokio::test]
@@ -662,52 +453,49 @@ async fn silent_initiators_are_pinged_then_dropped() {
         ..Default::default()
     };
     let (addrs, _stop, _) = start_with(base).await;
-    let mut c = Client::connect(addrs[0]).await;
-    c.login([0x80, 0, 0, 0, 5, 1], &[]).await;
-    let p = c.recv().await.expect("a ping");
-    let Ok(Bhs::NopIn(ping)) = p.bhs else {
+    let mut c = login(addrs[0], [0x80, 0, 0, 0, 5, 1], &[]).await;
+    let p = recv(&mut c).await.expect("a ping");
+    let Ok(Bhs::NopIn(ping_in)) = p.bhs else {
         panic!("{:?}", p.bhs)
     };
-    assert_eq!(ping.itt, pdu::RESERVED_TAG);
-    assert_ne!(ping.ttt, pdu::RESERVED_TAG);
+    assert_eq!(ping_in.itt, pdu::RESERVED_TAG);
+    assert_ne!(ping_in.ttt, pdu::RESERVED_TAG);
     // Not answering: the target gives up on us.
-    assert!(c.closed().await);
+    assert!(c.connection().closed().await);
     // An initiator that answers stays connected.
-    let mut c = Client::connect(addrs[0]).await;
-    c.login([0x80, 0, 0, 0, 5, 2], &[]).await;
+    let mut c = login(addrs[0], [0x80, 0, 0, 0, 5, 2], &[]).await;
     for _ in 0..3 {
-        let p = c.recv().await.expect("a ping");
-        let Ok(Bhs::NopIn(ping)) = p.bhs else {
+        let p = recv(&mut c).await.expect("a ping");
+        let Ok(Bhs::NopIn(ping_in)) = p.bhs else {
             panic!("{:?}", p.bhs)
         };
         let n = NopOut {
             immediate: true,
             lun: 0,
             itt: pdu::RESERVED_TAG,
-            ttt: ping.ttt,
-            cmd_sn: c.cmd_sn,
-            exp_stat_sn: ping.sns.stat_sn,
+            ttt: ping_in.ttt,
+            cmd_sn: c.full_feature().cmd_sn(),
+            exp_stat_sn: ping_in.sns.stat_sn,
         };
-        c.send(Bhs::NopOut(n), &[]).await;
+        c.connection().send(&Bhs::NopOut(n), &[]).await.unwrap();
     }
-    assert!(c.ping().await);
+    assert!(ping(&mut c).await);
 }
 
 #[tokio::test]
 async fn shutdown_drains_and_closes() {
-    let (addrs, stop, run) = start_with(ServerConfig::default()).await;
-    let mut c = Client::connect(addrs[0]).await;
-    c.login([0x80, 0, 0, 0, 6, 1], &[]).await;
-    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await;
+    let (addrs, stop, run_handle) = start_with(ServerConfig::default()).await;
+    let mut c = login(addrs[0], [0x80, 0, 0, 0, 6, 1], &[]).await;
+    let _ = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await;
     let data = vec![7u8; 4096];
-    assert_eq!(c.run(&write10(9, 8), 4096, Some(&data)).await.0, 0);
+    assert_eq!(run(&mut c, &write10(9, 8), 4096, Some(&data)).await.0, 0);
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), run)
+    tokio::time::timeout(Duration::from_secs(5), run_handle)
         .await
         .expect("run returns")
         .unwrap()
         .expect("clean shutdown");
-    assert!(c.closed().await);
+    assert!(c.connection().closed().await);
     assert!(
         TcpStream::connect(addrs[0]).await.is_err(),
         "still accepting after shutdown"
@@ -724,12 +512,44 @@ enum Cut {
 }
 
 /// Runs a write to GOOD status, past a unit attention.
-async fn write_past_attention(c: &mut Client, cdb: &[u8], data: &[u8]) {
-    let mut st = c.run(cdb, data.len() as u32, Some(data)).await.0;
+async fn write_past_attention(c: &mut Session, cdb: &[u8], data: &[u8]) {
+    let mut st = run(c, cdb, data.len() as u32, Some(data)).await.0;
     if st == 2 {
-        st = c.run(cdb, data.len() as u32, Some(data)).await.0;
+        st = run(c, cdb, data.len() as u32, Some(data)).await.0;
     }
     assert_eq!(st, 0, "write {cdb:02x?}");
+}
+
+/// The answer that must wait for the held write: a TMF response, or the
+/// status of the new session's first write.
+#[derive(Debug)]
+enum Answer {
+    Tmf(u8),
+    Scsi(ScsiResult),
+}
+
+/// Waits for the TMF tagged `tmf`, or for the `newer` write.
+async fn answer(c: &mut Session, tmf: Option<u32>, newer: Option<Task>) -> Result<Answer, Error> {
+    match (tmf, newer) {
+        (Some(itt), _) => c
+            .wait_task_management(itt)
+            .await
+            .map(|r| Answer::Tmf(r.response)),
+        (None, Some(t)) => c.wait(t).await.map(Answer::Scsi),
+        (None, None) => unreachable!("something to wait for"),
+    }
+}
+
+/// After the answer, the newer data goes over the held write's range.
+async fn follow_up(c: &mut Session, a: Answer, cdb: &[u8], data: &[u8]) {
+    match a {
+        Answer::Tmf(response) => {
+            assert_eq!(response, tmf::COMPLETE, "function complete");
+            write_past_attention(c, cdb, data).await
+        }
+        Answer::Scsi(r) if r.status == 2 => write_past_attention(c, cdb, data).await,
+        Answer::Scsi(r) => assert_eq!(r.status, 0),
+    }
 }
 
 /// A write the device holds is cut short; the answer to that (the TMF
@@ -741,13 +561,14 @@ async fn cut_short(cut: Cut, isid: [u8; 6]) {
     let mem = Arc::new(MemDevice::new(512, 8192, DeviceIdentity::from_name("held")));
     let faulty = Arc::new(blockdev::FaultyDevice::new(mem.clone(), 1));
     let (addrs, _stop, _) = start_on(faulty.clone(), ServerConfig::default()).await;
-    let mut c = Client::connect(addrs[0]).await;
-    c.login(isid, &[]).await;
-    let _ = c.run(&[0, 0, 0, 0, 0, 0], 0, None).await; // the new nexus's attention
-                                                       // An 8 KiB write (all immediate data) that the device holds.
+    let mut c = login(addrs[0], isid, &[]).await;
+    let _ = run(&mut c, &[0, 0, 0, 0, 0, 0], 0, None).await; // the new nexus's attention
+                                                             // An 8 KiB write (all immediate data) that the device holds.
     faulty.hold_next_writes(1);
-    let long = c.command(&write10(0, 16), 8192, Some(&[0xAA; 8192])).await;
-    let long_sn = c.cmd_sn - 1;
+    let long = c
+        .start(Command::write(0, &write10(0, 16), vec![0xAA; 8192]))
+        .await
+        .unwrap();
     let t0 = std::time::Instant::now();
     while faulty.held_writes() == 0 {
         assert!(
@@ -758,41 +579,38 @@ async fn cut_short(cut: Cut, isid: [u8; 6]) {
     }
     let newer = vec![0x5C; 4096];
     let newer_cdb = write10(8, 8); // the second half of the held write's range
-                                   // The answer that must wait for the held write.
-    let answer = match cut {
-        Cut::AbortTask => Some(c.tmf(1, long, long_sn).await),
-        Cut::LunReset => Some(c.tmf(5, pdu::RESERVED_TAG, long_sn).await),
-        Cut::SessionEnd => {
+                                   // What must wait for the held write: a TMF's tag, or the newer write.
+    let tmf = match cut {
+        Cut::AbortTask => Some(TaskManagement::abort_task(0, long)),
+        Cut::LunReset => Some(TaskManagement::of_lun(Function::LunReset, 0)),
+        Cut::SessionEnd => None,
+    };
+    let (tmf_itt, newer_task) = match tmf {
+        Some(t) => (Some(c.start_task_management(t).await.unwrap()), None),
+        None => {
             drop(c);
-            c = Client::connect(addrs[0]).await;
-            c.login(isid, &[]).await;
-            c.command(&newer_cdb, 4096, Some(&newer)).await;
-            None
+            c = login(addrs[0], isid, &[]).await;
+            let w = Command::write(0, &newer_cdb, newer.clone());
+            (None, Some(c.start(w).await.unwrap()))
         }
     };
-    let early = tokio::time::timeout(Duration::from_millis(300), c.recv())
-        .await
-        .ok()
-        .flatten();
-    if let Some(p) = &early {
-        // Answered while the write was held: write the newer data now (past
-        // the unit attention of a reset or a new nexus), as an initiator
-        // told "function complete" may.
-        match (p.bhs.as_ref().expect("valid PDU"), answer) {
-            (Bhs::TmfResponse(_), Some(_)) => {
-                write_past_attention(&mut c, &newer_cdb, &newer).await
-            }
-            (Bhs::ScsiResponse(r), None) if r.status == 2 => {
-                write_past_attention(&mut c, &newer_cdb, &newer).await
-            }
-            (Bhs::ScsiResponse(r), None) => assert_eq!(r.status, 0),
-            (other, _) => panic!("unexpected {other:?}"),
-        }
+    c.connection().set_timeout(Duration::from_millis(300));
+    let early = match answer(&mut c, tmf_itt, newer_task).await {
+        Ok(a) => Some(a),
+        Err(Error::Timeout(_)) => None,
+        Err(e) => panic!("{e}"),
+    };
+    c.connection().set_timeout(Duration::from_secs(5));
+    // Answered while the write was held (or once it was released): write
+    // the newer data now (past the unit attention of a reset or a new
+    // nexus), as an initiator told "function complete" may.
+    let was_early = early.is_some();
+    if let Some(a) = early {
+        follow_up(&mut c, a, &newer_cdb, &newer).await;
     }
     faulty.release_writes();
-    if early.is_none() {
-        let p = c
-            .recv()
+    if !was_early {
+        let a = answer(&mut c, tmf_itt, newer_task)
             .await
             .expect("the answer once the write is released");
         assert_eq!(
@@ -800,20 +618,12 @@ async fn cut_short(cut: Cut, isid: [u8; 6]) {
             0,
             "{cut:?} answered before the held write had landed"
         );
-        match (p.bhs.expect("valid PDU"), answer) {
-            (Bhs::TmfResponse(r), Some(itt)) => {
-                assert_eq!((r.itt, r.response), (itt, 0), "function complete");
-                write_past_attention(&mut c, &newer_cdb, &newer).await;
-            }
-            (Bhs::ScsiResponse(r), None) if r.status == 2 => {
-                write_past_attention(&mut c, &newer_cdb, &newer).await
-            }
-            (Bhs::ScsiResponse(r), None) => assert_eq!(r.status, 0),
-            (other, _) => panic!("unexpected {other:?}"),
-        }
+        follow_up(&mut c, a, &newer_cdb, &newer).await;
     }
     assert_eq!(
-        c.run(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, None).await.0,
+        run(&mut c, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, None)
+            .await
+            .0,
         0
     );
     while faulty.held_writes() > 0 {
@@ -821,10 +631,9 @@ async fn cut_short(cut: Cut, isid: [u8; 6]) {
     }
     let kept = mem.read(8, 8).await.unwrap() == newer;
     assert!(
-        early.is_none() && kept,
-        "{cut:?}: answered while the write it ended was still held: {}; \
-         the newer data survived: {kept}",
-        early.is_some()
+        !was_early && kept,
+        "{cut:?}: answered while the write it ended was still held: {was_early}; \
+         the newer data survived: {kept}"
     );
 }
 

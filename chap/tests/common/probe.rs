@@ -9,49 +9,33 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chap::{
     Algorithm, Authenticator, AuthenticatorConfig, CredentialSet, ErrorKind, KeyValues, Step,
 };
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::OutPdu;
+use iscsi_proto::pdu::{pad_len, Bhs, Framing, LoginRequest, LoginResponse, Sns, Stage, BHS_LEN};
+use iscsi_proto::text::TextList;
 
-/// One Login Request: flags byte, ITT, CmdSN, ISID and the text keys.
+/// One Login Request and its text keys.
 struct Request {
-    flags: u8,
-    isid: [u8; 6],
-    itt: [u8; 4],
-    cmdsn: u32,
+    bhs: LoginRequest,
     keys: Vec<(String, String)>,
 }
 
 fn read_request(s: &mut TcpStream) -> Option<Request> {
-    let mut bhs = [0u8; 48];
-    s.read_exact(&mut bhs).ok()?;
-    assert_eq!(
-        bhs[0] & 0x3f,
-        0x03,
-        "expected a Login Request, got opcode {:#x}",
-        bhs[0]
-    );
-    let ahs = usize::from(bhs[4]) * 4;
-    let dlen = (usize::from(bhs[5]) << 16) | (usize::from(bhs[6]) << 8) | usize::from(bhs[7]);
-    let mut data = vec![0u8; ahs + dlen.div_ceil(4) * 4];
+    let mut raw = [0u8; BHS_LEN];
+    s.read_exact(&mut raw).ok()?;
+    let f = Framing::of(&raw);
+    let mut data = vec![0u8; f.ahs_len + f.data_len + pad_len(f.data_len)];
     s.read_exact(&mut data).ok()?;
-    let text = &data[ahs..ahs + dlen];
-    let keys = text
-        .split(|&b| b == 0)
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            let (k, v) = kv.split_once('=').expect("key=value");
-            (k.to_owned(), v.to_owned())
-        })
-        .collect();
-    Some(Request {
-        flags: bhs[1],
-        isid: bhs[8..14].try_into().expect("6 bytes"),
-        itt: bhs[16..20].try_into().expect("4 bytes"),
-        cmdsn: u32::from_be_bytes(bhs[24..28].try_into().expect("4 bytes")),
-        keys,
-    })
+    let Ok(Bhs::LoginRequest(bhs)) = Bhs::decode(&raw) else {
+        panic!("expected a Login Request, got opcode {:#x}", raw[0]);
+    };
+    let text = &data[f.ahs_len..f.ahs_len + f.data_len];
+    let keys = TextList::parse(text).expect("key=value").0;
+    Some(Request { bhs, keys })
 }
 
 /// A Login Response in the security stage; `transit` moves on to the
@@ -64,24 +48,35 @@ fn send_response(
     status: (u8, u8),
     keys: &[u8],
 ) {
-    let mut bhs = [0u8; 48];
-    bhs[0] = 0x23;
-    bhs[1] = if transit { 0x80 | 0x01 } else { 0x00 }; // CSG=0, NSG=1 when transiting
-    let len = keys.len();
-    bhs[5] = (len >> 16) as u8;
-    bhs[6] = (len >> 8) as u8;
-    bhs[7] = len as u8;
-    bhs[8..14].copy_from_slice(&req.isid);
-    bhs[16..20].copy_from_slice(&req.itt);
-    bhs[24..28].copy_from_slice(&stat_sn.to_be_bytes());
-    bhs[28..32].copy_from_slice(&req.cmdsn.to_be_bytes());
-    bhs[32..36].copy_from_slice(&req.cmdsn.to_be_bytes());
-    bhs[36] = status.0;
-    bhs[37] = status.1;
-    let mut pdu = bhs.to_vec();
-    pdu.extend_from_slice(keys);
-    pdu.resize(48 + len.div_ceil(4) * 4, 0);
-    s.write_all(&pdu).expect("send login response");
+    let bhs = LoginResponse {
+        transit,
+        cont: false,
+        csg: Stage::Security,
+        nsg: if transit {
+            Stage::Operational
+        } else {
+            Stage::Security
+        },
+        version_max: 0,
+        version_active: 0,
+        isid: req.bhs.isid,
+        tsih: 0,
+        itt: req.bhs.itt,
+        sns: Sns {
+            stat_sn,
+            exp_cmd_sn: req.bhs.cmd_sn,
+            max_cmd_sn: req.bhs.cmd_sn,
+        },
+        status_class: status.0,
+        status_detail: status.1,
+    };
+    let pdu = OutPdu::new(
+        &Bhs::LoginResponse(bhs),
+        Bytes::copy_from_slice(keys),
+        Digest::None,
+        Digest::None,
+    );
+    s.write_all(&pdu.to_vec()).expect("send login response");
 }
 
 fn text(keys: &KeyValues, extra: &[(&str, &str)]) -> Vec<u8> {
@@ -145,11 +140,11 @@ pub fn serve_one(
             }
             Ok(Step::Done { keys, peer }) => {
                 let mutual = !keys.is_empty();
-                let transit = req.flags & 0x80 != 0;
+                let transit = req.bhs.transit;
                 send_response(&mut s, &req, stat_sn, transit, (0, 0), &text(&keys, &[]));
                 // Accepted: the initiator sends its operational-stage keys.
                 let continued = match read_request(&mut s) {
-                    Some(next) => next.flags & 0x0c == 0x04,
+                    Some(next) => next.bhs.csg == Stage::Operational,
                     None => false,
                 };
                 return (

@@ -1,4 +1,4 @@
-//! The target side of the login phase (RFC 7143 §6.3, §11.12-13): the
+//! The target's side of the login phase (RFC 7143 §6.3, §11.12-13): the
 //! security and operational stages, the CSG/NSG/T/C bits, the initial
 //! declarations, and the hand-over to Full Feature Phase with a TSIH.
 //!
@@ -8,48 +8,11 @@
 
 use bytes::Bytes;
 
+use super::AUTH_METHOD;
+use super::{redacted, status, SessionType};
 use crate::negotiate::{Limits, NegotiationError, Negotiator, Params};
 use crate::pdu::{LoginRequest, LoginResponse, Sns, Stage};
 use crate::text::{TextAccumulator, TextList};
-
-/// Login status classes and details (§11.13.5).
-pub mod status {
-    /// Success.
-    pub const SUCCESS: (u8, u8) = (0, 0);
-    /// Initiator error (bad request).
-    pub const INITIATOR_ERROR: (u8, u8) = (2, 0);
-    /// Authentication failure.
-    pub const AUTH_FAILURE: (u8, u8) = (2, 1);
-    /// Authorization failure.
-    pub const AUTHORIZATION_FAILURE: (u8, u8) = (2, 2);
-    /// Target not found.
-    pub const NOT_FOUND: (u8, u8) = (2, 3);
-    /// Unsupported version.
-    pub const UNSUPPORTED_VERSION: (u8, u8) = (2, 5);
-    /// Too many connections.
-    pub const TOO_MANY_CONNECTIONS: (u8, u8) = (2, 6);
-    /// Missing parameter.
-    pub const MISSING_PARAMETER: (u8, u8) = (2, 7);
-    /// Session type not supported.
-    pub const SESSION_TYPE_NOT_SUPPORTED: (u8, u8) = (2, 9);
-    /// Session does not exist.
-    pub const SESSION_DOES_NOT_EXIST: (u8, u8) = (2, 0x0a);
-    /// Invalid request during login.
-    pub const INVALID_DURING_LOGIN: (u8, u8) = (2, 0x0b);
-    /// Target error.
-    pub const TARGET_ERROR: (u8, u8) = (3, 0);
-    /// Out of resources.
-    pub const OUT_OF_RESOURCES: (u8, u8) = (3, 2);
-}
-
-/// Discovery or normal session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionType {
-    /// SendTargets only.
-    Discovery,
-    /// SCSI commands to one target.
-    Normal,
-}
 
 /// What the login layer knows about a target it may log into.
 #[derive(Debug, Clone)]
@@ -363,11 +326,7 @@ impl Login {
         };
         self.neg
             .respond(&keys, security, &mut reply)
-            .map_err(|e| match e {
-                NegotiationError::WrongStage(_) | NegotiationError::Renegotiated(_) => {
-                    status::INITIATOR_ERROR
-                }
-            })?;
+            .map_err(|_: NegotiationError| status::INITIATOR_ERROR)?;
         if !security {
             self.neg.declare(&mut reply);
         }
@@ -505,11 +464,10 @@ impl Login {
             if self.auth_method.is_some() {
                 return Err(status::INITIATOR_ERROR);
             }
+            // The table's rule for AuthMethod (list selection).
             let ours = auth.methods();
-            match offer
-                .split(',')
-                .find_map(|m| ours.iter().find(|o| **o == m).copied())
-            {
+            let agreed = AUTH_METHOD.kind.respond(offer, &ours.join(","));
+            match agreed.and_then(|a| ours.iter().find(|o| **o == a).copied()) {
                 Some(m) => {
                     self.auth_method = Some(m);
                     reply.push("AuthMethod", m);
@@ -539,22 +497,6 @@ impl Login {
         }
         Ok(())
     }
-}
-
-/// `key=value` pairs for logs, with the values of CHAP_C, CHAP_R (and any
-/// other key [`chap::is_sensitive_key`] names) replaced by `<redacted>`.
-pub fn redacted(keys: &TextList) -> String {
-    keys.0
-        .iter()
-        .map(|(k, v)| {
-            if chap::is_sensitive_key(k) {
-                format!("{k}=<redacted>")
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
@@ -833,6 +775,29 @@ mod tests {
             (out.bhs.status_class, out.bhs.status_detail),
             status::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn a_refused_declaration_is_answered_once() {
+        // MaxRecvDataSegmentLength below 512 is answered Reject; the
+        // target's own declaration must not follow it into the same list.
+        let ctx = Ctx::new();
+        let mut l = Login::new(1, Limits::default());
+        let r = l.handle(
+            &req(Stage::Operational, Stage::FullFeature, true),
+            &text(&[
+                ("InitiatorName", "iqn.i"),
+                ("TargetName", "iqn.2026-01.test:t1"),
+                ("MaxRecvDataSegmentLength", "100"),
+            ]),
+            &ctx,
+        );
+        let t = TextList::parse(&r.data).expect("one key once");
+        assert_eq!(t.get("MaxRecvDataSegmentLength"), Some("Reject"));
+        let LoginOutcome::FullFeature(e) = r.outcome else {
+            panic!("not established")
+        };
+        assert_eq!(e.params.send_data_segment_length, 8192);
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! One TCP connection to a target at the edge (tokio): PDUs out and in
+//! with the negotiated digests and segment limit, the login driven to its
+//! end, and a raw side for tests that send what no initiator should.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use iscsi_proto::digest::Digest;
+use iscsi_proto::frame::{Decoder, InPdu, OutPdu};
+use iscsi_proto::login::{InitiatorLogin, LoggedIn, LoginConfig, LoginProgress, LOGIN_SEGMENT};
+use iscsi_proto::negotiate::Params;
+use iscsi_proto::pdu::Bhs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::Error;
+
+/// How long an answer may take unless [`Connection::set_timeout`] says
+/// otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One TCP connection to a target.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    header_digest: Digest,
+    data_digest: Digest,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Connects to a portal.
+    pub async fn connect(addr: SocketAddr) -> Result<Connection, Error> {
+        let stream = tokio::time::timeout(DEFAULT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout(DEFAULT_TIMEOUT))??;
+        Ok(Connection::from_stream(stream))
+    }
+
+    /// Connects to a portal from the local address `src`.
+    pub async fn connect_from(src: IpAddr, addr: SocketAddr) -> Result<Connection, Error> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(src, 0))?;
+        let stream = tokio::time::timeout(DEFAULT_TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| Error::Timeout(DEFAULT_TIMEOUT))??;
+        Ok(Connection::from_stream(stream))
+    }
+
+    /// A connection over a stream already connected.
+    pub fn from_stream(stream: TcpStream) -> Connection {
+        let _ = stream.set_nodelay(true);
+        Connection {
+            stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+            decoder: Decoder::new(LOGIN_SEGMENT),
+            header_digest: Digest::None,
+            data_digest: Digest::None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// How long [`Connection::recv`] waits for a PDU.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The digests in use, both ways.
+    pub fn digests(&self) -> (Digest, Digest) {
+        (self.header_digest, self.data_digest)
+    }
+
+    /// Puts the negotiated digests and this side's segment limit in force.
+    pub fn apply(&mut self, params: &Params) {
+        self.header_digest = params.header_digest;
+        self.data_digest = params.data_digest;
+        self.decoder.header_digest = params.header_digest;
+        self.decoder.data_digest = params.data_digest;
+        self.decoder.max_data = params.recv_data_segment_length as usize;
+    }
+
+    /// The local and peer addresses.
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.stream.local_addr()?, self.stream.peer_addr()?))
+    }
+
+    /// Logs in with `cfg` and puts what was negotiated in force. On a
+    /// failure the connection stays as the target left it (tests look at
+    /// what it does next).
+    pub async fn login(&mut self, cfg: LoginConfig) -> Result<LoggedIn, Error> {
+        self.decoder.max_data = LOGIN_SEGMENT.max(cfg.limits.max_recv_data_segment_length as usize);
+        let mut login = InitiatorLogin::new(cfg)?;
+        let mut pdu = login.start();
+        loop {
+            self.send(&Bhs::LoginRequest(pdu.bhs), &pdu.data).await?;
+            let p = self.recv().await?;
+            let Ok(Bhs::LoginResponse(r)) = p.bhs else {
+                return Err(Error::Protocol(format!(
+                    "{:?} where a Login Response belongs",
+                    p.bhs
+                )));
+            };
+            match login.receive(&r, &p.data)? {
+                LoginProgress::Send(next) => pdu = next,
+                LoginProgress::Done(session) => {
+                    self.apply(&session.params);
+                    return Ok(*session);
+                }
+            }
+        }
+    }
+
+    /// Sends one PDU with the digests in force.
+    pub async fn send(&mut self, bhs: &Bhs, data: &[u8]) -> Result<(), Error> {
+        let pdu = OutPdu::new(
+            bhs,
+            Bytes::copy_from_slice(data),
+            self.header_digest,
+            self.data_digest,
+        );
+        self.send_raw(&pdu.to_vec()).await
+    }
+
+    /// Sends PDUs, in order, in as few writes as their size allows.
+    pub async fn send_all(&mut self, pdus: Vec<(Bhs, Bytes)>) -> Result<(), Error> {
+        let mut out = Vec::new();
+        for (bhs, data) in pdus {
+            let pdu = OutPdu::new(&bhs, data, self.header_digest, self.data_digest);
+            out.extend_from_slice(pdu.head());
+            out.extend_from_slice(&pdu.data);
+            out.extend_from_slice(pdu.tail());
+            if out.len() >= 1 << 20 {
+                self.send_raw(&out).await?;
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            self.send_raw(&out).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends bytes as they are: malformed PDUs, garbage, half a header.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        Ok(self.stream.write_all(bytes).await?)
+    }
+
+    /// The next PDU; [`Error::Closed`] once the target closed the
+    /// connection, [`Error::Timeout`] after the timeout without one.
+    pub async fn recv(&mut self) -> Result<InPdu, Error> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(Error::Protocol(format!("framing: {e}"))),
+            }
+            match tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(Error::Timeout(self.timeout)),
+                Ok(Ok(0)) => return Err(Error::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Whether the target closes the connection within the timeout (what it
+    /// sends until then is read and dropped).
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match self.recv().await {
+                Ok(_) => {}
+                Err(Error::Closed | Error::Io(_)) => return true,
+                Err(Error::Protocol(_)) => self.buf.clear(),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Drops the connection with a TCP reset, as a crashing initiator or a
+    /// broken network would.
+    pub fn reset(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    }
+}

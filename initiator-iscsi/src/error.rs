@@ -1,0 +1,39 @@
+//! The initiator's errors, by what the caller may do.
+
+use std::time::Duration;
+
+use iscsi_proto::login::LoginError;
+
+/// What went wrong with a session or one of its tasks.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The network failed: the connection is gone; log in again.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The target closed the connection: log in again.
+    #[error("the target closed the connection")]
+    Closed,
+    /// No answer came in time: the connection is in doubt; drop it (or
+    /// wait longer).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The login failed (see [`LoginError`] for what to do).
+    #[error("login: {0}")]
+    Login(#[from] LoginError),
+    /// The target broke the protocol (framing, digests, sequence, a PDU
+    /// out of place): drop the connection.
+    #[error("the target broke the protocol: {0}")]
+    Protocol(String),
+    /// The target rejected a PDU of this request (RFC 7143 §11.17): the
+    /// request was not carried out; do not send it again unchanged.
+    #[error("the target rejected the request (reason {0:#04x})")]
+    Rejected(u8),
+    /// The command did not complete in the target (an iSCSI response
+    /// other than "command completed at target", §11.4.3): it may be
+    /// retried on another path.
+    #[error("the target could not complete the command (iSCSI response {0:#04x})")]
+    TargetFailure(u8),
+    /// The target answered a Logout Request with a failure (§11.15.1).
+    #[error("logout refused (response {0})")]
+    LogoutRefused(u8),
+}
