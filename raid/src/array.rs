@@ -23,9 +23,11 @@ use tracing::{debug, info, warn};
 use crate::bitmap::Bitmap;
 use crate::clock::Clock;
 use crate::error::{RaidError, Result};
-use crate::integrity::{parity_addr, ChunkTags, TagEntry, TagPlace, XorTagger};
+use crate::integrity::{
+    parity_addr, tag_addr, tag_blocks_for, ChunkTags, TagEntry, TagPlace, XorTagger,
+};
 use crate::journal::JournalState;
-use crate::layout::{tag_blocks_for, Layout};
+use crate::layout::Layout;
 use crate::parity::xor_into;
 use crate::rebuild::RebuildState;
 use crate::superblock::{
@@ -813,14 +815,6 @@ impl RaidArray {
         ))
     }
 
-    /// Tag address of block `i` of the chunk `slot` holds in `row`.
-    pub(crate) fn addr_of(lay: &Layout, row: u64, slot: u32, i: u32) -> u64 {
-        match lay.role_of(row, slot) {
-            crate::layout::ChunkRole::Parity => parity_addr(row, lay.chunk_blocks, i),
-            crate::layout::ChunkRole::Data(k) => lay.lba_of(row, k, i),
-        }
-    }
-
     /// Reads blocks `[i0, i1)` of a member's chunk in `row` and checks them
     /// against their tags. `Ok(None)` when the member is unusable or a block
     /// fails its check (counted).
@@ -853,7 +847,7 @@ impl RaidArray {
         let bs = self.inner.block_size as usize;
         for (j, blk) in data.chunks_exact(bs).enumerate() {
             let i = i0 + j as u32;
-            if !tags.verifies(i as usize, Self::addr_of(lay, row, slot, i), blk) {
+            if !tags.verifies(i as usize, tag_addr(lay, row, slot, i), blk) {
                 self.inner
                     .stats
                     .checksum_errors
@@ -1053,7 +1047,7 @@ impl RaidArray {
             entries: content
                 .chunks_exact(bs)
                 .enumerate()
-                .map(|(i, b)| Some(TagEntry::of(Self::addr_of(lay, row, slot, i as u32), b)))
+                .map(|(i, b)| Some(TagEntry::of(tag_addr(lay, row, slot, i as u32), b)))
                 .collect(),
         };
         let tbuf = tags.encode(self.inner.block_size, self.place(row, slot), self.epoch());
@@ -1469,9 +1463,7 @@ impl RaidArray {
                     entries: content
                         .chunks_exact(bs)
                         .enumerate()
-                        .map(|(i, b)| {
-                            Some(TagEntry::of(Self::addr_of(lay, row, slot, i as u32), b))
-                        })
+                        .map(|(i, b)| Some(TagEntry::of(tag_addr(lay, row, slot, i as u32), b)))
                         .collect(),
                 })
             }

@@ -41,7 +41,7 @@
 //! lowest epoch not yet known closed ([`crate::superblock::Superblock::closed_epoch`]);
 //! [`ChunkTags::vouch_after_crash`] takes it.
 
-use crate::layout::tags_per_block;
+use crate::layout::{ChunkRole, Layout};
 
 /// Bytes of the tag-block header.
 pub const TAG_HEADER: usize = 40;
@@ -138,6 +138,25 @@ impl XorTagger {
 /// Tag address of block `i` of the parity chunk of `row`.
 pub fn parity_addr(row: u64, chunk_blocks: u32, i: u32) -> u64 {
     (1 << 63) | (row * u64::from(chunk_blocks) + u64::from(i))
+}
+
+/// Tag address of block `i` of the chunk `slot` holds in `row` of `lay`:
+/// the volume block for data, [`parity_addr`] for parity.
+pub fn tag_addr(lay: &Layout, row: u64, slot: u32, i: u32) -> u64 {
+    match lay.role_of(row, slot) {
+        ChunkRole::Parity => parity_addr(row, lay.chunk_blocks, i),
+        ChunkRole::Data(k) => lay.lba_of(row, k, i),
+    }
+}
+
+/// Tag entries that fit in one tag block of `block_size` bytes.
+pub fn tags_per_block(block_size: u32) -> u32 {
+    (block_size - TAG_HEADER as u32) / TAG_ENTRY as u32
+}
+
+/// Tag blocks needed after a chunk of `chunk_blocks` blocks.
+pub fn tag_blocks_for(block_size: u32, chunk_blocks: u32) -> u32 {
+    chunk_blocks.div_ceil(tags_per_block(block_size))
 }
 
 /// One block's tag.
@@ -445,6 +464,15 @@ mod tests {
         row: 9,
         slot: 2,
     };
+
+    #[test]
+    fn tag_blocks_per_chunk() {
+        // (512 - 40-byte header) / 20-byte entries.
+        assert_eq!(tags_per_block(512), 23);
+        assert_eq!(tag_blocks_for(512, 64), 3);
+        assert_eq!(tags_per_block(4096), 202);
+        assert_eq!(tag_blocks_for(4096, 64), 1);
+    }
 
     #[test]
     fn block_crc_is_crc32c_of_address_then_data() {

@@ -46,7 +46,7 @@ use tracing::{info, warn};
 
 use crate::array::RaidArray;
 use crate::error::{RaidError, Result};
-use crate::integrity::{ChunkTags, TagEntry};
+use crate::integrity::{tag_addr, ChunkTags, TagEntry};
 use crate::layout::Layout;
 use crate::superblock::Superblock;
 
@@ -406,17 +406,13 @@ pub(crate) async fn retag(
         if let Ok(all) = dev.read(lay.member_block(row, 0), lay.chunk_blocks).await {
             for (i, b) in all.chunks_exact(bs).enumerate() {
                 if tags.entries[i].is_none() {
-                    tags.entries[i] = Some(TagEntry::of(
-                        RaidArray::addr_of(lay, row, slot, i as u32),
-                        b,
-                    ));
+                    tags.entries[i] = Some(TagEntry::of(tag_addr(lay, row, slot, i as u32), b));
                 }
             }
         }
     }
     for (i, data) in blocks {
-        tags.entries[*i as usize] =
-            Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, *i), data));
+        tags.entries[*i as usize] = Some(TagEntry::of(tag_addr(lay, row, slot, *i), data));
     }
     let buf = Bytes::from(tags.encode(
         array.inner.block_size,

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::array::{MemberState, RaidArray};
 use crate::bitmap::Bitmap;
 use crate::error::{RaidError, Result};
-use crate::integrity::{ChunkTags, Vouch};
+use crate::integrity::{tag_addr, ChunkTags, Vouch};
 
 use crate::layout::Layout;
 use crate::parity::xor_into;
@@ -471,7 +471,7 @@ impl RaidArray {
         let mut rewrite = vec![false; slots.len()];
         for i in 0..c {
             let r = i * bs..(i + 1) * bs;
-            let addr = |k: usize| Self::addr_of(lay, row, slots[k], i as u32);
+            let addr = |k: usize| tag_addr(lay, row, slots[k], i as u32);
             let mut suspects = Vec::new();
             for k in 0..d {
                 match tags[k].vouch_after_crash(i, addr(k), &chunks[k][r.clone()], closed) {
@@ -523,7 +523,7 @@ impl RaidArray {
                 || (0..c).any(|i| {
                     !tags[d].verifies(
                         i,
-                        Self::addr_of(lay, row, pslot, i as u32),
+                        tag_addr(lay, row, pslot, i as u32),
                         &xor[i * bs..(i + 1) * bs],
                     )
                 });
