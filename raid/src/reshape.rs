@@ -25,9 +25,11 @@
 use blockdev::{BytesMut, SharedDevice, WriteFlags};
 use tracing::info;
 
-use crate::array::{Geo, MemberState, Piece, RaidArray, Slot};
+use crate::array::RaidArray;
 use crate::error::{RaidError, Result};
+use crate::geometry::{Geo, Piece};
 use crate::layout::Layout;
+use crate::members::{MemberState, Slot};
 use crate::superblock::{FLAG_BACKUP, FLAG_RESHAPE};
 
 /// Progress of a reshape.
