@@ -181,7 +181,11 @@ impl TagEntry {
     /// after a crash (for writes that make the block durable, or whose
     /// previous content is unknown).
     pub fn of(addr: u64, data: &[u8]) -> Self {
-        let crc = block_crc(addr, data);
+        Self::with_crc(addr, block_crc(addr, data))
+    }
+
+    /// [`TagEntry::of`] a block whose [`block_crc`] is `crc`.
+    pub fn with_crc(addr: u64, crc: u32) -> Self {
         TagEntry {
             written: true,
             crc,
@@ -197,10 +201,15 @@ impl TagEntry {
     /// epoch: unchanged if the entry was already updated in `epoch`, else its
     /// current checksum.
     pub fn overwritten(self, epoch: u64, addr: u64, data: &[u8]) -> Self {
+        self.overwritten_crc(epoch, addr, block_crc(addr, data))
+    }
+
+    /// [`TagEntry::overwritten`] by a block whose [`block_crc`] is `crc`.
+    pub fn overwritten_crc(self, epoch: u64, addr: u64, crc: u32) -> Self {
         let base = self.carried_to(epoch);
         TagEntry {
             written: true,
-            crc: block_crc(addr, data),
+            crc,
             addr,
             ..base
         }
@@ -347,9 +356,14 @@ impl ChunkTags {
     /// for a FUA write, whose content is then also the previous one
     /// ([`TagEntry::made_durable`]).
     pub fn overwrite(&mut self, i: usize, epoch: u64, addr: u64, data: &[u8], durable: bool) {
+        self.overwrite_crc(i, epoch, addr, block_crc(addr, data), durable);
+    }
+
+    /// [`ChunkTags::overwrite`] with a block whose [`block_crc`] is `crc`.
+    pub fn overwrite_crc(&mut self, i: usize, epoch: u64, addr: u64, crc: u32, durable: bool) {
         let e = match self.entries[i] {
-            Some(e) => e.overwritten(epoch, addr, data),
-            None => TagEntry::of(addr, data),
+            Some(e) => e.overwritten_crc(epoch, addr, crc),
+            None => TagEntry::with_crc(addr, crc),
         };
         self.entries[i] = Some(if durable { e.made_durable() } else { e });
     }

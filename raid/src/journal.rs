@@ -83,6 +83,21 @@ pub(crate) trait JournalHost: Send + Sync {
     );
 }
 
+/// The new content of a row update, as the journal records it.
+pub(crate) struct RowContent<'a> {
+    /// Layout of the row.
+    pub(crate) lay: &'a Layout,
+    /// The row.
+    pub(crate) row: u64,
+    /// New content per data chunk and block (`None`: unchanged).
+    pub(crate) data: &'a [Vec<Option<&'a [u8]>>],
+    /// First block of the parity chunk that `parity` holds.
+    pub(crate) parity_from: u32,
+    /// The new parity blocks from `parity_from` on (empty when the row's
+    /// parity member is missing).
+    pub(crate) parity: &'a [u8],
+}
+
 /// Journal bookkeeping of a running array.
 #[derive(Debug)]
 pub(crate) struct JournalState {
@@ -140,26 +155,27 @@ impl JournalState {
         (REC_FIXED + 8 * entries).div_ceil(bs)
     }
 
-    /// Logs the new content of a row update (`parity` empty when the row's
-    /// parity member is missing) in the ring of member `ring_slot`, normally
-    /// the parity member. The returned guard must be held until the update is
-    /// on the members.
-    #[allow(clippy::too_many_arguments)]
+    /// Logs the new content of a row update in the ring of member
+    /// `ring_slot`, normally the parity member. The returned guard must be
+    /// held until the update is on the members.
     pub(crate) async fn log(
         &self,
         host: &dyn JournalHost,
-        lay: &Layout,
-        row: u64,
         ring_slot: u32,
         ring_dev: &SharedDevice,
-        newb: &[Vec<Option<Bytes>>],
-        lo: u32,
-        parity: &[u8],
+        update: &RowContent<'_>,
     ) -> Result<OwnedRwLockReadGuard<()>> {
+        let &RowContent {
+            lay,
+            row,
+            data,
+            parity_from: lo,
+            parity,
+        } = update;
         let bs = host.journal_block_size();
         let mut entries = Vec::new();
         let mut payload = BytesMut::new();
-        for (k, blocks) in newb.iter().enumerate() {
+        for (k, blocks) in data.iter().enumerate() {
             let slot = lay.data_member(row, k as u32);
             for (i, b) in blocks.iter().enumerate() {
                 if let Some(b) = b {
