@@ -35,6 +35,7 @@ use crate::geometry::Geo;
 use crate::integrity::{TagPlace, XorTagger};
 use crate::journal::JournalState;
 use crate::layout::Layout;
+use crate::member_io::MemberDevice;
 use crate::members::{MemberState, Meta};
 use crate::rows::RowLocks;
 
@@ -59,6 +60,10 @@ pub struct Config {
     pub checkpoint_rows: u64,
     /// Rows a reshape moves per step at most.
     pub reshape_step_rows: u64,
+    /// How long a member may answer nothing but transient errors (its path
+    /// is down, it is busy, it timed out) before it is failed; its requests
+    /// wait and are retried meanwhile. Zero fails it at the first one.
+    pub member_timeout: Duration,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             rebuild_rows_per_sec: None,
             checkpoint_rows: 256,
             reshape_step_rows: 64,
+            member_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -282,6 +288,11 @@ impl RaidArray {
     /// Locks `row` against other updates and reads of it.
     pub(crate) async fn row_lock(&self, row: u64) -> tokio::sync::MutexGuard<'_, ()> {
         self.inner.rows.lock(row).await
+    }
+
+    /// `dev` as a member of this array ([`MemberDevice`]).
+    pub(crate) fn as_member(&self, dev: SharedDevice) -> SharedDevice {
+        MemberDevice::wrap(dev, self.inner.cfg.member_timeout, self.inner.clock.clone())
     }
 
     pub(crate) fn set_flag(&self, flag: u32, on: bool) {

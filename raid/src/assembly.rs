@@ -26,6 +26,7 @@ use crate::error::{RaidError, Result};
 use crate::geometry::Geo;
 use crate::integrity::tag_blocks_for;
 use crate::layout::Layout;
+use crate::member_io::MemberDevice;
 use crate::members::{MemberState, Meta, RebuildState, Slot};
 use crate::superblock::{
     read_newest, SlotEntry, SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD,
@@ -61,6 +62,9 @@ impl RaidArray {
         cfg: Config,
         clock: Arc<dyn Clock>,
     ) -> Result<RaidArray> {
+        let as_member = |d| MemberDevice::wrap(d, cfg.member_timeout, clock.clone());
+        let members: Vec<SharedDevice> = members.into_iter().map(as_member).collect();
+        let spares: Vec<SharedDevice> = spares.into_iter().map(as_member).collect();
         if members.len() < 2 || members.len() > MAX_SLOTS {
             return Err(RaidError::Config(format!(
                 "need 2..={MAX_SLOTS} members, got {}",
@@ -197,6 +201,7 @@ impl RaidArray {
         let mut report = AssemblyReport::default();
         let mut found: Vec<(SharedDevice, Superblock)> = Vec::new();
         for d in devices {
+            let d = MemberDevice::wrap(d, cfg.member_timeout, clock.clone());
             match read_newest(&d).await {
                 Ok(sb) => found.push((d, sb)),
                 Err(e) => report

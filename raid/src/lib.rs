@@ -21,6 +21,7 @@ mod geometry;
 pub mod integrity;
 pub mod journal;
 pub mod layout;
+mod member_io;
 mod members;
 mod metadata;
 pub mod parity;

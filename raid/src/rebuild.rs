@@ -159,6 +159,7 @@ impl RaidArray {
     /// Adds a hot spare: it is pulled in when a member has been failed for
     /// [`Config::spare_timeout`](crate::Config).
     pub async fn add_spare(&self, dev: SharedDevice) -> Result<()> {
+        let dev = self.as_member(dev);
         if dev.geometry().block_size != self.inner.block_size {
             return Err(RaidError::Config("spare block size differs".into()));
         }
@@ -199,6 +200,7 @@ impl RaidArray {
     /// Brings back a member that failed or was missing: only the regions written
     /// while it was away (its write-intent bitmap bits) are rebuilt.
     pub async fn re_add(&self, dev: SharedDevice) -> Result<()> {
+        let dev = self.as_member(dev);
         let sb = crate::superblock::read_newest(&dev).await?;
         if sb.array_uuid != self.inner.array_uuid {
             return Err(RaidError::Assembly(

@@ -52,6 +52,7 @@ impl RaidArray {
     /// [`RaidArray::reshape_step`] calls (or [`RaidArray::reshape_to_end`]).
     /// The critical section is done before this returns.
     pub async fn grow(&self, dev: SharedDevice) -> Result<()> {
+        let dev = self.as_member(dev);
         let mut geo = self.inner.geo.write().await;
         if geo.reshape.is_some() {
             return Err(RaidError::Config("a reshape is already running".into()));

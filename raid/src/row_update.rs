@@ -25,6 +25,7 @@ use std::sync::atomic::Ordering;
 
 use blockdev::{BlockError, Bytes, BytesMut, SharedDevice, WriteFlags};
 use futures::future::join_all;
+use tracing::debug;
 
 use crate::array::RaidArray;
 use crate::cache::concat_bytes;
@@ -106,7 +107,9 @@ impl<'p> RowPlan<'p> {
 
 impl RaidArray {
     /// Writes `pieces` (disjoint, each inside one data chunk of `row`) to the
-    /// members, keeping parity, tags, bitmap and journal right.
+    /// members, keeping parity, tags, bitmap and journal right. A member
+    /// that fails before the row is written is taken out and the row planned
+    /// again without it, so the write succeeds while the array lives.
     pub(crate) async fn write_row(
         &self,
         lay: &Layout,
@@ -116,7 +119,16 @@ impl RaidArray {
     ) -> Result<()> {
         let mut guard = self.begin_row_write(row).await?;
         guard.writing = true;
-        let r = self.update_row(lay, row, pieces, fua).await;
+        let mut attempts = 0;
+        let r = loop {
+            match self.update_row(lay, row, pieces, fua).await {
+                Err(RaidError::Member { slot, source }) if attempts < lay.members => {
+                    debug!(row, slot, error = %source, "member failed under a row write; again without it");
+                    attempts += 1;
+                }
+                r => break r,
+            }
+        };
         guard.writing = false;
         r
     }
