@@ -19,6 +19,7 @@
 //! superblock, bitmap and journal writers have their own async locks taken
 //! inside row locks and never the other way round.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +38,7 @@ use crate::journal::JournalState;
 use crate::layout::Layout;
 use crate::member_io::MemberDevice;
 use crate::members::{MemberState, Meta};
-use crate::rows::RowLocks;
+use crate::rows::{RowGuard, RowLocks, RowWork};
 
 /// Tunables of an array.
 #[derive(Debug, Clone)]
@@ -126,9 +127,9 @@ pub(crate) struct Inner {
     pub(crate) identity: DeviceIdentity,
     pub(crate) array_uuid: [u8; 16],
     pub(crate) clock: Arc<dyn Clock>,
-    /// Geometry; shared so that row writes handed to other tasks can hold
-    /// the read guard their call took ([`RaidArray::write_blocks`]).
-    pub(crate) geo: Arc<AsyncRwLock<Geo>>,
+    /// Geometry: shared by I/O, exclusive for a change of layout (which
+    /// first waits for row work that outlived its caller, [`crate::rows`]).
+    pub(crate) geo: AsyncRwLock<Geo>,
     pub(crate) meta: Mutex<Meta>,
     pub(crate) rows: RowLocks,
     pub(crate) cache: StripeCache,
@@ -179,7 +180,7 @@ impl RaidArray {
                 identity: DeviceIdentity::from_uuid(array_uuid),
                 array_uuid,
                 clock,
-                geo: Arc::new(AsyncRwLock::new(geo)),
+                geo: AsyncRwLock::new(geo),
                 meta: Mutex::new(meta),
                 rows: RowLocks::new(),
                 cache,
@@ -286,8 +287,48 @@ impl RaidArray {
     }
 
     /// Locks `row` against other updates and reads of it.
-    pub(crate) async fn row_lock(&self, row: u64) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(crate) async fn row_lock(&self, row: u64) -> RowGuard {
         self.inner.rows.lock(row).await
+    }
+
+    /// Locks `row`, then runs `work` (given a handle to the array) under the
+    /// lock to its end, even if the caller goes away ([`crate::rows`]).
+    pub(crate) async fn on_row<T, Fut>(&self, row: u64, work: impl FnOnce(RaidArray) -> Fut) -> T
+    where
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let guard = self.row_lock(row).await;
+        self.run_locked(guard, work).await
+    }
+
+    /// Runs `work` under the row lock `guard` to its end, even if the
+    /// returned future is dropped ([`crate::rows`]).
+    pub(crate) fn run_locked<T, Fut>(
+        &self,
+        guard: RowGuard,
+        work: impl FnOnce(RaidArray) -> Fut,
+    ) -> RowWork<T>
+    where
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let work = work(self.clone());
+        self.inner.rows.run(async move {
+            let _locked = guard;
+            work.await
+        })
+    }
+
+    /// Stops the array at once, as a crash of its process would: work on
+    /// its rows that goes on after its caller went away (a dropped
+    /// request's, [`crate::rows`]) is aborted where it stands, and nothing
+    /// more of it reaches the members. Requests still awaited by their
+    /// callers are theirs to drop. The array must not be used afterwards;
+    /// assemble it anew from its members. For a head that must stop
+    /// writing at once, and for tests that simulate power loss.
+    pub fn halt(&self) {
+        self.inner.rows.halt();
     }
 
     /// `dev` as a member of this array ([`MemberDevice`]).

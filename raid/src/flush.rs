@@ -1,6 +1,7 @@
 //! Flushes, and the tags' flush epochs they close.
 //!
-//! A flush writes the stripe cache out, makes every completed member write
+//! A flush waits for the row work begun before it (also that of requests
+//! whose callers went away), writes the stripe cache out, makes every completed member write
 //! durable, records on the members that the epochs before it are closed
 //! ([`crate::superblock::Superblock::closed_epoch`], see [`crate::integrity`]),
 //! checkpoints the journal and clears the bitmap regions it made clean.
@@ -63,7 +64,11 @@ impl RaidArray {
         self.flush_locked(&geo).await
     }
 
+    /// [`RaidArray::flush_all`] under a geometry guard the caller holds.
+    /// Row work that outlived its caller (a dropped request's) ends first:
+    /// its writes were begun before this flush was.
     pub(crate) async fn flush_locked(&self, geo: &Geo) -> Result<()> {
+        self.inner.rows.wait_for_earlier().await;
         self.destage_all(geo).await?;
         let epoch = self.meta().bitmap.begin_flush();
         // Tags written from now on count what this flush makes durable as

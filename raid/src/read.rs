@@ -9,6 +9,7 @@ use futures::future::join_all;
 use tracing::debug;
 
 use crate::array::RaidArray;
+use crate::cache::concat_bytes;
 use crate::error::{RaidError, Result};
 use crate::integrity::{tag_addr, ChunkTags, TagEntry};
 use crate::layout::Layout;
@@ -28,24 +29,54 @@ impl RaidArray {
             .map_err(RaidError::Request)?;
         let mut out = BytesMut::zeroed(n as usize * bs);
         for (lay, row, pieces) in geo.split(lba, u64::from(n)) {
-            let _g = self.row_lock(row).await;
-            for (l, cnt) in pieces {
+            // Under the row lock to the end: a repair it writes must not
+            // land after a later write of the row.
+            let read = self
+                .on_row(
+                    row,
+                    move |a| async move { a.read_row(&lay, row, &pieces).await },
+                )
+                .await?;
+            for (l, buf) in read {
                 let off = (l - lba) as usize * bs;
-                let dst = &mut out[off..off + cnt as usize * bs];
-                let cached = self.inner.cache.get(l..l + cnt);
-                if cached.len() as u64 != cnt {
-                    let (_, k, i) = lay.locate(l);
-                    let buf = self.read_chunk(&lay, row, k, i, i + cnt as u32).await?;
-                    dst.copy_from_slice(&buf);
-                }
-                for (k, v) in cached {
-                    let o = (k - l) as usize * bs;
-                    dst[o..o + bs].copy_from_slice(&v);
-                }
+                out[off..off + buf.len()].copy_from_slice(&buf);
             }
         }
         self.settle_journal().await?;
         Ok(out.freeze())
+    }
+
+    /// Reads `pieces` (`(lba, blocks)` runs, each inside one chunk) of `row`
+    /// of `lay`, each with its first block: the stripe cache's blocks over
+    /// what the members hold.
+    async fn read_row(
+        &self,
+        lay: &Layout,
+        row: u64,
+        pieces: &[(u64, u64)],
+    ) -> Result<Vec<(u64, Bytes)>> {
+        let bs = self.inner.block_size as usize;
+        let mut out = Vec::with_capacity(pieces.len());
+        for &(l, cnt) in pieces {
+            let cached = self.inner.cache.get(l..l + cnt);
+            if cached.len() as u64 == cnt && cnt > 0 {
+                out.push((l, concat_bytes(cached.iter().map(|(_, b)| b))));
+                continue;
+            }
+            let (_, k, i) = lay.locate(l);
+            let buf = self.read_chunk(lay, row, k, i, i + cnt as u32).await?;
+            if cached.is_empty() {
+                out.push((l, buf));
+                continue;
+            }
+            let mut merged = BytesMut::from(&buf[..]);
+            for (b, v) in cached {
+                let o = (b - l) as usize * bs;
+                merged[o..o + bs].copy_from_slice(&v);
+            }
+            out.push((l, merged.freeze()));
+        }
+        Ok(out)
     }
 
     /// Reads the tag blocks of `row` on a member.

@@ -257,26 +257,33 @@ impl RaidArray {
                 self.finish_rebuild(slot).await?;
                 return Ok((done, true));
             }
-            {
-                let _g = self.row_lock(row).await;
-                let needed = !bitmap_only || self.meta().bitmap.row_dirty(row);
-                if needed {
-                    let Some(dev) = self.meta().slots[slot as usize].dev.clone() else {
-                        return Err(RaidError::Failed("rebuild target vanished".into()));
-                    };
-                    self.rebuild_row(&lay, row, slot, &dev).await?;
-                    done += 1;
-                }
-                let mut m = self.meta();
-                match m.rebuild.as_mut() {
-                    Some(r) if r.slot == slot => {
-                        r.pos = row + 1;
-                        if needed {
-                            r.rows_done += 1;
-                        }
+            // Under the row lock to the end: the target's chunk must not be
+            // written after a later write of the row.
+            let went_on = self
+                .on_row(row, move |a| async move {
+                    let needed = !bitmap_only || a.meta().bitmap.row_dirty(row);
+                    if needed {
+                        let Some(dev) = a.meta().slots[slot as usize].dev.clone() else {
+                            return Err(RaidError::Failed("rebuild target vanished".into()));
+                        };
+                        a.rebuild_row(&lay, row, slot, &dev).await?;
                     }
-                    _ => return Ok((done, false)),
-                }
+                    let mut m = a.meta();
+                    match m.rebuild.as_mut() {
+                        Some(r) if r.slot == slot => {
+                            r.pos = row + 1;
+                            if needed {
+                                r.rows_done += 1;
+                            }
+                            Ok(Some(needed))
+                        }
+                        _ => Ok(None),
+                    }
+                })
+                .await?;
+            match went_on {
+                Some(needed) => done += u64::from(needed),
+                None => return Ok((done, false)),
             }
             let ckpt = self
                 .meta()

@@ -64,8 +64,14 @@ impl RaidArray {
             if row >= lay.rows {
                 break;
             }
-            let _g = self.row_lock(row).await;
-            self.scrub_row(&lay, row, &mut report).await?;
+            // Under the row lock to the end: a repair must not land after
+            // a later write of the row.
+            report = self
+                .on_row(row, move |a| async move {
+                    let mut report = report;
+                    a.scrub_row(&lay, row, &mut report).await.map(|()| report)
+                })
+                .await?;
             row += 1;
         }
         info!(?report, "scrub finished");

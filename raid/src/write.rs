@@ -2,9 +2,8 @@
 //! members as full-stripe writes (several whole rows as parallel tasks),
 //! partial rows wait in the stripe cache ([`crate::cache`]) until their row
 //! is complete, the cache overflows, a flush comes, or at once for FUA. Each
-//! row's update on the members is [`crate::row_update`]'s.
-
-use std::sync::Arc;
+//! row's update on the members is [`crate::row_update`]'s, done under the
+//! row's lock as work that runs to its end ([`crate::rows`]).
 
 use blockdev::{Bytes, Geometry};
 
@@ -12,7 +11,6 @@ use crate::array::RaidArray;
 use crate::cache::pieces_of;
 use crate::error::{RaidError, Result};
 use crate::geometry::{Geo, Piece, RowSpan};
-use crate::layout::Layout;
 
 impl RaidArray {
     /// Volume write. Whole rows go straight to the members as full-stripe
@@ -21,12 +19,14 @@ impl RaidArray {
     ///
     /// When a request covers several whole rows, each row is its own task, so
     /// their parity, checksums and member transfers run on as many cores as
-    /// the runtime has. The tasks share the geometry read guard of the call
-    /// and take their row locks themselves: if the caller goes away, the rows
-    /// already started still finish under the layout they were planned with.
+    /// the runtime has. Each row's lock is taken here, in order, and handed
+    /// to its task. Whatever a row does under its lock runs to its end even
+    /// if the caller goes away ([`crate::rows`]): a dropped request's rows
+    /// land before any later request's on them, and before a later flush
+    /// returns; the rows it had not locked yet are not written.
     pub async fn write_blocks(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let bs = self.inner.block_size as usize;
-        let geo = Arc::new(self.inner.geo.clone().read_owned().await);
+        let geo = self.inner.geo.read().await;
         let g = Geometry {
             block_size: self.inner.block_size,
             num_blocks: geo.capacity(),
@@ -54,17 +54,30 @@ impl RaidArray {
                     (l, data.slice(off..off + cnt as usize * bs))
                 })
                 .collect();
+            let range = geo.row_range(&lay, row);
+            let guard = self.row_lock(row).await;
             let r = if whole {
+                let work = self.run_locked(guard, move |a| async move {
+                    // The cache's older blocks of the row are overwritten.
+                    a.inner.cache.take(range);
+                    a.write_row(&lay, row, &slices, fua).await
+                });
                 if whole_rows > 1 {
-                    let (this, geo) = (self.clone(), geo.clone());
-                    tasks.push(tokio::spawn(async move {
-                        this.write_whole_row(&geo, &lay, row, &slices, fua).await
-                    }));
+                    tasks.push(self.inner.rows.spawn(work));
                     continue;
                 }
-                self.write_whole_row(&geo, &lay, row, &slices, fua).await
+                work.await
             } else {
-                self.write_partial_row(&geo, &lay, row, &slices, fua).await
+                self.run_locked(guard, move |a| async move {
+                    // The row is written once the cache holds all of it.
+                    let complete = a.inner.cache.insert(&slices, bs, range.clone());
+                    if !(fua || complete) {
+                        return Ok(());
+                    }
+                    let pieces = pieces_of(&lay, a.inner.cache.take(range));
+                    a.write_row(&lay, row, &pieces, fua).await
+                })
+                .await
             };
             if let Err(e) = r {
                 first_err = Some(e);
@@ -82,44 +95,6 @@ impl RaidArray {
         }
         self.settle_journal().await?;
         self.evict(&geo).await
-    }
-
-    /// Puts the blocks `pieces` of row `row` (not all of it) in the stripe
-    /// cache, and writes the row out once the cache holds all of it, or at
-    /// once for FUA.
-    async fn write_partial_row(
-        &self,
-        geo: &Geo,
-        lay: &Layout,
-        row: u64,
-        pieces: &[Piece],
-        fua: bool,
-    ) -> Result<()> {
-        let bs = self.inner.block_size as usize;
-        let range = geo.row_range(lay, row);
-        let _g = self.row_lock(row).await;
-        let complete = self.inner.cache.insert(pieces, bs, range);
-        if fua || complete {
-            let blocks = self.inner.cache.take(geo.row_range(lay, row));
-            let pieces = pieces_of(lay, blocks);
-            self.write_row(lay, row, &pieces, fua).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes row `row`, wholly covered by `pieces`, as a full stripe; the
-    /// stripe cache's older blocks of that row are dropped.
-    async fn write_whole_row(
-        &self,
-        geo: &Geo,
-        lay: &Layout,
-        row: u64,
-        pieces: &[Piece],
-        fua: bool,
-    ) -> Result<()> {
-        let _g = self.row_lock(row).await;
-        self.inner.cache.take(geo.row_range(lay, row));
-        self.write_row(lay, row, pieces, fua).await
     }
 
     /// Writes out every cached row.
@@ -145,12 +120,16 @@ impl RaidArray {
         };
         let (lay, _) = geo.layout_for(lba);
         let (row, ..) = lay.locate(lba);
-        let _g = self.row_lock(row).await;
-        let blocks = self.inner.cache.take(geo.row_range(&lay, row));
-        if !blocks.is_empty() {
-            let pieces = pieces_of(&lay, blocks);
-            self.write_row(&lay, row, &pieces, false).await?;
-        }
+        let range = geo.row_range(&lay, row);
+        self.on_row(row, move |a| async move {
+            let blocks = a.inner.cache.take(range);
+            if !blocks.is_empty() {
+                let pieces = pieces_of(&lay, blocks);
+                a.write_row(&lay, row, &pieces, false).await?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(true)
     }
 }
