@@ -2,16 +2,16 @@
 //! the public view of it, and its face as a [`BlockDevice`].
 //!
 //! The engine's work is split by concern, each an `impl RaidArray` of its
-//! own: [`crate::assembly`] (creation and assembly), [`crate::metadata`]
+//! own: [`crate::assembly`] (creation and assembly), `metadata`
 //! (superblocks, member failures, the write-intent bitmap on the members),
-//! [`crate::read`] (verified reads, reconstruction, repair),
-//! [`crate::write`] (volume writes and the stripe cache's destaging),
-//! [`crate::row_update`] (one row's update on the members: parity, tags,
-//! journal), [`crate::flush`] (flushes and the tags' flush epochs), and
+//! `read` (verified reads, reconstruction, repair),
+//! `write` (volume writes and the stripe cache's destaging),
+//! `row_update` (one row's update on the members: parity, tags,
+//! journal), `flush` (flushes and the tags' flush epochs), and
 //! [`crate::rebuild`], [`crate::reshape`], [`crate::scrub`]. The state they
 //! share lives in modules that know nothing of the array:
-//! [`crate::members`], [`crate::geometry`], [`crate::cache`],
-//! [`crate::rows`] and [`crate::journal`].
+//! `members`, `geometry`, `cache`,
+//! `rows` and [`crate::journal`].
 //!
 //! Locking, outermost first: the geometry lock (`geo`, shared by all I/O,
 //! exclusive for a reshape step), one row lock per stripe (hashed into a fixed
@@ -322,7 +322,7 @@ impl RaidArray {
 
     /// Stops the array at once, as a crash of its process would: work on
     /// its rows that goes on after its caller went away (a dropped
-    /// request's, [`crate::rows`]) is aborted where it stands, and nothing
+    /// request's, see the `rows` module) is aborted where it stands, and nothing
     /// more of it reaches the members. Requests still awaited by their
     /// callers are theirs to drop. The array must not be used afterwards;
     /// assemble it anew from its members. For a head that must stop

@@ -21,7 +21,7 @@ impl RaidArray {
     /// their parity, checksums and member transfers run on as many cores as
     /// the runtime has. Each row's lock is taken here, in order, and handed
     /// to its task. Whatever a row does under its lock runs to its end even
-    /// if the caller goes away ([`crate::rows`]): a dropped request's rows
+    /// if the caller goes away (the `rows` module): a dropped request's rows
     /// land before any later request's on them, and before a later flush
     /// returns; the rows it had not locked yet are not written.
     pub async fn write_blocks(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
