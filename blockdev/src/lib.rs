@@ -29,8 +29,9 @@
 //!   after the drop returns, so a dropped write never overwrites newer
 //!   data. ([`FileDevice`] waits for such writes; [`MemDevice`] finishes
 //!   each call in its first poll; [`FaultyDevice`] can hold writes that
-//!   break this rule, to test the layers above. The RAID5 array is not
-//!   tested against this rule yet.)
+//!   break this rule, to test the layers above. The RAID5 array keeps it
+//!   over such members: what a request does under a row lock runs to its
+//!   end, and a flush waits for it; `raid/tests/cancel.rs`.)
 //! - so a caller that tells someone a request was aborted (SCSI task
 //!   management, the end of a session) must not count a dropped future as
 //!   ended: it drives the future to completion, or keeps whatever orders its

@@ -1,4 +1,7 @@
-//! Assembling an array from its members alone.
+//! Creating an array, and assembling one from its members alone.
+//!
+//! Creation writes fresh metadata on every member and zeroes the data area
+//! (a zero tag block means "never written", whose blocks read as zeroes).
 //!
 //! Each device's newest valid superblock is read. The array is the uuid most
 //! devices carry; devices of another array are refused. The superblock with the
@@ -13,24 +16,180 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use blockdev::SharedDevice;
+use blockdev::{DeviceIdentity, SharedDevice};
 use tracing::{info, warn};
 
-use crate::array::{
-    read_superblock, AssembleOptions, AssemblyReport, Config, Geo, MemberState, Meta, RaidArray,
-    Slot,
-};
+use crate::array::{Config, RaidArray};
 use crate::bitmap::Bitmap;
 use crate::clock::Clock;
 use crate::error::{RaidError, Result};
+use crate::geometry::Geo;
+use crate::integrity::tag_blocks_for;
 use crate::layout::Layout;
-use crate::rebuild::RebuildState;
+use crate::member_io::MemberDevice;
+use crate::members::{MemberState, Meta, RebuildState, Slot};
 use crate::superblock::{
-    SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD, FLAG_RESHAPE, REBUILD_BITMAP,
-    SPARE,
+    read_newest, SlotEntry, SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD,
+    FLAG_RESHAPE, MAX_SLOTS, REBUILD_BITMAP, SPARE,
 };
 
+/// Options of [`RaidArray::assemble`].
+#[derive(Debug, Clone, Default)]
+pub struct AssembleOptions {
+    /// Start a dirty degraded array even though parity may be inconsistent.
+    pub force: bool,
+}
+
+/// What assembly found.
+#[derive(Debug, Clone, Default)]
+pub struct AssemblyReport {
+    /// Devices not used and why.
+    pub refused: Vec<(DeviceIdentity, String)>,
+    /// Slots with no usable member.
+    pub missing_slots: Vec<u32>,
+    /// Journal records replayed.
+    pub journal_replayed: u64,
+    /// Rows resynced because the array was not shut down cleanly.
+    pub resynced_rows: u64,
+}
+
 impl RaidArray {
+    /// Creates a new array over `members` (their order gives the slots) with
+    /// optional hot `spares`, writing fresh metadata and zeroing the data area.
+    pub async fn create(
+        members: Vec<SharedDevice>,
+        spares: Vec<SharedDevice>,
+        cfg: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RaidArray> {
+        let as_member = |d| MemberDevice::wrap(d, cfg.member_timeout, clock.clone());
+        let members: Vec<SharedDevice> = members.into_iter().map(as_member).collect();
+        let spares: Vec<SharedDevice> = spares.into_iter().map(as_member).collect();
+        if members.len() < 2 || members.len() > MAX_SLOTS {
+            return Err(RaidError::Config(format!(
+                "need 2..={MAX_SLOTS} members, got {}",
+                members.len()
+            )));
+        }
+        if cfg.chunk_blocks == 0 || cfg.region_rows == 0 || cfg.checkpoint_rows == 0 {
+            return Err(RaidError::Config(
+                "chunk, region and checkpoint sizes must be > 0".into(),
+            ));
+        }
+        let bs = members[0].geometry().block_size;
+        if members
+            .iter()
+            .chain(&spares)
+            .any(|d| d.geometry().block_size != bs)
+        {
+            return Err(RaidError::Config("members differ in block size".into()));
+        }
+        let max_members = cfg.max_members.max(members.len() as u32);
+        let tag_blocks = tag_blocks_for(bs, cfg.chunk_blocks);
+        let row_blocks = u64::from(cfg.chunk_blocks) + u64::from(tag_blocks);
+        let smallest = members
+            .iter()
+            .map(|d| d.geometry().num_blocks)
+            .min()
+            .unwrap_or(0);
+        let sbb = Superblock::blocks(bs);
+        let bitmap_start = 2 * sbb;
+        let bitmap_blocks = Bitmap::blocks_for(smallest / row_blocks, cfg.region_rows, bs);
+        let journal_start = bitmap_start + bitmap_blocks;
+        let journal_blocks = cfg.journal_blocks;
+        let backup_start = journal_start + journal_blocks;
+        let backup_rows = u64::from(max_members);
+        let data_start = backup_start + backup_rows * row_blocks;
+        if smallest <= data_start + row_blocks {
+            return Err(RaidError::Config(format!(
+                "members of {smallest} blocks are too small for the metadata ({data_start} blocks)"
+            )));
+        }
+        let rows = (smallest - data_start) / row_blocks;
+        let array_uuid: [u8; 16] = rand::random();
+        let sb = Superblock {
+            array_uuid,
+            device_uuid: [0; 16],
+            role: 0,
+            flags: FLAG_CLEAN | if journal_blocks > 0 { FLAG_JOURNAL } else { 0 },
+            events: 0,
+            block_size: bs,
+            chunk_blocks: cfg.chunk_blocks,
+            tag_blocks,
+            members: members.len() as u32,
+            rows,
+            data_start,
+            bitmap_start,
+            bitmap_blocks,
+            region_rows: cfg.region_rows,
+            journal_start,
+            journal_blocks,
+            backup_start,
+            backup_rows,
+            rebuild_slot: 0,
+            rebuild_flags: 0,
+            rebuild_pos: 0,
+            reshape_members: 0,
+            reshape_pos: 0,
+            closed_epoch: 0,
+            slots: members
+                .iter()
+                .map(|d| SlotEntry {
+                    device: d.identity().uuid,
+                    state: SlotState::Active,
+                })
+                .collect(),
+        };
+        let layout = Layout {
+            members: members.len() as u32,
+            chunk_blocks: cfg.chunk_blocks,
+            tag_blocks,
+            data_start,
+            rows,
+        };
+        for d in members.iter().chain(&spares) {
+            // Metadata areas and data area start out zeroed: a zero tag block
+            // means "never written", whose blocks must read as zeroes.
+            d.write_zeroes(0, layout.member_blocks_needed(), true)
+                .await
+                .map_err(|e| RaidError::Member { slot: 0, source: e })?;
+        }
+        let slots = members
+            .iter()
+            .map(|d| Slot {
+                dev: Some(d.clone()),
+                uuid: d.identity().uuid,
+                state: MemberState::InSync,
+            })
+            .collect();
+        let meta = Meta {
+            sb,
+            slots,
+            spares,
+            rebuild: None,
+            bitmap: Bitmap::new(rows, cfg.region_rows),
+            clean_on_disk: true,
+        };
+        let array = Self::from_parts(
+            cfg,
+            bs,
+            array_uuid,
+            clock,
+            Geo {
+                cur: layout,
+                reshape: None,
+            },
+            meta,
+        );
+        if let Some(j) = &array.inner.journal {
+            j.reset_all(&array).await?;
+        }
+        array.write_superblocks().await?;
+        array.begin_epochs();
+        info!(uuid = %array.inner.identity, rows, members = layout.members, "raid5 array created");
+        Ok(array)
+    }
+
     /// Assembles the array found on `devices` (members, spares, and possibly
     /// unrelated devices, which are refused and reported).
     pub async fn assemble(
@@ -42,7 +201,8 @@ impl RaidArray {
         let mut report = AssemblyReport::default();
         let mut found: Vec<(SharedDevice, Superblock)> = Vec::new();
         for d in devices {
-            match read_superblock(&d).await {
+            let d = MemberDevice::wrap(d, cfg.member_timeout, clock.clone());
+            match read_newest(&d).await {
                 Ok(sb) => found.push((d, sb)),
                 Err(e) => report
                     .refused

@@ -41,7 +41,7 @@
 //! lowest epoch not yet known closed ([`crate::superblock::Superblock::closed_epoch`]);
 //! [`ChunkTags::vouch_after_crash`] takes it.
 
-use crate::layout::tags_per_block;
+use crate::layout::{ChunkRole, Layout};
 
 /// Bytes of the tag-block header.
 pub const TAG_HEADER: usize = 40;
@@ -140,6 +140,25 @@ pub fn parity_addr(row: u64, chunk_blocks: u32, i: u32) -> u64 {
     (1 << 63) | (row * u64::from(chunk_blocks) + u64::from(i))
 }
 
+/// Tag address of block `i` of the chunk `slot` holds in `row` of `lay`:
+/// the volume block for data, [`parity_addr`] for parity.
+pub fn tag_addr(lay: &Layout, row: u64, slot: u32, i: u32) -> u64 {
+    match lay.role_of(row, slot) {
+        ChunkRole::Parity => parity_addr(row, lay.chunk_blocks, i),
+        ChunkRole::Data(k) => lay.lba_of(row, k, i),
+    }
+}
+
+/// Tag entries that fit in one tag block of `block_size` bytes.
+pub fn tags_per_block(block_size: u32) -> u32 {
+    (block_size - TAG_HEADER as u32) / TAG_ENTRY as u32
+}
+
+/// Tag blocks needed after a chunk of `chunk_blocks` blocks.
+pub fn tag_blocks_for(block_size: u32, chunk_blocks: u32) -> u32 {
+    chunk_blocks.div_ceil(tags_per_block(block_size))
+}
+
 /// One block's tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TagEntry {
@@ -162,7 +181,11 @@ impl TagEntry {
     /// after a crash (for writes that make the block durable, or whose
     /// previous content is unknown).
     pub fn of(addr: u64, data: &[u8]) -> Self {
-        let crc = block_crc(addr, data);
+        Self::with_crc(addr, block_crc(addr, data))
+    }
+
+    /// [`TagEntry::of`] a block whose [`block_crc`] is `crc`.
+    pub fn with_crc(addr: u64, crc: u32) -> Self {
         TagEntry {
             written: true,
             crc,
@@ -178,10 +201,15 @@ impl TagEntry {
     /// epoch: unchanged if the entry was already updated in `epoch`, else its
     /// current checksum.
     pub fn overwritten(self, epoch: u64, addr: u64, data: &[u8]) -> Self {
+        self.overwritten_crc(epoch, addr, block_crc(addr, data))
+    }
+
+    /// [`TagEntry::overwritten`] by a block whose [`block_crc`] is `crc`.
+    pub fn overwritten_crc(self, epoch: u64, addr: u64, crc: u32) -> Self {
         let base = self.carried_to(epoch);
         TagEntry {
             written: true,
-            crc: block_crc(addr, data),
+            crc,
             addr,
             ..base
         }
@@ -328,9 +356,14 @@ impl ChunkTags {
     /// for a FUA write, whose content is then also the previous one
     /// ([`TagEntry::made_durable`]).
     pub fn overwrite(&mut self, i: usize, epoch: u64, addr: u64, data: &[u8], durable: bool) {
+        self.overwrite_crc(i, epoch, addr, block_crc(addr, data), durable);
+    }
+
+    /// [`ChunkTags::overwrite`] with a block whose [`block_crc`] is `crc`.
+    pub fn overwrite_crc(&mut self, i: usize, epoch: u64, addr: u64, crc: u32, durable: bool) {
         let e = match self.entries[i] {
-            Some(e) => e.overwritten(epoch, addr, data),
-            None => TagEntry::of(addr, data),
+            Some(e) => e.overwritten_crc(epoch, addr, crc),
+            None => TagEntry::with_crc(addr, crc),
         };
         self.entries[i] = Some(if durable { e.made_durable() } else { e });
     }
@@ -445,6 +478,15 @@ mod tests {
         row: 9,
         slot: 2,
     };
+
+    #[test]
+    fn tag_blocks_per_chunk() {
+        // (512 - 40-byte header) / 20-byte entries.
+        assert_eq!(tags_per_block(512), 23);
+        assert_eq!(tag_blocks_for(512, 64), 3);
+        assert_eq!(tags_per_block(4096), 202);
+        assert_eq!(tag_blocks_for(4096, 64), 1);
+    }
 
     #[test]
     fn block_crc_is_crc32c_of_address_then_data() {

@@ -40,19 +40,63 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
+use async_trait::async_trait;
+use blockdev::{BlockError, Bytes, BytesMut, SharedDevice, WriteFlags};
 use tokio::sync::{Mutex as AsyncMutex, OwnedRwLockReadGuard, RwLock as AsyncRwLock};
 use tracing::{info, warn};
 
-use crate::array::RaidArray;
 use crate::error::{RaidError, Result};
-use crate::integrity::{ChunkTags, TagEntry};
 use crate::layout::Layout;
 use crate::superblock::Superblock;
 
 const SB_MAGIC: u32 = u32::from_le_bytes(*b"RJSB");
 const REC_MAGIC: u32 = u32::from_le_bytes(*b"RJRC");
 const REC_FIXED: usize = 40;
+
+/// What the journal needs of the array it serves, and all it may do to it.
+#[async_trait]
+pub(crate) trait JournalHost: Send + Sync {
+    /// Block size of the members.
+    fn journal_block_size(&self) -> usize;
+
+    /// Members that hold a ring: present and not failed.
+    fn ring_members(&self) -> Vec<(u32, SharedDevice)>;
+
+    /// The member usable for `row` in `slot`, if any.
+    fn row_member(&self, slot: u32, row: u64) -> Option<SharedDevice>;
+
+    /// A member's I/O failed: fail the member.
+    async fn member_failed(&self, slot: u32, err: &BlockError);
+
+    /// Makes every completed member write durable.
+    async fn make_durable(&self) -> Result<()>;
+
+    /// Replay: writes `blocks` (index in the chunk, content) of the chunk
+    /// `slot` holds in `row` of `lay` to `dev`, with tags that vouch for them.
+    async fn restore_blocks(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+        blocks: &[(u32, &[u8])],
+    );
+}
+
+/// The new content of a row update, as the journal records it.
+pub(crate) struct RowContent<'a> {
+    /// Layout of the row.
+    pub(crate) lay: &'a Layout,
+    /// The row.
+    pub(crate) row: u64,
+    /// New content per data chunk and block (`None`: unchanged).
+    pub(crate) data: &'a [Vec<Option<&'a [u8]>>],
+    /// First block of the parity chunk that `parity` holds.
+    pub(crate) parity_from: u32,
+    /// The new parity blocks from `parity_from` on (empty when the row's
+    /// parity member is missing).
+    pub(crate) parity: &'a [u8],
+}
 
 /// Journal bookkeeping of a running array.
 #[derive(Debug)]
@@ -111,26 +155,27 @@ impl JournalState {
         (REC_FIXED + 8 * entries).div_ceil(bs)
     }
 
-    /// Logs the new content of a row update (`parity` empty when the row's
-    /// parity member is missing) in the ring of member `ring_slot`, normally
-    /// the parity member. The returned guard must be held until the update is
-    /// on the members.
-    #[allow(clippy::too_many_arguments)]
+    /// Logs the new content of a row update in the ring of member
+    /// `ring_slot`, normally the parity member. The returned guard must be
+    /// held until the update is on the members.
     pub(crate) async fn log(
         &self,
-        array: &RaidArray,
-        lay: &Layout,
-        row: u64,
+        host: &dyn JournalHost,
         ring_slot: u32,
         ring_dev: &SharedDevice,
-        newb: &[Vec<Option<Bytes>>],
-        lo: u32,
-        parity: &[u8],
+        update: &RowContent<'_>,
     ) -> Result<OwnedRwLockReadGuard<()>> {
-        let bs = array.inner.block_size as usize;
+        let &RowContent {
+            lay,
+            row,
+            data,
+            parity_from: lo,
+            parity,
+        } = update;
+        let bs = host.journal_block_size();
         let mut entries = Vec::new();
         let mut payload = BytesMut::new();
-        for (k, blocks) in newb.iter().enumerate() {
+        for (k, blocks) in data.iter().enumerate() {
             let slot = lay.data_member(row, k as u32);
             for (i, b) in blocks.iter().enumerate() {
                 if let Some(b) = b {
@@ -165,7 +210,7 @@ impl JournalState {
             if moved || at + total > self.blocks {
                 drop(rings);
                 drop(guard);
-                self.checkpoint(array).await?;
+                self.checkpoint(host).await?;
                 continue;
             }
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
@@ -198,7 +243,7 @@ impl JournalState {
                 Err(e) => {
                     drop(rings);
                     drop(guard);
-                    array.fail_member(ring_slot, &e).await;
+                    host.member_failed(ring_slot, &e).await;
                     return Err(RaidError::Member {
                         slot: ring_slot,
                         source: e,
@@ -220,30 +265,30 @@ impl JournalState {
 
     /// Runs the checkpoint [`JournalState::request_checkpoint`] asked for,
     /// if any; called where no journal guard is held.
-    pub(crate) async fn checkpoint_if_requested(&self, array: &RaidArray) -> Result<()> {
+    pub(crate) async fn checkpoint_if_requested(&self, host: &dyn JournalHost) -> Result<()> {
         if self.checkpoint_wanted.swap(false, Ordering::SeqCst) {
             info!("member lost with its journal ring: checkpoint");
-            self.checkpoint(array).await?;
+            self.checkpoint(host).await?;
         }
         Ok(())
     }
 
     /// Flushes the members and restarts every ring: all logged rows are durable.
-    pub(crate) async fn checkpoint(&self, array: &RaidArray) -> Result<()> {
+    pub(crate) async fn checkpoint(&self, host: &dyn JournalHost) -> Result<()> {
         let _w = self.gate.write().await;
-        array.flush_members().await?;
-        self.reset_locked(array).await
+        host.make_durable().await?;
+        self.reset_locked(host).await
     }
 
     /// Writes fresh ring headers on every live member (no records pending).
-    pub(crate) async fn reset_all(&self, array: &RaidArray) -> Result<()> {
+    pub(crate) async fn reset_all(&self, host: &dyn JournalHost) -> Result<()> {
         let _w = self.gate.write().await;
-        self.reset_locked(array).await
+        self.reset_locked(host).await
     }
 
-    async fn reset_locked(&self, array: &RaidArray) -> Result<()> {
+    async fn reset_locked(&self, host: &dyn JournalHost) -> Result<()> {
         let seq = self.next_seq.load(Ordering::SeqCst);
-        let bs = array.inner.block_size as usize;
+        let bs = host.journal_block_size();
         let mut head = vec![0u8; bs];
         head[0..4].copy_from_slice(&SB_MAGIC.to_le_bytes());
         head[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -252,9 +297,9 @@ impl JournalState {
         let buf = Bytes::from(head);
         let mut rings = self.rings.lock().await;
         rings.of_row.clear();
-        for (slot, dev) in array.live_members() {
+        for (slot, dev) in host.ring_members() {
             if let Err(e) = dev.write(self.start, buf.clone(), WriteFlags::FUA).await {
-                array.fail_member(slot, &e).await;
+                host.member_failed(slot, &e).await;
             }
             rings.next.insert(slot, 1);
         }
@@ -322,11 +367,11 @@ impl JournalState {
 
     /// Replays every current record (assembly after an unclean stop). Returns
     /// how many were replayed.
-    pub(crate) async fn replay(&self, array: &RaidArray, layouts: &[Layout]) -> Result<u64> {
-        let bs = array.inner.block_size as usize;
+    pub(crate) async fn replay(&self, host: &dyn JournalHost, layouts: &[Layout]) -> Result<u64> {
+        let bs = host.journal_block_size();
         let mut max_start = 0;
         let mut records = Vec::new();
-        for (_, dev) in array.live_members() {
+        for (_, dev) in host.ring_members() {
             let (start, recs) = self.scan(&dev, bs).await;
             max_start = max_start.max(start);
             records.extend(recs);
@@ -358,75 +403,17 @@ impl JournalState {
                 }
             }
             for (slot, blocks) in by_slot {
-                let Some(dev) = array.usable(slot, rec.row) else {
+                let Some(dev) = host.row_member(slot, rec.row) else {
                     continue;
                 };
-                for (i, data) in &blocks {
-                    if let Err(e) = dev
-                        .write(
-                            lay.member_block(rec.row, *i),
-                            Bytes::copy_from_slice(data),
-                            WriteFlags::NONE,
-                        )
-                        .await
-                    {
-                        array.fail_member(slot, &e).await;
-                    }
-                }
-                retag(array, lay, rec.row, slot, &dev, &blocks).await;
+                host.restore_blocks(lay, rec.row, slot, &dev, &blocks).await;
             }
             replayed += 1;
         }
         if replayed > 0 {
             info!(replayed, "journal replayed");
         }
-        self.checkpoint(array).await?;
+        self.checkpoint(host).await?;
         Ok(replayed)
-    }
-}
-
-/// Sets the tags of the given blocks from their content; a damaged tag block is
-/// rebuilt from the blocks' current content (after a crash the data is trusted).
-pub(crate) async fn retag(
-    array: &RaidArray,
-    lay: &Layout,
-    row: u64,
-    slot: u32,
-    dev: &SharedDevice,
-    blocks: &[(u32, &[u8])],
-) {
-    let bs = array.inner.block_size as usize;
-    let mut tags = match array.read_tags(lay, row, slot, dev).await {
-        Ok(t) => t,
-        Err(_) => ChunkTags {
-            entries: vec![None; lay.chunk_blocks as usize],
-        },
-    };
-    if tags.damaged() {
-        if let Ok(all) = dev.read(lay.member_block(row, 0), lay.chunk_blocks).await {
-            for (i, b) in all.chunks_exact(bs).enumerate() {
-                if tags.entries[i].is_none() {
-                    tags.entries[i] = Some(TagEntry::of(
-                        RaidArray::addr_of(lay, row, slot, i as u32),
-                        b,
-                    ));
-                }
-            }
-        }
-    }
-    for (i, data) in blocks {
-        tags.entries[*i as usize] =
-            Some(TagEntry::of(RaidArray::addr_of(lay, row, slot, *i), data));
-    }
-    let buf = Bytes::from(tags.encode(
-        array.inner.block_size,
-        array.place(row, slot),
-        array.epoch(),
-    ));
-    if let Err(e) = dev
-        .write(lay.tag_block(row, 0), buf, WriteFlags::NONE)
-        .await
-    {
-        array.fail_member(slot, &e).await;
     }
 }

@@ -105,16 +105,6 @@ impl Layout {
     }
 }
 
-/// Tag entries that fit in one tag block of `block_size` bytes.
-pub fn tags_per_block(block_size: u32) -> u32 {
-    (block_size - crate::integrity::TAG_HEADER as u32) / crate::integrity::TAG_ENTRY as u32
-}
-
-/// Tag blocks needed after a chunk of `chunk_blocks` blocks.
-pub fn tag_blocks_for(block_size: u32, chunk_blocks: u32) -> u32 {
-    chunk_blocks.div_ceil(tags_per_block(block_size))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,11 +188,6 @@ mod tests {
         assert_eq!(l.tag_block(2, 0), 114);
         assert_eq!(l.capacity(), 10 * 3 * 4);
         assert_eq!(l.locate(13), (1, 0, 1));
-        // (512 - 40-byte header) / 20-byte entries.
-        assert_eq!(tags_per_block(512), 23);
-        assert_eq!(tag_blocks_for(512, 64), 3);
-        assert_eq!(tags_per_block(4096), 202);
-        assert_eq!(tag_blocks_for(4096, 64), 1);
     }
 }
 

@@ -13,23 +13,33 @@
 pub mod array;
 pub mod assembly;
 pub mod bitmap;
+mod cache;
 pub mod clock;
 pub mod error;
+mod flush;
+mod geometry;
 pub mod integrity;
 pub mod journal;
 pub mod layout;
+mod member_io;
+mod members;
+mod metadata;
 pub mod parity;
+mod read;
 pub mod rebuild;
 pub mod reshape;
+mod row_update;
+mod rows;
 pub mod scrub;
 pub mod superblock;
+mod write;
 
-pub use array::{
-    AssembleOptions, AssemblyReport, Config, IntegrityStats, MemberState, RaidArray, SizeReport,
-};
+pub use array::{Config, IntegrityStats, RaidArray, SizeReport};
+pub use assembly::{AssembleOptions, AssemblyReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{RaidError, Result};
 pub use layout::Layout;
+pub use members::MemberState;
 pub use rebuild::{MaintenanceReport, RebuildProgress};
 pub use reshape::ReshapeProgress;
 pub use scrub::{CheckReport, Finding, ScrubReport};

@@ -17,52 +17,14 @@ use blockdev::{Bytes, SharedDevice, WriteFlags};
 use futures::future::join_all;
 use tracing::{info, warn};
 
-use crate::array::{MemberState, RaidArray};
-use crate::bitmap::Bitmap;
+use crate::array::RaidArray;
 use crate::error::{RaidError, Result};
-use crate::integrity::{ChunkTags, Vouch};
+use crate::integrity::{tag_addr, ChunkTags, Vouch};
+use crate::members::{MemberState, RebuildState};
 
 use crate::layout::Layout;
 use crate::parity::xor_into;
 use crate::superblock::SPARE;
-
-/// An ongoing rebuild.
-#[derive(Debug, Clone)]
-pub(crate) struct RebuildState {
-    pub(crate) slot: u32,
-    /// Rows below are in sync on the target.
-    pub(crate) pos: u64,
-    /// Last persisted position.
-    pub(crate) checkpoint: u64,
-    /// Only bitmap-dirty rows need rebuilding (a returning member).
-    pub(crate) bitmap_only: bool,
-    started: Duration,
-    start_pos: u64,
-    rows_done: u64,
-    tokens: f64,
-    last_tick: Duration,
-}
-
-impl RebuildState {
-    pub(crate) fn new(slot: u32, pos: u64, bitmap_only: bool, now: Duration) -> Self {
-        RebuildState {
-            slot,
-            pos,
-            checkpoint: pos,
-            bitmap_only,
-            started: now,
-            start_pos: pos,
-            rows_done: 0,
-            tokens: 0.0,
-            last_tick: now,
-        }
-    }
-
-    /// Whether the target holds current data for `row`.
-    pub(crate) fn in_sync(&self, row: u64, bitmap: &Bitmap) -> bool {
-        row < self.pos || (self.bitmap_only && !bitmap.row_dirty(row))
-    }
-}
 
 /// Progress of a rebuild.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,7 +69,6 @@ impl RaidArray {
         };
         let eta =
             (rate > 0.0).then(|| Duration::from_secs_f64((total - r.pos.min(total)) as f64 / rate));
-        let _ = r.start_pos;
         Some(RebuildProgress {
             slot: r.slot,
             done_rows: r.pos,
@@ -165,7 +126,6 @@ impl RaidArray {
         Ok(report)
     }
 
-    /// Puts `dev` into `slot` and starts rebuilding it.
     /// Calls [`maintain`](Self::maintain), and advances a running reshape by
     /// one window, every `period` on a tokio timer: the background driver
     /// that pulls in hot spares and runs rebuilds and reshapes while I/O goes
@@ -196,6 +156,24 @@ impl RaidArray {
         })
     }
 
+    /// Adds a hot spare: it is pulled in when a member has been failed for
+    /// [`Config::spare_timeout`](crate::Config).
+    pub async fn add_spare(&self, dev: SharedDevice) -> Result<()> {
+        let dev = self.as_member(dev);
+        if dev.geometry().block_size != self.inner.block_size {
+            return Err(RaidError::Config("spare block size differs".into()));
+        }
+        let need = self.inner.geo.read().await.cur.member_blocks_needed();
+        if dev.geometry().num_blocks < need {
+            return Err(RaidError::Config(format!(
+                "spare has fewer than the {need} blocks needed"
+            )));
+        }
+        self.meta().spares.push(dev);
+        self.write_superblocks().await
+    }
+
+    /// Puts `dev` into `slot` and starts rebuilding it.
     async fn install(&self, slot: u32, dev: SharedDevice, bitmap_only: bool) -> Result<()> {
         let now = self.now();
         {
@@ -222,7 +200,8 @@ impl RaidArray {
     /// Brings back a member that failed or was missing: only the regions written
     /// while it was away (its write-intent bitmap bits) are rebuilt.
     pub async fn re_add(&self, dev: SharedDevice) -> Result<()> {
-        let sb = crate::array::read_superblock(&dev).await?;
+        let dev = self.as_member(dev);
+        let sb = crate::superblock::read_newest(&dev).await?;
         if sb.array_uuid != self.inner.array_uuid {
             return Err(RaidError::Assembly(
                 "device belongs to another array".into(),
@@ -278,26 +257,33 @@ impl RaidArray {
                 self.finish_rebuild(slot).await?;
                 return Ok((done, true));
             }
-            {
-                let _g = self.row_lock(row).await;
-                let needed = !bitmap_only || self.meta().bitmap.row_dirty(row);
-                if needed {
-                    let Some(dev) = self.meta().slots[slot as usize].dev.clone() else {
-                        return Err(RaidError::Failed("rebuild target vanished".into()));
-                    };
-                    self.rebuild_row(&lay, row, slot, &dev).await?;
-                    done += 1;
-                }
-                let mut m = self.meta();
-                match m.rebuild.as_mut() {
-                    Some(r) if r.slot == slot => {
-                        r.pos = row + 1;
-                        if needed {
-                            r.rows_done += 1;
-                        }
+            // Under the row lock to the end: the target's chunk must not be
+            // written after a later write of the row.
+            let went_on = self
+                .on_row(row, move |a| async move {
+                    let needed = !bitmap_only || a.meta().bitmap.row_dirty(row);
+                    if needed {
+                        let Some(dev) = a.meta().slots[slot as usize].dev.clone() else {
+                            return Err(RaidError::Failed("rebuild target vanished".into()));
+                        };
+                        a.rebuild_row(&lay, row, slot, &dev).await?;
                     }
-                    _ => return Ok((done, false)),
-                }
+                    let mut m = a.meta();
+                    match m.rebuild.as_mut() {
+                        Some(r) if r.slot == slot => {
+                            r.pos = row + 1;
+                            if needed {
+                                r.rows_done += 1;
+                            }
+                            Ok(Some(needed))
+                        }
+                        _ => Ok(None),
+                    }
+                })
+                .await?;
+            match went_on {
+                Some(needed) => done += u64::from(needed),
+                None => return Ok((done, false)),
             }
             let ckpt = self
                 .meta()
@@ -471,7 +457,7 @@ impl RaidArray {
         let mut rewrite = vec![false; slots.len()];
         for i in 0..c {
             let r = i * bs..(i + 1) * bs;
-            let addr = |k: usize| Self::addr_of(lay, row, slots[k], i as u32);
+            let addr = |k: usize| tag_addr(lay, row, slots[k], i as u32);
             let mut suspects = Vec::new();
             for k in 0..d {
                 match tags[k].vouch_after_crash(i, addr(k), &chunks[k][r.clone()], closed) {
@@ -523,7 +509,7 @@ impl RaidArray {
                 || (0..c).any(|i| {
                     !tags[d].verifies(
                         i,
-                        Self::addr_of(lay, row, pslot, i as u32),
+                        tag_addr(lay, row, pslot, i as u32),
                         &xor[i * bs..(i + 1) * bs],
                     )
                 });

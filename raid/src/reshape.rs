@@ -25,9 +25,11 @@
 use blockdev::{BytesMut, SharedDevice, WriteFlags};
 use tracing::info;
 
-use crate::array::{Geo, MemberState, Piece, RaidArray, Slot};
+use crate::array::RaidArray;
 use crate::error::{RaidError, Result};
+use crate::geometry::{Geo, Piece};
 use crate::layout::Layout;
+use crate::members::{MemberState, Slot};
 use crate::superblock::{FLAG_BACKUP, FLAG_RESHAPE};
 
 /// Progress of a reshape.
@@ -50,6 +52,7 @@ impl RaidArray {
     /// [`RaidArray::reshape_step`] calls (or [`RaidArray::reshape_to_end`]).
     /// The critical section is done before this returns.
     pub async fn grow(&self, dev: SharedDevice) -> Result<()> {
+        let dev = self.as_member(dev);
         let mut geo = self.inner.geo.write().await;
         if geo.reshape.is_some() {
             return Err(RaidError::Config("a reshape is already running".into()));

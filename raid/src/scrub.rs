@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::array::RaidArray;
 use crate::error::Result;
-use crate::integrity::{ChunkTags, TagEntry, Vouch};
+use crate::integrity::{tag_addr, ChunkTags, TagEntry, Vouch};
 use crate::layout::Layout;
 use crate::parity::xor_into;
 
@@ -64,8 +64,14 @@ impl RaidArray {
             if row >= lay.rows {
                 break;
             }
-            let _g = self.row_lock(row).await;
-            self.scrub_row(&lay, row, &mut report).await?;
+            // Under the row lock to the end: a repair must not land after
+            // a later write of the row.
+            report = self
+                .on_row(row, move |a| async move {
+                    let mut report = report;
+                    a.scrub_row(&lay, row, &mut report).await.map(|()| report)
+                })
+                .await?;
             row += 1;
         }
         info!(?report, "scrub finished");
@@ -125,7 +131,7 @@ impl RaidArray {
                     unreadable[s]
                         || !tags[s].verifies(
                             i,
-                            Self::addr_of(lay, row, s as u32, i as u32),
+                            tag_addr(lay, row, s as u32, i as u32),
                             &chunks[s][range.clone()],
                         )
                 })
@@ -151,7 +157,7 @@ impl RaidArray {
                             xor_into(&mut x, &ch[range.clone()]);
                         }
                     }
-                    let addr = Self::addr_of(lay, row, s as u32, i as u32);
+                    let addr = tag_addr(lay, row, s as u32, i as u32);
                     if tags[s].entries[i].is_some_and(|e| !e.verifies(addr, &x)) {
                         warn!(
                             row,
@@ -183,7 +189,7 @@ impl RaidArray {
                         .chunks_exact(bs)
                         .enumerate()
                         .map(|(i, b)| {
-                            let addr = Self::addr_of(lay, row, s as u32, i as u32);
+                            let addr = tag_addr(lay, row, s as u32, i as u32);
                             // A block left bad keeps the tag that says so.
                             match tags[s].entries[i] {
                                 Some(e) if !fixed[s * c + i] && !e.verifies(addr, b) => Some(e),
@@ -329,7 +335,7 @@ impl RaidArray {
                     }
                 };
                 for (i, blk) in data.chunks_exact(bs).enumerate() {
-                    let addr = Self::addr_of(&lay, row, slot, i as u32);
+                    let addr = tag_addr(&lay, row, slot, i as u32);
                     let vouch = tags.vouch(i, addr, blk);
                     if vouch != Vouch::Current {
                         explained[i] = true;

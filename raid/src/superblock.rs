@@ -22,6 +22,8 @@
 //! 2240 closed flush epoch u64
 //! ```
 
+use blockdev::SharedDevice;
+
 use crate::error::{RaidError, Result};
 
 /// Bytes of one superblock copy.
@@ -265,6 +267,25 @@ impl Superblock {
     pub fn slot_block(block_size: u32, events: u64) -> u64 {
         (events % 2) * Self::blocks(block_size)
     }
+}
+
+/// Reads both superblock copies of a device and returns the newest valid one.
+pub(crate) async fn read_newest(dev: &SharedDevice) -> Result<Superblock> {
+    let bs = dev.geometry().block_size;
+    let n = Superblock::blocks(bs);
+    let mut best: Option<Superblock> = None;
+    let mut last_err = RaidError::BadSuperblock("no superblock".into());
+    for slot in 0..2u64 {
+        match dev.read(slot * n, n as u32).await {
+            Ok(buf) => match Superblock::decode(&buf) {
+                Ok(sb) if best.as_ref().is_none_or(|b| sb.events > b.events) => best = Some(sb),
+                Ok(_) => {}
+                Err(e) => last_err = e,
+            },
+            Err(e) => last_err = RaidError::Member { slot: 0, source: e },
+        }
+    }
+    best.ok_or(last_err)
 }
 
 #[cfg(test)]

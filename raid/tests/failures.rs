@@ -222,3 +222,27 @@ async fn mixed_sizes_use_the_smallest_and_report_waste() {
     );
     assert_eq!(r.capacity_blocks, a.geometry().num_blocks);
 }
+
+#[tokio::test]
+async fn a_member_that_fails_under_a_write_is_failed_and_the_write_succeeds() {
+    let mut cfg = small_config();
+    cfg.journal_blocks = 64;
+    let rig = Rig::new(3, 2048, cfg);
+    let (a, mut model) = rig.filled(3).await;
+    // Row 0's bitmap region is dirty after this, so the next write's first
+    // write to the parity member is its journal record.
+    a.write(0, blocks(0, 1, 2), WriteFlags::FUA).await.unwrap();
+    let parity = a.layout().await.parity_member(0);
+    let dev = rig.index_of(&a, parity);
+    rig.faulty[dev].fail_writes(0..u64::MAX);
+    a.write(1, blocks(1, 1, 2), WriteFlags::FUA)
+        .await
+        .expect("the row is written again without the failed member");
+    model[0] = Some(2);
+    model[1] = Some(2);
+    assert!(matches!(
+        a.member_states()[parity as usize],
+        MemberState::Faulty { .. }
+    ));
+    check_all(&a, &model).await;
+}

@@ -467,6 +467,8 @@ impl World {
                     let flush =
                         tokio::time::timeout(Duration::from_millis(u64::from(*at)), a.flush())
                             .await;
+                    // The crash ends what the dropped flush left running.
+                    a.halt();
                     drop(a);
                     for f in &self.rig.faulty {
                         f.set_latency(Duration::ZERO, None);

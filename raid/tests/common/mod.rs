@@ -27,6 +27,7 @@ pub fn small_config() -> Config {
         rebuild_rows_per_sec: None,
         checkpoint_rows: 8,
         reshape_step_rows: 4,
+        member_timeout: Duration::from_secs(10),
     }
 }
 

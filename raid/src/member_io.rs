@@ -1,0 +1,148 @@
+//! A member device as the array uses it: transient errors are waited out.
+//!
+//! A member's error says by its class ([`blockdev::ErrorClass`]) what the
+//! array may do. The transient ones (its path is down, it is busy, it timed
+//! out with the outcome unknown) do not fail the member: the request is
+//! retried, after a back-off on the injected clock, until it succeeds or the
+//! member has answered nothing but transient errors for the array's
+//! [`Config::member_timeout`](crate::Config). Then the error is reported as
+//! [`BlockError::Failed`], and the array fails the member as it does on
+//! every other error but a medium error (which is repaired from
+//! redundancy). A call that returned has no I/O left running (the
+//! [`BlockDevice`] contract), so retrying a timed-out write cannot race the
+//! first attempt. While a member waits, so does every request that needs
+//! it: the rows it holds cannot be updated without it and stay consistent.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use blockdev::{
+    BlockDevice, BlockError, Bytes, DeviceIdentity, DeviceStatus, Extent, Features, FileSlice,
+    Geometry, Limits, Result, SharedDevice, WriteFlags,
+};
+
+use crate::clock::Clock;
+
+/// First wait before a retry; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait between two retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A member device whose transient errors are retried within a bound.
+#[derive(Debug)]
+pub(crate) struct MemberDevice {
+    dev: SharedDevice,
+    clock: Arc<dyn Clock>,
+    /// How long the member may answer only with transient errors.
+    timeout: Duration,
+    /// Since when it has answered nothing but transient errors.
+    down_since: Mutex<Option<Duration>>,
+}
+
+impl MemberDevice {
+    /// `dev` as a member: its transient errors are retried for up to `timeout`.
+    pub(crate) fn wrap(
+        dev: SharedDevice,
+        timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> SharedDevice {
+        Arc::new(MemberDevice {
+            dev,
+            clock,
+            timeout,
+            down_since: Mutex::new(None),
+        })
+    }
+
+    /// Runs `op` until it returns anything but a transient error, or the
+    /// member has been down for the timeout.
+    async fn retry<T, F>(&self, mut op: impl FnMut() -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let e = match op().await {
+                Err(e) if e.is_transient() => e,
+                r => {
+                    // The member answered: whatever it said, its path works.
+                    *self.down_since.lock().expect("member lock") = None;
+                    return r;
+                }
+            };
+            let now = self.clock.now();
+            let since = *self
+                .down_since
+                .lock()
+                .expect("member lock")
+                .get_or_insert(now);
+            let left = (since + self.timeout).saturating_sub(now);
+            if left.is_zero() {
+                return Err(BlockError::Failed(format!(
+                    "no answer but transient errors for {:?}: {e}",
+                    now - since
+                )));
+            }
+            self.clock.sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+#[async_trait]
+impl BlockDevice for MemberDevice {
+    fn geometry(&self) -> Geometry {
+        self.dev.geometry()
+    }
+
+    fn identity(&self) -> &DeviceIdentity {
+        self.dev.identity()
+    }
+
+    fn read_only(&self) -> bool {
+        self.dev.read_only()
+    }
+
+    fn features(&self) -> Features {
+        self.dev.features()
+    }
+
+    fn limits(&self) -> Limits {
+        self.dev.limits()
+    }
+
+    fn status(&self) -> tokio::sync::watch::Receiver<DeviceStatus> {
+        self.dev.status()
+    }
+
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes> {
+        self.retry(|| self.dev.read(lba, blocks)).await
+    }
+
+    async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
+        self.retry(|| self.dev.write(lba, data.clone(), flags))
+            .await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.retry(|| self.dev.flush()).await
+    }
+
+    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
+        self.retry(|| self.dev.write_zeroes(lba, blocks, unmap))
+            .await
+    }
+
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
+        self.retry(|| self.dev.unmap(lba, blocks)).await
+    }
+
+    fn cached_slice(&self, lba: u64, blocks: u32) -> Option<FileSlice> {
+        self.dev.cached_slice(lba, blocks)
+    }
+
+    async fn block_status(&self, lba: u64, max_blocks: u64) -> Result<Extent> {
+        self.retry(|| self.dev.block_status(lba, max_blocks)).await
+    }
+}
