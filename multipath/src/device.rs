@@ -212,10 +212,29 @@ impl BlockDevice for MultipathDevice {
         self.first().features()
     }
 
-    /// The first path's limits: every path reaches the same disk, which
-    /// states them.
+    /// What every path can carry: the smallest transfer and atomic-write
+    /// limits of the paths (their transports may differ), the first path's
+    /// granularity, and the queue depths added up.
     fn limits(&self) -> Limits {
-        self.first().limits()
+        let all: Vec<Limits> = self
+            .shared
+            .paths
+            .iter()
+            .map(|p| p.device().limits())
+            .collect();
+        let smallest =
+            |f: fn(&Limits) -> u32| all.iter().map(f).filter(|&v| v > 0).min().unwrap_or(0);
+        Limits {
+            max_transfer: smallest(|l| l.max_transfer),
+            optimal_granularity: all[0].optimal_granularity,
+            // An atomic write is promised only if every path promises one.
+            atomic_write: if all.iter().any(|l| l.atomic_write == 0) {
+                0
+            } else {
+                smallest(|l| l.atomic_write)
+            },
+            queue_depth: all.iter().map(|l| l.queue_depth).sum(),
+        }
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes> {

@@ -3,12 +3,12 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use blockdev::{BlockDevice, Bytes, FaultyDevice, MemDevice, SharedDevice};
-use multipath::{Config, MultipathDevice, Path, Transport};
+use blockdev::{BlockDevice, Bytes, FaultyDevice, MemDevice, Result, SharedDevice};
+use multipath::{AluaState, Config, MultipathDevice, Path, Transport};
 
 /// A path whose faults the test controls. Its fence models the ISU ending
 /// the old session's tasks when the session is reinstated: every write held
@@ -18,6 +18,8 @@ use multipath::{Config, MultipathDevice, Path, Transport};
 pub struct FaultyPath {
     pub faults: Arc<FaultyDevice>,
     device: SharedDevice,
+    /// The ALUA state its checks report.
+    pub alua: Mutex<AluaState>,
 }
 
 #[async_trait]
@@ -30,6 +32,11 @@ impl Path for FaultyPath {
         Transport::Iscsi
     }
 
+    async fn check(&self) -> Result<AluaState> {
+        self.device.read(0, 1).await?;
+        Ok(*self.alua.lock().unwrap())
+    }
+
     async fn fence(&self) {
         self.faults.release_writes();
         while self.faults.held_writes() > 0 {
@@ -40,20 +47,32 @@ impl Path for FaultyPath {
 
 /// `n` paths to one 4 MiB disk, and the multipath device over them.
 pub fn device(n: usize, config: Config) -> (MultipathDevice, Vec<Arc<FaultyDevice>>) {
+    let (dev, paths) = device_with_paths(n, config);
+    (dev, paths.iter().map(|p| p.faults.clone()).collect())
+}
+
+/// As [`device`], with the paths themselves.
+pub fn device_with_paths(n: usize, config: Config) -> (MultipathDevice, Vec<Arc<FaultyPath>>) {
     let disk: SharedDevice = Arc::new(MemDevice::with_name("disk", 4 << 20));
     let faults: Vec<Arc<FaultyDevice>> = (0..n)
         .map(|i| Arc::new(FaultyDevice::new(disk.clone(), i as u64)))
         .collect();
-    let paths: Vec<Arc<dyn Path>> = faults
-        .iter()
-        .map(|f| {
-            Arc::new(FaultyPath {
-                faults: f.clone(),
-                device: f.clone() as SharedDevice,
-            }) as Arc<dyn Path>
-        })
-        .collect();
-    (MultipathDevice::new(paths, config).unwrap(), faults)
+    let paths: Vec<Arc<FaultyPath>> = faults.iter().map(|f| faulty_path(f.clone())).collect();
+    let dyn_paths = paths.iter().map(|p| p.clone() as Arc<dyn Path>).collect();
+    (MultipathDevice::new(dyn_paths, config).unwrap(), paths)
+}
+
+fn faulty_path(faults: Arc<FaultyDevice>) -> Arc<FaultyPath> {
+    Arc::new(FaultyPath {
+        device: faults.clone() as SharedDevice,
+        faults,
+        alua: Mutex::new(AluaState::ActiveOptimized),
+    })
+}
+
+/// A path to `disk` with no faults injected yet.
+pub fn path_to(disk: SharedDevice) -> Arc<dyn Path> {
+    faulty_path(Arc::new(FaultyDevice::new(disk, 0)))
 }
 
 /// Block `lba` of generation `generation`: every byte says both, so a
