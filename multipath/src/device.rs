@@ -113,7 +113,8 @@ impl MultipathDevice {
     /// Runs one I/O of `bytes` bytes: routes each attempt, retries it on
     /// another path when the class of its error allows, fences the paths
     /// where a write's outcome is unknown before reporting it, and waits
-    /// (up to the bound) while no path is usable.
+    /// while no path is usable: up to the bound from when the last path
+    /// went, and at most the bound in all for this I/O.
     async fn submit<T>(
         &self,
         kind: Kind,
@@ -123,12 +124,23 @@ impl MultipathDevice {
         let shared = &self.shared;
         let mut fences: Vec<JoinHandle<()>> = Vec::new();
         let mut busy = 0;
+        // When this I/O first found no usable path: it waits for one at most
+        // the bound in all, even if paths come and go meanwhile.
+        let mut first_wait: Option<Instant> = None;
+        let bound = shared.config.no_path_bound;
         let result = loop {
             let mut usable = shared.usable.subscribe();
-            let route = shared.core().route(bytes, now());
+            let at = now();
+            let route = shared.core().route(bytes, at);
             let path = match route {
                 Route::Path(p) => p,
                 Route::Wait { until } => {
+                    let since = *first_wait.get_or_insert(at);
+                    if at >= since + bound {
+                        let waited = at - since;
+                        break Err(MultipathError::NoPath { waited, bound }.into());
+                    }
+                    let until = until.min(since + bound);
                     tokio::select! {
                         _ = usable.changed() => {}
                         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {}

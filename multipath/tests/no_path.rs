@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use blockdev::{BlockDevice, ErrorClass, WriteFlags};
-use common::{device, stamp, verify};
-use multipath::Config;
+use common::{device, device_with_paths, stamp, verify};
+use multipath::{Config, Marginal};
 use tokio::time::Instant;
 
 const BOUND: Duration = Duration::from_secs(2);
@@ -70,4 +70,29 @@ async fn every_path_failed_for_good_fails_with_the_failed_class() {
     }
     let e = dev.read(0, 1).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Failed, "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_io_on_a_path_that_checks_good_but_fails_every_io_ends_within_the_bound() {
+    // Marginal detection off: the path comes back after every check.
+    let (dev, paths) = device_with_paths(
+        1,
+        Config {
+            marginal: Marginal {
+                failures: u32::MAX,
+                ..Marginal::default()
+            },
+            ..config()
+        },
+    );
+    paths[0]
+        .checks_lie
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    paths[0].faults.set_path_down(true);
+    let start = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(60), dev.read(0, 1))
+        .await
+        .expect("the I/O ends, it does not go round for ever");
+    assert_eq!(r.unwrap_err().class(), ErrorClass::RetryElsewhere);
+    assert!(start.elapsed() >= BOUND);
 }
