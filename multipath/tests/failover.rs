@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use blockdev::{BlockDevice, WriteFlags};
 use common::{device, stamp, verify};
-use multipath::{Config, PathState};
+use multipath::{Config, Marginal, PathState};
 
 fn config() -> Config {
     Config {
@@ -87,4 +87,50 @@ async fn a_timed_out_read_is_retried_on_the_other_path() {
     }
     let paths = dev.paths();
     assert!(paths[0].stats.failed_over >= 1, "{paths:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_path_is_held_out_until_it_stays_good() {
+    let (dev, faults) = device(
+        2,
+        Config {
+            marginal: Marginal {
+                window: Duration::from_secs(60),
+                failures: 2,
+                hold: Duration::from_secs(1),
+            },
+            ..config()
+        },
+    );
+    let step = Duration::from_millis(250);
+    for _ in 0..2 {
+        faults[1].set_path_down(true);
+        tokio::time::sleep(step).await;
+        faults[1].set_path_down(false);
+        tokio::time::sleep(step).await;
+    }
+    assert!(matches!(dev.paths()[1].state, PathState::Marginal { .. }));
+    let before = dev.paths()[1].stats.completed;
+    for i in 0..10 {
+        dev.read(i, 1).await.unwrap();
+    }
+    assert_eq!(dev.paths()[1].stats.completed, before, "held out");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(dev.paths()[1].state, PathState::Up);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_medium_error_reaches_the_caller_and_leaves_the_paths_up() {
+    let (dev, faults) = device(2, config());
+    for f in &faults {
+        f.fail_writes(5..6);
+    }
+    let e = dev
+        .write(5, stamp(5, 1), WriteFlags::NONE)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), blockdev::ErrorClass::Medium, "{e}");
+    let paths = dev.paths();
+    assert!(paths.iter().all(|p| p.state == PathState::Up), "{paths:?}");
+    assert_eq!(paths.iter().map(|p| p.stats.errors).sum::<u64>(), 1);
 }
