@@ -1,0 +1,277 @@
+//! The sans-I/O core of a multipath device: its paths' states, ALUA states
+//! and statistics, which path the next I/O takes, and what happens while
+//! none is usable. Every input carries the time it happened.
+
+use std::time::{Duration, Instant};
+
+use blockdev::ErrorClass;
+
+use crate::alua::AluaState;
+use crate::config::Config;
+use crate::error::MultipathError;
+use crate::health::{Health, PathState};
+use crate::no_path::NoPathClock;
+use crate::selector::Selector;
+use crate::stats::PathStats;
+
+/// Where the next I/O goes.
+#[derive(Debug)]
+pub enum Route {
+    /// Through this path (counted in flight until [`PathSet::ended`]).
+    Path(usize),
+    /// No path is usable: wait for one until this time.
+    Wait {
+        /// When the no-path bound runs out.
+        until: Instant,
+    },
+    /// Give up with this error.
+    Fail(MultipathError),
+}
+
+/// What is known of one path, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathReport {
+    /// Up, failed, marginal or dead.
+    pub state: PathState,
+    /// Its port group's ALUA state, as last checked.
+    pub alua: AluaState,
+    /// Its counters.
+    pub stats: PathStats,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    health: Health,
+    alua: AluaState,
+    stats: PathStats,
+}
+
+/// The paths of one device.
+#[derive(Debug, Clone)]
+pub struct PathSet {
+    paths: Vec<Entry>,
+    selector: Selector,
+    no_path: NoPathClock,
+}
+
+impl PathSet {
+    /// `n` paths, assumed up and active/optimized until checked.
+    pub fn new(n: usize, config: &Config) -> PathSet {
+        PathSet {
+            paths: vec![
+                Entry {
+                    health: Health::new(config.marginal),
+                    alua: AluaState::default(),
+                    stats: PathStats::default(),
+                };
+                n
+            ],
+            selector: Selector::new(config.selector),
+            no_path: NoPathClock::new(config.no_path_bound),
+        }
+    }
+
+    /// Number of paths.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Whether there are no paths.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Whether some path can take I/O now.
+    pub fn has_usable(&self) -> bool {
+        self.paths.iter().any(usable)
+    }
+
+    /// Chooses the path of an I/O of `bytes` bytes at `now`: among the
+    /// usable paths of the best ALUA rank present, by the selector.
+    pub fn route(&mut self, bytes: u64, now: Instant) -> Route {
+        let best = self
+            .paths
+            .iter()
+            .filter(|e| usable(e))
+            .filter_map(|e| e.alua.rank())
+            .min();
+        if let Some(best) = best {
+            let candidates: Vec<(usize, &PathStats)> = self
+                .paths
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| usable(e) && e.alua.rank() == Some(best))
+                .map(|(i, e)| (i, &e.stats))
+                .collect();
+            let chosen = self
+                .selector
+                .pick(&candidates, bytes)
+                .expect("a best rank has a candidate");
+            self.paths[chosen].stats.started(bytes);
+            return Route::Path(chosen);
+        }
+        if self
+            .paths
+            .iter()
+            .all(|e| e.health.state() == PathState::Dead)
+        {
+            return Route::Fail(MultipathError::AllPathsFailed);
+        }
+        match self.no_path.wait_until(now) {
+            Ok(until) => Route::Wait { until },
+            Err(e) => Route::Fail(e),
+        }
+    }
+
+    /// An I/O of `bytes` bytes routed to `path` ended after `took`, with
+    /// success or an error of the given class.
+    pub fn ended(
+        &mut self,
+        path: usize,
+        bytes: u64,
+        took: Duration,
+        result: Result<(), ErrorClass>,
+        now: Instant,
+    ) {
+        let e = &mut self.paths[path];
+        e.stats.ended(bytes, took, result.is_ok());
+        if let Err(class) = result {
+            if matches!(
+                class,
+                ErrorClass::RetryElsewhere | ErrorClass::OutcomeUnknown | ErrorClass::Failed
+            ) {
+                e.stats.failed_over += 1;
+            }
+            e.health.io_error(class, now);
+        }
+        self.refresh(now);
+    }
+
+    /// A check of `path` ended: the ALUA state of its port group if the
+    /// device answered ready, or the class of its error.
+    pub fn checked(&mut self, path: usize, result: Result<AluaState, ErrorClass>, now: Instant) {
+        let e = &mut self.paths[path];
+        match result {
+            Ok(alua) => {
+                e.alua = alua;
+                e.health.checked(Ok(()), now);
+            }
+            Err(class) => {
+                e.stats.check_failures += 1;
+                e.health.checked(Err(class), now);
+            }
+        }
+        self.refresh(now);
+    }
+
+    /// What is known of each path, in path order.
+    pub fn report(&self) -> Vec<PathReport> {
+        self.paths
+            .iter()
+            .map(|e| PathReport {
+                state: e.health.state(),
+                alua: e.alua,
+                stats: e.stats,
+            })
+            .collect()
+    }
+
+    fn refresh(&mut self, now: Instant) {
+        let usable = self.has_usable();
+        self.no_path.update(usable, now);
+    }
+}
+
+fn usable(e: &Entry) -> bool {
+    e.health.is_up() && e.alua.rank().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn set(n: usize) -> PathSet {
+        PathSet::new(
+            n,
+            &Config {
+                no_path_bound: Duration::from_secs(5),
+                ..Config::default()
+            },
+        )
+    }
+
+    fn path(r: Route) -> usize {
+        match r {
+            Route::Path(p) => p,
+            other => panic!("expected a path, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_path_down_error_moves_io_to_the_other_path() {
+        let t = Instant::now();
+        let mut s = set(2);
+        let p = path(s.route(4096, t));
+        s.ended(p, 4096, ms(1), Err(ErrorClass::RetryElsewhere), t);
+        for _ in 0..4 {
+            let q = path(s.route(4096, t));
+            assert_ne!(q, p);
+            s.ended(q, 4096, ms(1), Ok(()), t);
+        }
+        let r = s.report();
+        assert_eq!(r[p].stats.failed_over, 1);
+        assert_eq!(r[1 - p].stats.completed, 4);
+        assert!(matches!(r[p].state, PathState::Failed { .. }));
+    }
+
+    #[test]
+    fn optimized_paths_are_preferred_and_standby_never_used() {
+        let t = Instant::now();
+        let mut s = set(3);
+        s.checked(0, Ok(AluaState::ActiveNonOptimized), t);
+        s.checked(1, Ok(AluaState::Standby), t);
+        s.checked(2, Ok(AluaState::ActiveOptimized), t);
+        for _ in 0..3 {
+            assert_eq!(path(s.route(512, t)), 2);
+        }
+        s.checked(2, Err(ErrorClass::RetryElsewhere), t);
+        for _ in 0..3 {
+            assert_eq!(path(s.route(512, t)), 0);
+        }
+        s.checked(0, Ok(AluaState::Transitioning), t);
+        assert!(matches!(s.route(512, t), Route::Wait { .. }));
+    }
+
+    #[test]
+    fn no_path_waits_up_to_the_bound_then_fails_typed() {
+        let t = Instant::now();
+        let mut s = set(2);
+        s.checked(0, Err(ErrorClass::RetryElsewhere), t);
+        s.checked(1, Err(ErrorClass::OutcomeUnknown), t + ms(100));
+        assert!(
+            matches!(s.route(512, t + ms(200)), Route::Wait { until } if until == t + ms(5100))
+        );
+        assert!(matches!(
+            s.route(512, t + ms(5100)),
+            Route::Fail(MultipathError::NoPath { .. })
+        ));
+        s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(6000));
+        assert_eq!(path(s.route(512, t + ms(6000))), 1);
+    }
+
+    #[test]
+    fn all_paths_dead_fail_at_once() {
+        let t = Instant::now();
+        let mut s = set(2);
+        s.checked(0, Err(ErrorClass::Failed), t);
+        s.ended(1, 0, ms(1), Err(ErrorClass::Failed), t);
+        assert!(matches!(
+            s.route(512, t),
+            Route::Fail(MultipathError::AllPathsFailed)
+        ));
+    }
+}
