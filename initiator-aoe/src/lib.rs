@@ -51,6 +51,11 @@
 //!    assumption, like TCP's segment lifetime). Reads are not held: a stale
 //!    copy writes the same data the answered one wrote.
 //!
+//! What the rules do not cover: a copy of a write frame made by the
+//! network itself (the same tag twice). AoE cannot tell it from the first,
+//! and fencing every write for the horizon would hold back every rewrite of
+//! a block; Ethernet duplicates frames only in a forwarding loop.
+//!
 //! So a retransmitted write's stale first copy can never land over a later
 //! write of the same blocks; what it can still do is write its own data
 //! again, which is what was acknowledged.

@@ -474,11 +474,16 @@ impl TargetState {
             }
             if self.send(now, seq, Some(last.path)) {
                 self.stats.retransmits += 1;
+            } else if let Some(f) = self.frames.get_mut(&seq) {
+                // No path carries it now: try again a timeout later.
+                f.rexmit_at = Some(now + self.rtt.rto());
             }
         }
         for path in self.paths.due_probes(&self.settings, now) {
             let tag = self.tag();
             let (iface, to) = self.address(path);
+            // One probe per path is awaited: the last one.
+            self.probes.retain(|_, p| *p != path);
             self.probes.insert(tag, path);
             self.tx.push_back(Transmit {
                 iface,
