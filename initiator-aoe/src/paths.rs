@@ -49,7 +49,7 @@ pub struct Path {
     next_probe: Option<Instant>,
     /// Frames sent on this path.
     pub sent: u64,
-    /// Frames answered on this path.
+    /// Replies received on this path (to frames and to Query Configs).
     pub answered: u64,
     /// Retransmit timeouts on this path.
     pub timeouts: u64,
