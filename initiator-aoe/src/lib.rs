@@ -11,7 +11,10 @@
 //!   steering away from a failing one, and its probes;
 //! - [`order`]: the write-ordering rule below;
 //! - [`wire`]: the request frames;
-//! - [`target`]: the per-target state machine on all of these.
+//! - [`target`]: the per-target state machine on all of these;
+//! - [`driver`]: the I/O edge, a thread per target that owns its raw
+//!   sockets (`aoe-proto`'s) and its state machine;
+//! - [`device`]: [`AoeDevice`], a target as a `BlockDevice` on its driver.
 //!
 //! # What a request becomes
 //!
@@ -62,6 +65,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod device;
+pub mod driver;
 pub mod order;
 pub mod paths;
 pub mod rtt;
@@ -70,6 +75,7 @@ pub mod target;
 pub mod window;
 pub mod wire;
 
+pub use device::{AoeDevice, OpenError};
 pub use paths::Interface;
 pub use settings::Settings;
 pub use target::{Completion, Request, RequestId, Stats, TargetState, Transmit};
