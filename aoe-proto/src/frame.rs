@@ -289,6 +289,14 @@ pub fn encode_headers(out: &mut Vec<u8>, dst: Mac, src: Mac, header: &Header) {
     header.encode(out);
 }
 
+/// Most sectors one ATA frame carries on a link with this MTU (the bytes
+/// after the Ethernet header): the data plus the AoE header and the ATA
+/// argument must fit.
+pub fn max_sectors_in(mtu: usize) -> u8 {
+    let room = mtu.saturating_sub(AOE_HEADER_LEN + ATA_ARG_LEN) / SECTOR_SIZE;
+    room.min(255) as u8
+}
+
 /// Zero-pads `out` to the Ethernet minimum frame length.
 pub fn pad_min(out: &mut Vec<u8>) {
     if out.len() < MIN_FRAME_LEN {
