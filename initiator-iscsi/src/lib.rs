@@ -32,6 +32,7 @@ mod error;
 mod fullfeature;
 pub mod keepalive;
 mod pipeline;
+mod pipelined;
 mod session;
 pub mod tmf;
 
@@ -43,5 +44,6 @@ pub use iscsi_proto::login::{Auth, LoggedIn, LoginConfig, LoginError};
 pub use iscsi_proto::negotiate::{Limits, Params};
 pub use keepalive::KeepaliveConfig;
 pub use pipeline::{Pipeline, PipelineConfig, Ticket};
+pub use pipelined::PipelinedSession;
 pub use session::Session;
 pub use tmf::{TaskManagement, TmfResult};

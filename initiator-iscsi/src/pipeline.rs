@@ -56,7 +56,8 @@ pub struct Pipeline {
     /// Sent, unanswered: by ITT, with the command (held for a resend).
     running: HashMap<u32, (Ticket, Command)>,
     done: VecDeque<(Ticket, Result<ScsiResult, Error>)>,
-    tmf_answers: HashMap<u32, u8>,
+    /// Response codes of immediate requests (task management, logout).
+    answers: HashMap<u32, u8>,
 }
 
 impl Pipeline {
@@ -70,7 +71,7 @@ impl Pipeline {
             pending: VecDeque::new(),
             running: HashMap::new(),
             done: VecDeque::new(),
-            tmf_answers: HashMap::new(),
+            answers: HashMap::new(),
         }
     }
 
@@ -115,15 +116,21 @@ impl Pipeline {
     }
 
     /// Sends a task management request (immediate, outside the window);
-    /// its answer comes from [`Pipeline::take_tmf_answer`].
+    /// its answer comes from [`Pipeline::take_answer`].
     pub fn task_management(&mut self, tmf: TaskManagement) -> u32 {
         self.ffp.task_management(tmf)
     }
 
-    /// The response code of the task management request tagged `itt`, once
-    /// answered.
-    pub fn take_tmf_answer(&mut self, itt: u32) -> Option<u8> {
-        self.tmf_answers.remove(&itt)
+    /// Sends a Logout Request closing the session; its answer comes from
+    /// [`Pipeline::take_answer`].
+    pub fn logout(&mut self) -> u32 {
+        self.ffp.logout()
+    }
+
+    /// The response code of the task management or logout request tagged
+    /// `itt`, once answered.
+    pub fn take_answer(&mut self, itt: u32) -> Option<u8> {
+        self.answers.remove(&itt)
     }
 
     /// The ITT and CmdSN a ticket's command went out with, while it runs.
@@ -151,8 +158,8 @@ impl Pipeline {
                     }
                 }
                 Event::Pong { itt, .. } => self.keepalive.answered(itt, now),
-                Event::Tmf { itt, response } => {
-                    self.tmf_answers.insert(itt, response);
+                Event::Tmf { itt, response } | Event::Logout { itt, response, .. } => {
+                    self.answers.insert(itt, response);
                 }
                 Event::Async { message, .. } if ENDING_EVENTS.contains(&message.event) => {
                     return Err(Error::Closed);
