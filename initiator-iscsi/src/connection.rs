@@ -12,6 +12,7 @@ use iscsi_proto::login::{InitiatorLogin, LoggedIn, LoginConfig, LoginProgress, L
 use iscsi_proto::negotiate::Params;
 use iscsi_proto::pdu::Bhs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::Error;
@@ -23,12 +24,26 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// One TCP connection to a target.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    reader: Reader,
+    writer: Writer,
+    timeout: Duration,
+}
+
+/// The receiving half of a connection: PDUs in, framed with the digests
+/// and the segment limit in force.
+#[derive(Debug)]
+pub struct Reader {
+    half: OwnedReadHalf,
     buf: BytesMut,
     decoder: Decoder,
+}
+
+/// The sending half of a connection: PDUs out, with the digests in force.
+#[derive(Debug)]
+pub struct Writer {
+    half: OwnedWriteHalf,
     header_digest: Digest,
     data_digest: Digest,
-    timeout: Duration,
 }
 
 impl Connection {
@@ -57,14 +72,25 @@ impl Connection {
     /// A connection over a stream already connected.
     pub fn from_stream(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
         Connection {
-            stream,
-            buf: BytesMut::with_capacity(64 * 1024),
-            decoder: Decoder::new(LOGIN_SEGMENT),
-            header_digest: Digest::None,
-            data_digest: Digest::None,
+            reader: Reader {
+                half: read,
+                buf: BytesMut::with_capacity(64 * 1024),
+                decoder: Decoder::new(LOGIN_SEGMENT),
+            },
+            writer: Writer {
+                half: write,
+                header_digest: Digest::None,
+                data_digest: Digest::None,
+            },
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The two halves, for a reader task beside a writer.
+    pub fn into_split(self) -> (Reader, Writer) {
+        (self.reader, self.writer)
     }
 
     /// How long [`Connection::recv`] waits for a PDU.
@@ -74,28 +100,31 @@ impl Connection {
 
     /// The digests in use, both ways.
     pub fn digests(&self) -> (Digest, Digest) {
-        (self.header_digest, self.data_digest)
+        (self.writer.header_digest, self.writer.data_digest)
     }
 
     /// Puts the negotiated digests and this side's segment limit in force.
     pub fn apply(&mut self, params: &Params) {
-        self.header_digest = params.header_digest;
-        self.data_digest = params.data_digest;
-        self.decoder.header_digest = params.header_digest;
-        self.decoder.data_digest = params.data_digest;
-        self.decoder.max_data = params.recv_data_segment_length as usize;
+        self.writer.header_digest = params.header_digest;
+        self.writer.data_digest = params.data_digest;
+        let decoder = &mut self.reader.decoder;
+        decoder.header_digest = params.header_digest;
+        decoder.data_digest = params.data_digest;
+        decoder.max_data = params.recv_data_segment_length as usize;
     }
 
     /// The local and peer addresses.
     pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
-        Ok((self.stream.local_addr()?, self.stream.peer_addr()?))
+        let stream = self.writer.half.as_ref();
+        Ok((stream.local_addr()?, stream.peer_addr()?))
     }
 
     /// Logs in with `cfg` and puts what was negotiated in force. On a
     /// failure the connection stays as the target left it (tests look at
     /// what it does next).
     pub async fn login(&mut self, cfg: LoginConfig) -> Result<LoggedIn, Error> {
-        self.decoder.max_data = LOGIN_SEGMENT.max(cfg.limits.max_recv_data_segment_length as usize);
+        self.reader.decoder.max_data =
+            LOGIN_SEGMENT.max(cfg.limits.max_recv_data_segment_length as usize);
         let mut login = InitiatorLogin::new(cfg)?;
         let mut pdu = login.start();
         loop {
@@ -117,6 +146,70 @@ impl Connection {
         }
     }
 
+    /// Sends one PDU with the digests in force.
+    pub async fn send(&mut self, bhs: &Bhs, data: &[u8]) -> Result<(), Error> {
+        self.writer.send(bhs, data).await
+    }
+
+    /// Sends PDUs, in order, in as few writes as their size allows.
+    pub async fn send_all(&mut self, pdus: Vec<(Bhs, Bytes)>) -> Result<(), Error> {
+        self.writer.send_all(pdus).await
+    }
+
+    /// Sends bytes as they are: malformed PDUs, garbage, half a header.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.writer.send_raw(bytes).await
+    }
+
+    /// The next PDU; [`Error::Closed`] once the target closed the
+    /// connection, [`Error::Timeout`] after the timeout without one.
+    pub async fn recv(&mut self) -> Result<InPdu, Error> {
+        tokio::time::timeout(self.timeout, self.reader.recv())
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
+    }
+    /// Whether the target closes the connection within the timeout (what it
+    /// sends until then is read and dropped).
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match self.recv().await {
+                Ok(_) => {}
+                Err(Error::Closed | Error::Io(_)) => return true,
+                Err(Error::Protocol(_)) => self.reader.buf.clear(),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Drops the connection with a TCP reset, as a crashing initiator or a
+    /// broken network would.
+    pub fn reset(self) {
+        // Whole again, the socket closes with the reset alone (a write
+        // half dropped on its own would send a FIN first).
+        if let Ok(stream) = self.reader.half.reunite(self.writer.half) {
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+impl Reader {
+    /// The next PDU (cancel-safe: a PDU half read stays buffered);
+    /// [`Error::Closed`] once the target closed the connection.
+    pub async fn recv(&mut self) -> Result<InPdu, Error> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(Error::Protocol(format!("framing: {e}"))),
+            }
+            if self.half.read_buf(&mut self.buf).await? == 0 {
+                return Err(Error::Closed);
+            }
+        }
+    }
+}
+
+impl Writer {
     /// Sends one PDU with the digests in force.
     pub async fn send(&mut self, bhs: &Bhs, data: &[u8]) -> Result<(), Error> {
         let pdu = OutPdu::new(
@@ -149,43 +242,6 @@ impl Connection {
 
     /// Sends bytes as they are: malformed PDUs, garbage, half a header.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        Ok(self.stream.write_all(bytes).await?)
-    }
-
-    /// The next PDU; [`Error::Closed`] once the target closed the
-    /// connection, [`Error::Timeout`] after the timeout without one.
-    pub async fn recv(&mut self) -> Result<InPdu, Error> {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(p)) => return Ok(p),
-                Ok(None) => {}
-                Err(e) => return Err(Error::Protocol(format!("framing: {e}"))),
-            }
-            match tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(Error::Timeout(self.timeout)),
-                Ok(Ok(0)) => return Err(Error::Closed),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Whether the target closes the connection within the timeout (what it
-    /// sends until then is read and dropped).
-    pub async fn closed(&mut self) -> bool {
-        loop {
-            match self.recv().await {
-                Ok(_) => {}
-                Err(Error::Closed | Error::Io(_)) => return true,
-                Err(Error::Protocol(_)) => self.buf.clear(),
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// Drops the connection with a TCP reset, as a crashing initiator or a
-    /// broken network would.
-    pub fn reset(self) {
-        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        Ok(self.half.write_all(bytes).await?)
     }
 }

@@ -17,6 +17,15 @@ pub enum Error {
     /// wait longer).
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The connection failed before the command's answer came: the target
+    /// may or may not have carried it out, and may still, until the session
+    /// is reinstated or has timed out on the target.
+    #[error("the connection failed before the answer: {0}")]
+    ConnectionLost(String),
+    /// The session is closed (logged out, or its connection failed
+    /// earlier): log in again.
+    #[error("the session is closed")]
+    SessionClosed,
     /// The login failed (see [`LoginError`] for what to do).
     #[error("login: {0}")]
     Login(#[from] LoginError),

@@ -93,10 +93,15 @@ pub enum Event {
     },
 }
 
+/// Asynchronous events that end the session or the connection (§11.9.1):
+/// the target asks for a logout, drops the connection, drops the session.
+pub(crate) const ENDING_EVENTS: [u8; 3] = [1, 2, 3];
+
 /// One SCSI command in flight.
 #[derive(Debug)]
 struct TaskState {
     lun: u64,
+    cmd_sn: u32,
     data_out: Bytes,
     /// Bytes of data-out sent so far.
     sent: usize,
@@ -162,6 +167,11 @@ impl FullFeature {
     /// (CmdSN up to MaxCmdSN, §4.2.2.1).
     pub fn window_open(&self) -> bool {
         !later(self.cmd_sn, self.max_cmd_sn)
+    }
+
+    /// The CmdSN of the SCSI command tagged `itt`, while it runs.
+    pub fn cmd_sn_of(&self, itt: u32) -> Option<u32> {
+        self.tasks.get(&itt).map(|t| t.cmd_sn)
     }
 
     /// SCSI commands sent and not ended.
@@ -242,6 +252,7 @@ impl FullFeature {
             itt,
             TaskState {
                 lun,
+                cmd_sn,
                 data_out: cmd.data_out,
                 sent: unsolicited,
                 data_in: Vec::new(),
@@ -604,12 +615,12 @@ fn residual(underflow: bool, overflow: bool, count: u32) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use iscsi_proto::login::SessionType;
     use iscsi_proto::pdu::{DataIn, NopIn, R2t, ScsiResponse};
 
-    fn session(params: Params) -> FullFeature {
+    pub(crate) fn session(params: Params) -> FullFeature {
         FullFeature::new(&LoggedIn {
             session_type: SessionType::Normal,
             isid: [0x80, 0, 0, 0, 0, 1],
@@ -627,7 +638,7 @@ mod tests {
         })
     }
 
-    fn pdu(bhs: Bhs, data: &[u8]) -> InPdu {
+    pub(crate) fn pdu(bhs: Bhs, data: &[u8]) -> InPdu {
         InPdu {
             raw: [0; 48],
             bhs: Ok(bhs),

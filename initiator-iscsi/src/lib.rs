@@ -30,6 +30,9 @@ mod command;
 mod connection;
 mod error;
 mod fullfeature;
+pub mod keepalive;
+mod pipeline;
+mod pipelined;
 mod session;
 pub mod tmf;
 
@@ -39,5 +42,8 @@ pub use error::Error;
 pub use fullfeature::{Event, FullFeature, Task};
 pub use iscsi_proto::login::{Auth, LoggedIn, LoginConfig, LoginError};
 pub use iscsi_proto::negotiate::{Limits, Params};
+pub use keepalive::KeepaliveConfig;
+pub use pipeline::{Pipeline, PipelineConfig, Ticket};
+pub use pipelined::PipelinedSession;
 pub use session::Session;
 pub use tmf::{TaskManagement, TmfResult};

@@ -13,13 +13,9 @@ use iscsi_proto::text::TextList;
 
 use crate::command::{Command, ScsiResult};
 use crate::connection::Connection;
-use crate::fullfeature::{Event, FullFeature, Task};
+use crate::fullfeature::{Event, FullFeature, Task, ENDING_EVENTS};
 use crate::tmf::{TaskManagement, TmfResult};
 use crate::Error;
-
-/// Asynchronous events that end the session or the connection (§11.9.1):
-/// the target asks for a logout, drops the connection, drops the session.
-const ENDING_EVENTS: [u8; 3] = [1, 2, 3];
 
 /// A session over one connection, in Full Feature Phase.
 #[derive(Debug)]

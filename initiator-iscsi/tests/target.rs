@@ -10,21 +10,13 @@ use chap::{AlgorithmList, Credential, ResponderConfig, SecretsStore};
 use initiator_iscsi::tmf::{self, Function};
 use initiator_iscsi::{Auth, Command, Error, LoginConfig, LoginError, Session, TaskManagement};
 use iscsi_proto::digest::Digest;
-use scsi_disk::{LuConfig, ScsiTarget};
 use target_iscsi::access::{Access, AuthMethod, TargetAccess};
-use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
 
-const IQN: &str = "iqn.2026-01.org.opie:initiator-test";
-const INITIATOR: &str = "iqn.2026-01.org.opie:host";
+mod common;
+use common::{INITIATOR, IQN};
 
 async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let device = Arc::new(MemDevice::new(512, 8192, DeviceIdentity::from_name("i")));
-    let lu = LuConfig {
-        device,
-        read_only: false,
-        state_path: None,
-    };
-    let scsi = ScsiTarget::new(IQN, vec![(0, lu)], vec![]).unwrap();
     let secrets = SecretsStore::from_toml_str(&format!(
         "[target.\"{IQN}\"]\nmutual = {{ user = \"disk\", secret = \"disk-secret-16by\" }}\n\
          [[target.\"{IQN}\".chap]]\nuser = \"host\"\nsecret = \"host-secret-16by\"\n"
@@ -41,28 +33,7 @@ async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
             ..TargetAccess::default()
         },
     );
-    let cfg = ServerConfig {
-        portals: vec![Portal {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            advertise: None,
-            tpgt: 1,
-        }],
-        targets: vec![TargetConfig {
-            iqn: IQN.into(),
-            alias: Some("itest".into()),
-            scsi,
-            portals: None,
-        }],
-        access,
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(cfg).await.unwrap();
-    let addr = server.local_addrs()[0];
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = rx.await;
-    }));
-    (addr, tx)
+    common::start(device, access).await
 }
 
 fn chap(secret: &str, target_secret: Option<&str>) -> LoginConfig {

@@ -1,0 +1,352 @@
+//! Pipelined SCSI commands over one session, sans-I/O: commands queue up
+//! and go out as long as the target's command window (CmdSN up to MaxCmdSN)
+//! and the configured queue depth both have room; each answer completes
+//! its command, by ticket; the target's pings are answered and the
+//! connection is kept alive ([`Keepalive`]). Time is handed in.
+//!
+//! A command's [`Command`] (and so a write's data) is held until its
+//! status arrives, so that what the target never answered can be sent
+//! again on a new session ([`Pipeline::into_unanswered`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use iscsi_proto::frame::InPdu;
+use iscsi_proto::pdu::Bhs;
+
+use crate::command::{Command, ScsiResult};
+use crate::fullfeature::{Event, FullFeature, ENDING_EVENTS};
+use crate::keepalive::{Action, Keepalive, KeepaliveConfig};
+use crate::tmf::TaskManagement;
+use crate::Error;
+
+/// Names a queued command until its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// How a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// At most this many SCSI commands in flight at once, whatever room the
+    /// target's window has (at least 1).
+    pub queue_depth: u32,
+    /// The NOP-Out keepalive.
+    pub keepalive: KeepaliveConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> PipelineConfig {
+        PipelineConfig {
+            queue_depth: 32,
+            keepalive: KeepaliveConfig::default(),
+        }
+    }
+}
+
+/// Pipelined commands over the Full Feature Phase of one connection.
+#[derive(Debug)]
+pub struct Pipeline {
+    ffp: FullFeature,
+    queue_depth: usize,
+    keepalive: Keepalive,
+    next_ticket: u64,
+    /// Queued, not sent yet (window or queue depth full).
+    pending: VecDeque<(Ticket, Command)>,
+    /// Sent, unanswered: by ITT, with the command (held for a resend).
+    running: HashMap<u32, (Ticket, Command)>,
+    done: VecDeque<(Ticket, Result<ScsiResult, Error>)>,
+    /// Response codes of immediate requests (task management, logout).
+    answers: HashMap<u32, u8>,
+}
+
+impl Pipeline {
+    /// A pipeline over a session's Full Feature Phase, at `now`.
+    pub fn new(ffp: FullFeature, cfg: PipelineConfig, now: Instant) -> Pipeline {
+        Pipeline {
+            ffp,
+            queue_depth: cfg.queue_depth.max(1) as usize,
+            keepalive: Keepalive::new(cfg.keepalive, now),
+            next_ticket: 0,
+            pending: VecDeque::new(),
+            running: HashMap::new(),
+            done: VecDeque::new(),
+            answers: HashMap::new(),
+        }
+    }
+
+    /// The session state machine underneath.
+    pub fn full_feature(&self) -> &FullFeature {
+        &self.ffp
+    }
+
+    /// Queues a command; it goes out as soon as the window and the queue
+    /// depth allow (perhaps at once: see [`Pipeline::take_output`]).
+    pub fn queue(&mut self, cmd: Command) -> Ticket {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        self.pending.push_back((ticket, cmd));
+        self.pump();
+        ticket
+    }
+
+    /// Commands sent and not answered.
+    pub fn in_flight(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Commands queued and not sent yet.
+    pub fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends queued commands while the window and the queue depth have room.
+    fn pump(&mut self) {
+        while self.running.len() < self.queue_depth && self.ffp.window_open() {
+            let Some((ticket, cmd)) = self.pending.pop_front() else {
+                return;
+            };
+            match self.ffp.submit(cmd.clone()) {
+                Ok(task) => {
+                    self.running.insert(task.itt, (ticket, cmd));
+                }
+                Err(e) => self.done.push_back((ticket, Err(e))),
+            }
+        }
+    }
+
+    /// Sends a task management request (immediate, outside the window);
+    /// its answer comes from [`Pipeline::take_answer`].
+    pub fn task_management(&mut self, tmf: TaskManagement) -> u32 {
+        self.ffp.task_management(tmf)
+    }
+
+    /// Sends a Logout Request closing the session; its answer comes from
+    /// [`Pipeline::take_answer`].
+    pub fn logout(&mut self) -> u32 {
+        self.ffp.logout()
+    }
+
+    /// The response code of the task management or logout request tagged
+    /// `itt`, once answered.
+    pub fn take_answer(&mut self, itt: u32) -> Option<u8> {
+        self.answers.remove(&itt)
+    }
+
+    /// The ITT and CmdSN a ticket's command went out with, while it runs.
+    pub fn task_of(&self, ticket: Ticket) -> Option<crate::Task> {
+        // Few commands run at once (the queue depth): a scan is fine.
+        self.running
+            .iter()
+            .find(|(_, (t, _))| *t == ticket)
+            .map(|(&itt, _)| crate::Task {
+                itt,
+                cmd_sn: self.ffp.cmd_sn_of(itt).unwrap_or_default(),
+            })
+    }
+
+    /// Takes one PDU from the target at `now`. An error ends the
+    /// connection (the target broke the protocol, or ended the session).
+    pub fn receive(&mut self, pdu: InPdu, now: Instant) -> Result<(), Error> {
+        self.keepalive.heard(now);
+        self.ffp.receive(pdu)?;
+        while let Some(event) = self.ffp.take_event(|_| true) {
+            match event {
+                Event::Scsi { itt, result } => {
+                    if let Some((ticket, _)) = self.running.remove(&itt) {
+                        self.done.push_back((ticket, result));
+                    }
+                }
+                Event::Pong { itt, .. } => self.keepalive.answered(itt, now),
+                Event::Tmf { itt, response } | Event::Logout { itt, response, .. } => {
+                    self.answers.insert(itt, response);
+                }
+                Event::Async { message, .. } if ENDING_EVENTS.contains(&message.event) => {
+                    return Err(Error::Closed);
+                }
+                other => tracing::debug!(?other, "event ignored by the pipeline"),
+            }
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// When [`Pipeline::tick`] has something to do next.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.keepalive.deadline()
+    }
+
+    /// Does what is due at `now`: pings a silent target; an error when a
+    /// ping went unanswered for the timeout (the connection is dead).
+    pub fn tick(&mut self, now: Instant) -> Result<(), Error> {
+        match self.keepalive.poll(now) {
+            Action::Wait => Ok(()),
+            Action::Ping => {
+                let itt = self.ffp.ping(Bytes::new());
+                self.keepalive.pinged(itt, now);
+                Ok(())
+            }
+            Action::Dead => Err(Error::Timeout(self.keepalive_timeout())),
+        }
+    }
+
+    fn keepalive_timeout(&self) -> std::time::Duration {
+        self.keepalive.config().timeout
+    }
+
+    /// The PDUs to send, in order.
+    pub fn take_output(&mut self) -> Vec<(Bhs, Bytes)> {
+        self.ffp.take_output()
+    }
+
+    /// A command that ended, with its outcome.
+    pub fn take_done(&mut self) -> Option<(Ticket, Result<ScsiResult, Error>)> {
+        self.done.pop_front()
+    }
+
+    /// The commands without an answer, sent or not, oldest first: what a
+    /// new session must carry out when this one is gone.
+    pub fn into_unanswered(self) -> Vec<(Ticket, Command)> {
+        let mut sent: Vec<_> = self.running.into_values().collect();
+        sent.sort_by_key(|(t, _)| *t);
+        sent.extend(self.pending);
+        sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fullfeature::tests::{pdu, session};
+    use iscsi_proto::negotiate::Params;
+    use iscsi_proto::pdu::{NopIn, ScsiResponse, Sns, RESERVED_TAG};
+    use std::time::Duration;
+
+    fn commands(out: &[(Bhs, Bytes)]) -> Vec<u32> {
+        out.iter()
+            .filter_map(|(b, _)| match b {
+                Bhs::ScsiCommand(c) => Some(c.itt),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn status(itt: u32, stat_sn: u32, max_cmd_sn: u32) -> InPdu {
+        let r = ScsiResponse {
+            itt,
+            sns: Sns {
+                stat_sn,
+                exp_cmd_sn: 11,
+                max_cmd_sn,
+            },
+            ..Default::default()
+        };
+        pdu(Bhs::ScsiResponse(r), &[])
+    }
+
+    fn cfg(queue_depth: u32) -> PipelineConfig {
+        PipelineConfig {
+            queue_depth,
+            keepalive: KeepaliveConfig {
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(50),
+            },
+        }
+    }
+
+    #[test]
+    fn commands_go_out_up_to_the_queue_depth_and_the_window() {
+        let t0 = Instant::now();
+        // The window allows CmdSN 10..=14: five commands.
+        let mut f = session(Params::default());
+        f.receive(pdu(
+            Bhs::NopIn(NopIn {
+                lun: 0,
+                itt: RESERVED_TAG,
+                ttt: RESERVED_TAG,
+                sns: Sns {
+                    stat_sn: 100,
+                    exp_cmd_sn: 10,
+                    max_cmd_sn: 14,
+                },
+            }),
+            &[],
+        ))
+        .unwrap();
+        let mut p = Pipeline::new(f, cfg(4), t0);
+        let tickets: Vec<_> = (0..6).map(|_| p.queue(Command::new(0, &[0; 6]))).collect();
+        let sent = commands(&p.take_output());
+        assert_eq!(sent.len(), 4, "the queue depth holds the rest back");
+        assert_eq!((p.in_flight(), p.queued()), (4, 2));
+        // One answer lets one more go.
+        p.receive(status(sent[1], 100, 14), t0).unwrap();
+        assert_eq!(
+            p.take_done().map(|(t, r)| (t, r.is_ok())),
+            Some((tickets[1], true))
+        );
+        assert_eq!(commands(&p.take_output()).len(), 1);
+        // A full window holds commands back even under the depth: CmdSN
+        // 10..=14 are used, MaxCmdSN 14 allows no more.
+        p.receive(status(sent[0], 101, 14), t0).unwrap();
+        assert!(p.take_output().is_empty());
+        assert_eq!((p.in_flight(), p.queued()), (3, 1));
+        p.receive(status(sent[2], 102, 15), t0).unwrap();
+        assert_eq!(commands(&p.take_output()).len(), 1);
+        assert_eq!(p.queued(), 0);
+    }
+
+    #[test]
+    fn unanswered_commands_are_held_for_a_new_session() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
+        // The window (MaxCmdSN 10) takes one command; the rest wait.
+        let w = p.queue(Command::write(0, &[0x2a; 10], vec![5u8; 512]));
+        let r = p.queue(Command::read(0, &[0x28; 10], 512));
+        let sent = commands(&p.take_output());
+        assert_eq!(sent.len(), 1);
+        let left = p.into_unanswered();
+        assert_eq!(left.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [w, r]);
+        assert_eq!(
+            &left[0].1.data_out[..],
+            &[5u8; 512][..],
+            "the write's data is held"
+        );
+    }
+
+    #[test]
+    fn a_silent_target_is_pinged_and_then_given_up() {
+        let t0 = Instant::now();
+        let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
+        assert_eq!(p.deadline(), Some(t0 + Duration::from_millis(100)));
+        p.tick(t0 + Duration::from_millis(100)).unwrap();
+        let out = p.take_output();
+        let [(Bhs::NopOut(ping), _)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_ne!(ping.itt, RESERVED_TAG, "a ping that asks for an answer");
+        assert!(matches!(
+            p.tick(t0 + Duration::from_millis(150)),
+            Err(Error::Timeout(_))
+        ));
+        // Answered in time, it is alive.
+        let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
+        p.tick(t0 + Duration::from_millis(100)).unwrap();
+        let Some((Bhs::NopOut(ping), _)) = p.take_output().pop() else {
+            panic!()
+        };
+        let pong = NopIn {
+            lun: 0,
+            itt: ping.itt,
+            ttt: RESERVED_TAG,
+            sns: Sns {
+                stat_sn: 100,
+                exp_cmd_sn: 10,
+                max_cmd_sn: 10,
+            },
+        };
+        p.receive(pdu(Bhs::NopIn(pong), &[]), t0 + Duration::from_millis(120))
+            .unwrap();
+        p.tick(t0 + Duration::from_millis(150)).unwrap();
+        assert_eq!(p.deadline(), Some(t0 + Duration::from_millis(220)));
+    }
+}
