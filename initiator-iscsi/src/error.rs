@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use blockdev::BlockError;
 use iscsi_proto::login::LoginError;
 
 /// What went wrong with a session or one of its tasks.
@@ -45,4 +46,27 @@ pub enum Error {
     /// The target answered a Logout Request with a failure (§11.15.1).
     #[error("logout refused (response {0})")]
     LogoutRefused(u8),
+}
+
+impl Error {
+    /// The block-device error this failure of a command stands for, by
+    /// what the caller may do: [`BlockError::PathDown`] when the command is
+    /// known not to have been carried out (never sent, or the target could
+    /// not complete it), [`BlockError::TimedOut`] when it may have been
+    /// (no answer, a connection lost or broken with it in flight).
+    pub fn into_block_error(self) -> BlockError {
+        let what = self.to_string();
+        match self {
+            Error::Io(_)
+            | Error::Closed
+            | Error::SessionClosed
+            | Error::Login(_)
+            | Error::TargetFailure(_) => BlockError::PathDown(what),
+            Error::ConnectionLost(_) | Error::Timeout(_) | Error::Protocol(_) => {
+                BlockError::TimedOut(what)
+            }
+            Error::Rejected(_) => BlockError::Invalid(what),
+            Error::LogoutRefused(_) => BlockError::Failed(what),
+        }
+    }
 }

@@ -28,6 +28,8 @@
 
 mod command;
 mod connection;
+mod device;
+pub mod disk_commands;
 mod error;
 mod fullfeature;
 pub mod keepalive;
@@ -38,6 +40,7 @@ pub mod tmf;
 
 pub use command::{Command, ScsiResult, TaskAttr, CHECK_CONDITION, UNIT_ATTENTION};
 pub use connection::{Connection, DEFAULT_TIMEOUT};
+pub use device::IscsiDevice;
 pub use error::Error;
 pub use fullfeature::{Event, FullFeature, Task};
 pub use iscsi_proto::login::{Auth, LoggedIn, LoginConfig, LoginError};

@@ -25,6 +25,14 @@ pub async fn start(
         read_only: false,
         state_path: None,
     };
+    start_lu(lu, access).await
+}
+
+/// A target serving `lu` as LUN 0 of [`IQN`], as [`start`] does.
+pub async fn start_lu(
+    lu: LuConfig,
+    access: Access,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let scsi = ScsiTarget::new(IQN, vec![(0, lu)], vec![]).unwrap();
     let cfg = ServerConfig {
         portals: vec![Portal {
