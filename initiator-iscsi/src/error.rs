@@ -23,6 +23,11 @@ pub enum Error {
     /// is reinstated or has timed out on the target.
     #[error("the connection failed before the answer: {0}")]
     ConnectionLost(String),
+    /// The command took too long and was aborted by task management
+    /// (ABORT TASK or LOGICAL UNIT RESET, answered): it will not act any
+    /// more, and may be sent again.
+    #[error("aborted after the command timeout")]
+    Aborted,
     /// The session is closed (logged out, or its connection failed
     /// earlier): log in again.
     #[error("the session is closed")]
@@ -66,7 +71,38 @@ impl Error {
                 BlockError::TimedOut(what)
             }
             Error::Rejected(_) => BlockError::Invalid(what),
+            Error::Aborted => BlockError::Busy(what),
             Error::LogoutRefused(_) => BlockError::Failed(what),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockdev::ErrorClass;
+
+    #[test]
+    fn failures_become_block_errors_by_what_the_caller_may_do() {
+        let class = |e: Error| e.into_block_error().class();
+        // Never sent, or known not carried out: another path now.
+        assert_eq!(class(Error::SessionClosed), ErrorClass::RetryElsewhere);
+        assert_eq!(class(Error::TargetFailure(1)), ErrorClass::RetryElsewhere);
+        // In flight when the connection went: it may still land.
+        assert_eq!(
+            class(Error::ConnectionLost("x".into())),
+            ErrorClass::OutcomeUnknown
+        );
+        assert_eq!(
+            class(Error::Timeout(Duration::from_secs(1))),
+            ErrorClass::OutcomeUnknown
+        );
+        assert_eq!(
+            class(Error::Protocol("x".into())),
+            ErrorClass::OutcomeUnknown
+        );
+        // Aborted and answered: it can no longer land; again, later.
+        assert_eq!(class(Error::Aborted), ErrorClass::RetryLater);
+        assert_eq!(class(Error::Rejected(4)), ErrorClass::Invalid);
     }
 }

@@ -35,6 +35,7 @@ mod fullfeature;
 pub mod keepalive;
 mod pipeline;
 mod pipelined;
+mod recovery;
 mod session;
 pub mod tmf;
 

@@ -150,7 +150,7 @@ async fn drive(
         tokio::select! {
             req = requests.recv(), if logout.is_none() => match req {
                 Some(Request::Command(cmd, w)) => {
-                    waiters.insert(pipe.queue(cmd), w);
+                    waiters.insert(pipe.queue(cmd, Instant::now().into_std()), w);
                 }
                 Some(Request::Logout(w)) => logout = Some((pipe.logout(), w)),
                 None => break Error::SessionClosed,
