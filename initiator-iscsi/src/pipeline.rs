@@ -314,6 +314,30 @@ impl Pipeline {
         self.done.pop_front()
     }
 
+    /// This pipeline carried over to `ffp`, the Full Feature Phase of the
+    /// session that reinstated this one (same ISID, RFC 7143 §6.3.5: the
+    /// target ended this session's tasks before it let the new one in):
+    /// every command without an answer is queued again as a new task,
+    /// oldest first, under its ticket.
+    pub fn reinstated(mut self, ffp: FullFeature, now: Instant) -> Pipeline {
+        let mut next = Pipeline {
+            ffp,
+            queue_depth: self.queue_depth,
+            keepalive: Keepalive::new(self.keepalive.config(), now),
+            next_ticket: self.next_ticket,
+            pending: VecDeque::new(),
+            running: HashMap::new(),
+            command_timeout: self.command_timeout,
+            recovery: None,
+            // Outcomes not taken yet stay.
+            done: std::mem::take(&mut self.done),
+            answers: HashMap::new(),
+        };
+        next.pending = self.into_unanswered().into();
+        next.pump(now);
+        next
+    }
+
     /// The commands without an answer, sent or not, oldest first: what a
     /// new session must carry out when this one is gone.
     pub fn into_unanswered(self) -> Vec<(Ticket, Command)> {
@@ -562,5 +586,41 @@ mod tests {
             left.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
             [elsewhere]
         );
+    }
+
+    #[test]
+    fn a_reinstated_session_sends_every_unanswered_command_again() {
+        let t0 = Instant::now();
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 11)).unwrap(); // CmdSN 10 and 11
+        let mut p = Pipeline::new(f, cfg(8), t0);
+        let a = p.queue(Command::write(0, &[0x2a; 10], vec![1u8; 512]), t0);
+        let b = p.queue(Command::write(0, &[0x2a; 10], vec![2u8; 512]), t0);
+        let c = p.queue(Command::read(0, &[0x28; 10], 512), t0);
+        let sent = commands(&p.take_output());
+        assert_eq!((sent.len(), p.queued()), (2, 1));
+        // a is answered; b is in flight and c queued when the connection goes.
+        p.receive(status(sent[0], 100, 12), t0).unwrap();
+        let _ = commands(&p.take_output());
+        let mut fresh = session(Params::default());
+        fresh.receive(status(0, 99, 20)).unwrap();
+        let mut q = p.reinstated(fresh, t0);
+        assert!(
+            matches!(q.take_done(), Some((t, Ok(_))) if t == a),
+            "a's answer is kept"
+        );
+        let out = q.take_output();
+        let again: Vec<_> = out
+            .iter()
+            .filter_map(|(h, d)| match h {
+                Bhs::ScsiCommand(c) => Some((c.cmd_sn, d.first().copied())),
+                _ => None,
+            })
+            .collect();
+        // As new tasks of the new session, in order, the write with its data.
+        assert_eq!(again, [(10, Some(2)), (11, None)]);
+        assert_eq!(q.in_flight(), 2);
+        let d = q.queue(Command::new(0, &[0; 6]), t0);
+        assert!(d > b && d > c, "tickets go on from the old session's");
     }
 }
