@@ -48,6 +48,6 @@ pub use iscsi_proto::login::{Auth, LoggedIn, LoginConfig, LoginError};
 pub use iscsi_proto::negotiate::{Limits, Params};
 pub use keepalive::KeepaliveConfig;
 pub use pipeline::{Pipeline, PipelineConfig, Ticket};
-pub use pipelined::PipelinedSession;
+pub use pipelined::{PipelinedSession, ReinstateConfig};
 pub use session::Session;
 pub use tmf::{TaskManagement, TmfResult};

@@ -15,7 +15,7 @@ use scsi_disk::LuConfig;
 use target_iscsi::access::Access;
 
 mod common;
-use common::{stamps, verify, INITIATOR, IQN};
+use common::{stamps, verified_writers, verify, INITIATOR, IQN};
 
 const BLOCKS: u64 = 8192;
 
@@ -76,35 +76,16 @@ async fn the_remote_disk_is_the_disk_behind_it_and_every_block_reads_back() {
     assert!(max > 0);
     let e = dev.read(0, max + 1).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Invalid);
-    // Writers at once, each on its own blocks, three generations, FUA on
-    // every other write; each generation read back and checked.
-    let mut tasks = Vec::new();
-    for i in 0..16u64 {
-        let dev = dev.clone();
-        tasks.push(tokio::spawn(async move {
-            let (lba, n) = (i * 300, 1 + i * 17 % 256);
-            for generation in 1..=3 {
-                let flags = if generation % 2 == 0 {
-                    WriteFlags::FUA
-                } else {
-                    WriteFlags::NONE
-                };
-                dev.write(lba, stamps(lba, n, generation, 512).into(), flags)
-                    .await
-                    .unwrap();
-                let back = dev.read(lba, n as u32).await.unwrap();
-                verify(&back, lba, generation, 512).unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
+    // Writers at once, each on its own 40 blocks, three generations,
+    // each read back and checked.
+    for w in verified_writers(dev.clone(), 16, 300, 40, 3) {
+        w.await.unwrap();
     }
     dev.flush().await.unwrap();
     // What the initiator wrote is on the disk behind it.
-    let local = s.file.read(300, 18).await.unwrap();
+    let local = s.file.read(300, 40).await.unwrap();
     verify(&local, 300, 3, 512).unwrap();
-    // Zeroes, written and unmapped, inside what writer 2 wrote (600..635).
+    // Zeroes, written and unmapped, inside what writer 2 wrote (600..640).
     dev.write_zeroes(601, 10, false).await.unwrap();
     dev.unmap(611, 8).await.unwrap();
     let back = dev.read(600, 20).await.unwrap();
