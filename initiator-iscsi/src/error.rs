@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use blockdev::BlockError;
 use iscsi_proto::login::LoginError;
 
 /// What went wrong with a session or one of its tasks.
@@ -22,6 +23,11 @@ pub enum Error {
     /// is reinstated or has timed out on the target.
     #[error("the connection failed before the answer: {0}")]
     ConnectionLost(String),
+    /// The command took too long and was aborted by task management
+    /// (ABORT TASK or LOGICAL UNIT RESET, answered): it will not act any
+    /// more, and may be sent again.
+    #[error("aborted after the command timeout")]
+    Aborted,
     /// The session is closed (logged out, or its connection failed
     /// earlier): log in again.
     #[error("the session is closed")]
@@ -45,4 +51,58 @@ pub enum Error {
     /// The target answered a Logout Request with a failure (§11.15.1).
     #[error("logout refused (response {0})")]
     LogoutRefused(u8),
+}
+
+impl Error {
+    /// The block-device error this failure of a command stands for, by
+    /// what the caller may do: [`BlockError::PathDown`] when the command is
+    /// known not to have been carried out (never sent, or the target could
+    /// not complete it), [`BlockError::TimedOut`] when it may have been
+    /// (no answer, a connection lost or broken with it in flight).
+    pub fn into_block_error(self) -> BlockError {
+        let what = self.to_string();
+        match self {
+            Error::Io(_)
+            | Error::Closed
+            | Error::SessionClosed
+            | Error::Login(_)
+            | Error::TargetFailure(_) => BlockError::PathDown(what),
+            Error::ConnectionLost(_) | Error::Timeout(_) | Error::Protocol(_) => {
+                BlockError::TimedOut(what)
+            }
+            Error::Rejected(_) => BlockError::Invalid(what),
+            Error::Aborted => BlockError::Busy(what),
+            Error::LogoutRefused(_) => BlockError::Failed(what),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockdev::ErrorClass;
+
+    #[test]
+    fn failures_become_block_errors_by_what_the_caller_may_do() {
+        let class = |e: Error| e.into_block_error().class();
+        // Never sent, or known not carried out: another path now.
+        assert_eq!(class(Error::SessionClosed), ErrorClass::RetryElsewhere);
+        assert_eq!(class(Error::TargetFailure(1)), ErrorClass::RetryElsewhere);
+        // In flight when the connection went: it may still land.
+        assert_eq!(
+            class(Error::ConnectionLost("x".into())),
+            ErrorClass::OutcomeUnknown
+        );
+        assert_eq!(
+            class(Error::Timeout(Duration::from_secs(1))),
+            ErrorClass::OutcomeUnknown
+        );
+        assert_eq!(
+            class(Error::Protocol("x".into())),
+            ErrorClass::OutcomeUnknown
+        );
+        // Aborted and answered: it can no longer land; again, later.
+        assert_eq!(class(Error::Aborted), ErrorClass::RetryLater);
+        assert_eq!(class(Error::Rejected(4)), ErrorClass::Invalid);
+    }
 }

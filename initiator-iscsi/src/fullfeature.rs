@@ -174,6 +174,12 @@ impl FullFeature {
         self.tasks.get(&itt).map(|t| t.cmd_sn)
     }
 
+    /// Forgets the SCSI command tagged `itt`, ended by task management:
+    /// nothing more of it will come.
+    pub fn forget(&mut self, itt: u32) {
+        self.tasks.remove(&itt);
+    }
+
     /// SCSI commands sent and not ended.
     pub fn tasks_in_flight(&self) -> usize {
         self.tasks.len()

@@ -28,22 +28,26 @@
 
 mod command;
 mod connection;
+mod device;
+pub mod disk_commands;
 mod error;
 mod fullfeature;
 pub mod keepalive;
 mod pipeline;
 mod pipelined;
+mod recovery;
 mod session;
 pub mod tmf;
 
 pub use command::{Command, ScsiResult, TaskAttr, CHECK_CONDITION, UNIT_ATTENTION};
 pub use connection::{Connection, DEFAULT_TIMEOUT};
+pub use device::IscsiDevice;
 pub use error::Error;
 pub use fullfeature::{Event, FullFeature, Task};
 pub use iscsi_proto::login::{Auth, LoggedIn, LoginConfig, LoginError};
 pub use iscsi_proto::negotiate::{Limits, Params};
 pub use keepalive::KeepaliveConfig;
 pub use pipeline::{Pipeline, PipelineConfig, Ticket};
-pub use pipelined::PipelinedSession;
+pub use pipelined::{PipelinedSession, ReinstateConfig};
 pub use session::Session;
 pub use tmf::{TaskManagement, TmfResult};

@@ -9,7 +9,7 @@
 //! again on a new session ([`Pipeline::into_unanswered`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use iscsi_proto::frame::InPdu;
@@ -18,7 +18,8 @@ use iscsi_proto::pdu::Bhs;
 use crate::command::{Command, ScsiResult};
 use crate::fullfeature::{Event, FullFeature, ENDING_EVENTS};
 use crate::keepalive::{Action, Keepalive, KeepaliveConfig};
-use crate::tmf::TaskManagement;
+use crate::recovery::{Outcome, Recovery, Step};
+use crate::tmf::{Function, TaskManagement};
 use crate::Error;
 
 /// Names a queued command until its answer.
@@ -33,6 +34,9 @@ pub struct PipelineConfig {
     pub queue_depth: u32,
     /// The NOP-Out keepalive.
     pub keepalive: KeepaliveConfig,
+    /// How long a command may run before it is aborted (ABORT TASK, then
+    /// LOGICAL UNIT RESET, each given as long to answer); zero: forever.
+    pub command_timeout: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -40,8 +44,18 @@ impl Default for PipelineConfig {
         PipelineConfig {
             queue_depth: 32,
             keepalive: KeepaliveConfig::default(),
+            command_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// A command sent and not answered.
+#[derive(Debug)]
+struct Running {
+    ticket: Ticket,
+    /// Held for a resend on a new session.
+    cmd: Command,
+    sent: Instant,
 }
 
 /// Pipelined commands over the Full Feature Phase of one connection.
@@ -53,8 +67,11 @@ pub struct Pipeline {
     next_ticket: u64,
     /// Queued, not sent yet (window or queue depth full).
     pending: VecDeque<(Ticket, Command)>,
-    /// Sent, unanswered: by ITT, with the command (held for a resend).
-    running: HashMap<u32, (Ticket, Command)>,
+    /// Sent, unanswered: by ITT.
+    running: HashMap<u32, Running>,
+    command_timeout: Duration,
+    /// The task management under way for a command that took too long.
+    recovery: Option<Recovery>,
     done: VecDeque<(Ticket, Result<ScsiResult, Error>)>,
     /// Response codes of immediate requests (task management, logout).
     answers: HashMap<u32, u8>,
@@ -70,6 +87,8 @@ impl Pipeline {
             next_ticket: 0,
             pending: VecDeque::new(),
             running: HashMap::new(),
+            command_timeout: cfg.command_timeout,
+            recovery: None,
             done: VecDeque::new(),
             answers: HashMap::new(),
         }
@@ -82,11 +101,11 @@ impl Pipeline {
 
     /// Queues a command; it goes out as soon as the window and the queue
     /// depth allow (perhaps at once: see [`Pipeline::take_output`]).
-    pub fn queue(&mut self, cmd: Command) -> Ticket {
+    pub fn queue(&mut self, cmd: Command, now: Instant) -> Ticket {
         let ticket = Ticket(self.next_ticket);
         self.next_ticket += 1;
         self.pending.push_back((ticket, cmd));
-        self.pump();
+        self.pump(now);
         ticket
     }
 
@@ -101,14 +120,15 @@ impl Pipeline {
     }
 
     /// Sends queued commands while the window and the queue depth have room.
-    fn pump(&mut self) {
+    fn pump(&mut self, now: Instant) {
         while self.running.len() < self.queue_depth && self.ffp.window_open() {
             let Some((ticket, cmd)) = self.pending.pop_front() else {
                 return;
             };
             match self.ffp.submit(cmd.clone()) {
                 Ok(task) => {
-                    self.running.insert(task.itt, (ticket, cmd));
+                    let sent = now;
+                    self.running.insert(task.itt, Running { ticket, cmd, sent });
                 }
                 Err(e) => self.done.push_back((ticket, Err(e))),
             }
@@ -138,7 +158,7 @@ impl Pipeline {
         // Few commands run at once (the queue depth): a scan is fine.
         self.running
             .iter()
-            .find(|(_, (t, _))| *t == ticket)
+            .find(|(_, r)| r.ticket == ticket)
             .map(|(&itt, _)| crate::Task {
                 itt,
                 cmd_sn: self.ffp.cmd_sn_of(itt).unwrap_or_default(),
@@ -153,9 +173,13 @@ impl Pipeline {
         while let Some(event) = self.ffp.take_event(|_| true) {
             match event {
                 Event::Scsi { itt, result } => {
-                    if let Some((ticket, _)) = self.running.remove(&itt) {
-                        self.done.push_back((ticket, result));
+                    if let Some(r) = self.running.remove(&itt) {
+                        self.done.push_back((r.ticket, result));
                     }
+                }
+                Event::Tmf { itt, response } if self.recovery.is_some_and(|r| r.tmf() == itt) => {
+                    let outcome = self.recovery.take().expect("checked").answered(response);
+                    self.recover(outcome, now)?;
                 }
                 Event::Pong { itt, .. } => self.keepalive.answered(itt, now),
                 Event::Tmf { itt, response } | Event::Logout { itt, response, .. } => {
@@ -167,26 +191,112 @@ impl Pipeline {
                 other => tracing::debug!(?other, "event ignored by the pipeline"),
             }
         }
-        self.pump();
+        self.pump(now);
         Ok(())
     }
 
     /// When [`Pipeline::tick`] has something to do next.
     pub fn deadline(&self) -> Option<Instant> {
-        self.keepalive.deadline()
+        let recovery = if self.command_timeout.is_zero() {
+            None
+        } else if let Some(r) = self.recovery {
+            Some(r.deadline(self.command_timeout))
+        } else {
+            self.oldest().map(|(_, r)| r.sent + self.command_timeout)
+        };
+        [self.keepalive.deadline(), recovery]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Does what is due at `now`: pings a silent target; an error when a
-    /// ping went unanswered for the timeout (the connection is dead).
+    /// The command running longest.
+    fn oldest(&self) -> Option<(u32, &Running)> {
+        self.running
+            .iter()
+            .min_by_key(|(_, r)| (r.sent, r.ticket))
+            .map(|(&itt, r)| (itt, r))
+    }
+
+    /// Does what is due at `now`: pings a silent target, aborts a command
+    /// that took too long (and escalates); an error when a ping or a LUN
+    /// reset went unanswered for its timeout (the connection is dead).
     pub fn tick(&mut self, now: Instant) -> Result<(), Error> {
         match self.keepalive.poll(now) {
-            Action::Wait => Ok(()),
+            Action::Wait => {}
             Action::Ping => {
                 let itt = self.ffp.ping(Bytes::new());
                 self.keepalive.pinged(itt, now);
+            }
+            Action::Dead => return Err(Error::Timeout(self.keepalive_timeout())),
+        }
+        if self.command_timeout.is_zero() {
+            return Ok(());
+        }
+        match self.recovery {
+            Some(r) if now >= r.deadline(self.command_timeout) => {
+                self.recovery = None;
+                self.recover(r.timed_out(), now)
+            }
+            Some(_) => Ok(()),
+            None => {
+                let Some((itt, r)) = self.oldest() else {
+                    return Ok(());
+                };
+                if now < r.sent + self.command_timeout {
+                    return Ok(());
+                }
+                let lun = r.cmd.lun;
+                let task = crate::Task {
+                    itt,
+                    cmd_sn: self.ffp.cmd_sn_of(itt).unwrap_or_default(),
+                };
+                tracing::debug!(itt, lun, "command timed out: ABORT TASK");
+                let tmf = self
+                    .ffp
+                    .task_management(TaskManagement::abort_task(lun, task));
+                self.recovery = Some(Recovery::new(
+                    Step::Abort {
+                        tmf,
+                        task: itt,
+                        lun,
+                    },
+                    now,
+                ));
                 Ok(())
             }
-            Action::Dead => Err(Error::Timeout(self.keepalive_timeout())),
+        }
+    }
+
+    /// Acts on what a recovery step came to.
+    fn recover(&mut self, outcome: Outcome, now: Instant) -> Result<(), Error> {
+        match outcome {
+            Outcome::TaskEnded(itt) => self.abort(|i, _| i == itt),
+            Outcome::LunEnded(lun) => self.abort(|_, r| r.cmd.lun == lun),
+            Outcome::Reset(lun) => {
+                tracing::debug!(lun, "ABORT TASK failed: LOGICAL UNIT RESET");
+                let tmf = self
+                    .ffp
+                    .task_management(TaskManagement::of_lun(Function::LunReset, lun));
+                self.recovery = Some(Recovery::new(Step::LunReset { tmf, lun }, now));
+            }
+            Outcome::GiveUp => return Err(Error::Timeout(self.command_timeout)),
+        }
+        Ok(())
+    }
+
+    /// Ends the running commands `which` picks, as aborted.
+    fn abort(&mut self, which: impl Fn(u32, &Running) -> bool) {
+        let ended: Vec<u32> = self
+            .running
+            .iter()
+            .filter(|(&i, r)| which(i, r))
+            .map(|(&i, _)| i)
+            .collect();
+        for itt in ended {
+            self.ffp.forget(itt);
+            let r = self.running.remove(&itt).expect("listed above");
+            self.done.push_back((r.ticket, Err(Error::Aborted)));
         }
     }
 
@@ -204,10 +314,38 @@ impl Pipeline {
         self.done.pop_front()
     }
 
+    /// This pipeline carried over to `ffp`, the Full Feature Phase of the
+    /// session that reinstated this one (same ISID, RFC 7143 §6.3.5: the
+    /// target ended this session's tasks before it let the new one in):
+    /// every command without an answer is queued again as a new task,
+    /// oldest first, under its ticket.
+    pub fn reinstated(mut self, ffp: FullFeature, now: Instant) -> Pipeline {
+        let mut next = Pipeline {
+            ffp,
+            queue_depth: self.queue_depth,
+            keepalive: Keepalive::new(self.keepalive.config(), now),
+            next_ticket: self.next_ticket,
+            pending: VecDeque::new(),
+            running: HashMap::new(),
+            command_timeout: self.command_timeout,
+            recovery: None,
+            // Outcomes not taken yet stay.
+            done: std::mem::take(&mut self.done),
+            answers: HashMap::new(),
+        };
+        next.pending = self.into_unanswered().into();
+        next.pump(now);
+        next
+    }
+
     /// The commands without an answer, sent or not, oldest first: what a
     /// new session must carry out when this one is gone.
     pub fn into_unanswered(self) -> Vec<(Ticket, Command)> {
-        let mut sent: Vec<_> = self.running.into_values().collect();
+        let mut sent: Vec<_> = self
+            .running
+            .into_values()
+            .map(|r| (r.ticket, r.cmd))
+            .collect();
         sent.sort_by_key(|(t, _)| *t);
         sent.extend(self.pending);
         sent
@@ -220,7 +358,6 @@ mod tests {
     use crate::fullfeature::tests::{pdu, session};
     use iscsi_proto::negotiate::Params;
     use iscsi_proto::pdu::{NopIn, ScsiResponse, Sns, RESERVED_TAG};
-    use std::time::Duration;
 
     fn commands(out: &[(Bhs, Bytes)]) -> Vec<u32> {
         out.iter()
@@ -251,6 +388,7 @@ mod tests {
                 interval: Duration::from_millis(100),
                 timeout: Duration::from_millis(50),
             },
+            command_timeout: Duration::ZERO,
         }
     }
 
@@ -274,7 +412,9 @@ mod tests {
         ))
         .unwrap();
         let mut p = Pipeline::new(f, cfg(4), t0);
-        let tickets: Vec<_> = (0..6).map(|_| p.queue(Command::new(0, &[0; 6]))).collect();
+        let tickets: Vec<_> = (0..6)
+            .map(|_| p.queue(Command::new(0, &[0; 6]), t0))
+            .collect();
         let sent = commands(&p.take_output());
         assert_eq!(sent.len(), 4, "the queue depth holds the rest back");
         assert_eq!((p.in_flight(), p.queued()), (4, 2));
@@ -300,8 +440,8 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
         // The window (MaxCmdSN 10) takes one command; the rest wait.
-        let w = p.queue(Command::write(0, &[0x2a; 10], vec![5u8; 512]));
-        let r = p.queue(Command::read(0, &[0x28; 10], 512));
+        let w = p.queue(Command::write(0, &[0x2a; 10], vec![5u8; 512]), t0);
+        let r = p.queue(Command::read(0, &[0x28; 10], 512), t0);
         let sent = commands(&p.take_output());
         assert_eq!(sent.len(), 1);
         let left = p.into_unanswered();
@@ -348,5 +488,139 @@ mod tests {
             .unwrap();
         p.tick(t0 + Duration::from_millis(150)).unwrap();
         assert_eq!(p.deadline(), Some(t0 + Duration::from_millis(220)));
+    }
+
+    /// The TMF requests queued: (function, RTT, tag).
+    fn tmfs(out: &[(Bhs, Bytes)]) -> Vec<(u8, u32, u32)> {
+        out.iter()
+            .filter_map(|(b, _)| match b {
+                Bhs::TmfRequest(t) => Some((t.function, t.rtt, t.itt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn tmf_response(itt: u32, response: u8, stat_sn: u32) -> InPdu {
+        let r = iscsi_proto::pdu::TmfResponse {
+            response,
+            itt,
+            sns: Sns {
+                stat_sn,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 20,
+            },
+        };
+        pdu(Bhs::TmfResponse(r), &[])
+    }
+
+    fn timing_out() -> PipelineConfig {
+        PipelineConfig {
+            command_timeout: Duration::from_secs(1),
+            keepalive: KeepaliveConfig {
+                interval: Duration::ZERO,
+                timeout: Duration::ZERO,
+            },
+            ..cfg(8)
+        }
+    }
+
+    #[test]
+    fn a_command_that_takes_too_long_is_aborted() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut p = Pipeline::new(session(Params::default()), timing_out(), t0);
+        let t = p.queue(Command::read(3, &[0x28; 10], 512), t0);
+        let itt = commands(&p.take_output())[0];
+        assert_eq!(p.deadline(), Some(t0 + sec));
+        p.tick(t0 + sec / 2).unwrap();
+        assert!(p.take_output().is_empty());
+        p.tick(t0 + sec).unwrap();
+        let out = tmfs(&p.take_output());
+        assert_eq!(
+            out.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(),
+            [(1, itt)],
+            "ABORT TASK of it"
+        );
+        assert!(p.take_done().is_none(), "not ended until the answer");
+        p.receive(tmf_response(out[0].2, crate::tmf::COMPLETE, 100), t0 + sec)
+            .unwrap();
+        assert!(matches!(p.take_done(), Some((d, Err(Error::Aborted))) if d == t));
+        assert_eq!((p.in_flight(), p.full_feature().tasks_in_flight()), (0, 0));
+    }
+
+    #[test]
+    fn an_unanswered_abort_resets_the_lun_and_an_unanswered_reset_drops_the_connection() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 20)).unwrap(); // opens the window
+        let mut p = Pipeline::new(f, timing_out(), t0);
+        let slow = p.queue(Command::read(3, &[0x28; 10], 512), t0);
+        let other = p.queue(Command::read(3, &[0x28; 10], 512), t0 + sec / 2);
+        let elsewhere = p.queue(Command::read(4, &[0x28; 10], 512), t0 + sec / 2);
+        p.take_output();
+        p.tick(t0 + sec).unwrap();
+        assert_eq!(tmfs(&p.take_output())[0].0, 1);
+        // No answer in time: LOGICAL UNIT RESET.
+        p.tick(t0 + 2 * sec).unwrap();
+        let reset = tmfs(&p.take_output());
+        assert_eq!((reset[0].0, reset[0].1), (5, RESERVED_TAG));
+        // Answered: every task of LUN 3 ended, LUN 4's runs on.
+        p.receive(
+            tmf_response(reset[0].2, crate::tmf::COMPLETE, 100),
+            t0 + 2 * sec,
+        )
+        .unwrap();
+        let mut ended: Vec<_> = std::iter::from_fn(|| p.take_done())
+            .map(|(t, r)| (t, matches!(r, Err(Error::Aborted))))
+            .collect();
+        ended.sort();
+        assert_eq!(ended, [(slow, true), (other, true)]);
+        assert_eq!(p.in_flight(), 1);
+        // LUN 4's command times out too; neither abort nor reset answers.
+        p.tick(t0 + 3 * sec).unwrap();
+        p.tick(t0 + 4 * sec).unwrap();
+        assert!(matches!(p.tick(t0 + 5 * sec), Err(Error::Timeout(_))));
+        let left = p.into_unanswered();
+        assert_eq!(
+            left.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [elsewhere]
+        );
+    }
+
+    #[test]
+    fn a_reinstated_session_sends_every_unanswered_command_again() {
+        let t0 = Instant::now();
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 11)).unwrap(); // CmdSN 10 and 11
+        let mut p = Pipeline::new(f, cfg(8), t0);
+        let a = p.queue(Command::write(0, &[0x2a; 10], vec![1u8; 512]), t0);
+        let b = p.queue(Command::write(0, &[0x2a; 10], vec![2u8; 512]), t0);
+        let c = p.queue(Command::read(0, &[0x28; 10], 512), t0);
+        let sent = commands(&p.take_output());
+        assert_eq!((sent.len(), p.queued()), (2, 1));
+        // a is answered; b is in flight and c queued when the connection goes.
+        p.receive(status(sent[0], 100, 12), t0).unwrap();
+        let _ = commands(&p.take_output());
+        let mut fresh = session(Params::default());
+        fresh.receive(status(0, 99, 20)).unwrap();
+        let mut q = p.reinstated(fresh, t0);
+        assert!(
+            matches!(q.take_done(), Some((t, Ok(_))) if t == a),
+            "a's answer is kept"
+        );
+        let out = q.take_output();
+        let again: Vec<_> = out
+            .iter()
+            .filter_map(|(h, d)| match h {
+                Bhs::ScsiCommand(c) => Some((c.cmd_sn, d.first().copied())),
+                _ => None,
+            })
+            .collect();
+        // As new tasks of the new session, in order, the write with its data.
+        assert_eq!(again, [(10, Some(2)), (11, None)]);
+        assert_eq!(q.in_flight(), 2);
+        let d = q.queue(Command::new(0, &[0; 6]), t0);
+        assert!(d > b && d > c, "tickets go on from the old session's");
     }
 }

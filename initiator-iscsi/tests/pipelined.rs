@@ -77,6 +77,7 @@ async fn an_idle_session_pings_and_stays_up() {
             interval: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
         },
+        ..PipelineConfig::default()
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;

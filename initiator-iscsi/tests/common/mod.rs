@@ -25,6 +25,14 @@ pub async fn start(
         read_only: false,
         state_path: None,
     };
+    start_lu(lu, access).await
+}
+
+/// A target serving `lu` as LUN 0 of [`IQN`], as [`start`] does.
+pub async fn start_lu(
+    lu: LuConfig,
+    access: Access,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let scsi = ScsiTarget::new(IQN, vec![(0, lu)], vec![]).unwrap();
     let cfg = ServerConfig {
         portals: vec![Portal {
@@ -93,4 +101,33 @@ pub fn verify(data: &[u8], lba: u64, generation: u64, block_size: usize) -> Resu
         }
     }
     Ok(())
+}
+
+/// `writers` callers at once, each on its own `blocks` blocks (`stride`
+/// apart from the next's): `generations` times each writes its blocks
+/// stamped (FUA every other time), reads them back and checks them.
+pub fn verified_writers(
+    dev: SharedDevice,
+    writers: u64,
+    stride: u64,
+    blocks: u64,
+    generations: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|i| {
+            let dev = dev.clone();
+            tokio::spawn(async move {
+                let lba = i * stride;
+                for generation in 1..=generations {
+                    let flags = blockdev::WriteFlags {
+                        fua: generation % 2 == 0,
+                    };
+                    let data = stamps(lba, blocks, generation, 512);
+                    dev.write(lba, data.into(), flags).await.unwrap();
+                    let back = dev.read(lba, blocks as u32).await.unwrap();
+                    verify(&back, lba, generation, 512).unwrap();
+                }
+            })
+        })
+        .collect()
 }
