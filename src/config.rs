@@ -614,7 +614,7 @@ impl IsuConfig {
                 }
             }
             if let Some(s) = &d.serial {
-                if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                if !blockdev::DeviceIdentity::is_valid_serial(s) {
                     return Err(invalid(
                         key("serial"),
                         format!("{s:?}: use 1 to 20 printable ASCII characters without spaces"),

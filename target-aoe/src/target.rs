@@ -9,10 +9,10 @@
 use aoe_proto::ata::AtaStatus;
 use aoe_proto::frame::{
     encode_headers, pad_min, AoeErrorCode, AtaArg, Command, ConfigArg, ConfigCommand, Directive,
-    Frame, Header, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, AOE_VERSION, ATA_ARG_LEN,
-    ATA_DATA_OFFSET, BROADCAST_SHELF, BROADCAST_SLOT, CONFIG_ARG_LEN, DIRECTIVE_ADD,
-    DIRECTIVE_DELETE, DIRECTIVE_NOP, ETH_HEADER_LEN, MASK_EDIT, MASK_ERR_BAD_DIRECTIVE,
-    MASK_ERR_FULL, MASK_READ, RESERVE_FORCE, RESERVE_READ, RESERVE_SET, SECTOR_SIZE,
+    Frame, Header, Mac, MaskArg, ReserveArg, AOE_HEADER_LEN, AOE_VERSION, ATA_DATA_OFFSET,
+    BROADCAST_SHELF, BROADCAST_SLOT, CONFIG_ARG_LEN, DIRECTIVE_ADD, DIRECTIVE_DELETE,
+    DIRECTIVE_NOP, ETH_HEADER_LEN, MASK_EDIT, MASK_ERR_BAD_DIRECTIVE, MASK_ERR_FULL, MASK_READ,
+    RESERVE_FORCE, RESERVE_READ, RESERVE_SET, SECTOR_SIZE,
 };
 use aoe_proto::outcome::AtaOutcome;
 use bytes::Bytes;
@@ -36,8 +36,7 @@ impl InterfaceInfo {
     /// Most sectors one ATA command may carry on this interface: the data plus
     /// the AoE header and ATA argument must fit the MTU.
     pub fn max_sectors(&self) -> u8 {
-        let room = self.mtu.saturating_sub(AOE_HEADER_LEN + ATA_ARG_LEN) / SECTOR_SIZE;
-        room.min(255) as u8
+        aoe_proto::frame::max_sectors_in(self.mtu)
     }
 }
 
@@ -872,7 +871,7 @@ mod tests {
     use super::*;
     use aoe_proto::ata::{CMD_READ_EXT, CMD_WRITE_EXT};
     use aoe_proto::client::{ata_arg, config_arg, request};
-    use aoe_proto::frame::{AFLAG_EXTENDED, AFLAG_WRITE, FLAG_ERROR, FLAG_RESPONSE};
+    use aoe_proto::frame::{AFLAG_EXTENDED, AFLAG_WRITE, ATA_ARG_LEN, FLAG_ERROR, FLAG_RESPONSE};
     use proptest::prelude::*;
 
     const ME: Mac = Mac([2, 0, 0, 0, 0, 1]);
