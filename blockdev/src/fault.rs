@@ -22,8 +22,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    BlockDevice, BlockError, DeviceIdentity, Extent, Features, Geometry, Limits, Result,
-    SharedDevice, WriteFlags,
+    BlockDevice, BlockError, DeviceIdentity, DeviceStatus, Extent, Features, Geometry, Limits,
+    Result, SharedDevice, WriteFlags,
 };
 
 /// How a torn write reports itself.
@@ -370,6 +370,12 @@ impl BlockDevice for FaultyDevice {
         self.inner.limits()
     }
 
+    /// The inner device's status: a resize or a disappearance below reaches
+    /// the layers above the fault injector as it would without it.
+    fn status(&self) -> tokio::sync::watch::Receiver<DeviceStatus> {
+        self.inner.status()
+    }
+
     fn features(&self) -> Features {
         let mut f = self.inner.features();
         if self.st().volatile.is_some() {
@@ -517,6 +523,29 @@ mod tests {
         };
         let inner = MemDevice::with_name("f", 1 << 20).set_limits(l);
         assert_eq!(FaultyDevice::new(Arc::new(inner), 7).limits(), l);
+    }
+
+    #[tokio::test]
+    async fn the_inner_devices_status_shows_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.img");
+        let opts = crate::file::FileOptions {
+            create_size: Some(1 << 20),
+            ..Default::default()
+        };
+        let file =
+            Arc::new(crate::FileDevice::open(&p, &opts, DeviceIdentity::from_name("f")).unwrap());
+        let d = FaultyDevice::new(file.clone(), 1);
+        let mut status = d.status();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        assert_eq!(file.rescan().unwrap(), 4096);
+        status.changed().await.unwrap();
+        assert_eq!(status.borrow().geometry.num_blocks, 4096);
     }
 
     #[tokio::test]
