@@ -27,6 +27,7 @@ use crate::alua;
 use crate::command::{Command, ScsiResult};
 use crate::disk_commands::{self as cdb, BlockLimits};
 use crate::pipelined::PipelinedSession;
+use crate::readmission::Expected;
 
 /// How many unit attentions in a row one command may meet before the
 /// device gives up on it (each one is a condition reported once, so a
@@ -99,6 +100,7 @@ impl IscsiDevice {
             block_size: capacity.block_size,
             num_blocks: capacity.num_blocks,
         });
+        dev.expect();
         let caching = dev
             .run(Command::read(lun, &cdb::mode_sense_caching(), 255), 0)
             .await?;
@@ -134,6 +136,18 @@ impl IscsiDevice {
                 .await?;
         }
         Ok(state)
+    }
+
+    /// Tells the session what this unit is, for the check after a
+    /// reinstatement.
+    fn expect(&self) {
+        let g = self.geometry();
+        self.session.expect(Expected {
+            lun: self.lun,
+            identity: self.identity.clone(),
+            block_size: g.block_size,
+            num_blocks: g.num_blocks,
+        });
     }
 
     /// The session underneath.
@@ -191,6 +205,7 @@ impl IscsiDevice {
                 )));
             }
             self.status.resized(c.num_blocks);
+            self.expect();
         }
         Ok(())
     }

@@ -53,6 +53,12 @@ pub enum Error {
     /// one path of several): send it on another path.
     #[error("the session is being reinstated: the command was not sent")]
     Reinstating,
+    /// After a reinstatement, a logical unit opened on the session is
+    /// another disk now (or cannot say what it is): nothing held or later
+    /// is sent to it, the session is ended; do not use this name again
+    /// before the disk behind it is checked.
+    #[error("the disk behind the target changed: {0}")]
+    IdentityChanged(String),
     /// The target answered a Logout Request with a failure (§11.15.1).
     #[error("logout refused (response {0})")]
     LogoutRefused(u8),
@@ -78,7 +84,7 @@ impl Error {
             }
             Error::Rejected(_) => BlockError::Invalid(what),
             Error::Aborted => BlockError::Busy(what),
-            Error::LogoutRefused(_) => BlockError::Failed(what),
+            Error::LogoutRefused(_) | Error::IdentityChanged(_) => BlockError::Failed(what),
         }
     }
 }
@@ -111,5 +117,10 @@ mod tests {
         // Aborted and answered: it can no longer land; again, later.
         assert_eq!(class(Error::Aborted), ErrorClass::RetryLater);
         assert_eq!(class(Error::Rejected(4)), ErrorClass::Invalid);
+        // Another disk behind the name: give up.
+        assert_eq!(
+            class(Error::IdentityChanged("x".into())),
+            ErrorClass::Failed
+        );
     }
 }

@@ -37,6 +37,7 @@ pub mod keepalive;
 mod path;
 mod pipeline;
 mod pipelined;
+pub mod readmission;
 mod recovery;
 mod session;
 pub mod tmf;

@@ -10,7 +10,12 @@
 //! the new session is used), every command without an answer sent again
 //! as a new task, its write data held until then; a bounded number of
 //! attempts in a row without an answer in between, then the callers get
-//! [`Error::ConnectionLost`].
+//! [`Error::ConnectionLost`]. Before anything held is sent again, each
+//! logical unit opened on the session is read again ([`readmission`]): a
+//! different disk behind the same name ends the session, and every held
+//! and later command gets [`Error::IdentityChanged`] without being sent.
+//!
+//! [`readmission`]: crate::readmission
 //!
 //! A session that is one path of several ([`FailoverConfig::fail_fast`])
 //! does not hold its commands through a reinstatement: when the connection
@@ -35,6 +40,8 @@ use crate::command::{Command, ScsiResult};
 use crate::connection::Connection;
 use crate::fullfeature::FullFeature;
 use crate::pipeline::{Pipeline, PipelineConfig, Ticket};
+use crate::readmission::{self, Admission, Expected};
+use crate::session::Session;
 use crate::Error;
 
 /// What a caller asks of the session's task.
@@ -130,6 +137,7 @@ struct Relogin {
     addr: SocketAddr,
     login: LoginConfig,
     cfg: ReinstateConfig,
+    admission: Arc<Admission>,
 }
 
 /// A logged-in session shared by concurrent callers.
@@ -137,6 +145,7 @@ struct Relogin {
 pub struct PipelinedSession {
     requests: mpsc::Sender<Request>,
     info: Arc<LoggedIn>,
+    admission: Arc<Admission>,
     failover: FailoverConfig,
     in_doubt: watch::Receiver<InDoubt>,
     /// The session's task, ended with the handle.
@@ -169,6 +178,7 @@ impl PipelinedSession {
             addr,
             login,
             cfg: reinstate,
+            admission: Arc::default(),
         };
         Ok(PipelinedSession::spawn(
             conn,
@@ -208,6 +218,9 @@ impl PipelinedSession {
         let pipe = Pipeline::new(FullFeature::new(&info), cfg, Instant::now().into_std());
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1) as usize);
         let (doubt_tx, doubt_rx) = watch::channel(InDoubt::default());
+        let admission = relogin
+            .as_ref()
+            .map_or_else(Arc::default, |r| r.admission.clone());
         let driver = Driver {
             requests: rx,
             waiters: Waiters::default(),
@@ -217,10 +230,23 @@ impl PipelinedSession {
         PipelinedSession {
             requests: tx,
             info: Arc::new(info),
+            admission,
             failover,
             in_doubt: doubt_rx,
             driver: AbortOnDrop(tokio::spawn(drive(pipe, conn, driver, relogin))),
         }
+    }
+
+    /// From now on, a reinstatement checks that the logical unit
+    /// `expected.lun` is still `expected` before anything is sent again.
+    pub fn expect(&self, expected: Expected) {
+        self.admission.expect(expected);
+    }
+
+    /// Why a command was not carried out when the session's task took no
+    /// more: another disk behind the name, or the session closed.
+    fn gone(&self) -> Error {
+        self.admission.refused().unwrap_or(Error::SessionClosed)
     }
 
     /// How the session behaves as a path.
@@ -291,8 +317,8 @@ impl PipelinedSession {
         self.requests
             .send(Request::Command(cmd, tx))
             .await
-            .map_err(|_| Error::SessionClosed)?;
-        rx.await.map_err(|_| Error::SessionClosed)?
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
     }
 
     /// Logs out and waits for the answer and the session's end.
@@ -395,7 +421,7 @@ impl Driver {
         &mut self,
         r: &Relogin,
         pipe: &Pipeline,
-    ) -> Result<(Connection, LoggedIn), Error> {
+    ) -> Result<(Connection, FullFeature), Error> {
         let login = reinstate(r);
         tokio::pin!(login);
         if !self.failover.fail_fast {
@@ -440,12 +466,16 @@ async fn drive(mut pipe: Pipeline, mut conn: Connection, mut d: Driver, relogin:
             d.give_up(&mut pipe, &failure);
         }
         match d.reinstate(r, &pipe).await {
-            Ok((c, info)) => {
-                pipe = pipe.reinstated(FullFeature::new(&info), Instant::now().into_std());
+            Ok((c, ffp)) => {
+                pipe = pipe.reinstated(ffp, Instant::now().into_std());
                 conn = c;
                 // The target ended the old session's tasks.
                 d.in_doubt.send_modify(|x| x.lost_since = None);
                 d.publish(&pipe);
+            }
+            Err(Error::IdentityChanged(why)) => {
+                r.admission.refuse(why.clone());
+                break Error::IdentityChanged(why);
             }
             Err(e) => break e,
         }
@@ -457,7 +487,12 @@ async fn drive(mut pipe: Pipeline, mut conn: Connection, mut d: Driver, relogin:
         d.lost(lost_at);
     }
     d.in_doubt.send_modify(|x| x.oldest_unfinished = None);
-    let lost = || Err(Error::ConnectionLost(failure.to_string()));
+    let lost = || {
+        Err(match &failure {
+            Error::IdentityChanged(why) => Error::IdentityChanged(why.clone()),
+            other => Error::ConnectionLost(other.to_string()),
+        })
+    };
     for (_, w) in d.waiters.commands.drain() {
         let _ = w.send(lost());
     }
@@ -474,19 +509,24 @@ async fn drive(mut pipe: Pipeline, mut conn: Connection, mut d: Driver, relogin:
     }
 }
 
-/// Logs in again with the same ISID, up to the attempts allowed.
-async fn reinstate(r: &Relogin) -> Result<(Connection, LoggedIn), Error> {
+/// Logs in again with the same ISID, up to the attempts allowed, and
+/// checks the units opened on the session (see [`readmission`]).
+///
+/// [`readmission`]: crate::readmission
+async fn reinstate(r: &Relogin) -> Result<(Connection, FullFeature), Error> {
     let mut last = Error::SessionClosed;
     for _ in 0..r.cfg.attempts {
         tokio::time::sleep(r.cfg.delay).await;
         let login = async {
             let mut conn = Connection::connect(r.addr).await?;
             let info = conn.login(r.login.clone()).await?;
-            conn.apply(&info.params);
-            Ok::<_, Error>((conn, info))
+            let mut session = Session::new(conn, info);
+            readmission::verify(&mut session, &r.admission.expected()).await?;
+            Ok::<_, Error>(session.into_parts())
         };
         match login.await {
             Ok(done) => return Ok(done),
+            Err(e @ Error::IdentityChanged(_)) => return Err(e),
             Err(e) => {
                 tracing::debug!(%e, "reinstatement login failed");
                 last = e;

@@ -2,14 +2,15 @@
 //! its link goes silent, commands come back within the keepalive's bound
 //! with an error multipath retries elsewhere, instead of waiting through
 //! the reinstatement; its fence resolves only once the session has been
-//! reinstated (the target ended the old session's tasks).
+//! reinstated (the target ended the old session's tasks). And a session
+//! reinstated to another disk behind the same name sends it nothing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use blockdev::{DeviceIdentity, ErrorClass, MemDevice, WriteFlags};
+use blockdev::{BlockDevice, DeviceIdentity, ErrorClass, MemDevice, WriteFlags};
 use initiator_iscsi::{
     FailoverConfig, IscsiDevice, IscsiPath, KeepaliveConfig, LoginConfig, PipelineConfig,
     PipelinedSession, ReinstateConfig,
@@ -29,6 +30,8 @@ struct SilentProxy {
     /// One flag per link made: set, the link forwards nothing more.
     links: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     refusing: Arc<AtomicBool>,
+    /// Where new links go.
+    target: Arc<Mutex<SocketAddr>>,
 }
 
 impl SilentProxy {
@@ -37,7 +40,8 @@ impl SilentProxy {
         let addr = listener.local_addr().unwrap();
         let links: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
         let refusing = Arc::new(AtomicBool::new(false));
-        let (l, r) = (links.clone(), refusing.clone());
+        let target = Arc::new(Mutex::new(target));
+        let (l, r, t) = (links.clone(), refusing.clone(), target.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if r.load(Ordering::SeqCst) {
@@ -45,7 +49,8 @@ impl SilentProxy {
                 }
                 let silent = Arc::new(AtomicBool::new(false));
                 l.lock().unwrap().push(silent.clone());
-                let outbound = TcpStream::connect(target).await.unwrap();
+                let to = *t.lock().unwrap();
+                let outbound = TcpStream::connect(to).await.unwrap();
                 let (ir, iw) = inbound.into_split();
                 let (or, ow) = outbound.into_split();
                 tokio::spawn(forward(ir, ow, silent.clone()));
@@ -56,6 +61,7 @@ impl SilentProxy {
             addr,
             links,
             refusing,
+            target,
         }
     }
 
@@ -86,6 +92,18 @@ async fn forward(
             return;
         }
     }
+}
+
+/// Writes block `lba` full of 9s in a task of its own.
+fn spawn_write(
+    dev: &blockdev::SharedDevice,
+    lba: u64,
+) -> tokio::task::JoinHandle<blockdev::Result<()>> {
+    let dev = dev.clone();
+    tokio::spawn(async move {
+        dev.write(lba, vec![9u8; 512].into(), WriteFlags::default())
+            .await
+    })
 }
 
 const KEEPALIVE: KeepaliveConfig = KeepaliveConfig {
@@ -186,13 +204,7 @@ async fn alone_a_session_holds_its_commands_through_the_reinstatement() {
     let dev = path.device().clone();
     proxy.refusing.store(true, Ordering::SeqCst);
     proxy.silence();
-    let write = tokio::spawn({
-        let dev = dev.clone();
-        async move {
-            dev.write(5, vec![9u8; 512].into(), WriteFlags::default())
-                .await
-        }
-    });
+    let write = spawn_write(&dev, 5);
     tokio::time::sleep(KEEPALIVE.interval + KEEPALIVE.timeout + Duration::from_secs(1)).await;
     assert!(!write.is_finished(), "held while the session is reinstated");
     proxy.refusing.store(false, Ordering::SeqCst);
@@ -207,4 +219,36 @@ async fn a_quiet_path_is_fenced_at_once() {
     tokio::time::timeout(Duration::from_secs(1), path.fence())
         .await
         .expect("nothing unanswered: fenced at once");
+}
+
+#[tokio::test]
+async fn a_session_reinstated_to_another_disk_sends_it_nothing() {
+    let (path, proxy, _stop) = path(FailoverConfig::default()).await;
+    let dev = path.device().clone();
+    // Another disk, served under the same target name.
+    let other = Arc::new(MemDevice::new(512, 1 << 12, DeviceIdentity::from_name("q")));
+    let (second, _stop2) = common::start(other.clone(), Access::default()).await;
+    proxy.refusing.store(true, Ordering::SeqCst);
+    proxy.silence();
+    // Held by the session through the reinstatement.
+    let held = spawn_write(&dev, 5);
+    tokio::time::sleep(KEEPALIVE.interval + KEEPALIVE.timeout).await;
+    *proxy.target.lock().unwrap() = second;
+    proxy.refusing.store(false, Ordering::SeqCst);
+    let e = held.await.unwrap().unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Failed, "{e:?}");
+    assert!(e.to_string().contains("changed"), "{e}");
+    let later = dev.read(5, 1).await.unwrap_err();
+    assert_eq!(later.class(), ErrorClass::Failed, "{later:?}");
+    let later = dev
+        .write(6, vec![9u8; 512].into(), WriteFlags::default())
+        .await
+        .unwrap_err();
+    assert_eq!(later.class(), ErrorClass::Failed, "{later:?}");
+    // The other disk never got the writes.
+    let blocks = other.read(5, 2).await.unwrap();
+    assert!(
+        blocks.iter().all(|&b| b == 0),
+        "a write reached the other disk"
+    );
 }
