@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use crate::command::{Command, ScsiResult};
 use crate::connection::Connection;
 use crate::fullfeature::FullFeature;
+use crate::keepalive::KeepaliveConfig;
 use crate::pipeline::{Pipeline, PipelineConfig, Ticket};
 use crate::readmission::{self, Admission, Expected};
 use crate::session::Session;
@@ -138,6 +139,8 @@ struct Relogin {
     login: LoginConfig,
     cfg: ReinstateConfig,
     admission: Arc<Admission>,
+    /// Each new connection's socket is tuned to it.
+    keepalive: KeepaliveConfig,
 }
 
 /// A logged-in session shared by concurrent callers.
@@ -179,6 +182,7 @@ impl PipelinedSession {
             login,
             cfg: reinstate,
             admission: Arc::default(),
+            keepalive: cfg.keepalive,
         };
         Ok(PipelinedSession::spawn(
             conn,
@@ -215,6 +219,9 @@ impl PipelinedSession {
         failover: FailoverConfig,
     ) -> PipelinedSession {
         conn.apply(&info.params);
+        if let Err(e) = conn.tune(cfg.keepalive) {
+            tracing::warn!(%e, "socket options not set");
+        }
         let pipe = Pipeline::new(FullFeature::new(&info), cfg, Instant::now().into_std());
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1) as usize);
         let (doubt_tx, doubt_rx) = watch::channel(InDoubt::default());
@@ -519,6 +526,7 @@ async fn reinstate(r: &Relogin) -> Result<(Connection, FullFeature), Error> {
         tokio::time::sleep(r.cfg.delay).await;
         let login = async {
             let mut conn = Connection::connect(r.addr).await?;
+            conn.tune(r.keepalive)?;
             let info = conn.login(r.login.clone()).await?;
             let mut session = Session::new(conn, info);
             readmission::verify(&mut session, &r.admission.expected()).await?;
