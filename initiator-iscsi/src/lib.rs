@@ -27,6 +27,7 @@
 //! ```
 
 pub mod alua;
+pub mod async_event;
 mod command;
 mod connection;
 mod device;

@@ -15,8 +15,9 @@ use bytes::Bytes;
 use iscsi_proto::frame::InPdu;
 use iscsi_proto::pdu::Bhs;
 
+use crate::async_event::{self, Reaction};
 use crate::command::{Command, ScsiResult};
-use crate::fullfeature::{Event, FullFeature, ENDING_EVENTS};
+use crate::fullfeature::{Event, FullFeature};
 use crate::keepalive::{Action, Keepalive, KeepaliveConfig};
 use crate::recovery::{Outcome, Recovery, Step};
 use crate::tmf::{Function, TaskManagement};
@@ -75,6 +76,13 @@ pub struct Pipeline {
     done: VecDeque<(Ticket, Result<ScsiResult, Error>)>,
     /// Response codes of immediate requests (task management, logout).
     answers: HashMap<u32, u8>,
+    /// The target asked for a logout (async event 1): nothing new is sent,
+    /// and the logout goes out by then at the latest.
+    logout_by: Option<Instant>,
+    /// The tag of the logout the target asked for, once sent.
+    requested_logout: Option<u32>,
+    /// How long the target asked to wait before logging in again.
+    relogin_after: Duration,
 }
 
 impl Pipeline {
@@ -91,6 +99,28 @@ impl Pipeline {
             recovery: None,
             done: VecDeque::new(),
             answers: HashMap::new(),
+            logout_by: None,
+            requested_logout: None,
+            relogin_after: Duration::ZERO,
+        }
+    }
+
+    /// How long the target asked to wait before logging in again (its
+    /// Time2Wait, when it announced that it drops the connection).
+    pub fn relogin_after(&self) -> Duration {
+        self.relogin_after
+    }
+
+    /// Sends the logout the target asked for once nothing runs, or at its
+    /// deadline.
+    fn log_out_if_due(&mut self, now: Instant) {
+        let Some(by) = self.logout_by else { return };
+        if self.requested_logout.is_none() && (self.running.is_empty() || now >= by) {
+            tracing::info!(
+                running = self.running.len(),
+                "logging out as the target asked"
+            );
+            self.requested_logout = Some(self.ffp.logout());
         }
     }
 
@@ -147,7 +177,10 @@ impl Pipeline {
 
     /// Sends queued commands while the window and the queue depth have room.
     fn pump(&mut self, now: Instant) {
-        while self.running.len() < self.queue_depth && self.ffp.window_open() {
+        while self.logout_by.is_none()
+            && self.running.len() < self.queue_depth
+            && self.ffp.window_open()
+        {
             let Some((ticket, cmd)) = self.pending.pop_front() else {
                 return;
             };
@@ -208,15 +241,33 @@ impl Pipeline {
                     self.recover(outcome, now)?;
                 }
                 Event::Pong { itt, .. } => self.keepalive.answered(itt, now),
+                Event::Logout { itt, .. } if self.requested_logout == Some(itt) => {
+                    // Logged out as asked: the target ended the session's
+                    // tasks; what had no answer goes on a new session.
+                    return Err(Error::Closed);
+                }
                 Event::Tmf { itt, response } | Event::Logout { itt, response, .. } => {
                     self.answers.insert(itt, response);
                 }
-                Event::Async { message, .. } if ENDING_EVENTS.contains(&message.event) => {
-                    return Err(Error::Closed);
-                }
+                Event::Async { message, .. } => match async_event::react(&message, now) {
+                    Reaction::LogOut { by } => {
+                        self.logout_by = Some(self.logout_by.map_or(by, |b| b.min(by)));
+                    }
+                    Reaction::Reconnect { after } => {
+                        tracing::info!(
+                            event = message.event,
+                            ?after,
+                            "the target drops the connection"
+                        );
+                        self.relogin_after = after;
+                        return Err(Error::Closed);
+                    }
+                    Reaction::Ignore => tracing::debug!(?message, "async message ignored"),
+                },
                 other => tracing::debug!(?other, "event ignored by the pipeline"),
             }
         }
+        self.log_out_if_due(now);
         self.pump(now);
         Ok(())
     }
@@ -230,7 +281,8 @@ impl Pipeline {
         } else {
             self.oldest().map(|(_, r)| r.sent + self.command_timeout)
         };
-        [self.keepalive.deadline(), recovery]
+        let logout = self.logout_by.filter(|_| self.requested_logout.is_none());
+        [self.keepalive.deadline(), recovery, logout]
             .into_iter()
             .flatten()
             .min()
@@ -256,6 +308,7 @@ impl Pipeline {
             }
             Action::Dead => return Err(Error::Timeout(self.keepalive_timeout())),
         }
+        self.log_out_if_due(now);
         if self.command_timeout.is_zero() {
             return Ok(());
         }
@@ -358,6 +411,9 @@ impl Pipeline {
             // Outcomes not taken yet stay.
             done: std::mem::take(&mut self.done),
             answers: HashMap::new(),
+            logout_by: None,
+            requested_logout: None,
+            relogin_after: Duration::ZERO,
         };
         next.pending = self.into_unanswered().into();
         next.pump(now);
@@ -648,5 +704,111 @@ mod tests {
         assert_eq!(q.in_flight(), 2);
         let d = q.queue(Command::new(0, &[0; 6]), t0);
         assert!(d > b && d > c, "tickets go on from the old session's");
+    }
+
+    fn async_message(event: u8, params: [u16; 3], stat_sn: u32) -> InPdu {
+        let m = iscsi_proto::pdu::AsyncMessage {
+            event,
+            params,
+            sns: Sns {
+                stat_sn,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 20,
+            },
+            ..Default::default()
+        };
+        pdu(Bhs::AsyncMessage(m), &[])
+    }
+
+    /// The Logout Requests queued: their tags.
+    fn logouts(out: &[(Bhs, Bytes)]) -> Vec<u32> {
+        out.iter()
+            .filter_map(|(b, _)| match b {
+                Bhs::LogoutRequest(l) => Some(l.itt),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_requested_logout_waits_for_running_commands_and_holds_new_ones() {
+        let t0 = Instant::now();
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 20)).unwrap(); // opens the window
+        let mut p = Pipeline::new(f, cfg(8), t0);
+        let _a = p.queue(Command::read(0, &[0x28; 10], 512), t0);
+        let a_itt = commands(&p.take_output())[0];
+        // Log out within 10 s: at t0 + 5 s at the latest.
+        p.receive(async_message(1, [0, 0, 10], 100), t0).unwrap();
+        let b = p.queue(Command::write(0, &[0x2a; 10], vec![3u8; 512]), t0);
+        let out = p.take_output();
+        assert!(commands(&out).is_empty(), "nothing new goes out");
+        assert!(logouts(&out).is_empty(), "a command still runs");
+        assert_eq!(p.deadline(), Some(t0 + Duration::from_millis(100)));
+        // The running command ends: the logout goes out at once.
+        p.receive(status(a_itt, 101, 20), t0).unwrap();
+        let out = p.take_output();
+        let [logout] = logouts(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert!(commands(&out).is_empty());
+        // Answered: the connection ends; b waits for the new session.
+        let answer = iscsi_proto::pdu::LogoutResponse {
+            itt: logout,
+            sns: Sns {
+                stat_sn: 102,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 20,
+            },
+            ..Default::default()
+        };
+        let r = p.receive(pdu(Bhs::LogoutResponse(answer), &[]), t0);
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+        let left = p.into_unanswered();
+        assert_eq!(left.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [b]);
+    }
+
+    #[test]
+    fn a_requested_logout_goes_out_by_half_of_parameter3_and_the_rest_is_sent_again() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let quiet = PipelineConfig {
+            command_timeout: Duration::ZERO,
+            ..timing_out()
+        };
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 20)).unwrap();
+        let mut p = Pipeline::new(f, quiet, t0);
+        let a = p.queue(Command::read(0, &[0x28; 10], 512), t0);
+        p.take_output();
+        // Log out within 4 s: the command never answers; out at t0 + 2 s.
+        p.receive(async_message(1, [0, 0, 4], 100), t0).unwrap();
+        assert_eq!(p.deadline(), Some(t0 + 2 * sec));
+        p.tick(t0 + sec).unwrap();
+        assert!(logouts(&p.take_output()).is_empty());
+        p.tick(t0 + 2 * sec).unwrap();
+        assert_eq!(logouts(&p.take_output()).len(), 1, "due at t0 + 2 s");
+        assert_eq!(p.deadline(), None, "sent once");
+        // The unanswered command goes again on the new session.
+        let mut fresh = session(Params::default());
+        fresh.receive(status(0, 99, 20)).unwrap();
+        let mut q = p.reinstated(fresh, t0 + 2 * sec);
+        assert_eq!(commands(&q.take_output()).len(), 1);
+        assert_eq!(q.into_unanswered()[0].0, a);
+    }
+
+    #[test]
+    fn a_target_dropping_the_connection_is_left_at_once_and_its_time2wait_kept() {
+        let t0 = Instant::now();
+        for event in [2, 3] {
+            let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
+            let r = p.receive(async_message(event, [0, 2, 20], 100), t0);
+            assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+            assert_eq!(p.relogin_after(), Duration::from_secs(2));
+        }
+        // Other events are not the connection's end.
+        let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
+        p.receive(async_message(0, [0; 3], 100), t0).unwrap();
+        assert_eq!(p.relogin_after(), Duration::ZERO);
     }
 }

@@ -429,7 +429,7 @@ impl Driver {
         r: &Relogin,
         pipe: &Pipeline,
     ) -> Result<(Connection, FullFeature), Error> {
-        let login = reinstate(r);
+        let login = reinstate(r, pipe.relogin_after());
         tokio::pin!(login);
         if !self.failover.fail_fast {
             return login.await;
@@ -516,14 +516,19 @@ async fn drive(mut pipe: Pipeline, mut conn: Connection, mut d: Driver, relogin:
     }
 }
 
-/// Logs in again with the same ISID, up to the attempts allowed, and
-/// checks the units opened on the session (see [`readmission`]).
+/// Logs in again with the same ISID, up to the attempts allowed, the
+/// first after `wait` at least (the target's Time2Wait), and checks the
+/// units opened on the session (see [`readmission`]).
 ///
 /// [`readmission`]: crate::readmission
-async fn reinstate(r: &Relogin) -> Result<(Connection, FullFeature), Error> {
+async fn reinstate(r: &Relogin, wait: Duration) -> Result<(Connection, FullFeature), Error> {
     let mut last = Error::SessionClosed;
-    for _ in 0..r.cfg.attempts {
-        tokio::time::sleep(r.cfg.delay).await;
+    for attempt in 0..r.cfg.attempts {
+        let delay = match attempt {
+            0 => r.cfg.delay.max(wait),
+            _ => r.cfg.delay,
+        };
+        tokio::time::sleep(delay).await;
         let login = async {
             let mut conn = Connection::connect(r.addr).await?;
             conn.tune(r.keepalive)?;
