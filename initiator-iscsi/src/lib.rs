@@ -38,6 +38,7 @@ pub mod keepalive;
 mod path;
 mod pipeline;
 mod pipelined;
+pub mod range_lock;
 pub mod readmission;
 mod recovery;
 mod session;

@@ -19,6 +19,7 @@ use crate::async_event::{self, Reaction};
 use crate::command::{Command, ScsiResult};
 use crate::fullfeature::{Event, FullFeature};
 use crate::keepalive::{Action, Keepalive, KeepaliveConfig};
+use crate::range_lock::{Extent, RangeLocks};
 use crate::recovery::{Outcome, Recovery, Step};
 use crate::tmf::{Function, TaskManagement};
 use crate::Error;
@@ -83,6 +84,18 @@ pub struct Pipeline {
     requested_logout: Option<u32>,
     /// How long the target asked to wait before logging in again.
     relogin_after: Duration,
+    /// The blocks of the writes not settled yet, by ticket.
+    writes: RangeLocks<Ticket>,
+}
+
+/// The blocks a command changes, if any.
+fn extent(cmd: &Command) -> Option<Extent> {
+    let (lba, blocks) = crate::disk_commands::written_span(&cmd.cdb, &cmd.data_out)?;
+    Some(Extent {
+        lun: cmd.lun,
+        lba,
+        blocks,
+    })
 }
 
 impl Pipeline {
@@ -102,6 +115,7 @@ impl Pipeline {
             logout_by: None,
             requested_logout: None,
             relogin_after: Duration::ZERO,
+            writes: RangeLocks::default(),
         }
     }
 
@@ -172,25 +186,42 @@ impl Pipeline {
         sent.sort();
         let unsent = self.pending.drain(..).map(|(t, _)| t).collect();
         self.recovery = None;
+        // Settled once the session is reinstated, before anything else is
+        // sent: the target ends the old session's tasks first.
+        self.writes.clear();
         (sent, unsent)
     }
 
     /// Sends queued commands while the window and the queue depth have room.
+    /// A write waits while an unsettled write, or an earlier waiting one,
+    /// overlaps it ([`range_lock`](crate::range_lock)).
     fn pump(&mut self, now: Instant) {
-        while self.logout_by.is_none()
-            && self.running.len() < self.queue_depth
-            && self.ffp.window_open()
-        {
-            let Some((ticket, cmd)) = self.pending.pop_front() else {
-                return;
-            };
+        if self.logout_by.is_some() {
+            return;
+        }
+        let go = self
+            .writes
+            .admissible(self.pending.iter().map(|(_, c)| extent(c)));
+        let mut taken = Vec::new();
+        for i in go {
+            if self.running.len() >= self.queue_depth || !self.ffp.window_open() {
+                break;
+            }
+            let (ticket, cmd) = self.pending[i].clone();
+            taken.push(i);
             match self.ffp.submit(cmd.clone()) {
                 Ok(task) => {
+                    if let Some(e) = extent(&cmd) {
+                        self.writes.lock(ticket, e);
+                    }
                     let sent = now;
                     self.running.insert(task.itt, Running { ticket, cmd, sent });
                 }
                 Err(e) => self.done.push_back((ticket, Err(e))),
             }
+        }
+        for i in taken.into_iter().rev() {
+            self.pending.remove(i);
         }
     }
 
@@ -233,6 +264,7 @@ impl Pipeline {
             match event {
                 Event::Scsi { itt, result } => {
                     if let Some(r) = self.running.remove(&itt) {
+                        self.writes.unlock(r.ticket);
                         self.done.push_back((r.ticket, result));
                     }
                 }
@@ -375,6 +407,7 @@ impl Pipeline {
         for itt in ended {
             self.ffp.forget(itt);
             let r = self.running.remove(&itt).expect("listed above");
+            self.writes.unlock(r.ticket);
             self.done.push_back((r.ticket, Err(Error::Aborted)));
         }
     }
@@ -414,6 +447,7 @@ impl Pipeline {
             logout_by: None,
             requested_logout: None,
             relogin_after: Duration::ZERO,
+            writes: RangeLocks::default(),
         };
         next.pending = self.into_unanswered().into();
         next.pump(now);
@@ -810,5 +844,51 @@ mod tests {
         let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
         p.receive(async_message(0, [0; 3], 100), t0).unwrap();
         assert_eq!(p.relogin_after(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_write_in_doubt_is_not_overtaken_by_an_overlapping_one() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 30)).unwrap();
+        let mut p = Pipeline::new(f, timing_out(), t0);
+        let write = |lba, blocks| {
+            Command::write(
+                2,
+                &crate::disk_commands::write16(lba, blocks, false),
+                vec![1u8; 512 * blocks as usize],
+            )
+        };
+        let old = p.queue(write(0, 8), t0);
+        assert_eq!(commands(&p.take_output()).len(), 1);
+        // Its caller gave up on it; the command timeout aborts it.
+        p.tick(t0 + sec).unwrap();
+        let abort = tmfs(&p.take_output())[0];
+        // A newer write over some of its blocks waits; one elsewhere, and
+        // a read of the same blocks, go.
+        let newer = p.queue(write(4, 8), t0 + sec);
+        let behind = p.queue(write(10, 8), t0 + sec);
+        let elsewhere = p.queue(write(32, 8), t0 + sec);
+        let read = p.queue(
+            Command::read(2, &crate::disk_commands::read16(0, 8), 4096),
+            t0 + sec,
+        );
+        assert_eq!(commands(&p.take_output()).len(), 2);
+        assert!(p.task_of(old).is_some() && p.task_of(newer).is_none());
+        assert!(
+            p.task_of(behind).is_none(),
+            "it keeps its place behind the newer write"
+        );
+        assert!(p.task_of(elsewhere).is_some() && p.task_of(read).is_some());
+        // Settled (ABORT TASK answered): the newer write goes out.
+        p.receive(tmf_response(abort.2, crate::tmf::COMPLETE, 100), t0 + sec)
+            .unwrap();
+        assert!(matches!(p.take_done(), Some((t, Err(Error::Aborted))) if t == old));
+        assert!(p.task_of(newer).is_some() && p.task_of(behind).is_none());
+        // The newer write answered, the one behind it goes.
+        let itt = p.task_of(newer).unwrap().itt;
+        p.receive(status(itt, 101, 30), t0 + sec).unwrap();
+        assert!(p.task_of(behind).is_some());
     }
 }
