@@ -15,7 +15,7 @@ use initiator_iscsi::{
     FailoverConfig, IscsiDevice, IscsiPath, KeepaliveConfig, LoginConfig, PipelineConfig,
     PipelinedSession, ReinstateConfig,
 };
-use multipath::{AluaState, Path};
+use multipath::{AluaState, MultipathDevice, Path};
 use target_iscsi::access::Access;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -117,7 +117,15 @@ async fn path(
     let disk = Arc::new(MemDevice::new(512, 1 << 12, DeviceIdentity::from_name("p")));
     let (target, stop) = common::start(disk, Access::default()).await;
     let proxy = SilentProxy::start(target).await;
-    let login = LoginConfig::new(INITIATOR, Some(IQN));
+    let path = connect(&proxy, 1, failover).await;
+    (path, proxy, stop)
+}
+
+/// A path through `proxy`, its session numbered `isid` (two paths to one
+/// target are two sessions: their ISIDs differ).
+async fn connect(proxy: &SilentProxy, isid: u8, failover: FailoverConfig) -> IscsiPath {
+    let mut login = LoginConfig::new(INITIATOR, Some(IQN));
+    login.isid = [0x80, 0, 0, 0, 0, isid];
     let cfg = PipelineConfig {
         keepalive: KEEPALIVE,
         ..PipelineConfig::default()
@@ -129,8 +137,45 @@ async fn path(
     let session = PipelinedSession::connect_failover(proxy.addr, login, cfg, reinstate, failover)
         .await
         .unwrap();
-    let dev = IscsiDevice::open(session, 0).await.unwrap();
-    (IscsiPath::new(dev), proxy, stop)
+    IscsiPath::new(IscsiDevice::open(session, 0).await.unwrap())
+}
+
+#[tokio::test]
+async fn under_multipath_a_silenced_path_is_invisible_to_callers() {
+    let disk = Arc::new(MemDevice::new(512, 1 << 12, DeviceIdentity::from_name("m")));
+    let (target, _stop) = common::start(disk, Access::default()).await;
+    let proxies = [
+        SilentProxy::start(target).await,
+        SilentProxy::start(target).await,
+    ];
+    let mut paths: Vec<Arc<dyn Path>> = Vec::new();
+    for (i, proxy) in proxies.iter().enumerate() {
+        paths.push(Arc::new(
+            connect(proxy, i as u8 + 1, FailoverConfig::multipath()).await,
+        ));
+    }
+    let mp = Arc::new(MultipathDevice::new(paths, multipath::Config::default()).unwrap());
+    // Every caller's write is read back and checked; any error panics.
+    let writers = common::verified_writers(mp.clone(), 4, 64, 8, 30);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxies[0].refusing.store(true, Ordering::SeqCst);
+    proxies[0].silence();
+    // Path 0 comes back later: the writes it left in doubt are fenced
+    // until then, and reported after.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxies[0].refusing.store(false, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let report = mp.paths();
+    assert!(
+        report[0].stats.completed > 0,
+        "path 0 carried I/O before: {report:?}"
+    );
+    assert!(
+        report[0].stats.errors + report[0].stats.check_failures > 0,
+        "path 0 was seen down: {report:?}"
+    );
 }
 
 #[tokio::test]
