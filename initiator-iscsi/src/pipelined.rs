@@ -534,6 +534,14 @@ async fn reinstate(r: &Relogin, wait: Duration) -> Result<(Connection, FullFeatu
             conn.tune(r.keepalive)?;
             let info = conn.login(r.login.clone()).await?;
             let mut session = Session::new(conn, info);
+            // The checks get as long to answer as the keepalive gives a
+            // ping: a target that logs in and then says nothing is lost.
+            if !r.keepalive.interval.is_zero() {
+                let bound = r.keepalive.interval + r.keepalive.timeout;
+                session
+                    .connection()
+                    .set_timeout(bound.max(Duration::from_secs(1)));
+            }
             readmission::verify(&mut session, &r.admission.expected()).await?;
             Ok::<_, Error>(session.into_parts())
         };
