@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::keepalive::KeepaliveConfig;
 use crate::Error;
 
 /// How long an answer may take unless [`Connection::set_timeout`] says
@@ -111,6 +112,28 @@ impl Connection {
         decoder.header_digest = params.header_digest;
         decoder.data_digest = params.data_digest;
         decoder.max_data = params.recv_data_segment_length as usize;
+    }
+
+    /// Ties the socket's own failure detection to the NOP-Out keepalive
+    /// (`keepalive`): TCP_USER_TIMEOUT at the keepalive's bound (interval
+    /// plus timeout), so that data the target does not acknowledge in that
+    /// time ends the connection even while the keepalive's ping is stuck
+    /// behind it in the send queue; TCP keepalive probes after the same
+    /// silence; TCP_NODELAY. With pings off, only TCP_NODELAY.
+    pub fn tune(&self, keepalive: KeepaliveConfig) -> std::io::Result<()> {
+        let stream = self.writer.half.as_ref();
+        stream.set_nodelay(true)?;
+        if keepalive.interval.is_zero() {
+            return Ok(());
+        }
+        let bound = keepalive.interval + keepalive.timeout;
+        let sock = socket2::SockRef::from(stream);
+        sock.set_tcp_user_timeout(Some(bound))?;
+        let probes = socket2::TcpKeepalive::new()
+            .with_time(keepalive.interval.max(Duration::from_secs(1)))
+            .with_interval(keepalive.timeout.max(Duration::from_secs(1)))
+            .with_retries(2);
+        sock.set_tcp_keepalive(&probes)
     }
 
     /// The local and peer addresses.
@@ -243,5 +266,32 @@ impl Writer {
     /// Sends bytes as they are: malformed PDUs, garbage, half a header.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
         Ok(self.half.write_all(bytes).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_gives_up_at_the_keepalive_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let conn = Connection::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let keepalive = KeepaliveConfig {
+            interval: Duration::from_millis(700),
+            timeout: Duration::from_millis(400),
+        };
+        conn.tune(keepalive).unwrap();
+        let stream = conn.writer.half.as_ref();
+        let sock = socket2::SockRef::from(stream);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1100))
+        );
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(1));
+        assert!(sock.tcp_nodelay().unwrap());
     }
 }

@@ -74,6 +74,35 @@ pub fn unmap(lba: u64, blocks: u32) -> ([u8; 10], [u8; 24]) {
     (c, p)
 }
 
+/// The blocks a command changes, as (first block, count): WRITE(10),
+/// WRITE(16), WRITE SAME(10/16) from the CDB, UNMAP from its parameter
+/// list (the span from its lowest to its highest block descriptor); None
+/// for a command that changes no blocks, or one this initiator does not
+/// send (a count of zero, which WRITE SAME takes as "to the end", spans
+/// every block from the first).
+pub fn written_span(cdb: &[u8], data: &[u8]) -> Option<(u64, u64)> {
+    let be = |b: &[u8]| b.iter().fold(0u64, |n, &x| n << 8 | u64::from(x));
+    let (lba, blocks) = match *cdb.first()? {
+        0x2a | 0x41 if cdb.len() >= 10 => (be(&cdb[2..6]), be(&cdb[7..9])),
+        0x8a | 0x93 if cdb.len() >= 16 => (be(&cdb[2..10]), be(&cdb[10..14])),
+        0x42 => {
+            let descriptors = data.get(8..)?.chunks_exact(16);
+            let spans = descriptors.map(|d| (be(&d[0..8]), be(&d[8..12])));
+            let (lo, hi) =
+                spans
+                    .filter(|&(_, n)| n > 0)
+                    .fold(None, |acc: Option<(u64, u64)>, (l, n)| {
+                        let end = l.saturating_add(n);
+                        Some(acc.map_or((l, end), |(a, b)| (a.min(l), b.max(end))))
+                    })?;
+            (lo, hi - lo)
+        }
+        _ => return None,
+    };
+    let wide = matches!(cdb[0], 0x41 | 0x93) && blocks == 0;
+    Some((lba, if wide { u64::MAX - lba } else { blocks }))
+}
+
 /// What READ CAPACITY(16) reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
@@ -214,6 +243,28 @@ mod tests {
             (false, false)
         );
         assert_eq!(parse_caching(&[0x17]), (false, false));
+    }
+
+    #[test]
+    fn the_blocks_a_command_changes_are_read_from_it() {
+        assert_eq!(written_span(&write16(9, 4, true), &[]), Some((9, 4)));
+        assert_eq!(
+            written_span(&[0x2a, 0, 0, 0, 1, 2, 0, 0, 3, 0], &[]),
+            Some((258, 3))
+        );
+        assert_eq!(
+            written_span(&write_same16(7, 5, true), &[0; 512]),
+            Some((7, 5))
+        );
+        assert_eq!(
+            written_span(&write_same16(7, 0, false), &[]),
+            Some((7, u64::MAX - 7))
+        );
+        let (c, p) = unmap(100, 8);
+        assert_eq!(written_span(&c, &p), Some((100, 8)));
+        assert_eq!(written_span(&read16(9, 4), &[]), None);
+        assert_eq!(written_span(&synchronize_cache16(), &[]), None);
+        assert_eq!(written_span(&c, &p[..8]), None, "an UNMAP of nothing");
     }
 
     #[test]

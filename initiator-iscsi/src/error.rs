@@ -48,6 +48,17 @@ pub enum Error {
     /// retried on another path.
     #[error("the target could not complete the command (iSCSI response {0:#04x})")]
     TargetFailure(u8),
+    /// The connection was lost and the session is being reinstated; the
+    /// command was not sent, and will not be (the session fails fast as
+    /// one path of several): send it on another path.
+    #[error("the session is being reinstated: the command was not sent")]
+    Reinstating,
+    /// After a reinstatement, a logical unit opened on the session is
+    /// another disk now (or cannot say what it is): nothing held or later
+    /// is sent to it, the session is ended; do not use this name again
+    /// before the disk behind it is checked.
+    #[error("the disk behind the target changed: {0}")]
+    IdentityChanged(String),
     /// The target answered a Logout Request with a failure (§11.15.1).
     #[error("logout refused (response {0})")]
     LogoutRefused(u8),
@@ -66,13 +77,14 @@ impl Error {
             | Error::Closed
             | Error::SessionClosed
             | Error::Login(_)
+            | Error::Reinstating
             | Error::TargetFailure(_) => BlockError::PathDown(what),
             Error::ConnectionLost(_) | Error::Timeout(_) | Error::Protocol(_) => {
                 BlockError::TimedOut(what)
             }
             Error::Rejected(_) => BlockError::Invalid(what),
             Error::Aborted => BlockError::Busy(what),
-            Error::LogoutRefused(_) => BlockError::Failed(what),
+            Error::LogoutRefused(_) | Error::IdentityChanged(_) => BlockError::Failed(what),
         }
     }
 }
@@ -88,6 +100,7 @@ mod tests {
         // Never sent, or known not carried out: another path now.
         assert_eq!(class(Error::SessionClosed), ErrorClass::RetryElsewhere);
         assert_eq!(class(Error::TargetFailure(1)), ErrorClass::RetryElsewhere);
+        assert_eq!(class(Error::Reinstating), ErrorClass::RetryElsewhere);
         // In flight when the connection went: it may still land.
         assert_eq!(
             class(Error::ConnectionLost("x".into())),
@@ -104,5 +117,10 @@ mod tests {
         // Aborted and answered: it can no longer land; again, later.
         assert_eq!(class(Error::Aborted), ErrorClass::RetryLater);
         assert_eq!(class(Error::Rejected(4)), ErrorClass::Invalid);
+        // Another disk behind the name: give up.
+        assert_eq!(
+            class(Error::IdentityChanged("x".into())),
+            ErrorClass::Failed
+        );
     }
 }

@@ -26,6 +26,8 @@
 //! # }
 //! ```
 
+pub mod alua;
+pub mod async_event;
 mod command;
 mod connection;
 mod device;
@@ -33,8 +35,11 @@ pub mod disk_commands;
 mod error;
 mod fullfeature;
 pub mod keepalive;
+mod path;
 mod pipeline;
 mod pipelined;
+pub mod range_lock;
+pub mod readmission;
 mod recovery;
 mod session;
 pub mod tmf;
@@ -47,7 +52,10 @@ pub use fullfeature::{Event, FullFeature, Task};
 pub use iscsi_proto::login::{Auth, LoggedIn, LoginConfig, LoginError};
 pub use iscsi_proto::negotiate::{Limits, Params};
 pub use keepalive::KeepaliveConfig;
+pub use path::IscsiPath;
 pub use pipeline::{Pipeline, PipelineConfig, Ticket};
-pub use pipelined::{PipelinedSession, ReinstateConfig};
+pub use pipelined::{
+    FailoverConfig, InDoubt, PipelinedSession, ReinstateConfig, DEFAULT_SESSION_HORIZON,
+};
 pub use session::Session;
 pub use tmf::{TaskManagement, TmfResult};

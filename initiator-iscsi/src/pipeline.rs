@@ -15,9 +15,11 @@ use bytes::Bytes;
 use iscsi_proto::frame::InPdu;
 use iscsi_proto::pdu::Bhs;
 
+use crate::async_event::{self, Reaction};
 use crate::command::{Command, ScsiResult};
-use crate::fullfeature::{Event, FullFeature, ENDING_EVENTS};
+use crate::fullfeature::{Event, FullFeature};
 use crate::keepalive::{Action, Keepalive, KeepaliveConfig};
+use crate::range_lock::{Extent, RangeLocks};
 use crate::recovery::{Outcome, Recovery, Step};
 use crate::tmf::{Function, TaskManagement};
 use crate::Error;
@@ -75,6 +77,25 @@ pub struct Pipeline {
     done: VecDeque<(Ticket, Result<ScsiResult, Error>)>,
     /// Response codes of immediate requests (task management, logout).
     answers: HashMap<u32, u8>,
+    /// The target asked for a logout (async event 1): nothing new is sent,
+    /// and the logout goes out by then at the latest.
+    logout_by: Option<Instant>,
+    /// The tag of the logout the target asked for, once sent.
+    requested_logout: Option<u32>,
+    /// How long the target asked to wait before logging in again.
+    relogin_after: Duration,
+    /// The blocks of the writes not settled yet, by ticket.
+    writes: RangeLocks<Ticket>,
+}
+
+/// The blocks a command changes, if any.
+fn extent(cmd: &Command) -> Option<Extent> {
+    let (lba, blocks) = crate::disk_commands::written_span(&cmd.cdb, &cmd.data_out)?;
+    Some(Extent {
+        lun: cmd.lun,
+        lba,
+        blocks,
+    })
 }
 
 impl Pipeline {
@@ -91,6 +112,29 @@ impl Pipeline {
             recovery: None,
             done: VecDeque::new(),
             answers: HashMap::new(),
+            logout_by: None,
+            requested_logout: None,
+            relogin_after: Duration::ZERO,
+            writes: RangeLocks::default(),
+        }
+    }
+
+    /// How long the target asked to wait before logging in again (its
+    /// Time2Wait, when it announced that it drops the connection).
+    pub fn relogin_after(&self) -> Duration {
+        self.relogin_after
+    }
+
+    /// Sends the logout the target asked for once nothing runs, or at its
+    /// deadline.
+    fn log_out_if_due(&mut self, now: Instant) {
+        let Some(by) = self.logout_by else { return };
+        if self.requested_logout.is_none() && (self.running.is_empty() || now >= by) {
+            tracing::info!(
+                running = self.running.len(),
+                "logging out as the target asked"
+            );
+            self.requested_logout = Some(self.ffp.logout());
         }
     }
 
@@ -119,19 +163,65 @@ impl Pipeline {
         self.pending.len()
     }
 
+    /// The oldest command not finished (sent and unanswered, or queued):
+    /// with every command from it on, what may still act on the target.
+    pub fn oldest_unfinished(&self) -> Option<Ticket> {
+        let running = self.running.values().map(|r| r.ticket);
+        running.chain(self.pending.front().map(|(t, _)| *t)).min()
+    }
+
+    /// The ticket the next command queued will get: every command queued
+    /// so far has a smaller one.
+    pub fn next_ticket(&self) -> Ticket {
+        Ticket(self.next_ticket)
+    }
+
+    /// Gives up every command without an answer, for a caller that will
+    /// not have them sent again (a path under multipath, which retries them
+    /// elsewhere): the tickets of those sent (their outcome unknown until
+    /// the session is reinstated) and of those never sent, each oldest
+    /// first.
+    pub fn abandon(&mut self) -> (Vec<Ticket>, Vec<Ticket>) {
+        let mut sent: Vec<Ticket> = self.running.drain().map(|(_, r)| r.ticket).collect();
+        sent.sort();
+        let unsent = self.pending.drain(..).map(|(t, _)| t).collect();
+        self.recovery = None;
+        // Settled once the session is reinstated, before anything else is
+        // sent: the target ends the old session's tasks first.
+        self.writes.clear();
+        (sent, unsent)
+    }
+
     /// Sends queued commands while the window and the queue depth have room.
+    /// A write waits while an unsettled write, or an earlier waiting one,
+    /// overlaps it ([`range_lock`](crate::range_lock)).
     fn pump(&mut self, now: Instant) {
-        while self.running.len() < self.queue_depth && self.ffp.window_open() {
-            let Some((ticket, cmd)) = self.pending.pop_front() else {
-                return;
-            };
+        if self.logout_by.is_some() {
+            return;
+        }
+        let go = self
+            .writes
+            .admissible(self.pending.iter().map(|(_, c)| extent(c)));
+        let mut taken = Vec::new();
+        for i in go {
+            if self.running.len() >= self.queue_depth || !self.ffp.window_open() {
+                break;
+            }
+            let (ticket, cmd) = self.pending[i].clone();
+            taken.push(i);
             match self.ffp.submit(cmd.clone()) {
                 Ok(task) => {
+                    if let Some(e) = extent(&cmd) {
+                        self.writes.lock(ticket, e);
+                    }
                     let sent = now;
                     self.running.insert(task.itt, Running { ticket, cmd, sent });
                 }
                 Err(e) => self.done.push_back((ticket, Err(e))),
             }
+        }
+        for i in taken.into_iter().rev() {
+            self.pending.remove(i);
         }
     }
 
@@ -174,6 +264,7 @@ impl Pipeline {
             match event {
                 Event::Scsi { itt, result } => {
                     if let Some(r) = self.running.remove(&itt) {
+                        self.writes.unlock(r.ticket);
                         self.done.push_back((r.ticket, result));
                     }
                 }
@@ -182,15 +273,33 @@ impl Pipeline {
                     self.recover(outcome, now)?;
                 }
                 Event::Pong { itt, .. } => self.keepalive.answered(itt, now),
+                Event::Logout { itt, .. } if self.requested_logout == Some(itt) => {
+                    // Logged out as asked: the target ended the session's
+                    // tasks; what had no answer goes on a new session.
+                    return Err(Error::Closed);
+                }
                 Event::Tmf { itt, response } | Event::Logout { itt, response, .. } => {
                     self.answers.insert(itt, response);
                 }
-                Event::Async { message, .. } if ENDING_EVENTS.contains(&message.event) => {
-                    return Err(Error::Closed);
-                }
+                Event::Async { message, .. } => match async_event::react(&message, now) {
+                    Reaction::LogOut { by } => {
+                        self.logout_by = Some(self.logout_by.map_or(by, |b| b.min(by)));
+                    }
+                    Reaction::Reconnect { after } => {
+                        tracing::info!(
+                            event = message.event,
+                            ?after,
+                            "the target drops the connection"
+                        );
+                        self.relogin_after = after;
+                        return Err(Error::Closed);
+                    }
+                    Reaction::Ignore => tracing::debug!(?message, "async message ignored"),
+                },
                 other => tracing::debug!(?other, "event ignored by the pipeline"),
             }
         }
+        self.log_out_if_due(now);
         self.pump(now);
         Ok(())
     }
@@ -204,7 +313,8 @@ impl Pipeline {
         } else {
             self.oldest().map(|(_, r)| r.sent + self.command_timeout)
         };
-        [self.keepalive.deadline(), recovery]
+        let logout = self.logout_by.filter(|_| self.requested_logout.is_none());
+        [self.keepalive.deadline(), recovery, logout]
             .into_iter()
             .flatten()
             .min()
@@ -230,6 +340,7 @@ impl Pipeline {
             }
             Action::Dead => return Err(Error::Timeout(self.keepalive_timeout())),
         }
+        self.log_out_if_due(now);
         if self.command_timeout.is_zero() {
             return Ok(());
         }
@@ -296,6 +407,7 @@ impl Pipeline {
         for itt in ended {
             self.ffp.forget(itt);
             let r = self.running.remove(&itt).expect("listed above");
+            self.writes.unlock(r.ticket);
             self.done.push_back((r.ticket, Err(Error::Aborted)));
         }
     }
@@ -332,6 +444,10 @@ impl Pipeline {
             // Outcomes not taken yet stay.
             done: std::mem::take(&mut self.done),
             answers: HashMap::new(),
+            logout_by: None,
+            requested_logout: None,
+            relogin_after: Duration::ZERO,
+            writes: RangeLocks::default(),
         };
         next.pending = self.into_unanswered().into();
         next.pump(now);
@@ -622,5 +738,157 @@ mod tests {
         assert_eq!(q.in_flight(), 2);
         let d = q.queue(Command::new(0, &[0; 6]), t0);
         assert!(d > b && d > c, "tickets go on from the old session's");
+    }
+
+    fn async_message(event: u8, params: [u16; 3], stat_sn: u32) -> InPdu {
+        let m = iscsi_proto::pdu::AsyncMessage {
+            event,
+            params,
+            sns: Sns {
+                stat_sn,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 20,
+            },
+            ..Default::default()
+        };
+        pdu(Bhs::AsyncMessage(m), &[])
+    }
+
+    /// The Logout Requests queued: their tags.
+    fn logouts(out: &[(Bhs, Bytes)]) -> Vec<u32> {
+        out.iter()
+            .filter_map(|(b, _)| match b {
+                Bhs::LogoutRequest(l) => Some(l.itt),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_requested_logout_waits_for_running_commands_and_holds_new_ones() {
+        let t0 = Instant::now();
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 20)).unwrap(); // opens the window
+        let mut p = Pipeline::new(f, cfg(8), t0);
+        let _a = p.queue(Command::read(0, &[0x28; 10], 512), t0);
+        let a_itt = commands(&p.take_output())[0];
+        // Log out within 10 s: at t0 + 5 s at the latest.
+        p.receive(async_message(1, [0, 0, 10], 100), t0).unwrap();
+        let b = p.queue(Command::write(0, &[0x2a; 10], vec![3u8; 512]), t0);
+        let out = p.take_output();
+        assert!(commands(&out).is_empty(), "nothing new goes out");
+        assert!(logouts(&out).is_empty(), "a command still runs");
+        assert_eq!(p.deadline(), Some(t0 + Duration::from_millis(100)));
+        // The running command ends: the logout goes out at once.
+        p.receive(status(a_itt, 101, 20), t0).unwrap();
+        let out = p.take_output();
+        let [logout] = logouts(&out)[..] else {
+            panic!("{out:?}")
+        };
+        assert!(commands(&out).is_empty());
+        // Answered: the connection ends; b waits for the new session.
+        let answer = iscsi_proto::pdu::LogoutResponse {
+            itt: logout,
+            sns: Sns {
+                stat_sn: 102,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 20,
+            },
+            ..Default::default()
+        };
+        let r = p.receive(pdu(Bhs::LogoutResponse(answer), &[]), t0);
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+        let left = p.into_unanswered();
+        assert_eq!(left.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [b]);
+    }
+
+    #[test]
+    fn a_requested_logout_goes_out_by_half_of_parameter3_and_the_rest_is_sent_again() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let quiet = PipelineConfig {
+            command_timeout: Duration::ZERO,
+            ..timing_out()
+        };
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 20)).unwrap();
+        let mut p = Pipeline::new(f, quiet, t0);
+        let a = p.queue(Command::read(0, &[0x28; 10], 512), t0);
+        p.take_output();
+        // Log out within 4 s: the command never answers; out at t0 + 2 s.
+        p.receive(async_message(1, [0, 0, 4], 100), t0).unwrap();
+        assert_eq!(p.deadline(), Some(t0 + 2 * sec));
+        p.tick(t0 + sec).unwrap();
+        assert!(logouts(&p.take_output()).is_empty());
+        p.tick(t0 + 2 * sec).unwrap();
+        assert_eq!(logouts(&p.take_output()).len(), 1, "due at t0 + 2 s");
+        assert_eq!(p.deadline(), None, "sent once");
+        // The unanswered command goes again on the new session.
+        let mut fresh = session(Params::default());
+        fresh.receive(status(0, 99, 20)).unwrap();
+        let mut q = p.reinstated(fresh, t0 + 2 * sec);
+        assert_eq!(commands(&q.take_output()).len(), 1);
+        assert_eq!(q.into_unanswered()[0].0, a);
+    }
+
+    #[test]
+    fn a_target_dropping_the_connection_is_left_at_once_and_its_time2wait_kept() {
+        let t0 = Instant::now();
+        for event in [2, 3] {
+            let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
+            let r = p.receive(async_message(event, [0, 2, 20], 100), t0);
+            assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+            assert_eq!(p.relogin_after(), Duration::from_secs(2));
+        }
+        // Other events are not the connection's end.
+        let mut p = Pipeline::new(session(Params::default()), cfg(8), t0);
+        p.receive(async_message(0, [0; 3], 100), t0).unwrap();
+        assert_eq!(p.relogin_after(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_write_in_doubt_is_not_overtaken_by_an_overlapping_one() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut f = session(Params::default());
+        f.receive(status(0, 99, 30)).unwrap();
+        let mut p = Pipeline::new(f, timing_out(), t0);
+        let write = |lba, blocks| {
+            Command::write(
+                2,
+                &crate::disk_commands::write16(lba, blocks, false),
+                vec![1u8; 512 * blocks as usize],
+            )
+        };
+        let old = p.queue(write(0, 8), t0);
+        assert_eq!(commands(&p.take_output()).len(), 1);
+        // Its caller gave up on it; the command timeout aborts it.
+        p.tick(t0 + sec).unwrap();
+        let abort = tmfs(&p.take_output())[0];
+        // A newer write over some of its blocks waits; one elsewhere, and
+        // a read of the same blocks, go.
+        let newer = p.queue(write(4, 8), t0 + sec);
+        let behind = p.queue(write(10, 8), t0 + sec);
+        let elsewhere = p.queue(write(32, 8), t0 + sec);
+        let read = p.queue(
+            Command::read(2, &crate::disk_commands::read16(0, 8), 4096),
+            t0 + sec,
+        );
+        assert_eq!(commands(&p.take_output()).len(), 2);
+        assert!(p.task_of(old).is_some() && p.task_of(newer).is_none());
+        assert!(
+            p.task_of(behind).is_none(),
+            "it keeps its place behind the newer write"
+        );
+        assert!(p.task_of(elsewhere).is_some() && p.task_of(read).is_some());
+        // Settled (ABORT TASK answered): the newer write goes out.
+        p.receive(tmf_response(abort.2, crate::tmf::COMPLETE, 100), t0 + sec)
+            .unwrap();
+        assert!(matches!(p.take_done(), Some((t, Err(Error::Aborted))) if t == old));
+        assert!(p.task_of(newer).is_some() && p.task_of(behind).is_none());
+        // The newer write answered, the one behind it goes.
+        let itt = p.task_of(newer).unwrap().itt;
+        p.receive(status(itt, 101, 30), t0 + sec).unwrap();
+        assert!(p.task_of(behind).is_some());
     }
 }

@@ -244,6 +244,13 @@ impl Session {
         }
     }
 
+    /// The connection and the session's state machine, to go on with
+    /// elsewhere (a pipelined session, after the reinstated session was
+    /// checked one call at a time).
+    pub fn into_parts(self) -> (Connection, FullFeature) {
+        (self.conn, self.ffp)
+    }
+
     /// Drops the connection with a TCP reset, without logging out.
     pub fn reset(self) {
         self.conn.reset();
