@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 
 use blockdev::SharedDevice;
+use chap::SecretsStore;
 use scsi_disk::{LuConfig, ScsiTarget};
-use target_iscsi::access::Access;
+use target_iscsi::access::{Access, AuthMethod, TargetAccess};
 use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
 
 /// The target name the tests log in to.
@@ -56,6 +57,24 @@ pub async fn start_lu(
         let _ = rx.await;
     }));
     (addr, tx)
+}
+
+/// CHAP required for [`IQN`] (and for discovery when `discovery` says
+/// so), with the credentials of `secrets` (a secrets-store TOML file).
+pub fn chap_access(secrets: &str, discovery: AuthMethod) -> Access {
+    let mut access = Access {
+        secrets: SecretsStore::from_toml_str(secrets).unwrap(),
+        discovery,
+        ..Access::default()
+    };
+    access.targets.insert(
+        IQN.into(),
+        TargetAccess {
+            auth: AuthMethod::Chap,
+            ..TargetAccess::default()
+        },
+    );
+    access
 }
 
 /// One block of verified I/O: its address, a generation, bytes derived
