@@ -17,13 +17,7 @@ use common::{INITIATOR, IQN};
 
 async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let device = Arc::new(MemDevice::new(512, 8192, DeviceIdentity::from_name("i")));
-    let access = common::chap_access(
-        &format!(
-            "[target.\"{IQN}\"]\nmutual = {{ user = \"disk\", secret = \"disk-secret-16by\" }}\n\
-             [[target.\"{IQN}\".chap]]\nuser = \"host\"\nsecret = \"host-secret-16by\"\n"
-        ),
-        AuthMethod::None,
-    );
+    let access = common::chap_access(&common::host_and_disk_secrets(), AuthMethod::None);
     common::start(device, access).await
 }
 

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::net::SocketAddr;
 
 use blockdev::SharedDevice;
@@ -57,6 +59,15 @@ pub async fn start_lu(
         let _ = rx.await;
     }));
     (addr, tx)
+}
+
+/// Secrets for [`IQN`]: the initiator `host` (secret `host-secret-16by`),
+/// the target `disk` for mutual CHAP (`disk-secret-16by`).
+pub fn host_and_disk_secrets() -> String {
+    format!(
+        "[target.\"{IQN}\"]\nmutual = {{ user = \"disk\", secret = \"disk-secret-16by\" }}\n\
+         [[target.\"{IQN}\".chap]]\nuser = \"host\"\nsecret = \"host-secret-16by\"\n"
+    )
 }
 
 /// CHAP required for [`IQN`] (and for discovery when `discovery` says
