@@ -341,3 +341,23 @@ async fn an_answer_that_never_comes_is_a_typed_error_within_the_bound() {
     assert_eq!(e.class(), ErrorClass::RetryLater, "{e:?}");
     eprintln!("never: {e:?}, {connections} connections");
 }
+
+#[tokio::test]
+async fn a_write_that_reaches_the_target_late_never_lands_over_a_newer_one() {
+    let setup = Setup::new().command_timeout(Duration::from_millis(300));
+    let (dev, wire, _stop) = setup.device().await;
+    write(&dev, 0, 8, 1).await.unwrap();
+    // The command of generation 2 reaches the target after the initiator
+    // gave it up (ABORT TASK naming a command the target has not seen).
+    wire.script(at(0, Fault::Hold(Duration::from_millis(800)), |s| {
+        s.dir == Dir::ToTarget && s.opcode == 0x01
+    }));
+    let w = bounded("write", write(&dev, 0, 8, 2)).await;
+    if let Err(e) = &w {
+        assert_eq!(e.class(), ErrorClass::RetryLater, "{e:?}");
+    }
+    bounded("write", write(&dev, 0, 8, 3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    bounded("read", check(&dev, 0, 8, 3)).await;
+    eprintln!("held command: {w:?}, {} connections", wire.connections());
+}
