@@ -361,3 +361,24 @@ async fn a_write_that_reaches_the_target_late_never_lands_over_a_newer_one() {
     bounded("read", check(&dev, 0, 8, 3)).await;
     eprintln!("held command: {w:?}, {} connections", wire.connections());
 }
+
+#[tokio::test]
+async fn a_duplicate_data_in_fails_its_read_or_is_dropped_and_nothing_else() {
+    let setup = Setup::new().small_data_in();
+    for k in [0, 3, 7] {
+        let (dev, wire, _stop) = setup.device().await;
+        write(&dev, 0, 64, 5).await.unwrap();
+        wire.script(at(k, Fault::Twice, |s| s.opcode == 0x25));
+        // Taken as the target breaking the protocol: that read fails
+        // (typed, the session goes on), or the duplicate is dropped.
+        match bounded("read", dev.read(0, 64)).await {
+            Ok(back) => verify(&back, 0, 5, 512).unwrap(),
+            Err(e) => {
+                assert_eq!(e.class(), ErrorClass::OutcomeUnknown, "{e:?}");
+                eprintln!("Data-In {k} twice: {e:?}");
+            }
+        }
+        bounded("read", check(&dev, 0, 64, 5)).await;
+        assert_eq!(wire.connections(), 1, "Data-In {k} twice");
+    }
+}

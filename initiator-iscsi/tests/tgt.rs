@@ -267,3 +267,38 @@ async fn verified_io_with_digests_and_md5_chap_one_way_and_mutual() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn connections_to_tgt_cut_under_verified_io_are_reinstated_invisibly() {
+    use common::wire::{Dir, Fault, Seen, Wire};
+    let tgt = Tgtd::start();
+    let wire = Wire::start(SocketAddr::from(([127, 0, 0, 1], tgt.port)), true).await;
+    // Connections 0 to 2 are each cut at their 12th SCSI command.
+    let mut commands = [0usize; 3];
+    wire.script(move |s: &Seen| {
+        if s.dir != Dir::ToTarget || s.opcode != 0x01 || s.conn >= commands.len() {
+            return Fault::Pass;
+        }
+        commands[s.conn] += 1;
+        if commands[s.conn] == 12 {
+            Fault::Cut
+        } else {
+            Fault::Pass
+        }
+    });
+    let mut cfg = chap(SECRET, Some(TARGET_SECRET));
+    cfg.limits.header_digests = vec![Digest::Crc32c];
+    cfg.limits.data_digests = vec![Digest::Crc32c];
+    let pipe = PipelineConfig {
+        queue_depth: 8,
+        ..PipelineConfig::default()
+    };
+    let s = PipelinedSession::connect(wire.addr, cfg, pipe)
+        .await
+        .unwrap();
+    let io = verified_io(Arc::new(s), 8, 6);
+    tokio::time::timeout(Duration::from_secs(60), io)
+        .await
+        .expect("no hang");
+    assert_eq!(wire.connections(), 4, "three cuts, three reinstatements");
+}
