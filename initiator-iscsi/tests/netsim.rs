@@ -203,6 +203,15 @@ async fn a_reinstatement_login_cut_at_any_step_is_retried_and_io_completes() {
             bounded("verified writers", w).await.unwrap();
         }
         assert!(wire.connections() >= 3, "login step {k}");
+        // Every login names the session by the same ISID (with TSIH 0:
+        // reinstatement), so the target ends the old tasks first.
+        let logins: Vec<_> = wire
+            .seen()
+            .into_iter()
+            .filter(|s| s.dir == Dir::ToTarget && s.opcode == 0x03)
+            .map(|s| (s.header[8..14].to_vec(), [s.header[14], s.header[15]]))
+            .collect();
+        assert!(logins.iter().all(|l| *l == (logins[0].0.clone(), [0, 0])));
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Seen {
     pub login: bool,
     /// The data segment's length.
     pub data_len: usize,
+    /// The basic header segment.
+    pub header: [u8; BHS_LEN],
 }
 
 /// What the wire does with a PDU.
@@ -199,6 +201,7 @@ impl Link {
                     opcode: pdu[0] & 0x3f,
                     login: !ffp,
                     data_len,
+                    header: pdu[..BHS_LEN].try_into().expect("a whole header"),
                 };
                 all.push(s);
                 s
