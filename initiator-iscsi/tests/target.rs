@@ -6,33 +6,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use blockdev::{DeviceIdentity, MemDevice};
-use chap::{AlgorithmList, Credential, ResponderConfig, SecretsStore};
+use chap::{AlgorithmList, Credential, ResponderConfig};
 use initiator_iscsi::tmf::{self, Function};
 use initiator_iscsi::{Auth, Command, Error, LoginConfig, LoginError, Session, TaskManagement};
 use iscsi_proto::digest::Digest;
-use target_iscsi::access::{Access, AuthMethod, TargetAccess};
+use target_iscsi::access::AuthMethod;
 
 mod common;
 use common::{INITIATOR, IQN};
 
 async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let device = Arc::new(MemDevice::new(512, 8192, DeviceIdentity::from_name("i")));
-    let secrets = SecretsStore::from_toml_str(&format!(
-        "[target.\"{IQN}\"]\nmutual = {{ user = \"disk\", secret = \"disk-secret-16by\" }}\n\
-         [[target.\"{IQN}\".chap]]\nuser = \"host\"\nsecret = \"host-secret-16by\"\n"
-    ))
-    .unwrap();
-    let mut access = Access {
-        secrets,
-        ..Access::default()
-    };
-    access.targets.insert(
-        IQN.into(),
-        TargetAccess {
-            auth: AuthMethod::Chap,
-            ..TargetAccess::default()
-        },
-    );
+    let access = common::chap_access(&common::host_and_disk_secrets(), AuthMethod::None);
     common::start(device, access).await
 }
 

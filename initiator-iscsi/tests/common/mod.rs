@@ -2,11 +2,14 @@
 
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::net::SocketAddr;
 
 use blockdev::SharedDevice;
+use chap::SecretsStore;
 use scsi_disk::{LuConfig, ScsiTarget};
-use target_iscsi::access::Access;
+use target_iscsi::access::{Access, AuthMethod, TargetAccess};
 use target_iscsi::server::{Portal, Server, ServerConfig, TargetConfig};
 
 /// The target name the tests log in to.
@@ -56,6 +59,33 @@ pub async fn start_lu(
         let _ = rx.await;
     }));
     (addr, tx)
+}
+
+/// Secrets for [`IQN`]: the initiator `host` (secret `host-secret-16by`),
+/// the target `disk` for mutual CHAP (`disk-secret-16by`).
+pub fn host_and_disk_secrets() -> String {
+    format!(
+        "[target.\"{IQN}\"]\nmutual = {{ user = \"disk\", secret = \"disk-secret-16by\" }}\n\
+         [[target.\"{IQN}\".chap]]\nuser = \"host\"\nsecret = \"host-secret-16by\"\n"
+    )
+}
+
+/// CHAP required for [`IQN`] (and for discovery when `discovery` says
+/// so), with the credentials of `secrets` (a secrets-store TOML file).
+pub fn chap_access(secrets: &str, discovery: AuthMethod) -> Access {
+    let mut access = Access {
+        secrets: SecretsStore::from_toml_str(secrets).unwrap(),
+        discovery,
+        ..Access::default()
+    };
+    access.targets.insert(
+        IQN.into(),
+        TargetAccess {
+            auth: AuthMethod::Chap,
+            ..TargetAccess::default()
+        },
+    );
+    access
 }
 
 /// One block of verified I/O: its address, a generation, bytes derived
