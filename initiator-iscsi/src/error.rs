@@ -39,8 +39,11 @@ pub enum Error {
     /// out of place): drop the connection.
     #[error("the target broke the protocol: {0}")]
     Protocol(String),
-    /// The target rejected a PDU of this request (RFC 7143 §11.17): the
-    /// request was not carried out; do not send it again unchanged.
+    /// The target rejected a PDU of this request (RFC 7143 §11.17) and
+    /// ended it: it can no longer land. A transient reason (a data digest
+    /// error on the way, too many immediate commands, out of resources,
+    /// waiting for logout) may be sent again later; any other means the
+    /// request is wrong: do not send it again unchanged.
     #[error("the target rejected the request (reason {0:#04x})")]
     Rejected(u8),
     /// The command did not complete in the target (an iSCSI response
@@ -82,11 +85,20 @@ impl Error {
             Error::ConnectionLost(_) | Error::Timeout(_) | Error::Protocol(_) => {
                 BlockError::TimedOut(what)
             }
+            Error::Rejected(reason) if transient_reject(reason) => BlockError::Busy(what),
             Error::Rejected(_) => BlockError::Invalid(what),
             Error::Aborted => BlockError::Busy(what),
             Error::LogoutRefused(_) | Error::IdentityChanged(_) => BlockError::Failed(what),
         }
     }
+}
+
+/// Reject reasons (RFC 7143 §11.17.1) that say nothing against the
+/// request itself: data digest error (02h), immediate command reject (06h),
+/// long operation reject, i.e. out of resources (0Ah), waiting for logout
+/// (0Ch).
+fn transient_reject(reason: u8) -> bool {
+    matches!(reason, 0x02 | 0x06 | 0x0a | 0x0c)
 }
 
 #[cfg(test)]
@@ -117,6 +129,13 @@ mod tests {
         // Aborted and answered: it can no longer land; again, later.
         assert_eq!(class(Error::Aborted), ErrorClass::RetryLater);
         assert_eq!(class(Error::Rejected(4)), ErrorClass::Invalid);
+        assert_eq!(class(Error::Rejected(9)), ErrorClass::Invalid);
+        // Rejected for what the wire or the target's state did to it (a
+        // corrupted Data-Out, too many immediate commands, out of
+        // resources, waiting for logout): ended, again later.
+        for reason in [0x02, 0x06, 0x0a, 0x0c] {
+            assert_eq!(class(Error::Rejected(reason)), ErrorClass::RetryLater);
+        }
         // Another disk behind the name: give up.
         assert_eq!(
             class(Error::IdentityChanged("x".into())),

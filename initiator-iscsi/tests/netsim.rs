@@ -291,12 +291,14 @@ async fn digest_errors_either_way_end_in_verified_io() {
         let what = format!("{fault:?} on {opcode:#04x} {dir:?}");
         if let Err(e) = bounded(&what, write(&dev, 0, 32, 2)).await {
             // A Data-Out whose data digest is wrong is rejected by the
-            // target (reason 02h) and the write ended; the others go
+            // target (reason 02h) and the write ended (retry later); the others go
             // through a new connection.
             assert!(
                 (dir, opcode, fault) == (Dir::ToTarget, 0x05, Fault::BadDataDigest),
                 "{what}: {e:?}"
             );
+            // Ended by the target and not the write's fault: again later.
+            assert_eq!(e.class(), blockdev::ErrorClass::RetryLater, "{what}: {e:?}");
             eprintln!("{what}: {e:?} ({:?})", e.class());
             // Each block old or new, whole; the write again lands.
             let back = dev.read(0, 32).await.unwrap();
