@@ -66,6 +66,7 @@
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod discovery;
 pub mod driver;
 pub mod order;
 pub mod paths;
@@ -76,6 +77,8 @@ pub mod window;
 pub mod wire;
 
 pub use device::{AoeDevice, OpenError};
+pub use discovery::Found;
+pub use driver::{discover, AttachError, Driver};
 pub use paths::Interface;
 pub use settings::Settings;
 pub use target::{Completion, Request, RequestId, Stats, TargetState, Transmit};

@@ -205,6 +205,11 @@ impl TargetState {
         self.lba48 = lba48;
     }
 
+    /// The target's shelf and slot.
+    pub fn shelf_slot(&self) -> (u16, u8) {
+        (self.shelf, self.slot)
+    }
+
     /// The paths known so far.
     pub fn paths(&self) -> &Paths {
         &self.paths
