@@ -176,7 +176,13 @@ impl BlockDevice for AoeDevice {
         Ok(())
     }
 
+    /// FLUSH CACHE when the IDENTIFY page says a volatile write cache is
+    /// enabled; else every answered write is durable already and nothing is
+    /// sent (vblade, for one, refuses FLUSH CACHE with ABRT).
     async fn flush(&self) -> blockdev::Result<()> {
+        if !self.identify.write_cache {
+            return Ok(());
+        }
         self.call(Request::Flush).await.map(|_| ())
     }
 
