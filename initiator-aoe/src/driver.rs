@@ -79,7 +79,7 @@ enum Cmd {
 struct Shared {
     tx: Mutex<Option<Sender<Cmd>>>,
     /// Set by the thread before it sleeps; a caller that clears it rings.
-    asleep: AtomicBool,
+    asleep: Arc<AtomicBool>,
     bell: UnixStream,
     next_key: AtomicU64,
     ifnames: Vec<String>,
@@ -119,21 +119,20 @@ impl Driver {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             tx: Mutex::new(Some(tx)),
-            asleep: AtomicBool::new(false),
+            asleep: Arc::new(AtomicBool::new(false)),
             bell,
             next_key: AtomicU64::new(1),
             ifnames: ifnames.to_vec(),
             thread: Mutex::new(None),
         });
-        let wake = Arc::downgrade(&shared);
+        // The thread holds the flag only: were it to hold `shared`, the
+        // last handle could be dropped there, and join its own thread.
+        let flag = shared.asleep.clone();
         let names = ifnames.to_vec();
         let thread = std::thread::Builder::new()
             .name(format!("aoe-init-{}", ifnames.join(",")))
             .spawn(move || {
-                let asleep = move |v: bool| {
-                    wake.upgrade()
-                        .is_some_and(|s| s.asleep.swap(v, Ordering::SeqCst))
-                };
+                let asleep = move |v: bool| flag.swap(v, Ordering::SeqCst);
                 Edge::new(sockets, names, bell_rx, rx).run(asleep)
             })?;
         *shared.thread.lock().expect("driver lock") = Some(thread);
