@@ -453,6 +453,17 @@ impl Edge {
                     t.waiters.insert(t.core.submit(now, req), reply);
                 }
             }
+            // A caller gone (its future dropped, e.g. by multipath's
+            // timeout): stop sending its frames, so the fence can resolve.
+            let gone: Vec<u64> = t
+                .waiters
+                .iter()
+                .filter(|(_, r)| r.is_closed())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in gone {
+                t.core.cancel(id);
+            }
             if t.core.poll_timeout().is_some_and(|d| d <= now) {
                 t.core.handle_timeout(now);
             }

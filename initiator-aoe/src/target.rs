@@ -618,6 +618,22 @@ impl TargetState {
         }
     }
 
+    /// Ends request `id`, whose caller is gone: its frames are sent no
+    /// more (a write's copies already sent leave a fence, as when a frame is
+    /// given up) and it completes at once with `TimedOut` (outcome unknown).
+    pub fn cancel(&mut self, id: RequestId) {
+        let seqs: Vec<u64> = self
+            .frames
+            .iter()
+            .filter(|(_, f)| f.req == id)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            let e = BlockError::TimedOut("AoE: the request was abandoned".into());
+            self.finish_frame(seq, None, Err(e));
+        }
+    }
+
     /// Whether nothing this core sent can still write to the target at
     /// `now`: no write frame unfinished, and [`Settings::stale_horizon`]
     /// passed since the last copy of a write was sent (the target has

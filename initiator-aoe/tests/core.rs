@@ -399,3 +399,37 @@ fn settled_once_no_write_is_out_and_the_horizon_passed_since_the_last_copy() {
     assert_eq!(c.settles_at(), Some(t0 + s.stale_horizon));
     assert!(c.is_settled(t0 + s.stale_horizon));
 }
+
+#[test]
+fn an_abandoned_write_is_sent_no_more_and_fences_its_blocks_until_the_horizon() {
+    let t0 = Instant::now();
+    let s = Settings::default();
+    let mut c = core(1, 16);
+    let id = c.submit(t0, write(0, 2, 1));
+    assert_eq!(drain(&mut c, t0).len(), 1);
+    let t1 = c.poll_timeout().unwrap();
+    c.handle_timeout(t1);
+    assert_eq!(drain(&mut c, t1).len(), 1, "retransmitted");
+    c.cancel(id);
+    let done = completions(&mut c);
+    assert_eq!(done[0].id, id);
+    assert_eq!(
+        done[0].result.as_ref().unwrap_err().class(),
+        ErrorClass::OutcomeUnknown
+    );
+    // Nothing is sent again; a later write of the blocks waits for the
+    // horizon after the last copy, and the core is settled then.
+    c.submit(t1, write(1, 1, 2));
+    let mut now = t1;
+    while let Some(t) = c.poll_timeout() {
+        assert!(drain(&mut c, now).is_empty());
+        assert!(!c.is_settled(now));
+        now = t;
+        c.handle_timeout(now);
+        if now >= t1 + s.stale_horizon {
+            break;
+        }
+    }
+    assert_eq!(now, t1 + s.stale_horizon);
+    assert_eq!(drain(&mut c, now).len(), 1, "the held write goes");
+}
