@@ -279,6 +279,9 @@ struct Edge {
     targets: HashMap<TargetKey, Attached>,
     discoveries: Vec<(Instant, Discovery, oneshot::Sender<Vec<Found>>)>,
     next_discovery: Instant,
+    /// When Query Config is next broadcast for the attached targets' new
+    /// paths.
+    next_rediscovery: Instant,
 }
 
 impl Edge {
@@ -312,6 +315,7 @@ impl Edge {
             targets: HashMap::new(),
             discoveries: Vec::new(),
             next_discovery: Instant::now(),
+            next_rediscovery: Instant::now(),
         }
     }
 
@@ -402,6 +406,7 @@ impl Edge {
                     },
                 );
                 self.next_discovery = now;
+                self.next_rediscovery = self.next_rediscovery.min(now + self.rediscover_interval());
                 let _ = reply.send(Ok(()));
             }
             Cmd::Detach(key) => {
@@ -441,9 +446,13 @@ impl Edge {
     fn step(&mut self, now: Instant) {
         let mut broadcast = vec![false; self.sockets.len()];
         let discover = now >= self.next_discovery;
+        let rediscover = now >= self.next_rediscovery;
+        if rediscover {
+            self.next_rediscovery = now + self.rediscover_interval();
+        }
         for t in self.targets.values_mut() {
             let no_path = t.core.paths().all().is_empty();
-            if no_path && discover {
+            if (no_path && discover) || (rediscover && !t.detached) {
                 for &i in &t.ifaces {
                     broadcast[i] = true;
                 }
@@ -504,9 +513,22 @@ impl Edge {
         }
     }
 
+    /// The least rediscovery interval of the attached targets.
+    fn rediscover_interval(&self) -> Duration {
+        self.targets
+            .values()
+            .map(|t| t.core.settings().rediscover_interval)
+            .min()
+            .unwrap_or(Duration::from_secs(10))
+            .max(DISCOVERY_INTERVAL)
+    }
+
     /// When the loop must run again without a frame or a command.
     fn next_wake(&self) -> Option<Instant> {
         let mut at: Vec<Instant> = Vec::new();
+        if self.targets.values().any(|t| !t.detached) {
+            at.push(self.next_rediscovery);
+        }
         for t in self.targets.values() {
             at.extend(t.core.poll_timeout());
             if !t.held.is_empty() {

@@ -205,6 +205,11 @@ impl TargetState {
         self.lba48 = lba48;
     }
 
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The target's shelf and slot.
     pub fn shelf_slot(&self) -> (u16, u8) {
         (self.shelf, self.slot)

@@ -234,3 +234,33 @@ fn jumbo_frames_and_a_link_down_mid_io_lose_nothing() {
     });
     rt.block_on(server.shutdown()).unwrap();
 }
+
+#[test]
+fn a_path_that_appears_after_the_open_is_learned_and_used() {
+    let Some(ns) = Netns::enter() else { return };
+    let (rt, server, _dir) = serve(&ns, 1500, &[1]);
+    // Network 1 is cut at the initiator's bridge port while the device opens.
+    ip(&["link", "set", "ini1p", "down"]);
+    rt.block_on(async {
+        let settings = Settings {
+            rediscover_interval: Duration::from_millis(200),
+            give_up: Duration::from_secs(3),
+            ..Settings::default()
+        };
+        let d = AoeDevice::open(&ifs(), SHELF, 1, settings, Duration::from_secs(2))
+            .await
+            .expect("open on network 0");
+        ip(&["link", "set", "ini1p", "up"]);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Only the path learned since can carry this.
+        ip(&["link", "set", "ini0", "down"]);
+        d.write(16, Bytes::from(stamped(16, 8, 5)), WriteFlags::NONE)
+            .await
+            .expect("write over network 1");
+        let r = d.read(16, 8).await.expect("read over network 1");
+        for l in 0..8 {
+            check(16 + l, &r[l as usize * 512..][..512], 5);
+        }
+    });
+    rt.block_on(server.shutdown()).unwrap();
+}
