@@ -447,6 +447,8 @@ impl Edge {
         let mut broadcast = vec![false; self.sockets.len()];
         let discover = now >= self.next_discovery;
         let rediscover = now >= self.next_rediscovery;
+        // Frames to send, by interface: one sendmmsg per interface a step.
+        let mut out: Vec<Vec<Vec<u8>>> = vec![Vec::new(); self.sockets.len()];
         if rediscover {
             self.next_rediscovery = now + self.rediscover_interval();
         }
@@ -477,10 +479,7 @@ impl Edge {
                 t.core.handle_timeout(now);
             }
             while let Some(tx) = t.core.poll_transmit(now) {
-                if let Err(e) = self.sockets[tx.iface].send(&tx.frame) {
-                    // Counted as lost: the retransmission covers it.
-                    debug!(error = %e, "AoE send failed");
-                }
+                out[tx.iface].push(tx.frame);
             }
             while let Some(c) = t.core.poll_completion() {
                 if let Some(reply) = t.waiters.remove(&c.id) {
@@ -491,6 +490,15 @@ impl Edge {
                 for f in t.fences.drain(..) {
                     let _ = f.send(());
                 }
+            }
+        }
+        for (s, frames) in self.sockets.iter().zip(&out) {
+            if frames.is_empty() {
+                continue;
+            }
+            if let Err(e) = s.send_batch(frames.iter().map(|f| [&f[..], &[][..]])) {
+                // Counted as lost: the retransmission covers it.
+                debug!(error = %e, "AoE send failed");
             }
         }
         if broadcast.contains(&true) {
