@@ -264,3 +264,58 @@ fn a_path_that_appears_after_the_open_is_learned_and_used() {
     });
     rt.block_on(server.shutdown()).unwrap();
 }
+
+#[test]
+fn multipath_over_one_aoe_path_per_network_survives_a_link_down() {
+    let Some(ns) = Netns::enter() else { return };
+    let (rt, server, _dir) = serve(&ns, 1500, &[1]);
+    rt.block_on(async {
+        let driver = Driver::open(&ifs()).unwrap();
+        let settings = Settings {
+            stale_horizon: Duration::from_millis(500),
+            ..Settings::default()
+        };
+        let mut paths: Vec<Arc<dyn Path>> = Vec::new();
+        for i in 0..2 {
+            let d = AoeDevice::attach(
+                &driver,
+                &ifs()[i..=i],
+                SHELF,
+                1,
+                settings,
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("attach one path per network");
+            paths.push(Arc::new(AoePath::new(Arc::new(d))));
+        }
+        let config = multipath::Config {
+            io_timeout: Some(Duration::from_millis(400)),
+            ..multipath::Config::default()
+        };
+        let m = Arc::new(multipath::MultipathDevice::new(paths, config).unwrap());
+        let mut jobs = Vec::new();
+        for w in 0..4u64 {
+            let m = m.clone();
+            jobs.push(tokio::spawn(async move {
+                for gen in 1..=30u64 {
+                    let lba = w * 256 + (gen * 8) % 256;
+                    m.write(lba, Bytes::from(stamped(lba, 8, gen)), WriteFlags::NONE)
+                        .await
+                        .expect("write");
+                    let r = m.read(lba, 8).await.expect("read");
+                    for l in 0..8 {
+                        check(lba + l, &r[l as usize * 512..][..512], gen);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(jobs.iter().all(|j| !j.is_finished()), "cut mid-I/O");
+        ip(&["link", "set", "ini0", "down"]);
+        for j in jobs {
+            j.await.unwrap();
+        }
+    });
+    rt.block_on(server.shutdown()).unwrap();
+}
