@@ -2,7 +2,8 @@
 //! anyone on the segment) must not crash a head. The input is a script run
 //! against a [`TargetState`] with two paths: requests submitted, replies
 //! made from the frames it sent with fuzzer bytes laid over them (status,
-//! error, LBA, flags, tag, data length), arbitrary frames, time passing;
+//! error, LBA, flags, tag, data length), arbitrary frames, time passing,
+//! requests abandoned by their callers;
 //! every frame also goes to a [`Discovery`]. Checked: nothing panics, every
 //! request finishes once at most, and a read that succeeds returns exactly
 //! the bytes asked for.
@@ -91,11 +92,11 @@ fuzz_target!(|data: &[u8]| {
     let mut reads: HashMap<u64, usize> = HashMap::new();
     let mut open: HashMap<u64, ()> = HashMap::new();
     while let Some(op) = s.byte() {
-        match op % 6 {
+        match op % 7 {
             0 | 1 => {
                 let lba = u64::from(s.byte().unwrap_or(0)) * 7;
                 let n = u32::from(s.byte().unwrap_or(1) % 48);
-                let req = if op % 6 == 0 {
+                let req = if op % 7 == 0 {
                     Request::Read { lba, sectors: n }
                 } else {
                     Request::Write {
@@ -105,7 +106,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let id = core.submit(now, req);
                 open.insert(id, ());
-                if op % 6 == 0 {
+                if op % 7 == 0 {
                     reads.insert(id, n as usize * 512);
                 }
             }
@@ -149,8 +150,15 @@ fuzz_target!(|data: &[u8]| {
                     core.handle_timeout(now);
                 }
             }
-            _ => {
+            5 => {
                 let _ = core.is_settled(now);
+            }
+            _ => {
+                // The caller of an open request goes away.
+                let k = u64::from(s.byte().unwrap_or(0));
+                if let Some(&id) = open.keys().find(|id| **id % 16 == k % 16) {
+                    core.cancel(id);
+                }
             }
         }
         while let Some(t) = core.poll_transmit(now) {
@@ -160,7 +168,11 @@ fuzz_target!(|data: &[u8]| {
             sent.push(t);
         }
         while let Some(c) = core.poll_completion() {
-            assert!(open.remove(&c.id).is_some(), "request {} finished twice", c.id);
+            assert!(
+                open.remove(&c.id).is_some(),
+                "request {} finished twice",
+                c.id
+            );
             if let (Ok(d), Some(&n)) = (&c.result, reads.get(&c.id)) {
                 assert_eq!(d.len(), n, "a read returned the bytes asked for");
             }
