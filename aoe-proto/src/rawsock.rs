@@ -24,7 +24,7 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -233,6 +233,15 @@ fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
         *d = *s as libc::c_char;
     }
     Ok(req)
+}
+
+/// The socket's descriptor, for a caller that waits on several sockets at
+/// once (`poll`, `epoll`) and then calls [`RawSocket::recv_batch`] on the
+/// ready ones.
+impl AsFd for RawSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl RawSocket {

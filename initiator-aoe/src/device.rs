@@ -2,17 +2,15 @@
 
 use std::time::Duration;
 
+use crate::driver::{AttachError, Driver, Target};
+use crate::settings::Settings;
+use crate::target::{Request, TargetState};
 use aoe_proto::frame::{FrameError, SECTOR_SIZE};
 use aoe_proto::identify::Identify;
 use async_trait::async_trait;
 use blockdev::{
     write_zeroes_by_writes, BlockDevice, BlockError, Bytes, DeviceIdentity, Geometry, WriteFlags,
 };
-use tokio::sync::oneshot;
-
-use crate::driver::{Cmd, Driver};
-use crate::settings::Settings;
-use crate::target::{Request, TargetState};
 
 /// Why an AoE device could not be opened, by what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +19,9 @@ pub enum OpenError {
     /// fix the configuration or run with CAP_NET_RAW.
     #[error("AoE interface: {0}")]
     Interface(#[from] std::io::Error),
+    /// The target cannot be attached to the driver (see [`AttachError`]).
+    #[error(transparent)]
+    Attach(#[from] AttachError),
     /// The target did not answer IDENTIFY (not there, or unreachable):
     /// check the shelf.slot and the network, then retry.
     #[error("AoE target {shelf}.{slot}: {error}")]
@@ -47,7 +48,9 @@ pub enum OpenError {
 /// An AoE target reached over raw Ethernet on the named interfaces.
 #[derive(Debug)]
 pub struct AoeDevice {
-    driver: Driver,
+    target: Target,
+    shelf: u16,
+    slot: u8,
     geometry: Geometry,
     identity: DeviceIdentity,
     identify: Identify,
@@ -56,7 +59,7 @@ pub struct AoeDevice {
 impl AoeDevice {
     /// Finds target `shelf`.`slot` on `ifnames` (broadcast Query Config,
     /// waiting up to `discover_wait` for it), reads its IDENTIFY page and
-    /// returns it as a device.
+    /// returns it as a device, on a driver of its own.
     pub async fn open(
         ifnames: &[String],
         shelf: u16,
@@ -64,23 +67,33 @@ impl AoeDevice {
         settings: Settings,
         discover_wait: Duration,
     ) -> Result<AoeDevice, OpenError> {
+        let driver = Driver::open(ifnames)?;
+        Self::attach(&driver, &[], shelf, slot, settings, discover_wait).await
+    }
+
+    /// As [`AoeDevice::open`], on `driver`'s sockets (shared with every
+    /// device attached to it), using its interfaces named in `ifnames` (all
+    /// of them when empty).
+    pub async fn attach(
+        driver: &Driver,
+        ifnames: &[String],
+        shelf: u16,
+        slot: u8,
+        settings: Settings,
+        discover_wait: Duration,
+    ) -> Result<AoeDevice, OpenError> {
         let core = TargetState::new(shelf, slot, settings);
-        let driver = Driver::start(ifnames, core, discover_wait)?;
-        let page = call(&driver, Request::Identify)
-            .await
-            .map_err(|error| OpenError::Unreachable { shelf, slot, error })?;
-        let identify = Identify::parse(&page).map_err(|error| OpenError::BadIdentify {
-            shelf,
-            slot,
-            error,
-        })?;
-        driver.send(Cmd::Lba48(identify.lba48));
+        let target = driver.attach(core, ifnames, discover_wait).await?;
+        let identify = read_identify(&target, shelf, slot).await?;
+        target.set_lba48(identify.lba48);
         let identity = identify
             .identity
             .clone()
             .unwrap_or_else(|| DeviceIdentity::from_name(&format!("aoe:{}", identify.serial)));
         Ok(AoeDevice {
-            driver,
+            target,
+            shelf,
+            slot,
             geometry: Geometry {
                 block_size: SECTOR_SIZE as u32,
                 num_blocks: identify.sectors,
@@ -95,18 +108,43 @@ impl AoeDevice {
         &self.identify
     }
 
+    /// Reads the IDENTIFY page again (the path check): an error if the
+    /// target does not answer, `Failed` if another disk answers in its place.
+    pub async fn check(&self) -> blockdev::Result<()> {
+        let (shelf, slot) = (self.shelf, self.slot);
+        let now = read_identify(&self.target, shelf, slot)
+            .await
+            .map_err(|e| match e {
+                OpenError::Unreachable { error, .. } => error,
+                e => BlockError::Failed(e.to_string()),
+            })?;
+        if now.identity != self.identify.identity || now.serial != self.identify.serial {
+            return Err(BlockError::Failed(format!(
+                "AoE target {shelf}.{slot}: another disk answers (serial {})",
+                now.serial
+            )));
+        }
+        Ok(())
+    }
+
+    /// Resolves once no frame sent through this device can still write to
+    /// the target: no write unfinished, and the stale horizon passed since
+    /// the last copy of a write was sent.
+    pub async fn settled(&self) {
+        self.target.settled().await
+    }
+
     async fn call(&self, req: Request) -> blockdev::Result<Bytes> {
-        call(&self.driver, req).await
+        self.target.call(req).await
     }
 }
 
-async fn call(driver: &Driver, req: Request) -> blockdev::Result<Bytes> {
-    let (tx, rx) = oneshot::channel();
-    let gone = || BlockError::PathDown("AoE: the initiator has stopped".into());
-    if !driver.send(Cmd::Submit(req, tx)) {
-        return Err(gone());
-    }
-    rx.await.map_err(|_| gone())?
+async fn read_identify(target: &Target, shelf: u16, slot: u8) -> Result<Identify, OpenError> {
+    let page = target
+        .call(Request::Identify)
+        .await
+        .map_err(|error| OpenError::Unreachable { shelf, slot, error })?;
+    Identify::parse(&page).map_err(|error| OpenError::BadIdentify { shelf, slot, error })
 }
 
 #[async_trait]
@@ -138,7 +176,13 @@ impl BlockDevice for AoeDevice {
         Ok(())
     }
 
+    /// FLUSH CACHE when the IDENTIFY page says a volatile write cache is
+    /// enabled; else every answered write is durable already and nothing is
+    /// sent (vblade, for one, refuses FLUSH CACHE with ABRT).
     async fn flush(&self) -> blockdev::Result<()> {
+        if !self.identify.write_cache {
+            return Ok(());
+        }
         self.call(Request::Flush).await.map(|_| ())
     }
 

@@ -12,9 +12,12 @@
 //! - [`order`]: the write-ordering rule below;
 //! - [`wire`]: the request frames;
 //! - [`target`]: the per-target state machine on all of these;
-//! - [`driver`]: the I/O edge, a thread per target that owns its raw
-//!   sockets (`aoe-proto`'s) and its state machine;
-//! - [`device`]: [`AoeDevice`], a target as a `BlockDevice` on its driver.
+//! - [`discovery`]: what answers a broadcast Query Config (sans-I/O);
+//! - [`driver`]: the I/O edge, one thread per head ([`Driver`]) that owns a
+//!   raw socket on each interface (`aoe-proto`'s), polls them all at once,
+//!   and runs the state machine of every target attached to it;
+//! - [`device`]: [`AoeDevice`], a target as a `BlockDevice` on a driver;
+//! - [`path`]: [`AoePath`], an `AoeDevice` as a `multipath::Path`.
 //!
 //! # What a request becomes
 //!
@@ -66,8 +69,10 @@
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod discovery;
 pub mod driver;
 pub mod order;
+pub mod path;
 pub mod paths;
 pub mod rtt;
 pub mod settings;
@@ -76,6 +81,9 @@ pub mod window;
 pub mod wire;
 
 pub use device::{AoeDevice, OpenError};
+pub use discovery::Found;
+pub use driver::{discover, AttachError, Driver};
+pub use path::AoePath;
 pub use paths::Interface;
 pub use settings::Settings;
 pub use target::{Completion, Request, RequestId, Stats, TargetState, Transmit};

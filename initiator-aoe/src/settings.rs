@@ -27,6 +27,10 @@ pub struct Settings {
     pub failing_after: u32,
     /// How often a failing path is probed with a Query Config.
     pub probe_interval: Duration,
+    /// How often the driver broadcasts Query Config while the target is
+    /// attached, so a path that was not there at first (a link down, a
+    /// target port added) is learned when it appears.
+    pub rediscover_interval: Duration,
 }
 
 impl Default for Settings {
@@ -39,6 +43,7 @@ impl Default for Settings {
             stale_horizon: Duration::from_secs(5),
             failing_after: 2,
             probe_interval: Duration::from_millis(500),
+            rediscover_interval: Duration::from_secs(10),
         }
     }
 }

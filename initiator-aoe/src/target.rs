@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aoe_proto::frame::{AtaArg, Command, ConfigArg, Frame, Mac, SECTOR_SIZE};
 use aoe_proto::outcome::reply_result;
-use blockdev::{BlockError, Bytes, BytesMut};
+use blockdev::{BlockError, Bytes, BytesMut, ErrorClass};
 use tracing::debug;
 
 use crate::order::{Access, Extent, Fences};
@@ -83,6 +83,9 @@ pub struct Stats {
     /// Replies with a known tag that were malformed or from the wrong MAC,
     /// ignored (the frame is retransmitted as if lost).
     pub bad: u64,
+    /// Busy (retry-later) replies: the frame was not carried out and is
+    /// sent again after a backoff.
+    pub busy: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +114,13 @@ struct FrameState {
     copies: Vec<Copy>,
     rexmit_at: Option<Instant>,
     deadline: Instant,
+    /// Busy replies so far; while it has no copy out, not sent before
+    /// `not_before`.
+    busy: u32,
+    not_before: Option<Instant>,
+    /// The last busy reply's error, what the frame ends with if its
+    /// deadline passes before another answer.
+    busy_error: Option<BlockError>,
 }
 
 impl FrameState {
@@ -151,6 +161,8 @@ pub struct TargetState {
     fences: Fences,
     requests: HashMap<RequestId, Pending>,
     outstanding: u32,
+    /// When the last copy of a write frame was sent.
+    last_write_sent: Option<Instant>,
     next_req: RequestId,
     next_seq: u64,
     next_tag: u32,
@@ -177,6 +189,7 @@ impl TargetState {
             fences: Fences::default(),
             requests: HashMap::new(),
             outstanding: 0,
+            last_write_sent: None,
             next_req: 1,
             next_seq: 0,
             next_tag: 0,
@@ -190,6 +203,16 @@ impl TargetState {
     /// says it has no 48-bit feature set, LBA28 ones.
     pub fn set_lba48(&mut self, lba48: bool) {
         self.lba48 = lba48;
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The target's shelf and slot.
+    pub fn shelf_slot(&self) -> (u16, u8) {
+        (self.shelf, self.slot)
     }
 
     /// The paths known so far.
@@ -260,6 +283,9 @@ impl TargetState {
             copies: Vec::new(),
             rexmit_at: None,
             deadline,
+            busy: 0,
+            not_before: None,
+            busy_error: None,
         };
         let mut frames = Vec::new();
         let mut buf_len = 0;
@@ -349,7 +375,7 @@ impl TargetState {
             if outstanding >= window {
                 break;
             }
-            if !f.copies.is_empty() {
+            if !f.copies.is_empty() || f.not_before.is_some_and(|t| t > now) {
                 continue;
             }
             let a = f.access();
@@ -411,6 +437,10 @@ impl TargetState {
         let f = self.frames.get_mut(&seq).expect("frame exists");
         f.copies.push(Copy { tag, path, at: now });
         f.rexmit_at = Some(rexmit_at);
+        f.not_before = None;
+        if matches!(f.op, Op::Write) {
+            self.last_write_sent = Some(now);
+        }
         self.tags.insert(tag, seq);
         self.paths.on_send(path);
         self.tx.push_back(Transmit { iface, frame });
@@ -422,7 +452,7 @@ impl TargetState {
         let frames = self
             .frames
             .values()
-            .flat_map(|f| [f.rexmit_at, Some(f.deadline)])
+            .flat_map(|f| [f.rexmit_at, f.not_before, Some(f.deadline)])
             .flatten()
             .min();
         [frames, self.fences.next_expiry(), self.paths.next_probe()]
@@ -444,8 +474,10 @@ impl TargetState {
             .map(|(s, _)| *s)
             .collect();
         for seq in due {
-            let f = &self.frames[&seq];
+            let f = self.frames.get_mut(&seq).expect("frame exists");
+            let busy = f.busy_error.take();
             let err = match (f.copies.is_empty(), f.op) {
+                (true, _) if busy.is_some() => busy.expect("checked"),
                 (true, _) => BlockError::PathDown("AoE: no path carried the frame in time".into()),
                 (false, Op::Read | Op::Identify) => {
                     BlockError::PathDown("AoE: no reply in time".into())
@@ -557,10 +589,70 @@ impl TargetState {
         };
         self.rtt.sample(now.saturating_duration_since(copy.at));
         self.paths.on_reply(copy.path);
-        if let Some(w) = &mut self.window {
-            w.on_answer();
+        match result {
+            Err(e) if e.class() == ErrorClass::RetryLater => self.retry_later(now, seq, tag, e),
+            result => {
+                if let Some(w) = &mut self.window {
+                    w.on_answer();
+                }
+                self.finish_frame(seq, Some(tag), result);
+            }
         }
-        self.finish_frame(seq, Some(tag), result);
+    }
+
+    /// The target answered copy `tag` of frame `seq` with busy (`error`):
+    /// it did not carry it out, so that copy can no longer land. The frame
+    /// is sent again after a backoff doubling per busy reply (unless another
+    /// copy is still out, whose timer stands), until its deadline; the
+    /// window shrinks as on a loss, since a busy target has no buffer free.
+    fn retry_later(&mut self, now: Instant, seq: u64, tag: u32, error: BlockError) {
+        self.stats.busy += 1;
+        self.tags.remove(&tag);
+        let rtt = self.rtt.srtt().unwrap_or(self.rtt.rto());
+        if let Some(w) = &mut self.window {
+            w.on_timeout(now, rtt);
+        }
+        let f = self.frames.get_mut(&seq).expect("frame exists");
+        f.copies.retain(|c| c.tag != tag);
+        f.busy += 1;
+        f.busy_error = Some(error);
+        if f.copies.is_empty() {
+            self.outstanding -= 1;
+            f.rexmit_at = None;
+            f.not_before = Some(now + self.rtt.backed_off(f.busy - 1));
+        }
+    }
+
+    /// Ends request `id`, whose caller is gone: its frames are sent no
+    /// more (a write's copies already sent leave a fence, as when a frame is
+    /// given up) and it completes at once with `TimedOut` (outcome unknown).
+    pub fn cancel(&mut self, id: RequestId) {
+        let seqs: Vec<u64> = self
+            .frames
+            .iter()
+            .filter(|(_, f)| f.req == id)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            let e = BlockError::TimedOut("AoE: the request was abandoned".into());
+            self.finish_frame(seq, None, Err(e));
+        }
+    }
+
+    /// Whether nothing this core sent can still write to the target at
+    /// `now`: no write frame unfinished, and [`Settings::stale_horizon`]
+    /// passed since the last copy of a write was sent (the target has
+    /// carried out or dropped every copy by then). Reads may still be out:
+    /// they change nothing.
+    pub fn is_settled(&self, now: Instant) -> bool {
+        !self.frames.values().any(|f| matches!(f.op, Op::Write))
+            && self.settles_at().is_none_or(|t| t <= now)
+    }
+
+    /// When the last write copy sent passes the stale horizon.
+    pub fn settles_at(&self) -> Option<Instant> {
+        self.last_write_sent
+            .map(|t| t + self.settings.stale_horizon)
     }
 
     /// Ends frame `seq` with `result` (its data, for a read), the reply to

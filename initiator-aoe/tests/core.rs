@@ -311,3 +311,125 @@ fn unanswered_requests_end_by_what_the_caller_may_do() {
         ErrorClass::RetryElsewhere
     );
 }
+
+/// The target's busy reply (retry later) to request `req`, as `aoe-proto`
+/// encodes it.
+fn busy(req: &[u8]) -> Vec<u8> {
+    use aoe_proto::outcome::AtaOutcome;
+    let AtaOutcome::Registers(st) = AtaOutcome::of_error(&BlockError::Busy("full".into())) else {
+        panic!("busy is a register reply");
+    };
+    let f = Frame::decode(req).unwrap();
+    let mut out = Vec::new();
+    encode_headers(&mut out, f.src, f.dst, &f.header.response());
+    let (mut arg, _) = AtaArg::decode(f.payload).unwrap();
+    arg.cmd_status = st.status;
+    arg.err_feature = st.error;
+    arg.set_lba(st.lba.unwrap());
+    arg.encode(&mut out);
+    out
+}
+
+#[test]
+fn a_busy_reply_is_retried_after_a_backoff_and_never_reaches_the_caller() {
+    let t0 = Instant::now();
+    let mut c = core(1, 16);
+    let id = c.submit(t0, write(0, 1, 5));
+    let first = drain(&mut c, t0).remove(0);
+    deliver(&mut c, t0, 0, &busy(&first.frame));
+    assert!(completions(&mut c).is_empty(), "busy is not an answer");
+    assert!(drain(&mut c, t0).is_empty(), "not at once");
+    let at = c.poll_timeout().unwrap();
+    assert!(at > t0);
+    c.handle_timeout(at);
+    let again = drain(&mut c, at);
+    assert_eq!(again.len(), 1, "sent again after the backoff");
+    assert_eq!(c.stats().retransmits, 0, "not counted as a loss");
+    deliver(&mut c, at, 0, &busy(&again[0].frame));
+    let at2 = c.poll_timeout().unwrap();
+    assert!(at2 - at > at - t0, "the backoff doubles");
+    c.handle_timeout(at2);
+    let third = drain(&mut c, at2);
+    deliver(&mut c, at2, 0, &ok(&third[0].frame, &[]));
+    let done = completions(&mut c);
+    assert_eq!(done[0].id, id);
+    assert!(done[0].result.is_ok());
+    assert_eq!(c.stats().busy, 2);
+    // The busy copies were answered: no fence holds the next write.
+    c.submit(at2, write(0, 1, 6));
+    assert_eq!(drain(&mut c, at2).len(), 1);
+}
+
+#[test]
+fn a_target_busy_until_the_deadline_ends_the_request_as_busy() {
+    let t0 = Instant::now();
+    let s = Settings::default();
+    let mut c = core(1, 16);
+    c.submit(t0, write(0, 1, 5));
+    let mut now = t0;
+    loop {
+        for t in drain(&mut c, now) {
+            deliver(&mut c, now, 0, &busy(&t.frame));
+        }
+        if let Some(d) = completions(&mut c).pop() {
+            assert_eq!(d.result.unwrap_err().class(), ErrorClass::RetryLater);
+            break;
+        }
+        now = c.poll_timeout().unwrap();
+        assert!(now <= t0 + s.give_up);
+        c.handle_timeout(now);
+    }
+}
+
+#[test]
+fn settled_once_no_write_is_out_and_the_horizon_passed_since_the_last_copy() {
+    let t0 = Instant::now();
+    let s = Settings::default();
+    let mut c = core(1, 16);
+    assert!(c.is_settled(t0), "nothing was ever sent");
+    c.submit(t0, Request::Read { lba: 0, sectors: 1 });
+    drain(&mut c, t0);
+    assert!(c.is_settled(t0), "a read changes nothing");
+    c.submit(t0, write(4, 1, 1));
+    let w = drain(&mut c, t0).remove(0);
+    assert!(!c.is_settled(t0 + s.stale_horizon * 2), "a write is out");
+    let t1 = t0 + Duration::from_millis(10);
+    deliver(&mut c, t1, 0, &ok(&w.frame, &[]));
+    assert!(!c.is_settled(t1));
+    assert_eq!(c.settles_at(), Some(t0 + s.stale_horizon));
+    assert!(c.is_settled(t0 + s.stale_horizon));
+}
+
+#[test]
+fn an_abandoned_write_is_sent_no_more_and_fences_its_blocks_until_the_horizon() {
+    let t0 = Instant::now();
+    let s = Settings::default();
+    let mut c = core(1, 16);
+    let id = c.submit(t0, write(0, 2, 1));
+    assert_eq!(drain(&mut c, t0).len(), 1);
+    let t1 = c.poll_timeout().unwrap();
+    c.handle_timeout(t1);
+    assert_eq!(drain(&mut c, t1).len(), 1, "retransmitted");
+    c.cancel(id);
+    let done = completions(&mut c);
+    assert_eq!(done[0].id, id);
+    assert_eq!(
+        done[0].result.as_ref().unwrap_err().class(),
+        ErrorClass::OutcomeUnknown
+    );
+    // Nothing is sent again; a later write of the blocks waits for the
+    // horizon after the last copy, and the core is settled then.
+    c.submit(t1, write(1, 1, 2));
+    let mut now = t1;
+    while let Some(t) = c.poll_timeout() {
+        assert!(drain(&mut c, now).is_empty());
+        assert!(!c.is_settled(now));
+        now = t;
+        c.handle_timeout(now);
+        if now >= t1 + s.stale_horizon {
+            break;
+        }
+    }
+    assert_eq!(now, t1 + s.stale_horizon);
+    assert_eq!(drain(&mut c, now).len(), 1, "the held write goes");
+}

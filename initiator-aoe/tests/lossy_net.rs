@@ -292,6 +292,7 @@ fn settings() -> Settings {
         stale_horizon: Duration::from_millis(50),
         failing_after: 2,
         probe_interval: Duration::from_millis(20),
+        ..Settings::default()
     }
 }
 
