@@ -333,3 +333,62 @@ fn chap_secrets_come_from_a_file_or_the_environment_one_way_and_mutual() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn perf_over_two_portals_goes_round_robin_and_reports_each_paths_share() {
+    let isu = start();
+    let (p0, p1) = (isu.portals[0].as_str(), isu.portals[1].as_str());
+    let t = iqn("d0");
+    let args = [
+        "perf", "-p", p0, "-p", p1, "-t", &t, "-s", "0.5", "--qd", "8",
+    ];
+    let (code, j, err) = initiator(
+        &[&args[..], &["-w", "read-4k-rand", "-w", "write-128k-seq"]].concat(),
+        &[],
+    );
+    // Writes overwrite the LUN: only when allowed.
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--allow-writes"), "{err}");
+    let (code, j2, err) = initiator(
+        &[
+            &args[..],
+            &[
+                "-w",
+                "read-4k-rand",
+                "-w",
+                "write-128k-seq",
+                "--allow-writes",
+                "--json",
+            ],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err} {j}");
+    assert_eq!(j2["via"], "multipath");
+    let results = j2["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["workload"], "read-4k-rand-qd8");
+    for r in results {
+        assert_eq!(r["error"], Value::Null, "{r}");
+        let ios = r["ios"].as_u64().unwrap();
+        assert!(ios > 0, "{r}");
+        assert!(r["cpu_us_per_io"].as_f64().unwrap() > 0.0, "{r}");
+        let paths = r["paths"].as_array().unwrap();
+        assert_eq!(paths.len(), 2);
+        let done: Vec<u64> = paths
+            .iter()
+            .map(|p| p["completed"].as_u64().unwrap())
+            .collect();
+        assert_eq!(done.iter().sum::<u64>(), ios, "{r}");
+        // Round robin: each path carries half, but for what was in flight.
+        for d in done {
+            assert!(d.abs_diff(ios / 2) <= 8, "{r}");
+        }
+    }
+    // One portal: the disk itself, no paths.
+    let (code, j3, err) = initiator(&["perf", "-p", p0, "-t", &t, "-s", "0.2", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(j3["via"], "iscsi-device");
+    assert_eq!(j3["results"][1]["workload"], "read-128k-seq-qd32");
+}

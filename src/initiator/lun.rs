@@ -254,7 +254,7 @@ fn disk_of(dev: &dyn BlockDevice) -> Disk {
 }
 
 /// Runs a probe command to a good status, unit attentions passed over.
-async fn run(s: &PipelinedSession, cmd: Command) -> Result<ScsiResult, String> {
+pub(super) async fn run(s: &PipelinedSession, cmd: Command) -> Result<ScsiResult, String> {
     for _ in 0..UA_RETRIES {
         let r = s.command(cmd.clone()).await.map_err(|e| e.to_string())?;
         if r.is_unit_attention() {

@@ -10,6 +10,7 @@ mod discovery;
 mod error;
 mod listing;
 mod lun;
+mod perf;
 mod portal;
 
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ pub enum InitiatorCommand {
     Login(LoginArgs),
     /// Every disk behind the portals, grouped by identity, with its paths.
     Ls(LsArgs),
+    /// Throughput: IOPS, MB/s and CPU per I/O at a queue depth; over
+    /// several portals through multipath round-robin, each path's share.
+    Perf(perf::PerfArgs),
 }
 
 /// Options every subcommand shares.
@@ -174,6 +178,15 @@ async fn run_async(cmd: InitiatorCommand) -> ExitCode {
             }
             .await;
             finish(c.json, r, |all| all.iter().for_each(lun::print))
+        }
+        InitiatorCommand::Perf(a) => {
+            let r = perf::perf(&a).await;
+            let code = match &r {
+                Ok(rep) if rep.results.iter().any(|m| m.error.is_some()) => Some(1),
+                _ => None,
+            };
+            let exit = finish(a.common.json, r, perf::print);
+            code.map_or(exit, ExitCode::from)
         }
         InitiatorCommand::Ls(a) => {
             let c = &a.common;
