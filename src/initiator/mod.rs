@@ -5,6 +5,7 @@
 //! be reached or broke off, 2 a bad command line or secret file, 3 the
 //! login was refused (credentials, access lists), 4 no such target or LUN.
 
+mod buffers;
 mod credentials;
 mod discovery;
 mod error;
@@ -137,6 +138,7 @@ fn finish<T: Serialize>(json: bool, r: Result<T, CliError>, text: impl FnOnce(&T
 
 /// Runs an `opie initiator` command to its exit status.
 pub fn run(cmd: InitiatorCommand) -> ExitCode {
+    buffers::keep_freed_buffers();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("opie-initiator")

@@ -167,6 +167,9 @@ pub struct Measure {
     pub cpu_s: f64,
     /// CPU microseconds per I/O.
     pub cpu_us_per_io: f64,
+    /// Minor page faults of this process per I/O: buffers the allocator
+    /// handed back to the kernel and takes anew, zeroed, for each I/O.
+    pub page_faults_per_io: f64,
     /// The first error, which ended the run.
     pub error: Option<String>,
     /// Each path's share, over several portals.
@@ -186,8 +189,8 @@ pub struct Report {
     pub results: Vec<Measure>,
 }
 
-/// This process's CPU time so far.
-fn cpu_time() -> Duration {
+/// This process's CPU time (user + system) and minor page faults so far.
+fn usage() -> (Duration, u64) {
     // SAFETY: getrusage writes into a valid, zeroed rusage struct.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
@@ -195,7 +198,7 @@ fn cpu_time() -> Duration {
         ru
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_minflt as u64)
 }
 
 /// Opens the LUN through each portal.
@@ -296,7 +299,7 @@ async fn measure(t: &Arc<Target>, w: Workload, secs: f64, qd: u32, portals: &[Po
     let ios = Arc::new(AtomicU64::new(0));
     let cursor = Arc::new(AtomicU64::new(0));
     let error: Arc<Mutex<Option<String>>> = Arc::default();
-    let (cpu0, t0) = (cpu_time(), Instant::now());
+    let ((cpu0, faults0), t0) = (usage(), Instant::now());
     let end = t0 + Duration::from_secs_f64(secs);
     let workers: Vec<_> = (0..qd.max(1))
         .map(|_| {
@@ -326,11 +329,11 @@ async fn measure(t: &Arc<Target>, w: Workload, secs: f64, qd: u32, portals: &[Po
     for h in workers {
         let _ = h.await;
     }
-    let (elapsed, cpu) = (
-        t0.elapsed().as_secs_f64(),
-        (cpu_time() - cpu0).as_secs_f64(),
-    );
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (cpu1, faults1) = usage();
+    let cpu = (cpu1 - cpu0).as_secs_f64();
     let n = ios.load(Ordering::Relaxed);
+    let per_io = |x: f64| if n == 0 { 0.0 } else { x / n as f64 };
     let paths = match &**t {
         Target::Device(_, Some(mp)) => {
             let done: Vec<u64> = mp
@@ -359,7 +362,8 @@ async fn measure(t: &Arc<Target>, w: Workload, secs: f64, qd: u32, portals: &[Po
         iops: n as f64 / elapsed,
         mb_s: n as f64 * f64::from(blocks * block_size) / elapsed / 1e6,
         cpu_s: cpu,
-        cpu_us_per_io: if n == 0 { 0.0 } else { cpu * 1e6 / n as f64 },
+        cpu_us_per_io: per_io(cpu * 1e6),
+        page_faults_per_io: per_io((faults1 - faults0) as f64),
         error,
         paths,
     }
@@ -398,8 +402,15 @@ pub async fn perf(a: &PerfArgs) -> Result<Report, CliError> {
 pub fn print(r: &Report) {
     for m in &r.results {
         print!(
-            "{} {:.0} IOPS {:.1} MB/s cpu {:.1} us/io ({} I/Os in {:.1} s via {})",
-            m.workload, m.iops, m.mb_s, m.cpu_us_per_io, m.ios, m.seconds, r.via
+            "{} {:.0} IOPS {:.1} MB/s cpu {:.1} us/io, {:.1} page faults/io ({} I/Os in {:.1} s via {})",
+            m.workload,
+            m.iops,
+            m.mb_s,
+            m.cpu_us_per_io,
+            m.page_faults_per_io,
+            m.ios,
+            m.seconds,
+            r.via
         );
         for p in &m.paths {
             print!(" {} {:.1}%", p.portal, p.share * 100.0);
