@@ -406,6 +406,8 @@ fn perf_reuses_its_buffers_instead_of_faulting_in_fresh_pages_for_each_io() {
             &t,
             "-w",
             "read-128k-seq",
+            "-w",
+            "read-128k-seq",
             "-s",
             "1",
             "--json",
@@ -413,8 +415,9 @@ fn perf_reuses_its_buffers_instead_of_faulting_in_fresh_pages_for_each_io() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    let r = &j["results"][0];
-    assert!(r["ios"].as_u64().unwrap() > 100, "{r}");
+    // The second run, once the heap holds the buffers of 32 I/Os in flight.
+    let r = &j["results"][1];
+    assert!(r["ios"].as_u64().unwrap() > 0, "{r}");
     // A 128 KiB buffer is 32 pages: with glibc's defaults each I/O's
     // buffer came back from the kernel zeroed (about 30 faults per I/O).
     let faults = r["page_faults_per_io"].as_f64().unwrap();
