@@ -1,10 +1,12 @@
 //! The `opie` command: ISU and head daemons.
 //!
 //! `opie isu serve --config FILE` runs a storage unit: it exports the disks
-//! named in FILE as iSCSI targets. Later subcommands (`opie head ...`) run the
+//! named in FILE as iSCSI targets. `opie initiator ...` shows what a head
+//! sees of ISUs (discovery, LUNs, paths). Later subcommands (`opie head ...`) run the
 //! head that builds RAID volumes across ISUs.
 
 mod config;
+mod initiator;
 mod isu;
 mod logging;
 mod portal;
@@ -33,6 +35,11 @@ enum Command {
     Isu {
         #[command(subcommand)]
         command: IsuCommand,
+    },
+    /// Initiator: what a head sees of ISUs (discovery, LUNs, paths).
+    Initiator {
+        #[command(subcommand)]
+        command: initiator::InitiatorCommand,
     },
 }
 
@@ -79,6 +86,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
     match cli.command {
+        Command::Initiator { command } => initiator::run(command),
         Command::Isu { command } => match command {
             IsuCommand::Check(args) => match args.serve.load() {
                 Ok(cfg) => match isu::check(&cfg) {

@@ -1,0 +1,216 @@
+//! `opie initiator`: what a head would see of an ISU, from the command
+//! line: `discover` (SendTargets), `login` (a target's LUNs with identity,
+//! size and limits), `ls` (every disk behind a set of portals with its
+//! paths). Each takes `--json`. Exit status: 0 done, 1 a portal could not
+//! be reached or broke off, 2 a bad command line or secret file, 3 the
+//! login was refused (credentials, access lists), 4 no such target or LUN.
+
+mod buffers;
+mod credentials;
+mod discovery;
+mod error;
+mod listing;
+mod lun;
+mod perf;
+mod portal;
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use credentials::ChapArgs;
+use error::CliError;
+use lun::Login;
+use portal::{Portal, DEFAULT_INITIATOR};
+
+/// `opie initiator` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InitiatorCommand {
+    /// List the targets each portal reports (iSCSI SendTargets).
+    Discover(DiscoverArgs),
+    /// Log in to a target and describe its LUNs: identity, size, limits.
+    Login(LoginArgs),
+    /// Every disk behind the portals, grouped by identity, with its paths.
+    Ls(LsArgs),
+    /// Throughput: IOPS, MB/s and CPU per I/O at a queue depth; over
+    /// several portals through multipath round-robin, each path's share.
+    Perf(perf::PerfArgs),
+}
+
+/// Options every subcommand shares.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Portal, ADDR[:PORT] (port 3260 by default); repeatable.
+    #[arg(short, long = "portal", value_name = "ADDR[:PORT]", required = true)]
+    portals: Vec<String>,
+    /// Our iSCSI name.
+    #[arg(long, value_name = "IQN", default_value = DEFAULT_INITIATOR)]
+    initiator_name: String,
+    /// Print JSON on stdout (a failure as {"error", "exit_code"}).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    chap: ChapArgs,
+}
+
+/// `discover`.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The target name.
+    #[arg(short, long, value_name = "IQN")]
+    target: String,
+}
+
+/// `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Only these targets (repeatable; default every target discovered).
+    #[arg(short, long = "target", value_name = "IQN")]
+    targets: Vec<String>,
+    /// Authenticate the discovery sessions with the CHAP credentials too.
+    #[arg(long)]
+    chap_discovery: bool,
+}
+
+impl Common {
+    fn portals(&self) -> Result<Vec<Portal>, CliError> {
+        self.portals.iter().map(|p| Portal::parse(p)).collect()
+    }
+
+    fn login(&self) -> Result<Login, CliError> {
+        Ok(Login {
+            initiator: self.initiator_name.clone(),
+            auth: self.chap.auth()?,
+        })
+    }
+}
+
+/// A failure in the JSON form.
+#[derive(Serialize)]
+struct JsonError {
+    error: String,
+    exit_code: u8,
+}
+
+/// Prints `value` (JSON or text) or the failure, and gives the exit status.
+fn finish<T: Serialize>(json: bool, r: Result<T, CliError>, text: impl FnOnce(&T)) -> ExitCode {
+    match r {
+        Ok(v) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("serializable")
+                );
+            } else {
+                text(&v);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let exit_code = e.exit_code();
+            if json {
+                let j = JsonError {
+                    error: e.to_string(),
+                    exit_code,
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&j).expect("serializable")
+                );
+            }
+            eprintln!("opie: {e}");
+            ExitCode::from(exit_code)
+        }
+    }
+}
+
+/// Runs an `opie initiator` command to its exit status.
+pub fn run(cmd: InitiatorCommand) -> ExitCode {
+    buffers::keep_freed_buffers();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("opie-initiator")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("opie: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run_async(cmd))
+}
+
+async fn run_async(cmd: InitiatorCommand) -> ExitCode {
+    match cmd {
+        InitiatorCommand::Discover(a) => {
+            let c = &a.common;
+            let r = async {
+                let (portals, login) = (c.portals()?, c.login()?);
+                let mut found = Vec::new();
+                for p in &portals {
+                    found.push(discovery::discover(p, &login.initiator, &login.auth).await?);
+                }
+                Ok(found)
+            }
+            .await;
+            finish(c.json, r, |f| discovery::print(f))
+        }
+        InitiatorCommand::Login(a) => {
+            let c = &a.common;
+            let r = async {
+                let (portals, login) = (c.portals()?, c.login()?);
+                let mut all = Vec::new();
+                for p in &portals {
+                    all.push(login.describe(p, &a.target, false).await?);
+                }
+                Ok(all)
+            }
+            .await;
+            finish(c.json, r, |all| all.iter().for_each(lun::print))
+        }
+        InitiatorCommand::Perf(a) => {
+            let r = perf::perf(&a).await;
+            let code = match &r {
+                Ok(rep) if rep.results.iter().any(|m| m.error.is_some()) => Some(1),
+                _ => None,
+            };
+            let exit = finish(a.common.json, r, perf::print);
+            code.map_or(exit, ExitCode::from)
+        }
+        InitiatorCommand::Ls(a) => {
+            let c = &a.common;
+            let r = async {
+                let (portals, login) = (c.portals()?, c.login()?);
+                let discovery_auth = if a.chap_discovery {
+                    login.auth.clone()
+                } else {
+                    initiator_iscsi::Auth::None
+                };
+                Ok(listing::list(&portals, &a.targets, &login, &discovery_auth).await)
+            }
+            .await;
+            let code = match &r {
+                Ok(l) => l.errors.first().map(|e| e.exit_code),
+                Err(_) => None,
+            };
+            let exit = finish(c.json, r, listing::print);
+            match code {
+                Some(c) => ExitCode::from(c),
+                None => exit,
+            }
+        }
+    }
+}
