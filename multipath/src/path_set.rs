@@ -9,6 +9,7 @@ use blockdev::ErrorClass;
 use crate::alua::AluaState;
 use crate::config::Config;
 use crate::error::MultipathError;
+use crate::events::PathEvent;
 use crate::health::{Health, PathState};
 use crate::no_path::NoPathClock;
 use crate::selector::Selector;
@@ -52,6 +53,10 @@ pub struct PathSet {
     paths: Vec<Entry>,
     selector: Selector,
     no_path: NoPathClock,
+    /// Whether some path was usable after the last input.
+    was_usable: bool,
+    /// Changes not yet taken by [`PathSet::take_events`].
+    events: Vec<PathEvent>,
 }
 
 impl PathSet {
@@ -68,7 +73,15 @@ impl PathSet {
             ],
             selector: Selector::new(config.selector),
             no_path: NoPathClock::new(config.no_path_bound),
+            was_usable: n > 0,
+            events: Vec::new(),
         }
+    }
+
+    /// The changes since the last call, oldest first: paths that changed
+    /// state, and the moments no path was usable any more or again.
+    pub fn take_events(&mut self) -> Vec<PathEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Number of paths.
@@ -133,6 +146,7 @@ impl PathSet {
         result: Result<(), ErrorClass>,
         now: Instant,
     ) {
+        let before = self.paths[path].health.state();
         let e = &mut self.paths[path];
         e.stats.ended(bytes, took, result.is_ok());
         if let Err(class) = result {
@@ -144,12 +158,13 @@ impl PathSet {
             }
             e.health.io_error(class, now);
         }
-        self.refresh(now);
+        self.refresh(path, before, now);
     }
 
     /// A check of `path` ended: the ALUA state of its port group if the
     /// device answered ready, or the class of its error.
     pub fn checked(&mut self, path: usize, result: Result<AluaState, ErrorClass>, now: Instant) {
+        let before = self.paths[path].health.state();
         let e = &mut self.paths[path];
         match result {
             Ok(alua) => {
@@ -161,7 +176,7 @@ impl PathSet {
                 e.health.checked(Err(class), now);
             }
         }
-        self.refresh(now);
+        self.refresh(path, before, now);
     }
 
     /// What is known of each path, in path order.
@@ -176,8 +191,22 @@ impl PathSet {
             .collect()
     }
 
-    fn refresh(&mut self, now: Instant) {
+    /// After an input about `path`, which was in state `before`: notes the
+    /// changes and runs the no-path clock.
+    fn refresh(&mut self, path: usize, before: PathState, now: Instant) {
+        let state = self.paths[path].health.state();
+        if std::mem::discriminant(&state) != std::mem::discriminant(&before) {
+            self.events.push(PathEvent::Path { path, state });
+        }
         let usable = self.has_usable();
+        if usable != self.was_usable {
+            self.was_usable = usable;
+            self.events.push(if usable {
+                PathEvent::Resumed
+            } else {
+                PathEvent::AllPathsDown
+            });
+        }
         self.no_path.update(usable, now);
     }
 }
@@ -261,6 +290,41 @@ mod tests {
         ));
         s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(6000));
         assert_eq!(path(s.route(512, t + ms(6000))), 1);
+    }
+
+    #[test]
+    fn changes_are_reported_once_in_order() {
+        let t = Instant::now();
+        let mut s = set(2);
+        s.ended(0, 512, ms(1), Err(ErrorClass::RetryElsewhere), t);
+        s.checked(0, Err(ErrorClass::RetryElsewhere), t + ms(10));
+        s.checked(1, Err(ErrorClass::OutcomeUnknown), t + ms(20));
+        s.checked(1, Err(ErrorClass::OutcomeUnknown), t + ms(30));
+        s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(40));
+        s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(50));
+        assert_eq!(
+            s.take_events(),
+            [
+                PathEvent::Path {
+                    path: 0,
+                    state: PathState::Failed { since: t }
+                },
+                PathEvent::Path {
+                    path: 1,
+                    state: PathState::Failed { since: t + ms(20) }
+                },
+                PathEvent::AllPathsDown,
+                PathEvent::Path {
+                    path: 1,
+                    state: PathState::Up
+                },
+                PathEvent::Resumed,
+            ]
+        );
+        assert_eq!(s.take_events(), []);
+        // An ALUA state that carries no I/O counts as no usable path.
+        s.checked(1, Ok(AluaState::Standby), t + ms(60));
+        assert_eq!(s.take_events(), [PathEvent::AllPathsDown]);
     }
 
     #[test]
