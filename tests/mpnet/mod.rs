@@ -175,6 +175,18 @@ pub fn disk(blocks: u64) -> SharedDevice {
     ))
 }
 
+pub mod head;
+pub mod proxy;
 #[path = "../../initiator-iscsi/tests/common/mod.rs"]
 mod stamps;
 pub mod workload;
+
+/// Blocks `lba..lba + blocks` of `generation`, stamped (512-byte blocks).
+pub fn stamps(lba: u64, blocks: u64, generation: u64) -> blockdev::Bytes {
+    stamps::stamps(lba, blocks, generation, 512).into()
+}
+
+/// Checks blocks read from `lba` on against `generation`.
+pub fn verify(data: &[u8], lba: u64, generation: u64) -> Result<(), String> {
+    stamps::verify(data, lba, generation, 512)
+}
