@@ -175,6 +175,7 @@ pub fn disk(blocks: u64) -> SharedDevice {
     ))
 }
 
+pub mod flap;
 pub mod head;
 pub mod proxy;
 #[path = "../../initiator-iscsi/tests/common/mod.rs"]

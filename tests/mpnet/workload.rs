@@ -5,12 +5,14 @@
 //! not panicked on, so a run reports all of them; every I/O's start and end
 //! are logged for the failover figures.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blockdev::{SharedDevice, WriteFlags};
 use tokio::time::Instant;
 
+use super::flap::Rng;
 use super::stamps::{stamps, verify};
 
 const BS: usize = 512;
@@ -29,10 +31,26 @@ pub struct Report {
 }
 
 impl Report {
+    /// Asserts that no error reached the caller and every block read
+    /// back as last written.
+    pub fn assert_clean(&self) {
+        assert_eq!(
+            self.errors,
+            Vec::<String>::new(),
+            "errors reached the caller"
+        );
+        assert_eq!(
+            self.mismatches,
+            Vec::<String>::new(),
+            "blocks read back wrong"
+        );
+    }
+
     /// For a link cut at `down` and its path taken out of use at
-    /// `failed` (by the multipath layer): how long after the cut the last
-    /// I/O that may have gone to the cut path ended, i.e. the longest a
-    /// caller waited because of the cut.
+    /// `failed` (by the multipath layer; the link's return if it never
+    /// was): how long after the cut the last I/O that may have gone to the
+    /// cut path ended, i.e. the longest a caller waited because of the
+    /// cut.
     pub fn failover(&self, down: Instant, failed: Instant) -> Duration {
         self.log
             .iter()
@@ -43,27 +61,26 @@ impl Report {
     }
 }
 
-/// A small xorshift generator: reproducible per writer, no shared state.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+/// A stop flag set after `d`.
+pub fn stop_after(d: Duration) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(d).await;
+        s.store(true, Ordering::SeqCst);
+    });
+    stop
 }
 
 /// Runs `writers` writers on `dev`, each on its own `region` blocks, until
-/// `until`; every run of 1 to 16 blocks written is read back later at
+/// `stop` is set; every run of 1 to 16 blocks written is read back later at
 /// random.
-pub async fn run(dev: SharedDevice, writers: u64, region: u64, until: Instant) -> Report {
+pub async fn run(dev: SharedDevice, writers: u64, region: u64, stop: Arc<AtomicBool>) -> Report {
     let report = Arc::new(Mutex::new(Report::default()));
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
-            let (dev, report) = (dev.clone(), report.clone());
-            tokio::spawn(async move { writer(dev, w, region, until, report).await })
+            let (dev, report, stop) = (dev.clone(), report.clone(), stop.clone());
+            tokio::spawn(async move { writer(dev, w, region, &stop, report).await })
         })
         .collect();
     for t in tasks {
@@ -76,7 +93,7 @@ async fn writer(
     dev: SharedDevice,
     w: u64,
     region: u64,
-    until: Instant,
+    stop: &AtomicBool,
     report: Arc<Mutex<Report>>,
 ) {
     let base = w * region;
@@ -84,12 +101,12 @@ async fn writer(
     // The generation last written to each block of the region (0: never).
     let mut written = vec![0u64; region as usize];
     let mut generation = 0;
-    while Instant::now() < until {
-        let blocks = 1 + rng.below(16);
-        let at = rng.below(region - blocks + 1);
+    while !stop.load(Ordering::SeqCst) {
+        let blocks = 1 + rng.range(0, 16);
+        let at = rng.range(0, region - blocks + 1);
         let lba = base + at;
         let start = Instant::now();
-        let write = rng.below(10) < 6;
+        let write = rng.range(0, 10) < 6;
         let outcome = if write {
             generation += 1;
             let flags = WriteFlags {
@@ -116,15 +133,27 @@ async fn writer(
             })
         };
         let end = Instant::now();
-        let mut r = report.lock().unwrap();
-        r.ios += 1;
-        r.log.push((start, end));
-        match outcome {
-            Ok(bad) => r.mismatches.extend(bad),
-            Err(e) => r.errors.push(format!(
-                "{} {lba}+{blocks}: {e}",
-                if write { "write" } else { "read" }
-            )),
+        let failed = {
+            let mut r = report.lock().unwrap();
+            r.ios += 1;
+            r.log.push((start, end));
+            match outcome {
+                Ok(bad) => {
+                    r.mismatches.extend(bad);
+                    false
+                }
+                Err(e) => {
+                    r.errors.push(format!(
+                        "{} {lba}+{blocks}: {e}",
+                        if write { "write" } else { "read" }
+                    ));
+                    true
+                }
+            }
+        };
+        if failed {
+            // A device failing at once must not make this a busy loop.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
