@@ -21,6 +21,9 @@ use blockdev::{
 use scsi_disk::identification::identity_from_vpd;
 use scsi_disk::sense::{error_of, Sense};
 
+use multipath::AluaState;
+
+use crate::alua;
 use crate::command::{Command, ScsiResult};
 use crate::disk_commands::{self as cdb, BlockLimits};
 use crate::pipelined::PipelinedSession;
@@ -43,6 +46,9 @@ pub struct IscsiDevice {
     limits: BlockLimits,
     features: Features,
     read_only: bool,
+    /// The target port group of the session's port, when the LU reports
+    /// TPGS (standard INQUIRY) and names it (VPD 83h).
+    port_group: Option<u16>,
 }
 
 /// The data-in of a command, as a buffer.
@@ -66,6 +72,7 @@ impl IscsiDevice {
             limits: BlockLimits::default(),
             features: Features::default(),
             read_only: false,
+            port_group: None,
         };
         // Clears the unit attentions a new nexus starts with.
         dev.run(Command::new(lun, &cdb::test_unit_ready()), 0)
@@ -76,6 +83,14 @@ impl IscsiDevice {
         let vpd83 = data(dev.run(vpd(0x83), 0).await?);
         dev.identity = identity_from_vpd(&vpd80, &vpd83)
             .map_err(|e| BlockError::Failed(format!("identity: {e}")))?;
+        let inquiry = Command::read(
+            lun,
+            &alua::inquiry(alua::INQUIRY_LEN),
+            alua::INQUIRY_LEN.into(),
+        );
+        if alua::reports_tpgs(&dev.run(inquiry, 0).await?.data) {
+            dev.port_group = alua::port_group(&vpd83);
+        }
         if cdb::supported_pages(&pages).contains(&0xb0) {
             dev.limits = cdb::parse_block_limits(&data(dev.run(vpd(0xb0), 0).await?));
         }
@@ -95,6 +110,30 @@ impl IscsiDevice {
             volatile_cache,
         };
         Ok(dev)
+    }
+
+    /// Whether the LU is ready through this session, and the ALUA state of
+    /// the session's port group when the LU reports TPGS: REPORT TARGET
+    /// PORT GROUPS first (allowed in every state), then TEST UNIT READY
+    /// when the group is active (a standby port refuses it).
+    pub async fn check_path(&self) -> Result<AluaState, BlockError> {
+        let mut state = AluaState::ActiveOptimized;
+        if let Some(group) = self.port_group {
+            let cdb = alua::report_target_port_groups(alua::RTPG_LEN);
+            let r = self
+                .run(Command::read(self.lun, &cdb, alua::RTPG_LEN), 0)
+                .await?;
+            state = alua::state_of(&r.data, group).ok_or_else(|| {
+                BlockError::Failed(format!(
+                    "port group {group} not in REPORT TARGET PORT GROUPS"
+                ))
+            })?;
+        }
+        if state.rank().is_some() {
+            self.run(Command::new(self.lun, &cdb::test_unit_ready()), 0)
+                .await?;
+        }
+        Ok(state)
     }
 
     /// The session underneath.

@@ -48,6 +48,11 @@ pub enum Error {
     /// retried on another path.
     #[error("the target could not complete the command (iSCSI response {0:#04x})")]
     TargetFailure(u8),
+    /// The connection was lost and the session is being reinstated; the
+    /// command was not sent, and will not be (the session fails fast as
+    /// one path of several): send it on another path.
+    #[error("the session is being reinstated: the command was not sent")]
+    Reinstating,
     /// The target answered a Logout Request with a failure (§11.15.1).
     #[error("logout refused (response {0})")]
     LogoutRefused(u8),
@@ -66,6 +71,7 @@ impl Error {
             | Error::Closed
             | Error::SessionClosed
             | Error::Login(_)
+            | Error::Reinstating
             | Error::TargetFailure(_) => BlockError::PathDown(what),
             Error::ConnectionLost(_) | Error::Timeout(_) | Error::Protocol(_) => {
                 BlockError::TimedOut(what)
@@ -88,6 +94,7 @@ mod tests {
         // Never sent, or known not carried out: another path now.
         assert_eq!(class(Error::SessionClosed), ErrorClass::RetryElsewhere);
         assert_eq!(class(Error::TargetFailure(1)), ErrorClass::RetryElsewhere);
+        assert_eq!(class(Error::Reinstating), ErrorClass::RetryElsewhere);
         // In flight when the connection went: it may still land.
         assert_eq!(
             class(Error::ConnectionLost("x".into())),

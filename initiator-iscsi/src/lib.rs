@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod alua;
 mod command;
 mod connection;
 mod device;
@@ -33,6 +34,7 @@ pub mod disk_commands;
 mod error;
 mod fullfeature;
 pub mod keepalive;
+mod path;
 mod pipeline;
 mod pipelined;
 mod recovery;
@@ -47,7 +49,10 @@ pub use fullfeature::{Event, FullFeature, Task};
 pub use iscsi_proto::login::{Auth, LoggedIn, LoginConfig, LoginError};
 pub use iscsi_proto::negotiate::{Limits, Params};
 pub use keepalive::KeepaliveConfig;
+pub use path::IscsiPath;
 pub use pipeline::{Pipeline, PipelineConfig, Ticket};
-pub use pipelined::{PipelinedSession, ReinstateConfig};
+pub use pipelined::{
+    FailoverConfig, InDoubt, PipelinedSession, ReinstateConfig, DEFAULT_SESSION_HORIZON,
+};
 pub use session::Session;
 pub use tmf::{TaskManagement, TmfResult};

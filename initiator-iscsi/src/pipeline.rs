@@ -119,6 +119,32 @@ impl Pipeline {
         self.pending.len()
     }
 
+    /// The oldest command not finished (sent and unanswered, or queued):
+    /// with every command from it on, what may still act on the target.
+    pub fn oldest_unfinished(&self) -> Option<Ticket> {
+        let running = self.running.values().map(|r| r.ticket);
+        running.chain(self.pending.front().map(|(t, _)| *t)).min()
+    }
+
+    /// The ticket the next command queued will get: every command queued
+    /// so far has a smaller one.
+    pub fn next_ticket(&self) -> Ticket {
+        Ticket(self.next_ticket)
+    }
+
+    /// Gives up every command without an answer, for a caller that will
+    /// not have them sent again (a path under multipath, which retries them
+    /// elsewhere): the tickets of those sent (their outcome unknown until
+    /// the session is reinstated) and of those never sent, each oldest
+    /// first.
+    pub fn abandon(&mut self) -> (Vec<Ticket>, Vec<Ticket>) {
+        let mut sent: Vec<Ticket> = self.running.drain().map(|(_, r)| r.ticket).collect();
+        sent.sort();
+        let unsent = self.pending.drain(..).map(|(t, _)| t).collect();
+        self.recovery = None;
+        (sent, unsent)
+    }
+
     /// Sends queued commands while the window and the queue depth have room.
     fn pump(&mut self, now: Instant) {
         while self.running.len() < self.queue_depth && self.ffp.window_open() {

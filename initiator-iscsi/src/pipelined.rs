@@ -11,6 +11,15 @@
 //! as a new task, its write data held until then; a bounded number of
 //! attempts in a row without an answer in between, then the callers get
 //! [`Error::ConnectionLost`].
+//!
+//! A session that is one path of several ([`FailoverConfig::fail_fast`])
+//! does not hold its commands through a reinstatement: when the connection
+//! is lost, the commands without an answer end at once (those sent with
+//! [`Error::ConnectionLost`], the others with [`Error::Reinstating`]), and
+//! so do the commands that come while the session is being reinstated;
+//! the multipath layer sends them on another path. What was sent may still
+//! land until the target ends the old session: [`PipelinedSession::settled`]
+//! tells when it no longer can.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iscsi_proto::login::{LoggedIn, LoginConfig};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -33,6 +42,66 @@ use crate::Error;
 enum Request {
     Command(Command, oneshot::Sender<Result<ScsiResult, Error>>),
     Logout(oneshot::Sender<Result<(), Error>>),
+    /// The ticket the next command will get: every command asked for
+    /// before this request has a smaller one.
+    Mark(oneshot::Sender<Ticket>),
+}
+
+/// How a session behaves as one path of several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// Fail fast (like dm-multipath's `fast_io_fail`): when the connection
+    /// is lost, the commands without an answer end at once instead of being
+    /// sent again after the reinstatement, and commands that come while
+    /// the session is reinstated end at once with [`Error::Reinstating`].
+    /// Off, the session holds them and sends them again (a device without
+    /// another path).
+    pub fail_fast: bool,
+    /// How long after a lost connection the target is sure to have ended
+    /// the old session and its tasks, when the session cannot be
+    /// reinstated (or logged out) to make sure of it.
+    pub session_horizon: Duration,
+}
+
+/// opie's target ends a session whose initiator is silent after its
+/// `nop_interval` (5 s) and `nop_timeout` (10 s), retaining nothing
+/// (DefaultTime2Retain 0): 15 s; twice that, for a margin.
+pub const DEFAULT_SESSION_HORIZON: Duration = Duration::from_secs(30);
+
+impl Default for FailoverConfig {
+    /// A session alone: commands held through a reinstatement.
+    fn default() -> FailoverConfig {
+        FailoverConfig {
+            fail_fast: false,
+            session_horizon: DEFAULT_SESSION_HORIZON,
+        }
+    }
+}
+
+impl FailoverConfig {
+    /// A session that is one path of a multipath device: fail fast.
+    pub fn multipath() -> FailoverConfig {
+        FailoverConfig {
+            fail_fast: true,
+            ..FailoverConfig::default()
+        }
+    }
+}
+
+/// What of the commands given to a session may still act on the target,
+/// published by the session's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InDoubt {
+    /// The oldest command the session still runs or holds: it and any
+    /// later one may still act.
+    pub oldest_unfinished: Option<Ticket>,
+    /// Since when commands that were sent have ended without an answer
+    /// (fail fast, or the session given up) while the target may still
+    /// run them; cleared when the session is reinstated (the target ended
+    /// the old session's tasks first).
+    pub lost_since: Option<std::time::Instant>,
+    /// The session was logged out: the target ended it and its tasks.
+    pub logged_out: bool,
 }
 
 /// How a lost connection is replaced.
@@ -68,6 +137,8 @@ struct Relogin {
 pub struct PipelinedSession {
     requests: mpsc::Sender<Request>,
     info: Arc<LoggedIn>,
+    failover: FailoverConfig,
+    in_doubt: watch::Receiver<InDoubt>,
     /// The session's task, ended with the handle.
     driver: AbortOnDrop,
 }
@@ -83,13 +154,14 @@ impl PipelinedSession {
         PipelinedSession::connect_with(addr, login, cfg, ReinstateConfig::default()).await
     }
 
-    /// [`PipelinedSession::connect`], a lost connection replaced as
-    /// `reinstate` says.
-    pub async fn connect_with(
+    /// [`PipelinedSession::connect_with`], the session behaving as
+    /// `failover` says (as one path of several, or alone).
+    pub async fn connect_failover(
         addr: SocketAddr,
         login: LoginConfig,
         cfg: PipelineConfig,
         reinstate: ReinstateConfig,
+        failover: FailoverConfig,
     ) -> Result<PipelinedSession, Error> {
         let mut conn = Connection::connect(addr).await?;
         let info = conn.login(login.clone()).await?;
@@ -98,13 +170,31 @@ impl PipelinedSession {
             login,
             cfg: reinstate,
         };
-        Ok(PipelinedSession::spawn(conn, info, cfg, Some(relogin)))
+        Ok(PipelinedSession::spawn(
+            conn,
+            info,
+            cfg,
+            Some(relogin),
+            failover,
+        ))
+    }
+
+    /// [`PipelinedSession::connect`], a lost connection replaced as
+    /// `reinstate` says.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        login: LoginConfig,
+        cfg: PipelineConfig,
+        reinstate: ReinstateConfig,
+    ) -> Result<PipelinedSession, Error> {
+        let failover = FailoverConfig::default();
+        PipelinedSession::connect_failover(addr, login, cfg, reinstate, failover).await
     }
 
     /// Starts the session a login on `conn` opened; a lost connection ends
     /// it.
     pub fn start(conn: Connection, info: LoggedIn, cfg: PipelineConfig) -> PipelinedSession {
-        PipelinedSession::spawn(conn, info, cfg, None)
+        PipelinedSession::spawn(conn, info, cfg, None, FailoverConfig::default())
     }
 
     fn spawn(
@@ -112,14 +202,74 @@ impl PipelinedSession {
         info: LoggedIn,
         cfg: PipelineConfig,
         relogin: Option<Relogin>,
+        failover: FailoverConfig,
     ) -> PipelinedSession {
         conn.apply(&info.params);
         let pipe = Pipeline::new(FullFeature::new(&info), cfg, Instant::now().into_std());
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1) as usize);
+        let (doubt_tx, doubt_rx) = watch::channel(InDoubt::default());
+        let driver = Driver {
+            requests: rx,
+            waiters: Waiters::default(),
+            in_doubt: doubt_tx,
+            failover,
+        };
         PipelinedSession {
             requests: tx,
             info: Arc::new(info),
-            driver: AbortOnDrop(tokio::spawn(drive(pipe, conn, rx, relogin))),
+            failover,
+            in_doubt: doubt_rx,
+            driver: AbortOnDrop(tokio::spawn(drive(pipe, conn, driver, relogin))),
+        }
+    }
+
+    /// How the session behaves as a path.
+    pub fn failover(&self) -> FailoverConfig {
+        self.failover
+    }
+
+    /// What of the commands given to the session may still act, now.
+    pub fn in_doubt(&self) -> InDoubt {
+        *self.in_doubt.borrow()
+    }
+
+    /// Resolves once no command asked of this session before the call can
+    /// act on the target any more: each was answered, aborted (answered),
+    /// or never sent; and those that ended without an answer have been
+    /// ended by the target: the session was reinstated (same ISID: the
+    /// target ends the old session's tasks before it lets the new one in)
+    /// or logged out, or [`FailoverConfig::session_horizon`] passed since
+    /// the connection was lost.
+    pub async fn settled(&self) {
+        let (tx, rx) = oneshot::channel();
+        // A closed session answers nothing: all it was asked before is
+        // answered or ended, and only what it lost may still act.
+        let mark = match self.requests.send(Request::Mark(tx)).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        let mut doubt = self.in_doubt.clone();
+        loop {
+            let now = Instant::now().into_std();
+            let d = *doubt.borrow_and_update();
+            let running = mark.is_some_and(|m| d.oldest_unfinished.is_some_and(|o| o < m));
+            let horizon = d.lost_since.map(|t| t + self.failover.session_horizon);
+            let lost = horizon.is_some_and(|h| now < h);
+            if d.logged_out || (!running && !lost) {
+                return;
+            }
+            let wait_horizon = sleep_until(horizon.map(Instant::from_std));
+            tokio::select! {
+                changed = doubt.changed() => {
+                    if changed.is_err() {
+                        // The session's task has ended: what it published
+                        // last stays; only the horizon is left to pass.
+                        sleep_until(horizon.map(Instant::from_std)).await;
+                        return;
+                    }
+                }
+                () = wait_horizon => {}
+            }
         }
     }
 
@@ -175,24 +325,110 @@ struct Waiters {
     logout: Option<(u32, oneshot::Sender<Result<(), Error>>)>,
 }
 
+/// The session task's state, across connections.
+#[derive(Debug)]
+struct Driver {
+    requests: mpsc::Receiver<Request>,
+    waiters: Waiters,
+    in_doubt: watch::Sender<InDoubt>,
+    failover: FailoverConfig,
+}
+
+impl Driver {
+    /// Publishes the oldest command that may still act, when it changed.
+    fn publish(&self, pipe: &Pipeline) {
+        let oldest = pipe.oldest_unfinished();
+        self.in_doubt.send_if_modified(|d| {
+            let changed = d.oldest_unfinished != oldest;
+            d.oldest_unfinished = oldest;
+            changed
+        });
+    }
+
+    /// Commands sent ended without an answer at `at`: they may act until
+    /// the target ends the old session.
+    fn lost(&self, at: std::time::Instant) {
+        self.in_doubt.send_if_modified(|d| {
+            let first = d.lost_since.is_none();
+            d.lost_since = d.lost_since.or(Some(at));
+            first
+        });
+    }
+
+    /// Hands out the answers the pipeline has.
+    fn answer(&mut self, pipe: &mut Pipeline) -> bool {
+        let mut answered = false;
+        while let Some((ticket, result)) = pipe.take_done() {
+            answered = true;
+            if let Some(w) = self.waiters.commands.remove(&ticket) {
+                let _ = w.send(result);
+            }
+        }
+        answered
+    }
+
+    /// Fail fast: ends every command without an answer now, instead of
+    /// sending it again after the reinstatement.
+    fn give_up(&mut self, pipe: &mut Pipeline, failure: &Error) {
+        self.answer(pipe);
+        let (sent, unsent) = pipe.abandon();
+        if !sent.is_empty() {
+            self.lost(Instant::now().into_std());
+        }
+        let mut end = |ticket, e: Error| {
+            if let Some(w) = self.waiters.commands.remove(&ticket) {
+                let _ = w.send(Err(e));
+            }
+        };
+        for t in sent {
+            end(t, Error::ConnectionLost(failure.to_string()));
+        }
+        for t in unsent {
+            end(t, Error::Reinstating);
+        }
+        self.publish(pipe);
+    }
+
+    /// Logs in again with the same ISID; failing fast, the requests that
+    /// come meanwhile are answered at once.
+    async fn reinstate(
+        &mut self,
+        r: &Relogin,
+        pipe: &Pipeline,
+    ) -> Result<(Connection, LoggedIn), Error> {
+        let login = reinstate(r);
+        tokio::pin!(login);
+        if !self.failover.fail_fast {
+            return login.await;
+        }
+        loop {
+            tokio::select! {
+                done = &mut login => return done,
+                req = self.requests.recv() => match req {
+                    Some(Request::Command(_, w)) => drop(w.send(Err(Error::Reinstating))),
+                    Some(Request::Logout(w)) => drop(w.send(Err(Error::Reinstating))),
+                    Some(Request::Mark(w)) => drop(w.send(pipe.next_ticket())),
+                    None => return Err(Error::SessionClosed),
+                },
+            }
+        }
+    }
+}
+
 /// The session's task: serves the connection; when it is lost, reinstates
 /// the session (if it knows how) and serves the new one; in the end tells
 /// every caller still waiting.
-async fn drive(
-    mut pipe: Pipeline,
-    mut conn: Connection,
-    mut requests: mpsc::Receiver<Request>,
-    relogin: Option<Relogin>,
-) {
-    let mut waiters = Waiters::default();
+async fn drive(mut pipe: Pipeline, mut conn: Connection, mut d: Driver, relogin: Option<Relogin>) {
     let mut lost_in_a_row = 0;
+    let mut lost_at;
     let failure = loop {
-        let (failure, answered) = serve(&mut pipe, conn, &mut requests, &mut waiters).await;
+        let (failure, answered) = serve(&mut pipe, conn, &mut d).await;
+        lost_at = Instant::now().into_std();
         if answered {
             lost_in_a_row = 0;
         }
         lost_in_a_row += 1;
-        let ended = matches!(failure, Error::SessionClosed) || waiters.logout.is_some();
+        let ended = matches!(failure, Error::SessionClosed) || d.waiters.logout.is_some();
         let Some(r) = relogin
             .as_ref()
             .filter(|r| !ended && lost_in_a_row <= r.cfg.attempts)
@@ -200,28 +436,40 @@ async fn drive(
             break failure;
         };
         tracing::info!(%failure, in_flight = pipe.in_flight(), "connection lost: reinstating the session");
-        match reinstate(r).await {
+        if d.failover.fail_fast {
+            d.give_up(&mut pipe, &failure);
+        }
+        match d.reinstate(r, &pipe).await {
             Ok((c, info)) => {
                 pipe = pipe.reinstated(FullFeature::new(&info), Instant::now().into_std());
                 conn = c;
+                // The target ended the old session's tasks.
+                d.in_doubt.send_modify(|x| x.lost_since = None);
+                d.publish(&pipe);
             }
             Err(e) => break e,
         }
     };
-    tracing::debug!(%failure, in_flight = waiters.commands.len(), "session ended");
-    requests.close();
+    tracing::debug!(%failure, in_flight = d.waiters.commands.len(), "session ended");
+    d.requests.close();
+    d.answer(&mut pipe);
+    if !d.waiters.commands.is_empty() {
+        d.lost(lost_at);
+    }
+    d.in_doubt.send_modify(|x| x.oldest_unfinished = None);
     let lost = || Err(Error::ConnectionLost(failure.to_string()));
-    for (_, w) in waiters.commands {
+    for (_, w) in d.waiters.commands.drain() {
         let _ = w.send(lost());
     }
-    if let Some((_, w)) = waiters.logout {
+    if let Some((_, w)) = d.waiters.logout.take() {
         let _ = w.send(lost().map(drop));
     }
     // Requests that came in meanwhile were never sent.
-    while let Ok(req) = requests.try_recv() {
+    while let Ok(req) = d.requests.try_recv() {
         match req {
             Request::Command(_, w) => drop(w.send(Err(Error::SessionClosed))),
             Request::Logout(w) => drop(w.send(Err(Error::SessionClosed))),
+            Request::Mark(w) => drop(w.send(pipe.next_ticket())),
         }
     }
 }
@@ -252,12 +500,7 @@ async fn reinstate(r: &Relogin) -> Result<(Connection, LoggedIn), Error> {
 /// feeds it what the reader task receives and its deadlines, and hands out
 /// the answers; until the connection fails or the session ends. Also
 /// whether any command was answered.
-async fn serve(
-    pipe: &mut Pipeline,
-    conn: Connection,
-    requests: &mut mpsc::Receiver<Request>,
-    waiters: &mut Waiters,
-) -> (Error, bool) {
+async fn serve(pipe: &mut Pipeline, conn: Connection, d: &mut Driver) -> (Error, bool) {
     let (mut reader, mut writer) = conn.into_split();
     let (pdu_tx, mut pdus) = mpsc::unbounded_channel();
     let _reading = AbortOnDrop(tokio::spawn(async move {
@@ -277,15 +520,14 @@ async fn serve(
                 break e;
             }
         }
-        while let Some((ticket, result)) = pipe.take_done() {
-            answered = true;
-            if let Some(w) = waiters.commands.remove(&ticket) {
-                let _ = w.send(result);
-            }
-        }
-        let logout = waiters.logout.as_ref().map(|(itt, _)| *itt);
+        answered |= d.answer(pipe);
+        d.publish(pipe);
+        let logout = d.waiters.logout.as_ref().map(|(itt, _)| *itt);
         if let Some(response) = logout.and_then(|itt| pipe.take_answer(itt)) {
-            let (_, w) = waiters.logout.take().expect("checked above");
+            let (_, w) = d.waiters.logout.take().expect("checked above");
+            if response == 0 {
+                d.in_doubt.send_modify(|x| x.logged_out = true);
+            }
             let _ = w.send(match response {
                 0 => Ok(()),
                 r => Err(Error::LogoutRefused(r)),
@@ -294,11 +536,12 @@ async fn serve(
         }
         let deadline = pipe.deadline().map(Instant::from_std);
         tokio::select! {
-            req = requests.recv(), if logout.is_none() => match req {
+            req = d.requests.recv(), if logout.is_none() => match req {
                 Some(Request::Command(cmd, w)) => {
-                    waiters.commands.insert(pipe.queue(cmd, Instant::now().into_std()), w);
+                    d.waiters.commands.insert(pipe.queue(cmd, Instant::now().into_std()), w);
                 }
-                Some(Request::Logout(w)) => waiters.logout = Some((pipe.logout(), w)),
+                Some(Request::Logout(w)) => d.waiters.logout = Some((pipe.logout(), w)),
+                Some(Request::Mark(w)) => drop(w.send(pipe.next_ticket())),
                 None => break Error::SessionClosed,
             },
             pdu = pdus.recv() => match pdu {
