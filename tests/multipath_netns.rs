@@ -75,7 +75,6 @@ fn a_cut_link_fails_over_with_no_error_and_no_mismatch() {
 /// A minute of verified I/O while links go down and up at random, now and
 /// then both at once (never for longer than the no-path bound).
 #[test]
-#[ignore = "needs IscsiPath (branch isafe): the stand-in path never comes back after a cut longer than the keepalive"]
 fn a_minute_of_flapping_links_loses_nothing_and_errors_nothing() {
     with_device(Config::default(), |net, dev| async move {
         let seed = std::process::id() as u64 * 0x9e37_79b9 + 1;
@@ -132,7 +131,6 @@ fn bounded() -> Config {
 }
 
 #[test]
-#[ignore = "needs IscsiPath (branch isafe): the stand-in path never comes back after a cut longer than the keepalive"]
 fn all_links_down_shorter_than_the_bound_resumes() {
     with_device(bounded(), |net, dev| async move {
         let stop = workload::stop_after(Duration::from_secs(10));
@@ -159,7 +157,6 @@ fn all_links_down_shorter_than_the_bound_resumes() {
 }
 
 #[test]
-#[ignore = "needs IscsiPath (branch isafe): the stand-in path ends its session for good when it cannot reconnect"]
 fn all_links_down_longer_than_the_bound_fails_cleanly_within_the_bound_and_a_second() {
     with_device(bounded(), |net, dev| async move {
         dev.read(0, 1).await.unwrap();

@@ -210,7 +210,9 @@ impl MultipathDevice {
                         let hold = shared.fenced.hold(blocks.clone());
                         let p = Arc::clone(&shared.paths[path]);
                         fences.push(tokio::spawn(async move {
+                            let since = now();
                             p.fence().await;
+                            tracing::debug!(path, took = ?(now() - since), "multipath: path fenced");
                             drop(hold);
                         }));
                     }
