@@ -160,21 +160,35 @@ fn all_links_down_shorter_than_the_bound_resumes() {
 fn all_links_down_longer_than_the_bound_fails_cleanly_within_the_bound_and_a_second() {
     with_device(bounded(), |net, dev| async move {
         dev.read(0, 1).await.unwrap();
+        let mut status = dev.status();
         net.set_link(0, false);
         net.set_link(1, false);
         let down = Instant::now();
-        let r = tokio::time::timeout(BOUND * 3, dev.read(0, 8))
+        let read = {
+            let dev = dev.clone();
+            tokio::spawn(async move { dev.read(0, 8).await })
+        };
+        // The initiator finds both links dead within its keepalive (1 s):
+        // from then on no path is usable and the bound runs.
+        tokio::time::timeout(BOUND, status.wait_for(|s| !s.present))
             .await
-            .expect("no hang");
-        let took = down.elapsed();
-        eprintln!("failed after {took:?}: {r:?}");
+            .expect("the device is absent once no path is usable")
+            .unwrap();
+        let absent = Instant::now();
+        let r = tokio::time::timeout(BOUND * 3, read)
+            .await
+            .expect("no hang")
+            .unwrap();
+        let took = absent.elapsed();
+        eprintln!(
+            "no path {:?} after the cut; the read failed {took:?} later: {r:?}",
+            absent - down
+        );
         assert_eq!(
             r.map(|_| ()).map_err(|e| e.class()),
             Err(ErrorClass::RetryElsewhere)
         );
-        // The initiator finds the links dead within its keepalive (1 s),
-        // then the bound runs.
-        assert!(took <= BOUND + Duration::from_secs(2), "{took:?}");
+        assert!(took <= BOUND + Duration::from_secs(1), "{took:?}");
         net.set_link(0, true);
         net.set_link(1, true);
         assert!(all_up(&dev, Duration::from_secs(10)).await, "paths back");
