@@ -38,10 +38,26 @@ where
     });
 }
 
-fn print_cuts(cuts: &[(Cut, Duration)]) {
-    for (c, took) in cuts {
+/// Per cut: the failover (the last read that may have gone to the cut
+/// path ended, after the cut) and the same for writes (which also wait for
+/// the fence).
+fn timed(report: &workload::Report, cuts: &[Cut]) -> Vec<(Cut, Duration, Duration)> {
+    cuts.iter()
+        .map(|c| {
+            let failed = c.failed.unwrap_or(c.up);
+            (
+                *c,
+                report.failover(c.down, failed, false),
+                report.failover(c.down, failed, true),
+            )
+        })
+        .collect()
+}
+
+fn print_cuts(cuts: &[(Cut, Duration, Duration)]) {
+    for (c, read, write) in cuts {
         eprintln!(
-            "link {} down {:?}: path out of use after {:?}, failover {took:?}",
+            "link {} down {:?}: path out of use after {:?}, failover (reads) {read:?}, writes reported after {write:?}",
             c.link,
             c.up - c.down,
             c.failed.map(|f| f - c.down)
@@ -61,7 +77,7 @@ fn a_cut_link_fails_over_with_no_error_and_no_mismatch() {
             .await
             .expect("the cut path is taken out of use");
         let report = io.await.unwrap();
-        let took = report.failover(down, failed_at);
+        let took = report.failover(down, failed_at, false);
         eprintln!(
             "{} I/Os; path out of use {:?} after the cut; failover {took:?}",
             report.ios,
@@ -104,18 +120,14 @@ fn a_minute_of_flapping_links_loses_nothing_and_errors_nothing() {
             }
         }
         let report = io.await.unwrap();
-        let mut timed: Vec<(Cut, Duration)> = cuts
-            .iter()
-            .map(|c| (*c, report.failover(c.down, c.failed.unwrap_or(c.up))))
-            .collect();
+        let timed = timed(&report, &cuts);
         print_cuts(&timed);
-        timed.sort_by_key(|(_, t)| *t);
         eprintln!(
-            "{} I/Os in {:?}; {} single cuts, {both} both-links cuts; failover max {:?}",
+            "{} I/Os in {:?}; {} single cuts, {both} both-links cuts; read failover max {:?}",
             report.ios,
             start.elapsed(),
             cuts.len(),
-            timed.last().map(|(_, t)| *t)
+            timed.iter().map(|t| t.1).max()
         );
         report.assert_clean();
     });
@@ -231,13 +243,12 @@ fn failover_bench() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let report = io.await.unwrap();
         eprintln!("load average after: {}", loadavg());
-        let timed: Vec<(Cut, Duration)> = cuts
-            .iter()
-            .map(|c| (*c, report.failover(c.down, c.failed.unwrap_or(c.up))))
-            .collect();
+        let timed = timed(&report, &cuts);
         print_cuts(&timed);
-        let mut times: Vec<Duration> = timed.iter().map(|(_, t)| *t).collect();
+        let mut times: Vec<Duration> = timed.iter().map(|t| t.1).collect();
         times.sort();
+        let mut writes: Vec<Duration> = timed.iter().map(|t| t.2).collect();
+        writes.sort();
         let mut seen: Vec<Duration> = cuts
             .iter()
             .filter_map(|c| c.failed.map(|f| f - c.down))
@@ -245,7 +256,8 @@ fn failover_bench() {
         seen.sort();
         eprintln!(
             "FAILOVER events={} ios={} errors={} mismatches={} not_back={not_back} \
-             failover p50={:?} p99={:?} max={:?} | path out of use in {} cuts: p50={:?} p99={:?} max={:?}",
+             failover (reads) p50={:?} p99={:?} max={:?} | writes reported p50={:?} p99={:?} max={:?} \
+             | path out of use in {} cuts: p50={:?} p99={:?} max={:?}",
             cuts.len(),
             report.ios,
             report.errors.len(),
@@ -253,6 +265,9 @@ fn failover_bench() {
             percentile(&times, 50),
             percentile(&times, 99),
             times.last().copied().unwrap_or_default(),
+            percentile(&writes, 50),
+            percentile(&writes, 99),
+            writes.last().copied().unwrap_or_default(),
             seen.len(),
             percentile(&seen, 50),
             percentile(&seen, 99),

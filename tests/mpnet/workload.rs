@@ -26,8 +26,20 @@ pub struct Report {
     pub errors: Vec<String>,
     /// Blocks that read back other than last written.
     pub mismatches: Vec<String>,
-    /// Start and end of every I/O, in the order they ended.
-    pub log: Vec<(Instant, Instant)>,
+    /// Every I/O: whether it was a write, its start and its end, in the
+    /// order they ended.
+    pub log: Vec<Logged>,
+}
+
+/// One I/O as logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Logged {
+    /// A write (else a read).
+    pub write: bool,
+    /// When it was called.
+    pub start: Instant,
+    /// When it returned.
+    pub end: Instant,
 }
 
 impl Report {
@@ -48,14 +60,17 @@ impl Report {
 
     /// For a link cut at `down` and its path taken out of use at
     /// `failed` (by the multipath layer; the link's return if it never
-    /// was): how long after the cut the last I/O that may have gone to the
-    /// cut path ended, i.e. the longest a caller waited because of the
-    /// cut.
-    pub fn failover(&self, down: Instant, failed: Instant) -> Duration {
+    /// was): how long after the cut the last read (`writes` false) or write
+    /// that may have gone to the cut path ended. For reads that is the
+    /// failover: the read re-issued and completed on the other path. A
+    /// write is reported only once the cut path is also fenced (its session
+    /// reinstated, or the ISU's session timeout passed), so for writes it
+    /// is bounded by the cut's length, not by the failover.
+    pub fn failover(&self, down: Instant, failed: Instant, writes: bool) -> Duration {
         self.log
             .iter()
-            .filter(|(start, end)| *start <= failed && *end > down)
-            .map(|(_, end)| *end - down)
+            .filter(|l| l.write == writes && l.start <= failed && l.end > down)
+            .map(|l| l.end - down)
             .max()
             .unwrap_or_default()
     }
@@ -136,7 +151,7 @@ async fn writer(
         let failed = {
             let mut r = report.lock().unwrap();
             r.ios += 1;
-            r.log.push((start, end));
+            r.log.push(Logged { write, start, end });
             match outcome {
                 Ok(bad) => {
                     r.mismatches.extend(bad);
