@@ -96,16 +96,24 @@ impl PathSet {
 
     /// Whether some path can take I/O now.
     pub fn has_usable(&self) -> bool {
-        self.paths.iter().any(usable)
+        self.paths.iter().any(|e| usable(e, true))
+    }
+
+    /// Whether held-out (marginal) paths take I/O now: only while no path
+    /// that is up could take it; a flapping path is better than none.
+    fn marginal_allowed(&self) -> bool {
+        !self.paths.iter().any(|e| usable(e, false))
     }
 
     /// Chooses the path of an I/O of `bytes` bytes at `now`: among the
-    /// usable paths of the best ALUA rank present, by the selector.
+    /// usable paths of the best ALUA rank present, by the selector. Paths
+    /// held out after flapping (marginal) are used only when no other is.
     pub fn route(&mut self, bytes: u64, now: Instant) -> Route {
+        let marginal = self.marginal_allowed();
         let best = self
             .paths
             .iter()
-            .filter(|e| usable(e))
+            .filter(|e| usable(e, marginal))
             .filter_map(|e| e.alua.rank())
             .min();
         if let Some(best) = best {
@@ -113,7 +121,7 @@ impl PathSet {
                 .paths
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| usable(e) && e.alua.rank() == Some(best))
+                .filter(|(_, e)| usable(e, marginal) && e.alua.rank() == Some(best))
                 .map(|(i, e)| (i, &e.stats))
                 .collect();
             let chosen = self
@@ -211,8 +219,15 @@ impl PathSet {
     }
 }
 
-fn usable(e: &Entry) -> bool {
-    e.health.is_up() && e.alua.rank().is_some()
+/// Whether the path can take I/O: up (or, with `marginal`, held out after
+/// flapping) and in an ALUA state that carries I/O.
+fn usable(e: &Entry, marginal: bool) -> bool {
+    let health = match e.health.state() {
+        PathState::Up => true,
+        PathState::Marginal { .. } => marginal,
+        PathState::Failed { .. } | PathState::Dead => false,
+    };
+    health && e.alua.rank().is_some()
 }
 
 #[cfg(test)]
@@ -325,6 +340,29 @@ mod tests {
         // An ALUA state that carries no I/O counts as no usable path.
         s.checked(1, Ok(AluaState::Standby), t + ms(60));
         assert_eq!(s.take_events(), [PathEvent::AllPathsDown]);
+    }
+
+    #[test]
+    fn a_marginal_path_is_used_only_when_no_other_is() {
+        let t = Instant::now();
+        let mut s = set(2);
+        // Path 0 flaps three times within the window: marginal when back.
+        for i in 0..3 {
+            s.checked(0, Err(ErrorClass::RetryElsewhere), t + ms(i * 100));
+            s.checked(0, Ok(AluaState::ActiveOptimized), t + ms(i * 100 + 50));
+        }
+        assert!(matches!(s.report()[0].state, PathState::Marginal { .. }));
+        for _ in 0..3 {
+            assert_eq!(path(s.route(512, t + ms(400))), 1);
+        }
+        // Path 1 goes down: the marginal path is better than none.
+        s.checked(1, Err(ErrorClass::RetryElsewhere), t + ms(500));
+        assert!(s.has_usable());
+        assert_eq!(path(s.route(512, t + ms(500))), 0);
+        // Back: the held-out path is left alone again.
+        s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(600));
+        assert_eq!(path(s.route(512, t + ms(600))), 1);
+        assert_eq!(path(s.route(512, t + ms(600))), 1);
     }
 
     #[test]
