@@ -46,11 +46,10 @@ async fn round(s: &Shared) {
         if let Err(class) = r {
             tracing::debug!(path = i, ?class, "multipath: check failed");
         }
-        let usable = {
-            let mut core = s.core();
+        let usable = s.update(|core| {
             core.checked(i, r, now());
             core.has_usable()
-        };
+        });
         if usable {
             s.usable.send_modify(|g| *g += 1);
         }

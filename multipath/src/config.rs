@@ -13,7 +13,11 @@ pub struct Config {
     pub check_interval: Duration,
     /// Longest time one attempt of an I/O (or a check) may take on a path
     /// before it counts as timed out and the path as failed. None: the
-    /// path's own timeouts decide.
+    /// path's own timeouts decide. A backstop: it must exceed the time the
+    /// initiator takes to declare a cut connection dead (the iSCSI
+    /// keepalive's 500 ms + 500 ms), since a timeout here costs a write a
+    /// fence, and stay well below the initiator's command timeout (30 s),
+    /// so I/O leaves a hung path in seconds. Default 3 s.
     pub io_timeout: Option<Duration>,
     /// How long I/O waits while no path is usable, counted from the moment
     /// the last one went; then it fails with a path-down error
@@ -55,7 +59,7 @@ impl Default for Config {
         Config {
             selector: SelectorKind::ServiceTime,
             check_interval: Duration::from_millis(250),
-            io_timeout: Some(Duration::from_secs(5)),
+            io_timeout: Some(Duration::from_secs(3)),
             no_path_bound: Duration::from_secs(30),
             marginal: Marginal::default(),
             busy_retries: 20,

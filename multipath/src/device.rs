@@ -2,14 +2,15 @@
 //! tokio edge around the sans-I/O [`PathSet`].
 
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use blockdev::{
-    BlockDevice, BlockError, Bytes, DeviceIdentity, ErrorClass, Extent, Features, Geometry, Limits,
-    Result, SharedDevice, WriteFlags,
+    BlockDevice, BlockError, Bytes, DeviceIdentity, DeviceStatus, ErrorClass, Extent, Features,
+    Geometry, Limits, Result, SharedDevice, StatusPublisher, WriteFlags,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -17,18 +18,24 @@ use tokio::task::JoinHandle;
 use crate::checker;
 use crate::config::Config;
 use crate::error::MultipathError;
+use crate::events::PathEvent;
+use crate::fenced::FencedRanges;
+use crate::health::PathState;
 use crate::path::Path;
 use crate::path_set::{PathReport, PathSet, Route};
 
 /// One attempt of an I/O on a path's device.
 type Attempt<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
-/// Whether an I/O changes the medium: an attempt of it with an unknown
-/// outcome must be fenced before the I/O is reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an I/O does to the medium, for ordering: an attempt of a write with
+/// an unknown outcome must be fenced before the write is reported, and its
+/// blocks stay held until then; a later write of any of them waits, and a
+/// flush waits for every held block.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Read,
-    Write,
+    Write(Range<u64>),
+    Flush,
 }
 
 /// What the I/O path and the checker share.
@@ -40,6 +47,12 @@ pub(crate) struct Shared {
     /// watches it.
     pub(crate) usable: watch::Sender<u64>,
     pub(crate) config: Config,
+    /// Blocks of writes whose first attempts are being fenced.
+    fenced: Arc<FencedRanges>,
+    /// Present while some path is usable.
+    status: StatusPublisher,
+    /// Each path's state, in path order.
+    states: watch::Sender<Vec<PathState>>,
 }
 
 /// A block device over several paths to one disk. I/O goes through the
@@ -51,6 +64,12 @@ pub(crate) struct Shared {
 /// [`BlockError::PathDown`] ([`BlockError::Failed`] once every path failed
 /// for good). A checker task checks every path each
 /// [`Config::check_interval`] while the device lives.
+///
+/// Changes are published: on [`BlockDevice::status`] the device is absent
+/// while no path is usable (I/O queues meanwhile, up to the bound) and
+/// present again when one is; [`MultipathDevice::path_states`] carries
+/// each path's state; every change is also logged (`tracing`, target
+/// `multipath`).
 #[derive(Debug)]
 pub struct MultipathDevice {
     shared: Arc<Shared>,
@@ -87,9 +106,12 @@ impl MultipathDevice {
         }
         let shared = Arc::new(Shared {
             core: Mutex::new(PathSet::new(paths.len(), &config)),
+            states: watch::Sender::new(vec![PathState::Up; paths.len()]),
             paths,
             usable: watch::Sender::new(0),
             config,
+            fenced: FencedRanges::new(),
+            status: StatusPublisher::new(geometry),
         });
         let checker = tokio::spawn(checker::run(Arc::downgrade(&shared)));
         Ok(MultipathDevice {
@@ -104,6 +126,13 @@ impl MultipathDevice {
     /// the order given.
     pub fn paths(&self) -> Vec<PathReport> {
         self.shared.core().report()
+    }
+
+    /// Each path's state (up, failed, marginal, dead), in the order given,
+    /// as a watch channel: the latest is always there, bursts are not
+    /// queued.
+    pub fn path_states(&self) -> watch::Receiver<Vec<PathState>> {
+        self.shared.states.subscribe()
     }
 
     fn first(&self) -> &SharedDevice {
@@ -122,6 +151,13 @@ impl MultipathDevice {
         attempt: impl Fn(SharedDevice) -> Attempt<T>,
     ) -> Result<T> {
         let shared = &self.shared;
+        // Blocks a fenced write may still land on, even one whose caller
+        // went away, come first.
+        match &kind {
+            Kind::Read => {}
+            Kind::Write(blocks) => shared.fenced.wait_clear(Some(blocks.clone())).await,
+            Kind::Flush => shared.fenced.wait_clear(None).await,
+        }
         let mut fences: Vec<JoinHandle<()>> = Vec::new();
         let mut busy = 0;
         // When this I/O first found no usable path: it waits for one at most
@@ -131,7 +167,7 @@ impl MultipathDevice {
         let result = loop {
             let mut usable = shared.usable.subscribe();
             let at = now();
-            let route = shared.core().route(bytes, at);
+            let route = shared.update(|core| core.route(bytes, at));
             let path = match route {
                 Route::Path(p) => p,
                 Route::Wait { until } => {
@@ -161,16 +197,24 @@ impl MultipathDevice {
             };
             let class = r.as_ref().err().map(BlockError::class);
             let end = now();
-            shared
-                .core()
-                .ended(path, bytes, end - started, class.map_or(Ok(()), Err), end);
+            shared.update(|core| {
+                core.ended(path, bytes, end - started, class.map_or(Ok(()), Err), end)
+            });
             let Some(class) = class else { break r };
             match class {
                 ErrorClass::RetryElsewhere => {}
                 ErrorClass::OutcomeUnknown | ErrorClass::Failed => {
-                    if kind == Kind::Write {
+                    if let Kind::Write(blocks) = &kind {
+                        // The hold goes with the fence, not with this call:
+                        // it outlives a caller that drops its future.
+                        let hold = shared.fenced.hold(blocks.clone());
                         let p = Arc::clone(&shared.paths[path]);
-                        fences.push(tokio::spawn(async move { p.fence().await }));
+                        fences.push(tokio::spawn(async move {
+                            let since = now();
+                            p.fence().await;
+                            tracing::debug!(path, took = ?(now() - since), "multipath: path fenced");
+                            drop(hold);
+                        }));
                     }
                 }
                 ErrorClass::RetryLater if busy < shared.config.busy_retries => {
@@ -192,6 +236,49 @@ impl MultipathDevice {
 impl Shared {
     pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, PathSet> {
         self.core.lock().expect("multipath core lock")
+    }
+
+    /// Runs `f` on the core, then publishes and logs what changed.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut PathSet) -> R) -> R {
+        let (r, events) = {
+            let mut core = self.core();
+            let r = f(&mut core);
+            (r, core.take_events())
+        };
+        for e in events {
+            match e {
+                PathEvent::Path { path, state } => {
+                    match state {
+                        PathState::Up => tracing::info!(target: "multipath", path, "path up"),
+                        PathState::Failed { .. } => {
+                            tracing::warn!(target: "multipath", path, "path down")
+                        }
+                        PathState::Marginal { .. } => tracing::warn!(
+                            target: "multipath",
+                            path,
+                            "path marginal: held out until it stays good"
+                        ),
+                        PathState::Dead => {
+                            tracing::error!(target: "multipath", path, "path failed for good")
+                        }
+                    }
+                    self.states.send_modify(|s| s[path] = state);
+                }
+                PathEvent::AllPathsDown => {
+                    tracing::error!(
+                        target: "multipath",
+                        bound = ?self.config.no_path_bound,
+                        "all paths down: I/O queued up to the bound"
+                    );
+                    self.status.gone();
+                }
+                PathEvent::Resumed => {
+                    tracing::info!(target: "multipath", "a path is back: I/O resumed");
+                    self.status.back();
+                }
+            }
+        }
+        r
     }
 }
 
@@ -222,6 +309,11 @@ impl BlockDevice for MultipathDevice {
 
     fn features(&self) -> Features {
         self.first().features()
+    }
+
+    /// Absent while no path is usable, present again when one is.
+    fn status(&self) -> watch::Receiver<DeviceStatus> {
+        self.shared.status.subscribe()
     }
 
     /// What every path can carry: the smallest transfer and atomic-write
@@ -259,7 +351,9 @@ impl BlockDevice for MultipathDevice {
 
     async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
         let bytes = data.len() as u64;
-        self.submit(Kind::Write, bytes, |d| {
+        let bs = u64::from(self.geometry.block_size);
+        let blocks = lba..lba.saturating_add(bytes.div_ceil(bs));
+        self.submit(Kind::Write(blocks), bytes, |d| {
             let data = data.clone();
             Box::pin(async move { d.write(lba, data, flags).await })
         })
@@ -267,19 +361,19 @@ impl BlockDevice for MultipathDevice {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.submit(Kind::Read, 0, |d| Box::pin(async move { d.flush().await }))
+        self.submit(Kind::Flush, 0, |d| Box::pin(async move { d.flush().await }))
             .await
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
-        self.submit(Kind::Write, 0, |d| {
+        self.submit(Kind::Write(lba..lba.saturating_add(blocks)), 0, |d| {
             Box::pin(async move { d.write_zeroes(lba, blocks, unmap).await })
         })
         .await
     }
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
-        self.submit(Kind::Write, 0, |d| {
+        self.submit(Kind::Write(lba..lba.saturating_add(blocks)), 0, |d| {
             Box::pin(async move { d.unmap(lba, blocks).await })
         })
         .await

@@ -9,6 +9,7 @@ use blockdev::ErrorClass;
 use crate::alua::AluaState;
 use crate::config::Config;
 use crate::error::MultipathError;
+use crate::events::PathEvent;
 use crate::health::{Health, PathState};
 use crate::no_path::NoPathClock;
 use crate::selector::Selector;
@@ -52,6 +53,10 @@ pub struct PathSet {
     paths: Vec<Entry>,
     selector: Selector,
     no_path: NoPathClock,
+    /// Whether some path was usable after the last input.
+    was_usable: bool,
+    /// Changes not yet taken by [`PathSet::take_events`].
+    events: Vec<PathEvent>,
 }
 
 impl PathSet {
@@ -68,7 +73,15 @@ impl PathSet {
             ],
             selector: Selector::new(config.selector),
             no_path: NoPathClock::new(config.no_path_bound),
+            was_usable: n > 0,
+            events: Vec::new(),
         }
+    }
+
+    /// The changes since the last call, oldest first: paths that changed
+    /// state, and the moments no path was usable any more or again.
+    pub fn take_events(&mut self) -> Vec<PathEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Number of paths.
@@ -83,16 +96,24 @@ impl PathSet {
 
     /// Whether some path can take I/O now.
     pub fn has_usable(&self) -> bool {
-        self.paths.iter().any(usable)
+        self.paths.iter().any(|e| usable(e, true))
+    }
+
+    /// Whether held-out (marginal) paths take I/O now: only while no path
+    /// that is up could take it; a flapping path is better than none.
+    fn marginal_allowed(&self) -> bool {
+        !self.paths.iter().any(|e| usable(e, false))
     }
 
     /// Chooses the path of an I/O of `bytes` bytes at `now`: among the
-    /// usable paths of the best ALUA rank present, by the selector.
+    /// usable paths of the best ALUA rank present, by the selector. Paths
+    /// held out after flapping (marginal) are used only when no other is.
     pub fn route(&mut self, bytes: u64, now: Instant) -> Route {
+        let marginal = self.marginal_allowed();
         let best = self
             .paths
             .iter()
-            .filter(|e| usable(e))
+            .filter(|e| usable(e, marginal))
             .filter_map(|e| e.alua.rank())
             .min();
         if let Some(best) = best {
@@ -100,7 +121,7 @@ impl PathSet {
                 .paths
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| usable(e) && e.alua.rank() == Some(best))
+                .filter(|(_, e)| usable(e, marginal) && e.alua.rank() == Some(best))
                 .map(|(i, e)| (i, &e.stats))
                 .collect();
             let chosen = self
@@ -133,6 +154,7 @@ impl PathSet {
         result: Result<(), ErrorClass>,
         now: Instant,
     ) {
+        let before = self.paths[path].health.state();
         let e = &mut self.paths[path];
         e.stats.ended(bytes, took, result.is_ok());
         if let Err(class) = result {
@@ -144,12 +166,13 @@ impl PathSet {
             }
             e.health.io_error(class, now);
         }
-        self.refresh(now);
+        self.refresh(path, before, now);
     }
 
     /// A check of `path` ended: the ALUA state of its port group if the
     /// device answered ready, or the class of its error.
     pub fn checked(&mut self, path: usize, result: Result<AluaState, ErrorClass>, now: Instant) {
+        let before = self.paths[path].health.state();
         let e = &mut self.paths[path];
         match result {
             Ok(alua) => {
@@ -161,7 +184,7 @@ impl PathSet {
                 e.health.checked(Err(class), now);
             }
         }
-        self.refresh(now);
+        self.refresh(path, before, now);
     }
 
     /// What is known of each path, in path order.
@@ -176,14 +199,35 @@ impl PathSet {
             .collect()
     }
 
-    fn refresh(&mut self, now: Instant) {
+    /// After an input about `path`, which was in state `before`: notes the
+    /// changes and runs the no-path clock.
+    fn refresh(&mut self, path: usize, before: PathState, now: Instant) {
+        let state = self.paths[path].health.state();
+        if std::mem::discriminant(&state) != std::mem::discriminant(&before) {
+            self.events.push(PathEvent::Path { path, state });
+        }
         let usable = self.has_usable();
+        if usable != self.was_usable {
+            self.was_usable = usable;
+            self.events.push(if usable {
+                PathEvent::Resumed
+            } else {
+                PathEvent::AllPathsDown
+            });
+        }
         self.no_path.update(usable, now);
     }
 }
 
-fn usable(e: &Entry) -> bool {
-    e.health.is_up() && e.alua.rank().is_some()
+/// Whether the path can take I/O: up (or, with `marginal`, held out after
+/// flapping) and in an ALUA state that carries I/O.
+fn usable(e: &Entry, marginal: bool) -> bool {
+    let health = match e.health.state() {
+        PathState::Up => true,
+        PathState::Marginal { .. } => marginal,
+        PathState::Failed { .. } | PathState::Dead => false,
+    };
+    health && e.alua.rank().is_some()
 }
 
 #[cfg(test)]
@@ -261,6 +305,64 @@ mod tests {
         ));
         s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(6000));
         assert_eq!(path(s.route(512, t + ms(6000))), 1);
+    }
+
+    #[test]
+    fn changes_are_reported_once_in_order() {
+        let t = Instant::now();
+        let mut s = set(2);
+        s.ended(0, 512, ms(1), Err(ErrorClass::RetryElsewhere), t);
+        s.checked(0, Err(ErrorClass::RetryElsewhere), t + ms(10));
+        s.checked(1, Err(ErrorClass::OutcomeUnknown), t + ms(20));
+        s.checked(1, Err(ErrorClass::OutcomeUnknown), t + ms(30));
+        s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(40));
+        s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(50));
+        assert_eq!(
+            s.take_events(),
+            [
+                PathEvent::Path {
+                    path: 0,
+                    state: PathState::Failed { since: t }
+                },
+                PathEvent::Path {
+                    path: 1,
+                    state: PathState::Failed { since: t + ms(20) }
+                },
+                PathEvent::AllPathsDown,
+                PathEvent::Path {
+                    path: 1,
+                    state: PathState::Up
+                },
+                PathEvent::Resumed,
+            ]
+        );
+        assert_eq!(s.take_events(), []);
+        // An ALUA state that carries no I/O counts as no usable path.
+        s.checked(1, Ok(AluaState::Standby), t + ms(60));
+        assert_eq!(s.take_events(), [PathEvent::AllPathsDown]);
+    }
+
+    #[test]
+    fn a_marginal_path_is_used_only_when_no_other_is() {
+        let t = Instant::now();
+        let mut s = set(2);
+        // Path 0 flaps three times within the window: marginal when back.
+        for i in 0..3 {
+            s.checked(0, Err(ErrorClass::RetryElsewhere), t + ms(i * 100));
+            s.checked(0, Ok(AluaState::ActiveOptimized), t + ms(i * 100 + 50));
+        }
+        assert!(matches!(s.report()[0].state, PathState::Marginal { .. }));
+        for _ in 0..3 {
+            assert_eq!(path(s.route(512, t + ms(400))), 1);
+        }
+        // Path 1 goes down: the marginal path is better than none.
+        s.checked(1, Err(ErrorClass::RetryElsewhere), t + ms(500));
+        assert!(s.has_usable());
+        assert_eq!(path(s.route(512, t + ms(500))), 0);
+        // Back: the held-out path is left alone again.
+        s.checked(1, Ok(AluaState::ActiveOptimized), t + ms(600));
+        assert_eq!(path(s.route(512, t + ms(600))), 1);
+        assert_eq!(path(s.route(512, t + ms(600))), 1);
     }
 
     #[test]

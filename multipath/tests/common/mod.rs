@@ -24,6 +24,9 @@ pub struct FaultyPath {
     /// Checks pass without asking the disk (a path whose TEST UNIT READY
     /// works while its I/O fails).
     pub checks_lie: AtomicBool,
+    /// While set, the fence waits (the session not yet reinstated) and the
+    /// writes held on the path stay held.
+    pub fence_shut: AtomicBool,
 }
 
 #[async_trait]
@@ -44,6 +47,9 @@ impl Path for FaultyPath {
     }
 
     async fn fence(&self) {
+        while self.fence_shut.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.faults.release_writes();
         while self.faults.held_writes() > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -74,6 +80,7 @@ fn faulty_path(faults: Arc<FaultyDevice>) -> Arc<FaultyPath> {
         faults,
         alua: Mutex::new(AluaState::ActiveOptimized),
         checks_lie: AtomicBool::new(false),
+        fence_shut: AtomicBool::new(false),
     })
 }
 
