@@ -9,7 +9,6 @@ mod common;
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::Duration;
@@ -24,20 +23,6 @@ use common::*;
 
 const WAIT: Duration = Duration::from_millis(1500);
 const BASE: &str = "iqn.2026-01.org.opie.test:aoe";
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("run ip");
-    assert!(st.success(), "ip {args:?} failed");
-}
-
-/// A network namespace, entered by the current thread, deleted on drop.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn ata(
     c: &mut Client,
@@ -80,27 +65,10 @@ fn ata(
 
 #[test]
 fn aoe_and_iscsi_serve_the_same_disk() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs root (network namespace, raw sockets), which CI=true must have"
-        );
-        eprintln!("SKIP: needs root (network namespace, raw sockets)");
+    if !root_or_skip("aoe_and_iscsi_serve_the_same_disk") {
         return;
     }
-    let ns = Netns(format!("opie-aoe-{}", std::process::id()));
-    let _ = Command::new("ip").args(["netns", "del", &ns.0]).status();
-    ip(&["netns", "add", &ns.0]);
-    let f = File::open(format!("/run/netns/{}", ns.0)).unwrap();
-    // SAFETY: f is an open netns descriptor; setns changes only this thread's namespace.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-    ip(&["link", "set", "lo", "up"]);
-    ip(&[
-        "link", "add", "isu0", "type", "veth", "peer", "name", "ini0",
-    ]);
-    ip(&["link", "set", "isu0", "up"]);
-    ip(&["link", "set", "ini0", "up"]);
+    let ns = PrivateNet::enter("aoe");
 
     let t = tempfile::tempdir().unwrap();
     let cfg = write_config(
@@ -115,7 +83,7 @@ fn aoe_and_iscsi_serve_the_same_disk() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_opie")]);
+    cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_opie")]);
     let mut d = Daemon::start_with(cmd, &cfg, &data, &[addr.to_string()], &[addr]);
 
     // Discovery: exactly disk a answers, at e3.1.

@@ -38,6 +38,17 @@ pub enum CliError {
         /// What went wrong.
         source: IscsiError,
     },
+    /// The AoE interfaces could not be opened (raw sockets need root and
+    /// existing interface names).
+    #[error(
+        "AoE on {interfaces}: {source}; run as root and name existing interfaces (--aoe IFACE)"
+    )]
+    Aoe {
+        /// The interfaces named.
+        interfaces: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A LUN answered a command with an error.
     #[error("{portal} ({target}) LUN {lun}: {what}")]
     Device {
@@ -93,7 +104,7 @@ impl CliError {
                 IscsiError::Login(LoginError::TargetNotFound { .. }) => EXIT_NOT_FOUND,
                 _ => EXIT_UNREACHABLE,
             },
-            CliError::Device { .. } => EXIT_UNREACHABLE,
+            CliError::Device { .. } | CliError::Aoe { .. } => EXIT_UNREACHABLE,
         }
     }
 }

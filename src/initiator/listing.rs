@@ -21,7 +21,8 @@ pub struct PathInfo {
     pub target: String,
     /// The LUN.
     pub lun: u64,
-    /// `iscsi`.
+    /// `iscsi` or `aoe` (then `portal` is the local interface and the
+    /// target's MAC, `target` its `eSHELF.SLOT` name, `lun` 0).
     pub transport: &'static str,
     /// `up`: logged in and the disk opened through it.
     pub state: &'static str,
@@ -84,13 +85,19 @@ fn failure(portal: &Portal, target: Option<&str>, e: &CliError) -> Failure {
     }
 }
 
+/// An AoE disk path found by [`super::aoe::disks`], and its failures.
+pub type AoeFound = (Vec<(DeviceIdentity, Disk, PathInfo)>, Vec<Failure>);
+
 /// Lists the disks behind `portals`: every target each portal reports
-/// (only `only` when not empty), every LUN of each.
+/// (only `only` when not empty), every LUN of each; with the AoE disks
+/// `aoe` found, grouped with them by identity (an iSCSI and an AoE path to
+/// one disk are shown as paths of it).
 pub async fn list(
     portals: &[Portal],
     only: &[String],
     login: &Login,
     discovery_auth: &Auth,
+    aoe: Option<AoeFound>,
 ) -> Listing {
     let mut out = Listing::default();
     let mut found: Vec<(DeviceIdentity, Disk, PathInfo)> = Vec::new();
@@ -139,11 +146,24 @@ pub async fn list(
             }
         }
     }
+    if let Some((disks, failures)) = aoe {
+        found.extend(disks);
+        out.errors.extend(failures);
+    }
     let keys: Vec<(DeviceIdentity, Transport)> = found
         .iter()
-        .map(|(id, _, _)| (id.clone(), Transport::Iscsi))
+        .map(|(id, _, p)| {
+            let t = if p.transport == "aoe" {
+                Transport::Aoe
+            } else {
+                Transport::Iscsi
+            };
+            (id.clone(), t)
+        })
         .collect();
-    let groups = multipath::group(&keys, false).expect("one transport cannot mix");
+    // Shown as the disk it is; whether a head may use both transports of
+    // one disk together is its own configuration.
+    let groups = multipath::group(&keys, true).expect("mixing allowed");
     for g in groups {
         let first = &found[g.paths[0]];
         out.disks.push(DiskPaths {

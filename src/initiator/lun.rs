@@ -238,7 +238,7 @@ impl Login {
 }
 
 /// What a [`BlockDevice`] says of itself.
-fn disk_of(dev: &dyn BlockDevice) -> Disk {
+pub(super) fn disk_of(dev: &dyn BlockDevice) -> Disk {
     let (g, lim, f) = (dev.geometry(), dev.limits(), dev.features());
     Disk {
         block_size: g.block_size,

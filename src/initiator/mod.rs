@@ -4,7 +4,9 @@
 //! paths). Each takes `--json`. Exit status: 0 done, 1 a portal could not
 //! be reached or broke off, 2 a bad command line or secret file, 3 the
 //! login was refused (credentials, access lists), 4 no such target or LUN.
+//! `discover` and `ls` also take `--aoe IFACE` for AoE targets.
 
+mod aoe;
 mod buffers;
 mod credentials;
 mod discovery;
@@ -15,6 +17,7 @@ mod perf;
 mod portal;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -42,7 +45,7 @@ pub enum InitiatorCommand {
 #[derive(Debug, Args)]
 pub struct Common {
     /// Portal, ADDR[:PORT] (port 3260 by default); repeatable.
-    #[arg(short, long = "portal", value_name = "ADDR[:PORT]", required = true)]
+    #[arg(short, long = "portal", value_name = "ADDR[:PORT]")]
     portals: Vec<String>,
     /// Our iSCSI name.
     #[arg(long, value_name = "IQN", default_value = DEFAULT_INITIATOR)]
@@ -54,11 +57,34 @@ pub struct Common {
     chap: ChapArgs,
 }
 
+/// AoE interfaces to look on, for `discover` and `ls`.
+#[derive(Debug, Args)]
+pub struct AoeArgs {
+    /// Broadcast AoE Query Config on this interface too (repeatable; needs
+    /// root).
+    #[arg(long = "aoe", value_name = "IFACE")]
+    interfaces: Vec<String>,
+    /// How long to wait for AoE targets to answer.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    aoe_wait: Duration,
+}
+
 /// `discover`.
 #[derive(Debug, Args)]
 pub struct DiscoverArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    aoe: AoeArgs,
+}
+
+/// What `discover` found: the iSCSI portals' targets and, with `--aoe`,
+/// the AoE targets (JSON: an array, the AoE entry last).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Discovered {
+    Iscsi(discovery::PortalTargets),
+    Aoe(aoe::AoeDiscovery),
 }
 
 /// `login`.
@@ -82,10 +108,30 @@ pub struct LsArgs {
     /// Authenticate the discovery sessions with the CHAP credentials too.
     #[arg(long)]
     chap_discovery: bool,
+    #[command(flatten)]
+    aoe: AoeArgs,
 }
 
 impl Common {
+    /// The portals; at least one.
     fn portals(&self) -> Result<Vec<Portal>, CliError> {
+        if self.portals.is_empty() {
+            return Err(CliError::Usage(
+                "give a portal: --portal ADDR[:PORT]".into(),
+            ));
+        }
+        self.any_portals()
+    }
+
+    /// The portals, none allowed when `aoe` names interfaces instead.
+    fn portals_or(&self, aoe: &AoeArgs) -> Result<Vec<Portal>, CliError> {
+        if aoe.interfaces.is_empty() {
+            return self.portals();
+        }
+        self.any_portals()
+    }
+
+    fn any_portals(&self) -> Result<Vec<Portal>, CliError> {
         self.portals.iter().map(|p| Portal::parse(p)).collect()
     }
 
@@ -158,15 +204,27 @@ async fn run_async(cmd: InitiatorCommand) -> ExitCode {
         InitiatorCommand::Discover(a) => {
             let c = &a.common;
             let r = async {
-                let (portals, login) = (c.portals()?, c.login()?);
+                let (portals, login) = (c.portals_or(&a.aoe)?, c.login()?);
                 let mut found = Vec::new();
                 for p in &portals {
-                    found.push(discovery::discover(p, &login.initiator, &login.auth).await?);
+                    let targets = discovery::discover(p, &login.initiator, &login.auth).await?;
+                    found.push(Discovered::Iscsi(targets));
+                }
+                if !a.aoe.interfaces.is_empty() {
+                    let d = aoe::discover(&a.aoe.interfaces, a.aoe.aoe_wait).await?;
+                    found.push(Discovered::Aoe(d));
                 }
                 Ok(found)
             }
             .await;
-            finish(c.json, r, |f| discovery::print(f))
+            finish(c.json, r, |f| {
+                for d in f {
+                    match d {
+                        Discovered::Iscsi(p) => discovery::print(std::slice::from_ref(p)),
+                        Discovered::Aoe(d) => aoe::print(d),
+                    }
+                }
+            })
         }
         InitiatorCommand::Login(a) => {
             let c = &a.common;
@@ -193,13 +251,18 @@ async fn run_async(cmd: InitiatorCommand) -> ExitCode {
         InitiatorCommand::Ls(a) => {
             let c = &a.common;
             let r = async {
-                let (portals, login) = (c.portals()?, c.login()?);
+                let (portals, login) = (c.portals_or(&a.aoe)?, c.login()?);
                 let discovery_auth = if a.chap_discovery {
                     login.auth.clone()
                 } else {
                     initiator_iscsi::Auth::None
                 };
-                Ok(listing::list(&portals, &a.targets, &login, &discovery_auth).await)
+                let aoe = if a.aoe.interfaces.is_empty() {
+                    None
+                } else {
+                    Some(aoe::disks(&a.aoe.interfaces, a.aoe.aoe_wait).await?)
+                };
+                Ok(listing::list(&portals, &a.targets, &login, &discovery_auth, aoe).await)
             }
             .await;
             let code = match &r {

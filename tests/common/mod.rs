@@ -465,3 +465,65 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+// ---- a private network ---------------------------------------------------------
+
+/// Whether the test may build network namespaces and open raw sockets
+/// (root). Without root it prints SKIP and answers false, except under
+/// `CI=true`, where that is a failure.
+pub fn root_or_skip(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} needs root (network namespace, raw sockets), which CI=true must have"
+    );
+    eprintln!("SKIP: {what} needs root (network namespace, raw sockets)");
+    false
+}
+
+/// A network namespace of the test's own, entered by the calling thread,
+/// with loopback up and a veth pair `isu0`-`ini0` up in it (the ISU's end
+/// and the initiator's); deleted on drop.
+pub struct PrivateNet {
+    /// The namespace's name (for `ip netns exec`).
+    pub name: String,
+}
+
+impl PrivateNet {
+    /// Builds `opie-PREFIX-PID` and moves this thread into it.
+    pub fn enter(prefix: &str) -> PrivateNet {
+        use std::os::fd::AsRawFd;
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        let net = PrivateNet {
+            name: format!("opie-{prefix}-{}", std::process::id()),
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &net.name])
+            .status();
+        ip(&["netns", "add", &net.name]);
+        let f = std::fs::File::open(format!("/run/netns/{}", net.name)).unwrap();
+        // SAFETY: f is an open netns descriptor; setns changes only this thread's namespace.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        ip(&["link", "set", "lo", "up"]);
+        ip(&[
+            "link", "add", "isu0", "type", "veth", "peer", "name", "ini0",
+        ]);
+        ip(&["link", "set", "isu0", "up"]);
+        ip(&["link", "set", "ini0", "up"]);
+        net
+    }
+}
+
+impl Drop for PrivateNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
