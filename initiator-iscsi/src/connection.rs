@@ -5,12 +5,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use iscsi_proto::digest::Digest;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use iscsi_proto::digest::{crc32c_of, data_digest, Digest};
 use iscsi_proto::frame::{Decoder, InPdu, OutPdu};
 use iscsi_proto::login::{InitiatorLogin, LoggedIn, LoginConfig, LoginProgress, LOGIN_SEGMENT};
 use iscsi_proto::negotiate::Params;
-use iscsi_proto::pdu::Bhs;
+use iscsi_proto::pdu::{pad_len, Bhs, Framing, BHS_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -32,11 +32,33 @@ pub struct Connection {
 
 /// The receiving half of a connection: PDUs in, framed with the digests
 /// and the segment limit in force.
+///
+/// Headers (and PDUs small enough to arrive whole) are read through a
+/// small buffer; a data segment that has not arrived with its header is
+/// read straight into its own allocation, exactly its size, so that its
+/// bytes are written once, by the kernel, and never moved after.
 #[derive(Debug)]
 pub struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
     decoder: Decoder,
+    landing: Option<Landing>,
+}
+
+/// At most this many bytes are read through [`Reader`]'s buffer at once:
+/// enough for a few small PDUs per read, little to move out of the way when
+/// a large data segment follows a header.
+const HEAD_READ: usize = 8 * 1024;
+
+/// A PDU whose header is in and whose data segment is landing in place.
+#[derive(Debug)]
+struct Landing {
+    raw: [u8; BHS_LEN],
+    ahs: Bytes,
+    /// The data segment so far; its capacity is the segment's length.
+    data: Vec<u8>,
+    /// Padding and data digest after the segment.
+    tail: usize,
 }
 
 /// The sending half of a connection: PDUs out, with the digests in force.
@@ -77,8 +99,9 @@ impl Connection {
         Connection {
             reader: Reader {
                 half: read,
-                buf: BytesMut::with_capacity(64 * 1024),
+                buf: BytesMut::with_capacity(HEAD_READ),
                 decoder: Decoder::new(LOGIN_SEGMENT),
+                landing: None,
             },
             writer: Writer {
                 half: write,
@@ -198,7 +221,10 @@ impl Connection {
             match self.recv().await {
                 Ok(_) => {}
                 Err(Error::Closed | Error::Io(_)) => return true,
-                Err(Error::Protocol(_)) => self.reader.buf.clear(),
+                Err(Error::Protocol(_)) => {
+                    self.reader.buf.clear();
+                    self.reader.landing = None;
+                }
                 Err(_) => return false,
             }
         }
@@ -220,14 +246,89 @@ impl Reader {
     /// [`Error::Closed`] once the target closed the connection.
     pub async fn recv(&mut self) -> Result<InPdu, Error> {
         loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(p)) => return Ok(p),
-                Ok(None) => {}
-                Err(e) => return Err(Error::Protocol(format!("framing: {e}"))),
+            if let Some(landing) = &mut self.landing {
+                if landing.data.len() < landing.data.capacity() {
+                    // Into the spare capacity: no byte is zeroed first.
+                    if self.half.read_buf(&mut landing.data).await? == 0 {
+                        return Err(Error::Closed);
+                    }
+                    continue;
+                }
+                if self.buf.len() >= landing.tail {
+                    return Ok(self.landed());
+                }
+            } else {
+                match self.decoder.decode(&mut self.buf) {
+                    Ok(Some(p)) => return Ok(p),
+                    Ok(None) => {}
+                    Err(e) => return Err(Error::Protocol(format!("framing: {e}"))),
+                }
+                if self.land()? {
+                    continue;
+                }
             }
-            if self.half.read_buf(&mut self.buf).await? == 0 {
+            self.buf.reserve(HEAD_READ);
+            if self
+                .half
+                .read_buf(&mut (&mut self.buf).limit(HEAD_READ))
+                .await?
+                == 0
+            {
                 return Err(Error::Closed);
             }
+        }
+    }
+
+    /// Once a header is in the buffer but not its whole PDU: takes the
+    /// header off, gives the data segment its own allocation with what of
+    /// it is buffered already, and lands the rest there.
+    fn land(&mut self) -> Result<bool, Error> {
+        let Some(raw) = self.buf.get(..BHS_LEN) else {
+            return Ok(false);
+        };
+        let raw: [u8; BHS_LEN] = raw.try_into().expect("BHS_LEN bytes");
+        let f = Framing::of(&raw);
+        let hlen = BHS_LEN + f.ahs_len;
+        let hd = self.decoder.header_digest.len();
+        if self.buf.len() < hlen + hd {
+            return Ok(false);
+        }
+        // (The decoder has refused a segment over the limit already.)
+        if self.decoder.header_digest == Digest::Crc32c
+            && crc32c_of(&[&self.buf[..hlen]]) != self.buf[hlen..hlen + hd]
+        {
+            return Err(Error::Protocol("framing: header digest mismatch".into()));
+        }
+        let mut head = self.buf.split_to(hlen + hd);
+        head.advance(BHS_LEN);
+        let ahs = head.split_to(f.ahs_len).freeze();
+        let mut data = Vec::with_capacity(f.data_len);
+        let buffered = self.buf.len().min(f.data_len);
+        data.extend_from_slice(&self.buf[..buffered]);
+        self.buf.advance(buffered);
+        self.landing = Some(Landing {
+            raw,
+            ahs,
+            data,
+            tail: pad_len(f.data_len) + self.decoder.data_digest.len(),
+        });
+        Ok(true)
+    }
+
+    /// The PDU whose data segment has landed, with its tail in the buffer;
+    /// its data digest computed over the bytes where they landed.
+    fn landed(&mut self) -> InPdu {
+        let l = self.landing.take().expect("a landing");
+        let tail = self.buf.split_to(l.tail);
+        let data_digest_error = self.decoder.data_digest == Digest::Crc32c
+            && data_digest(&l.data) != tail[tail.len() - 4..];
+        InPdu {
+            raw: l.raw,
+            bhs: Bhs::decode(&l.raw),
+            ahs: l.ahs,
+            // Its length is its capacity: the allocation passes on whole.
+            data: Bytes::from(l.data),
+            data_digest_error,
         }
     }
 }
@@ -272,6 +373,92 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iscsi_proto::pdu::RESERVED_TAG;
+
+    /// A NOP-In carrying `data`, framed with CRC32C digests both ways.
+    fn nop_in(ttt: u32, data: Vec<u8>) -> Vec<u8> {
+        let bhs = Bhs::NopIn(iscsi_proto::pdu::NopIn {
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt,
+            sns: Default::default(),
+        });
+        OutPdu::new(&bhs, Bytes::from(data), Digest::Crc32c, Digest::Crc32c).to_vec()
+    }
+
+    /// A connection with CRC32C digests in force, and its listener.
+    async fn digested() -> (Connection, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut conn = Connection::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        conn.apply(&Params {
+            header_digest: Digest::Crc32c,
+            data_digest: Digest::Crc32c,
+            recv_data_segment_length: 1 << 20,
+            ..Params::default()
+        });
+        (conn, listener)
+    }
+
+    #[tokio::test]
+    async fn segments_land_whole_however_the_stream_is_cut() {
+        let (mut conn, listener) = digested().await;
+        let big: Vec<u8> = (0..70_001u32).map(|i| (i * 7) as u8).collect();
+        let mut wire = nop_in(1, big.clone());
+        wire.extend(nop_in(2, b"small".to_vec()));
+        let mut bad = nop_in(3, vec![9; 20_000]);
+        let at = bad.len() - 5; // in the data, before the 3 bytes of padding
+        bad[at] ^= 1;
+        wire.extend(bad);
+        wire.extend(nop_in(4, Vec::new()));
+        let (mut target, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            // Awkward pieces: across headers, segments, padding, digests.
+            for piece in wire.chunks(4093) {
+                target.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            target.flush().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let ttt = |p: &InPdu| match p.bhs {
+            Ok(Bhs::NopIn(n)) => n.ttt,
+            _ => panic!("{:?}", p.bhs),
+        };
+        let p = conn.recv().await.unwrap();
+        assert_eq!(
+            (ttt(&p), &p.data[..], p.data_digest_error),
+            (1, &big[..], false)
+        );
+        let p = conn.recv().await.unwrap();
+        assert_eq!(
+            (ttt(&p), &p.data[..], p.data_digest_error),
+            (2, &b"small"[..], false)
+        );
+        let p = conn.recv().await.unwrap();
+        assert_eq!(
+            (ttt(&p), p.data.len(), p.data_digest_error),
+            (3, 20_000, true)
+        );
+        let p = conn.recv().await.unwrap();
+        assert_eq!((ttt(&p), p.data.len()), (4, 0));
+    }
+
+    #[tokio::test]
+    async fn a_landing_header_with_a_wrong_digest_ends_the_connection() {
+        let (mut conn, listener) = digested().await;
+        let mut wire = nop_in(1, vec![1; 50_000]);
+        wire[BHS_LEN] ^= 1;
+        let (mut target, _) = listener.accept().await.unwrap();
+        // Only the header and a little data: the segment must land.
+        target.write_all(&wire[..BHS_LEN + 4 + 100]).await.unwrap();
+        let e = conn.recv().await.unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(ref m) if m.contains("header digest")),
+            "{e:?}"
+        );
+    }
 
     #[tokio::test]
     async fn the_socket_gives_up_at_the_keepalive_bound() {

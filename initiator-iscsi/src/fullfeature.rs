@@ -418,7 +418,7 @@ impl FullFeature {
         match bhs {
             Bhs::DataIn(d) => {
                 self.note(&d.sns, d.status_present);
-                self.data_in(&d, &data);
+                self.data_in(&d, data);
             }
             Bhs::ScsiResponse(r) => {
                 self.note(&r.sns, true);
@@ -552,7 +552,13 @@ impl FullFeature {
         Ok(())
     }
 
-    fn data_in(&mut self, d: &iscsi_proto::pdu::DataIn, data: &Bytes) {
+    /// Puts a Data-In segment in its task's buffer at its BufferOffset,
+    /// checked against the expected transfer length first. A segment that
+    /// is the task's whole data becomes its buffer (no copy when the
+    /// connection gave it its own allocation); others are appended to a
+    /// buffer allocated once, at the expected length, and never zeroed
+    /// except for a gap the target leaves with data out of order.
+    fn data_in(&mut self, d: &iscsi_proto::pdu::DataIn, data: Bytes) {
         let Some(task) = self.tasks.get_mut(&d.itt) else {
             tracing::debug!(itt = d.itt, "Data-In for an unknown task");
             return;
@@ -589,10 +595,20 @@ impl FullFeature {
             return;
         }
         task.next_data_sn = task.next_data_sn.wrapping_add(1);
-        if task.data_in.len() < to {
-            task.data_in.resize(to, 0);
+        let held = task.data_in.len();
+        if held == 0 && from == 0 && (to == task.expected_in || d.status_present) {
+            task.data_in = Vec::from(data);
+        } else {
+            if task.data_in.capacity() == 0 {
+                task.data_in.reserve_exact(task.expected_in);
+            }
+            if from > held {
+                task.data_in.resize(from, 0);
+            }
+            let overlap = to.min(held).saturating_sub(from);
+            task.data_in[from..from + overlap].copy_from_slice(&data[..overlap]);
+            task.data_in.extend_from_slice(&data[overlap..]);
         }
-        task.data_in[from..to].copy_from_slice(data);
         if d.status_present {
             let task = self.tasks.remove(&d.itt).expect("looked up above");
             self.events.push_back(Event::Scsi {
@@ -772,6 +788,11 @@ pub(crate) mod tests {
             ..d(4, 0, false)
         };
         f.receive(pdu(Bhs::DataIn(late), b"efgh")).unwrap();
+        assert_task_failed(&mut f);
+    }
+
+    /// The next event is a SCSI command failed for the target's breach.
+    fn assert_task_failed(f: &mut FullFeature) {
         let e = f.take_event(|_| true);
         assert!(
             matches!(
@@ -783,6 +804,59 @@ pub(crate) mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    fn data_in(itt: u32, offset: u32, data_sn: u32, last: bool) -> DataIn {
+        DataIn {
+            final_: last,
+            status_present: last,
+            itt,
+            sns: sns(100, 20),
+            data_sn,
+            buffer_offset: offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_read_in_one_segment_keeps_the_segments_allocation() {
+        let mut f = session(Params::default());
+        let t = f.submit(Command::read(0, &[0x28; 10], 8192)).unwrap();
+        let segment = Bytes::from(vec![0x5a; 8192]);
+        let at = segment.as_ptr();
+        let mut p = pdu(Bhs::DataIn(data_in(t.itt, 0, 0, true)), &[]);
+        p.data = segment;
+        f.receive(p).unwrap();
+        let Some(Event::Scsi { result: Ok(r), .. }) = f.take_event(|_| true) else {
+            panic!()
+        };
+        assert_eq!(r.data.len(), 8192);
+        assert_eq!(r.data.as_ptr(), at, "the data was copied");
+    }
+
+    #[test]
+    fn data_out_of_order_lands_at_its_offsets() {
+        let mut f = session(Params {
+            data_pdu_in_order: false,
+            ..Params::default()
+        });
+        let t = f.submit(Command::read(0, &[0x28; 10], 12)).unwrap();
+        f.receive(pdu(Bhs::DataIn(data_in(t.itt, 8, 0, false)), b"ijkl"))
+            .unwrap();
+        f.receive(pdu(Bhs::DataIn(data_in(t.itt, 0, 1, false)), b"abcd"))
+            .unwrap();
+        f.receive(pdu(Bhs::DataIn(data_in(t.itt, 4, 2, true)), b"efgh"))
+            .unwrap();
+        let Some(Event::Scsi { result: Ok(r), .. }) = f.take_event(|_| true) else {
+            panic!()
+        };
+        assert_eq!(&r.data[..], b"abcdefghijkl");
+        // A segment past the expected length fails the task, whatever the
+        // order allowed.
+        let t = f.submit(Command::read(0, &[0x28; 10], 12)).unwrap();
+        let past = data_in(t.itt, u32::MAX - 2, 0, false);
+        f.receive(pdu(Bhs::DataIn(past), b"abcd")).unwrap();
+        assert_task_failed(&mut f);
     }
 
     #[test]
