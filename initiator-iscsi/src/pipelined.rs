@@ -31,7 +31,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iscsi_proto::frame::InPdu;
 use iscsi_proto::login::{LoggedIn, LoginConfig};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -574,14 +576,24 @@ async fn serve(pipe: &mut Pipeline, conn: Connection, d: &mut Driver) -> (Error,
         }
     }));
     let mut answered = false;
+    // One timer for the connection, moved when the deadline moves (a new
+    // one per event would register and cancel a timer each time).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed = None;
+    // The end of the reader's stream, met while taking in what was ready:
+    // taken after what came before it was answered.
+    let mut stash = None;
     let failure = loop {
+        // The callers answered first: they queue their next commands while
+        // this task writes.
+        answered |= d.answer(pipe);
         let out = pipe.take_output();
         if !out.is_empty() {
             if let Err(e) = writer.send_all(out).await {
                 break e;
             }
         }
-        answered |= d.answer(pipe);
         d.publish(pipe);
         let logout = d.waiters.logout.as_ref().map(|(itt, _)| *itt);
         if let Some(response) = logout.and_then(|itt| pipe.take_answer(itt)) {
@@ -596,32 +608,87 @@ async fn serve(pipe: &mut Pipeline, conn: Connection, d: &mut Driver) -> (Error,
             break Error::SessionClosed;
         }
         let deadline = pipe.deadline().map(Instant::from_std);
-        tokio::select! {
-            req = d.requests.recv(), if logout.is_none() => match req {
-                Some(Request::Command(cmd, w)) => {
-                    d.waiters.commands.insert(pipe.queue(cmd, Instant::now().into_std()), w);
-                }
-                Some(Request::Logout(w)) => d.waiters.logout = Some((pipe.logout(), w)),
-                Some(Request::Mark(w)) => drop(w.send(pipe.next_ticket())),
-                None => break Error::SessionClosed,
-            },
-            pdu = pdus.recv() => match pdu {
-                Some(Ok(pdu)) => {
-                    if let Err(e) = pipe.receive(pdu, Instant::now().into_std()) {
-                        break e;
-                    }
-                }
-                Some(Err(e)) => break e,
-                None => break Error::Closed,
-            },
-            () = sleep_until(deadline) => {
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(at);
+            }
+            armed = deadline;
+        }
+        let first = match stash.take() {
+            Some(ready) => ready,
+            None => tokio::select! {
+            req = d.requests.recv(), if logout.is_none() => Ready::Request(req),
+            pdu = pdus.recv() => Ready::Pdu(pdu),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
                 if let Err(e) = pipe.tick(Instant::now().into_std()) {
                     break e;
                 }
+                continue;
             }
+            },
+        };
+        // Everything else ready now is taken in too, so that the PDUs it
+        // queues go out together, in one write.
+        if let Err(e) = take_ready(pipe, d, &mut pdus, first, &mut stash) {
+            break e;
         }
     };
     (failure, answered)
+}
+
+/// What the session's task was woken by.
+enum Ready {
+    Request(Option<Request>),
+    Pdu(Option<Result<InPdu, Error>>),
+}
+
+/// Takes in `first`, then every request and PDU already waiting, until a
+/// logout is asked (its answer is looked for before anything else is
+/// taken); an error ends the connection. The end of the reader's stream
+/// is left in `stash`, for the next round.
+fn take_ready(
+    pipe: &mut Pipeline,
+    d: &mut Driver,
+    pdus: &mut mpsc::UnboundedReceiver<Result<InPdu, Error>>,
+    first: Ready,
+    stash: &mut Option<Ready>,
+) -> Result<(), Error> {
+    let mut next = Some(first);
+    while let Some(ready) = next.take() {
+        let now = Instant::now().into_std();
+        match ready {
+            Ready::Request(req) => match req {
+                Some(Request::Command(cmd, w)) => {
+                    d.waiters.commands.insert(pipe.queue(cmd, now), w);
+                }
+                Some(Request::Logout(w)) => d.waiters.logout = Some((pipe.logout(), w)),
+                Some(Request::Mark(w)) => drop(w.send(pipe.next_ticket())),
+                None => return Err(Error::SessionClosed),
+            },
+            Ready::Pdu(pdu) => match pdu {
+                Some(Ok(pdu)) => pipe.receive(pdu, now)?,
+                Some(Err(e)) => return Err(e),
+                None => return Err(Error::Closed),
+            },
+        }
+        if d.waiters.logout.is_some() {
+            break;
+        }
+        next = match pdus.try_recv() {
+            Ok(Ok(pdu)) => Some(Ready::Pdu(Some(Ok(pdu)))),
+            Ok(Err(e)) => {
+                *stash = Some(Ready::Pdu(Some(Err(e))));
+                None
+            }
+            Err(TryRecvError::Disconnected) => {
+                *stash = Some(Ready::Pdu(None));
+                None
+            }
+            Err(TryRecvError::Empty) => d.requests.try_recv().ok().map(|r| Ready::Request(Some(r))),
+        };
+    }
+    Ok(())
 }
 
 /// Sleeps until `deadline`; forever without one.
