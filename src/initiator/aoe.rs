@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use blockdev::{BlockDevice, DeviceIdentity};
+use blockdev::BlockDevice;
 use initiator_aoe::{AoeDevice, Driver, Found, Settings};
+use multipath::Transport;
 use serde::Serialize;
 
 use super::error::{CliError, EXIT_UNREACHABLE};
-use super::listing::{Failure, PathInfo};
-use super::lun::{disk_of, Disk};
+use super::listing::{AoeFound, Failure, PathInfo};
+use super::lun::disk_of;
 
 /// One AoE target that answered Query Config.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -84,10 +85,7 @@ pub async fn discover(ifaces: &[String], wait: Duration) -> Result<AoeDiscovery,
 /// The disks behind the AoE targets on `ifaces`: each target opened
 /// (IDENTIFY), with one path per interface and MAC it answered from; a
 /// target that cannot be opened is a failure of its own.
-pub async fn disks(
-    ifaces: &[String],
-    wait: Duration,
-) -> Result<(Vec<(DeviceIdentity, Disk, PathInfo)>, Vec<Failure>), CliError> {
+pub async fn disks(ifaces: &[String], wait: Duration) -> Result<AoeFound, CliError> {
     let driver = open_driver(ifaces)?;
     let mut found = Vec::new();
     let mut failures = Vec::new();
@@ -111,7 +109,7 @@ pub async fn disks(
                             transport: "aoe",
                             state: "up",
                         };
-                        found.push((dev.identity().clone(), disk.clone(), path));
+                        found.push((dev.identity().clone(), Transport::Aoe, disk.clone(), path));
                     }
                 }
             }

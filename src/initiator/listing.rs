@@ -85,8 +85,12 @@ fn failure(portal: &Portal, target: Option<&str>, e: &CliError) -> Failure {
     }
 }
 
-/// An AoE disk path found by [`super::aoe::disks`], and its failures.
-pub type AoeFound = (Vec<(DeviceIdentity, Disk, PathInfo)>, Vec<Failure>);
+/// A path found to a disk: the disk's identity, the path's transport, the
+/// disk as seen through it, and the path.
+pub type FoundPath = (DeviceIdentity, Transport, Disk, PathInfo);
+
+/// The AoE disk paths found by [`super::aoe::disks`], and its failures.
+pub type AoeFound = (Vec<FoundPath>, Vec<Failure>);
 
 /// Lists the disks behind `portals`: every target each portal reports
 /// (only `only` when not empty), every LUN of each; with the AoE disks
@@ -100,7 +104,7 @@ pub async fn list(
     aoe: Option<AoeFound>,
 ) -> Listing {
     let mut out = Listing::default();
-    let mut found: Vec<(DeviceIdentity, Disk, PathInfo)> = Vec::new();
+    let mut found: Vec<FoundPath> = Vec::new();
     for portal in portals {
         let targets = match discover(portal, &login.initiator, discovery_auth).await {
             Ok(t) => t.targets,
@@ -140,7 +144,12 @@ pub async fn list(
                             transport: "iscsi",
                             state: "up",
                         };
-                        found.push((blockdev::BlockDevice::identity(&dev).clone(), disk, path));
+                        found.push((
+                            blockdev::BlockDevice::identity(&dev).clone(),
+                            Transport::Iscsi,
+                            disk,
+                            path,
+                        ));
                     }
                 }
             }
@@ -150,17 +159,8 @@ pub async fn list(
         found.extend(disks);
         out.errors.extend(failures);
     }
-    let keys: Vec<(DeviceIdentity, Transport)> = found
-        .iter()
-        .map(|(id, _, p)| {
-            let t = if p.transport == "aoe" {
-                Transport::Aoe
-            } else {
-                Transport::Iscsi
-            };
-            (id.clone(), t)
-        })
-        .collect();
+    let keys: Vec<(DeviceIdentity, Transport)> =
+        found.iter().map(|(id, t, _, _)| (id.clone(), *t)).collect();
     // Shown as the disk it is; whether a head may use both transports of
     // one disk together is its own configuration.
     let groups = multipath::group(&keys, true).expect("mixing allowed");
@@ -168,8 +168,8 @@ pub async fn list(
         let first = &found[g.paths[0]];
         out.disks.push(DiskPaths {
             identity: Identity::from(&g.identity),
-            disk: first.1.clone(),
-            paths: g.paths.iter().map(|&i| found[i].2.clone()).collect(),
+            disk: first.2.clone(),
+            paths: g.paths.iter().map(|&i| found[i].3.clone()).collect(),
         });
     }
     out
