@@ -80,6 +80,7 @@ struct RawIsu {
     #[serde(default)]
     aoe: Vec<String>,
     secrets: Option<PathBuf>,
+    session_horizon: Option<Interval>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +163,10 @@ pub struct IsuConfig {
     /// head logs in as the first `chap` user of the target's entry and
     /// checks the target's `mutual` credential when there is one).
     pub secrets: Option<PathBuf>,
+    /// How long after a lost connection the ISU has surely ended the
+    /// session's commands (its nop_interval + nop_timeout, with margin): a
+    /// write left in doubt on a dead path is reported failed only then.
+    pub session_horizon: Duration,
 }
 
 /// Which disk a member (or spare) of an array is: a LUN of a target of an ISU.
@@ -368,6 +373,7 @@ impl HeadConfig {
                 portals,
                 aoe: r.aoe,
                 secrets: r.secrets.as_deref().map(rel),
+                session_horizon: r.session_horizon.map_or(Duration::from_secs(30), |d| d.0),
             });
         }
         let member = |key: String, m: RawMember| -> Result<MemberRef, ConfigError> {

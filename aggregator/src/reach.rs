@@ -27,6 +27,12 @@ const REINSTATE: ReinstateConfig = ReinstateConfig {
     delay: Duration::from_millis(500),
 };
 
+/// How long I/O to a member waits while none of its paths is usable
+/// before multipath reports the path down: short, since RAID above retries
+/// a member's path-down errors until its own `member_timeout` and decides
+/// when the member has failed.
+const NO_PATH_BOUND: Duration = Duration::from_secs(1);
+
 /// Why a member could not be reached, or the ISUs' secrets not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ReachError {
@@ -62,8 +68,8 @@ pub enum ReachError {
 pub struct Isus {
     initiator: String,
     portals: HashMap<String, Vec<SocketAddr>>,
+    horizons: HashMap<String, Duration>,
     secrets: HashMap<String, SecretsStore>,
-    strict: bool,
 }
 
 /// A member reached: its device and which portals gave a path.
@@ -97,8 +103,12 @@ impl Isus {
                 .iter()
                 .map(|i| (i.name.clone(), i.portals.clone()))
                 .collect(),
+            horizons: cfg
+                .isus
+                .iter()
+                .map(|i| (i.name.clone(), i.session_horizon))
+                .collect(),
             secrets,
-            strict: cfg.strict_secrets,
         })
     }
 
@@ -126,11 +136,6 @@ impl Isus {
         })
     }
 
-    /// Whether secrets files must be private (`strict_secrets`).
-    pub fn strict(&self) -> bool {
-        self.strict
-    }
-
     /// Logs in to `m` on every portal of its ISU and opens the LUN on each;
     /// a multipath device over the paths that opened.
     pub async fn open(&self, m: &MemberRef) -> Result<Reached, ReachError> {
@@ -151,7 +156,14 @@ impl Isus {
                 login,
                 PipelineConfig::default(),
                 REINSTATE,
-                FailoverConfig::multipath(),
+                FailoverConfig {
+                    session_horizon: self
+                        .horizons
+                        .get(&m.isu)
+                        .copied()
+                        .unwrap_or(initiator_iscsi::DEFAULT_SESSION_HORIZON),
+                    ..FailoverConfig::multipath()
+                },
             )
             .await
             {
@@ -179,13 +191,14 @@ impl Isus {
         for r in &reasons {
             info!(member = %m, "a path is missing: {r}");
         }
-        let device =
-            MultipathDevice::new(paths, multipath::Config::default()).map_err(|source| {
-                ReachError::Paths {
-                    member: m.to_string(),
-                    source,
-                }
-            })?;
+        let config = multipath::Config {
+            no_path_bound: NO_PATH_BOUND,
+            ..multipath::Config::default()
+        };
+        let device = MultipathDevice::new(paths, config).map_err(|source| ReachError::Paths {
+            member: m.to_string(),
+            source,
+        })?;
         Ok(Reached {
             device: Arc::new(device),
             portals: reached,
