@@ -259,14 +259,16 @@ fn an_isu_killed_during_writes_costs_no_write_and_the_array_turns_degraded() {
     // Writes go on while an ISU dies under them, and for longer than the
     // member timeout (3 s) after: whole passes over every run.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let passes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
-        let (dev, stop) = (dev.clone(), stop.clone());
+        let (dev, stop, passes) = (dev.clone(), stop.clone(), passes.clone());
         rt.spawn(async move {
             let mut g = 1;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 // FUA: through the array's stripe cache to the members.
                 write_all(&dev, g + 1, true).await;
                 g += 1;
+                passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             g
         })
@@ -275,20 +277,22 @@ fn an_isu_killed_during_writes_costs_no_write_and_the_array_turns_degraded() {
     let mut isu = rig.isus[1].take().unwrap();
     isu.signal(libc::SIGKILL);
     isu.wait_exit(10).expect("SIGKILL ends the ISU");
-    std::thread::sleep(Duration::from_secs(6));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let last = rt.block_on(writer).expect("no write failed");
-    assert!(last > 2, "writes went on after the kill");
-    rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
-    let end = Instant::now() + Duration::from_secs(30);
-    while !log_has(&rig.head_log(), "array degraded") {
+    // Two whole passes after the one the kill hit, and the array degraded.
+    let at_kill = passes.load(std::sync::atomic::Ordering::Relaxed);
+    let end = Instant::now() + Duration::from_secs(90);
+    while passes.load(std::sync::atomic::Ordering::Relaxed) < at_kill + 3
+        || !log_has(&rig.head_log(), "array degraded")
+    {
         assert!(
-            Instant::now() < end,
-            "the head never reported the array degraded:\n{}",
+            Instant::now() < end && !writer.is_finished(),
+            "writes stalled or failed, or the head never reported the array degraded:\n{}",
             std::fs::read_to_string(rig.head_log()).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let last = rt.block_on(writer).expect("no write failed");
+    rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
 }
 
 #[test]
@@ -337,15 +341,19 @@ fn a_head_killed_during_fua_writes_loses_none_after_its_restart() {
     );
     rt.block_on(async {
         let dev: SharedDevice = Arc::new(open(&rig, 0).await);
-        // A write in flight at the kill may have landed or not: the run
-        // reads back as its last acknowledged generation or the next.
+        // A write in flight at the kill may have landed, in part or
+        // whole, or not: each block reads back as its run's last
+        // acknowledged generation or the next.
         for r in 0..RUNS {
             let lba = run_lba(r);
             let data = dev.read(lba, RUN as u32).await.expect("read");
             let g = generations[r as usize];
-            let ok = stamping::verify(&data, lba, g, BS)
-                .or_else(|_| stamping::verify(&data, lba, g + 1, BS));
-            ok.unwrap_or_else(|e| panic!("run {r} (acknowledged generation {g}): {e}"));
+            for (i, b) in data.chunks(BS).enumerate() {
+                let at = lba + i as u64;
+                let ok =
+                    stamping::verify(b, at, g, BS).or_else(|_| stamping::verify(b, at, g + 1, BS));
+                ok.unwrap_or_else(|e| panic!("run {r} (acknowledged generation {g}): {e}"));
+            }
         }
     });
 }
