@@ -33,10 +33,22 @@ struct Rig {
     head_ports: [u16; 2],
 }
 
+/// The identity of ISU 2's disk, which the head finds it by.
+const ISU2_DISK: &str = "0badc0de0000000000000000000000b2";
+/// ISU 0's disk requires CHAP; this file holds the credential, for the ISU
+/// and the head alike.
+const ISU0_SECRETS: &str = "[[target.\"iqn.2026-01.org.opie.test:isu0:d0\".chap]]\nuser = \"head\"\nsecret = \"head-secret-16by\"\n";
+
 fn isu_config(n: usize) -> String {
-    format!(
+    let mut s = format!(
         "[isu]\nbase_iqn = \"iqn.2026-01.org.opie.test:isu{n}\"\nnop_interval = \"1s\"\nnop_timeout = \"2s\"\n\n[[disk]]\nname = \"d0\"\nsize = \"24M\"\n"
-    )
+    );
+    match n {
+        0 => s += "auth = \"chap\"\n\n[auth]\nsecrets = \"isu0-secrets.toml\"\n",
+        2 => s += &format!("identity = \"{ISU2_DISK}\"\n"),
+        _ => {}
+    }
+    s
 }
 
 fn head_config(isu_ports: &[u16], head_ports: [u16; 2]) -> String {
@@ -46,15 +58,20 @@ fn head_config(isu_ports: &[u16], head_ports: [u16; 2]) -> String {
     );
     for (i, p) in isu_ports.iter().enumerate() {
         s += &format!(
-            "[[isu]]\nname = \"isu{i}\"\nportals = [\"127.0.0.1:{p}\", \"[::1]:{p}\"]\nsession_horizon = \"4s\"\n\n"
+            "[[isu]]\nname = \"isu{i}\"\nportals = [\"127.0.0.1:{p}\", \"[::1]:{p}\"]\nsession_horizon = \"4s\"\n"
         );
+        if i == 0 {
+            s += "secrets = \"isu0-secrets.toml\"\n";
+        }
+        s += "\n";
     }
     s += "[[array]]\nname = \"a0\"\nchunk = \"32K\"\nmember_timeout = \"3s\"\nallow_degraded_start = true\nmembers = [\n";
-    for i in 0..isu_ports.len() {
+    for i in 0..2 {
         s += &format!(
             "  {{ isu = \"isu{i}\", target = \"iqn.2026-01.org.opie.test:isu{i}:d0\" }},\n"
         );
     }
+    s += &format!("  {{ identity = \"{ISU2_DISK}\" }},\n");
     s += "]\n\n[[volume]]\nname = \"v0\"\narray = \"a0\"\n\n";
     s += &format!("[[export]]\nvolume = \"v0\"\niqn = \"{EXPORT}\"\n");
     s
@@ -63,6 +80,13 @@ fn head_config(isu_ports: &[u16], head_ports: [u16; 2]) -> String {
 impl Rig {
     fn start() -> Rig {
         let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("isu0-secrets.toml");
+        std::fs::write(&secrets, ISU0_SECRETS).unwrap();
+        std::fs::set_permissions(
+            &secrets,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let mut isus = Vec::new();
         let mut ports = Vec::new();
         for n in 0..3 {
@@ -212,6 +236,15 @@ fn sigterm_closes_clean_and_a_restart_reassembles_the_same_data() {
     let rig = Rig::start();
     let rt = runtime();
     let mut head = rig.head();
+    // ISU 2's disk was found by its identity (SendTargets, REPORT LUNS,
+    // VPD), ISU 0's reached with CHAP.
+    let log = std::fs::read_to_string(rig.head_log()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "disk found identity={ISU2_DISK} member=isu2:iqn.2026-01.org.opie.test:isu2:d0/0"
+        )),
+        "{log}"
+    );
     let identity = rt.block_on(async {
         let dev: SharedDevice = Arc::new(open(&rig, 0).await);
         write_all(&dev, 1, false).await;

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use blockdev::DeviceIdentity;
+
 use iscsi_proto::name::check_iscsi_name;
 use serde::Deserialize;
 use target_iscsi::access::{AuthMethod, Cidr};
@@ -84,12 +86,17 @@ struct RawIsu {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMember {
-    isu: String,
-    target: String,
-    #[serde(default)]
-    lun: u64,
+#[serde(deny_unknown_fields, untagged)]
+enum RawMember {
+    Lun {
+        isu: String,
+        target: String,
+        #[serde(default)]
+        lun: u64,
+    },
+    Identity {
+        identity: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,15 +193,34 @@ impl std::fmt::Display for MemberRef {
     }
 }
 
+/// A member (or spare) as configured: where it is, or what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Member {
+    /// A given LUN of a given ISU.
+    Lun(MemberRef),
+    /// Whichever LUN of the configured ISUs carries this identity (found
+    /// by SendTargets, REPORT LUNS and the identity VPD pages).
+    Identity(DeviceIdentity),
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Member::Lun(m) => m.fmt(f),
+            Member::Identity(id) => write!(f, "identity {id}"),
+        }
+    }
+}
+
 /// One RAID5 array.
 #[derive(Debug, Clone)]
 pub struct ArrayConfig {
     /// Its name in this file.
     pub name: String,
     /// Its members, in slot order at creation.
-    pub members: Vec<MemberRef>,
+    pub members: Vec<Member>,
     /// Its hot spares.
-    pub spares: Vec<MemberRef>,
+    pub spares: Vec<Member>,
     /// Chunk size in bytes (a multiple of the members' block size).
     pub chunk_bytes: u64,
     /// How long a failed member waits before a spare replaces it.
@@ -376,22 +402,30 @@ impl HeadConfig {
                 session_horizon: r.session_horizon.map_or(Duration::from_secs(30), |d| d.0),
             });
         }
-        let member = |key: String, m: RawMember| -> Result<MemberRef, ConfigError> {
-            if !isus.iter().any(|i| i.name == m.isu) {
-                return Err(invalid(
-                    format!("{key}.isu"),
-                    format!("no [[isu]] named {:?}", m.isu),
-                ));
+        let member = |key: String, m: RawMember| -> Result<Member, ConfigError> {
+            match m {
+                RawMember::Lun { isu, target, lun } => {
+                    if !isus.iter().any(|i| i.name == isu) {
+                        return Err(invalid(
+                            format!("{key}.isu"),
+                            format!("no [[isu]] named {isu:?}"),
+                        ));
+                    }
+                    check_iscsi_name(&target).map_err(|e| invalid(format!("{key}.target"), e))?;
+                    Ok(Member::Lun(MemberRef { isu, target, lun }))
+                }
+                RawMember::Identity { identity } => DeviceIdentity::parse_hex(&identity)
+                    .map(Member::Identity)
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("{key}.identity"),
+                            format!("{identity:?} is not 32 hex digits"),
+                        )
+                    }),
             }
-            check_iscsi_name(&m.target).map_err(|e| invalid(format!("{key}.target"), e))?;
-            Ok(MemberRef {
-                isu: m.isu,
-                target: m.target,
-                lun: m.lun,
-            })
         };
         let mut arrays: Vec<ArrayConfig> = Vec::new();
-        let mut used: Vec<(MemberRef, String)> = Vec::new();
+        let mut used: Vec<(Member, String)> = Vec::new();
         for (i, r) in raw.array.into_iter().enumerate() {
             let key = |k: &str| format!("array[{i}].{k}");
             name_ok(&r.name).map_err(|m| invalid(key("name"), m))?;
@@ -546,7 +580,7 @@ name = "a0"
 members = [
   { isu = "isu1", target = "iqn.2026-01.org.opie:isu1:d0" },
   { isu = "isu2", target = "iqn.2026-01.org.opie:isu2:d0", lun = 1 },
-  { isu = "isu1", target = "iqn.2026-01.org.opie:isu1:d1" },
+  { identity = "000102030405060708090a0b0c0d0e0f" },
 ]
 chunk = "32K"
 allow_degraded_start = true
@@ -580,12 +614,13 @@ sources = ["127.0.0.0/8"]
         assert!(a.journal && a.allow_degraded_start);
         assert_eq!(
             a.members[1],
-            MemberRef {
+            Member::Lun(MemberRef {
                 isu: "isu2".into(),
                 target: "iqn.2026-01.org.opie:isu2:d0".into(),
                 lun: 1
-            }
+            })
         );
+        assert!(matches!(a.members[2], Member::Identity(_)));
         assert_eq!(c.exports[0].auth, AuthMethod::None);
     }
 
@@ -631,7 +666,7 @@ sources = ["127.0.0.0/8"]
     #[test]
     fn a_disk_is_in_one_array_once() {
         let twice = GOOD.replace(
-            "{ isu = \"isu1\", target = \"iqn.2026-01.org.opie:isu1:d1\" }",
+            "{ identity = \"000102030405060708090a0b0c0d0e0f\" }",
             "{ isu = \"isu1\", target = \"iqn.2026-01.org.opie:isu1:d0\", lun = 0 }",
         );
         let e = err(&twice);

@@ -11,15 +11,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use blockdev::DeviceIdentity;
 use chap::{AlgorithmList, Credentials, ResponderConfig, SecretsStore};
+use initiator_iscsi::disk_commands as cdb;
 use initiator_iscsi::{
-    Auth, FailoverConfig, IscsiDevice, IscsiPath, LoginConfig, PipelineConfig, PipelinedSession,
-    ReinstateConfig,
+    Auth, Command, FailoverConfig, IscsiDevice, IscsiPath, LoginConfig, PipelineConfig,
+    PipelinedSession, ReinstateConfig, Session,
 };
 use multipath::{MultipathDevice, Path};
+use scsi_disk::identification::identity_from_vpd;
 use tracing::{debug, info};
 
-use crate::config::{HeadConfig, MemberRef};
+use crate::config::{HeadConfig, Member, MemberRef};
 
 /// A lost connection is replaced for as long as it takes, every 500 ms.
 const REINSTATE: ReinstateConfig = ReinstateConfig {
@@ -112,15 +115,15 @@ impl Isus {
         })
     }
 
-    /// How the head authenticates to `target` of `isu`: CHAP as the first
-    /// user of the target's entry in the ISU's secrets file (mutual when the
-    /// entry has a `mutual` credential), else no authentication.
-    fn auth(&self, isu: &str, target: &str) -> Auth {
-        let Some(set) = self
-            .secrets
-            .get(isu)
-            .and_then(|s| s.target(target, &self.initiator))
-        else {
+    /// How the head authenticates to `target` of `isu` (`None`: its
+    /// discovery): CHAP as the first user of the target's (or the
+    /// `[discovery]`) entry in the ISU's secrets file, mutual when the entry
+    /// has a `mutual` credential; else no authentication.
+    fn auth(&self, isu: &str, target: Option<&str>) -> Auth {
+        let Some(set) = self.secrets.get(isu).and_then(|s| match target {
+            Some(t) => s.target(t, &self.initiator),
+            None => s.discovery(&self.initiator),
+        }) else {
             return Auth::None;
         };
         let Some(user) = set.user_names().next().map(str::to_string) else {
@@ -136,21 +139,137 @@ impl Isus {
         })
     }
 
+    /// A login of the head to `target` (`None`: discovery) of `isu`, under
+    /// a random ISID of its own.
+    fn login(&self, isu: &str, target: Option<&str>) -> LoginConfig {
+        let mut login = LoginConfig::new(&self.initiator, target);
+        // Random qualifier ISID (RFC 7143 10.12.5): sessions side by
+        // side never reinstate one another.
+        let r: [u8; 5] = rand::random();
+        login.isid = [0x80, r[0], r[1], r[2], r[3], r[4]];
+        login.auth = self.auth(isu, target);
+        login
+    }
+
+    /// Reaches member `m`: a LUN given, or the LUN carrying an identity,
+    /// looked for first ([`Isus::locate`]).
+    pub async fn open_member(&self, m: &Member) -> Result<Reached, ReachError> {
+        match m {
+            Member::Lun(r) => self.open(r).await,
+            Member::Identity(id) => {
+                let r = self.locate(id).await?;
+                info!(identity = %id, member = %r, "disk found");
+                self.open(&r).await
+            }
+        }
+    }
+
+    /// Finds the LUN that carries `id`: SendTargets on each portal of each
+    /// ISU, then, on one session per target, REPORT LUNS and the identity
+    /// VPD pages (80h, 83h) of each LUN.
+    pub async fn locate(&self, id: &DeviceIdentity) -> Result<MemberRef, ReachError> {
+        let mut reasons = Vec::new();
+        let mut isus: Vec<(&String, &Vec<SocketAddr>)> = self.portals.iter().collect();
+        isus.sort();
+        for (isu, portals) in isus {
+            let mut probed: Vec<String> = Vec::new();
+            for &addr in portals {
+                let targets = match self.send_targets(isu, addr).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        reasons.push(format!("{isu} {addr}: discovery: {e}"));
+                        continue;
+                    }
+                };
+                for t in targets {
+                    if probed.contains(&t) {
+                        continue;
+                    }
+                    match self.lun_with(isu, addr, &t, id).await {
+                        Ok(Some(lun)) => {
+                            return Ok(MemberRef {
+                                isu: isu.clone(),
+                                target: t,
+                                lun,
+                            })
+                        }
+                        Ok(None) => probed.push(t),
+                        Err(e) => reasons.push(format!("{isu} {addr} {t}: {e}")),
+                    }
+                }
+            }
+        }
+        reasons.insert(0, "no LUN of the ISUs carries it".into());
+        Err(ReachError::Unreachable {
+            member: format!("identity {id}"),
+            reasons,
+        })
+    }
+
+    /// The targets `addr` of `isu` offers this initiator (SendTargets=All).
+    async fn send_targets(
+        &self,
+        isu: &str,
+        addr: SocketAddr,
+    ) -> Result<Vec<String>, initiator_iscsi::Error> {
+        let mut s = Session::connect(addr, self.login(isu, None)).await?;
+        let keys = s.send_targets("All").await?;
+        let _ = s.logout().await;
+        Ok(keys
+            .0
+            .into_iter()
+            .filter(|(k, _)| k == "TargetName")
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// The LUN of `target` at `addr` whose identity is `id`, if any.
+    async fn lun_with(
+        &self,
+        isu: &str,
+        addr: SocketAddr,
+        target: &str,
+        id: &DeviceIdentity,
+    ) -> Result<Option<u64>, initiator_iscsi::Error> {
+        let reinstate = ReinstateConfig {
+            attempts: 0,
+            ..ReinstateConfig::default()
+        };
+        let s = PipelinedSession::connect_with(
+            addr,
+            self.login(isu, Some(target)),
+            PipelineConfig::default(),
+            reinstate,
+        )
+        .await?;
+        let report = s
+            .command(Command::read(0, &cdb::report_luns(4096), 4096))
+            .await?;
+        let mut found = None;
+        for lun in cdb::parse_report_luns(&report.data) {
+            let vpd = |page| Command::read(lun, &cdb::inquiry_vpd(page, 1024), 1024);
+            let (Ok(p80), Ok(p83)) = (s.command(vpd(0x80)).await, s.command(vpd(0x83)).await)
+            else {
+                continue;
+            };
+            if identity_from_vpd(&p80.data, &p83.data).is_ok_and(|i| &i == id) {
+                found = Some(lun);
+                break;
+            }
+        }
+        let _ = s.logout().await;
+        Ok(found)
+    }
+
     /// Logs in to `m` on every portal of its ISU and opens the LUN on each;
     /// a multipath device over the paths that opened.
     pub async fn open(&self, m: &MemberRef) -> Result<Reached, ReachError> {
         let portals = self.portals.get(&m.isu).cloned().unwrap_or_default();
-        let auth = self.auth(&m.isu, &m.target);
         let mut paths: Vec<Arc<dyn Path>> = Vec::new();
         let mut reached = Vec::new();
         let mut reasons = Vec::new();
         for addr in portals {
-            let mut login = LoginConfig::new(&self.initiator, Some(&m.target));
-            // Random qualifier ISID (RFC 7143 10.12.5): sessions side by
-            // side never reinstate one another.
-            let r: [u8; 5] = rand::random();
-            login.isid = [0x80, r[0], r[1], r[2], r[3], r[4]];
-            login.auth = auth.clone();
+            let login = self.login(&m.isu, Some(&m.target));
             let session = match PipelinedSession::connect_failover(
                 addr,
                 login,

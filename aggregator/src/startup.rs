@@ -102,7 +102,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
             if slot.is_some() {
                 continue;
             }
-            match isus.open(m).await {
+            match isus.open_member(m).await {
                 Ok(r) => {
                     info!(array = %a.name, member = %m, paths = r.portals.len(), identity = %r.device_identity(), "member reached");
                     *slot = Some(r);
@@ -143,7 +143,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
     }
     let mut spares = Vec::new();
     for s in &a.spares {
-        match isus.open(s).await {
+        match isus.open_member(s).await {
             Ok(r) => spares.push(r),
             Err(e) => {
                 warn!(array = %a.name, spare = %s, error = %e, "spare not reachable; going on without it")
