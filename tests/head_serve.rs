@@ -30,6 +30,7 @@ const STRIDE: u64 = 997;
 struct Rig {
     dir: tempfile::TempDir,
     isus: Vec<Option<Daemon>>,
+    isu_ports: Vec<u16>,
     head_ports: [u16; 2],
 }
 
@@ -79,6 +80,11 @@ fn head_config(isu_ports: &[u16], head_ports: [u16; 2]) -> String {
 
 impl Rig {
     fn start() -> Rig {
+        Rig::start_without(&[])
+    }
+
+    /// Three ISUs but those in `without`, which [`Rig::start_isu`] starts.
+    fn start_without(without: &[usize]) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let secrets = dir.path().join("isu0-secrets.toml");
         std::fs::write(&secrets, ISU0_SECRETS).unwrap();
@@ -87,25 +93,7 @@ impl Rig {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        let mut isus = Vec::new();
-        let mut ports = Vec::new();
-        for n in 0..3 {
-            let port = free_port();
-            let cfg = dir.path().join(format!("isu{n}.toml"));
-            std::fs::write(&cfg, isu_config(n)).unwrap();
-            let listen = [format!("127.0.0.1:{port},1"), format!("[::1]:{port},2")];
-            let wait: Vec<SocketAddr> = vec![
-                format!("127.0.0.1:{port}").parse().unwrap(),
-                format!("[::1]:{port}").parse().unwrap(),
-            ];
-            isus.push(Some(Daemon::start(
-                &cfg,
-                &dir.path().join(format!("isu{n}-data")),
-                &listen,
-                &wait,
-            )));
-            ports.push(port);
-        }
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut head_ports = [free_port(), free_port()];
         while head_ports[1] == head_ports[0] {
             head_ports[1] = free_port();
@@ -115,11 +103,36 @@ impl Rig {
             head_config(&ports, head_ports),
         )
         .unwrap();
-        Rig {
+        let mut rig = Rig {
             dir,
-            isus,
+            isus: vec![None, None, None],
+            isu_ports: ports,
             head_ports,
+        };
+        for n in 0..3 {
+            if !without.contains(&n) {
+                rig.start_isu(n);
+            }
         }
+        rig
+    }
+
+    /// Starts ISU `n` (two loopback portals) and waits until it listens.
+    fn start_isu(&mut self, n: usize) {
+        let port = self.isu_ports[n];
+        let cfg = self.dir.path().join(format!("isu{n}.toml"));
+        std::fs::write(&cfg, isu_config(n)).unwrap();
+        let listen = [format!("127.0.0.1:{port},1"), format!("[::1]:{port},2")];
+        let wait: Vec<SocketAddr> = vec![
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            format!("[::1]:{port}").parse().unwrap(),
+        ];
+        self.isus[n] = Some(Daemon::start(
+            &cfg,
+            &self.dir.path().join(format!("isu{n}-data")),
+            &listen,
+            &wait,
+        ));
     }
 
     fn head_log(&self) -> PathBuf {
@@ -128,6 +141,13 @@ impl Rig {
 
     /// Starts `opie head serve` and waits until both its portals listen.
     fn head(&self) -> Daemon {
+        let mut d = self.spawn_head();
+        self.wait_listening(&mut d);
+        d
+    }
+
+    /// Starts `opie head serve`.
+    fn spawn_head(&self) -> Daemon {
         let log = self.head_log();
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -146,11 +166,15 @@ impl Rig {
             .stderr(logf)
             .spawn()
             .unwrap();
-        let mut d = Daemon {
+        Daemon {
             child,
             data_dir,
             log,
-        };
+        }
+    }
+
+    /// Waits until both head portals listen.
+    fn wait_listening(&self, d: &mut Daemon) {
         let end = Instant::now() + Duration::from_secs(120);
         for p in self.head_ports {
             let a: SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
@@ -166,7 +190,6 @@ impl Rig {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        d
     }
 
     fn portal(&self, i: usize) -> SocketAddr {
@@ -388,5 +411,59 @@ fn a_head_killed_during_fua_writes_loses_none_after_its_restart() {
                 ok.unwrap_or_else(|e| panic!("run {r} (acknowledged generation {g}): {e}"));
             }
         }
+    });
+}
+
+#[test]
+fn the_head_waits_for_a_missing_member_naming_it_then_assembles_whole() {
+    let mut rig = Rig::start_without(&[2]);
+    let mut head = rig.spawn_head();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !log_has(&rig.head_log(), "waiting for members") {
+        assert!(
+            Instant::now() < end,
+            "no wait reported:\n{}",
+            head.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = head.log_text();
+    assert!(
+        log.contains(&format!("identity {ISU2_DISK}: no path")),
+        "the missing member is named:\n{log}"
+    );
+    assert!(!log.contains("creating the array"), "{log}");
+    rig.start_isu(2);
+    rig.wait_listening(&mut head);
+    let log = head.log_text();
+    assert!(log.contains("creating the array"), "{log}");
+    assert!(log.contains("array healthy"), "{log}");
+    assert!(!log.contains("starting degraded"), "{log}");
+}
+
+#[test]
+fn an_existing_array_starts_degraded_without_one_member_and_serves_its_data() {
+    let mut rig = Rig::start();
+    let rt = runtime();
+    let mut head = rig.head();
+    rt.block_on(async {
+        let dev: SharedDevice = Arc::new(open(&rig, 0).await);
+        write_all(&dev, 1, false).await;
+    });
+    head.signal(libc::SIGTERM);
+    assert!(head.wait_exit(60).expect("stopped").success());
+    drop(head);
+    let mut isu = rig.isus[0].take().unwrap();
+    isu.signal(libc::SIGKILL);
+    isu.wait_exit(10).expect("SIGKILL ends the ISU");
+    // allow_degraded_start: the head waits its grace for the missing
+    // member, then assembles without it.
+    let _head = rig.head();
+    let log = std::fs::read_to_string(rig.head_log()).unwrap();
+    assert!(log.contains("starting degraded"), "{log}");
+    assert!(log.contains("array degraded"), "{log}");
+    rt.block_on(async {
+        let dev: SharedDevice = Arc::new(open(&rig, 1).await);
+        verify_all(&dev, &[1; RUNS as usize]).await;
     });
 }

@@ -123,8 +123,12 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
         if a.allow_degraded_start && missing.len() == 1 {
             let since = *degraded_since.get_or_insert(now);
             if now - since >= DEGRADED_GRACE {
-                warn!(array = %a.name, missing = %missing[0], "starting degraded (allow_degraded_start)");
-                break;
+                // Only an existing array starts degraded: a new one is
+                // created over all its members.
+                if any_superblock(members.iter().flatten()).await {
+                    warn!(array = %a.name, missing = %missing[0], "starting degraded (allow_degraded_start)");
+                    break;
+                }
             }
         }
         if last_log.is_none_or(|t| now - t >= LOG_EVERY) {
@@ -165,19 +169,14 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
         array: a.name.clone(),
         source,
     };
-    let mut with_superblock = 0;
-    for d in devices.iter().chain(&spare_devices) {
-        if raid::superblock::read_newest(d).await.is_ok() {
-            with_superblock += 1;
-        }
-    }
+    let existing = any_superblock(reached.iter().chain(&spares)).await;
     let clock = Arc::new(SystemClock::new());
-    let array = if with_superblock == 0 && devices.len() == n {
+    let array = if !existing && devices.len() == n {
         info!(array = %a.name, members = n, chunk_bytes = a.chunk_bytes, journal = a.journal, "no member carries a superblock: creating the array");
         RaidArray::create(devices, spare_devices, cfg, clock)
             .await
             .map_err(raid_err)?
-    } else if with_superblock == 0 {
+    } else if !existing {
         return Err(StartError::Refused {
             array: a.name.clone(),
             message: "no member carries a superblock and one is missing: an array is created only over all its members".into(),
@@ -209,6 +208,17 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
         reached,
         maintenance,
     })
+}
+
+/// Whether any of `devices` carries a superblock (of any array).
+async fn any_superblock(devices: impl Iterator<Item = &Reached>) -> bool {
+    for r in devices {
+        let d: SharedDevice = r.device.clone();
+        if raid::superblock::read_newest(&d).await.is_ok() {
+            return true;
+        }
+    }
+    false
 }
 
 impl Reached {
