@@ -156,3 +156,47 @@ async fn read_only_is_honoured_and_names_and_space_are_checked() {
         "the flag is in the table"
     );
 }
+
+#[tokio::test]
+async fn io_to_open_volumes_goes_on_while_a_commit_hangs_and_changes_queue() {
+    let faulty = Arc::new(blockdev::FaultyDevice::new(mem(4), 5));
+    let pool = Pool::format(faulty.clone(), UNIT, false).await.unwrap();
+    pool.create("a", 16 * BS).await.unwrap();
+    pool.create("b", 16 * BS).await.unwrap();
+    let va = pool.open_volume("a").unwrap();
+    let seq = pool.seq();
+    // The next write is the table copy of this create (zeroing is not a
+    // write): it hangs in the device until released.
+    faulty.hold_next_writes(1);
+    let creating = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.create("c", 16 * BS).await }
+    });
+    while faulty.held_writes() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let growing = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.grow("b", 32 * BS).await }
+    });
+    // I/O, opening and listing go on meanwhile; the table is the old one.
+    va.write(0, fill(3, 16), WriteFlags::FUA).await.unwrap();
+    va.flush().await.unwrap();
+    assert_eq!(va.read(0, 16).await.unwrap(), fill(3, 16));
+    assert_eq!(pool.open_volume("b").unwrap().geometry().num_blocks, 16);
+    assert_eq!(pool.list().len(), 2);
+    assert_eq!(pool.seq(), seq);
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !creating.is_finished() && !growing.is_finished(),
+        "the grow waits for the create's commit"
+    );
+    faulty.release_writes();
+    creating.await.unwrap().unwrap();
+    growing.await.unwrap().unwrap();
+    assert_eq!(pool.seq(), seq + 2);
+    assert_eq!(pool.list().len(), 3);
+    assert_eq!(pool.info("b").unwrap().size_blocks, 32);
+}

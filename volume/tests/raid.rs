@@ -86,7 +86,9 @@ async fn volumes_survive_reassembly_and_a_grow_of_the_array() {
     va.write(0, pattern(1, a_blocks), WriteFlags::NONE)
         .await
         .unwrap();
-    vb.write(0, pattern(2, 2000), WriteFlags::FUA).await.unwrap();
+    vb.write(0, pattern(2, 2000), WriteFlags::FUA)
+        .await
+        .unwrap();
     // UNMAP and WRITE SAME with unmap pass down: the array writes zeroes
     // itself (it reports unmapped blocks reading zero) and its parity stays right.
     assert!(va.features().unmap_reads_zero);
@@ -109,7 +111,10 @@ async fn volumes_survive_reassembly_and_a_grow_of_the_array() {
     let array = assemble(&members, &clock).await;
     let pool = Pool::open(Arc::new(array.clone())).await.unwrap();
     let va = pool.open_volume("a").unwrap();
-    assert_eq!((va.identity(), pool.open_volume("b").unwrap().identity()), (&ids.0, &ids.1));
+    assert_eq!(
+        (va.identity(), pool.open_volume("b").unwrap().identity()),
+        (&ids.0, &ids.1)
+    );
     assert_eq!(va.read(0, a_blocks as u32).await.unwrap()[..], want_a[..]);
 
     // Grow the array onto a fourth member, online.
