@@ -133,7 +133,7 @@ async fn volumes_survive_reassembly_and_a_grow_of_the_array() {
     assert_eq!(va.read(0, a_blocks as u32).await.unwrap()[..], want_a[..]);
 
     // The volume grows into the new space; the new part reads zeroes.
-    let mut status = va.status();
+    let status = va.status();
     let want_blocks = grown.total_blocks - grown.reserved_blocks - 2000 / 16 * 16 - 16;
     let info = pool.grow("a", want_blocks * BS as u64).await.unwrap();
     assert!(status.has_changed().unwrap());
