@@ -100,6 +100,10 @@ pub enum VolumeError {
     /// The device refuses writes.
     #[error("the device is read-only")]
     ReadOnly,
+    /// A change would have produced an impossible table (a bug of this
+    /// crate); nothing was written: report it.
+    #[error("internal error, nothing written: {0}")]
+    Bug(String),
     /// The device failed the I/O; its class says whether a retry may help.
     /// A table change that failed this way is not in effect in this
     /// process (the pool keeps the old table, and its next change rewrites

@@ -59,6 +59,11 @@ pub struct Space {
 /// so new space always reads zeroes and a deleted volume's data never shows
 /// in another. I/O to open volumes never waits on a change: a grown volume
 /// takes its new map at once, after the commit.
+///
+/// A change whose future is dropped, or that fails with a device error, is
+/// not in effect in this process, but its table copy may have reached the
+/// device, and a later open may show it: a caller that must know runs each
+/// change to its end (the head's control API does).
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Shared>,
@@ -354,9 +359,9 @@ impl Pool {
     /// into the other copy, then makes it current and hands it to `after`
     /// under the state lock.
     async fn commit<T>(&self, mut table: Table, after: impl FnOnce(&mut State) -> T) -> Result<T> {
-        table.check().map_err(|e| {
-            VolumeError::DeviceMismatch(format!("refusing to commit a bad table: {e}"))
-        })?;
+        table
+            .check()
+            .map_err(|e| VolumeError::Bug(format!("refusing to commit a bad table: {e}")))?;
         let slot = {
             let s = self.state();
             table.seq = s.current.table.seq + 1;
