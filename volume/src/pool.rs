@@ -108,7 +108,7 @@ fn units_of(dev: &dyn BlockDevice, unit_blocks: u64) -> u64 {
     dev.geometry().num_blocks / unit_blocks
 }
 
-fn blocks_for(dev: &dyn BlockDevice, size_bytes: u64, unit_blocks: u64) -> Result<u64> {
+fn units_for(dev: &dyn BlockDevice, size_bytes: u64, unit_blocks: u64) -> Result<u64> {
     if size_bytes == 0 {
         return Err(VolumeError::InvalidSize(
             "a volume needs at least one block".into(),
@@ -406,7 +406,7 @@ impl Pool {
             return Err(VolumeError::Exists(name.into()));
         }
         let ub = table.unit_blocks;
-        let units = blocks_for(&*self.inner.dev, size_bytes, ub)?;
+        let units = units_for(&*self.inner.dev, size_bytes, ub)?;
         let free = free_extents(&table, units_of(&*self.inner.dev, ub));
         let extents = allocate_or_refuse(&free, units, None, ub)?;
         self.zero(&extents, ub).await?;
@@ -442,7 +442,7 @@ impl Pool {
         let _change = self.inner.changes.lock().await;
         let mut table = self.state().current.table.clone();
         let ub = table.unit_blocks;
-        let want = blocks_for(&*self.inner.dev, new_size_bytes, ub)?;
+        let want = units_for(&*self.inner.dev, new_size_bytes, ub)?;
         let free = free_extents(&table, units_of(&*self.inner.dev, ub));
         let entry = entry_mut(&mut table, name)?;
         let have = entry.units();

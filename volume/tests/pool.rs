@@ -200,3 +200,27 @@ async fn io_to_open_volumes_goes_on_while_a_commit_hangs_and_changes_queue() {
     assert_eq!(pool.list().len(), 3);
     assert_eq!(pool.info("b").unwrap().size_blocks, 32);
 }
+
+#[tokio::test]
+async fn a_medium_error_names_the_volumes_block() {
+    let faulty = Arc::new(blockdev::FaultyDevice::new(mem(4), 6));
+    let pool = Pool::format(faulty.clone(), UNIT, false).await.unwrap();
+    pool.create("a", 16 * BS).await.unwrap();
+    pool.create("b", 16 * BS).await.unwrap();
+    let info = pool.grow("a", 32 * BS).await.unwrap();
+    let second = info.extents[1].start * UNIT;
+    // Device block 3 of a's second extent is volume block 16 + 3.
+    faulty.fail_reads(second + 3..second + 4);
+    let va = pool.open_volume("a").unwrap();
+    let e = va.read(10, 20).await.unwrap_err();
+    assert!(matches!(e, BlockError::Medium { lba: 19 }), "{e:?}");
+    faulty.fail_writes(second..second + 1);
+    let e = va
+        .write(8, fill(1, 16), WriteFlags::NONE)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BlockError::WriteFault { lba: 16 }), "{e:?}");
+    // The piece in the first extent was written all the same.
+    faulty.clear_faults();
+    assert_eq!(va.read(8, 8).await.unwrap(), fill(1, 8));
+}
