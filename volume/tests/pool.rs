@@ -224,3 +224,28 @@ async fn a_medium_error_names_the_volumes_block() {
     faulty.clear_faults();
     assert_eq!(va.read(8, 8).await.unwrap(), fill(1, 8));
 }
+
+#[tokio::test]
+async fn big_blocks_and_a_small_transfer_limit() {
+    let dev = MemDevice::new(4096, 1024, blockdev::DeviceIdentity::from_name("4k"));
+    let dev: SharedDevice = Arc::new(dev.set_limits(blockdev::Limits {
+        max_transfer: 16,
+        ..Default::default()
+    }));
+    let pool = Pool::format(dev.clone(), 4, false).await.unwrap();
+    assert_eq!(pool.space().reserved_blocks, 128, "512 KiB of copies");
+    pool.create("a", 40960).await.unwrap();
+    let va = pool.open_volume("a").unwrap();
+    assert_eq!(va.geometry().block_size, 4096);
+    assert_eq!(va.limits().max_transfer, 16);
+    let big = Bytes::from(vec![1u8; 17 * 4096]);
+    let e = va.write(0, big, WriteFlags::NONE).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Invalid);
+    va.write(0, Bytes::from(vec![2u8; 12 * 4096]), WriteFlags::NONE)
+        .await
+        .unwrap();
+    drop(va);
+    let pool = Pool::open(dev).await.unwrap();
+    let va = pool.open_volume("a").unwrap();
+    assert_eq!(va.read(0, 12).await.unwrap(), vec![2u8; 12 * 4096]);
+}
