@@ -65,13 +65,16 @@ impl Client {
     pub fn call(&mut self, request: &Request) -> Result<(String, Response), ClientError> {
         let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.writer.write_all(&line)?;
+        // A daemon that refuses the connection (credentials, too many
+        // clients) answers and closes at once, maybe before the request is
+        // written: its answer is still to be read.
+        let written = self.writer.write_all(&line);
         let mut answer = String::new();
-        let n = (&mut self.reader)
-            .take(MAX_RESPONSE)
-            .read_line(&mut answer)?;
-        if n == 0 {
-            return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
+        let read = (&mut self.reader).take(MAX_RESPONSE).read_line(&mut answer);
+        match (written, read) {
+            (_, Ok(n)) if n > 0 => {}
+            (Err(e), _) | (Ok(()), Err(e)) => return Err(ClientError::Io(e)),
+            (Ok(()), Ok(_)) => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
         }
         if !answer.ends_with('\n') {
             return Err(ClientError::Protocol(
