@@ -619,3 +619,30 @@ fn euid_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let h = head();
+    let s = &h.socket;
+    json(s, &["isu", "add", "isu1", "--portal", "127.0.0.1:3261"], 0);
+    json(s, &["isu", "add", "isu2", "--portal", "127.0.0.1:3261"], 0);
+    json(s, &["array", "create", "a1", "isu1", "isu2", "--wait"], 0);
+    // `opie ... | head -0`: the reader is gone before anything is written.
+    for args in [&["array", "scrub", "a1", "--wait"][..], &["status"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = opie();
+        cmd.args(args).arg("--socket").arg(s).stdout(writer);
+        let out = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

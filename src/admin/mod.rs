@@ -329,6 +329,17 @@ fn call(conn: &Conn, request: &Request, wait: bool) -> (Option<String>, Result<R
     }
 }
 
+/// Writes to stdout; false once it is closed (`| head`), which is not an
+/// error of the command.
+fn out(text: &str) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
 /// Runs one request and prints its outcome: with `--json` one JSON line on
 /// stdout (the head's response as is, or, when the head gave none, an
 /// `{"error": ...}` of the CLI's own); otherwise a table on stdout and
@@ -336,19 +347,19 @@ fn call(conn: &Conn, request: &Request, wait: bool) -> (Option<String>, Result<R
 fn execute(conn: &Conn, request: Request, wait: bool) -> ExitCode {
     let (line, outcome) = call(conn, &request, wait);
     if conn.json {
-        match (&line, &outcome) {
-            (Some(line), _) => println!("{line}"),
-            (None, Err(f)) => println!(
-                "{}",
+        let _ = match (&line, &outcome) {
+            (Some(line), _) => out(&format!("{line}\n")),
+            (None, Err(f)) => out(&format!(
+                "{}\n",
                 serde_json::json!({"error": {"code": f.json_code(), "message": f.to_string()}})
-            ),
-            (None, Ok(_)) => {}
-        }
+            )),
+            (None, Ok(_)) => true,
+        };
     }
     match outcome {
         Ok(reply) => {
             if !conn.json {
-                print!("{}", render::reply(&reply));
+                out(&render::reply(&reply));
             }
             exit::code(exit::EXIT_OK)
         }

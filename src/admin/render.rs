@@ -17,6 +17,11 @@ fn kebab<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+/// A task's kind as on the wire (`array-scrub`).
+pub fn kind(t: &TaskInfo) -> String {
+    kebab(&t.kind)
+}
+
 fn eta(secs: Option<u64>) -> String {
     secs.map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
         .unwrap_or_else(|| "-".into())

@@ -8,7 +8,7 @@ use control::{Client, Reply, Request, Response, TaskInfo, TaskState};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::exit::Failure;
-use super::render::task_line;
+use super::render::{kind, task_line};
 
 /// How often the task is asked for (well within the server's rate).
 const POLL: Duration = Duration::from_millis(250);
@@ -44,8 +44,11 @@ impl Display {
             Display::Lines { last } => {
                 let now = (t.state, (t.progress * 100.0).floor() as u32);
                 if *last != Some(now) && !t.state.is_final() {
-                    println!("{}", task_line(t));
                     *last = Some(now);
+                    if !super::out(&format!("{}\n", task_line(t))) {
+                        // Nobody reads stdout any more: go on waiting quietly.
+                        *self = Display::Quiet;
+                    }
                 }
             }
             Display::Bar(bar) => {
@@ -59,7 +62,7 @@ impl Display {
                         )
                     })
                     .unwrap_or_default();
-                bar.set_message(format!("task {} {}{eta}", t.id, t.target));
+                bar.set_message(format!("task {} {} {}{eta}", t.id, kind(t), t.target));
             }
         }
     }
