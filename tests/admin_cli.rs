@@ -517,6 +517,11 @@ fn wait_follows_tasks_to_failure_and_cancellation() {
     assert_eq!(v["result"]["error"]["message"], "copy stopped");
     let v = json(s, &["task", "cancel", &id], 4);
     assert_eq!(error_code(&v), "conflict");
+    // task cancel --wait succeeds once the task has ended cancelled.
+    let v = json(s, &["isu", "replace", "isu1", "--with", "isu2"], 0);
+    let id = v["result"]["id"].as_u64().unwrap().to_string();
+    let v = json(s, &["task", "cancel", &id, "--wait"], 0);
+    assert_eq!(v["result"]["state"], "cancelled");
     // A task that ends done, without --json.
     json(s, &["array", "create", "a1", "isu1", "isu2"], 0);
     let r = cli(s, &["array", "scrub", "a1", "--wait"]);

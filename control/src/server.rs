@@ -53,7 +53,9 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Requests per client; one over the rate is answered `busy`.
     pub rate: RateLimit,
-    /// A client that sends nothing for this long is disconnected.
+    /// A client that completes no request line for this long (since it
+    /// connected or since its last one) is disconnected, however it
+    /// dribbles bytes meanwhile.
     pub idle_timeout: Duration,
     /// A client that does not take a response within this is disconnected.
     pub write_timeout: Duration,
@@ -204,6 +206,9 @@ async fn serve_client(
     let mut buf = BytesMut::with_capacity(4096);
     let mut bucket = Bucket::new(ctx.config.rate, Instant::now());
     let mut eof = false;
+    // Reset by each complete line, not by each byte: a client dribbling a
+    // line out byte by byte holds its place no longer than a silent one.
+    let mut deadline = tokio::time::Instant::now() + ctx.config.idle_timeout;
     loop {
         let decoded = if eof {
             codec.decode_eof(&mut buf)
@@ -212,6 +217,7 @@ async fn serve_client(
         };
         let response = match decoded {
             Ok(Some(line)) => {
+                deadline = tokio::time::Instant::now() + ctx.config.idle_timeout;
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
@@ -233,7 +239,7 @@ async fn serve_client(
             Err(AnyDelimiterCodecError::Io(_)) => return,
             Ok(None) if eof => return,
             Ok(None) => {
-                match tokio::time::timeout(ctx.config.idle_timeout, rd.read_buf(&mut buf)).await {
+                match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
                     Ok(Ok(0)) => eof = true,
                     Ok(Ok(_)) => {}
                     Ok(Err(_)) => return,

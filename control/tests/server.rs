@@ -297,6 +297,33 @@ fn silent_and_half_line_clients_stall_nobody() {
 }
 
 #[test]
+fn silent_and_dribbling_clients_are_disconnected_at_the_idle_timeout() {
+    let f = Fixture::start(ServerConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    });
+    // Silent: the server closes it (EOF, no answer).
+    let (_w, mut r) = f.raw();
+    let mut rest = vec![];
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    // Dribbling a line one byte every 20 ms, far longer than the timeout
+    // (at most 20 s): cut off before the line is done.
+    let (mut w, _r) = f.raw();
+    let line = format!("{{\"op\":\"status\"{}}}\n", " ".repeat(1000));
+    let cut = line.as_bytes().iter().position(|b| {
+        std::thread::sleep(Duration::from_millis(20));
+        w.write_all(&[*b]).is_err()
+    });
+    assert!(cut.is_some(), "a dribbling client was never disconnected");
+    // A client that keeps sending whole requests stays.
+    let mut c = f.client();
+    for _ in 0..3 {
+        assert_status_works(&mut c);
+    }
+}
+
+#[test]
 fn clients_beyond_the_cap_get_busy() {
     let f = Fixture::start(ServerConfig {
         max_clients: 2,

@@ -195,7 +195,8 @@ pub enum TaskCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Ask a running task to stop at its next safe point.
+    /// Ask a running task to stop at its next safe point (with --wait:
+    /// exit 0 once it has ended cancelled, 1 if it ended otherwise).
     Cancel {
         /// The task id.
         task: u64,
@@ -303,8 +304,14 @@ pub fn task(cmd: TaskCommand) -> ExitCode {
 }
 
 /// Sends one request (and with `wait` follows the task it answers); returns
-/// the head's last response line, if any, and the outcome.
+/// the head's last response line, if any, and the outcome. A followed task
+/// succeeds by ending `done`, or for `task cancel` by ending `cancelled`.
 fn call(conn: &Conn, request: &Request, wait: bool) -> (Option<String>, Result<Reply, Failure>) {
+    let success = if matches!(request, Request::TaskCancel { .. }) {
+        TaskState::Cancelled
+    } else {
+        TaskState::Done
+    };
     let mut client = match Client::connect(&conn.socket(), conn.timeout) {
         Ok(c) => c,
         Err(e) => return (None, Err(e.into())),
@@ -317,12 +324,12 @@ fn call(conn: &Conn, request: &Request, wait: bool) -> (Option<String>, Result<R
         Response::Error(e) => (Some(line), Err(Failure::Refused(e))),
         Response::Result(Reply::Task(t)) if wait && !t.state.is_final() => {
             match wait::follow(&mut client, t, conn.json) {
-                Ok((line, t)) if t.state == TaskState::Done => (Some(line), Ok(Reply::Task(t))),
+                Ok((line, t)) if t.state == success => (Some(line), Ok(Reply::Task(t))),
                 Ok((line, t)) => (Some(line), Err(Failure::Task(render::task_line(&t)))),
                 Err(f) => (None, Err(f)),
             }
         }
-        Response::Result(Reply::Task(t)) if wait && t.state != TaskState::Done => {
+        Response::Result(Reply::Task(t)) if wait && t.state != success => {
             (Some(line), Err(Failure::Task(render::task_line(&t))))
         }
         Response::Result(reply) => (Some(line), Ok(reply)),
