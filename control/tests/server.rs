@@ -324,6 +324,32 @@ fn silent_and_dribbling_clients_are_disconnected_at_the_idle_timeout() {
 }
 
 #[test]
+fn a_client_that_never_reads_stalls_nobody_and_is_dropped() {
+    let f = Fixture::start(ServerConfig {
+        write_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    });
+    // 20,000 requests and no reads: the answers (mostly `busy`, over the
+    // rate) fill the socket buffer and the server's write to it stalls.
+    let (mut w, r) = f.raw();
+    let flood = b"{\"op\":\"status\"}\n".repeat(20_000);
+    let writer = std::thread::spawn(move || {
+        // Fails once the server gives up on the client.
+        let _ = w.write_all(&flood);
+        w
+    });
+    for _ in 0..3 {
+        assert_status_works(&mut f.client());
+    }
+    // The stalled client is dropped: reading what was buffered ends in EOF.
+    let _w = writer.join().unwrap();
+    let mut r = r;
+    let mut answers = String::new();
+    let _ = r.read_to_string(&mut answers);
+    assert!(answers.lines().count() < 20_000, "every answer was taken");
+}
+
+#[test]
 fn clients_beyond_the_cap_get_busy() {
     let f = Fixture::start(ServerConfig {
         max_clients: 2,
