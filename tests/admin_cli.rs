@@ -347,7 +347,17 @@ impl Run {
 }
 
 fn run_cmd(mut cmd: Command) -> Run {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    cmd.stdin(Stdio::null());
+    // A binary just copied may still be open for writing in a child that
+    // another test thread forked meanwhile (ETXTBSY until it execs).
+    let out = loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            r => break r.unwrap(),
+        }
+    };
     Run {
         code: out.status.code().expect("killed by a signal"),
         stdout: String::from_utf8(out.stdout).unwrap(),
@@ -595,8 +605,13 @@ fn a_non_root_user_cannot_reach_the_socket_and_is_denied_if_it_could() {
         return;
     }
     let h = head();
+    // A copy of the binary nobody can run wherever the build tree is.
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = h.dir.path().join("opie");
+    std::fs::copy(env!("CARGO_BIN_EXE_opie"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let nobody = || {
-        let mut cmd = opie();
+        let mut cmd = Command::new(&exe);
         cmd.args(["status", "--json", "--socket"])
             .arg(&h.socket)
             .uid(65534)
@@ -609,9 +624,11 @@ fn a_non_root_user_cannot_reach_the_socket_and_is_denied_if_it_could() {
     assert_eq!(r.code, 3, "{} {}", r.stdout, r.stderr);
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
     // Opened up by hand (a mistake): the peer credentials still refuse.
-    for p in [h.dir.path(), h.socket.parent().unwrap()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    std::fs::set_permissions(
+        h.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::set_permissions(&h.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = nobody();
     assert_eq!(r.code, 7, "{} {}", r.stdout, r.stderr);
