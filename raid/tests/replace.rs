@@ -185,7 +185,15 @@ async fn the_member_being_replaced_failing_turns_the_copy_into_a_rebuild() {
 
 #[tokio::test]
 async fn a_crash_during_a_replace_resumes_it_and_recopies_rows_a_mirrored_write_tore() {
-    let mut rig = Rig::new(3, 2048, small_config());
+    for journal in [0, 64] {
+        crash_mid_replace(journal).await;
+    }
+}
+
+async fn crash_mid_replace(journal: u64) {
+    let mut cfg = small_config();
+    cfg.journal_blocks = journal;
+    let mut rig = Rig::new(3, 2048, cfg);
     let new = rig.add_device(2048);
     for f in &rig.faulty {
         f.enable_volatile_cache();

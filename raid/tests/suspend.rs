@@ -158,3 +158,43 @@ async fn suspend_and_resume_refuse_what_would_lose_data_or_take_another_device()
     // And a capacity it never had: the volume is unchanged.
     assert_eq!(a.states().capacity_blocks, a.geometry().num_blocks);
 }
+
+#[tokio::test]
+async fn a_crash_while_a_member_is_suspended_assembles_with_the_journal_and_needs_force_without() {
+    for journal in [64, 0] {
+        let mut cfg = small_config();
+        cfg.journal_blocks = journal;
+        let rig = Rig::new(3, 2048, cfg);
+        let (a, mut model) = rig.filled(3).await;
+        a.suspend(0).await.unwrap();
+        write_at(&a, &mut model, &[16, 300], 2).await;
+        a.flush().await.unwrap();
+        a.write(24, blocks(24, 3, 3), WriteFlags::FUA)
+            .await
+            .unwrap();
+        model[24..27].fill(Some(3));
+        drop(a); // the head dies: never closed
+        let b = match rig.assemble(false).await {
+            Ok(b) => {
+                assert!(
+                    journal > 0,
+                    "a dirty degraded array without journal started"
+                );
+                b
+            }
+            Err(RaidError::Assembly(_)) if journal == 0 => rig.assemble(true).await.unwrap(),
+            Err(e) => panic!("journal {journal}: {e}"),
+        };
+        assert!(matches!(
+            b.member_states()[0],
+            MemberState::Suspended { .. }
+        ));
+        check_all(&b, &model).await;
+        let r = b.resume(0, rig.shared(0)).await.unwrap();
+        // Rows 2, 3 (lba 16..27) in region 0, row 37 (lba 300..303) in region 9.
+        assert_eq!(r.rows_to_resync, 8, "journal {journal}: {r:?}");
+        assert_eq!(rebuild_all(&b).await, 8);
+        rig.faulty[2].set_offline(true);
+        check_all(&b, &model).await;
+    }
+}
