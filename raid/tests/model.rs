@@ -107,9 +107,9 @@ fn op() -> impl Strategy<Value = Op> {
         5 => Just(Op::ReshapeStep),
         3 => (any::<u8>(), any::<u16>(), any::<u8>(), any::<u16>()).prop_map(|(slot, row, block, bit)| Op::Rot { slot, row, block, bit }),
         3 => any::<u8>().prop_map(|slot| Op::Suspend { slot }),
-        3 => Just(Op::Resume),
+        4 => Just(Op::Resume),
         2 => any::<u8>().prop_map(|slot| Op::Replace { slot }),
-        4 => (1u8..40).prop_map(|rows| Op::ReplaceStep { rows }),
+        4 => (1u8..=200).prop_map(|rows| Op::ReplaceStep { rows }),
     ]
 }
 
