@@ -85,19 +85,13 @@ async fn replace_under_concurrent_writes_then_every_block_reads_back_from_the_ne
     assert!(!st.degraded, "a replace keeps full redundancy");
 
     // Writes run in their own task while the copy goes on.
-    let writer = {
-        let a = a.clone();
-        let mut model = model.clone();
-        tokio::spawn(async move {
-            for round in 0..6u64 {
-                write_all(&a, &mut model, &lbas(round + 7, 40, cap), round + 2).await;
-                tokio::task::yield_now().await;
-            }
-            model
-        })
-    };
+    let w = BackgroundWriter::spawn(&a, model, move |v| {
+        let lba = lbas(v, 1, cap)[0];
+        (lba, 1 + v % 4)
+    });
     let mut seen_progress = false;
     loop {
+        w.wait(3).await;
         let (_, finished) = a.replace_step(5).await.unwrap();
         if finished {
             break;
@@ -108,10 +102,10 @@ async fn replace_under_concurrent_writes_then_every_block_reads_back_from_the_ne
             assert_eq!(done_rows, p.done_rows);
             seen_progress |= done_rows > 0 && done_rows < rows;
         }
-        tokio::task::yield_now().await;
     }
+    w.wait(10).await;
     assert!(seen_progress, "progress was reported mid-way");
-    let model = writer.await.unwrap();
+    let model = w.stop().await;
     a.flush().await.unwrap();
 
     let st = a.states();
