@@ -3,7 +3,7 @@
 //!
 //! The copy walks the rows in order under each row's lock. Rows below its
 //! position are on both devices, so every write to the slot's chunk of such a
-//! row goes to both ([`RaidArray::mirror_write`], and the row update adds the
+//! row goes to both (`RaidArray::mirror_write`, and the row update adds the
 //! replacement to its member writes); rows above are written to the old
 //! device alone and copied later. Redundancy never drops: the old device
 //! serves until the end. If another member fails meanwhile, the copy goes on
