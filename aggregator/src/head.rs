@@ -5,20 +5,25 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use raid::MemberState;
 use target_iscsi::server::{Server, ServerError};
 use tracing::{info, warn};
 
 use crate::config::{ExportConfig, HeadConfig};
+use crate::control_api::HeadControl;
+use crate::events::EventLog;
 use crate::export::{self, ExportError};
+use crate::live::Live;
+use crate::monitor;
 use crate::reach::{Isus, ReachError};
 use crate::startup::{self, ArrayUp, StartError};
 use crate::volumes::{self, VolumeError};
 
-/// How often array states are looked at for the log.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often the monitor drives the arrays' maintenance and looks at
+/// their states.
+const MONITOR_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the head stopped with an error; each variant is its own subsystem's.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,9 @@ pub enum HeadError {
     /// The iSCSI server failed (bind, or flush at shutdown).
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] control::ServerError),
     /// An array could not be closed cleanly at the stop (it resyncs at the
     /// next assembly).
     #[error("array {array:?}: close at shutdown: {message}")]
@@ -111,45 +119,29 @@ async fn serve(
         exports = cfg.exports.len(),
         "head serving"
     );
-    let watch = tokio::spawn(watch_arrays(
-        up.iter()
-            .map(|a| (a.name.clone(), a.array.clone()))
-            .collect(),
-    ));
-    let result = server.run(shutdown).await;
-    watch.abort();
-    Ok(result?)
-}
-
-/// Logs every change of an array's member states (degraded, rebuilding,
-/// back in sync).
-async fn watch_arrays(arrays: Vec<(String, raid::RaidArray)>) {
-    let mut last: Vec<Option<Vec<MemberState>>> = vec![None; arrays.len()];
-    loop {
-        for ((name, array), last) in arrays.iter().zip(last.iter_mut()) {
-            let now = array.member_states();
-            let kinds = |s: &[MemberState]| -> Vec<String> {
-                s.iter()
-                    .map(|m| match m {
-                        MemberState::InSync => "in-sync".to_string(),
-                        MemberState::Rebuilding => "rebuilding".to_string(),
-                        MemberState::Faulty { .. } => "failed".to_string(),
-                        MemberState::Suspended { .. } => "suspended".to_string(),
-                    })
-                    .collect()
-            };
-            if last.as_deref().map(kinds) != Some(kinds(&now)) {
-                let members = kinds(&now).join(", ");
-                if array.degraded() {
-                    warn!(array = %name, %members, "array degraded");
-                } else {
-                    info!(array = %name, %members, "array healthy");
-                }
-                *last = Some(now);
-            }
-        }
-        tokio::time::sleep(WATCH_EVERY).await;
+    // The monitor drives the arrays' maintenance from here on.
+    for a in up {
+        a.maintenance.abort();
     }
+    let live = Arc::new(Live::new(cfg, up, EventLog::default()));
+    let monitor = tokio::spawn(monitor::run(live.clone(), MONITOR_EVERY));
+    let tasks = control::Tasks::default();
+    let control = control::Server::bind(
+        &control::socket_path(&cfg.data_dir),
+        control::ServerConfig::default(),
+        Arc::new(HeadControl::new(live, tasks.clone())),
+        tasks,
+    )?;
+    info!(socket = %control.path().display(), "control socket");
+    let (stop_control, stopped) = tokio::sync::oneshot::channel::<()>();
+    let control = tokio::spawn(control.serve(async {
+        let _ = stopped.await;
+    }));
+    let result = server.run(shutdown).await;
+    let _ = stop_control.send(());
+    let _ = control.await;
+    monitor.abort();
+    Ok(result?)
 }
 
 /// Flushes and closes every array (clean on its members), stops its

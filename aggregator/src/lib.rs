@@ -8,14 +8,23 @@
 //! [`reach`] (an ISU's disks as multipath devices), [`startup`] (waiting
 //! for members, assembling or creating the arrays), [`volumes`] (what an
 //! export serves of an array), [`export`] (the iSCSI targets), and
-//! [`head`] (the whole lifetime: start, serve, stop). [`units`] and
-//! [`portal`] are the config syntax shared with the ISU's `isu.toml`.
+//! [`head`] (the whole lifetime: start, serve, stop). While it serves,
+//! [`live`] holds what runs (ISUs, disks, arrays), [`monitor`] drives the
+//! arrays' maintenance and records changes in [`events`], and
+//! [`control_api`] answers the control socket (`opie status`, `opie isu
+//! ...`), its `status` filled by [`report`]. [`units`] and [`portal`] are
+//! the config syntax shared with the ISU's `isu.toml`.
 
 pub mod config;
+pub mod control_api;
+pub mod events;
 pub mod export;
 pub mod head;
+pub mod live;
+pub mod monitor;
 pub mod portal;
 pub mod reach;
+pub mod report;
 pub mod startup;
 pub mod units;
 pub mod volumes;
