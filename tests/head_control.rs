@@ -1,0 +1,224 @@
+//! The head's control socket and monitor, end to end: real `opie isu
+//! serve` processes, `opie head serve` over them, and the `opie` admin
+//! commands run beside `head.toml` with their default data directory (so
+//! the CLI's default finds the head's socket). Under verified writes: an
+//! ISU killed shows degraded and its hot spare is pulled in and rebuilt; a
+//! suspended ISU resumes with only the written regions resynced; an ISU is
+//! replaced online by one added at run time.
+
+mod common;
+#[path = "common/head.rs"]
+mod head;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockdev::SharedDevice;
+use head::{open, runtime, verify_all, write_all, Rig, RigSpec, Writer, RUNS};
+use serde_json::Value;
+
+/// `opie status --json`: its exit code must be 0; the status object.
+fn status(rig: &Rig) -> Value {
+    let (code, out) = rig.admin(&["status", "--json"]);
+    assert_eq!(code, Some(0), "opie status: {out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["result"]["type"], "status", "{v}");
+    v["result"].clone()
+}
+
+fn array_state(s: &Value) -> String {
+    s["arrays"][0]["state"].as_str().unwrap().to_string()
+}
+
+fn isu_state(s: &Value, isu: &str) -> String {
+    s["isus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == isu)
+        .unwrap_or_else(|| panic!("no {isu} in {s}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The ISUs of the array's members in sync.
+fn in_sync(s: &Value) -> Vec<String> {
+    s["arrays"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "in-sync")
+        .map(|m| m["isu"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls status until `done` holds, for at most `secs`; the status then.
+fn until(rig: &Rig, secs: u64, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(rig);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: not within {secs} s; last status: {s:#}\nhead log:\n{}",
+            std::fs::read_to_string(rig.head_log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn events(s: &Value) -> String {
+    s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}: {}", e["subject"], e["message"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_killed_isu_shows_degraded_then_its_spare_is_pulled_in_and_rebuilt() {
+    let mut rig = Rig::start_spec(RigSpec {
+        spares: vec![3],
+        spare_timeout: Some("3s"),
+        ..RigSpec::default()
+    });
+    let rt = runtime();
+    let _head = rig.head();
+    let s = until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    for i in 0..4 {
+        assert_eq!(isu_state(&s, &format!("isu{i}")), "up", "{s:#}");
+    }
+    assert_eq!(in_sync(&s), ["isu0", "isu1", "isu2"], "{s:#}");
+    assert_eq!(s["arrays"][0]["members"][3]["state"], "spare", "{s:#}");
+    assert_eq!(s["volumes"][0]["exports"][0]["target"], head::EXPORT);
+    assert!(s["arrays"][0]["capacity"].as_u64().unwrap() > 0);
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, false));
+    let writer = Writer::start(&rt, &dev, 0..RUNS, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    rig.kill_isu(1);
+    let killed = Instant::now();
+    // The spare waits 3 s after the member fails: status sees it degraded
+    // first.
+    let s = until(&rig, 60, "degraded", |s| array_state(s) == "degraded");
+    println!(
+        "degraded in status {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(isu_state(&s, "isu1"), "down", "{s:#}");
+    // The spare is pulled in after its 3 s and rebuilt while writes go on;
+    // its progress shows in status.
+    let mut saw_progress = None;
+    let s = until(&rig, 180, "rebuilt onto the spare", |s| {
+        if let Some(p) = s["arrays"][0]["progress"]["fraction"].as_f64() {
+            saw_progress.get_or_insert(p);
+        }
+        // The monitor records the rebuild's end at its next look.
+        array_state(s) == "clean" && events(s).contains("rebuild finished")
+    });
+    assert_eq!(in_sync(&s), ["isu0", "isu3", "isu2"], "{s:#}");
+    let ev = events(&s);
+    assert!(ev.contains("hot spare pulled into slot 1"), "{ev}");
+    assert!(ev.contains("rebuild finished"), "{ev}");
+    println!("rebuild progress seen in status: {saw_progress:?}; events:\n{ev}");
+    assert!(
+        saw_progress.is_some() || ev.contains("rebuild started"),
+        "the rebuild never showed: {ev}"
+    );
+    assert!(writer.passes() > 0);
+    let last = writer.stop(&rt);
+    rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
+}
+
+#[test]
+fn a_suspended_isu_resumes_with_only_the_written_regions_resynced() {
+    let rig = Rig::start();
+    let rt = runtime();
+    let _head = rig.head();
+    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, false));
+    // Writes to the first 4 runs (the array's first 2 MiB) only.
+    let writer = Writer::start(&rt, &dev, 0..4, 1);
+    let (code, out) = rig.admin(&["isu", "suspend", "isu1", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(r#""type":"done""#), "{out}");
+    let s = status(&rig);
+    assert_eq!(isu_state(&s, "isu1"), "suspended", "{s:#}");
+    assert_eq!(array_state(&s), "degraded", "{s:#}");
+    // Suspending again is a conflict (exit 4); an unknown ISU not found (5).
+    assert_eq!(rig.admin(&["isu", "suspend", "isu1"]).0, Some(4));
+    assert_eq!(rig.admin(&["isu", "suspend", "isu9"]).0, Some(5));
+    let at = writer.passes();
+    while writer.passes() < at + 3 {
+        assert!(!writer.is_finished(), "a write failed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out) = rig.admin(&["isu", "resume", "isu1", "--wait", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let task: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(task["result"]["state"], "done", "{task}");
+    let msg = task["result"]["result"].as_str().unwrap().to_string();
+    println!("resume: {msg}");
+    // "isu isu1: resynced R of T rows (B blocks) of slot 1 of a0"
+    let words: Vec<&str> = msg.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "resynced").unwrap();
+    let rows: u64 = words[at + 1].parse().unwrap();
+    let total: u64 = words[at + 3].parse().unwrap();
+    assert!(rows > 0, "the writes meanwhile are resynced: {msg}");
+    assert!(
+        rows * 4 < total,
+        "only the written regions are resynced, not the whole member: {msg}"
+    );
+    let s = until(&rig, 30, "clean after resume", |s| {
+        array_state(s) == "clean"
+    });
+    assert_eq!(isu_state(&s, "isu1"), "up", "{s:#}");
+    let last = writer.stop(&rt);
+    let mut want = vec![1; RUNS as usize];
+    want[..4].fill(last);
+    rt.block_on(verify_all(&dev, &want));
+}
+
+#[test]
+fn an_isu_is_replaced_online_by_one_added_at_run_time() {
+    let rig = Rig::start_spec(RigSpec {
+        unconfigured: vec![3],
+        ..RigSpec::default()
+    });
+    let rt = runtime();
+    let _head = rig.head();
+    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    let portal = format!("127.0.0.1:{}", rig.isu_ports[3]);
+    let (code, out) = rig.admin(&["isu", "add", "isu3", "--portal", &portal, "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(isu_state(&status(&rig), "isu3"), "unassigned");
+    // Volumes are the arrays whole: their operations are unavailable (6).
+    assert_eq!(
+        rig.admin(&["volume", "create", "v1", "--array", "a0", "--size", "1M"])
+            .0,
+        Some(6)
+    );
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, false));
+    let writer = Writer::start(&rt, &dev, 0..RUNS, 1);
+    let (code, out) = rig.admin(&[
+        "isu", "replace", "isu1", "--with", "isu3", "--wait", "--json",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let task: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(task["result"]["state"], "done", "{task}");
+    println!("replace: {}", task["result"]["result"]);
+    let s = status(&rig);
+    assert_eq!(array_state(&s), "clean", "{s:#}");
+    assert_eq!(in_sync(&s), ["isu0", "isu3", "isu2"], "{s:#}");
+    assert_eq!(isu_state(&s, "isu1"), "unassigned", "{s:#}");
+    assert!(writer.passes() > 0);
+    let last = writer.stop(&rt);
+    rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
+}
