@@ -222,3 +222,44 @@ fn an_isu_is_replaced_online_by_one_added_at_run_time() {
     let last = writer.stop(&rt);
     rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
 }
+
+#[test]
+fn an_array_grows_online_onto_an_added_isu_and_scrubs_clean() {
+    let rig = Rig::start_spec(RigSpec {
+        unconfigured: vec![3],
+        ..RigSpec::default()
+    });
+    let rt = runtime();
+    let _head = rig.head();
+    let before = until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    let portal = format!("127.0.0.1:{}", rig.isu_ports[3]);
+    let (code, out) = rig.admin(&["isu", "add", "isu3", "--portal", &portal, "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    // Growing onto an ISU the array uses already is a conflict (exit 4).
+    assert_eq!(rig.admin(&["array", "grow", "a0", "isu1"]).0, Some(4));
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, false));
+    let writer = Writer::start(&rt, &dev, 0..RUNS, 1);
+    let (code, out) = rig.admin(&["array", "grow", "a0", "isu3", "--wait", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let task: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(task["result"]["state"], "done", "{task}");
+    println!("grow: {}", task["result"]["result"]);
+    let s = until(&rig, 30, "clean after the reshape", |s| {
+        array_state(s) == "clean"
+    });
+    assert_eq!(in_sync(&s), ["isu0", "isu1", "isu2", "isu3"], "{s:#}");
+    let (cap0, cap1) = (
+        before["arrays"][0]["capacity"].as_u64().unwrap(),
+        s["arrays"][0]["capacity"].as_u64().unwrap(),
+    );
+    assert!(cap1 > cap0, "capacity {cap0} -> {cap1}");
+    let last = writer.stop(&rt);
+    rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
+    let (code, out) = rig.admin(&["array", "scrub", "a0", "--wait", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let task: Value = serde_json::from_str(out.trim()).unwrap();
+    let msg = task["result"]["result"].as_str().unwrap().to_string();
+    println!("scrub: {msg}");
+    assert!(msg.ends_with(" 0 unrecoverable"), "{msg}");
+}

@@ -1,9 +1,9 @@
 //! The head's monitor: every period it drives each array's maintenance
 //! ([`raid::RaidArray::maintain`]: a hot spare pulled in once a member has
 //! been failed for the array's spare timeout, rebuild and replace copies
-//! advanced; a running reshape advanced one window), then looks at the
-//! arrays' and paths' states (cheap calls, no I/O) and records each change
-//! as an event: members failing, suspended, rebuilding and back in sync,
+//! advanced; a running reshape advanced for up to half the period), then
+//! looks at the arrays' and paths' states (cheap calls, no I/O) and records
+//! each change as an event: members failing, suspended, rebuilding and back in sync,
 //! rebuilds starting and ending, spares pulled in, paths going down and
 //! coming back.
 //!
@@ -165,9 +165,12 @@ pub async fn run(live: Arc<Live>, period: Duration) {
                     None
                 }
             };
-            if a.array.states().reshape.is_some() {
+            // A running reshape: windows for up to half the period.
+            let budget = tokio::time::Instant::now() + period / 2;
+            while a.array.states().reshape.is_some() && tokio::time::Instant::now() < budget {
                 if let Err(e) = a.array.reshape_step().await {
                     tracing::warn!(array = %a.name, error = %e, "reshape step failed; retried next tick");
+                    break;
                 }
             }
             let st = a.array.states();
