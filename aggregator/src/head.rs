@@ -152,7 +152,7 @@ async fn watch_arrays(arrays: Vec<(String, raid::RaidArray)>) {
 }
 
 /// Flushes and closes every array (clean on its members), stops its
-/// maintenance, and drops the sessions to the ISUs.
+/// maintenance, and logs out of the ISUs.
 async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
     let mut first = None;
     for a in up {
@@ -167,6 +167,10 @@ async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
                 });
             }
         }
+        for r in &a.reached {
+            r.log_out().await;
+        }
+        info!(array = %a.name, "logged out of its members");
     }
     first.map_or(Ok(()), Err)
 }
