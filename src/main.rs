@@ -3,8 +3,11 @@
 //! `opie isu serve --config FILE` runs a storage unit: it exports the disks
 //! named in FILE as iSCSI targets. `opie initiator ...` shows what a head
 //! sees of ISUs (discovery, LUNs, paths). `opie head serve --config FILE` runs
-//! the head: RAID5 arrays across ISUs, re-exported over iSCSI.
+//! the head: RAID5 arrays across ISUs, re-exported over iSCSI. `opie status`,
+//! `opie isu add|suspend|...`, `opie array ...`, `opie volume ...` and `opie
+//! task ...` manage a running head through its control socket (`src/admin/`).
 
+mod admin;
 mod config;
 mod head;
 mod initiator;
@@ -32,7 +35,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Storage unit (ISU): exports local disks over iSCSI.
+    /// Storage unit (ISU): exports local disks over iSCSI; on a head, manages its ISUs.
     Isu {
         #[command(subcommand)]
         command: IsuCommand,
@@ -47,6 +50,23 @@ enum Command {
         #[command(subcommand)]
         command: initiator::InitiatorCommand,
     },
+    /// A running head's ISUs, arrays, volumes, tasks and recent events.
+    Status(admin::Conn),
+    /// A running head's RAID5 arrays.
+    Array {
+        #[command(subcommand)]
+        command: admin::ArrayCommand,
+    },
+    /// A running head's volumes.
+    Volume {
+        #[command(subcommand)]
+        command: admin::VolumeCommand,
+    },
+    /// A running head's long operations.
+    Task {
+        #[command(subcommand)]
+        command: admin::TaskCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +77,9 @@ enum IsuCommand {
     /// nothing), print what it means, and exit: 0 valid, 2 bad config, 1
     /// what serve would refuse at startup (a disk, the data dir, a portal).
     Check(CheckArgs),
+    /// Manage the ISUs of a running head (add, suspend, resume, replace, remove).
+    #[command(flatten)]
+    Admin(admin::IsuCommand),
 }
 
 #[derive(Debug, Args)]
@@ -105,7 +128,12 @@ fn main() -> ExitCode {
                 run_daemon("opie-head", head::serve(cfg))
             }
         },
+        Command::Status(conn) => admin::status(conn),
+        Command::Array { command } => admin::array(command),
+        Command::Volume { command } => admin::volume(command),
+        Command::Task { command } => admin::task(command),
         Command::Isu { command } => match command {
+            IsuCommand::Admin(command) => admin::isu(command),
             IsuCommand::Check(args) => match args.serve.load() {
                 Ok(cfg) => match isu::check(&cfg) {
                     Ok(()) => {

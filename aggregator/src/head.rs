@@ -134,6 +134,7 @@ async fn watch_arrays(arrays: Vec<(String, raid::RaidArray)>) {
                         MemberState::InSync => "in-sync".to_string(),
                         MemberState::Rebuilding => "rebuilding".to_string(),
                         MemberState::Faulty { .. } => "failed".to_string(),
+                        MemberState::Suspended { .. } => "suspended".to_string(),
                     })
                     .collect()
             };

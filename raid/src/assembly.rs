@@ -12,6 +12,12 @@
 //! crash in the middle of a superblock update leaves. A dirty array (not shut
 //! down cleanly) with a member missing could hold a row whose parity disagrees
 //! with its data, so it only starts with the journal, or when forced.
+//!
+//! A suspended slot stays suspended (its device is not used until it is
+//! resumed). A replace in progress resumes at its checkpoint when both its
+//! member and its replacement are there; with the member gone the
+//! replacement takes the slot as a rebuild target; with the replacement gone
+//! the replace is abandoned.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,10 +33,10 @@ use crate::geometry::Geo;
 use crate::integrity::tag_blocks_for;
 use crate::layout::Layout;
 use crate::member_io::MemberDevice;
-use crate::members::{MemberState, Meta, RebuildState, Slot};
+use crate::members::{MemberState, Meta, RebuildState, ReplaceState, Slot};
 use crate::superblock::{
     read_newest, SlotEntry, SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD,
-    FLAG_RESHAPE, MAX_SLOTS, REBUILD_BITMAP, SPARE,
+    FLAG_REPLACE, FLAG_RESHAPE, MAX_SLOTS, REBUILD_BITMAP, REPLACEMENT, SPARE,
 };
 
 /// Options of [`RaidArray::assemble`].
@@ -51,6 +57,13 @@ pub struct AssemblyReport {
     pub journal_replayed: u64,
     /// Rows resynced because the array was not shut down cleanly.
     pub resynced_rows: u64,
+    /// Slots suspended (their devices, if given, are not used: resume them).
+    pub suspended_slots: Vec<u32>,
+    /// A replace found running: the slot and the row its copy resumes at.
+    pub replace_resumed: Option<(u32, u64)>,
+    /// Rows below that position copied again because a crash may have left
+    /// them different on the two devices.
+    pub replace_recopied_rows: u64,
 }
 
 impl RaidArray {
@@ -132,6 +145,9 @@ impl RaidArray {
             reshape_members: 0,
             reshape_pos: 0,
             closed_epoch: 0,
+            replace_slot: 0,
+            replace_pos: 0,
+            replace_device: [0; 16],
             slots: members
                 .iter()
                 .map(|d| SlotEntry {
@@ -167,6 +183,7 @@ impl RaidArray {
             slots,
             spares,
             rebuild: None,
+            replace: None,
             bitmap: Bitmap::new(rows, cfg.region_rows),
             clean_on_disk: true,
         };
@@ -247,12 +264,36 @@ impl RaidArray {
             .map(|e| Slot {
                 dev: None,
                 uuid: e.device,
-                state: MemberState::Faulty { since: now },
+                state: match e.state {
+                    SlotState::Suspended => MemberState::Suspended { since: now },
+                    _ => MemberState::Faulty { since: now },
+                },
             })
             .collect();
+        let replacing = best.flags & FLAG_REPLACE != 0;
         let mut spares = Vec::new();
+        let mut replacement = None;
         for (d, sb) in &found {
             let id = d.identity().uuid;
+            let mut sb = sb.clone();
+            if sb.role == REPLACEMENT {
+                if replacing && best.replace_device == id && sb.events + 1 >= best.events {
+                    replacement = Some(d.clone());
+                    continue;
+                }
+                // A replace that finished while this device's superblock
+                // lagged one event: the table lists it in the slot.
+                match best.slots[..width].iter().position(|e| e.device == id) {
+                    Some(slot) => sb.role = slot as u32,
+                    None => {
+                        report.refused.push((
+                            d.identity().clone(),
+                            "replacement of a replace that is no longer running".into(),
+                        ));
+                        continue;
+                    }
+                }
+            }
             if sb.role == SPARE {
                 if slots.iter().any(|s| s.uuid == id) {
                     report.refused.push((
@@ -272,6 +313,13 @@ impl RaidArray {
                 continue;
             };
             let entry = best.slots[sb.role as usize];
+            if entry.state == SlotState::Suspended {
+                // Behind by design: it missed what was written meanwhile.
+                report
+                    .refused
+                    .push((d.identity().clone(), "member suspended: resume it".into()));
+                continue;
+            }
             let current = sb.events == best.events
                 || (sb.events + 1 == best.events && entry.state == SlotState::Active);
             if !current {
@@ -284,6 +332,7 @@ impl RaidArray {
             match entry.state {
                 SlotState::Active => slot.state = MemberState::InSync,
                 SlotState::Rebuilding => slot.state = MemberState::Rebuilding,
+                SlotState::Suspended => continue,
                 SlotState::Faulty => {
                     report
                         .refused
@@ -315,10 +364,41 @@ impl RaidArray {
                 s.state = MemberState::Faulty { since: now };
             }
         }
+        let mut replace = None;
+        if replacing {
+            let s = best.replace_slot;
+            match (replacement, slots.get_mut(s as usize)) {
+                (Some(target), Some(slot)) if slot.state == MemberState::InSync => {
+                    report.replace_resumed = Some((s, best.replace_pos));
+                    replace = Some(ReplaceState::new(s, target, best.replace_pos, now));
+                }
+                // The member being replaced is gone: its replacement holds
+                // the rows copied so far and takes the slot as a rebuild.
+                (Some(target), Some(slot))
+                    if matches!(slot.state, MemberState::Faulty { .. }) && rebuild.is_none() =>
+                {
+                    info!(
+                        slot = s,
+                        "member being replaced is missing; its replacement takes over"
+                    );
+                    slot.uuid = target.identity().uuid;
+                    slot.dev = Some(target);
+                    slot.state = MemberState::Rebuilding;
+                    rebuild = Some(RebuildState::new(s, best.replace_pos, false, now));
+                }
+                _ => warn!(slot = s, "replace abandoned: its replacement is missing"),
+            }
+        }
         report.missing_slots = slots
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s.state, MemberState::Faulty { .. }))
+            .map(|(i, _)| i as u32)
+            .collect();
+        report.suspended_slots = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.state, MemberState::Suspended { .. }))
             .map(|(i, _)| i as u32)
             .collect();
         let unavailable = slots
@@ -365,6 +445,7 @@ impl RaidArray {
             slots,
             spares,
             rebuild,
+            replace,
             bitmap,
             clean_on_disk: !dirty,
         };
@@ -381,6 +462,7 @@ impl RaidArray {
         }
         if dirty {
             report.resynced_rows = array.resync_dirty().await?;
+            report.replace_recopied_rows = array.recopy_dirty_rows().await?;
         }
         // Everything of earlier assemblies is durable now (closed cleanly,
         // or resynced and flushed here): only this one's epochs are open.

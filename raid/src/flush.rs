@@ -96,9 +96,10 @@ impl RaidArray {
         Ok(())
     }
 
-    /// Flushes every live member; a member whose flush fails is failed.
+    /// Flushes every live member (and a replace's target); a member whose
+    /// flush fails is failed.
     pub(crate) async fn flush_members(&self) -> Result<()> {
-        let targets = self.live_members();
+        let targets = self.metadata_targets();
         let res = join_all(targets.iter().map(|(_, d)| d.flush())).await;
         for ((slot, _), r) in targets.iter().zip(res) {
             if let Err(e) = r {

@@ -8,7 +8,9 @@
 //! assembles on any head ([`assembly`]), a write-intent [`bitmap`] for resync
 //! after a crash and for the partial rebuild of a returning member
 //! ([`rebuild`]), and optionally a [`journal`] that closes the write hole.
-//! Arrays grow online ([`reshape`]) and can be [`scrub`]bed. See DESIGN.md.
+//! Arrays grow online ([`reshape`]) and can be [`scrub`]bed. A member can be
+//! [`suspend`]ed for maintenance and resumed, or [`replace`]d online, and
+//! [`status`] is the state of it all in one call. See DESIGN.md.
 
 pub mod array;
 pub mod assembly;
@@ -24,14 +26,18 @@ pub mod layout;
 mod member_io;
 mod members;
 mod metadata;
+mod pacing;
 pub mod parity;
 mod read;
 pub mod rebuild;
+pub mod replace;
 pub mod reshape;
 mod row_update;
 mod rows;
 pub mod scrub;
+pub mod status;
 pub mod superblock;
+pub mod suspend;
 mod write;
 
 pub use array::{Config, IntegrityStats, RaidArray, SizeReport};
@@ -41,5 +47,8 @@ pub use error::{RaidError, Result};
 pub use layout::Layout;
 pub use members::MemberState;
 pub use rebuild::{MaintenanceReport, RebuildProgress};
+pub use replace::ReplaceProgress;
 pub use reshape::ReshapeProgress;
 pub use scrub::{CheckReport, Finding, ScrubReport};
+pub use status::{ArrayHealth, ArrayStatus, MemberStatus, MemberView};
+pub use suspend::ResumeReport;

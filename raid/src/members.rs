@@ -1,5 +1,6 @@
 //! The member table held in memory: which device serves each slot and in
-//! what state, the hot spares, a running rebuild's position, and beside them
+//! what state, the hot spares, a running rebuild's or replace's position,
+//! and beside them
 //! the rest of the array's metadata (the superblock it last wrote and the
 //! write-intent bitmap). Pure state: persisting it is
 //! [`crate::metadata`]'s, and what a member error does to it is decided there
@@ -10,7 +11,8 @@ use std::time::Duration;
 use blockdev::SharedDevice;
 
 use crate::bitmap::Bitmap;
-use crate::superblock::{SlotEntry, SlotState, Superblock, SPARE};
+use crate::pacing::Pacing;
+use crate::superblock::{SlotEntry, SlotState, Superblock, REPLACEMENT, SPARE};
 
 /// State of one member slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,22 @@ pub enum MemberState {
     },
     /// Being rebuilt.
     Rebuilding,
+    /// Suspended on purpose since the given clock time (maintenance): no
+    /// I/O goes to it, the array serves degraded, no spare replaces it.
+    Suspended {
+        /// When it was suspended (or, after a restart, assembled).
+        since: Duration,
+    },
+}
+
+impl MemberState {
+    /// Whether the slot is out of the array's I/O: failed or suspended.
+    pub fn unavailable(&self) -> bool {
+        matches!(
+            self,
+            MemberState::Faulty { .. } | MemberState::Suspended { .. }
+        )
+    }
 }
 
 /// One member slot.
@@ -44,10 +62,7 @@ pub(crate) struct RebuildState {
     pub(crate) checkpoint: u64,
     /// Only bitmap-dirty rows need rebuilding (a returning member).
     pub(crate) bitmap_only: bool,
-    pub(crate) started: Duration,
-    pub(crate) rows_done: u64,
-    pub(crate) tokens: f64,
-    pub(crate) last_tick: Duration,
+    pub(crate) pace: Pacing,
 }
 
 impl RebuildState {
@@ -57,16 +72,38 @@ impl RebuildState {
             pos,
             checkpoint: pos,
             bitmap_only,
-            started: now,
-            rows_done: 0,
-            tokens: 0.0,
-            last_tick: now,
+            pace: Pacing::new(now),
         }
     }
 
     /// Whether the target holds current data for `row`.
     pub(crate) fn in_sync(&self, row: u64, bitmap: &Bitmap) -> bool {
         row < self.pos || (self.bitmap_only && !bitmap.row_dirty(row))
+    }
+}
+
+/// A running replace: the slot's chunks are being copied onto `target`
+/// while the slot's own device still serves.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplaceState {
+    pub(crate) slot: u32,
+    pub(crate) target: SharedDevice,
+    /// Rows below are copied: writes to them go to both devices.
+    pub(crate) pos: u64,
+    /// Last persisted position (the target flushed up to it).
+    pub(crate) checkpoint: u64,
+    pub(crate) pace: Pacing,
+}
+
+impl ReplaceState {
+    pub(crate) fn new(slot: u32, target: SharedDevice, pos: u64, now: Duration) -> Self {
+        ReplaceState {
+            slot,
+            target,
+            pos,
+            checkpoint: pos,
+            pace: Pacing::new(now),
+        }
     }
 }
 
@@ -77,6 +114,7 @@ pub(crate) struct Meta {
     pub(crate) slots: Vec<Slot>,
     pub(crate) spares: Vec<SharedDevice>,
     pub(crate) rebuild: Option<RebuildState>,
+    pub(crate) replace: Option<ReplaceState>,
     pub(crate) bitmap: Bitmap,
     pub(crate) clean_on_disk: bool,
 }
@@ -92,25 +130,36 @@ impl Meta {
                 Some(r) if r.slot == slot && r.in_sync(row, &self.bitmap) => s.dev.clone(),
                 _ => None,
             },
-            MemberState::Faulty { .. } => None,
+            MemberState::Faulty { .. } | MemberState::Suspended { .. } => None,
         }
     }
 
+    /// The replacement device that also takes the writes of `slot`'s
+    /// chunk in `row`: a replace of that slot has copied the row already.
+    pub(crate) fn mirror(&self, slot: u32, row: u64) -> Option<SharedDevice> {
+        self.replace
+            .as_ref()
+            .filter(|r| r.slot == slot && row < r.pos)
+            .map(|r| r.target.clone())
+    }
+
     /// Devices that hold metadata (bitmap, superblock, journal ring):
-    /// present and not faulty.
+    /// present, neither faulty nor suspended.
     pub(crate) fn live_members(&self) -> Vec<(u32, SharedDevice)> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| !matches!(s.state, MemberState::Faulty { .. }))
+            .filter(|(_, s)| !s.state.unavailable())
             .filter_map(|(i, s)| s.dev.clone().map(|d| (i as u32, d)))
             .collect()
     }
 
     /// Marks a slot faulty since `now` (a spare's role is ignored). Returns
-    /// whether it changed; a rebuild onto it ends.
+    /// whether it changed; a rebuild onto it ends. A slot being replaced
+    /// hands over to its replacement instead: the rows copied so far are in
+    /// sync there, and the copy goes on as a rebuild from where it stood.
     pub(crate) fn mark_faulty(&mut self, slot: u32, now: Duration) -> bool {
-        if slot == SPARE {
+        if slot == SPARE || slot == REPLACEMENT {
             return false;
         }
         let Some(s) = self.slots.get_mut(slot as usize) else {
@@ -119,19 +168,35 @@ impl Meta {
         if matches!(s.state, MemberState::Faulty { .. }) {
             return false;
         }
+        let handover = self.replace.take_if(|r| {
+            r.slot == slot && s.state == MemberState::InSync && self.rebuild.is_none()
+        });
+        if let Some(r) = handover {
+            s.uuid = r.target.identity().uuid;
+            s.dev = Some(r.target);
+            s.state = MemberState::Rebuilding;
+            let mut rebuild = RebuildState::new(slot, r.pos, false, now);
+            rebuild.checkpoint = r.checkpoint;
+            self.rebuild = Some(rebuild);
+            return true;
+        }
         s.state = MemberState::Faulty { since: now };
         if self.rebuild.as_ref().is_some_and(|r| r.slot == slot) {
             self.rebuild = None;
         }
+        if self.replace.as_ref().is_some_and(|r| r.slot == slot) {
+            self.replace = None;
+        }
         true
     }
 
-    /// Faulty slots among those the array (or a running reshape) uses.
+    /// Unavailable (faulty or suspended) slots among those the array (or a
+    /// running reshape) uses.
     pub(crate) fn failed_members(&self) -> usize {
         let members = self.sb.members.max(self.sb.reshape_members) as usize;
         self.slots[..members.min(self.slots.len())]
             .iter()
-            .filter(|s| matches!(s.state, MemberState::Faulty { .. }))
+            .filter(|s| s.state.unavailable())
             .count()
     }
 
@@ -150,6 +215,7 @@ impl Meta {
                     MemberState::InSync => SlotState::Active,
                     MemberState::Faulty { .. } => SlotState::Faulty,
                     MemberState::Rebuilding => SlotState::Rebuilding,
+                    MemberState::Suspended { .. } => SlotState::Suspended,
                 },
             })
             .collect()

@@ -13,7 +13,10 @@ use crate::error::{RaidError, Result};
 use crate::integrity::{tag_addr, ChunkTags, TagEntry};
 use crate::journal::JournalHost;
 use crate::layout::Layout;
-use crate::superblock::{Superblock, FLAG_CLEAN, FLAG_REBUILD, MAX_SLOTS, REBUILD_BITMAP, SPARE};
+use crate::superblock::{
+    Superblock, FLAG_CLEAN, FLAG_REBUILD, FLAG_REPLACE, MAX_SLOTS, REBUILD_BITMAP, REPLACEMENT,
+    SPARE,
+};
 
 impl RaidArray {
     /// Writes a new superblock version (events + 1) to every present member and spare.
@@ -33,8 +36,22 @@ impl RaidArray {
                     }
                     None => m.sb.flags &= !FLAG_REBUILD,
                 }
+                match m
+                    .replace
+                    .as_ref()
+                    .map(|r| (r.slot, r.checkpoint, r.target.clone()))
+                {
+                    Some((slot, pos, target)) => {
+                        m.sb.flags |= FLAG_REPLACE;
+                        m.sb.replace_slot = slot;
+                        m.sb.replace_pos = pos;
+                        m.sb.replace_device = target.identity().uuid;
+                    }
+                    None => m.sb.flags &= !FLAG_REPLACE,
+                }
                 let mut targets = m.live_members();
                 targets.extend(m.spares.iter().map(|d| (SPARE, d.clone())));
+                targets.extend(m.replace.as_ref().map(|r| (REPLACEMENT, r.target.clone())));
                 (targets, m.sb.clone())
             };
             let bs = self.inner.block_size;
@@ -53,7 +70,11 @@ impl RaidArray {
                 if let Err(e) = r {
                     warn!(slot = role, error = %e, "superblock write failed");
                     failed = true;
-                    self.mark_faulty(*role);
+                    if *role == REPLACEMENT {
+                        self.meta().replace = None;
+                    } else {
+                        self.mark_faulty(*role);
+                    }
                 }
             }
             if !failed {
@@ -77,8 +98,23 @@ impl RaidArray {
         }
     }
 
+    /// Live members and, while a replace runs, its replacement device
+    /// ([`REPLACEMENT`]): the devices that take the bitmap and flushes.
+    pub(crate) fn metadata_targets(&self) -> Vec<(u32, SharedDevice)> {
+        let m = self.meta();
+        let mut targets = m.live_members();
+        targets.extend(m.replace.as_ref().map(|r| (REPLACEMENT, r.target.clone())));
+        targets
+    }
+
     /// A member failed an I/O: mark it faulty and persist that on the others.
+    /// For the replacement device ([`REPLACEMENT`]) the replace ends instead;
+    /// the member it was copying keeps serving.
     pub(crate) async fn fail_member(&self, slot: u32, err: &BlockError) {
+        if slot == REPLACEMENT {
+            self.abort_replace(err).await;
+            return;
+        }
         if self.mark_faulty(slot) {
             warn!(slot, error = %err, "member failed; array degraded");
             if let Some(j) = &self.inner.journal {
@@ -132,7 +168,9 @@ impl RaidArray {
                 m.sb.bitmap_start + b,
             )
         };
-        let targets = self.live_members();
+        // A replacement gets the bitmap too: should its member fail, it
+        // takes over the slot with a copy that lacks nothing.
+        let targets = self.metadata_targets();
         let res = join_all(
             targets
                 .iter()

@@ -245,15 +245,11 @@ impl RaidArray {
                     blocks = bad.len(),
                     "repairing damaged blocks from parity"
                 );
-                if let Err(e) = dev
-                    .write(
-                        lay.member_block(row, b0),
-                        Bytes::from(fixed.clone()),
-                        WriteFlags::FUA,
-                    )
-                    .await
-                {
-                    self.fail_member(slot, &e).await;
+                let at = lay.member_block(row, b0);
+                let buf = Bytes::from(fixed.clone());
+                match dev.write(at, buf.clone(), WriteFlags::FUA).await {
+                    Ok(()) => self.mirror_write(slot, row, at, buf, WriteFlags::FUA).await,
+                    Err(e) => self.fail_member(slot, &e).await,
                 }
                 self.inner
                     .stats
@@ -313,16 +309,14 @@ impl RaidArray {
         Ok(full)
     }
 
-    /// Writes a whole chunk and its freshly computed tags to a member.
-    pub(crate) async fn write_chunk_with_tags(
+    /// A whole chunk followed by its freshly computed tag blocks.
+    pub(crate) fn chunk_with_tags(
         &self,
         lay: &Layout,
         row: u64,
         slot: u32,
-        dev: &SharedDevice,
         content: &[u8],
-        flags: WriteFlags,
-    ) -> bool {
+    ) -> Bytes {
         let bs = self.inner.block_size as usize;
         let tags = ChunkTags {
             entries: content
@@ -335,11 +329,27 @@ impl RaidArray {
         let mut buf = BytesMut::with_capacity(content.len() + tbuf.len());
         buf.extend_from_slice(content);
         buf.extend_from_slice(&tbuf);
-        match dev
-            .write(lay.member_block(row, 0), buf.freeze(), flags)
-            .await
-        {
-            Ok(()) => true,
+        buf.freeze()
+    }
+
+    /// Writes a whole chunk and its freshly computed tags to a member (and
+    /// to a replacement that has copied the row already).
+    pub(crate) async fn write_chunk_with_tags(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+        content: &[u8],
+        flags: WriteFlags,
+    ) -> bool {
+        let buf = self.chunk_with_tags(lay, row, slot, content);
+        let at = lay.member_block(row, 0);
+        match dev.write(at, buf.clone(), flags).await {
+            Ok(()) => {
+                self.mirror_write(slot, row, at, buf, flags).await;
+                true
+            }
             Err(e) => {
                 self.fail_member(slot, &e).await;
                 false

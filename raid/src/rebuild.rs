@@ -33,6 +33,11 @@ pub struct RebuildProgress {
     pub slot: u32,
     /// Rows done (position of the rebuild).
     pub done_rows: u64,
+    /// Rows actually rebuilt since it (re)started: for a returning or
+    /// resumed member only those of regions written while it was away.
+    pub rows_rebuilt: u64,
+    /// Only regions marked in the write-intent bitmap are rebuilt.
+    pub bitmap_only: bool,
     /// Rows in the array.
     pub total_rows: u64,
     /// Rows per second since the rebuild (re)started.
@@ -52,6 +57,12 @@ pub struct MaintenanceReport {
     pub rebuild: Option<RebuildProgress>,
     /// Whether a rebuild finished in this call.
     pub rebuild_finished: bool,
+    /// Rows a running replace copied in this call.
+    pub rows_copied: u64,
+    /// Replace progress after this call, if one is running.
+    pub replace: Option<crate::ReplaceProgress>,
+    /// Whether a replace finished (its new member took the slot) in this call.
+    pub replace_finished: bool,
 }
 
 impl RaidArray {
@@ -61,17 +72,12 @@ impl RaidArray {
         let m = self.meta();
         let r = m.rebuild.as_ref()?;
         let total = m.sb.rows;
-        let secs = (now - r.started).as_secs_f64();
-        let rate = if secs > 0.0 {
-            r.rows_done as f64 / secs
-        } else {
-            0.0
-        };
-        let eta =
-            (rate > 0.0).then(|| Duration::from_secs_f64((total - r.pos.min(total)) as f64 / rate));
+        let (rate, eta) = r.pace.rate(now, total - r.pos.min(total));
         Some(RebuildProgress {
             slot: r.slot,
             done_rows: r.pos,
+            rows_rebuilt: r.pace.rows_done,
+            bitmap_only: r.bitmap_only,
             total_rows: total,
             rows_per_sec: rate,
             eta,
@@ -79,8 +85,9 @@ impl RaidArray {
     }
 
     /// Periodic work, driven by the caller's timer: pulls in a hot spare for a
-    /// member failed longer than the spare timeout and advances a rebuild as
-    /// far as the rate limit allows.
+    /// member failed longer than the spare timeout (never for a suspended
+    /// one) and advances a rebuild and a replace as far as the rate limit
+    /// allows (each has its own budget of `rebuild_rows_per_sec`).
     pub async fn maintain(&self) -> Result<MaintenanceReport> {
         self.settle_journal().await?;
         let mut report = MaintenanceReport::default();
@@ -104,18 +111,11 @@ impl RaidArray {
         }
         let budget = {
             let mut m = self.meta();
-            match (&mut m.rebuild, self.inner.cfg.rebuild_rows_per_sec) {
-                (None, _) => 0,
-                (Some(_), None) => self.inner.cfg.checkpoint_rows,
-                (Some(r), Some(rate)) => {
-                    let dt = (now - r.last_tick).as_secs_f64();
-                    r.last_tick = now;
-                    r.tokens = (r.tokens + dt * rate as f64).min(rate.max(1) as f64);
-                    let n = r.tokens.floor();
-                    r.tokens -= n;
-                    n as u64
-                }
-            }
+            let cfg = &self.inner.cfg;
+            m.rebuild.as_mut().map_or(0, |r| {
+                r.pace
+                    .budget(now, cfg.rebuild_rows_per_sec, cfg.checkpoint_rows)
+            })
         };
         if budget > 0 {
             let (rows, finished) = self.rebuild_step(budget).await?;
@@ -123,6 +123,13 @@ impl RaidArray {
             report.rebuild_finished = finished;
         }
         report.rebuild = self.rebuild_progress();
+        let budget = self.replace_budget(now);
+        if budget > 0 {
+            let (rows, finished) = self.replace_step(budget).await?;
+            report.rows_copied = rows;
+            report.replace_finished = finished;
+        }
+        report.replace = self.replace_progress();
         Ok(report)
     }
 
@@ -174,7 +181,12 @@ impl RaidArray {
     }
 
     /// Puts `dev` into `slot` and starts rebuilding it.
-    async fn install(&self, slot: u32, dev: SharedDevice, bitmap_only: bool) -> Result<()> {
+    pub(crate) async fn install(
+        &self,
+        slot: u32,
+        dev: SharedDevice,
+        bitmap_only: bool,
+    ) -> Result<()> {
         let now = self.now();
         {
             let mut m = self.meta();
@@ -218,6 +230,11 @@ impl RaidArray {
             if s.uuid != dev.identity().uuid {
                 return Err(RaidError::Assembly(format!(
                     "slot {slot} now holds another device; add it as a spare"
+                )));
+            }
+            if matches!(s.state, MemberState::Suspended { .. }) {
+                return Err(RaidError::Assembly(format!(
+                    "slot {slot} is suspended: resume it"
                 )));
             }
             if !matches!(s.state, MemberState::Faulty { .. }) {
@@ -273,7 +290,7 @@ impl RaidArray {
                         Some(r) if r.slot == slot => {
                             r.pos = row + 1;
                             if needed {
-                                r.rows_done += 1;
+                                r.pace.rows_done += 1;
                             }
                             Ok(Some(needed))
                         }

@@ -43,7 +43,7 @@ pub struct ReshapeProgress {
     pub total_rows: u64,
 }
 
-fn rows_needed(old: &Layout, new: &Layout) -> u64 {
+pub(crate) fn rows_needed(old: &Layout, new: &Layout) -> u64 {
     old.capacity().div_ceil(new.row_data_blocks())
 }
 
@@ -59,6 +59,11 @@ impl RaidArray {
         }
         if self.degraded() || self.meta().rebuild.is_some() {
             return Err(RaidError::Config("cannot grow a degraded array".into()));
+        }
+        if self.meta().replace.is_some() {
+            return Err(RaidError::Config(
+                "cannot grow while a member is being replaced".into(),
+            ));
         }
         let cur = geo.cur;
         let (backup_rows, max_slots) = {

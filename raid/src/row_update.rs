@@ -35,6 +35,7 @@ use crate::integrity::{parity_addr, tag_addr, ChunkTags, TagEntry};
 use crate::journal::RowContent;
 use crate::layout::Layout;
 use crate::parity::{xor_into, xor_many};
+use crate::superblock::REPLACEMENT;
 
 /// Parity buffers kept for reuse by full-stripe writes.
 const PARITY_POOL: usize = 4;
@@ -267,6 +268,19 @@ impl RaidArray {
             }
             writes.push((pslot, pdev, lay.member_block(row, lo), p.freeze()));
         }
+        // A replace that has copied this row takes the slot's writes too.
+        let mirrored: Vec<(u32, SharedDevice, u64, Bytes)> = {
+            let m = self.meta();
+            writes
+                .iter()
+                .filter_map(|(slot, _, at, buf)| {
+                    m.mirror(*slot, row)
+                        .map(|t| (REPLACEMENT, t, *at, buf.clone()))
+                })
+                .collect()
+        };
+        // In front: the parity write stays last, for its buffer's reuse.
+        writes.splice(0..0, mirrored);
         let results = join_all(
             writes
                 .iter()

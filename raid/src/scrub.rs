@@ -204,11 +204,13 @@ impl RaidArray {
                     self.place(row, s as u32),
                     self.epoch(),
                 ));
-                if let Err(e) = devs[s]
-                    .write(lay.member_block(row, 0), Bytes::from(buf), WriteFlags::FUA)
-                    .await
-                {
-                    self.fail_member(s as u32, &e).await;
+                let (at, buf) = (lay.member_block(row, 0), Bytes::from(buf));
+                match devs[s].write(at, buf.clone(), WriteFlags::FUA).await {
+                    Ok(()) => {
+                        self.mirror_write(s as u32, row, at, buf, WriteFlags::FUA)
+                            .await
+                    }
+                    Err(e) => self.fail_member(s as u32, &e).await,
                 }
             }
         }

@@ -20,7 +20,12 @@
 //! 184 slot count u32          188 reserved u32
 //! 192 slot table: MAX_SLOTS x 32 bytes: device uuid [16], state u8, reserved [15]
 //! 2240 closed flush epoch u64
+//! 2248 replace slot u32       2252 reserved u32
+//! 2256 replace checkpoint row u64
+//! 2264 replacement device uuid [16]
 //! ```
+//!
+//! Slot states: 0 active, 1 faulty, 2 rebuilding, 3 suspended.
 
 use blockdev::SharedDevice;
 
@@ -32,12 +37,18 @@ pub const SB_BYTES: usize = 4096;
 pub const MAX_SLOTS: usize = 64;
 /// Role of a hot spare.
 pub const SPARE: u32 = u32::MAX;
+/// Role of the device a running replace copies a member onto
+/// ([`Superblock::replace_slot`] names the member).
+pub const REPLACEMENT: u32 = u32::MAX - 1;
 /// Current on-disk format version (2: tag entries carry the previous
 /// checksum and tag blocks the flush epoch; version 1 arrays are refused).
 pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"OPIERAID";
 const SLOT_TABLE: usize = 192;
 const CLOSED_EPOCH: usize = SLOT_TABLE + 32 * MAX_SLOTS;
+const REPLACE_SLOT: usize = CLOSED_EPOCH + 8;
+const REPLACE_POS: usize = REPLACE_SLOT + 8;
+const REPLACE_DEVICE: usize = REPLACE_POS + 8;
 
 /// Superblock flag: the array was shut down cleanly (parity known good).
 pub const FLAG_CLEAN: u32 = 1;
@@ -49,6 +60,8 @@ pub const FLAG_RESHAPE: u32 = 4;
 pub const FLAG_BACKUP: u32 = 8;
 /// Superblock flag: a rebuild is in progress.
 pub const FLAG_REBUILD: u32 = 16;
+/// Superblock flag: a member is being replaced (copied onto another device).
+pub const FLAG_REPLACE: u32 = 32;
 /// Rebuild flag: only rows marked in the write-intent bitmap need rebuilding.
 pub const REBUILD_BITMAP: u32 = 1;
 
@@ -61,6 +74,10 @@ pub enum SlotState {
     Faulty,
     /// Being rebuilt (see the rebuild checkpoint).
     Rebuilding,
+    /// Taken out of service on purpose (maintenance): not failed, no spare
+    /// replaces it, and when it is resumed only the regions written
+    /// meanwhile (the write-intent bitmap) are resynced.
+    Suspended,
 }
 
 /// One slot of the member table.
@@ -125,6 +142,12 @@ pub struct Superblock {
     /// bring back the "previous" content its tag entries name
     /// ([`crate::integrity`]). 0 when nothing is known.
     pub closed_epoch: u64,
+    /// Slot being replaced (with [`FLAG_REPLACE`]).
+    pub replace_slot: u32,
+    /// Rows below this are copied onto the replacement device.
+    pub replace_pos: u64,
+    /// Identity uuid of the replacement device.
+    pub replace_device: [u8; 16],
     /// The member table.
     pub slots: Vec<SlotEntry>,
 }
@@ -173,6 +196,9 @@ impl Superblock {
         put64(&mut b, 176, self.reshape_pos);
         put32(&mut b, 184, self.slots.len() as u32);
         put64(&mut b, CLOSED_EPOCH, self.closed_epoch);
+        put32(&mut b, REPLACE_SLOT, self.replace_slot);
+        put64(&mut b, REPLACE_POS, self.replace_pos);
+        b[REPLACE_DEVICE..REPLACE_DEVICE + 16].copy_from_slice(&self.replace_device);
         for (i, s) in self.slots.iter().enumerate() {
             let at = SLOT_TABLE + 32 * i;
             b[at..at + 16].copy_from_slice(&s.device);
@@ -180,6 +206,7 @@ impl Superblock {
                 SlotState::Active => 0,
                 SlotState::Faulty => 1,
                 SlotState::Rebuilding => 2,
+                SlotState::Suspended => 3,
             };
         }
         let crc = crc32c::crc32c(&b);
@@ -212,6 +239,7 @@ impl Superblock {
                 0 => SlotState::Active,
                 1 => SlotState::Faulty,
                 2 => SlotState::Rebuilding,
+                3 => SlotState::Suspended,
                 _ => return bad("bad slot state"),
             };
             slots.push(SlotEntry {
@@ -244,6 +272,11 @@ impl Superblock {
             reshape_members: get32(b, 168),
             reshape_pos: get64(b, 176),
             closed_epoch: get64(b, CLOSED_EPOCH),
+            replace_slot: get32(b, REPLACE_SLOT),
+            replace_pos: get64(b, REPLACE_POS),
+            replace_device: b[REPLACE_DEVICE..REPLACE_DEVICE + 16]
+                .try_into()
+                .expect("16 bytes"),
             slots,
         };
         if sb.members < 2
@@ -318,6 +351,9 @@ mod tests {
             reshape_members: 0,
             reshape_pos: 0,
             closed_epoch: (41 << 32) + 7,
+            replace_slot: 1,
+            replace_pos: 9,
+            replace_device: [5; 16],
             slots: vec![
                 SlotEntry {
                     device: [3; 16],
@@ -330,6 +366,10 @@ mod tests {
                 SlotEntry {
                     device: [4; 16],
                     state: SlotState::Rebuilding,
+                },
+                SlotEntry {
+                    device: [6; 16],
+                    state: SlotState::Suspended,
                 },
             ],
         }

@@ -1,7 +1,8 @@
 //! Model-based property test: random sequences of I/O (including copies of
 //! blocks to other places, as file systems make), failures, returns,
 //! spares, crashes (between requests or in the middle of a flush),
-//! reassembly, growth and bit rot; after every step every
+//! reassembly, growth, bit rot, members suspended and resumed, and members
+//! replaced online; after every step every
 //! acknowledged block must read back exactly (after a crash: its durable
 //! content or one written since the last flush), and what the members hold
 //! must pass a read-only check (tags vouch for every block, parity right).
@@ -73,6 +74,19 @@ enum Op {
         block: u8,
         bit: u16,
     },
+    /// Suspends a member (its device then fails every I/O, so any that
+    /// reached it would fail it).
+    Suspend {
+        slot: u8,
+    },
+    Resume,
+    /// Starts replacing a member with a new device.
+    Replace {
+        slot: u8,
+    },
+    ReplaceStep {
+        rows: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -92,6 +106,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Grow),
         5 => Just(Op::ReshapeStep),
         3 => (any::<u8>(), any::<u16>(), any::<u8>(), any::<u16>()).prop_map(|(slot, row, block, bit)| Op::Rot { slot, row, block, bit }),
+        3 => any::<u8>().prop_map(|slot| Op::Suspend { slot }),
+        4 => Just(Op::Resume),
+        2 => any::<u8>().prop_map(|slot| Op::Replace { slot }),
+        4 => (1u8..=200).prop_map(|rows| Op::ReplaceStep { rows }),
     ]
 }
 
@@ -163,6 +181,8 @@ struct World {
     offline: Option<Arc<FaultyDevice>>,
     /// A member was lost right after the last crash (journal model only).
     lost_at_crash: bool,
+    /// The suspended slot and its device (offline meanwhile).
+    suspended: Option<(u32, Arc<FaultyDevice>)>,
 }
 
 impl World {
@@ -180,6 +200,21 @@ impl World {
 
     async fn reshaping(&self) -> bool {
         self.a().reshape_progress().await.is_some()
+    }
+
+    fn replacing(&self) -> bool {
+        self.a().replace_progress().is_some()
+    }
+
+    /// A new device of the members' size (with a volatile cache where
+    /// the members have one that matters).
+    fn new_device(&mut self) -> Arc<FaultyDevice> {
+        let blocks = self.rig.faulty[0].geometry().num_blocks;
+        let d = self.rig.add_device(blocks);
+        if self.journal {
+            d.enable_volatile_cache();
+        }
+        d
     }
 
     /// The block `at` names: anywhere in the volume, or (`hot`) in its
@@ -399,11 +434,7 @@ impl World {
             }
             Op::AddSpare => {
                 if self.a().spare_count() == 0 {
-                    let blocks = self.rig.faulty[0].geometry().num_blocks;
-                    let d = self.rig.add_device(blocks);
-                    if self.journal {
-                        d.enable_volatile_cache();
-                    }
+                    let d = self.new_device();
                     self.a()
                         .add_spare(d)
                         .await
@@ -493,12 +524,8 @@ impl World {
             }
             Op::Grow => {
                 let members = self.a().member_states().len();
-                if !self.busy() && !self.reshaping().await && members < 6 {
-                    let blocks = self.rig.faulty[0].geometry().num_blocks;
-                    let d = self.rig.add_device(blocks);
-                    if self.journal {
-                        d.enable_volatile_cache();
-                    }
+                if !self.busy() && !self.reshaping().await && !self.replacing() && members < 6 {
+                    let d = self.new_device();
                     self.a()
                         .grow(d)
                         .await
@@ -539,6 +566,53 @@ impl World {
                         prop_assert_eq!(r.unrecoverable, 0);
                     }
                 }
+            }
+            Op::Suspend { slot } => {
+                let lay = self.a().layout().await;
+                let slot = u32::from(*slot) % lay.members;
+                let replaced = self.a().replace_progress().is_some_and(|p| p.slot == slot);
+                if !self.busy() && !self.reshaping().await && !replaced {
+                    let dev = self.device_of(slot as usize).expect("member");
+                    self.a()
+                        .suspend(slot)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("suspend: {e}")))?;
+                    dev.set_offline(true);
+                    self.suspended = Some((slot, dev));
+                }
+            }
+            Op::Resume => {
+                if self.a().rebuild_progress().is_none() {
+                    if let Some((slot, dev)) = self.suspended.take() {
+                        dev.set_offline(false);
+                        self.a()
+                            .resume(slot, dev)
+                            .await
+                            .map_err(|e| TestCaseError::fail(format!("resume: {e}")))?;
+                    }
+                }
+            }
+            Op::Replace { slot } => {
+                let lay = self.a().layout().await;
+                let slot = *slot as usize % lay.members as usize;
+                let active = self.a().member_states()[slot] == MemberState::InSync;
+                if active
+                    && !self.reshaping().await
+                    && !self.replacing()
+                    && self.a().rebuild_progress().is_none()
+                {
+                    let d = self.new_device();
+                    self.a()
+                        .replace(slot as u32, d)
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("replace: {e}")))?;
+                }
+            }
+            Op::ReplaceStep { rows } => {
+                self.a()
+                    .replace_step(u64::from(*rows))
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("replace step: {e}")))?;
             }
         }
         self.check(after_crash).await?;
@@ -601,6 +675,7 @@ async fn run(members: usize, chunk: u32, journal: bool, ops: Vec<Op>) -> Result<
         version: 0,
         offline: None,
         lost_at_crash: false,
+        suspended: None,
     };
     for op in &ops {
         w.step(op)

@@ -185,3 +185,60 @@ pub async fn assert_scrub_clean(a: &RaidArray) {
         "{r:?}"
     );
 }
+
+/// Writes that go on in a task of their own until stopped, each `pick(v)`
+/// = `(lba, blocks)` of version `v` (from 2 on), recorded in its own copy
+/// of the model.
+pub struct BackgroundWriter {
+    written: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Option<u64>>>,
+}
+
+impl BackgroundWriter {
+    pub fn spawn(
+        a: &RaidArray,
+        mut model: Vec<Option<u64>>,
+        pick: impl Fn(u64) -> (u64, u64) + Send + 'static,
+    ) -> BackgroundWriter {
+        use std::sync::atomic::Ordering;
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (a, written, stop) = (a.clone(), written.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut v = 2;
+                while !stop.load(Ordering::SeqCst) {
+                    let (lba, n) = pick(v);
+                    let fua = blockdev::WriteFlags { fua: v % 5 == 0 };
+                    a.write(lba, blocks(lba, n, v), fua).await.expect("write");
+                    model[lba as usize..(lba + n) as usize].fill(Some(v));
+                    written.fetch_add(1, Ordering::SeqCst);
+                    v += 1;
+                    tokio::task::yield_now().await;
+                }
+                model
+            })
+        };
+        BackgroundWriter {
+            written,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until `n` more writes have been acknowledged.
+    pub async fn wait(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let until = self.written.load(Ordering::SeqCst) + n;
+        while self.written.load(Ordering::SeqCst) < until {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Stops the writes; returns the model with every write acknowledged.
+    pub async fn stop(self) -> Vec<Option<u64>> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("writer")
+    }
+}

@@ -1,0 +1,75 @@
+//! What the admin commands exit with, so scripts can branch on it.
+
+use std::process::ExitCode;
+
+use control::{ClientError, ControlError, ErrorCode};
+
+/// Done.
+pub const EXIT_OK: u8 = 0;
+/// The operation failed (`internal`, or with `--wait` a task that failed
+/// or was cancelled).
+pub const EXIT_FAILED: u8 = 1;
+/// Bad command line, or the head answered `invalid`.
+pub const EXIT_INVALID: u8 = 2;
+/// The head could not be reached, or gave no usable answer.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// `conflict` or `busy`: the state does not allow it, or not now.
+pub const EXIT_CONFLICT: u8 = 4;
+/// `not-found`: no such ISU, array, volume or task.
+pub const EXIT_NOT_FOUND: u8 = 5;
+/// `unavailable`: something the operation needs is down; retry once up.
+pub const EXIT_UNAVAILABLE: u8 = 6;
+/// `denied`: this user may not use the control socket.
+pub const EXIT_DENIED: u8 = 7;
+
+/// The exit status of an error the head answered.
+pub fn of_error(e: &ControlError) -> u8 {
+    match e.code() {
+        ErrorCode::Invalid => EXIT_INVALID,
+        ErrorCode::Conflict | ErrorCode::Busy => EXIT_CONFLICT,
+        ErrorCode::NotFound => EXIT_NOT_FOUND,
+        ErrorCode::Unavailable => EXIT_UNAVAILABLE,
+        ErrorCode::Denied => EXIT_DENIED,
+        ErrorCode::Internal => EXIT_FAILED,
+    }
+}
+
+/// Why a command ends without success.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The head could not be reached or answered nothing usable.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// The head refused or failed the request.
+    #[error("{}", .0.message())]
+    Refused(ControlError),
+    /// A followed task failed or was cancelled.
+    #[error("{0}")]
+    Task(String),
+}
+
+impl Failure {
+    /// Its exit status.
+    pub fn exit(&self) -> u8 {
+        match self {
+            Failure::Client(_) => EXIT_UNREACHABLE,
+            Failure::Refused(e) => of_error(e),
+            Failure::Task(_) => EXIT_FAILED,
+        }
+    }
+
+    /// Its code for `--json` output when the head gave no answer of its own
+    /// (`unreachable` is the CLI's, not the protocol's).
+    pub fn json_code(&self) -> &'static str {
+        match self {
+            Failure::Client(_) => "unreachable",
+            Failure::Refused(e) => e.code().as_str(),
+            Failure::Task(_) => "failed",
+        }
+    }
+}
+
+/// The process exit code of a status byte.
+pub fn code(status: u8) -> ExitCode {
+    ExitCode::from(status)
+}

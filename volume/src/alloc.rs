@@ -1,0 +1,134 @@
+//! Free space and allocation of units (sans-I/O).
+
+use crate::table::{Table, UnitExtent};
+
+/// The free runs of units of `table` on a device of `device_units` units,
+/// in address order.
+pub fn free_extents(table: &Table, device_units: u64) -> Vec<UnitExtent> {
+    let mut used: Vec<UnitExtent> = table
+        .volumes
+        .iter()
+        .flat_map(|v| v.extents.iter().copied())
+        .collect();
+    used.sort_unstable();
+    let mut free = Vec::new();
+    let mut at = table.first_unit;
+    for u in used {
+        if u.start > at {
+            free.push(UnitExtent {
+                start: at,
+                len: u.start.min(device_units).saturating_sub(at),
+            });
+        }
+        at = at.max(u.end());
+    }
+    if device_units > at {
+        free.push(UnitExtent {
+            start: at,
+            len: device_units - at,
+        });
+    }
+    free.retain(|e| e.len > 0);
+    free
+}
+
+/// Picks `units` units from `free`: right after `after` first (so a grown
+/// volume stays contiguous where it can), then the first free runs in
+/// address order. None if there are not that many free.
+pub fn allocate(free: &[UnitExtent], units: u64, after: Option<u64>) -> Option<Vec<UnitExtent>> {
+    if units == 0 {
+        return Some(Vec::new());
+    }
+    if free.iter().map(|e| e.len).sum::<u64>() < units {
+        return None;
+    }
+    let mut order: Vec<UnitExtent> = free.to_vec();
+    let next_to = after.and_then(|end| order.iter().position(|e| e.start == end));
+    // Else a run that holds the whole request in one piece beats splitting it.
+    let first = next_to.or_else(|| order.iter().position(|e| e.len >= units));
+    if let Some(i) = first {
+        let e = order.remove(i);
+        order.insert(0, e);
+    }
+    let mut out = Vec::new();
+    let mut left = units;
+    for e in order {
+        if left == 0 {
+            break;
+        }
+        let n = e.len.min(left);
+        out.push(UnitExtent {
+            start: e.start,
+            len: n,
+        });
+        left -= n;
+    }
+    Some(out)
+}
+
+/// Appends `new` to `extents`, merging runs that touch.
+pub fn append(extents: &mut Vec<UnitExtent>, new: &[UnitExtent]) {
+    for &n in new {
+        match extents.last_mut() {
+            Some(last) if last.end() == n.start => last.len += n.len,
+            _ => extents.push(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Entry;
+
+    fn table(extents: &[(u64, u64)]) -> Table {
+        Table {
+            seq: 1,
+            block_size: 512,
+            unit_blocks: 8,
+            first_unit: 10,
+            volumes: extents
+                .iter()
+                .enumerate()
+                .map(|(i, &(start, len))| Entry {
+                    uuid: [i as u8; 16],
+                    name: format!("v{i}"),
+                    flags: 0,
+                    created_ms: 0,
+                    extents: vec![UnitExtent { start, len }],
+                })
+                .collect(),
+        }
+    }
+
+    fn ext(v: &[(u64, u64)]) -> Vec<UnitExtent> {
+        v.iter()
+            .map(|&(start, len)| UnitExtent { start, len })
+            .collect()
+    }
+
+    #[test]
+    fn free_runs_lie_between_volumes() {
+        let t = table(&[(20, 5), (10, 2)]);
+        assert_eq!(free_extents(&t, 40), ext(&[(12, 8), (25, 15)]));
+        assert_eq!(free_extents(&t, 22), ext(&[(12, 8)]));
+        assert_eq!(free_extents(&table(&[]), 10), ext(&[]));
+    }
+
+    #[test]
+    fn allocation_prefers_contiguous_then_whole_runs() {
+        let free = ext(&[(12, 3), (25, 15)]);
+        assert_eq!(allocate(&free, 2, None), Some(ext(&[(12, 2)])));
+        assert_eq!(allocate(&free, 5, None), Some(ext(&[(25, 5)])));
+        assert_eq!(allocate(&free, 2, Some(25)), Some(ext(&[(25, 2)])));
+        assert_eq!(allocate(&free, 17, None), Some(ext(&[(12, 3), (25, 14)])));
+        assert_eq!(allocate(&free, 19, None), None);
+    }
+
+    #[test]
+    fn appended_runs_merge() {
+        let mut e = ext(&[(10, 2)]);
+        append(&mut e, &ext(&[(12, 3), (20, 1)]));
+        assert_eq!(e, ext(&[(10, 5), (20, 1)]));
+    }
+}

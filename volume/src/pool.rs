@@ -1,0 +1,516 @@
+//! The volume manager of one device: format, open, and the online
+//! operations (create, grow, delete, read-only), each one table commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use blockdev::{BlockDevice, DeviceIdentity, SharedDevice};
+
+use crate::alloc::{allocate, append, free_extents};
+use crate::error::{CopyFault, Result, VolumeError};
+use crate::store::{self, Current};
+use crate::table::{reserved_units, valid_name, Entry, Table, UnitExtent, FLAG_READ_ONLY};
+use crate::volume::Volume;
+
+/// Where creation times come from (injected for tests).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// What the table says of one volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its uuid, fixed at creation.
+    pub uuid: [u8; 16],
+    /// The identity it is exported with (derived from the uuid).
+    pub identity: DeviceIdentity,
+    /// Whether it refuses writes.
+    pub read_only: bool,
+    /// When it was created (millisecond precision).
+    pub created: SystemTime,
+    /// Its capacity in blocks.
+    pub size_blocks: u64,
+    /// Its extents on the device, in allocation units, in volume order.
+    pub extents: Vec<UnitExtent>,
+    /// Open handles ([`Pool::open_volume`]'s `Arc`s alive).
+    pub open_handles: usize,
+}
+
+/// Space on the device, in blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Blocks of the device in whole allocation units.
+    pub total_blocks: u64,
+    /// Blocks before the first allocatable unit (the two table copies).
+    pub reserved_blocks: u64,
+    /// Blocks in volumes.
+    pub used_blocks: u64,
+    /// Blocks free.
+    pub free_blocks: u64,
+    /// The largest free run, in blocks.
+    pub largest_free_blocks: u64,
+}
+
+/// The volumes of one device (a RAID5 array) and its mapping table.
+///
+/// Table changes are serialized and each is one commit (see the crate
+/// docs); the space a change takes is zeroed and flushed before the commit,
+/// so new space always reads zeroes and a deleted volume's data never shows
+/// in another. I/O to open volumes never waits on a change: a grown volume
+/// takes its new map at once, after the commit.
+///
+/// A change whose future is dropped, or that fails with a device error, is
+/// not in effect in this process, but its table copy may have reached the
+/// device, and a later open may show it: a caller that must know runs each
+/// change to its end (the head's control API does).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state();
+        f.debug_struct("Pool")
+            .field("device", self.inner.dev.identity())
+            .field("seq", &s.current.table.seq)
+            .field("volumes", &s.current.table.volumes.len())
+            .finish()
+    }
+}
+
+struct Shared {
+    dev: SharedDevice,
+    /// Held for the whole of a table change.
+    changes: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+    clock: Mutex<Clock>,
+}
+
+struct State {
+    current: Current,
+    open: HashMap<[u8; 16], Weak<Volume>>,
+    deleting: HashSet<[u8; 16]>,
+}
+
+impl State {
+    fn handles(&self, uuid: &[u8; 16]) -> usize {
+        self.open.get(uuid).map_or(0, Weak::strong_count)
+    }
+
+    fn live(&self, uuid: &[u8; 16]) -> Option<Arc<Volume>> {
+        self.open.get(uuid).and_then(Weak::upgrade)
+    }
+}
+
+fn units_of(dev: &dyn BlockDevice, unit_blocks: u64) -> u64 {
+    dev.geometry().num_blocks / unit_blocks
+}
+
+fn units_for(dev: &dyn BlockDevice, size_bytes: u64, unit_blocks: u64) -> Result<u64> {
+    if size_bytes == 0 {
+        return Err(VolumeError::InvalidSize(
+            "a volume needs at least one block".into(),
+        ));
+    }
+    let bs = u64::from(dev.geometry().block_size);
+    Ok(size_bytes.div_ceil(bs).div_ceil(unit_blocks))
+}
+
+/// [`allocate`], or [`VolumeError::NoSpace`] with the figures.
+fn allocate_or_refuse(
+    free: &[UnitExtent],
+    units: u64,
+    after: Option<u64>,
+    unit_blocks: u64,
+) -> Result<Vec<UnitExtent>> {
+    allocate(free, units, after).ok_or_else(|| VolumeError::NoSpace {
+        needed_blocks: units * unit_blocks,
+        free_blocks: free.iter().map(|e| e.len).sum::<u64>() * unit_blocks,
+    })
+}
+
+/// The entry of volume `name` in `table`, to change.
+fn entry_mut<'t>(table: &'t mut Table, name: &str) -> Result<&'t mut Entry> {
+    table
+        .volumes
+        .iter_mut()
+        .find(|v| v.name == name)
+        .ok_or_else(|| VolumeError::NotFound(name.into()))
+}
+
+impl Pool {
+    /// Writes an empty table to `dev` with an allocation unit of
+    /// `unit_blocks` blocks (the array's full stripe). A device that holds
+    /// a table (or what looks like a damaged one) is refused unless `force`;
+    /// a forced format destroys every volume on it.
+    pub async fn format(dev: SharedDevice, unit_blocks: u64, force: bool) -> Result<Pool> {
+        if dev.read_only() {
+            return Err(VolumeError::ReadOnly);
+        }
+        let bs = dev.geometry().block_size;
+        if unit_blocks == 0 {
+            return Err(VolumeError::InvalidUnit("zero blocks".into()));
+        }
+        let first_unit = reserved_units(bs, unit_blocks);
+        if units_of(&*dev, unit_blocks) <= first_unit {
+            return Err(VolumeError::InvalidUnit(format!(
+                "a device of {} blocks has no room for a unit of {unit_blocks} blocks after the table",
+                dev.geometry().num_blocks
+            )));
+        }
+        let copies = store::read_both(&*dev).await?;
+        let found = copies.iter().any(|c| !matches!(c, Err(CopyFault::NoMagic)));
+        let old = copies
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .max_by_key(|t| t.seq);
+        if found && !force {
+            return Err(VolumeError::AlreadyFormatted {
+                seq: old.map_or(0, |t| t.seq),
+                volumes: old.map_or(0, |t| t.volumes.len()),
+            });
+        }
+        // Into the copy not holding the current table, with a higher
+        // sequence; then the other is wiped. A crash before the new copy is
+        // whole leaves the old table.
+        let (seq, slot) = match store::pick(copies) {
+            Ok(cur) => (cur.table.seq + 1, 1 - cur.slot),
+            Err(_) => (1, 0),
+        };
+        let table = Table {
+            seq,
+            block_size: bs,
+            unit_blocks,
+            first_unit,
+            volumes: Vec::new(),
+        };
+        store::commit(&*dev, slot, &table).await?;
+        store::erase(&*dev, 1 - slot).await?;
+        tracing::info!(device = %dev.identity(), unit_blocks, "volume table formatted");
+        Ok(Pool::with(dev, Current { table, slot }))
+    }
+
+    /// Opens the volume table of `dev`: the valid copy with the higher
+    /// sequence number. Both copies unusable is [`VolumeError::Corrupt`]
+    /// (or [`VolumeError::Unformatted`] when neither was ever written).
+    pub async fn open(dev: SharedDevice) -> Result<Pool> {
+        let cur = store::load(&*dev).await?;
+        let t = &cur.table;
+        let bs = dev.geometry().block_size;
+        if t.block_size != bs {
+            return Err(VolumeError::DeviceMismatch(format!(
+                "table for {}-byte blocks, device has {bs}",
+                t.block_size
+            )));
+        }
+        let units = units_of(&*dev, t.unit_blocks);
+        if let Some(v) = t
+            .volumes
+            .iter()
+            .find(|v| v.extents.iter().any(|e| e.end() > units))
+        {
+            return Err(VolumeError::DeviceMismatch(format!(
+                "volume {:?} reaches past the device's {units} units",
+                v.name
+            )));
+        }
+        Ok(Pool::with(dev, cur))
+    }
+
+    fn with(dev: SharedDevice, current: Current) -> Pool {
+        Pool {
+            inner: Arc::new(Shared {
+                dev,
+                changes: tokio::sync::Mutex::new(()),
+                state: Mutex::new(State {
+                    current,
+                    open: HashMap::new(),
+                    deleting: HashSet::new(),
+                }),
+                clock: Mutex::new(Arc::new(SystemTime::now)),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets where creation times come from (the system clock by default).
+    pub fn set_clock(&self, clock: Clock) {
+        *self
+            .inner
+            .clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = clock;
+    }
+
+    /// The device the volumes live on.
+    pub fn device(&self) -> &SharedDevice {
+        &self.inner.dev
+    }
+
+    /// The allocation unit in blocks.
+    pub fn unit_blocks(&self) -> u64 {
+        self.state().current.table.unit_blocks
+    }
+
+    /// The sequence number of the current table (one more per change).
+    pub fn seq(&self) -> u64 {
+        self.state().current.table.seq
+    }
+
+    fn info_of(&self, s: &State, e: &Entry) -> VolumeInfo {
+        VolumeInfo {
+            name: e.name.clone(),
+            uuid: e.uuid,
+            identity: DeviceIdentity::from_uuid(e.uuid),
+            read_only: e.read_only(),
+            created: e.created(),
+            size_blocks: e.units() * s.current.table.unit_blocks,
+            extents: e.extents.clone(),
+            open_handles: s.handles(&e.uuid),
+        }
+    }
+
+    /// Every volume, in creation order.
+    pub fn list(&self) -> Vec<VolumeInfo> {
+        let s = self.state();
+        s.current
+            .table
+            .volumes
+            .iter()
+            .map(|e| self.info_of(&s, e))
+            .collect()
+    }
+
+    /// The volume named `name`.
+    pub fn info(&self, name: &str) -> Result<VolumeInfo> {
+        let s = self.state();
+        let e = s
+            .current
+            .table
+            .find(name)
+            .ok_or_else(|| VolumeError::NotFound(name.into()))?;
+        Ok(self.info_of(&s, e))
+    }
+
+    /// Space on the device now (a grown device shows its new units at once).
+    pub fn space(&self) -> Space {
+        let s = self.state();
+        let t = &s.current.table;
+        let units = units_of(&*self.inner.dev, t.unit_blocks);
+        let free = free_extents(t, units);
+        let used: u64 = t.volumes.iter().map(Entry::units).sum();
+        let free_units: u64 = free.iter().map(|e| e.len).sum();
+        Space {
+            total_blocks: units * t.unit_blocks,
+            reserved_blocks: t.first_unit * t.unit_blocks,
+            used_blocks: used * t.unit_blocks,
+            free_blocks: free_units * t.unit_blocks,
+            largest_free_blocks: free.iter().map(|e| e.len).max().unwrap_or(0) * t.unit_blocks,
+        }
+    }
+
+    /// Opens the volume `name` as a block device. Every call while one is
+    /// open returns the same object; each `Arc` alive is a handle.
+    pub fn open_volume(&self, name: &str) -> Result<Arc<Volume>> {
+        let mut s = self.state();
+        let e = s
+            .current
+            .table
+            .find(name)
+            .ok_or_else(|| VolumeError::NotFound(name.into()))?
+            .clone();
+        if s.deleting.contains(&e.uuid) {
+            return Err(VolumeError::Deleting(name.into()));
+        }
+        if let Some(v) = s.live(&e.uuid) {
+            return Ok(v);
+        }
+        let v = Arc::new(Volume::new(
+            self.inner.dev.clone(),
+            &e,
+            s.current.table.unit_blocks,
+        ));
+        s.open.retain(|_, w| w.strong_count() > 0);
+        s.open.insert(e.uuid, Arc::downgrade(&v));
+        Ok(v)
+    }
+
+    /// Zeroes `extents` on the device and flushes, so a table that hands
+    /// them out finds them zero whatever a crash keeps.
+    async fn zero(&self, extents: &[UnitExtent], unit_blocks: u64) -> Result<()> {
+        let dev = &self.inner.dev;
+        for e in extents {
+            dev.write_zeroes(e.start * unit_blocks, e.len * unit_blocks, true)
+                .await?;
+        }
+        dev.flush().await?;
+        Ok(())
+    }
+
+    /// Commits `table` (the current one changed, its `seq` not yet bumped)
+    /// into the other copy, then makes it current and hands it to `after`
+    /// under the state lock.
+    async fn commit<T>(&self, mut table: Table, after: impl FnOnce(&mut State) -> T) -> Result<T> {
+        table
+            .check()
+            .map_err(|e| VolumeError::Bug(format!("refusing to commit a bad table: {e}")))?;
+        let slot = {
+            let s = self.state();
+            table.seq = s.current.table.seq + 1;
+            1 - s.current.slot
+        };
+        store::commit(&*self.inner.dev, slot, &table).await?;
+        let mut s = self.state();
+        s.current = Current { table, slot };
+        Ok(after(&mut s))
+    }
+
+    /// Commits `table`, in which volume `name` changed (or was added);
+    /// an open handle of it takes the change at once.
+    async fn commit_volume(&self, table: Table, name: &str) -> Result<VolumeInfo> {
+        self.commit(table, |s| {
+            let e = s.current.table.find(name).expect("just committed");
+            if let Some(v) = s.live(&e.uuid) {
+                v.update(e);
+            }
+            self.info_of(s, e)
+        })
+        .await
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.inner.dev.read_only() {
+            return Err(VolumeError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// Creates volume `name` of `size_bytes` bytes, rounded up to the
+    /// allocation unit. Its space reads zeroes.
+    pub async fn create(&self, name: &str, size_bytes: u64) -> Result<VolumeInfo> {
+        if !valid_name(name) {
+            return Err(VolumeError::InvalidName(name.into()));
+        }
+        self.writable()?;
+        let _change = self.inner.changes.lock().await;
+        let mut table = self.state().current.table.clone();
+        if table.find(name).is_some() {
+            return Err(VolumeError::Exists(name.into()));
+        }
+        let ub = table.unit_blocks;
+        let units = units_for(&*self.inner.dev, size_bytes, ub)?;
+        let free = free_extents(&table, units_of(&*self.inner.dev, ub));
+        let extents = allocate_or_refuse(&free, units, None, ub)?;
+        self.zero(&extents, ub).await?;
+        let now = (self
+            .inner
+            .clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))();
+        let mut uuid: [u8; 16] = rand::random();
+        while table.volumes.iter().any(|v| v.uuid == uuid) {
+            uuid = rand::random();
+        }
+        table.volumes.push(Entry {
+            uuid,
+            name: name.into(),
+            flags: 0,
+            created_ms: now
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            extents,
+        });
+        let info = self.commit_volume(table, name).await?;
+        tracing::info!(volume = name, blocks = info.size_blocks, "volume created");
+        Ok(info)
+    }
+
+    /// Grows volume `name` to `new_size_bytes` bytes (rounded up to the
+    /// unit): the new space is zeroed, the table committed, and then an
+    /// open volume takes the new size and reports it. The same size is a
+    /// no-op; a smaller one is refused.
+    pub async fn grow(&self, name: &str, new_size_bytes: u64) -> Result<VolumeInfo> {
+        self.writable()?;
+        let _change = self.inner.changes.lock().await;
+        let mut table = self.state().current.table.clone();
+        let ub = table.unit_blocks;
+        let want = units_for(&*self.inner.dev, new_size_bytes, ub)?;
+        let free = free_extents(&table, units_of(&*self.inner.dev, ub));
+        let entry = entry_mut(&mut table, name)?;
+        let have = entry.units();
+        if want < have {
+            return Err(VolumeError::InvalidSize(format!(
+                "volume {name:?} has {} blocks; volumes do not shrink",
+                have * ub
+            )));
+        }
+        if want == have {
+            return self.info(name);
+        }
+        let after = entry.extents.last().map(UnitExtent::end);
+        let extra = allocate_or_refuse(&free, want - have, after, ub)?;
+        append(&mut entry.extents, &extra);
+        self.zero(&extra, ub).await?;
+        let info = self.commit_volume(table, name).await?;
+        tracing::info!(volume = name, blocks = info.size_blocks, "volume grown");
+        Ok(info)
+    }
+
+    /// Sets or clears the read-only flag of volume `name`; an open volume
+    /// follows at once.
+    pub async fn set_read_only(&self, name: &str, read_only: bool) -> Result<VolumeInfo> {
+        self.writable()?;
+        let _change = self.inner.changes.lock().await;
+        let mut table = self.state().current.table.clone();
+        let entry = entry_mut(&mut table, name)?;
+        if entry.read_only() == read_only {
+            return self.info(name);
+        }
+        entry.flags ^= FLAG_READ_ONLY;
+        self.commit_volume(table, name).await
+    }
+
+    /// Deletes volume `name`. Refused while it is open
+    /// ([`VolumeError::InUse`]); opening it meanwhile is refused. Its space
+    /// is free once this returns, and zeroed before any volume gets it.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.writable()?;
+        let _change = self.inner.changes.lock().await;
+        let (mut table, uuid) = {
+            let mut s = self.state();
+            let e = s
+                .current
+                .table
+                .find(name)
+                .ok_or_else(|| VolumeError::NotFound(name.into()))?;
+            let uuid = e.uuid;
+            let handles = s.handles(&uuid);
+            if handles > 0 {
+                return Err(VolumeError::InUse {
+                    name: name.into(),
+                    handles,
+                });
+            }
+            s.deleting.insert(uuid);
+            (s.current.table.clone(), uuid)
+        };
+        table.volumes.retain(|v| v.uuid != uuid);
+        let r = self
+            .commit(table, |s| {
+                s.open.remove(&uuid);
+            })
+            .await;
+        self.state().deleting.remove(&uuid);
+        r?;
+        tracing::info!(volume = name, "volume deleted");
+        Ok(())
+    }
+}

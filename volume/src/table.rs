@@ -1,0 +1,410 @@
+//! The mapping table and its on-disk encoding (sans-I/O).
+//!
+//! One copy is [`COPY_BYTES`] long, little-endian:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | magic `OPIEVOLT` |
+//! | 8 | 4 | format version ([`FORMAT_VERSION`]) |
+//! | 12 | 4 | CRC32C of the whole copy with this field zero |
+//! | 16 | 8 | sequence number |
+//! | 24 | 4 | block size of the device |
+//! | 28 | 4 | number of volumes |
+//! | 32 | 8 | allocation unit, in blocks |
+//! | 40 | 8 | first allocatable unit (the reserved area before it) |
+//! | 48 | 16 | zero |
+//! | 64 | | the volumes, one after another |
+//!
+//! A volume: uuid (16), flags (4), creation time in milliseconds since the
+//! Unix epoch (8), name length (2) and the name, number of extents (4), and
+//! each extent as start and length in allocation units (8 + 8). The rest of
+//! the copy is zero, and covered by the checksum too.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::CopyFault;
+
+/// Bytes of one copy of the table (a multiple of every block size).
+pub const COPY_BYTES: usize = 256 * 1024;
+/// The table's magic.
+pub const MAGIC: [u8; 8] = *b"OPIEVOLT";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the header before the first volume.
+const HEADER_BYTES: usize = 64;
+/// Volume flag: the volume refuses writes.
+pub const FLAG_READ_ONLY: u32 = 1;
+/// Longest volume name.
+pub const MAX_NAME: usize = 64;
+
+/// A run of allocation units of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitExtent {
+    /// First unit (absolute: unit `u` is device block `u * unit_blocks`).
+    pub start: u64,
+    /// Number of units (at least 1).
+    pub len: u64,
+}
+
+impl UnitExtent {
+    /// One past the last unit.
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// One volume of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The volume's 128-bit identity, fixed at creation.
+    pub uuid: [u8; 16],
+    /// Its name, unique in the table.
+    pub name: String,
+    /// [`FLAG_READ_ONLY`] and future flags.
+    pub flags: u32,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Its extents in the order they map the volume's blocks.
+    pub extents: Vec<UnitExtent>,
+}
+
+impl Entry {
+    /// Units the volume holds.
+    pub fn units(&self) -> u64 {
+        self.extents.iter().map(|e| e.len).sum()
+    }
+
+    /// Whether the read-only flag is set.
+    pub fn read_only(&self) -> bool {
+        self.flags & FLAG_READ_ONLY != 0
+    }
+
+    /// The creation time.
+    pub fn created(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.created_ms)
+    }
+}
+
+/// The whole table: what one valid copy holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// Sequence number: the copy with the higher one is current.
+    pub seq: u64,
+    /// Block size of the device it was made for.
+    pub block_size: u32,
+    /// Allocation unit in blocks (the array's full stripe).
+    pub unit_blocks: u64,
+    /// First unit volumes may use; the copies live before it.
+    pub first_unit: u64,
+    /// The volumes.
+    pub volumes: Vec<Entry>,
+}
+
+/// Whether `name` is a valid volume name: 1-64 of `a-z 0-9 - . _`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+}
+
+/// Units reserved at the start of a device for the two copies.
+pub fn reserved_units(block_size: u32, unit_blocks: u64) -> u64 {
+    let blocks = (2 * COPY_BYTES as u64).div_ceil(u64::from(block_size));
+    blocks.div_ceil(unit_blocks)
+}
+
+/// Block of the device where copy `slot` (0 or 1) starts.
+pub fn copy_lba(slot: usize, block_size: u32) -> u64 {
+    (slot * COPY_BYTES) as u64 / u64::from(block_size)
+}
+
+/// Blocks one copy takes.
+pub fn copy_blocks(block_size: u32) -> u32 {
+    (COPY_BYTES / block_size as usize) as u32
+}
+
+impl Table {
+    /// Bytes the encoded table takes (before the zero padding).
+    pub fn encoded_len(&self) -> usize {
+        HEADER_BYTES
+            + self
+                .volumes
+                .iter()
+                .map(|v| 16 + 4 + 8 + 2 + v.name.len() + 4 + 16 * v.extents.len())
+                .sum::<usize>()
+    }
+
+    /// Encodes the table as one copy of [`COPY_BYTES`] bytes; `None` if it
+    /// does not fit.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        if self.encoded_len() > COPY_BYTES {
+            return None;
+        }
+        let mut b = Vec::with_capacity(COPY_BYTES);
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&self.seq.to_le_bytes());
+        b.extend_from_slice(&self.block_size.to_le_bytes());
+        b.extend_from_slice(&(self.volumes.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.unit_blocks.to_le_bytes());
+        b.extend_from_slice(&self.first_unit.to_le_bytes());
+        b.resize(HEADER_BYTES, 0);
+        for v in &self.volumes {
+            b.extend_from_slice(&v.uuid);
+            b.extend_from_slice(&v.flags.to_le_bytes());
+            b.extend_from_slice(&v.created_ms.to_le_bytes());
+            b.extend_from_slice(&(v.name.len() as u16).to_le_bytes());
+            b.extend_from_slice(v.name.as_bytes());
+            b.extend_from_slice(&(v.extents.len() as u32).to_le_bytes());
+            for e in &v.extents {
+                b.extend_from_slice(&e.start.to_le_bytes());
+                b.extend_from_slice(&e.len.to_le_bytes());
+            }
+        }
+        b.resize(COPY_BYTES, 0);
+        let crc = crc32c::crc32c(&b);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+        Some(b)
+    }
+
+    /// Decodes one copy, checking magic, version, checksum and every field.
+    pub fn decode(copy: &[u8]) -> Result<Table, CopyFault> {
+        if copy.len() != COPY_BYTES {
+            return Err(CopyFault::Malformed(format!("{} bytes", copy.len())));
+        }
+        if copy[..8] != MAGIC {
+            return Err(CopyFault::NoMagic);
+        }
+        let mut r = Reader { buf: copy, pos: 8 };
+        let version = r.u32()?;
+        let stored = r.u32()?;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&copy[..12]), &[0; 4]);
+        let crc = crc32c::crc32c_append(crc, &copy[16..]);
+        if crc != stored {
+            return Err(CopyFault::BadChecksum);
+        }
+        if version != FORMAT_VERSION {
+            return Err(CopyFault::Version(version));
+        }
+        let seq = r.u64()?;
+        let block_size = r.u32()?;
+        let count = r.u32()? as usize;
+        let unit_blocks = r.u64()?;
+        let first_unit = r.u64()?;
+        if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+            return Err(CopyFault::Malformed(format!("block size {block_size}")));
+        }
+        if unit_blocks == 0 || first_unit < reserved_units(block_size, unit_blocks) {
+            return Err(CopyFault::Malformed(format!(
+                "unit {unit_blocks}, first unit {first_unit}"
+            )));
+        }
+        r.pos = HEADER_BYTES;
+        let mut volumes = Vec::with_capacity(count.min(COPY_BYTES / 34));
+        for _ in 0..count {
+            let mut uuid = [0u8; 16];
+            uuid.copy_from_slice(r.take(16)?);
+            let flags = r.u32()?;
+            let created_ms = r.u64()?;
+            let name_len = r.u16()? as usize;
+            let name = std::str::from_utf8(r.take(name_len)?)
+                .map_err(|_| CopyFault::Malformed("name not UTF-8".into()))?
+                .to_string();
+            if !valid_name(&name) {
+                return Err(CopyFault::Malformed(format!("name {name:?}")));
+            }
+            let n = r.u32()? as usize;
+            let mut extents = Vec::with_capacity(n.min(COPY_BYTES / 16));
+            for _ in 0..n {
+                let e = UnitExtent {
+                    start: r.u64()?,
+                    len: r.u64()?,
+                };
+                if e.len == 0 || e.start < first_unit || e.start.checked_add(e.len).is_none() {
+                    return Err(CopyFault::Malformed(format!("extent {e:?} of {name:?}")));
+                }
+                extents.push(e);
+            }
+            if extents.is_empty() {
+                return Err(CopyFault::Malformed(format!("{name:?} has no extent")));
+            }
+            volumes.push(Entry {
+                uuid,
+                name,
+                flags,
+                created_ms,
+                extents,
+            });
+        }
+        let t = Table {
+            seq,
+            block_size,
+            unit_blocks,
+            first_unit,
+            volumes,
+        };
+        t.check().map_err(CopyFault::Malformed)?;
+        Ok(t)
+    }
+
+    /// Checks what the checksum cannot: unique names and uuids, no two
+    /// extents sharing a unit.
+    pub fn check(&self) -> Result<(), String> {
+        let mut names: Vec<&str> = self.volumes.iter().map(|v| v.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err("duplicate volume name".into());
+        }
+        let mut uuids: Vec<[u8; 16]> = self.volumes.iter().map(|v| v.uuid).collect();
+        uuids.sort_unstable();
+        if uuids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("duplicate volume uuid".into());
+        }
+        let mut all: Vec<UnitExtent> = self
+            .volumes
+            .iter()
+            .flat_map(|v| v.extents.iter().copied())
+            .collect();
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0].end() > w[1].start) {
+            return Err("overlapping extents".into());
+        }
+        Ok(())
+    }
+
+    /// The volume named `name`.
+    pub fn find(&self, name: &str) -> Option<&Entry> {
+        self.volumes.iter().find(|v| v.name == name)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CopyFault> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| CopyFault::Malformed("runs past the copy".into()))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u16(&mut self) -> Result<u16, CopyFault> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+
+    fn u32(&mut self) -> Result<u32, CopyFault> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn u64(&mut self) -> Result<u64, CopyFault> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Table {
+        Table {
+            seq: 7,
+            block_size: 512,
+            unit_blocks: 8,
+            first_unit: reserved_units(512, 8),
+            volumes: vec![
+                Entry {
+                    uuid: [1; 16],
+                    name: "a".into(),
+                    flags: FLAG_READ_ONLY,
+                    created_ms: 1234,
+                    extents: vec![UnitExtent { start: 128, len: 3 }],
+                },
+                Entry {
+                    uuid: [2; 16],
+                    name: "b-2.x_y".into(),
+                    flags: 0,
+                    created_ms: 99,
+                    extents: vec![
+                        UnitExtent { start: 131, len: 1 },
+                        UnitExtent { start: 140, len: 5 },
+                    ],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_copy_round_trips() {
+        let t = sample();
+        let b = t.encode().unwrap();
+        assert_eq!(b.len(), COPY_BYTES);
+        assert_eq!(Table::decode(&b).unwrap(), t);
+    }
+
+    #[test]
+    fn any_flipped_bit_is_caught() {
+        let b = sample().encode().unwrap();
+        for pos in [9usize, 13, 17, 70, 100, COPY_BYTES - 1] {
+            let mut c = b.clone();
+            c[pos] ^= 4;
+            assert_eq!(Table::decode(&c), Err(CopyFault::BadChecksum), "byte {pos}");
+        }
+        let mut c = b.clone();
+        c[0] ^= 1;
+        assert_eq!(Table::decode(&c), Err(CopyFault::NoMagic));
+        assert_eq!(Table::decode(&vec![0; COPY_BYTES]), Err(CopyFault::NoMagic));
+    }
+
+    #[test]
+    fn a_newer_version_is_named() {
+        let mut c = sample().encode().unwrap();
+        c[8..12].copy_from_slice(&2u32.to_le_bytes());
+        c[12..16].fill(0);
+        let crc = crc32c::crc32c(&c);
+        c[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Table::decode(&c), Err(CopyFault::Version(2)));
+    }
+
+    #[test]
+    fn overlaps_and_duplicates_are_refused() {
+        let mut t = sample();
+        t.volumes[1].extents[0].start = 130;
+        assert!(t.check().is_err());
+        let mut t = sample();
+        t.volumes[1].name = "a".into();
+        assert!(matches!(
+            Table::decode(&t.encode().unwrap()),
+            Err(CopyFault::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("vol-1.a_b"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("Vol"));
+        assert!(!valid_name(&"a".repeat(65)));
+        assert!(!valid_name("a b"));
+    }
+
+    #[test]
+    fn a_table_too_big_for_its_copy_does_not_encode() {
+        let mut t = sample();
+        t.volumes[0].extents = (0..COPY_BYTES as u64 / 16)
+            .map(|i| UnitExtent {
+                start: 1000 + 2 * i,
+                len: 1,
+            })
+            .collect();
+        assert!(t.encode().is_none());
+    }
+}
