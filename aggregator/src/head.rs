@@ -15,7 +15,7 @@ use crate::config::{ExportConfig, HeadConfig};
 use crate::export::{self, ExportError};
 use crate::reach::{Isus, ReachError};
 use crate::startup::{self, ArrayUp, StartError};
-use crate::volumes::{self, VolumeError};
+use crate::volumes::{VolumeError, Volumes};
 
 /// How often array states are looked at for the log.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -84,6 +84,7 @@ async fn serve(
     state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HeadError> {
+    let volumes = Volumes::open(up, &cfg.volumes).await?;
     let mut targets = Vec::new();
     for e in &cfg.exports {
         let v = cfg
@@ -91,7 +92,7 @@ async fn serve(
             .iter()
             .find(|v| v.name == e.volume)
             .expect("the config checks export volumes");
-        let device = volumes::open(v, &cfg.volumes, up)?;
+        let device: blockdev::SharedDevice = volumes.device(v)?;
         info!(
             export = %e.iqn,
             volume = %v.name,

@@ -1,7 +1,7 @@
 //! The opie head (`opie head serve`): logs in to the ISUs, reaches each of
 //! their disks over every portal as one multipath device, assembles the
 //! RAID5 arrays from their members' superblocks (creating one only on first
-//! start) and re-exports them as iSCSI targets with the same SCSI and
+//! start), carves the configured volumes from them and re-exports those as iSCSI targets with the same SCSI and
 //! target code as the ISU.
 //!
 //! Modules, in the order the head uses them: [`config`] (`head.toml`),
