@@ -198,11 +198,12 @@ fn an_isu_is_replaced_online_by_one_added_at_run_time() {
     let (code, out) = rig.admin(&["isu", "add", "isu3", "--portal", &portal, "--json"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(isu_state(&status(&rig), "isu3"), "unassigned");
-    // Volumes are the arrays whole: their operations are unavailable (6).
+    // v0 (no size configured) took the whole array: no space for another
+    // volume, a conflict (4).
     assert_eq!(
         rig.admin(&["volume", "create", "v1", "--array", "a0", "--size", "1M"])
             .0,
-        Some(6)
+        Some(4)
     );
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
     rt.block_on(write_all(&dev, 1, false));
@@ -256,6 +257,30 @@ fn an_array_grows_online_onto_an_added_isu_and_scrubs_clean() {
     assert!(cap1 > cap0, "capacity {cap0} -> {cap1}");
     let last = writer.stop(&rt);
     rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
+    // The grown array has room for another volume: created, grown, listed,
+    // deleted; the exported one cannot be deleted (conflict, 4), a
+    // volume of no array is not found (5).
+    let (code, out) = rig.admin(&["volume", "create", "v1", "--array", "a0", "--size", "1M"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        rig.admin(&["volume", "grow", "v1", "--size", "2M"]).0,
+        Some(0)
+    );
+    let s = status(&rig);
+    let v1 = s["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "v1")
+        .unwrap_or_else(|| panic!("{s:#}"))
+        .clone();
+    assert!(v1["size"].as_u64().unwrap() >= 2 << 20, "{v1}");
+    assert_eq!(rig.admin(&["volume", "delete", "v0"]).0, Some(4));
+    assert_eq!(rig.admin(&["volume", "delete", "v1"]).0, Some(0));
+    assert_eq!(
+        rig.admin(&["volume", "grow", "v9", "--size", "2M"]).0,
+        Some(5)
+    );
     let (code, out) = rig.admin(&["array", "scrub", "a0", "--wait", "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let task: Value = serde_json::from_str(out.trim()).unwrap();

@@ -2,7 +2,8 @@
 //! `status` from live state, and the operations on ISUs and arrays. Short
 //! operations answer `done`; long ones (resume's resync, replace, grow,
 //! scrub) start a task that follows the array's own progress, which the
-//! monitor drives. Errors by what the caller may do: an unknown name is
+//! monitor drives. Volumes are created, grown and deleted in the array's
+//! volume table (`volume::Pool`). Errors by what the caller may do: an unknown name is
 //! `not-found`, a request the state contradicts (RAID refusing it) is
 //! `conflict`, a malformed one `invalid`, an ISU that cannot be reached
 //! `unavailable`.
@@ -83,19 +84,20 @@ impl Handler for HeadControl {
                 aoe_interfaces,
                 spare_for,
             } => self.add(isu, portals, aoe_interfaces, spare_for).await,
-            Request::IsuRemove { isu } => self.remove(&isu),
+            Request::IsuRemove { isu } => self.remove(&isu).await,
             Request::ArrayCreate { .. } => Err(ControlError::Unavailable(
                 "arrays are created from head.toml: add an [[array]] there and restart the head"
                     .into(),
             )),
             Request::ArrayGrow { array, members } => self.grow(&array, &members).await,
             Request::ArrayScrub { array } => self.scrub(&array),
-            Request::VolumeCreate { .. }
-            | Request::VolumeGrow { .. }
-            | Request::VolumeDelete { .. } => Err(ControlError::Unavailable(
-                "this head serves each array whole as one volume (head.toml); carved volumes are not available yet"
-                    .into(),
-            )),
+            Request::VolumeCreate {
+                volume,
+                array,
+                size,
+            } => self.volume_create(&volume, &array, size).await,
+            Request::VolumeGrow { volume, size } => self.volume_grow(&volume, size).await,
+            Request::VolumeDelete { volume } => self.volume_delete(&volume).await,
             Request::TaskGet { .. } | Request::TaskList | Request::TaskCancel { .. } => Err(
                 ControlError::Internal("task requests are the server's".into()),
             ),
@@ -171,7 +173,7 @@ impl HeadControl {
             })?;
         let r = a
             .array
-            .resume(slot, disk.device.clone())
+            .resume(slot, disk.device())
             .await
             .map_err(|e| raid_error(&format!("resume slot {slot} of {}", a.name), e))?;
         let message = resume_message(isu, &a.name, &r);
@@ -210,7 +212,7 @@ impl HeadControl {
             }
         };
         a.array
-            .replace(slot, new.device.clone())
+            .replace(slot, new.device())
             .await
             .map_err(|e| raid_error(&format!("replace slot {slot} of {}", a.name), e))?;
         let id = new.identity().clone();
@@ -344,7 +346,7 @@ impl HeadControl {
         }
         if let Some(a) = &array {
             a.array
-                .add_spare(disk.device.clone())
+                .add_spare(disk.device())
                 .await
                 .map_err(|e| raid_error(&format!("add a spare to {}", a.name), e))?;
         }
@@ -361,8 +363,9 @@ impl HeadControl {
         Ok(Reply::Done { message })
     }
 
-    /// `isu.remove`: an added ISU no array uses is forgotten.
-    fn remove(&self, isu: &str) -> Result<Reply, ControlError> {
+    /// `isu.remove`: an added ISU no array uses is logged out of and
+    /// forgotten.
+    async fn remove(&self, isu: &str) -> Result<Reply, ControlError> {
         self.known_isu(isu)?;
         if !self.live.is_added(isu) {
             return Err(ControlError::Conflict(format!(
@@ -379,7 +382,9 @@ impl HeadControl {
                 "isu {isu} is in use by array {user}"
             )));
         }
-        self.live.remove_isu(isu);
+        for d in self.live.remove_isu(isu) {
+            d.reached.log_out().await;
+        }
         self.live.events.record(EventLevel::Info, isu, "removed");
         Ok(Reply::Done {
             message: format!("isu {isu} removed"),
@@ -398,7 +403,7 @@ impl HeadControl {
             disks.push(self.free_disk(m).await?);
         }
         a.array
-            .grow(disks[0].device.clone())
+            .grow(disks[0].device())
             .await
             .map_err(|e| raid_error(&format!("grow {array}"), e))?;
         let n = disks.len();
@@ -408,7 +413,7 @@ impl HeadControl {
                 for (i, d) in disks.iter().enumerate() {
                     if i > 0 {
                         a.array
-                            .grow(d.device.clone())
+                            .grow(d.device())
                             .await
                             .map_err(|e| raid_error(&format!("grow {}", a.name), e))?;
                     }
@@ -446,6 +451,98 @@ impl HeadControl {
             ))
         });
         Ok(Reply::Task(info))
+    }
+}
+
+/// What the volume layer's refusal means to the caller.
+fn volume_error(what: &str, e: volume::VolumeError) -> ControlError {
+    use volume::VolumeError as V;
+    let m = format!("{what}: {e}");
+    match e {
+        V::InvalidName(_) | V::InvalidSize(_) => ControlError::Invalid(m),
+        V::NotFound(_) => ControlError::NotFound(m),
+        V::Exists(_)
+        | V::InUse { .. }
+        | V::Deleting(_)
+        | V::NoSpace { .. }
+        | V::TableFull(_)
+        | V::ReadOnly => ControlError::Conflict(m),
+        V::Device(_) => ControlError::Unavailable(m),
+        _ => ControlError::Internal(m),
+    }
+}
+
+impl HeadControl {
+    /// The pool of `array`.
+    fn pool(&self, array: &str) -> Result<volume::Pool, ControlError> {
+        self.array(array)?.pool.ok_or_else(|| {
+            ControlError::Unavailable(format!("array {array:?} has no volume table open"))
+        })
+    }
+
+    /// The array and pool that hold volume `name`.
+    fn pool_of(&self, name: &str) -> Result<(String, volume::Pool), ControlError> {
+        self.live
+            .arrays()
+            .iter()
+            .find_map(|a| {
+                let p = a.pool.as_ref()?;
+                p.info(name).ok().map(|_| (a.name.clone(), p.clone()))
+            })
+            .ok_or_else(|| ControlError::NotFound(format!("no volume {name:?}")))
+    }
+
+    /// `volume.create`: a new volume in the array's table (not exported:
+    /// exports are `head.toml`'s).
+    async fn volume_create(
+        &self,
+        name: &str,
+        array: &str,
+        size: u64,
+    ) -> Result<Reply, ControlError> {
+        let pool = self.pool(array)?;
+        if self.pool_of(name).is_ok() {
+            return Err(ControlError::Conflict(format!(
+                "a volume {name:?} exists already"
+            )));
+        }
+        let info = pool
+            .create(name, size)
+            .await
+            .map_err(|e| volume_error(&format!("create volume {name}"), e))?;
+        let message = format!(
+            "volume {name} created on {array}: {} blocks, identity {}",
+            info.size_blocks, info.identity
+        );
+        self.live.events.record(EventLevel::Info, name, &message);
+        Ok(Reply::Done { message })
+    }
+
+    /// `volume.grow`: online; an exported volume reports its new capacity
+    /// to its clients.
+    async fn volume_grow(&self, name: &str, size: u64) -> Result<Reply, ControlError> {
+        let (array, pool) = self.pool_of(name)?;
+        let info = pool
+            .grow(name, size)
+            .await
+            .map_err(|e| volume_error(&format!("grow volume {name}"), e))?;
+        let message = format!(
+            "volume {name} on {array} grown to {} blocks",
+            info.size_blocks
+        );
+        self.live.events.record(EventLevel::Info, name, &message);
+        Ok(Reply::Done { message })
+    }
+
+    /// `volume.delete`: refused while exported (open).
+    async fn volume_delete(&self, name: &str) -> Result<Reply, ControlError> {
+        let (array, pool) = self.pool_of(name)?;
+        pool.delete(name)
+            .await
+            .map_err(|e| volume_error(&format!("delete volume {name}"), e))?;
+        let message = format!("volume {name} deleted from {array}");
+        self.live.events.record(EventLevel::Info, name, &message);
+        Ok(Reply::Done { message })
     }
 }
 

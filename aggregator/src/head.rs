@@ -17,9 +17,9 @@ use crate::events::EventLog;
 use crate::export::{self, ExportError};
 use crate::live::Live;
 use crate::monitor;
-use crate::reach::{Isus, ReachError};
+use crate::reach::{Isus, ReachError, Reached};
 use crate::startup::{self, ArrayUp, StartError};
-use crate::volumes::{self, VolumeError};
+use crate::volumes::{VolumeError, Volumes};
 
 /// How often the monitor drives the arrays' maintenance and looks at
 /// their states.
@@ -80,8 +80,14 @@ pub async fn run(
             }
         }
     }
-    let result = serve(cfg, &up, state_dir, shutdown).await;
+    let mut reached_since = Vec::new();
+    let result = serve(cfg, &up, state_dir, shutdown, &mut reached_since).await;
     let closed = close_all(up).await;
+    // Disks reached while serving (added ISUs, replacements, grown-in
+    // members): logged out of once the arrays above them are closed.
+    for r in reached_since {
+        r.log_out().await;
+    }
     result?;
     closed
 }
@@ -91,7 +97,9 @@ async fn serve(
     up: &[ArrayUp],
     state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
+    reached_since: &mut Vec<Reached>,
 ) -> Result<(), HeadError> {
+    let volumes = Volumes::open(up, &cfg.volumes).await?;
     let mut targets = Vec::new();
     for e in &cfg.exports {
         let v = cfg
@@ -99,7 +107,7 @@ async fn serve(
             .iter()
             .find(|v| v.name == e.volume)
             .expect("the config checks export volumes");
-        let device = volumes::open(v, &cfg.volumes, up)?;
+        let device: blockdev::SharedDevice = volumes.device(v)?;
         info!(
             export = %e.iqn,
             volume = %v.name,
@@ -123,13 +131,14 @@ async fn serve(
     for a in up {
         a.maintenance.abort();
     }
-    let live = Arc::new(Live::new(cfg, up, EventLog::default()));
+    let live = Arc::new(Live::new(cfg, up, volumes.pools(), EventLog::default()));
+    let at_start = live.disks().len();
     let monitor = tokio::spawn(monitor::run(live.clone(), MONITOR_EVERY));
     let tasks = control::Tasks::default();
     let control = control::Server::bind(
         &control::socket_path(&cfg.data_dir),
         control::ServerConfig::default(),
-        Arc::new(HeadControl::new(live, tasks.clone())),
+        Arc::new(HeadControl::new(live.clone(), tasks.clone())),
         tasks,
     )?;
     info!(socket = %control.path().display(), "control socket");
@@ -141,11 +150,12 @@ async fn serve(
     let _ = stop_control.send(());
     let _ = control.await;
     monitor.abort();
+    reached_since.extend(live.disks().into_iter().skip(at_start).map(|d| d.reached));
     Ok(result?)
 }
 
 /// Flushes and closes every array (clean on its members), stops its
-/// maintenance, and drops the sessions to the ISUs.
+/// maintenance, and logs out of the ISUs.
 async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
     let mut first = None;
     for a in up {
@@ -160,6 +170,10 @@ async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
                 });
             }
         }
+        for r in &a.reached {
+            r.log_out().await;
+        }
+        info!(array = %a.name, "logged out of its members");
     }
     first.map_or(Ok(()), Err)
 }

@@ -1,7 +1,7 @@
 //! What a serving head has running, shared by the monitor and the control
 //! API: its ISUs (from `head.toml` and added at run time), every disk it
 //! reached on them (each a multipath device, with the ISU it is on), its
-//! arrays, and the recent events. Which array uses a disk is not kept
+//! arrays with their volume pools, and the recent events. Which array uses a disk is not kept
 //! here: the arrays' own member tables ([`raid::RaidArray::states`]) say it.
 
 use std::net::SocketAddr;
@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use blockdev::{BlockDevice, DeviceIdentity};
 use multipath::MultipathDevice;
 use raid::{MemberView, RaidArray};
+use volume::Pool;
 
 use crate::config::{HeadConfig, IsuConfig, Member, MemberRef};
 use crate::events::EventLog;
-use crate::reach::{Isus, ReachError};
+use crate::reach::{Isus, ReachError, Reached};
 use crate::startup::ArrayUp;
 
 /// A disk the head reached.
@@ -23,21 +24,24 @@ pub struct Disk {
     pub isu: String,
     /// Its target on the ISU, when the head looked it up by name.
     pub target: Option<String>,
-    /// The disk over every path found.
-    pub device: Arc<MultipathDevice>,
-    /// The portal of each path, in the device's path order.
-    pub portals: Vec<SocketAddr>,
+    /// The disk over every path found, and its sessions.
+    pub reached: Reached,
 }
 
 impl Disk {
     /// The disk's identity.
     pub fn identity(&self) -> &DeviceIdentity {
-        self.device.identity()
+        self.reached.device.identity()
+    }
+
+    /// The disk over every path found.
+    pub fn device(&self) -> Arc<MultipathDevice> {
+        self.reached.device.clone()
     }
 
     /// Its size in bytes.
     pub fn size(&self) -> u64 {
-        let g = self.device.geometry();
+        let g = self.reached.device.geometry();
         g.num_blocks * u64::from(g.block_size)
     }
 }
@@ -52,6 +56,8 @@ pub struct LiveArray {
     /// The ISU of each configured member slot, where the config names it
     /// (for a slot whose device is missing).
     pub slot_isus: Vec<Option<String>>,
+    /// The volumes carved from it.
+    pub pool: Option<Pool>,
 }
 
 #[derive(Debug, Default)]
@@ -71,8 +77,14 @@ pub struct Live {
 }
 
 impl Live {
-    /// The state of a head of `cfg` that brought up `up`.
-    pub fn new(cfg: &HeadConfig, up: &[ArrayUp], events: EventLog) -> Live {
+    /// The state of a head of `cfg` that brought up `up`, with the volume
+    /// pool of each array by name.
+    pub fn new(
+        cfg: &HeadConfig,
+        up: &[ArrayUp],
+        pools: Vec<(String, Pool)>,
+        events: EventLog,
+    ) -> Live {
         let isu_of = |portals: &[SocketAddr]| {
             cfg.isus
                 .iter()
@@ -88,8 +100,7 @@ impl Live {
                 disks.push(Disk {
                     isu: isu_of(&r.portals),
                     target: None,
-                    device: r.device.clone(),
-                    portals: r.portals.clone(),
+                    reached: r.clone(),
                 });
             }
         }
@@ -114,6 +125,10 @@ impl Live {
                     name: a.name.clone(),
                     array: a.array.clone(),
                     slot_isus,
+                    pool: pools
+                        .iter()
+                        .find(|(n, _)| *n == a.name)
+                        .map(|(_, p)| p.clone()),
                 }
             })
             .collect();
@@ -171,12 +186,16 @@ impl Live {
         k.disks.push(disk);
     }
 
-    /// Forgets an ISU added at run time and its disks (their sessions end
-    /// with the last handle).
-    pub fn remove_isu(&self, name: &str) {
+    /// Forgets an ISU added at run time; returns its disks, for the caller
+    /// to log out of.
+    pub fn remove_isu(&self, name: &str) -> Vec<Disk> {
         let mut k = self.known();
         k.added.retain(|i| i.name != name);
-        k.disks.retain(|d| d.isu != name);
+        let (gone, kept) = std::mem::take(&mut k.disks)
+            .into_iter()
+            .partition(|d| d.isu == name);
+        k.disks = kept;
+        gone
     }
 
     /// Every disk reached.
@@ -276,8 +295,7 @@ impl Live {
         Ok(Disk {
             isu: isu.name.clone(),
             target: Some(target),
-            device: r.device,
-            portals: r.portals,
+            reached: r,
         })
     }
 

@@ -185,7 +185,7 @@ pub async fn run(live: Arc<Live>, period: Duration) {
             }
         }
         for d in live.disks() {
-            for (p, addr) in d.device.paths().iter().zip(&d.portals) {
+            for (p, addr) in d.reached.device.paths().iter().zip(&d.reached.portals) {
                 let up = matches!(p.state, multipath::PathState::Up);
                 if let Some((level, subject, message)) =
                     w.path(&d.isu, &format!("iscsi {addr}"), up)

@@ -1,7 +1,8 @@
 //! The head's `status`, filled from live state: each ISU with its paths
 //! (state and counters of the multipath devices), each array from its
 //! member table ([`raid::RaidArray::states`]) and [`raid::RaidArray::size_report`],
-//! the volumes with their exports, and the recent events. The control
+//! the volumes of each array's table with their exports, and the recent
+//! events. The control
 //! server adds the tasks.
 
 use blockdev::BlockDevice;
@@ -21,7 +22,7 @@ pub async fn status(live: &Live) -> Status {
     }
     Status {
         isus: isus(live),
-        volumes: volumes(live, &arrays),
+        volumes: volumes(live),
         arrays,
         tasks: Vec::new(),
         events: live.events.list(),
@@ -41,7 +42,7 @@ fn path_state(s: multipath::PathState) -> PathState {
 fn paths(disks: &[Disk]) -> Vec<PathStatus> {
     let mut out: Vec<PathStatus> = Vec::new();
     for d in disks {
-        for (p, addr) in d.device.paths().iter().zip(&d.portals) {
+        for (p, addr) in d.reached.device.paths().iter().zip(&d.reached.portals) {
             let name = format!("iscsi {addr}");
             let state = path_state(p.state);
             let i = out.iter().position(|o| o.name == name).unwrap_or_else(|| {
@@ -198,28 +199,30 @@ async fn array(live: &Live, a: &LiveArray) -> ArrayStatus {
     }
 }
 
-/// The volumes (each its array whole for now) and their exports.
-fn volumes(live: &Live, arrays: &[ArrayStatus]) -> Vec<VolumeStatus> {
+/// The volumes in each array's table, and their exports.
+fn volumes(live: &Live) -> Vec<VolumeStatus> {
     let cfg = live.config();
-    cfg.volumes
-        .iter()
-        .map(|v| VolumeStatus {
-            name: v.name.clone(),
-            array: v.array.clone(),
-            size: arrays
-                .iter()
-                .find(|a| a.name == v.array)
-                .map_or(0, |a| a.capacity),
-            exports: cfg
-                .exports
-                .iter()
-                .filter(|e| e.volume == v.name)
-                .map(|e| ExportStatus {
-                    target: e.iqn.clone(),
-                    lun: 0,
-                    read_only: e.read_only,
-                })
-                .collect(),
-        })
-        .collect()
+    let mut out = Vec::new();
+    for a in live.arrays() {
+        let Some(pool) = &a.pool else { continue };
+        let bs = u64::from(a.array.geometry().block_size);
+        for v in pool.list() {
+            out.push(VolumeStatus {
+                exports: cfg
+                    .exports
+                    .iter()
+                    .filter(|e| e.volume == v.name)
+                    .map(|e| ExportStatus {
+                        target: e.iqn.clone(),
+                        lun: 0,
+                        read_only: e.read_only,
+                    })
+                    .collect(),
+                name: v.name,
+                array: a.name.clone(),
+                size: v.size_blocks * bs,
+            });
+        }
+    }
+    out
 }
