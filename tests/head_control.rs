@@ -97,6 +97,12 @@ fn a_killed_isu_shows_degraded_then_its_spare_is_pulled_in_and_rebuilt() {
     assert_eq!(s["arrays"][0]["members"][3]["state"], "spare", "{s:#}");
     assert_eq!(s["volumes"][0]["exports"][0]["target"], head::EXPORT);
     assert!(s["arrays"][0]["capacity"].as_u64().unwrap() > 0);
+    // The same as a table for people.
+    let (code, table) = rig.admin(&["status"]);
+    assert_eq!(code, Some(0), "{table}");
+    for w in ["a0", "clean", "isu3", "spare", "v0", head::EXPORT] {
+        assert!(table.contains(w), "{w:?} missing from:\n{table}");
+    }
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
     rt.block_on(write_all(&dev, 1, false));
     let writer = Writer::start(&rt, &dev, 0..RUNS, 1);

@@ -10,7 +10,8 @@
 //! volumes carved from each array), [`export`] (the iSCSI targets), and
 //! [`head`] (the whole lifetime: start, serve, stop). While it serves,
 //! [`live`] holds what runs (ISUs, disks, arrays), [`monitor`] drives the
-//! arrays' maintenance and records changes in [`events`], and
+//! arrays' maintenance and records changes in [`events`] (and a
+//! reshape's [`pace`]), and
 //! [`control_api`] answers the control socket (`opie status`, `opie isu
 //! ...`), its `status` filled by [`report`]. [`units`] and [`portal`] are
 //! the config syntax shared with the ISU's `isu.toml`.
@@ -22,6 +23,7 @@ pub mod export;
 pub mod head;
 pub mod live;
 pub mod monitor;
+pub mod pace;
 pub mod portal;
 pub mod reach;
 pub mod report;

@@ -14,6 +14,7 @@ use volume::Pool;
 
 use crate::config::{HeadConfig, IsuConfig, Member, MemberRef};
 use crate::events::EventLog;
+use crate::pace::ReshapePace;
 use crate::reach::{Isus, ReachError, Reached};
 use crate::startup::ArrayUp;
 
@@ -58,6 +59,8 @@ pub struct LiveArray {
     pub slot_isus: Vec<Option<String>>,
     /// The volumes carved from it.
     pub pool: Option<Pool>,
+    /// The pace of its running reshape, as the monitor sees it.
+    pub reshape_pace: Arc<Mutex<ReshapePace>>,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +132,7 @@ impl Live {
                         .iter()
                         .find(|(n, _)| *n == a.name)
                         .map(|(_, p)| p.clone()),
+                    reshape_pace: Arc::default(),
                 }
             })
             .collect();

@@ -174,6 +174,10 @@ pub async fn run(live: Arc<Live>, period: Duration) {
                 }
             }
             let st = a.array.states();
+            a.reshape_pace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .note(st.reshape.map(|r| r.done_rows), std::time::Instant::now());
             let isu_of = |slot: u32| {
                 st.members
                     .get(slot as usize)

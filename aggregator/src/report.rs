@@ -183,9 +183,14 @@ async fn array(live: &Live, a: &LiveArray) -> ArrayStatus {
         ArrayState::Replacing => st
             .replace
             .map(|r| progress(r.done_rows, r.total_rows, r.rows_per_sec, chunk, r.eta)),
-        ArrayState::Reshaping => st
-            .reshape
-            .map(|r| progress(r.done_rows, r.total_rows, 0.0, chunk, None)),
+        ArrayState::Reshaping => st.reshape.map(|r| {
+            let (rate, eta) = a
+                .reshape_pace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rate(r.done_rows, r.total_rows, std::time::Instant::now());
+            progress(r.done_rows, r.total_rows, rate, chunk, eta)
+        }),
         ArrayState::Clean | ArrayState::Degraded => None,
     };
     ArrayStatus {
