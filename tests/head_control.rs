@@ -192,9 +192,11 @@ fn a_suspended_isu_resumes_with_only_the_written_regions_resynced() {
 }
 
 #[test]
-fn an_isu_is_replaced_online_by_one_added_at_run_time() {
-    let rig = Rig::start_spec(RigSpec {
+fn an_isu_is_replaced_online_by_one_added_at_run_time_and_a_second_loss_meanwhile_costs_nothing() {
+    // Disks large enough for the copy to take a while.
+    let mut rig = Rig::start_spec(RigSpec {
         unconfigured: vec![3],
+        disk_size: Some("64M"),
         ..RigSpec::default()
     });
     let rt = runtime();
@@ -214,17 +216,31 @@ fn an_isu_is_replaced_online_by_one_added_at_run_time() {
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
     rt.block_on(write_all(&dev, 1, false));
     let writer = Writer::start(&rt, &dev, 0..RUNS, 1);
-    let (code, out) = rig.admin(&[
-        "isu", "replace", "isu1", "--with", "isu3", "--wait", "--json",
-    ]);
+    let (code, out) = rig.admin(&["isu", "replace", "isu1", "--with", "isu3", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let task: Value = serde_json::from_str(out.trim()).unwrap();
+    let id = task["result"]["id"].as_u64().unwrap().to_string();
+    // Redundancy never drops during the copy: another ISU lost meanwhile
+    // costs no write and no data.
+    let s = until(&rig, 60, "replacing", |s| {
+        array_state(s) == "replacing"
+            && s["arrays"][0]["progress"]["fraction"].as_f64().unwrap() < 0.5
+    });
+    println!(
+        "replacing at {:.0}%: isu2 killed",
+        s["arrays"][0]["progress"]["fraction"].as_f64().unwrap() * 100.0
+    );
+    rig.kill_isu(2);
+    let (code, out) = rig.admin(&["task", "get", &id, "--wait", "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let task: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(task["result"]["state"], "done", "{task}");
     println!("replace: {}", task["result"]["result"]);
     let s = status(&rig);
-    assert_eq!(array_state(&s), "clean", "{s:#}");
-    assert_eq!(in_sync(&s), ["isu0", "isu3", "isu2"], "{s:#}");
+    assert_eq!(in_sync(&s), ["isu0", "isu3"], "{s:#}");
+    assert_eq!(array_state(&s), "degraded", "{s:#}");
     assert_eq!(isu_state(&s, "isu1"), "unassigned", "{s:#}");
+    assert_eq!(isu_state(&s, "isu2"), "down", "{s:#}");
     assert!(writer.passes() > 0);
     let last = writer.stop(&rt);
     rt.block_on(verify_all(&dev, &[last; RUNS as usize]));

@@ -1,7 +1,7 @@
 //! The head's monitor: every period it drives each array's maintenance
 //! ([`raid::RaidArray::maintain`]: a hot spare pulled in once a member has
 //! been failed for the array's spare timeout, rebuild and replace copies
-//! advanced; a running reshape advanced for up to half the period), then
+//! advanced for up to half the period, as is a running reshape), then
 //! looks at the arrays' and paths' states (cheap calls, no I/O) and records
 //! each change as an event: members failing, suspended, rebuilding and back in sync,
 //! rebuilds starting and ending, spares pulled in, paths going down and
@@ -149,6 +149,32 @@ impl Watcher {
     }
 }
 
+/// Calls [`raid::RaidArray::maintain`] until a running rebuild or replace
+/// has had `until` (each call copies one checkpoint's worth of rows, or
+/// what the array's rate limit allows) or makes no progress; the spare
+/// pulled in and the ends reached meanwhile are all in the report.
+async fn maintain(
+    array: &raid::RaidArray,
+    until: tokio::time::Instant,
+) -> Result<MaintenanceReport, raid::RaidError> {
+    let mut all = MaintenanceReport::default();
+    loop {
+        let r = array.maintain().await?;
+        all.spare_activated = all.spare_activated.or(r.spare_activated);
+        all.rows_rebuilt += r.rows_rebuilt;
+        all.rows_copied += r.rows_copied;
+        all.rebuild_finished |= r.rebuild_finished;
+        all.replace_finished |= r.replace_finished;
+        all.rebuild = r.rebuild;
+        all.replace = r.replace;
+        let running = all.rebuild.is_some() || all.replace.is_some();
+        let moved = r.rows_rebuilt + r.rows_copied > 0;
+        if !running || !moved || tokio::time::Instant::now() >= until {
+            return Ok(all);
+        }
+    }
+}
+
 /// Drives the arrays' maintenance and records their changes every
 /// `period`, until aborted.
 pub async fn run(live: Arc<Live>, period: Duration) {
@@ -158,13 +184,11 @@ pub async fn run(live: Arc<Live>, period: Duration) {
     loop {
         tick.tick().await;
         for a in live.arrays() {
-            let report = match a.array.maintain().await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(array = %a.name, error = %e, "maintenance failed; retried next tick");
-                    None
-                }
-            };
+            let budget = tokio::time::Instant::now() + period / 2;
+            let report = maintain(&a.array, budget).await.map_err(|e| {
+                tracing::warn!(array = %a.name, error = %e, "maintenance failed; retried next tick");
+            });
+            let report = report.ok();
             // A running reshape: windows for up to half the period.
             let budget = tokio::time::Instant::now() + period / 2;
             while a.array.states().reshape.is_some() && tokio::time::Instant::now() < budget {

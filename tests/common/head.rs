@@ -51,6 +51,8 @@ pub struct RigSpec {
     pub spare_timeout: Option<&'static str>,
     /// ISUs not started at first ([`Rig::start_isu`] starts them).
     pub without: Vec<usize>,
+    /// The size of every ISU's disk, when not 24M.
+    pub disk_size: Option<&'static str>,
 }
 
 /// ISUs and the head's config in a temporary directory.
@@ -59,11 +61,12 @@ pub struct Rig {
     pub isus: Vec<Option<Daemon>>,
     pub isu_ports: Vec<u16>,
     pub head_ports: [u16; 2],
+    pub disk_size: &'static str,
 }
 
-fn isu_config(n: usize) -> String {
+fn isu_config(n: usize, size: &str) -> String {
     let mut s = format!(
-        "[isu]\nbase_iqn = \"iqn.2026-01.org.opie.test:isu{n}\"\nnop_interval = \"1s\"\nnop_timeout = \"2s\"\n\n[[disk]]\nname = \"d0\"\nsize = \"24M\"\n"
+        "[isu]\nbase_iqn = \"iqn.2026-01.org.opie.test:isu{n}\"\nnop_interval = \"1s\"\nnop_timeout = \"2s\"\n\n[[disk]]\nname = \"d0\"\nsize = \"{size}\"\n"
     );
     match n {
         0 => s += "auth = \"chap\"\n\n[auth]\nsecrets = \"isu0-secrets.toml\"\n",
@@ -155,6 +158,7 @@ impl Rig {
             isus: (0..n).map(|_| None).collect(),
             isu_ports: ports,
             head_ports,
+            disk_size: spec.disk_size.unwrap_or("24M"),
         };
         for i in 0..n {
             if !spec.without.contains(&i) {
@@ -168,7 +172,7 @@ impl Rig {
     pub fn start_isu(&mut self, n: usize) {
         let port = self.isu_ports[n];
         let cfg = self.dir.path().join(format!("isu{n}.toml"));
-        std::fs::write(&cfg, isu_config(n)).unwrap();
+        std::fs::write(&cfg, isu_config(n, self.disk_size)).unwrap();
         let listen = [format!("127.0.0.1:{port},1"), format!("[::1]:{port},2")];
         let wait: Vec<SocketAddr> = vec![
             format!("127.0.0.1:{port}").parse().unwrap(),
