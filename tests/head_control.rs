@@ -310,3 +310,38 @@ fn an_array_grows_online_onto_an_added_isu_and_scrubs_clean() {
     println!("scrub: {msg}");
     assert!(msg.ends_with(" 0 unrecoverable"), "{msg}");
 }
+
+#[test]
+fn a_suspension_survives_a_head_restart_and_resumes_there() {
+    let rig = Rig::start();
+    let rt = runtime();
+    let mut head = rig.head();
+    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, false));
+    assert_eq!(rig.admin(&["isu", "suspend", "isu2"]).0, Some(0));
+    rt.block_on(head::write_runs(&dev, 0..4, 2, true));
+    drop(dev);
+    head.signal(libc::SIGTERM);
+    assert!(head.wait_exit(60).expect("stopped").success());
+    drop(head);
+    let _head = rig.head();
+    // The member stays out, suspended, after the restart (isu2's disk is
+    // found by its identity).
+    let s = until(&rig, 30, "suspended after the restart", |s| {
+        isu_state(s, "isu2") == "suspended"
+    });
+    assert_eq!(array_state(&s), "degraded", "{s:#}");
+    let (code, out) = rig.admin(&["isu", "resume", "isu2", "--wait", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let task: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(task["result"]["state"], "done", "{task}");
+    println!("resume after a restart: {}", task["result"]["result"]);
+    until(&rig, 30, "clean after resume", |s| {
+        array_state(s) == "clean"
+    });
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 1).await) as SharedDevice });
+    let mut want = vec![1; RUNS as usize];
+    want[..4].fill(2);
+    rt.block_on(verify_all(&dev, &want));
+}

@@ -164,13 +164,23 @@ impl HeadControl {
             )));
         };
         let view = a.array.states().members[slot as usize].clone();
-        let disk = view
-            .device
-            .as_ref()
-            .and_then(|id| self.live.disk(id))
-            .ok_or_else(|| {
-                ControlError::Unavailable(format!("the disk of slot {slot} is not reached"))
-            })?;
+        // The slot's own disk; after a restart (assembly keeps a suspended
+        // member out) a disk of the ISU no array uses, which resume checks
+        // is the slot's.
+        let disk = match view.device.as_ref().and_then(|id| self.live.disk(id)) {
+            Some(d) => d,
+            None => self
+                .live
+                .disks_of(isu)
+                .into_iter()
+                .find(|d| self.live.user_of(d.identity()).is_none())
+                .ok_or_else(|| {
+                    ControlError::Unavailable(format!(
+                        "the disk of slot {slot} of {} is not reached on {isu}",
+                        a.name
+                    ))
+                })?,
+        };
         let r = a
             .array
             .resume(slot, disk.device())

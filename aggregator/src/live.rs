@@ -119,7 +119,10 @@ impl Live {
                             .iter()
                             .map(|m| match m {
                                 Member::Lun(r) => Some(r.isu.clone()),
-                                Member::Identity(_) => None,
+                                Member::Identity(id) => disks
+                                    .iter()
+                                    .find(|d| d.identity() == id)
+                                    .map(|d| d.isu.clone()),
                             })
                             .collect()
                     })
