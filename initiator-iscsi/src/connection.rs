@@ -33,21 +33,21 @@ pub struct Connection {
 /// The receiving half of a connection: PDUs in, framed with the digests
 /// and the segment limit in force.
 ///
-/// Headers (and PDUs small enough to arrive whole) are read through a
-/// buffer; a data segment that has not arrived with its header is read
+/// Headers and small PDUs are read through a buffer; a data segment of
+/// [`LAND_MIN`] or more that has not arrived with its header is read
 /// straight into its own allocation, exactly its size, so that its bytes
 /// are written once, by the kernel, and never moved after. While the PDUs
-/// come whole through the buffer (small ones: 4 KiB reads' data, statuses),
-/// each read takes up to [`BATCH_READ`] at once, many PDUs a system call;
-/// after a segment landed, up to [`HEAD_READ`], little to move out of the
-/// way when a large segment follows the next header too.
+/// are small (4 KiB reads' data, statuses), each read takes up to
+/// [`BATCH_READ`] at once, many PDUs a system call; after a segment landed,
+/// up to [`HEAD_READ`], little to move out of the way when a large segment
+/// follows the next header too.
 #[derive(Debug)]
 pub struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
     decoder: Decoder,
     landing: Option<Landing>,
-    /// The last PDU came whole through the buffer: read in batches.
+    /// The last PDU was a small one: read in batches.
     batch: bool,
 }
 
@@ -56,8 +56,13 @@ pub struct Reader {
 const HEAD_READ: usize = 8 * 1024;
 
 /// At most this many bytes are read through [`Reader`]'s buffer at once
-/// while the PDUs come whole through it.
+/// while the PDUs are small.
 const BATCH_READ: usize = 64 * 1024;
+
+/// A data segment this long or longer lands in its own allocation; a
+/// shorter one is read through the buffer with its header (landing it would
+/// cost a system call for its rest and an allocation).
+const LAND_MIN: usize = 16 * 1024;
 
 /// A PDU whose header is in and whose data segment is landing in place.
 #[derive(Debug)]
@@ -293,15 +298,19 @@ impl Reader {
         }
     }
 
-    /// Once a header is in the buffer but not its whole PDU: takes the
-    /// header off, gives the data segment its own allocation with what of
-    /// it is buffered already, and lands the rest there.
+    /// Once a header of a segment of [`LAND_MIN`] or more is in the buffer
+    /// but not its whole PDU: takes the header off, gives the data segment
+    /// its own allocation with what of it is buffered already, and lands
+    /// the rest there.
     fn land(&mut self) -> Result<bool, Error> {
         let Some(raw) = self.buf.get(..BHS_LEN) else {
             return Ok(false);
         };
         let raw: [u8; BHS_LEN] = raw.try_into().expect("BHS_LEN bytes");
         let f = Framing::of(&raw);
+        if f.data_len < LAND_MIN {
+            return Ok(false);
+        }
         let hlen = BHS_LEN + f.ahs_len;
         let hd = self.decoder.header_digest.len();
         if self.buf.len() < hlen + hd {
