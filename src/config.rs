@@ -15,8 +15,8 @@ use serde::Deserialize;
 use target_iscsi::access::{AuthMethod, Cidr};
 use target_iscsi::server::LoginLimits;
 
-use crate::portal::PortalSpec;
-use crate::units::{Interval, Size};
+use aggregator::portal::PortalSpec;
+use aggregator::units::{Interval, Size};
 
 /// Data directory used when neither the file nor `--data-dir` names one,
 /// relative to the config file's directory.
@@ -284,59 +284,7 @@ pub struct DiskAoeSettings {
     pub config_string: Option<String>,
 }
 
-/// Checks an iSCSI name (RFC 7143 section 4.2.7): `iqn.YYYY-MM.reversed.domain[:anything]`,
-/// `eui.` + 16 hex digits or `naa.` + 16 or 32 hex digits, at most 223 bytes, already
-/// in the lower-case normalized form.
-pub fn check_iscsi_name(name: &str) -> Result<(), String> {
-    if name.len() > 223 {
-        return Err(format!("{name:?} is longer than 223 bytes"));
-    }
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-    if let Some(rest) = name.strip_prefix("eui.") {
-        return if rest.len() == 16 && hex(rest) {
-            Ok(())
-        } else {
-            Err(format!("{name:?}: an eui. name has exactly 16 hex digits"))
-        };
-    }
-    if let Some(rest) = name.strip_prefix("naa.") {
-        return if (rest.len() == 16 || rest.len() == 32) && hex(rest) {
-            Ok(())
-        } else {
-            Err(format!("{name:?}: a naa. name has 16 or 32 hex digits"))
-        };
-    }
-    let Some(rest) = name.strip_prefix("iqn.") else {
-        return Err(format!(
-            "{name:?} is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id], eui. or naa.)"
-        ));
-    };
-    let b = rest.as_bytes();
-    let date_ok = b.len() >= 8
-        && b[..4].iter().all(u8::is_ascii_digit)
-        && b[4] == b'-'
-        && b[5..7].iter().all(u8::is_ascii_digit)
-        && (1..=12).contains(&((b[5] - b'0') * 10 + (b[6] - b'0')))
-        && b[7] == b'.';
-    if !date_ok {
-        return Err(format!(
-            "{name:?}: after \"iqn.\" comes the date YYYY-MM and a '.', e.g. iqn.2026-01.com.example:isu1"
-        ));
-    }
-    let domain = rest[8..].split(':').next().unwrap_or("");
-    if domain.is_empty() {
-        return Err(format!("{name:?}: the reversed domain name is missing"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':')))
-    {
-        return Err(format!(
-            "{name:?}: character {c:?} is not allowed (use lower-case letters, digits, '.', '-', ':')"
-        ));
-    }
-    Ok(())
-}
+pub use iscsi_proto::name::check_iscsi_name;
 
 fn check_disk_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -1122,16 +1070,5 @@ mod tests {
             "{e}"
         );
         assert!(err(&format!("{base}[limits]\nlogin_timeout = 1\n")).contains("unknown field"));
-    }
-
-    #[test]
-    fn iscsi_names() {
-        assert!(check_iscsi_name("iqn.2026-01.com.example:isu1").is_ok());
-        assert!(check_iscsi_name("eui.0123456789abcdef").is_ok());
-        assert!(check_iscsi_name("naa.0123456789abcdef").is_ok());
-        assert!(check_iscsi_name("iqn.2026-13.com.x").is_err());
-        assert!(check_iscsi_name("iqn.2026-01.").is_err());
-        assert!(check_iscsi_name("iqn.2026-01.com.Example").is_err());
-        assert!(check_iscsi_name("eui.12").is_err());
     }
 }

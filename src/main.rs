@@ -2,19 +2,20 @@
 //!
 //! `opie isu serve --config FILE` runs a storage unit: it exports the disks
 //! named in FILE as iSCSI targets. `opie initiator ...` shows what a head
-//! sees of ISUs (discovery, LUNs, paths). Later subcommands (`opie head ...`) run the
-//! head that builds RAID volumes across ISUs. `opie status`, `opie isu
-//! add|suspend|...`, `opie array ...`, `opie volume ...` and `opie task ...`
-//! manage a running head through its control socket (`src/admin/`).
+//! sees of ISUs (discovery, LUNs, paths). `opie head serve --config FILE` runs
+//! the head: RAID5 arrays across ISUs, re-exported over iSCSI. `opie status`,
+//! `opie isu add|suspend|...`, `opie array ...`, `opie volume ...` and `opie
+//! task ...` manage a running head through its control socket (`src/admin/`).
 
 mod admin;
 mod config;
+mod head;
 mod initiator;
 mod isu;
 mod logging;
-mod portal;
+mod signals;
+
 mod state;
-mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,11 @@ enum Command {
     Isu {
         #[command(subcommand)]
         command: IsuCommand,
+    },
+    /// Head: RAID5 arrays across ISUs, re-exported over iSCSI.
+    Head {
+        #[command(subcommand)]
+        command: head::HeadCommand,
     },
     /// Initiator: what a head sees of ISUs (discovery, LUNs, paths).
     Initiator {
@@ -110,6 +116,18 @@ fn main() -> ExitCode {
     logging::init(cli.verbose);
     match cli.command {
         Command::Initiator { command } => initiator::run(command),
+        Command::Head { command } => match command {
+            head::HeadCommand::Serve(args) => {
+                let cfg = match args.load() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("opie: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                run_daemon("opie-head", head::serve(cfg))
+            }
+        },
         Command::Status(conn) => admin::status(conn),
         Command::Array { command } => admin::array(command),
         Command::Volume { command } => admin::volume(command),
@@ -141,28 +159,37 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                limit_malloc_arenas();
-                raise_open_file_limit();
-                let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .thread_name("opie-isu")
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("opie: cannot start the runtime: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                match rt.block_on(isu::serve(cfg)) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("opie: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                run_daemon("opie-isu", isu::serve(cfg))
             }
         },
+    }
+}
+
+/// Runs a daemon's future on a multi-threaded runtime whose threads are
+/// named `name`: exit status 0 when it ends well, 1 with its error.
+fn run_daemon<E: std::fmt::Display>(
+    name: &str,
+    daemon: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    limit_malloc_arenas();
+    raise_open_file_limit();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("opie: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(daemon) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opie: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use blockdev::claim::{Claim, Holder, InUse};
 use blockdev::{statefile, DeviceIdentity};
 
-/// Name of the lock file in the data directory.
+/// Name of the lock file in the ISU's data directory.
 pub const LOCK_FILE: &str = "opie-isu.lock";
+/// Name of the lock file in the head's data directory.
+pub const HEAD_LOCK_FILE: &str = "opie-head.lock";
 
 /// Errors of the state directory.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +147,10 @@ pub fn data_dir_of(pid: u32) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .filter_map(|fd| fs::read_link(fd.path()).ok())
-        .find(|t| t.file_name().is_some_and(|n| n == LOCK_FILE))
+        .find(|t| {
+            t.file_name()
+                .is_some_and(|n| n == LOCK_FILE || n == HEAD_LOCK_FILE)
+        })
         .and_then(|t| t.parent().map(Path::to_path_buf))
 }
 
@@ -235,13 +240,20 @@ impl DataDir {
         inspect_disks(&self.root, disks)
     }
 
-    /// Creates (if needed) and locks `root`. Fails if another process holds it.
+    /// Creates (if needed) and locks `root` (an ISU's). Fails if another
+    /// process holds it.
     pub fn open(root: &Path) -> Result<DataDir, StateError> {
+        DataDir::open_locked_by(root, LOCK_FILE)
+    }
+
+    /// [`DataDir::open`] with the lock file `lock` (the head's is
+    /// [`HEAD_LOCK_FILE`]).
+    pub fn open_locked_by(root: &Path, lock: &str) -> Result<DataDir, StateError> {
         fs::create_dir_all(root).map_err(io_err(root))?;
         // The directory itself may be a link (the admin's choice): resolved
         // once, so that nothing below it is.
         let real = fs::canonicalize(root).map_err(io_err(root))?;
-        let lock_path = real.join(LOCK_FILE);
+        let lock_path = real.join(lock);
         let mut lock = statefile::open(&lock_path, true)
             .map_err(io_err(&lock_path))?
             .expect("created");

@@ -1,6 +1,6 @@
 //! The SCSI disk commands the initiator's block device sends (SBC-4,
-//! SPC-4), as CDBs, and the reading of what they return: READ CAPACITY(16)
-//! and the Block Limits VPD page. The identity pages are read by
+//! SPC-4), as CDBs, and the reading of what they return: READ CAPACITY(16),
+//! REPORT LUNS and the Block Limits VPD page. The identity pages are read by
 //! `scsi_disk::identification`, the sense data by `scsi_disk::sense`.
 
 use blockdev::Limits;
@@ -181,6 +181,30 @@ pub fn parse_caching(d: &[u8]) -> (bool, bool) {
     (wp, wce)
 }
 
+/// REPORT LUNS (SELECT REPORT 0) with an allocation length of `len`.
+pub fn report_luns(len: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = 0xa0;
+    c[6..10].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+/// The LUNs of REPORT LUNS parameter data.
+pub fn parse_report_luns(d: &[u8]) -> Vec<u64> {
+    let Some(len) = d
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    else {
+        return Vec::new();
+    };
+    let end = d.len().min(8 + len as usize);
+    d.get(8..end)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .map(|e| iscsi_proto::pdu::decode_lun(u64::from_be_bytes(e.try_into().expect("8 bytes"))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +303,15 @@ mod tests {
             (c[0], c[8], p[1], p[3], p[15], p[19]),
             (0x42, 24, 22, 16, 5, 7)
         );
+    }
+
+    #[test]
+    fn report_luns_data_is_read_to_its_stated_length() {
+        let mut d = vec![0, 0, 0, 16, 0, 0, 0, 0];
+        d.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        d.extend_from_slice(&[0, 7, 0, 0, 0, 0, 0, 0]);
+        d.extend_from_slice(&[0, 9, 0, 0, 0, 0, 0, 0]); // past the length
+        assert_eq!(parse_report_luns(&d), [0, 7]);
+        assert_eq!(parse_report_luns(&[0, 0]), Vec::<u64>::new());
     }
 }

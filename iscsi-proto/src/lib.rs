@@ -16,6 +16,7 @@
 pub mod digest;
 pub mod frame;
 pub mod login;
+pub mod name;
 pub mod negotiate;
 pub mod pdu;
 pub mod text;

@@ -303,7 +303,7 @@ impl Superblock {
 }
 
 /// Reads both superblock copies of a device and returns the newest valid one.
-pub(crate) async fn read_newest(dev: &SharedDevice) -> Result<Superblock> {
+pub async fn read_newest(dev: &SharedDevice) -> Result<Superblock> {
     let bs = dev.geometry().block_size;
     let n = Superblock::blocks(bs);
     let mut best: Option<Superblock> = None;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use control::{Client, Reply, Request, Response, TaskId, TaskState};
 
-use crate::units::{parse_duration, parse_size};
+use aggregator::units::{parse_duration, parse_size};
 use exit::Failure;
 
 /// Where the head's control socket is, and how to print.

@@ -10,7 +10,6 @@ use initiator_iscsi::disk_commands as cdb;
 use initiator_iscsi::{
     Auth, Command, IscsiDevice, PipelineConfig, PipelinedSession, ReinstateConfig, ScsiResult,
 };
-use iscsi_proto::pdu::decode_lun;
 use scsi_disk::identification::{designators, unit_serial};
 use serde::Serialize;
 
@@ -157,7 +156,7 @@ impl Login {
             what,
         };
         let cmd = |lun, c: &[u8], len| Command::read(lun, c, len);
-        let report = run(&probe, cmd(0, &report_luns(4096), 4096))
+        let report = run(&probe, cmd(0, &cdb::report_luns(4096), 4096))
             .await
             .map_err(|e| failed(0, format!("REPORT LUNS: {e}")))?;
         let mut out = TargetLuns {
@@ -166,7 +165,7 @@ impl Login {
             luns: Vec::new(),
             devices: Vec::new(),
         };
-        for lun in parse_report_luns(&report.data) {
+        for lun in cdb::parse_report_luns(&report.data) {
             let inquiry = run(&probe, cmd(lun, &[0x12, 0, 0, 0, 96, 0], 96))
                 .await
                 .map_err(|e| failed(lun, format!("INQUIRY: {e}")))?;
@@ -272,30 +271,6 @@ pub(super) async fn run(s: &PipelinedSession, cmd: Command) -> Result<ScsiResult
     Err(format!("{UA_RETRIES} unit attentions in a row"))
 }
 
-/// REPORT LUNS (SELECT REPORT 0) with an allocation length of `len`.
-fn report_luns(len: u32) -> [u8; 12] {
-    let mut c = [0u8; 12];
-    c[0] = 0xa0;
-    c[6..10].copy_from_slice(&len.to_be_bytes());
-    c
-}
-
-/// The LUNs of REPORT LUNS parameter data.
-fn parse_report_luns(d: &[u8]) -> Vec<u64> {
-    let Some(len) = d
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    else {
-        return Vec::new();
-    };
-    let end = d.len().min(8 + len as usize);
-    d.get(8..end)
-        .unwrap_or_default()
-        .chunks_exact(8)
-        .map(|e| decode_lun(u64::from_be_bytes(e.try_into().expect("8 bytes"))))
-        .collect()
-}
-
 /// The text form of one target's LUNs.
 pub fn print(t: &TargetLuns) {
     println!("target {} at {}", t.target, t.portal);
@@ -333,20 +308,5 @@ pub fn print(t: &TargetLuns) {
         if let Some(why) = &l.unusable {
             println!("    unusable by a head: {why}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn report_luns_data_is_read_to_its_stated_length() {
-        let mut d = vec![0, 0, 0, 16, 0, 0, 0, 0];
-        d.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
-        d.extend_from_slice(&[0, 7, 0, 0, 0, 0, 0, 0]);
-        d.extend_from_slice(&[0, 9, 0, 0, 0, 0, 0, 0]); // past the length
-        assert_eq!(parse_report_luns(&d), [0, 7]);
-        assert_eq!(parse_report_luns(&[0, 0]), Vec::<u64>::new());
     }
 }

@@ -1,5 +1,5 @@
 //! Where and as whom the initiator logs in: portals given as
-//! `ADDR[:PORT]` (the ISU's own portal syntax, `crate::portal`), and the
+//! `ADDR[:PORT]` (the ISU's own portal syntax, `aggregator::portal`), and the
 //! login each session starts with.
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use initiator_iscsi::{Auth, LoginConfig};
 
 use super::error::CliError;
-use crate::portal::PortalSpec;
+use aggregator::portal::PortalSpec;
 
 /// The initiator name used unless `--initiator-name` says otherwise.
 pub const DEFAULT_INITIATOR: &str = "iqn.2026-01.org.opie:initiator";

@@ -12,7 +12,7 @@ use tracing::info;
 use target_aoe::{AoeConfig, AoeDisk, AoeDiskConfig, AoeServer};
 
 use crate::config::{AoeSettings, IsuConfig, Mac};
-use crate::portal::BoundPortal;
+use aggregator::portal::BoundPortal;
 
 use super::reload::{self, LiveDisks, Reloader};
 use super::{OpenDisk, TargetPlan};

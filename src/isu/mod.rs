@@ -15,6 +15,8 @@ use blockdev::claim::InUse;
 use blockdev::file::FileOptions;
 use blockdev::{BlockDevice, BlockError, FileDevice, SharedDevice};
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::signals::shutdown_signal;
 use tracing::{info, warn};
 
 use crate::config::{DiskConfig, IsuConfig};
@@ -225,27 +227,6 @@ fn plan_targets(disks: Vec<OpenDisk>) -> Vec<TargetPlan> {
         .into_iter()
         .filter_map(|iqn| by_iqn.remove(&iqn))
         .collect()
-}
-
-/// Resolves when SIGTERM or SIGINT arrives; a second signal exits at once
-/// (every write already acknowledged as durable is on stable storage).
-async fn shutdown_signal(
-    mut term: tokio::signal::unix::Signal,
-    mut int: tokio::signal::unix::Signal,
-) {
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!("{name}: no new connections; draining sessions and flushing");
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        warn!("second signal: exiting without waiting for the drain");
-        std::process::exit(1);
-    });
 }
 
 /// The `[auth.backoff]` settings that differ, as `name old -> new`.

@@ -28,8 +28,8 @@ use tracing::debug;
 
 use super::{access, ExportError, IsuError};
 use crate::config::{DiskConfig, IsuConfig};
-use crate::portal::BoundPortal;
 use crate::state::{self, DataDir};
+use aggregator::portal::BoundPortal;
 
 /// What serve needs from the checks.
 #[derive(Debug)]
