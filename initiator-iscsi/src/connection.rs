@@ -33,22 +33,36 @@ pub struct Connection {
 /// The receiving half of a connection: PDUs in, framed with the digests
 /// and the segment limit in force.
 ///
-/// Headers (and PDUs small enough to arrive whole) are read through a
-/// small buffer; a data segment that has not arrived with its header is
-/// read straight into its own allocation, exactly its size, so that its
-/// bytes are written once, by the kernel, and never moved after.
+/// Headers and small PDUs are read through a buffer; a data segment of
+/// [`LAND_MIN`] or more that has not arrived with its header is read
+/// straight into its own allocation, exactly its size, so that its bytes
+/// are written once, by the kernel, and never moved after. While the PDUs
+/// are small (4 KiB reads' data, statuses), each read takes up to
+/// [`BATCH_READ`] at once, many PDUs a system call; after a segment landed,
+/// up to [`HEAD_READ`], little to move out of the way when a large segment
+/// follows the next header too.
 #[derive(Debug)]
 pub struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
     decoder: Decoder,
     landing: Option<Landing>,
+    /// The last PDU was a small one: read in batches.
+    batch: bool,
 }
 
-/// At most this many bytes are read through [`Reader`]'s buffer at once:
-/// enough for a few small PDUs per read, little to move out of the way when
-/// a large data segment follows a header.
+/// At most this many bytes are read through [`Reader`]'s buffer at once
+/// after a data segment landed.
 const HEAD_READ: usize = 8 * 1024;
+
+/// At most this many bytes are read through [`Reader`]'s buffer at once
+/// while the PDUs are small.
+const BATCH_READ: usize = 64 * 1024;
+
+/// A data segment this long or longer lands in its own allocation; a
+/// shorter one is read through the buffer with its header (landing it would
+/// cost a system call for its rest and an allocation).
+const LAND_MIN: usize = 16 * 1024;
 
 /// A PDU whose header is in and whose data segment is landing in place.
 #[derive(Debug)]
@@ -102,6 +116,7 @@ impl Connection {
                 buf: BytesMut::with_capacity(HEAD_READ),
                 decoder: Decoder::new(LOGIN_SEGMENT),
                 landing: None,
+                batch: false,
             },
             writer: Writer {
                 half: write,
@@ -255,11 +270,15 @@ impl Reader {
                     continue;
                 }
                 if self.buf.len() >= landing.tail {
+                    self.batch = false;
                     return Ok(self.landed());
                 }
             } else {
                 match self.decoder.decode(&mut self.buf) {
-                    Ok(Some(p)) => return Ok(p),
+                    Ok(Some(p)) => {
+                        self.batch = true;
+                        return Ok(p);
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(Error::Protocol(format!("framing: {e}"))),
                 }
@@ -267,27 +286,31 @@ impl Reader {
                     continue;
                 }
             }
-            self.buf.reserve(HEAD_READ);
-            if self
-                .half
-                .read_buf(&mut (&mut self.buf).limit(HEAD_READ))
-                .await?
-                == 0
-            {
+            let most = if self.batch && self.landing.is_none() {
+                BATCH_READ
+            } else {
+                HEAD_READ
+            };
+            self.buf.reserve(most);
+            if self.half.read_buf(&mut (&mut self.buf).limit(most)).await? == 0 {
                 return Err(Error::Closed);
             }
         }
     }
 
-    /// Once a header is in the buffer but not its whole PDU: takes the
-    /// header off, gives the data segment its own allocation with what of
-    /// it is buffered already, and lands the rest there.
+    /// Once a header of a segment of [`LAND_MIN`] or more is in the buffer
+    /// but not its whole PDU: takes the header off, gives the data segment
+    /// its own allocation with what of it is buffered already, and lands
+    /// the rest there.
     fn land(&mut self) -> Result<bool, Error> {
         let Some(raw) = self.buf.get(..BHS_LEN) else {
             return Ok(false);
         };
         let raw: [u8; BHS_LEN] = raw.try_into().expect("BHS_LEN bytes");
         let f = Framing::of(&raw);
+        if f.data_len < LAND_MIN {
+            return Ok(false);
+        }
         let hlen = BHS_LEN + f.ahs_len;
         let hd = self.decoder.header_digest.len();
         if self.buf.len() < hlen + hd {
@@ -443,6 +466,36 @@ mod tests {
         );
         let p = conn.recv().await.unwrap();
         assert_eq!((ttt(&p), p.data.len()), (4, 0));
+    }
+
+    #[tokio::test]
+    async fn small_pdus_read_in_batches_and_a_large_one_among_them_arrive_whole() {
+        let (mut conn, listener) = digested().await;
+        // Small PDUs first (the reader reads them in batches), then a
+        // segment larger than a batch whose start comes in the same read,
+        // then small ones again, all written at once.
+        let big: Vec<u8> = (0..200_003u32).map(|i| (i * 13) as u8).collect();
+        let small = |i: u32| vec![i as u8; 4096 + i as usize];
+        let mut wire = Vec::new();
+        for i in 0..20 {
+            wire.extend(nop_in(i, small(i)));
+        }
+        wire.extend(nop_in(100, big.clone()));
+        for i in 20..40 {
+            wire.extend(nop_in(i, small(i)));
+        }
+        let (mut target, _) = listener.accept().await.unwrap();
+        target.write_all(&wire).await.unwrap();
+        let ttt = |p: &InPdu| match p.bhs {
+            Ok(Bhs::NopIn(n)) => n.ttt,
+            _ => panic!("{:?}", p.bhs),
+        };
+        for i in (0..20).chain([100]).chain(20..40) {
+            let p = conn.recv().await.unwrap();
+            let want = if i == 100 { big.clone() } else { small(i) };
+            assert_eq!((ttt(&p), p.data_digest_error), (i, false));
+            assert!(p.data[..] == want[..], "the data of PDU {i}");
+        }
     }
 
     #[tokio::test]

@@ -206,7 +206,7 @@ impl FullFeature {
     /// the rest goes as the target asks for it (R2T). Call only while the
     /// window is open. Fails for a CDB over 16 bytes (an AHS this initiator
     /// does not send).
-    pub fn submit(&mut self, cmd: Command) -> Result<Task, Error> {
+    pub fn submit(&mut self, cmd: &Command) -> Result<Task, Error> {
         if cmd.cdb.is_empty() || cmd.cdb.len() > 16 {
             return Err(Error::Protocol(format!(
                 "a CDB of {} bytes (1 to 16 are sent)",
@@ -259,7 +259,7 @@ impl FullFeature {
             TaskState {
                 lun,
                 cmd_sn,
-                data_out: cmd.data_out,
+                data_out: cmd.data_out.clone(),
                 sent: unsolicited,
                 data_in: Vec::new(),
                 expected_in: cmd.data_in as usize,
@@ -699,7 +699,7 @@ pub(crate) mod tests {
         });
         assert!(f.window_open());
         let t = f
-            .submit(Command::write(0, &[0x2a; 10], vec![7u8; 20_000]))
+            .submit(&Command::write(0, &[0x2a; 10], vec![7u8; 20_000]))
             .unwrap();
         assert_eq!(t.cmd_sn, 10);
         assert!(!f.window_open(), "MaxCmdSN 10 is used up");
@@ -750,7 +750,7 @@ pub(crate) mod tests {
             initial_r2t: true,
             ..Params::default()
         });
-        f.submit(Command::write(0, &[0x2a; 10], vec![1u8; 1024]))
+        f.submit(&Command::write(0, &[0x2a; 10], vec![1u8; 1024]))
             .unwrap();
         let out = f.take_output();
         assert_eq!(out.len(), 1);
@@ -761,7 +761,7 @@ pub(crate) mod tests {
     #[test]
     fn data_in_is_collected_in_order() {
         let mut f = session(Params::default());
-        let t = f.submit(Command::read(0, &[0x28; 10], 8)).unwrap();
+        let t = f.submit(&Command::read(0, &[0x28; 10], 8)).unwrap();
         let d = |offset, data_sn, last| DataIn {
             final_: last,
             status_present: last,
@@ -782,7 +782,7 @@ pub(crate) mod tests {
         };
         assert_eq!((r.status, &r.data[..]), (0, &b"abcdefgh"[..]));
         // Out of order (the data is in order by default): the task fails.
-        let t = f.submit(Command::read(0, &[0x28; 10], 8)).unwrap();
+        let t = f.submit(&Command::read(0, &[0x28; 10], 8)).unwrap();
         let late = DataIn {
             itt: t.itt,
             ..d(4, 0, false)
@@ -821,7 +821,7 @@ pub(crate) mod tests {
     #[test]
     fn a_read_in_one_segment_keeps_the_segments_allocation() {
         let mut f = session(Params::default());
-        let t = f.submit(Command::read(0, &[0x28; 10], 8192)).unwrap();
+        let t = f.submit(&Command::read(0, &[0x28; 10], 8192)).unwrap();
         let segment = Bytes::from(vec![0x5a; 8192]);
         let at = segment.as_ptr();
         let mut p = pdu(Bhs::DataIn(data_in(t.itt, 0, 0, true)), &[]);
@@ -840,7 +840,7 @@ pub(crate) mod tests {
             data_pdu_in_order: false,
             ..Params::default()
         });
-        let t = f.submit(Command::read(0, &[0x28; 10], 12)).unwrap();
+        let t = f.submit(&Command::read(0, &[0x28; 10], 12)).unwrap();
         f.receive(pdu(Bhs::DataIn(data_in(t.itt, 8, 0, false)), b"ijkl"))
             .unwrap();
         f.receive(pdu(Bhs::DataIn(data_in(t.itt, 0, 1, false)), b"abcd"))
@@ -853,7 +853,7 @@ pub(crate) mod tests {
         assert_eq!(&r.data[..], b"abcdefghijkl");
         // A segment past the expected length fails the task, whatever the
         // order allowed.
-        let t = f.submit(Command::read(0, &[0x28; 10], 12)).unwrap();
+        let t = f.submit(&Command::read(0, &[0x28; 10], 12)).unwrap();
         let past = data_in(t.itt, u32::MAX - 2, 0, false);
         f.receive(pdu(Bhs::DataIn(past), b"abcd")).unwrap();
         assert_task_failed(&mut f);
@@ -862,7 +862,7 @@ pub(crate) mod tests {
     #[test]
     fn a_response_carries_status_and_sense() {
         let mut f = session(Params::default());
-        let t = f.submit(Command::new(0, &[0; 6])).unwrap();
+        let t = f.submit(&Command::new(0, &[0; 6])).unwrap();
         let r = ScsiResponse {
             status: 2,
             itt: t.itt,
@@ -877,7 +877,7 @@ pub(crate) mod tests {
         assert!(r.is_unit_attention());
         assert_eq!(r.sense.len(), 8);
         // The target could not complete another.
-        let t = f.submit(Command::new(0, &[0; 6])).unwrap();
+        let t = f.submit(&Command::new(0, &[0; 6])).unwrap();
         let r = ScsiResponse {
             response: 1,
             itt: t.itt,
@@ -938,8 +938,8 @@ pub(crate) mod tests {
             ),
         ) {
             let mut f = session(Params::default());
-            let w = f.submit(Command::write(0, &[0x2a; 10], vec![1u8; 3000])).unwrap();
-            let r = f.submit(Command::read(0, &[0x28; 10], 100)).unwrap();
+            let w = f.submit(&Command::write(0, &[0x2a; 10], vec![1u8; 3000])).unwrap();
+            let r = f.submit(&Command::read(0, &[0x28; 10], 100)).unwrap();
             let t = f.text(&TextList::default());
             for (op, mut raw, data, ours) in pdus {
                 raw[0] = op;

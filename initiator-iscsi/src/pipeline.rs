@@ -199,17 +199,20 @@ impl Pipeline {
         if self.logout_by.is_some() {
             return;
         }
+        if self.pending.is_empty() {
+            return;
+        }
         let go = self
             .writes
             .admissible(self.pending.iter().map(|(_, c)| extent(c)));
-        let mut taken = Vec::new();
-        for i in go {
+        // Each command is moved out of the queue as it goes (the ones
+        // before it taken already, its index is that many lower).
+        for (taken, i) in go.into_iter().enumerate() {
             if self.running.len() >= self.queue_depth || !self.ffp.window_open() {
                 break;
             }
-            let (ticket, cmd) = self.pending[i].clone();
-            taken.push(i);
-            match self.ffp.submit(cmd.clone()) {
+            let (ticket, cmd) = self.pending.remove(i - taken).expect("an index of pending");
+            match self.ffp.submit(&cmd) {
                 Ok(task) => {
                     if let Some(e) = extent(&cmd) {
                         self.writes.lock(ticket, e);
@@ -219,9 +222,6 @@ impl Pipeline {
                 }
                 Err(e) => self.done.push_back((ticket, Err(e))),
             }
-        }
-        for i in taken.into_iter().rev() {
-            self.pending.remove(i);
         }
     }
 

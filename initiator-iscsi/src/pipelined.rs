@@ -667,9 +667,10 @@ fn take_ready(
     first: Ready,
     stash: &mut Option<Ready>,
 ) -> Result<(), Error> {
+    // One reading of the clock for what was ready at once.
+    let now = Instant::now().into_std();
     let mut next = Some(first);
     while let Some(ready) = next.take() {
-        let now = Instant::now().into_std();
         match ready {
             Ready::Request(req) => match req {
                 Some(Request::Command(cmd, w)) => {

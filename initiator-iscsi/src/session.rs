@@ -98,7 +98,7 @@ impl Session {
     /// immediate and unsolicited data; returns without waiting for more.
     pub async fn start(&mut self, cmd: Command) -> Result<Task, Error> {
         self.until(|f| f.window_open().then_some(())).await?;
-        let task = self.ffp.submit(cmd)?;
+        let task = self.ffp.submit(&cmd)?;
         self.flush().await?;
         Ok(task)
     }

@@ -185,11 +185,7 @@ fn finish<T: Serialize>(json: bool, r: Result<T, CliError>, text: impl FnOnce(&T
 /// Runs an `opie initiator` command to its exit status.
 pub fn run(cmd: InitiatorCommand) -> ExitCode {
     buffers::keep_freed_buffers();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("opie-initiator")
-        .build()
-    {
+    let rt = match runtime(&cmd) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("opie: cannot start the runtime: {e}");
@@ -197,6 +193,19 @@ pub fn run(cmd: InitiatorCommand) -> ExitCode {
         }
     };
     rt.block_on(run_async(cmd))
+}
+
+/// The runtime a command runs on. `perf` runs on one thread, as a head
+/// would pin a session to one: on the multi-thread runtime each answer woke
+/// its caller on another thread (a futex wake and a context switch per
+/// I/O, a fifth of the CPU time of a 4 KiB read), and the workers competed
+/// for the cores with the target.
+fn runtime(cmd: &InitiatorCommand) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = match cmd {
+        InitiatorCommand::Perf(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    b.enable_all().thread_name("opie-initiator").build()
 }
 
 async fn run_async(cmd: InitiatorCommand) -> ExitCode {
