@@ -131,6 +131,21 @@ fn a_killed_isu_shows_degraded_then_its_spare_is_pulled_in_and_rebuilt() {
     let ev = events(&s);
     assert!(ev.contains("hot spare pulled into slot 1"), "{ev}");
     assert!(ev.contains("rebuild finished"), "{ev}");
+    // The rebuild ran as a task of the head's own, done by now or soon.
+    let task = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "rebuild")
+        .unwrap_or_else(|| panic!("no rebuild task: {s:#}"))["id"]
+        .clone();
+    until(&rig, 10, "the rebuild task done", |s| {
+        s["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == task && t["state"] == "done")
+    });
     println!("rebuild progress seen in status: {saw_progress:?}; events:\n{ev}");
     assert!(
         saw_progress.is_some() || ev.contains("rebuild started"),
@@ -258,6 +273,8 @@ fn an_array_grows_online_onto_an_added_isu_and_scrubs_clean() {
     let portal = format!("127.0.0.1:{}", rig.isu_ports[3]);
     let (code, out) = rig.admin(&["isu", "add", "isu3", "--portal", &portal, "--json"]);
     assert_eq!(code, Some(0), "{out}");
+    // Arrays come from head.toml: unavailable (exit 6).
+    assert_eq!(rig.admin(&["array", "create", "a1", "isu3"]).0, Some(6));
     // Growing onto an ISU the array uses already is a conflict (exit 4).
     assert_eq!(rig.admin(&["array", "grow", "a0", "isu1"]).0, Some(4));
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });

@@ -9,18 +9,15 @@
 //! `unavailable`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use control::status::EventLevel;
-use control::{ControlError, Handler, Peer, Reply, Request, TaskHandle, TaskKind, Tasks};
-use raid::{MemberStatus, RaidArray, RaidError, ResumeReport};
+use control::{ControlError, Handler, Peer, Reply, Request, TaskKind, Tasks};
+use raid::{MemberStatus, RaidError, ResumeReport};
 
 use crate::config::{isu_portal, name_ok, IsuConfig};
+use crate::follow;
 use crate::live::{Disk, Live, LiveArray};
 use crate::report;
-
-/// How often a task looks at the array it follows.
-const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 /// The head's control handler.
 pub struct HeadControl {
@@ -193,7 +190,7 @@ impl HeadControl {
         let info = self
             .tasks
             .spawn(TaskKind::IsuResume, isu, move |h| async move {
-                follow_rebuild(&a.array, slot, &h).await?;
+                follow::rebuild(&a.array, slot, &h).await?;
                 Ok(message)
             });
         Ok(Reply::Task(info))
@@ -254,7 +251,7 @@ impl HeadControl {
                         )))
                     }
                 }
-                tokio::time::sleep(FOLLOW_EVERY).await;
+                tokio::time::sleep(follow::EVERY).await;
             }
         });
         Ok(Reply::Task(info))
@@ -430,7 +427,7 @@ impl HeadControl {
                     while let Some(r) = a.array.states().reshape {
                         let f = r.done_rows as f64 / r.total_rows.max(1) as f64;
                         h.progress((i as f64 + f) / n as f64);
-                        tokio::time::sleep(FOLLOW_EVERY).await;
+                        tokio::time::sleep(follow::EVERY).await;
                     }
                 }
                 let st = a.array.states();
@@ -561,25 +558,4 @@ fn resume_message(isu: &str, array: &str, r: &ResumeReport) -> String {
         "isu {isu}: resynced {} of {} rows ({} blocks) of slot {} of {array}",
         r.rows_to_resync, r.total_rows, r.blocks_to_resync, r.slot
     )
-}
-
-/// Follows the rebuild of `slot` to its end, reporting its progress.
-async fn follow_rebuild(array: &RaidArray, slot: u32, h: &TaskHandle) -> Result<(), ControlError> {
-    loop {
-        let st = array.states();
-        match st.members[slot as usize].status {
-            MemberStatus::Active => return Ok(()),
-            MemberStatus::Rebuilding { .. } => {
-                if let Some(r) = st.rebuild.filter(|r| r.slot == slot) {
-                    h.progress(r.done_rows as f64 / r.total_rows.max(1) as f64);
-                }
-            }
-            ref other => {
-                return Err(ControlError::Conflict(format!(
-                    "slot {slot} stopped resyncing: {other:?}"
-                )))
-            }
-        }
-        tokio::time::sleep(FOLLOW_EVERY).await;
-    }
 }

@@ -133,8 +133,8 @@ async fn serve(
     }
     let live = Arc::new(Live::new(cfg, up, volumes.pools(), EventLog::default()));
     let at_start = live.disks().len();
-    let monitor = tokio::spawn(monitor::run(live.clone(), MONITOR_EVERY));
     let tasks = control::Tasks::default();
+    let monitor = tokio::spawn(monitor::run(live.clone(), tasks.clone(), MONITOR_EVERY));
     let control = control::Server::bind(
         &control::socket_path(&cfg.data_dir),
         control::ServerConfig::default(),

@@ -13,13 +13,15 @@
 //! arrays' maintenance and records changes in [`events`] (and a
 //! reshape's [`pace`]), and
 //! [`control_api`] answers the control socket (`opie status`, `opie isu
-//! ...`), its `status` filled by [`report`]. [`units`] and [`portal`] are
+//! ...`), its `status` filled by [`report`], its tasks following the
+//! arrays with [`follow`]. [`units`] and [`portal`] are
 //! the config syntax shared with the ISU's `isu.toml`.
 
 pub mod config;
 pub mod control_api;
 pub mod events;
 pub mod export;
+pub mod follow;
 pub mod head;
 pub mod live;
 pub mod monitor;

@@ -176,8 +176,9 @@ async fn maintain(
 }
 
 /// Drives the arrays' maintenance and records their changes every
-/// `period`, until aborted.
-pub async fn run(live: Arc<Live>, period: Duration) {
+/// `period`, until aborted. A rebuild onto a hot spare it pulled in runs as
+/// a `rebuild` task in `tasks`, so `status` and `opie task` show it.
+pub async fn run(live: Arc<Live>, tasks: control::Tasks, period: Duration) {
     let mut w = Watcher::default();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,6 +190,18 @@ pub async fn run(live: Arc<Live>, period: Duration) {
                 tracing::warn!(array = %a.name, error = %e, "maintenance failed; retried next tick");
             });
             let report = report.ok();
+            if let Some(slot) = report.as_ref().and_then(|r| r.spare_activated) {
+                let array = a.array.clone();
+                let name = a.name.clone();
+                tasks.spawn(
+                    control::TaskKind::Rebuild,
+                    a.name.clone(),
+                    move |h| async move {
+                        crate::follow::rebuild(&array, slot, &h).await?;
+                        Ok(format!("slot {slot} of {name} rebuilt onto its hot spare"))
+                    },
+                );
+            }
             // A running reshape: windows for up to half the period.
             let budget = tokio::time::Instant::now() + period / 2;
             while a.array.states().reshape.is_some() && tokio::time::Instant::now() < budget {
