@@ -156,14 +156,21 @@ fn a_killed_isu_shows_degraded_then_its_spare_is_pulled_in_and_rebuilt() {
     rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
 }
 
+/// Starts the head, waits for its array clean, opens its export through
+/// portal 0 and writes every run with generation 1.
+fn serving(rig: &Rig, rt: &tokio::runtime::Runtime) -> (common::Daemon, SharedDevice) {
+    let head = rig.head();
+    until(rig, 30, "clean", |s| array_state(s) == "clean");
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, false));
+    (head, dev)
+}
+
 #[test]
 fn a_suspended_isu_resumes_with_only_the_written_regions_resynced() {
     let rig = Rig::start();
     let rt = runtime();
-    let _head = rig.head();
-    until(&rig, 30, "clean", |s| array_state(s) == "clean");
-    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
-    rt.block_on(write_all(&dev, 1, false));
+    let (_head, dev) = serving(&rig, &rt);
     // Writes to the first 4 runs (the array's first 2 MiB) only.
     let writer = Writer::start(&rt, &dev, 0..4, 1);
     let (code, out) = rig.admin(&["isu", "suspend", "isu1", "--json"]);
@@ -360,5 +367,35 @@ fn a_suspension_survives_a_head_restart_and_resumes_there() {
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 1).await) as SharedDevice });
     let mut want = vec![1; RUNS as usize];
     want[..4].fill(2);
+    rt.block_on(verify_all(&dev, &want));
+}
+
+#[test]
+fn a_killed_isu_that_comes_back_is_taken_back_and_resynced() {
+    let mut rig = Rig::start();
+    let rt = runtime();
+    let (_head, dev) = serving(&rig, &rt);
+    // Writes to the first 4 runs only, through the loss and the return.
+    let writer = Writer::start(&rt, &dev, 0..4, 1);
+    rig.kill_isu(1);
+    until(&rig, 60, "degraded", |s| array_state(s) == "degraded");
+    rig.start_isu(1);
+    let s = until(&rig, 90, "clean again", |s| {
+        array_state(s) == "clean" && events(s).contains("rebuild finished")
+    });
+    assert_eq!(in_sync(&s), ["isu0", "isu1", "isu2"], "{s:#}");
+    let ev = events(&s);
+    println!("events:\n{ev}");
+    assert!(
+        ev.contains("slot 1 (isu1): reachable again; taken back"),
+        "{ev}"
+    );
+    assert!(
+        ev.contains("resync started (regions written while away)"),
+        "{ev}"
+    );
+    let last = writer.stop(&rt);
+    let mut want = vec![1; RUNS as usize];
+    want[..4].fill(last);
     rt.block_on(verify_all(&dev, &want));
 }

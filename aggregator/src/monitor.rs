@@ -48,9 +48,28 @@ pub type Change = (EventLevel, String, String);
 pub struct Watcher {
     arrays: HashMap<String, (ArrayHealth, Vec<SlotKind>)>,
     paths: HashMap<String, bool>,
+    reachable: HashMap<(String, u32), u32>,
 }
 
+/// Looks in a row a failed member's disk must be reachable on every path
+/// before it is taken back.
+const BACK_AFTER: u32 = 2;
+
 impl Watcher {
+    /// Whether failed member `slot` of `array`, whose disk is `reachable`
+    /// (every path up) at this look, is to be taken back now: once it has
+    /// been reachable for [`BACK_AFTER`] looks in a row (a flapping ISU is
+    /// not taken back at every blip).
+    pub fn member_back(&mut self, array: &str, slot: u32, reachable: bool) -> bool {
+        let n = self.reachable.entry((array.to_string(), slot)).or_default();
+        *n = if reachable { *n + 1 } else { 0 };
+        if *n >= BACK_AFTER {
+            *n = 0;
+            return true;
+        }
+        false
+    }
+
     /// The changes of array `name` since the last look, given its state
     /// `st` now, what the last maintenance did, and `isu_of(slot)` to name
     /// a slot's ISU.
@@ -175,6 +194,43 @@ async fn maintain(
     }
 }
 
+/// Takes back a failed member whose disk is reachable again (its ISU came
+/// back): [`raid::RaidArray::re_add`], which resyncs only the regions
+/// written while it was away. Not while a rebuild or reshape runs (one at
+/// a time), nor once a spare has taken its slot (re_add refuses it).
+async fn take_back(live: &Live, a: &crate::live::LiveArray, w: &mut Watcher) {
+    let st = a.array.states();
+    if st.rebuild.is_some() || st.reshape.is_some() {
+        return;
+    }
+    for m in &st.members {
+        let (MemberStatus::Failed { .. }, Some(id)) = (&m.status, &m.device) else {
+            continue;
+        };
+        let Some(disk) = live.disk(id) else { continue };
+        let paths = disk.reached.device.paths();
+        let reachable =
+            !paths.is_empty() && paths.iter().all(|p| p.state == multipath::PathState::Up);
+        if !w.member_back(&a.name, m.slot, reachable) {
+            continue;
+        }
+        match a.array.re_add(disk.device()).await {
+            Ok(()) => live.events.record(
+                EventLevel::Info,
+                &a.name,
+                format!(
+                    "slot {} ({}): reachable again; taken back",
+                    m.slot, disk.isu
+                ),
+            ),
+            Err(e) => {
+                tracing::warn!(array = %a.name, slot = m.slot, error = %e, "a member reachable again was not taken back")
+            }
+        }
+        return;
+    }
+}
+
 /// Drives the arrays' maintenance and records their changes every
 /// `period`, until aborted. A rebuild onto a hot spare it pulled in runs as
 /// a `rebuild` task in `tasks`, so `status` and `opie task` show it.
@@ -210,6 +266,7 @@ pub async fn run(live: Arc<Live>, tasks: control::Tasks, period: Duration) {
                     break;
                 }
             }
+            take_back(&live, a, &mut w).await;
             let st = a.array.states();
             a.reshape_pace
                 .lock()
@@ -342,6 +399,17 @@ mod tests {
                 "a0: array healthy (members: active, active, active)"
             ]
         );
+    }
+
+    #[test]
+    fn a_member_is_taken_back_after_two_reachable_looks_in_a_row() {
+        let mut w = Watcher::default();
+        assert!(!w.member_back("a0", 1, true));
+        assert!(!w.member_back("a0", 1, false));
+        assert!(!w.member_back("a0", 1, true));
+        assert!(!w.member_back("a0", 2, true));
+        assert!(w.member_back("a0", 1, true));
+        assert!(!w.member_back("a0", 1, true));
     }
 
     #[test]
