@@ -100,6 +100,7 @@ fn a_killed_isu_shows_degraded_then_its_spare_is_pulled_in_and_rebuilt() {
     // The same as a table for people.
     let (code, table) = rig.admin(&["status"]);
     assert_eq!(code, Some(0), "{table}");
+    println!("{table}");
     for w in ["a0", "clean", "isu3", "spare", "v0", head::EXPORT] {
         assert!(table.contains(w), "{w:?} missing from:\n{table}");
     }
