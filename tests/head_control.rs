@@ -400,3 +400,22 @@ fn a_killed_isu_that_comes_back_is_taken_back_and_resynced() {
     want[..4].fill(last);
     rt.block_on(verify_all(&dev, &want));
 }
+
+#[test]
+fn a_head_waiting_for_members_answers_unavailable_then_serves() {
+    let mut rig = Rig::start_without(&[2]);
+    let mut head = rig.spawn_head();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !head::log_has(&rig.head_log(), "waiting for members") {
+        assert!(Instant::now() < end, "no wait:\n{}", head.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The socket is there while the head waits: unavailable (exit 6), not
+    // unreachable (3).
+    let (code, out) = rig.admin(&["status", "--json"]);
+    assert_eq!(code, Some(6), "{out}");
+    assert!(out.contains("waiting for members"), "{out}");
+    rig.start_isu(2);
+    rig.wait_listening(&mut head);
+    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+}

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::{ExportConfig, HeadConfig};
 use crate::control_api::HeadControl;
+use crate::control_socket::ControlSocket;
 use crate::events::EventLog;
 use crate::export::{self, ExportError};
 use crate::live::Live;
@@ -70,18 +71,27 @@ pub async fn run(
     // Access is checked before waiting for anything: a bad secrets file
     // is reported at once.
     export::access(cfg)?;
+    let control = ControlSocket::start(cfg)?;
     let mut up: Vec<ArrayUp> = Vec::new();
     for a in &cfg.arrays {
         tokio::select! {
-            r = startup::bring_up(&isus, a) => up.push(r?),
+            r = startup::bring_up(&isus, a) => match r {
+                Ok(r) => up.push(r),
+                Err(e) => {
+                    control.stop().await;
+                    return Err(e.into());
+                }
+            },
             _ = &mut shutdown => {
                 info!(array = %a.name, "stopped while waiting for members");
+                control.stop().await;
                 return close_all(up).await;
             }
         }
     }
     let mut reached_since = Vec::new();
-    let result = serve(cfg, &up, state_dir, shutdown, &mut reached_since).await;
+    let result = serve(cfg, &up, state_dir, shutdown, &control, &mut reached_since).await;
+    control.stop().await;
     let closed = close_all(up).await;
     // Disks reached while serving (added ISUs, replacements, grown-in
     // members): logged out of once the arrays above them are closed.
@@ -97,6 +107,7 @@ async fn serve(
     up: &[ArrayUp],
     state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
+    control: &ControlSocket,
     reached_since: &mut Vec<Reached>,
 ) -> Result<(), HeadError> {
     let volumes = Volumes::open(up, &cfg.volumes).await?;
@@ -133,22 +144,9 @@ async fn serve(
     }
     let live = Arc::new(Live::new(cfg, up, volumes.pools(), EventLog::default()));
     let at_start = live.disks().len();
-    let tasks = control::Tasks::default();
-    let monitor = tokio::spawn(monitor::run(live.clone(), tasks.clone(), MONITOR_EVERY));
-    let control = control::Server::bind(
-        &control::socket_path(&cfg.data_dir),
-        control::ServerConfig::default(),
-        Arc::new(HeadControl::new(live.clone(), tasks.clone())),
-        tasks,
-    )?;
-    info!(socket = %control.path().display(), "control socket");
-    let (stop_control, stopped) = tokio::sync::oneshot::channel::<()>();
-    let control = tokio::spawn(control.serve(async {
-        let _ = stopped.await;
-    }));
+    let monitor = tokio::spawn(monitor::run(live.clone(), control.tasks(), MONITOR_EVERY));
+    control.ready(Arc::new(HeadControl::new(live.clone(), control.tasks())));
     let result = server.run(shutdown).await;
-    let _ = stop_control.send(());
-    let _ = control.await;
     monitor.abort();
     reached_since.extend(live.disks().into_iter().skip(at_start).map(|d| d.reached));
     Ok(result?)

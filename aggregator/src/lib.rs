@@ -12,13 +12,14 @@
 //! [`live`] holds what runs (ISUs, disks, arrays), [`monitor`] drives the
 //! arrays' maintenance and records changes in [`events`] (and a
 //! reshape's [`pace`]), and
-//! [`control_api`] answers the control socket (`opie status`, `opie isu
-//! ...`), its `status` filled by [`report`], its tasks following the
+//! [`control_api`] answers the control socket ([`control_socket`], bound
+//! from the start: `opie status`, `opie isu ...`), its `status` filled by [`report`], its tasks following the
 //! arrays with [`follow`]. [`units`] and [`portal`] are
 //! the config syntax shared with the ISU's `isu.toml`.
 
 pub mod config;
 pub mod control_api;
+pub mod control_socket;
 pub mod events;
 pub mod export;
 pub mod follow;
