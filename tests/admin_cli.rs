@@ -235,7 +235,7 @@ impl TestHead {
                         name: "iscsi 127.0.0.1:3261".into(),
                         state: PathState::Up,
                         stats: PathStats {
-                            reads: 3,
+                            completed: 3,
                             ..PathStats::default()
                         },
                     }],
@@ -560,7 +560,7 @@ fn readable_output_is_tables() {
     let out = &r.stdout;
     for want in [
         "ISU   STATE  PATHS",
-        "isu1  up     iscsi 127.0.0.1:3261 up (r 3 w 0 err 0)",
+        "isu1  up     iscsi 127.0.0.1:3261 up (io 3 err 0)",
         "a1     clean  -         2.0 GiB   0 B     isu1:0123 1.0 GiB in-sync, isu2:0123 1.0 GiB in-sync",
         "v1      a1     1.0 GiB  iqn.2026-12.test:v1 lun 0",
         "array-create  a1      done",

@@ -18,8 +18,10 @@ use target_iscsi::access::{AuthMethod, Cidr};
 use crate::portal::{Host, PortalSpec};
 use crate::units::{Interval, Size};
 
-/// Data directory used when the file names none, relative to its directory.
-pub const DEFAULT_DATA_DIR: &str = "head-data";
+/// Data directory used when the file names none, relative to its directory:
+/// the control API's default, so `opie status` run beside `head.toml` finds
+/// the head's socket.
+pub const DEFAULT_DATA_DIR: &str = control::DEFAULT_DATA_DIR;
 
 /// A configuration error: the file, the key and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -294,7 +296,7 @@ pub struct HeadConfig {
 
 /// Parses `ADDR[:PORT]` of an ISU portal (a literal address; port 3260
 /// unless given).
-fn isu_portal(s: &str) -> Result<SocketAddr, String> {
+pub fn isu_portal(s: &str) -> Result<SocketAddr, String> {
     let spec = PortalSpec::parse(s)?;
     if spec.tpgt != 1 || s.contains(',') {
         return Err(format!("{s:?}: an ISU portal has no TPGT"));
@@ -309,7 +311,8 @@ fn isu_portal(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn name_ok(n: &str) -> Result<(), String> {
+/// Checks an ISU, array or volume name: 1-64 of `a-z 0-9 - .`.
+pub fn name_ok(n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 64
         && n.bytes()

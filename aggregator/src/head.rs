@@ -5,20 +5,26 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use raid::MemberState;
 use target_iscsi::server::{Server, ServerError};
 use tracing::{info, warn};
 
 use crate::config::{ExportConfig, HeadConfig};
+use crate::control_api::HeadControl;
+use crate::control_socket::ControlSocket;
+use crate::events::EventLog;
 use crate::export::{self, ExportError};
-use crate::reach::{Isus, ReachError};
+use crate::live::Live;
+use crate::monitor;
+use crate::reach::{Isus, ReachError, Reached};
 use crate::startup::{self, ArrayUp, StartError};
 use crate::volumes::{VolumeError, Volumes};
 
-/// How often array states are looked at for the log.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How often the monitor drives the arrays' maintenance and looks at
+/// their states.
+const MONITOR_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the head stopped with an error; each variant is its own subsystem's.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,9 @@ pub enum HeadError {
     /// The iSCSI server failed (bind, or flush at shutdown).
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] control::ServerError),
     /// An array could not be closed cleanly at the stop (it resyncs at the
     /// next assembly).
     #[error("array {array:?}: close at shutdown: {message}")]
@@ -62,18 +71,33 @@ pub async fn run(
     // Access is checked before waiting for anything: a bad secrets file
     // is reported at once.
     export::access(cfg)?;
+    let control = ControlSocket::start(cfg)?;
     let mut up: Vec<ArrayUp> = Vec::new();
     for a in &cfg.arrays {
         tokio::select! {
-            r = startup::bring_up(&isus, a) => up.push(r?),
+            r = startup::bring_up(&isus, a) => match r {
+                Ok(r) => up.push(r),
+                Err(e) => {
+                    control.stop().await;
+                    return Err(e.into());
+                }
+            },
             _ = &mut shutdown => {
                 info!(array = %a.name, "stopped while waiting for members");
+                control.stop().await;
                 return close_all(up).await;
             }
         }
     }
-    let result = serve(cfg, &up, state_dir, shutdown).await;
+    let mut reached_since = Vec::new();
+    let result = serve(cfg, &up, state_dir, shutdown, &control, &mut reached_since).await;
+    control.stop().await;
     let closed = close_all(up).await;
+    // Disks reached while serving (added ISUs, replacements, grown-in
+    // members): logged out of once the arrays above them are closed.
+    for r in reached_since {
+        r.log_out().await;
+    }
     result?;
     closed
 }
@@ -83,6 +107,8 @@ async fn serve(
     up: &[ArrayUp],
     state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
+    control: &ControlSocket,
+    reached_since: &mut Vec<Reached>,
 ) -> Result<(), HeadError> {
     let volumes = Volumes::open(up, &cfg.volumes).await?;
     let mut targets = Vec::new();
@@ -112,45 +138,18 @@ async fn serve(
         exports = cfg.exports.len(),
         "head serving"
     );
-    let watch = tokio::spawn(watch_arrays(
-        up.iter()
-            .map(|a| (a.name.clone(), a.array.clone()))
-            .collect(),
-    ));
-    let result = server.run(shutdown).await;
-    watch.abort();
-    Ok(result?)
-}
-
-/// Logs every change of an array's member states (degraded, rebuilding,
-/// back in sync).
-async fn watch_arrays(arrays: Vec<(String, raid::RaidArray)>) {
-    let mut last: Vec<Option<Vec<MemberState>>> = vec![None; arrays.len()];
-    loop {
-        for ((name, array), last) in arrays.iter().zip(last.iter_mut()) {
-            let now = array.member_states();
-            let kinds = |s: &[MemberState]| -> Vec<String> {
-                s.iter()
-                    .map(|m| match m {
-                        MemberState::InSync => "in-sync".to_string(),
-                        MemberState::Rebuilding => "rebuilding".to_string(),
-                        MemberState::Faulty { .. } => "failed".to_string(),
-                        MemberState::Suspended { .. } => "suspended".to_string(),
-                    })
-                    .collect()
-            };
-            if last.as_deref().map(kinds) != Some(kinds(&now)) {
-                let members = kinds(&now).join(", ");
-                if array.degraded() {
-                    warn!(array = %name, %members, "array degraded");
-                } else {
-                    info!(array = %name, %members, "array healthy");
-                }
-                *last = Some(now);
-            }
-        }
-        tokio::time::sleep(WATCH_EVERY).await;
+    // The monitor drives the arrays' maintenance from here on.
+    for a in up {
+        a.maintenance.abort();
     }
+    let live = Arc::new(Live::new(cfg, up, volumes.pools(), EventLog::default()));
+    let at_start = live.disks().len();
+    let monitor = tokio::spawn(monitor::run(live.clone(), control.tasks(), MONITOR_EVERY));
+    control.ready(Arc::new(HeadControl::new(live.clone(), control.tasks())));
+    let result = server.run(shutdown).await;
+    monitor.abort();
+    reached_since.extend(live.disks().into_iter().skip(at_start).map(|d| d.reached));
+    Ok(result?)
 }
 
 /// Flushes and closes every array (clean on its members), stops its

@@ -8,14 +8,28 @@
 //! [`reach`] (an ISU's disks as multipath devices), [`startup`] (waiting
 //! for members, assembling or creating the arrays), [`volumes`] (the
 //! volumes carved from each array), [`export`] (the iSCSI targets), and
-//! [`head`] (the whole lifetime: start, serve, stop). [`units`] and
-//! [`portal`] are the config syntax shared with the ISU's `isu.toml`.
+//! [`head`] (the whole lifetime: start, serve, stop). While it serves,
+//! [`live`] holds what runs (ISUs, disks, arrays), [`monitor`] drives the
+//! arrays' maintenance and records changes in [`events`] (and a
+//! reshape's [`pace`]), and
+//! [`control_api`] answers the control socket ([`control_socket`], bound
+//! from the start: `opie status`, `opie isu ...`), its `status` filled by [`report`], its tasks following the
+//! arrays with [`follow`]. [`units`] and [`portal`] are
+//! the config syntax shared with the ISU's `isu.toml`.
 
 pub mod config;
+pub mod control_api;
+pub mod control_socket;
+pub mod events;
 pub mod export;
+pub mod follow;
 pub mod head;
+pub mod live;
+pub mod monitor;
+pub mod pace;
 pub mod portal;
 pub mod reach;
+pub mod report;
 pub mod startup;
 pub mod units;
 pub mod volumes;

@@ -220,6 +220,23 @@ impl Isus {
         })
     }
 
+    /// The targets `isu` offers this initiator, by SendTargets on each of
+    /// its portals until one answers (for the control API's `ISU` and
+    /// `ISU/DISK` members).
+    pub async fn targets_of(&self, isu: &str) -> Result<Vec<String>, ReachError> {
+        let mut reasons = Vec::new();
+        for &addr in self.portals.get(isu).into_iter().flatten() {
+            match self.send_targets(isu, addr).await {
+                Ok(t) => return Ok(t),
+                Err(e) => reasons.push(format!("{addr}: discovery: {e}")),
+            }
+        }
+        Err(ReachError::Unreachable {
+            member: format!("isu {isu}"),
+            reasons,
+        })
+    }
+
     /// The targets `addr` of `isu` offers this initiator (SendTargets=All).
     async fn send_targets(
         &self,

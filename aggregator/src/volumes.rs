@@ -89,6 +89,12 @@ impl Volumes {
         Ok(Volumes { pools })
     }
 
+    /// Each array's pool, by array name (for the control API's volume
+    /// operations and status).
+    pub fn pools(&self) -> Vec<(String, Pool)> {
+        self.pools.clone()
+    }
+
     /// Volume `v`, opened (a handle that keeps it from deletion).
     pub fn device(&self, v: &VolumeConfig) -> Result<Arc<Volume>, VolumeError> {
         let (_, pool) = self

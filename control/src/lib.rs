@@ -39,9 +39,12 @@ pub use status::Status;
 pub use task::{TaskId, TaskInfo, TaskKind, TaskState};
 pub use tasks::{TaskHandle, Tasks, DEFAULT_KEEP, DEFAULT_MAX_ENDED};
 
-/// The head's data directory when none is given (as the ISU's default,
-/// relative to the working directory).
-pub const DEFAULT_DATA_DIR: &str = "opie-data";
+/// The head's data directory when none is given: relative to the working
+/// directory for the CLI, to `head.toml`'s directory for the head (which
+/// uses this default too), so the CLI run beside the config finds the
+/// socket. Not the ISU's `opie-data`, so an ISU and a head configured in
+/// one directory keep apart.
+pub const DEFAULT_DATA_DIR: &str = "head-data";
 
 /// Where the head of data directory `data_dir` puts its control socket:
 /// `<data_dir>/control/head.sock` (the `control/` directory is private to

@@ -70,19 +70,18 @@ pub struct PathStatus {
     pub stats: PathStats,
 }
 
-/// Counters of one path.
+/// Counters of one path (of every disk reached through it), as the
+/// head's multipath devices count them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PathStats {
-    /// Reads completed.
-    pub reads: u64,
-    /// Writes completed.
-    pub writes: u64,
-    /// Bytes read.
-    pub read_bytes: u64,
-    /// Bytes written.
-    pub written_bytes: u64,
-    /// I/O errors (each failed over or reported).
+    /// I/Os completed.
+    pub completed: u64,
+    /// Bytes the completed I/Os moved.
+    pub bytes: u64,
+    /// I/Os that ended with an error.
     pub errors: u64,
+    /// I/Os that failed here and were retried on another path.
+    pub failed_over: u64,
     /// Commands in flight now.
     pub in_flight: u64,
 }

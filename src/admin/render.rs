@@ -78,11 +78,10 @@ fn isus(out: &mut String, isus: &[IsuStatus]) {
                 .iter()
                 .map(|p| {
                     format!(
-                        "{} {} (r {} w {} err {})",
+                        "{} {} (io {} err {})",
                         p.name,
                         kebab(&p.state),
-                        p.stats.reads,
-                        p.stats.writes,
+                        p.stats.completed,
                         p.stats.errors
                     )
                 })
