@@ -177,7 +177,8 @@ pub(crate) fn sanitize_in_progress(done: u16) -> Sense {
 
 async fn run(ctx: &Ctx<'_>) -> CmdResult {
     let cdb = ctx.cdb;
-    let info: &'static OpInfo = opcodes::lookup(cdb)?;
+    let lbp = ctx.lu.device.features().thin;
+    let info: &'static OpInfo = opcodes::lookup(cdb, lbp)?;
     let len = info.usage.len();
     if cdb.len() < len {
         return Err(Sense::invalid_cdb(0, None).into());
@@ -268,9 +269,9 @@ async fn route(ctx: &Ctx<'_>, info: &'static OpInfo) -> CmdResult {
                 let d = alua::report_target_port_groups(&ctx.target.port_groups(), ext);
                 Ok(Reply::data(super::cdb::trim(d, alloc)))
             }
-            Some(sa::REPORT_SUPPORTED_OPCODES) => {
-                Ok(Reply::data(opcodes::report_supported_opcodes(cdb)?))
-            }
+            Some(sa::REPORT_SUPPORTED_OPCODES) => Ok(Reply::data(
+                opcodes::report_supported_opcodes(cdb, ctx.lu.device.features().thin)?,
+            )),
             _ => Ok(Reply::data(opcodes::report_supported_tmf(cdb))),
         },
         _ => Err(Sense::invalid_opcode().into()),

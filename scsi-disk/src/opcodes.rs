@@ -47,6 +47,14 @@ pub(crate) struct OpInfo {
     pub sanitize_ok: bool,
     /// Recommended command timeout in seconds.
     pub timeout: u32,
+    /// Supported only on a logical unit with logical block provisioning
+    /// management (LBPME = 1, a thin device): on a fully provisioned one the
+    /// command is not reported and is refused as unsupported.
+    pub lbp_only: bool,
+    /// A CDB field (byte, mask) usable only with logical block provisioning
+    /// management (the UNMAP bit of WRITE SAME, SBC-4 5.50 table 237 note a):
+    /// cleared from the usage data of a fully provisioned logical unit.
+    pub lbp_field: Option<(usize, u8)>,
 }
 
 const fn op(op: u8, name: &'static str, usage: &'static [u8]) -> OpInfo {
@@ -62,6 +70,8 @@ const fn op(op: u8, name: &'static str, usage: &'static [u8]) -> OpInfo {
         ua: true,
         sanitize_ok: false,
         timeout: 30,
+        lbp_only: false,
+        lbp_field: None,
     }
 }
 
@@ -98,6 +108,31 @@ impl OpInfo {
     const fn timeout(mut self, t: u32) -> Self {
         self.timeout = t;
         self
+    }
+    const fn lbp_only(mut self) -> Self {
+        self.lbp_only = true;
+        self
+    }
+    const fn lbp_field(mut self, byte: usize, mask: u8) -> Self {
+        self.lbp_field = Some((byte, mask));
+        self
+    }
+    /// Whether a logical unit with (`lbp`) or without logical block
+    /// provisioning management supports this command.
+    pub(crate) fn supported(&self, lbp: bool) -> bool {
+        lbp || !self.lbp_only
+    }
+    /// The CDB usage data as a logical unit with or without logical block
+    /// provisioning management reports it.
+    fn usage_for(&self, lbp: bool) -> std::borrow::Cow<'static, [u8]> {
+        match self.lbp_field {
+            Some((i, mask)) if !lbp => {
+                let mut u = self.usage.to_vec();
+                u[i] &= !mask;
+                std::borrow::Cow::Owned(u)
+            }
+            _ => std::borrow::Cow::Borrowed(self.usage),
+        }
     }
 }
 
@@ -272,13 +307,15 @@ pub(crate) static OPS: &[OpInfo] = &[
         "WRITE SAME(10)",
         &[0x41, 0xf8, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff, 0],
     )
-    .writes(),
+    .writes()
+    .lbp_field(1, 0x08),
     op(
         c::UNMAP,
         "UNMAP",
         &[0x42, 0x01, 0, 0, 0, 0, 0x1f, 0xff, 0xff, 0],
     )
-    .writes(),
+    .writes()
+    .lbp_only(),
     op(
         c::SANITIZE,
         "SANITIZE OVERWRITE",
@@ -294,7 +331,8 @@ pub(crate) static OPS: &[OpInfo] = &[
     )
     .sa(sa::SANITIZE_BLOCK_ERASE)
     .writes()
-    .timeout(600),
+    .timeout(600)
+    .lbp_only(),
     op(
         c::SANITIZE,
         "SANITIZE CRYPTOGRAPHIC ERASE",
@@ -534,7 +572,8 @@ pub(crate) static OPS: &[OpInfo] = &[
             0x1f, 0,
         ],
     )
-    .writes(),
+    .writes()
+    .lbp_field(1, 0x08),
     op(
         c::WRITE_ATOMIC_16,
         "WRITE ATOMIC(16)",
@@ -644,21 +683,24 @@ fn service_action_of(op: u8, cdb: &[u8]) -> Option<u8> {
     }
 }
 
-/// Whether some entry has this opcode.
-fn has_opcode(op: u8) -> bool {
-    OPS.iter().any(|o| o.op == op)
+/// Whether some entry has this opcode on a logical unit with (`lbp`) or
+/// without logical block provisioning management.
+fn has_opcode(op: u8, lbp: bool) -> bool {
+    OPS.iter().any(|o| o.op == op && o.supported(lbp))
 }
 
-/// Finds the table entry for a CDB: INVALID COMMAND OPERATION CODE for an
-/// unknown opcode, INVALID FIELD IN CDB (byte 1) for an unknown service action.
-pub(crate) fn lookup(cdb: &[u8]) -> Result<&'static OpInfo, Sense> {
+/// Finds the table entry for a CDB on a logical unit with (`lbp`) or without
+/// logical block provisioning management: INVALID COMMAND OPERATION CODE for
+/// an opcode it does not support, INVALID FIELD IN CDB (byte 1) for a service
+/// action it does not support (SBC-4 5.30.1 for SANITIZE).
+pub(crate) fn lookup(cdb: &[u8], lbp: bool) -> Result<&'static OpInfo, Sense> {
     let op = *cdb.first().ok_or_else(Sense::invalid_opcode)?;
-    if !has_opcode(op) {
+    if !has_opcode(op, lbp) {
         return Err(Sense::invalid_opcode());
     }
     let sa = service_action_of(op, cdb);
     OPS.iter()
-        .find(|o| o.op == op && (o.sa.is_none() || o.sa == sa))
+        .find(|o| o.op == op && (o.sa.is_none() || o.sa == sa) && o.supported(lbp))
         .ok_or_else(|| Sense::invalid_cdb(1, Some(4)))
 }
 
@@ -670,8 +712,9 @@ fn timeouts(o: &OpInfo) -> [u8; 12] {
     t
 }
 
-/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
-pub(crate) fn report_supported_opcodes(cdb: &[u8]) -> Result<Vec<u8>, Sense> {
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) of a logical unit with
+/// (`lbp`) or without logical block provisioning management.
+pub(crate) fn report_supported_opcodes(cdb: &[u8], lbp: bool) -> Result<Vec<u8>, Sense> {
     let rctd = byte(cdb, 2) & 0x80 != 0;
     let options = byte(cdb, 2) & 0x07;
     let req_op = byte(cdb, 3);
@@ -681,7 +724,7 @@ pub(crate) fn report_supported_opcodes(cdb: &[u8]) -> Result<Vec<u8>, Sense> {
     match options {
         0 => {
             out.extend_from_slice(&[0; 4]);
-            for o in OPS {
+            for o in OPS.iter().filter(|o| o.supported(lbp)) {
                 let mut d = [0u8; 8];
                 d[0] = o.op;
                 d[2..4].copy_from_slice(&u16::from(o.sa.unwrap_or(0)).to_be_bytes());
@@ -697,12 +740,13 @@ pub(crate) fn report_supported_opcodes(cdb: &[u8]) -> Result<Vec<u8>, Sense> {
         }
         1..=3 => {
             let has_sa = OPS.iter().any(|o| o.op == req_op && o.sa.is_some());
+            let mut ops = OPS.iter().filter(|o| o.supported(lbp));
             let found = match options {
                 1 if has_sa => return Err(Sense::invalid_cdb(2, Some(0))),
-                1 => OPS.iter().find(|o| o.op == req_op),
-                2 if !has_opcode(req_op) => None,
+                1 => ops.find(|o| o.op == req_op),
+                2 if !has_opcode(req_op, lbp) => None,
                 2 if !has_sa => return Err(Sense::invalid_cdb(2, Some(0))),
-                _ => OPS.iter().find(|o| {
+                _ => ops.find(|o| {
                     o.op == req_op && (o.sa.is_none() || u16::from(o.sa.unwrap_or(0)) == req_sa)
                 }),
             };
@@ -711,7 +755,7 @@ pub(crate) fn report_supported_opcodes(cdb: &[u8]) -> Result<Vec<u8>, Sense> {
                     out.push(0);
                     out.push(if rctd { 0x80 } else { 0 } | 0x03); // CTDP, SUPPORT = 011b
                     out.extend_from_slice(&(o.usage.len() as u16).to_be_bytes());
-                    out.extend_from_slice(o.usage);
+                    out.extend_from_slice(&o.usage_for(lbp));
                     if rctd {
                         out.extend_from_slice(&timeouts(o));
                     }
@@ -758,15 +802,22 @@ mod tests {
             if let Some(sa) = o.sa {
                 let mut cdb = o.usage.to_vec();
                 cdb[1] = sa;
-                assert!(std::ptr::eq(lookup(&cdb).unwrap(), o), "{}", o.name);
+                assert!(std::ptr::eq(lookup(&cdb, true).unwrap(), o), "{}", o.name);
             }
         }
     }
 
     #[test]
     fn unknown_opcode_and_service_action() {
-        assert_eq!(lookup(&[0xC0; 16]).unwrap_err(), Sense::invalid_opcode());
-        let e = lookup(&[0x9E, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err();
+        assert_eq!(
+            lookup(&[0xC0; 16], true).unwrap_err(),
+            Sense::invalid_opcode()
+        );
+        let e = lookup(
+            &[0x9E, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            true,
+        )
+        .unwrap_err();
         assert_eq!(e.asc, super::super::sense::Asc::INVALID_FIELD_IN_CDB);
     }
 }

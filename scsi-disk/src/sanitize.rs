@@ -1,11 +1,15 @@
 //! SANITIZE (SBC-4 5.30): OVERWRITE writes the initialization pattern over
 //! every block (OWCOUNT passes, INVERT between passes); BLOCK ERASE and
 //! CRYPTOGRAPHIC ERASE deallocate every block of a thin device (there is no
-//! key to destroy, so both make the old data unreachable by discarding it;
-//! a fully provisioned device is zeroed); EXIT FAILURE MODE clears a failed
-//! sanitize. The operation runs as its own task: aborting or resetting the
-//! command does not stop it, and until it ends every medium access command
-//! gets NOT READY, SANITIZE IN PROGRESS with a progress indication.
+//! key to destroy, so both make the old data unreachable by discarding it).
+//! A fully provisioned device (LBPME = 0) is zeroed by CRYPTOGRAPHIC ERASE
+//! and has no BLOCK ERASE: SBC-4 states its outcome in mapped and unmapped
+//! LBAs, which only logical block provisioning has, so the command table
+//! neither reports nor accepts it there (and WABEREQ is 00b). EXIT FAILURE
+//! MODE clears a failed sanitize. The operation runs as its own task:
+//! aborting or resetting the command does not stop it, and until it ends
+//! every medium access command gets NOT READY, SANITIZE IN PROGRESS with a
+//! progress indication.
 
 use std::sync::Arc;
 

@@ -341,6 +341,13 @@ pub(crate) async fn write_same(ctx: &Ctx<'_>) -> CmdResult {
         return Err(Sense::invalid_cdb(1, Some(4)).into()); // ANCHOR: anchored state not supported
     }
     let unmap = flags & 0x08 != 0;
+    let features = ctx.lu.device.features();
+    if unmap && !features.thin {
+        // Only a logical unit with logical block provisioning management
+        // implements the UNMAP bit (SBC-4 5.50, table 237 note a): here it
+        // is an unsupported field value (SPC-4 4.5.1), not a hint to ignore.
+        return Err(Sense::invalid_cdb(1, Some(3)).into());
+    }
     let ndob = sixteen && flags & 0x01 != 0;
     let g = ctx.lu.geometry();
     let l = limits(ctx);
@@ -366,7 +373,6 @@ pub(crate) async fn write_same(ctx: &Ctx<'_>) -> CmdResult {
     if blocks == 0 {
         return Ok(Reply::good());
     }
-    let features = ctx.lu.device.features();
     let zero = pattern.iter().all(|&b| b == 0);
     let _range = ctx.lu.ranges.lock(lba, blocks).await;
     if unmap && features.thin {
@@ -402,9 +408,8 @@ pub(crate) async fn write_same(ctx: &Ctx<'_>) -> CmdResult {
 /// UNMAP: validates every block descriptor before deallocating anything.
 pub(crate) async fn unmap(ctx: &Ctx<'_>) -> CmdResult {
     let cdb = ctx.cdb;
-    if !ctx.lu.device.features().thin {
-        return Err(Sense::invalid_opcode().into());
-    }
+    // (A fully provisioned LU never gets here: the command table refuses
+    // UNMAP there as an unsupported operation code.)
     if cdb[1] & 0x01 != 0 {
         return Err(Sense::invalid_cdb(1, Some(0)).into()); // ANCHOR
     }

@@ -10,12 +10,14 @@ use bytes::Bytes;
 use super::sense::{key, Asc};
 use super::*;
 
+mod provisioning;
+
 const BS: usize = 512;
 const BLOCKS: u64 = 8192;
 
-struct Rig {
+struct Rig<D = MemDevice> {
     target: Arc<ScsiTarget>,
-    dev: Arc<MemDevice>,
+    dev: Arc<D>,
     a: Nexus,
     b: Nexus,
 }
@@ -37,7 +39,16 @@ fn rig_with(read_only: bool, state_path: Option<std::path::PathBuf>) -> Rig {
 }
 
 fn rig_on(dev: MemDevice, read_only: bool, state_path: Option<std::path::PathBuf>) -> Rig {
-    let dev = Arc::new(dev);
+    rig_over(Arc::new(dev), read_only, state_path)
+}
+
+/// One LU over any device; both nexuses logged in, their POWER ON unit
+/// attentions still pending.
+fn rig_over<D: BlockDevice + 'static>(
+    dev: Arc<D>,
+    read_only: bool,
+    state_path: Option<std::path::PathBuf>,
+) -> Rig<D> {
     let target = ScsiTarget::new(
         "iqn.2026-01.test:target",
         vec![(
@@ -91,7 +102,7 @@ fn cmd(cdb: &[u8], data: &[u8]) -> Command {
     }
 }
 
-impl Rig {
+impl<D> Rig<D> {
     async fn run(&self, n: &Nexus, cdb: &[u8], data: &[u8]) -> Response {
         self.target.submit(n, cmd(cdb, data)).await
     }

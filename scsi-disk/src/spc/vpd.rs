@@ -80,7 +80,7 @@ pub(crate) fn page(ctx: &Ctx<'_>, page: u8) -> Result<Vec<u8>, Sense> {
         0x83 => device_identification(ctx),
         0x8F => third_party_copy(ctx),
         0xB0 => block_limits(ctx),
-        0xB1 => block_device_characteristics(),
+        0xB1 => block_device_characteristics(ctx),
         0xB2 => logical_block_provisioning(ctx),
         _ => return Err(Sense::invalid_cdb(2, None)),
     };
@@ -172,10 +172,17 @@ fn block_limits(ctx: &Ctx<'_>) -> Vec<u8> {
     d
 }
 
-fn block_device_characteristics() -> Vec<u8> {
+fn block_device_characteristics(ctx: &Ctx<'_>) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     d[0..2].copy_from_slice(&1u16.to_be_bytes()); // non-rotating medium
-    d[3] = 0x50; // WABEREQ = WACEREQ = 01b: reads after a sanitize erase succeed
+                                                  // WACEREQ = 01b: reads after a cryptographic erase succeed. WABEREQ the
+                                                  // same where BLOCK ERASE is supported (a thin LU); 00b (not specified)
+                                                  // where it is not (a fully provisioned LU).
+    d[3] = if ctx.lu.device.features().thin {
+        0x50
+    } else {
+        0x10
+    };
     d
 }
 
