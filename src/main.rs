@@ -2,6 +2,7 @@
 //!
 //! `opie up` runs a whole appliance on one machine (three ISUs and a head,
 //! as child processes; `src/up/`).
+//!
 //! `opie isu serve --config FILE` runs a storage unit: it exports the disks
 //! named in FILE as iSCSI targets. `opie initiator ...` shows what a head
 //! sees of ISUs (discovery, LUNs, paths). `opie head serve --config FILE` runs

@@ -283,6 +283,28 @@ fn sigterm_closes_clean_and_a_restart_reassembles_the_same_data() {
         .expect("the head did not stop on SIGTERM");
     assert!(st.success(), "exit {st}:\n{}", head.log_text());
     assert!(log_has(&rig.head_log(), "array flushed and closed clean"));
+    assert!(log_has(&rig.head_log(), "logged out of its members"));
+    // Every session the head had with an ISU ended in a logout.
+    for isu in rig.isus.iter().flatten() {
+        let end = Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            let log = isu.log_text();
+            let logins = log.matches("logged in").count();
+            if log.matches("session ended").count() >= logins || Instant::now() > end {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let ended: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("session ended"))
+            .collect();
+        assert!(!ended.is_empty());
+        assert!(
+            ended.iter().all(|l| l.contains("reason=Logout")),
+            "a session ended without a logout: {ended:#?}"
+        );
+    }
     drop(head);
     let _head = rig.head();
     let log = std::fs::read_to_string(rig.head_log()).unwrap();

@@ -4,7 +4,8 @@
 //! it prints, run the attach commands as printed, stop it with SIGINT and
 //! check every child is gone and nothing listens, start it again on the
 //! same directory and read the blocks back; then a second `opie up` on the
-//! directory is refused and a child's death stops the rest.
+//! directory is refused and a child's death stops the rest; `opie up`
+//! killed takes its children along.
 
 mod common;
 
@@ -404,4 +405,11 @@ fn up_killed_takes_its_children_along() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The lock went with it; the array comes back after the crash.
+    let mut up = spawn_up(&data, port);
+    let text = up.wait_ready();
+    assert!(text.contains("again"), "{text}");
+    up.signal(libc::SIGINT);
+    let (st, out) = up.wait_exit(120);
+    assert!(st.success(), "{st}:\n{out}\n{}", up.stderr());
 }

@@ -1,7 +1,7 @@
 //! The head's iSCSI targets: one per `[[export]]`, its volume as LUN 0,
 //! served with the same SCSI emulation and target as the ISU's disks. The
-//! logical unit's identity (VPD 80h/83h) is the volume's (the array's,
-//! derived from its uuid on the members), so it is the same on every head
+//! logical unit's identity (VPD 80h/83h) is the volume's, derived from its
+//! uuid in the volume table on the array, so it is the same on every head
 //! portal and after every restart. Each listening portal is its own ALUA
 //! target port group, active/optimized.
 

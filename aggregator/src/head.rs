@@ -15,7 +15,7 @@ use crate::config::{ExportConfig, HeadConfig};
 use crate::export::{self, ExportError};
 use crate::reach::{Isus, ReachError};
 use crate::startup::{self, ArrayUp, StartError};
-use crate::volumes::{self, VolumeError};
+use crate::volumes::{VolumeError, Volumes};
 
 /// How often array states are looked at for the log.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -84,6 +84,7 @@ async fn serve(
     state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HeadError> {
+    let volumes = Volumes::open(up, &cfg.volumes).await?;
     let mut targets = Vec::new();
     for e in &cfg.exports {
         let v = cfg
@@ -91,7 +92,7 @@ async fn serve(
             .iter()
             .find(|v| v.name == e.volume)
             .expect("the config checks export volumes");
-        let device = volumes::open(v, &cfg.volumes, up)?;
+        let device: blockdev::SharedDevice = volumes.device(v)?;
         info!(
             export = %e.iqn,
             volume = %v.name,
@@ -153,7 +154,7 @@ async fn watch_arrays(arrays: Vec<(String, raid::RaidArray)>) {
 }
 
 /// Flushes and closes every array (clean on its members), stops its
-/// maintenance, and drops the sessions to the ISUs.
+/// maintenance, and logs out of the ISUs.
 async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
     let mut first = None;
     for a in up {
@@ -168,6 +169,10 @@ async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
                 });
             }
         }
+        for r in &a.reached {
+            r.log_out().await;
+        }
+        info!(array = %a.name, "logged out of its members");
     }
     first.map_or(Ok(()), Err)
 }

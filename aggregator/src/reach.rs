@@ -82,6 +82,20 @@ pub struct Reached {
     pub device: Arc<MultipathDevice>,
     /// The portals of its paths.
     pub portals: Vec<SocketAddr>,
+    /// Its paths, one session each, for the logout at the stop.
+    pub paths: Vec<Arc<IscsiPath>>,
+}
+
+impl Reached {
+    /// Logs out of every session to the member (after the array above it
+    /// was closed): the ISU sees orderly logouts, not dropped connections.
+    pub async fn log_out(&self) {
+        for (p, addr) in self.paths.iter().zip(&self.portals) {
+            if let Err(e) = p.iscsi().session().log_out().await {
+                debug!(portal = %addr, error = %e, "logout failed (the session is gone)");
+            }
+        }
+    }
 }
 
 impl Isus {
@@ -265,7 +279,7 @@ impl Isus {
     /// a multipath device over the paths that opened.
     pub async fn open(&self, m: &MemberRef) -> Result<Reached, ReachError> {
         let portals = self.portals.get(&m.isu).cloned().unwrap_or_default();
-        let mut paths: Vec<Arc<dyn Path>> = Vec::new();
+        let mut paths: Vec<Arc<IscsiPath>> = Vec::new();
         let mut reached = Vec::new();
         let mut reasons = Vec::new();
         for addr in portals {
@@ -314,13 +328,18 @@ impl Isus {
             no_path_bound: NO_PATH_BOUND,
             ..multipath::Config::default()
         };
-        let device = MultipathDevice::new(paths, config).map_err(|source| ReachError::Paths {
+        let device = MultipathDevice::new(
+            paths.iter().map(|p| p.clone() as Arc<dyn Path>).collect(),
+            config,
+        )
+        .map_err(|source| ReachError::Paths {
             member: m.to_string(),
             source,
         })?;
         Ok(Reached {
             device: Arc::new(device),
             portals: reached,
+            paths,
         })
     }
 }

@@ -1,56 +1,105 @@
-//! What an export serves of an array. Until volumes are carved from arrays
-//! (the `volume` crate), a volume is its array whole: one volume per array,
-//! its size the array's. The swap to carved volumes happens here alone.
+//! The volumes the exports serve: each array holds a `volume::Pool` (its
+//! mapping table on the array itself, allocation in full stripes). At
+//! start the head opens each array's pool, formatting it only when the
+//! array holds no table at all (a new array), creates the configured
+//! volumes it does not hold yet and grows those configured larger; a
+//! volume is never shrunk or deleted here.
 
 use std::sync::Arc;
 
 use blockdev::{BlockDevice, SharedDevice};
+use tracing::{info, warn};
+use volume::{Pool, Volume};
 
 use crate::config::VolumeConfig;
 use crate::startup::ArrayUp;
 
-/// Why a volume cannot be opened.
+/// Why the volumes could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    /// The config asks for what whole-array volumes cannot give: fix it.
-    #[error("volume {volume:?}: {message}")]
-    Unsupported {
-        /// The volume.
-        volume: String,
-        /// Why.
-        message: String,
+    /// The array's volume table is damaged or foreign, or a volume could
+    /// not be created or grown (no space): see the message; fix the config
+    /// or the array.
+    #[error("array {array:?}: {source}")]
+    Pool {
+        /// The array.
+        array: String,
+        /// What the volume layer refused.
+        source: volume::VolumeError,
     },
 }
 
-/// The device of volume `v` of the arrays `up`, and the volumes of its
-/// array in the config `all` (one per array for now).
-pub fn open(
-    v: &VolumeConfig,
-    all: &[VolumeConfig],
-    up: &[ArrayUp],
-) -> Result<SharedDevice, VolumeError> {
-    let bad = |message: String| VolumeError::Unsupported {
-        volume: v.name.clone(),
-        message,
-    };
-    if all.iter().filter(|o| o.array == v.array).count() > 1 {
-        return Err(bad(format!(
-            "array {:?} has several volumes; a volume is its array whole until volumes are carved",
-            v.array
-        )));
-    }
-    let a = up
-        .iter()
-        .find(|a| a.name == v.array)
-        .ok_or_else(|| bad(format!("array {:?} is not up", v.array)))?;
-    let g = a.array.geometry();
-    let capacity = g.num_blocks * u64::from(g.block_size);
-    if let Some(size) = v.size {
-        if size != capacity {
-            return Err(bad(format!(
-                "size {size} bytes: a volume is its array whole ({capacity} bytes) until volumes are carved; leave size out"
-            )));
+/// The volume pools of the arrays, one per array.
+#[derive(Debug)]
+pub struct Volumes {
+    pools: Vec<(String, Pool)>,
+}
+
+impl Volumes {
+    /// Opens (formatting a new array's) the pool of every array in `up`
+    /// and brings its volumes to what `configured` asks.
+    pub async fn open(up: &[ArrayUp], configured: &[VolumeConfig]) -> Result<Volumes, VolumeError> {
+        let mut pools = Vec::new();
+        for a in up {
+            let err = |source| VolumeError::Pool {
+                array: a.name.clone(),
+                source,
+            };
+            let dev: SharedDevice = Arc::new(a.array.clone());
+            let pool = match Pool::open(dev.clone()).await {
+                Ok(p) => p,
+                Err(volume::VolumeError::Unformatted) => {
+                    let l = a.array.layout().await;
+                    let stripe = u64::from(l.members - 1) * u64::from(l.chunk_blocks);
+                    info!(array = %a.name, unit_blocks = stripe, "no volume table: formatting the array's volume table");
+                    Pool::format(dev, stripe, false).await.map_err(err)?
+                }
+                Err(e) => return Err(err(e)),
+            };
+            let bs = u64::from(a.array.geometry().block_size);
+            for v in configured.iter().filter(|v| v.array == a.name) {
+                match pool.info(&v.name) {
+                    Ok(info) => {
+                        let have = info.size_blocks * bs;
+                        match v.size {
+                            Some(want) if want > have => {
+                                info!(volume = %v.name, from = have, to = want, "growing the volume to its configured size");
+                                pool.grow(&v.name, want).await.map_err(err)?;
+                            }
+                            Some(want) if want < have => warn!(
+                                volume = %v.name, configured = want, size = have,
+                                "the volume is larger than configured; volumes never shrink"
+                            ),
+                            _ => {}
+                        }
+                    }
+                    Err(volume::VolumeError::NotFound(_)) => {
+                        let size = match v.size {
+                            Some(s) => s,
+                            None => pool.space().largest_free_blocks * bs,
+                        };
+                        let info = pool.create(&v.name, size).await.map_err(err)?;
+                        info!(volume = %v.name, array = %a.name, blocks = info.size_blocks, identity = %info.identity, "volume created");
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            pools.push((a.name.clone(), pool));
         }
+        Ok(Volumes { pools })
     }
-    Ok(Arc::new(a.array.clone()))
+
+    /// Volume `v`, opened (a handle that keeps it from deletion).
+    pub fn device(&self, v: &VolumeConfig) -> Result<Arc<Volume>, VolumeError> {
+        let (_, pool) = self
+            .pools
+            .iter()
+            .find(|(a, _)| *a == v.array)
+            .expect("every configured array is up");
+        pool.open_volume(&v.name)
+            .map_err(|source| VolumeError::Pool {
+                array: v.array.clone(),
+                source,
+            })
+    }
 }

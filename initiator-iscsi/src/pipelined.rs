@@ -341,6 +341,19 @@ impl PipelinedSession {
         let _ = (&mut self.driver.0).await;
         result
     }
+
+    /// Logs out of a session whose handle is shared (held by an
+    /// [`crate::IscsiDevice`] and the paths over it) and waits for the
+    /// target's answer: the orderly end of a session at a head's stop.
+    /// Commands given afterwards fail, the session being gone.
+    pub async fn log_out(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Logout(tx))
+            .await
+            .map_err(|_| Error::SessionClosed)?;
+        rx.await.map_err(|_| Error::SessionClosed)?
+    }
 }
 
 /// Aborts a task when dropped.

@@ -2,7 +2,8 @@
 //! the same binary, each in its own process group (so the terminal's
 //! Ctrl-C reaches `opie up` alone, which stops them in order) and with
 //! `PR_SET_PDEATHSIG` (so none outlives `opie up`, however it ends: the
-//! kernel sends them SIGTERM, and they drain and flush).
+//! kernel sends each its death signal, [`spawn`](Fleet::spawn)'s
+//! `death_signal`).
 //!
 //! Children are spawned from the thread that runs `opie up`'s event loop
 //! (the main thread: the death signal follows the spawning *thread*), and
@@ -73,12 +74,15 @@ impl Fleet {
         })
     }
 
-    /// Starts `opie ARGS` as `name`, its output appended to `log`.
+    /// Starts `opie ARGS` as `name`, its output appended to `log`; the
+    /// kernel sends it `death_signal` when `opie up` ends without stopping
+    /// it.
     pub fn spawn(
         &mut self,
         name: &str,
         args: &[OsString],
         log: &Path,
+        death_signal: libc::c_int,
     ) -> Result<DaemonId, UpError> {
         let spawn_err = |source| UpError::Spawn {
             name: name.to_string(),
@@ -107,7 +111,7 @@ impl Fleet {
         // calls only async-signal-safe functions (prctl, getppid).
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 // The parent may have died before the prctl: then nobody

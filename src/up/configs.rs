@@ -1,6 +1,7 @@
 //! The configs `opie up` writes for a new appliance: three ISUs with one
 //! sparse disk each on two loopback portals, and a head with one RAID5
-//! array over the three disks, one volume (the whole array) and one export.
+//! array over the three disks, one volume (no size: all the array's space)
+//! and one export.
 //! They are ordinary `opie isu serve` and `opie head serve` configs, written
 //! once; after that they are the user's (edits are kept).
 

@@ -364,7 +364,13 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
         let name = format!("isu{n}");
         let mut a = verbosity.clone();
         a.extend(["isu", "serve", "--config"]);
-        match fleet.spawn(&name, &os(&a, &[&layout.isu_config(n)]), &layout.isu_log(n)) {
+        // An ISU left alone drains and flushes on SIGTERM.
+        match fleet.spawn(
+            &name,
+            &os(&a, &[&layout.isu_config(n)]),
+            &layout.isu_log(n),
+            libc::SIGTERM,
+        ) {
             Ok(id) => isus.push(id),
             Err(e) => {
                 result = Err(e);
@@ -385,11 +391,16 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
             Ok(true) => {
                 let mut a = verbosity.clone();
                 a.extend(["head", "serve", "--config"]);
+                // Left alone the head cannot stop cleanly (its ISUs stop at
+                // the same time, and a head whose members are all gone does
+                // not finish closing): SIGKILL, which loses nothing it
+                // acknowledged (the next assembly resyncs).
                 fleet
                     .spawn(
                         "head",
                         &os(&a, &[&layout.head_config()]),
                         &layout.head_log(),
+                        libc::SIGKILL,
                     )
                     .map(|id| {
                         println!(
