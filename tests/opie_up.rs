@@ -271,6 +271,22 @@ fn up_serves_stops_and_comes_back_with_the_data() {
         );
     }
 
+    // The printed qemu URL, through qemu's own libiscsi driver.
+    let have_qemu_img = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if can_run(have_qemu_img, "qemu-img (qemu-utils) is not installed") {
+        let out = std::process::Command::new("qemu-img")
+            .args(["info", url])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "qemu-img info {url}: {out:?}");
+        assert!(stdout.contains("virtual size"), "{stdout}");
+    }
+
     let rt = two_thread_runtime();
     rt.block_on(async {
         let dev: SharedDevice = std::sync::Arc::new(open(portal, EXPORT).await);

@@ -36,6 +36,9 @@ pub struct Fleet {
     sigchld: Signal,
 }
 
+/// How often a stop that takes long says what it waits for.
+const STOP_NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Index of a daemon in its [`Fleet`].
 pub type DaemonId = usize;
 
@@ -212,6 +215,18 @@ impl Fleet {
                 _ = stops.next() => {
                     eprintln!("opie up: second stop signal: telling the daemons to exit at once");
                     self.signal(ids, libc::SIGTERM);
+                }
+                _ = tokio::time::sleep(STOP_NOTE_EVERY) => {
+                    let waiting: Vec<String> = ids
+                        .iter()
+                        .map(|&i| &self.daemons[i])
+                        .filter(|d| d.exited.is_none())
+                        .map(|d| format!("{} ({})", d.name, d.log.display()))
+                        .collect();
+                    eprintln!(
+                        "opie up: still waiting for {} to stop; a second Ctrl-C makes them exit at once",
+                        waiting.join(", ")
+                    );
                 }
             }
         }
