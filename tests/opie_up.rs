@@ -208,6 +208,26 @@ fn printed_command<'a>(out: &'a str, cmd: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {cmd} line in:\n{out}"))
 }
 
+/// Runs `command` with sh when `tool` (of `package`) is installed, and
+/// returns its output; it must succeed. A missing tool is a SKIP, and a
+/// failure under `CI=true`.
+fn run_where_installed(tool: &str, package: &str, command: &str) -> Option<String> {
+    let have = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can_run(have, &format!("{tool} ({package}) is not installed")) {
+        return None;
+    }
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command}: {out:?}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 async fn open(portal: SocketAddr, iqn: &str) -> IscsiDevice {
     let login = LoginConfig::new("iqn.2026-01.org.opie.test:client", Some(iqn));
     let s = PipelinedSession::connect(portal, login, PipelineConfig::default())
@@ -250,41 +270,19 @@ fn up_serves_stops_and_comes_back_with_the_data() {
     let isu_ports = isu_ports(&text);
     assert_eq!(isu_ports.len(), 6, "two portals per ISU:\n{text}");
 
-    // The attach commands, run as printed.
+    // The attach commands, run as printed: iscsi-ls, and the qemu URL
+    // through qemu's own libiscsi driver.
     let ls = printed_command(&text, "iscsi-ls ");
-    let have_ls = std::process::Command::new("sh")
-        .args(["-c", "command -v iscsi-ls"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if can_run(have_ls, "iscsi-ls (libiscsi-bin) is not installed") {
-        let out = std::process::Command::new("sh")
-            .args(["-c", ls])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{ls}: {out:?}");
+    if let Some(out) = run_where_installed("iscsi-ls", "libiscsi-bin", ls) {
         assert!(
-            stdout.contains(&format!("Target:{EXPORT} Portal:127.0.0.1:{port}"))
-                && stdout.contains("Lun:0"),
-            "{ls}:\n{stdout}"
+            out.contains(&format!("Target:{EXPORT} Portal:127.0.0.1:{port}"))
+                && out.contains("Lun:0"),
+            "{ls}:\n{out}"
         );
     }
-
-    // The printed qemu URL, through qemu's own libiscsi driver.
-    let have_qemu_img = std::process::Command::new("qemu-img")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if can_run(have_qemu_img, "qemu-img (qemu-utils) is not installed") {
-        let out = std::process::Command::new("qemu-img")
-            .args(["info", url])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "qemu-img info {url}: {out:?}");
-        assert!(stdout.contains("virtual size"), "{stdout}");
+    let info = format!("qemu-img info {url}");
+    if let Some(out) = run_where_installed("qemu-img", "qemu-utils", &info) {
+        assert!(out.contains("virtual size"), "{info}:\n{out}");
     }
 
     let rt = two_thread_runtime();
