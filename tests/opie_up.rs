@@ -11,6 +11,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -47,6 +48,9 @@ fn spawn_up(data: &Path, port: u16) -> Up {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err).unwrap())
+        // Its own process group, as a shell runs a job: the terminal's
+        // Ctrl-C goes to the group (`Up::ctrl_c`).
+        .process_group(0)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -118,6 +122,15 @@ impl Up {
         }
     }
 
+    /// What the terminal's Ctrl-C does: SIGINT to the foreground process
+    /// group, the one `opie up` was started in.
+    fn ctrl_c(&self) {
+        // SAFETY: kill(2) on the process group our child leads.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGINT);
+        }
+    }
+
     /// Waits for the exit; then the rest of stdout.
     fn wait_exit(&mut self, secs: u64) -> (std::process::ExitStatus, String) {
         let end = Instant::now() + Duration::from_secs(secs);
@@ -182,6 +195,15 @@ fn isu_ports(out: &str) -> Vec<u16> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The timestamp (RFC 3339, UTC: they sort as text) of the last log line
+/// holding `what`.
+fn log_time<'a>(log: &'a str, what: &str) -> &'a str {
+    log.lines()
+        .rfind(|l| l.contains(what))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {what:?} in:\n{log}"))
 }
 
 /// The pid `opie up` printed for `name`.
@@ -302,7 +324,7 @@ fn up_serves_stops_and_comes_back_with_the_data() {
     edited += "# my note\n";
     std::fs::write(&head_toml, &edited).unwrap();
 
-    up.signal(libc::SIGINT);
+    up.ctrl_c();
     let (st, out) = up.wait_exit(120);
     assert!(st.success(), "{st}:\n{out}\n{}", up.stderr());
     assert!(out.contains("stopped cleanly"), "{out}");
@@ -313,8 +335,22 @@ fn up_serves_stops_and_comes_back_with_the_data() {
     for p in &isu_ports {
         assert!(not_listening(*p), "ISU port {p} still listens");
     }
+    // The head closed its array before any ISU was told to stop (the
+    // children are out of the terminal's process group).
     let head_log = std::fs::read_to_string(data.join("head/head.log")).unwrap();
-    assert!(head_log.contains("arrays closed clean"), "{head_log}");
+    let closed = log_time(&head_log, "arrays closed clean");
+    for n in 0..3 {
+        let isu_log = std::fs::read_to_string(data.join(format!("isu{n}/isu.log"))).unwrap();
+        let stopping = log_time(&isu_log, "SIGTERM: no new connections");
+        assert!(
+            closed < stopping,
+            "isu{n} was stopped ({stopping}) before the head had closed ({closed})"
+        );
+        assert!(
+            !isu_log.contains("SIGINT"),
+            "isu{n} got the Ctrl-C:\n{isu_log}"
+        );
+    }
 
     // Again: the same configs, the same array, the data back.
     let mut up = spawn_up(&data, port);
