@@ -422,6 +422,10 @@ fn a_port_in_use_is_refused_before_anything_starts() {
         )),
         "{err}"
     );
+    // Nothing written: another --port on the same directory is a new
+    // appliance, not a flag that disagrees with head.toml.
+    assert!(!dir.path().join("d/head/head.toml").exists());
+    assert!(!dir.path().join("d/isu0/isu.toml").exists());
 }
 
 #[test]

@@ -156,6 +156,9 @@ fn prepare(layout: &Layout, args: &UpArgs) -> Result<(Loaded, Found), UpError> {
             Some(l) => l.clone(),
             None => vec![PortalSpec::parse("127.0.0.1:3260").expect("a portal")],
         };
+        // Before anything is written: a port in use is then fixed with
+        // --port, not by editing the new head.toml.
+        ports::check_free(&head_listen, "the head's portal", &layout.head_config())?;
         let isu_ports = ports::pick_isu_ports(&head_listen).map_err(UpError::Flags)?;
         let size = args.size.unwrap_or(DEFAULT_DISK_BYTES);
         if size == 0 || !size.is_multiple_of(512) {
