@@ -478,3 +478,45 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &Path, port: Option<u16>, size: Option<u64>) -> UpArgs {
+        UpArgs {
+            data_dir: dir.to_path_buf(),
+            port,
+            listen: Vec::new(),
+            size,
+        }
+    }
+
+    /// With configs there, the flags must agree with them: an existing
+    /// appliance keeps its port and its disks' size.
+    #[test]
+    fn flags_must_agree_with_existing_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (_, found) = prepare(&layout, &args(dir.path(), Some(port), Some(32 << 20))).unwrap();
+        assert_eq!(found, Found::Nothing);
+        let (loaded, found) = prepare(&layout, &args(dir.path(), Some(port), None)).unwrap();
+        assert_eq!(found, Found::Everything);
+        assert_eq!(loaded.head.listen[0].spec.port, port);
+        assert!(prepare(&layout, &args(dir.path(), None, Some(32 << 20))).is_ok());
+        let e = prepare(&layout, &args(dir.path(), Some(port - 1), None))
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("head.toml listens on"), "{e}");
+        let e = prepare(&layout, &args(dir.path(), None, Some(64 << 20)))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("another size than --size"), "{e}");
+    }
+}
