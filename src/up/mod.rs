@@ -55,6 +55,9 @@ pub struct UpArgs {
     size: Option<u64>,
 }
 
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The default size of each ISU's disk.
 const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 
@@ -262,13 +265,24 @@ async fn wait_ready(
     for e in &head.exports {
         let probed = e.auth == AuthMethod::None && e.initiators.is_none();
         let capacity = loop {
-            let r = if probed {
-                ready::probe(portal, &e.iqn).await.map(Some)
-            } else {
-                tokio::net::TcpStream::connect(portal)
-                    .await
-                    .map(|_| None)
-                    .map_err(|e| e.to_string())
+            let attempt = async {
+                if probed {
+                    ready::probe(portal, &e.iqn).await.map(Some)
+                } else {
+                    tokio::net::TcpStream::connect(portal)
+                        .await
+                        .map(|_| None)
+                        .map_err(|e| e.to_string())
+                }
+            };
+            // A head that accepts but does not answer must not hide a
+            // daemon's death or a stop signal.
+            let r = tokio::select! {
+                r = tokio::time::timeout(PROBE_TIMEOUT, attempt) => {
+                    r.unwrap_or_else(|_| Err("no answer to the login".into()))
+                }
+                e = fleet.died() => return Err(e),
+                _ = stops.next() => return Ok(None),
             };
             match r {
                 Ok(c) => break c,
