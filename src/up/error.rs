@@ -17,6 +17,15 @@ pub enum UpError {
     /// place) or another `opie up` holds it.
     #[error(transparent)]
     DataDir(#[from] crate::state::StateError),
+    /// The data directory cannot be created or used (a file in its
+    /// place, no permission): choose another with --data-dir.
+    #[error("cannot use {dir} as the data directory: {source} (--data-dir chooses another)")]
+    DataDirUnusable {
+        /// The directory as given.
+        dir: PathBuf,
+        /// Why.
+        source: crate::state::StateError,
+    },
     /// Some of the configs are there and some are missing: restore them or
     /// remove the data directory to start over.
     #[error("{dir}: {present} exists but {missing} does not; restore it, or remove {dir} to start over (this loses the data)")]
@@ -38,14 +47,14 @@ pub enum UpError {
     },
     /// A portal is already taken (another target, another `opie up`):
     /// choose another port or stop the other program.
-    #[error("cannot listen on {addr} ({what}): {source}; stop what listens there or choose another port (--port when the configs are created, or edit {config})")]
+    #[error("cannot listen on {addr} ({what}): {source}; stop what listens there, or {fix}")]
     PortInUse {
         /// The address.
         addr: std::net::SocketAddr,
         /// Whose portal it is.
         what: String,
-        /// The config that names it.
-        config: PathBuf,
+        /// How to choose another port.
+        fix: String,
         /// The bind error.
         source: std::io::Error,
     },

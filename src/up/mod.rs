@@ -30,7 +30,7 @@ use target_iscsi::access::AuthMethod;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::{IsuConfig, Overrides};
-use crate::state::DataDir;
+use crate::state::{DataDir, StateError};
 use children::{DaemonId, Fleet};
 use configs::Plan;
 use error::UpError;
@@ -161,7 +161,12 @@ fn prepare(layout: &Layout, args: &UpArgs) -> Result<(Loaded, Found), UpError> {
         };
         // Before anything is written: a port in use is then fixed with
         // --port, not by editing the new head.toml.
-        ports::check_free(&head_listen, "the head's portal", &layout.head_config())?;
+        ports::check_free(
+            &head_listen,
+            "the head's portal",
+            &layout.head_config(),
+            "choose another port with --port",
+        )?;
         let isu_ports = ports::pick_isu_ports(&head_listen).map_err(UpError::Flags)?;
         let size = args.size.unwrap_or(DEFAULT_DISK_BYTES);
         if size == 0 || !size.is_multiple_of(512) {
@@ -337,7 +342,13 @@ fn os(args: &[&str], paths: &[&Path]) -> Vec<OsString> {
 async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpError> {
     // Installed first: from here on a Ctrl-C is ours to handle.
     let mut stops = Stops::new()?;
-    let data = DataDir::open_locked_by(&args.data_dir, UP_LOCK_FILE)?;
+    let data = DataDir::open_locked_by(&args.data_dir, UP_LOCK_FILE).map_err(|e| match e {
+        StateError::Locked { .. } => UpError::DataDir(e),
+        e => UpError::DataDirUnusable {
+            dir: args.data_dir.clone(),
+            source: e,
+        },
+    })?;
     let layout = Layout::new(data.root());
     let (loaded, found) = prepare(&layout, &args)?;
     match found {
@@ -361,10 +372,18 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
         ),
     }
     for (n, c) in loaded.isus.iter().enumerate() {
-        ports::check_free(&c.listen, &format!("ISU isu{n}"), &layout.isu_config(n))?;
+        let file = layout.isu_config(n);
+        let fix = format!("edit {}", file.display());
+        ports::check_free(&c.listen, &format!("ISU isu{n}"), &file, &fix)?;
     }
     let head_listen: Vec<PortalSpec> = loaded.head.listen.iter().map(|l| l.spec.clone()).collect();
-    ports::check_free(&head_listen, "the head's portal", &layout.head_config())?;
+    let fix = format!("edit {}", layout.head_config().display());
+    ports::check_free(
+        &head_listen,
+        "the head's portal",
+        &layout.head_config(),
+        &fix,
+    )?;
     let mut isu_addrs = Vec::new();
     for (n, c) in loaded.isus.iter().enumerate() {
         for p in &c.listen {

@@ -46,15 +46,21 @@ fn bind_addrs(spec: &PortalSpec, config: &Path) -> Result<Vec<SocketAddr>, UpErr
         })
 }
 
-/// Checks that every portal of `specs` can be listened on now (bound for a
-/// moment): a port in use fails here, before any daemon starts.
-pub fn check_free(specs: &[PortalSpec], what: &str, config: &Path) -> Result<(), UpError> {
+/// Checks that every portal of `specs` (named in `config`) can be listened
+/// on now (bound for a moment): a port in use fails here, before any daemon
+/// starts; its error says `what` the portal is and how to `fix` it.
+pub fn check_free(
+    specs: &[PortalSpec],
+    what: &str,
+    config: &Path,
+    fix: &str,
+) -> Result<(), UpError> {
     for spec in specs {
         for addr in bind_addrs(spec, config)? {
             TcpListener::bind(addr).map_err(|source| UpError::PortInUse {
                 addr,
                 what: what.to_string(),
-                config: config.to_path_buf(),
+                fix: fix.to_string(),
                 source,
             })?;
         }
@@ -100,9 +106,14 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = taken.local_addr().unwrap();
         let spec = PortalSpec::parse(&a.to_string()).unwrap();
-        let e = check_free(&[spec], "the head's portal", Path::new("head.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = check_free(
+            &[spec],
+            "the head's portal",
+            Path::new("head.toml"),
+            "use --port",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains(&a.to_string()) && e.contains("the head's portal"),
             "{e}"
