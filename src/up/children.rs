@@ -53,7 +53,7 @@ fn describe(st: ExitStatus) -> String {
 
 /// The last `lines` lines of the file at `path`, indented, after a newline
 /// (empty when there is nothing to show).
-fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();
     };

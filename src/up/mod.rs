@@ -292,10 +292,13 @@ async fn wait_ready(
             match r {
                 Ok(c) => break c,
                 Err(why) if tokio::time::Instant::now() >= next_note => {
+                    // What the head is busy with (creating a volume
+                    // writes all of it) is its last log line.
                     println!(
-                        "opie up: still waiting for the head to serve {} ({why}); see {}",
+                        "opie up: still waiting for the head to serve {} ({why}); {} says:{}",
                         e.iqn,
-                        log.display()
+                        log.display(),
+                        children::tail(log, 1)
                     );
                     next_note += Duration::from_secs(15);
                 }
