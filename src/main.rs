@@ -1,5 +1,8 @@
 //! The `opie` command: ISU and head daemons.
 //!
+//! `opie up` runs a whole appliance on one machine (three ISUs and a head,
+//! as child processes; `src/up/`).
+//!
 //! `opie isu serve --config FILE` runs a storage unit: it exports the disks
 //! named in FILE as iSCSI targets. `opie initiator ...` shows what a head
 //! sees of ISUs (discovery, LUNs, paths). `opie head serve --config FILE` runs
@@ -16,6 +19,7 @@ mod logging;
 mod signals;
 
 mod state;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +39,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A whole appliance on this machine: three ISUs and a head with a
+    /// RAID5 array, its export on 127.0.0.1:3260, until Ctrl-C.
+    Up(up::UpArgs),
     /// Storage unit (ISU): exports local disks over iSCSI; on a head, manages its ISUs.
     Isu {
         #[command(subcommand)]
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
     match cli.command {
+        Command::Up(args) => up::run(args, cli.verbose),
         Command::Initiator { command } => initiator::run(command),
         Command::Head { command } => match command {
             head::HeadCommand::Serve(args) => {

@@ -200,6 +200,15 @@ impl Drop for Daemon {
     }
 }
 
+/// A two-thread runtime for a test's initiator side.
+pub fn two_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Whether this test can have what it needs (`why` names it): prints SKIP
 /// and returns false when not, and fails instead under `CI=true`.
 pub fn can_run(ok: bool, why: &str) -> bool {
