@@ -287,12 +287,9 @@ pub struct DiskAoeSettings {
 pub use iscsi_proto::name::check_iscsi_name;
 
 fn check_disk_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
+    // The head's name rule, and a disk's name starts with a letter or digit.
+    let ok =
+        aggregator::config::name_ok(name).is_ok() && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
