@@ -3,7 +3,8 @@
 # the kernel's iscsi_tcp against `opie head serve` (host loopback, reached
 # through run-guest's --fwd as 10.0.2.2:3260). mkfs.ext4 and a tree of files
 # with checksums, then one phase per host action: the guest starts its writers
-# (files written with fsync, a dd stream with O_DIRECT), writes PHASE.ready
+# (files written with fsync, a dd stream with O_DIRECT; each counts its
+# completed writes in the share: PHASE.count, PHASE-dd.count), writes PHASE.ready
 # into the share and keeps writing until the host, done with its action (an
 # ISU killed and rebuilt onto the spare; an ISU suspended and resumed; an ISU
 # replaced while another is killed), writes PHASE.done. Then: the writers'
@@ -59,7 +60,7 @@ files() {
     dd if=/tmp/files.buf of="$MNT/$1/$f" bs=64k conv=fsync status=none ||
       { echo "[guest] write of /$1/$f failed" >&2; return 1; }
     echo "$(sha256sum </tmp/files.buf | cut -d' ' -f1)  $1/$f" >"$SUMS/$1/$f"
-    echo "$n" >"/tmp/$1.count"
+    echo "$n" >"$SH/$1.count"
   done
 }
 # stream DIR: until /tmp/stop exists, 24 MiB of random data written again and
@@ -74,7 +75,7 @@ stream() {
     dd if=/tmp/stream.buf of="$MNT/$1/big" bs=1M oflag=direct conv=fsync status=none ||
       { echo "[guest] dd to /$1/big failed" >&2; return 1; }
     echo "$(sha256sum </tmp/stream.buf | cut -d' ' -f1)  $1/big" >"$SUMS/$1/big"
-    echo "$n" >"/tmp/$1.count"
+    echo "$n" >"$SH/$1.count"
   done
 }
 
@@ -113,8 +114,7 @@ phase() {
   wait "$spid" || src=$?
   [ "$frc" = 0 ] || rg_fail "$1: a file write failed (exit $frc)"
   [ "$src" = 0 ] || rg_fail "$1: the dd stream failed (exit $src)"
-  echo "$(cat "/tmp/$1.count" 2>/dev/null || echo 0) $(cat "/tmp/$1-dd.count" 2>/dev/null || echo 0)" >"$SH/$1.writes"
-  rg_log "$1: $(cat "/tmp/$1.count" 2>/dev/null || echo 0) files fsynced, $(cat "/tmp/$1-dd.count" 2>/dev/null || echo 0) x 24 MiB dd, no write failed"
+  rg_log "$1: $(cat "$SH/$1.count" 2>/dev/null || echo 0) files fsynced, $(cat "$SH/$1-dd.count" 2>/dev/null || echo 0) x 24 MiB dd, no write failed"
   verify "$1"
 }
 
