@@ -60,7 +60,7 @@ files() {
     dd if=/tmp/files.buf of="$MNT/$1/$f" bs=64k conv=fsync status=none ||
       { echo "[guest] write of /$1/$f failed" >&2; return 1; }
     echo "$(sha256sum </tmp/files.buf | cut -d' ' -f1)  $1/$f" >"$SUMS/$1/$f"
-    echo "$n" >"$SH/$1.count"
+    echo "$n" >"$SH/.$1.count" && mv "$SH/.$1.count" "$SH/$1.count"
   done
 }
 # stream DIR: until /tmp/stop exists, 24 MiB of random data written again and
@@ -75,7 +75,7 @@ stream() {
     dd if=/tmp/stream.buf of="$MNT/$1/big" bs=1M oflag=direct conv=fsync status=none ||
       { echo "[guest] dd to /$1/big failed" >&2; return 1; }
     echo "$(sha256sum </tmp/stream.buf | cut -d' ' -f1)  $1/big" >"$SUMS/$1/big"
-    echo "$n" >"$SH/$1.count"
+    echo "$n" >"$SH/.$1.count" && mv "$SH/.$1.count" "$SH/$1.count"
   done
 }
 
