@@ -5,63 +5,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use blockdev::{
-    BlockDevice, Bytes, DeviceIdentity, DeviceStatus, Extent, Features, Geometry, Limits,
-    SharedDevice, WriteFlags,
-};
+use blockdev::{BlockDevice, WriteFlags};
 use common::{blocks, small_config, Rig};
 use futures::future::join_all;
-use raid::RaidArray;
-
-/// A member that counts the flushes it is asked for.
-#[derive(Debug)]
-struct Counting {
-    inner: SharedDevice,
-    flushes: AtomicU64,
-}
-
-#[async_trait]
-impl BlockDevice for Counting {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn identity(&self) -> &DeviceIdentity {
-        self.inner.identity()
-    }
-    fn read_only(&self) -> bool {
-        self.inner.read_only()
-    }
-    fn features(&self) -> Features {
-        self.inner.features()
-    }
-    fn limits(&self) -> Limits {
-        self.inner.limits()
-    }
-    fn status(&self) -> tokio::sync::watch::Receiver<DeviceStatus> {
-        self.inner.status()
-    }
-    async fn read(&self, lba: u64, n: u32) -> blockdev::Result<Bytes> {
-        self.inner.read(lba, n).await
-    }
-    async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> blockdev::Result<()> {
-        self.inner.write(lba, data, flags).await
-    }
-    async fn flush(&self) -> blockdev::Result<()> {
-        self.flushes.fetch_add(1, Ordering::SeqCst);
-        self.inner.flush().await
-    }
-    async fn write_zeroes(&self, lba: u64, n: u64, unmap: bool) -> blockdev::Result<()> {
-        self.inner.write_zeroes(lba, n, unmap).await
-    }
-    async fn block_status(&self, lba: u64, max: u64) -> blockdev::Result<Extent> {
-        self.inner.block_status(lba, max).await
-    }
-}
 
 /// Full-stripe records (3 members, 4-block chunks: 12 entries and one
 /// header block) a ring holds.
@@ -73,27 +21,13 @@ async fn concurrent_full_stripe_writes_checkpoint_once_per_full_ring() {
     let mut cfg = small_config();
     // The ring's header block and four records.
     cfg.journal_blocks = 1 + RECORDS_PER_RING * RECORD_BLOCKS;
-    let rig = Rig::new(3, 4096, cfg.clone());
-    let members: Vec<Arc<Counting>> = rig
-        .faulty
-        .iter()
-        .map(|f| {
-            // Some latency, so that writers pile up on a full ring.
-            f.set_latency(Duration::from_micros(300), None);
-            Arc::new(Counting {
-                inner: f.clone(),
-                flushes: AtomicU64::new(0),
-            })
-        })
-        .collect();
-    let shared: Vec<SharedDevice> = members.iter().map(|m| m.clone() as SharedDevice).collect();
-    let a = RaidArray::create(shared, vec![], cfg, rig.clock.clone())
-        .await
-        .expect("create");
-    let before: Vec<u64> = members
-        .iter()
-        .map(|m| m.flushes.load(Ordering::SeqCst))
-        .collect();
+    let rig = Rig::new(3, 4096, cfg);
+    for f in &rig.faulty {
+        // Some latency, so that writers pile up on a full ring.
+        f.set_latency(Duration::from_micros(300), None);
+    }
+    let a = rig.create(3).await;
+    let before: Vec<u64> = rig.faulty.iter().map(|f| f.stats().flushes).collect();
 
     // 16 requests of 8 whole rows each (8 data blocks a row), all at once.
     const ROW: u64 = 8;
@@ -114,8 +48,8 @@ async fn concurrent_full_stripe_writes_checkpoint_once_per_full_ring() {
     // Each checkpoint empties at least one full ring: at most one per
     // RECORDS_PER_RING records.
     let bound = records / RECORDS_PER_RING;
-    for (i, m) in members.iter().enumerate() {
-        let n = m.flushes.load(Ordering::SeqCst) - before[i];
+    for (i, f) in rig.faulty.iter().enumerate() {
+        let n = f.stats().flushes - before[i];
         assert!(
             n <= bound,
             "member {i}: {n} flushes for {records} journaled rows ({bound} at most: one per full ring)"
