@@ -50,6 +50,8 @@ pub struct FaultStats {
     pub torn: u64,
     /// Unflushed blocks reverted by `crash`.
     pub crash_reverted_blocks: u64,
+    /// Flushes that reached the device (counted, not injected).
+    pub flushes: u64,
 }
 
 /// How a device is down.
@@ -464,7 +466,9 @@ impl BlockDevice for FaultyDevice {
         self.delay().await;
         self.check_offline()?;
         self.inner.flush().await?;
-        if let Some(v) = self.st().volatile.as_mut() {
+        let mut st = self.st();
+        st.stats.flushes += 1;
+        if let Some(v) = st.volatile.as_mut() {
             v.clear();
         }
         Ok(())

@@ -111,6 +111,10 @@ pub(crate) struct JournalState {
     gate: Arc<AsyncRwLock<()>>,
     /// A member failed since the last checkpoint, taking its ring's records.
     checkpoint_wanted: AtomicBool,
+    /// Ring resets so far (checkpoints and fresh starts), counted under the
+    /// rings' lock: a writer that found its ring full checkpoints only if
+    /// no reset came since it looked ([`JournalState::checkpoint_since`]).
+    resets: AtomicU64,
 }
 
 /// The rings since the last checkpoint.
@@ -148,6 +152,7 @@ impl JournalState {
             rings: AsyncMutex::new(Rings::default()),
             gate: Arc::new(AsyncRwLock::new(())),
             checkpoint_wanted: AtomicBool::new(false),
+            resets: AtomicU64::new(0),
         }
     }
 
@@ -208,9 +213,10 @@ impl JournalState {
                 .get(&(lay.members, row))
                 .is_some_and(|&s| s != ring_slot);
             if moved || at + total > self.blocks {
+                let seen = self.resets.load(Ordering::SeqCst);
                 drop(rings);
                 drop(guard);
-                self.checkpoint(host).await?;
+                self.checkpoint_since(host, seen).await?;
                 continue;
             }
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
@@ -280,6 +286,22 @@ impl JournalState {
         self.reset_locked(host).await
     }
 
+    /// [`JournalState::checkpoint`] for a writer that found its ring full
+    /// (or its row in another ring) when `seen` resets had been made: none
+    /// if another came since, as every ring is fresh again then. Writers
+    /// waiting on a full ring would otherwise each flush every member and
+    /// rewrite every ring header in turn, one after the other, for the
+    /// space the first one freed (head-bench: a dozen checkpoints per
+    /// full-stripe record at QD32).
+    async fn checkpoint_since(&self, host: &dyn JournalHost, seen: u64) -> Result<()> {
+        let _w = self.gate.write().await;
+        if self.resets.load(Ordering::SeqCst) != seen {
+            return Ok(());
+        }
+        host.make_durable().await?;
+        self.reset_locked(host).await
+    }
+
     /// Writes fresh ring headers on every live member (no records pending).
     pub(crate) async fn reset_all(&self, host: &dyn JournalHost) -> Result<()> {
         let _w = self.gate.write().await;
@@ -296,6 +318,7 @@ impl JournalState {
         head[4..8].copy_from_slice(&crc.to_le_bytes());
         let buf = Bytes::from(head);
         let mut rings = self.rings.lock().await;
+        self.resets.fetch_add(1, Ordering::SeqCst);
         rings.of_row.clear();
         for (slot, dev) in host.ring_members() {
             if let Err(e) = dev.write(self.start, buf.clone(), WriteFlags::FUA).await {
