@@ -32,6 +32,7 @@ writer() {
     dd if="/tmp/src-$tag" of="$MNT/$f" bs=1M conv=fsync status=none || exit 11
     echo "$(sha256sum <"/tmp/src-$tag" | cut -d' ' -f1)  $f" >>"/tmp/$tag.log"
     now >>"/tmp/$tag.times"
+    mkdir -p "/tmp/src/$tag" && cp "/tmp/src-$tag" "/tmp/src/$f"
     n=$((n + 1))
   done
 }
@@ -72,10 +73,27 @@ verify() {
     (cd "$MNT" && sha256sum -c /tmp/check.sums) >/tmp/check.out 2>&1 || true
     if [ "$(grep -c ': OK$' /tmp/check.out)" != "$n" ]; then
       grep -v ': OK$' /tmp/check.out | head -20
+      diagnose "$t"
       rg_fail "checksums of /$t differ ($(grep -c ': OK$' /tmp/check.out) of $n OK)"
     fi
     rg_log "/$t: $n of $n checksums OK"
   done
+}
+# diagnose TAG: for each file of TAG that differs, which bytes (from the
+# copy of what was written), the time its write ended, and its extents.
+diagnose() {
+  local f n
+  grep -v ': OK$' /tmp/check.out | sed -n 's/: FAILED$//p' | while read -r f; do
+    [ -f "/tmp/src/$f" ] || continue
+    cmp -l "/tmp/src/$f" "$MNT/$f" >/tmp/cmp.out 2>/dev/null || true
+    n=$(wc -l </tmp/cmp.out)
+    rg_log "$f: $n bytes differ, first/last at $(head -1 /tmp/cmp.out | awk '{print $1 - 1}')/$(tail -1 /tmp/cmp.out | awk '{print $1 - 1}'), device bytes zero: $(awk '$3 == 0' /tmp/cmp.out | wc -l)"
+    awk '{ print int(($1 - 1) / 4096) }' /tmp/cmp.out | uniq -c | head -40 | tr '\n' ' '; echo
+    grep -n "  $f\$" "/tmp/$1.log" | head -3
+    debugfs -R "stat /$f" "$dev" 2>/dev/null | sed -n '/EXTENTS/,$p' | head -5
+  done
+  rg_log "write end times (cs of uptime): $(tr '\n' ' ' <"/tmp/$1.times")"
+  rg_log "phase-1.ready at $T_READY1"
 }
 no_io_errors() {
   if dmesg | grep -iE 'I/O error|EXT4-fs error|Buffer I/O'; then rg_fail "the kernel logged I/O errors ($1)"; fi
@@ -119,6 +137,8 @@ rg_step "phase 1: writes while the host kills the head (SIGKILL) and restarts it
 start_writer p1
 before=$(writes p1)
 t0=$(now)
+T_READY1=$t0
+dumpe2fs -h "$dev" 2>/dev/null | grep -i "block size" || true
 touch "$SHARE/phase-1.ready"
 await 1
 rg_log "session state: $(session_state)"
