@@ -165,15 +165,18 @@ rg_wait 30 sh -c "[ \$((\$(cat /sys/block/$sd/size) * 512)) = $new_size ]" ||
   rg_fail "$dev is $(($(cat "/sys/block/$sd/size") * 512)) bytes after the rescan, the host grew the volume to $new_size"
 rg_log "after the rescan: $dev is $new_size bytes (was $size0)"
 blocks0=$(df -k "$MNT" | awk 'NR == 2 { print $2 }')
+free0=$(df -k "$MNT" | awk 'NR == 2 { print $4 }')
 resize2fs "$dev" >/tmp/resize.out 2>&1 || { cat /tmp/resize.out; rg_fail "resize2fs $dev failed"; }
 blocks1=$(df -k "$MNT" | awk 'NR == 2 { print $2 }')
 [ "$blocks1" -gt "$blocks0" ] || rg_fail "resize2fs left the filesystem at $blocks1 KiB"
 rg_log "resize2fs online: $blocks0 -> $blocks1 KiB"
-# Fill part of the new space: a file larger than the old free space.
-free=$(df -k "$MNT" | awk 'NR == 2 { print $4 }')
-fill=$(((free - 16384) / 1024))
-[ "$fill" -gt 0 ] || fill=1
-dd if=/dev/urandom of="$MNT/fill" bs=1M count="$fill" conv=fsync status=none || rg_fail "writing $fill MiB into the grown filesystem failed"
+# Fill part of the new space: a file 32 MiB larger than the old free space
+# (4 MiB of random data over and over: urandom is slow in an emulated CPU).
+fill=$(((free0 / 1024 + 32) / 4 * 4))
+head -c 4194304 /dev/urandom >/tmp/rnd4
+i=0
+while [ "$i" -lt $((fill / 4)) ]; do cat /tmp/rnd4; i=$((i + 1)); done |
+  dd of="$MNT/fill" bs=1M iflag=fullblock conv=fsync status=none || rg_fail "writing $fill MiB into the grown filesystem failed"
 (cd "$MNT" && sha256sum fill) >/tmp/fill.sums
 rg_log "wrote $fill MiB into the grown filesystem"
 no_io_errors "after the resize"
