@@ -210,10 +210,7 @@ fn writes_answered_before_a_head_sigkill_are_there_after_its_restart() {
     let rig = Rig::start();
     let rt = runtime();
     let mut head = rig.head();
-    rt.block_on(async {
-        let dev: SharedDevice = Arc::new(open(&rig, 0).await);
-        write_all(&dev, 1, false).await;
-    });
+    write_generation_1(&rig, &rt);
     head.signal(libc::SIGKILL);
     head.wait_exit(10).expect("SIGKILL ends the head");
     drop(head);
@@ -257,10 +254,7 @@ fn an_existing_array_starts_degraded_without_one_member_and_serves_its_data() {
     let mut rig = Rig::start();
     let rt = runtime();
     let mut head = rig.head();
-    rt.block_on(async {
-        let dev: SharedDevice = Arc::new(open(&rig, 0).await);
-        write_all(&dev, 1, false).await;
-    });
+    write_generation_1(&rig, &rt);
     head.signal(libc::SIGTERM);
     assert!(head.wait_exit(60).expect("stopped").success());
     drop(head);
@@ -276,5 +270,13 @@ fn an_existing_array_starts_degraded_without_one_member_and_serves_its_data() {
     rt.block_on(async {
         let dev: SharedDevice = Arc::new(open(&rig, 1).await);
         verify_all(&dev, &[1; RUNS as usize]).await;
+    });
+}
+
+/// Writes every run with generation 1 (no FUA) through head portal 0.
+fn write_generation_1(rig: &Rig, rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        let dev: SharedDevice = Arc::new(open(rig, 0).await);
+        write_all(&dev, 1, false).await;
     });
 }
