@@ -84,6 +84,11 @@ fn raid_config(a: &ArrayConfig, block_size: u32) -> raid::Config {
         },
         spare_timeout: a.spare_timeout,
         member_timeout: a.member_timeout,
+        // No stripe cache: a write is on the ISUs before its client hears
+        // of it. A client that sees the head die retries its SYNCHRONIZE
+        // CACHE on the restarted head, which answers it good: writes held
+        // in the dead head's memory would be lost with nobody told.
+        cache_blocks: 0,
         ..raid::Config::default()
     }
 }

@@ -51,7 +51,9 @@ pub struct Config {
     pub journal_blocks: u64,
     /// Most members a reshape may grow the array to (sizes the backup area).
     pub max_members: u32,
-    /// Most blocks the stripe cache holds before it writes rows out.
+    /// Most blocks the stripe cache holds before it writes rows out; 0
+    /// turns it off: a partial row is written (read-modify-write) before
+    /// its write is answered, so nothing answered lives only in memory.
     pub cache_blocks: usize,
     /// How long a member stays failed before a hot spare replaces it.
     pub spare_timeout: Duration,

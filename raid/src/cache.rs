@@ -68,6 +68,12 @@ impl StripeCache {
         self.lock().keys().next().copied()
     }
 
+    /// Whether the cache holds nothing between requests (a limit of 0):
+    /// every row a write touches goes to the members before it is answered.
+    pub(crate) fn write_through(&self) -> bool {
+        self.limit == 0
+    }
+
     /// Whether the cache holds more than its limit.
     pub(crate) fn over_limit(&self) -> bool {
         self.lock().len() > self.limit

@@ -69,9 +69,11 @@ impl RaidArray {
                 work.await
             } else {
                 self.run_locked(guard, move |a| async move {
-                    // The row is written once the cache holds all of it.
+                    // The row is written once the cache holds all of it;
+                    // with no cache (a limit of 0) at once, before the
+                    // write is answered.
                     let complete = a.inner.cache.insert(&slices, bs, range.clone());
-                    if !(fua || complete) {
+                    if !(fua || complete || a.inner.cache.write_through()) {
                         return Ok(());
                     }
                     let pieces = pieces_of(&lay, a.inner.cache.take(range));

@@ -584,3 +584,31 @@ async fn a_returning_member_gets_the_bits_set_while_it_was_away() {
     // Neither the lost parity nor the torn tag vouches for the new data.
     assert_eq!(b.integrity_stats().resync_unverified, n);
 }
+
+/// The array's process dies (the members live on, their caches kept) after
+/// a partial-row write was answered and before any flush; assembled again,
+/// block 1 reads back as what is returned.
+async fn partial_write_then_process_death(cache_blocks: usize) -> Vec<u8> {
+    let mut cfg = small_config();
+    cfg.cache_blocks = cache_blocks;
+    cfg.journal_blocks = 64;
+    let rig = Rig::new(3, 256, cfg);
+    let a = rig.create(3).await;
+    a.write(1, blocks(1, 1, 7), WriteFlags::NONE).await.unwrap();
+    drop(a);
+    let a = rig.assemble(false).await.expect("assemble after the death");
+    // A client's flush retried on the new process must not make up for it.
+    a.flush().await.unwrap();
+    a.read(1, 1).await.unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn without_a_stripe_cache_an_answered_write_outlives_the_process() {
+    // The head runs with no stripe cache (`cache_blocks = 0`): a client
+    // whose SYNCHRONIZE CACHE was cut by the head's death retries it on the
+    // restarted head and hears good, so what the dead head answered must
+    // already be on the members.
+    assert_eq!(partial_write_then_process_death(0).await, pattern(1, 7));
+    // With a cache the answered block was only in the dead process's memory.
+    assert_ne!(partial_write_then_process_death(64).await, pattern(1, 7));
+}
