@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use blockdev::{SharedDevice, WriteFlags};
 use head::{
-    array_state, in_sync, log_has, open, run_lba, runtime, stamping, stamps, status, until,
-    verify_all, write_all, Rig, RigSpec, BS, RUN, RUNS,
+    array_state, in_sync, log_has, open, run_lba, runtime, stamping, stamps, until, verify_all,
+    write_all, Rig, RigSpec, BS, RUN, RUNS,
 };
 
 /// SIGTERM, and the head must end successfully (a clean stop).

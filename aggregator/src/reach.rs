@@ -50,8 +50,69 @@ pub struct Seen {
     pub at: MemberRef,
     /// Its identity (VPD pages 80h and 83h).
     pub identity: DeviceIdentity,
-    /// Its newest valid RAID superblock, if it carries one.
-    pub superblock: Option<raid::superblock::Superblock>,
+    /// What its first blocks hold.
+    pub metadata: Metadata,
+}
+
+/// What a disk seen by [`Isus::survey`] holds where a RAID superblock
+/// would be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Metadata {
+    /// Read, and no valid superblock there: a blank disk.
+    Blank,
+    /// Its newest valid superblock.
+    Superblock(raid::superblock::Superblock),
+    /// Not read (why): neither blank nor a member as far as the head knows.
+    Unreadable(String),
+}
+
+impl Seen {
+    /// Its newest valid superblock, if it was read and carries one.
+    pub fn superblock(&self) -> Option<&raid::superblock::Superblock> {
+        match &self.metadata {
+            Metadata::Superblock(sb) => Some(sb),
+            _ => None,
+        }
+    }
+}
+
+/// Runs a command built by `cmd` on `s`, again after a unit attention
+/// (the first command after a login reports one), and wants GOOD status.
+async fn ask(s: &PipelinedSession, cmd: impl Fn() -> Command) -> Result<Vec<u8>, String> {
+    for _ in 0..4 {
+        let r = s.command(cmd()).await.map_err(|e| e.to_string())?;
+        if r.is_good() {
+            return Ok(r.data);
+        }
+        if !r.is_unit_attention() {
+            return Err(format!(
+                "status {:#04x}, sense {:02x?}",
+                r.status,
+                &r.sense[..]
+            ));
+        }
+    }
+    Err("unit attention after unit attention".into())
+}
+
+/// The newest valid superblock of `lun` on `s` (READ CAPACITY for the
+/// block size, then both copies), `None` on a disk that carries none.
+async fn read_superblock(
+    s: &PipelinedSession,
+    lun: u64,
+) -> Result<Option<raid::superblock::Superblock>, String> {
+    let cap = ask(s, || Command::read(lun, &cdb::read_capacity16(), 32)).await?;
+    let cap = cdb::parse_capacity(&cap).ok_or("READ CAPACITY: bad answer")?;
+    let blocks = 2 * raid::superblock::Superblock::blocks(cap.block_size) as u32;
+    let len = blocks * cap.block_size;
+    let data = ask(s, || Command::read(lun, &cdb::read16(0, blocks), len)).await?;
+    if data.len() < len as usize {
+        return Err(format!(
+            "READ of the superblocks: {} of {len} bytes",
+            data.len()
+        ));
+    }
+    Ok(raid::superblock::newest_in(&data, cap.block_size).ok())
 }
 
 /// What [`Isus::survey`] saw of the ISUs.
@@ -357,24 +418,10 @@ impl Isus {
             let Ok(identity) = identity_from_vpd(&p80.data, &p83.data) else {
                 continue;
             };
-            let superblock = match s
-                .command(Command::read(lun, &cdb::read_capacity16(), 32))
-                .await
-                .ok()
-                .and_then(|r| cdb::parse_capacity(&r.data))
-            {
-                Some(cap) => {
-                    let blocks = 2 * raid::superblock::Superblock::blocks(cap.block_size) as u32;
-                    let len = blocks * cap.block_size;
-                    match s
-                        .command(Command::read(lun, &cdb::read16(0, blocks), len))
-                        .await
-                    {
-                        Ok(r) => raid::superblock::newest_in(&r.data, cap.block_size).ok(),
-                        Err(_) => None,
-                    }
-                }
-                None => None,
+            let superblock = match read_superblock(&s, lun).await {
+                Ok(Some(sb)) => Metadata::Superblock(sb),
+                Ok(None) => Metadata::Blank,
+                Err(why) => Metadata::Unreadable(why),
             };
             seen.push(Seen {
                 at: MemberRef {
@@ -383,7 +430,7 @@ impl Isus {
                     lun,
                 },
                 identity,
-                superblock,
+                metadata: superblock,
             });
         }
         let _ = s.logout().await;

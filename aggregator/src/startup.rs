@@ -24,7 +24,7 @@ use raid::{AssembleOptions, RaidArray, RaidError, SystemClock};
 use tracing::{info, warn};
 
 use crate::config::{ArrayConfig, Member};
-use crate::reach::{Isus, ReachError, Reached, Seen};
+use crate::reach::{Isus, Metadata, ReachError, Reached, Seen};
 
 /// Pause between two attempts to reach the missing members.
 const RETRY: Duration = Duration::from_secs(1);
@@ -178,14 +178,18 @@ pub fn plan(a: &ArrayConfig, seen: &[Seen]) -> Plan {
         .filter(|s| a.members.iter().chain(&a.spares).any(|m| is(m, s)))
         .collect();
     let mut votes: BTreeMap<[u8; 16], (usize, u64)> = BTreeMap::new();
-    for sb in seeds.iter().filter_map(|s| s.superblock.as_ref()) {
+    for sb in seeds.iter().filter_map(|s| s.superblock()) {
         let v = votes.entry(sb.array_uuid).or_default();
         v.0 += 1;
         v.1 = v.1.max(sb.events);
     }
     let Some((&uuid, _)) = votes.iter().max_by_key(|(_, v)| **v) else {
-        let all_seen = a.members.iter().all(|m| seen.iter().any(|s| is(m, s)));
-        return if all_seen {
+        // Created only over seed members all seen and read blank.
+        let all_blank = a.members.iter().all(|m| {
+            seen.iter()
+                .any(|s| is(m, s) && s.metadata == Metadata::Blank)
+        });
+        return if all_blank {
             Plan::Create
         } else {
             Plan::Unknown
@@ -194,7 +198,7 @@ pub fn plan(a: &ArrayConfig, seen: &[Seen]) -> Plan {
     let ours: Vec<(usize, &Superblock)> = seen
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| s.superblock.as_ref().map(|sb| (i, sb)))
+        .filter_map(|(i, s)| s.superblock().map(|sb| (i, sb)))
         .filter(|(_, sb)| sb.array_uuid == uuid)
         .collect();
     let newest = ours
@@ -332,13 +336,22 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
             Plan::Unknown => a
                 .members
                 .iter()
-                .filter(|m| !seen.iter().any(|s| is(m, s)))
-                .map(|m| {
-                    let why = match m {
-                        Member::Identity(_) => "no LUN of the ISUs carries it".to_string(),
-                        Member::Lun(_) => "not among the LUNs of its ISU".to_string(),
+                .filter_map(|m| {
+                    let why = match (seen.iter().find(|s| is(m, s)), m) {
+                        (
+                            Some(Seen {
+                                metadata: Metadata::Unreadable(why),
+                                ..
+                            }),
+                            _,
+                        ) => {
+                            format!("its superblock unread: {why}")
+                        }
+                        (Some(_), _) => return None,
+                        (None, Member::Identity(_)) => "no LUN of the ISUs carries it".to_string(),
+                        (None, Member::Lun(_)) => "not among the LUNs of its ISU".to_string(),
                     };
-                    format!(
+                    Some(format!(
                         "{m}: no path ({})",
                         [why]
                             .iter()
@@ -346,7 +359,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                             .cloned()
                             .collect::<Vec<_>>()
                             .join("; ")
-                    )
+                    ))
                 })
                 .collect(),
             Plan::Assemble(p) => {
@@ -568,7 +581,7 @@ mod tests {
         Seen {
             at: at(isu),
             identity: DeviceIdentity::from_uuid(dev(device)),
-            superblock,
+            metadata: superblock.map_or(Metadata::Blank, Metadata::Superblock),
         }
     }
 
@@ -593,6 +606,10 @@ mod tests {
         let all = [seen(0, 10, None), seen(1, 11, None), seen(2, 12, None)];
         assert_eq!(plan(&cfg, &all), Plan::Create);
         assert_eq!(plan(&cfg, &all[..2]), Plan::Unknown);
+        // A seed whose superblock could not be read is not blank.
+        let mut unread = all.clone();
+        unread[1].metadata = Metadata::Unreadable("unit attention".into());
+        assert_eq!(plan(&cfg, &unread), Plan::Unknown);
     }
 
     #[test]
