@@ -75,11 +75,13 @@ fn a_spare_pulled_in_keeps_its_slot_across_restarts_and_the_old_member_is_stale(
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
     rt.block_on(write_all(&dev, 1, false));
     rig.kill_isu(1);
+    // Writes find isu1 gone: it is failed, and the spare pulled in after
+    // its 2 s and rebuilt.
+    rt.block_on(write_all(&dev, 2, true));
     let s = until(&rig, 120, "rebuilt onto the spare", |s| {
         array_state(s) == "clean" && in_sync(s) == ["isu0", "isu3", "isu2"]
     });
     println!("spare in: {}", s["arrays"][0]["members"]);
-    rt.block_on(write_all(&dev, 2, true));
     drop(dev);
     stop(&mut head);
     drop(head);
@@ -256,13 +258,12 @@ fn sigterm_ends_the_head_in_bounded_time_after_every_isu_died_and_acknowledged_w
     let log = head.log_text();
     assert!(log.contains("array not closed clean"), "{log}");
     drop(head);
-    // The client's writes stop failing by now; what each run acknowledged.
-    let failed_at = rt
-        .block_on(tokio::time::timeout(Duration::from_secs(60), writer))
-        .expect("the client's writes end once the head is gone")
-        .unwrap();
+    // No write is acknowledged with the head gone: what each run
+    // acknowledged is final. The client keeps logging in again: stopped.
+    writer.abort();
+    drop(dev);
     let acked = acked.lock().unwrap().clone();
-    println!("writer stopped at generation {failed_at}; acknowledged {acked:?}");
+    println!("acknowledged generations per run: {acked:?}");
     for i in 0..3 {
         rig.start_isu(i);
     }
