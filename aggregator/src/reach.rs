@@ -394,6 +394,37 @@ impl Isus {
         addr: SocketAddr,
         target: &str,
     ) -> Result<Vec<Seen>, initiator_iscsi::Error> {
+        let (s, luns) = self.probe(isu, addr, target).await?;
+        let mut seen = Vec::new();
+        for (lun, identity) in luns {
+            let metadata = match read_superblock(&s, lun).await {
+                Ok(Some(sb)) => Metadata::Superblock(sb),
+                Ok(None) => Metadata::Blank,
+                Err(why) => Metadata::Unreadable(why),
+            };
+            seen.push(Seen {
+                at: MemberRef {
+                    isu: isu.to_string(),
+                    target: target.to_string(),
+                    lun,
+                },
+                identity,
+                metadata,
+            });
+        }
+        let _ = s.logout().await;
+        Ok(seen)
+    }
+
+    /// A session of its own to `target` at `addr` (no reinstatement), and
+    /// the target's LUNs (REPORT LUNS) with their identities (VPD 80h and
+    /// 83h; a LUN without one is left out).
+    async fn probe(
+        &self,
+        isu: &str,
+        addr: SocketAddr,
+        target: &str,
+    ) -> Result<(PipelinedSession, Vec<(u64, DeviceIdentity)>), initiator_iscsi::Error> {
         let reinstate = ReinstateConfig {
             attempts: 0,
             ..ReinstateConfig::default()
@@ -408,33 +439,18 @@ impl Isus {
         let report = s
             .command(Command::read(0, &cdb::report_luns(4096), 4096))
             .await?;
-        let mut seen = Vec::new();
+        let mut luns = Vec::new();
         for lun in cdb::parse_report_luns(&report.data) {
             let vpd = |page| Command::read(lun, &cdb::inquiry_vpd(page, 1024), 1024);
             let (Ok(p80), Ok(p83)) = (s.command(vpd(0x80)).await, s.command(vpd(0x83)).await)
             else {
                 continue;
             };
-            let Ok(identity) = identity_from_vpd(&p80.data, &p83.data) else {
-                continue;
-            };
-            let superblock = match read_superblock(&s, lun).await {
-                Ok(Some(sb)) => Metadata::Superblock(sb),
-                Ok(None) => Metadata::Blank,
-                Err(why) => Metadata::Unreadable(why),
-            };
-            seen.push(Seen {
-                at: MemberRef {
-                    isu: isu.to_string(),
-                    target: target.to_string(),
-                    lun,
-                },
-                identity,
-                metadata: superblock,
-            });
+            if let Ok(identity) = identity_from_vpd(&p80.data, &p83.data) {
+                luns.push((lun, identity));
+            }
         }
-        let _ = s.logout().await;
-        Ok(seen)
+        Ok((s, luns))
     }
 
     /// The targets `isu` offers this initiator, by SendTargets on each of
@@ -479,34 +495,9 @@ impl Isus {
         target: &str,
         id: &DeviceIdentity,
     ) -> Result<Option<u64>, initiator_iscsi::Error> {
-        let reinstate = ReinstateConfig {
-            attempts: 0,
-            ..ReinstateConfig::default()
-        };
-        let s = PipelinedSession::connect_with(
-            addr,
-            self.login(isu, Some(target)),
-            PipelineConfig::default(),
-            reinstate,
-        )
-        .await?;
-        let report = s
-            .command(Command::read(0, &cdb::report_luns(4096), 4096))
-            .await?;
-        let mut found = None;
-        for lun in cdb::parse_report_luns(&report.data) {
-            let vpd = |page| Command::read(lun, &cdb::inquiry_vpd(page, 1024), 1024);
-            let (Ok(p80), Ok(p83)) = (s.command(vpd(0x80)).await, s.command(vpd(0x83)).await)
-            else {
-                continue;
-            };
-            if identity_from_vpd(&p80.data, &p83.data).is_ok_and(|i| &i == id) {
-                found = Some(lun);
-                break;
-            }
-        }
+        let (s, luns) = self.probe(isu, addr, target).await?;
         let _ = s.logout().await;
-        Ok(found)
+        Ok(luns.into_iter().find(|(_, i)| i == id).map(|(lun, _)| lun))
     }
 
     /// Logs in to `m` on every portal of its ISU and opens the LUN on each;

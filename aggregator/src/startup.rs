@@ -543,30 +543,11 @@ mod tests {
             array_uuid: [array; 16],
             device_uuid: dev(device),
             role,
-            flags: 0,
             events,
             block_size: 512,
             chunk_blocks: 64,
-            tag_blocks: 1,
             members: table.len() as u32,
-            rows: 100,
-            data_start: 100,
-            bitmap_start: 16,
-            bitmap_blocks: 1,
             region_rows: 8,
-            journal_start: 17,
-            journal_blocks: 0,
-            backup_start: 17,
-            backup_rows: 4,
-            rebuild_slot: 0,
-            rebuild_flags: 0,
-            rebuild_pos: 0,
-            reshape_members: 0,
-            reshape_pos: 0,
-            closed_epoch: 0,
-            replace_slot: 0,
-            replace_pos: 0,
-            replace_device: [0; 16],
             slots: table
                 .iter()
                 .map(|&(d, state)| SlotEntry {
@@ -574,6 +555,7 @@ mod tests {
                     state,
                 })
                 .collect(),
+            ..Superblock::default()
         }
     }
 
@@ -599,6 +581,14 @@ mod tests {
     }
 
     const A: SlotState = SlotState::Active;
+
+    /// The plan of `cfg` over `seen`, which must be an assembly.
+    fn assembly(cfg: &ArrayConfig, seen: &[Seen]) -> Assembly {
+        match plan(cfg, seen) {
+            Plan::Assemble(p) => p,
+            other => panic!("not assembled: {other:?}"),
+        }
+    }
 
     #[test]
     fn blank_seeds_create_only_when_all_are_seen() {
@@ -631,9 +621,7 @@ mod tests {
         ];
         // The seed lists the members in another order: slots still come
         // from the superblocks.
-        let Plan::Assemble(p) = plan(&config(&[2, 1, 0], &[]), &all) else {
-            panic!("not assembled")
-        };
+        let p = assembly(&config(&[2, 1, 0], &[]), &all);
         assert_eq!(p.uuid, [1; 16]);
         assert_eq!(p.events, 9);
         let slots: Vec<Option<usize>> = p.slots.iter().map(|(_, at)| *at).collect();
@@ -657,9 +645,7 @@ mod tests {
             seen(2, 12, Some(sb(1, 20, &new, 12, 2))),
             seen(3, 13, Some(sb(1, 20, &new, 13, 1))),
         ];
-        let Plan::Assemble(p) = plan(&config(&[0, 1, 2], &[3]), &all) else {
-            panic!("not assembled")
-        };
+        let p = assembly(&config(&[0, 1, 2], &[3]), &all);
         assert_eq!(p.disks(), [0, 3, 2]);
         assert_eq!(p.stale.len(), 1);
         assert!(
@@ -669,18 +655,14 @@ mod tests {
         );
         // Without the spare's ISU, slot 1 is missing; a slot marked failed
         // is not awaited.
-        let Plan::Assemble(p) = plan(&config(&[0, 1, 2], &[3]), &all[..3]) else {
-            panic!("not assembled")
-        };
+        let p = assembly(&config(&[0, 1, 2], &[3]), &all[..3]);
         assert_eq!(p.missing(), [(1, dev(13))]);
         let failed = [(10, A), (13, SlotState::Faulty), (12, A)];
         let all = [
             seen(0, 10, Some(sb(1, 21, &failed, 10, 0))),
             seen(2, 12, Some(sb(1, 21, &failed, 12, 2))),
         ];
-        let Plan::Assemble(p) = plan(&config(&[0, 1, 2], &[3]), &all) else {
-            panic!("not assembled")
-        };
+        let p = assembly(&config(&[0, 1, 2], &[3]), &all);
         assert!(p.missing().is_empty());
         assert_eq!(p.failed(), 1);
     }
@@ -702,9 +684,7 @@ mod tests {
             seen(3, 13, replacing(13, 3)),
             seen(4, 14, replacing(14, raid::superblock::REPLACEMENT)),
         ];
-        let Plan::Assemble(p) = plan(&config(&[0, 1, 2], &[]), &all) else {
-            panic!("not assembled")
-        };
+        let p = assembly(&config(&[0, 1, 2], &[]), &all);
         assert_eq!(p.slots.len(), 4);
         assert_eq!(p.replacement, Some(4));
         assert_eq!(p.disks(), [0, 1, 2, 3, 4]);

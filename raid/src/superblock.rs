@@ -95,7 +95,7 @@ pub struct SlotEntry {
 }
 
 /// Decoded superblock.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Superblock {
     /// Array identity.
     pub array_uuid: [u8; 16],
