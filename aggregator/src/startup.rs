@@ -284,6 +284,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                         .expect("plan saw every seed member");
                     match isus.open(&at.at).await {
                         Ok(r) => {
+                            info!(array = %a.name, disk = %at.at, paths = r.portals.len(), identity = %at.identity, "disk reached");
                             devices.push(r.device.clone() as SharedDevice);
                             reached.push(r);
                         }
