@@ -14,61 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockdev::SharedDevice;
-use head::{open, runtime, verify_all, write_all, Rig, RigSpec, Writer, RUNS};
+use head::{
+    array_state, in_sync, isu_state, open, runtime, status, until, verify_all, write_all, Rig,
+    RigSpec, Writer, RUNS,
+};
 use serde_json::Value;
-
-/// `opie status --json`: its exit code must be 0; the status object.
-fn status(rig: &Rig) -> Value {
-    let (code, out) = rig.admin(&["status", "--json"]);
-    assert_eq!(code, Some(0), "opie status: {out}");
-    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(v["result"]["type"], "status", "{v}");
-    v["result"].clone()
-}
-
-fn array_state(s: &Value) -> String {
-    s["arrays"][0]["state"].as_str().unwrap().to_string()
-}
-
-fn isu_state(s: &Value, isu: &str) -> String {
-    s["isus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == isu)
-        .unwrap_or_else(|| panic!("no {isu} in {s}"))["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// The ISUs of the array's members in sync.
-fn in_sync(s: &Value) -> Vec<String> {
-    s["arrays"][0]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["state"] == "in-sync")
-        .map(|m| m["isu"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Polls status until `done` holds, for at most `secs`; the status then.
-fn until(rig: &Rig, secs: u64, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let s = status(rig);
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < end,
-            "{what}: not within {secs} s; last status: {s:#}\nhead log:\n{}",
-            std::fs::read_to_string(rig.head_log()).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn events(s: &Value) -> String {
     s["events"]

@@ -24,11 +24,11 @@ fn sigterm_closes_clean_and_a_restart_reassembles_the_same_data() {
     let rt = runtime();
     let mut head = rig.head();
     // ISU 2's disk was found by its identity (SendTargets, REPORT LUNS,
-    // VPD), ISU 0's reached with CHAP.
+    // VPD: the survey of every ISU), ISU 0's reached with CHAP.
     let log = std::fs::read_to_string(rig.head_log()).unwrap();
     assert!(
         log.contains(&format!(
-            "disk found identity={ISU2_DISK} member=isu2:iqn.2026-01.org.opie.test:isu2:d0/0"
+            "disk reached array=a0 disk=isu2:iqn.2026-01.org.opie.test:isu2:d0/0 paths=2 identity={ISU2_DISK}"
         )),
         "{log}"
     );

@@ -219,9 +219,12 @@ impl std::fmt::Display for Member {
 pub struct ArrayConfig {
     /// Its name in this file.
     pub name: String,
-    /// Its members, in slot order at creation.
+    /// Its seed members: the array is created over them, in this slot
+    /// order, on the first start; later they only identify the array (its
+    /// uuid on their superblocks), and its members are what its newest
+    /// superblock lists, wherever they are ([`crate::startup::plan`]).
     pub members: Vec<Member>,
-    /// Its hot spares.
+    /// Its hot spares at creation (seed, as `members`).
     pub spares: Vec<Member>,
     /// Chunk size in bytes (a multiple of the members' block size).
     pub chunk_bytes: u64,

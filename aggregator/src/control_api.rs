@@ -390,7 +390,7 @@ impl HeadControl {
             )));
         }
         for d in self.live.remove_isu(isu) {
-            d.reached.log_out().await;
+            let _ = d.reached.log_out().await;
         }
         self.live.events.record(EventLevel::Info, isu, "removed");
         Ok(Reply::Done {

@@ -25,6 +25,15 @@ use crate::volumes::{VolumeError, Volumes};
 /// How often the monitor drives the arrays' maintenance and looks at
 /// their states.
 const MONITOR_EVERY: Duration = Duration::from_secs(1);
+/// How long the stop waits for the clients' sessions to drain and the
+/// exports to flush (I/O to members that do not answer waits for their
+/// `member_timeout`).
+const DRAIN_BOUND: Duration = Duration::from_secs(5);
+/// How long the stop waits for a control request being answered.
+const CONTROL_BOUND: Duration = Duration::from_secs(2);
+/// How long closing one array (flush, clean superblocks) may take at the
+/// stop.
+const CLOSE_BOUND: Duration = Duration::from_secs(5);
 
 /// Why the head stopped with an error; each variant is its own subsystem's.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,12 @@ pub enum HeadError {
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] control::ServerError),
+    /// The clients' sessions did not drain and flush within the bound at the
+    /// stop: they were dropped. Writes acknowledged as durable (FUA, or
+    /// before a SYNCHRONIZE CACHE that succeeded) are on the members; the
+    /// arrays are closed as usual after it.
+    #[error("sessions not drained and flushed within {0:?} at the stop")]
+    Drain(Duration),
     /// An array could not be closed cleanly at the stop (it resyncs at the
     /// next assembly).
     #[error("array {array:?}: close at shutdown: {message}")]
@@ -78,25 +93,28 @@ pub async fn run(
             r = startup::bring_up(&isus, a) => match r {
                 Ok(r) => up.push(r),
                 Err(e) => {
-                    control.stop().await;
+                    stop_control(control).await;
                     return Err(e.into());
                 }
             },
             _ = &mut shutdown => {
                 info!(array = %a.name, "stopped while waiting for members");
-                control.stop().await;
+                stop_control(control).await;
                 return close_all(up).await;
             }
         }
     }
     let mut reached_since = Vec::new();
     let result = serve(cfg, &up, state_dir, shutdown, &control, &mut reached_since).await;
-    control.stop().await;
+    stop_control(control).await;
     let closed = close_all(up).await;
     // Disks reached while serving (added ISUs, replacements, grown-in
     // members): logged out of once the arrays above them are closed.
     for r in reached_since {
-        r.log_out().await;
+        let unclean = r.log_out().await;
+        if !unclean.is_empty() {
+            warn!(disk = %r.device_identity(), portals = ?unclean, "sessions not logged out cleanly (no answer): dropped");
+        }
     }
     result?;
     closed
@@ -146,32 +164,81 @@ async fn serve(
     let at_start = live.disks().len();
     let monitor = tokio::spawn(monitor::run(live.clone(), control.tasks(), MONITOR_EVERY));
     control.ready(Arc::new(HeadControl::new(live.clone(), control.tasks())));
-    let result = server.run(shutdown).await;
+    // Every step of the stop is bounded: the drain here, then each array's
+    // close and logouts (close_all).
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.notify_one();
+        }
+    };
+    let result = tokio::select! {
+        r = server.run(signalled) => r.map_err(HeadError::from),
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(DRAIN_BOUND).await;
+        } => {
+            warn!(bound = ?DRAIN_BOUND, "sessions not drained and flushed within the bound (members not answering?): dropped; what they had not acknowledged is lost to them, what the arrays hold unflushed is replayed or resynced at the next assembly");
+            Err(HeadError::Drain(DRAIN_BOUND))
+        }
+    };
     monitor.abort();
     reached_since.extend(live.disks().into_iter().skip(at_start).map(|d| d.reached));
-    Ok(result?)
+    result
+}
+
+/// Stops the control socket, waiting at most [`CONTROL_BOUND`] for a
+/// request being answered.
+async fn stop_control(control: ControlSocket) {
+    if tokio::time::timeout(CONTROL_BOUND, control.stop())
+        .await
+        .is_err()
+    {
+        warn!(bound = ?CONTROL_BOUND, "control socket request still running at the stop: dropped");
+    }
 }
 
 /// Flushes and closes every array (clean on its members), stops its
-/// maintenance, and logs out of the ISUs.
+/// maintenance, and logs out of the ISUs. Each close is bounded by
+/// [`CLOSE_BOUND`] and each disk's logouts by
+/// [`crate::reach::LOGOUT_BOUND`]: members that do not answer are given up
+/// on and named in the log; the array is then not marked clean, and the
+/// next assembly replays its journal and resyncs.
 async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
     let mut first = None;
     for a in up {
         a.maintenance.abort();
-        match a.array.close().await {
-            Ok(()) => info!(array = %a.name, "array flushed and closed clean"),
-            Err(e) => {
-                warn!(array = %a.name, error = %e, "array not closed clean");
+        let message = match tokio::time::timeout(CLOSE_BOUND, a.array.close()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "not closed within {CLOSE_BOUND:?} (members not answering)"
+            )),
+        };
+        match message {
+            None => info!(array = %a.name, "array flushed and closed clean"),
+            Some(message) => {
+                warn!(array = %a.name, error = %message, "array not closed clean: the next assembly replays its journal and resyncs");
                 first.get_or_insert(HeadError::Close {
                     array: a.name.clone(),
-                    message: e.to_string(),
+                    message,
                 });
             }
         }
+        let mut unclean = Vec::new();
         for r in &a.reached {
-            r.log_out().await;
+            let u = r.log_out().await;
+            if !u.is_empty() {
+                unclean.push(format!("{} via {u:?}", r.device_identity()));
+            }
         }
-        info!(array = %a.name, "logged out of its members");
+        if unclean.is_empty() {
+            info!(array = %a.name, "logged out of its members");
+        } else {
+            warn!(array = %a.name, "sessions dropped without a logout (no answer): {}", unclean.join("; "));
+        }
     }
     first.map_or(Ok(()), Err)
 }

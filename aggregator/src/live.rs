@@ -12,7 +12,7 @@ use multipath::MultipathDevice;
 use raid::{MemberView, RaidArray};
 use volume::Pool;
 
-use crate::config::{HeadConfig, IsuConfig, Member, MemberRef};
+use crate::config::{HeadConfig, IsuConfig, MemberRef};
 use crate::events::EventLog;
 use crate::pace::ReshapePace;
 use crate::reach::{Isus, ReachError, Reached};
@@ -54,8 +54,8 @@ pub struct LiveArray {
     pub name: String,
     /// The array.
     pub array: RaidArray,
-    /// The ISU of each configured member slot, where the config names it
-    /// (for a slot whose device is missing).
+    /// The ISU of each member slot's device as found at the start (for a
+    /// slot whose device is missing).
     pub slot_isus: Vec<Option<String>>,
     /// The volumes carved from it.
     pub pool: Option<Pool>,
@@ -109,34 +109,15 @@ impl Live {
         }
         let arrays = up
             .iter()
-            .map(|a| {
-                let slot_isus = cfg
-                    .arrays
+            .map(|a| LiveArray {
+                name: a.name.clone(),
+                array: a.array.clone(),
+                slot_isus: a.slot_isus.clone(),
+                pool: pools
                     .iter()
-                    .find(|c| c.name == a.name)
-                    .map(|c| {
-                        c.members
-                            .iter()
-                            .map(|m| match m {
-                                Member::Lun(r) => Some(r.isu.clone()),
-                                Member::Identity(id) => disks
-                                    .iter()
-                                    .find(|d| d.identity() == id)
-                                    .map(|d| d.isu.clone()),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                LiveArray {
-                    name: a.name.clone(),
-                    array: a.array.clone(),
-                    slot_isus,
-                    pool: pools
-                        .iter()
-                        .find(|(n, _)| *n == a.name)
-                        .map(|(_, p)| p.clone()),
-                    reshape_pace: Arc::default(),
-                }
+                    .find(|(n, _)| *n == a.name)
+                    .map(|(_, p)| p.clone()),
+                reshape_pace: Arc::default(),
             })
             .collect();
         Live {

@@ -36,6 +36,94 @@ const REINSTATE: ReinstateConfig = ReinstateConfig {
 /// when the member has failed.
 const NO_PATH_BOUND: Duration = Duration::from_secs(1);
 
+/// How long the logouts from one disk's sessions may take at the stop.
+pub const LOGOUT_BOUND: Duration = Duration::from_secs(2);
+
+/// How long the survey waits for one ISU's answers (discovery, and the
+/// identity and superblock of each of its LUNs).
+pub const SURVEY_BOUND: Duration = Duration::from_secs(5);
+
+/// A disk seen by [`Isus::survey`].
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Where it is.
+    pub at: MemberRef,
+    /// Its identity (VPD pages 80h and 83h).
+    pub identity: DeviceIdentity,
+    /// What its first blocks hold.
+    pub metadata: Metadata,
+}
+
+/// What a disk seen by [`Isus::survey`] holds where a RAID superblock
+/// would be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Metadata {
+    /// Read, and no valid superblock there: a blank disk.
+    Blank,
+    /// Its newest valid superblock.
+    Superblock(raid::superblock::Superblock),
+    /// Not read (why): neither blank nor a member as far as the head knows.
+    Unreadable(String),
+}
+
+impl Seen {
+    /// Its newest valid superblock, if it was read and carries one.
+    pub fn superblock(&self) -> Option<&raid::superblock::Superblock> {
+        match &self.metadata {
+            Metadata::Superblock(sb) => Some(sb),
+            _ => None,
+        }
+    }
+}
+
+/// Runs a command built by `cmd` on `s`, again after a unit attention
+/// (the first command after a login reports one), and wants GOOD status.
+async fn ask(s: &PipelinedSession, cmd: impl Fn() -> Command) -> Result<Vec<u8>, String> {
+    for _ in 0..4 {
+        let r = s.command(cmd()).await.map_err(|e| e.to_string())?;
+        if r.is_good() {
+            return Ok(r.data);
+        }
+        if !r.is_unit_attention() {
+            return Err(format!(
+                "status {:#04x}, sense {:02x?}",
+                r.status,
+                &r.sense[..]
+            ));
+        }
+    }
+    Err("unit attention after unit attention".into())
+}
+
+/// The newest valid superblock of `lun` on `s` (READ CAPACITY for the
+/// block size, then both copies), `None` on a disk that carries none.
+async fn read_superblock(
+    s: &PipelinedSession,
+    lun: u64,
+) -> Result<Option<raid::superblock::Superblock>, String> {
+    let cap = ask(s, || Command::read(lun, &cdb::read_capacity16(), 32)).await?;
+    let cap = cdb::parse_capacity(&cap).ok_or("READ CAPACITY: bad answer")?;
+    let blocks = 2 * raid::superblock::Superblock::blocks(cap.block_size) as u32;
+    let len = blocks * cap.block_size;
+    let data = ask(s, || Command::read(lun, &cdb::read16(0, blocks), len)).await?;
+    if data.len() < len as usize {
+        return Err(format!(
+            "READ of the superblocks: {} of {len} bytes",
+            data.len()
+        ));
+    }
+    Ok(raid::superblock::newest_in(&data, cap.block_size).ok())
+}
+
+/// What [`Isus::survey`] saw of the ISUs.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    /// Every LUN of the ISUs that answered.
+    pub seen: Vec<Seen>,
+    /// `isu: why` for each ISU that did not.
+    pub unreachable: Vec<String>,
+}
+
 /// Why a member could not be reached, or the ISUs' secrets not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ReachError {
@@ -89,12 +177,35 @@ pub struct Reached {
 impl Reached {
     /// Logs out of every session to the member (after the array above it
     /// was closed): the ISU sees orderly logouts, not dropped connections.
-    pub async fn log_out(&self) {
-        for (p, addr) in self.paths.iter().zip(&self.portals) {
-            if let Err(e) = p.iscsi().session().log_out().await {
-                debug!(portal = %addr, error = %e, "logout failed (the session is gone)");
+    /// Bounded by [`LOGOUT_BOUND`] (the sessions' logouts run side by
+    /// side): a session whose ISU does not answer (gone, or still being
+    /// logged in again) is dropped instead. Returns the portals whose
+    /// session was not logged out cleanly.
+    pub async fn log_out(&self) -> Vec<SocketAddr> {
+        let deadline = tokio::time::Instant::now() + LOGOUT_BOUND;
+        let mut tasks: Vec<_> = self
+            .paths
+            .iter()
+            .map(|p| {
+                let p = p.clone();
+                tokio::spawn(async move { p.iscsi().session().log_out().await })
+            })
+            .collect();
+        let mut unclean = Vec::new();
+        for (t, addr) in tasks.iter_mut().zip(&self.portals) {
+            match tokio::time::timeout_at(deadline, &mut *t).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    debug!(portal = %addr, error = %e, "logout failed (the session is gone)")
+                }
+                Ok(Err(e)) => debug!(portal = %addr, error = %e, "logout task ended"),
+                Err(_) => {
+                    t.abort();
+                    unclean.push(*addr);
+                }
             }
         }
+        unclean
     }
 }
 
@@ -220,6 +331,128 @@ impl Isus {
         })
     }
 
+    /// Every LUN of every configured ISU with its identity and its newest
+    /// RAID superblock, if it carries one: SendTargets on one portal of
+    /// each ISU, then on one session per target REPORT LUNS, the identity
+    /// VPD pages, READ CAPACITY and a read of the superblock copies. An ISU
+    /// that does not answer within [`SURVEY_BOUND`] is listed in
+    /// [`Survey::unreachable`] with why.
+    pub async fn survey(&self) -> Survey {
+        let mut out = Survey::default();
+        let mut isus: Vec<(&String, &Vec<SocketAddr>)> = self.portals.iter().collect();
+        isus.sort();
+        for (isu, portals) in isus {
+            match tokio::time::timeout(SURVEY_BOUND, self.survey_isu(isu, portals)).await {
+                Ok(Ok(seen)) => out.seen.extend(seen),
+                Ok(Err(why)) => out.unreachable.push(format!("{isu}: {why}")),
+                Err(_) => out
+                    .unreachable
+                    .push(format!("{isu}: no answer within {SURVEY_BOUND:?}")),
+            }
+        }
+        out
+    }
+
+    /// The disks of `isu`, by the first of `portals` that answers.
+    async fn survey_isu(&self, isu: &str, portals: &[SocketAddr]) -> Result<Vec<Seen>, String> {
+        let mut reasons = Vec::new();
+        for &addr in portals {
+            let targets = match self.send_targets(isu, addr).await {
+                Ok(t) => t,
+                Err(e) => {
+                    reasons.push(format!("{addr}: discovery: {e}"));
+                    continue;
+                }
+            };
+            let mut seen = Vec::new();
+            let mut whole = true;
+            for t in targets {
+                match self.survey_target(isu, addr, &t).await {
+                    Ok(s) => seen.extend(s),
+                    Err(e) => {
+                        reasons.push(format!("{addr} {t}: {e}"));
+                        whole = false;
+                        break;
+                    }
+                }
+            }
+            if whole {
+                return Ok(seen);
+            }
+        }
+        Err(if reasons.is_empty() {
+            "no portal".into()
+        } else {
+            reasons.join("; ")
+        })
+    }
+
+    /// The LUNs of `target` at `addr`: identity and superblock of each.
+    async fn survey_target(
+        &self,
+        isu: &str,
+        addr: SocketAddr,
+        target: &str,
+    ) -> Result<Vec<Seen>, initiator_iscsi::Error> {
+        let (s, luns) = self.probe(isu, addr, target).await?;
+        let mut seen = Vec::new();
+        for (lun, identity) in luns {
+            let metadata = match read_superblock(&s, lun).await {
+                Ok(Some(sb)) => Metadata::Superblock(sb),
+                Ok(None) => Metadata::Blank,
+                Err(why) => Metadata::Unreadable(why),
+            };
+            seen.push(Seen {
+                at: MemberRef {
+                    isu: isu.to_string(),
+                    target: target.to_string(),
+                    lun,
+                },
+                identity,
+                metadata,
+            });
+        }
+        let _ = s.logout().await;
+        Ok(seen)
+    }
+
+    /// A session of its own to `target` at `addr` (no reinstatement), and
+    /// the target's LUNs (REPORT LUNS) with their identities (VPD 80h and
+    /// 83h; a LUN without one is left out).
+    async fn probe(
+        &self,
+        isu: &str,
+        addr: SocketAddr,
+        target: &str,
+    ) -> Result<(PipelinedSession, Vec<(u64, DeviceIdentity)>), initiator_iscsi::Error> {
+        let reinstate = ReinstateConfig {
+            attempts: 0,
+            ..ReinstateConfig::default()
+        };
+        let s = PipelinedSession::connect_with(
+            addr,
+            self.login(isu, Some(target)),
+            PipelineConfig::default(),
+            reinstate,
+        )
+        .await?;
+        let report = s
+            .command(Command::read(0, &cdb::report_luns(4096), 4096))
+            .await?;
+        let mut luns = Vec::new();
+        for lun in cdb::parse_report_luns(&report.data) {
+            let vpd = |page| Command::read(lun, &cdb::inquiry_vpd(page, 1024), 1024);
+            let (Ok(p80), Ok(p83)) = (s.command(vpd(0x80)).await, s.command(vpd(0x83)).await)
+            else {
+                continue;
+            };
+            if let Ok(identity) = identity_from_vpd(&p80.data, &p83.data) {
+                luns.push((lun, identity));
+            }
+        }
+        Ok((s, luns))
+    }
+
     /// The targets `isu` offers this initiator, by SendTargets on each of
     /// its portals until one answers (for the control API's `ISU` and
     /// `ISU/DISK` members).
@@ -262,34 +495,9 @@ impl Isus {
         target: &str,
         id: &DeviceIdentity,
     ) -> Result<Option<u64>, initiator_iscsi::Error> {
-        let reinstate = ReinstateConfig {
-            attempts: 0,
-            ..ReinstateConfig::default()
-        };
-        let s = PipelinedSession::connect_with(
-            addr,
-            self.login(isu, Some(target)),
-            PipelineConfig::default(),
-            reinstate,
-        )
-        .await?;
-        let report = s
-            .command(Command::read(0, &cdb::report_luns(4096), 4096))
-            .await?;
-        let mut found = None;
-        for lun in cdb::parse_report_luns(&report.data) {
-            let vpd = |page| Command::read(lun, &cdb::inquiry_vpd(page, 1024), 1024);
-            let (Ok(p80), Ok(p83)) = (s.command(vpd(0x80)).await, s.command(vpd(0x83)).await)
-            else {
-                continue;
-            };
-            if identity_from_vpd(&p80.data, &p83.data).is_ok_and(|i| &i == id) {
-                found = Some(lun);
-                break;
-            }
-        }
+        let (s, luns) = self.probe(isu, addr, target).await?;
         let _ = s.logout().await;
-        Ok(found)
+        Ok(luns.into_iter().find(|(_, i)| i == id).map(|(lun, _)| lun))
     }
 
     /// Logs in to `m` on every portal of its ISU and opens the LUN on each;

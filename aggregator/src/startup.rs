@@ -3,18 +3,28 @@
 //! the same ISUs can), or create it when no member carries a superblock
 //! (the first start), never over an existing array.
 //!
+//! `head.toml`'s members and spares are the array's seed: they create it,
+//! and at every start they find which array it is (its uuid, on their
+//! superblocks). Which disks are its members then comes from the newest
+//! superblock found on any LUN of any configured ISU ([`plan`]), so a hot
+//! spare pulled in, an online replace or a grow survive a restart with
+//! `head.toml` unchanged, and a retired or replaced disk is never taken
+//! back.
+//!
 //! The wait has no timeout: a head whose ISUs are not up keeps waiting and
 //! says who is missing, rather than giving up silently.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockdev::SharedDevice;
+use blockdev::{DeviceIdentity, SharedDevice};
+use raid::superblock::{SlotEntry, SlotState, Superblock, FLAG_REPLACE, RETIRED, SPARE};
 use raid::{AssembleOptions, RaidArray, RaidError, SystemClock};
 use tracing::{info, warn};
 
-use crate::config::ArrayConfig;
-use crate::reach::{Isus, ReachError, Reached};
+use crate::config::{ArrayConfig, Member};
+use crate::reach::{Isus, Metadata, ReachError, Reached, Seen};
 
 /// Pause between two attempts to reach the missing members.
 const RETRY: Duration = Duration::from_secs(1);
@@ -48,15 +58,6 @@ pub enum StartError {
         /// What the RAID engine refused.
         source: RaidError,
     },
-    /// Some members carry a superblock and others, reachable, do not: the
-    /// head never creates over an existing array; assemble refused it.
-    #[error("array {array:?}: {message}")]
-    Refused {
-        /// The array.
-        array: String,
-        /// Why.
-        message: String,
-    },
 }
 
 /// An array brought up, with the devices it runs on.
@@ -68,6 +69,8 @@ pub struct ArrayUp {
     pub array: RaidArray,
     /// Its members and spares as reached (their paths).
     pub reached: Vec<Reached>,
+    /// The ISU of each member slot's device, where it was seen.
+    pub slot_isus: Vec<Option<String>>,
     /// The background maintenance (spares, rebuild, reshape).
     pub maintenance: tokio::task::JoinHandle<()>,
 }
@@ -93,137 +96,425 @@ fn raid_config(a: &ArrayConfig, block_size: u32) -> raid::Config {
     }
 }
 
+/// Which disks make up an array, decided from what a survey saw
+/// ([`plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// No seed disk carrying a superblock was seen and a seed member was
+    /// not seen: nothing can be decided yet.
+    Unknown,
+    /// First start: every seed member was seen and no seed disk carries a
+    /// superblock: the array is created over the seed members.
+    Create,
+    /// An existing array, as its newest superblock describes it.
+    Assemble(Assembly),
+}
+
+/// An existing array found on the ISUs ([`Plan::Assemble`]); indices are
+/// into the survey's disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembly {
+    /// The array's uuid.
+    pub uuid: [u8; 16],
+    /// The event count of its newest superblock seen: the truth.
+    pub events: u64,
+    /// Each slot of that superblock's member table, with the disk seen
+    /// carrying its device.
+    pub slots: Vec<(SlotEntry, Option<usize>)>,
+    /// Disks whose superblock makes them spares of the array.
+    pub spares: Vec<usize>,
+    /// The replacement of a replace in progress.
+    pub replacement: Option<usize>,
+    /// Disks naming the array that its newest member table does not list
+    /// (retired after a replace, failed and replaced by a spare): never
+    /// assembled; with why.
+    pub stale: Vec<(usize, String)>,
+}
+
+impl Assembly {
+    /// Slots whose device was not seen and is expected (not failed).
+    pub fn missing(&self) -> Vec<(u32, [u8; 16])> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, (e, at))| at.is_none() && e.state != SlotState::Faulty)
+            .map(|(i, (e, _))| (i as u32, e.device))
+            .collect()
+    }
+
+    /// Slots the newest table marks failed.
+    pub fn failed(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|(e, _)| e.state == SlotState::Faulty)
+            .count()
+    }
+
+    /// The disks to assemble from: the slots' seen, the spares, the
+    /// replacement.
+    pub fn disks(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .filter_map(|(_, at)| *at)
+            .chain(self.spares.iter().copied())
+            .chain(self.replacement)
+            .collect()
+    }
+}
+
+/// Whether `seen` is the disk the config entry `m` names.
+fn is(m: &Member, seen: &Seen) -> bool {
+    match m {
+        Member::Lun(r) => seen.at == *r,
+        Member::Identity(id) => seen.identity == *id,
+    }
+}
+
+/// Decides from the disks a survey saw which make up array `a`. Its
+/// `members` and `spares` are only the seed: the array is the one most
+/// seed disks carrying a superblock name (ties: the newest); then every disk
+/// naming that array is looked at, wherever it is, and the newest
+/// superblock (highest event count) says which device is in which slot,
+/// which are spares, and which is a running replace's target. A disk
+/// naming the array but absent from that table is stale.
+pub fn plan(a: &ArrayConfig, seen: &[Seen]) -> Plan {
+    let seeds: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| a.members.iter().chain(&a.spares).any(|m| is(m, s)))
+        .collect();
+    let mut votes: BTreeMap<[u8; 16], (usize, u64)> = BTreeMap::new();
+    for sb in seeds.iter().filter_map(|s| s.superblock()) {
+        let v = votes.entry(sb.array_uuid).or_default();
+        v.0 += 1;
+        v.1 = v.1.max(sb.events);
+    }
+    let Some((&uuid, _)) = votes.iter().max_by_key(|(_, v)| **v) else {
+        // Created only over seed members all seen and read blank.
+        let all_blank = a.members.iter().all(|m| {
+            seen.iter()
+                .any(|s| is(m, s) && s.metadata == Metadata::Blank)
+        });
+        return if all_blank {
+            Plan::Create
+        } else {
+            Plan::Unknown
+        };
+    };
+    let ours: Vec<(usize, &Superblock)> = seen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.superblock().map(|sb| (i, sb)))
+        .filter(|(_, sb)| sb.array_uuid == uuid)
+        .collect();
+    let newest = ours
+        .iter()
+        .map(|(_, sb)| *sb)
+        .max_by_key(|sb| sb.events)
+        .expect("a seed voted for it");
+    let width = (newest.members.max(newest.reshape_members) as usize).min(newest.slots.len());
+    let table = &newest.slots[..width];
+    let slots = table
+        .iter()
+        .map(|e| {
+            let at = ours
+                .iter()
+                .find(|(i, _)| seen[*i].identity.uuid == e.device)
+                .map(|(i, _)| *i);
+            (*e, at)
+        })
+        .collect();
+    let replacing = newest.flags & FLAG_REPLACE != 0;
+    let mut plan = Assembly {
+        uuid,
+        events: newest.events,
+        slots,
+        spares: Vec::new(),
+        replacement: None,
+        stale: Vec::new(),
+    };
+    for &(i, sb) in &ours {
+        let id = seen[i].identity.uuid;
+        if table.iter().any(|e| e.device == id) {
+            continue;
+        }
+        if replacing && newest.replace_device == id {
+            plan.replacement = Some(i);
+        } else if sb.role == SPARE {
+            plan.spares.push(i);
+        } else if sb.role == RETIRED {
+            plan.stale
+                .push((i, "retired from the array when its replace finished".into()));
+        } else {
+            plan.stale.push((
+                i,
+                format!(
+                    "was in slot {} at event {}; the newest member table (event {}) lists another device there: failed and replaced, or retired",
+                    sb.role, sb.events, newest.events
+                ),
+            ));
+        }
+    }
+    Plan::Assemble(plan)
+}
+
 /// Waits until enough members of `a` are reachable, then assembles it (or
-/// creates it on first start) and starts its maintenance.
+/// creates it on first start) and starts its maintenance. Every start
+/// surveys every LUN of every configured ISU ([`Isus::survey`]): the
+/// members come from their superblocks ([`plan`]), `a`'s members and
+/// spares are the seed that finds the array (and creates it the first
+/// time).
 pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartError> {
-    let n = a.members.len();
-    let mut members: Vec<Option<Reached>> = vec![None; n];
     let started = tokio::time::Instant::now();
     let mut last_log: Option<tokio::time::Instant> = None;
     let mut degraded_since: Option<tokio::time::Instant> = None;
-    loop {
-        let mut missing = Vec::new();
-        for (m, slot) in a.members.iter().zip(members.iter_mut()) {
-            if slot.is_some() {
-                continue;
-            }
-            match isus.open_member(m).await {
-                Ok(r) => {
-                    info!(array = %a.name, member = %m, paths = r.portals.len(), identity = %r.device_identity(), "member reached");
-                    *slot = Some(r);
-                }
-                Err(e @ ReachError::Unreachable { .. }) => missing.push(e.to_string()),
-                Err(source) => {
-                    return Err(StartError::Reach {
-                        array: a.name.clone(),
-                        source,
-                    })
-                }
-            }
-        }
-        let now = tokio::time::Instant::now();
-        if missing.is_empty() {
-            break;
-        }
-        if a.allow_degraded_start && missing.len() == 1 {
-            let since = *degraded_since.get_or_insert(now);
-            if now - since >= DEGRADED_GRACE {
-                // Only an existing array starts degraded: a new one is
-                // created over all its members.
-                if any_superblock(members.iter().flatten()).await {
-                    warn!(array = %a.name, missing = %missing[0], "starting degraded (allow_degraded_start)");
-                    break;
-                }
-            }
-        }
-        if last_log.is_none_or(|t| now - t >= LOG_EVERY) {
-            last_log = Some(now);
-            let need = if a.allow_degraded_start { n - 1 } else { n };
-            warn!(
-                array = %a.name,
-                reachable = n - missing.len(),
-                need,
-                waited_s = (now - started).as_secs(),
-                "waiting for members: {}",
-                missing.join(" | ")
-            );
-        }
-        tokio::time::sleep(RETRY).await;
-    }
-    let mut spares = Vec::new();
-    for s in &a.spares {
-        match isus.open_member(s).await {
-            Ok(r) => spares.push(r),
-            Err(e) => {
-                warn!(array = %a.name, spare = %s, error = %e, "spare not reachable; going on without it")
-            }
-        }
-    }
-    let reached: Vec<Reached> = members.into_iter().flatten().collect();
-    let devices: Vec<SharedDevice> = reached
-        .iter()
-        .map(|r| r.device.clone() as SharedDevice)
-        .collect();
-    let spare_devices: Vec<SharedDevice> = spares
-        .iter()
-        .map(|r| r.device.clone() as SharedDevice)
-        .collect();
-    let block_size = devices[0].geometry().block_size;
-    let cfg = raid_config(a, block_size);
+    let mut stale_logged = false;
+    let clock = Arc::new(SystemClock::new());
     let raid_err = |source| StartError::Raid {
         array: a.name.clone(),
         source,
     };
-    let existing = any_superblock(reached.iter().chain(&spares)).await;
-    let clock = Arc::new(SystemClock::new());
-    let array = if !existing && devices.len() == n {
-        info!(array = %a.name, members = n, chunk_bytes = a.chunk_bytes, journal = a.journal, "no member carries a superblock: creating the array");
-        RaidArray::create(devices, spare_devices, cfg, clock)
-            .await
-            .map_err(raid_err)?
-    } else if !existing {
-        return Err(StartError::Refused {
-            array: a.name.clone(),
-            message: "no member carries a superblock and one is missing: an array is created only over all its members".into(),
-        });
-    } else {
-        let all: Vec<SharedDevice> = devices.into_iter().chain(spare_devices).collect();
-        let (array, report) = RaidArray::assemble(all, cfg, clock, AssembleOptions::default())
-            .await
-            .map_err(raid_err)?;
-        for (id, why) in &report.refused {
-            warn!(array = %a.name, device = %id, "not used: {why}");
+    loop {
+        let survey = isus.survey().await;
+        let seen = &survey.seen;
+        let now = tokio::time::Instant::now();
+        let waiting: Vec<String> = match plan(a, seen) {
+            Plan::Create => {
+                let mut devices = Vec::new();
+                let mut reached = Vec::new();
+                let mut missing = Vec::new();
+                for m in &a.members {
+                    let at = seen
+                        .iter()
+                        .find(|s| is(m, s))
+                        .expect("plan saw every seed member");
+                    match isus.open(&at.at).await {
+                        Ok(r) => {
+                            info!(array = %a.name, disk = %at.at, paths = r.portals.len(), identity = %at.identity, "disk reached");
+                            devices.push(r.device.clone() as SharedDevice);
+                            reached.push(r);
+                        }
+                        Err(e @ ReachError::Unreachable { .. }) => missing.push(e.to_string()),
+                        Err(source) => {
+                            return Err(StartError::Reach {
+                                array: a.name.clone(),
+                                source,
+                            })
+                        }
+                    }
+                }
+                if missing.is_empty() {
+                    let mut spares = Vec::new();
+                    for m in &a.spares {
+                        let Some(at) = seen.iter().find(|s| is(m, s)) else {
+                            warn!(array = %a.name, spare = %m, "spare not reachable; going on without it");
+                            continue;
+                        };
+                        match isus.open(&at.at).await {
+                            Ok(r) => spares.push(r),
+                            Err(e) => {
+                                warn!(array = %a.name, spare = %m, error = %e, "spare not reachable; going on without it")
+                            }
+                        }
+                    }
+                    let n = devices.len();
+                    let cfg = raid_config(a, devices[0].geometry().block_size);
+                    info!(array = %a.name, members = n, chunk_bytes = a.chunk_bytes, journal = a.journal, "no member carries a superblock: creating the array");
+                    let spare_devices = spares
+                        .iter()
+                        .map(|r| r.device.clone() as SharedDevice)
+                        .collect();
+                    let array = RaidArray::create(devices, spare_devices, cfg, clock.clone())
+                        .await
+                        .map_err(raid_err)?;
+                    let slot_isus = a
+                        .members
+                        .iter()
+                        .map(|m| seen.iter().find(|s| is(m, s)).map(|s| s.at.isu.clone()))
+                        .collect();
+                    reached.extend(spares);
+                    return Ok(up(a, array, reached, slot_isus));
+                }
+                for r in reached {
+                    let _ = r.log_out().await;
+                }
+                missing
+            }
+            Plan::Unknown => a
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let why = match (seen.iter().find(|s| is(m, s)), m) {
+                        (
+                            Some(Seen {
+                                metadata: Metadata::Unreadable(why),
+                                ..
+                            }),
+                            _,
+                        ) => {
+                            format!("its superblock unread: {why}")
+                        }
+                        (Some(_), _) => return None,
+                        (None, Member::Identity(_)) => "no LUN of the ISUs carries it".to_string(),
+                        (None, Member::Lun(_)) => "not among the LUNs of its ISU".to_string(),
+                    };
+                    Some(format!(
+                        "{m}: no path ({})",
+                        [why]
+                            .iter()
+                            .chain(&survey.unreachable)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))
+                })
+                .collect(),
+            Plan::Assemble(p) => {
+                if !stale_logged {
+                    stale_logged = true;
+                    for (i, why) in &p.stale {
+                        let s = &seen[*i];
+                        warn!(
+                            array = %a.name,
+                            disk = %s.at,
+                            identity = %s.identity,
+                            "stale disk of this array, not used: {why}; to reuse it, give it to `opie isu replace --with`, `opie array grow` or as a hot spare (each rewrites its metadata), or zero its first {} KiB (both superblock copies)",
+                            2 * raid::superblock::SB_BYTES / 1024
+                        );
+                    }
+                }
+                let missing = p.missing();
+                let degraded_ok = a.allow_degraded_start && missing.len() == 1 && p.failed() == 0;
+                let go = missing.is_empty()
+                    || (degraded_ok && now - *degraded_since.get_or_insert(now) >= DEGRADED_GRACE);
+                if !degraded_ok {
+                    degraded_since = None;
+                }
+                if go {
+                    if let Some((slot, dev)) = missing.first() {
+                        warn!(array = %a.name, slot, device = %DeviceIdentity::from_uuid(*dev), "starting degraded (allow_degraded_start)");
+                    }
+                    match assemble(isus, a, seen, &p, clock.clone()).await {
+                        Ok(Some(r)) => return Ok(r),
+                        Ok(None) => vec!["a disk seen went away before it was opened".into()],
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    missing
+                        .iter()
+                        .map(|(slot, dev)| {
+                            format!(
+                                "slot {slot}: device {}: no path ({})",
+                                DeviceIdentity::from_uuid(*dev),
+                                ["no LUN of the ISUs carries it".to_string()]
+                                    .iter()
+                                    .chain(&survey.unreachable)
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            )
+                        })
+                        .collect()
+                }
+            }
+        };
+        if last_log.is_none_or(|t| now - t >= LOG_EVERY) {
+            last_log = Some(now);
+            warn!(
+                array = %a.name,
+                waited_s = (now - started).as_secs(),
+                "waiting for members: {}",
+                waiting.join(" | ")
+            );
         }
-        info!(
-            array = %a.name,
-            missing_slots = ?report.missing_slots,
-            journal_replayed = report.journal_replayed,
-            resynced_rows = report.resynced_rows,
-            degraded = array.degraded(),
-            "array assembled from its members' superblocks"
-        );
-        array
-    };
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Opens the disks of `p` and assembles them; `None` when one of its
+/// members went away meanwhile (the caller surveys again).
+async fn assemble(
+    isus: &Isus,
+    a: &ArrayConfig,
+    seen: &[Seen],
+    p: &Assembly,
+    clock: Arc<SystemClock>,
+) -> Result<Option<ArrayUp>, StartError> {
+    let mut reached = Vec::new();
+    let members: Vec<usize> = p.slots.iter().filter_map(|(_, at)| *at).collect();
+    for i in p.disks() {
+        match isus.open(&seen[i].at).await {
+            Ok(r) => {
+                info!(array = %a.name, disk = %seen[i].at, paths = r.portals.len(), identity = %seen[i].identity, "disk reached");
+                reached.push(r);
+            }
+            Err(source @ ReachError::Paths { .. }) => {
+                return Err(StartError::Reach {
+                    array: a.name.clone(),
+                    source,
+                })
+            }
+            Err(e) if members.contains(&i) => {
+                warn!(array = %a.name, error = %e, "member went away before it was opened");
+                for r in reached {
+                    let _ = r.log_out().await;
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                warn!(array = %a.name, error = %e, "spare not reachable; going on without it")
+            }
+        }
+    }
+    let devices: Vec<SharedDevice> = reached
+        .iter()
+        .map(|r| r.device.clone() as SharedDevice)
+        .collect();
+    let cfg = raid_config(a, devices[0].geometry().block_size);
+    let (array, report) = RaidArray::assemble(devices, cfg, clock, AssembleOptions::default())
+        .await
+        .map_err(|source| StartError::Raid {
+            array: a.name.clone(),
+            source,
+        })?;
+    for (id, why) in &report.refused {
+        warn!(array = %a.name, device = %id, "not used: {why}");
+    }
+    info!(
+        array = %a.name,
+        uuid = %DeviceIdentity::from_uuid(p.uuid),
+        events = p.events,
+        members = p.slots.len(),
+        spares = p.spares.len(),
+        stale = p.stale.len(),
+        missing_slots = ?report.missing_slots,
+        journal_replayed = report.journal_replayed,
+        resynced_rows = report.resynced_rows,
+        degraded = array.degraded(),
+        "array assembled from its members' superblocks"
+    );
+    let slot_isus = p
+        .slots
+        .iter()
+        .map(|(_, at)| at.map(|i| seen[i].at.isu.clone()))
+        .collect();
+    Ok(Some(up(a, array, reached, slot_isus)))
+}
+
+/// The array brought up, its maintenance started.
+fn up(
+    a: &ArrayConfig,
+    array: RaidArray,
+    reached: Vec<Reached>,
+    slot_isus: Vec<Option<String>>,
+) -> ArrayUp {
     let maintenance = array.spawn_maintenance(Duration::from_secs(1));
-    let mut reached = reached;
-    reached.extend(spares);
-    Ok(ArrayUp {
+    ArrayUp {
         name: a.name.clone(),
         array,
         reached,
+        slot_isus,
         maintenance,
-    })
-}
-
-/// Whether any of `devices` carries a superblock (of any array).
-async fn any_superblock(devices: impl Iterator<Item = &Reached>) -> bool {
-    for r in devices {
-        let d: SharedDevice = r.device.clone();
-        if raid::superblock::read_newest(&d).await.is_ok() {
-            return true;
-        }
     }
-    false
 }
 
 impl Reached {
@@ -231,5 +522,178 @@ impl Reached {
     pub fn device_identity(&self) -> &blockdev::DeviceIdentity {
         use blockdev::BlockDevice;
         self.device.identity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemberRef;
+
+    fn at(isu: usize) -> MemberRef {
+        MemberRef {
+            isu: format!("isu{isu}"),
+            target: format!("iqn.x:isu{isu}:d0"),
+            lun: 0,
+        }
+    }
+
+    fn dev(n: u8) -> [u8; 16] {
+        [n; 16]
+    }
+
+    /// A superblock of array `array` at `events` with `table` (device,
+    /// state) as its member table, as written on `device` in `role`.
+    fn sb(array: u8, events: u64, table: &[(u8, SlotState)], device: u8, role: u32) -> Superblock {
+        Superblock {
+            array_uuid: [array; 16],
+            device_uuid: dev(device),
+            role,
+            events,
+            block_size: 512,
+            chunk_blocks: 64,
+            members: table.len() as u32,
+            region_rows: 8,
+            slots: table
+                .iter()
+                .map(|&(d, state)| SlotEntry {
+                    device: dev(d),
+                    state,
+                })
+                .collect(),
+            ..Superblock::default()
+        }
+    }
+
+    fn seen(isu: usize, device: u8, superblock: Option<Superblock>) -> Seen {
+        Seen {
+            at: at(isu),
+            identity: DeviceIdentity::from_uuid(dev(device)),
+            metadata: superblock.map_or(Metadata::Blank, Metadata::Superblock),
+        }
+    }
+
+    fn config(members: &[usize], spares: &[usize]) -> ArrayConfig {
+        ArrayConfig {
+            name: "a0".into(),
+            members: members.iter().map(|&i| Member::Lun(at(i))).collect(),
+            spares: spares.iter().map(|&i| Member::Lun(at(i))).collect(),
+            chunk_bytes: 32768,
+            spare_timeout: Duration::from_secs(3),
+            member_timeout: Duration::from_secs(3),
+            journal: true,
+            allow_degraded_start: false,
+        }
+    }
+
+    const A: SlotState = SlotState::Active;
+
+    /// The plan of `cfg` over `seen`, which must be an assembly.
+    fn assembly(cfg: &ArrayConfig, seen: &[Seen]) -> Assembly {
+        match plan(cfg, seen) {
+            Plan::Assemble(p) => p,
+            other => panic!("not assembled: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn blank_seeds_create_only_when_all_are_seen() {
+        let cfg = config(&[0, 1, 2], &[]);
+        let all = [seen(0, 10, None), seen(1, 11, None), seen(2, 12, None)];
+        assert_eq!(plan(&cfg, &all), Plan::Create);
+        assert_eq!(plan(&cfg, &all[..2]), Plan::Unknown);
+        // A seed whose superblock could not be read is not blank.
+        let mut unread = all.clone();
+        unread[1].metadata = Metadata::Unreadable("unit attention".into());
+        assert_eq!(plan(&cfg, &unread), Plan::Unknown);
+    }
+
+    #[test]
+    fn the_newest_table_wins_over_the_seed_and_retired_disks_are_stale() {
+        // Seed: isu0-2 (devices 10-12). Since then isu1's disk (11) was
+        // replaced by isu3's (13), which head.toml does not name; 11 was
+        // marked retired, and isu4's disk (14) is a spare added later.
+        let old = [(10, A), (11, A), (12, A)];
+        let new = [(10, A), (13, A), (12, A)];
+        let all = [
+            seen(0, 10, Some(sb(1, 9, &new, 10, 0))),
+            seen(1, 11, Some(sb(1, 8, &new, 11, RETIRED))),
+            seen(2, 12, Some(sb(1, 9, &new, 12, 2))),
+            seen(3, 13, Some(sb(1, 9, &new, 13, 1))),
+            seen(4, 14, Some(sb(1, 9, &new, 14, SPARE))),
+            // Another array's disk, and a blank one.
+            seen(5, 15, Some(sb(2, 50, &old, 15, 0))),
+            seen(6, 16, None),
+        ];
+        // The seed lists the members in another order: slots still come
+        // from the superblocks.
+        let p = assembly(&config(&[2, 1, 0], &[]), &all);
+        assert_eq!(p.uuid, [1; 16]);
+        assert_eq!(p.events, 9);
+        let slots: Vec<Option<usize>> = p.slots.iter().map(|(_, at)| *at).collect();
+        assert_eq!(slots, [Some(0), Some(3), Some(2)]);
+        assert_eq!(p.spares, [4]);
+        assert_eq!(p.stale.len(), 1);
+        assert_eq!(p.stale[0].0, 1);
+        assert!(p.missing().is_empty());
+        assert_eq!(p.disks(), [0, 3, 2, 4]);
+    }
+
+    #[test]
+    fn a_failed_member_replaced_by_a_spare_is_stale_and_its_slot_not_awaited() {
+        // isu1's disk (11) failed; the spare (13) rebuilt its slot. 11
+        // comes back with its old superblock (role 1, event 5).
+        let old = [(10, A), (11, A), (12, A)];
+        let new = [(10, A), (13, A), (12, A)];
+        let all = [
+            seen(0, 10, Some(sb(1, 20, &new, 10, 0))),
+            seen(1, 11, Some(sb(1, 5, &old, 11, 1))),
+            seen(2, 12, Some(sb(1, 20, &new, 12, 2))),
+            seen(3, 13, Some(sb(1, 20, &new, 13, 1))),
+        ];
+        let p = assembly(&config(&[0, 1, 2], &[3]), &all);
+        assert_eq!(p.disks(), [0, 3, 2]);
+        assert_eq!(p.stale.len(), 1);
+        assert!(
+            p.stale[0].1.contains("slot 1 at event 5"),
+            "{}",
+            p.stale[0].1
+        );
+        // Without the spare's ISU, slot 1 is missing; a slot marked failed
+        // is not awaited.
+        let p = assembly(&config(&[0, 1, 2], &[3]), &all[..3]);
+        assert_eq!(p.missing(), [(1, dev(13))]);
+        let failed = [(10, A), (13, SlotState::Faulty), (12, A)];
+        let all = [
+            seen(0, 10, Some(sb(1, 21, &failed, 10, 0))),
+            seen(2, 12, Some(sb(1, 21, &failed, 12, 2))),
+        ];
+        let p = assembly(&config(&[0, 1, 2], &[3]), &all);
+        assert!(p.missing().is_empty());
+        assert_eq!(p.failed(), 1);
+    }
+
+    #[test]
+    fn a_grown_member_and_a_running_replace_target_are_found_anywhere() {
+        let grown = [(10, A), (11, A), (12, A), (13, A)];
+        // Every device carries the same version, replace flag and target.
+        let replacing = |device, role| {
+            let mut s = sb(1, 30, &grown, device, role);
+            s.flags = FLAG_REPLACE;
+            s.replace_device = dev(14);
+            Some(s)
+        };
+        let all = [
+            seen(0, 10, replacing(10, 0)),
+            seen(1, 11, replacing(11, 1)),
+            seen(2, 12, replacing(12, 2)),
+            seen(3, 13, replacing(13, 3)),
+            seen(4, 14, replacing(14, raid::superblock::REPLACEMENT)),
+        ];
+        let p = assembly(&config(&[0, 1, 2], &[]), &all);
+        assert_eq!(p.slots.len(), 4);
+        assert_eq!(p.replacement, Some(4));
+        assert_eq!(p.disks(), [0, 1, 2, 3, 4]);
+        assert!(p.stale.is_empty());
     }
 }

@@ -36,7 +36,7 @@ use crate::member_io::MemberDevice;
 use crate::members::{MemberState, Meta, RebuildState, ReplaceState, Slot};
 use crate::superblock::{
     read_newest, SlotEntry, SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD,
-    FLAG_REPLACE, FLAG_RESHAPE, MAX_SLOTS, REBUILD_BITMAP, REPLACEMENT, SPARE,
+    FLAG_REPLACE, FLAG_RESHAPE, MAX_SLOTS, REBUILD_BITMAP, REPLACEMENT, RETIRED, SPARE,
 };
 
 /// Options of [`RaidArray::assemble`].
@@ -303,6 +303,13 @@ impl RaidArray {
                 } else {
                     spares.push(d.clone());
                 }
+                continue;
+            }
+            if sb.role == RETIRED {
+                report.refused.push((
+                    d.identity().clone(),
+                    "retired from this array (its replace finished)".into(),
+                ));
                 continue;
             }
             let Some(slot) = slots.get_mut(sb.role as usize).filter(|s| s.uuid == id) else {

@@ -15,7 +15,7 @@ use crate::journal::JournalHost;
 use crate::layout::Layout;
 use crate::superblock::{
     Superblock, FLAG_CLEAN, FLAG_REBUILD, FLAG_REPLACE, MAX_SLOTS, REBUILD_BITMAP, REPLACEMENT,
-    SPARE,
+    RETIRED, SPARE,
 };
 
 impl RaidArray {
@@ -82,6 +82,28 @@ impl RaidArray {
             }
         }
         self.check_alive()
+    }
+
+    /// Marks `dev`, no longer in the array, retired: the current superblock
+    /// with role [`RETIRED`] on both copies, so it still names the array
+    /// (no head takes it for a blank disk to create over) and assembly
+    /// never takes it back. Best effort: a device that does not answer is
+    /// refused at assembly anyway, its slot holding another device.
+    pub(crate) async fn retire(&self, dev: &SharedDevice) {
+        let mut sb = self.meta().sb.clone();
+        sb.role = RETIRED;
+        sb.device_uuid = dev.identity().uuid;
+        let copy = sb.encode();
+        let mut buf = copy.clone();
+        buf.extend_from_slice(&copy);
+        match dev.write(0, Bytes::from(buf), WriteFlags::FUA).await {
+            Ok(()) => {
+                tracing::info!(device = %dev.identity(), "retired device marked on its superblock")
+            }
+            Err(e) => {
+                warn!(device = %dev.identity(), error = %e, "could not mark the retired device")
+            }
+        }
     }
 
     /// Marks a slot (or spare) faulty in memory. Returns whether it changed.

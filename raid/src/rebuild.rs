@@ -24,7 +24,7 @@ use crate::members::{MemberState, RebuildState};
 
 use crate::layout::Layout;
 use crate::parity::xor_into;
-use crate::superblock::SPARE;
+use crate::superblock::{Superblock, SPARE};
 
 /// Progress of a rebuild.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,6 +176,15 @@ impl RaidArray {
                 "spare has fewer than the {need} blocks needed"
             )));
         }
+        // A superblock of an earlier life (another array, with a higher
+        // event count) must not outvote this array's on the next read.
+        let sb_blocks = 2 * Superblock::blocks(self.inner.block_size);
+        dev.write_zeroes(0, sb_blocks, false)
+            .await
+            .map_err(|e| RaidError::Member {
+                slot: SPARE,
+                source: e,
+            })?;
         self.meta().spares.push(dev);
         self.write_superblocks().await
     }

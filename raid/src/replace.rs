@@ -385,10 +385,13 @@ impl RaidArray {
             j.checkpoint(self).await?;
         }
         self.write_superblocks().await?;
+        if let Some(d) = &old {
+            self.retire(d).await;
+        }
         info!(
             slot,
             old = ?old.map(|d| d.identity().clone()),
-            "replace finished; the old member is released"
+            "replace finished; the old member is released (marked retired)"
         );
         Ok(true)
     }

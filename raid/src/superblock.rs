@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!   0 magic "OPIERAID"          8 version u32          12 crc32c u32 (of all SB_BYTES, this field 0)
-//!  16 array uuid [16]          32 device uuid [16]     48 role u32 (slot, or SPARE)
+//!  16 array uuid [16]          32 device uuid [16]     48 role u32 (slot, SPARE, REPLACEMENT or RETIRED)
 //!  52 flags u32                56 events u64           64 block size u32
 //!  68 chunk blocks u32         72 tag blocks u32       76 members u32
 //!  80 rows u64                 88 data start u64       96 bitmap start u64
@@ -40,6 +40,11 @@ pub const SPARE: u32 = u32::MAX;
 /// Role of the device a running replace copies a member onto
 /// ([`Superblock::replace_slot`] names the member).
 pub const REPLACEMENT: u32 = u32::MAX - 1;
+/// Role of a device retired from the array (the old member after a
+/// replace finished): it names the array it left, so no head mistakes it
+/// for a blank disk, and assembly never takes it back. Written on both
+/// copies, so no older version outvotes it.
+pub const RETIRED: u32 = u32::MAX - 2;
 /// Current on-disk format version (2: tag entries carry the previous
 /// checksum and tag blocks the flush epoch; version 1 arrays are refused).
 pub const VERSION: u32 = 2;
@@ -90,7 +95,7 @@ pub struct SlotEntry {
 }
 
 /// Decoded superblock.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Superblock {
     /// Array identity.
     pub array_uuid: [u8; 16],
@@ -302,6 +307,24 @@ impl Superblock {
     }
 }
 
+/// The newest valid superblock in `buf`, the first `2 * Superblock::blocks`
+/// blocks of a device of `block_size` (both copies), as
+/// [`read_newest`] reads them from a device.
+pub fn newest_in(buf: &[u8], block_size: u32) -> Result<Superblock> {
+    let n = Superblock::blocks(block_size) as usize * block_size as usize;
+    let mut best: Option<Superblock> = None;
+    let mut last_err = RaidError::BadSuperblock("no superblock".into());
+    for copy in [buf.get(..n), buf.get(n..2 * n)] {
+        match copy.map(Superblock::decode) {
+            Some(Ok(sb)) if best.as_ref().is_none_or(|b| sb.events > b.events) => best = Some(sb),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => last_err = e,
+            None => last_err = RaidError::BadSuperblock("short read".into()),
+        }
+    }
+    best.ok_or(last_err)
+}
+
 /// Reads both superblock copies of a device and returns the newest valid one.
 pub async fn read_newest(dev: &SharedDevice) -> Result<Superblock> {
     let bs = dev.geometry().block_size;
@@ -389,5 +412,20 @@ mod tests {
         assert_eq!(Superblock::blocks(512), 8);
         assert_eq!(Superblock::slot_block(512, 3), 8);
         assert_eq!(Superblock::slot_block(4096, 4), 0);
+    }
+
+    #[test]
+    fn newest_in_takes_the_higher_valid_copy() {
+        let mut old = sample();
+        old.events = 7;
+        let new = sample();
+        let mut buf = old.encode();
+        buf.extend(new.encode());
+        assert_eq!(newest_in(&buf, 512).unwrap().events, 42);
+        // A damaged newer copy leaves the older one.
+        buf[SB_BYTES + 100] ^= 1;
+        assert_eq!(newest_in(&buf, 512).unwrap().events, 7);
+        assert!(newest_in(&[0u8; 2 * SB_BYTES], 512).is_err());
+        assert!(newest_in(&buf[..10], 512).is_err());
     }
 }

@@ -39,7 +39,8 @@ pub const ISU2_DISK: &str = "0badc0de0000000000000000000000b2";
 const ISU0_SECRETS: &str = "[[target.\"iqn.2026-01.org.opie.test:isu0:d0\".chap]]\nuser = \"head\"\nsecret = \"head-secret-16by\"\n";
 
 /// What a rig runs: ISUs 0-2 are the array's members; more ISUs are
-/// started for `spares` (configured as the array's hot spares) and for
+/// started for `spares` (configured as the array's hot spares), for
+/// `idle` ones (in `head.toml` as ISUs, not in the array's seed) and for
 /// `unconfigured` ones (started, not in `head.toml`: to add at run time).
 #[derive(Debug, Clone, Default)]
 pub struct RigSpec {
@@ -47,6 +48,10 @@ pub struct RigSpec {
     pub spares: Vec<usize>,
     /// ISUs (from 3 on) started but not in the head's config.
     pub unconfigured: Vec<usize>,
+    /// ISUs (from 3 on) in the head's config, not in the array's seed.
+    pub idle: Vec<usize>,
+    /// `allow_degraded_start = false`: the head waits for every member.
+    pub strict_start: bool,
     /// The array's `spare_timeout`, when not the default.
     pub spare_timeout: Option<&'static str>,
     /// ISUs not started at first ([`Rig::start_isu`] starts them).
@@ -93,7 +98,10 @@ fn head_config(isu_ports: &[u16], head_ports: [u16; 2], spec: &RigSpec) -> Strin
         }
         s += "\n";
     }
-    s += "[[array]]\nname = \"a0\"\nchunk = \"32K\"\nmember_timeout = \"3s\"\nallow_degraded_start = true\n";
+    s += &format!(
+        "[[array]]\nname = \"a0\"\nchunk = \"32K\"\nmember_timeout = \"3s\"\nallow_degraded_start = {}\n",
+        !spec.strict_start
+    );
     if let Some(t) = spec.spare_timeout {
         s += &format!("spare_timeout = \"{t}\"\n");
     }
@@ -142,7 +150,7 @@ impl Rig {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        let n = 3 + spec.spares.len() + spec.unconfigured.len();
+        let n = 3 + spec.spares.len() + spec.unconfigured.len() + spec.idle.len();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut head_ports = [free_port(), free_port()];
         while head_ports[1] == head_ports[0] {
@@ -384,5 +392,64 @@ impl Writer {
     pub fn stop(self, rt: &tokio::runtime::Runtime) -> u64 {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         rt.block_on(self.task).expect("no write failed")
+    }
+}
+
+/// `opie status --json`: its exit code must be 0; the status object.
+pub fn status(rig: &Rig) -> serde_json::Value {
+    let (code, out) = rig.admin(&["status", "--json"]);
+    assert_eq!(code, Some(0), "opie status: {out}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["result"]["type"], "status", "{v}");
+    v["result"].clone()
+}
+
+pub fn array_state(s: &serde_json::Value) -> String {
+    s["arrays"][0]["state"].as_str().unwrap().to_string()
+}
+
+pub fn isu_state(s: &serde_json::Value, isu: &str) -> String {
+    s["isus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == isu)
+        .unwrap_or_else(|| panic!("no {isu} in {s}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The ISUs of the array's members in sync.
+pub fn in_sync(s: &serde_json::Value) -> Vec<String> {
+    s["arrays"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "in-sync")
+        .map(|m| m["isu"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls status until `done` holds, for at most `secs`; the status then.
+pub fn until(
+    rig: &Rig,
+    secs: u64,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(rig);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: not within {secs} s; last status: {s:#}\nhead log:\n{}",
+            std::fs::read_to_string(rig.head_log()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
