@@ -39,8 +39,9 @@ pub struct Connection {
 /// are written once, by the kernel, and never moved after. While the PDUs
 /// are small (4 KiB reads' data, statuses), each read takes up to
 /// [`BATCH_READ`] at once, many PDUs a system call; after a segment landed,
-/// up to [`HEAD_READ`], little to move out of the way when a large segment
-/// follows the next header too.
+/// the next header alone (as libiscsi reads), so that when a large segment
+/// follows it too, none of its bytes passes through the buffer; a small
+/// PDU's rest then comes in a read of up to [`HEAD_READ`].
 #[derive(Debug)]
 pub struct Reader {
     half: OwnedReadHalf,
@@ -52,7 +53,7 @@ pub struct Reader {
 }
 
 /// At most this many bytes are read through [`Reader`]'s buffer at once
-/// after a data segment landed.
+/// while a header is in but its PDU is not (after a landing).
 const HEAD_READ: usize = 8 * 1024;
 
 /// At most this many bytes are read through [`Reader`]'s buffer at once
@@ -286,8 +287,13 @@ impl Reader {
                     continue;
                 }
             }
+            let head = BHS_LEN + self.decoder.header_digest.len();
             let most = if self.batch && self.landing.is_none() {
                 BATCH_READ
+            } else if self.landing.is_none() && self.buf.len() < head {
+                // After a landing, the next header alone: if its segment
+                // lands too, all of it goes straight into place.
+                head - self.buf.len()
             } else {
                 HEAD_READ
             };
@@ -322,9 +328,15 @@ impl Reader {
         {
             return Err(Error::Protocol("framing: header digest mismatch".into()));
         }
-        let mut head = self.buf.split_to(hlen + hd);
-        head.advance(BHS_LEN);
-        let ahs = head.split_to(f.ahs_len).freeze();
+        // The AHS copied out (rarely any), not split off: a part split off
+        // would share the buffer while the PDU lives, and the next read
+        // would then reserve a new one.
+        let ahs = if f.ahs_len == 0 {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&self.buf[BHS_LEN..hlen])
+        };
+        self.buf.advance(hlen + hd);
         let mut data = Vec::with_capacity(f.data_len);
         let buffered = self.buf.len().min(f.data_len);
         data.extend_from_slice(&self.buf[..buffered]);
