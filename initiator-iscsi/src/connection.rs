@@ -257,6 +257,13 @@ impl Connection {
     }
 }
 
+/// A data segment this long or longer is sent from its own buffer rather
+/// than copied into the gathered one.
+const SEND_IN_PLACE: usize = 16 * 1024;
+
+/// Most buffers handed to one vectored write (well under `IOV_MAX`).
+const MAX_IOV: usize = 64;
+
 impl Reader {
     /// The next PDU (cancel-safe: a PDU half read stays buffered);
     /// [`Error::Closed`] once the target closed the connection.
@@ -382,19 +389,49 @@ impl Writer {
 
     /// Sends PDUs, in order, in as few writes as their size allows.
     pub async fn send_all(&mut self, pdus: Vec<(Bhs, Bytes)>) -> Result<(), Error> {
-        let mut out = Vec::new();
+        // Headers, digests and small segments are gathered into one buffer;
+        // a large data segment goes from where it lies (one writev, no copy:
+        // the copy of every 1 MiB write was a sixth of the head's CPU).
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut small = BytesMut::new();
         for (bhs, data) in pdus {
             let pdu = OutPdu::new(&bhs, data, self.header_digest, self.data_digest);
-            out.extend_from_slice(pdu.head());
-            out.extend_from_slice(&pdu.data);
-            out.extend_from_slice(pdu.tail());
-            if out.len() >= 1 << 20 {
-                self.send_raw(&out).await?;
-                out.clear();
+            small.extend_from_slice(pdu.head());
+            if pdu.data.len() >= SEND_IN_PLACE {
+                parts.push(small.split().freeze());
+                parts.push(pdu.data.clone());
+            } else {
+                small.extend_from_slice(&pdu.data);
             }
+            small.extend_from_slice(pdu.tail());
         }
-        if !out.is_empty() {
-            self.send_raw(&out).await?;
+        parts.push(small.freeze());
+        parts.retain(|p| !p.is_empty());
+        self.send_parts(&parts).await
+    }
+
+    /// Writes `parts` in order with vectored writes, resuming after short ones.
+    async fn send_parts(&mut self, parts: &[Bytes]) -> Result<(), Error> {
+        let (mut at, mut off) = (0usize, 0usize);
+        while at < parts.len() {
+            let end = parts.len().min(at + MAX_IOV);
+            let mut iov = Vec::with_capacity(end - at);
+            iov.push(std::io::IoSlice::new(&parts[at][off..]));
+            iov.extend(parts[at + 1..end].iter().map(|p| std::io::IoSlice::new(p)));
+            let mut n = self.half.write_vectored(&iov).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            while n > 0 {
+                let left = parts[at].len() - off;
+                if n < left {
+                    off += n;
+                    break;
+                }
+                n -= left;
+                at += 1;
+                off = 0;
+            }
         }
         Ok(())
     }
@@ -434,6 +471,51 @@ mod tests {
             ..Params::default()
         });
         (conn, listener)
+    }
+
+    #[tokio::test]
+    async fn send_all_puts_every_byte_in_order_through_short_writes() {
+        let (mut conn, listener) = digested().await;
+        // Large segments (sent in place), small ones (gathered) and empty
+        // ones, more buffers than one vectored write takes, 6 MiB in all:
+        // far more than the socket buffers, so writes come back short.
+        let pdus: Vec<(Bhs, Bytes)> = (0..150u32)
+            .map(|i| {
+                let len = match i % 3 {
+                    0 => 100_000 + i as usize,
+                    1 => 17,
+                    _ => 0,
+                };
+                let data: Vec<u8> = (0..len).map(|b| (b as u32 * 31 + i) as u8).collect();
+                let bhs = Bhs::NopIn(iscsi_proto::pdu::NopIn {
+                    lun: 0,
+                    itt: RESERVED_TAG,
+                    ttt: i,
+                    sns: Default::default(),
+                });
+                (bhs, Bytes::from(data))
+            })
+            .collect();
+        let want: Vec<u8> = pdus
+            .iter()
+            .flat_map(|(b, d)| OutPdu::new(b, d.clone(), Digest::Crc32c, Digest::Crc32c).to_vec())
+            .collect();
+        let (mut target, _) = listener.accept().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut piece = vec![0u8; 7_777];
+            loop {
+                let n = target.read(&mut piece).await.unwrap();
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&piece[..n]);
+                tokio::task::yield_now().await;
+            }
+        });
+        conn.send_all(pdus).await.unwrap();
+        drop(conn);
+        assert!(reader.await.unwrap() == want, "the stream differs");
     }
 
     #[tokio::test]
