@@ -70,6 +70,10 @@ pub struct ArrayUp {
     pub reached: Vec<Reached>,
     /// The background maintenance (spares, rebuild, reshape).
     pub maintenance: tokio::task::JoinHandle<()>,
+    /// Whether this start created the array (it then reads zeroes: its
+    /// volume table is formatted knowing that, and volumes created on it
+    /// are not zeroed again).
+    pub created: bool,
 }
 
 fn raid_config(a: &ArrayConfig, block_size: u32) -> raid::Config {
@@ -171,7 +175,8 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
     };
     let existing = any_superblock(reached.iter().chain(&spares)).await;
     let clock = Arc::new(SystemClock::new());
-    let array = if !existing && devices.len() == n {
+    let created = !existing && devices.len() == n;
+    let array = if created {
         info!(array = %a.name, members = n, chunk_bytes = a.chunk_bytes, journal = a.journal, "no member carries a superblock: creating the array");
         RaidArray::create(devices, spare_devices, cfg, clock)
             .await
@@ -207,6 +212,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
         array,
         reached,
         maintenance,
+        created,
     })
 }
 
