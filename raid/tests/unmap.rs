@@ -188,7 +188,7 @@ async fn journaled_unmap_survives_a_crash_with_every_block_vouched_for() {
     // unflushed blocks.
     a.halt();
     for (i, f) in rig.faulty.iter().enumerate() {
-        crash_keeping(f, |lba| (lba / 3 + i as u64) % 2 == 0).await;
+        crash_keeping(f, |lba| (lba / 3 + i as u64).is_multiple_of(2)).await;
     }
     let (a, _) = rig.assemble_report(false).await.unwrap();
     assert_eq!(a.integrity_stats().resync_unverified, 0);
