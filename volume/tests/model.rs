@@ -224,6 +224,14 @@ impl World {
     }
 }
 
+/// Runs `ops` on a current-thread runtime.
+fn run_on_runtime(ops: Vec<Op>, zeroed: bool) {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(run(ops, zeroed));
+}
+
 async fn run(ops: Vec<Op>, zeroed: bool) {
     let mem = Arc::new(MemDevice::with_name("model", DEVICE_BYTES));
     let dev: SharedDevice = mem.clone();
@@ -252,17 +260,11 @@ proptest! {
 
     #[test]
     fn volumes_keep_their_data_apart(ops in proptest::collection::vec(op(), 1..40)) {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(run(ops, false));
+        run_on_runtime(ops, false);
     }
 
     #[test]
     fn volumes_keep_their_data_apart_on_a_zeroed_device(ops in proptest::collection::vec(op(), 1..40)) {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(run(ops, true));
+        run_on_runtime(ops, true);
     }
 }

@@ -67,15 +67,21 @@ impl BlockDevice for Counting {
     }
 }
 
+/// A 4 MiB counting device and a pool formatted on it knowing it is zero.
+async fn zeroed_pool() -> (Arc<Counting>, SharedDevice, Pool) {
+    let c = Counting::new(4);
+    let dev: SharedDevice = c.clone();
+    let pool = Pool::format_zeroed(dev.clone(), UNIT).await.unwrap();
+    (c, dev, pool)
+}
+
 fn fill(v: u8, blocks: u64) -> Bytes {
     Bytes::from(vec![v; (blocks * BS) as usize])
 }
 
 #[tokio::test]
 async fn never_used_space_is_handed_out_without_writing_it() {
-    let c = Counting::new(4);
-    let dev: SharedDevice = c.clone();
-    let pool = Pool::format_zeroed(dev.clone(), UNIT).await.unwrap();
+    let (c, dev, pool) = zeroed_pool().await;
     assert_eq!(pool.space().unzeroed_free_blocks, 0);
     let a = pool.create("a", 64 * BS).await.unwrap();
     pool.grow("a", 128 * BS).await.unwrap();
@@ -106,9 +112,7 @@ async fn never_used_space_is_handed_out_without_writing_it() {
 
 #[tokio::test]
 async fn a_volume_over_old_and_new_space_zeroes_only_the_old() {
-    let c = Counting::new(4);
-    let dev: SharedDevice = c.clone();
-    let pool = Pool::format_zeroed(dev.clone(), UNIT).await.unwrap();
+    let (c, dev, pool) = zeroed_pool().await;
     pool.create("a", 16 * BS).await.unwrap();
     pool.create("b", 16 * BS).await.unwrap();
     let vb = pool.open_volume("b").unwrap();
@@ -167,9 +171,7 @@ async fn downgrade_to_version_1(dev: &SharedDevice) {
 
 #[tokio::test]
 async fn a_version_1_table_opens_and_its_free_space_is_zeroed_before_use() {
-    let c = Counting::new(4);
-    let dev: SharedDevice = c.clone();
-    let pool = Pool::format_zeroed(dev.clone(), UNIT).await.unwrap();
+    let (c, dev, pool) = zeroed_pool().await;
     pool.create("a", 16 * BS).await.unwrap();
     let va = pool.open_volume("a").unwrap();
     va.write(0, fill(3, 16), WriteFlags::FUA).await.unwrap();
