@@ -112,7 +112,7 @@ async fn never_used_space_is_handed_out_without_writing_it() {
 
 #[tokio::test]
 async fn a_volume_over_old_and_new_space_zeroes_only_the_old() {
-    let (c, dev, pool) = zeroed_pool().await;
+    let (c, _dev, pool) = zeroed_pool().await;
     pool.create("a", 16 * BS).await.unwrap();
     pool.create("b", 16 * BS).await.unwrap();
     let vb = pool.open_volume("b").unwrap();
