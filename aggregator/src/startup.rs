@@ -73,6 +73,10 @@ pub struct ArrayUp {
     pub slot_isus: Vec<Option<String>>,
     /// The background maintenance (spares, rebuild, reshape).
     pub maintenance: tokio::task::JoinHandle<()>,
+    /// Whether this start created the array (it then reads zeroes: its
+    /// volume table is formatted knowing that, and volumes created on it
+    /// are not zeroed again).
+    pub created: bool,
 }
 
 fn raid_config(a: &ArrayConfig, block_size: u32) -> raid::Config {
@@ -332,7 +336,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                         .map(|m| seen.iter().find(|s| is(m, s)).map(|s| s.at.isu.clone()))
                         .collect();
                     reached.extend(spares);
-                    return Ok(up(a, array, reached, slot_isus));
+                    return Ok(up(a, array, reached, slot_isus, true));
                 }
                 for r in reached {
                     let _ = r.log_out().await;
@@ -497,7 +501,7 @@ async fn assemble(
         .iter()
         .map(|(_, at)| at.map(|i| seen[i].at.isu.clone()))
         .collect();
-    Ok(Some(up(a, array, reached, slot_isus)))
+    Ok(Some(up(a, array, reached, slot_isus, false)))
 }
 
 /// The array brought up, its maintenance started.
@@ -506,6 +510,7 @@ fn up(
     array: RaidArray,
     reached: Vec<Reached>,
     slot_isus: Vec<Option<String>>,
+    created: bool,
 ) -> ArrayUp {
     let maintenance = array.spawn_maintenance(Duration::from_secs(1));
     ArrayUp {
@@ -514,6 +519,7 @@ fn up(
         reached,
         slot_isus,
         maintenance,
+        created,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The volumes the exports serve: each array holds a `volume::Pool` (its
 //! mapping table on the array itself, allocation in full stripes). At
 //! start the head opens each array's pool, formatting it only when the
-//! array holds no table at all (a new array), creates the configured
+//! array holds no table at all (a new array: one this start created is
+//! known to read zeroes, so its volumes are not zeroed), creates the configured
 //! volumes it does not hold yet and grows those configured larger; a
 //! volume is never shrunk or deleted here.
 
@@ -51,8 +52,13 @@ impl Volumes {
                 Err(volume::VolumeError::Unformatted) => {
                     let l = a.array.layout().await;
                     let stripe = u64::from(l.members - 1) * u64::from(l.chunk_blocks);
-                    info!(array = %a.name, unit_blocks = stripe, "no volume table: formatting the array's volume table");
-                    Pool::format(dev, stripe, false).await.map_err(err)?
+                    info!(array = %a.name, unit_blocks = stripe, new_array = a.created, "no volume table: formatting the array's volume table");
+                    if a.created {
+                        // Just created, nothing written: it reads zeroes.
+                        Pool::format_zeroed(dev, stripe).await.map_err(err)?
+                    } else {
+                        Pool::format(dev, stripe, false).await.map_err(err)?
+                    }
                 }
                 Err(e) => return Err(err(e)),
             };

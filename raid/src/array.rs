@@ -385,7 +385,17 @@ impl BlockDevice for RaidArray {
         Ok(self.flush_all().await?)
     }
 
-    async fn write_zeroes(&self, lba: u64, blocks: u64, _unmap: bool) -> blockdev::Result<()> {
+    /// With `unmap`, [`RaidArray::discard`]: whole rows are deallocated on
+    /// the members where parity stays right. Without, zeroes are written.
+    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> blockdev::Result<()> {
+        if unmap {
+            return Ok(self.discard(lba, blocks).await?);
+        }
         blockdev::write_zeroes_by_writes(self, lba, blocks, 1 << 20).await
+    }
+
+    /// [`RaidArray::discard`]: the blocks read zeroes afterwards.
+    async fn unmap(&self, lba: u64, blocks: u64) -> blockdev::Result<()> {
+        Ok(self.discard(lba, blocks).await?)
     }
 }

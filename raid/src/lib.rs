@@ -17,6 +17,7 @@ pub mod assembly;
 pub mod bitmap;
 mod cache;
 pub mod clock;
+mod discard;
 pub mod error;
 mod flush;
 mod geometry;

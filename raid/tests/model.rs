@@ -1,5 +1,6 @@
 //! Model-based property test: random sequences of I/O (including copies of
-//! blocks to other places, as file systems make), failures, returns,
+//! blocks to other places, as file systems make, and unmaps, whole rows of
+//! which are deallocated on the members), failures, returns,
 //! spares, crashes (between requests or in the middle of a flush),
 //! reassembly, growth, bit rot, members suspended and resumed, and members
 //! replaced online; after every step every
@@ -33,6 +34,14 @@ enum Op {
     Read {
         at: u16,
         len: u8,
+    },
+    /// Unmaps `len` blocks: the whole rows in them deallocated on the
+    /// members (zero data, zero parity, tags "never written"), the rest
+    /// written as zeroes. They then read zeroes (version 0).
+    Unmap {
+        at: u16,
+        len: u8,
+        hot: bool,
     },
     /// Writes `len` blocks `chunks` chunks after `from` with the current
     /// content of the blocks at `from`: the same data at another address (a
@@ -93,6 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         30 => (any::<u16>(), 1u8..24, proptest::bool::weighted(0.1), any::<bool>()).prop_map(|(at, len, fua, hot)| Op::Write { at, len, fua, hot }),
         6 => (any::<u16>(), 1u8..32).prop_map(|(at, len)| Op::Read { at, len }),
+        5 => (any::<u16>(), 1u8..40, any::<bool>()).prop_map(|(at, len, hot)| Op::Unmap { at, len, hot }),
         6 => (any::<u16>(), 1u8..4, 1u8..12, proptest::bool::weighted(0.2), any::<bool>()).prop_map(|(from, chunks, len, fua, hot)| Op::Copy { from, chunks, len, fua, hot }),
         6 => Just(Op::Flush),
         4 => any::<u8>().prop_map(|slot| Op::Fail { slot }),
@@ -340,6 +350,18 @@ impl World {
                     .map_err(|e| TestCaseError::fail(format!("write: {e}")))?;
                 for b in lba..lba + n {
                     self.model.written(b as usize, v, *fua);
+                }
+            }
+            Op::Unmap { at, len, hot } => {
+                let cap = self.a().geometry().num_blocks;
+                let lba = self.place(*at, *hot).await as u64;
+                let n = u64::from(*len).min(cap - lba);
+                self.a()
+                    .unmap(lba, n)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("unmap: {e}")))?;
+                for b in lba..lba + n {
+                    self.model.written(b as usize, 0, false);
                 }
             }
             Op::Copy {

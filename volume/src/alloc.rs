@@ -66,6 +66,87 @@ pub fn allocate(free: &[UnitExtent], units: u64, after: Option<u64>) -> Option<V
     Some(out)
 }
 
+/// The parts of `extents` that may not read zeroes: those in
+/// [`Table::dirty`] or at or beyond [`Table::zero_known`]. In address order.
+pub fn needs_zero(table: &Table, extents: &[UnitExtent]) -> Vec<UnitExtent> {
+    let mut out = Vec::new();
+    for e in extents {
+        for d in &table.dirty {
+            push_overlap(&mut out, e, d.start, d.end());
+        }
+        push_overlap(&mut out, e, table.zero_known, u64::MAX);
+    }
+    out.sort_unstable();
+    merge(out)
+}
+
+/// Pushes the part of `e` in `[start, end)`, if any.
+fn push_overlap(out: &mut Vec<UnitExtent>, e: &UnitExtent, start: u64, end: u64) {
+    let (s, t) = (e.start.max(start), e.end().min(end));
+    if s < t {
+        out.push(UnitExtent {
+            start: s,
+            len: t - s,
+        });
+    }
+}
+
+/// Sorted runs with those that touch or overlap merged.
+fn merge(sorted: Vec<UnitExtent>) -> Vec<UnitExtent> {
+    let mut out: Vec<UnitExtent> = Vec::with_capacity(sorted.len());
+    for e in sorted {
+        match out.last_mut() {
+            Some(last) if last.end() >= e.start => {
+                let end = last.end().max(e.end());
+                last.len = end - last.start;
+            }
+            _ => out.push(e),
+        }
+    }
+    out
+}
+
+/// `list` (sorted, disjoint) without the units of `cut`.
+pub fn subtract(list: &[UnitExtent], cut: &[UnitExtent]) -> Vec<UnitExtent> {
+    let mut cut = cut.to_vec();
+    cut.sort_unstable();
+    let mut out = Vec::new();
+    for d in list {
+        let mut at = d.start;
+        for c in cut
+            .iter()
+            .filter(|c| c.end() > d.start && c.start < d.end())
+        {
+            if c.start > at {
+                out.push(UnitExtent {
+                    start: at,
+                    len: c.start - at,
+                });
+            }
+            at = at.max(c.end());
+        }
+        if d.end() > at {
+            out.push(UnitExtent {
+                start: at,
+                len: d.end() - at,
+            });
+        }
+    }
+    out
+}
+
+/// Records `freed` (a deleted volume's extents) in [`Table::dirty`]: the
+/// parts below [`Table::zero_known`] join it (beyond it every unit counts
+/// as dirty already).
+pub fn mark_dirty(table: &mut Table, freed: &[UnitExtent]) {
+    let mut all = table.dirty.clone();
+    for e in freed {
+        push_overlap(&mut all, e, 0, table.zero_known);
+    }
+    all.sort_unstable();
+    table.dirty = merge(all);
+}
+
 /// Appends `new` to `extents`, merging runs that touch.
 pub fn append(extents: &mut Vec<UnitExtent>, new: &[UnitExtent]) {
     for &n in new {
@@ -98,6 +179,8 @@ mod tests {
                     extents: vec![UnitExtent { start, len }],
                 })
                 .collect(),
+            zero_known: 0,
+            dirty: Vec::new(),
         }
     }
 
@@ -123,6 +206,40 @@ mod tests {
         assert_eq!(allocate(&free, 2, Some(25)), Some(ext(&[(25, 2)])));
         assert_eq!(allocate(&free, 17, None), Some(ext(&[(12, 3), (25, 14)])));
         assert_eq!(allocate(&free, 19, None), None);
+    }
+
+    #[test]
+    fn dirty_units_and_units_beyond_the_known_zero_need_zeroing() {
+        let mut t = table(&[]);
+        t.zero_known = 30;
+        t.dirty = ext(&[(12, 3), (20, 2)]);
+        assert_eq!(needs_zero(&t, &ext(&[(10, 4)])), ext(&[(12, 2)]));
+        assert_eq!(needs_zero(&t, &ext(&[(15, 5)])), ext(&[]));
+        assert_eq!(
+            needs_zero(&t, &ext(&[(10, 30)])),
+            ext(&[(12, 3), (20, 2), (30, 10)])
+        );
+        // Dirty space next to the unknown tail merges with it.
+        t.dirty = ext(&[(25, 5)]);
+        assert_eq!(needs_zero(&t, &ext(&[(24, 10)])), ext(&[(25, 9)]));
+        t.zero_known = 0;
+        t.dirty.clear();
+        assert_eq!(needs_zero(&t, &ext(&[(12, 3)])), ext(&[(12, 3)]));
+    }
+
+    #[test]
+    fn freed_units_become_dirty_and_allocated_ones_leave_the_list() {
+        let mut t = table(&[]);
+        t.zero_known = 40;
+        mark_dirty(&mut t, &ext(&[(20, 5), (12, 3)]));
+        assert_eq!(t.dirty, ext(&[(12, 3), (20, 5)]));
+        mark_dirty(&mut t, &ext(&[(15, 5), (38, 10)]));
+        assert_eq!(t.dirty, ext(&[(12, 13), (38, 2)]));
+        assert_eq!(
+            subtract(&t.dirty, &ext(&[(14, 2), (30, 9)])),
+            ext(&[(12, 2), (16, 9), (39, 1)])
+        );
+        assert_eq!(subtract(&t.dirty, &ext(&[(0, 100)])), ext(&[]));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use blockdev::{BlockDevice, DeviceIdentity, SharedDevice};
 
-use crate::alloc::{allocate, append, free_extents};
+use crate::alloc::{allocate, append, free_extents, mark_dirty, needs_zero, subtract};
 use crate::error::{CopyFault, Result, VolumeError};
 use crate::store::{self, Current};
 use crate::table::{reserved_units, valid_name, Entry, Table, UnitExtent, FLAG_READ_ONLY};
@@ -50,6 +50,9 @@ pub struct Space {
     pub free_blocks: u64,
     /// The largest free run, in blocks.
     pub largest_free_blocks: u64,
+    /// Free blocks not known to read zeroes (a deleted volume's, or never
+    /// known zero): a volume that gets them has them zeroed first.
+    pub unzeroed_free_blocks: u64,
 }
 
 /// The volumes of one device (a RAID5 array) and its mapping table.
@@ -144,8 +147,28 @@ impl Pool {
     /// Writes an empty table to `dev` with an allocation unit of
     /// `unit_blocks` blocks (the array's full stripe). A device that holds
     /// a table (or what looks like a damaged one) is refused unless `force`;
-    /// a forced format destroys every volume on it.
+    /// a forced format destroys every volume on it. Nothing is known of the
+    /// device's contents: every unit is zeroed before a volume gets it.
     pub async fn format(dev: SharedDevice, unit_blocks: u64, force: bool) -> Result<Pool> {
+        Self::format_as(dev, unit_blocks, force, false).await
+    }
+
+    /// [`Pool::format`] for a device the caller knows reads zeroes beyond
+    /// the table (a RAID5 array it has just created, nothing written to it
+    /// since): the table records every unit as zero, so creating a volume
+    /// there writes nothing, and only space a deleted volume used is zeroed
+    /// before reuse. A device that holds a table (or what looks like a
+    /// damaged one) is refused: it is not new.
+    pub async fn format_zeroed(dev: SharedDevice, unit_blocks: u64) -> Result<Pool> {
+        Self::format_as(dev, unit_blocks, false, true).await
+    }
+
+    async fn format_as(
+        dev: SharedDevice,
+        unit_blocks: u64,
+        force: bool,
+        zeroed: bool,
+    ) -> Result<Pool> {
         if dev.read_only() {
             return Err(VolumeError::ReadOnly);
         }
@@ -185,10 +208,16 @@ impl Pool {
             unit_blocks,
             first_unit,
             volumes: Vec::new(),
+            zero_known: if zeroed {
+                units_of(&*dev, unit_blocks)
+            } else {
+                0
+            },
+            dirty: Vec::new(),
         };
         store::commit(&*dev, slot, &table).await?;
         store::erase(&*dev, 1 - slot).await?;
-        tracing::info!(device = %dev.identity(), unit_blocks, "volume table formatted");
+        tracing::info!(device = %dev.identity(), unit_blocks, zeroed, "volume table formatted");
         Ok(Pool::with(dev, Current { table, slot }))
     }
 
@@ -308,12 +337,14 @@ impl Pool {
         let free = free_extents(t, units);
         let used: u64 = t.volumes.iter().map(Entry::units).sum();
         let free_units: u64 = free.iter().map(|e| e.len).sum();
+        let unzeroed: u64 = needs_zero(t, &free).iter().map(|e| e.len).sum();
         Space {
             total_blocks: units * t.unit_blocks,
             reserved_blocks: t.first_unit * t.unit_blocks,
             used_blocks: used * t.unit_blocks,
             free_blocks: free_units * t.unit_blocks,
             largest_free_blocks: free.iter().map(|e| e.len).max().unwrap_or(0) * t.unit_blocks,
+            unzeroed_free_blocks: unzeroed * t.unit_blocks,
         }
     }
 
@@ -343,16 +374,22 @@ impl Pool {
         Ok(v)
     }
 
-    /// Zeroes `extents` on the device and flushes, so a table that hands
-    /// them out finds them zero whatever a crash keeps.
-    async fn zero(&self, extents: &[UnitExtent], unit_blocks: u64) -> Result<()> {
+    /// Hands `extents` out in `table`: zeroes the parts of them not known
+    /// to read zeroes and flushes, so a table that hands them out finds
+    /// them zero whatever a crash keeps, and takes them off the dirty list.
+    /// Returns the blocks zeroed.
+    async fn take_zeroed(&self, table: &mut Table, extents: &[UnitExtent]) -> Result<u64> {
         let dev = &self.inner.dev;
-        for e in extents {
-            dev.write_zeroes(e.start * unit_blocks, e.len * unit_blocks, true)
-                .await?;
+        let ub = table.unit_blocks;
+        let to_zero = needs_zero(table, extents);
+        for e in &to_zero {
+            dev.write_zeroes(e.start * ub, e.len * ub, true).await?;
         }
-        dev.flush().await?;
-        Ok(())
+        if !to_zero.is_empty() {
+            dev.flush().await?;
+        }
+        table.dirty = subtract(&table.dirty, extents);
+        Ok(to_zero.iter().map(|e| e.len * ub).sum())
     }
 
     /// Commits `table` (the current one changed, its `seq` not yet bumped)
@@ -409,7 +446,7 @@ impl Pool {
         let units = units_for(&*self.inner.dev, size_bytes, ub)?;
         let free = free_extents(&table, units_of(&*self.inner.dev, ub));
         let extents = allocate_or_refuse(&free, units, None, ub)?;
-        self.zero(&extents, ub).await?;
+        let zeroed = self.take_zeroed(&mut table, &extents).await?;
         let now = (self
             .inner
             .clock
@@ -429,7 +466,12 @@ impl Pool {
             extents,
         });
         let info = self.commit_volume(table, name).await?;
-        tracing::info!(volume = name, blocks = info.size_blocks, "volume created");
+        tracing::info!(
+            volume = name,
+            blocks = info.size_blocks,
+            zeroed,
+            "volume created"
+        );
         Ok(info)
     }
 
@@ -458,9 +500,14 @@ impl Pool {
         let after = entry.extents.last().map(UnitExtent::end);
         let extra = allocate_or_refuse(&free, want - have, after, ub)?;
         append(&mut entry.extents, &extra);
-        self.zero(&extra, ub).await?;
+        let zeroed = self.take_zeroed(&mut table, &extra).await?;
         let info = self.commit_volume(table, name).await?;
-        tracing::info!(volume = name, blocks = info.size_blocks, "volume grown");
+        tracing::info!(
+            volume = name,
+            blocks = info.size_blocks,
+            zeroed,
+            "volume grown"
+        );
         Ok(info)
     }
 
@@ -502,6 +549,14 @@ impl Pool {
             s.deleting.insert(uuid);
             (s.current.table.clone(), uuid)
         };
+        let freed: Vec<UnitExtent> = table
+            .volumes
+            .iter()
+            .filter(|v| v.uuid == uuid)
+            .flat_map(|v| v.extents.iter().copied())
+            .collect();
+        // Its data stays on the device: the units are zeroed before reuse.
+        mark_dirty(&mut table, &freed);
         table.volumes.retain(|v| v.uuid != uuid);
         let r = self
             .commit(table, |s| {

@@ -12,13 +12,21 @@
 //! | 28 | 4 | number of volumes |
 //! | 32 | 8 | allocation unit, in blocks |
 //! | 40 | 8 | first allocatable unit (the reserved area before it) |
-//! | 48 | 16 | zero |
-//! | 64 | | the volumes, one after another |
+//! | 48 | 8 | zero-known units ([`Table::zero_known`]; version 2, zero in version 1) |
+//! | 56 | 4 | number of dirty extents ([`Table::dirty`]; version 2, zero in version 1) |
+//! | 60 | 4 | zero |
+//! | 64 | | the volumes, one after another, then the dirty extents |
 //!
 //! A volume: uuid (16), flags (4), creation time in milliseconds since the
 //! Unix epoch (8), name length (2) and the name, number of extents (4), and
-//! each extent as start and length in allocation units (8 + 8). The rest of
-//! the copy is zero, and covered by the checksum too.
+//! each extent as start and length in allocation units (8 + 8). A dirty
+//! extent is a start and a length in units (8 + 8). The rest of the copy is
+//! zero, and covered by the checksum too.
+//!
+//! Version 1 had no zero tracking (its bytes 48..64 are zero and nothing
+//! follows the volumes): it is read as "no unit known to read zeroes", so
+//! every unit handed out from it is zeroed first, as version 1 did. This
+//! build writes version 2.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +37,9 @@ pub const COPY_BYTES: usize = 256 * 1024;
 /// The table's magic.
 pub const MAGIC: [u8; 8] = *b"OPIEVOLT";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// Bytes of the header before the first volume.
 const HEADER_BYTES: usize = 64;
 /// Volume flag: the volume refuses writes.
@@ -98,6 +108,15 @@ pub struct Table {
     pub first_unit: u64,
     /// The volumes.
     pub volumes: Vec<Entry>,
+    /// Units below this one that are in no volume and not in [`Table::dirty`]
+    /// read zeroes (never handed out since a format that found the device
+    /// zeroed, or zeroed since); every unit at or beyond it may hold old
+    /// data. 0 knows nothing (version 1, or a device formatted with data).
+    pub zero_known: u64,
+    /// Free units below [`Table::zero_known`] that may hold a deleted
+    /// volume's data: zeroed before a volume gets them. Sorted, disjoint,
+    /// not touching, each in no volume.
+    pub dirty: Vec<UnitExtent>,
 }
 
 /// Whether `name` is a valid volume name: 1-64 of `a-z 0-9 - . _`.
@@ -133,6 +152,7 @@ impl Table {
                 .iter()
                 .map(|v| 16 + 4 + 8 + 2 + v.name.len() + 4 + 16 * v.extents.len())
                 .sum::<usize>()
+            + 16 * self.dirty.len()
     }
 
     /// Encodes the table as one copy of [`COPY_BYTES`] bytes; `None` if it
@@ -150,6 +170,8 @@ impl Table {
         b.extend_from_slice(&(self.volumes.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.unit_blocks.to_le_bytes());
         b.extend_from_slice(&self.first_unit.to_le_bytes());
+        b.extend_from_slice(&self.zero_known.to_le_bytes());
+        b.extend_from_slice(&(self.dirty.len() as u32).to_le_bytes());
         b.resize(HEADER_BYTES, 0);
         for v in &self.volumes {
             b.extend_from_slice(&v.uuid);
@@ -162,6 +184,10 @@ impl Table {
                 b.extend_from_slice(&e.start.to_le_bytes());
                 b.extend_from_slice(&e.len.to_le_bytes());
             }
+        }
+        for e in &self.dirty {
+            b.extend_from_slice(&e.start.to_le_bytes());
+            b.extend_from_slice(&e.len.to_le_bytes());
         }
         b.resize(COPY_BYTES, 0);
         let crc = crc32c::crc32c(&b);
@@ -185,7 +211,7 @@ impl Table {
         if crc != stored {
             return Err(CopyFault::BadChecksum);
         }
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(CopyFault::Version(version));
         }
         let seq = r.u64()?;
@@ -193,6 +219,13 @@ impl Table {
         let count = r.u32()? as usize;
         let unit_blocks = r.u64()?;
         let first_unit = r.u64()?;
+        let zero_known = r.u64()?;
+        let dirty_count = r.u32()? as usize;
+        if version < 2 && (zero_known != 0 || dirty_count != 0) {
+            return Err(CopyFault::Malformed(
+                "version 1 with zero tracking fields set".into(),
+            ));
+        }
         if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
             return Err(CopyFault::Malformed(format!("block size {block_size}")));
         }
@@ -238,19 +271,29 @@ impl Table {
                 extents,
             });
         }
+        let mut dirty = Vec::with_capacity(dirty_count.min(COPY_BYTES / 16));
+        for _ in 0..dirty_count {
+            dirty.push(UnitExtent {
+                start: r.u64()?,
+                len: r.u64()?,
+            });
+        }
         let t = Table {
             seq,
             block_size,
             unit_blocks,
             first_unit,
             volumes,
+            zero_known,
+            dirty,
         };
         t.check().map_err(CopyFault::Malformed)?;
         Ok(t)
     }
 
     /// Checks what the checksum cannot: unique names and uuids, no two
-    /// extents sharing a unit.
+    /// extents sharing a unit, dirty extents sorted, apart, free and below
+    /// [`Table::zero_known`].
     pub fn check(&self) -> Result<(), String> {
         let mut names: Vec<&str> = self.volumes.iter().map(|v| v.name.as_str()).collect();
         names.sort_unstable();
@@ -270,6 +313,22 @@ impl Table {
         all.sort_unstable();
         if all.windows(2).any(|w| w[0].end() > w[1].start) {
             return Err("overlapping extents".into());
+        }
+        let d = &self.dirty;
+        if d.iter().any(|e| {
+            e.len == 0
+                || e.start < self.first_unit
+                || e.start
+                    .checked_add(e.len)
+                    .is_none_or(|end| end > self.zero_known)
+        }) || d.windows(2).any(|w| w[0].end() >= w[1].start)
+        {
+            return Err("dirty extents out of order or out of range".into());
+        }
+        all.extend(d.iter().copied());
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0].end() > w[1].start) {
+            return Err("a dirty extent inside a volume".into());
         }
         Ok(())
     }
@@ -339,6 +398,11 @@ mod tests {
                     ],
                 },
             ],
+            zero_known: 160,
+            dirty: vec![
+                UnitExtent { start: 132, len: 8 },
+                UnitExtent { start: 150, len: 2 },
+            ],
         }
     }
 
@@ -364,14 +428,46 @@ mod tests {
         assert_eq!(Table::decode(&vec![0; COPY_BYTES]), Err(CopyFault::NoMagic));
     }
 
-    #[test]
-    fn a_newer_version_is_named() {
-        let mut c = sample().encode().unwrap();
-        c[8..12].copy_from_slice(&2u32.to_le_bytes());
+    /// `c` with version `v` and its checksum redone.
+    fn with_version(mut c: Vec<u8>, v: u32) -> Vec<u8> {
+        c[8..12].copy_from_slice(&v.to_le_bytes());
         c[12..16].fill(0);
         let crc = crc32c::crc32c(&c);
         c[12..16].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(Table::decode(&c), Err(CopyFault::Version(2)));
+        c
+    }
+
+    #[test]
+    fn a_newer_version_is_named() {
+        let c = with_version(sample().encode().unwrap(), 3);
+        assert_eq!(Table::decode(&c), Err(CopyFault::Version(3)));
+    }
+
+    #[test]
+    fn a_version_1_copy_reads_as_knowing_no_zeroes() {
+        let mut t = sample();
+        t.zero_known = 0;
+        t.dirty.clear();
+        // Version 1 wrote exactly this, with its version number.
+        let c = with_version(t.encode().unwrap(), 1);
+        assert_eq!(Table::decode(&c).unwrap(), t);
+        // Zero tracking fields in a version 1 copy are not taken on trust.
+        let c = with_version(sample().encode().unwrap(), 1);
+        assert!(matches!(Table::decode(&c), Err(CopyFault::Malformed(_))));
+    }
+
+    #[test]
+    fn dirty_extents_must_be_free_ordered_and_below_the_known_zero() {
+        let mut t = sample();
+        t.dirty = vec![UnitExtent { start: 129, len: 2 }];
+        assert!(t.check().is_err(), "inside volume a");
+        let mut t = sample();
+        t.dirty = vec![UnitExtent { start: 158, len: 4 }];
+        assert!(t.check().is_err(), "past zero_known");
+        let mut t = sample();
+        t.dirty.reverse();
+        assert!(t.check().is_err(), "out of order");
+        assert!(sample().check().is_ok());
     }
 
     #[test]
