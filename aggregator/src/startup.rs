@@ -34,7 +34,7 @@ const LOG_EVERY: Duration = Duration::from_secs(15);
 /// for once all the others are there.
 const DEGRADED_GRACE: Duration = Duration::from_secs(10);
 /// Journal size per member, in rows of the array.
-const JOURNAL_ROWS: u64 = 8;
+const JOURNAL_ROWS: u64 = 32;
 
 /// Why an array could not be brought up.
 #[derive(Debug, thiserror::Error)]

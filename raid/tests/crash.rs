@@ -612,3 +612,57 @@ async fn without_a_stripe_cache_an_answered_write_outlives_the_process() {
     // With a cache the answered block was only in the dead process's memory.
     assert_ne!(partial_write_then_process_death(64).await, pattern(1, 7));
 }
+
+/// Journal records are written concurrently, so a ring may hold a record
+/// whose predecessor never landed. Here row 0's record is held on its way to
+/// the ring (its update waits for it), row `r`'s record, with the same
+/// parity member and ring, lands after it and row `r` is written, unflushed;
+/// then a crash. Replay finds row `r`'s record past the hole and restores
+/// the row the crash took back; row 0, never written, keeps its old content.
+#[tokio::test]
+async fn a_record_landed_after_one_that_did_not_is_replayed() {
+    let (rig, a) = uncached(3, 64).await;
+    let lay = a.layout().await;
+    let n = lay.row_data_blocks();
+    let pslot = lay.parity_member(0);
+    let r = (1..lay.rows)
+        .find(|&r| lay.parity_member(r) == pslot)
+        .expect("another row with the same parity member");
+    let lba_r = r * n;
+    a.write(0, blocks(0, n, 1), WriteFlags::NONE).await.unwrap();
+    a.write(lba_r, blocks(lba_r, n, 1), WriteFlags::NONE)
+        .await
+        .unwrap();
+    a.flush().await.unwrap();
+    let a = std::sync::Arc::new(a);
+    rig.faulty[pslot as usize].hold_next_writes(1);
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { a.write(0, blocks(0, n, 2), WriteFlags::NONE).await }
+    });
+    while rig.faulty[pslot as usize].held_writes() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        a.write(lba_r, blocks(lba_r, n, 2), WriteFlags::NONE),
+    )
+    .await
+    .expect("a record waits for no record of another row")
+    .unwrap();
+    first.abort();
+    let _ = first.await;
+    drop(std::sync::Arc::into_inner(a).expect("the only handle"));
+    for f in &rig.faulty {
+        // Every write since the flush is lost but the FUA records.
+        crash_keeping(f, |_| false).await;
+    }
+    let b = rig.assemble(true).await.expect("assemble after crash");
+    assert_eq!(
+        b.read(lba_r, n as u32).await.unwrap(),
+        blocks(lba_r, n, 2),
+        "the landed record was not replayed"
+    );
+    assert_eq!(b.read(0, n as u32).await.unwrap(), blocks(0, n, 1));
+    assert!(b.check().await.unwrap().clean());
+}
