@@ -11,13 +11,13 @@ mod common;
 #[path = "common/head.rs"]
 mod head;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::{SharedDevice, WriteFlags};
+use blockdev::SharedDevice;
 use head::{
-    array_state, in_sync, log_has, open, run_lba, runtime, stamping, stamps, until, verify_all,
-    write_all, Rig, RigSpec, BS, RUN, RUNS,
+    array_state, in_sync, log_has, open, runtime, until, verify_acked, verify_all, write_all,
+    AckedWriter, Rig, RigSpec, RUNS,
 };
 
 /// SIGTERM, and the head must end successfully (a clean stop).
@@ -219,28 +219,7 @@ fn sigterm_ends_the_head_in_bounded_time_after_every_isu_died_and_acknowledged_w
     until(&rig, 30, "clean", |s| array_state(s) == "clean");
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
     rt.block_on(write_all(&dev, 1, true));
-    // A writer with FUA, recording what each run has acknowledged, until
-    // its first failed write.
-    let acked = Arc::new(Mutex::new(vec![1u64; RUNS as usize]));
-    let writer = {
-        let (dev, acked) = (dev.clone(), acked.clone());
-        rt.spawn(async move {
-            for g in 2.. {
-                for r in 0..RUNS {
-                    let lba = run_lba(r);
-                    if dev
-                        .write(lba, stamps(lba, g), WriteFlags::FUA)
-                        .await
-                        .is_err()
-                    {
-                        return g;
-                    }
-                    acked.lock().unwrap()[r as usize] = g;
-                }
-            }
-            unreachable!()
-        })
-    };
+    let writer = AckedWriter::spawn(&rt, dev.clone());
     std::thread::sleep(Duration::from_millis(800));
     for i in 0..3 {
         rig.kill_isu(i);
@@ -260,9 +239,9 @@ fn sigterm_ends_the_head_in_bounded_time_after_every_isu_died_and_acknowledged_w
     drop(head);
     // No write is acknowledged with the head gone: what each run
     // acknowledged is final. The client keeps logging in again: stopped.
-    writer.abort();
+    writer.task.abort();
     drop(dev);
-    let acked = acked.lock().unwrap().clone();
+    let acked = writer.acked();
     println!("acknowledged generations per run: {acked:?}");
     for i in 0..3 {
         rig.start_isu(i);
@@ -271,15 +250,7 @@ fn sigterm_ends_the_head_in_bounded_time_after_every_isu_died_and_acknowledged_w
     until(&rig, 60, "clean", |s| array_state(s) == "clean");
     rt.block_on(async {
         let dev: SharedDevice = Arc::new(open(&rig, 1).await);
-        for r in 0..RUNS {
-            let at = run_lba(r);
-            let g = acked[r as usize];
-            let data = dev.read(at, RUN as u32).await.expect("read");
-            // The write in flight at the kill may have reached the members.
-            stamping::verify(&data, at, g, BS)
-                .or_else(|_| stamping::verify(&data, at, g + 1, BS))
-                .unwrap_or_else(|e| panic!("run {r} (acknowledged generation {g}): {e}"));
-        }
+        verify_acked(&dev, &acked).await;
     });
     // A second SIGTERM ends a stop at once.
     for i in 0..3 {

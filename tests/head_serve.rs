@@ -12,10 +12,9 @@ mod head;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockdev::{BlockDevice, SharedDevice, WriteFlags};
+use blockdev::{BlockDevice, SharedDevice};
 use head::{
-    log_has, open, run_lba, runtime, stamping, stamps, verify_all, write_all, Rig, BS, ISU2_DISK,
-    RUN, RUNS,
+    log_has, open, runtime, verify_acked, verify_all, write_all, AckedWriter, Rig, ISU2_DISK, RUNS,
 };
 
 #[test]
@@ -142,35 +141,18 @@ fn a_head_killed_during_fua_writes_loses_none_after_its_restart() {
     let rig = Rig::start();
     let rt = runtime();
     let mut head = rig.head();
-    let acked: Arc<std::sync::Mutex<Vec<u64>>> =
-        Arc::new(std::sync::Mutex::new(vec![1; RUNS as usize]));
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
     rt.block_on(write_all(&dev, 1, true));
-    let writer = {
-        let (dev, acked) = (dev.clone(), acked.clone());
-        rt.spawn(async move {
-            for g in 2.. {
-                for r in 0..RUNS {
-                    let lba = run_lba(r);
-                    if dev
-                        .write(lba, stamps(lba, g), WriteFlags::FUA)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    acked.lock().unwrap()[r as usize] = g;
-                }
-            }
-        })
-    };
+    let mut writer = AckedWriter::spawn(&rt, dev.clone());
     std::thread::sleep(Duration::from_millis(1500));
     head.signal(libc::SIGKILL);
     head.wait_exit(10).expect("SIGKILL ends the head");
-    rt.block_on(writer).unwrap();
+    let generations = {
+        rt.block_on(&mut writer.task).unwrap();
+        writer.acked()
+    };
     drop(dev);
     drop(head);
-    let generations = acked.lock().unwrap().clone();
     assert!(
         generations.iter().any(|&g| g > 1),
         "no write went through before the kill"
@@ -183,20 +165,7 @@ fn a_head_killed_during_fua_writes_loses_none_after_its_restart() {
     );
     rt.block_on(async {
         let dev: SharedDevice = Arc::new(open(&rig, 0).await);
-        // A write in flight at the kill may have landed, in part or
-        // whole, or not: each block reads back as its run's last
-        // acknowledged generation or the next.
-        for r in 0..RUNS {
-            let lba = run_lba(r);
-            let data = dev.read(lba, RUN as u32).await.expect("read");
-            let g = generations[r as usize];
-            for (i, b) in data.chunks(BS).enumerate() {
-                let at = lba + i as u64;
-                let ok =
-                    stamping::verify(b, at, g, BS).or_else(|_| stamping::verify(b, at, g + 1, BS));
-                ok.unwrap_or_else(|e| panic!("run {r} (acknowledged generation {g}): {e}"));
-            }
-        }
+        verify_acked(&dev, &generations).await;
     });
 }
 

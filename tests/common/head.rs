@@ -453,3 +453,62 @@ pub fn until(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A client writing every run with FUA, generation after generation from 2,
+/// that records what each run has had acknowledged, until its first failed
+/// write (the task then returns the generation it failed in).
+pub struct AckedWriter {
+    /// The last acknowledged generation per run (1 before any).
+    pub acked: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// The writing task.
+    pub task: tokio::task::JoinHandle<u64>,
+}
+
+impl AckedWriter {
+    /// Starts writing to `dev` on `rt`.
+    pub fn spawn(rt: &tokio::runtime::Runtime, dev: SharedDevice) -> AckedWriter {
+        let acked = Arc::new(std::sync::Mutex::new(vec![1u64; RUNS as usize]));
+        let task = {
+            let acked = acked.clone();
+            rt.spawn(async move {
+                for g in 2.. {
+                    for r in 0..RUNS {
+                        let lba = run_lba(r);
+                        if dev
+                            .write(lba, stamps(lba, g), WriteFlags::FUA)
+                            .await
+                            .is_err()
+                        {
+                            return g;
+                        }
+                        acked.lock().unwrap()[r as usize] = g;
+                    }
+                }
+                unreachable!()
+            })
+        };
+        AckedWriter { acked, task }
+    }
+
+    /// What each run has had acknowledged so far.
+    pub fn acked(&self) -> Vec<u64> {
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Every run of `dev` reads back as its last acknowledged generation in
+/// `acked` or the next (the write in flight at a crash may have landed, in
+/// part or whole, or not).
+pub async fn verify_acked(dev: &SharedDevice, acked: &[u64]) {
+    for r in 0..RUNS {
+        let lba = run_lba(r);
+        let g = acked[r as usize];
+        let data = dev.read(lba, RUN as u32).await.expect("read");
+        for (i, b) in data.chunks(BS).enumerate() {
+            let at = lba + i as u64;
+            stamping::verify(b, at, g, BS)
+                .or_else(|_| stamping::verify(b, at, g + 1, BS))
+                .unwrap_or_else(|e| panic!("run {r} (acknowledged generation {g}): {e}"));
+        }
+    }
+}
