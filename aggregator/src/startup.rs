@@ -361,15 +361,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                         (None, Member::Identity(_)) => "no LUN of the ISUs carries it".to_string(),
                         (None, Member::Lun(_)) => "not among the LUNs of its ISU".to_string(),
                     };
-                    Some(format!(
-                        "{m}: no path ({})",
-                        [why]
-                            .iter()
-                            .chain(&survey.unreachable)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ))
+                    Some(format!("{m}: {}", no_path(why, &survey.unreachable)))
                 })
                 .collect(),
             Plan::Assemble(p) => {
@@ -407,14 +399,12 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                         .iter()
                         .map(|(slot, dev)| {
                             format!(
-                                "slot {slot}: device {}: no path ({})",
+                                "slot {slot}: device {}: {}",
                                 DeviceIdentity::from_uuid(*dev),
-                                ["no LUN of the ISUs carries it".to_string()]
-                                    .iter()
-                                    .chain(&survey.unreachable)
-                                    .cloned()
-                                    .collect::<Vec<_>>()
-                                    .join("; ")
+                                no_path(
+                                    "no LUN of the ISUs carries it".into(),
+                                    &survey.unreachable
+                                )
                             )
                         })
                         .collect()
@@ -432,6 +422,13 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
         }
         tokio::time::sleep(RETRY).await;
     }
+}
+
+/// `no path (why; ISU: why it did not answer; ...)` for a disk waited for.
+fn no_path(why: String, unreachable: &[String]) -> String {
+    let mut reasons = vec![why];
+    reasons.extend_from_slice(unreachable);
+    format!("no path ({})", reasons.join("; "))
 }
 
 /// Opens the disks of `p` and assembles them; `None` when one of its

@@ -424,9 +424,7 @@ impl JournalState {
 
     /// Flushes the members and restarts every ring: all logged rows are durable.
     pub(crate) async fn checkpoint(&self, host: &dyn JournalHost) -> Result<()> {
-        let _w = self.gate.write().await;
-        host.make_durable().await?;
-        self.reset_locked(host).await
+        self.checkpoint_unless_reset(host, None).await
     }
 
     /// [`JournalState::checkpoint`] for a writer that found its ring full
@@ -437,8 +435,18 @@ impl JournalState {
     /// space the first one freed (head-bench: a dozen checkpoints per
     /// full-stripe record at QD32).
     async fn checkpoint_since(&self, host: &dyn JournalHost, seen: u64) -> Result<()> {
+        self.checkpoint_unless_reset(host, Some(seen)).await
+    }
+
+    /// A checkpoint, skipped when `seen` is given and the rings were reset
+    /// since that count.
+    async fn checkpoint_unless_reset(
+        &self,
+        host: &dyn JournalHost,
+        seen: Option<u64>,
+    ) -> Result<()> {
         let _w = self.gate.write().await;
-        if self.resets.load(Ordering::SeqCst) != seen {
+        if seen.is_some_and(|n| self.resets.load(Ordering::SeqCst) != n) {
             return Ok(());
         }
         host.make_durable().await?;
@@ -488,8 +496,7 @@ impl JournalState {
             ring.extend_from_slice(&part);
             at += n;
         }
-        let (start_seq, records) = parse_ring(&ring, bs);
-        (start_seq, records)
+        parse_ring(&ring, bs)
     }
 
     /// Replays every current record (assembly after an unclean stop). Returns
