@@ -16,6 +16,7 @@ mod head;
 mod initiator;
 mod isu;
 mod logging;
+mod output;
 mod signals;
 
 mod state;

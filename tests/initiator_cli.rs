@@ -423,3 +423,40 @@ fn perf_reuses_its_buffers_instead_of_faulting_in_fresh_pages_for_each_io() {
     let faults = r["page_faults_per_io"].as_f64().unwrap();
     assert!(faults < 4.0, "{faults} page faults per 128 KiB read: {r}");
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_a_crash() {
+    // `opie initiator ls | head -0`: stdout is a pipe whose reader is gone
+    // before the command writes; it ends as it would have, without a panic.
+    let isu = start();
+    let d0 = iqn("d0");
+    let ls = [
+        "ls",
+        "-p",
+        &isu.portals[0],
+        "-p",
+        &isu.portals[1],
+        "-t",
+        &d0,
+    ];
+    let (expected, _, err) = initiator(&ls, &[]);
+    assert_eq!(expected, 0, "{err}");
+    for json in [true, false] {
+        let mut cmd: Command = opie();
+        cmd.arg("initiator").args(ls).env_remove("OPIE_CHAP_SECRET");
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "json={json}: {err}");
+        assert_eq!(out.status.code(), Some(0), "json={json}: {err}");
+    }
+}

@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use control::{Client, Reply, Request, Response, TaskId, TaskState};
 
+use crate::output::write_text;
 use aggregator::units::{parse_duration, parse_size};
 use exit::Failure;
 
@@ -336,17 +337,6 @@ fn call(conn: &Conn, request: &Request, wait: bool) -> (Option<String>, Result<R
     }
 }
 
-/// Writes to stdout; false once it is closed (`| head`), which is not an
-/// error of the command.
-fn out(text: &str) -> bool {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .is_ok()
-}
-
 /// Runs one request and prints its outcome: with `--json` one JSON line on
 /// stdout (the head's response as is, or, when the head gave none, an
 /// `{"error": ...}` of the CLI's own); otherwise a table on stdout and
@@ -355,8 +345,8 @@ fn execute(conn: &Conn, request: Request, wait: bool) -> ExitCode {
     let (line, outcome) = call(conn, &request, wait);
     if conn.json {
         let _ = match (&line, &outcome) {
-            (Some(line), _) => out(&format!("{line}\n")),
-            (None, Err(f)) => out(&format!(
+            (Some(line), _) => write_text(&format!("{line}\n")),
+            (None, Err(f)) => write_text(&format!(
                 "{}\n",
                 serde_json::json!({"error": {"code": f.json_code(), "message": f.to_string()}})
             )),
@@ -366,7 +356,7 @@ fn execute(conn: &Conn, request: Request, wait: bool) -> ExitCode {
     match outcome {
         Ok(reply) => {
             if !conn.json {
-                out(&render::reply(&reply));
+                write_text(&render::reply(&reply));
             }
             exit::code(exit::EXIT_OK)
         }

@@ -45,7 +45,7 @@ impl Display {
                 let now = (t.state, (t.progress * 100.0).floor() as u32);
                 if *last != Some(now) && !t.state.is_final() {
                     *last = Some(now);
-                    if !super::out(&format!("{}\n", task_line(t))) {
+                    if !crate::output::write_text(&format!("{}\n", task_line(t))) {
                         // Nobody reads stdout any more: go on waiting quietly.
                         *self = Display::Quiet;
                     }

@@ -4,6 +4,7 @@
 //! driver), so an AoE disk's paths are grouped by identity with its iSCSI
 //! paths. Needs root (raw sockets).
 
+use crate::output::outln;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -120,12 +121,12 @@ pub async fn disks(ifaces: &[String], wait: Duration) -> Result<AoeFound, CliErr
 
 /// The text form of a discovery.
 pub fn print(d: &AoeDiscovery) {
-    println!("AoE on {}", d.aoe_interfaces.join(", "));
+    outln!("AoE on {}", d.aoe_interfaces.join(", "));
     if d.aoe_targets.is_empty() {
-        println!("  (no target answered Query Config)");
+        outln!("  (no target answered Query Config)");
     }
     for t in &d.aoe_targets {
-        println!(
+        outln!(
             "  {} (buffers {}, firmware {:#x}, {} sectors per frame{})",
             t.name,
             t.buffer_count,
@@ -138,7 +139,7 @@ pub fn print(d: &AoeDiscovery) {
             }
         );
         for (iface, macs) in &t.interfaces {
-            println!("    via {iface} from {}", macs.join(", "));
+            outln!("    via {iface} from {}", macs.join(", "));
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `opie initiator discover`: SendTargets on each portal.
 
+use crate::output::outln;
 use initiator_iscsi::{Auth, Session};
 use serde::Serialize;
 
@@ -61,14 +62,14 @@ pub async fn discover(
 /// The text form: one line per target and address.
 pub fn print(found: &[PortalTargets]) {
     for p in found {
-        println!("portal {}", p.portal);
+        outln!("portal {}", p.portal);
         if p.targets.is_empty() {
-            println!("  (no targets visible to this initiator)");
+            outln!("  (no targets visible to this initiator)");
         }
         for t in &p.targets {
-            println!("  {}", t.name);
+            outln!("  {}", t.name);
             for a in &t.addresses {
-                println!("    at {a}");
+                outln!("    at {a}");
             }
         }
     }

@@ -2,6 +2,7 @@
 //! identity (`multipath::group`, as the head groups paths), with its paths;
 //! LUNs a head cannot use and portals or targets that failed listed apart.
 
+use crate::output::outln;
 use blockdev::DeviceIdentity;
 use initiator_iscsi::Auth;
 use multipath::Transport;
@@ -178,7 +179,7 @@ pub async fn list(
 /// The text form.
 pub fn print(l: &Listing) {
     for d in &l.disks {
-        println!(
+        outln!(
             "disk {} serial {} ({} bytes, {} x {}{})",
             d.identity.uuid,
             d.identity.serial,
@@ -188,16 +189,23 @@ pub fn print(l: &Listing) {
             if d.disk.read_only { ", read-only" } else { "" }
         );
         for p in &d.paths {
-            println!(
+            outln!(
                 "  {} {} {} LUN {}: {}",
-                p.transport, p.portal, p.target, p.lun, p.state
+                p.transport,
+                p.portal,
+                p.target,
+                p.lun,
+                p.state
             );
         }
     }
     for o in &l.other_luns {
-        println!(
+        outln!(
             "not usable: {} {} LUN {}: {}",
-            o.portal, o.target, o.lun, o.reason
+            o.portal,
+            o.target,
+            o.lun,
+            o.reason
         );
     }
     for e in &l.errors {

@@ -5,6 +5,7 @@
 //! or not a disk) is still described from its VPD pages and capacity, with
 //! the reason the head cannot use it.
 
+use crate::output::{out, outln};
 use blockdev::{BlockDevice, DeviceIdentity};
 use initiator_iscsi::disk_commands as cdb;
 use initiator_iscsi::{
@@ -273,11 +274,11 @@ pub(super) async fn run(s: &PipelinedSession, cmd: Command) -> Result<ScsiResult
 
 /// The text form of one target's LUNs.
 pub fn print(t: &TargetLuns) {
-    println!("target {} at {}", t.target, t.portal);
+    outln!("target {} at {}", t.target, t.portal);
     for l in &t.luns {
-        print!("  LUN {}: {} {}", l.lun, l.vendor, l.product);
+        out!("  LUN {}: {} {}", l.lun, l.vendor, l.product);
         if let Some(d) = &l.disk {
-            print!(
+            out!(
                 ", {} bytes ({} x {}){}",
                 d.size_bytes,
                 d.num_blocks,
@@ -285,28 +286,30 @@ pub fn print(t: &TargetLuns) {
                 if d.read_only { ", read-only" } else { "" }
             );
         }
-        println!();
+        outln!();
         if let Some(id) = &l.identity {
-            println!(
+            outln!(
                 "    identity {} serial {} naa {}",
-                id.uuid, id.serial, id.naa
+                id.uuid,
+                id.serial,
+                id.naa
             );
         } else {
             if let Some(s) = &l.serial {
-                println!("    serial {s}");
+                outln!("    serial {s}");
             }
             for n in &l.naa {
-                println!("    naa {n}");
+                outln!("    naa {n}");
             }
         }
         if let Some(d) = &l.disk {
-            println!(
+            outln!(
                 "    limits: max transfer {} blocks, granularity {}, atomic {}; thin {}, volatile cache {}",
                 d.max_transfer, d.optimal_granularity, d.atomic_write, d.thin, d.volatile_cache
             );
         }
         if let Some(why) = &l.unusable {
-            println!("    unusable by a head: {why}");
+            outln!("    unusable by a head: {why}");
         }
     }
 }

@@ -16,6 +16,7 @@ mod lun;
 mod perf;
 mod portal;
 
+use crate::output::outln;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -155,7 +156,7 @@ fn finish<T: Serialize>(json: bool, r: Result<T, CliError>, text: impl FnOnce(&T
     match r {
         Ok(v) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&v).expect("serializable")
                 );
@@ -171,7 +172,7 @@ fn finish<T: Serialize>(json: bool, r: Result<T, CliError>, text: impl FnOnce(&T
                     error: e.to_string(),
                     exit_code,
                 };
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&j).expect("serializable")
                 );

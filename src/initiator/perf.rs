@@ -7,6 +7,7 @@
 //! on the session. Reports I/Os per second, MB/s, and the process's CPU
 //! time (getrusage: user + system) per I/O.
 
+use crate::output::{out, outln};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -401,7 +402,7 @@ pub async fn perf(a: &PerfArgs) -> Result<Report, CliError> {
 /// The text form: one line per workload.
 pub fn print(r: &Report) {
     for m in &r.results {
-        print!(
+        out!(
             "{} {:.0} IOPS {:.1} MB/s cpu {:.1} us/io, {:.1} page faults/io ({} I/Os in {:.1} s via {})",
             m.workload,
             m.iops,
@@ -413,11 +414,11 @@ pub fn print(r: &Report) {
             r.via
         );
         for p in &m.paths {
-            print!(" {} {:.1}%", p.portal, p.share * 100.0);
+            out!(" {} {:.1}%", p.portal, p.share * 100.0);
         }
-        println!();
+        outln!();
         if let Some(e) = &m.error {
-            println!("  stopped by an error: {e}");
+            outln!("  stopped by an error: {e}");
         }
     }
 }

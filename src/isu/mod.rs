@@ -6,6 +6,7 @@ mod export;
 mod preflight;
 mod reload;
 
+use crate::output::outln;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -109,18 +110,19 @@ pub struct TargetPlan {
 
 /// Prints what a config means (for `opie isu check`).
 pub fn describe(cfg: &IsuConfig) {
-    println!("config {} is valid", cfg.source.display());
-    println!("data dir: {}", cfg.data_dir.display());
-    println!("base iqn: {}", cfg.base_iqn);
-    println!(
+    outln!("config {} is valid", cfg.source.display());
+    outln!("data dir: {}", cfg.data_dir.display());
+    outln!("base iqn: {}", cfg.base_iqn);
+    outln!(
         "nop: every {:?}, timeout {:?}",
-        cfg.nop_interval, cfg.nop_timeout
+        cfg.nop_interval,
+        cfg.nop_timeout
     );
     for p in &cfg.listen {
-        println!("portal: {p}");
+        outln!("portal: {p}");
     }
     let a = &cfg.auth;
-    println!(
+    outln!(
         "auth: discovery {:?}, secrets {}, algorithms {:?}",
         a.discovery,
         a.secrets
@@ -130,13 +132,13 @@ pub fn describe(cfg: &IsuConfig) {
     );
     for (tag, sources) in &a.portal_sources {
         let l: Vec<String> = sources.iter().map(ToString::to_string).collect();
-        println!("portal group {tag}: logins only from {}", l.join(", "));
+        outln!("portal group {tag}: logins only from {}", l.join(", "));
     }
     for d in &cfg.disks {
         let size = d
             .size
             .map_or("existing size".to_string(), |s| format!("{s} bytes"));
-        println!(
+        outln!(
             "disk {}: {} lun {} <- {} ({size}, {}-byte blocks{})",
             d.name,
             d.iqn,
@@ -145,7 +147,7 @@ pub fn describe(cfg: &IsuConfig) {
             d.block_size,
             if d.read_only { ", read-only" } else { "" }
         );
-        println!(
+        outln!(
             "  auth {:?}, initiators {}, sources {}",
             d.auth,
             d.initiators.as_ref().map_or("any".into(), |l| l.join(", ")),

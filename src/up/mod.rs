@@ -17,6 +17,7 @@ mod layout;
 mod ports;
 mod ready;
 
+use crate::output::{out, outln};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -294,7 +295,7 @@ async fn wait_ready(
                 Err(why) if tokio::time::Instant::now() >= next_note => {
                     // What the head is busy with (creating a volume
                     // writes all of it) is its last log line.
-                    println!(
+                    outln!(
                         "opie up: still waiting for the head to serve {} ({why}); {} says:{}",
                         e.iqn,
                         log.display(),
@@ -355,7 +356,7 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
     let layout = Layout::new(data.root());
     let (loaded, found) = prepare(&layout, &args)?;
     match found {
-        Found::Nothing => println!(
+        Found::Nothing => outln!(
             "opie up: new appliance in {} (configs written: {})",
             args.data_dir.display(),
             layout
@@ -369,7 +370,7 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Found::Everything => println!(
+        Found::Everything => outln!(
             "opie up: starting the appliance in {} again (its configs as they are)",
             args.data_dir.display()
         ),
@@ -417,7 +418,7 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
             }
         }
         let portals: Vec<String> = c.listen.iter().map(|p| p.to_string()).collect();
-        println!(
+        outln!(
             "opie up: {name} (pid {}) on {}",
             fleet.pid(*isus.last().expect("pushed")),
             portals.join(" ")
@@ -442,7 +443,7 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
                         libc::SIGKILL,
                     )
                     .map(|id| {
-                        println!(
+                        outln!(
                             "opie up: head (pid {}) on {}; waiting for its export (log: {})",
                             fleet.pid(id),
                             head_listen
@@ -474,7 +475,7 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
                 let status = socket
                     .exists()
                     .then(|| format!("opie status --data-dir {}", loaded.head.data_dir.display()));
-                print!(
+                out!(
                     "{}",
                     attach::instructions(&args.data_dir, &addrs, &exports, status)
                 );
@@ -489,12 +490,12 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
         result = tokio::select! {
             e = fleet.died() => Err(e),
             sig = stops.next() => {
-                println!("opie up: {sig}: stopping the head (drain, flush), then the ISUs");
+                outln!("opie up: {sig}: stopping the head (drain, flush), then the ISUs");
                 Ok(())
             }
         };
     } else if result.is_ok() {
-        println!("opie up: stop signal before the appliance was up: stopping");
+        outln!("opie up: stop signal before the appliance was up: stopping");
     }
     if let Err(e) = &result {
         eprintln!("opie up: {e}");
@@ -509,7 +510,7 @@ async fn up(args: UpArgs, verbose: u8, reported: &mut bool) -> Result<(), UpErro
             Err(e)
         }
         (Ok(()), Ok(())) => {
-            println!("opie up: stopped cleanly");
+            outln!("opie up: stopped cleanly");
             Ok(())
         }
     }
