@@ -29,6 +29,7 @@ async fn round(s: &Shared) {
     let mut checks = JoinSet::new();
     for (i, p) in s.paths.iter().enumerate() {
         let (p, timeout) = (p.clone(), s.config.io_timeout);
+        let served = s.update(|core| core.served(i));
         checks.spawn(async move {
             let r = match timeout {
                 Some(t) => tokio::time::timeout(t, p.check())
@@ -36,20 +37,23 @@ async fn round(s: &Shared) {
                     .unwrap_or_else(|_| Err(BlockError::TimedOut("check".into()))),
                 None => p.check().await,
             };
-            (i, r.map_err(|e| e.class()))
+            (i, served, r.map_err(|e| e.class()))
         });
     }
     while let Some(done) = checks.join_next().await {
-        let Ok((i, r)): Result<(usize, Result<_, ErrorClass>), _> = done else {
+        let Ok((i, served, r)): Result<(usize, u64, Result<_, ErrorClass>), _> = done else {
             continue;
         };
-        if let Err(class) = r {
-            tracing::debug!(path = i, ?class, "multipath: check failed");
+        let (taken, usable) =
+            s.update(|core| (core.check_ended(i, served, r, now()), core.has_usable()));
+        match r {
+            Err(class) if taken => tracing::debug!(path = i, ?class, "multipath: check failed"),
+            Err(_) => tracing::debug!(
+                path = i,
+                "multipath: check timed out behind completing I/O: busy, not down"
+            ),
+            Ok(_) => {}
         }
-        let usable = s.update(|core| {
-            core.checked(i, r, now());
-            core.has_usable()
-        });
         if usable {
             s.usable.send_modify(|g| *g += 1);
         }

@@ -169,6 +169,35 @@ impl PathSet {
         self.refresh(path, before, now);
     }
 
+    /// How many I/Os `path` has completed: taken as a check starts, for
+    /// [`PathSet::check_ended`].
+    pub fn served(&self, path: usize) -> u64 {
+        self.paths[path].stats.completed
+    }
+
+    /// A check of `path` that started when the path had [served](Self::served)
+    /// `served_before` I/Os ended with `result`. A check that got no answer
+    /// in time ([`ErrorClass::OutcomeUnknown`]) while I/Os kept completing on
+    /// the path waited behind a full queue (large writes, a journal's FUA
+    /// records on a loaded ISU): the path is busy, not down, and the result
+    /// is dropped, as open-iscsi lets a NOP-Out go unanswered while data
+    /// comes in. Failing it would hold it out as marginal after a few such
+    /// checks and pile every I/O onto the other paths. Any other result is
+    /// [`PathSet::checked`]. Returns whether the result was taken.
+    pub fn check_ended(
+        &mut self,
+        path: usize,
+        served_before: u64,
+        result: Result<AluaState, ErrorClass>,
+        now: Instant,
+    ) -> bool {
+        if result == Err(ErrorClass::OutcomeUnknown) && self.served(path) > served_before {
+            return false;
+        }
+        self.checked(path, result, now);
+        true
+    }
+
     /// A check of `path` ended: the ALUA state of its port group if the
     /// device answered ready, or the class of its error.
     pub fn checked(&mut self, path: usize, result: Result<AluaState, ErrorClass>, now: Instant) {
@@ -288,6 +317,30 @@ mod tests {
         }
         s.checked(0, Ok(AluaState::Transitioning), t);
         assert!(matches!(s.route(512, t), Route::Wait { .. }));
+    }
+
+    #[test]
+    fn a_check_timed_out_behind_completing_io_is_busy_not_down() {
+        let t = Instant::now();
+        let mut s = set(2);
+        let before = s.served(0);
+        let p = path(s.route(4096, t));
+        assert_eq!(p, 0);
+        s.ended(0, 4096, ms(2500), Ok(()), t + ms(2500));
+        // The check started before that I/O completed and then timed out.
+        assert!(!s.check_ended(0, before, Err(ErrorClass::OutcomeUnknown), t + ms(3000)));
+        assert_eq!(s.report()[0].state, PathState::Up);
+        // No I/O completed during the next one: the path is down.
+        let before = s.served(0);
+        assert!(s.check_ended(0, before, Err(ErrorClass::OutcomeUnknown), t + ms(6000)));
+        assert!(matches!(s.report()[0].state, PathState::Failed { .. }));
+        // Other errors count however busy the path was.
+        let before = s.served(1);
+        let q = path(s.route(4096, t + ms(6000)));
+        assert_eq!(q, 1);
+        s.ended(1, 4096, ms(1), Ok(()), t + ms(6001));
+        assert!(s.check_ended(1, before, Err(ErrorClass::RetryElsewhere), t + ms(6002)));
+        assert!(matches!(s.report()[1].state, PathState::Failed { .. }));
     }
 
     #[test]

@@ -3,12 +3,13 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use blockdev::{BlockDevice, Limits, MemDevice};
 use common::{device, device_with_paths};
-use multipath::{AluaState, Config, MultipathDevice, MultipathError, SelectorKind};
+use multipath::{AluaState, Config, MultipathDevice, MultipathError, PathState, SelectorKind};
 
 fn config(selector: SelectorKind) -> Config {
     Config {
@@ -16,6 +17,35 @@ fn config(selector: SelectorKind) -> Config {
         check_interval: Duration::from_millis(100),
         ..Config::default()
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_path_whose_checks_wait_behind_completing_io_stays_up() {
+    // A check stuck behind a busy path's queue times out while the path's
+    // I/Os keep completing: the path is busy, not down, and keeps its share.
+    let (dev, paths) = device_with_paths(
+        2,
+        Config {
+            io_timeout: Some(Duration::from_millis(300)),
+            ..config(SelectorKind::RoundRobin)
+        },
+    );
+    for p in &paths {
+        p.faults.set_latency(Duration::from_millis(1), None);
+    }
+    paths[0].checks_hang.store(true, Ordering::Relaxed);
+    for i in 0..2000u64 {
+        dev.read(i % 1000 * 8, 8).await.unwrap();
+    }
+    let r = dev.paths();
+    assert_eq!(r[0].state, PathState::Up, "{r:?}");
+    assert_eq!(r[0].stats.check_failures, 0, "{r:?}");
+    assert!((800..=1200).contains(&r[0].stats.completed), "{r:?}");
+    // Idle, its next check that times out is a failure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = dev.paths();
+    assert!(matches!(r[0].state, PathState::Failed { .. }), "{r:?}");
+    assert_eq!(r[1].state, PathState::Up, "{r:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -24,6 +24,8 @@ pub struct FaultyPath {
     /// Checks pass without asking the disk (a path whose TEST UNIT READY
     /// works while its I/O fails).
     pub checks_lie: AtomicBool,
+    /// Checks never answer (a TEST UNIT READY stuck behind a full queue).
+    pub checks_hang: AtomicBool,
     /// While set, the fence waits (the session not yet reinstated) and the
     /// writes held on the path stay held.
     pub fence_shut: AtomicBool,
@@ -40,6 +42,9 @@ impl Path for FaultyPath {
     }
 
     async fn check(&self) -> Result<AluaState> {
+        if self.checks_hang.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         if !self.checks_lie.load(Ordering::Relaxed) {
             self.device.read(0, 1).await?;
         }
@@ -80,6 +85,7 @@ fn faulty_path(faults: Arc<FaultyDevice>) -> Arc<FaultyPath> {
         faults,
         alua: Mutex::new(AluaState::ActiveOptimized),
         checks_lie: AtomicBool::new(false),
+        checks_hang: AtomicBool::new(false),
         fence_shut: AtomicBool::new(false),
     })
 }
