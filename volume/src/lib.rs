@@ -25,18 +25,25 @@
 //! deleted while a handle to it is alive.
 //!
 //! Table changes are serialized; I/O to open volumes never waits on one.
+//!
+//! A [`Snapshot`] is a volume's content at one instant, kept by
+//! copy-before-write into a hidden reserve volume while a backup reads it
+//! ([`Pool::snapshot`]; module `snapshot`).
 
 #![warn(missing_docs)]
 
 mod alloc;
+mod cow;
 mod error;
 pub mod mapping;
 mod pool;
+mod snapshot;
 mod store;
 pub mod table;
 mod volume;
 
 pub use error::{CopyFault, Result, VolumeError};
 pub use pool::{Clock, Pool, Space, VolumeInfo};
+pub use snapshot::Snapshot;
 pub use table::UnitExtent;
 pub use volume::Volume;

@@ -8,9 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use blockdev::{BlockDevice, DeviceIdentity, SharedDevice};
 
 use crate::alloc::{allocate, append, free_extents, mark_dirty, needs_zero, subtract};
+use crate::cow::CowMap;
 use crate::error::{CopyFault, Result, VolumeError};
+use crate::snapshot::{Cow, Snapshot};
 use crate::store::{self, Current};
-use crate::table::{reserved_units, valid_name, Entry, Table, UnitExtent, FLAG_READ_ONLY};
+use crate::table::{self, reserved_units, valid_name, Entry, Table, UnitExtent, FLAG_READ_ONLY};
 use crate::volume::Volume;
 
 /// Where creation times come from (injected for tests).
@@ -307,13 +309,15 @@ impl Pool {
         }
     }
 
-    /// Every volume, in creation order.
+    /// Every volume, in creation order (not the hidden reserves of backup
+    /// snapshots: their space counts as used).
     pub fn list(&self) -> Vec<VolumeInfo> {
         let s = self.state();
         s.current
             .table
             .volumes
             .iter()
+            .filter(|e| !e.cow_reserve())
             .map(|e| self.info_of(&s, e))
             .collect()
     }
@@ -433,6 +437,11 @@ impl Pool {
     /// Creates volume `name` of `size_bytes` bytes, rounded up to the
     /// allocation unit. Its space reads zeroes.
     pub async fn create(&self, name: &str, size_bytes: u64) -> Result<VolumeInfo> {
+        self.create_flagged(name, size_bytes, 0).await
+    }
+
+    /// [`Pool::create`] with the entry's `flags`.
+    async fn create_flagged(&self, name: &str, size_bytes: u64, flags: u32) -> Result<VolumeInfo> {
         if !valid_name(name) {
             return Err(VolumeError::InvalidName(name.into()));
         }
@@ -459,7 +468,7 @@ impl Pool {
         table.volumes.push(Entry {
             uuid,
             name: name.into(),
-            flags: 0,
+            flags,
             created_ms: now
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -523,6 +532,136 @@ impl Pool {
         }
         entry.flags ^= FLAG_READ_ONLY;
         self.commit_volume(table, name).await
+    }
+
+    /// Takes a backup snapshot of each volume in `names` at one instant (a
+    /// consistency group): each gets a hidden reserve of `reserve_bytes`
+    /// (rounded up to the unit) for the copies of what clients overwrite
+    /// before the backup has read it, in grains of `grain_bytes` (rounded
+    /// up to the unit). Writes in flight to the volumes end and the device
+    /// is flushed before the instant; writes wait meanwhile, never longer.
+    /// See [`Snapshot`].
+    pub async fn snapshot(
+        &self,
+        names: &[&str],
+        reserve_bytes: u64,
+        grain_bytes: u64,
+    ) -> Result<Vec<Snapshot>> {
+        let volumes = names
+            .iter()
+            .map(|n| self.open_volume(n))
+            .collect::<Result<Vec<_>>>()?;
+        for v in &volumes {
+            if v.cow().is_some() {
+                return Err(VolumeError::InUse {
+                    name: format!("{} (it has a backup snapshot already)", v.name()),
+                    handles: 1,
+                });
+            }
+        }
+        let bs = u64::from(self.inner.dev.geometry().block_size);
+        let ub = self.unit_blocks();
+        let grain = (grain_bytes.div_ceil(bs)).div_ceil(ub).max(1) * ub;
+        let mut reserves = Vec::new();
+        for v in &volumes {
+            let name = format!(".cow-{:08x}", rand::random::<u32>());
+            let made = self
+                .create_flagged(&name, reserve_bytes.max(1), table::FLAG_COW_RESERVE)
+                .await;
+            let info = match made {
+                Ok(info) => info,
+                Err(e) => {
+                    self.delete_reserves(&reserves).await;
+                    return Err(e);
+                }
+            };
+            let slots = u32::try_from(info.size_blocks / grain).unwrap_or(u32::MAX);
+            reserves.push((name, slots, v.clone()));
+        }
+        let mut opened = Vec::new();
+        for (name, slots, v) in &reserves {
+            let reserve = self.open_volume(name)?;
+            opened.push((name.clone(), *slots, v.clone(), reserve));
+        }
+        // The instant: every volume quiet, the device flushed.
+        let mut gates = Vec::new();
+        for v in &volumes {
+            gates.push(v.quiesce().await);
+        }
+        // A snapshot taken by another call meanwhile wins.
+        let failed = match volumes.iter().find(|v| v.cow().is_some()) {
+            Some(v) => Err(VolumeError::InUse {
+                name: format!("{} (it has a backup snapshot already)", v.name()),
+                handles: 1,
+            }),
+            None => self.inner.dev.flush().await.map_err(VolumeError::from),
+        };
+        if let Err(e) = failed {
+            drop(gates);
+            drop(opened);
+            self.delete_reserves(&reserves).await;
+            return Err(e);
+        }
+        let snaps: Vec<Snapshot> = opened
+            .into_iter()
+            .map(|(name, slots, v, reserve)| {
+                let map = CowMap::new(v.geometry().num_blocks, grain, slots);
+                let cow = Arc::new(Cow::new(map, reserve));
+                v.set_cow(Some(cow.clone()));
+                Snapshot::new(v, cow, name)
+            })
+            .collect();
+        drop(gates);
+        tracing::info!(volumes = ?names, grain, "backup snapshot taken");
+        Ok(snaps)
+    }
+
+    /// Ends a backup snapshot: the volume's writes stop copying, and its
+    /// reserve is deleted.
+    pub async fn drop_snapshot(&self, snap: Snapshot) -> Result<()> {
+        let Snapshot {
+            origin,
+            cow,
+            reserve_name,
+            ..
+        } = snap;
+        cow.invalidate("the snapshot was dropped");
+        {
+            // Writes still copying for it end first.
+            let _gate = origin.quiesce().await;
+            origin.set_cow(None);
+        }
+        drop(cow);
+        drop(origin);
+        self.delete(&reserve_name).await
+    }
+
+    /// Deletes the reserves no snapshot of this process uses: those a
+    /// crash left behind. Returns how many.
+    pub async fn drop_stale_reserves(&self) -> Result<usize> {
+        let stale: Vec<String> = {
+            let s = self.state();
+            s.current
+                .table
+                .volumes
+                .iter()
+                .filter(|e| e.cow_reserve() && s.handles(&e.uuid) == 0)
+                .map(|e| e.name.clone())
+                .collect()
+        };
+        for name in &stale {
+            self.delete(name).await?;
+            tracing::info!(reserve = %name, "stale snapshot reserve deleted");
+        }
+        Ok(stale.len())
+    }
+
+    async fn delete_reserves(&self, reserves: &[(String, u32, Arc<Volume>)]) {
+        for (name, _, _) in reserves {
+            if let Err(e) = self.delete(name).await {
+                tracing::warn!(reserve = %name, error = %e, "could not delete a snapshot reserve");
+            }
+        }
     }
 
     /// Deletes volume `name`. Refused while it is open

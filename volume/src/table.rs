@@ -44,6 +44,9 @@ pub const OLDEST_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 64;
 /// Volume flag: the volume refuses writes.
 pub const FLAG_READ_ONLY: u32 = 1;
+/// Flag of a hidden volume holding a backup snapshot's copy-on-write data
+/// (not listed; deleted when its snapshot ends, or at the next start).
+pub const FLAG_COW_RESERVE: u32 = 2;
 /// Longest volume name.
 pub const MAX_NAME: usize = 64;
 
@@ -82,6 +85,11 @@ impl Entry {
     /// Units the volume holds.
     pub fn units(&self) -> u64 {
         self.extents.iter().map(|e| e.len).sum()
+    }
+
+    /// Whether it is a snapshot's copy-on-write reserve.
+    pub fn cow_reserve(&self) -> bool {
+        self.flags & FLAG_COW_RESERVE != 0
     }
 
     /// Whether the read-only flag is set.

@@ -12,6 +12,7 @@ use blockdev::{
 use futures::future::join_all;
 
 use crate::mapping::{ExtentMap, Piece};
+use crate::snapshot::Cow;
 use crate::table::Entry;
 
 /// A volume of a [`Pool`](crate::Pool), open: a [`BlockDevice`] whose
@@ -30,6 +31,9 @@ use crate::table::Entry;
 /// - Errors that name a block ([`BlockError::Medium`],
 ///   [`BlockError::WriteFault`]) name the volume's block, not the device's.
 ///
+/// - While it has a backup snapshot ([`crate::snapshot`]), a write, zeroing
+///   or unmap first copies what the snapshot still needs of its blocks.
+///
 /// Every `Arc<Volume>` alive counts as an open handle: the pool refuses to
 /// delete the volume meanwhile.
 #[derive(Debug)]
@@ -42,6 +46,11 @@ pub struct Volume {
     map: RwLock<Arc<ExtentMap>>,
     read_only: AtomicBool,
     status: StatusPublisher,
+    /// Held shared by every write, zeroing and unmap while it runs, and
+    /// exclusively to quiesce the volume for a snapshot.
+    gate: tokio::sync::RwLock<()>,
+    /// The copy-before-write state of its backup snapshot, if it has one.
+    cow: RwLock<Option<Arc<Cow>>>,
 }
 
 impl Volume {
@@ -61,6 +70,8 @@ impl Volume {
             map: RwLock::new(Arc::new(map)),
             read_only: AtomicBool::new(entry.read_only()),
             status: StatusPublisher::new(geometry),
+            gate: tokio::sync::RwLock::new(()),
+            cow: RwLock::new(None),
         }
     }
 
@@ -82,6 +93,35 @@ impl Volume {
         *self.map.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
         self.read_only.store(entry.read_only(), Ordering::Release);
         self.status.resized(blocks);
+    }
+
+    /// Waits for the writes in flight to end and holds new ones back until
+    /// the guard is dropped.
+    pub(crate) async fn quiesce(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().await
+    }
+
+    /// The copy-before-write state of its snapshot.
+    pub(crate) fn cow(&self) -> Option<Arc<Cow>> {
+        self.cow
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Installs (or removes) the copy-before-write state of a snapshot.
+    pub(crate) fn set_cow(&self, cow: Option<Arc<Cow>>) {
+        *self.cow.write().unwrap_or_else(PoisonError::into_inner) = cow;
+    }
+
+    /// Before a change of `blocks` blocks at `lba`: holds the gate shared
+    /// and lets a snapshot copy what it still needs of them.
+    async fn before_change(&self, lba: u64, blocks: u64) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        let gate = self.gate.read().await;
+        if let Some(cow) = self.cow() {
+            cow.before_write(self, lba, blocks).await;
+        }
+        gate
     }
 
     fn map(&self) -> Arc<ExtentMap> {
@@ -210,6 +250,7 @@ impl BlockDevice for Volume {
         let blocks = g.blocks_in(data.len())?;
         let pieces = self.pieces(lba, blocks, true)?;
         let bs = g.block_size as usize;
+        let _gate = self.before_change(lba, blocks).await;
         Self::each(lba, &pieces, |p| {
             let at = p.offset as usize * bs;
             self.dev.write(
@@ -229,6 +270,7 @@ impl BlockDevice for Volume {
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> blockdev::Result<()> {
         self.check_writable()?;
         let pieces = self.pieces(lba, blocks, false)?;
+        let _gate = self.before_change(lba, blocks).await;
         Self::each(lba, &pieces, |p| {
             self.dev.write_zeroes(p.dev_lba, p.blocks, unmap)
         })
@@ -239,6 +281,7 @@ impl BlockDevice for Volume {
     async fn unmap(&self, lba: u64, blocks: u64) -> blockdev::Result<()> {
         self.check_writable()?;
         let pieces = self.pieces(lba, blocks, false)?;
+        let _gate = self.before_change(lba, blocks).await;
         Self::each(lba, &pieces, |p| self.dev.unmap(p.dev_lba, p.blocks)).await?;
         Ok(())
     }
