@@ -28,11 +28,14 @@
 //!
 //! A [`Snapshot`] is a volume's content at one instant, kept by
 //! copy-before-write into a hidden reserve volume while a backup reads it
-//! ([`Pool::snapshot`]; module `snapshot`).
+//! ([`Pool::snapshot`]; module `snapshot`). Each volume tracks the regions
+//! written since its last snapshot ([`changed`]), which the snapshot hands
+//! to the backup.
 
 #![warn(missing_docs)]
 
 mod alloc;
+pub mod changed;
 mod cow;
 mod error;
 pub mod mapping;
@@ -46,4 +49,4 @@ pub use error::{CopyFault, Result, VolumeError};
 pub use pool::{Clock, Pool, Space, VolumeInfo};
 pub use snapshot::Snapshot;
 pub use table::UnitExtent;
-pub use volume::Volume;
+pub use volume::{Volume, CHANGED_REGION_BYTES};

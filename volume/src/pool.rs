@@ -608,7 +608,8 @@ impl Pool {
                 let map = CowMap::new(v.geometry().num_blocks, grain, slots);
                 let cow = Arc::new(Cow::new(map, reserve));
                 v.set_cow(Some(cow.clone()));
-                Snapshot::new(v, cow, name)
+                let changed = v.changed().freeze();
+                Snapshot::new(v, cow, name, changed)
             })
             .collect();
         drop(gates);
@@ -616,8 +617,16 @@ impl Pool {
         Ok(snaps)
     }
 
-    /// Ends a backup snapshot: the volume's writes stop copying, and its
-    /// reserve is deleted.
+    /// Ends a backup snapshot whose backup failed: as
+    /// [`Pool::drop_snapshot`], and the regions it said changed count as
+    /// changed again, so the next backup reads them.
+    pub async fn abort_snapshot(&self, snap: Snapshot) -> Result<()> {
+        snap.origin.changed().merge_back(&snap.changed);
+        self.drop_snapshot(snap).await
+    }
+
+    /// Ends a backup snapshot (its backup is done): the volume's writes
+    /// stop copying, and its reserve is deleted.
     pub async fn drop_snapshot(&self, snap: Snapshot) -> Result<()> {
         let Snapshot {
             origin,

@@ -19,7 +19,10 @@
 //! snapshot is dropped ([`cow`](crate::cow)): client writes go on, snapshot
 //! reads fail with [`BlockError::Failed`] naming the reason, and the backup
 //! is aborted. [`Pool::drop_snapshot`](crate::Pool::drop_snapshot) ends it
-//! and frees the reserve.
+//! after a backup and frees the reserve;
+//! [`Pool::abort_snapshot`](crate::Pool::abort_snapshot) ends it after a
+//! failed one and gives its changed regions back to the volume's map, so
+//! the next backup reads them.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -31,6 +34,7 @@ use blockdev::{
 use futures::future::join_all;
 use tokio::sync::Notify;
 
+use crate::changed::ChangedMap;
 use crate::cow::{CowMap, ReadPlan, WritePlan};
 use crate::volume::Volume;
 
@@ -141,13 +145,19 @@ pub struct Snapshot {
     pub(crate) origin: Arc<Volume>,
     pub(crate) cow: Arc<Cow>,
     pub(crate) reserve_name: String,
+    pub(crate) changed: ChangedMap,
     identity: DeviceIdentity,
     geometry: Geometry,
     status: StatusPublisher,
 }
 
 impl Snapshot {
-    pub(crate) fn new(origin: Arc<Volume>, cow: Arc<Cow>, reserve_name: String) -> Snapshot {
+    pub(crate) fn new(
+        origin: Arc<Volume>,
+        cow: Arc<Cow>,
+        reserve_name: String,
+        changed: ChangedMap,
+    ) -> Snapshot {
         let geometry = Geometry {
             block_size: origin.geometry().block_size,
             num_blocks: cow.map().blocks(),
@@ -156,6 +166,7 @@ impl Snapshot {
             origin,
             cow,
             reserve_name,
+            changed,
             identity: DeviceIdentity::from_uuid(rand::random()),
             geometry,
             status: StatusPublisher::new(geometry),
@@ -173,6 +184,13 @@ impl Snapshot {
     pub fn release(&self, lba: u64, blocks: u64) {
         self.cow.map().release(lba, blocks);
         self.cow.changed.notify_waiters();
+    }
+
+    /// The regions written between the volume's previous snapshot and this
+    /// one (all of them if this process did not see every write since):
+    /// what an incremental backup must read.
+    pub fn changed(&self) -> &ChangedMap {
+        &self.changed
     }
 
     /// Blocks of the reserve holding copied content now.

@@ -2,7 +2,7 @@
 //! onto the pool's device.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use blockdev::{
@@ -11,6 +11,7 @@ use blockdev::{
 };
 use futures::future::join_all;
 
+use crate::changed::ChangedMap;
 use crate::mapping::{ExtentMap, Piece};
 use crate::snapshot::Cow;
 use crate::table::Entry;
@@ -33,6 +34,10 @@ use crate::table::Entry;
 ///
 /// - While it has a backup snapshot ([`crate::snapshot`]), a write, zeroing
 ///   or unmap first copies what the snapshot still needs of its blocks.
+/// - Every write, zeroing and unmap marks its regions in the volume's
+///   [`ChangedMap`] before it is issued; a snapshot freezes the map. A
+///   volume opened by this process starts all dirty (what happened before
+///   is not known here).
 ///
 /// Every `Arc<Volume>` alive counts as an open handle: the pool refuses to
 /// delete the volume meanwhile.
@@ -51,7 +56,12 @@ pub struct Volume {
     gate: tokio::sync::RwLock<()>,
     /// The copy-before-write state of its backup snapshot, if it has one.
     cow: RwLock<Option<Arc<Cow>>>,
+    /// What changed since its last backup snapshot.
+    changed: Mutex<ChangedMap>,
 }
+
+/// Changed-block tracking records regions of this many bytes.
+pub const CHANGED_REGION_BYTES: u64 = 4 << 20;
 
 impl Volume {
     /// The volume of `entry` on `dev`.
@@ -72,6 +82,10 @@ impl Volume {
             status: StatusPublisher::new(geometry),
             gate: tokio::sync::RwLock::new(()),
             cow: RwLock::new(None),
+            changed: Mutex::new(ChangedMap::all_dirty(
+                geometry.num_blocks,
+                (CHANGED_REGION_BYTES / u64::from(geometry.block_size)).max(1),
+            )),
         }
     }
 
@@ -92,6 +106,7 @@ impl Volume {
         let blocks = map.num_blocks();
         *self.map.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
         self.read_only.store(entry.read_only(), Ordering::Release);
+        self.changed().grow(blocks);
         self.status.resized(blocks);
     }
 
@@ -109,6 +124,11 @@ impl Volume {
             .clone()
     }
 
+    /// Its changed-block map.
+    pub(crate) fn changed(&self) -> std::sync::MutexGuard<'_, ChangedMap> {
+        self.changed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Installs (or removes) the copy-before-write state of a snapshot.
     pub(crate) fn set_cow(&self, cow: Option<Arc<Cow>>) {
         *self.cow.write().unwrap_or_else(PoisonError::into_inner) = cow;
@@ -118,6 +138,7 @@ impl Volume {
     /// and lets a snapshot copy what it still needs of them.
     async fn before_change(&self, lba: u64, blocks: u64) -> tokio::sync::RwLockReadGuard<'_, ()> {
         let gate = self.gate.read().await;
+        self.changed().mark(lba, blocks);
         if let Some(cow) = self.cow() {
             cow.before_write(self, lba, blocks).await;
         }

@@ -335,3 +335,48 @@ async fn a_write_waits_for_a_snapshot_read_of_its_grain() {
     assert_eq!(v.read(0, 8).await.unwrap(), stamp(0, 2, 8));
     assert_eq!(snap.read(0, 8).await.unwrap(), stamp(0, 1, 8));
 }
+
+#[tokio::test]
+async fn each_snapshot_says_what_changed_since_the_last_and_a_failed_backup_gives_it_back() {
+    let pool = pool(64).await;
+    let v = filled(&pool, "v0", 16).await;
+    let blocks = v.geometry().num_blocks;
+    let region = volume::CHANGED_REGION_BYTES / BS as u64;
+    let take = || pool.snapshot(&["v0"], MIB, 64 << 10);
+    // Opened by this process: nothing known of before, all of it changed.
+    let first = take().await.unwrap().pop().unwrap();
+    assert_eq!(first.changed().runs(), vec![(0, blocks)]);
+    pool.drop_snapshot(first).await.unwrap();
+    // Two writes (one across a region boundary) and an unmap since.
+    v.write(10, stamp(10, 2, 1), WriteFlags::default())
+        .await
+        .unwrap();
+    v.write(
+        2 * region - 1,
+        stamp(2 * region - 1, 2, 2),
+        WriteFlags::default(),
+    )
+    .await
+    .unwrap();
+    let second = take().await.unwrap().pop().unwrap();
+    assert_eq!(second.changed().runs(), vec![(0, 3 * region)]);
+    v.unmap(3 * region, 8).await.unwrap();
+    // That backup fails: its regions are read again by the next one.
+    pool.abort_snapshot(second).await.unwrap();
+    let third = take().await.unwrap().pop().unwrap();
+    assert_eq!(third.changed().runs(), vec![(0, 4 * region)]);
+    pool.drop_snapshot(third).await.unwrap();
+    let fourth = take().await.unwrap().pop().unwrap();
+    assert!(fourth.changed().runs().is_empty());
+    pool.drop_snapshot(fourth).await.unwrap();
+    // A new process knows nothing of what happened before it.
+    let again = Pool::open(pool.device().clone()).await.unwrap();
+    drop(v);
+    let snap = again
+        .snapshot(&["v0"], MIB, 64 << 10)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(snap.changed().runs(), vec![(0, blocks)]);
+}
