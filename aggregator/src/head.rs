@@ -98,20 +98,26 @@ pub async fn run(
     export::access(cfg)?;
     let control = ControlSocket::start(cfg)?;
     let mut up: Vec<ArrayUp> = Vec::new();
-    for a in &cfg.arrays {
-        tokio::select! {
-            r = startup::bring_up(&isus, a) => match r {
-                Ok(r) => up.push(r),
-                Err(e) => {
-                    stop_control(control).await;
-                    return Err(e.into());
-                }
-            },
-            _ = &mut shutdown => {
-                info!(array = %a.name, "stopped while waiting for members");
-                stop_control(control).await;
-                return close_all(up).await;
-            }
+    let brought = tokio::select! {
+        r = startup::bring_up(&isus, &cfg.arrays, &mut up) => Some(r),
+        _ = &mut shutdown => None,
+    };
+    match brought {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            stop_control(control).await;
+            return Err(e.into());
+        }
+        None => {
+            let waited: Vec<&str> = cfg
+                .arrays
+                .iter()
+                .filter(|a| !up.iter().any(|u| u.name == a.name))
+                .map(|a| a.name.as_str())
+                .collect();
+            info!(arrays = ?waited, "stopped while waiting for members");
+            stop_control(control).await;
+            return close_all(up).await;
         }
     }
     let mut reached_since = Vec::new();
