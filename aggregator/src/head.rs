@@ -298,3 +298,34 @@ async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
     }
     first.map_or(Ok(()), Err)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::added::Role;
+
+    #[test]
+    fn an_added_isu_configured_in_head_toml_too_is_dropped_from_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = HeadConfig::parse(
+            "[head]\ninitiator = \"iqn.2026-01.org.opie:head\"\nlisten = [\"127.0.0.1:3260\"]\n\n[[isu]]\nname = \"isu1\"\nportals = [\"127.0.0.1:3261\"]\n",
+            Path::new("head.toml"),
+        )
+        .unwrap();
+        cfg.data_dir = dir.path().to_path_buf();
+        let added = |name: &str| AddedIsu {
+            name: name.into(),
+            portals: vec!["127.0.0.1:3265".parse().unwrap()],
+            aoe: Vec::new(),
+            role: Role::Unassigned,
+            array: None,
+        };
+        let store = AddedIsus::in_dir(dir.path());
+        store.save(&[added("isu1"), added("isu5")]).unwrap();
+        let (kept, _) = load_added(&cfg).unwrap();
+        assert_eq!(kept, [added("isu5")]);
+        assert_eq!(store.load().unwrap(), [added("isu5")]);
+    }
+}

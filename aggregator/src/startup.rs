@@ -6,13 +6,15 @@
 //! `head.toml`'s members and spares are the array's seed: they create it,
 //! and at every start they find which array it is (its uuid, on their
 //! superblocks). Which disks are its members then comes from the newest
-//! superblock found on any LUN of any configured ISU ([`plan`]), so a hot
-//! spare pulled in, an online replace or a grow survive a restart with
-//! `head.toml` unchanged, and a retired or replaced disk is never taken
-//! back.
+//! superblock found on any LUN of any ISU, configured or added at run time
+//! ([`plan`]), so a hot spare pulled in, an online replace or a grow
+//! survive a restart with `head.toml` unchanged, and a retired or replaced
+//! disk is never taken back.
 //!
-//! The wait has no timeout: a head whose ISUs are not up keeps waiting and
-//! says who is missing, rather than giving up silently.
+//! All arrays are waited for together: each cycle surveys the ISUs once and
+//! plans every array still awaited from that survey ([`bring_up`]). The
+//! wait has no timeout: a head whose ISUs are not up keeps waiting and says
+//! who is missing, rather than giving up silently.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
