@@ -16,8 +16,8 @@ use std::sync::Arc;
 use blockdev::SharedDevice;
 use common::Daemon;
 use head::{
-    array_state, in_sync, isu_state, open, runtime, status, until, verify_all, write_all, Rig,
-    RigSpec, RUNS,
+    array_state, in_sync, isu_state, members_in, open, runtime, status, until, verify_all,
+    write_all, Rig, RigSpec, RUNS,
 };
 use serde_json::Value;
 
@@ -45,13 +45,21 @@ fn restart(rig: &Rig, mut h: Daemon, sig: libc::c_int) -> Daemon {
 
 /// The ISUs of the array's spares.
 fn spares(s: &Value) -> Vec<String> {
-    s["arrays"][0]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["state"] == "spare")
-        .map(|m| m["isu"].as_str().unwrap().to_string())
-        .collect()
+    members_in(s, "spare")
+}
+
+/// ISUs 0-2 in the array, ISU 3 started but not in `head.toml`, the head
+/// waiting for every member; the head once the array is clean.
+fn rig_and_head(spare_timeout: Option<&'static str>) -> (Rig, Daemon) {
+    let rig = Rig::start_spec(RigSpec {
+        unconfigured: vec![3],
+        spare_timeout,
+        strict_start: true,
+        ..RigSpec::default()
+    });
+    let h = rig.head();
+    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    (rig, h)
 }
 
 fn isus(s: &Value) -> Vec<String> {
@@ -65,14 +73,7 @@ fn isus(s: &Value) -> Vec<String> {
 
 #[test]
 fn an_added_spare_survives_sigterm_and_sigkill_and_is_then_pulled_in() {
-    let mut rig = Rig::start_spec(RigSpec {
-        unconfigured: vec![3],
-        spare_timeout: Some("3s"),
-        strict_start: true,
-        ..RigSpec::default()
-    });
-    let h = rig.head();
-    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    let (mut rig, h) = rig_and_head(Some("3s"));
     add(&rig, 3, &["--spare-for", "a0"]);
     let file = state_file(&rig);
     let text = std::fs::read_to_string(&file).unwrap();
@@ -106,13 +107,7 @@ fn an_added_spare_survives_sigterm_and_sigkill_and_is_then_pulled_in() {
 
 #[test]
 fn an_array_grown_onto_an_added_isu_assembles_with_it_after_a_restart() {
-    let rig = Rig::start_spec(RigSpec {
-        unconfigured: vec![3],
-        strict_start: true,
-        ..RigSpec::default()
-    });
-    let h = rig.head();
-    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    let (rig, h) = rig_and_head(None);
     add(&rig, 3, &[]);
     let (code, out) = rig.admin(&["array", "grow", "a0", "isu3", "--wait", "--json"]);
     assert_eq!(code, Some(0), "{out}");
@@ -131,13 +126,7 @@ fn an_array_grown_onto_an_added_isu_assembles_with_it_after_a_restart() {
 
 #[test]
 fn a_removed_isu_stays_gone_and_a_corrupt_state_file_stops_the_head() {
-    let rig = Rig::start_spec(RigSpec {
-        unconfigured: vec![3],
-        strict_start: true,
-        ..RigSpec::default()
-    });
-    let mut h = rig.head();
-    until(&rig, 30, "clean", |s| array_state(s) == "clean");
+    let (rig, mut h) = rig_and_head(None);
     add(&rig, 3, &[]);
     h = restart(&rig, h, libc::SIGTERM);
     until(&rig, 30, "clean", |s| array_state(s) == "clean");
