@@ -14,6 +14,7 @@ use control::status::EventLevel;
 use control::{ControlError, Handler, Peer, Reply, Request, TaskKind, Tasks};
 use raid::{MemberStatus, RaidError, ResumeReport};
 
+use crate::added::{AddedError, AddedIsu, Role};
 use crate::config::{isu_portal, name_ok, IsuConfig};
 use crate::follow;
 use crate::live::{Disk, Live, LiveArray};
@@ -41,6 +42,11 @@ fn raid_error(what: &str, e: RaidError) -> ControlError {
         RaidError::Member { .. } | RaidError::Failed(_) => ControlError::Unavailable(m),
         _ => ControlError::Internal(m),
     }
+}
+
+/// The state file of the added ISUs could not be written.
+fn state_error(e: AddedError) -> ControlError {
+    ControlError::Internal(format!("the added ISUs' state file: {e}"))
 }
 
 fn not_found_isu(isu: &str) -> ControlError {
@@ -222,6 +228,9 @@ impl HeadControl {
             .replace(slot, new.device())
             .await
             .map_err(|e| raid_error(&format!("replace slot {slot} of {}", a.name), e))?;
+        self.live
+            .set_role(&new.isu, Role::Member, &a.name)
+            .map_err(state_error)?;
         let id = new.identity().clone();
         let (isu, with) = (isu.to_string(), with.to_string());
         let info = self.tasks.spawn(TaskKind::IsuReplace, isu.clone(), move |h| async move {
@@ -358,7 +367,18 @@ impl HeadControl {
                 .map_err(|e| raid_error(&format!("add a spare to {}", a.name), e))?;
         }
         let id = disk.identity().clone();
-        self.live.add_isu(cfg, disk);
+        let entry = AddedIsu {
+            name: isu.clone(),
+            portals: cfg.portals,
+            aoe: Vec::new(),
+            role: if array.is_some() {
+                Role::Spare
+            } else {
+                Role::Unassigned
+            },
+            array: array.as_ref().map(|a| a.name.clone()),
+        };
+        self.live.add_isu(entry, disk).map_err(state_error)?;
         let message = match &array {
             Some(a) => format!(
                 "isu {isu} added; its disk {id} is a hot spare of {}",
@@ -389,7 +409,7 @@ impl HeadControl {
                 "isu {isu} is in use by array {user}"
             )));
         }
-        for d in self.live.remove_isu(isu) {
+        for d in self.live.remove_isu(isu).map_err(state_error)? {
             let _ = d.reached.log_out().await;
         }
         self.live.events.record(EventLevel::Info, isu, "removed");
@@ -413,6 +433,11 @@ impl HeadControl {
             .grow(disks[0].device())
             .await
             .map_err(|e| raid_error(&format!("grow {array}"), e))?;
+        for d in &disks {
+            self.live
+                .set_role(&d.isu, Role::Member, array)
+                .map_err(state_error)?;
+        }
         let n = disks.len();
         let info = self
             .tasks

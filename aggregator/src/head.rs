@@ -11,6 +11,7 @@ use std::time::Duration;
 use target_iscsi::server::{Server, ServerError};
 use tracing::{info, warn};
 
+use crate::added::{AddedError, AddedIsu, AddedIsus};
 use crate::config::{ExportConfig, HeadConfig};
 use crate::control_api::HeadControl;
 use crate::control_socket::ControlSocket;
@@ -38,6 +39,10 @@ const CLOSE_BOUND: Duration = Duration::from_secs(5);
 /// Why the head stopped with an error; each variant is its own subsystem's.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
+    /// The state file of the ISUs added at run time is unreadable,
+    /// corrupt or of another version (its path is named).
+    #[error(transparent)]
+    Added(#[from] AddedError),
     /// The ISUs' secrets could not be loaded.
     #[error(transparent)]
     Reach(#[from] ReachError),
@@ -82,30 +87,50 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HeadError> {
     tokio::pin!(shutdown);
-    let isus = Isus::new(cfg)?;
+    let added = load_added(cfg)?;
+    // The ISUs added at run time are surveyed and reached like configured
+    // ones: a spare or a grown-in member on them is found again.
+    let mut all = cfg.clone();
+    all.isus.extend(added.0.iter().map(AddedIsu::config));
+    let isus = Isus::new(&all)?;
     // Access is checked before waiting for anything: a bad secrets file
     // is reported at once.
     export::access(cfg)?;
     let control = ControlSocket::start(cfg)?;
     let mut up: Vec<ArrayUp> = Vec::new();
-    for a in &cfg.arrays {
-        tokio::select! {
-            r = startup::bring_up(&isus, a) => match r {
-                Ok(r) => up.push(r),
-                Err(e) => {
-                    stop_control(control).await;
-                    return Err(e.into());
-                }
-            },
-            _ = &mut shutdown => {
-                info!(array = %a.name, "stopped while waiting for members");
-                stop_control(control).await;
-                return close_all(up).await;
-            }
+    let brought = tokio::select! {
+        r = startup::bring_up(&isus, &cfg.arrays, &mut up) => Some(r),
+        _ = &mut shutdown => None,
+    };
+    match brought {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            stop_control(control).await;
+            return Err(e.into());
+        }
+        None => {
+            let waited: Vec<&str> = cfg
+                .arrays
+                .iter()
+                .filter(|a| !up.iter().any(|u| u.name == a.name))
+                .map(|a| a.name.as_str())
+                .collect();
+            info!(arrays = ?waited, "stopped while waiting for members");
+            stop_control(control).await;
+            return close_all(up).await;
         }
     }
     let mut reached_since = Vec::new();
-    let result = serve(cfg, &up, state_dir, shutdown, &control, &mut reached_since).await;
+    let result = serve(
+        cfg,
+        added,
+        &up,
+        state_dir,
+        shutdown,
+        &control,
+        &mut reached_since,
+    )
+    .await;
     stop_control(control).await;
     let closed = close_all(up).await;
     // Disks reached while serving (added ISUs, replacements, grown-in
@@ -120,8 +145,33 @@ pub async fn run(
     closed
 }
 
+/// The ISUs added at run time, from the data directory's state file. An
+/// entry named like an ISU of `head.toml` is dropped (`head.toml` wins: it
+/// is how an added ISU is made part of the config), with a warning, and the
+/// file rewritten without it.
+fn load_added(cfg: &HeadConfig) -> Result<(Vec<AddedIsu>, AddedIsus), AddedError> {
+    let store = AddedIsus::in_dir(&cfg.data_dir);
+    let mut added = store.load()?;
+    let before = added.len();
+    added.retain(|a| {
+        let clash = cfg.isu(&a.name).is_some();
+        if clash {
+            warn!(isu = %a.name, config = %cfg.source.display(), state = %store.path().display(), "isu added at run time is configured in head.toml too: head.toml's is used, the added one forgotten");
+        }
+        !clash
+    });
+    if added.len() != before {
+        store.save(&added)?;
+    }
+    if !added.is_empty() {
+        info!(state = %store.path().display(), isus = ?added.iter().map(|a| &a.name).collect::<Vec<_>>(), "isus added at run time");
+    }
+    Ok((added, store))
+}
+
 async fn serve(
     cfg: &HeadConfig,
+    added: (Vec<AddedIsu>, AddedIsus),
     up: &[ArrayUp],
     state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
@@ -160,7 +210,13 @@ async fn serve(
     for a in up {
         a.maintenance.abort();
     }
-    let live = Arc::new(Live::new(cfg, up, volumes.pools(), EventLog::default()));
+    let live = Arc::new(Live::new(
+        cfg,
+        added,
+        up,
+        volumes.pools(),
+        EventLog::default(),
+    ));
     let at_start = live.disks().len();
     let monitor = tokio::spawn(monitor::run(live.clone(), control.tasks(), MONITOR_EVERY));
     control.ready(Arc::new(HeadControl::new(live.clone(), control.tasks())));
@@ -241,4 +297,35 @@ async fn close_all(up: Vec<ArrayUp>) -> Result<(), HeadError> {
         }
     }
     first.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::added::Role;
+
+    #[test]
+    fn an_added_isu_configured_in_head_toml_too_is_dropped_from_the_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = HeadConfig::parse(
+            "[head]\ninitiator = \"iqn.2026-01.org.opie:head\"\nlisten = [\"127.0.0.1:3260\"]\n\n[[isu]]\nname = \"isu1\"\nportals = [\"127.0.0.1:3261\"]\n",
+            Path::new("head.toml"),
+        )
+        .unwrap();
+        cfg.data_dir = dir.path().to_path_buf();
+        let added = |name: &str| AddedIsu {
+            name: name.into(),
+            portals: vec!["127.0.0.1:3265".parse().unwrap()],
+            aoe: Vec::new(),
+            role: Role::Unassigned,
+            array: None,
+        };
+        let store = AddedIsus::in_dir(dir.path());
+        store.save(&[added("isu1"), added("isu5")]).unwrap();
+        let (kept, _) = load_added(&cfg).unwrap();
+        assert_eq!(kept, [added("isu5")]);
+        assert_eq!(store.load().unwrap(), [added("isu5")]);
+    }
 }

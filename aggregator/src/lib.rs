@@ -8,7 +8,8 @@
 //! [`reach`] (an ISU's disks as multipath devices), [`startup`] (waiting
 //! for members, assembling or creating the arrays), [`volumes`] (the
 //! volumes carved from each array), [`export`] (the iSCSI targets), and
-//! [`head`] (the whole lifetime: start, serve, stop). While it serves,
+//! [`head`] (the whole lifetime: start, serve, stop); [`added`] keeps the
+//! ISUs the admin added at run time in the data directory. While it serves,
 //! [`live`] holds what runs (ISUs, disks, arrays), [`monitor`] drives the
 //! arrays' maintenance and records changes in [`events`] (and a
 //! reshape's [`pace`]), and
@@ -17,6 +18,7 @@
 //! arrays with [`follow`]. [`units`] and [`portal`] are
 //! the config syntax shared with the ISU's `isu.toml`.
 
+pub mod added;
 pub mod config;
 pub mod control_api;
 pub mod control_socket;

@@ -12,6 +12,7 @@ use multipath::MultipathDevice;
 use raid::{MemberView, RaidArray};
 use volume::Pool;
 
+use crate::added::{AddedError, AddedIsu, AddedIsus, Role};
 use crate::config::{HeadConfig, IsuConfig, MemberRef};
 use crate::events::EventLog;
 use crate::pace::ReshapePace;
@@ -65,7 +66,7 @@ pub struct LiveArray {
 
 #[derive(Debug, Default)]
 struct Known {
-    added: Vec<IsuConfig>,
+    added: Vec<AddedIsu>,
     disks: Vec<Disk>,
 }
 
@@ -75,22 +76,30 @@ pub struct Live {
     cfg: HeadConfig,
     arrays: Vec<LiveArray>,
     known: Mutex<Known>,
+    store: AddedIsus,
     /// The recent events.
     pub events: EventLog,
 }
 
 impl Live {
     /// The state of a head of `cfg` that brought up `up`, with the volume
-    /// pool of each array by name.
+    /// pool of each array by name; `added` are the ISUs added at run time
+    /// (before this start too), kept in `store`.
     pub fn new(
         cfg: &HeadConfig,
+        (added, store): (Vec<AddedIsu>, AddedIsus),
         up: &[ArrayUp],
         pools: Vec<(String, Pool)>,
         events: EventLog,
     ) -> Live {
+        let all: Vec<IsuConfig> = cfg
+            .isus
+            .iter()
+            .cloned()
+            .chain(added.iter().map(AddedIsu::config))
+            .collect();
         let isu_of = |portals: &[SocketAddr]| {
-            cfg.isus
-                .iter()
+            all.iter()
                 .find(|i| portals.iter().any(|p| i.portals.contains(p)))
                 .map_or_else(|| "?".to_string(), |i| i.name.clone())
         };
@@ -123,10 +132,8 @@ impl Live {
         Live {
             cfg: cfg.clone(),
             arrays,
-            known: Mutex::new(Known {
-                added: Vec::new(),
-                disks,
-            }),
+            known: Mutex::new(Known { added, disks }),
+            store,
             events,
         }
     }
@@ -153,7 +160,7 @@ impl Live {
     /// Every ISU: the configured ones, then those added, in order.
     pub fn isus(&self) -> Vec<IsuConfig> {
         let mut all = self.cfg.isus.clone();
-        all.extend(self.known().added.iter().cloned());
+        all.extend(self.known().added.iter().map(AddedIsu::config));
         all
     }
 
@@ -167,23 +174,45 @@ impl Live {
         self.known().added.iter().any(|i| i.name == name)
     }
 
-    /// Records an ISU added at run time with the disk reached on it.
-    pub fn add_isu(&self, isu: IsuConfig, disk: Disk) {
+    /// Records an ISU added at run time with the disk reached on it, in
+    /// the state file first (nothing is recorded when that fails).
+    pub fn add_isu(&self, isu: AddedIsu, disk: Disk) -> Result<(), AddedError> {
         let mut k = self.known();
-        k.added.push(isu);
+        let mut added = k.added.clone();
+        added.push(isu);
+        self.store.save(&added)?;
+        k.added = added;
         k.disks.push(disk);
+        Ok(())
     }
 
-    /// Forgets an ISU added at run time; returns its disks, for the caller
-    /// to log out of.
-    pub fn remove_isu(&self, name: &str) -> Vec<Disk> {
+    /// Records what an added ISU is now for (a grow or replace gave it to
+    /// `array`); nothing for a configured one.
+    pub fn set_role(&self, name: &str, role: Role, array: &str) -> Result<(), AddedError> {
         let mut k = self.known();
-        k.added.retain(|i| i.name != name);
+        let mut added = k.added.clone();
+        let Some(a) = added.iter_mut().find(|i| i.name == name) else {
+            return Ok(());
+        };
+        a.role = role;
+        a.array = Some(array.to_string());
+        self.store.save(&added)?;
+        k.added = added;
+        Ok(())
+    }
+
+    /// Forgets an ISU added at run time, in the state file first; returns
+    /// its disks, for the caller to log out of.
+    pub fn remove_isu(&self, name: &str) -> Result<Vec<Disk>, AddedError> {
+        let mut k = self.known();
+        let added: Vec<AddedIsu> = k.added.iter().filter(|i| i.name != name).cloned().collect();
+        self.store.save(&added)?;
+        k.added = added;
         let (gone, kept) = std::mem::take(&mut k.disks)
             .into_iter()
             .partition(|d| d.isu == name);
         k.disks = kept;
-        gone
+        Ok(gone)
     }
 
     /// Every disk reached.

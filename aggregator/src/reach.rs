@@ -331,7 +331,7 @@ impl Isus {
         })
     }
 
-    /// Every LUN of every configured ISU with its identity and its newest
+    /// Every LUN of every ISU it was given with its identity and its newest
     /// RAID superblock, if it carries one: SendTargets on one portal of
     /// each ISU, then on one session per target REPORT LUNS, the identity
     /// VPD pages, READ CAPACITY and a read of the superblock copies. An ISU

@@ -6,13 +6,15 @@
 //! `head.toml`'s members and spares are the array's seed: they create it,
 //! and at every start they find which array it is (its uuid, on their
 //! superblocks). Which disks are its members then comes from the newest
-//! superblock found on any LUN of any configured ISU ([`plan`]), so a hot
-//! spare pulled in, an online replace or a grow survive a restart with
-//! `head.toml` unchanged, and a retired or replaced disk is never taken
-//! back.
+//! superblock found on any LUN of any ISU, configured or added at run time
+//! ([`plan`]), so a hot spare pulled in, an online replace or a grow
+//! survive a restart with `head.toml` unchanged, and a retired or replaced
+//! disk is never taken back.
 //!
-//! The wait has no timeout: a head whose ISUs are not up keeps waiting and
-//! says who is missing, rather than giving up silently.
+//! All arrays are waited for together: each cycle surveys the ISUs once and
+//! plans every array still awaited from that survey ([`bring_up`]). The
+//! wait has no timeout: a head whose ISUs are not up keeps waiting and says
+//! who is missing, rather than giving up silently.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +25,8 @@ use raid::superblock::{SlotEntry, SlotState, Superblock, FLAG_REPLACE, RETIRED, 
 use raid::{AssembleOptions, RaidArray, RaidError, SystemClock};
 use tracing::{info, warn};
 
-use crate::config::{ArrayConfig, Member};
-use crate::reach::{Isus, Metadata, ReachError, Reached, Seen};
+use crate::config::{ArrayConfig, Member, MemberRef};
+use crate::reach::{Isus, Metadata, ReachError, Reached, Seen, Survey};
 
 /// Pause between two attempts to reach the missing members.
 const RETRY: Duration = Duration::from_secs(1);
@@ -261,24 +263,97 @@ pub fn plan(a: &ArrayConfig, seen: &[Seen]) -> Plan {
     Plan::Assemble(plan)
 }
 
-/// Waits until enough members of `a` are reachable, then assembles it (or
-/// creates it on first start) and starts its maintenance. Every start
-/// surveys every LUN of every configured ISU ([`Isus::survey`]): the
-/// members come from their superblocks ([`plan`]), `a`'s members and
-/// spares are the seed that finds the array (and creates it the first
-/// time).
-pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartError> {
-    let started = tokio::time::Instant::now();
-    let mut last_log: Option<tokio::time::Instant> = None;
-    let mut degraded_since: Option<tokio::time::Instant> = None;
-    let mut stale_logged = false;
-    let clock = Arc::new(SystemClock::new());
-    let raid_err = |source| StartError::Raid {
-        array: a.name.clone(),
-        source,
-    };
+/// What bringing the arrays up needs of the ISUs: a survey of every disk
+/// on them, and a disk reached on every path. [`Isus`] is it; a test gives
+/// a counting one.
+#[async_trait::async_trait]
+pub trait Surveyor: Send + Sync {
+    /// Every LUN of every ISU, with its identity and superblock
+    /// ([`Isus::survey`]).
+    async fn survey(&self) -> Survey;
+    /// The disk `m`, reached on every portal of its ISU ([`Isus::open`]).
+    async fn open(&self, m: &MemberRef) -> Result<Reached, ReachError>;
+}
+
+#[async_trait::async_trait]
+impl Surveyor for Isus {
+    async fn survey(&self) -> Survey {
+        Isus::survey(self).await
+    }
+
+    async fn open(&self, m: &MemberRef) -> Result<Reached, ReachError> {
+        Isus::open(self, m).await
+    }
+}
+
+/// Brings every array of `arrays` up, pushing each onto `up` as it comes
+/// (so a caller that stops waiting still has those to close), and returns
+/// once all are, `up` then in config order. Each cycle surveys every LUN
+/// of every ISU once ([`Surveyor::survey`]) and plans every array still
+/// waited for from that one survey: its members come from their
+/// superblocks ([`plan`]), `a`'s members and spares are the seed that finds
+/// the array (and creates it the first time). The wait has no timeout; who
+/// is missing is logged every [`LOG_EVERY`].
+pub async fn bring_up(
+    isus: &impl Surveyor,
+    arrays: &[ArrayConfig],
+    up: &mut Vec<ArrayUp>,
+) -> Result<(), StartError> {
+    let mut waiting: Vec<Waiting> = arrays.iter().map(Waiting::new).collect();
     loop {
         let survey = isus.survey().await;
+        let mut still = Vec::new();
+        for mut w in waiting {
+            match w.step(isus, &survey).await? {
+                Some(r) => up.push(r),
+                None => still.push(w),
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            up.sort_by_key(|u| arrays.iter().position(|a| a.name == u.name));
+            return Ok(());
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// An array waited for, and what its wait has logged.
+struct Waiting<'a> {
+    a: &'a ArrayConfig,
+    started: tokio::time::Instant,
+    last_log: Option<tokio::time::Instant>,
+    degraded_since: Option<tokio::time::Instant>,
+    stale_logged: bool,
+    clock: Arc<SystemClock>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(a: &'a ArrayConfig) -> Self {
+        Waiting {
+            a,
+            started: tokio::time::Instant::now(),
+            last_log: None,
+            degraded_since: None,
+            stale_logged: false,
+            clock: Arc::new(SystemClock::new()),
+        }
+    }
+
+    /// The array brought up from `survey` (assembled, or created on first
+    /// start), or `None` while its members are awaited (who is missing
+    /// logged every [`LOG_EVERY`]).
+    async fn step(
+        &mut self,
+        isus: &impl Surveyor,
+        survey: &Survey,
+    ) -> Result<Option<ArrayUp>, StartError> {
+        let a = self.a;
+        let clock = self.clock.clone();
+        let raid_err = |source| StartError::Raid {
+            array: a.name.clone(),
+            source,
+        };
         let seen = &survey.seen;
         let now = tokio::time::Instant::now();
         let waiting: Vec<String> = match plan(a, seen) {
@@ -336,7 +411,7 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                         .map(|m| seen.iter().find(|s| is(m, s)).map(|s| s.at.isu.clone()))
                         .collect();
                     reached.extend(spares);
-                    return Ok(up(a, array, reached, slot_isus, true));
+                    return Ok(Some(up(a, array, reached, slot_isus, true)));
                 }
                 for r in reached {
                     let _ = r.log_out().await;
@@ -365,8 +440,8 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                 })
                 .collect(),
             Plan::Assemble(p) => {
-                if !stale_logged {
-                    stale_logged = true;
+                if !self.stale_logged {
+                    self.stale_logged = true;
                     for (i, why) in &p.stale {
                         let s = &seen[*i];
                         warn!(
@@ -381,16 +456,17 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                 let missing = p.missing();
                 let degraded_ok = a.allow_degraded_start && missing.len() == 1 && p.failed() == 0;
                 let go = missing.is_empty()
-                    || (degraded_ok && now - *degraded_since.get_or_insert(now) >= DEGRADED_GRACE);
+                    || (degraded_ok
+                        && now - *self.degraded_since.get_or_insert(now) >= DEGRADED_GRACE);
                 if !degraded_ok {
-                    degraded_since = None;
+                    self.degraded_since = None;
                 }
                 if go {
                     if let Some((slot, dev)) = missing.first() {
                         warn!(array = %a.name, slot, device = %DeviceIdentity::from_uuid(*dev), "starting degraded (allow_degraded_start)");
                     }
                     match assemble(isus, a, seen, &p, clock.clone()).await {
-                        Ok(Some(r)) => return Ok(r),
+                        Ok(Some(r)) => return Ok(Some(r)),
                         Ok(None) => vec!["a disk seen went away before it was opened".into()],
                         Err(e) => return Err(e),
                     }
@@ -411,16 +487,16 @@ pub async fn bring_up(isus: &Isus, a: &ArrayConfig) -> Result<ArrayUp, StartErro
                 }
             }
         };
-        if last_log.is_none_or(|t| now - t >= LOG_EVERY) {
-            last_log = Some(now);
+        if self.last_log.is_none_or(|t| now - t >= LOG_EVERY) {
+            self.last_log = Some(now);
             warn!(
                 array = %a.name,
-                waited_s = (now - started).as_secs(),
+                waited_s = (now - self.started).as_secs(),
                 "waiting for members: {}",
                 waiting.join(" | ")
             );
         }
-        tokio::time::sleep(RETRY).await;
+        Ok(None)
     }
 }
 
@@ -434,7 +510,7 @@ fn no_path(why: String, unreachable: &[String]) -> String {
 /// Opens the disks of `p` and assembles them; `None` when one of its
 /// members went away meanwhile (the caller surveys again).
 async fn assemble(
-    isus: &Isus,
+    isus: &impl Surveyor,
     a: &ArrayConfig,
     seen: &[Seen],
     p: &Assembly,
@@ -674,6 +750,117 @@ mod tests {
         let p = assembly(&config(&[0, 1, 2], &[3]), &all);
         assert!(p.missing().is_empty());
         assert_eq!(p.failed(), 1);
+    }
+
+    /// A path to an in-memory disk.
+    #[derive(Debug)]
+    struct MemPath(SharedDevice);
+
+    #[async_trait::async_trait]
+    impl multipath::Path for MemPath {
+        fn device(&self) -> &SharedDevice {
+            &self.0
+        }
+        fn transport(&self) -> multipath::Transport {
+            multipath::Transport::Iscsi
+        }
+        async fn fence(&self) {}
+    }
+
+    /// ISUs of one blank in-memory disk each, that count the surveys and
+    /// how often each target was contacted; `late` answers from its
+    /// `late_from`th survey on only.
+    struct Counting {
+        disks: Vec<(MemberRef, SharedDevice)>,
+        late: String,
+        late_from: usize,
+        surveys: std::sync::atomic::AtomicUsize,
+        contacts: std::sync::Mutex<BTreeMap<String, usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Surveyor for Counting {
+        async fn survey(&self) -> Survey {
+            let n = 1 + self
+                .surveys
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut out = Survey::default();
+            for (at, d) in &self.disks {
+                if at.isu == self.late && n < self.late_from {
+                    out.unreachable.push(format!("{}: down", at.isu));
+                    continue;
+                }
+                *self
+                    .contacts
+                    .lock()
+                    .unwrap()
+                    .entry(at.target.clone())
+                    .or_default() += 1;
+                out.seen.push(Seen {
+                    at: at.clone(),
+                    identity: d.identity().clone(),
+                    metadata: Metadata::Blank,
+                });
+            }
+            out
+        }
+
+        async fn open(&self, m: &MemberRef) -> Result<Reached, ReachError> {
+            let (_, d) = self.disks.iter().find(|(at, _)| at == m).unwrap();
+            let device = multipath::MultipathDevice::new(
+                vec![Arc::new(MemPath(d.clone())) as Arc<dyn multipath::Path>],
+                multipath::Config::default(),
+            )
+            .unwrap();
+            Ok(Reached {
+                device: Arc::new(device),
+                portals: Vec::new(),
+                paths: Vec::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn every_array_is_planned_from_one_survey_a_cycle() {
+        // Nine ISUs, three arrays of three; isu2 (a0's last member) answers
+        // from the third survey on. (Arrays brought up one after the other,
+        // each from surveys of its own, took five surveys here.)
+        let isus = Counting {
+            disks: (0..9)
+                .map(|i| {
+                    let d: SharedDevice =
+                        Arc::new(blockdev::MemDevice::with_name(&format!("d{i}"), 4 << 20));
+                    (at(i), d)
+                })
+                .collect(),
+            late: "isu2".into(),
+            late_from: 3,
+            surveys: Default::default(),
+            contacts: Default::default(),
+        };
+        let arrays: Vec<ArrayConfig> = (0..3)
+            .map(|n| ArrayConfig {
+                name: format!("a{n}"),
+                journal: false,
+                ..config(&[3 * n, 3 * n + 1, 3 * n + 2], &[])
+            })
+            .collect();
+        let mut up = Vec::new();
+        bring_up(&isus, &arrays, &mut up).await.unwrap();
+        let names: Vec<&str> = up.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["a0", "a1", "a2"]);
+        assert!(up.iter().all(|u| u.created));
+        // Three cycles (a0 waited two), one survey each, for all three
+        // arrays: every target contacted once a cycle, isu2's once.
+        assert_eq!(isus.surveys.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let contacts = isus.contacts.lock().unwrap().clone();
+        for i in 0..9 {
+            let want = if i == 2 { 1 } else { 3 };
+            assert_eq!(contacts[&at(i).target], want, "isu{i}: {contacts:?}");
+        }
+        for u in up {
+            u.maintenance.abort();
+        }
     }
 
     #[test]

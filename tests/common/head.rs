@@ -423,11 +423,16 @@ pub fn isu_state(s: &serde_json::Value, isu: &str) -> String {
 
 /// The ISUs of the array's members in sync.
 pub fn in_sync(s: &serde_json::Value) -> Vec<String> {
+    members_in(s, "in-sync")
+}
+
+/// The ISUs of the array's members (and spares) in `state`.
+pub fn members_in(s: &serde_json::Value, state: &str) -> Vec<String> {
     s["arrays"][0]["members"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|m| m["state"] == "in-sync")
+        .filter(|m| m["state"] == state)
         .map(|m| m["isu"].as_str().unwrap().to_string())
         .collect()
 }
