@@ -62,6 +62,13 @@ impl Volumes {
                 }
                 Err(e) => return Err(err(e)),
             };
+            // A backup snapshot does not outlive the head that took it.
+            if !a.array.read_only() {
+                let stale = pool.drop_stale_reserves().await.map_err(err)?;
+                if stale > 0 {
+                    info!(array = %a.name, reserves = stale, "deleted the snapshot reserves of backups a stop cut short");
+                }
+            }
             let bs = u64::from(a.array.geometry().block_size);
             for v in configured.iter().filter(|v| v.array == a.name) {
                 match pool.info(&v.name) {
