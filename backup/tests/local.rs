@@ -15,7 +15,11 @@ use common::{change, content, filled, restored, CS};
 const SIZE: u64 = 16 << 20; // 256 chunks of 64 KiB
 
 fn store(dir: &tempfile::TempDir) -> Store {
-    Store::open(&StoreConfig::Dir(dir.path().join("store")), RetryPolicy::default()).unwrap()
+    Store::open(
+        &StoreConfig::Dir(dir.path().join("store")),
+        RetryPolicy::default(),
+    )
+    .unwrap()
 }
 
 fn opts(volume: &str) -> RunOptions {
@@ -63,7 +67,10 @@ async fn full_backup_restores_bit_exact_and_skips_zero_chunks() {
     .unwrap();
     let m = &report.manifest;
     assert_eq!(m.chunks, 256);
-    assert_eq!(m.zero_chunks, 64, "every fourth chunk is zero and stored as a marker");
+    assert_eq!(
+        m.zero_chunks, 64,
+        "every fourth chunk is zero and stored as a marker"
+    );
     assert_eq!(m.chunks_uploaded, 192);
     assert_eq!(m.identity.uuid, dev.identity().to_string());
     assert_eq!(
@@ -91,7 +98,9 @@ async fn incremental_reads_and_uploads_only_changed_chunks_and_each_backup_resto
     let dev = filled("vol", SIZE, 2);
     let mut ids = Vec::new();
     let mut contents = Vec::new();
-    let full = backup::run(dev.as_ref(), None, None, &store, &opts("vol")).await.unwrap();
+    let full = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
+        .await
+        .unwrap();
     ids.push(full.manifest.id.clone());
     contents.push(content(&dev));
     for round in 0..3u64 {
@@ -111,9 +120,18 @@ async fn incremental_reads_and_uploads_only_changed_chunks_and_each_backup_resto
         )
         .await
         .unwrap();
-        assert_eq!(r.progress.chunks_read, 3, "only the changed chunks are read");
-        assert_eq!(r.progress.chunks_uploaded, 3, "only the changed chunks are uploaded");
-        assert_eq!(r.manifest.parent.as_deref(), Some(ids.last().unwrap().as_str()));
+        assert_eq!(
+            r.progress.chunks_read, 3,
+            "only the changed chunks are read"
+        );
+        assert_eq!(
+            r.progress.chunks_uploaded, 3,
+            "only the changed chunks are uploaded"
+        );
+        assert_eq!(
+            r.manifest.parent.as_deref(),
+            Some(ids.last().unwrap().as_str())
+        );
         ids.push(r.manifest.id.clone());
         contents.push(content(&dev));
     }
@@ -123,12 +141,21 @@ async fn incremental_reads_and_uploads_only_changed_chunks_and_each_backup_resto
     }
     // Without a changed map, a parent still spares the uploads (not the reads).
     change(&dev, &[7], 999);
-    let r = backup::run(dev.as_ref(), None, Some(ids.last().unwrap()), &store, &opts("vol"))
-        .await
-        .unwrap();
+    let r = backup::run(
+        dev.as_ref(),
+        None,
+        Some(ids.last().unwrap()),
+        &store,
+        &opts("vol"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.progress.chunks_read, 256);
     assert_eq!(r.progress.chunks_uploaded, 1);
-    assert_eq!(restored(&store, "vol", &r.manifest.id, SIZE).await, content(&dev));
+    assert_eq!(
+        restored(&store, "vol", &r.manifest.id, SIZE).await,
+        content(&dev)
+    );
 }
 
 #[tokio::test]
@@ -136,7 +163,9 @@ async fn corrupt_chunk_is_named_by_verify_and_restore_reports_its_range() {
     let tmp = tempfile::tempdir().unwrap();
     let store = store(&tmp);
     let dev = filled("vol", SIZE, 3);
-    let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol")).await.unwrap();
+    let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
+        .await
+        .unwrap();
     let (_, index) = backup::load(&store, "vol", &r.manifest.id).await.unwrap();
     let victim = 5u64;
     let backup::ChunkRef::Stored(d) = index.chunks[victim as usize] else {
@@ -148,7 +177,9 @@ async fn corrupt_chunk_is_named_by_verify_and_restore_reports_its_range() {
     blob[last] ^= 0x40;
     std::fs::write(&path, blob).unwrap();
 
-    let report = backup::verify(&store, "vol", &r.manifest.id, 4).await.unwrap();
+    let report = backup::verify(&store, "vol", &r.manifest.id, 4)
+        .await
+        .unwrap();
     assert_eq!(report.bad.len(), 1);
     assert_eq!(report.bad[0].chunk, victim);
     assert_eq!(report.bad[0].problem, ChunkProblem::BadChecksum);
@@ -158,7 +189,16 @@ async fn corrupt_chunk_is_named_by_verify_and_restore_reports_its_range() {
     // The default refuses before writing anything.
     let target = MemDevice::with_name("t", SIZE);
     target.write_bytes(0, &[0xAA; 4096]);
-    match backup::restore(&store, "vol", &r.manifest.id, &target, OnBadChunk::Refuse, 4).await {
+    match backup::restore(
+        &store,
+        "vol",
+        &r.manifest.id,
+        &target,
+        OnBadChunk::Refuse,
+        4,
+    )
+    .await
+    {
         Err(BackupError::RestoreRefused(v)) => assert_eq!(v.bad_ranges(), vec![range.clone()]),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -175,7 +215,9 @@ async fn corrupt_chunk_is_named_by_verify_and_restore_reports_its_range() {
 
     // A missing chunk is named as missing.
     std::fs::remove_file(&path).unwrap();
-    let report = backup::verify(&store, "vol", &r.manifest.id, 4).await.unwrap();
+    let report = backup::verify(&store, "vol", &r.manifest.id, 4)
+        .await
+        .unwrap();
     assert_eq!(report.bad[0].problem, ChunkProblem::Missing);
 }
 
@@ -188,35 +230,57 @@ async fn failed_run_leaves_no_backup_next_run_is_correct_and_gc_reclaims_orphans
     // Reads fail from chunk 100 on: chunks before it are uploaded, then the run dies.
     let lba = 100 * u64::from(CS) / 512;
     faulty.fail_reads(lba..lba + 1);
-    let err = backup::run(&faulty, None, None, &store, &opts("vol")).await.unwrap_err();
+    let err = backup::run(&faulty, None, None, &store, &opts("vol"))
+        .await
+        .unwrap_err();
     match &err {
         BackupError::SourceRead { range, .. } => assert_eq!(range.start, 100 * u64::from(CS)),
         other => panic!("expected a source read error, got {other:?}"),
     }
     assert!(!err.retryable());
-    assert!(backup::list(&store, None).await.unwrap().is_empty(), "no manifest, no backup");
+    assert!(
+        backup::list(&store, None).await.unwrap().is_empty(),
+        "no manifest, no backup"
+    );
     let orphans = count_files(&tmp.path().join("store/chunks"));
     assert!(orphans > 0);
 
     // Within the grace the orphans stay (a run could still be using them).
-    let g = backup::gc(&store, Duration::from_secs(3600), SystemTime::now()).await.unwrap();
+    let g = backup::gc(&store, Duration::from_secs(3600), SystemTime::now())
+        .await
+        .unwrap();
     assert_eq!(g.chunks_swept, 0);
     assert_eq!(g.chunks_in_grace as usize, orphans);
 
     // A different volume's full backup references none of them; GC past the grace reclaims them all.
     let other = filled("other", SIZE, 5);
-    let ok = backup::run(other.as_ref(), None, None, &store, &opts("other")).await.unwrap();
+    let ok = backup::run(other.as_ref(), None, None, &store, &opts("other"))
+        .await
+        .unwrap();
     let later = SystemTime::now() + Duration::from_secs(7200);
-    let g = backup::gc(&store, Duration::from_secs(3600), later).await.unwrap();
+    let g = backup::gc(&store, Duration::from_secs(3600), later)
+        .await
+        .unwrap();
     assert_eq!(g.chunks_swept as usize, orphans);
-    assert_eq!(g.incomplete_removed, 1, "the failed run's marker is removed");
+    assert_eq!(
+        g.incomplete_removed, 1,
+        "the failed run's marker is removed"
+    );
     assert!(store.list("backups/vol").await.unwrap().is_empty());
-    assert_eq!(restored(&store, "other", &ok.manifest.id, SIZE).await, content(&other));
+    assert_eq!(
+        restored(&store, "other", &ok.manifest.id, SIZE).await,
+        content(&other)
+    );
 
     // The next run of the failed volume is correct.
     faulty.clear_faults();
-    let r = backup::run(&faulty, None, None, &store, &opts("vol")).await.unwrap();
-    assert_eq!(restored(&store, "vol", &r.manifest.id, SIZE).await, content(&mem));
+    let r = backup::run(&faulty, None, None, &store, &opts("vol"))
+        .await
+        .unwrap();
+    assert_eq!(
+        restored(&store, "vol", &r.manifest.id, SIZE).await,
+        content(&mem)
+    );
 }
 
 #[tokio::test]
@@ -227,27 +291,50 @@ async fn a_rerun_rewrites_an_old_orphan_so_gc_cannot_sweep_it_under_the_run() {
     let faulty = FaultyDevice::new(mem.clone() as Arc<dyn BlockDevice>, 1);
     let lba = 50 * u64::from(CS) / 512;
     faulty.fail_reads(lba..lba + 1);
-    backup::run(&faulty, None, None, &store, &opts("vol")).await.unwrap_err();
+    backup::run(&faulty, None, None, &store, &opts("vol"))
+        .await
+        .unwrap_err();
     // Age the orphans past the grace.
     let old = SystemTime::now() - Duration::from_secs(7200);
     for e in walk(&tmp.path().join("store/chunks")) {
-        std::fs::File::options().write(true).open(&e).unwrap().set_modified(old).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&e)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
     }
     faulty.clear_faults();
     // A run that finds them present rewrites them: they are young again and GC keeps them.
     let (tx, mut rx) = tokio::sync::watch::channel(backup::Progress::default());
     let run = async {
-        backup::run(&faulty, None, None, &store, &RunOptions { progress: Some(tx), ..opts("vol") }).await
+        backup::run(
+            &faulty,
+            None,
+            None,
+            &store,
+            &RunOptions {
+                progress: Some(tx),
+                ..opts("vol")
+            },
+        )
+        .await
     };
     let collector = async {
         // GC while the run is still going (before its manifest exists).
         rx.wait_for(|p| p.chunks_done >= 60).await.unwrap();
-        backup::gc(&store, Duration::from_secs(3600), SystemTime::now()).await.unwrap()
+        backup::gc(&store, Duration::from_secs(3600), SystemTime::now())
+            .await
+            .unwrap()
     };
     let (r, g) = tokio::join!(run, collector);
     let r = r.unwrap();
     assert_eq!(g.chunks_swept, 0, "{g:?}");
-    assert!(backup::verify(&store, "vol", &r.manifest.id, 4).await.unwrap().bad.is_empty());
+    assert!(backup::verify(&store, "vol", &r.manifest.id, 4)
+        .await
+        .unwrap()
+        .bad
+        .is_empty());
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -271,23 +358,43 @@ async fn prune_keeps_what_the_rule_keeps_and_gc_frees_only_unreferenced_chunks()
     let mut ids = Vec::new();
     for round in 0..4u64 {
         change(&dev, &[round], 50 + round);
-        let r = backup::run(dev.as_ref(), None, last.as_deref(), &store, &opts("vol")).await.unwrap();
+        let r = backup::run(dev.as_ref(), None, last.as_deref(), &store, &opts("vol"))
+            .await
+            .unwrap();
         last = Some(r.manifest.id.clone());
         ids.push(r.manifest.id);
     }
-    let removed = backup::prune(&store, "vol", &Retention { keep_last: 2, ..Retention::default() })
-        .await
-        .unwrap();
+    let removed = backup::prune(
+        &store,
+        "vol",
+        &Retention {
+            keep_last: 2,
+            ..Retention::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(removed, ids[..2].to_vec());
-    let left: Vec<String> = backup::list(&store, Some("vol")).await.unwrap().into_iter().map(|m| m.id).collect();
+    let left: Vec<String> = backup::list(&store, Some("vol"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(left, ids[2..].to_vec());
     let later = SystemTime::now() + Duration::from_secs(7200);
-    let g = backup::gc(&store, Duration::from_secs(3600), later).await.unwrap();
+    let g = backup::gc(&store, Duration::from_secs(3600), later)
+        .await
+        .unwrap();
     // The pruned backups' own versions of chunks 0 and 1 (two per pruned round's change, minus shared) go.
     assert!(g.chunks_swept >= 2, "{g:?}");
     assert_eq!(g.incomplete_removed, 2);
     for id in &ids[2..] {
-        assert!(backup::verify(&store, "vol", id, 4).await.unwrap().bad.is_empty());
+        assert!(backup::verify(&store, "vol", id, 4)
+            .await
+            .unwrap()
+            .bad
+            .is_empty());
     }
     assert_eq!(restored(&store, "vol", &ids[3], SIZE).await, content(&dev));
 }
@@ -325,5 +432,8 @@ fn plain_http_is_refused_off_loopback() {
             secret_key: "s".into(),
         },
     };
-    assert!(matches!(Store::open(&cfg, RetryPolicy::default()), Err(BackupError::Invalid(_))));
+    assert!(matches!(
+        Store::open(&cfg, RetryPolicy::default()),
+        Err(BackupError::Invalid(_))
+    ));
 }

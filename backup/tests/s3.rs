@@ -10,8 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use backup::{
-    BackupError, ChangedMap, OnBadChunk, RetryPolicy, RunOptions, S3Credentials, Store,
-    StoreConfig,
+    BackupError, ChangedMap, OnBadChunk, RetryPolicy, RunOptions, S3Credentials, Store, StoreConfig,
 };
 use blockdev::MemDevice;
 use common::{change, content, filled, restored, CS};
@@ -66,7 +65,12 @@ impl Server {
     fn restart(&mut self) {
         let child = Command::new(&self.bin)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", "backup-ak", "--secret-key", "backup-secret-key"])
+            .args([
+                "--access-key",
+                "backup-ak",
+                "--secret-key",
+                "backup-secret-key",
+            ])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -76,7 +80,11 @@ impl Server {
         // Wait for the listening socket (bounded).
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not listen on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -135,9 +143,14 @@ async fn s3_full_and_incremental_backups_restore_exactly() {
     let server = Server::start(&bin, tmp.path(), 26010);
     let store = server.store("backup-secret-key", RetryPolicy::default());
     let dev = filled("vol", SIZE, 21);
-    let full = backup::run(dev.as_ref(), None, None, &store, &opts("vol")).await.unwrap();
+    let full = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
+        .await
+        .unwrap();
     assert_eq!(full.manifest.chunks_uploaded, 96);
-    assert_eq!(restored(&store, "vol", &full.manifest.id, SIZE).await, content(&dev));
+    assert_eq!(
+        restored(&store, "vol", &full.manifest.id, SIZE).await,
+        content(&dev)
+    );
 
     let mut ids = vec![full.manifest.id.clone()];
     let mut contents = vec![content(&dev)];
@@ -149,9 +162,15 @@ async fn s3_full_and_incremental_backups_restore_exactly() {
         for c in chunks {
             map.mark_bytes(c * u64::from(CS), 1);
         }
-        let r = backup::run(dev.as_ref(), Some(&map), ids.last().map(String::as_str), &store, &opts("vol"))
-            .await
-            .unwrap();
+        let r = backup::run(
+            dev.as_ref(),
+            Some(&map),
+            ids.last().map(String::as_str),
+            &store,
+            &opts("vol"),
+        )
+        .await
+        .unwrap();
         assert_eq!((r.progress.chunks_read, r.progress.chunks_uploaded), (2, 2));
         ids.push(r.manifest.id.clone());
         contents.push(content(&dev));
@@ -169,7 +188,9 @@ async fn s3_wrong_secret_is_the_auth_error() {
     let server = Server::start(&bin, tmp.path(), 26011);
     let store = server.store("not-the-secret", quick_retry());
     let dev = filled("vol", 1 << 20, 22);
-    let err = backup::run(dev.as_ref(), None, None, &store, &opts("vol")).await.unwrap_err();
+    let err = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, BackupError::AuthRefused(_)), "{err:?}");
     assert!(!err.retryable());
     assert!(!err.to_string().contains("not-the-secret"));
@@ -194,23 +215,40 @@ async fn s3_store_killed_mid_upload_leaves_no_backup_and_gc_reclaims_orphans() {
     };
     let (res, ()) = tokio::join!(run, killer);
     let err = res.unwrap_err();
-    assert!(matches!(err, BackupError::StoreUnreachable { attempts: 3, .. }), "{err:?}");
+    assert!(
+        matches!(err, BackupError::StoreUnreachable { attempts: 3, .. }),
+        "{err:?}"
+    );
     assert!(err.retryable());
 
     server.restart();
-    assert!(backup::list(&store, None).await.unwrap().is_empty(), "nothing partial is visible");
+    assert!(
+        backup::list(&store, None).await.unwrap().is_empty(),
+        "nothing partial is visible"
+    );
     let orphans = store.list("chunks").await.unwrap().len();
     assert!(orphans >= 20);
 
     // The volume changed meanwhile; the next run is correct.
     let dev = filled("vol", SIZE, 24);
-    let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol")).await.unwrap();
-    assert_eq!(restored(&store, "vol", &r.manifest.id, SIZE).await, content(&dev));
+    let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
+        .await
+        .unwrap();
+    assert_eq!(
+        restored(&store, "vol", &r.manifest.id, SIZE).await,
+        content(&dev)
+    );
     let later = SystemTime::now() + Duration::from_secs(7200);
-    let g = backup::gc(&store, Duration::from_secs(3600), later).await.unwrap();
+    let g = backup::gc(&store, Duration::from_secs(3600), later)
+        .await
+        .unwrap();
     assert_eq!(g.chunks_swept as usize, orphans);
     assert_eq!(g.incomplete_removed, 1);
-    assert!(backup::verify(&store, "vol", &r.manifest.id, 4).await.unwrap().bad.is_empty());
+    assert!(backup::verify(&store, "vol", &r.manifest.id, 4)
+        .await
+        .unwrap()
+        .bad
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,15 +258,21 @@ async fn s3_corrupt_chunk_is_named_and_its_range_reported() {
     let server = Server::start(&bin, tmp.path(), 26013);
     let store = server.store("backup-secret-key", RetryPolicy::default());
     let dev = filled("vol", SIZE, 25);
-    let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol")).await.unwrap();
+    let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
+        .await
+        .unwrap();
     let (_, index) = backup::load(&store, "vol", &r.manifest.id).await.unwrap();
-    let backup::ChunkRef::Stored(d) = index.chunks[9] else { panic!("chunk 9 holds data") };
+    let backup::ChunkRef::Stored(d) = index.chunks[9] else {
+        panic!("chunk 9 holds data")
+    };
     let file = tmp.path().join(BUCKET).join(d.path());
     let mut blob = std::fs::read(&file).unwrap();
     blob[100] ^= 1;
     std::fs::write(&file, blob).unwrap();
 
-    let v = backup::verify(&store, "vol", &r.manifest.id, 4).await.unwrap();
+    let v = backup::verify(&store, "vol", &r.manifest.id, 4)
+        .await
+        .unwrap();
     assert_eq!(v.bad.iter().map(|b| b.chunk).collect::<Vec<_>>(), vec![9]);
     let range = 9 * u64::from(CS)..10 * u64::from(CS);
     let target = MemDevice::with_name("t", SIZE);

@@ -30,7 +30,12 @@ async fn python_and_zstd_restore_a_backup_bit_exact() {
     let size = (4 << 20) + 3 * 512;
     let dev = filled("py", size, 11);
     // A compressible chunk, so the zstd path is taken too.
-    let text: Vec<u8> = b"opie backup ".iter().copied().cycle().take(CS as usize).collect();
+    let text: Vec<u8> = b"opie backup "
+        .iter()
+        .copied()
+        .cycle()
+        .take(CS as usize)
+        .collect();
     dev.write_bytes(u64::from(CS), &text);
     let r = backup::run(
         dev.as_ref(),
@@ -46,7 +51,9 @@ async fn python_and_zstd_restore_a_backup_bit_exact() {
     .unwrap();
     assert!(r.manifest.zero_chunks > 0);
     let (_, index) = backup::load(&store, "py", &r.manifest.id).await.unwrap();
-    let backup::ChunkRef::Stored(d) = index.chunks[1] else { panic!("chunk 1 holds text") };
+    let backup::ChunkRef::Stored(d) = index.chunks[1] else {
+        panic!("chunk 1 holds text")
+    };
     let blob = std::fs::read(dir.join(d.path())).unwrap();
     assert_eq!(blob[5], 1, "chunk 1 is stored zstd-compressed");
     let out = tmp.path().join("restored.img");
