@@ -35,7 +35,12 @@ async fn main() {
         let mut f = std::fs::File::create(&img).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut buf = vec![0u8; CS as usize];
-        let text: Vec<u8> = b"opie backup benchmark line 0123456789\n".iter().copied().cycle().take(CS as usize).collect();
+        let text: Vec<u8> = b"opie backup benchmark line 0123456789\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(CS as usize)
+            .collect();
         for i in 0..size / CS {
             match i % 4 {
                 0 | 1 => {
@@ -48,7 +53,12 @@ async fn main() {
         }
         f.sync_all().unwrap();
     }
-    let dev = FileDevice::open(&img, &FileOptions::default(), DeviceIdentity::from_name("bench")).unwrap();
+    let dev = FileDevice::open(
+        &img,
+        &FileOptions::default(),
+        DeviceIdentity::from_name("bench"),
+    )
+    .unwrap();
     // The device's own sequential read rate (4 MiB reads, 8 in flight, as the backup reads).
     let t = Instant::now();
     let blocks = (CS / 512) as u32;
@@ -69,24 +79,38 @@ async fn main() {
     let dir = work.join("store");
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&StoreConfig::Dir(dir), RetryPolicy::default()).unwrap();
-    let full = backup::run(&dev, None, None, &store, &RunOptions::new("bench")).await.unwrap();
+    let full = backup::run(&dev, None, None, &store, &RunOptions::new("bench"))
+        .await
+        .unwrap();
     // 1% of the chunks changed.
     let chunks = size / CS;
     let mut map = ChangedMap::new(CS as u32, chunks);
-    let step = 100.max(1);
+    let step = 100;
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let mut changed = 0;
     for c in (0..chunks).step_by(step) {
         let mut b = vec![0u8; 4096];
         rng.fill(&mut b[..]);
-        dev.write(c * CS / 512, Bytes::from(b), Default::default()).await.unwrap();
+        dev.write(c * CS / 512, Bytes::from(b), Default::default())
+            .await
+            .unwrap();
         map.mark_bytes(c * CS, 4096);
         changed += 1;
     }
-    let inc = backup::run(&dev, Some(&map), Some(&full.manifest.id), &store, &RunOptions::new("bench"))
-        .await
-        .unwrap();
-    println!("source: {} MiB, {} chunks of 4 MiB (1/2 random, 1/4 text, 1/4 zero)", size >> 20, chunks);
+    let inc = backup::run(
+        &dev,
+        Some(&map),
+        Some(&full.manifest.id),
+        &store,
+        &RunOptions::new("bench"),
+    )
+    .await
+    .unwrap();
+    println!(
+        "source: {} MiB, {} chunks of 4 MiB (1/2 random, 1/4 text, 1/4 zero)",
+        size >> 20,
+        chunks
+    );
     println!("sequential read: {:.0} MiB/s", mib_s(size, read_t));
     println!(
         "full backup to a directory: {:.0} MiB/s, ratio to the read rate {:.2} (goal >= 0.5)",
@@ -106,7 +130,16 @@ async fn main() {
         let _ = std::fs::remove_dir_all(&s3dir);
         std::fs::create_dir_all(s3dir.join("bench")).unwrap();
         let mut child = std::process::Command::new(&args[3])
-            .args(["--host", "127.0.0.1", "--port", &args[4], "--access-key", "bench-ak", "--secret-key", "bench-secret"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &args[4],
+                "--access-key",
+                "bench-ak",
+                "--secret-key",
+                "bench-secret",
+            ])
             .arg(&s3dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -122,19 +155,33 @@ async fn main() {
                 endpoint: format!("http://127.0.0.1:{port}"),
                 bucket: "bench".into(),
                 region: "us-east-1".into(),
-                credentials: S3Credentials { access_key: "bench-ak".into(), secret_key: "bench-secret".into() },
+                credentials: S3Credentials {
+                    access_key: "bench-ak".into(),
+                    secret_key: "bench-secret".into(),
+                },
             },
             RetryPolicy::default(),
         )
         .unwrap();
-        let r = backup::run(&dev, None, None, &s3, &RunOptions::new("bench")).await.unwrap();
+        let r = backup::run(&dev, None, None, &s3, &RunOptions::new("bench"))
+            .await
+            .unwrap();
         // Raw PUTs of 4 MiB random objects, 4 at once, as many as the backup uploaded.
         let n = r.progress.chunks_uploaded.max(1);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let blobs: Vec<Bytes> = (0..n).map(|_| { let mut b = vec![0u8; CS as usize]; rng.fill(&mut b[..]); Bytes::from(b) }).collect();
+        let blobs: Vec<Bytes> = (0..n)
+            .map(|_| {
+                let mut b = vec![0u8; CS as usize];
+                rng.fill(&mut b[..]);
+                Bytes::from(b)
+            })
+            .collect();
         let t = Instant::now();
         let puts = futures::stream::iter(blobs.into_iter().enumerate())
-            .map(|(i, b)| { let s3 = s3.clone(); async move { s3.put(&format!("raw/{i}"), b).await } })
+            .map(|(i, b)| {
+                let s3 = s3.clone();
+                async move { s3.put(&format!("raw/{i}"), b).await }
+            })
             .buffer_unordered(4);
         use futures::StreamExt;
         let results: Vec<_> = puts.collect().await;
