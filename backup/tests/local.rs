@@ -6,13 +6,23 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backup::{
-    BackupError, ChangedMap, ChunkProblem, OnBadChunk, Retention, RetryPolicy, RunOptions, Store,
-    StoreConfig,
+    BackupError, ChangedMap, ChunkProblem, OnBadChunk, Retention, RetryPolicy, Store, StoreConfig,
 };
 use blockdev::{BlockDevice, FaultyDevice, MemDevice};
-use common::{change, content, filled, restored, CS};
+use common::{
+    assert_restores, assert_verifies, change, content, files, filled, opts, opts_watched, restored,
+    CS,
+};
 
 const SIZE: u64 = 16 << 20; // 256 chunks of 64 KiB
+
+/// `mem` behind a device whose reads of chunk `chunk` fail.
+fn failing_at(mem: &Arc<MemDevice>, chunk: u64) -> FaultyDevice {
+    let faulty = FaultyDevice::new(mem.clone() as Arc<dyn BlockDevice>, 1);
+    let lba = chunk * u64::from(CS) / 512;
+    faulty.fail_reads(lba..lba + 1);
+    faulty
+}
 
 fn store(dir: &tempfile::TempDir) -> Store {
     Store::open(
@@ -22,49 +32,15 @@ fn store(dir: &tempfile::TempDir) -> Store {
     .unwrap()
 }
 
-fn opts(volume: &str) -> RunOptions {
-    RunOptions {
-        chunk_size: CS,
-        in_flight: 4,
-        uploads: 2,
-        ..RunOptions::new(volume)
-    }
-}
-
-fn count_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    if e.file_type().unwrap().is_dir() {
-                        count_files(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn full_backup_restores_bit_exact_and_skips_zero_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let store = store(&tmp);
     let dev = filled("vol", SIZE, 1);
-    let (tx, rx) = tokio::sync::watch::channel(backup::Progress::default());
-    let report = backup::run(
-        dev.as_ref(),
-        None,
-        None,
-        &store,
-        &RunOptions {
-            progress: Some(tx),
-            ..opts("vol")
-        },
-    )
-    .await
-    .unwrap();
+    let (ropts, rx) = opts_watched("vol");
+    let report = backup::run(dev.as_ref(), None, None, &store, &ropts)
+        .await
+        .unwrap();
     let m = &report.manifest;
     assert_eq!(m.chunks, 256);
     assert_eq!(
@@ -74,13 +50,13 @@ async fn full_backup_restores_bit_exact_and_skips_zero_chunks() {
     assert_eq!(m.chunks_uploaded, 192);
     assert_eq!(m.identity.uuid, dev.identity().to_string());
     assert_eq!(
-        count_files(&tmp.path().join("store/chunks")),
+        files(&tmp.path().join("store/chunks")).len(),
         192,
         "no object for zero chunks"
     );
     assert_eq!(rx.borrow().chunks_done, 256, "progress reaches the end");
     assert_eq!(rx.borrow().bytes_read, SIZE);
-    assert_eq!(restored(&store, "vol", &m.id, SIZE).await, content(&dev));
+    assert_restores(&store, "vol", &m.id, &dev).await;
     let listed = backup::list(&store, Some("vol")).await.unwrap();
     assert_eq!(listed, vec![m.clone()]);
     assert!(
@@ -152,10 +128,7 @@ async fn incremental_reads_and_uploads_only_changed_chunks_and_each_backup_resto
     .unwrap();
     assert_eq!(r.progress.chunks_read, 256);
     assert_eq!(r.progress.chunks_uploaded, 1);
-    assert_eq!(
-        restored(&store, "vol", &r.manifest.id, SIZE).await,
-        content(&dev)
-    );
+    assert_restores(&store, "vol", &r.manifest.id, &dev).await;
 }
 
 #[tokio::test]
@@ -226,10 +199,8 @@ async fn failed_run_leaves_no_backup_next_run_is_correct_and_gc_reclaims_orphans
     let tmp = tempfile::tempdir().unwrap();
     let store = store(&tmp);
     let mem = filled("vol", SIZE, 4);
-    let faulty = FaultyDevice::new(mem.clone() as Arc<dyn BlockDevice>, 1);
-    // Reads fail from chunk 100 on: chunks before it are uploaded, then the run dies.
-    let lba = 100 * u64::from(CS) / 512;
-    faulty.fail_reads(lba..lba + 1);
+    // The read of chunk 100 fails: chunks before it are uploaded, then the run dies.
+    let faulty = failing_at(&mem, 100);
     let err = backup::run(&faulty, None, None, &store, &opts("vol"))
         .await
         .unwrap_err();
@@ -242,7 +213,7 @@ async fn failed_run_leaves_no_backup_next_run_is_correct_and_gc_reclaims_orphans
         backup::list(&store, None).await.unwrap().is_empty(),
         "no manifest, no backup"
     );
-    let orphans = count_files(&tmp.path().join("store/chunks"));
+    let orphans = files(&tmp.path().join("store/chunks")).len();
     assert!(orphans > 0);
 
     // Within the grace the orphans stay (a run could still be using them).
@@ -267,20 +238,14 @@ async fn failed_run_leaves_no_backup_next_run_is_correct_and_gc_reclaims_orphans
         "the failed run's marker is removed"
     );
     assert!(store.list("backups/vol").await.unwrap().is_empty());
-    assert_eq!(
-        restored(&store, "other", &ok.manifest.id, SIZE).await,
-        content(&other)
-    );
+    assert_restores(&store, "other", &ok.manifest.id, &other).await;
 
     // The next run of the failed volume is correct.
     faulty.clear_faults();
     let r = backup::run(&faulty, None, None, &store, &opts("vol"))
         .await
         .unwrap();
-    assert_eq!(
-        restored(&store, "vol", &r.manifest.id, SIZE).await,
-        content(&mem)
-    );
+    assert_restores(&store, "vol", &r.manifest.id, &mem).await;
 }
 
 #[tokio::test]
@@ -288,15 +253,13 @@ async fn a_rerun_rewrites_an_old_orphan_so_gc_cannot_sweep_it_under_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let store = store(&tmp);
     let mem = filled("vol", SIZE, 6);
-    let faulty = FaultyDevice::new(mem.clone() as Arc<dyn BlockDevice>, 1);
-    let lba = 50 * u64::from(CS) / 512;
-    faulty.fail_reads(lba..lba + 1);
+    let faulty = failing_at(&mem, 50);
     backup::run(&faulty, None, None, &store, &opts("vol"))
         .await
         .unwrap_err();
     // Age the orphans past the grace.
     let old = SystemTime::now() - Duration::from_secs(7200);
-    for e in walk(&tmp.path().join("store/chunks")) {
+    for e in files(&tmp.path().join("store/chunks")) {
         std::fs::File::options()
             .write(true)
             .open(&e)
@@ -306,20 +269,8 @@ async fn a_rerun_rewrites_an_old_orphan_so_gc_cannot_sweep_it_under_the_run() {
     }
     faulty.clear_faults();
     // A run that finds them present rewrites them: they are young again and GC keeps them.
-    let (tx, mut rx) = tokio::sync::watch::channel(backup::Progress::default());
-    let run = async {
-        backup::run(
-            &faulty,
-            None,
-            None,
-            &store,
-            &RunOptions {
-                progress: Some(tx),
-                ..opts("vol")
-            },
-        )
-        .await
-    };
+    let (ropts, mut rx) = opts_watched("vol");
+    let run = async { backup::run(&faulty, None, None, &store, &ropts).await };
     let collector = async {
         // GC while the run is still going (before its manifest exists).
         rx.wait_for(|p| p.chunks_done >= 60).await.unwrap();
@@ -330,23 +281,7 @@ async fn a_rerun_rewrites_an_old_orphan_so_gc_cannot_sweep_it_under_the_run() {
     let (r, g) = tokio::join!(run, collector);
     let r = r.unwrap();
     assert_eq!(g.chunks_swept, 0, "{g:?}");
-    assert!(backup::verify(&store, "vol", &r.manifest.id, 4)
-        .await
-        .unwrap()
-        .bad
-        .is_empty());
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
+    assert_verifies(&store, "vol", &r.manifest.id).await;
 }
 
 #[tokio::test]
@@ -390,11 +325,7 @@ async fn prune_keeps_what_the_rule_keeps_and_gc_frees_only_unreferenced_chunks()
     assert!(g.chunks_swept >= 2, "{g:?}");
     assert_eq!(g.incomplete_removed, 2);
     for id in &ids[2..] {
-        assert!(backup::verify(&store, "vol", id, 4)
-            .await
-            .unwrap()
-            .bad
-            .is_empty());
+        assert_verifies(&store, "vol", id).await;
     }
     assert_eq!(restored(&store, "vol", &ids[3], SIZE).await, content(&dev));
 }

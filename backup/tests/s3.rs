@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use backup::{
-    BackupError, ChangedMap, OnBadChunk, RetryPolicy, RunOptions, S3Credentials, Store, StoreConfig,
-};
+use backup::{BackupError, ChangedMap, OnBadChunk, RetryPolicy, S3Credentials, Store, StoreConfig};
 use blockdev::MemDevice;
-use common::{change, content, filled, restored, CS};
+use common::{
+    assert_restores, assert_verifies, change, content, filled, opts, opts_watched, restored, CS,
+};
 
 const SIZE: u64 = 8 << 20; // 128 chunks of 64 KiB
 const BUCKET: &str = "backup-test";
@@ -119,13 +119,12 @@ impl Drop for Server {
     }
 }
 
-fn opts(volume: &str) -> RunOptions {
-    RunOptions {
-        chunk_size: CS,
-        in_flight: 6,
-        uploads: 4,
-        ..RunOptions::new(volume)
-    }
+/// A temporary directory and s3s-fs serving it on `port`; `None` (a skip) without s3s-fs outside CI.
+fn started(port: u16) -> Option<(tempfile::TempDir, Server)> {
+    let bin = s3s_fs()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&bin, tmp.path(), port);
+    Some((tmp, server))
 }
 
 fn quick_retry() -> RetryPolicy {
@@ -138,19 +137,16 @@ fn quick_retry() -> RetryPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_full_and_incremental_backups_restore_exactly() {
-    let Some(bin) = s3s_fs() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&bin, tmp.path(), 26010);
+    let Some((_tmp, server)) = started(26010) else {
+        return;
+    };
     let store = server.store("backup-secret-key", RetryPolicy::default());
     let dev = filled("vol", SIZE, 21);
     let full = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
         .await
         .unwrap();
     assert_eq!(full.manifest.chunks_uploaded, 96);
-    assert_eq!(
-        restored(&store, "vol", &full.manifest.id, SIZE).await,
-        content(&dev)
-    );
+    assert_restores(&store, "vol", &full.manifest.id, &dev).await;
 
     let mut ids = vec![full.manifest.id.clone()];
     let mut contents = vec![content(&dev)];
@@ -183,9 +179,9 @@ async fn s3_full_and_incremental_backups_restore_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_wrong_secret_is_the_auth_error() {
-    let Some(bin) = s3s_fs() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&bin, tmp.path(), 26011);
+    let Some((_tmp, server)) = started(26011) else {
+        return;
+    };
     let store = server.store("not-the-secret", quick_retry());
     let dev = filled("vol", 1 << 20, 22);
     let err = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
@@ -198,16 +194,12 @@ async fn s3_wrong_secret_is_the_auth_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_killed_mid_upload_leaves_no_backup_and_gc_reclaims_orphans() {
-    let Some(bin) = s3s_fs() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&bin, tmp.path(), 26012);
+    let Some((_tmp, mut server)) = started(26012) else {
+        return;
+    };
     let store = server.store("backup-secret-key", quick_retry());
     let dev = filled("vol", SIZE, 23);
-    let (tx, mut rx) = tokio::sync::watch::channel(backup::Progress::default());
-    let ropts = RunOptions {
-        progress: Some(tx),
-        ..opts("vol")
-    };
+    let (ropts, mut rx) = opts_watched("vol");
     let run = backup::run(dev.as_ref(), None, None, &store, &ropts);
     let killer = async {
         rx.wait_for(|p| p.chunks_uploaded >= 20).await.unwrap();
@@ -234,28 +226,21 @@ async fn s3_store_killed_mid_upload_leaves_no_backup_and_gc_reclaims_orphans() {
     let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
         .await
         .unwrap();
-    assert_eq!(
-        restored(&store, "vol", &r.manifest.id, SIZE).await,
-        content(&dev)
-    );
+    assert_restores(&store, "vol", &r.manifest.id, &dev).await;
     let later = SystemTime::now() + Duration::from_secs(7200);
     let g = backup::gc(&store, Duration::from_secs(3600), later)
         .await
         .unwrap();
     assert_eq!(g.chunks_swept as usize, orphans);
     assert_eq!(g.incomplete_removed, 1);
-    assert!(backup::verify(&store, "vol", &r.manifest.id, 4)
-        .await
-        .unwrap()
-        .bad
-        .is_empty());
+    assert_verifies(&store, "vol", &r.manifest.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_corrupt_chunk_is_named_and_its_range_reported() {
-    let Some(bin) = s3s_fs() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&bin, tmp.path(), 26013);
+    let Some((tmp, server)) = started(26013) else {
+        return;
+    };
     let store = server.store("backup-secret-key", RetryPolicy::default());
     let dev = filled("vol", SIZE, 25);
     let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use backup::{OnBadChunk, Store};
+use backup::{OnBadChunk, RunOptions, Store};
 use blockdev::{BlockDevice, MemDevice};
 use rand::{Rng, SeedableRng};
 
@@ -51,4 +51,49 @@ pub async fn restored(store: &Store, volume: &str, id: &str, bytes: u64) -> Vec<
         .await
         .expect("restore");
     content(&target)
+}
+
+/// Run options of the tests: [`CS`] chunks, 4 in flight, 4 uploads.
+pub fn opts(volume: &str) -> RunOptions {
+    RunOptions {
+        chunk_size: CS,
+        in_flight: 4,
+        uploads: 4,
+        ..RunOptions::new(volume)
+    }
+}
+
+/// [`opts`] with progress published; the receiver watches it.
+pub fn opts_watched(volume: &str) -> (RunOptions, tokio::sync::watch::Receiver<backup::Progress>) {
+    let (tx, rx) = tokio::sync::watch::channel(backup::Progress::default());
+    let o = RunOptions {
+        progress: Some(tx),
+        ..opts(volume)
+    };
+    (o, rx)
+}
+
+/// Asserts that `volume`/`id` restores to exactly `dev`'s content.
+pub async fn assert_restores(store: &Store, volume: &str, id: &str, dev: &MemDevice) {
+    let bytes = dev.geometry().bytes();
+    assert_eq!(restored(store, volume, id, bytes).await, content(dev));
+}
+
+/// Asserts that verify finds no bad chunk in `volume`/`id`.
+pub async fn assert_verifies(store: &Store, volume: &str, id: &str) {
+    let report = backup::verify(store, volume, id, 4).await.unwrap();
+    assert!(report.bad.is_empty(), "{report:?}");
+}
+
+/// Every file under `dir` (none if it does not exist).
+pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }
