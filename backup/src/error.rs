@@ -22,16 +22,6 @@ pub enum BackupError {
         /// The last error the store gave.
         detail: String,
     },
-    /// A chunk in the store is missing or does not match its name: the byte range of the volume it holds is lost in this backup.
-    #[error("chunk {chunk} (volume bytes {}..{}) is {problem}", range.start, range.end)]
-    CorruptChunk {
-        /// The chunk's position in the backup's index.
-        chunk: u64,
-        /// The volume byte range that chunk holds.
-        range: Range<u64>,
-        /// What is wrong with it.
-        problem: ChunkProblem,
-    },
     /// Reading the source device failed: fix the device and run again.
     #[error("source read failed at volume bytes {}..{}: {source}", range.start, range.end)]
     SourceRead {
