@@ -12,6 +12,10 @@
 //! [`BlockDevice`] contract), so retrying a timed-out write cannot race the
 //! first attempt. While a member waits, so does every request that needs
 //! it: the rows it holds cannot be updated without it and stay consistent.
+//!
+//! It is also where the [`TagCache`] learns of writes: every write, zeroing
+//! and unmap invalidates the member range it covers when it starts and when
+//! it has returned, so the cache holds what the member holds.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +27,7 @@ use blockdev::{
 };
 
 use crate::clock::Clock;
+use crate::tag_cache::{MemberKey, TagCache};
 
 /// First wait before a retry; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -38,21 +43,46 @@ pub(crate) struct MemberDevice {
     timeout: Duration,
     /// Since when it has answered nothing but transient errors.
     down_since: Mutex<Option<Duration>>,
+    /// The array's tag-block cache, told of every write.
+    tags: Arc<TagCache>,
 }
 
 impl MemberDevice {
-    /// `dev` as a member: its transient errors are retried for up to `timeout`.
+    /// `dev` as a member: its transient errors are retried for up to
+    /// `timeout`; its reads may be cached in `tags`, which learns of its
+    /// writes.
     pub(crate) fn wrap(
         dev: SharedDevice,
         timeout: Duration,
         clock: Arc<dyn Clock>,
+        tags: Arc<TagCache>,
     ) -> SharedDevice {
-        Arc::new(MemberDevice {
+        let member = Arc::new(MemberDevice {
             dev,
             clock,
             timeout,
             down_since: Mutex::new(None),
-        })
+            tags,
+        });
+        member.tags.register(member.key());
+        member
+    }
+
+    /// This member's key in the tag cache (its address while it lives).
+    fn key(&self) -> MemberKey {
+        self as *const Self as *const () as usize
+    }
+
+    /// Runs a write of `blocks` at `lba`, invalidating the cached range
+    /// before and after.
+    async fn writing<F>(&self, lba: u64, blocks: u64, op: F) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        self.tags.invalidate(self.key(), lba, blocks);
+        let r = op.await;
+        self.tags.invalidate(self.key(), lba, blocks);
+        r
     }
 
     /// Runs `op` until it returns anything but a transient error, or the
@@ -121,8 +151,13 @@ impl BlockDevice for MemberDevice {
     }
 
     async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
-        self.retry(|| self.dev.write(lba, data.clone(), flags))
-            .await
+        let blocks = (data.len() as u64).div_ceil(u64::from(self.geometry().block_size.max(1)));
+        self.writing(
+            lba,
+            blocks,
+            self.retry(|| self.dev.write(lba, data.clone(), flags)),
+        )
+        .await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -130,12 +165,17 @@ impl BlockDevice for MemberDevice {
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
-        self.retry(|| self.dev.write_zeroes(lba, blocks, unmap))
-            .await
+        self.writing(
+            lba,
+            blocks,
+            self.retry(|| self.dev.write_zeroes(lba, blocks, unmap)),
+        )
+        .await
     }
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
-        self.retry(|| self.dev.unmap(lba, blocks)).await
+        self.writing(lba, blocks, self.retry(|| self.dev.unmap(lba, blocks)))
+            .await
     }
 
     fn cached_slice(&self, lba: u64, blocks: u32) -> Option<FileSlice> {
@@ -145,4 +185,16 @@ impl BlockDevice for MemberDevice {
     async fn block_status(&self, lba: u64, max_blocks: u64) -> Result<Extent> {
         self.retry(|| self.dev.block_status(lba, max_blocks)).await
     }
+}
+
+impl Drop for MemberDevice {
+    fn drop(&mut self) {
+        self.tags.unregister(self.key());
+    }
+}
+
+/// The tag-cache key of `dev` if it is a member the cache knows: the
+/// address its `Arc` points at, the same as [`MemberDevice`]'s own.
+pub(crate) fn member_key(dev: &SharedDevice) -> MemberKey {
+    Arc::as_ptr(dev) as *const () as usize
 }
