@@ -198,3 +198,102 @@ impl Drop for MemberDevice {
 pub(crate) fn member_key(dev: &SharedDevice) -> MemberKey {
     Arc::as_ptr(dev) as *const () as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use blockdev::{BlockDevice, Bytes, MemDevice, Result, SharedDevice, WriteFlags};
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::tag_cache::{cached_read, TagCache};
+
+    /// A device whose read of `held` has read the old content and then
+    /// waits for `release` before it answers.
+    #[derive(Debug)]
+    struct HeldRead {
+        inner: MemDevice,
+        held: u64,
+        reached: Notify,
+        release: Notify,
+    }
+
+    #[async_trait]
+    impl BlockDevice for HeldRead {
+        fn geometry(&self) -> Geometry {
+            self.inner.geometry()
+        }
+        fn identity(&self) -> &DeviceIdentity {
+            self.inner.identity()
+        }
+        async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes> {
+            let r = self.inner.read(lba, blocks).await;
+            if lba == self.held {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+            r
+        }
+        async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
+            self.inner.write(lba, data, flags).await
+        }
+        async fn flush(&self) -> Result<()> {
+            self.inner.flush().await
+        }
+        async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
+            self.inner.write_zeroes(lba, blocks, unmap).await
+        }
+    }
+
+    fn block(b: u8) -> Bytes {
+        Bytes::from(vec![b; 512])
+    }
+
+    #[tokio::test]
+    async fn a_tag_read_overtaken_by_a_write_is_not_cached() {
+        let cache = Arc::new(TagCache::new(1 << 20));
+        let held = Arc::new(HeldRead {
+            inner: MemDevice::with_name("held", 64 * 512),
+            held: 10,
+            reached: Notify::new(),
+            release: Notify::new(),
+        });
+        let dev: SharedDevice = held.clone();
+        let member = MemberDevice::wrap(
+            dev,
+            Duration::from_secs(1),
+            Arc::new(ManualClock::new()),
+            cache.clone(),
+        );
+        member.write(10, block(1), WriteFlags::NONE).await.unwrap();
+
+        let reading = {
+            let (cache, member) = (cache.clone(), member.clone());
+            tokio::spawn(async move { cached_read(&cache, &member, 10, 1, |_| true).await })
+        };
+        held.reached.notified().await;
+        // The row is rewritten while the old tags are on their way back.
+        member.write(10, block(2), WriteFlags::NONE).await.unwrap();
+        held.release.notify_one();
+        let (old, from_cache) = reading.await.unwrap().unwrap();
+        assert_eq!((old, from_cache), (block(1), false));
+        assert_eq!(cache.stats().entries, 0, "the stale tags were cached");
+
+        // Undisturbed, a read is cached and then answered from the cache.
+        let again = {
+            let (cache, member) = (cache.clone(), member.clone());
+            tokio::spawn(async move { cached_read(&cache, &member, 10, 1, |_| true).await })
+        };
+        held.reached.notified().await;
+        held.release.notify_one();
+        assert_eq!(again.await.unwrap().unwrap(), (block(2), false));
+        let hit = cached_read(&cache, &member, 10, 1, |_| true).await.unwrap();
+        assert_eq!(hit, (block(2), true));
+
+        // Dropping the member drops its entries.
+        drop(member);
+        assert_eq!(cache.stats().entries, 0);
+    }
+}

@@ -15,6 +15,7 @@ use crate::integrity::{tag_addr, ChunkTags, TagEntry};
 use crate::layout::Layout;
 use crate::member_io::member_key;
 use crate::parity::xor_into;
+use crate::tag_cache::cached_read;
 
 impl RaidArray {
     /// Volume read: verified blocks, rebuilt from parity where a member is
@@ -101,22 +102,15 @@ impl RaidArray {
         slot: u32,
         dev: &SharedDevice,
     ) -> std::result::Result<(ChunkTags, bool), BlockError> {
-        let cache = &self.inner.tag_cache;
-        let key = member_key(dev);
-        let (at, n) = (lay.tag_block(row, 0), lay.tag_blocks);
-        if !cache.caches(key) {
-            return Ok((self.read_tags_from_disk(lay, row, slot, dev).await?, false));
-        }
-        if let Some(buf) = cache.get(key, at, u64::from(n)) {
-            return Ok((self.decode_tags(&buf, lay, row, slot), true));
-        }
-        let ticket = cache.ticket(key, at, u64::from(n));
-        let buf = dev.read(at, n).await?;
-        let tags = self.decode_tags(&buf, lay, row, slot);
-        if !tags.damaged() {
-            cache.insert(ticket, key, at, u64::from(n), buf);
-        }
-        Ok((tags, false))
+        let (buf, cached) = cached_read(
+            &self.inner.tag_cache,
+            dev,
+            lay.tag_block(row, 0),
+            lay.tag_blocks,
+            |buf| !self.decode_tags(buf, lay, row, slot).damaged(),
+        )
+        .await?;
+        Ok((self.decode_tags(&buf, lay, row, slot), cached))
     }
 
     /// Reads the tag blocks of `row` on a member from the member itself,

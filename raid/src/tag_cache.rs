@@ -27,7 +27,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
-use blockdev::Bytes;
+use blockdev::{BlockError, Bytes, SharedDevice};
+
+use crate::member_io::member_key;
 
 /// Blocks per generation granule.
 pub(crate) const GRANULE: u64 = 64;
@@ -272,6 +274,33 @@ impl TagCache {
             misses: st.misses,
         }
     }
+}
+
+/// Reads `blocks` at `lba` on member `dev` through `cache`: its cached
+/// content if held, else what the member returns, cached if `keep` accepts
+/// it and no write overlapped the range meanwhile. The flag says whether it
+/// came from the cache.
+pub(crate) async fn cached_read(
+    cache: &TagCache,
+    dev: &SharedDevice,
+    lba: u64,
+    blocks: u32,
+    keep: impl FnOnce(&Bytes) -> bool,
+) -> Result<(Bytes, bool), BlockError> {
+    let key = member_key(dev);
+    if !cache.caches(key) {
+        return Ok((dev.read(lba, blocks).await?, false));
+    }
+    let n = u64::from(blocks);
+    if let Some(buf) = cache.get(key, lba, n) {
+        return Ok((buf, true));
+    }
+    let ticket = cache.ticket(key, lba, n);
+    let buf = dev.read(lba, blocks).await?;
+    if keep(&buf) {
+        cache.insert(ticket, key, lba, n, buf.clone());
+    }
+    Ok((buf, false))
 }
 
 /// The granules `blocks` blocks at `lba` span.
