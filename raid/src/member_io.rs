@@ -74,15 +74,20 @@ impl MemberDevice {
     }
 
     /// Runs a write of `blocks` at `lba`, invalidating the cached range
-    /// before and after.
+    /// before and after (after also when the write is dropped midway: it
+    /// may still land).
     async fn writing<F>(&self, lba: u64, blocks: u64, op: F) -> Result<()>
     where
         F: std::future::Future<Output = Result<()>>,
     {
         self.tags.invalidate(self.key(), lba, blocks);
-        let r = op.await;
-        self.tags.invalidate(self.key(), lba, blocks);
-        r
+        let _after = Invalidate {
+            tags: &self.tags,
+            key: self.key(),
+            lba,
+            blocks,
+        };
+        op.await
     }
 
     /// Runs `op` until it returns anything but a transient error, or the
@@ -184,6 +189,21 @@ impl BlockDevice for MemberDevice {
 
     async fn block_status(&self, lba: u64, max_blocks: u64) -> Result<Extent> {
         self.retry(|| self.dev.block_status(lba, max_blocks)).await
+    }
+}
+
+/// Invalidates a written range when dropped (the write returned or was
+/// abandoned).
+struct Invalidate<'a> {
+    tags: &'a TagCache,
+    key: MemberKey,
+    lba: u64,
+    blocks: u64,
+}
+
+impl Drop for Invalidate<'_> {
+    fn drop(&mut self) {
+        self.tags.invalidate(self.key, self.lba, self.blocks);
     }
 }
 

@@ -257,8 +257,8 @@ impl TagCache {
         }
     }
 
-    /// Drops the entry of `blocks` at `lba` on `member` (it failed to
-    /// verify what it was read with).
+    /// Drops the entry at `lba` on `member` (it failed to verify what it
+    /// was read with).
     pub(crate) fn drop_range(&self, member: MemberKey, lba: u64) {
         Self::remove(&mut self.lock(), (member, lba));
     }
