@@ -161,13 +161,17 @@ impl RaidArray {
             (Ok(d), Ok(t)) => (d, t),
             (d, t) => return (d, t.map(|(t, _)| t)),
         };
+        if !cached {
+            // The caller verifies tags read from the member.
+            return (Ok(data), Ok(tags));
+        }
         let bs = self.inner.block_size as usize;
         let verified = !tags.damaged()
             && data.chunks_exact(bs).enumerate().all(|(j, blk)| {
                 let i = i0 + j as u32;
                 tags.verifies(i as usize, tag_addr(lay, row, slot, i), blk)
             });
-        if !cached || verified {
+        if verified {
             return (Ok(data), Ok(tags));
         }
         let cache = &self.inner.tag_cache;
