@@ -39,6 +39,7 @@ use crate::layout::Layout;
 use crate::member_io::MemberDevice;
 use crate::members::{MemberState, Meta};
 use crate::rows::{RowGuard, RowLocks, RowWork};
+use crate::tag_cache::{TagCache, TagCacheStats};
 
 /// Tunables of an array.
 #[derive(Debug, Clone)]
@@ -67,6 +68,10 @@ pub struct Config {
     /// is down, it is busy, it timed out) before it is failed; its requests
     /// wait and are retried meanwhile. Zero fails it at the first one.
     pub member_timeout: Duration,
+    /// Bytes of member tag blocks the read path keeps cached
+    /// ([`crate::tag_cache`]), so a read whose chunk's tags are cached
+    /// costs one member I/O; 0 turns the cache off.
+    pub tag_cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -82,6 +87,7 @@ impl Default for Config {
             checkpoint_rows: 256,
             reshape_step_rows: 64,
             member_timeout: Duration::from_secs(30),
+            tag_cache_bytes: 64 << 20,
         }
     }
 }
@@ -135,6 +141,8 @@ pub(crate) struct Inner {
     pub(crate) meta: Mutex<Meta>,
     pub(crate) rows: RowLocks,
     pub(crate) cache: StripeCache,
+    /// Tag blocks read from the members ([`crate::tag_cache`]).
+    pub(crate) tag_cache: Arc<TagCache>,
     /// Parity buffers kept for reuse by full-stripe writes.
     pub(crate) parity_pool: Mutex<Vec<BytesMut>>,
     pub(crate) xor_tagger: XorTagger,
@@ -171,6 +179,7 @@ impl RaidArray {
         clock: Arc<dyn Clock>,
         geo: Geo,
         meta: Meta,
+        tag_cache: Arc<TagCache>,
     ) -> RaidArray {
         let journal = (meta.sb.journal_blocks > 0).then(|| JournalState::new(&meta.sb));
         let meta_events = meta.sb.events;
@@ -186,6 +195,7 @@ impl RaidArray {
                 meta: Mutex::new(meta),
                 rows: RowLocks::new(),
                 cache,
+                tag_cache,
                 parity_pool: Mutex::new(Vec::new()),
                 xor_tagger: XorTagger::new(block_size as usize),
                 sb_lock: AsyncMutex::new(()),
@@ -241,6 +251,11 @@ impl RaidArray {
             read_errors: s.read_errors.load(Ordering::Relaxed),
             resync_unverified: s.resync_unverified.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counters and memory of the tag-block cache ([`crate::tag_cache`]).
+    pub fn tag_cache_stats(&self) -> TagCacheStats {
+        self.inner.tag_cache.stats()
     }
 
     /// Whether any member is failed, missing or still rebuilding.
@@ -335,7 +350,12 @@ impl RaidArray {
 
     /// `dev` as a member of this array ([`MemberDevice`]).
     pub(crate) fn as_member(&self, dev: SharedDevice) -> SharedDevice {
-        MemberDevice::wrap(dev, self.inner.cfg.member_timeout, self.inner.clock.clone())
+        MemberDevice::wrap(
+            dev,
+            self.inner.cfg.member_timeout,
+            self.inner.clock.clone(),
+            self.inner.tag_cache.clone(),
+        )
     }
 
     pub(crate) fn set_flag(&self, flag: u32, on: bool) {

@@ -38,6 +38,7 @@ use crate::superblock::{
     read_newest, SlotEntry, SlotState, Superblock, FLAG_CLEAN, FLAG_JOURNAL, FLAG_REBUILD,
     FLAG_REPLACE, FLAG_RESHAPE, MAX_SLOTS, REBUILD_BITMAP, REPLACEMENT, RETIRED, SPARE,
 };
+use crate::tag_cache::TagCache;
 
 /// Options of [`RaidArray::assemble`].
 #[derive(Debug, Clone, Default)]
@@ -75,7 +76,8 @@ impl RaidArray {
         cfg: Config,
         clock: Arc<dyn Clock>,
     ) -> Result<RaidArray> {
-        let as_member = |d| MemberDevice::wrap(d, cfg.member_timeout, clock.clone());
+        let tags = Arc::new(TagCache::new(cfg.tag_cache_bytes));
+        let as_member = |d| MemberDevice::wrap(d, cfg.member_timeout, clock.clone(), tags.clone());
         let members: Vec<SharedDevice> = members.into_iter().map(as_member).collect();
         let spares: Vec<SharedDevice> = spares.into_iter().map(as_member).collect();
         if members.len() < 2 || members.len() > MAX_SLOTS {
@@ -197,6 +199,7 @@ impl RaidArray {
                 reshape: None,
             },
             meta,
+            tags,
         );
         if let Some(j) = &array.inner.journal {
             j.reset_all(&array).await?;
@@ -216,9 +219,10 @@ impl RaidArray {
         opts: AssembleOptions,
     ) -> Result<(RaidArray, AssemblyReport)> {
         let mut report = AssemblyReport::default();
+        let tags = Arc::new(TagCache::new(cfg.tag_cache_bytes));
         let mut found: Vec<(SharedDevice, Superblock)> = Vec::new();
         for d in devices {
-            let d = MemberDevice::wrap(d, cfg.member_timeout, clock.clone());
+            let d = MemberDevice::wrap(d, cfg.member_timeout, clock.clone(), tags.clone());
             match read_newest(&d).await {
                 Ok(sb) => found.push((d, sb)),
                 Err(e) => report
@@ -457,7 +461,7 @@ impl RaidArray {
             clean_on_disk: !dirty,
         };
         let bs = best.block_size;
-        let array = RaidArray::from_parts(cfg, bs, uuid, clock, Geo { cur, reshape }, meta);
+        let array = RaidArray::from_parts(cfg, bs, uuid, clock, Geo { cur, reshape }, meta, tags);
         array.write_superblocks().await?;
         array.begin_epochs();
         if let Some(j) = &array.inner.journal {

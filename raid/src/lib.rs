@@ -39,6 +39,7 @@ pub mod scrub;
 pub mod status;
 pub mod superblock;
 pub mod suspend;
+mod tag_cache;
 mod write;
 
 pub use array::{Config, IntegrityStats, RaidArray, SizeReport};
@@ -53,3 +54,4 @@ pub use reshape::ReshapeProgress;
 pub use scrub::{CheckReport, Finding, ScrubReport};
 pub use status::{ArrayHealth, ArrayStatus, MemberStatus, MemberView};
 pub use suspend::ResumeReport;
+pub use tag_cache::TagCacheStats;

@@ -12,6 +12,10 @@
 //! [`BlockDevice`] contract), so retrying a timed-out write cannot race the
 //! first attempt. While a member waits, so does every request that needs
 //! it: the rows it holds cannot be updated without it and stay consistent.
+//!
+//! It is also where the [`TagCache`] learns of writes: every write, zeroing
+//! and unmap invalidates the member range it covers when it starts and when
+//! it has returned, so the cache holds what the member holds.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +27,7 @@ use blockdev::{
 };
 
 use crate::clock::Clock;
+use crate::tag_cache::{MemberKey, TagCache};
 
 /// First wait before a retry; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
@@ -38,21 +43,51 @@ pub(crate) struct MemberDevice {
     timeout: Duration,
     /// Since when it has answered nothing but transient errors.
     down_since: Mutex<Option<Duration>>,
+    /// The array's tag-block cache, told of every write.
+    tags: Arc<TagCache>,
 }
 
 impl MemberDevice {
-    /// `dev` as a member: its transient errors are retried for up to `timeout`.
+    /// `dev` as a member: its transient errors are retried for up to
+    /// `timeout`; its reads may be cached in `tags`, which learns of its
+    /// writes.
     pub(crate) fn wrap(
         dev: SharedDevice,
         timeout: Duration,
         clock: Arc<dyn Clock>,
+        tags: Arc<TagCache>,
     ) -> SharedDevice {
-        Arc::new(MemberDevice {
+        let member = Arc::new(MemberDevice {
             dev,
             clock,
             timeout,
             down_since: Mutex::new(None),
-        })
+            tags,
+        });
+        member.tags.register(member.key());
+        member
+    }
+
+    /// This member's key in the tag cache (its address while it lives).
+    fn key(&self) -> MemberKey {
+        self as *const Self as *const () as usize
+    }
+
+    /// Runs a write of `blocks` at `lba`, invalidating the cached range
+    /// before and after (after also when the write is dropped midway: it
+    /// may still land).
+    async fn writing<F>(&self, lba: u64, blocks: u64, op: F) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        self.tags.invalidate(self.key(), lba, blocks);
+        let _after = Invalidate {
+            tags: &self.tags,
+            key: self.key(),
+            lba,
+            blocks,
+        };
+        op.await
     }
 
     /// Runs `op` until it returns anything but a transient error, or the
@@ -121,8 +156,13 @@ impl BlockDevice for MemberDevice {
     }
 
     async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
-        self.retry(|| self.dev.write(lba, data.clone(), flags))
-            .await
+        let blocks = (data.len() as u64).div_ceil(u64::from(self.geometry().block_size.max(1)));
+        self.writing(
+            lba,
+            blocks,
+            self.retry(|| self.dev.write(lba, data.clone(), flags)),
+        )
+        .await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -130,12 +170,17 @@ impl BlockDevice for MemberDevice {
     }
 
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
-        self.retry(|| self.dev.write_zeroes(lba, blocks, unmap))
-            .await
+        self.writing(
+            lba,
+            blocks,
+            self.retry(|| self.dev.write_zeroes(lba, blocks, unmap)),
+        )
+        .await
     }
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
-        self.retry(|| self.dev.unmap(lba, blocks)).await
+        self.writing(lba, blocks, self.retry(|| self.dev.unmap(lba, blocks)))
+            .await
     }
 
     fn cached_slice(&self, lba: u64, blocks: u32) -> Option<FileSlice> {
@@ -144,5 +189,131 @@ impl BlockDevice for MemberDevice {
 
     async fn block_status(&self, lba: u64, max_blocks: u64) -> Result<Extent> {
         self.retry(|| self.dev.block_status(lba, max_blocks)).await
+    }
+}
+
+/// Invalidates a written range when dropped (the write returned or was
+/// abandoned).
+struct Invalidate<'a> {
+    tags: &'a TagCache,
+    key: MemberKey,
+    lba: u64,
+    blocks: u64,
+}
+
+impl Drop for Invalidate<'_> {
+    fn drop(&mut self) {
+        self.tags.invalidate(self.key, self.lba, self.blocks);
+    }
+}
+
+impl Drop for MemberDevice {
+    fn drop(&mut self) {
+        self.tags.unregister(self.key());
+    }
+}
+
+/// The tag-cache key of `dev` if it is a member the cache knows: the
+/// address its `Arc` points at, the same as [`MemberDevice`]'s own.
+pub(crate) fn member_key(dev: &SharedDevice) -> MemberKey {
+    Arc::as_ptr(dev) as *const () as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use blockdev::{BlockDevice, Bytes, MemDevice, Result, SharedDevice, WriteFlags};
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::tag_cache::{cached_read, TagCache};
+
+    /// A device whose read of `held` has read the old content and then
+    /// waits for `release` before it answers.
+    #[derive(Debug)]
+    struct HeldRead {
+        inner: MemDevice,
+        held: u64,
+        reached: Notify,
+        release: Notify,
+    }
+
+    #[async_trait]
+    impl BlockDevice for HeldRead {
+        fn geometry(&self) -> Geometry {
+            self.inner.geometry()
+        }
+        fn identity(&self) -> &DeviceIdentity {
+            self.inner.identity()
+        }
+        async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes> {
+            let r = self.inner.read(lba, blocks).await;
+            if lba == self.held {
+                self.reached.notify_one();
+                self.release.notified().await;
+            }
+            r
+        }
+        async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> Result<()> {
+            self.inner.write(lba, data, flags).await
+        }
+        async fn flush(&self) -> Result<()> {
+            self.inner.flush().await
+        }
+        async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
+            self.inner.write_zeroes(lba, blocks, unmap).await
+        }
+    }
+
+    fn block(b: u8) -> Bytes {
+        Bytes::from(vec![b; 512])
+    }
+
+    #[tokio::test]
+    async fn a_tag_read_overtaken_by_a_write_is_not_cached() {
+        let cache = Arc::new(TagCache::new(1 << 20));
+        let held = Arc::new(HeldRead {
+            inner: MemDevice::with_name("held", 64 * 512),
+            held: 10,
+            reached: Notify::new(),
+            release: Notify::new(),
+        });
+        let dev: SharedDevice = held.clone();
+        let member = MemberDevice::wrap(
+            dev,
+            Duration::from_secs(1),
+            Arc::new(ManualClock::new()),
+            cache.clone(),
+        );
+        member.write(10, block(1), WriteFlags::NONE).await.unwrap();
+
+        let reading = {
+            let (cache, member) = (cache.clone(), member.clone());
+            tokio::spawn(async move { cached_read(&cache, &member, 10, 1, |_| true).await })
+        };
+        held.reached.notified().await;
+        // The row is rewritten while the old tags are on their way back.
+        member.write(10, block(2), WriteFlags::NONE).await.unwrap();
+        held.release.notify_one();
+        let (old, from_cache) = reading.await.unwrap().unwrap();
+        assert_eq!((old, from_cache), (block(1), false));
+        assert_eq!(cache.stats().entries, 0, "the stale tags were cached");
+
+        // Undisturbed, a read is cached and then answered from the cache.
+        let again = {
+            let (cache, member) = (cache.clone(), member.clone());
+            tokio::spawn(async move { cached_read(&cache, &member, 10, 1, |_| true).await })
+        };
+        held.reached.notified().await;
+        held.release.notify_one();
+        assert_eq!(again.await.unwrap().unwrap(), (block(2), false));
+        let hit = cached_read(&cache, &member, 10, 1, |_| true).await.unwrap();
+        assert_eq!(hit, (block(2), true));
+
+        // Dropping the member drops its entries.
+        drop(member);
+        assert_eq!(cache.stats().entries, 0);
     }
 }

@@ -13,6 +13,7 @@ use crate::error::{RaidError, Result};
 use crate::integrity::{tag_addr, ChunkTags, TagEntry};
 use crate::journal::JournalHost;
 use crate::layout::Layout;
+use crate::member_io::member_key;
 use crate::superblock::{
     Superblock, FLAG_CLEAN, FLAG_REBUILD, FLAG_REPLACE, MAX_SLOTS, REBUILD_BITMAP, REPLACEMENT,
     RETIRED, SPARE,
@@ -136,6 +137,15 @@ impl RaidArray {
         if slot == REPLACEMENT {
             self.abort_replace(err).await;
             return;
+        }
+        let dev = self
+            .meta()
+            .slots
+            .get(slot as usize)
+            .and_then(|s| s.dev.clone());
+        if let Some(dev) = dev {
+            // Its cached tags go with it: whatever comes back is read anew.
+            self.inner.tag_cache.forget(member_key(&dev));
         }
         if self.mark_faulty(slot) {
             warn!(slot, error = %err, "member failed; array degraded");

@@ -13,7 +13,9 @@ use crate::cache::concat_bytes;
 use crate::error::{RaidError, Result};
 use crate::integrity::{tag_addr, ChunkTags, TagEntry};
 use crate::layout::Layout;
+use crate::member_io::member_key;
 use crate::parity::xor_into;
+use crate::tag_cache::cached_read;
 
 impl RaidArray {
     /// Volume read: verified blocks, rebuilt from parity where a member is
@@ -79,7 +81,9 @@ impl RaidArray {
         Ok(out)
     }
 
-    /// Reads the tag blocks of `row` on a member.
+    /// Reads the tag blocks of `row` on a member, from the tag cache when
+    /// it holds them ([`crate::tag_cache`]); what is read from the member
+    /// and decodes intact is cached.
     pub(crate) async fn read_tags(
         &self,
         lay: &Layout,
@@ -87,13 +91,93 @@ impl RaidArray {
         slot: u32,
         dev: &SharedDevice,
     ) -> std::result::Result<ChunkTags, BlockError> {
+        Ok(self.read_tags_noting(lay, row, slot, dev).await?.0)
+    }
+
+    /// [`RaidArray::read_tags`], and whether they came from the cache.
+    async fn read_tags_noting(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+    ) -> std::result::Result<(ChunkTags, bool), BlockError> {
+        let (buf, cached) = cached_read(
+            &self.inner.tag_cache,
+            dev,
+            lay.tag_block(row, 0),
+            lay.tag_blocks,
+            |buf| !self.decode_tags(buf, lay, row, slot).damaged(),
+        )
+        .await?;
+        Ok((self.decode_tags(&buf, lay, row, slot), cached))
+    }
+
+    /// Reads the tag blocks of `row` on a member from the member itself,
+    /// never from the tag cache: for scrub and resync, which check the
+    /// media, and to check a cached copy that failed to verify its data.
+    pub(crate) async fn read_tags_from_disk(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+    ) -> std::result::Result<ChunkTags, BlockError> {
         let buf = dev.read(lay.tag_block(row, 0), lay.tag_blocks).await?;
-        Ok(ChunkTags::decode(
-            &buf,
+        Ok(self.decode_tags(&buf, lay, row, slot))
+    }
+
+    fn decode_tags(&self, buf: &[u8], lay: &Layout, row: u64, slot: u32) -> ChunkTags {
+        ChunkTags::decode(
+            buf,
             self.inner.block_size,
             lay.chunk_blocks,
             self.place(row, slot),
-        ))
+        )
+    }
+
+    /// Reads blocks `[i0, i1)` of a member's chunk in `row` with the
+    /// chunk's tags. When the tags came from the cache and fail to verify
+    /// a block, or decode damaged, the cached copy is dropped and the tags
+    /// are read again from the member: the cache never makes a good block
+    /// look bad, and every block is still checked against a tag.
+    async fn read_with_tags(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        dev: &SharedDevice,
+        i0: u32,
+        i1: u32,
+    ) -> (
+        std::result::Result<Bytes, BlockError>,
+        std::result::Result<ChunkTags, BlockError>,
+    ) {
+        let (data, tags) = tokio::join!(
+            dev.read(lay.member_block(row, i0), i1 - i0),
+            self.read_tags_noting(lay, row, slot, dev)
+        );
+        let (data, (tags, cached)) = match (data, tags) {
+            (Ok(d), Ok(t)) => (d, t),
+            (d, t) => return (d, t.map(|(t, _)| t)),
+        };
+        if !cached {
+            // The caller verifies tags read from the member.
+            return (Ok(data), Ok(tags));
+        }
+        let bs = self.inner.block_size as usize;
+        let verified = !tags.damaged()
+            && data.chunks_exact(bs).enumerate().all(|(j, blk)| {
+                let i = i0 + j as u32;
+                tags.verifies(i as usize, tag_addr(lay, row, slot, i), blk)
+            });
+        if verified {
+            return (Ok(data), Ok(tags));
+        }
+        let cache = &self.inner.tag_cache;
+        cache.drop_range(member_key(dev), lay.tag_block(row, 0));
+        let again = self.read_tags_noting(lay, row, slot, dev).await;
+        (Ok(data), again.map(|(t, _)| t))
     }
 
     /// Reads blocks `[i0, i1)` of a member's chunk in `row` and checks them
@@ -110,11 +194,7 @@ impl RaidArray {
         let Some(dev) = self.usable(slot, row) else {
             return Ok(None);
         };
-        let n = i1 - i0;
-        let (data, tags) = tokio::join!(
-            dev.read(lay.member_block(row, i0), n),
-            self.read_tags(lay, row, slot, &dev)
-        );
+        let (data, tags) = self.read_with_tags(lay, row, slot, &dev, i0, i1).await;
         let (data, tags) = match (data, tags) {
             (Ok(d), Ok(t)) => (d, t),
             (Err(e), _) | (_, Err(e)) => {
@@ -197,11 +277,7 @@ impl RaidArray {
                 .await
                 .map(Bytes::from);
         };
-        let n = i1 - i0;
-        let (data, tags) = tokio::join!(
-            dev.read(lay.member_block(row, i0), n),
-            self.read_tags(lay, row, slot, &dev)
-        );
+        let (data, tags) = self.read_with_tags(lay, row, slot, &dev, i0, i1).await;
         // A medium error leaves the member in service (the block is rewritten
         // below); anything else fails it and the range is reconstructed.
         let mut member_failed = false;

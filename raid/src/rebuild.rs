@@ -451,7 +451,7 @@ impl RaidArray {
             async move {
                 let (data, tags) = tokio::join!(
                     dev.read(lay.member_block(row, 0), lay.chunk_blocks),
-                    self.read_tags(lay, row, s, &dev)
+                    self.read_tags_from_disk(lay, row, s, &dev)
                 );
                 (s, data, tags)
             }

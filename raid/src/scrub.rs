@@ -11,6 +11,9 @@
 //! Check ([`RaidArray::check`]) reads the same way and repairs nothing: it
 //! reports the blocks their tags do not vouch for and the positions where
 //! parity alone is wrong.
+//!
+//! Both read the tags from the members, never from the tag cache
+//! ([`crate::tag_cache`]): they verify the media.
 
 use blockdev::{BlockError, Bytes, WriteFlags};
 use tracing::{info, warn};
@@ -97,7 +100,7 @@ impl RaidArray {
         let mut unreadable = vec![false; n];
         for (s, dev) in devs.iter().enumerate() {
             let data = dev.read(lay.member_block(row, 0), lay.chunk_blocks).await;
-            let t = self.read_tags(lay, row, s as u32, dev).await;
+            let t = self.read_tags_from_disk(lay, row, s as u32, dev).await;
             match (data, t) {
                 (Ok(d), Ok(t)) => {
                     chunks.push(d.to_vec());
@@ -324,7 +327,7 @@ impl RaidArray {
                 };
                 let (data, tags) = tokio::join!(
                     dev.read(lay.member_block(row, 0), lay.chunk_blocks),
-                    self.read_tags(&lay, row, slot, &dev)
+                    self.read_tags_from_disk(&lay, row, slot, &dev)
                 );
                 let (data, tags) = match (data, tags) {
                     (Ok(d), Ok(t)) => (d, t),

@@ -28,6 +28,7 @@ pub fn small_config() -> Config {
         checkpoint_rows: 8,
         reshape_step_rows: 4,
         member_timeout: Duration::from_secs(10),
+        tag_cache_bytes: 1 << 20,
     }
 }
 
