@@ -3,7 +3,7 @@
 //! verify, prune and garbage collection.
 //!
 //! A backup reads any [`blockdev::BlockDevice`] in fixed-size chunks named by
-//! the SHA-256 of their content ([`format`]), uploads the chunks the store
+//! the SHA-256 of their content ([`format`](mod@format)), uploads the chunks the store
 //! lacks ([`run()`]), and writes an index and, last, a manifest: a backup
 //! exists exactly when its manifest does. Every backup is logically full: a
 //! restore reads one index. An incremental backup ([`run()`] with a parent

@@ -28,14 +28,16 @@ impl Retention {
     }
 }
 
-/// Positions in `created` (Unix seconds, any order) of the backups `rule` keeps.
+/// Positions in `created` (Unix seconds) of the backups `rule` keeps.
+/// Backups of the same second are told apart by position: the later one is
+/// the newer (pass them oldest first, as [`crate::list`] gives them).
 pub fn select(created: &[u64], rule: &Retention) -> BTreeSet<usize> {
     if rule.keeps_all() {
         return (0..created.len()).collect();
     }
-    // Newest first; ties broken by position so the result is deterministic.
+    // Newest first; of one second, the later position first.
     let mut order: Vec<usize> = (0..created.len()).collect();
-    order.sort_by(|&a, &b| created[b].cmp(&created[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| created[b].cmp(&created[a]).then(b.cmp(&a)));
     let mut keep: BTreeSet<usize> = order
         .iter()
         .copied()

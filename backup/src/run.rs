@@ -113,18 +113,21 @@ pub struct Report {
     pub elapsed: std::time::Duration,
 }
 
-fn now_secs() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-/// A new backup id: the UTC creation time and 4 random hex digits, sortable by time.
-pub fn new_id(created: u64) -> String {
+/// A new backup id: the UTC creation time to the second, its milliseconds
+/// and 4 random hex digits (`YYYYMMDDTHHMMSSZ-mmmxxxx`), so ids sort by
+/// time even for backups of one second (the order prune and list go by).
+pub fn new_id(created_ms: u64) -> String {
     format!(
-        "{}-{:04x}",
-        crate::calendar::compact_utc(created),
+        "{}-{:03}{:04x}",
+        crate::calendar::compact_utc(created_ms / 1000),
+        created_ms % 1000,
         rand::random::<u16>()
     )
 }
@@ -241,8 +244,9 @@ pub async fn run(
             .unwrap_or_default(),
     ));
 
-    let created = now_secs();
-    let id = new_id(created);
+    let created_ms = now_ms();
+    let created = created_ms / 1000;
+    let id = new_id(created_ms);
     store
         .put(
             &format::running_path(&opts.volume, &id),
@@ -392,4 +396,16 @@ pub async fn run(
         progress,
         elapsed: started.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_of_one_second_sort_by_time() {
+        let a = super::new_id(1_796_390_000_001);
+        let b = super::new_id(1_796_390_000_999);
+        let c = super::new_id(1_796_390_001_000);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert!(a.starts_with("20261204T131320Z-001"), "{a}");
+    }
 }

@@ -1,6 +1,6 @@
 //! The backup store: one code path over `object_store`, for a local
 //! directory ([`LocalFileSystem`]) or an S3-compatible endpoint
-//! ([`AmazonS3`]), with typed errors and retries with back-off.
+//! (`object_store::aws::AmazonS3`), with typed errors and retries with back-off.
 
 use std::path::PathBuf;
 use std::sync::Arc;
