@@ -281,7 +281,12 @@ struct Running {
 }
 
 /// Most completions taken in one wake-up before the responses are written.
-const READY_BATCH: usize = 64;
+/// Small enough that an initiator whose whole queue arrives in one write
+/// (the head's) gets its first answers, and refills its queue, while the
+/// rest are still being served: at 64 a QD32 queue moved in lock-step, the
+/// target idle while the initiator refilled (pinned 4 KiB random reads, our
+/// initiator 123k IOPS at 64, 186k at 8; iscsi-perf 153k and 149k).
+const READY_BATCH: usize = 8;
 
 impl Running {
     /// Hands a finished command's response to the session, unless the task
