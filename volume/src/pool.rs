@@ -551,37 +551,30 @@ impl Pool {
             .iter()
             .map(|n| self.open_volume(n))
             .collect::<Result<Vec<_>>>()?;
-        for v in &volumes {
-            if v.cow().is_some() {
-                return Err(VolumeError::InUse {
-                    name: format!("{} (it has a backup snapshot already)", v.name()),
-                    handles: 1,
-                });
-            }
+        if let Some(v) = volumes.iter().find(|v| v.cow().is_some()) {
+            return Err(snapshot_exists(v));
         }
         let bs = u64::from(self.inner.dev.geometry().block_size);
         let ub = self.unit_blocks();
         let grain = (grain_bytes.div_ceil(bs)).div_ceil(ub).max(1) * ub;
-        let mut reserves = Vec::new();
-        for v in &volumes {
+        // Per volume: its reserve's name, slots and open handle.
+        let mut reserves: Vec<(String, u32, Arc<Volume>)> = Vec::new();
+        for _ in &volumes {
             let name = format!(".cow-{:08x}", rand::random::<u32>());
             let made = self
                 .create_flagged(&name, reserve_bytes.max(1), table::FLAG_COW_RESERVE)
                 .await;
-            let info = match made {
-                Ok(info) => info,
+            let opened = made.and_then(|info| Ok((info, self.open_volume(&name)?)));
+            match opened {
+                Ok((info, reserve)) => {
+                    let slots = u32::try_from(info.size_blocks / grain).unwrap_or(u32::MAX);
+                    reserves.push((name, slots, reserve));
+                }
                 Err(e) => {
-                    self.delete_reserves(&reserves).await;
+                    self.abandon_reserves(reserves).await;
                     return Err(e);
                 }
-            };
-            let slots = u32::try_from(info.size_blocks / grain).unwrap_or(u32::MAX);
-            reserves.push((name, slots, v.clone()));
-        }
-        let mut opened = Vec::new();
-        for (name, slots, v) in &reserves {
-            let reserve = self.open_volume(name)?;
-            opened.push((name.clone(), *slots, v.clone(), reserve));
+            }
         }
         // The instant: every volume quiet, the device flushed.
         let mut gates = Vec::new();
@@ -590,26 +583,23 @@ impl Pool {
         }
         // A snapshot taken by another call meanwhile wins.
         let failed = match volumes.iter().find(|v| v.cow().is_some()) {
-            Some(v) => Err(VolumeError::InUse {
-                name: format!("{} (it has a backup snapshot already)", v.name()),
-                handles: 1,
-            }),
+            Some(v) => Err(snapshot_exists(v)),
             None => self.inner.dev.flush().await.map_err(VolumeError::from),
         };
         if let Err(e) = failed {
             drop(gates);
-            drop(opened);
-            self.delete_reserves(&reserves).await;
+            self.abandon_reserves(reserves).await;
             return Err(e);
         }
-        let snaps: Vec<Snapshot> = opened
-            .into_iter()
-            .map(|(name, slots, v, reserve)| {
+        let snaps: Vec<Snapshot> = volumes
+            .iter()
+            .zip(reserves)
+            .map(|(v, (name, slots, reserve))| {
                 let map = CowMap::new(v.geometry().num_blocks, grain, slots);
                 let cow = Arc::new(Cow::new(map, reserve));
                 v.set_cow(Some(cow.clone()));
                 let changed = v.changed().freeze();
-                Snapshot::new(v, cow, name, changed)
+                Snapshot::new(v.clone(), cow, name, changed)
             })
             .collect();
         drop(gates);
@@ -665,9 +655,12 @@ impl Pool {
         Ok(stale.len())
     }
 
-    async fn delete_reserves(&self, reserves: &[(String, u32, Arc<Volume>)]) {
-        for (name, _, _) in reserves {
-            if let Err(e) = self.delete(name).await {
+    /// Deletes the reserves of a snapshot that was not taken (their
+    /// handles are dropped first: an open volume cannot be deleted).
+    async fn abandon_reserves(&self, reserves: Vec<(String, u32, Arc<Volume>)>) {
+        let names: Vec<String> = reserves.into_iter().map(|(name, ..)| name).collect();
+        for name in names {
+            if let Err(e) = self.delete(&name).await {
                 tracing::warn!(reserve = %name, error = %e, "could not delete a snapshot reserve");
             }
         }
@@ -715,5 +708,13 @@ impl Pool {
         r?;
         tracing::info!(volume = name, "volume deleted");
         Ok(())
+    }
+}
+
+/// The refusal of a second snapshot of `v`.
+fn snapshot_exists(v: &Volume) -> VolumeError {
+    VolumeError::InUse {
+        name: format!("{} (it has a backup snapshot already)", v.name()),
+        handles: 1,
     }
 }
