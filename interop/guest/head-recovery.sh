@@ -45,26 +45,30 @@ sync
 (cd "$MNT" && find tree -type f | sort | xargs sha256sum) >"$SUMS/tree/all"
 rg_log "tree: $(wc -l <"$SUMS/tree/all") files, $(du -sk "$MNT/tree" | cut -f1) KiB"
 
-# files DIR: until /tmp/stop exists, files f1..f96 (64 KiB to 1 MiB of random
+# files DIR: until /tmp/stop exists, files f1..f32 (64 KiB to 1 MiB of random
 # data, then round again) written with fsync; a file's checksum (of the data
 # before it was written) is kept once its write returned. Exits 1 at the
-# first failed write.
+# first failed write. A file always gets the same size (n % 16 follows the
+# file's number) and is rewritten in place (notrunc): the set of blocks the
+# writers touch stays bounded (17 MiB here, 24 MiB by the stream) however fast
+# they go, so the suspend phase can tell a resync of what changed from one of
+# everything. (Truncating rewrites let ext4 move the data on every pass.)
 files() {
   mkdir -p "$MNT/$1" "$SUMS/$1"
   n=0
   while [ ! -e /tmp/stop ]; do
     n=$((n + 1))
-    f=f$(( (n - 1) % 96 + 1 ))
+    f=f$(( (n - 1) % 32 + 1 ))
     dd if=/dev/urandom of=/tmp/files.buf bs=64k count=$(( n % 16 + 1 )) status=none
     rm -f "$SUMS/$1/$f"
-    dd if=/tmp/files.buf of="$MNT/$1/$f" bs=64k conv=fsync status=none ||
+    dd if=/tmp/files.buf of="$MNT/$1/$f" bs=64k conv=fsync,notrunc status=none ||
       { echo "[guest] write of /$1/$f failed" >&2; return 1; }
     echo "$(sha256sum </tmp/files.buf | cut -d' ' -f1)  $1/$f" >"$SUMS/$1/$f"
     echo "$n" >"$SH/.$1.count" && mv "$SH/.$1.count" "$SH/$1.count"
   done
 }
 # stream DIR: until /tmp/stop exists, 24 MiB of random data written again and
-# again to DIR/big with O_DIRECT and fsync.
+# again in place to DIR/big with O_DIRECT and fsync.
 stream() {
   mkdir -p "$MNT/$1" "$SUMS/$1"
   dd if=/dev/urandom of=/tmp/stream.buf bs=1M count=24 status=none
@@ -72,7 +76,7 @@ stream() {
   while [ ! -e /tmp/stop ]; do
     n=$((n + 1))
     rm -f "$SUMS/$1/big"
-    dd if=/tmp/stream.buf of="$MNT/$1/big" bs=1M oflag=direct conv=fsync status=none ||
+    dd if=/tmp/stream.buf of="$MNT/$1/big" bs=1M oflag=direct conv=fsync,notrunc status=none ||
       { echo "[guest] dd to /$1/big failed" >&2; return 1; }
     echo "$(sha256sum </tmp/stream.buf | cut -d' ' -f1)  $1/big" >"$SUMS/$1/big"
     echo "$n" >"$SH/.$1.count" && mv "$SH/.$1.count" "$SH/$1.count"
