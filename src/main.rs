@@ -17,9 +17,11 @@ mod initiator;
 mod isu;
 mod logging;
 mod output;
+mod service;
 mod signals;
 
 mod state;
+mod units;
 mod up;
 
 use std::path::PathBuf;
@@ -74,6 +76,11 @@ enum Command {
     Task {
         #[command(subcommand)]
         command: admin::TaskCommand,
+    },
+    /// systemd units for the ISU and the head daemons.
+    Systemd {
+        #[command(subcommand)]
+        command: units::SystemdCommand,
     },
 }
 
@@ -141,6 +148,7 @@ fn main() -> ExitCode {
         Command::Array { command } => admin::array(command),
         Command::Volume { command } => admin::volume(command),
         Command::Task { command } => admin::task(command),
+        Command::Systemd { command } => units::run(command),
         Command::Isu { command } => match command {
             IsuCommand::Admin(command) => admin::isu(command),
             IsuCommand::Check(args) => match args.serve.load() {
@@ -193,7 +201,10 @@ fn run_daemon<E: std::fmt::Display>(
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(daemon) {
+    match rt.block_on(async {
+        service::spawn_watchdog();
+        daemon.await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("opie: {e}");

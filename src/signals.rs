@@ -14,6 +14,7 @@ pub async fn shutdown_signal(
         _ = int.recv() => "SIGINT",
     };
     info!("{name}: no new connections; draining sessions and flushing");
+    crate::service::stopping(&format!("{name}: draining sessions and flushing"));
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {},

@@ -79,11 +79,14 @@ pub enum HeadError {
 }
 
 /// Runs the head of `cfg` until `shutdown` resolves. `state_dir` gives the
-/// directory for an export's persistent state (reservations). A shutdown
-/// while members are still awaited stops at once, having written nothing.
+/// directory for an export's persistent state (reservations). `serving` is
+/// called once, with a one-line summary, when every export listens (the
+/// daemon's readiness). A shutdown while members are still awaited stops
+/// at once, having written nothing.
 pub async fn run(
     cfg: &HeadConfig,
     state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
+    serving: impl FnOnce(&str),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HeadError> {
     tokio::pin!(shutdown);
@@ -125,7 +128,10 @@ pub async fn run(
         cfg,
         added,
         &up,
-        state_dir,
+        ServeHooks {
+            state_dir,
+            serving,
+        },
         shutdown,
         &control,
         &mut reached_since,
@@ -169,11 +175,18 @@ fn load_added(cfg: &HeadConfig) -> Result<(Vec<AddedIsu>, AddedIsus), AddedError
     Ok((added, store))
 }
 
+/// What the daemon around the head gives [`serve`]: where an export keeps
+/// its state, and whom to tell once every export listens.
+struct ServeHooks<S, R> {
+    state_dir: S,
+    serving: R,
+}
+
 async fn serve(
     cfg: &HeadConfig,
     added: (Vec<AddedIsu>, AddedIsus),
     up: &[ArrayUp],
-    state_dir: impl Fn(&ExportConfig) -> Option<PathBuf>,
+    hooks: ServeHooks<impl Fn(&ExportConfig) -> Option<PathBuf>, impl FnOnce(&str)>,
     shutdown: impl Future<Output = ()>,
     control: &ControlSocket,
     reached_since: &mut Vec<Reached>,
@@ -195,7 +208,7 @@ async fn serve(
             block_size = device.geometry().block_size,
             "exporting"
         );
-        targets.push(export::target(cfg, e, device, state_dir(e))?);
+        targets.push(export::target(cfg, e, device, (hooks.state_dir)(e))?);
     }
     let server = Server::bind(export::server_config(cfg, targets)?).await?;
     for a in server.local_addrs() {
@@ -206,6 +219,17 @@ async fn serve(
         exports = cfg.exports.len(),
         "head serving"
     );
+    (hooks.serving)(&format!(
+        "serving {} exports of {} arrays on {}",
+        cfg.exports.len(),
+        up.len(),
+        server
+            .local_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
     // The monitor drives the arrays' maintenance from here on.
     for a in up {
         a.maintenance.abort();

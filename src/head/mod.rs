@@ -75,7 +75,13 @@ pub async fn serve(cfg: HeadConfig) -> Result<(), ServeError> {
             .collect();
         data.disk_dir(&name).ok()
     };
-    aggregator::head::run(&cfg, state_dir, shutdown_signal(term, int)).await?;
+    aggregator::head::run(
+        &cfg,
+        state_dir,
+        crate::service::ready,
+        shutdown_signal(term, int),
+    )
+    .await?;
     info!("sessions drained, arrays closed clean; exiting");
     Ok(())
 }

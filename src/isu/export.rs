@@ -121,10 +121,17 @@ pub async fn run_iscsi(
         info!(portal = %a, "listening");
     }
     info!(targets = n_targets, "serving");
+    crate::service::ready(&serving_status(n_targets, &server.local_addrs()));
     let result = server.run(shutdown).await;
     reload.abort();
     result?;
     Ok(())
+}
+
+/// The status line systemd shows for a serving ISU.
+pub(crate) fn serving_status(targets: usize, portals: &[std::net::SocketAddr]) -> String {
+    let portals: Vec<String> = portals.iter().map(ToString::to_string).collect();
+    format!("serving {targets} targets on {}", portals.join(" "))
 }
 
 fn mac_text(m: &Mac) -> String {

@@ -62,14 +62,21 @@ pub struct Reloader {
 /// Applies the config file on every SIGHUP (see the module docs).
 pub async fn on_sighup(mut hup: tokio::signal::unix::Signal, mut r: Reloader) {
     while hup.recv().await.is_some() {
+        crate::service::reloading();
         match r.reload().await {
             Ok(summary) => {
-                info!(config = %r.cfg.source.display(), "SIGHUP: config applied: {summary}")
+                info!(config = %r.cfg.source.display(), "SIGHUP: config applied: {summary}");
+                crate::service::ready("serving; the last SIGHUP's config was applied");
             }
-            Err(e) => warn!(
-                config = %r.cfg.source.display(),
-                "SIGHUP: {e}; config refused as a whole: disks, targets, access policy and backoff settings stay as they were"
-            ),
+            Err(e) => {
+                warn!(
+                    config = %r.cfg.source.display(),
+                    "SIGHUP: {e}; config refused as a whole: disks, targets, access policy and backoff settings stay as they were"
+                );
+                crate::service::ready(
+                    "serving; the last SIGHUP's config was refused (see the log)",
+                );
+            }
         }
     }
 }

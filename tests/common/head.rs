@@ -215,6 +215,11 @@ impl Rig {
     /// Starts `opie head serve` with the default data directory: `head-data`
     /// beside `head.toml`.
     pub fn spawn_head(&self) -> Daemon {
+        self.spawn_head_env(&[])
+    }
+
+    /// [`Rig::spawn_head`] with these environment variables set.
+    pub fn spawn_head_env(&self, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let log = self.head_log();
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -225,6 +230,7 @@ impl Rig {
             .args(["head", "serve", "--config"])
             .arg(self.dir.path().join("head.toml"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
