@@ -98,12 +98,18 @@ async fn never_used_space_is_handed_out_without_writing_it() {
     c.take();
     pool.delete("a").await.unwrap();
     assert_eq!(c.take(), 0, "delete writes no data block");
-    assert_eq!(pool.space().unzeroed_free_blocks, 128);
+    // Its space and its changed-block map's unit.
+    assert_eq!(pool.space().unzeroed_free_blocks, 128 + UNIT);
     // Reopened, the pool still knows.
     let pool = Pool::open(dev.clone()).await.unwrap();
-    assert_eq!(pool.space().unzeroed_free_blocks, 128);
+    assert_eq!(pool.space().unzeroed_free_blocks, 128 + UNIT);
     pool.create("c", 128 * BS).await.unwrap();
-    assert_eq!(c.take(), 128, "exactly the deleted volume's space zeroed");
+    // c's map takes the top free unit: a's map's, dirty too.
+    assert_eq!(
+        c.take(),
+        128 + UNIT,
+        "exactly the deleted volume's space (and its map's) zeroed"
+    );
     assert_eq!(pool.space().unzeroed_free_blocks, 0);
     let vc = pool.open_volume("c").unwrap();
     let data = vc.read(0, 128).await.unwrap();
@@ -124,7 +130,11 @@ async fn a_volume_over_old_and_new_space_zeroes_only_the_old() {
     let free = pool.space().free_blocks;
     let v = pool.create("c", free * BS).await.unwrap();
     assert_eq!(v.size_blocks, free);
-    assert_eq!(c.take(), 16, "only b's old units zeroed");
+    assert_eq!(
+        c.take(),
+        16 + UNIT,
+        "only b's old units (and its map's) zeroed"
+    );
     let vc = pool.open_volume("c").unwrap();
     assert!(vc.read(0, 16).await.unwrap().iter().all(|&b| b == 0));
 }
@@ -137,7 +147,7 @@ async fn a_plain_format_knows_nothing_and_zeroes_everything_it_hands_out() {
     let free = pool.space().free_blocks;
     assert_eq!(pool.space().unzeroed_free_blocks, free);
     pool.create("a", 40 * BS).await.unwrap();
-    assert_eq!(c.take(), 40);
+    assert_eq!(c.take(), 40 + UNIT, "the volume and its changed-block map");
     // A formatted device is refused by format_zeroed: it is not new.
     assert!(matches!(
         Pool::format_zeroed(dev, UNIT).await,
@@ -187,7 +197,11 @@ async fn a_version_1_table_opens_and_its_free_space_is_zeroed_before_use() {
     assert_eq!(pool.space().unzeroed_free_blocks, free);
     c.take();
     pool.create("b", 24 * BS).await.unwrap();
-    assert_eq!(c.take(), 24, "a version 1 table knows no zeroes");
+    assert_eq!(
+        c.take(),
+        24 + UNIT,
+        "a version 1 table knows no zeroes (the volume and its map)"
+    );
     // The next commit writes version 2, and what it knows sticks.
     pool.delete("a").await.unwrap();
     let pool = Pool::open(dev).await.unwrap();
