@@ -2,15 +2,15 @@
 //! says after an orderly close, a crash, a failed map write, a failed or a
 //! successful backup, a grow, and on a pool made before maps were stored.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use async_trait::async_trait;
-use blockdev::{
-    BlockDevice, Bytes, DeviceIdentity, FaultyDevice, Geometry, MemDevice, SharedDevice, WriteFlags,
-};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use blockdev::{BlockDevice, Bytes, FaultyDevice, MemDevice, SharedDevice, WriteFlags};
+use common::{version_2_copy, Counting};
 use proptest::prelude::*;
-use volume::table::{self, Entry, Table, UnitExtent};
+use volume::table;
 use volume::{Pool, Snapshot, Volume};
 
 const BS: u64 = 512;
@@ -34,6 +34,18 @@ async fn formatted(dev: &Arc<FaultyDevice>, unit: u64) -> Pool {
 
 async fn reopen(dev: &Arc<FaultyDevice>) -> Pool {
     Pool::open(dev.clone()).await.unwrap()
+}
+
+/// Ends the process of `pool` (in order: a close first; or a crash) and
+/// opens the pool again after the power failed (whatever was not flushed
+/// lost or torn).
+async fn restart(dev: &Arc<FaultyDevice>, pool: Pool, orderly: bool) -> Pool {
+    if orderly {
+        pool.close().await.unwrap();
+    }
+    drop(pool);
+    dev.crash().await.unwrap();
+    reopen(dev).await
 }
 
 /// The regions `snap` says changed.
@@ -81,16 +93,12 @@ async fn after_an_orderly_close_only_the_written_regions_are_changed() {
     write_region(&v, 1).await.unwrap();
     write_region(&v, 5).await.unwrap();
     v.unmap(6 * REGION, 8).await.unwrap();
-    pool.close().await.unwrap();
-    drop((v, pool));
+    drop(v);
     // Whatever was not flushed is lost: the close made the map durable.
-    dev.crash().await.unwrap();
-    let pool = reopen(&dev).await;
+    let pool = restart(&dev, pool, true).await;
     assert_eq!(backed_up(&pool, "v").await, vec![1, 5, 6]);
     // Opened and closed with nothing written: nothing changed.
-    pool.close().await.unwrap();
-    drop(pool);
-    let pool = reopen(&dev).await;
+    let pool = restart(&dev, pool, true).await;
     assert_eq!(backed_up(&pool, "v").await, Vec::<u64>::new());
 }
 
@@ -102,18 +110,16 @@ async fn after_a_crash_every_region_is_changed() {
     let v = pool.open_volume("v").unwrap();
     backed_up(&pool, "v").await;
     write_region(&v, 2).await.unwrap();
-    drop((v, pool));
-    dev.crash().await.unwrap();
-    let pool = reopen(&dev).await;
+    drop(v);
+    let pool = restart(&dev, pool, false).await;
     assert_eq!(backed_up(&pool, "v").await, (0..8).collect::<Vec<_>>());
     // Closed in order, then written again and crashed: the write opened the
     // map again before it went ahead, so it is not trusted.
     pool.close().await.unwrap();
     let v = pool.open_volume("v").unwrap();
     write_region(&v, 3).await.unwrap();
-    drop((v, pool));
-    dev.crash().await.unwrap();
-    let pool = reopen(&dev).await;
+    drop(v);
+    let pool = restart(&dev, pool, false).await;
     assert_eq!(backed_up(&pool, "v").await, (0..8).collect::<Vec<_>>());
 }
 
@@ -141,67 +147,27 @@ async fn a_write_never_succeeds_without_its_bit_on_the_device() {
     );
     dev.clear_faults();
     write_region(&v, 3).await.unwrap();
-    pool.close().await.unwrap();
-    drop((v, pool));
-    let pool = reopen(&dev).await;
+    drop(v);
+    let pool = restart(&dev, pool, true).await;
     assert_eq!(backed_up(&pool, "v").await, vec![1, 3]);
-}
-
-/// Counts the writes that land in a range of blocks.
-#[derive(Debug)]
-struct Counting {
-    inner: SharedDevice,
-    watch: Mutex<(std::ops::Range<u64>, u64)>,
-}
-
-#[async_trait]
-impl BlockDevice for Counting {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn identity(&self) -> &DeviceIdentity {
-        self.inner.identity()
-    }
-    async fn read(&self, lba: u64, blocks: u32) -> blockdev::Result<Bytes> {
-        self.inner.read(lba, blocks).await
-    }
-    async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> blockdev::Result<()> {
-        {
-            let mut w = self.watch.lock().unwrap();
-            if w.0.contains(&lba) {
-                w.1 += 1;
-            }
-        }
-        tokio::task::yield_now().await;
-        self.inner.write(lba, data, flags).await
-    }
-    async fn flush(&self) -> blockdev::Result<()> {
-        self.inner.flush().await
-    }
-    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> blockdev::Result<()> {
-        self.inner.write_zeroes(lba, blocks, unmap).await
-    }
 }
 
 #[tokio::test]
 async fn a_burst_of_first_writes_shares_its_map_writes() {
-    let dev = Arc::new(Counting {
-        inner: Arc::new(MemDevice::with_name("count", 64 * MIB)),
-        watch: Mutex::new((0..0, 0)),
-    });
+    let dev = Arc::new(Counting::new("count", 64));
     let pool = Pool::format_zeroed(dev.clone(), UNIT).await.unwrap();
     pool.create("v", 32 * MIB).await.unwrap();
     let v = pool.open_volume("v").unwrap();
     backed_up(&pool, "v").await;
     pool.close().await.unwrap();
-    dev.watch.lock().unwrap().0 = map_range(&pool, "v");
+    dev.watch(map_range(&pool, "v"));
     let burst = || futures::future::join_all((0..8).map(|r| write_region(&v, r)));
     for r in burst().await {
         r.unwrap();
     }
     // The header opened once, the first writer's bit, then one write for
     // the seven that came while it ran: not one per write.
-    let map_writes = dev.watch.lock().unwrap().1;
+    let map_writes = dev.take_writes();
     assert!(
         map_writes <= 3,
         "{map_writes} map writes for 8 first writes"
@@ -209,11 +175,7 @@ async fn a_burst_of_first_writes_shares_its_map_writes() {
     for r in burst().await {
         r.unwrap();
     }
-    assert_eq!(
-        dev.watch.lock().unwrap().1,
-        map_writes,
-        "marked regions cost no map write"
-    );
+    assert_eq!(dev.take_writes(), 0, "marked regions cost no map write");
 }
 
 #[tokio::test]
@@ -233,10 +195,8 @@ async fn a_failed_backup_is_given_back_across_restarts() {
     assert_eq!(regions(&snap), vec![2]);
     write_region(&v, 4).await.unwrap();
     pool.abort_snapshot(snap).await.unwrap();
-    pool.close().await.unwrap();
-    drop((v, pool));
-    dev.crash().await.unwrap();
-    let pool = reopen(&dev).await;
+    drop(v);
+    let pool = restart(&dev, pool, true).await;
     let v = pool.open_volume("v").unwrap();
     write_region(&v, 6).await.unwrap();
     // A backup still running at an orderly close did not succeed: its
@@ -249,16 +209,12 @@ async fn a_failed_backup_is_given_back_across_restarts() {
         .unwrap();
     assert_eq!(regions(&running), vec![2, 4, 6]);
     write_region(&v, 7).await.unwrap();
-    pool.close().await.unwrap();
-    drop((v, running, pool));
-    dev.crash().await.unwrap();
-    let pool = reopen(&dev).await;
+    drop((v, running));
+    let pool = restart(&dev, pool, true).await;
     assert_eq!(pool.drop_stale_reserves().await.unwrap(), 1);
     assert_eq!(backed_up(&pool, "v").await, vec![2, 4, 6, 7]);
     // That one succeeded: nothing is changed after the next restart.
-    pool.close().await.unwrap();
-    drop(pool);
-    let pool = reopen(&dev).await;
+    let pool = restart(&dev, pool, true).await;
     assert_eq!(backed_up(&pool, "v").await, Vec::<u64>::new());
 }
 
@@ -281,10 +237,8 @@ async fn a_grown_volume_and_its_grown_map() {
     write_region(&v, 0).await.unwrap();
     pool.grow("v", 4098 * 4 * MIB).await.unwrap();
     assert_eq!(map_blocks(&pool), 3, "the map grew with its volume");
-    pool.close().await.unwrap();
-    drop((v, pool));
-    dev.crash().await.unwrap();
-    let pool = reopen(&dev).await;
+    drop(v);
+    let pool = restart(&dev, pool, true).await;
     let mut want = vec![0];
     want.extend(2..4098);
     assert_eq!(
@@ -295,9 +249,8 @@ async fn a_grown_volume_and_its_grown_map() {
     let v = pool.open_volume("v").unwrap();
     write_region(&v, 1).await.unwrap();
     write_region(&v, 4097).await.unwrap();
-    pool.close().await.unwrap();
-    drop((v, pool));
-    let pool = reopen(&dev).await;
+    drop(v);
+    let pool = restart(&dev, pool, true).await;
     assert_eq!(backed_up(&pool, "v").await, vec![1, 4097]);
     // Deleting the volume frees its map with it.
     let used = pool.space().used_blocks;
@@ -305,38 +258,10 @@ async fn a_grown_volume_and_its_grown_map() {
     assert_eq!(pool.space().used_blocks, 0, "{used} blocks were used");
 }
 
-/// `copy` (an encoded table) as a version 2 copy, its checksum redone.
-fn as_version_2(mut copy: Vec<u8>) -> Vec<u8> {
-    copy[8..12].copy_from_slice(&2u32.to_le_bytes());
-    copy[12..16].fill(0);
-    let crc = crc32c::crc32c(&copy);
-    copy[12..16].copy_from_slice(&crc.to_le_bytes());
-    copy
-}
-
 #[tokio::test]
 async fn a_pool_made_before_maps_opens_all_dirty_and_gets_them_at_close() {
     let mem = Arc::new(MemDevice::with_name("old", 64 * MIB));
-    let first_unit = table::reserved_units(BS as u32, UNIT);
-    let old = Table {
-        seq: 1,
-        block_size: BS as u32,
-        unit_blocks: UNIT,
-        first_unit,
-        volumes: vec![Entry {
-            uuid: [9; 16],
-            name: "v".into(),
-            flags: 0,
-            created_ms: 0,
-            extents: vec![UnitExtent {
-                start: first_unit,
-                len: 32 * MIB / BS / UNIT,
-            }],
-        }],
-        zero_known: 0,
-        dirty: Vec::new(),
-    };
-    mem.write_bytes(0, &as_version_2(old.encode().unwrap()));
+    mem.write_bytes(0, &version_2_copy(BS as u32, UNIT, 32 * MIB / BS / UNIT));
     let pool = Pool::open(mem.clone()).await.unwrap();
     let v = pool.open_volume("v").unwrap();
     assert_eq!(backed_up(&pool, "v").await, (0..8).collect::<Vec<_>>());
@@ -415,15 +340,14 @@ async fn run(ops: Vec<Op>, seed: u64) {
                     Op::CloseDuringBackup => pool.snapshot(&["v"], MIB, 64 << 10).await.unwrap(),
                     _ => Vec::new(),
                 };
-                if matches!(op, Op::Crash) {
-                    model = closed.clone().unwrap_or_else(|| all.clone());
-                } else {
-                    pool.close().await.unwrap();
+                let orderly = !matches!(op, Op::Crash);
+                if orderly {
                     closed = Some(model.clone());
+                } else {
+                    model = closed.clone().unwrap_or_else(|| all.clone());
                 }
-                drop((snap, pool));
-                dev.crash().await.unwrap();
-                pool = reopen(&dev).await;
+                drop(snap);
+                pool = restart(&dev, pool, orderly).await;
                 pool.drop_stale_reserves().await.unwrap();
             }
         }

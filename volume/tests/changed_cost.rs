@@ -8,10 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+mod common;
+
 use blockdev::file::FileOptions;
 use blockdev::{BlockDevice, Bytes, DeviceIdentity, FileDevice, WriteFlags};
+use common::version_2_copy;
 use futures::stream::{self, StreamExt};
-use volume::table::{self, Entry, Table, UnitExtent};
 use volume::{Pool, Volume};
 
 const BS: u64 = 4096;
@@ -59,30 +61,7 @@ async fn old_pool(name: &str) -> (Pool, Arc<Volume>, std::path::PathBuf) {
         create_size: Some((VOLUME_MIB + 32) * MIB),
     };
     let dev = Arc::new(FileDevice::open(&path, &opts, DeviceIdentity::from_name(name)).unwrap());
-    let first_unit = table::reserved_units(BS as u32, UNIT);
-    let old = Table {
-        seq: 1,
-        block_size: BS as u32,
-        unit_blocks: UNIT,
-        first_unit,
-        volumes: vec![Entry {
-            uuid: [3; 16],
-            name: "v".into(),
-            flags: 0,
-            created_ms: 0,
-            extents: vec![UnitExtent {
-                start: first_unit,
-                len: VOLUME_MIB * MIB / BS / UNIT,
-            }],
-        }],
-        zero_known: 0,
-        dirty: Vec::new(),
-    };
-    let mut copy = old.encode().unwrap();
-    copy[8..12].copy_from_slice(&2u32.to_le_bytes());
-    copy[12..16].fill(0);
-    let crc = crc32c::crc32c(&copy);
-    copy[12..16].copy_from_slice(&crc.to_le_bytes());
+    let copy = version_2_copy(BS as u32, UNIT, VOLUME_MIB * MIB / BS / UNIT);
     dev.write(0, Bytes::from(copy), WriteFlags::FUA)
         .await
         .unwrap();
@@ -105,6 +84,10 @@ async fn unmark(pool: &Pool) {
     pool.close().await.unwrap();
 }
 
+/// One round of a workload: rates without a stored map, with one in a pass
+/// of first writes, with one in steady state.
+type Round = (f64, f64, f64);
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -120,7 +103,7 @@ async fn write_path_cost_of_stored_maps() {
     let regions = VOLUME_MIB * MIB / volume::CHANGED_REGION_BYTES;
     let n = 20_000;
     // Per round and workload: (plain, tracked first writes, tracked steady).
-    let mut rows: Vec<(&str, Vec<(f64, f64, f64)>)> = vec![
+    let mut rows: Vec<(&str, Vec<Round>)> = vec![
         ("sequential 1 MiB QD1 (MiB/s)", Vec::new()),
         ("random 4 KiB QD1 (IOPS)", Vec::new()),
         ("random 4 KiB QD16 (IOPS)", Vec::new()),
