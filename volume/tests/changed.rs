@@ -56,17 +56,30 @@ fn regions(snap: &Snapshot) -> Vec<u64> {
         .collect()
 }
 
+/// A backup snapshot of volume `name` alone (1 MiB of reserve).
+async fn snapshot_of(pool: &Pool, name: &str) -> Snapshot {
+    let mut snaps = pool.snapshot(&[name], MIB, 64 << 10).await.unwrap();
+    snaps.pop().unwrap()
+}
+
 /// The regions a backup of `name` taken now reads; its backup succeeds.
 async fn backed_up(pool: &Pool, name: &str) -> Vec<u64> {
-    let snap = pool
-        .snapshot(&[name], MIB, 64 << 10)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let snap = snapshot_of(pool, name).await;
     let changed = regions(&snap);
     pool.drop_snapshot(snap).await.unwrap();
     changed
+}
+
+/// A device (`seed` for its crash outcomes), a pool and a volume `v` of 8
+/// regions, opened, whose first backup read it whole (a new volume has no
+/// history a backup could build on: all changed) and succeeded.
+async fn backed_up_volume(seed: u64) -> (Arc<FaultyDevice>, Pool, Arc<Volume>) {
+    let dev = device(64, seed);
+    let pool = formatted(&dev, UNIT).await;
+    pool.create("v", 32 * MIB).await.unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(backed_up(&pool, "v").await, (0..8).collect::<Vec<_>>());
+    (dev, pool, v)
 }
 
 async fn write_region(v: &Volume, r: u64) -> blockdev::Result<()> {
@@ -84,12 +97,7 @@ fn map_range(pool: &Pool, name: &str) -> std::ops::Range<u64> {
 
 #[tokio::test]
 async fn after_an_orderly_close_only_the_written_regions_are_changed() {
-    let dev = device(64, 1);
-    let pool = formatted(&dev, UNIT).await;
-    pool.create("v", 32 * MIB).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
-    // A new volume has no history a backup could build on: all changed.
-    assert_eq!(backed_up(&pool, "v").await, (0..8).collect::<Vec<_>>());
+    let (dev, pool, v) = backed_up_volume(1).await;
     write_region(&v, 1).await.unwrap();
     write_region(&v, 5).await.unwrap();
     v.unmap(6 * REGION, 8).await.unwrap();
@@ -104,11 +112,7 @@ async fn after_an_orderly_close_only_the_written_regions_are_changed() {
 
 #[tokio::test]
 async fn after_a_crash_every_region_is_changed() {
-    let dev = device(64, 2);
-    let pool = formatted(&dev, UNIT).await;
-    pool.create("v", 32 * MIB).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
-    backed_up(&pool, "v").await;
+    let (dev, pool, v) = backed_up_volume(2).await;
     write_region(&v, 2).await.unwrap();
     drop(v);
     let pool = restart(&dev, pool, false).await;
@@ -125,11 +129,7 @@ async fn after_a_crash_every_region_is_changed() {
 
 #[tokio::test]
 async fn a_write_never_succeeds_without_its_bit_on_the_device() {
-    let dev = device(64, 3);
-    let pool = formatted(&dev, UNIT).await;
-    pool.create("v", 32 * MIB).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
-    backed_up(&pool, "v").await;
+    let (dev, pool, v) = backed_up_volume(3).await;
     write_region(&v, 1).await.unwrap();
     dev.fail_writes(map_range(&pool, "v"));
     // Region 1's bit is on the device: no map write, the write goes ahead.
@@ -180,18 +180,9 @@ async fn a_burst_of_first_writes_shares_its_map_writes() {
 
 #[tokio::test]
 async fn a_failed_backup_is_given_back_across_restarts() {
-    let dev = device(64, 4);
-    let pool = formatted(&dev, UNIT).await;
-    pool.create("v", 32 * MIB).await.unwrap();
-    let v = pool.open_volume("v").unwrap();
-    backed_up(&pool, "v").await;
+    let (dev, pool, v) = backed_up_volume(4).await;
     write_region(&v, 2).await.unwrap();
-    let snap = pool
-        .snapshot(&["v"], MIB, 64 << 10)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let snap = snapshot_of(&pool, "v").await;
     assert_eq!(regions(&snap), vec![2]);
     write_region(&v, 4).await.unwrap();
     pool.abort_snapshot(snap).await.unwrap();
@@ -201,12 +192,7 @@ async fn a_failed_backup_is_given_back_across_restarts() {
     write_region(&v, 6).await.unwrap();
     // A backup still running at an orderly close did not succeed: its
     // regions are changed after the restart.
-    let running = pool
-        .snapshot(&["v"], MIB, 64 << 10)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let running = snapshot_of(&pool, "v").await;
     assert_eq!(regions(&running), vec![2, 4, 6]);
     write_region(&v, 7).await.unwrap();
     drop((v, running));
@@ -321,12 +307,7 @@ async fn run(ops: Vec<Op>, seed: u64) {
                 closed = None;
             }
             Op::Backup(ok) => {
-                let snap = pool
-                    .snapshot(&["v"], MIB, 64 << 10)
-                    .await
-                    .unwrap()
-                    .pop()
-                    .unwrap();
+                let snap = snapshot_of(&pool, "v").await;
                 assert_eq!(regions(&snap), model.iter().copied().collect::<Vec<_>>());
                 if ok {
                     pool.drop_snapshot(snap).await.unwrap();
