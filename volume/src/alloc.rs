@@ -66,6 +66,31 @@ pub fn allocate(free: &[UnitExtent], units: u64, after: Option<u64>) -> Option<V
     Some(out)
 }
 
+/// Picks `units` units from the top of `free` (the highest free units
+/// first), in address order: small hidden allocations (changed-block maps)
+/// stay out of the way of volumes growing in place. None if there are not
+/// that many free.
+pub fn allocate_high(free: &[UnitExtent], units: u64) -> Option<Vec<UnitExtent>> {
+    if free.iter().map(|e| e.len).sum::<u64>() < units {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut left = units;
+    for e in free.iter().rev() {
+        if left == 0 {
+            break;
+        }
+        let n = e.len.min(left);
+        out.push(UnitExtent {
+            start: e.end() - n,
+            len: n,
+        });
+        left -= n;
+    }
+    out.reverse();
+    Some(out)
+}
+
 /// The parts of `extents` that may not read zeroes: those in
 /// [`Table::dirty`] or at or beyond [`Table::zero_known`]. In address order.
 pub fn needs_zero(table: &Table, extents: &[UnitExtent]) -> Vec<UnitExtent> {
@@ -188,6 +213,14 @@ mod tests {
         v.iter()
             .map(|&(start, len)| UnitExtent { start, len })
             .collect()
+    }
+
+    #[test]
+    fn high_allocations_take_the_top_units() {
+        let free = ext(&[(12, 8), (25, 15)]);
+        assert_eq!(allocate_high(&free, 1), Some(ext(&[(39, 1)])));
+        assert_eq!(allocate_high(&free, 17), Some(ext(&[(18, 2), (25, 15)])));
+        assert_eq!(allocate_high(&free, 24), None);
     }
 
     #[test]

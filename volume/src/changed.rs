@@ -10,8 +10,11 @@
 //! those regions.
 //!
 //! A map that does not cover the whole history since the last backup (a
-//! volume opened by a new process: what happened before is not known) is
-//! *all dirty*: the next backup reads everything rather than trusting it.
+//! volume whose stored map was not closed cleanly, a new volume, one of a
+//! pool made before maps were stored) is *all dirty*: the next backup
+//! reads everything rather than trusting it. How the map is kept on the
+//! device across restarts is [`crate::changed_store`] (its format) and the
+//! tracker of each volume (its I/O).
 
 /// The changed regions of one volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +54,33 @@ impl ChangedMap {
         self.blocks
     }
 
-    fn regions(&self) -> u64 {
+    /// Regions the map covers (the last may be shorter).
+    pub(crate) fn regions(&self) -> u64 {
         self.blocks.div_ceil(self.region)
+    }
+
+    /// Byte `i` of the map as stored ([`crate::changed_store`]): the bits
+    /// of regions `8i..8i+8`, region `8i + k` in bit `k`; zero past the end.
+    pub(crate) fn byte(&self, i: u64) -> u8 {
+        let word = self.bits.get((i / 8) as usize).copied().unwrap_or(0);
+        (word >> ((i % 8) * 8)) as u8
+    }
+
+    /// A map of `blocks` blocks in regions of `region` blocks whose first
+    /// `known` regions are as `bytes` says (laid out as [`ChangedMap::byte`]);
+    /// the regions past them are marked changed (nothing is known of them).
+    pub(crate) fn from_bytes(blocks: u64, region: u64, bytes: &[u8], known: u64) -> ChangedMap {
+        let mut m = ChangedMap::clean(blocks, region);
+        let known = known.min(m.regions()).min(bytes.len() as u64 * 8);
+        for r in 0..known {
+            if bytes[(r / 8) as usize] & (1 << (r % 8)) != 0 {
+                m.bits[(r / 64) as usize] |= 1 << (r % 64);
+            }
+        }
+        if known < m.regions() {
+            m.mark(known * region, blocks - known * region);
+        }
+        m
     }
 
     /// Marks the regions of `blocks` blocks at `lba` changed. Blocks past
@@ -152,6 +180,20 @@ mod tests {
         m.mark(0, 1);
         m.merge_back(&frozen);
         assert_eq!(m.runs(), vec![(0, 300), (900, 100)]);
+    }
+
+    #[test]
+    fn bytes_round_trip_and_unknown_regions_are_dirty() {
+        let mut m = ChangedMap::clean(2000, 100);
+        m.mark(0, 1);
+        m.mark(950, 1);
+        m.mark(1999, 1);
+        let bytes: Vec<u8> = (0..3).map(|i| m.byte(i)).collect();
+        assert_eq!(bytes, vec![0b1, 0b10, 0b1000]);
+        assert_eq!(ChangedMap::from_bytes(2000, 100, &bytes, 20), m);
+        // Only 12 regions known: 12..20 changed.
+        let partial = ChangedMap::from_bytes(2000, 100, &bytes, 12);
+        assert_eq!(partial.runs(), vec![(0, 100), (900, 100), (1200, 800)]);
     }
 
     #[test]

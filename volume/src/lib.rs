@@ -30,12 +30,15 @@
 //! copy-before-write into a hidden reserve volume while a backup reads it
 //! ([`Pool::snapshot`]; module `snapshot`). Each volume tracks the regions
 //! written since its last snapshot ([`changed`]), which the snapshot hands
-//! to the backup.
+//! to the backup; the map is kept on the device, each of its bits there
+//! before a write into its region is acknowledged, and trusted at the next
+//! open only after an orderly [`Pool::close`] ([`changed_store`]).
 
 #![warn(missing_docs)]
 
 mod alloc;
 pub mod changed;
+pub mod changed_store;
 mod cow;
 mod error;
 pub mod mapping;
@@ -43,6 +46,7 @@ mod pool;
 mod snapshot;
 mod store;
 pub mod table;
+mod tracker;
 mod volume;
 
 pub use error::{CopyFault, Result, VolumeError};

@@ -7,12 +7,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use blockdev::{BlockDevice, DeviceIdentity, SharedDevice};
 
-use crate::alloc::{allocate, append, free_extents, mark_dirty, needs_zero, subtract};
+use crate::alloc::{
+    allocate, allocate_high, append, free_extents, mark_dirty, needs_zero, subtract,
+};
+use crate::changed_store::map_blocks;
 use crate::cow::CowMap;
 use crate::error::{CopyFault, Result, VolumeError};
+use crate::mapping::ExtentMap;
 use crate::snapshot::{Cow, Snapshot};
 use crate::store::{self, Current};
-use crate::table::{self, reserved_units, valid_name, Entry, Table, UnitExtent, FLAG_READ_ONLY};
+use crate::table::{
+    self, change_map_name, reserved_units, valid_name, Entry, Table, UnitExtent, FLAG_CHANGE_MAP,
+    FLAG_READ_ONLY,
+};
+use crate::tracker::{region_blocks, Tracker};
 use crate::volume::Volume;
 
 /// Where creation times come from (injected for tests).
@@ -50,7 +58,9 @@ pub struct Space {
     pub used_blocks: u64,
     /// Blocks free.
     pub free_blocks: u64,
-    /// The largest free run, in blocks.
+    /// The largest volume [`Pool::create`] can make now, in blocks: the
+    /// largest free run, less the units of its changed-block map when no
+    /// other free unit can hold them.
     pub largest_free_blocks: u64,
     /// Free blocks not known to read zeroes (a deleted volume's, or never
     /// known zero): a volume that gets them has them zeroed first.
@@ -97,6 +107,9 @@ struct State {
     current: Current,
     open: HashMap<[u8; 16], Weak<Volume>>,
     deleting: HashSet<[u8; 16]>,
+    /// The changed-block tracker of each volume, kept while the pool is
+    /// open (a volume closed and opened again keeps its map).
+    trackers: HashMap<[u8; 16], Arc<Tracker>>,
 }
 
 impl State {
@@ -136,13 +149,34 @@ fn allocate_or_refuse(
     })
 }
 
-/// The entry of volume `name` in `table`, to change.
+/// Units of the largest volume that fits in `free` with its changed-block
+/// map: the largest run, or less when the map must come out of it.
+fn largest_with_map(dev: &dyn BlockDevice, table: &Table, free: &[UnitExtent]) -> u64 {
+    let largest = free.iter().map(|e| e.len).max().unwrap_or(0);
+    let total: u64 = free.iter().map(|e| e.len).sum();
+    let region = (crate::CHANGED_REGION_BYTES / u64::from(dev.geometry().block_size)).max(1);
+    let blocks = largest * table.unit_blocks;
+    let map = map_blocks(blocks.div_ceil(region), table.block_size).div_ceil(table.unit_blocks);
+    largest.min(total.saturating_sub(map))
+}
+
+/// The entry of volume `name` in `table`, to change (not a changed-block
+/// map: those change only with their volume).
 fn entry_mut<'t>(table: &'t mut Table, name: &str) -> Result<&'t mut Entry> {
     table
         .volumes
         .iter_mut()
-        .find(|v| v.name == name)
+        .find(|v| v.name == name && !v.change_map())
         .ok_or_else(|| VolumeError::NotFound(name.into()))
+}
+
+/// Where the changed-block map of volume `uuid` lives in `table`, if it
+/// has one.
+fn map_place(table: &Table, uuid: &[u8; 16]) -> Option<ExtentMap> {
+    table
+        .find(&change_map_name(uuid))
+        .filter(|m| m.change_map())
+        .map(|m| ExtentMap::new(&m.extents, table.unit_blocks))
 }
 
 impl Pool {
@@ -194,7 +228,7 @@ impl Pool {
         if found && !force {
             return Err(VolumeError::AlreadyFormatted {
                 seq: old.map_or(0, |t| t.seq),
-                volumes: old.map_or(0, |t| t.volumes.len()),
+                volumes: old.map_or(0, |t| t.volumes.iter().filter(|v| !v.hidden()).count()),
             });
         }
         // Into the copy not holding the current table, with a higher
@@ -220,12 +254,17 @@ impl Pool {
         store::commit(&*dev, slot, &table).await?;
         store::erase(&*dev, 1 - slot).await?;
         tracing::info!(device = %dev.identity(), unit_blocks, zeroed, "volume table formatted");
-        Ok(Pool::with(dev, Current { table, slot }))
+        Ok(Pool::with(dev, Current { table, slot }, HashMap::new()))
     }
 
     /// Opens the volume table of `dev`: the valid copy with the higher
     /// sequence number. Both copies unusable is [`VolumeError::Corrupt`]
     /// (or [`VolumeError::Unformatted`] when neither was ever written).
+    ///
+    /// Each volume's changed-block map is read: as stored if the last
+    /// process closed the pool in order ([`Pool::close`]), else all dirty
+    /// (a crash, a map that cannot be read, a pool made before maps were
+    /// stored). Nothing is written.
     pub async fn open(dev: SharedDevice) -> Result<Pool> {
         let cur = store::load(&*dev).await?;
         let t = &cur.table;
@@ -247,10 +286,21 @@ impl Pool {
                 v.name
             )));
         }
-        Ok(Pool::with(dev, cur))
+        let mut trackers = HashMap::new();
+        for e in t.volumes.iter().filter(|e| !e.hidden()) {
+            let place = map_place(t, &e.uuid);
+            let blocks = e.units() * t.unit_blocks;
+            let tracker = Tracker::load(dev.clone(), e.uuid, blocks, place).await;
+            trackers.insert(e.uuid, Arc::new(tracker));
+        }
+        Ok(Pool::with(dev, cur, trackers))
     }
 
-    fn with(dev: SharedDevice, current: Current) -> Pool {
+    fn with(
+        dev: SharedDevice,
+        current: Current,
+        trackers: HashMap<[u8; 16], Arc<Tracker>>,
+    ) -> Pool {
         Pool {
             inner: Arc::new(Shared {
                 dev,
@@ -259,6 +309,7 @@ impl Pool {
                     current,
                     open: HashMap::new(),
                     deleting: HashSet::new(),
+                    trackers,
                 }),
                 clock: Mutex::new(Arc::new(SystemTime::now)),
             }),
@@ -310,14 +361,14 @@ impl Pool {
     }
 
     /// Every volume, in creation order (not the hidden reserves of backup
-    /// snapshots: their space counts as used).
+    /// snapshots nor the changed-block maps: their space counts as used).
     pub fn list(&self) -> Vec<VolumeInfo> {
         let s = self.state();
         s.current
             .table
             .volumes
             .iter()
-            .filter(|e| !e.cow_reserve())
+            .filter(|e| !e.hidden())
             .map(|e| self.info_of(&s, e))
             .collect()
     }
@@ -347,7 +398,7 @@ impl Pool {
             reserved_blocks: t.first_unit * t.unit_blocks,
             used_blocks: used * t.unit_blocks,
             free_blocks: free_units * t.unit_blocks,
-            largest_free_blocks: free.iter().map(|e| e.len).max().unwrap_or(0) * t.unit_blocks,
+            largest_free_blocks: largest_with_map(&*self.inner.dev, t, &free) * t.unit_blocks,
             unzeroed_free_blocks: unzeroed * t.unit_blocks,
         }
     }
@@ -360,6 +411,7 @@ impl Pool {
             .current
             .table
             .find(name)
+            .filter(|e| !e.change_map())
             .ok_or_else(|| VolumeError::NotFound(name.into()))?
             .clone();
         if s.deleting.contains(&e.uuid) {
@@ -368,11 +420,14 @@ impl Pool {
         if let Some(v) = s.live(&e.uuid) {
             return Ok(v);
         }
-        let v = Arc::new(Volume::new(
-            self.inner.dev.clone(),
-            &e,
-            s.current.table.unit_blocks,
-        ));
+        let ub = s.current.table.unit_blocks;
+        let dev = &self.inner.dev;
+        let tracker = s
+            .trackers
+            .entry(e.uuid)
+            .or_insert_with(|| Arc::new(Tracker::untracked(dev.clone(), e.uuid, e.units() * ub)))
+            .clone();
+        let v = Arc::new(Volume::new(self.inner.dev.clone(), &e, ub, tracker));
         s.open.retain(|_, w| w.strong_count() > 0);
         s.open.insert(e.uuid, Arc::downgrade(&v));
         Ok(v)
@@ -411,7 +466,123 @@ impl Pool {
         store::commit(&*self.inner.dev, slot, &table).await?;
         let mut s = self.state();
         s.current = Current { table, slot };
+        self.sync_trackers(&mut s);
         Ok(after(&mut s))
+    }
+
+    /// After a commit: each volume's tracker takes its size and its map's
+    /// place (a new volume gets one, all dirty); those of deleted volumes go.
+    fn sync_trackers(&self, s: &mut State) {
+        let State {
+            current, trackers, ..
+        } = s;
+        let t = &current.table;
+        for e in t.volumes.iter().filter(|e| !e.hidden()) {
+            let blocks = e.units() * t.unit_blocks;
+            let tracker = trackers.entry(e.uuid).or_insert_with(|| {
+                Arc::new(Tracker::untracked(self.inner.dev.clone(), e.uuid, blocks))
+            });
+            tracker.update(blocks, map_place(t, &e.uuid));
+        }
+        trackers.retain(|uuid, _| t.volumes.iter().any(|e| e.uuid == *uuid));
+    }
+
+    /// Gives every volume of `table` a changed-block map big enough for its
+    /// size: a hidden map volume added (a new volume, or one of a pool made
+    /// before maps were stored) or grown, its new space zeroed (no header:
+    /// all dirty until a close writes it). No space for a new map does not
+    /// fail a change: the volume's map is then not stored, and every open
+    /// takes it as all dirty; no space to grow one is
+    /// [`VolumeError::NoSpace`]. Returns whether `table` changed.
+    async fn fit_maps(&self, table: &mut Table) -> Result<bool> {
+        let (ub, bs) = (table.unit_blocks, table.block_size);
+        let region = region_blocks(&self.inner.dev);
+        let units = units_of(&*self.inner.dev, ub);
+        let owners: Vec<(String, [u8; 16], u64)> = table
+            .volumes
+            .iter()
+            .filter(|e| !e.hidden())
+            .map(|e| (e.name.clone(), e.uuid, e.units() * ub))
+            .collect();
+        let mut changed = false;
+        for (owner, uuid, blocks) in owners {
+            let want = map_blocks(blocks.div_ceil(region), bs).div_ceil(ub);
+            let name = change_map_name(&uuid);
+            let free = free_extents(table, units);
+            match table.volumes.iter().position(|e| e.name == name) {
+                // A client's volume took the name: this one goes unstored.
+                Some(i) if !table.volumes[i].change_map() => continue,
+                Some(i) => {
+                    let have = table.volumes[i].units();
+                    if have >= want {
+                        continue;
+                    }
+                    let end = table.volumes[i].extents.last().map(UnitExtent::end);
+                    let extra = if free.iter().any(|e| Some(e.start) == end) {
+                        allocate(&free, want - have, end)
+                    } else {
+                        allocate_high(&free, want - have)
+                    };
+                    // A map is rarely grown (one unit of bits covers far
+                    // more than a device holds at any real unit), and a
+                    // map in use cannot be dropped under its writes: a grow
+                    // without room for it is refused.
+                    let extra = extra.ok_or_else(|| VolumeError::NoSpace {
+                        needed_blocks: (want - have) * ub,
+                        free_blocks: free.iter().map(|e| e.len).sum::<u64>() * ub,
+                    })?;
+                    append(&mut table.volumes[i].extents, &extra);
+                    self.take_zeroed(table, &extra).await?;
+                }
+                None => match allocate_high(&free, want) {
+                    Some(extents) => {
+                        self.take_zeroed(table, &extents).await?;
+                        let mut map_uuid: [u8; 16] = rand::random();
+                        while table.volumes.iter().any(|v| v.uuid == map_uuid) {
+                            map_uuid = rand::random();
+                        }
+                        table.volumes.push(Entry {
+                            uuid: map_uuid,
+                            name,
+                            flags: FLAG_CHANGE_MAP,
+                            created_ms: 0,
+                            extents,
+                        });
+                    }
+                    None => {
+                        tracing::warn!(volume = %owner, "no space for a changed-block map: not stored (every backup reads the whole volume)");
+                        continue;
+                    }
+                },
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Closes the pool in order: the device is flushed and every volume's
+    /// changed-block map is written whole and marked closed, so the next
+    /// open trusts it (volumes of a pool made before maps were stored get
+    /// theirs first, space permitting). Without it, the next open takes
+    /// every map as all dirty. A write after this marks its volume's map
+    /// open again before it goes ahead.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.dev.read_only() {
+            return Ok(());
+        }
+        {
+            let _change = self.inner.changes.lock().await;
+            let mut table = self.state().current.table.clone();
+            if self.fit_maps(&mut table).await? {
+                self.commit(table, |_| ()).await?;
+            }
+        }
+        self.inner.dev.flush().await?;
+        let trackers: Vec<Arc<Tracker>> = self.state().trackers.values().cloned().collect();
+        for t in trackers {
+            t.close().await?;
+        }
+        Ok(())
     }
 
     /// Commits `table`, in which volume `name` changed (or was added);
@@ -474,6 +645,9 @@ impl Pool {
                 .map_or(0, |d| d.as_millis() as u64),
             extents,
         });
+        if flags == 0 {
+            self.fit_maps(&mut table).await?;
+        }
         let info = self.commit_volume(table, name).await?;
         tracing::info!(
             volume = name,
@@ -510,6 +684,7 @@ impl Pool {
         let extra = allocate_or_refuse(&free, want - have, after, ub)?;
         append(&mut entry.extents, &extra);
         let zeroed = self.take_zeroed(&mut table, &extra).await?;
+        self.fit_maps(&mut table).await?;
         let info = self.commit_volume(table, name).await?;
         tracing::info!(
             volume = name,
@@ -598,7 +773,7 @@ impl Pool {
                 let map = CowMap::new(v.geometry().num_blocks, grain, slots);
                 let cow = Arc::new(Cow::new(map, reserve));
                 v.set_cow(Some(cow.clone()));
-                let changed = v.changed().freeze();
+                let changed = v.tracker().freeze();
                 Snapshot::new(v.clone(), cow, name, changed)
             })
             .collect();
@@ -611,7 +786,7 @@ impl Pool {
     /// [`Pool::drop_snapshot`], and the regions it said changed count as
     /// changed again, so the next backup reads them.
     pub async fn abort_snapshot(&self, snap: Snapshot) -> Result<()> {
-        snap.origin.changed().merge_back(&snap.changed);
+        snap.origin.tracker().merge_back(&snap.changed);
         self.drop_snapshot(snap).await
     }
 
@@ -625,6 +800,7 @@ impl Pool {
             ..
         } = snap;
         cow.invalidate("the snapshot was dropped");
+        origin.tracker().backup_done();
         {
             // Writes still copying for it end first.
             let _gate = origin.quiesce().await;
@@ -678,6 +854,7 @@ impl Pool {
                 .current
                 .table
                 .find(name)
+                .filter(|e| !e.change_map())
                 .ok_or_else(|| VolumeError::NotFound(name.into()))?;
             let uuid = e.uuid;
             let handles = s.handles(&uuid);
@@ -690,15 +867,18 @@ impl Pool {
             s.deleting.insert(uuid);
             (s.current.table.clone(), uuid)
         };
+        // Its changed-block map goes with it, in the same commit.
+        let map = change_map_name(&uuid);
+        let gone = |v: &Entry| v.uuid == uuid || (v.name == map && v.change_map());
         let freed: Vec<UnitExtent> = table
             .volumes
             .iter()
-            .filter(|v| v.uuid == uuid)
+            .filter(|v| gone(v))
             .flat_map(|v| v.extents.iter().copied())
             .collect();
         // Its data stays on the device: the units are zeroed before reuse.
         mark_dirty(&mut table, &freed);
-        table.volumes.retain(|v| v.uuid != uuid);
+        table.volumes.retain(|v| !gone(v));
         let r = self
             .commit(table, |s| {
                 s.open.remove(&uuid);

@@ -23,6 +23,13 @@
 //! extent is a start and a length in units (8 + 8). The rest of the copy is
 //! zero, and covered by the checksum too.
 //!
+//! Version 3 is version 2's layout with changed-block maps: each volume may
+//! have a hidden volume flagged [`FLAG_CHANGE_MAP`] holding its map. A
+//! build of version 2 refuses it, rather than write to volumes without
+//! their maps (a later open would trust a map that missed those writes).
+//! A version 2 table opens with no maps (every volume all dirty); the next
+//! change writes version 3 with them.
+//!
 //! Version 1 had no zero tracking (its bytes 48..64 are zero and nothing
 //! follows the volumes): it is read as "no unit known to read zeroes", so
 //! every unit handed out from it is zeroed first, as version 1 did. This
@@ -37,7 +44,7 @@ pub const COPY_BYTES: usize = 256 * 1024;
 /// The table's magic.
 pub const MAGIC: [u8; 8] = *b"OPIEVOLT";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_VERSION: u32 = 1;
 /// Bytes of the header before the first volume.
@@ -47,6 +54,10 @@ pub const FLAG_READ_ONLY: u32 = 1;
 /// Flag of a hidden volume holding a backup snapshot's copy-on-write data
 /// (not listed; deleted when its snapshot ends, or at the next start).
 pub const FLAG_COW_RESERVE: u32 = 2;
+/// Flag of a hidden volume holding another volume's changed-block map
+/// ([`crate::changed_store`]; version 3). Not listed, not opened, deleted
+/// with its volume.
+pub const FLAG_CHANGE_MAP: u32 = 4;
 /// Longest volume name.
 pub const MAX_NAME: usize = 64;
 
@@ -92,6 +103,16 @@ impl Entry {
         self.flags & FLAG_COW_RESERVE != 0
     }
 
+    /// Whether it holds another volume's changed-block map.
+    pub fn change_map(&self) -> bool {
+        self.flags & FLAG_CHANGE_MAP != 0
+    }
+
+    /// Whether it is hidden from clients (a reserve or a map).
+    pub fn hidden(&self) -> bool {
+        self.cow_reserve() || self.change_map()
+    }
+
     /// Whether the read-only flag is set.
     pub fn read_only(&self) -> bool {
         self.flags & FLAG_READ_ONLY != 0
@@ -125,6 +146,13 @@ pub struct Table {
     /// volume's data: zeroed before a volume gets them. Sorted, disjoint,
     /// not touching, each in no volume.
     pub dirty: Vec<UnitExtent>,
+}
+
+/// The name of the hidden volume holding the changed-block map of the
+/// volume with uuid `uuid`: `.cbt-` and the uuid in hex.
+pub fn change_map_name(uuid: &[u8; 16]) -> String {
+    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+    format!(".cbt-{hex}")
 }
 
 /// Whether `name` is a valid volume name: 1-64 of `a-z 0-9 - . _`.
@@ -447,8 +475,8 @@ mod tests {
 
     #[test]
     fn a_newer_version_is_named() {
-        let c = with_version(sample().encode().unwrap(), 3);
-        assert_eq!(Table::decode(&c), Err(CopyFault::Version(3)));
+        let c = with_version(sample().encode().unwrap(), 4);
+        assert_eq!(Table::decode(&c), Err(CopyFault::Version(4)));
     }
 
     #[test]

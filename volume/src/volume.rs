@@ -2,7 +2,7 @@
 //! onto the pool's device.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use blockdev::{
@@ -11,10 +11,10 @@ use blockdev::{
 };
 use futures::future::join_all;
 
-use crate::changed::ChangedMap;
 use crate::mapping::{ExtentMap, Piece};
 use crate::snapshot::Cow;
 use crate::table::Entry;
+use crate::tracker::Tracker;
 
 /// A volume of a [`Pool`](crate::Pool), open: a [`BlockDevice`] whose
 /// blocks live in its extents on the pool's device.
@@ -32,12 +32,13 @@ use crate::table::Entry;
 /// - Errors that name a block ([`BlockError::Medium`],
 ///   [`BlockError::WriteFault`]) name the volume's block, not the device's.
 ///
-/// - While it has a backup snapshot ([`crate::snapshot`]), a write, zeroing
+/// - While it has a backup snapshot ([`crate::Pool::snapshot`]), a write, zeroing
 ///   or unmap first copies what the snapshot still needs of its blocks.
 /// - Every write, zeroing and unmap marks its regions in the volume's
-///   [`ChangedMap`] before it is issued; a snapshot freezes the map. A
-///   volume opened by this process starts all dirty (what happened before
-///   is not known here).
+///   [`ChangedMap`](crate::changed::ChangedMap) before it is issued, and
+///   waits until their bits are on the device when they are not yet (see
+///   the tracker); a snapshot freezes the map. A failed map write fails the
+///   client write.
 ///
 /// Every `Arc<Volume>` alive counts as an open handle: the pool refuses to
 /// delete the volume meanwhile.
@@ -56,8 +57,9 @@ pub struct Volume {
     gate: tokio::sync::RwLock<()>,
     /// The copy-before-write state of its backup snapshot, if it has one.
     cow: RwLock<Option<Arc<Cow>>>,
-    /// What changed since its last backup snapshot.
-    changed: Mutex<ChangedMap>,
+    /// What changed since its last backup snapshot, in memory and on the
+    /// device (the pool keeps it across handles).
+    tracker: Arc<Tracker>,
 }
 
 /// Changed-block tracking records regions of this many bytes.
@@ -65,7 +67,12 @@ pub const CHANGED_REGION_BYTES: u64 = 4 << 20;
 
 impl Volume {
     /// The volume of `entry` on `dev`.
-    pub(crate) fn new(dev: SharedDevice, entry: &Entry, unit_blocks: u64) -> Volume {
+    pub(crate) fn new(
+        dev: SharedDevice,
+        entry: &Entry,
+        unit_blocks: u64,
+        tracker: Arc<Tracker>,
+    ) -> Volume {
         let map = ExtentMap::new(&entry.extents, unit_blocks);
         let geometry = Geometry {
             block_size: dev.geometry().block_size,
@@ -82,10 +89,7 @@ impl Volume {
             status: StatusPublisher::new(geometry),
             gate: tokio::sync::RwLock::new(()),
             cow: RwLock::new(None),
-            changed: Mutex::new(ChangedMap::all_dirty(
-                geometry.num_blocks,
-                (CHANGED_REGION_BYTES / u64::from(geometry.block_size)).max(1),
-            )),
+            tracker,
         }
     }
 
@@ -106,7 +110,6 @@ impl Volume {
         let blocks = map.num_blocks();
         *self.map.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(map);
         self.read_only.store(entry.read_only(), Ordering::Release);
-        self.changed().grow(blocks);
         self.status.resized(blocks);
     }
 
@@ -124,9 +127,9 @@ impl Volume {
             .clone()
     }
 
-    /// Its changed-block map.
-    pub(crate) fn changed(&self) -> std::sync::MutexGuard<'_, ChangedMap> {
-        self.changed.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Its changed-block tracker.
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.tracker
     }
 
     /// Installs (or removes) the copy-before-write state of a snapshot.
@@ -134,15 +137,28 @@ impl Volume {
         *self.cow.write().unwrap_or_else(PoisonError::into_inner) = cow;
     }
 
-    /// Before a change of `blocks` blocks at `lba`: holds the gate shared
-    /// and lets a snapshot copy what it still needs of them.
-    async fn before_change(&self, lba: u64, blocks: u64) -> tokio::sync::RwLockReadGuard<'_, ()> {
+    /// Before a change of `blocks` blocks at `lba`: holds the gate shared,
+    /// has its regions' bits on the device (or fails: the change must not
+    /// happen unrecorded) and lets a snapshot copy what it still needs of
+    /// them.
+    async fn before_change(
+        &self,
+        lba: u64,
+        blocks: u64,
+    ) -> blockdev::Result<tokio::sync::RwLockReadGuard<'_, ()>> {
         let gate = self.gate.read().await;
-        self.changed().mark(lba, blocks);
+        self.tracker.mark(lba, blocks).await.map_err(|e| match e {
+            // The map's block is not the volume's: name the request's.
+            BlockError::Medium { .. } | BlockError::WriteFault { .. } => {
+                tracing::warn!(volume = %self.name, error = %e, "changed-block map write failed");
+                BlockError::WriteFault { lba }
+            }
+            other => other,
+        })?;
         if let Some(cow) = self.cow() {
             cow.before_write(self, lba, blocks).await;
         }
-        gate
+        Ok(gate)
     }
 
     fn map(&self) -> Arc<ExtentMap> {
@@ -271,7 +287,7 @@ impl BlockDevice for Volume {
         let blocks = g.blocks_in(data.len())?;
         let pieces = self.pieces(lba, blocks, true)?;
         let bs = g.block_size as usize;
-        let _gate = self.before_change(lba, blocks).await;
+        let _gate = self.before_change(lba, blocks).await?;
         Self::each(lba, &pieces, |p| {
             let at = p.offset as usize * bs;
             self.dev.write(
@@ -291,7 +307,7 @@ impl BlockDevice for Volume {
     async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> blockdev::Result<()> {
         self.check_writable()?;
         let pieces = self.pieces(lba, blocks, false)?;
-        let _gate = self.before_change(lba, blocks).await;
+        let _gate = self.before_change(lba, blocks).await?;
         Self::each(lba, &pieces, |p| {
             self.dev.write_zeroes(p.dev_lba, p.blocks, unmap)
         })
@@ -302,7 +318,7 @@ impl BlockDevice for Volume {
     async fn unmap(&self, lba: u64, blocks: u64) -> blockdev::Result<()> {
         self.check_writable()?;
         let pieces = self.pieces(lba, blocks, false)?;
-        let _gate = self.before_change(lba, blocks).await;
+        let _gate = self.before_change(lba, blocks).await?;
         Self::each(lba, &pieces, |p| self.dev.unmap(p.dev_lba, p.blocks)).await?;
         Ok(())
     }

@@ -369,7 +369,8 @@ async fn each_snapshot_says_what_changed_since_the_last_and_a_failed_backup_give
     let fourth = take().await.unwrap().pop().unwrap();
     assert!(fourth.changed().runs().is_empty());
     pool.drop_snapshot(fourth).await.unwrap();
-    // A new process knows nothing of what happened before it.
+    // Opened again with no orderly close before (a crash): nothing is
+    // trusted, all of it changed.
     let again = Pool::open(pool.device().clone()).await.unwrap();
     drop(v);
     let snap = again

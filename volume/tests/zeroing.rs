@@ -4,72 +4,29 @@
 //! reopens, and opens a version 1 table (which knew nothing of it) by
 //! zeroing everything it hands out, as version 1 did.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use blockdev::{BlockDevice, Bytes, DeviceIdentity, Geometry, MemDevice, SharedDevice, WriteFlags};
+use blockdev::{BlockDevice, Bytes, SharedDevice, WriteFlags};
+use common::{as_version, Counting};
 use volume::table::{copy_lba, Table, COPY_BYTES};
 use volume::{Pool, VolumeError};
 
 const BS: u64 = 512;
 const UNIT: u64 = 8;
 
-/// Counts the blocks written and zeroed outside the table area.
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<MemDevice>,
-    data_blocks: AtomicU64,
-}
-
-impl Counting {
-    fn new(mib: u64) -> Arc<Counting> {
-        Arc::new(Counting {
-            inner: Arc::new(MemDevice::with_name("zeroing", mib << 20)),
-            data_blocks: AtomicU64::new(0),
-        })
-    }
-
-    fn count(&self, lba: u64, blocks: u64) {
-        let table_end = 2 * COPY_BYTES as u64 / BS;
-        if lba + blocks > table_end {
-            self.data_blocks.fetch_add(blocks, Ordering::SeqCst);
-        }
-    }
-
-    /// Blocks outside the table written or zeroed since the last call.
-    fn take(&self) -> u64 {
-        self.data_blocks.swap(0, Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl BlockDevice for Counting {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn identity(&self) -> &DeviceIdentity {
-        self.inner.identity()
-    }
-    async fn read(&self, lba: u64, blocks: u32) -> blockdev::Result<Bytes> {
-        self.inner.read(lba, blocks).await
-    }
-    async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> blockdev::Result<()> {
-        self.count(lba, data.len() as u64 / BS);
-        self.inner.write(lba, data, flags).await
-    }
-    async fn flush(&self) -> blockdev::Result<()> {
-        self.inner.flush().await
-    }
-    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> blockdev::Result<()> {
-        self.count(lba, blocks);
-        self.inner.write_zeroes(lba, blocks, unmap).await
-    }
+/// A device of `mib` MiB counting the blocks written and zeroed outside
+/// the table area.
+fn counting(mib: u64) -> Arc<Counting> {
+    let c = Arc::new(Counting::new("zeroing", mib));
+    c.watch(2 * COPY_BYTES as u64 / BS..u64::MAX);
+    c
 }
 
 /// A 4 MiB counting device and a pool formatted on it knowing it is zero.
 async fn zeroed_pool() -> (Arc<Counting>, SharedDevice, Pool) {
-    let c = Counting::new(4);
+    let c = counting(4);
     let dev: SharedDevice = c.clone();
     let pool = Pool::format_zeroed(dev.clone(), UNIT).await.unwrap();
     (c, dev, pool)
@@ -86,7 +43,7 @@ async fn never_used_space_is_handed_out_without_writing_it() {
     let a = pool.create("a", 64 * BS).await.unwrap();
     pool.grow("a", 128 * BS).await.unwrap();
     pool.create("b", 32 * BS).await.unwrap();
-    assert_eq!(c.take(), 0, "no data block written for new volumes");
+    assert_eq!(c.take_blocks(), 0, "no data block written for new volumes");
     assert_eq!(a.size_blocks, 64);
 
     // A deleted volume's space is dirty until a volume gets it, zeroed.
@@ -95,15 +52,21 @@ async fn never_used_space_is_handed_out_without_writing_it() {
         .await
         .unwrap();
     drop(va);
-    c.take();
+    c.take_blocks();
     pool.delete("a").await.unwrap();
-    assert_eq!(c.take(), 0, "delete writes no data block");
-    assert_eq!(pool.space().unzeroed_free_blocks, 128);
+    assert_eq!(c.take_blocks(), 0, "delete writes no data block");
+    // Its space and its changed-block map's unit.
+    assert_eq!(pool.space().unzeroed_free_blocks, 128 + UNIT);
     // Reopened, the pool still knows.
     let pool = Pool::open(dev.clone()).await.unwrap();
-    assert_eq!(pool.space().unzeroed_free_blocks, 128);
+    assert_eq!(pool.space().unzeroed_free_blocks, 128 + UNIT);
     pool.create("c", 128 * BS).await.unwrap();
-    assert_eq!(c.take(), 128, "exactly the deleted volume's space zeroed");
+    // c's map takes the top free unit: a's map's, dirty too.
+    assert_eq!(
+        c.take_blocks(),
+        128 + UNIT,
+        "exactly the deleted volume's space (and its map's) zeroed"
+    );
     assert_eq!(pool.space().unzeroed_free_blocks, 0);
     let vc = pool.open_volume("c").unwrap();
     let data = vc.read(0, 128).await.unwrap();
@@ -119,25 +82,33 @@ async fn a_volume_over_old_and_new_space_zeroes_only_the_old() {
     vb.write(0, fill(0x77, 16), WriteFlags::FUA).await.unwrap();
     drop(vb);
     pool.delete("b").await.unwrap();
-    c.take();
+    c.take_blocks();
     // The only free run is b's old space followed by space never used.
     let free = pool.space().free_blocks;
     let v = pool.create("c", free * BS).await.unwrap();
     assert_eq!(v.size_blocks, free);
-    assert_eq!(c.take(), 16, "only b's old units zeroed");
+    assert_eq!(
+        c.take_blocks(),
+        16 + UNIT,
+        "only b's old units (and its map's) zeroed"
+    );
     let vc = pool.open_volume("c").unwrap();
     assert!(vc.read(0, 16).await.unwrap().iter().all(|&b| b == 0));
 }
 
 #[tokio::test]
 async fn a_plain_format_knows_nothing_and_zeroes_everything_it_hands_out() {
-    let c = Counting::new(4);
+    let c = counting(4);
     let dev: SharedDevice = c.clone();
     let pool = Pool::format(dev.clone(), UNIT, false).await.unwrap();
     let free = pool.space().free_blocks;
     assert_eq!(pool.space().unzeroed_free_blocks, free);
     pool.create("a", 40 * BS).await.unwrap();
-    assert_eq!(c.take(), 40);
+    assert_eq!(
+        c.take_blocks(),
+        40 + UNIT,
+        "the volume and its changed-block map"
+    );
     // A formatted device is refused by format_zeroed: it is not new.
     assert!(matches!(
         Pool::format_zeroed(dev, UNIT).await,
@@ -158,11 +129,7 @@ async fn downgrade_to_version_1(dev: &SharedDevice) {
         };
         t.zero_known = 0;
         t.dirty.clear();
-        let mut c = t.encode().unwrap();
-        c[8..12].copy_from_slice(&1u32.to_le_bytes());
-        c[12..16].fill(0);
-        let crc = crc32c::crc32c(&c);
-        c[12..16].copy_from_slice(&crc.to_le_bytes());
+        let c = as_version(t.encode().unwrap(), 1);
         dev.write(lba, Bytes::from(c), WriteFlags::FUA)
             .await
             .unwrap();
@@ -185,9 +152,13 @@ async fn a_version_1_table_opens_and_its_free_space_is_zeroed_before_use() {
     drop(va);
     let free = pool.space().free_blocks;
     assert_eq!(pool.space().unzeroed_free_blocks, free);
-    c.take();
+    c.take_blocks();
     pool.create("b", 24 * BS).await.unwrap();
-    assert_eq!(c.take(), 24, "a version 1 table knows no zeroes");
+    assert_eq!(
+        c.take_blocks(),
+        24 + UNIT,
+        "a version 1 table knows no zeroes (the volume and its map)"
+    );
     // The next commit writes version 2, and what it knows sticks.
     pool.delete("a").await.unwrap();
     let pool = Pool::open(dev).await.unwrap();
