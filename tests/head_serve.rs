@@ -47,6 +47,12 @@ fn sigterm_closes_clean_and_a_restart_reassembles_the_same_data() {
     assert!(st.success(), "exit {st}:\n{}", head.log_text());
     assert!(log_has(&rig.head_log(), "array flushed and closed clean"));
     assert!(log_has(&rig.head_log(), "logged out of its members"));
+    // The volumes' changed-block maps were closed clean (kept for the next
+    // incremental backup), before the array was.
+    assert!(log_has(
+        &rig.head_log(),
+        "volume pool closed: changed-block maps kept"
+    ));
     // Every session the head had with an ISU ended in a logout.
     for isu in rig.isus.iter().flatten() {
         let end = Instant::now() + Duration::from_secs(10);

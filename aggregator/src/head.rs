@@ -128,10 +128,7 @@ pub async fn run(
         cfg,
         added,
         &up,
-        ServeHooks {
-            state_dir,
-            serving,
-        },
+        ServeHooks { state_dir, serving },
         shutdown,
         &control,
         &mut reached_since,
@@ -266,7 +263,29 @@ async fn serve(
     };
     monitor.abort();
     reached_since.extend(live.disks().into_iter().skip(at_start).map(|d| d.reached));
+    if result.is_ok() {
+        close_pools(&volumes).await;
+    }
     result
+}
+
+/// Closes every array's volume pool once the exports have drained: each
+/// volume's changed-block map is written whole and marked clean, so the
+/// next incremental backup after this restart reads only what changed.
+/// A pool not closed (bounded by [`CLOSE_BOUND`]) is no data at risk: its
+/// maps open all dirty and the next backup reads those volumes whole.
+async fn close_pools(volumes: &Volumes) {
+    for (array, pool) in volumes.pools() {
+        match tokio::time::timeout(CLOSE_BOUND, pool.close()).await {
+            Ok(Ok(())) => info!(array = %array, "volume pool closed: changed-block maps kept"),
+            Ok(Err(e)) => {
+                warn!(array = %array, error = %e, "volume pool not closed: the next backup of its volumes reads them whole")
+            }
+            Err(_) => {
+                warn!(array = %array, bound = ?CLOSE_BOUND, "volume pool not closed within the bound: the next backup of its volumes reads them whole")
+            }
+        }
+    }
 }
 
 /// Stops the control socket, waiting at most [`CONTROL_BOUND`] for a
