@@ -245,12 +245,7 @@ pub(crate) fn parse(
         }
         let target = match &s.target {
             Some(t) if targets.iter().any(|o| &o.name == t) => t.clone(),
-            Some(t) => {
-                return Err((
-                    key("target"),
-                    format!("no [[backup.target]] named {t:?}"),
-                ))
-            }
+            Some(t) => return Err((key("target"), format!("no [[backup.target]] named {t:?}"))),
             None => targets
                 .first()
                 .map(|t| t.name.clone())
@@ -323,11 +318,22 @@ keep_daily = 7
 "#,
         )
         .unwrap();
-        assert_eq!(c.secrets.as_deref(), Some(Path::new("/etc/opie/backup-secrets.toml")));
-        assert_eq!(c.targets[0].place, TargetPlace::Dir("/etc/opie/backups".into()));
-        assert!(matches!(&c.targets[1].place, TargetPlace::S3 { prefix, region, .. } if prefix == "opie" && region == "us-east-1"));
+        assert_eq!(
+            c.secrets.as_deref(),
+            Some(Path::new("/etc/opie/backup-secrets.toml"))
+        );
+        assert_eq!(
+            c.targets[0].place,
+            TargetPlace::Dir("/etc/opie/backups".into())
+        );
+        assert!(
+            matches!(&c.targets[1].place, TargetPlace::S3 { prefix, region, .. } if prefix == "opie" && region == "us-east-1")
+        );
         assert_eq!(c.schedules[0].target, "local");
-        assert_eq!(c.schedules[0].when, When::Every(Duration::from_secs(6 * 3600)));
+        assert_eq!(
+            c.schedules[0].when,
+            When::Every(Duration::from_secs(6 * 3600))
+        );
         assert_eq!(c.schedules[0].full_every, 7);
         assert_eq!(c.schedules[1].when, When::Daily(2 * 3600 + 30 * 60));
         assert_eq!(c.retention.keep_last, 3);
@@ -339,11 +345,20 @@ keep_daily = 7
     #[test]
     fn errors_name_the_key_path() {
         let base = "[[backup.target]]\nname = \"t\"\ndir = \"d\"\n";
-        let e = parse_text(&format!("{base}[[backup.schedule]]\nvolumes = [\"v9\"]\nevery = \"1h\"\n")).unwrap_err();
+        let e = parse_text(&format!(
+            "{base}[[backup.schedule]]\nvolumes = [\"v9\"]\nevery = \"1h\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.0, "backup.schedule[0].volumes[0]", "{e:?}");
-        let e = parse_text(&format!("{base}[[backup.schedule]]\nvolumes = [\"v0\"]\ndaily = \"25:00\"\n")).unwrap_err();
+        let e = parse_text(&format!(
+            "{base}[[backup.schedule]]\nvolumes = [\"v0\"]\ndaily = \"25:00\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.0, "backup.schedule[0].daily", "{e:?}");
-        let e = parse_text(&format!("{base}[[backup.schedule]]\nvolumes = [\"v0\"]\ntarget = \"x\"\nevery = \"1h\"\n")).unwrap_err();
+        let e = parse_text(&format!(
+            "{base}[[backup.schedule]]\nvolumes = [\"v0\"]\ntarget = \"x\"\nevery = \"1h\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.0, "backup.schedule[0].target", "{e:?}");
         let e = parse_text("[[backup.target]]\nname = \"t\"\n").unwrap_err();
         assert_eq!(e.0, "backup.target[0].dir", "{e:?}");

@@ -153,9 +153,10 @@ impl Backups {
         let (name, store) = self.store(target)?;
         let m = Self::find(&store, &name, id).await?;
         let (device, what): (blockdev::SharedDevice, String) = match to {
-            RestoreTo::Volume { name, array } => {
-                (self.restore_volume(name, array.as_deref(), m.size).await?, format!("volume {name}"))
-            }
+            RestoreTo::Volume { name, array } => (
+                self.restore_volume(name, array.as_deref(), m.size).await?,
+                format!("volume {name}"),
+            ),
             RestoreTo::File(path) => {
                 let opts = FileOptions {
                     create_size: Some(m.size),
@@ -241,7 +242,11 @@ impl Backups {
 
     /// Applies `backup.retention` to every volume's backups in `target`,
     /// then (unless `dry_run`) collects garbage past `backup.grace`.
-    pub async fn prune(&self, target: Option<&str>, dry_run: bool) -> Result<String, BackupOpError> {
+    pub async fn prune(
+        &self,
+        target: Option<&str>,
+        dry_run: bool,
+    ) -> Result<String, BackupOpError> {
         let (name, store) = self.store(target)?;
         let rule = self.config().retention;
         let all = backup::list(&store, None).await?;

@@ -271,7 +271,10 @@ impl Backups {
                     let e = match snap.invalid() {
                         Some(why) => BackupOpError::Snapshot {
                             volume: v.clone(),
-                            message: format!("{why} (backup.reserve = {} bytes; raise it if the reserve filled)", cfg.reserve),
+                            message: format!(
+                                "{why} (backup.reserve = {} bytes; raise it if the reserve filled)",
+                                cfg.reserve
+                            ),
                         },
                         None => e,
                     };

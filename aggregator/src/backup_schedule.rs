@@ -101,7 +101,13 @@ async fn consider(
     let full = next_is_full(s.full_every, &of_first);
     backups.check(&s.volumes, Some(&s.target))?;
     info!(volumes = ?s.volumes, target = %s.target, full, "scheduled backup starting");
-    crate::backup_task::spawn_run(backups.clone(), tasks, s.volumes.clone(), Some(s.target.clone()), full);
+    crate::backup_task::spawn_run(
+        backups.clone(),
+        tasks,
+        s.volumes.clone(),
+        Some(s.target.clone()),
+        full,
+    );
     Ok(())
 }
 

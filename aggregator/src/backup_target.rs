@@ -12,7 +12,10 @@ use crate::backup_config::{BackupConfig, TargetConfig, TargetPlace};
 use crate::backup_error::BackupOpError;
 
 /// The target `name` (the first one when `None`) of `cfg`.
-pub fn find<'a>(cfg: &'a BackupConfig, name: Option<&str>) -> Result<&'a TargetConfig, BackupOpError> {
+pub fn find<'a>(
+    cfg: &'a BackupConfig,
+    name: Option<&str>,
+) -> Result<&'a TargetConfig, BackupOpError> {
     cfg.target(name)
         .ok_or_else(|| BackupOpError::NoTarget(name.unwrap_or("(none configured)").to_string()))
 }

@@ -67,7 +67,12 @@ pub fn spawn_run(
 }
 
 /// Starts a verify of backup `id` as a task.
-pub fn spawn_verify(backups: Arc<Backups>, tasks: &Tasks, id: String, target: Option<String>) -> TaskInfo {
+pub fn spawn_verify(
+    backups: Arc<Backups>,
+    tasks: &Tasks,
+    id: String,
+    target: Option<String>,
+) -> TaskInfo {
     tasks.spawn(TaskKind::BackupVerify, id.clone(), move |_h| async move {
         backups
             .verify(&id, target.as_deref())
@@ -93,7 +98,12 @@ pub fn spawn_restore(
 }
 
 /// Starts a prune (then GC) as a task.
-pub fn spawn_prune(backups: Arc<Backups>, tasks: &Tasks, target: Option<String>, dry_run: bool) -> TaskInfo {
+pub fn spawn_prune(
+    backups: Arc<Backups>,
+    tasks: &Tasks,
+    target: Option<String>,
+    dry_run: bool,
+) -> TaskInfo {
     let name = target.clone().unwrap_or_default();
     tasks.spawn(TaskKind::BackupPrune, name, move |_h| async move {
         backups

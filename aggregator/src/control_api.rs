@@ -169,9 +169,12 @@ impl Handler for HeadControl {
                     to,
                 )))
             }
-            Request::BackupPrune { target, dry_run } => Ok(Reply::Task(
-                backup_task::spawn_prune(self.backups.clone(), &self.tasks, target, dry_run),
-            )),
+            Request::BackupPrune { target, dry_run } => Ok(Reply::Task(backup_task::spawn_prune(
+                self.backups.clone(),
+                &self.tasks,
+                target,
+                dry_run,
+            ))),
             Request::TaskGet { .. } | Request::TaskList | Request::TaskCancel { .. } => Err(
                 ControlError::Internal("task requests are the server's".into()),
             ),

@@ -58,7 +58,12 @@ pub enum BackupCommand {
         /// The backup's id.
         id: String,
         /// The volume to write.
-        #[arg(long, value_name = "VOLUME", conflicts_with = "to_file", required_unless_present = "to_file")]
+        #[arg(
+            long,
+            value_name = "VOLUME",
+            conflicts_with = "to_file",
+            required_unless_present = "to_file"
+        )]
         to_volume: Option<String>,
         /// The array to create a new volume on [default: the only one].
         #[arg(long, value_name = "ARRAY", requires = "to_volume")]

@@ -42,7 +42,10 @@ pub fn of_error(e: &ControlError) -> u8 {
 pub fn of_task(t: &TaskInfo) -> u8 {
     let backup = matches!(
         t.kind,
-        TaskKind::BackupRun | TaskKind::BackupVerify | TaskKind::BackupRestore | TaskKind::BackupPrune
+        TaskKind::BackupRun
+            | TaskKind::BackupVerify
+            | TaskKind::BackupRestore
+            | TaskKind::BackupPrune
     );
     match &t.error {
         Some(e) if backup => of_error(e),

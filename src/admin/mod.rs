@@ -329,13 +329,17 @@ fn call(conn: &Conn, request: &Request, wait: bool) -> (Option<String>, Result<R
         Response::Result(Reply::Task(t)) if wait && !t.state.is_final() => {
             match wait::follow(&mut client, t, conn.json) {
                 Ok((line, t)) if t.state == success => (Some(line), Ok(Reply::Task(t))),
-                Ok((line, t)) => (Some(line), Err(Failure::Task(render::task_line(&t), exit::of_task(&t)))),
+                Ok((line, t)) => (
+                    Some(line),
+                    Err(Failure::Task(render::task_line(&t), exit::of_task(&t))),
+                ),
                 Err(f) => (None, Err(f)),
             }
         }
-        Response::Result(Reply::Task(t)) if wait && t.state != success => {
-            (Some(line), Err(Failure::Task(render::task_line(&t), exit::of_task(&t))))
-        }
+        Response::Result(Reply::Task(t)) if wait && t.state != success => (
+            Some(line),
+            Err(Failure::Task(render::task_line(&t), exit::of_task(&t))),
+        ),
         Response::Result(reply) => (Some(line), Ok(reply)),
     }
 }

@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use control::status::{ArrayStatus, BackupEntry, Event, IsuStatus, LastBackup, Progress, VolumeStatus};
+use control::status::{
+    ArrayStatus, BackupEntry, Event, IsuStatus, LastBackup, Progress, VolumeStatus,
+};
 use control::{Reply, Status, TaskInfo, TaskState};
 
 fn size(bytes: u64) -> String {
@@ -209,7 +211,14 @@ fn backups(out: &mut String, target: &str, list: &[BackupEntry]) {
     let _ = writeln!(out, "target {target}: {} backup(s)", list.len());
     table(
         out,
-        &["ID", "VOLUME", "CREATED", "SIZE", "PARENT", "CHUNKS/READ/UPLOADED"],
+        &[
+            "ID",
+            "VOLUME",
+            "CREATED",
+            "SIZE",
+            "PARENT",
+            "CHUNKS/READ/UPLOADED",
+        ],
         &rows,
     );
 }
@@ -231,7 +240,14 @@ fn last_backups(out: &mut String, list: &[LastBackup]) {
         .collect();
     table(
         out,
-        &["VOLUME", "BACKUP TARGET", "LAST RUN", "ID", "SIZE", "RESULT"],
+        &[
+            "VOLUME",
+            "BACKUP TARGET",
+            "LAST RUN",
+            "ID",
+            "SIZE",
+            "RESULT",
+        ],
         &rows,
     );
 }

@@ -62,7 +62,11 @@ impl Display {
                         )
                     })
                     .unwrap_or_default();
-                let detail = t.detail.as_ref().map(|d| format!(" {d}")).unwrap_or_default();
+                let detail = t
+                    .detail
+                    .as_ref()
+                    .map(|d| format!(" {d}"))
+                    .unwrap_or_default();
                 bar.set_message(format!(
                     "task {} {} {}{detail}{eta}",
                     t.id,
