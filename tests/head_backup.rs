@@ -8,9 +8,11 @@
 mod common;
 #[path = "common/head.rs"]
 mod head;
+#[path = "../backup/tests/common/s3s.rs"]
+mod s3s;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,25 +237,6 @@ fn a_backup_under_writes_restores_its_instant_and_incrementals_read_what_changed
 
 // ---- against s3s-fs ---------------------------------------------------------
 
-fn s3s_fs() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(home)
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "s3s-fs is required under CI: cargo install s3s-fs --version 0.14.1 --features binary --locked"
-        );
-        eprintln!("SKIP: s3s-fs not installed");
-    }
-    found
-}
-
 /// s3s-fs serving `dir` on [`S3_PORT`], killed on drop.
 struct S3 {
     bin: PathBuf,
@@ -274,20 +257,13 @@ impl S3 {
     }
 
     fn restart(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["--host", "127.0.0.1", "--port", &S3_PORT.to_string()])
-            .args(["--access-key", "opie-ak", "--secret-key", "opie-secret-key"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs");
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", S3_PORT)).is_err() {
-            assert!(Instant::now() < end, "s3s-fs did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.child = Some(s3s::spawn(
+            &self.bin,
+            &self.dir,
+            S3_PORT,
+            "opie-ak",
+            "opie-secret-key",
+        ));
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -381,7 +357,7 @@ fn start_run(rig: &Rig) -> u64 {
 
 #[test]
 fn s3_faults_wrong_secret_unreachable_store_and_a_head_killed_mid_backup() {
-    let Some(bin) = s3s_fs() else { return };
+    let Some(bin) = s3s::s3s_fs() else { return };
     let rig = rig(&format!(
         "[backup]\nreserve = \"8M\"\ngrace = \"1s\"\nsecrets = \"backup-secrets.toml\"\n\
          [[backup.target]]\nname = \"s3\"\ns3 = {{ endpoint = \"http://127.0.0.1:{S3_PORT}\", bucket = \"{BUCKET}\", credentials = \"good\" }}\n\

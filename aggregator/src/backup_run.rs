@@ -115,12 +115,7 @@ impl Backups {
     /// The pool holding volume `name`, and its array's name.
     pub fn pool_of(&self, name: &str) -> Result<(String, volume::Pool), BackupOpError> {
         self.live
-            .arrays()
-            .iter()
-            .find_map(|a| {
-                let p = a.pool.as_ref()?;
-                p.info(name).ok().map(|_| (a.name.clone(), p.clone()))
-            })
+            .pool_of(name)
             .ok_or_else(|| BackupOpError::NoVolume(name.to_string()))
     }
 

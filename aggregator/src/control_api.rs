@@ -589,12 +589,7 @@ impl HeadControl {
     /// The array and pool that hold volume `name`.
     fn pool_of(&self, name: &str) -> Result<(String, volume::Pool), ControlError> {
         self.live
-            .arrays()
-            .iter()
-            .find_map(|a| {
-                let p = a.pool.as_ref()?;
-                p.info(name).ok().map(|_| (a.name.clone(), p.clone()))
-            })
+            .pool_of(name)
             .ok_or_else(|| ControlError::NotFound(format!("no volume {name:?}")))
     }
 
