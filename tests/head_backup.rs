@@ -470,3 +470,54 @@ fn s3_faults_wrong_secret_unreachable_store_and_a_head_killed_mid_backup() {
     let (code, v) = admin_json(&rig, &["backup", "verify", &id, "--from", "s3", "--wait"]);
     assert_eq!(code, Some(0), "what the backup uses survives GC: {v}");
 }
+
+#[test]
+fn a_schedule_runs_when_due_incremental_with_a_full_every_n() {
+    let rig = rig(
+        "[backup]\nreserve = \"8M\"\n[[backup.target]]\nname = \"local\"\ndir = \"backups\"\n\
+         [[backup.schedule]]\nvolumes = [\"v0\"]\nevery = \"1s\"\nfull_every = 2\n",
+    );
+    let rt = runtime();
+    let _head = rig.head();
+    until(&rig, 60, "clean", |s| array_state(s) == "clean");
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(&rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, true));
+    let written = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The head's own runs: full, incremental, full (every 2nd is full),
+    // until one was taken after the writes.
+    let end = Instant::now() + Duration::from_secs(120);
+    let b = loop {
+        let b = list(&rig, None);
+        let after = b
+            .last()
+            .is_some_and(|l| l["created"].as_u64().unwrap() > written);
+        if b.len() >= 3 && after {
+            break b;
+        }
+        assert!(Instant::now() < end, "3 scheduled backups not made: {b:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(b[0]["parent"].is_null(), "{b:?}");
+    assert_eq!(b[1]["parent"], b[0]["id"], "{b:?}");
+    assert!(b[2]["parent"].is_null(), "{b:?}");
+    // They ran as backup-run tasks, one at a time.
+    let (code, v) = admin_json(&rig, &["task", "list"]);
+    assert_eq!(code, Some(0));
+    let runs: Vec<&Value> = v["result"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "backup-run")
+        .collect();
+    assert!(runs.len() >= 3, "{v}");
+    assert!(
+        runs.iter().filter(|t| t["state"] == "running").count() <= 1,
+        "{v}"
+    );
+    let newest = b.last().unwrap()["id"].as_str().unwrap();
+    let image = restore_file(&rig, newest, "local", "sched.img");
+    assert_eq!(generations(&image), vec![1; RUNS as usize]);
+}
