@@ -4,7 +4,9 @@
 //! run is due follows from the target's own backups (the newest backup of
 //! the schedule's first volume), so a restart neither repeats nor skips a
 //! run; a full backup is taken when the incrementals since the last full
-//! would reach `full_every`.
+//! would reach `full_every`. The target is listed once at the start and
+//! once after each run, not every tick; a run that failed is tried again
+//! after the schedule's interval (at most [`RETRY_AFTER`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,17 +69,41 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long after a started run a schedule waits before it may start
+/// again: its interval, at most [`RETRY_AFTER`] (so a run that failed is
+/// retried, without hammering an unreachable store every tick).
+fn retry_after(when: When) -> u64 {
+    match when {
+        When::Every(e) => e.as_secs().min(RETRY_AFTER.as_secs()),
+        When::Daily(_) => RETRY_AFTER.as_secs(),
+    }
+}
+
+/// The longest wait between a schedule's attempts while it is due.
+pub const RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// What the scheduler knows of one schedule between ticks.
+#[derive(Default)]
+struct Known {
+    /// The backups of its first volume in its target, read once after
+    /// each run (not every tick: listing reads every manifest).
+    backups: Option<Vec<Manifest>>,
+    /// When it last started a run (Unix seconds).
+    attempted: Option<u64>,
+}
+
 /// Runs the schedules of the head until the task is aborted.
 pub async fn run(backups: Arc<Backups>, tasks: Tasks) {
     let schedules = backups.config().schedules.clone();
     if schedules.is_empty() {
         return;
     }
+    let mut known: Vec<Known> = schedules.iter().map(|_| Known::default()).collect();
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
-        for s in &schedules {
-            if let Err(e) = consider(&backups, &tasks, s).await {
+        for (s, k) in schedules.iter().zip(&mut known) {
+            if let Err(e) = consider(&backups, &tasks, s, k).await {
                 warn!(volumes = ?s.volumes, target = %s.target, error = %e, "backup schedule: could not decide");
             }
         }
@@ -89,16 +115,29 @@ async fn consider(
     backups: &Arc<Backups>,
     tasks: &Tasks,
     s: &ScheduleConfig,
+    k: &mut Known,
 ) -> Result<(), crate::backup_error::BackupOpError> {
     if s.volumes.iter().any(|v| backups.is_running(v)) {
+        k.backups = None; // read again once the run has ended
         return Ok(());
     }
-    let (_, of_first) = backups.list(Some(&s.volumes[0]), Some(&s.target)).await?;
-    let last = of_first.last().map(|m| m.created);
-    if !due(s.when, last, unix_now()) {
+    let now = unix_now();
+    if k.attempted
+        .is_some_and(|t| now < t.saturating_add(retry_after(s.when)))
+    {
         return Ok(());
     }
-    let full = next_is_full(s.full_every, &of_first);
+    let of_first = match &k.backups {
+        Some(b) => b,
+        None => {
+            let (_, b) = backups.list(Some(&s.volumes[0]), Some(&s.target)).await?;
+            k.backups.insert(b)
+        }
+    };
+    if !due(s.when, of_first.last().map(|m| m.created), now) {
+        return Ok(());
+    }
+    let full = next_is_full(s.full_every, of_first);
     backups.check(&s.volumes, Some(&s.target))?;
     info!(volumes = ?s.volumes, target = %s.target, full, "scheduled backup starting");
     crate::backup_task::spawn_run(
@@ -108,6 +147,8 @@ async fn consider(
         Some(s.target.clone()),
         full,
     );
+    k.backups = None;
+    k.attempted = Some(now);
     Ok(())
 }
 
