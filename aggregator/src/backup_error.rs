@@ -63,6 +63,9 @@ pub enum BackupOpError {
         /// Its error.
         source: blockdev::BlockError,
     },
+    /// The run was asked to stop (`opie task cancel`): no backup was made.
+    #[error("backup of {0} cancelled: no backup made, its snapshot aborted")]
+    Cancelled(String),
     /// The backup layer failed (store, source, chunks).
     #[error(transparent)]
     Backup(#[from] backup::BackupError),
@@ -78,6 +81,7 @@ impl From<BackupOpError> for ControlError {
             | BackupOpError::NoBackup { .. } => ControlError::NotFound(m),
             BackupOpError::Backup(B::NoSuchBackup { .. }) => ControlError::NotFound(m),
             BackupOpError::Running(_) => ControlError::Busy(m),
+            BackupOpError::Cancelled(_) => ControlError::Conflict(m),
             BackupOpError::Refused(_) | BackupOpError::Volume { .. } => ControlError::Conflict(m),
             BackupOpError::Invalid(_) | BackupOpError::Backup(B::Invalid(_)) => {
                 ControlError::Invalid(m)

@@ -55,6 +55,12 @@ pub struct RunOutcome {
     pub report: backup::Report,
 }
 
+/// What one volume's backup reports to, and asks whether to stop.
+struct Hooks<'a> {
+    progress: &'a (dyn Fn(backup::Progress) + Send + Sync),
+    cancelled: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
 /// Marks volumes running for as long as it lives.
 struct Claim<'a> {
     backups: &'a Backups,
@@ -161,18 +167,21 @@ impl Backups {
 
     /// Backs up `volumes` (one instant) to `target`; `full` takes no
     /// parent. `progress` gets the counters of the volume being backed up
-    /// and its position in the group.
+    /// and its position in the group; after each chunk, `cancelled` says
+    /// whether to stop (the run then fails as a failed run does: no
+    /// manifest, the snapshots aborted).
     pub async fn run(
         &self,
         volumes: &[String],
         target: Option<&str>,
         full: bool,
         progress: impl Fn(usize, backup::Progress) + Send + Sync,
+        cancelled: impl Fn() -> bool + Send + Sync,
     ) -> Result<Vec<RunOutcome>, BackupOpError> {
         let target_name = self.check(volumes, target)?;
         let _claim = self.claim(volumes)?;
         let result = self
-            .run_claimed(volumes, &target_name, full, &progress)
+            .run_claimed(volumes, &target_name, full, &progress, &cancelled)
             .await;
         let now = wall_ms();
         let mut s = self.lock();
@@ -221,6 +230,7 @@ impl Backups {
         target_name: &str,
         full: bool,
         progress: &(impl Fn(usize, backup::Progress) + Send + Sync),
+        cancelled: &(impl Fn() -> bool + Send + Sync),
     ) -> Result<Vec<RunOutcome>, BackupOpError> {
         let cfg = self.config();
         let target = backup_target::find(cfg, Some(target_name))?;
@@ -250,7 +260,17 @@ impl Backups {
         for (i, (v, parent)) in volumes.iter().zip(parents).enumerate() {
             let snap = snaps.next().expect("one snapshot per volume");
             let r = self
-                .back_up(&store, target_name, v, &snap, parent, &|p| progress(i, p))
+                .back_up(
+                    &store,
+                    target_name,
+                    v,
+                    &snap,
+                    parent,
+                    Hooks {
+                        progress: &|p| progress(i, p),
+                        cancelled,
+                    },
+                )
                 .await;
             match r {
                 Ok(report) => {
@@ -302,7 +322,7 @@ impl Backups {
         volume: &str,
         snap: &volume::Snapshot,
         parent: Option<String>,
-        progress: &(dyn Fn(backup::Progress) + Send + Sync),
+        hooks: Hooks<'_>,
     ) -> Result<backup::Report, BackupOpError> {
         let (_, pool) = self.pool_of(volume)?;
         let info = pool.info(volume).map_err(|e| BackupOpError::Volume {
@@ -333,10 +353,15 @@ impl Backups {
         let report = loop {
             tokio::select! {
                 r = &mut run => break r?,
-                Ok(()) = rx.changed() => progress(*rx.borrow_and_update()),
+                Ok(()) = rx.changed() => {
+                    (hooks.progress)(*rx.borrow_and_update());
+                    if (hooks.cancelled)() {
+                        return Err(BackupOpError::Cancelled(volume.to_string()));
+                    }
+                }
             }
         };
-        progress(report.progress);
+        (hooks.progress)(report.progress);
         info!(
             volume,
             target,

@@ -1,6 +1,7 @@
 //! The head's backup operations as control tasks: `backup.run` reports
 //! the chunks done as its progress and the bytes read and chunks uploaded
-//! and skipped as its detail; verify, restore and prune run as tasks too.
+//! and skipped as its detail, and stops after a chunk when cancelled;
+//! verify, restore and prune run as tasks too (not cancellable).
 
 use std::sync::Arc;
 
@@ -38,7 +39,9 @@ pub fn spawn_run(
             h.detail(detail(&volumes[i], &p));
         };
         let outcomes = backups
-            .run(&volumes, target.as_deref(), full, report)
+            .run(&volumes, target.as_deref(), full, report, || {
+                h.is_cancelled()
+            })
             .await
             .map_err(ControlError::from)?;
         let parts: Vec<String> = outcomes
