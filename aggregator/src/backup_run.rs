@@ -125,6 +125,13 @@ impl Backups {
             .ok_or_else(|| BackupOpError::NoVolume(name.to_string()))
     }
 
+    /// Volume `name`'s size in bytes.
+    fn volume_bytes(&self, name: &str) -> Option<u64> {
+        let (_, pool) = self.live.pool_of(name)?;
+        let bs = u64::from(blockdev::BlockDevice::geometry(pool.device().as_ref()).block_size);
+        Some(pool.info(name).ok()?.size_blocks * bs)
+    }
+
     /// Claims `volumes` for a run (checked before the task starts, so a
     /// second run of a volume is refused at once).
     fn claim(&self, volumes: &[String]) -> Result<Claim<'_>, BackupOpError> {
@@ -206,7 +213,7 @@ impl Backups {
             }
             Err(e) => {
                 for v in volumes {
-                    let size = s.last.get(v).map_or(0, |l| l.size);
+                    let size = self.volume_bytes(v).unwrap_or(0);
                     s.last.insert(
                         v.clone(),
                         LastBackup {
