@@ -148,6 +148,7 @@ fn a_backup_under_writes_restores_its_instant_and_incrementals_read_what_changed
     let image = restore_file(&rig, &full, "local", "full.img");
     assert!(image.len() as u64 >= 26 << 20, "{}", image.len());
     let g = generations(&image);
+    eprintln!("generation of each run at the snapshot: {g:?} (writer's last {last})");
     let (lo, hi) = (*g.iter().min().unwrap(), *g.iter().max().unwrap());
     assert!(hi - lo <= 1 && lo >= 2 && hi <= last, "{g:?} (last {last})");
     assert!(g.windows(2).all(|w| w[0] >= w[1]), "not one instant: {g:?}");
@@ -356,7 +357,7 @@ fn start_run(rig: &Rig) -> u64 {
 }
 
 #[test]
-fn s3_faults_wrong_secret_unreachable_store_and_a_head_killed_mid_backup() {
+fn s3_faults_wrong_secret_unreachable_store_cancel_and_a_head_killed_mid_backup() {
     let Some(bin) = s3s::s3s_fs() else { return };
     let rig = rig(&format!(
         "[backup]\nreserve = \"8M\"\ngrace = \"1s\"\nsecrets = \"backup-secrets.toml\"\n\
@@ -422,9 +423,25 @@ fn s3_faults_wrong_secret_unreachable_store_and_a_head_killed_mid_backup() {
         "{s:#}"
     );
 
+    // A run cancelled mid-way (the store held still): it ends cancelled
+    // after its next chunk, no backup made.
+    let task = start_run(&rig);
+    let cancelled = s3.until_running(std::slice::from_ref(&failed));
+    s3.signal(libc::SIGSTOP);
+    let (code, v) = admin_json(&rig, &["task", "cancel", &task.to_string()]);
+    assert_eq!(code, Some(0), "{v}");
+    s3.signal(libc::SIGCONT);
+    let (code, t) = admin_json(&rig, &["task", "get", &task.to_string(), "--wait"]);
+    assert_eq!(t["result"]["state"], "cancelled", "{t}");
+    assert_eq!(code, Some(4), "{t}");
+    assert!(
+        list(&rig, Some("s3")).is_empty(),
+        "a cancelled run leaves no backup"
+    );
+
     // The head killed mid-backup (the store held still so it is mid-way).
     start_run(&rig);
-    let killed = s3.until_running(&[failed]);
+    let killed = s3.until_running(&[failed, cancelled]);
     s3.signal(libc::SIGSTOP);
     head.signal(libc::SIGKILL);
     head.wait_exit(10).expect("SIGKILL ends the head");
@@ -455,7 +472,7 @@ fn s3_faults_wrong_secret_unreachable_store_and_a_head_killed_mid_backup() {
     let (code, v) = admin_json(&rig, &["backup", "prune", "--from", "s3", "--wait"]);
     assert_eq!(code, Some(0), "{v}");
     let r = v["result"]["result"].as_str().unwrap().to_string();
-    assert!(r.contains("2 unfinished backups removed"), "{r}");
+    assert!(r.contains("3 unfinished backups removed"), "{r}");
     let swept: u64 = r
         .split("gc swept ")
         .nth(1)
