@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::VolumeCommand,
     },
+    /// A running head's backups.
+    Backup {
+        #[command(subcommand)]
+        command: admin::BackupCommand,
+    },
     /// A running head's long operations.
     Task {
         #[command(subcommand)]
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
         Command::Status(conn) => admin::status(conn),
         Command::Array { command } => admin::array(command),
         Command::Volume { command } => admin::volume(command),
+        Command::Backup { command } => admin::backup(command),
         Command::Task { command } => admin::task(command),
         Command::Systemd { command } => units::run(command),
         Command::Isu { command } => match command {

@@ -213,6 +213,13 @@ impl TestHead {
                     .ok_or_else(|| ControlError::NotFound(format!("no volume {volume}")))?;
                 done(format!("volume {volume} deleted"))
             }
+            Request::BackupRun { .. }
+            | Request::BackupList { .. }
+            | Request::BackupVerify { .. }
+            | Request::BackupRestore { .. }
+            | Request::BackupPrune { .. } => Err(ControlError::Unavailable(
+                "this test head has no backups (tests/head_backup.rs runs them)".into(),
+            )),
             Request::TaskGet { .. } | Request::TaskList | Request::TaskCancel { .. } => {
                 unreachable!("the server answers task requests")
             }
@@ -283,6 +290,7 @@ impl TestHead {
                 subject: "head".into(),
                 message: "started".into(),
             }],
+            backups: vec![],
         }
     }
 }

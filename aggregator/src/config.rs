@@ -61,6 +61,8 @@ struct RawFile {
     volume: Vec<RawVolume>,
     #[serde(default)]
     export: Vec<RawExport>,
+    #[serde(default)]
+    backup: crate::backup_config::RawBackup,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +297,8 @@ pub struct HeadConfig {
     pub volumes: Vec<VolumeConfig>,
     /// The exports.
     pub exports: Vec<ExportConfig>,
+    /// Backup targets, schedules and retention (`[backup]`).
+    pub backup: crate::backup_config::BackupConfig,
 }
 
 /// Parses `ADDR[:PORT]` of an ISU portal (a literal address; port 3260
@@ -542,7 +546,11 @@ impl HeadConfig {
                 read_only: r.read_only,
             });
         }
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        let backup = crate::backup_config::parse(raw.backup, dir, &names)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(HeadConfig {
+            backup,
             source: path.to_path_buf(),
             data_dir: rel(h.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR))),
             initiator: h.initiator,

@@ -15,6 +15,9 @@ use control::{ControlError, Handler, Peer, Reply, Request, TaskKind, Tasks};
 use raid::{MemberStatus, RaidError, ResumeReport};
 
 use crate::added::{AddedError, AddedIsu, Role};
+use crate::backup_ops::{self, RestoreTo};
+use crate::backup_run::Backups;
+use crate::backup_task;
 use crate::config::{isu_portal, name_ok, IsuConfig};
 use crate::follow;
 use crate::live::{Disk, Live, LiveArray};
@@ -24,13 +27,19 @@ use crate::report;
 pub struct HeadControl {
     live: Arc<Live>,
     tasks: Tasks,
+    backups: Arc<Backups>,
 }
 
 impl HeadControl {
     /// The handler of the head `live`, running its long operations in
-    /// `tasks` (the registry the server answers `task.*` from).
-    pub fn new(live: Arc<Live>, tasks: Tasks) -> Self {
-        HeadControl { live, tasks }
+    /// `tasks` (the registry the server answers `task.*` from), its
+    /// backups by `backups`.
+    pub fn new(live: Arc<Live>, tasks: Tasks, backups: Arc<Backups>) -> Self {
+        HeadControl {
+            live,
+            tasks,
+            backups,
+        }
     }
 }
 
@@ -77,7 +86,11 @@ fn slots_of(live: &Live, isu: &str) -> Vec<(LiveArray, u32, MemberStatus)> {
 impl Handler for HeadControl {
     async fn handle(&self, request: Request, _peer: Peer) -> Result<Reply, ControlError> {
         match request {
-            Request::Status => Ok(Reply::Status(report::status(&self.live).await)),
+            Request::Status => {
+                let mut s = report::status(&self.live).await;
+                s.backups = self.backups.last();
+                Ok(Reply::Status(s))
+            }
             Request::IsuSuspend { isu } => self.suspend(&isu).await,
             Request::IsuResume { isu } => self.resume(&isu).await,
             Request::IsuReplace { isu, with } => self.replace(&isu, &with).await,
@@ -101,6 +114,67 @@ impl Handler for HeadControl {
             } => self.volume_create(&volume, &array, size).await,
             Request::VolumeGrow { volume, size } => self.volume_grow(&volume, size).await,
             Request::VolumeDelete { volume } => self.volume_delete(&volume).await,
+            Request::BackupRun {
+                volumes,
+                target,
+                full,
+            } => {
+                self.backups.check(&volumes, target.as_deref())?;
+                Ok(Reply::Task(backup_task::spawn_run(
+                    self.backups.clone(),
+                    &self.tasks,
+                    volumes,
+                    target,
+                    full,
+                )))
+            }
+            Request::BackupList { volume, target } => {
+                let (target, list) = self
+                    .backups
+                    .list(volume.as_deref(), target.as_deref())
+                    .await?;
+                Ok(Reply::Backups {
+                    target,
+                    backups: list.iter().map(backup_ops::entry).collect(),
+                })
+            }
+            Request::BackupVerify { id, target } => Ok(Reply::Task(backup_task::spawn_verify(
+                self.backups.clone(),
+                &self.tasks,
+                id,
+                target,
+            ))),
+            Request::BackupRestore {
+                id,
+                target,
+                to_volume,
+                array,
+                to_file,
+            } => {
+                let to = match (to_volume, to_file) {
+                    (Some(name), None) => RestoreTo::Volume { name, array },
+                    (None, Some(path)) => RestoreTo::File(path),
+                    _ => {
+                        return Err(ControlError::Invalid(
+                            "give exactly one of to_volume and to_file".into(),
+                        ))
+                    }
+                };
+                self.backups.check_restore(&to)?;
+                Ok(Reply::Task(backup_task::spawn_restore(
+                    self.backups.clone(),
+                    &self.tasks,
+                    id,
+                    target,
+                    to,
+                )))
+            }
+            Request::BackupPrune { target, dry_run } => Ok(Reply::Task(backup_task::spawn_prune(
+                self.backups.clone(),
+                &self.tasks,
+                target,
+                dry_run,
+            ))),
             Request::TaskGet { .. } | Request::TaskList | Request::TaskCancel { .. } => Err(
                 ControlError::Internal("task requests are the server's".into()),
             ),
@@ -515,12 +589,7 @@ impl HeadControl {
     /// The array and pool that hold volume `name`.
     fn pool_of(&self, name: &str) -> Result<(String, volume::Pool), ControlError> {
         self.live
-            .arrays()
-            .iter()
-            .find_map(|a| {
-                let p = a.pool.as_ref()?;
-                p.info(name).ok().map(|_| (a.name.clone(), p.clone()))
-            })
+            .pool_of(name)
             .ok_or_else(|| ControlError::NotFound(format!("no volume {name:?}")))
     }
 

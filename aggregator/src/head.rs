@@ -12,6 +12,8 @@ use target_iscsi::server::{Server, ServerError};
 use tracing::{info, warn};
 
 use crate::added::{AddedError, AddedIsu, AddedIsus};
+use crate::backup_run::Backups;
+use crate::backup_schedule;
 use crate::config::{ExportConfig, HeadConfig};
 use crate::control_api::HeadControl;
 use crate::control_socket::ControlSocket;
@@ -240,7 +242,13 @@ async fn serve(
     ));
     let at_start = live.disks().len();
     let monitor = tokio::spawn(monitor::run(live.clone(), control.tasks(), MONITOR_EVERY));
-    control.ready(Arc::new(HeadControl::new(live.clone(), control.tasks())));
+    let backups = Arc::new(Backups::new(live.clone()));
+    let scheduler = tokio::spawn(backup_schedule::run(backups.clone(), control.tasks()));
+    control.ready(Arc::new(HeadControl::new(
+        live.clone(),
+        control.tasks(),
+        backups,
+    )));
     // Every step of the stop is bounded: the drain here, then each array's
     // close and logouts (close_all).
     let stopping = Arc::new(tokio::sync::Notify::new());
@@ -262,6 +270,7 @@ async fn serve(
         }
     };
     monitor.abort();
+    scheduler.abort();
     reached_since.extend(live.disks().into_iter().skip(at_start).map(|d| d.reached));
     if result.is_ok() {
         close_pools(&volumes).await;

@@ -16,9 +16,22 @@
 //! [`control_api`] answers the control socket ([`control_socket`], bound
 //! from the start: `opie status`, `opie isu ...`), its `status` filled by [`report`], its tasks following the
 //! arrays with [`follow`]. [`units`] and [`portal`] are
-//! the config syntax shared with the ISU's `isu.toml`.
+//! the config syntax shared with the ISU's `isu.toml`. Backups (`opie
+//! backup ...`, `[backup]` in `head.toml`): [`backup_run`] snapshots and
+//! backs up volumes through [`backup_source`], [`backup_ops`] lists,
+//! verifies, restores and prunes, [`backup_task`] runs them as tasks,
+//! [`backup_schedule`] starts the configured runs, [`backup_target`] opens
+//! the stores of [`backup_config`], [`backup_error`] says what failed.
 
 pub mod added;
+pub mod backup_config;
+pub mod backup_error;
+pub mod backup_ops;
+pub mod backup_run;
+pub mod backup_schedule;
+pub mod backup_source;
+pub mod backup_target;
+pub mod backup_task;
 pub mod config;
 pub mod control_api;
 pub mod control_socket;

@@ -157,6 +157,14 @@ impl Live {
         self.arrays.iter().find(|a| a.name == name)
     }
 
+    /// The name and pool of the array that holds volume `name`.
+    pub fn pool_of(&self, name: &str) -> Option<(String, volume::Pool)> {
+        self.arrays.iter().find_map(|a| {
+            let p = a.pool.as_ref()?;
+            p.info(name).ok().map(|_| (a.name.clone(), p.clone()))
+        })
+    }
+
     /// Every ISU: the configured ones, then those added, in order.
     pub fn isus(&self) -> Vec<IsuConfig> {
         let mut all = self.cfg.isus.clone();

@@ -3,7 +3,7 @@
 //! member table ([`raid::RaidArray::states`]) and [`raid::RaidArray::size_report`],
 //! the volumes of each array's table with their exports, and the recent
 //! events. The control
-//! server adds the tasks.
+//! server adds the tasks; the control handler the last backup of each volume.
 
 use blockdev::BlockDevice;
 use control::status::{
@@ -26,6 +26,7 @@ pub async fn status(live: &Live) -> Status {
         arrays,
         tasks: Vec::new(),
         events: live.events.list(),
+        backups: Vec::new(),
     }
 }
 

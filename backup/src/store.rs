@@ -201,6 +201,18 @@ impl Store {
         })
     }
 
+    /// The same store with every path under `prefix` (a bucket shared by
+    /// several heads or uses).
+    pub fn with_prefix(self, prefix: &str) -> Store {
+        Store {
+            inner: Arc::new(object_store::prefix::PrefixStore::new(
+                self.inner,
+                Path::from(prefix),
+            )),
+            retry: self.retry,
+        }
+    }
+
     async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,

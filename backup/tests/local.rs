@@ -368,3 +368,25 @@ fn plain_http_is_refused_off_loopback() {
         Err(BackupError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn a_prefixed_store_keeps_its_backups_under_the_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store(&tmp);
+    let store = root.clone().with_prefix("heads/h1");
+    let dev = filled("vol", SIZE, 5);
+    let r = backup::run(dev.as_ref(), None, None, &store, &opts("vol"))
+        .await
+        .unwrap();
+    let m = &r.manifest;
+    assert!(tmp
+        .path()
+        .join(format!("store/heads/h1/backups/vol/{}/manifest.json", m.id))
+        .exists());
+    assert!(
+        !tmp.path().join("store/backups").exists(),
+        "nothing outside the prefix"
+    );
+    assert_restores(&store, "vol", &m.id, &dev).await;
+    assert!(backup::list(&root, Some("vol")).await.unwrap().is_empty());
+}

@@ -3,11 +3,12 @@
 //! puts). Under `CI=true` a missing s3s-fs fails these tests.
 
 mod common;
+#[path = "common/s3s.rs"]
+mod s3s;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Child;
+use std::time::{Duration, SystemTime};
 
 use backup::{BackupError, ChangedMap, OnBadChunk, RetryPolicy, S3Credentials, Store, StoreConfig};
 use blockdev::MemDevice;
@@ -17,29 +18,6 @@ use common::{
 
 const SIZE: u64 = 8 << 20; // 128 chunks of 64 KiB
 const BUCKET: &str = "backup-test";
-
-fn s3s_fs() -> Option<PathBuf> {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(home.map(|h| h.join("bin")));
-    for dir in candidates {
-        let p = dir.join("s3s-fs");
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "s3s-fs is required under CI: cargo install s3s-fs --version 0.14.1 --features binary --locked"
-    );
-    eprintln!("SKIP: s3s-fs not installed");
-    None
-}
 
 /// A running s3s-fs, killed on drop.
 struct Server {
@@ -63,30 +41,13 @@ impl Server {
     }
 
     fn restart(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--access-key",
-                "backup-ak",
-                "--secret-key",
-                "backup-secret-key",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs");
-        self.child = Some(child);
-        // Wait for the listening socket (bounded).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.child = Some(s3s::spawn(
+            &self.bin,
+            &self.dir,
+            self.port,
+            "backup-ak",
+            "backup-secret-key",
+        ));
     }
 
     fn kill(&mut self) {
@@ -121,7 +82,7 @@ impl Drop for Server {
 
 /// A temporary directory and s3s-fs serving it on `port`; `None` (a skip) without s3s-fs outside CI.
 fn started(port: u16) -> Option<(tempfile::TempDir, Server)> {
-    let bin = s3s_fs()?;
+    let bin = s3s::s3s_fs()?;
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&bin, tmp.path(), port);
     Some((tmp, server))

@@ -54,6 +54,7 @@ impl Registry {
             progress: 0.0,
             started_unix_ms: wall_ms,
             ended_unix_ms: None,
+            detail: None,
             eta_secs: None,
             result: None,
             error: None,
@@ -82,6 +83,15 @@ impl Registry {
         r.info.progress = f;
         let elapsed = now.saturating_duration_since(r.started).as_secs_f64();
         r.info.eta_secs = (f > 0.0).then(|| (elapsed * (1.0 - f) / f).round() as u64);
+    }
+
+    /// Sets what a running task's progress counts, in words.
+    pub(crate) fn detail(&mut self, id: TaskId, detail: String) {
+        if let Some(r) = self.tasks.get_mut(&id) {
+            if !r.info.state.is_final() {
+                r.info.detail = Some(detail);
+            }
+        }
     }
 
     /// Marks a running task as asked to stop. An ended task is a conflict,

@@ -112,6 +112,69 @@ pub enum Request {
         /// The volume.
         volume: String,
     },
+    /// Back up volumes (one consistency group when several are named) to
+    /// a configured backup target, as a task.
+    #[serde(rename = "backup.run")]
+    BackupRun {
+        /// The volumes.
+        volumes: Vec<String>,
+        /// The target (`[[backup.target]]` name); the first one when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// A full backup (no parent) even when an incremental is possible.
+        #[serde(default)]
+        full: bool,
+    },
+    /// The complete backups in a target, of one volume or all.
+    #[serde(rename = "backup.list")]
+    BackupList {
+        /// Only this volume's backups.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        volume: Option<String>,
+        /// The target; the first one when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+    /// Check every chunk of a backup, as a task.
+    #[serde(rename = "backup.verify")]
+    BackupVerify {
+        /// The backup's id.
+        id: String,
+        /// The target; the first one when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+    /// Restore a backup (verified first) to a volume that no export serves
+    /// (created with the backup's size when it does not exist) or to a
+    /// file, as a task. Exactly one of `to_volume` and `to_file`.
+    #[serde(rename = "backup.restore")]
+    BackupRestore {
+        /// The backup's id.
+        id: String,
+        /// The target; the first one when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// The volume to write.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_volume: Option<String>,
+        /// The array a new volume is created on (the only array when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        array: Option<String>,
+        /// The file (on the head) to write.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_file: Option<String>,
+    },
+    /// Apply the configured retention to every volume's backups in a
+    /// target, then collect garbage, as a task.
+    #[serde(rename = "backup.prune")]
+    BackupPrune {
+        /// The target; the first one when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        /// Only say which backups would go.
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// One task.
     #[serde(rename = "task.get")]
     TaskGet {
@@ -145,6 +208,11 @@ impl Request {
             Request::VolumeCreate { .. } => "volume.create",
             Request::VolumeGrow { .. } => "volume.grow",
             Request::VolumeDelete { .. } => "volume.delete",
+            Request::BackupRun { .. } => "backup.run",
+            Request::BackupList { .. } => "backup.list",
+            Request::BackupVerify { .. } => "backup.verify",
+            Request::BackupRestore { .. } => "backup.restore",
+            Request::BackupPrune { .. } => "backup.prune",
             Request::TaskGet { .. } => "task.get",
             Request::TaskList => "task.list",
             Request::TaskCancel { .. } => "task.cancel",
@@ -228,6 +296,30 @@ mod tests {
                 size: 2,
             },
             Request::VolumeDelete { volume: "v".into() },
+            Request::BackupRun {
+                volumes: vec!["v".into(), "w".into()],
+                target: Some("t".into()),
+                full: true,
+            },
+            Request::BackupList {
+                volume: None,
+                target: None,
+            },
+            Request::BackupVerify {
+                id: "20261204T131320Z-0010abc".into(),
+                target: None,
+            },
+            Request::BackupRestore {
+                id: "20261204T131320Z-0010abc".into(),
+                target: None,
+                to_volume: Some("v2".into()),
+                array: None,
+                to_file: None,
+            },
+            Request::BackupPrune {
+                target: Some("t".into()),
+                dry_run: true,
+            },
             Request::TaskGet { task: TaskId(1) },
             Request::TaskList,
             Request::TaskCancel { task: TaskId(1) },

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ControlError;
-use crate::status::Status;
+use crate::status::{BackupEntry, Status};
 use crate::task::TaskInfo;
 
 /// One answer.
@@ -55,6 +55,13 @@ pub enum Reply {
         /// The tasks, oldest first.
         tasks: Vec<TaskInfo>,
     },
+    /// `backup.list`.
+    Backups {
+        /// The target listed.
+        target: String,
+        /// The complete backups, oldest first.
+        backups: Vec<BackupEntry>,
+    },
 }
 
 #[cfg(test)]
@@ -84,6 +91,7 @@ mod tests {
             progress: 0.5,
             started_unix_ms: 1,
             ended_unix_ms: None,
+            detail: None,
             eta_secs: Some(9),
             result: None,
             error: None,

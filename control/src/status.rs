@@ -18,6 +18,9 @@ pub struct Status {
     pub tasks: Vec<TaskInfo>,
     /// Recent events, oldest first.
     pub events: Vec<Event>,
+    /// The last backup run of each volume this head has backed up.
+    #[serde(default)]
+    pub backups: Vec<LastBackup>,
 }
 
 /// State of an ISU as a whole.
@@ -210,4 +213,44 @@ pub struct Event {
     pub subject: String,
     /// What happened.
     pub message: String,
+}
+
+/// One complete backup in a backup target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEntry {
+    /// Its id (`YYYYMMDDTHHMMSSZ-mmmxxxx`).
+    pub id: String,
+    /// The volume it is of.
+    pub volume: String,
+    /// When it was taken, Unix seconds.
+    pub created: u64,
+    /// The volume's size in bytes.
+    pub size: u64,
+    /// The backup it is incremental to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Chunks in it.
+    pub chunks: u64,
+    /// Chunks read from the volume by its run.
+    pub chunks_read: u64,
+    /// Chunks its run uploaded.
+    pub chunks_uploaded: u64,
+}
+
+/// The last backup run of a volume on this head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastBackup {
+    /// The volume.
+    pub volume: String,
+    /// The target it went to.
+    pub target: String,
+    /// When the run ended, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The backup made (absent when the run failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The volume's size in bytes.
+    pub size: u64,
+    /// `ok`, or why the run failed.
+    pub result: String,
 }

@@ -44,6 +44,14 @@ pub enum TaskKind {
     VolumeGrow,
     /// Deleting a volume.
     VolumeDelete,
+    /// Backing up volumes.
+    BackupRun,
+    /// Checking a backup's chunks.
+    BackupVerify,
+    /// Restoring a backup.
+    BackupRestore,
+    /// Pruning backups and collecting garbage.
+    BackupPrune,
 }
 
 /// Where a task is in its life.
@@ -90,6 +98,10 @@ pub struct TaskInfo {
     /// When it ended, milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_unix_ms: Option<u64>,
+    /// What the progress counts, in words (a backup's bytes read and chunks
+    /// uploaded and skipped), when the task says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Seconds left at the rate so far, once there is progress to go by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_secs: Option<u64>,

@@ -166,6 +166,11 @@ impl TaskHandle {
             .progress(self.id, fraction, Instant::now());
     }
 
+    /// Says what the progress counts, in words (shown beside it).
+    pub fn detail(&self, detail: impl Into<String>) {
+        self.tasks.lock().registry.detail(self.id, detail.into());
+    }
+
     /// Whether the task has been asked to stop.
     pub fn is_cancelled(&self) -> bool {
         *self.cancel.borrow()

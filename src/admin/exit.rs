@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use control::{ClientError, ControlError, ErrorCode};
+use control::{ClientError, ControlError, ErrorCode, TaskInfo, TaskKind};
 
 /// Done.
 pub const EXIT_OK: u8 = 0;
@@ -19,7 +19,9 @@ pub const EXIT_CONFLICT: u8 = 4;
 pub const EXIT_NOT_FOUND: u8 = 5;
 /// `unavailable`: something the operation needs is down; retry once up.
 pub const EXIT_UNAVAILABLE: u8 = 6;
-/// `denied`: this user may not use the control socket.
+/// `denied`: this user may not use the control socket, or (a backup
+/// command) the backup store refused the credentials or the backup secrets
+/// file lacks them.
 pub const EXIT_DENIED: u8 = 7;
 
 /// The exit status of an error the head answered.
@@ -34,6 +36,23 @@ pub fn of_error(e: &ControlError) -> u8 {
     }
 }
 
+/// The exit status of a followed task that did not succeed: a backup
+/// task's by its error's code (so a script tells a refused secret from an
+/// unreachable store), any other's [`EXIT_FAILED`].
+pub fn of_task(t: &TaskInfo) -> u8 {
+    let backup = matches!(
+        t.kind,
+        TaskKind::BackupRun
+            | TaskKind::BackupVerify
+            | TaskKind::BackupRestore
+            | TaskKind::BackupPrune
+    );
+    match &t.error {
+        Some(e) if backup => of_error(e),
+        _ => EXIT_FAILED,
+    }
+}
+
 /// Why a command ends without success.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -43,9 +62,9 @@ pub enum Failure {
     /// The head refused or failed the request.
     #[error("{}", .0.message())]
     Refused(ControlError),
-    /// A followed task failed or was cancelled.
+    /// A followed task failed or was cancelled: its line and exit status.
     #[error("{0}")]
-    Task(String),
+    Task(String, u8),
 }
 
 impl Failure {
@@ -54,7 +73,7 @@ impl Failure {
         match self {
             Failure::Client(_) => EXIT_UNREACHABLE,
             Failure::Refused(e) => of_error(e),
-            Failure::Task(_) => EXIT_FAILED,
+            Failure::Task(_, status) => *status,
         }
     }
 
@@ -64,7 +83,7 @@ impl Failure {
         match self {
             Failure::Client(_) => "unreachable",
             Failure::Refused(e) => e.code().as_str(),
-            Failure::Task(_) => "failed",
+            Failure::Task(..) => "failed",
         }
     }
 }

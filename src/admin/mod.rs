@@ -1,10 +1,11 @@
 //! The admin commands: `opie status`, `opie isu add|suspend|resume|replace|
-//! remove`, `opie array create|grow|scrub`, `opie volume create|grow|delete`
-//! and `opie task get|list|cancel`, each one request to the head's control
+//! remove`, `opie array create|grow|scrub`, `opie volume create|grow|delete`,
+//! `opie backup run|list|verify|restore|prune` and `opie task get|list|cancel`, each one request to the head's control
 //! socket (`control` crate). `--json` prints the head's response line as
 //! is; otherwise a readable table. `--wait` follows a long operation's task
 //! to its end. Exit statuses: see [`exit`].
 
+mod backup;
 mod exit;
 mod render;
 mod wait;
@@ -19,6 +20,8 @@ use control::{Client, Reply, Request, Response, TaskId, TaskState};
 use crate::output::write_text;
 use aggregator::units::{parse_duration, parse_size};
 use exit::Failure;
+
+pub use backup::{backup, BackupCommand};
 
 /// Where the head's control socket is, and how to print.
 #[derive(Debug, Args)]
@@ -326,13 +329,17 @@ fn call(conn: &Conn, request: &Request, wait: bool) -> (Option<String>, Result<R
         Response::Result(Reply::Task(t)) if wait && !t.state.is_final() => {
             match wait::follow(&mut client, t, conn.json) {
                 Ok((line, t)) if t.state == success => (Some(line), Ok(Reply::Task(t))),
-                Ok((line, t)) => (Some(line), Err(Failure::Task(render::task_line(&t)))),
+                Ok((line, t)) => (
+                    Some(line),
+                    Err(Failure::Task(render::task_line(&t), exit::of_task(&t))),
+                ),
                 Err(f) => (None, Err(f)),
             }
         }
-        Response::Result(Reply::Task(t)) if wait && t.state != success => {
-            (Some(line), Err(Failure::Task(render::task_line(&t))))
-        }
+        Response::Result(Reply::Task(t)) if wait && t.state != success => (
+            Some(line),
+            Err(Failure::Task(render::task_line(&t), exit::of_task(&t))),
+        ),
         Response::Result(reply) => (Some(line), Ok(reply)),
     }
 }

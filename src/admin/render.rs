@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use control::status::{ArrayStatus, Event, IsuStatus, Progress, VolumeStatus};
+use control::status::{
+    ArrayStatus, BackupEntry, Event, IsuStatus, LastBackup, Progress, VolumeStatus,
+};
 use control::{Reply, Status, TaskInfo, TaskState};
 
 fn size(bytes: u64) -> String {
@@ -191,6 +193,65 @@ fn events(out: &mut String, events: &[Event]) {
     table(out, &["TIME", "LEVEL", "SUBJECT", "EVENT"], &rows);
 }
 
+/// Backups in a target as a table.
+fn backups(out: &mut String, target: &str, list: &[BackupEntry]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|b| {
+            vec![
+                b.id.clone(),
+                b.volume.clone(),
+                when(b.created * 1000),
+                size(b.size),
+                b.parent.clone().unwrap_or_else(|| "full".into()),
+                format!("{}/{}/{}", b.chunks, b.chunks_read, b.chunks_uploaded),
+            ]
+        })
+        .collect();
+    let _ = writeln!(out, "target {target}: {} backup(s)", list.len());
+    table(
+        out,
+        &[
+            "ID",
+            "VOLUME",
+            "CREATED",
+            "SIZE",
+            "PARENT",
+            "CHUNKS/READ/UPLOADED",
+        ],
+        &rows,
+    );
+}
+
+/// The last backup of each volume.
+fn last_backups(out: &mut String, list: &[LastBackup]) {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|b| {
+            vec![
+                b.volume.clone(),
+                b.target.clone(),
+                when(b.unix_ms),
+                b.id.clone().unwrap_or_else(|| "-".into()),
+                size(b.size),
+                b.result.clone(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "VOLUME",
+            "BACKUP TARGET",
+            "LAST RUN",
+            "ID",
+            "SIZE",
+            "RESULT",
+        ],
+        &rows,
+    );
+}
+
 fn status(out: &mut String, s: &Status) {
     isus(out, &s.isus);
     out.push('\n');
@@ -200,6 +261,10 @@ fn status(out: &mut String, s: &Status) {
     if !s.tasks.is_empty() {
         out.push('\n');
         tasks(out, &s.tasks);
+    }
+    if !s.backups.is_empty() {
+        out.push('\n');
+        last_backups(out, &s.backups);
     }
     if !s.events.is_empty() {
         out.push('\n');
@@ -221,6 +286,9 @@ pub fn task_line(t: &TaskInfo) -> String {
             let _ = write!(l, " {}", percent(t.progress));
             if let Some(s) = t.eta_secs {
                 let _ = write!(l, " eta {}", eta(Some(s)));
+            }
+            if let Some(d) = &t.detail {
+                let _ = write!(l, " ({d})");
             }
         }
         TaskState::Done => {
@@ -251,6 +319,10 @@ pub fn reply(r: &Reply) -> String {
             out.push('\n');
         }
         Reply::Tasks { tasks: list } => tasks(&mut out, list),
+        Reply::Backups {
+            target,
+            backups: list,
+        } => backups(&mut out, target, list),
     }
     out
 }

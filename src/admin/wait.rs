@@ -62,7 +62,17 @@ impl Display {
                         )
                     })
                     .unwrap_or_default();
-                bar.set_message(format!("task {} {} {}{eta}", t.id, kind(t), t.target));
+                let detail = t
+                    .detail
+                    .as_ref()
+                    .map(|d| format!(" {d}"))
+                    .unwrap_or_default();
+                bar.set_message(format!(
+                    "task {} {} {}{detail}{eta}",
+                    t.id,
+                    kind(t),
+                    t.target
+                ));
             }
         }
     }
