@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -13,12 +14,14 @@ use blockdev::{
 use common::*;
 use raid::{MemberState, RaidArray};
 
-/// A member that records the range of every write and counts its reads.
+/// A member that records the range of every write and counts its reads,
+/// with a transfer limit that can be set (0: its device's).
 #[derive(Debug)]
 struct Counting {
     inner: SharedDevice,
     writes: Mutex<Vec<(u64, u64)>>,
     reads: Mutex<u64>,
+    max_transfer: AtomicU32,
 }
 
 impl Counting {
@@ -27,6 +30,7 @@ impl Counting {
             inner,
             writes: Mutex::new(Vec::new()),
             reads: Mutex::new(0),
+            max_transfer: AtomicU32::new(0),
         })
     }
 
@@ -45,7 +49,13 @@ impl BlockDevice for Counting {
         self.inner.identity()
     }
     fn limits(&self) -> Limits {
-        self.inner.limits()
+        match self.max_transfer.load(Ordering::Relaxed) {
+            0 => self.inner.limits(),
+            max => Limits {
+                max_transfer: max,
+                ..self.inner.limits()
+            },
+        }
     }
     async fn read(&self, lba: u64, blocks: u32) -> BlockResult<Bytes> {
         *self.reads.lock().unwrap() += 1;
@@ -137,28 +147,13 @@ async fn a_run_of_whole_rows_is_one_write_per_member_and_ring_with_the_journal()
 
 #[tokio::test]
 async fn a_run_longer_than_a_member_takes_is_cut_into_writes_it_takes() {
-    // Members that take 3 rows' worth of blocks per request.
     let (_rig, counting, a) = counted(0).await;
     let lay = a.layout().await;
-    drop(a);
-    let limited: Vec<SharedDevice> = counting
-        .iter()
-        .map(|c| {
-            Arc::new(Limited {
-                inner: c.clone(),
-                max: 3 * lay.row_blocks() as u32,
-            }) as SharedDevice
-        })
-        .collect();
-    let a = RaidArray::assemble(
-        limited,
-        small_config(),
-        Arc::new(raid::ManualClock::new()),
-        raid::AssembleOptions { force: false },
-    )
-    .await
-    .expect("assemble")
-    .0;
+    // Members that take 3 rows' worth of blocks per request.
+    for c in &counting {
+        c.max_transfer
+            .store(3 * lay.row_blocks() as u32, Ordering::Relaxed);
+    }
     let n = 8 * lay.row_data_blocks();
     a.write(0, blocks(0, n, 1), WriteFlags::NONE).await.unwrap();
     for c in &counting {
@@ -181,41 +176,6 @@ async fn a_run_longer_than_a_member_takes_is_cut_into_writes_it_takes() {
         *m = Some(2);
     }
     check_all(&a, &model).await;
-}
-
-/// A member whose requests may hold at most `max` blocks.
-#[derive(Debug)]
-struct Limited {
-    inner: Arc<Counting>,
-    max: u32,
-}
-
-#[async_trait]
-impl BlockDevice for Limited {
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn identity(&self) -> &DeviceIdentity {
-        self.inner.identity()
-    }
-    fn limits(&self) -> Limits {
-        Limits {
-            max_transfer: self.max,
-            ..Limits::default()
-        }
-    }
-    async fn read(&self, lba: u64, blocks: u32) -> BlockResult<Bytes> {
-        self.inner.read(lba, blocks).await
-    }
-    async fn write(&self, lba: u64, data: Bytes, flags: WriteFlags) -> BlockResult<()> {
-        self.inner.write(lba, data, flags).await
-    }
-    async fn flush(&self) -> BlockResult<()> {
-        self.inner.flush().await
-    }
-    async fn write_zeroes(&self, lba: u64, blocks: u64, unmap: bool) -> BlockResult<()> {
-        self.inner.write_zeroes(lba, blocks, unmap).await
-    }
 }
 
 async fn member_fails_mid_batch(journal_blocks: u64) {
@@ -333,14 +293,7 @@ async fn crash_in_a_batch(journal_blocks: u64, fua: bool) {
                     .await
                     .unwrap();
                 drop(a);
-                for (m, f) in rig.faulty.iter().enumerate() {
-                    let kept = if torn & (1 << m) != 0 {
-                        &order[..cut]
-                    } else {
-                        &order[..]
-                    };
-                    crash_keeping(f, |b| kept.contains(&b)).await;
-                }
+                crash_tearing(&rig, torn, &order, cut).await;
                 // Without the journal nothing closes the write hole: the
                 // crash resync comes first, then the member goes.
                 let (b, got) = if journal_blocks == 0 {
