@@ -41,6 +41,12 @@
 //! flight and the rows they log, and no record is written into a ring being
 //! reset.
 //!
+//! A write of several whole rows at once ([`crate::batch`]) logs them with
+//! group commit ([`JournalState::log_group`]): their places are taken
+//! together, so the records of one ring are consecutive, and each ring gets
+//! its records in one FUA write. The ring holds exactly what logging them
+//! one by one would have put there, so replay is unchanged.
+//!
 //! A row's records since the last checkpoint all live in one ring. When the
 //! ring a row's record would go to changes (its parity member went missing,
 //! or came back), a checkpoint comes first. Otherwise a crash that also
@@ -219,11 +225,28 @@ struct RecordHead {
 
 /// A record as written to a ring: header blocks, then the `blocks` of its
 /// payload (one per entry), copied once, straight into the record's buffer.
+#[cfg(test)]
 fn encode_record(rh: &RecordHead, entries: &[(u32, u32)], blocks: &[&[u8]], bs: usize) -> BytesMut {
+    let mut rec = BytesMut::new();
+    encode_record_into(&mut rec, rh, entries, blocks, bs);
+    rec
+}
+
+/// Appends a record to `buf` as written to a ring: header blocks, then the
+/// `blocks` of its payload (one per entry), copied once, straight into the
+/// buffer.
+fn encode_record_into(
+    buf: &mut BytesMut,
+    rh: &RecordHead,
+    entries: &[(u32, u32)],
+    blocks: &[&[u8]],
+    bs: usize,
+) {
     let h = JournalState::header_blocks(entries.len(), bs);
-    let mut rec = BytesMut::with_capacity((h + blocks.len()) * bs);
-    rec.resize(h * bs, 0);
-    let head = &mut rec[..];
+    let start = buf.len();
+    buf.reserve((h + blocks.len()) * bs);
+    buf.resize(start + h * bs, 0);
+    let head = &mut buf[start..];
     head[0..4].copy_from_slice(&REC_MAGIC.to_le_bytes());
     head[8..16].copy_from_slice(&rh.seq.to_le_bytes());
     head[16..24].copy_from_slice(&rh.row.to_le_bytes());
@@ -238,12 +261,67 @@ fn encode_record(rh: &RecordHead, entries: &[(u32, u32)], blocks: &[&[u8]], bs: 
         head[o + 4..o + 8].copy_from_slice(&i.to_le_bytes());
     }
     for b in blocks {
-        rec.extend_from_slice(b);
+        buf.extend_from_slice(b);
     }
     // Header (crc field zero) and payload in one pass.
-    let crc = crc32c::crc32c(&rec);
-    rec[4..8].copy_from_slice(&crc.to_le_bytes());
-    rec
+    let crc = crc32c::crc32c(&buf[start..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A row update's record before its place in a ring is known: its
+/// entries, payload and flags.
+struct PlannedRecord<'a> {
+    entries: Vec<(u32, u32)>,
+    payload: Vec<&'a [u8]>,
+    flags: u32,
+}
+
+impl<'a> PlannedRecord<'a> {
+    fn of(update: &RowContent<'a>, bs: usize) -> Self {
+        let &RowContent {
+            lay,
+            row,
+            data,
+            parity_from: lo,
+            parity,
+        } = update;
+        let c = lay.chunk_blocks as usize;
+        // A full stripe's parity is the XOR of its data: left out, and
+        // derived at replay (module docs).
+        let derived = lo == 0
+            && parity.len() == c * bs
+            && data
+                .iter()
+                .all(|b| b.len() == c && b.iter().all(Option::is_some));
+        let mut entries = Vec::new();
+        let mut payload: Vec<&[u8]> = Vec::new();
+        for (k, blocks) in data.iter().enumerate() {
+            let slot = lay.data_member(row, k as u32);
+            for (i, b) in blocks.iter().enumerate() {
+                if let Some(b) = b {
+                    entries.push((slot, i as u32));
+                    payload.push(b);
+                }
+            }
+        }
+        let pslot = lay.parity_member(row);
+        if !derived {
+            for (j, blk) in parity.chunks_exact(bs).enumerate() {
+                entries.push((pslot, lo + j as u32));
+                payload.push(blk);
+            }
+        }
+        PlannedRecord {
+            entries,
+            payload,
+            flags: if derived { FLAG_PARITY_DERIVED } else { 0 },
+        }
+    }
+
+    /// Ring blocks the record takes.
+    fn blocks(&self, bs: usize) -> u64 {
+        (JournalState::header_blocks(self.entries.len(), bs) + self.entries.len()) as u64
+    }
 }
 
 /// The parity chunk of a parity-derived record: the XOR of its data chunks
@@ -376,98 +454,123 @@ impl JournalState {
         ring_dev: &SharedDevice,
         update: &RowContent<'_>,
     ) -> Result<OwnedRwLockReadGuard<()>> {
-        let &RowContent {
-            lay,
-            row,
-            data,
-            parity_from: lo,
-            parity,
-        } = update;
+        self.log_group(host, &[(ring_slot, ring_dev.clone(), update)])
+            .await
+    }
+
+    /// Logs the updates of several rows (each `(ring slot, ring member,
+    /// content)`, every row once) with group commit: their places are taken
+    /// together under one gate guard, and the records of one ring, which
+    /// are then consecutive, go to it in one FUA write. Replay sees the
+    /// same records as if each had been logged alone. The returned guard
+    /// must be held until every row is on the members. A member whose ring
+    /// write fails is failed and reported as [`RaidError::Member`] (the
+    /// other rings' records may have landed: records of rows not written
+    /// yet, which replay may apply or not, as for any unanswered write).
+    pub(crate) async fn log_group(
+        &self,
+        host: &dyn JournalHost,
+        updates: &[(u32, SharedDevice, &RowContent<'_>)],
+    ) -> Result<OwnedRwLockReadGuard<()>> {
         let bs = host.journal_block_size();
-        let c = lay.chunk_blocks as usize;
-        // A full stripe's parity is the XOR of its data: left out, and
-        // derived at replay (module docs).
-        let derived = lo == 0
-            && parity.len() == c * bs
-            && data
-                .iter()
-                .all(|b| b.len() == c && b.iter().all(Option::is_some));
-        let mut entries = Vec::new();
-        let mut payload: Vec<&[u8]> = Vec::new();
-        for (k, blocks) in data.iter().enumerate() {
-            let slot = lay.data_member(row, k as u32);
-            for (i, b) in blocks.iter().enumerate() {
-                if let Some(b) = b {
-                    entries.push((slot, i as u32));
-                    payload.push(b);
-                }
+        let records: Vec<PlannedRecord<'_>> = updates
+            .iter()
+            .map(|(_, _, u)| PlannedRecord::of(u, bs))
+            .collect();
+        // Blocks per ring, in the order of first use.
+        let mut rings_used: Vec<(u32, SharedDevice, u64)> = Vec::new();
+        for ((slot, dev, _), rec) in updates.iter().zip(&records) {
+            match rings_used.iter_mut().find(|r| r.0 == *slot) {
+                Some(r) => r.2 += rec.blocks(bs),
+                None => rings_used.push((*slot, dev.clone(), rec.blocks(bs))),
             }
         }
-        let pslot = lay.parity_member(row);
-        if !derived {
-            for (j, blk) in parity.chunks_exact(bs).enumerate() {
-                entries.push((pslot, lo + j as u32));
-                payload.push(blk);
-            }
-        }
-        let h = Self::header_blocks(entries.len(), bs);
-        let total = (h + entries.len()) as u64;
-        if total + 1 > self.blocks {
+        if let Some((_, _, total)) = rings_used.iter().find(|r| r.2 + 1 > self.blocks) {
             return Err(RaidError::Config(format!(
                 "journal of {} blocks cannot hold a {total}-block record",
                 self.blocks
             )));
         }
-        let (guard, at, seq, nonce) = loop {
+        let (guard, starts, seqs, nonce) = loop {
             let guard = self.gate.clone().read_owned().await;
             let mut rings = self.rings.lock().await;
-            let at = *rings.next.get(&ring_slot).unwrap_or(&1);
-            // A record of this row in another ring must be stale before this
+            // A record of a row in another ring must be stale before this
             // one is written (module docs).
-            let moved = rings
-                .of_row
-                .get(&(lay.members, row))
-                .is_some_and(|&s| s != ring_slot);
-            if moved || at + total > self.blocks {
+            let moved = updates.iter().any(|(slot, _, u)| {
+                rings
+                    .of_row
+                    .get(&(u.lay.members, u.row))
+                    .is_some_and(|s| s != slot)
+            });
+            let full = rings_used
+                .iter()
+                .any(|(slot, _, total)| *rings.next.get(slot).unwrap_or(&1) + total > self.blocks);
+            if moved || full {
                 let seen = self.resets.load(Ordering::SeqCst);
                 drop(rings);
                 drop(guard);
                 self.checkpoint_since(host, seen).await?;
                 continue;
             }
-            // The record's place is taken under the lock; it is written
-            // after, concurrently with other records (module docs).
-            rings.next.insert(ring_slot, at + total);
-            rings.of_row.insert((lay.members, row), ring_slot);
-            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-            break (guard, at, seq, rings.nonce);
-        };
-        let rec = encode_record(
-            &RecordHead {
-                seq,
-                row,
-                members: lay.members,
-                flags: if derived { FLAG_PARITY_DERIVED } else { 0 },
-                nonce,
-            },
-            &entries,
-            &payload,
-            bs,
-        );
-        match ring_dev
-            .write(self.start + at, rec.freeze(), WriteFlags::FUA)
-            .await
-        {
-            Ok(()) => Ok(guard),
-            Err(e) => {
-                // The reserved place stays a hole, which replay skips.
-                drop(guard);
-                host.member_failed(ring_slot, &e).await;
-                Err(RaidError::Member {
-                    slot: ring_slot,
-                    source: e,
-                })
+            // The records' places are taken under the lock; they are
+            // written after, concurrently with other records (module docs).
+            let mut starts = Vec::with_capacity(rings_used.len());
+            for (slot, _, total) in &rings_used {
+                let at = *rings.next.get(slot).unwrap_or(&1);
+                rings.next.insert(*slot, at + total);
+                starts.push(at);
             }
+            for (slot, _, u) in updates {
+                rings.of_row.insert((u.lay.members, u.row), *slot);
+            }
+            let first = self
+                .next_seq
+                .fetch_add(updates.len() as u64, Ordering::SeqCst);
+            let seqs: Vec<u64> = (first..first + updates.len() as u64).collect();
+            break (guard, starts, seqs, rings.nonce);
+        };
+        // Per ring, its records one after the other in one buffer.
+        let writes: Vec<(u32, SharedDevice, u64, Bytes)> = rings_used
+            .iter()
+            .zip(&starts)
+            .map(|((slot, dev, total), &at)| {
+                let mut buf = BytesMut::with_capacity(*total as usize * bs);
+                for (((s, _, u), rec), &seq) in updates.iter().zip(&records).zip(&seqs) {
+                    if s != slot {
+                        continue;
+                    }
+                    let head = RecordHead {
+                        seq,
+                        row: u.row,
+                        members: u.lay.members,
+                        flags: rec.flags,
+                        nonce,
+                    };
+                    encode_record_into(&mut buf, &head, &rec.entries, &rec.payload, bs);
+                }
+                (*slot, dev.clone(), self.start + at, buf.freeze())
+            })
+            .collect();
+        let results = futures::future::join_all(
+            writes
+                .iter()
+                .map(|(_, dev, at, buf)| dev.write(*at, buf.clone(), WriteFlags::FUA)),
+        )
+        .await;
+        let mut first_err = None;
+        for ((slot, ..), r) in writes.iter().zip(results) {
+            if let Err(e) = r {
+                // The reserved places stay holes, which replay skips.
+                host.member_failed(*slot, &e).await;
+                first_err.get_or_insert(RaidError::Member {
+                    slot: *slot,
+                    source: e,
+                });
+            }
+        }
+        match first_err {
+            None => Ok(guard),
+            Some(e) => Err(e),
         }
     }
 

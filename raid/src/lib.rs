@@ -14,6 +14,7 @@
 
 pub mod array;
 pub mod assembly;
+mod batch;
 pub mod bitmap;
 mod cache;
 pub mod clock;

@@ -41,20 +41,22 @@ use crate::superblock::REPLACEMENT;
 const PARITY_POOL: usize = 4;
 
 /// The new content of a row, as the caller's pieces and block by block.
-struct RowPlan<'p> {
+pub(crate) struct RowPlan<'p> {
     /// Per data chunk, its pieces as `(first block, data)`, in block order.
-    pieces: Vec<Vec<(u32, &'p Bytes)>>,
+    pub(crate) pieces: Vec<Vec<(u32, &'p Bytes)>>,
     /// New content per data chunk and block (`None`: unchanged).
-    blocks: Vec<Vec<Option<&'p [u8]>>>,
+    pub(crate) blocks: Vec<Vec<Option<&'p [u8]>>>,
     /// Block positions touched in any chunk: `[lo, hi)`.
     lo: u32,
     hi: u32,
     /// Every data block of the row is new.
-    full: bool,
+    pub(crate) full: bool,
 }
 
 impl<'p> RowPlan<'p> {
-    fn new(lay: &Layout, pieces: &'p [Piece], bs: usize) -> Self {
+    /// The plan of writing `pieces` (disjoint, each inside one data chunk
+    /// of one row of `lay`).
+    pub(crate) fn new(lay: &Layout, pieces: &'p [Piece], bs: usize) -> Self {
         let (c, d) = (lay.chunk_blocks as usize, lay.data_chunks() as usize);
         let mut by_chunk: Vec<Vec<(u32, &Bytes)>> = vec![Vec::new(); d];
         let mut blocks: Vec<Vec<Option<&[u8]>>> = vec![vec![None; c]; d];
@@ -445,7 +447,7 @@ impl RaidArray {
     /// checksums they hold: entries that cannot be read are `None` (the new
     /// entries then allow no previous content). A member error shows again
     /// on the write that follows.
-    async fn previous_tags(
+    pub(crate) async fn previous_tags(
         &self,
         lay: &Layout,
         row: u64,

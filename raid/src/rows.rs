@@ -30,7 +30,7 @@ use tokio::sync::{watch, Mutex as AsyncMutex, OwnedMutexGuard};
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// Size of the lock table.
-const ROW_LOCKS: usize = 256;
+pub(crate) const ROW_LOCKS: usize = 256;
 
 /// A held row lock, movable into work that outlives its caller.
 pub(crate) type RowGuard = OwnedMutexGuard<()>;

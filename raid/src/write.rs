@@ -1,5 +1,6 @@
 //! Volume writes: a request is cut into rows; whole rows go straight to the
-//! members as full-stripe writes (several whole rows as parallel tasks),
+//! members as full-stripe writes (consecutive whole rows together, as one
+//! member write per member, [`crate::batch`]; several runs as parallel tasks),
 //! partial rows wait in the stripe cache ([`crate::cache`]) until their row
 //! is complete, the cache overflows, a flush comes, or at once for FUA. Each
 //! row's update on the members is [`crate::row_update`]'s, done under the
@@ -17,10 +18,12 @@ impl RaidArray {
     /// writes; partial rows wait in the stripe cache, which writes a row out
     /// as soon as it is complete, when it overflows, on flush, or at once for FUA.
     ///
-    /// When a request covers several whole rows, each row is its own task, so
-    /// their parity, checksums and member transfers run on as many cores as
-    /// the runtime has. Each row's lock is taken here, in order, and handed
-    /// to its task. Whatever a row does under its lock runs to its end even
+    /// Consecutive whole rows are written together, one member write per
+    /// member for the run ([`crate::batch`]), in runs of at most a few MiB
+    /// per member. When a request holds several runs (or whole rows that
+    /// cannot be batched), each is its own task, so their parity, checksums
+    /// and member transfers run on as many cores as the runtime has. Each
+    /// row's lock is taken here, in order, and handed to its task. Whatever a row does under its lock runs to its end even
     /// if the caller goes away (the `rows` module): a dropped request's rows
     /// land before any later request's on them, and before a later flush
     /// returns; the rows it had not locked yet are not written.
@@ -43,17 +46,76 @@ impl RaidArray {
                 (span, whole)
             })
             .collect();
-        let whole_rows = spans.iter().filter(|(_, whole)| *whole).count();
-        let mut tasks = Vec::new();
-        let mut first_err = None;
-        for ((lay, row, pieces), whole) in spans {
-            let slices: Vec<Piece> = pieces
+        // Consecutive whole rows of one layout go to the members together
+        // ([`crate::batch`]), in runs the members take in one write each;
+        // not while a reshape runs. Every other row goes alone.
+        let max_run = if geo.reshape.is_none() {
+            self.batch_rows(&geo.cur)
+        } else {
+            1
+        };
+        let mut groups: Vec<Vec<(RowSpan, bool)>> = Vec::new();
+        for (span, whole) in spans {
+            match groups.last_mut() {
+                Some(g)
+                    if whole
+                        && (g.len() as u64) < max_run
+                        && g.last().is_some_and(|((lay, row, _), w)| {
+                            *w && *lay == span.0 && *row + 1 == span.1
+                        }) =>
+                {
+                    g.push((span, whole))
+                }
+                _ => groups.push(vec![(span, whole)]),
+            }
+        }
+        let whole_units = groups.iter().filter(|g| g[0].1).count();
+        let slices_of = |pieces: &[(u64, u64)]| -> Vec<Piece> {
+            pieces
                 .iter()
                 .map(|&(l, cnt)| {
                     let off = (l - lba) as usize * bs;
                     (l, data.slice(off..off + cnt as usize * bs))
                 })
-                .collect();
+                .collect()
+        };
+        let mut tasks = Vec::new();
+        let mut first_err = None;
+        for group in groups {
+            if group.len() > 1 {
+                let lay = group[0].0 .0;
+                let first = group[0].0 .1;
+                let mut guards = Vec::with_capacity(group.len());
+                let mut ranges = Vec::with_capacity(group.len());
+                let mut rows = Vec::with_capacity(group.len());
+                for ((_, row, pieces), _) in &group {
+                    guards.push(self.row_lock(*row).await);
+                    ranges.push(geo.row_range(&lay, *row));
+                    rows.push(slices_of(pieces));
+                }
+                let a = self.clone();
+                let work = self.inner.rows.run(async move {
+                    let _locked = guards;
+                    // The cache's older blocks of the rows are overwritten.
+                    for range in ranges {
+                        a.inner.cache.take(range);
+                    }
+                    a.write_rows(&lay, first, &rows, fua).await
+                });
+                if whole_units > 1 {
+                    tasks.push(self.inner.rows.spawn(work));
+                    continue;
+                }
+                if let Err(e) = work.await {
+                    first_err = Some(e);
+                    break;
+                }
+                continue;
+            }
+            let Some(((lay, row, pieces), whole)) = group.into_iter().next() else {
+                continue;
+            };
+            let slices = slices_of(&pieces);
             let range = geo.row_range(&lay, row);
             let guard = self.row_lock(row).await;
             let r = if whole {
@@ -62,7 +124,7 @@ impl RaidArray {
                     a.inner.cache.take(range);
                     a.write_row(&lay, row, &slices, fua).await
                 });
-                if whole_rows > 1 {
+                if whole_units > 1 {
                     tasks.push(self.inner.rows.spawn(work));
                     continue;
                 }

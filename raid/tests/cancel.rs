@@ -144,7 +144,9 @@ async fn a_dropped_write_of_whole_rows_finishes_the_rows_it_began() {
     let per = lay.row_data_blocks();
     let (lba, n) = (4 * per, 3 * per);
     let m = rig.index_of(&a, 0);
-    rig.faulty[m].hold_next_writes(3);
+    // The three whole rows go as one batch: one write to each member,
+    // which this member holds.
+    rig.faulty[m].hold_next_writes(1);
     drop_once_held(
         a.write(lba, blocks(lba, n, 3), WriteFlags::FUA),
         &rig.faulty[m],

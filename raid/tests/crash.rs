@@ -703,14 +703,7 @@ async fn a_full_stripe_record_replays_after_a_crash_at_every_point_and_a_member_
                     .await
                     .unwrap();
                 drop(a);
-                for (m, f) in rig.faulty.iter().enumerate() {
-                    let kept = if torn & (1 << m) != 0 {
-                        &order[..cut]
-                    } else {
-                        &order[..]
-                    };
-                    crash_keeping(f, |b| kept.contains(&b)).await;
-                }
+                crash_tearing(&rig, torn, &order, cut).await;
                 rig.faulty[victim].set_offline(true);
                 let b = rig.assemble(false).await.expect("assemble after crash");
                 let got = b.read(lba, n as u32).await.unwrap();

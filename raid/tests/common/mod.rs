@@ -176,6 +176,21 @@ pub async fn crash_keeping(f: &FaultyDevice, keep: impl Fn(u64) -> bool) {
         .unwrap();
 }
 
+/// Crashes every device of `rig`, keeping of the blocks written since its
+/// last flush those in `order` (the others revert to their durable
+/// content), and on the devices whose bit is set in `torn` only the first
+/// `cut` of them: a crash that tore those devices' writes at `cut`.
+pub async fn crash_tearing(rig: &Rig, torn: u32, order: &[u64], cut: usize) {
+    for (m, f) in rig.faulty.iter().enumerate() {
+        let kept = if torn & (1 << m) != 0 {
+            &order[..cut]
+        } else {
+            order
+        };
+        crash_keeping(f, |b| kept.contains(&b)).await;
+    }
+}
+
 /// Scrubs `a` and asserts that it found nothing to repair: data and parity
 /// were consistent everywhere.
 pub async fn assert_scrub_clean(a: &RaidArray) {
