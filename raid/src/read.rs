@@ -187,7 +187,9 @@ impl RaidArray {
             (Ok(d), Ok(t)) => (d, t),
             (d, t) => return (d, t.map(|(t, _)| t), false),
         };
-        if !tags.damaged() && self.all_verify(lay, row, slot, i0, &data, &tags) {
+        // (Every block's entry is checked, and a damaged entry verifies
+        // nothing: the rest of the chunk's tags need no scan.)
+        if self.all_verify(lay, row, slot, i0, &data, &tags) {
             return (Ok(data), Ok(tags), true);
         }
         if !cached {
