@@ -1,5 +1,5 @@
 //! A pipelined session at the edge (tokio): a [`Pipeline`] driven by a
-//! task of its own, with a reader task beside it, so that any number of
+//! task of its own, which also reads the connection, so that any number of
 //! callers share the session and their commands run at once (up to the
 //! command window and the queue depth). The target's pings are answered
 //! and the target is pinged when silent, whether or not anyone calls.
@@ -26,20 +26,23 @@
 //! land until the target ends the old session: [`PipelinedSession::settled`]
 //! tells when it no longer can.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
 use iscsi_proto::frame::InPdu;
 use iscsi_proto::login::{LoggedIn, LoginConfig};
-use tokio::sync::mpsc::error::TryRecvError;
+use iscsi_proto::pdu::Bhs;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::command::{Command, ScsiResult};
-use crate::connection::Connection;
+use crate::connection::{Connection, Reader, Writer};
 use crate::fullfeature::FullFeature;
 use crate::keepalive::KeepaliveConfig;
 use crate::pipeline::{Pipeline, PipelineConfig, Ticket};
@@ -573,29 +576,26 @@ async fn reinstate(r: &Relogin, wait: Duration) -> Result<(Connection, FullFeatu
 }
 
 /// Serves one connection: takes requests, sends what the pipeline queues,
-/// feeds it what the reader task receives and its deadlines, and hands out
-/// the answers; until the connection fails or the session ends. Also
-/// whether any command was answered.
+/// feeds it the PDUs it reads and its deadlines, and hands out the answers;
+/// until the connection fails or the session ends. Also whether any
+/// command was answered.
+///
+/// The connection is read by this task itself (no reader task beside it:
+/// an answer reaches its caller with one wake-up, not two). While a write
+/// is under way the connection is read too, so a target that stops
+/// reading until its own answers are taken cannot stall the write.
 async fn serve(pipe: &mut Pipeline, conn: Connection, d: &mut Driver) -> (Error, bool) {
     let (mut reader, mut writer) = conn.into_split();
-    let (pdu_tx, mut pdus) = mpsc::unbounded_channel();
-    let _reading = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let pdu = reader.recv().await;
-            let end = pdu.is_err();
-            if pdu_tx.send(pdu).is_err() || end {
-                return;
-            }
-        }
-    }));
+    // PDUs read while a write was under way, taken in before the next wait.
+    let mut arrived = VecDeque::new();
     let mut answered = false;
     // One timer for the connection, moved when the deadline moves (a new
     // one per event would register and cancel a timer each time).
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut armed = None;
-    // The end of the reader's stream, met while taking in what was ready:
-    // taken after what came before it was answered.
+    // The end of the connection (a read error), met while taking in what
+    // was ready: taken after what came before it was answered.
     let mut stash = None;
     let failure = loop {
         // The callers answered first: they queue their next commands while
@@ -603,7 +603,7 @@ async fn serve(pipe: &mut Pipeline, conn: Connection, d: &mut Driver) -> (Error,
         answered |= d.answer(pipe);
         let out = pipe.take_output();
         if !out.is_empty() {
-            if let Err(e) = writer.send_all(out).await {
+            if let Err(e) = send_reading(&mut writer, out, &mut reader, &mut arrived).await {
                 break e;
             }
         }
@@ -627,11 +627,11 @@ async fn serve(pipe: &mut Pipeline, conn: Connection, d: &mut Driver) -> (Error,
             }
             armed = deadline;
         }
-        let first = match stash.take() {
+        let first = match stash.take().or_else(|| arrived.pop_front().map(Ready::Pdu)) {
             Some(ready) => ready,
             None => tokio::select! {
             req = d.requests.recv(), if logout.is_none() => Ready::Request(req),
-            pdu = pdus.recv() => Ready::Pdu(pdu),
+            pdu = reader.recv() => Ready::Pdu(pdu),
             () = &mut timer, if armed.is_some() => {
                 armed = None;
                 if let Err(e) = pipe.tick(Instant::now().into_std()) {
@@ -643,27 +643,80 @@ async fn serve(pipe: &mut Pipeline, conn: Connection, d: &mut Driver) -> (Error,
         };
         // Everything else ready now is taken in too, so that the PDUs it
         // queues go out together, in one write.
-        if let Err(e) = take_ready(pipe, d, &mut pdus, first, &mut stash) {
+        let mut incoming = Incoming {
+            reader: &mut reader,
+            arrived: &mut arrived,
+        };
+        if let Err(e) = take_ready(pipe, d, &mut incoming, first, &mut stash) {
             break e;
         }
     };
     (failure, answered)
 }
 
+/// Sends `out`, reading the connection meanwhile into `arrived`. A read
+/// that fails ends the write where it stands (the connection is lost; the
+/// failure is queued behind the PDUs read before it).
+async fn send_reading(
+    writer: &mut Writer,
+    out: Vec<(Bhs, Bytes)>,
+    reader: &mut Reader,
+    arrived: &mut VecDeque<Result<InPdu, Error>>,
+) -> Result<(), Error> {
+    let send = writer.send_all(out);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            biased;
+            sent = &mut send => return sent,
+            pdu = reader.recv() => {
+                let end = pdu.is_err();
+                arrived.push_back(pdu);
+                if end {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Where PDUs come from: those read during a write first, then the
+/// connection.
+struct Incoming<'a> {
+    reader: &'a mut Reader,
+    arrived: &'a mut VecDeque<Result<InPdu, Error>>,
+}
+
+impl Incoming<'_> {
+    /// A PDU (or the connection's failure) that is ready now, if any.
+    fn ready(&mut self) -> Option<Result<InPdu, Error>> {
+        if let Some(pdu) = self.arrived.pop_front() {
+            return Some(pdu);
+        }
+        // Polled once: a PDU buffered or already in the socket, else none
+        // (cancel-safe: a PDU half read stays buffered).
+        let recv = std::pin::pin!(self.reader.recv());
+        match recv.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(pdu) => Some(pdu),
+            Poll::Pending => None,
+        }
+    }
+}
+
 /// What the session's task was woken by.
 enum Ready {
     Request(Option<Request>),
-    Pdu(Option<Result<InPdu, Error>>),
+    Pdu(Result<InPdu, Error>),
 }
 
 /// Takes in `first`, then every request and PDU already waiting, until a
 /// logout is asked (its answer is looked for before anything else is
-/// taken); an error ends the connection. The end of the reader's stream
-/// is left in `stash`, for the next round.
+/// taken); an error ends the connection. A failure of the connection is
+/// left in `stash`, for the next round.
 fn take_ready(
     pipe: &mut Pipeline,
     d: &mut Driver,
-    pdus: &mut mpsc::UnboundedReceiver<Result<InPdu, Error>>,
+    incoming: &mut Incoming<'_>,
     first: Ready,
     stash: &mut Option<Ready>,
 ) -> Result<(), Error> {
@@ -680,26 +733,18 @@ fn take_ready(
                 Some(Request::Mark(w)) => drop(w.send(pipe.next_ticket())),
                 None => return Err(Error::SessionClosed),
             },
-            Ready::Pdu(pdu) => match pdu {
-                Some(Ok(pdu)) => pipe.receive(pdu, now)?,
-                Some(Err(e)) => return Err(e),
-                None => return Err(Error::Closed),
-            },
+            Ready::Pdu(pdu) => pipe.receive(pdu?, now)?,
         }
         if d.waiters.logout.is_some() {
             break;
         }
-        next = match pdus.try_recv() {
-            Ok(Ok(pdu)) => Some(Ready::Pdu(Some(Ok(pdu)))),
-            Ok(Err(e)) => {
-                *stash = Some(Ready::Pdu(Some(Err(e))));
+        next = match incoming.ready() {
+            Some(Ok(pdu)) => Some(Ready::Pdu(Ok(pdu))),
+            Some(Err(e)) => {
+                *stash = Some(Ready::Pdu(Err(e)));
                 None
             }
-            Err(TryRecvError::Disconnected) => {
-                *stash = Some(Ready::Pdu(None));
-                None
-            }
-            Err(TryRecvError::Empty) => d.requests.try_recv().ok().map(|r| Ready::Request(Some(r))),
+            None => d.requests.try_recv().ok().map(|r| Ready::Request(Some(r))),
         };
     }
     Ok(())

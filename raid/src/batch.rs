@@ -29,6 +29,8 @@
 //! no reshape running. Anything else, and a journal ring that fails or
 //! cannot hold the records, falls back to writing the rows one by one.
 
+use std::sync::Arc;
+
 use blockdev::{Bytes, BytesMut, SharedDevice, WriteFlags};
 use futures::future::join_all;
 use tracing::debug;
@@ -268,7 +270,7 @@ impl RaidArray {
         for (slot, r) in results.into_iter().enumerate() {
             match r {
                 Ok(()) => {
-                    self.cache_written_tags(lay, first, plans.len(), &devs[slot], &bufs[slot])
+                    self.cache_written_tags(lay, first, plans.len(), slot, &devs[slot], &bufs[slot])
                 }
                 Err(e) => failed.push((slot as u32, e)),
             }
@@ -291,6 +293,7 @@ impl RaidArray {
         lay: &Layout,
         first: u64,
         rows: usize,
+        slot: usize,
         dev: &SharedDevice,
         buf: &Bytes,
     ) {
@@ -304,10 +307,13 @@ impl RaidArray {
         let row_bytes = lay.row_blocks() as usize * bs;
         let tb = u64::from(lay.tag_blocks);
         for j in 0..rows {
-            let at = lay.tag_block(first + j as u64, 0);
+            let row = first + j as u64;
+            let at = lay.tag_block(row, 0);
             let ticket = cache.ticket(key, at, tb);
             let tags = &buf[j * row_bytes + chunk_bytes..(j + 1) * row_bytes];
-            cache.insert(ticket, key, at, tb, Bytes::copy_from_slice(tags));
+            let place = self.place(row, slot as u32);
+            let decoded = ChunkTags::decode(tags, self.inner.block_size, lay.chunk_blocks, place);
+            cache.insert(ticket, (key, at, tb, tags.len()), place, Arc::new(decoded));
         }
     }
 }

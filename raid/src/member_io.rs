@@ -228,7 +228,8 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::tag_cache::{cached_read, TagCache};
+    use crate::integrity::{ChunkTags, TagPlace};
+    use crate::tag_cache::{cached_tags, TagCache};
 
     /// A device whose read of `held` has read the old content and then
     /// waits for `release` before it answers.
@@ -271,6 +272,27 @@ mod tests {
         Bytes::from(vec![b; 512])
     }
 
+    const PLACE: TagPlace = TagPlace {
+        array: [0; 8],
+        row: 0,
+        slot: 0,
+    };
+
+    /// Stands in for decoding: one entry whose checksum is the block's
+    /// first byte.
+    fn decode(buf: &[u8]) -> ChunkTags {
+        let mut t = ChunkTags::unwritten(1);
+        t.overwrite_crc(0, 0, 0, u32::from(buf[0]), true);
+        t
+    }
+
+    /// Reads the tags at LBA 10 through the cache: their "content" and
+    /// whether they came from it.
+    async fn read_through(cache: &TagCache, member: &SharedDevice) -> Result<(u32, bool)> {
+        let (t, hit) = cached_tags(cache, member, 10, 1, PLACE, decode).await?;
+        Ok((t.entries[0].expect("an entry").crc, hit))
+    }
+
     #[tokio::test]
     async fn a_tag_read_overtaken_by_a_write_is_not_cached() {
         let cache = Arc::new(TagCache::new(1 << 20));
@@ -291,26 +313,26 @@ mod tests {
 
         let reading = {
             let (cache, member) = (cache.clone(), member.clone());
-            tokio::spawn(async move { cached_read(&cache, &member, 10, 1, |_| true).await })
+            tokio::spawn(async move { read_through(&cache, &member).await })
         };
         held.reached.notified().await;
         // The row is rewritten while the old tags are on their way back.
         member.write(10, block(2), WriteFlags::NONE).await.unwrap();
         held.release.notify_one();
         let (old, from_cache) = reading.await.unwrap().unwrap();
-        assert_eq!((old, from_cache), (block(1), false));
+        assert_eq!((old, from_cache), (1, false));
         assert_eq!(cache.stats().entries, 0, "the stale tags were cached");
 
         // Undisturbed, a read is cached and then answered from the cache.
         let again = {
             let (cache, member) = (cache.clone(), member.clone());
-            tokio::spawn(async move { cached_read(&cache, &member, 10, 1, |_| true).await })
+            tokio::spawn(async move { read_through(&cache, &member).await })
         };
         held.reached.notified().await;
         held.release.notify_one();
-        assert_eq!(again.await.unwrap().unwrap(), (block(2), false));
-        let hit = cached_read(&cache, &member, 10, 1, |_| true).await.unwrap();
-        assert_eq!(hit, (block(2), true));
+        assert_eq!(again.await.unwrap().unwrap(), (2, false));
+        let hit = read_through(&cache, &member).await.unwrap();
+        assert_eq!(hit, (2, true));
 
         // Dropping the member drops its entries.
         drop(member);

@@ -3,6 +3,7 @@
 //! from the others, and a damaged block rewritten from that reconstruction.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use blockdev::{BlockError, Bytes, BytesMut, Geometry, SharedDevice, WriteFlags};
 use futures::future::join_all;
@@ -15,7 +16,7 @@ use crate::integrity::{tag_addr, ChunkTags, TagEntry};
 use crate::layout::Layout;
 use crate::member_io::member_key;
 use crate::parity::xor_into;
-use crate::tag_cache::cached_read;
+use crate::tag_cache::cached_tags;
 
 impl RaidArray {
     /// Volume read: verified blocks, rebuilt from parity where a member is
@@ -91,26 +92,28 @@ impl RaidArray {
         slot: u32,
         dev: &SharedDevice,
     ) -> std::result::Result<ChunkTags, BlockError> {
-        Ok(self.read_tags_noting(lay, row, slot, dev).await?.0)
+        let (tags, _) = self.read_tags_noting(lay, row, slot, dev).await?;
+        Ok(Arc::unwrap_or_clone(tags))
     }
 
-    /// [`RaidArray::read_tags`], and whether they came from the cache.
+    /// [`RaidArray::read_tags`], shared with the cache, and whether they
+    /// came from it.
     async fn read_tags_noting(
         &self,
         lay: &Layout,
         row: u64,
         slot: u32,
         dev: &SharedDevice,
-    ) -> std::result::Result<(ChunkTags, bool), BlockError> {
-        let (buf, cached) = cached_read(
+    ) -> std::result::Result<(Arc<ChunkTags>, bool), BlockError> {
+        cached_tags(
             &self.inner.tag_cache,
             dev,
             lay.tag_block(row, 0),
             lay.tag_blocks,
-            |buf| !self.decode_tags(buf, lay, row, slot).damaged(),
+            self.place(row, slot),
+            |buf| self.decode_tags(buf, lay, row, slot),
         )
-        .await?;
-        Ok((self.decode_tags(&buf, lay, row, slot), cached))
+        .await
     }
 
     /// Reads the tag blocks of `row` on a member from the member itself,
@@ -136,11 +139,33 @@ impl RaidArray {
         )
     }
 
+    /// Whether every block of `data` (blocks `[i0, ..)` of a member's chunk
+    /// in `row`) is what `tags` say belongs there.
+    fn all_verify(
+        &self,
+        lay: &Layout,
+        row: u64,
+        slot: u32,
+        i0: u32,
+        data: &[u8],
+        tags: &ChunkTags,
+    ) -> bool {
+        data.chunks_exact(self.inner.block_size as usize)
+            .enumerate()
+            .all(|(j, blk)| {
+                let i = i0 + j as u32;
+                tags.verifies(i as usize, tag_addr(lay, row, slot, i), blk)
+            })
+    }
+
     /// Reads blocks `[i0, i1)` of a member's chunk in `row` with the
-    /// chunk's tags. When the tags came from the cache and fail to verify
-    /// a block, or decode damaged, the cached copy is dropped and the tags
-    /// are read again from the member: the cache never makes a good block
-    /// look bad, and every block is still checked against a tag.
+    /// chunk's tags, and checks the blocks against them. When the tags came
+    /// from the cache and fail to verify a block, or decode damaged, the
+    /// cached copy is dropped and the tags are read again from the member:
+    /// the cache never makes a good block look bad, and every block is
+    /// still checked against a tag. The flag says whether every block
+    /// verified against the tags returned (then the caller need not check
+    /// them again; when it is false, the caller finds which failed).
     async fn read_with_tags(
         &self,
         lay: &Layout,
@@ -151,7 +176,8 @@ impl RaidArray {
         i1: u32,
     ) -> (
         std::result::Result<Bytes, BlockError>,
-        std::result::Result<ChunkTags, BlockError>,
+        std::result::Result<Arc<ChunkTags>, BlockError>,
+        bool,
     ) {
         let (data, tags) = tokio::join!(
             dev.read(lay.member_block(row, i0), i1 - i0),
@@ -159,25 +185,21 @@ impl RaidArray {
         );
         let (data, (tags, cached)) = match (data, tags) {
             (Ok(d), Ok(t)) => (d, t),
-            (d, t) => return (d, t.map(|(t, _)| t)),
+            (d, t) => return (d, t.map(|(t, _)| t), false),
         };
-        if !cached {
-            // The caller verifies tags read from the member.
-            return (Ok(data), Ok(tags));
+        // (Every block's entry is checked, and a damaged entry verifies
+        // nothing: the rest of the chunk's tags need no scan.)
+        if self.all_verify(lay, row, slot, i0, &data, &tags) {
+            return (Ok(data), Ok(tags), true);
         }
-        let bs = self.inner.block_size as usize;
-        let verified = !tags.damaged()
-            && data.chunks_exact(bs).enumerate().all(|(j, blk)| {
-                let i = i0 + j as u32;
-                tags.verifies(i as usize, tag_addr(lay, row, slot, i), blk)
-            });
-        if verified {
-            return (Ok(data), Ok(tags));
+        if !cached {
+            // The caller finds the blocks that fail, in tags read from the member.
+            return (Ok(data), Ok(tags), false);
         }
         let cache = &self.inner.tag_cache;
         cache.drop_range(member_key(dev), lay.tag_block(row, 0));
         let again = self.read_tags_noting(lay, row, slot, dev).await;
-        (Ok(data), again.map(|(t, _)| t))
+        (Ok(data), again.map(|(t, _)| t), false)
     }
 
     /// Reads blocks `[i0, i1)` of a member's chunk in `row` and checks them
@@ -194,7 +216,7 @@ impl RaidArray {
         let Some(dev) = self.usable(slot, row) else {
             return Ok(None);
         };
-        let (data, tags) = self.read_with_tags(lay, row, slot, &dev, i0, i1).await;
+        let (data, tags, verified) = self.read_with_tags(lay, row, slot, &dev, i0, i1).await;
         let (data, tags) = match (data, tags) {
             (Ok(d), Ok(t)) => (d, t),
             (Err(e), _) | (_, Err(e)) => {
@@ -205,16 +227,12 @@ impl RaidArray {
                 return Ok(None);
             }
         };
-        let bs = self.inner.block_size as usize;
-        for (j, blk) in data.chunks_exact(bs).enumerate() {
-            let i = i0 + j as u32;
-            if !tags.verifies(i as usize, tag_addr(lay, row, slot, i), blk) {
-                self.inner
-                    .stats
-                    .checksum_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
+        if !verified && !self.all_verify(lay, row, slot, i0, &data, &tags) {
+            self.inner
+                .stats
+                .checksum_errors
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
         }
         Ok(Some(data))
     }
@@ -277,7 +295,10 @@ impl RaidArray {
                 .await
                 .map(Bytes::from);
         };
-        let (data, tags) = self.read_with_tags(lay, row, slot, &dev, i0, i1).await;
+        let (data, tags, verified) = self.read_with_tags(lay, row, slot, &dev, i0, i1).await;
+        if let (true, Ok(data)) = (verified, &data) {
+            return Ok(data.clone());
+        }
         // A medium error leaves the member in service (the block is rewritten
         // below); anything else fails it and the range is reconstructed.
         let mut member_failed = false;

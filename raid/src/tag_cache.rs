@@ -1,10 +1,12 @@
-//! The tag-block cache: the tag blocks of recently read chunks, as the
+//! The tag-block cache: the tags of recently read chunks, decoded, as the
 //! members hold them, so a volume read of a block whose chunk's tags are
-//! cached costs one member I/O (the data) instead of two.
+//! cached costs one member I/O (the data) instead of two, and no decoding.
 //!
-//! It caches member contents, not decoded tags, keyed by the member's
-//! [`crate::member_io::MemberDevice`] and the member LBA, and it cannot go
-//! stale through the array:
+//! It caches member contents, keyed by the member's
+//! [`crate::member_io::MemberDevice`] and the member LBA of the tag blocks:
+//! each entry holds those blocks decoded ([`ChunkTags`], shared) with the
+//! [`TagPlace`] they were decoded for (a lookup for another place misses).
+//! It cannot go stale through the array:
 //!
 //! - every write, zeroing or unmap through a member's `MemberDevice` (the
 //!   only way the array writes members) invalidates the entries it overlaps,
@@ -15,8 +17,10 @@
 //!   the value taken before its read was issued ([`TagCache::ticket`]);
 //! - a member that fails, or whose `MemberDevice` goes away (replaced,
 //!   removed), drops its entries;
-//! - it is bounded by bytes ([`crate::Config::tag_cache_bytes`]) and evicts
-//!   the least recently used entry.
+//! - it is bounded by the bytes of tag blocks it stands for
+//!   ([`crate::Config::tag_cache_bytes`]) and evicts the least recently used
+//!   entry (a hit only stamps its entry; the order is mended lazily when
+//!   an eviction meets an entry used since it was queued).
 //!
 //! What it cannot see is a member changed behind the array's back (bit rot,
 //! another writer). The read path therefore still checks every data block
@@ -25,10 +29,11 @@
 //! read tags from the member, never from here.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use blockdev::{BlockError, Bytes, SharedDevice};
+use blockdev::{BlockError, SharedDevice};
 
+use crate::integrity::{ChunkTags, TagPlace};
 use crate::member_io::member_key;
 
 /// Blocks per generation granule.
@@ -43,9 +48,15 @@ pub(crate) type MemberKey = usize;
 
 #[derive(Debug)]
 struct Entry {
-    data: Bytes,
+    tags: Arc<ChunkTags>,
+    place: TagPlace,
+    /// Bytes of the tag blocks it stands for.
+    bytes: usize,
     blocks: u64,
-    tick: u64,
+    /// Its key in the recency queue.
+    queued: u64,
+    /// When it was last used (`queued` or later).
+    used: u64,
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +64,8 @@ struct State {
     /// Members whose `MemberDevice` is alive (only their reads are cached).
     members: HashSet<MemberKey>,
     entries: BTreeMap<(MemberKey, u64), Entry>,
-    /// Least recently used first: tick -> key.
+    /// Recency queue, oldest first: tick -> key. An entry used since it
+    /// was queued is queued again when it reaches the front.
     lru: BTreeMap<u64, (MemberKey, u64)>,
     tick: u64,
     bytes: usize,
@@ -130,6 +142,12 @@ impl TagCache {
         Self::drop_member(&mut st, member);
     }
 
+    /// Whether reads of `member` are cached (a live member, a cache of
+    /// some size).
+    pub(crate) fn caches(&self, member: MemberKey) -> bool {
+        self.limit > 0 && self.lock().members.contains(&member)
+    }
+
     /// Drops every entry of `member` (it failed, or was taken out).
     pub(crate) fn forget(&self, member: MemberKey) {
         Self::drop_member(&mut self.lock(), member);
@@ -148,37 +166,56 @@ impl TagCache {
 
     fn remove(st: &mut State, key: (MemberKey, u64)) {
         if let Some(e) = st.entries.remove(&key) {
-            st.lru.remove(&e.tick);
-            st.bytes -= e.data.len();
+            st.lru.remove(&e.queued);
+            st.bytes -= e.bytes;
         }
     }
 
-    /// Whether reads of `member` are cached.
-    pub(crate) fn caches(&self, member: MemberKey) -> bool {
-        self.limit > 0 && self.lock().members.contains(&member)
+    /// Evicts the least recently used entry; false when there is none.
+    fn evict_one(st: &mut State) -> bool {
+        while let Some((queued, key)) = st.lru.pop_first() {
+            let Some(e) = st.entries.get_mut(&key) else {
+                continue;
+            };
+            if e.used != queued {
+                // Used since it was queued: its turn comes again.
+                e.queued = e.used;
+                st.lru.insert(e.used, key);
+                continue;
+            }
+            let e = st.entries.remove(&key).expect("looked up above");
+            st.bytes -= e.bytes;
+            return true;
+        }
+        false
     }
 
-    /// The cached content of `blocks` blocks at `lba` on `member`.
-    pub(crate) fn get(&self, member: MemberKey, lba: u64, blocks: u64) -> Option<Bytes> {
+    /// The cached tags of the `blocks` tag blocks at `lba` on `member`,
+    /// decoded for `place`.
+    pub(crate) fn get(
+        &self,
+        member: MemberKey,
+        lba: u64,
+        blocks: u64,
+        place: TagPlace,
+    ) -> Option<Arc<ChunkTags>> {
         let mut st = self.lock();
-        let hit = st
-            .entries
-            .get(&(member, lba))
-            .filter(|e| e.blocks == blocks)
-            .map(|e| (e.data.clone(), e.tick));
-        let Some((data, old)) = hit else {
-            st.misses += 1;
-            return None;
-        };
-        st.hits += 1;
         st.tick += 1;
         let tick = st.tick;
-        st.lru.remove(&old);
-        st.lru.insert(tick, (member, lba));
-        if let Some(e) = st.entries.get_mut(&(member, lba)) {
-            e.tick = tick;
+        let hit = match st.entries.get_mut(&(member, lba)) {
+            Some(e) if e.blocks == blocks && e.place == place => {
+                e.used = tick;
+                Some(e.tags.clone())
+            }
+            _ => None,
+        };
+        match hit {
+            Some(_) => st.hits += 1,
+            // (Reads of a member it does not cache are not misses.)
+            None if st.members.contains(&member) => st.misses += 1,
+            None => {}
         }
-        Some(data)
+        hit
     }
 
     /// Taken before reading `blocks` at `lba` on `member` from the member,
@@ -194,17 +231,17 @@ impl TagCache {
         Ticket { gens }
     }
 
-    /// Caches what a read of `blocks` at `lba` on `member` returned, unless
-    /// a write overlapped the range since `ticket` was taken.
+    /// Caches the tags a read of `blocks` blocks (`bytes` bytes) at `lba` on
+    /// `member` returned, decoded for `place`, unless a write overlapped the
+    /// range since `ticket` was taken.
     pub(crate) fn insert(
         &self,
         ticket: Ticket,
-        member: MemberKey,
-        lba: u64,
-        blocks: u64,
-        data: Bytes,
+        (member, lba, blocks, bytes): (MemberKey, u64, u64, usize),
+        place: TagPlace,
+        tags: Arc<ChunkTags>,
     ) {
-        if blocks == 0 || data.len() > self.limit || blocks > MAX_SPAN * GRANULE {
+        if blocks == 0 || bytes > self.limit || blocks > MAX_SPAN * GRANULE {
             return;
         }
         let mut st = self.lock();
@@ -213,19 +250,27 @@ impl TagCache {
             return;
         }
         Self::remove(&mut st, (member, lba));
-        while st.bytes + data.len() > self.limit {
-            let Some((_, key)) = st.lru.pop_first() else {
+        while st.bytes + bytes > self.limit {
+            if !Self::evict_one(&mut st) {
                 break;
-            };
-            Self::remove(&mut st, key);
+            }
         }
         st.tick += 1;
         let tick = st.tick;
-        st.bytes += data.len();
+        st.bytes += bytes;
         st.max_blocks = st.max_blocks.max(blocks);
         st.lru.insert(tick, (member, lba));
-        st.entries
-            .insert((member, lba), Entry { data, blocks, tick });
+        st.entries.insert(
+            (member, lba),
+            Entry {
+                tags,
+                place,
+                bytes,
+                blocks,
+                queued: tick,
+                used: tick,
+            },
+        );
     }
 
     /// A write (or zeroing, or unmap) of `blocks` at `lba` on `member`
@@ -276,31 +321,33 @@ impl TagCache {
     }
 }
 
-/// Reads `blocks` at `lba` on member `dev` through `cache`: its cached
-/// content if held, else what the member returns, cached if `keep` accepts
-/// it and no write overlapped the range meanwhile. The flag says whether it
-/// came from the cache.
-pub(crate) async fn cached_read(
+/// Reads the `blocks` tag blocks at `lba` on member `dev` through `cache`,
+/// decoded for `place` by `decode`: the cached tags if held, else what the
+/// member returns, decoded, and cached if intact and no write overlapped
+/// the range meanwhile. The flag says whether they came from the cache.
+pub(crate) async fn cached_tags(
     cache: &TagCache,
     dev: &SharedDevice,
     lba: u64,
     blocks: u32,
-    keep: impl FnOnce(&Bytes) -> bool,
-) -> Result<(Bytes, bool), BlockError> {
+    place: TagPlace,
+    decode: impl FnOnce(&[u8]) -> ChunkTags,
+) -> Result<(Arc<ChunkTags>, bool), BlockError> {
     let key = member_key(dev);
-    if !cache.caches(key) {
-        return Ok((dev.read(lba, blocks).await?, false));
-    }
     let n = u64::from(blocks);
-    if let Some(buf) = cache.get(key, lba, n) {
-        return Ok((buf, true));
+    if cache.limit == 0 {
+        return Ok((Arc::new(decode(&dev.read(lba, blocks).await?)), false));
+    }
+    if let Some(tags) = cache.get(key, lba, n, place) {
+        return Ok((tags, true));
     }
     let ticket = cache.ticket(key, lba, n);
     let buf = dev.read(lba, blocks).await?;
-    if keep(&buf) {
-        cache.insert(ticket, key, lba, n, buf.clone());
+    let tags = Arc::new(decode(&buf));
+    if !tags.damaged() {
+        cache.insert(ticket, (key, lba, n, buf.len()), place, tags.clone());
     }
-    Ok((buf, false))
+    Ok((tags, false))
 }
 
 /// The granules `blocks` blocks at `lba` span.
@@ -313,8 +360,21 @@ fn granules(lba: u64, blocks: u64) -> impl Iterator<Item = u64> {
 mod tests {
     use super::*;
 
-    fn buf(b: u8) -> Bytes {
-        Bytes::from(vec![b; 4096])
+    const PLACE: TagPlace = TagPlace {
+        array: [7; 8],
+        row: 3,
+        slot: 1,
+    };
+
+    fn tags(crc: u32) -> Arc<ChunkTags> {
+        let mut t = ChunkTags::unwritten(8);
+        t.overwrite_crc(0, 1, 100, crc, true);
+        Arc::new(t)
+    }
+
+    fn put(c: &TagCache, member: MemberKey, lba: u64, blocks: u64, t: Arc<ChunkTags>) {
+        let ticket = c.ticket(member, lba, blocks);
+        c.insert(ticket, (member, lba, blocks, 4096), PLACE, t);
     }
 
     #[test]
@@ -323,11 +383,10 @@ mod tests {
         c.register(1);
         let t = c.ticket(1, 128, 1);
         c.invalidate(1, 100, 40);
-        c.insert(t, 1, 128, 1, buf(1));
-        assert_eq!(c.get(1, 128, 1), None);
-        let t = c.ticket(1, 128, 1);
-        c.insert(t, 1, 128, 1, buf(2));
-        assert_eq!(c.get(1, 128, 1), Some(buf(2)));
+        c.insert(t, (1, 128, 1, 4096), PLACE, tags(1));
+        assert_eq!(c.get(1, 128, 1, PLACE), None);
+        put(&c, 1, 128, 1, tags(2));
+        assert_eq!(c.get(1, 128, 1, PLACE), Some(tags(2)));
     }
 
     #[test]
@@ -336,15 +395,14 @@ mod tests {
         c.register(1);
         c.register(2);
         for (m, l) in [(1, 128), (1, 300), (2, 128)] {
-            let t = c.ticket(m, l, 2);
-            c.insert(t, m, l, 2, buf(3));
+            put(&c, m, l, 2, tags(3));
         }
         c.invalidate(1, 129, 1);
-        assert_eq!(c.get(1, 128, 2), None);
-        assert!(c.get(1, 300, 2).is_some());
-        assert!(c.get(2, 128, 2).is_some());
+        assert_eq!(c.get(1, 128, 2, PLACE), None);
+        assert!(c.get(1, 300, 2, PLACE).is_some());
+        assert!(c.get(2, 128, 2, PLACE).is_some());
         c.unregister(2);
-        assert_eq!(c.get(2, 128, 2), None);
+        assert_eq!(c.get(2, 128, 2, PLACE), None);
         assert_eq!(c.stats().bytes, 4096);
     }
 
@@ -353,14 +411,30 @@ mod tests {
         let c = TagCache::new(2 * 4096);
         c.register(1);
         for l in [0, 1000] {
-            let t = c.ticket(1, l, 1);
-            c.insert(t, 1, l, 1, buf(1));
+            put(&c, 1, l, 1, tags(1));
         }
-        assert!(c.get(1, 0, 1).is_some());
-        let t = c.ticket(1, 2000, 1);
-        c.insert(t, 1, 2000, 1, buf(1));
-        assert!(c.get(1, 1000, 1).is_none());
-        assert!(c.get(1, 0, 1).is_some());
+        assert!(c.get(1, 0, 1, PLACE).is_some());
+        put(&c, 1, 2000, 1, tags(1));
+        assert!(c.get(1, 1000, 1, PLACE).is_none());
+        assert!(c.get(1, 0, 1, PLACE).is_some());
+        // 2000 is now the least recently used.
+        put(&c, 1, 3000, 1, tags(1));
+        assert!(c.get(1, 2000, 1, PLACE).is_none());
+        assert!(c.get(1, 0, 1, PLACE).is_some());
+        assert!(c.get(1, 3000, 1, PLACE).is_some());
         assert_eq!(c.stats().bytes, 2 * 4096);
+        assert_eq!(c.stats().entries, 2);
+    }
+
+    #[test]
+    fn tags_decoded_for_another_place_are_not_returned() {
+        let c = TagCache::new(1 << 20);
+        c.register(1);
+        put(&c, 1, 128, 1, tags(4));
+        let other = TagPlace { row: 4, ..PLACE };
+        assert_eq!(c.get(1, 128, 1, other), None);
+        assert_eq!(c.get(1, 128, 1, PLACE), Some(tags(4)));
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses), (1, 1));
     }
 }
