@@ -1,0 +1,431 @@
+//! Backups on a real head while the volume or its array changes under them
+//! (issue 16's fault tests): UNMAP of blocks the backup has not read, a
+//! volume grown, a member lost and rebuilt onto a spare, the array grown
+//! onto an added ISU, and a copy-on-write reserve too small for what the
+//! client rewrites. Each backup goes to s3s-fs, which the test holds still
+//! (SIGSTOP) once the run has written its in-progress marker: the snapshot
+//! is taken by then and the backup cannot finish, so the change lands
+//! mid-backup, by an event rather than a sleep. Every restore is checked
+//! against the test's own stamps (each block: its address, a generation, a
+//! CRC32C), never against the backup code, and the client's writes are
+//! read back after.
+
+mod common;
+#[path = "common/head.rs"]
+mod head;
+#[path = "../backup/tests/common/s3s.rs"]
+mod s3s;
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockdev::SharedDevice;
+use head::{
+    array_state, in_sync, open, run_lba, runtime, stamping, status, until, verify_all, write_all,
+    write_runs, Rig, RigSpec, Writer, BS, RUN, RUNS,
+};
+use serde_json::Value;
+
+/// s3s-fs's ports, one per test (this suite's range is 26200-26299).
+const S3_PORT: u16 = 26210;
+const BUCKET: &str = "opie-backups";
+
+/// A rig whose volume v0 is 26M of a 48M-disk array, backing up to s3s-fs
+/// with a `reserve` copy-on-write reserve; `None` when s3s-fs is missing.
+fn rig(port: u16, spec: RigSpec, reserve: &str) -> Option<(Rig, S3)> {
+    let bin = s3s::s3s_fs()?;
+    let rig = Rig::start_spec(RigSpec {
+        disk_size: Some("48M"),
+        ..spec
+    });
+    let path = rig.dir.path().join("head.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "name = \"v0\"\narray = \"a0\"\n",
+        "name = \"v0\"\narray = \"a0\"\nsize = \"26M\"\n",
+    );
+    let backup = format!(
+        "[backup]\nreserve = \"{reserve}\"\nsecrets = \"backup-secrets.toml\"\n\
+         [[backup.target]]\nname = \"s3\"\ns3 = {{ endpoint = \"http://127.0.0.1:{port}\", bucket = \"{BUCKET}\", credentials = \"good\" }}\n"
+    );
+    std::fs::write(&path, format!("{text}\n{backup}")).unwrap();
+    std::fs::write(
+        rig.dir.path().join("backup-secrets.toml"),
+        "[credentials.good]\naccess_key = \"opie-ak\"\nsecret_key = \"opie-secret-key\"\n",
+    )
+    .unwrap();
+    let dir = rig.dir.path().join("s3");
+    std::fs::create_dir_all(dir.join(BUCKET)).unwrap();
+    let child = s3s::spawn(&bin, &dir, port, "opie-ak", "opie-secret-key");
+    Some((rig, S3 { dir, child }))
+}
+
+/// s3s-fs, killed (after a SIGCONT) on drop.
+struct S3 {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl S3 {
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, sig);
+        }
+    }
+
+    /// Waits until a run of v0 not in `known` has written its in-progress
+    /// marker (its snapshot is taken by then); its id.
+    fn until_running(&self, known: &[String]) -> String {
+        let d = self.dir.join(BUCKET).join("backups/v0");
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if e.path().join("running").exists() && !known.contains(&id) {
+                    return id;
+                }
+            }
+            assert!(Instant::now() < end, "no backup run started");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `opie ARGS --json` in the rig's directory: exit code and the JSON line.
+fn admin_json(rig: &Rig, args: &[&str]) -> (Option<i32>, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (code, out) = rig.admin(&all);
+    let v = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {args:?}: {out}"));
+    (code, v)
+}
+
+/// Runs a backup of v0 and calls `during` while the run is held mid-way
+/// (its snapshot taken, the store stopped); then lets it go on and returns
+/// its exit code and the task as it ended.
+fn backup_during(
+    rig: &Rig,
+    s3: &S3,
+    known: &[String],
+    during: impl FnOnce(),
+) -> (Option<i32>, Value) {
+    let (code, v) = admin_json(rig, &["backup", "run", "v0", "--to", "s3"]);
+    assert_eq!(code, Some(0), "{v}");
+    let task = v["result"]["id"].as_u64().unwrap().to_string();
+    s3.until_running(known);
+    s3.signal(libc::SIGSTOP);
+    during();
+    s3.signal(libc::SIGCONT);
+    let (code, t) = admin_json(rig, &["task", "get", &task, "--wait"]);
+    (code, t["result"].clone())
+}
+
+/// `opie backup run v0 --to s3 --wait`: exit code and the task.
+fn backup_run(rig: &Rig) -> (Option<i32>, Value) {
+    let (code, v) = admin_json(rig, &["backup", "run", "v0", "--to", "s3", "--wait"]);
+    (code, v["result"].clone())
+}
+
+/// The backups of v0 in the store, oldest first.
+fn list(rig: &Rig) -> Vec<Value> {
+    let (code, v) = admin_json(rig, &["backup", "list", "v0", "--from", "s3"]);
+    assert_eq!(code, Some(0), "{v}");
+    v["result"]["backups"].as_array().unwrap().clone()
+}
+
+/// The backup task's id in a `backup run` result line ("v0 -> ID (...").
+fn made_id(task: &Value) -> String {
+    let r = task["result"].as_str().unwrap_or_else(|| panic!("{task}"));
+    r.split("-> ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Restores backup `id` into a file of the rig's directory; its bytes.
+fn restore_file(rig: &Rig, id: &str, name: &str) -> Vec<u8> {
+    let path = rig.dir.path().join(name);
+    let p = path.to_str().unwrap();
+    let (code, v) = admin_json(
+        rig,
+        &[
+            "backup",
+            "restore",
+            id,
+            "--to-file",
+            p,
+            "--from",
+            "s3",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, Some(0), "restore {id}: {v}");
+    std::fs::read(&path).unwrap()
+}
+
+/// The generation of each run in an image of v0, each run checked whole
+/// (every block at its address, of one generation, its CRC good); zero
+/// everywhere else.
+fn generations(image: &[u8]) -> Vec<u64> {
+    let mut at_end = 0;
+    let g = (0..RUNS)
+        .map(|r| {
+            let lba = run_lba(r);
+            let at = (lba as usize) * BS;
+            assert!(
+                image[at_end..at].iter().all(|&b| b == 0),
+                "before run {r}: zero"
+            );
+            at_end = at + RUN as usize * BS;
+            let data = &image[at..at_end];
+            let g = u64::from_be_bytes(data[8..16].try_into().unwrap());
+            stamping::verify(data, lba, g, BS).unwrap_or_else(|e| panic!("run {r}: {e}"));
+            g
+        })
+        .collect();
+    assert!(
+        image[at_end..].iter().all(|&b| b == 0),
+        "past the runs: zero"
+    );
+    g
+}
+
+/// A head serving v0 with every run at generation 1; the client's device.
+fn serving(rig: &Rig, rt: &tokio::runtime::Runtime) -> (common::Daemon, SharedDevice) {
+    let head = rig.head();
+    until(rig, 60, "clean", |s| array_state(s) == "clean");
+    let dev: SharedDevice = rt.block_on(async { Arc::new(open(rig, 0).await) as SharedDevice });
+    rt.block_on(write_all(&dev, 1, true));
+    (head, dev)
+}
+
+/// The largest volume, in MiB, that can still be created on the array
+/// (created and deleted again to find out).
+fn room(rig: &Rig) -> u64 {
+    let s = status(rig);
+    let mut mib = s["arrays"][0]["capacity"].as_u64().unwrap() >> 20;
+    loop {
+        assert!(mib > 0, "no room at all: {s:#}");
+        let size = format!("{mib}M");
+        if rig
+            .admin(&["volume", "create", "room", "--array", "a0", "--size", &size])
+            .0
+            == Some(0)
+        {
+            let (code, out) = rig.admin(&["volume", "delete", "room"]);
+            assert_eq!(code, Some(0), "{out}");
+            return mib;
+        }
+        mib -= 1;
+    }
+}
+
+#[test]
+fn zeroing_blocks_a_running_backup_still_needs_copies_them_first() {
+    let Some((rig, s3)) = rig(S3_PORT + 1, RigSpec::default(), "32M") else {
+        return;
+    };
+    let rt = runtime();
+    let (_head, dev) = serving(&rig, &rt);
+    let zeroed: Vec<u64> = (RUNS / 2..RUNS).chain([1]).collect();
+    // Mid-backup, on runs past what the held backup has read (and one it
+    // may have): the head's volumes are not thin, so an UNMAP (WRITE SAME
+    // with the UNMAP bit) is refused, never reported done undone, and the
+    // run keeps its data; WRITE SAME zeroing is acknowledged only once
+    // done: the run reads zero at once.
+    let (code, task) = backup_during(&rig, &s3, &[], || {
+        rt.block_on(async {
+            for &r in &zeroed {
+                let lba = run_lba(r);
+                let e = dev.unmap(lba, RUN).await;
+                assert!(
+                    e.is_err(),
+                    "run {r}: an unmap the head cannot do is refused"
+                );
+                let data = dev.read(lba, RUN as u32).await.unwrap();
+                stamping::verify(&data, lba, 1, BS).expect("a refused unmap changes nothing");
+                dev.write_zeroes(lba, RUN, false).await.expect("zeroing");
+                let data = dev.read(lba, RUN as u32).await.unwrap();
+                assert!(
+                    data.iter().all(|&b| b == 0),
+                    "run {r} reads zero once zeroed"
+                );
+            }
+        })
+    });
+    assert_eq!(code, Some(0), "{task}");
+    // The snapshot still read the old data: the restore is the instant.
+    let image = restore_file(&rig, &made_id(&task), "unmap.img");
+    assert_eq!(image.len(), 26 << 20);
+    assert_eq!(generations(&image), vec![1; RUNS as usize]);
+    // The volume keeps the zeroes; the next backup has them.
+    let (code, task) = backup_run(&rig);
+    assert_eq!(code, Some(0), "{task}");
+    let image = restore_file(&rig, &made_id(&task), "after.img");
+    for r in 0..RUNS {
+        let lba = run_lba(r);
+        let at = lba as usize * BS;
+        let data = &image[at..at + RUN as usize * BS];
+        if zeroed.contains(&r) {
+            assert!(data.iter().all(|&b| b == 0), "run {r}");
+            let now = rt.block_on(dev.read(lba, RUN as u32)).unwrap();
+            assert!(now.iter().all(|&b| b == 0), "run {r} still zero");
+        } else {
+            stamping::verify(data, lba, 1, BS).unwrap_or_else(|e| panic!("run {r}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn a_volume_grown_during_a_backup_backs_up_its_old_size_then_its_new() {
+    let Some((rig, s3)) = rig(S3_PORT + 2, RigSpec::default(), "32M") else {
+        return;
+    };
+    let rt = runtime();
+    let (_head, dev) = serving(&rig, &rt);
+    let (code, task) = backup_during(&rig, &s3, &[], || {
+        let (code, out) = rig.admin(&["volume", "grow", "v0", "--size", "30M"]);
+        assert_eq!(code, Some(0), "{out}");
+        // The client writes the grown part and some runs while held.
+        rt.block_on(write_runs(&dev, 0..4, 2, true));
+    });
+    assert_eq!(code, Some(0), "{task}");
+    let first = made_id(&task);
+    let image = restore_file(&rig, &first, "old.img");
+    assert_eq!(image.len(), 26 << 20, "the snapshot's size: the old one");
+    assert_eq!(generations(&image), vec![1; RUNS as usize]);
+    let b = list(&rig);
+    assert_eq!(b[0]["size"], 26u64 << 20, "{b:?}");
+    // The next backup: the new size, the client's new data.
+    let (code, task) = backup_run(&rig);
+    assert_eq!(code, Some(0), "{task}");
+    let image = restore_file(&rig, &made_id(&task), "new.img");
+    assert_eq!(image.len(), 30 << 20);
+    let mut expect = vec![1; RUNS as usize];
+    expect[..4].fill(2);
+    assert_eq!(generations(&image), expect);
+    assert_eq!(list(&rig).last().unwrap()["size"], 30u64 << 20);
+    rt.block_on(verify_all(&dev, &expect));
+}
+
+#[test]
+fn a_member_lost_during_a_backup_reads_degraded_and_rebuilds_onto_the_spare() {
+    let Some((mut rig, s3)) = rig(
+        S3_PORT + 3,
+        RigSpec {
+            spares: vec![3],
+            spare_timeout: Some("1s"),
+            ..RigSpec::default()
+        },
+        "32M",
+    ) else {
+        return;
+    };
+    let rt = runtime();
+    let (_head, dev) = serving(&rig, &rt);
+    let writer = Writer::start(&rt, &dev, 0..RUNS, 1);
+    // isu1 killed mid-backup: the array goes on degraded (the backup's
+    // reads reconstruct), the spare is pulled in and rebuilt meanwhile.
+    let mut isu1 = rig.isus[1].take().unwrap();
+    let (code, task) = backup_during(&rig, &s3, &[], || {
+        isu1.signal(libc::SIGKILL);
+        isu1.wait_exit(10).expect("SIGKILL ends the ISU");
+        until(&rig, 60, "isu1 lost", |s| array_state(s) != "clean");
+    });
+    assert_eq!(code, Some(0), "{task}");
+    let image = restore_file(&rig, &made_id(&task), "degraded.img");
+    let g = generations(&image);
+    // One instant of the writer's sequential passes.
+    assert!(g.windows(2).all(|w| w[0] >= w[1]), "not one instant: {g:?}");
+    assert!(g[0] - g[RUNS as usize - 1] <= 1, "{g:?}");
+    until(&rig, 120, "rebuilt onto the spare", |s| {
+        array_state(s) == "clean" && in_sync(s) == ["isu0", "isu3", "isu2"]
+    });
+    let last = writer.stop(&rt);
+    assert!(g[0] <= last, "{g:?} (last {last})");
+    rt.block_on(verify_all(&dev, &[last; RUNS as usize]));
+}
+
+#[test]
+fn an_array_grown_during_a_backup_does_not_disturb_it() {
+    let Some((rig, s3)) = rig(
+        S3_PORT + 4,
+        RigSpec {
+            unconfigured: vec![3],
+            ..RigSpec::default()
+        },
+        "32M",
+    ) else {
+        return;
+    };
+    let rt = runtime();
+    let (_head, dev) = serving(&rig, &rt);
+    let portal = format!("127.0.0.1:{}", rig.isu_ports[3]);
+    let (code, out) = rig.admin(&["isu", "add", "isu3", "--portal", &portal, "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    // The reshape starts while the backup is held, and runs beside it.
+    let mut grow = None;
+    let (code, task) = backup_during(&rig, &s3, &[], || {
+        let (code, v) = admin_json(&rig, &["array", "grow", "a0", "isu3"]);
+        assert_eq!(code, Some(0), "{v}");
+        grow = Some(v["result"]["id"].as_u64().unwrap().to_string());
+        rt.block_on(write_runs(&dev, 0..RUNS, 2, true));
+    });
+    assert_eq!(code, Some(0), "{task}");
+    let image = restore_file(&rig, &made_id(&task), "morph.img");
+    assert_eq!(generations(&image), vec![1; RUNS as usize]);
+    let (code, t) = admin_json(&rig, &["task", "get", &grow.unwrap(), "--wait"]);
+    assert_eq!(code, Some(0), "{t}");
+    until(&rig, 60, "clean after the reshape", |s| {
+        array_state(s) == "clean" && in_sync(s).len() == 4
+    });
+    rt.block_on(verify_all(&dev, &[2; RUNS as usize]));
+    // The next backup, on the grown array, restores the new instant.
+    let (code, task) = backup_run(&rig);
+    assert_eq!(code, Some(0), "{task}");
+    let image = restore_file(&rig, &made_id(&task), "grown.img");
+    assert_eq!(generations(&image), vec![2; RUNS as usize]);
+}
+
+#[test]
+fn a_full_reserve_aborts_the_backup_naming_it_and_no_client_write_fails() {
+    // One 4 MiB grain of reserve; the client rewrites all seven chunks.
+    let Some((rig, s3)) = rig(S3_PORT + 5, RigSpec::default(), "4M") else {
+        return;
+    };
+    let rt = runtime();
+    let (_head, dev) = serving(&rig, &rt);
+    let before = room(&rig);
+    let (code, task) = backup_during(&rig, &s3, &[], || {
+        rt.block_on(write_runs(&dev, 0..RUNS, 2, true));
+    });
+    assert_ne!(code, Some(0), "{task}");
+    let msg = task["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("backup.reserve"),
+        "the error names the reserve: {task}"
+    );
+    assert!(list(&rig).is_empty(), "an aborted backup leaves no backup");
+    // Every write succeeded and reads back.
+    rt.block_on(verify_all(&dev, &[2; RUNS as usize]));
+    // The snapshot's reserve is gone: the array has its room back.
+    assert_eq!(room(&rig), before, "the reserve is freed");
+    // The next backup (no writes racing it) succeeds and is exact.
+    let (code, task) = backup_run(&rig);
+    assert_eq!(code, Some(0), "{task}");
+    let image = restore_file(&rig, &made_id(&task), "next.img");
+    assert_eq!(generations(&image), vec![2; RUNS as usize]);
+}
