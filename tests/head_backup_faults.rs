@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use blockdev::SharedDevice;
 use head::{
-    array_state, in_sync, open, run_lba, runtime, stamping, status, until, verify_all, write_all,
-    write_runs, Rig, RigSpec, Writer, BS, RUN, RUNS,
+    array_state, in_sync, open, run_lba, runtime, stamping, stamps, status, until, verify_all,
+    write_all, write_runs, Rig, RigSpec, Writer, BS, RUN, RUNS,
 };
 use serde_json::Value;
 
@@ -32,18 +32,50 @@ use serde_json::Value;
 const S3_PORT: u16 = 26210;
 const BUCKET: &str = "opie-backups";
 
-/// A rig whose volume v0 is 26M of a 48M-disk array, backing up to s3s-fs
+/// Blocks of a 4 MiB backup chunk (and copy-on-write grain).
+const CHUNK_BLOCKS: u64 = (4 << 20) / BS as u64;
+/// Chunks of the 64 MiB volume past the 8 a backup reads ahead at most
+/// (`backup::RunOptions::in_flight`): while the store is held still, the
+/// backup has read none of them. Each holds one stamped run at
+/// [`far_lba`].
+const FAR: std::ops::Range<u64> = 9..16;
+
+/// The first block of the stamped run in chunk `c`.
+fn far_lba(c: u64) -> u64 {
+    c * CHUNK_BLOCKS + 64
+}
+
+/// Writes the far runs with `generation` (FUA).
+async fn write_far(dev: &SharedDevice, generation: u64) {
+    for c in FAR {
+        let lba = far_lba(c);
+        dev.write(lba, stamps(lba, generation), blockdev::WriteFlags::FUA)
+            .await
+            .unwrap_or_else(|e| panic!("write of chunk {c}'s run: {e}"));
+    }
+}
+
+/// Reads the far runs back: each must be whole of `generation`.
+async fn verify_far(dev: &SharedDevice, generation: u64) {
+    for c in FAR {
+        let lba = far_lba(c);
+        let data = dev.read(lba, RUN as u32).await.expect("read");
+        stamping::verify(&data, lba, generation, BS).unwrap_or_else(|e| panic!("chunk {c}: {e}"));
+    }
+}
+
+/// A rig whose volume v0 is 64M of a 72M-disk array, backing up to s3s-fs
 /// with a `reserve` copy-on-write reserve; `None` when s3s-fs is missing.
 fn rig(port: u16, spec: RigSpec, reserve: &str) -> Option<(Rig, S3)> {
     let bin = s3s::s3s_fs()?;
     let rig = Rig::start_spec(RigSpec {
-        disk_size: Some("48M"),
+        disk_size: Some("72M"),
         ..spec
     });
     let path = rig.dir.path().join("head.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "name = \"v0\"\narray = \"a0\"\n",
-        "name = \"v0\"\narray = \"a0\"\nsize = \"26M\"\n",
+        "name = \"v0\"\narray = \"a0\"\nsize = \"64M\"\n",
     );
     let backup = format!(
         "[backup]\nreserve = \"{reserve}\"\nsecrets = \"backup-secrets.toml\"\n\
@@ -176,23 +208,23 @@ fn restore_file(rig: &Rig, id: &str, name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap()
 }
 
-/// The generation of each run in an image of v0, each run checked whole
-/// (every block at its address, of one generation, its CRC good); zero
-/// everywhere else.
-fn generations(image: &[u8]) -> Vec<u64> {
+/// The stamped runs of an image of v0 (the runs, then the far runs),
+/// each checked whole (every block at its address, of one generation, its
+/// CRC good), zero everywhere else: each one's generation.
+fn all_generations(image: &[u8]) -> Vec<u64> {
+    let lbas = (0..RUNS).map(run_lba).chain(FAR.map(far_lba));
     let mut at_end = 0;
-    let g = (0..RUNS)
-        .map(|r| {
-            let lba = run_lba(r);
+    let g = lbas
+        .map(|lba| {
             let at = (lba as usize) * BS;
             assert!(
                 image[at_end..at].iter().all(|&b| b == 0),
-                "before run {r}: zero"
+                "before {lba}: zero"
             );
             at_end = at + RUN as usize * BS;
             let data = &image[at..at_end];
             let g = u64::from_be_bytes(data[8..16].try_into().unwrap());
-            stamping::verify(data, lba, g, BS).unwrap_or_else(|e| panic!("run {r}: {e}"));
+            stamping::verify(data, lba, g, BS).unwrap_or_else(|e| panic!("run at {lba}: {e}"));
             g
         })
         .collect();
@@ -203,12 +235,23 @@ fn generations(image: &[u8]) -> Vec<u64> {
     g
 }
 
+/// [`all_generations`] of the runs only (the far runs checked too).
+fn generations(image: &[u8]) -> Vec<u64> {
+    all_generations(image)[..RUNS as usize].to_vec()
+}
+
+/// [`all_generations`] of the far runs only.
+fn far_generations(image: &[u8]) -> Vec<u64> {
+    all_generations(image)[RUNS as usize..].to_vec()
+}
+
 /// A head serving v0 with every run at generation 1; the client's device.
 fn serving(rig: &Rig, rt: &tokio::runtime::Runtime) -> (common::Daemon, SharedDevice) {
     let head = rig.head();
     until(rig, 60, "clean", |s| array_state(s) == "clean");
     let dev: SharedDevice = rt.block_on(async { Arc::new(open(rig, 0).await) as SharedDevice });
     rt.block_on(write_all(&dev, 1, true));
+    rt.block_on(write_far(&dev, 1));
     (head, dev)
 }
 
@@ -216,7 +259,7 @@ fn serving(rig: &Rig, rt: &tokio::runtime::Runtime) -> (common::Daemon, SharedDe
 /// (created and deleted again to find out).
 fn room(rig: &Rig) -> u64 {
     let s = status(rig);
-    let mut mib = s["arrays"][0]["capacity"].as_u64().unwrap() >> 20;
+    let mut mib = (s["arrays"][0]["capacity"].as_u64().unwrap() >> 20) - 64;
     loop {
         assert!(mib > 0, "no room at all: {s:#}");
         let size = format!("{mib}M");
@@ -235,21 +278,25 @@ fn room(rig: &Rig) -> u64 {
 
 #[test]
 fn zeroing_blocks_a_running_backup_still_needs_copies_them_first() {
-    let Some((rig, s3)) = rig(S3_PORT + 1, RigSpec::default(), "32M") else {
+    let Some((rig, s3)) = rig(S3_PORT + 1, RigSpec::default(), "64M") else {
         return;
     };
     let rt = runtime();
     let (_head, dev) = serving(&rig, &rt);
     let zeroed: Vec<u64> = (RUNS / 2..RUNS).chain([1]).collect();
-    // Mid-backup, on runs past what the held backup has read (and one it
-    // may have): the head's volumes are not thin, so an UNMAP (WRITE SAME
+    let far_zeroed: Vec<u64> = FAR.map(far_lba).collect();
+    // Mid-backup, on the far runs (which the held backup has not read), on
+    // the upper runs and one it has likely read: the head's volumes are not thin, so an UNMAP (WRITE SAME
     // with the UNMAP bit) is refused, never reported done undone, and the
     // run keeps its data; WRITE SAME zeroing is acknowledged only once
     // done: the run reads zero at once.
     let (code, task) = backup_during(&rig, &s3, &[], || {
         rt.block_on(async {
-            for &r in &zeroed {
-                let lba = run_lba(r);
+            for (r, lba) in zeroed
+                .iter()
+                .map(|&r| (r, run_lba(r)))
+                .chain(far_zeroed.iter().map(|&l| (l, l)))
+            {
                 let e = dev.unmap(lba, RUN).await;
                 assert!(
                     e.is_err(),
@@ -269,8 +316,11 @@ fn zeroing_blocks_a_running_backup_still_needs_copies_them_first() {
     assert_eq!(code, Some(0), "{task}");
     // The snapshot still read the old data: the restore is the instant.
     let image = restore_file(&rig, &made_id(&task), "unmap.img");
-    assert_eq!(image.len(), 26 << 20);
-    assert_eq!(generations(&image), vec![1; RUNS as usize]);
+    assert_eq!(image.len(), 64 << 20);
+    assert_eq!(
+        all_generations(&image),
+        vec![1; RUNS as usize + FAR.count()]
+    );
     // The volume keeps the zeroes; the next backup has them.
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
@@ -287,17 +337,24 @@ fn zeroing_blocks_a_running_backup_still_needs_copies_them_first() {
             stamping::verify(data, lba, 1, BS).unwrap_or_else(|e| panic!("run {r}: {e}"));
         }
     }
+    for lba in far_zeroed {
+        let at = lba as usize * BS;
+        assert!(
+            image[at..at + RUN as usize * BS].iter().all(|&b| b == 0),
+            "far run at {lba}"
+        );
+    }
 }
 
 #[test]
 fn a_volume_grown_during_a_backup_backs_up_its_old_size_then_its_new() {
-    let Some((rig, s3)) = rig(S3_PORT + 2, RigSpec::default(), "32M") else {
+    let Some((rig, s3)) = rig(S3_PORT + 2, RigSpec::default(), "64M") else {
         return;
     };
     let rt = runtime();
     let (_head, dev) = serving(&rig, &rt);
     let (code, task) = backup_during(&rig, &s3, &[], || {
-        let (code, out) = rig.admin(&["volume", "grow", "v0", "--size", "30M"]);
+        let (code, out) = rig.admin(&["volume", "grow", "v0", "--size", "68M"]);
         assert_eq!(code, Some(0), "{out}");
         // The client writes the grown part and some runs while held.
         rt.block_on(write_runs(&dev, 0..4, 2, true));
@@ -305,19 +362,19 @@ fn a_volume_grown_during_a_backup_backs_up_its_old_size_then_its_new() {
     assert_eq!(code, Some(0), "{task}");
     let first = made_id(&task);
     let image = restore_file(&rig, &first, "old.img");
-    assert_eq!(image.len(), 26 << 20, "the snapshot's size: the old one");
+    assert_eq!(image.len(), 64 << 20, "the snapshot's size: the old one");
     assert_eq!(generations(&image), vec![1; RUNS as usize]);
     let b = list(&rig);
-    assert_eq!(b[0]["size"], 26u64 << 20, "{b:?}");
+    assert_eq!(b[0]["size"], 64u64 << 20, "{b:?}");
     // The next backup: the new size, the client's new data.
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
     let image = restore_file(&rig, &made_id(&task), "new.img");
-    assert_eq!(image.len(), 30 << 20);
+    assert_eq!(image.len(), 68 << 20);
     let mut expect = vec![1; RUNS as usize];
     expect[..4].fill(2);
     assert_eq!(generations(&image), expect);
-    assert_eq!(list(&rig).last().unwrap()["size"], 30u64 << 20);
+    assert_eq!(list(&rig).last().unwrap()["size"], 68u64 << 20);
     rt.block_on(verify_all(&dev, &expect));
 }
 
@@ -331,7 +388,7 @@ fn member_lost_during_a_backup(port: u16, spare: bool) {
         spare_timeout: spare.then_some("1s"),
         ..RigSpec::default()
     };
-    let Some((mut rig, s3)) = rig(port, spec, "32M") else {
+    let Some((mut rig, s3)) = rig(port, spec, "64M") else {
         return;
     };
     let rt = runtime();
@@ -380,7 +437,7 @@ fn an_array_grown_during_a_backup_does_not_disturb_it() {
             unconfigured: vec![3],
             ..RigSpec::default()
         },
-        "32M",
+        "64M",
     ) else {
         return;
     };
@@ -396,12 +453,14 @@ fn an_array_grown_during_a_backup_does_not_disturb_it() {
         assert_eq!(code, Some(0), "{v}");
         grow = Some(v["result"]["id"].as_u64().unwrap().to_string());
         rt.block_on(write_runs(&dev, 0..RUNS, 2, true));
+        rt.block_on(write_far(&dev, 2));
     });
     assert_eq!(code, Some(0), "{task}");
     let (_, t) = admin_json(&rig, &["task", "get", grow.as_deref().unwrap()]);
     eprintln!("reshape when the backup ended: {}", t["result"]["state"]);
     let image = restore_file(&rig, &made_id(&task), "morph.img");
     assert_eq!(generations(&image), vec![1; RUNS as usize]);
+    assert_eq!(far_generations(&image), vec![1; FAR.count()]);
     let (code, t) = admin_json(&rig, &["task", "get", &grow.unwrap(), "--wait"]);
     assert_eq!(code, Some(0), "{t}");
     until(&rig, 60, "clean after the reshape", |s| {
@@ -412,12 +471,17 @@ fn an_array_grown_during_a_backup_does_not_disturb_it() {
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
     let image = restore_file(&rig, &made_id(&task), "grown.img");
-    assert_eq!(generations(&image), vec![2; RUNS as usize]);
+    assert_eq!(
+        all_generations(&image),
+        vec![2; RUNS as usize + FAR.count()]
+    );
 }
 
 #[test]
 fn a_full_reserve_aborts_the_backup_naming_it_and_no_client_write_fails() {
-    // One 4 MiB grain of reserve; the client rewrites all seven chunks.
+    // One 4 MiB grain of reserve; the client rewrites every run and the
+    // seven far chunks the held backup has not read: the second copy
+    // finds the reserve full.
     let Some((rig, s3)) = rig(S3_PORT + 5, RigSpec::default(), "4M") else {
         return;
     };
@@ -425,6 +489,7 @@ fn a_full_reserve_aborts_the_backup_naming_it_and_no_client_write_fails() {
     let (_head, dev) = serving(&rig, &rt);
     let before = room(&rig);
     let (code, task) = backup_during(&rig, &s3, &[], || {
+        rt.block_on(write_far(&dev, 2));
         rt.block_on(write_runs(&dev, 0..RUNS, 2, true));
     });
     assert_ne!(code, Some(0), "{task}");
@@ -436,11 +501,15 @@ fn a_full_reserve_aborts_the_backup_naming_it_and_no_client_write_fails() {
     assert!(list(&rig).is_empty(), "an aborted backup leaves no backup");
     // Every write succeeded and reads back.
     rt.block_on(verify_all(&dev, &[2; RUNS as usize]));
+    rt.block_on(verify_far(&dev, 2));
     // The snapshot's reserve is gone: the array has its room back.
     assert_eq!(room(&rig), before, "the reserve is freed");
     // The next backup (no writes racing it) succeeds and is exact.
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
     let image = restore_file(&rig, &made_id(&task), "next.img");
-    assert_eq!(generations(&image), vec![2; RUNS as usize]);
+    assert_eq!(
+        all_generations(&image),
+        vec![2; RUNS as usize + FAR.count()]
+    );
 }
