@@ -348,7 +348,7 @@ fn zeroing_blocks_a_running_backup_still_needs_copies_them_first() {
 
 #[test]
 fn a_volume_grown_during_a_backup_backs_up_its_old_size_then_its_new() {
-    let Some((rig, s3)) = rig(S3_PORT + 2, RigSpec::default(), "64M") else {
+    let Some((rig, s3)) = rig(S3_PORT + 2, RigSpec::default(), "16M") else {
         return;
     };
     let rt = runtime();
