@@ -10,17 +10,17 @@
 //! CRC32C), never against the backup code, and the client's writes are
 //! read back after.
 
+#[path = "common/backup_ops.rs"]
+mod backup_ops;
 mod common;
 #[path = "common/head.rs"]
 mod head;
 #[path = "../backup/tests/common/s3s.rs"]
 mod s3s;
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use backup_ops::{admin_json, made_id, restore_file, BUCKET, S3};
 use blockdev::SharedDevice;
 use head::{
     array_state, in_sync, open, run_lba, runtime, stamping, stamps, status, until, verify_all,
@@ -30,7 +30,6 @@ use serde_json::Value;
 
 /// s3s-fs's ports, one per test (this suite's range is 26200-26299).
 const S3_PORT: u16 = 26210;
-const BUCKET: &str = "opie-backups";
 
 /// Blocks of a 4 MiB backup chunk (and copy-on-write grain).
 const CHUNK_BLOCKS: u64 = (4 << 20) / BS as u64;
@@ -87,59 +86,8 @@ fn rig(port: u16, spec: RigSpec, reserve: &str) -> Option<(Rig, S3)> {
         "[credentials.good]\naccess_key = \"opie-ak\"\nsecret_key = \"opie-secret-key\"\n",
     )
     .unwrap();
-    let dir = rig.dir.path().join("s3");
-    std::fs::create_dir_all(dir.join(BUCKET)).unwrap();
-    let child = s3s::spawn(&bin, &dir, port, "opie-ak", "opie-secret-key");
-    Some((rig, S3 { dir, child }))
-}
-
-/// s3s-fs, killed (after a SIGCONT) on drop.
-struct S3 {
-    dir: PathBuf,
-    child: Child,
-}
-
-impl S3 {
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
-        }
-    }
-
-    /// Waits until a run of v0 not in `known` has written its in-progress
-    /// marker (its snapshot is taken by then); its id.
-    fn until_running(&self, known: &[String]) -> String {
-        let d = self.dir.join(BUCKET).join("backups/v0");
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                if e.path().join("running").exists() && !known.contains(&id) {
-                    return id;
-                }
-            }
-            assert!(Instant::now() < end, "no backup run started");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `opie ARGS --json` in the rig's directory: exit code and the JSON line.
-fn admin_json(rig: &Rig, args: &[&str]) -> (Option<i32>, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (code, out) = rig.admin(&all);
-    let v = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {args:?}: {out}"));
-    (code, v)
+    let s3 = S3::start(bin, &rig.dir.path().join("s3"), port);
+    Some((rig, s3))
 }
 
 /// Runs a backup of v0 and calls `during` while the run is held mid-way
@@ -173,39 +121,6 @@ fn list(rig: &Rig) -> Vec<Value> {
     let (code, v) = admin_json(rig, &["backup", "list", "v0", "--from", "s3"]);
     assert_eq!(code, Some(0), "{v}");
     v["result"]["backups"].as_array().unwrap().clone()
-}
-
-/// The backup task's id in a `backup run` result line ("v0 -> ID (...").
-fn made_id(task: &Value) -> String {
-    let r = task["result"].as_str().unwrap_or_else(|| panic!("{task}"));
-    r.split("-> ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// Restores backup `id` into a file of the rig's directory; its bytes.
-fn restore_file(rig: &Rig, id: &str, name: &str) -> Vec<u8> {
-    let path = rig.dir.path().join(name);
-    let p = path.to_str().unwrap();
-    let (code, v) = admin_json(
-        rig,
-        &[
-            "backup",
-            "restore",
-            id,
-            "--to-file",
-            p,
-            "--from",
-            "s3",
-            "--wait",
-        ],
-    );
-    assert_eq!(code, Some(0), "restore {id}: {v}");
-    std::fs::read(&path).unwrap()
 }
 
 /// The stamped runs of an image of v0 (the runs, then the far runs),
@@ -315,7 +230,7 @@ fn zeroing_blocks_a_running_backup_still_needs_copies_them_first() {
     });
     assert_eq!(code, Some(0), "{task}");
     // The snapshot still read the old data: the restore is the instant.
-    let image = restore_file(&rig, &made_id(&task), "unmap.img");
+    let image = restore_file(&rig, &made_id(&task), "s3", "unmap.img");
     assert_eq!(image.len(), 64 << 20);
     assert_eq!(
         all_generations(&image),
@@ -324,7 +239,7 @@ fn zeroing_blocks_a_running_backup_still_needs_copies_them_first() {
     // The volume keeps the zeroes; the next backup has them.
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
-    let image = restore_file(&rig, &made_id(&task), "after.img");
+    let image = restore_file(&rig, &made_id(&task), "s3", "after.img");
     for r in 0..RUNS {
         let lba = run_lba(r);
         let at = lba as usize * BS;
@@ -361,7 +276,7 @@ fn a_volume_grown_during_a_backup_backs_up_its_old_size_then_its_new() {
     });
     assert_eq!(code, Some(0), "{task}");
     let first = made_id(&task);
-    let image = restore_file(&rig, &first, "old.img");
+    let image = restore_file(&rig, &first, "s3", "old.img");
     assert_eq!(image.len(), 64 << 20, "the snapshot's size: the old one");
     assert_eq!(generations(&image), vec![1; RUNS as usize]);
     let b = list(&rig);
@@ -369,7 +284,7 @@ fn a_volume_grown_during_a_backup_backs_up_its_old_size_then_its_new() {
     // The next backup: the new size, the client's new data.
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
-    let image = restore_file(&rig, &made_id(&task), "new.img");
+    let image = restore_file(&rig, &made_id(&task), "s3", "new.img");
     assert_eq!(image.len(), 68 << 20);
     let mut expect = vec![1; RUNS as usize];
     expect[..4].fill(2);
@@ -402,7 +317,7 @@ fn member_lost_during_a_backup(port: u16, spare: bool) {
         until(&rig, 60, want, |s| array_state(s) == want);
     });
     assert_eq!(code, Some(0), "{task}");
-    let image = restore_file(&rig, &made_id(&task), "degraded.img");
+    let image = restore_file(&rig, &made_id(&task), "s3", "degraded.img");
     let g = generations(&image);
     // One instant of the writer's sequential passes.
     assert!(g.windows(2).all(|w| w[0] >= w[1]), "not one instant: {g:?}");
@@ -458,7 +373,7 @@ fn an_array_grown_during_a_backup_does_not_disturb_it() {
     assert_eq!(code, Some(0), "{task}");
     let (_, t) = admin_json(&rig, &["task", "get", grow.as_deref().unwrap()]);
     eprintln!("reshape when the backup ended: {}", t["result"]["state"]);
-    let image = restore_file(&rig, &made_id(&task), "morph.img");
+    let image = restore_file(&rig, &made_id(&task), "s3", "morph.img");
     assert_eq!(generations(&image), vec![1; RUNS as usize]);
     assert_eq!(far_generations(&image), vec![1; FAR.count()]);
     let (code, t) = admin_json(&rig, &["task", "get", &grow.unwrap(), "--wait"]);
@@ -470,7 +385,7 @@ fn an_array_grown_during_a_backup_does_not_disturb_it() {
     // The next backup, on the grown array, restores the new instant.
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
-    let image = restore_file(&rig, &made_id(&task), "grown.img");
+    let image = restore_file(&rig, &made_id(&task), "s3", "grown.img");
     assert_eq!(
         all_generations(&image),
         vec![2; RUNS as usize + FAR.count()]
@@ -507,7 +422,7 @@ fn a_full_reserve_aborts_the_backup_naming_it_and_no_client_write_fails() {
     // The next backup (no writes racing it) succeeds and is exact.
     let (code, task) = backup_run(&rig);
     assert_eq!(code, Some(0), "{task}");
-    let image = restore_file(&rig, &made_id(&task), "next.img");
+    let image = restore_file(&rig, &made_id(&task), "s3", "next.img");
     assert_eq!(
         all_generations(&image),
         vec![2; RUNS as usize + FAR.count()]
