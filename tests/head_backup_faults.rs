@@ -407,7 +407,8 @@ fn a_full_reserve_aborts_the_backup_naming_it_and_no_client_write_fails() {
         rt.block_on(write_far(&dev, 2));
         rt.block_on(write_runs(&dev, 0..RUNS, 2, true));
     });
-    assert_ne!(code, Some(0), "{task}");
+    assert_eq!(code, Some(6), "unavailable: {task}");
+    assert_eq!(task["error"]["code"], "unavailable", "{task}");
     let msg = task["error"]["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("backup.reserve"),
