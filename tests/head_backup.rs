@@ -5,17 +5,18 @@
 //! code, say what a restore must hold). Backups go to a directory and to
 //! s3s-fs (a real S3 server; under `CI=true` a missing s3s-fs fails).
 
+#[path = "common/backup_ops.rs"]
+mod backup_ops;
 mod common;
 #[path = "common/head.rs"]
 mod head;
 #[path = "../backup/tests/common/s3s.rs"]
 mod s3s;
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backup_ops::{admin_json, made_id, restore_file, BUCKET, S3};
 use blockdev::SharedDevice;
 use head::{
     array_state, open, run_lba, runtime, stamping, status, until, write_all, write_runs, Rig,
@@ -25,7 +26,6 @@ use serde_json::Value;
 
 /// s3s-fs's port (this suite's range is 26000-26099).
 const S3_PORT: u16 = 26050;
-const BUCKET: &str = "opie-backups";
 
 /// A rig whose volume v0 is 26M of a 48M-disk array (room for a snapshot
 /// reserve and a restored volume), with `backup` appended to `head.toml`.
@@ -41,15 +41,6 @@ fn rig(backup: &str) -> Rig {
     );
     std::fs::write(&path, format!("{text}\n{backup}")).unwrap();
     rig
-}
-
-/// `opie ARGS --json` in the rig's directory: exit code and the JSON line.
-fn admin_json(rig: &Rig, args: &[&str]) -> (Option<i32>, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (code, out) = rig.admin(&all);
-    let v = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {args:?}: {out}"));
-    (code, v)
 }
 
 /// `opie backup run ... --wait --json`: exit code and the task as it ended.
@@ -72,27 +63,6 @@ fn list(rig: &Rig, target: Option<&str>) -> Vec<Value> {
     v["result"]["backups"].as_array().unwrap().clone()
 }
 
-/// Restores backup `id` into a file of the rig's directory; its bytes.
-fn restore_file(rig: &Rig, id: &str, target: &str, name: &str) -> Vec<u8> {
-    let path = rig.dir.path().join(name);
-    let p = path.to_str().unwrap();
-    let (code, v) = admin_json(
-        rig,
-        &[
-            "backup",
-            "restore",
-            id,
-            "--to-file",
-            p,
-            "--from",
-            target,
-            "--wait",
-        ],
-    );
-    assert_eq!(code, Some(0), "restore {id}: {v}");
-    std::fs::read(&path).unwrap()
-}
-
 /// The generation of each run in an image of v0, each run checked whole
 /// (every block at its address, of one generation, its CRC good).
 fn generations(image: &[u8]) -> Vec<u64> {
@@ -106,18 +76,6 @@ fn generations(image: &[u8]) -> Vec<u64> {
             g
         })
         .collect()
-}
-
-/// The backup task's id in a `backup run` result line ("v0 -> ID (...").
-fn made_id(task: &Value) -> String {
-    let r = task["result"].as_str().unwrap_or_else(|| panic!("{task}"));
-    r.split("-> ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -238,117 +196,6 @@ fn a_backup_under_writes_restores_its_instant_and_incrementals_read_what_changed
 
 // ---- against s3s-fs ---------------------------------------------------------
 
-/// s3s-fs serving `dir` on [`S3_PORT`], killed on drop.
-struct S3 {
-    bin: PathBuf,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl S3 {
-    fn start(bin: PathBuf, dir: &Path) -> S3 {
-        std::fs::create_dir_all(dir.join(BUCKET)).unwrap();
-        let mut s = S3 {
-            bin,
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        s.restart();
-        s
-    }
-
-    fn restart(&mut self) {
-        self.child = Some(s3s::spawn(
-            &self.bin,
-            &self.dir,
-            S3_PORT,
-            "opie-ak",
-            "opie-secret-key",
-        ));
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The backup directories of v0 in the bucket holding objects, and
-    /// whether each has a manifest.
-    fn runs(&self) -> Vec<(String, bool)> {
-        let d = self.dir.join(BUCKET).join("backups/v0");
-        let mut out: Vec<(String, bool)> = std::fs::read_dir(&d)
-            .map(|r| {
-                r.filter_map(Result::ok)
-                    .filter(|e| {
-                        std::fs::read_dir(e.path())
-                            .map(|mut f| f.next().is_some())
-                            .unwrap_or(false)
-                    })
-                    .map(|e| {
-                        let id = e.file_name().to_string_lossy().into_owned();
-                        (id, e.path().join("manifest.json").exists())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
-    }
-
-    /// Chunk objects in the bucket.
-    fn chunks(&self) -> usize {
-        let d = self.dir.join(BUCKET).join("chunks");
-        std::fs::read_dir(&d)
-            .map(|r| {
-                r.filter_map(Result::ok)
-                    .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_name().len() == 64)
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
-    /// Waits until a run of v0 not in `known` has written its
-    /// in-progress marker and returns its id.
-    fn until_running(&self, known: &[String]) -> String {
-        let d = self.dir.join(BUCKET).join("backups/v0");
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = std::fs::read_dir(&d) {
-                for e in r.filter_map(Result::ok) {
-                    let id = e.file_name().to_string_lossy().into_owned();
-                    if e.path().join("running").exists()
-                        && !e.path().join("manifest.json").exists()
-                        && !known.contains(&id)
-                    {
-                        return id;
-                    }
-                }
-            }
-            assert!(Instant::now() < end, "no backup run started");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        self.kill();
-    }
-}
-
 /// Starts `opie backup run v0 --to s3` without waiting; its task id.
 fn start_run(rig: &Rig) -> u64 {
     let (code, v) = admin_json(rig, &["backup", "run", "v0", "--to", "s3"]);
@@ -371,7 +218,7 @@ fn s3_faults_wrong_secret_unreachable_store_cancel_and_a_head_killed_mid_backup(
     )
     .unwrap();
     let s3dir = rig.dir.path().join("s3");
-    let mut s3 = S3::start(bin, &s3dir);
+    let mut s3 = S3::start(bin, &s3dir, S3_PORT);
     let rt = runtime();
     let mut head = rig.head();
     until(&rig, 60, "clean", |s| array_state(s) == "clean");
