@@ -20,6 +20,7 @@ pub(crate) struct RawBackup {
     secrets: Option<PathBuf>,
     reserve: Option<Size>,
     grace: Option<Interval>,
+    rate_limit: Option<String>,
     #[serde(default)]
     target: Vec<RawTarget>,
     #[serde(default)]
@@ -131,6 +132,10 @@ pub struct BackupConfig {
     pub schedules: Vec<ScheduleConfig>,
     /// What `opie backup prune` keeps of each volume.
     pub retention: Retention,
+    /// `backup.rate_limit`: the bytes per second a run reads from a
+    /// snapshot (every run, scheduled or not, unless `opie backup run
+    /// --rate-limit` gives its own); `None`: unlimited.
+    pub rate_limit: Option<u64>,
 }
 
 /// The snapshot reserve when `backup.reserve` is not given.
@@ -147,6 +152,7 @@ impl Default for BackupConfig {
             targets: Vec::new(),
             schedules: Vec::new(),
             retention: Retention::default(),
+            rate_limit: None,
         }
     }
 }
@@ -269,7 +275,14 @@ pub(crate) fn parse(
             full_every: s.full_every.unwrap_or(7),
         });
     }
+    let rate_limit = match &raw.rate_limit {
+        Some(r) => {
+            Some(crate::units::parse_rate(r).map_err(|m| ("backup.rate_limit".to_string(), m))?)
+        }
+        None => None,
+    };
     Ok(BackupConfig {
+        rate_limit,
         secrets: raw.secrets.map(|p| dir.join(p)),
         reserve: raw.reserve.map_or(DEFAULT_RESERVE, |s| s.0),
         grace: raw.grace.map_or(DEFAULT_GRACE, |g| g.0),
@@ -339,7 +352,16 @@ keep_daily = 7
         assert_eq!(c.retention.keep_last, 3);
         assert_eq!(c.retention.keep_daily, 7);
         assert_eq!(c.reserve, DEFAULT_RESERVE);
+        assert_eq!(c.rate_limit, None);
         assert_eq!(c.target(None).unwrap().name, "local");
+    }
+
+    #[test]
+    fn rate_limit_reads_as_bytes_per_second() {
+        let c = parse_text("[backup]\nrate_limit = \"100MiB/s\"\n").unwrap();
+        assert_eq!(c.rate_limit, Some(100 << 20));
+        let e = parse_text("[backup]\nrate_limit = \"fast\"\n").unwrap_err();
+        assert_eq!(e.0, "backup.rate_limit", "{e:?}");
     }
 
     #[test]

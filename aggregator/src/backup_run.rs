@@ -55,10 +55,12 @@ pub struct RunOutcome {
     pub report: backup::Report,
 }
 
-/// What one volume's backup reports to, and asks whether to stop.
+/// What one volume's backup reports to, asks whether to stop, and how fast it may read.
 struct Hooks<'a> {
     progress: &'a (dyn Fn(backup::Progress) + Send + Sync),
     cancelled: &'a (dyn Fn() -> bool + Send + Sync),
+    /// The run's read limit, bytes per second (`None`: unlimited).
+    rate_limit: Option<u64>,
 }
 
 /// Marks volumes running for as long as it lives.
@@ -173,7 +175,8 @@ impl Backups {
     }
 
     /// Backs up `volumes` (one instant) to `target`; `full` takes no
-    /// parent. `progress` gets the counters of the volume being backed up
+    /// parent; `rate_limit` (bytes per second read from each snapshot)
+    /// overrides `backup.rate_limit`. `progress` gets the counters of the volume being backed up
     /// and its position in the group; after each chunk, `cancelled` says
     /// whether to stop (the run then fails as a failed run does: no
     /// manifest, the snapshots aborted).
@@ -182,13 +185,21 @@ impl Backups {
         volumes: &[String],
         target: Option<&str>,
         full: bool,
+        rate_limit: Option<u64>,
         progress: impl Fn(usize, backup::Progress) + Send + Sync,
         cancelled: impl Fn() -> bool + Send + Sync,
     ) -> Result<Vec<RunOutcome>, BackupOpError> {
         let target_name = self.check(volumes, target)?;
         let _claim = self.claim(volumes)?;
         let result = self
-            .run_claimed(volumes, &target_name, full, &progress, &cancelled)
+            .run_claimed(
+                volumes,
+                &target_name,
+                full,
+                rate_limit,
+                &progress,
+                &cancelled,
+            )
             .await;
         let now = wall_ms();
         let mut s = self.lock();
@@ -236,6 +247,7 @@ impl Backups {
         volumes: &[String],
         target_name: &str,
         full: bool,
+        rate_limit: Option<u64>,
         progress: &(impl Fn(usize, backup::Progress) + Send + Sync),
         cancelled: &(impl Fn() -> bool + Send + Sync),
     ) -> Result<Vec<RunOutcome>, BackupOpError> {
@@ -274,6 +286,7 @@ impl Backups {
                     &snap,
                     parent,
                     Hooks {
+                        rate_limit: rate_limit.or(cfg.rate_limit),
                         progress: &|p| progress(i, p),
                         cancelled,
                     },
@@ -354,7 +367,8 @@ impl Backups {
         let (tx, mut rx) = watch::channel(backup::Progress::default());
         let mut opts = backup::RunOptions::new(volume);
         opts.progress = Some(tx);
-        info!(volume, target, parent = ?parent, incremental_by_map = changed.is_some(), "backup starting");
+        opts.rate_limit = hooks.rate_limit;
+        info!(volume, target, parent = ?parent, incremental_by_map = changed.is_some(), rate_limit = hooks.rate_limit, "backup starting");
         let run = backup::run(&source, changed.as_ref(), parent.as_deref(), store, &opts);
         tokio::pin!(run);
         let report = loop {

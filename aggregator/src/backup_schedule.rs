@@ -146,6 +146,7 @@ async fn consider(
         s.volumes.clone(),
         Some(s.target.clone()),
         full,
+        None,
     );
     k.backups = None;
     k.attempted = Some(now);

@@ -22,13 +22,15 @@ pub fn detail(volume: &str, p: &backup::Progress) -> String {
     )
 }
 
-/// Starts a backup run of `volumes` as a task.
+/// Starts a backup run of `volumes` as a task; `rate_limit` (bytes per
+/// second) overrides `backup.rate_limit`.
 pub fn spawn_run(
     backups: Arc<Backups>,
     tasks: &Tasks,
     volumes: Vec<String>,
     target: Option<String>,
     full: bool,
+    rate_limit: Option<u64>,
 ) -> TaskInfo {
     let name = volumes.join(",");
     tasks.spawn(TaskKind::BackupRun, name, move |h| async move {
@@ -39,9 +41,14 @@ pub fn spawn_run(
             h.detail(detail(&volumes[i], &p));
         };
         let outcomes = backups
-            .run(&volumes, target.as_deref(), full, report, || {
-                h.is_cancelled()
-            })
+            .run(
+                &volumes,
+                target.as_deref(),
+                full,
+                rate_limit,
+                report,
+                || h.is_cancelled(),
+            )
             .await
             .map_err(ControlError::from)?;
         let parts: Vec<String> = outcomes

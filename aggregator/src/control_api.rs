@@ -118,6 +118,7 @@ impl Handler for HeadControl {
                 volumes,
                 target,
                 full,
+                rate_limit,
             } => {
                 self.backups.check(&volumes, target.as_deref())?;
                 Ok(Reply::Task(backup_task::spawn_run(
@@ -126,6 +127,7 @@ impl Handler for HeadControl {
                     volumes,
                     target,
                     full,
+                    rate_limit,
                 )))
             }
             Request::BackupList { volume, target } => {

@@ -37,6 +37,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses a rate in bytes per second such as `"100MiB/s"`, `"100M/s"` or
+/// `"100M"` (a size as [`parse_size`] reads it, `/s` optional); zero is refused.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let size = t.strip_suffix("/s").unwrap_or(t);
+    match parse_size(size) {
+        Ok(0) => Err(format!(
+            "{s:?}: a rate must be above zero (leave it out for no limit)"
+        )),
+        Ok(b) => Ok(b),
+        Err(e) => Err(format!(
+            "{e}; a rate is a size per second, e.g. \"100MiB/s\""
+        )),
+    }
+}
+
 /// Parses a duration such as `"5s"`, `"500ms"`, `"2m"`, `"1h30m"` (by
 /// `humantime`) or `"10"` (whole seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -138,6 +154,15 @@ mod tests {
         assert!(parse_size("99999999999P")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100MiB/s"), Ok(100 << 20));
+        assert_eq!(parse_rate("100M/s"), Ok(100 << 20));
+        assert_eq!(parse_rate(" 1G "), Ok(1 << 30));
+        assert!(parse_rate("0/s").unwrap_err().contains("above zero"));
+        assert!(parse_rate("fast").unwrap_err().contains("size per second"));
     }
 
     #[test]

@@ -80,7 +80,11 @@ pub enum BlobError {
 /// Encodes a chunk's plaintext as a blob: header + zstd body, or the raw
 /// plaintext when compression does not make it smaller.
 pub fn encode_blob(plain: &[u8]) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(plain, ZSTD_LEVEL).ok();
+    let compressed = if looks_compressible(plain) {
+        zstd::bulk::compress(plain, ZSTD_LEVEL).ok()
+    } else {
+        None
+    };
     let (codec, body): (Codec, &[u8]) = match &compressed {
         Some(c) if c.len() < plain.len() => (Codec::Zstd, c),
         _ => (Codec::Raw, plain),
@@ -92,6 +96,29 @@ pub fn encode_blob(plain: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
     out.extend_from_slice(body);
     out
+}
+
+/// Bytes of each of the three samples [`looks_compressible`] tries.
+const PROBE: usize = 32 << 10;
+
+/// Whether compressing `plain` is worth trying: a chunk of more than three
+/// samples is tried only if its first, middle and last [`PROBE`] bytes
+/// compress by at least 3% together (random data, already compressed or
+/// encrypted, would pay a whole zstd pass for nothing; a chunk that fails
+/// the probe is stored raw, which the format allows for any chunk).
+fn looks_compressible(plain: &[u8]) -> bool {
+    if plain.len() <= 3 * PROBE {
+        return true;
+    }
+    let mid = plain.len() / 2 - PROBE / 2;
+    let mut packed = 0;
+    for at in [0, mid, plain.len() - PROBE] {
+        match zstd::bulk::compress(&plain[at..at + PROBE], ZSTD_LEVEL) {
+            Ok(c) => packed += c.len(),
+            Err(_) => return true,
+        }
+    }
+    packed * 100 < 3 * PROBE * 97
 }
 
 /// Decodes a blob to the chunk's plaintext, checking header and crc32c.
@@ -314,6 +341,25 @@ mod tests {
         let blob = encode_blob(&random);
         assert_eq!(blob[5], Codec::Raw as u8);
         assert_eq!(&blob[BLOB_HEADER..], &random[..]);
+    }
+
+    #[test]
+    fn a_chunk_whose_samples_do_not_compress_is_stored_raw_unprobed_small_ones_tried() {
+        let random: Vec<u8> = (0..32768u32)
+            .flat_map(|i| ChunkDigest::of(&i.to_le_bytes()).0)
+            .collect(); // 1 MiB
+        assert!(!looks_compressible(&random));
+        let blob = encode_blob(&random);
+        assert_eq!(blob[5], Codec::Raw as u8);
+        assert_eq!(decode_blob(&blob, random.len()).unwrap(), random);
+        // Text in the samples: compressed.
+        let mut mixed = random.clone();
+        for at in [0, mixed.len() / 2 - PROBE / 2, mixed.len() - PROBE] {
+            mixed[at..at + PROBE].fill(b'x');
+        }
+        assert!(looks_compressible(&mixed));
+        assert_eq!(encode_blob(&mixed)[5], Codec::Zstd as u8);
+        assert!(looks_compressible(&random[..3 * PROBE]));
     }
 
     #[test]

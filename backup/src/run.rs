@@ -13,6 +13,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::error::{BackupError, Result};
 use crate::format::{self, ChunkDigest, ChunkRef, Index, Manifest};
+use crate::rate_limit::RateLimiter;
 use crate::store::Store;
 
 /// Which chunk-sized regions of the source may differ from the parent
@@ -70,6 +71,10 @@ pub struct RunOptions {
     pub uploads: usize,
     /// Progress is published here, if given.
     pub progress: Option<watch::Sender<Progress>>,
+    /// At most this many bytes per second are read from the source (a
+    /// token bucket one chunk deep, taken before each chunk's read); `None`:
+    /// as fast as it goes. Chunks taken from the parent unread cost nothing.
+    pub rate_limit: Option<u64>,
 }
 
 impl RunOptions {
@@ -81,6 +86,7 @@ impl RunOptions {
             in_flight: 8,
             uploads: 4,
             progress: None,
+            rate_limit: None,
         }
     }
 }
@@ -265,8 +271,16 @@ pub async fn run(
         m => m.min(cs / geo.block_size),
     };
 
+    let limiter = opts.rate_limit.map(|r| {
+        Arc::new(Mutex::new(RateLimiter::new(
+            r,
+            u64::from(cs),
+            tokio::time::Instant::now().into_std(),
+        )))
+    });
     let process = |i: u64| {
         let present = present.clone();
+        let limiter = limiter.clone();
         let uploads = uploads.clone();
         let parent_entry = parent_data
             .as_ref()
@@ -282,6 +296,15 @@ pub async fn run(
                         uploaded: false,
                         bytes: 0,
                     });
+                }
+            }
+            if let Some(l) = &limiter {
+                let wait = l
+                    .lock()
+                    .expect("rate limiter")
+                    .take(len, tokio::time::Instant::now().into_std());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
                 }
             }
             // Read the chunk, in pieces the device accepts.

@@ -390,3 +390,26 @@ async fn a_prefixed_store_keeps_its_backups_under_the_prefix() {
     assert_restores(&store, "vol", &m.id, &dev).await;
     assert!(backup::list(&root, Some("vol")).await.unwrap().is_empty());
 }
+
+/// A rate-limited run reads no faster than its limit: 16 chunks of 64 KiB
+/// at 64 KiB/s, the first free (the bucket starts one chunk full), take at
+/// least 15 s on tokio's clock (paused: the sleeps advance it, not the wall).
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_run_reads_no_faster_than_its_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store(&tmp);
+    let dev = filled("rl", 16 * u64::from(CS), 7);
+    let limited = backup::RunOptions {
+        rate_limit: Some(u64::from(CS)),
+        ..opts("rl")
+    };
+    let t0 = tokio::time::Instant::now();
+    let r = backup::run(dev.as_ref(), None, None, &store, &limited)
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.progress.chunks_read, 16);
+    assert!(took >= Duration::from_secs(15), "{took:?}");
+    assert!(took < Duration::from_secs(17), "{took:?}");
+    assert_restores(&store, "rl", &r.manifest.id, &dev).await;
+}

@@ -124,6 +124,10 @@ pub enum Request {
         /// A full backup (no parent) even when an incremental is possible.
         #[serde(default)]
         full: bool,
+        /// Read the snapshots at most this many bytes per second (over
+        /// `backup.rate_limit`); absent: the configured limit, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_limit: Option<u64>,
     },
     /// The complete backups in a target, of one volume or all.
     #[serde(rename = "backup.list")]
@@ -300,6 +304,7 @@ mod tests {
                 volumes: vec!["v".into(), "w".into()],
                 target: Some("t".into()),
                 full: true,
+                rate_limit: Some(100 << 20),
             },
             Request::BackupList {
                 volume: None,

@@ -29,6 +29,10 @@ pub enum BackupCommand {
         /// A full backup, no parent.
         #[arg(long)]
         full: bool,
+        /// Read the volumes at most this fast, e.g. 100MiB/s [default:
+        /// backup.rate_limit in head.toml, else unlimited].
+        #[arg(long, value_name = "RATE", value_parser = aggregator::units::parse_rate)]
+        rate_limit: Option<u64>,
         #[command(flatten)]
         long: Long,
     },
@@ -98,12 +102,14 @@ pub fn backup(cmd: BackupCommand) -> ExitCode {
             volumes,
             target,
             full,
+            rate_limit,
             long,
         } => (
             Request::BackupRun {
                 volumes,
                 target,
                 full,
+                rate_limit,
             },
             long,
         ),

@@ -171,6 +171,12 @@ pub struct Measure {
     /// Minor page faults of this process per I/O: buffers the allocator
     /// handed back to the kernel and takes anew, zeroed, for each I/O.
     pub page_faults_per_io: f64,
+    /// Latency of one I/O (issue to completion), median, microseconds.
+    pub lat_p50_us: f64,
+    /// Latency, 99th percentile, microseconds.
+    pub lat_p99_us: f64,
+    /// Latency, the slowest I/O, microseconds.
+    pub lat_max_us: f64,
     /// The first error, which ended the run.
     pub error: Option<String>,
     /// Each path's share, over several portals.
@@ -312,7 +318,12 @@ async fn measure(t: &Arc<Target>, w: Workload, secs: f64, qd: u32, portals: &[Po
                 data.clone(),
             );
             tokio::spawn(async move {
-                while Instant::now() < end {
+                let mut lat = Vec::new();
+                loop {
+                    let issued = Instant::now();
+                    if issued >= end {
+                        break;
+                    }
                     let slot = if w.random() {
                         rand::thread_rng().gen_range(0..slots)
                     } else {
@@ -320,16 +331,23 @@ async fn measure(t: &Arc<Target>, w: Workload, secs: f64, qd: u32, portals: &[Po
                     };
                     if let Err(e) = t.io(slot * u64::from(blocks), blocks, data.clone()).await {
                         error.lock().expect("not poisoned").get_or_insert(e);
-                        return;
+                        break;
                     }
+                    lat.push(issued.elapsed());
                     ios.fetch_add(1, Ordering::Relaxed);
                 }
+                lat
             })
         })
         .collect();
+    let mut lat = Vec::new();
     for h in workers {
-        let _ = h.await;
+        if let Ok(l) = h.await {
+            lat.extend(l);
+        }
     }
+    lat.sort_unstable();
+    let us = |q: f64| percentile(&lat, q).as_secs_f64() * 1e6;
     let elapsed = t0.elapsed().as_secs_f64();
     let (cpu1, faults1) = usage();
     let cpu = (cpu1 - cpu0).as_secs_f64();
@@ -365,9 +383,22 @@ async fn measure(t: &Arc<Target>, w: Workload, secs: f64, qd: u32, portals: &[Po
         cpu_s: cpu,
         cpu_us_per_io: per_io(cpu * 1e6),
         page_faults_per_io: per_io((faults1 - faults0) as f64),
+        lat_p50_us: us(0.5),
+        lat_p99_us: us(0.99),
+        lat_max_us: us(1.0),
         error,
         paths,
     }
+}
+
+/// The `q` quantile (0..=1) of `sorted` by the nearest rank: the smallest
+/// value with at least `q` of the values at or below it; zero when empty.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Runs `perf`.
@@ -403,10 +434,13 @@ pub async fn perf(a: &PerfArgs) -> Result<Report, CliError> {
 pub fn print(r: &Report) {
     for m in &r.results {
         out!(
-            "{} {:.0} IOPS {:.1} MB/s cpu {:.1} us/io, {:.1} page faults/io ({} I/Os in {:.1} s via {})",
+            "{} {:.0} IOPS {:.1} MB/s latency p50 {:.0} us p99 {:.0} us max {:.0} us, cpu {:.1} us/io, {:.1} page faults/io ({} I/Os in {:.1} s via {})",
             m.workload,
             m.iops,
             m.mb_s,
+            m.lat_p50_us,
+            m.lat_p99_us,
+            m.lat_max_us,
             m.cpu_us_per_io,
             m.page_faults_per_io,
             m.ios,
@@ -420,5 +454,21 @@ pub fn print(r: &Report) {
         if let Some(e) = &m.error {
             outln!("  stopped by an error: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+    use std::time::Duration;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(percentile(&v, 0.5), Duration::from_micros(50));
+        assert_eq!(percentile(&v, 0.99), Duration::from_micros(99));
+        assert_eq!(percentile(&v, 1.0), Duration::from_micros(100));
+        assert_eq!(percentile(&v, 0.0), Duration::from_micros(1));
+        assert_eq!(percentile(&[], 0.99), Duration::ZERO);
     }
 }

@@ -626,7 +626,15 @@ impl Pool {
         let units = units_for(&*self.inner.dev, size_bytes, ub)?;
         let free = free_extents(&table, units_of(&*self.inner.dev, ub));
         let extents = allocate_or_refuse(&free, units, None, ub)?;
-        let zeroed = self.take_zeroed(&mut table, &extents).await?;
+        let zeroed = if flags & table::FLAG_COW_RESERVE != 0 {
+            // A snapshot's reserve is read only where a copy was written
+            // first, and deleting it marks its space dirty again: zeroing
+            // it would write its whole size before every backup.
+            table.dirty = subtract(&table.dirty, &extents);
+            0
+        } else {
+            self.take_zeroed(&mut table, &extents).await?
+        };
         let now = (self
             .inner
             .clock
