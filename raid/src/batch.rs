@@ -177,6 +177,12 @@ impl RaidArray {
             .map(|_| BytesMut::zeroed(plans.len() * row_bytes))
             .collect();
         let mut sources: Vec<&[u8]> = Vec::with_capacity(d as usize);
+        // The tags each member's buffer carries, row after row, as a read
+        // of them would decode them (for the tag cache once written).
+        let mut written: Vec<Vec<ChunkTags>> = devs
+            .iter()
+            .map(|_| Vec::with_capacity(plans.len()))
+            .collect();
         for (j, plan) in plans.iter().enumerate() {
             let row = first + j as u64;
             let at = j * row_bytes;
@@ -197,6 +203,7 @@ impl RaidArray {
                     self.place(row, slot),
                     epoch,
                 ));
+                written[slot as usize].push(t.as_written(epoch));
             }
             let pslot = lay.parity_member(row);
             let pbuf = &mut bufs[pslot as usize][at..at + row_bytes];
@@ -225,6 +232,7 @@ impl RaidArray {
                 self.place(row, pslot),
                 epoch,
             ));
+            written[pslot as usize].push(ptags.as_written(epoch));
         }
         drop(sources);
         let bufs: Vec<Bytes> = bufs.into_iter().map(BytesMut::freeze).collect();
@@ -267,11 +275,9 @@ impl RaidArray {
         )
         .await;
         let mut failed = Vec::new();
-        for (slot, r) in results.into_iter().enumerate() {
+        for ((slot, r), tags) in results.into_iter().enumerate().zip(written) {
             match r {
-                Ok(()) => {
-                    self.cache_written_tags(lay, first, plans.len(), slot, &devs[slot], &bufs[slot])
-                }
+                Ok(()) => self.cache_written_tags(lay, first, slot, &devs[slot], tags),
                 Err(e) => failed.push((slot as u32, e)),
             }
         }
@@ -286,34 +292,28 @@ impl RaidArray {
     /// going round its device) then reads no previous tags from the member.
     /// The row locks are still held, so nothing else writes these blocks
     /// meanwhile; the member's write has returned, so the cache's
-    /// invalidation of it has happened. Copies, so that an entry does not
-    /// keep the whole buffer alive.
+    /// invalidation of it has happened. `tags` are the member's, one per
+    /// row of the run from `first`, as a read would decode them.
     fn cache_written_tags(
         &self,
         lay: &Layout,
         first: u64,
-        rows: usize,
         slot: usize,
         dev: &SharedDevice,
-        buf: &Bytes,
+        tags: Vec<ChunkTags>,
     ) {
         let cache = &self.inner.tag_cache;
         let key = member_key(dev);
         if !cache.caches(key) {
             return;
         }
-        let bs = self.inner.block_size as usize;
-        let chunk_bytes = lay.chunk_blocks as usize * bs;
-        let row_bytes = lay.row_blocks() as usize * bs;
         let tb = u64::from(lay.tag_blocks);
-        for j in 0..rows {
-            let row = first + j as u64;
+        let bytes = lay.tag_blocks as usize * self.inner.block_size as usize;
+        for (row, t) in (first..).zip(tags) {
             let at = lay.tag_block(row, 0);
             let ticket = cache.ticket(key, at, tb);
-            let tags = &buf[j * row_bytes + chunk_bytes..(j + 1) * row_bytes];
             let place = self.place(row, slot as u32);
-            let decoded = ChunkTags::decode(tags, self.inner.block_size, lay.chunk_blocks, place);
-            cache.insert(ticket, (key, at, tb, tags.len()), place, Arc::new(decoded));
+            cache.insert(ticket, (key, at, tb, bytes), place, Arc::new(t));
         }
     }
 }

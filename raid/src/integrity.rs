@@ -404,6 +404,20 @@ impl ChunkTags {
         ChunkTags { entries }
     }
 
+    /// What [`ChunkTags::decode`] returns for [`ChunkTags::encode`]`(..,
+    /// epoch)` of these tags: every entry carried into `epoch`, a damaged
+    /// one as unwritten. Lets a writer keep the tags it wrote without
+    /// decoding its own output.
+    pub fn as_written(&self, epoch: u64) -> Self {
+        ChunkTags {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| Some(e.unwrap_or_default().carried_to(epoch)))
+                .collect(),
+        }
+    }
+
     /// Encodes the tag blocks of a chunk as written in flush epoch `epoch`
     /// (entries from older epochs are carried into it); damaged entries are
     /// written as unwritten.
@@ -542,6 +556,7 @@ mod tests {
             .map(|e| e.map(|e| e.carried_to(5)))
             .collect();
         assert_eq!(dec.entries, carried);
+        assert_eq!(dec, tags.as_written(5));
         assert!(dec.verifies(3, 1234, &data));
         // Right content at the wrong address, or wrong content, fails.
         assert!(!dec.verifies(3, 1235, &data));
