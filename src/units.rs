@@ -3,7 +3,7 @@
 //! config directory filled in, then has systemd re-read its units.
 
 use std::fs;
-use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -110,7 +110,7 @@ fn install(a: &InstallArgs) -> Result<(), UnitsError> {
     })?;
     for (name, text) in &units {
         let path = a.unit_dir.join(name);
-        write_atomically(&path, text).map_err(|err| UnitsError::Write {
+        write_unit(&path, text).map_err(|err| UnitsError::Write {
             path: path.clone(),
             err,
         })?;
@@ -160,14 +160,12 @@ fn unit_path(p: &Path) -> Result<&str, UnitsError> {
     Ok(s)
 }
 
-/// Writes `text` to `path` by a temporary file renamed over it, so a unit
-/// is never seen half written.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("service.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
+/// Writes a unit as the project writes its state files (atomically and
+/// durably, refusing a symbolic link in its place), then makes it readable
+/// to all as unit files are.
+fn write_unit(path: &Path, text: &str) -> std::io::Result<()> {
+    blockdev::statefile::replace(path, text.as_bytes())?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
 }
 
 #[cfg(test)]
