@@ -65,13 +65,9 @@ impl<'a> ReleasingSource<'a> {
     /// (`changed` says which it reads): nothing will read them.
     pub fn release_unchanged(&self, changed: &backup::ChangedMap) {
         let blocks = self.snap.geometry().num_blocks;
-        let mut c = 0;
-        while c * self.chunk_blocks < blocks {
-            if !changed.is_changed(c) {
-                let lba = c * self.chunk_blocks;
-                self.snap.release(lba, self.chunk_blocks.min(blocks - lba));
-            }
-            c += 1;
+        for c in (0..blocks.div_ceil(self.chunk_blocks)).filter(|&c| !changed.is_changed(c)) {
+            let lba = c * self.chunk_blocks;
+            self.snap.release(lba, self.chunk_blocks.min(blocks - lba));
         }
     }
 
